@@ -1,0 +1,44 @@
+# The two set-up commands (README.md): `make demo` and `make test`. Both install what they need
+# on a fresh Debian 12 machine (as root), configure, build, and start what they need.
+BUILD_DIR ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS ?= $(shell nproc)
+CTEST_ARGS ?=
+
+DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
+  libpqxx-dev libpq-dev libssl-dev libcurl4-openssl-dev libboost-dev libboost-system-dev \
+  nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcli11-dev \
+  libgtest-dev libgmock-dev libbenchmark-dev \
+  postgresql-15 postgresql-client-15 \
+  python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc
+
+.PHONY: all deps configure build test test-unit test-pg demo bench format clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh $(DEBIAN_PACKAGES)
+
+configure: deps
+	@cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+test-unit: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -L unit
+
+test-pg: build
+	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -L pg
+
+demo: build
+	@./scripts/demo.sh $(BUILD_DIR)/rekey
+
+format:
+	@git ls-files '*.cpp' '*.h' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD_DIR)

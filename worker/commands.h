@@ -1,0 +1,22 @@
+// The rekey binary's subcommands. Each Add*Command registers one CLI11 subcommand tree and its
+// callback; callbacks throw rekey::Error subclasses, which main() maps to exit codes.
+// Nothing here holds logic of its own: commands parse flags and call into src/.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+namespace rekey::cli {
+
+struct GlobalOptions {
+  std::string db;  // --db URL; empty means DATABASE_URL, then libpq's PG* variables
+};
+
+void AddMigrateCommand(CLI::App& app, GlobalOptions& global);  // migrate_command.cpp
+void AddKeysCommand(CLI::App& app, GlobalOptions& global);     // keys_command.cpp
+void AddJobCommand(CLI::App& app, GlobalOptions& global);      // job_command.cpp
+void AddWorkCommand(CLI::App& app, GlobalOptions& global);     // work_command.cpp
+void AddStatusCommand(CLI::App& app, GlobalOptions& global);   // status_command.cpp
+void AddDemoCommand(CLI::App& app, GlobalOptions& global);     // demo_command.cpp
+
+}  // namespace rekey::cli

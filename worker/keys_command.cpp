@@ -1,0 +1,10 @@
+#include "commands.h"
+
+namespace rekey::cli {
+
+void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
+  (void)app;
+  (void)global;
+}
+
+}  // namespace rekey::cli
