@@ -1,7 +1,7 @@
 # Writes OUT: a C++ file holding every migration and query file as a string, in name order.
 function(append_files var list_name)
   set(body "")
-  set(files ${${list_name}})
+  string(REPLACE "|" ";" files "${${list_name}}")
   list(SORT files)
   foreach(f ${files})
     get_filename_component(name ${f} NAME)

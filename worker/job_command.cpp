@@ -1,10 +1,196 @@
+// `rekey job ...`: define rotation jobs and steer them. Every verb is a thin shell over a SQL
+// function (rekey.create_job, rekey.pause_job, ...), so psql and the CLI do exactly the same.
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli_support.h"
 #include "commands.h"
+#include "common/error.h"
+#include "db/connection.h"
+#include "jobs/job.h"
+#include "rotation/verifier.h"
 
 namespace rekey::cli {
+namespace {
+
+struct CreateFlags {
+  std::string table;
+  std::vector<std::string> columns;
+  std::vector<std::string> codecs;
+  std::string key_map;
+  std::string key_id_column;
+  std::string ad_template;
+  std::string scope;
+  std::string name;
+  int batch_size = 1000;
+  int max_attempts = 3;
+  bool per_row_audit = false;
+};
+
+// Runs `SELECT <function>($1[, ...])` in its own transaction and prints the text it returns.
+void RunControlFunction(const GlobalOptions& global, const std::string& context,
+                        const std::string& sql, const std::vector<std::string>& args) {
+  auto conn = OpenDatabase(global);
+  std::string message = db::Classified(context, [&] {
+    pqxx::work txn(*conn);
+    pqxx::result r = txn.exec_params(sql, pqxx::prepare::make_dynamic_params(args));
+    txn.commit();
+    return r[0][0].as<std::string>();
+  });
+  std::printf("%s\n", message.c_str());
+}
+
+void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
+  jobs::JobSpec spec;
+  spec.table = flags.table;
+  spec.columns = flags.columns;
+  spec.codecs = flags.codecs;
+  if (spec.codecs.size() == 1 && spec.columns.size() > 1) {
+    spec.codecs.assign(spec.columns.size(), spec.codecs[0]);
+  }
+  spec.key_map = jobs::ParseKeyMap(flags.key_map);
+  if (!flags.key_id_column.empty()) spec.key_id_column = flags.key_id_column;
+  if (!flags.ad_template.empty()) spec.ad_template = flags.ad_template;
+  if (!flags.scope.empty()) {
+    auto [column, value] = jobs::ParseScope(flags.scope);
+    spec.scope_column = column;
+    spec.scope_value = value;
+  }
+  if (!flags.name.empty()) spec.name = flags.name;
+  spec.batch_size = flags.batch_size;
+  spec.max_attempts = flags.max_attempts;
+  spec.per_row_audit = flags.per_row_audit;
+
+  auto conn = OpenDatabase(global);
+  auto [job_id, batches, rows] = db::Classified("cannot create the job", [&] {
+    pqxx::work txn(*conn);
+    int64_t id = jobs::CreateJob(txn, spec);
+    pqxx::row r = txn.exec_params1(
+        "SELECT count(*), coalesce(sum(planned_rows), 0) FROM rekey.batches WHERE job_id = $1", id);
+    txn.commit();
+    return std::make_tuple(id, r[0].as<int64_t>(), r[1].as<int64_t>());
+  });
+  std::printf("created job %lld on %s: %lld rows in %lld batches; run `rekey work --job %lld`\n",
+              static_cast<long long>(job_id), flags.table.c_str(), static_cast<long long>(rows),
+              static_cast<long long>(batches), static_cast<long long>(job_id));
+}
+
+void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
+  const std::string conninfo = ConnInfo(global);
+  auto conn = OpenDatabase(global);
+  jobs::JobDefinition job = db::Classified("cannot load the job", [&] {
+    pqxx::read_transaction txn(*conn);
+    return jobs::LoadJob(txn, job_id);
+  });
+  KeyServices keys(conninfo);
+  rotation::VerifyReport report = db::Classified("verification failed", [&] {
+    return rotation::VerifyJob(*conn, job, keys.Source());
+  });
+  std::vector<uint32_t> sources, targets;
+  for (const auto& [from, to] : job.key_map) {
+    sources.push_back(from);
+    targets.push_back(to);
+  }
+  const int64_t under_source = report.ValuesUnder(sources);
+  const int64_t under_target = report.ValuesUnder(targets);
+  if (json) {
+    nlohmann::json by_key = nlohmann::json::object();
+    for (const auto& [k, n] : report.values_by_key) by_key[std::to_string(k)] = n;
+    nlohmann::json out = {{"job", job_id},
+                          {"rows", report.rows},
+                          {"values", report.values},
+                          {"values_by_key", by_key},
+                          {"values_under_source_keys", under_source},
+                          {"values_under_target_keys", under_target},
+                          {"failures", report.failures},
+                          {"failures_by_class", report.failures_by_class},
+                          {"failure_samples", report.failure_samples},
+                          {"plaintext_sha256", report.plaintext_sha256}};
+    std::cout << out.dump(2) << "\n";
+  } else {
+    std::printf("job %lld: %lld rows, %lld values: %lld under target keys, %lld under source keys, "
+                "%lld failed to decrypt\n",
+                static_cast<long long>(job_id), static_cast<long long>(report.rows),
+                static_cast<long long>(report.values), static_cast<long long>(under_target),
+                static_cast<long long>(under_source), static_cast<long long>(report.failures));
+    for (const auto& [k, n] : report.values_by_key) {
+      std::printf("  key %u: %lld values\n", k, static_cast<long long>(n));
+    }
+    for (const auto& sample : report.failure_samples) std::printf("  failed: %s\n", sample.c_str());
+    std::printf("plaintext sha256: %s\n", report.plaintext_sha256.c_str());
+  }
+  if (report.failures > 0) {
+    throw StateError(std::to_string(report.failures) +
+                     " values failed to decrypt; see SELECT * FROM rekey.row_failures");
+  }
+}
+
+}  // namespace
 
 void AddJobCommand(CLI::App& app, GlobalOptions& global) {
-  (void)app;
-  (void)global;
+  CLI::App* job = app.add_subcommand("job", "Define rotation jobs and steer them");
+  job->require_subcommand(1);
+
+  auto flags = std::make_shared<CreateFlags>();
+  CLI::App* create = job->add_subcommand("create", "Define, plan and enqueue a rotation job");
+  create->add_option("--table", flags->table, "Target table, schema.table")->required();
+  create->add_option("--column", flags->columns, "Ciphertext column (bytea); repeat for several")
+      ->required();
+  create->add_option("--codec", flags->codecs,
+                     "Codec per column: tink (default) or raw; one for all, or one per --column");
+  create->add_option("--map", flags->key_map, "Source-to-target key ids, e.g. 1:2 or 3:7,4:8")
+      ->required();
+  create->add_option("--key-id-column", flags->key_id_column,
+                     "Integer column holding the key id (required by raw; kept in step for tink)");
+  create->add_option("--ad-template", flags->ad_template,
+                     "Associated data, e.g. '{table}.{column}:{pk}' (docs/FORMAT.md)");
+  create->add_option("--scope", flags->scope, "Only rows where column=value, e.g. tenant_id=42");
+  create->add_option("--batch-size", flags->batch_size, "Rows per batch")->capture_default_str();
+  create->add_option("--max-attempts", flags->max_attempts, "Attempts before a batch is failed")
+      ->capture_default_str();
+  create->add_flag("--per-row-audit", flags->per_row_audit,
+                   "Write one rekey.value_audit row per re-encrypted value");
+  create->add_option("--name", flags->name, "A label for the job");
+  create->callback([&global, flags] { CreateJob(global, *flags); });
+
+  auto job_id = std::make_shared<int64_t>(0);
+  auto reason = std::make_shared<std::string>();
+  auto add_verb = [&](const std::string& verb, const std::string& help, const std::string& sql,
+                      bool with_reason) {
+    CLI::App* cmd = job->add_subcommand(verb, help);
+    cmd->add_option("job", *job_id, "Job id")->required();
+    if (with_reason) cmd->add_option("--reason", *reason, "Why (kept in the audit log)");
+    cmd->callback([&global, job_id, reason, verb, sql, with_reason] {
+      std::vector<std::string> args{std::to_string(*job_id)};
+      if (with_reason) args.push_back(*reason);
+      RunControlFunction(global, "cannot " + verb + " job " + std::to_string(*job_id), sql, args);
+    });
+  };
+  add_verb("pause", "Stop workers from claiming the job's batches", "SELECT rekey.pause_job($1, nullif($2, ''))", true);
+  add_verb("resume", "Let workers claim the job's batches again", "SELECT rekey.resume_job($1)", false);
+  add_verb("cancel", "Give up the job (rows already rotated stay rotated)", "SELECT rekey.cancel_job($1, nullif($2, ''))", true);
+  add_verb("retry-failed", "Requeue the job's failed batches with fresh attempts", "SELECT rekey.retry_failed($1)", false);
+  add_verb("rerun", "Rerun a job: a no-op for a completed job, failed batches for a failed one", "SELECT rekey.rerun_job($1)", false);
+
+  auto range = std::make_shared<std::pair<int, int>>(0, 0);
+  CLI::App* requeue = job->add_subcommand("requeue", "Requeue a range of finished batches");
+  requeue->add_option("job", *job_id, "Job id")->required();
+  requeue->add_option("--from", range->first, "First batch number")->required();
+  requeue->add_option("--to", range->second, "Last batch number")->required();
+  requeue->callback([&global, job_id, range] {
+    RunControlFunction(global, "cannot requeue", "SELECT rekey.requeue($1, $2, $3)",
+                       {std::to_string(*job_id), std::to_string(range->first),
+                        std::to_string(range->second)});
+  });
+
+  auto json = std::make_shared<bool>(false);
+  CLI::App* verify = job->add_subcommand(
+      "verify", "Decrypt every value of the job's target; exit 5 if any fails to decrypt");
+  verify->add_option("job", *job_id, "Job id")->required();
+  verify->add_flag("--json", *json, "Machine-readable output");
+  verify->callback([&global, job_id, json] { VerifyJob(global, *job_id, *json); });
 }
 
 }  // namespace rekey::cli

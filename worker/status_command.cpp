@@ -1,10 +1,108 @@
+// `rekey status [J] [--watch] [--json]`: the rekey.progress view, as a table, JSON, or a live
+// progress bar on a terminal.
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "cli_support.h"
 #include "commands.h"
+#include "db/connection.h"
 
 namespace rekey::cli {
+namespace {
+
+struct StatusFlags {
+  int64_t job = 0;
+  bool watch = false;
+  bool json = false;
+  double interval = 2.0;
+};
+
+nlohmann::json QueryProgress(pqxx::connection& conn, int64_t job) {
+  return db::Classified("cannot read rekey.progress", [&] {
+    pqxx::read_transaction txn(conn);
+    pqxx::result r = txn.exec_params(
+        "SELECT coalesce(json_agg(p ORDER BY job_id), '[]')::text FROM rekey.progress p"
+        " WHERE $1::bigint = 0 OR job_id = $1::bigint",
+        job);
+    return nlohmann::json::parse(r[0][0].as<std::string>());
+  });
+}
+
+std::string Bar(double percent, int width) {
+  int filled = int(percent / 100.0 * width + 0.5);
+  std::string s = "[";
+  for (int i = 0; i < width; ++i) s += i < filled ? "#" : ".";
+  return s + "]";
+}
+
+std::string Num(const nlohmann::json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
+
+void PrintTable(const nlohmann::json& jobs, bool tty) {
+  if (jobs.empty()) {
+    std::printf("no jobs\n");
+    return;
+  }
+  for (const auto& j : jobs) {
+    double percent = j["percent"].is_null() ? 0.0 : std::stod(Num(j["percent"]));
+    std::printf("job %s %-10s %s keys %s\n", Num(j["job_id"]).c_str(), Num(j["state"]).c_str(),
+                Num(j["target"]).c_str(), Num(j["keys"]).c_str());
+    std::printf("  %s %6.2f%%  rows %s/%s  quarantined %s  batches done %s failed %s running %s "
+                "pending %s\n",
+                tty ? Bar(percent, 30).c_str() : "", percent, Num(j["rows_processed"]).c_str(),
+                Num(j["rows_total"]).c_str(), Num(j["rows_quarantined"]).c_str(),
+                Num(j["batches_done"]).c_str(), Num(j["batches_failed"]).c_str(),
+                Num(j["batches_running"]).c_str(), Num(j["batches_pending"]).c_str());
+    std::printf("  rate %s rows/s  eta %s  workers %s", Num(j["rows_per_second"]).c_str(),
+                Num(j["eta"]).c_str(), Num(j["active_workers"]).c_str());
+    if (!j["state_reason"].is_null()) std::printf("  reason: %s", Num(j["state_reason"]).c_str());
+    std::printf("\n");
+  }
+}
+
+bool AnyActive(const nlohmann::json& jobs) {
+  for (const auto& j : jobs) {
+    if (j["state"] == "active") return true;
+  }
+  return false;
+}
+
+void Status(const GlobalOptions& global, const StatusFlags& flags) {
+  auto conn = OpenDatabase(global);
+  const bool tty = isatty(STDOUT_FILENO);
+  while (true) {
+    nlohmann::json jobs = QueryProgress(*conn, flags.job);
+    if (flags.json) {
+      std::cout << jobs.dump(flags.watch ? -1 : 2) << std::endl;
+    } else {
+      if (flags.watch && tty) std::printf("\033[H\033[2J");
+      PrintTable(jobs, tty);
+      std::fflush(stdout);
+    }
+    if (!flags.watch || !AnyActive(jobs)) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(int64_t(flags.interval * 1000)));
+  }
+}
+
+}  // namespace
 
 void AddStatusCommand(CLI::App& app, GlobalOptions& global) {
-  (void)app;
-  (void)global;
+  auto flags = std::make_shared<StatusFlags>();
+  CLI::App* status = app.add_subcommand("status", "Show job progress (the rekey.progress view)");
+  status->add_option("job", flags->job, "Only this job");
+  status->add_flag("--watch", flags->watch, "Refresh until no shown job is active");
+  status->add_flag("--json", flags->json, "JSON output");
+  status->add_option("--interval", flags->interval, "Seconds between refreshes")->capture_default_str();
+  status->callback([&global, flags] { Status(global, *flags); });
 }
 
 }  // namespace rekey::cli

@@ -1,0 +1,114 @@
+#include "jobs/job.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "db/identifiers.h"
+
+namespace rekey::jobs {
+namespace {
+
+uint32_t ParseKeyId(const std::string& text, const std::string& whole) {
+  if (text.empty() || text.size() > 10 || text.find_first_not_of("0123456789") != std::string::npos) {
+    throw ConfigError("bad key map '" + whole + "': key ids are unsigned integers, as in 1:2,3:7");
+  }
+  uint64_t v = std::stoull(text);
+  if (v > 0xffffffffull) throw ConfigError("bad key map '" + whole + "': key ids are 32-bit");
+  return static_cast<uint32_t>(v);
+}
+
+}  // namespace
+
+std::string JobDefinition::QualifiedTable() const {
+  return db::QuoteIdent(schema_name) + "." + db::QuoteIdent(table_name);
+}
+
+std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text) {
+  std::map<uint32_t, uint32_t> map;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    std::string pair = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    size_t colon = pair.find(':');
+    if (colon == std::string::npos) {
+      throw ConfigError("bad key map '" + text + "': write source:target pairs, as in 1:2,3:7");
+    }
+    uint32_t from = ParseKeyId(pair.substr(0, colon), text);
+    uint32_t to = ParseKeyId(pair.substr(colon + 1), text);
+    if (!map.emplace(from, to).second) {
+      throw ConfigError("bad key map '" + text + "': source key " + std::to_string(from) + " appears twice");
+    }
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return map;
+}
+
+std::pair<std::string, std::string> ParseScope(const std::string& text) {
+  size_t eq = text.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw ConfigError("bad scope '" + text + "': write column=value, as in tenant_id=42");
+  }
+  return {text.substr(0, eq), text.substr(eq + 1)};
+}
+
+JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
+  pqxx::result r = txn.exec_params(
+      "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column, pk_type, key_id_column,"
+      " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, per_row_audit, state"
+      " FROM rekey.jobs WHERE job_id = $1",
+      job_id);
+  if (r.empty()) {
+    throw StateError("unknown job " + std::to_string(job_id) +
+                     "; SELECT * FROM rekey.progress lists the jobs");
+  }
+  const pqxx::row row = r[0];
+  JobDefinition job;
+  job.job_id = row[0].as<int64_t>();
+  job.name = row[1].as<std::string>();
+  job.schema_name = row[2].as<std::string>();
+  job.table_name = row[3].as<std::string>();
+  job.pk_column = row[4].as<std::string>();
+  job.pk_type = row[5].as<std::string>();
+  if (!row[6].is_null()) job.key_id_column = row[6].as<std::string>();
+  if (!row[7].is_null()) job.associated_data = crypto::AssociatedDataTemplate::Compile(row[7].as<std::string>());
+  if (!row[8].is_null()) job.scope_column = row[8].as<std::string>();
+  if (!row[9].is_null()) job.scope_value = row[9].as<std::string>();
+  job.scope_type = row[10].as<std::string>();
+  job.batch_size = row[11].as<int>();
+  job.per_row_audit = row[12].as<bool>();
+  job.state = row[13].as<std::string>();
+
+  for (const auto& c : txn.exec_params(
+           "SELECT t.column_name, t.codec FROM rekey.job_columns c"
+           " JOIN rekey.targets t USING (target_id) WHERE c.job_id = $1 ORDER BY c.ordinal",
+           job_id)) {
+    auto codec = crypto::ParseCodecKind(c[1].as<std::string>());
+    if (!codec) throw StateError("job " + std::to_string(job_id) + " uses unknown codec " + c[1].as<std::string>());
+    job.columns.push_back({c[0].as<std::string>(), *codec});
+  }
+  for (const auto& k : txn.exec_params(
+           "SELECT source_key_id, target_key_id FROM rekey.job_keys WHERE job_id = $1", job_id)) {
+    job.key_map[k[0].as<uint32_t>()] = k[1].as<uint32_t>();
+  }
+  return job;
+}
+
+int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
+  nlohmann::json key_map = nlohmann::json::object();
+  for (const auto& [from, to] : spec.key_map) key_map[std::to_string(from)] = to;
+  if (spec.ad_template) crypto::AssociatedDataTemplate::Compile(*spec.ad_template);  // early, precise error
+  auto opt = [](const std::optional<std::string>& v) -> const char* {
+    return v ? v->c_str() : nullptr;
+  };
+  std::string codecs = db::TextArrayLiteral(spec.codecs);
+  pqxx::result r = txn.exec_params(
+      "SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9, $10, $11, $12)",
+      spec.table, db::TextArrayLiteral(spec.columns), key_map.dump(),
+      spec.codecs.empty() ? nullptr : codecs.c_str(), opt(spec.key_id_column),
+      opt(spec.ad_template), opt(spec.scope_column), opt(spec.scope_value), spec.batch_size,
+      opt(spec.name), spec.per_row_audit, spec.max_attempts);
+  return r[0][0].as<int64_t>();
+}
+
+}  // namespace rekey::jobs

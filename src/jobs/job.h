@@ -1,0 +1,76 @@
+// Rotation jobs as the worker sees them: the catalog-checked definition stored in rekey.jobs,
+// and the CLI's way of creating one through the SQL function rekey.create_job.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "crypto/associated_data.h"
+#include "crypto/codec.h"
+
+namespace rekey::jobs {
+
+struct JobColumn {
+  std::string name;
+  crypto::CodecKind codec = crypto::CodecKind::kTink;
+};
+
+// A job as stored. Identifiers are the catalog's names (unquoted); quote them before use.
+struct JobDefinition {
+  int64_t job_id = 0;
+  std::string name;
+  std::string schema_name;
+  std::string table_name;
+  std::string pk_column;
+  std::string pk_type;  // format_type(), e.g. "bigint", "uuid", "text"
+  std::optional<std::string> key_id_column;
+  crypto::AssociatedDataTemplate associated_data;
+  std::optional<std::string> scope_column;
+  std::optional<std::string> scope_value;
+  std::string scope_type;
+  int batch_size = 0;
+  bool per_row_audit = false;
+  std::string state;
+  std::vector<JobColumn> columns;
+  std::map<uint32_t, uint32_t> key_map;  // source key id -> target key id
+
+  std::string QualifiedTable() const;  // "schema"."table", quoted
+};
+
+// Loads job `job_id`. Throws StateError if there is no such job.
+JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id);
+
+// What `rekey job create` collects from its flags; validated by rekey.create_job in the database.
+struct JobSpec {
+  std::string table;                      // schema.table
+  std::vector<std::string> columns;       // ciphertext columns
+  std::vector<std::string> codecs;        // one per column, or empty for all tink
+  std::map<uint32_t, uint32_t> key_map;   // source -> target
+  std::optional<std::string> key_id_column;
+  std::optional<std::string> ad_template;
+  std::optional<std::string> scope_column;
+  std::optional<std::string> scope_value;
+  int batch_size = 1000;
+  int max_attempts = 3;
+  bool per_row_audit = false;
+  std::optional<std::string> name;
+};
+
+// Parses "1:2,3:7" (source:target pairs). Throws ConfigError on anything else.
+std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text);
+
+// Parses "column=value" for a scope. Throws ConfigError unless there is a '=' after a non-empty
+// column name.
+std::pair<std::string, std::string> ParseScope(const std::string& text);
+
+// Creates and plans the job in `txn` (the caller commits). Returns its id. Invalid definitions
+// (unknown table or column, hostile identifiers, bad key map) raise in the database and come
+// back as StateError with the database's one-line reason; nothing is written.
+int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec);
+
+}  // namespace rekey::jobs

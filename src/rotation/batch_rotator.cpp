@@ -1,0 +1,331 @@
+#include "rotation/batch_rotator.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <map>
+
+#include "common/bytes.h"
+#include "common/error.h"
+#include "crypto/codec.h"
+#include "db/identifiers.h"
+
+namespace rekey::rotation {
+namespace {
+
+using crypto::CodecKind;
+using crypto::DecodeStatus;
+
+// Appends `value` to a bytea[] literal as "\\x<hex>".
+void AppendByteaElement(const uint8_t* data, size_t size, std::string* literal) {
+  if (literal->size() > 1) *literal += ',';
+  *literal += "\"\\\\x";
+  *literal += HexEncode(data, size);
+  *literal += '"';
+}
+
+void AppendNullElement(std::string* literal) {
+  if (literal->size() > 1) *literal += ',';
+  *literal += "NULL";
+}
+
+// Variants of the row-locking SELECT, by which batch bounds exist: a generic plan with
+// "$1 IS NULL OR pk >= $1" could not use the primary-key index.
+enum Bounds { kNoBounds = 0, kLo = 1, kHi = 2, kBoth = 3 };
+
+}  // namespace
+
+BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys)
+    : job_(std::move(job)), key_source_(std::move(keys)) {
+  prefix_ = "rekey_j" + std::to_string(job_.job_id) + "_";
+  source_prefixes_literal_ = "{";
+  source_ids_literal_ = "{";
+  for (const auto& [source, target] : job_.key_map) {
+    uint8_t prefix[crypto::kTinkPrefixSize] = {0x01};
+    PutUint32BigEndian(source, prefix + 1);
+    AppendByteaElement(prefix, sizeof prefix, &source_prefixes_literal_);
+    if (source_ids_literal_.size() > 1) source_ids_literal_ += ',';
+    source_ids_literal_ += std::to_string(source);
+  }
+  source_prefixes_literal_ += '}';
+  source_ids_literal_ += '}';
+}
+
+void BatchRotator::LoadKeys() {
+  for (const auto& [source, target] : job_.key_map) {
+    Key(source);
+    Key(target);
+  }
+}
+
+crypto::AesGcmKey* BatchRotator::Key(uint32_t key_id) {
+  auto it = keys_.find(key_id);
+  if (it != keys_.end()) return it->second.get();
+  auto key = std::make_unique<crypto::AesGcmKey>(key_source_(key_id));
+  return keys_.emplace(key_id, std::move(key)).first->second.get();
+}
+
+void BatchRotator::Prepare(pqxx::connection& conn) {
+  const std::string table = job_.QualifiedTable();
+  const std::string pk = db::QuoteIdent(job_.pk_column);
+  const std::string kid = job_.key_id_column ? db::QuoteIdent(*job_.key_id_column) : "";
+
+  // Which rows need work: any column still under a source key. Tink values whose prefix cannot
+  // even be parsed are selected too, so corrupt values are quarantined rather than ignored.
+  std::string needs_work;
+  for (const auto& column : job_.columns) {
+    const std::string c = db::QuoteIdent(column.name);
+    if (!needs_work.empty()) needs_work += " OR ";
+    if (column.codec == CodecKind::kTink) {
+      needs_work += "substring(" + c + " from 1 for 5) = ANY($P::bytea[]) OR substring(" + c +
+                    " from 1 for 1) <> '\\x01'::bytea OR octet_length(" + c + ") < 5";
+    } else {
+      needs_work += "(" + kid + " = ANY($K::bigint[]) AND " + c + " IS NOT NULL)";
+    }
+  }
+  // Qualified names throughout: an unqualified ORDER BY pk would sort the pk::text output column.
+  std::string select_list = "t." + pk + "::text";
+  for (const auto& column : job_.columns) select_list += ", t." + db::QuoteIdent(column.name);
+  if (!kid.empty()) select_list += ", t." + kid;
+
+  for (int bounds = kNoBounds; bounds <= kBoth; ++bounds) {
+    int n = 0;
+    std::string where;
+    auto param = [&n] { return "$" + std::to_string(++n); };
+    if (bounds & kLo) where += " AND t." + pk + " >= " + param() + "::" + job_.pk_type;
+    if (bounds & kHi) where += " AND t." + pk + " < " + param() + "::" + job_.pk_type;
+    if (job_.scope_column) {
+      where += " AND t." + db::QuoteIdent(*job_.scope_column) + " = " + param() + "::" + job_.scope_type;
+    }
+    std::string condition = needs_work;
+    std::string prefixes_param = param();
+    std::string ids_param = param();
+    for (size_t at; (at = condition.find("$P")) != std::string::npos;) condition.replace(at, 2, prefixes_param);
+    for (size_t at; (at = condition.find("$K")) != std::string::npos;) condition.replace(at, 2, ids_param);
+    // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
+    conn.prepare(prefix_ + "select" + std::to_string(bounds),
+                 "SELECT " + select_list + " FROM " + table + " AS t WHERE (" + condition + ")" +
+                     where + " AND " + prefixes_param + "::bytea[] IS NOT NULL AND " + ids_param +
+                     "::bigint[] IS NOT NULL ORDER BY t." + pk + " FOR UPDATE");
+  }
+
+  std::string set_list;
+  std::string unnest_args = "$1::" + job_.pk_type + "[]";
+  std::string unnest_names = "pk";
+  int n = 1;
+  for (size_t i = 0; i < job_.columns.size(); ++i) {
+    const std::string c = db::QuoteIdent(job_.columns[i].name);
+    const std::string v = "v.c" + std::to_string(i);
+    if (!set_list.empty()) set_list += ", ";
+    set_list += c + " = coalesce(" + v + ", t." + c + ")";
+    unnest_args += ", $" + std::to_string(++n) + "::bytea[]";
+    unnest_names += ", c" + std::to_string(i);
+  }
+  if (!kid.empty()) {
+    set_list += ", " + kid + " = coalesce(v.kid, t." + kid + ")";
+    unnest_args += ", $" + std::to_string(++n) + "::bigint[]";
+    unnest_names += ", kid";
+  }
+  conn.prepare(prefix_ + "update", "UPDATE " + table + " AS t SET " + set_list + " FROM unnest(" +
+                                       unnest_args + ") AS v(" + unnest_names + ") WHERE t." +
+                                       pk + " = v.pk");
+  conn.prepare(prefix_ + "lock_batch",
+               "SELECT b.state, b.worker_id, j.state FROM rekey.batches b JOIN rekey.jobs j USING "
+               "(job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
+  conn.prepare(prefix_ + "failures",
+               "INSERT INTO rekey.row_failures (job_id, batch_no, table_name, pk, column_name, "
+               "error_class, key_id, worker_id) SELECT $1, $2, $3, f.pk, f.col, f.cls, f.kid, $4 "
+               "FROM unnest($5::text[], $6::text[], $7::text[], $8::bigint[]) AS f(pk, col, cls, kid)");
+  conn.prepare(prefix_ + "value_audit",
+               "INSERT INTO rekey.value_audit (job_id, batch_no, pk, column_name, from_key_id, "
+               "to_key_id) SELECT $1, $2, a.pk, a.col, a.from_key, a.to_key FROM unnest($3::text[], "
+               "$4::text[], $5::bigint[], $6::bigint[]) AS a(pk, col, from_key, to_key)");
+  conn.prepare(prefix_ + "complete",
+               "SELECT rekey.complete_batch($1, $2, $3, $4, $5, $6, $7, $8::jsonb)");
+  prepared_on_ = &conn;
+}
+
+BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& batch,
+                                  const std::string& worker_id) {
+  const auto started = std::chrono::steady_clock::now();
+  if (prepared_on_ != &conn) Prepare(conn);
+  BatchResult result;
+  pqxx::work txn(conn);
+
+  pqxx::result lock = txn.exec_prepared(prefix_ + "lock_batch", batch.job_id, batch.batch_no);
+  if (lock.empty() || lock[0][0].as<std::string>() != "running" || lock[0][1].is_null() ||
+      lock[0][1].as<std::string>() != worker_id) {
+    result.outcome = BatchResult::Outcome::kLost;
+    return result;
+  }
+  if (lock[0][2].as<std::string>() != "active") {
+    result.outcome = BatchResult::Outcome::kJobNotActive;
+    return result;
+  }
+
+  std::vector<std::string> params;
+  int bounds = kNoBounds;
+  if (batch.lo) {
+    params.push_back(*batch.lo);
+    bounds |= kLo;
+  }
+  if (batch.hi) {
+    params.push_back(*batch.hi);
+    bounds |= kHi;
+  }
+  if (job_.scope_column) params.push_back(*job_.scope_value);
+  params.push_back(source_prefixes_literal_);
+  params.push_back(source_ids_literal_);
+  pqxx::result rows = txn.exec_prepared(prefix_ + "select" + std::to_string(bounds),
+                                        pqxx::prepare::make_dynamic_params(params));
+
+  const size_t ncols = job_.columns.size();
+  const int kid_field = job_.key_id_column ? int(1 + ncols) : -1;
+  std::string pk_literal = "{";
+  std::vector<std::string> column_literals(ncols, "{");
+  std::string kid_literal = "{";
+  std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid;
+  std::vector<std::string> audit_pk, audit_col, audit_from, audit_to;
+  std::map<std::string, int> moved;  // "1->2" -> values, for the audit row
+
+  std::string ad;
+  Bytes plaintext;
+  Bytes sealed;
+  std::vector<std::optional<Bytes>> new_values(ncols);
+  std::vector<std::pair<uint32_t, uint32_t>> value_keys(ncols);
+  const crypto::KeyLookup source_lookup = [this](uint32_t id) -> crypto::AesGcmKey* {
+    return job_.key_map.count(id) ? Key(id) : nullptr;
+  };
+
+  for (const auto& row : rows) {
+    const std::string pk = row[0].as<std::string>();
+    std::optional<uint32_t> row_kid;
+    if (kid_field >= 0 && !row[kid_field].is_null()) row_kid = row[kid_field].as<uint32_t>();
+    bool failed = false;
+    bool changed = false;
+    std::optional<uint32_t> new_kid;
+    for (size_t i = 0; i < ncols; ++i) {
+      new_values[i].reset();
+      const auto& field = row[int(1 + i)];
+      if (field.is_null()) continue;
+      const pqxx::binarystring value(field);
+      const auto& column = job_.columns[i];
+      const bool tink = column.codec == CodecKind::kTink;
+      std::optional<uint32_t> source;
+      if (tink) {
+        source = crypto::TinkKeyId(value.data(), value.size());
+        // A well-formed value under a key this job does not rotate is not ours to touch.
+        if (source && !job_.key_map.count(*source)) continue;
+      } else {
+        if (!row_kid || !job_.key_map.count(*row_kid)) continue;
+        source = row_kid;
+      }
+      if (!job_.associated_data.empty()) {
+        job_.associated_data.Render(job_.schema_name, job_.table_name, column.name, pk, &ad);
+      } else {
+        ad.clear();
+      }
+      const auto* ad_data = reinterpret_cast<const uint8_t*>(ad.data());
+      DecodeStatus status;
+      uint32_t parsed_kid = 0;
+      if (tink) {
+        status = crypto::OpenTink(value.data(), value.size(), source_lookup, ad_data, ad.size(),
+                                  &plaintext, &parsed_kid);
+      } else {
+        status = crypto::OpenRaw(value.data(), value.size(), Key(*source), ad_data, ad.size(),
+                                 &plaintext);
+      }
+      if (status != DecodeStatus::kOk) {
+        failed = true;
+        fail_pk.push_back(pk);
+        fail_col.push_back(column.name);
+        fail_class.emplace_back(crypto::DecodeStatusName(status));
+        fail_kid.push_back(source ? std::to_string(*source) : "");
+        continue;
+      }
+      const uint32_t target = job_.key_map.at(*source);
+      sealed.clear();
+      if (tink) {
+        crypto::SealTink(target, *Key(target), plaintext.data(), plaintext.size(), ad_data,
+                         ad.size(), &sealed);
+      } else {
+        crypto::SealRaw(*Key(target), plaintext.data(), plaintext.size(), ad_data, ad.size(),
+                        &sealed);
+      }
+      OPENSSL_cleanse(plaintext.data(), plaintext.size());
+      new_values[i] = sealed;
+      value_keys[i] = {*source, target};
+      if (!new_kid) new_kid = target;
+      changed = true;
+    }
+    if (failed) {
+      ++result.rows_failed;
+      continue;
+    }
+    if (!changed) {
+      ++result.rows_skipped;
+      continue;
+    }
+    ++result.rows_done;
+    db::AppendTextArrayElement(pk, &pk_literal);
+    for (size_t i = 0; i < ncols; ++i) {
+      if (new_values[i]) {
+        AppendByteaElement(new_values[i]->data(), new_values[i]->size(), &column_literals[i]);
+        auto key = std::to_string(value_keys[i].first) + "->" + std::to_string(value_keys[i].second);
+        ++moved[key];
+        if (job_.per_row_audit) {
+          audit_pk.push_back(pk);
+          audit_col.push_back(job_.columns[i].name);
+          audit_from.push_back(std::to_string(value_keys[i].first));
+          audit_to.push_back(std::to_string(value_keys[i].second));
+        }
+      } else {
+        AppendNullElement(&column_literals[i]);
+      }
+    }
+    if (kid_field >= 0) {
+      if (kid_literal.size() > 1) kid_literal += ',';
+      kid_literal += std::to_string(*new_kid);
+    }
+  }
+
+  if (result.rows_done > 0) {
+    std::vector<std::string> update_params{pk_literal + "}"};
+    for (auto& literal : column_literals) update_params.push_back(literal + "}");
+    if (kid_field >= 0) update_params.push_back(kid_literal + "}");
+    txn.exec_prepared(prefix_ + "update", pqxx::prepare::make_dynamic_params(update_params));
+  }
+  if (!fail_pk.empty()) {
+    std::string kids = "{";
+    for (size_t i = 0; i < fail_kid.size(); ++i) {
+      if (i) kids += ',';
+      kids += fail_kid[i].empty() ? "NULL" : fail_kid[i];
+    }
+    txn.exec_prepared(prefix_ + "failures", batch.job_id, batch.batch_no,
+                      job_.schema_name + "." + job_.table_name, worker_id,
+                      db::TextArrayLiteral(fail_pk), db::TextArrayLiteral(fail_col),
+                      db::TextArrayLiteral(fail_class), kids + "}");
+  }
+  if (!audit_pk.empty()) {
+    auto ints = [](const std::vector<std::string>& v) {
+      std::string s = "{";
+      for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + v[i];
+      return s + "}";
+    };
+    txn.exec_prepared(prefix_ + "value_audit", batch.job_id, batch.batch_no,
+                      db::TextArrayLiteral(audit_pk), db::TextArrayLiteral(audit_col),
+                      ints(audit_from), ints(audit_to));
+  }
+
+  nlohmann::json details = {{"keys", moved}, {"attempt", batch.attempt}};
+  if (!fail_pk.empty()) details["quarantined_classes"] = fail_class;
+  result.duration_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+  txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
+                    result.rows_done, result.rows_skipped, result.rows_failed, result.duration_ms,
+                    details.dump());
+  txn.commit();
+  return result;
+}
+
+}  // namespace rekey::rotation

@@ -1,0 +1,85 @@
+// Re-encrypts one claimed batch of one job, in one transaction.
+//
+// The transaction locks the batch's queue row, then the batch's target rows that are still under
+// a source key (FOR UPDATE), decrypts each value with its source key and encrypts it under the
+// mapped target key, writes the new values back with one UPDATE ... FROM unnest(...), records
+// poison values in rekey.row_failures (leaving their rows untouched), and marks the batch done
+// with its audit row (rekey.complete_batch). Rows, checkpoint and audit commit together or not
+// at all. Because only values still under a source key are selected, and they stay locked until
+// commit, a value the application changed is never overwritten and re-processing a batch never
+// encrypts a value twice.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "common/secret.h"
+#include "crypto/aes_gcm.h"
+#include "jobs/job.h"
+
+namespace rekey::rotation {
+
+struct ClaimedBatch {
+  int64_t job_id = 0;
+  int batch_no = 0;
+  std::optional<std::string> lo;  // inclusive; nullopt = unbounded
+  std::optional<std::string> hi;  // exclusive; nullopt = unbounded
+  int attempt = 0;
+};
+
+struct BatchResult {
+  enum class Outcome {
+    kDone,          // committed: rows rewritten, batch done, audited
+    kLost,          // another worker owns the batch now; nothing written
+    kJobNotActive,  // the job was paused or cancelled meanwhile; nothing written
+  };
+  Outcome outcome = Outcome::kDone;
+  int rows_done = 0;
+  int rows_skipped = 0;
+  int rows_failed = 0;
+  double duration_ms = 0;
+};
+
+// Resolves a rekey key id to its plaintext data key (normally keyring::DataKeyCache::Get).
+// Throws KeyError when the key cannot be had, TransientError when the KMS may recover.
+using DataKeySource = std::function<Secret(uint32_t key_id)>;
+
+// Not thread-safe: each claim loop owns its rotators (they hold per-thread cipher contexts and
+// statements prepared on that loop's connection).
+class BatchRotator {
+ public:
+  BatchRotator(jobs::JobDefinition job, DataKeySource keys);
+
+  const jobs::JobDefinition& job() const { return job_; }
+
+  // Unwraps every source and target key of the job now, so a KMS or key problem stops the
+  // worker before it claims anything. Throws as DataKeySource does.
+  void LoadKeys();
+
+  // Processes `batch` (claimed by `worker_id`) on `conn`, in one transaction. Throws on
+  // database or KMS errors, in which case nothing was committed.
+  BatchResult Process(pqxx::connection& conn, const ClaimedBatch& batch,
+                      const std::string& worker_id);
+
+ private:
+  struct Statements;
+  void Prepare(pqxx::connection& conn);
+  crypto::AesGcmKey* Key(uint32_t key_id);
+
+  jobs::JobDefinition job_;
+  DataKeySource key_source_;
+  std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys_;
+  std::string prefix_;  // prepared-statement name prefix, unique per job
+  std::string source_prefixes_literal_;  // {"\\x0100000001",...} for the Tink filter
+  std::string source_ids_literal_;       // {1,3} for the key-id column filter
+  const pqxx::connection* prepared_on_ = nullptr;
+};
+
+}  // namespace rekey::rotation

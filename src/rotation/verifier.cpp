@@ -1,0 +1,137 @@
+#include "rotation/verifier.h"
+
+#include <openssl/evp.h>
+
+#include <memory>
+#include <unordered_map>
+
+#include "common/bytes.h"
+#include "common/error.h"
+#include "crypto/codec.h"
+#include "db/identifiers.h"
+
+namespace rekey::rotation {
+namespace {
+
+struct Sha256 {
+  Sha256() : ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free) { EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr); }
+  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx.get(), data, size); }
+  std::string HexFinal() {
+    uint8_t out[32];
+    unsigned int n = 0;
+    EVP_DigestFinal_ex(ctx.get(), out, &n);
+    return HexEncode(out, n);
+  }
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx;
+};
+
+}  // namespace
+
+int64_t VerifyReport::ValuesUnder(const std::vector<uint32_t>& keys) const {
+  int64_t n = 0;
+  for (uint32_t k : keys) {
+    auto it = values_by_key.find(k);
+    if (it != values_by_key.end()) n += it->second;
+  }
+  return n;
+}
+
+VerifyReport VerifyJob(pqxx::connection& conn, const jobs::JobDefinition& job,
+                       const DataKeySource& keys, int page_size) {
+  std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> cache;
+  auto lookup = [&](uint32_t id) -> crypto::AesGcmKey* {
+    auto it = cache.find(id);
+    if (it != cache.end()) return it->second.get();
+    std::unique_ptr<crypto::AesGcmKey> key;
+    try {
+      key = std::make_unique<crypto::AesGcmKey>(keys(id));
+    } catch (const KeyError&) {
+      key = nullptr;  // unknown or destroyed: its values count as unknown_key
+    }
+    return cache.emplace(id, std::move(key)).first->second.get();
+  };
+
+  const std::string pk = db::QuoteIdent(job.pk_column);
+  // Qualified names: an unqualified ORDER BY pk would sort the pk::text output column.
+  std::string select = "SELECT t." + pk + "::text";
+  for (const auto& c : job.columns) select += ", t." + db::QuoteIdent(c.name);
+  if (job.key_id_column) select += ", t." + db::QuoteIdent(*job.key_id_column);
+  select += " FROM " + job.QualifiedTable() + " AS t WHERE ";
+  std::string scope;
+  if (job.scope_column) {
+    scope = " AND t." + db::QuoteIdent(*job.scope_column) + " = $2::" + job.scope_type;
+  }
+  const std::string order = " ORDER BY t." + pk + " LIMIT " + std::to_string(page_size);
+  const std::string first_page = select + "($1::text IS NULL)" + scope + order;
+  const std::string next_page = select + "t." + pk + " > $1::" + job.pk_type + scope + order;
+
+  VerifyReport report;
+  Sha256 digest;
+  std::optional<std::string> last;
+  std::string ad;
+  Bytes plaintext;
+  const size_t ncols = job.columns.size();
+  const int kid_field = job.key_id_column ? int(1 + ncols) : -1;
+  while (true) {
+    pqxx::work txn(conn);
+    const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
+    const char* last_pk = last ? last->c_str() : nullptr;
+    const std::string& sql = last ? next_page : first_page;
+    pqxx::result page = scope_value ? txn.exec_params(sql, last_pk, scope_value)
+                                    : txn.exec_params(sql, last_pk);
+    txn.commit();
+    for (const auto& row : page) {
+      const std::string pk_text = row[0].as<std::string>();
+      ++report.rows;
+      for (size_t i = 0; i < ncols; ++i) {
+        if (row[int(1 + i)].is_null()) continue;
+        ++report.values;
+        const pqxx::binarystring value(row[int(1 + i)]);
+        const auto& column = job.columns[i];
+        if (!job.associated_data.empty()) {
+          job.associated_data.Render(job.schema_name, job.table_name, column.name, pk_text, &ad);
+        } else {
+          ad.clear();
+        }
+        const auto* ad_data = reinterpret_cast<const uint8_t*>(ad.data());
+        uint32_t key_id = 0;
+        crypto::DecodeStatus status;
+        if (column.codec == crypto::CodecKind::kTink) {
+          status = crypto::OpenTink(value.data(), value.size(), lookup, ad_data, ad.size(),
+                                    &plaintext, &key_id);
+        } else if (kid_field < 0 || row[kid_field].is_null()) {
+          status = crypto::DecodeStatus::kUnknownKey;
+        } else {
+          key_id = row[kid_field].as<uint32_t>();
+          status = crypto::OpenRaw(value.data(), value.size(), lookup(key_id), ad_data, ad.size(),
+                                   &plaintext);
+        }
+        if (status != crypto::DecodeStatus::kOk) {
+          ++report.failures;
+          ++report.failures_by_class[std::string(crypto::DecodeStatusName(status))];
+          if (report.failure_samples.size() < 20) {
+            report.failure_samples.push_back(pk_text + "/" + column.name + ": " +
+                                             std::string(crypto::DecodeStatusName(status)));
+          }
+          continue;
+        }
+        ++report.values_by_key[key_id];
+        uint8_t len[4];
+        PutUint32BigEndian(uint32_t(plaintext.size()), len);
+        digest.Update(pk_text.data(), pk_text.size());
+        digest.Update("\0", 1);
+        digest.Update(column.name.data(), column.name.size());
+        digest.Update("\0", 1);
+        digest.Update(len, 4);
+        digest.Update(plaintext.data(), plaintext.size());
+        OPENSSL_cleanse(plaintext.data(), plaintext.size());
+      }
+    }
+    if (page.size() < size_t(page_size)) break;
+    last = page[page.size() - 1][0].as<std::string>();
+  }
+  report.plaintext_sha256 = digest.HexFinal();
+  return report;
+}
+
+}  // namespace rekey::rotation

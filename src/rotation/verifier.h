@@ -1,0 +1,41 @@
+// Proves where a job's target stands: decrypts every value of its columns (in its scope), in
+// primary-key order, and reports how many values sit under each key, which ones fail to decrypt
+// and why, and a digest of all plaintexts. The digest lets an operator show that a rotation
+// changed no plaintext: take it before and after, and compare.
+//
+// Plaintext digest (docs/operations.md): SHA-256 over, for each row in primary-key order and
+// each job column in job order whose value is not NULL and decrypts:
+//   pk text || 0x00 || column name || 0x00 || uint32 big-endian plaintext length || plaintext
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "jobs/job.h"
+#include "rotation/batch_rotator.h"
+
+namespace rekey::rotation {
+
+struct VerifyReport {
+  int64_t rows = 0;        // rows in scope
+  int64_t values = 0;      // non-NULL values examined
+  int64_t failures = 0;    // values that did not decrypt
+  std::map<uint32_t, int64_t> values_by_key;           // decrypted values per key id
+  std::map<std::string, int64_t> failures_by_class;    // crypto::DecodeStatusName -> count
+  std::vector<std::string> failure_samples;            // "pk/column: class", at most 20
+  std::string plaintext_sha256;                        // hex
+
+  // Values under any of `keys`.
+  int64_t ValuesUnder(const std::vector<uint32_t>& keys) const;
+};
+
+// Reads in pages of `page_size` rows, so memory stays flat whatever the table size. Keys the
+// keyring does not know count as unknown_key failures; other key errors propagate.
+VerifyReport VerifyJob(pqxx::connection& conn, const jobs::JobDefinition& job,
+                       const DataKeySource& keys, int page_size = 5000);
+
+}  // namespace rekey::rotation

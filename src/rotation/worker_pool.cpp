@@ -1,0 +1,211 @@
+#include "rotation/worker_pool.h"
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "db/connection.h"
+
+namespace rekey::rotation {
+namespace {
+
+// Sleeps up to `duration`, waking early when `stop` turns true.
+void SleepUnlessStopped(std::chrono::milliseconds duration, const std::atomic<bool>& stop,
+                        const std::atomic<bool>& fatal) {
+  const auto until = std::chrono::steady_clock::now() + duration;
+  while (!stop && !fatal && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::chrono::milliseconds Backoff(int failures, std::mt19937& rng) {
+  // Exponential with full jitter, capped: a crowd of workers must not retry in lockstep.
+  const int64_t cap = std::min<int64_t>(5000, 100LL << std::min(failures, 6));
+  return std::chrono::milliseconds(std::uniform_int_distribution<int64_t>(cap / 2, cap)(rng));
+}
+
+bool IsKeyOrConfigError(const std::exception& e) {
+  return dynamic_cast<const KeyError*>(&e) != nullptr ||
+         dynamic_cast<const ConfigError*>(&e) != nullptr;
+}
+
+}  // namespace
+
+std::string DefaultWorkerName() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
+  return std::string(host) + ":" + std::to_string(getpid());
+}
+
+WorkerPool::WorkerPool(std::string conninfo, WorkerOptions options, DataKeySource keys)
+    : conninfo_(std::move(conninfo)), options_(std::move(options)), keys_(std::move(keys)) {
+  if (options_.concurrency < 1) throw ConfigError("--concurrency must be at least 1");
+  if (options_.worker_name.empty()) options_.worker_name = DefaultWorkerName();
+}
+
+void WorkerPool::SetFatal(std::exception_ptr error) {
+  std::lock_guard<std::mutex> lock(fatal_mu_);
+  if (!fatal_) fatal_ = error;
+  fatal_set_ = true;
+}
+
+void WorkerPool::Run(const std::atomic<bool>& stop) {
+  std::vector<std::thread> loops;
+  for (int i = 0; i < options_.concurrency; ++i) {
+    loops.emplace_back([this, i, &stop] {
+      try {
+        ClaimLoop(i, stop);
+      } catch (...) {
+        SetFatal(std::current_exception());
+      }
+    });
+  }
+  for (auto& t : loops) t.join();
+  if (fatal_) std::rethrow_exception(fatal_);
+}
+
+void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
+  const std::string worker_id = options_.worker_name + "/" + std::to_string(index);
+  std::mt19937 rng(std::random_device{}() + index);
+  std::unique_ptr<pqxx::connection> conn;
+  std::map<int64_t, std::unique_ptr<BatchRotator>> rotators;
+  int consecutive_failures = 0;
+  const char* job_param = nullptr;
+  std::string job_text;
+  if (options_.job) {
+    job_text = std::to_string(*options_.job);
+    job_param = job_text.c_str();
+  }
+
+  while (!stop && !fatal_set_) {
+    std::optional<ClaimedBatch> batch;
+    try {
+      if (!conn || !conn->is_open()) {
+        rotators.clear();  // prepared statements live on the old connection
+        conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
+      }
+      {
+        pqxx::work txn(*conn);
+        pqxx::result r =
+            txn.exec_params("SELECT * FROM rekey.claim_batch($1, $2::bigint)", worker_id, job_param);
+        txn.commit();
+        if (!r.empty()) {
+          ClaimedBatch b;
+          b.job_id = r[0][0].as<int64_t>();
+          b.batch_no = r[0][1].as<int>();
+          if (!r[0][2].is_null()) b.lo = r[0][2].as<std::string>();
+          if (!r[0][3].is_null()) b.hi = r[0][3].as<std::string>();
+          b.attempt = r[0][4].as<int>();
+          batch = b;
+        }
+      }
+      if (!batch) {
+        pqxx::work txn(*conn);
+        for (const auto& closed : txn.exec_params("SELECT * FROM rekey.finish_jobs($1::bigint)", job_param)) {
+          log::Audit(closed[1].as<std::string>() == "completed" ? "job.completed" : "job.failed",
+                     closed[1].as<std::string>() == "completed" ? "success" : "failure",
+                     {{"job", closed[0].as<int64_t>()}, {"worker", worker_id}});
+        }
+        const int64_t remaining =
+            txn.exec_params1(
+                   "SELECT count(*) FROM rekey.batches b JOIN rekey.jobs j USING (job_id)"
+                   " WHERE j.state = 'active' AND b.state IN ('pending', 'running')"
+                   " AND ($1::bigint IS NULL OR b.job_id = $1::bigint)",
+                   job_param)[0]
+                .as<int64_t>();
+        txn.exec_params("DELETE FROM rekey.workers WHERE worker_id = $1 AND $2", worker_id,
+                        remaining == 0);
+        txn.commit();
+        if (remaining == 0) return;
+        // Other workers hold the rest; keep polling in case one of them dies.
+        SleepUnlessStopped(options_.idle_poll, stop, fatal_set_);
+        continue;
+      }
+
+      auto& rotator = rotators[batch->job_id];
+      if (!rotator) {
+        pqxx::read_transaction txn(*conn);
+        rotator = std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_);
+        txn.commit();
+        rotator->LoadKeys();
+      }
+      BatchResult result = rotator->Process(*conn, *batch, worker_id);
+      switch (result.outcome) {
+        case BatchResult::Outcome::kDone:
+          ++stats_.batches_done;
+          stats_.rows_reencrypted += result.rows_done;
+          stats_.rows_skipped += result.rows_skipped;
+          stats_.rows_quarantined += result.rows_failed;
+          log::Audit("rotation.batch.completed", "success",
+                     {{"job", batch->job_id}, {"batch", batch->batch_no}, {"worker", worker_id},
+                      {"rows_reencrypted", result.rows_done}, {"rows_skipped", result.rows_skipped},
+                      {"rows_quarantined", result.rows_failed},
+                      {"duration_ms", int64_t(result.duration_ms)}});
+          if (result.rows_failed > 0) {
+            log::Warn("values quarantined", {{"job", batch->job_id}, {"batch", batch->batch_no},
+                                             {"worker", worker_id}, {"rows", result.rows_failed},
+                                             {"action", "quarantine"}});
+          }
+          break;
+        case BatchResult::Outcome::kLost:
+          break;
+        case BatchResult::Outcome::kJobNotActive: {
+          pqxx::work txn(*conn);
+          txn.exec_params("SELECT rekey.release_batch($1, $2, $3, $4, true)", batch->job_id,
+                          batch->batch_no, worker_id, "job is no longer active");
+          txn.commit();
+          break;
+        }
+      }
+      consecutive_failures = 0;
+    } catch (const std::exception& e) {
+      const bool key_problem = IsKeyOrConfigError(e);
+      const bool transient = key_problem || db::IsTransient(e) ||
+                             dynamic_cast<const TransientError*>(&e) != nullptr;
+      ++consecutive_failures;
+      nlohmann::json fields = {{"worker", worker_id}, {"error", e.what()},
+                               {"transient", transient}};
+      if (batch) {
+        fields["job"] = batch->job_id;
+        fields["batch"] = batch->batch_no;
+        ++stats_.batches_released;
+        // Give the batch back so another attempt (here or elsewhere) can take it. A key problem
+        // is not the batch's fault, so it does not consume an attempt.
+        try {
+          if (!conn || !conn->is_open()) conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
+          rotators.clear();
+          pqxx::work txn(*conn);
+          std::string state =
+              txn.exec_params1("SELECT rekey.release_batch($1, $2, $3, $4, $5)", batch->job_id,
+                               batch->batch_no, worker_id, std::string(e.what()).substr(0, 2000),
+                               transient)[0]
+                  .as<std::string>();
+          txn.commit();
+          fields["batch_state"] = state;
+        } catch (const std::exception& release_error) {
+          // The batch stays 'running' and unlocked: the next claim anywhere picks it up.
+          fields["release_error"] = release_error.what();
+          conn.reset();
+        }
+      } else if (!conn || !conn->is_open() || db::IsTransient(e)) {
+        conn.reset();
+      }
+      if (key_problem) {
+        log::Error("stopping: key or configuration problem", fields);
+        throw;
+      }
+      log::Warn(transient ? "batch attempt failed; will retry" : "batch attempt failed", fields);
+      SleepUnlessStopped(Backoff(consecutive_failures, rng), stop, fatal_set_);
+    }
+  }
+}
+
+}  // namespace rekey::rotation

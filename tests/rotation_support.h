@@ -1,0 +1,134 @@
+// Shared set-up for rotation tests: a known master key, known data keys imported into the
+// keyring, and tables of Tink- or raw-encoded values whose plaintexts the test knows.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <pqxx/pqxx>
+
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/bytes.h"
+#include "common/secret.h"
+#include "crypto/aes_gcm.h"
+#include "crypto/codec.h"
+#include "db/identifiers.h"
+#include "harness/process.h"
+#include "keyring/keyring.h"
+#include "kms/local_kms.h"
+
+namespace rekey::testing {
+
+// Master key bytes 0xA0..0xBF, base64.
+inline std::string TestMasterKeyBase64() {
+  Bytes k(32);
+  for (int i = 0; i < 32; ++i) k[i] = uint8_t(0xA0 + i);
+  return Base64Encode(k);
+}
+
+inline EnvOverrides WorkerEnv() {
+  return {{"REKEY_MASTER_KEY", TestMasterKeyBase64()}, {"REKEY_MASTER_KEY_FILE", std::nullopt}};
+}
+
+inline kms::LocalKms TestKms() {
+  std::string b64 = TestMasterKeyBase64();
+  return kms::LocalKms([b64](const char* name) -> std::optional<std::string> {
+    if (std::string(name) == "REKEY_MASTER_KEY") return b64;
+    return std::nullopt;
+  });
+}
+
+// Data key `id`: 32 bytes starting at 32 * (id - 1) (key 1 = 0x00..0x1f, key 2 = 0x20..0x3f,
+// as the anchors' fixture uses).
+inline Secret TestDataKey(uint32_t id) {
+  uint8_t raw[32];
+  for (int i = 0; i < 32; ++i) raw[i] = uint8_t(32 * (id - 1) + i);
+  return Secret(raw, 32);
+}
+
+// Imports keys `ids` into the keyring of the database behind `conn`.
+inline void ImportTestKeys(pqxx::connection& conn, const std::vector<uint32_t>& ids) {
+  auto kms = TestKms();
+  pqxx::work txn(conn);
+  for (uint32_t id : ids) keyring::ImportKey(txn, kms, id, "default", TestDataKey(id));
+  txn.commit();
+}
+
+inline std::string TinkEncrypt(uint32_t key_id, const std::string& plaintext,
+                               const std::string& ad = "") {
+  crypto::AesGcmKey key(TestDataKey(key_id));
+  Bytes out;
+  crypto::SealTink(key_id, key, reinterpret_cast<const uint8_t*>(plaintext.data()),
+                   plaintext.size(), reinterpret_cast<const uint8_t*>(ad.data()), ad.size(), &out);
+  return std::string(out.begin(), out.end());
+}
+
+// Decrypts a Tink value with the test keys; returns "<status name>" on failure and sets *key_id.
+inline std::string TinkDecrypt(const std::string& value, uint32_t* key_id,
+                               const std::string& ad = "") {
+  std::map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys;
+  crypto::KeyLookup lookup = [&](uint32_t id) -> crypto::AesGcmKey* {
+    auto& k = keys[id];
+    if (!k) k = std::make_unique<crypto::AesGcmKey>(TestDataKey(id));
+    return k.get();
+  };
+  Bytes plaintext;
+  auto status = crypto::OpenTink(reinterpret_cast<const uint8_t*>(value.data()), value.size(),
+                                 lookup, reinterpret_cast<const uint8_t*>(ad.data()), ad.size(),
+                                 &plaintext, key_id);
+  if (status != crypto::DecodeStatus::kOk) return "<" + std::string(crypto::DecodeStatusName(status)) + ">";
+  return std::string(plaintext.begin(), plaintext.end());
+}
+
+inline std::string PlaintextFor(int64_t id) { return "4111-1111-1111-" + std::to_string(1000000 + id); }
+
+// Creates `table` (id bigint pk, tenant_id int, key_id int, token bytea) with ids 1..rows,
+// token = Tink(key_id, PlaintextFor(id)), tenant_id = id % tenants.
+inline void SeedTinkTable(pqxx::connection& conn, const std::string& table, int64_t rows,
+                          uint32_t key_id, int tenants = 1) {
+  pqxx::work txn(conn);
+  txn.exec0("CREATE TABLE " + table +
+            " (id bigint PRIMARY KEY, tenant_id int NOT NULL, key_id int, token bytea, note text)");
+  crypto::AesGcmKey key(TestDataKey(key_id));
+  const int64_t chunk = 20000;
+  for (int64_t start = 1; start <= rows; start += chunk) {
+    std::string ids = "{", tokens = "{";
+    for (int64_t id = start; id < start + chunk && id <= rows; ++id) {
+      if (ids.size() > 1) {
+        ids += ',';
+        tokens += ',';
+      }
+      ids += std::to_string(id);
+      std::string pt = PlaintextFor(id);
+      Bytes out;
+      crypto::SealTink(key_id, key, reinterpret_cast<const uint8_t*>(pt.data()), pt.size(),
+                       nullptr, 0, &out);
+      tokens += "\"\\\\x" + HexEncode(out) + "\"";
+    }
+    txn.exec_params("INSERT INTO " + table +
+                        " (id, tenant_id, key_id, token) SELECT i, i % $3, $4, t FROM "
+                        "unnest($1::bigint[], $2::bytea[]) AS u(i, t)",
+                    ids + "}", tokens + "}", tenants, key_id);
+  }
+  txn.exec0("ANALYZE " + table);
+  txn.commit();
+}
+
+// id -> (key id, plaintext or "<status>") for every row of `table`.
+inline std::map<int64_t, std::pair<uint32_t, std::string>> DecryptAll(pqxx::connection& conn,
+                                                                      const std::string& table) {
+  std::map<int64_t, std::pair<uint32_t, std::string>> out;
+  pqxx::read_transaction txn(conn);
+  for (const auto& row : txn.exec("SELECT id, token FROM " + table + " ORDER BY id")) {
+    pqxx::binarystring token(row[1]);
+    uint32_t kid = 0;
+    std::string pt = TinkDecrypt(token.str(), &kid);
+    out[row[0].as<int64_t>()] = {kid, pt};
+  }
+  return out;
+}
+
+}  // namespace rekey::testing

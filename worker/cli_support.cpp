@@ -1,0 +1,39 @@
+#include "cli_support.h"
+
+#include <csignal>
+
+#include "db/conninfo.h"
+#include "db/connection.h"
+#include "kms/kms_factory.h"
+
+namespace rekey::cli {
+namespace {
+std::atomic<bool> g_stop{false};
+extern "C" void OnStopSignal(int) { g_stop = true; }
+}  // namespace
+
+std::string ConnInfo(const GlobalOptions& global) { return db::ResolveConnInfo(global.db); }
+
+std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
+                                               const std::string& application_name) {
+  return db::Connect(ConnInfo(global), application_name);
+}
+
+KeyServices::KeyServices(const std::string& conninfo)
+    : kms_(kms::MakeKmsClient("local")),
+      cache_(std::make_unique<keyring::DataKeyCache>(conninfo, *kms_)) {}
+
+rotation::DataKeySource KeyServices::Source() {
+  return [cache = cache_.get()](uint32_t key_id) { return cache->Get(key_id); };
+}
+
+const std::atomic<bool>& InstallStopSignals() {
+  struct sigaction sa {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  return g_stop;
+}
+
+}  // namespace rekey::cli

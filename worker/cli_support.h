@@ -1,0 +1,36 @@
+// Plumbing shared by the subcommands: the database connection and the data-key source.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <memory>
+#include <string>
+
+#include "commands.h"
+#include "keyring/data_key_cache.h"
+#include "kms/kms_client.h"
+#include "rotation/batch_rotator.h"
+
+namespace rekey::cli {
+
+// The resolved connection string (--db, DATABASE_URL, or libpq's PG* variables).
+std::string ConnInfo(const GlobalOptions& global);
+std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
+                                               const std::string& application_name = "rekey");
+
+// The KMS client and the process-wide data-key cache in front of it.
+class KeyServices {
+ public:
+  explicit KeyServices(const std::string& conninfo);
+  rotation::DataKeySource Source();
+  keyring::DataKeyCache& cache() { return *cache_; }
+
+ private:
+  std::unique_ptr<kms::KmsClient> kms_;
+  std::unique_ptr<keyring::DataKeyCache> cache_;
+};
+
+// Installs SIGTERM/SIGINT handlers that set the returned flag (for graceful stops).
+const std::atomic<bool>& InstallStopSignals();
+
+}  // namespace rekey::cli
