@@ -708,3 +708,23 @@ SELECT job_id, batch_no, state, attempts, worker_id, lo, hi, planned_rows, rows_
        rows_failed, round(duration_ms::numeric, 1) AS duration_ms, claimed_at, finished_at, last_error,
        CASE WHEN state = 'running' THEN now() - claimed_at END AS running_for
   FROM rekey.batches;
+
+-- Every keyring change is audited by the database itself, whoever makes it (CLI or psql).
+CREATE FUNCTION rekey.audit_key_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    PERFORM rekey.audit_event('key.created', NULL, jsonb_build_object(
+      'key_id', NEW.key_id, 'scope', NEW.scope, 'kms_provider', NEW.kms_provider,
+      'kms_key_ref', NEW.kms_key_ref, 'origin', NEW.origin, 'status', NEW.status));
+  ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+    PERFORM rekey.audit_event('key.' || NEW.status, NULL, jsonb_build_object(
+      'key_id', NEW.key_id, 'scope', NEW.scope, 'from', OLD.status, 'to', NEW.status));
+  ELSIF NEW.kms_key_ref IS DISTINCT FROM OLD.kms_key_ref OR NEW.kms_provider IS DISTINCT FROM OLD.kms_provider THEN
+    PERFORM rekey.audit_event('key.rewrapped', NULL, jsonb_build_object(
+      'key_id', NEW.key_id, 'from', OLD.kms_provider || ':' || OLD.kms_key_ref,
+      'to', NEW.kms_provider || ':' || NEW.kms_key_ref));
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER keys_audit AFTER INSERT OR UPDATE ON rekey.keys
+  FOR EACH ROW EXECUTE FUNCTION rekey.audit_key_change();

@@ -483,5 +483,33 @@ TEST_F(RotationTest, StatusShowsProgressFromTheProgressView) {
             "1000/1000 100.00");
 }
 
+
+TEST_F(RotationTest, PerRowAuditAndAnAppendOnlyAuditLog) {
+  SeedTinkTable(conn(), "public.cards", 250, 1);
+  int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_per_row_audit => true");
+  EXPECT_EQ(StartWorker(job)->Wait(60).exit_code, 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.value_audit WHERE job_id = " + std::to_string(job) +
+                  " AND from_key_id = 1 AND to_key_id = 2 AND column_name = 'token'"),
+            250);
+  EXPECT_EQ(Count("SELECT count(DISTINCT pk) FROM rekey.value_audit"), 250);
+  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = 'rotation.batch.completed' AND batch_no = 1"),
+              HasSubstr("\"1->2\": 100"));
+  for (const char* tamper : {"UPDATE rekey.audit SET outcome = 'x'", "DELETE FROM rekey.audit",
+                             "TRUNCATE rekey.audit", "DELETE FROM rekey.value_audit"}) {
+    SCOPED_TRACE(tamper);
+    try {
+      Exec(tamper);
+      ADD_FAILURE() << "the audit log accepted: " << tamper;
+    } catch (const pqxx::sql_error& e) {
+      EXPECT_THAT(e.what(), HasSubstr("append-only"));
+    }
+  }
+  // Key lifecycle changes are audited by the database, whoever makes them.
+  Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 2");
+  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = 'key.primary'"),
+              HasSubstr("\"key_id\": 2"));
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'key.created'"), 4);
+}
+
 }  // namespace
 }  // namespace rekey::testing
