@@ -1,10 +1,56 @@
+// rekey migrate [--status]: applies the embedded schema migrations, or lists their state.
+#include <cstdio>
+#include <memory>
+
 #include "commands.h"
+#include "db/connection.h"
+#include "db/conninfo.h"
+#include "db/migrator.h"
 
 namespace rekey::cli {
+namespace {
+
+void PrintStatus(pqxx::connection& conn) {
+  int pending = 0, drifted = 0;
+  for (const db::MigrationStatus& s : db::MigrationStatusList(conn)) {
+    if (!s.applied) {
+      ++pending;
+      std::printf("%-40s pending\n", s.name.c_str());
+    } else if (!s.in_binary) {
+      std::printf("%-40s applied %s by %s, UNKNOWN to this binary (upgrade rekey)\n",
+                  s.name.c_str(), s.applied_at->c_str(), s.applied_by->c_str());
+    } else if (!s.checksum_matches) {
+      ++drifted;
+      std::printf("%-40s applied %s by %s, CHANGED since (checksum mismatch)\n", s.name.c_str(),
+                  s.applied_at->c_str(), s.applied_by->c_str());
+    } else {
+      std::printf("%-40s applied %s by %s\n", s.name.c_str(), s.applied_at->c_str(),
+                  s.applied_by->c_str());
+    }
+  }
+  std::printf("%d pending, %d changed after being applied\n", pending, drifted);
+}
+
+}  // namespace
 
 void AddMigrateCommand(CLI::App& app, GlobalOptions& global) {
-  (void)app;
-  (void)global;
+  CLI::App* cmd = app.add_subcommand(
+      "migrate", "Apply the embedded schema migrations (safe to run concurrently and repeatedly)");
+  auto status = std::make_shared<bool>(false);
+  cmd->add_flag("--status", *status,
+                "List every migration and whether it is applied; change nothing");
+  cmd->callback([&global, status] {
+    std::string conninfo = db::ResolveConnInfo(global.db);
+    std::unique_ptr<pqxx::connection> conn = db::Connect(conninfo, "rekey migrate");
+    if (*status) {
+      PrintStatus(*conn);
+      return;
+    }
+    db::MigrationReport report = db::Migrate(*conn);
+    for (const std::string& name : report.applied) std::printf("applied %s\n", name.c_str());
+    std::printf("%zu migration(s) applied, %d already applied\n", report.applied.size(),
+                report.already_applied);
+  });
 }
 
 }  // namespace rekey::cli

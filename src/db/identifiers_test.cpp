@@ -9,10 +9,8 @@ TEST(QuoteIdent, AlwaysQuotesAndDoublesQuotes) {
   struct Case {
     std::string in, out;
   } cases[] = {
-      {"token", "\"token\""},
-      {"Token", "\"Token\""},
-      {"a\"b", "\"a\"\"b\""},
-      {"x\"; DROP TABLE t; --", "\"x\"\"; DROP TABLE t; --\""},
+      {"token", "\"token\""}, {"Token", "\"Token\""},
+      {"a\"b", "\"a\"\"b\""}, {"x\"; DROP TABLE t; --", "\"x\"\"; DROP TABLE t; --\""},
       {"", "\"\""},
   };
   for (const auto& c : cases) EXPECT_EQ(QuoteIdent(c.in), c.out);
