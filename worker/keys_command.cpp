@@ -1,10 +1,291 @@
+// `rekey keys ...`: the keyring from the command line. Each subcommand is one transaction and
+// prints one confirmation line. Key material is only ever read from a file or stdin, never from a
+// flag (flags end up in shell history and `ps`).
+#include <openssl/crypto.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
 #include "commands.h"
+#include "common/bytes.h"
+#include "common/error.h"
+#include "common/secret.h"
+#include "db/connection.h"
+#include "db/conninfo.h"
+#include "keyring/keyring.h"
+#include "kms/kms_factory.h"
 
 namespace rekey::cli {
 
+namespace {
+
+using keyring::KeyRecord;
+using keyring::KeyStatus;
+
+// Options are stored here rather than on the stack: CLI11 fills them during parse and the
+// callbacks run later.
+struct KeysOptions {
+  std::string scope = keyring::kDefaultScope;
+  int64_t key_id = -1;
+  std::string max_age;
+  std::string kms = "local";
+  std::string file;
+  bool use_stdin = false;
+  bool json = false;
+  bool yes = false;
+};
+
+uint32_t CheckedKeyId(int64_t id) {
+  if (id < 0 || id > 4294967295LL) {
+    throw ConfigError("key id " + std::to_string(id) +
+                      " is out of range; key ids are 0..4294967295");
+  }
+  return static_cast<uint32_t>(id);
+}
+
+// "90d", "12h", "30m", "45s", "2w" -> seconds.
+std::chrono::seconds ParseMaxAge(const std::string& text) {
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') digits++;
+  std::string unit = text.substr(digits);
+  int64_t per_unit = unit == "s"   ? 1
+                     : unit == "m" ? 60
+                     : unit == "h" ? 3600
+                     : unit == "d" ? 86400
+                     : unit == "w" ? 604800
+                                   : 0;
+  if (digits == 0 || digits > 9 || per_unit == 0 || std::stoll(text.substr(0, digits)) == 0) {
+    throw ConfigError("--max-age '" + text +
+                      "' is not a duration; use a positive number with a unit s, m, h, d or w "
+                      "(e.g. 90d)");
+  }
+  return std::chrono::seconds(std::stoll(text.substr(0, digits)) * per_unit);
+}
+
+std::string FormatDuration(std::chrono::seconds d) {
+  int64_t s = d.count();
+  if (s >= 86400 && s % 86400 == 0) return std::to_string(s / 86400) + "d";
+  if (s >= 86400) return std::to_string(s / 86400) + "d" + std::to_string((s % 86400) / 3600) + "h";
+  if (s >= 3600) return std::to_string(s / 3600) + "h";
+  if (s >= 60) return std::to_string(s / 60) + "m";
+  return std::to_string(s) + "s";
+}
+
+// Runs `fn(txn)` in one transaction on a fresh connection and commits it.
+template <typename Fn>
+void InTransaction(const GlobalOptions& global, Fn&& fn) {
+  std::unique_ptr<pqxx::connection> conn =
+      db::Connect(db::ResolveConnInfo(global.db), "rekey-keys");
+  db::Classified("opening a transaction", [&] {
+    pqxx::work txn(*conn);
+    fn(txn);
+    txn.commit();
+  });
+}
+
+// Reads a data key to import: exactly 32 raw bytes, or the base64 of 32 bytes (any other length
+// is taken as text). The buffers that held it are wiped.
+Secret ReadImportedKey(const KeysOptions& o) {
+  std::string data;
+  if (o.use_stdin) {
+    data.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+  } else {
+    std::ifstream in(o.file, std::ios::binary);
+    if (!in) throw ConfigError("cannot read --file " + o.file);
+    data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  size_t read = data.size();
+  if (read == kms::kDataKeySize) {
+    Secret key(reinterpret_cast<const uint8_t*>(data.data()), data.size());
+    OPENSSL_cleanse(data.data(), data.size());
+    return key;
+  }
+  std::optional<Bytes> decoded = Base64Decode(data);
+  if (!data.empty()) OPENSSL_cleanse(data.data(), data.size());
+  if (!decoded || decoded->size() != kms::kDataKeySize) {
+    size_t decoded_size = decoded ? decoded->size() : 0;
+    if (decoded && !decoded->empty()) OPENSSL_cleanse(decoded->data(), decoded->size());
+    throw KeyError("the key to import must be 32 raw bytes or their base64; read " +
+                   std::to_string(read) + " bytes" +
+                   (decoded ? " decoding to " + std::to_string(decoded_size) + " bytes"
+                            : " that are not base64"));
+  }
+  Secret key(decoded->data(), decoded->size());
+  OPENSSL_cleanse(decoded->data(), decoded->size());
+  return key;
+}
+
+nlohmann::json OptionalJson(const std::optional<std::string>& s) {
+  return s ? nlohmann::json(*s) : nlohmann::json(nullptr);
+}
+
+nlohmann::json KeyJson(const KeyRecord& k) {
+  nlohmann::json j;
+  j["key_id"] = k.key_id;
+  j["scope"] = k.scope;
+  j["status"] = keyring::KeyStatusName(k.status);
+  j["kms_provider"] = k.kms_provider;
+  j["kms_key_ref"] = k.kms_key_ref;
+  j["algorithm"] = k.algorithm;
+  j["origin"] = k.origin;
+  j["age_seconds"] = k.age.count();
+  j["max_age_seconds"] = k.max_age ? nlohmann::json(k.max_age->count()) : nlohmann::json(nullptr);
+  j["max_age_exceeded"] = k.max_age.has_value() && k.age > *k.max_age;
+  j["created_at"] = k.created_at;
+  j["created_by"] = k.created_by;
+  j["enabled_at"] = OptionalJson(k.enabled_at);
+  j["primary_at"] = OptionalJson(k.primary_at);
+  j["decrypt_only_at"] = OptionalJson(k.decrypt_only_at);
+  j["retired_at"] = OptionalJson(k.retired_at);
+  j["destroyed_at"] = OptionalJson(k.destroyed_at);
+  return j;
+}
+
+void PrintKeyTable(const std::vector<KeyRecord>& keys) {
+  if (keys.empty()) {
+    std::printf("the keyring is empty; create a key with `rekey keys create`\n");
+    return;
+  }
+  std::printf("%-10s %-16s %-12s %-8s %-24s %-10s %-8s %s\n", "ID", "SCOPE", "STATUS", "PROVIDER",
+              "KMS KEY REF", "AGE", "MAX AGE", "CREATED");
+  for (const KeyRecord& k : keys) {
+    std::string age = FormatDuration(k.age);
+    if (k.max_age && k.age > *k.max_age) age += " (!)";
+    std::printf("%-10u %-16s %-12s %-8s %-24s %-10s %-8s %s\n", k.key_id, k.scope.c_str(),
+                keyring::KeyStatusName(k.status), k.kms_provider.c_str(), k.kms_key_ref.c_str(),
+                age.c_str(), k.max_age ? FormatDuration(*k.max_age).c_str() : "-",
+                k.created_at.c_str());
+  }
+}
+
+}  // namespace
+
 void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
-  (void)app;
-  (void)global;
+  auto o = std::make_shared<KeysOptions>();
+  CLI::App* keys = app.add_subcommand(
+      "keys", "Manage the keyring: data keys in rekey.keys and their lifecycle (docs/keyring.md)");
+  keys->require_subcommand(1);
+
+  CLI::App* create =
+      keys->add_subcommand("create", "Generate a data key, wrap it with the KMS, status enabled");
+  create->add_option("--scope", o->scope, "Tenant or purpose the key belongs to")
+      ->capture_default_str();
+  CLI::Option* create_key_id =
+      create->add_option("--key-id", o->key_id, "Key id (default: one more than the largest)");
+  create->add_option("--max-age", o->max_age, "Rotate after this long, e.g. 90d (s, m, h, d, w)");
+  create->add_option("--kms", o->kms, "KMS provider that wraps the key")->capture_default_str();
+  create->callback([o, &global, create_key_id] {
+    keyring::CreateKeyOptions options;
+    options.scope = o->scope;
+    if (create_key_id->count() > 0) options.key_id = CheckedKeyId(o->key_id);
+    if (!o->max_age.empty()) options.max_age = ParseMaxAge(o->max_age);
+    std::unique_ptr<kms::KmsClient> kms = kms::MakeKmsClient(o->kms);
+    KeyRecord key;
+    InTransaction(
+        global, [&](pqxx::transaction_base& txn) { key = keyring::CreateKey(txn, *kms, options); });
+    std::printf(
+        "created key %u in scope %s (enabled, wrapped by %s); make it primary with "
+        "`rekey keys promote %u`\n",
+        key.key_id, key.scope.c_str(), key.kms_key_ref.c_str(), key.key_id);
+  });
+
+  CLI::App* import_cmd = keys->add_subcommand(
+      "import", "Import an existing 32-byte data key (raw or base64) from a file or stdin");
+  import_cmd->add_option("--key-id", o->key_id, "The key's id (as in its existing ciphertexts)")
+      ->required();
+  import_cmd->add_option("--scope", o->scope, "Tenant or purpose the key belongs to")
+      ->capture_default_str();
+  import_cmd->add_option("--kms", o->kms, "KMS provider that wraps the key")->capture_default_str();
+  CLI::Option* file = import_cmd->add_option("--file", o->file, "File holding the key");
+  CLI::Option* from_stdin =
+      import_cmd->add_flag("--stdin", o->use_stdin, "Read the key from stdin");
+  file->excludes(from_stdin);
+  import_cmd->callback([o, &global] {
+    if (o->file.empty() && !o->use_stdin) {
+      throw ConfigError("rekey keys import needs --file PATH or --stdin (keys are never flags)");
+    }
+    uint32_t key_id = CheckedKeyId(o->key_id);
+    std::unique_ptr<kms::KmsClient> kms = kms::MakeKmsClient(o->kms);
+    Secret raw = ReadImportedKey(*o);
+    KeyRecord key;
+    InTransaction(global, [&](pqxx::transaction_base& txn) {
+      key = keyring::ImportKey(txn, *kms, key_id, o->scope, raw);
+    });
+    std::printf("imported key %u in scope %s (enabled, wrapped by %s)\n", key.key_id,
+                key.scope.c_str(), key.kms_key_ref.c_str());
+  });
+
+  CLI::App* list = keys->add_subcommand("list", "Show the keyring (never key material)");
+  list->add_flag("--json", o->json, "One JSON array instead of a table");
+  list->callback([o, &global] {
+    std::vector<KeyRecord> all;
+    InTransaction(global, [&](pqxx::transaction_base& txn) { all = keyring::ListKeys(txn); });
+    if (o->json) {
+      nlohmann::json j = nlohmann::json::array();
+      for (const KeyRecord& k : all) j.push_back(KeyJson(k));
+      std::printf("%s\n", j.dump(2).c_str());
+    } else {
+      PrintKeyTable(all);
+    }
+  });
+
+  CLI::App* promote = keys->add_subcommand(
+      "promote",
+      "Make a key its scope's primary (after checking it unwraps); the old primary becomes "
+      "decrypt_only");
+  promote->add_option("id", o->key_id, "Key id")->required();
+  promote->callback([o, &global] {
+    uint32_t key_id = CheckedKeyId(o->key_id);
+    keyring::PromoteResult result;
+    InTransaction(global, [&](pqxx::transaction_base& txn) {
+      // New values will be encrypted under the primary, so it must unwrap here and now: a key
+      // wrapped under another master key would otherwise stop every writer and worker.
+      KeyRecord key = keyring::GetKey(txn, key_id);
+      if (key.wrapped_key) {
+        std::unique_ptr<kms::KmsClient> kms = kms::MakeKmsClient(key.kms_provider);
+        kms->UnwrapDataKey(key.key_id, key.kms_key_ref, *key.wrapped_key);
+      }
+      result = keyring::PromoteKey(txn, key_id);
+    });
+    std::string demoted =
+        result.demoted ? "; key " + std::to_string(*result.demoted) + " is now decrypt_only" : "";
+    std::printf("promoted key %u to primary of scope %s%s\n", key_id, result.promoted.scope.c_str(),
+                demoted.c_str());
+  });
+
+  CLI::App* retire = keys->add_subcommand(
+      "retire", "Retire a key no registered column uses any more (reversible until destroyed)");
+  retire->add_option("id", o->key_id, "Key id")->required();
+  retire->callback([o, &global] {
+    uint32_t key_id = CheckedKeyId(o->key_id);
+    InTransaction(global, [&](pqxx::transaction_base& txn) {
+      keyring::TransitionKey(txn, key_id, KeyStatus::kRetired);
+    });
+    std::printf("retired key %u\n", key_id);
+  });
+
+  CLI::App* destroy = keys->add_subcommand(
+      "destroy", "Erase a retired key's wrapped key for ever (crypto-shredding)");
+  destroy->add_option("id", o->key_id, "Key id")->required();
+  destroy->add_flag("--yes", o->yes,
+                    "Confirm: values still encrypted under the key become unreadable");
+  destroy->callback([o, &global] {
+    uint32_t key_id = CheckedKeyId(o->key_id);
+    if (!o->yes) {
+      throw ConfigError("destroying key " + std::to_string(key_id) +
+                        " erases it for ever; re-run with --yes to confirm");
+    }
+    InTransaction(global, [&](pqxx::transaction_base& txn) {
+      keyring::TransitionKey(txn, key_id, KeyStatus::kDestroyed);
+    });
+    std::printf("destroyed key %u: its wrapped key is erased and cannot be recovered\n", key_id);
+  });
 }
 
 }  // namespace rekey::cli

@@ -1,0 +1,60 @@
+// The KMS interface: a key management service wraps (encrypts) and unwraps data keys, so the
+// keyring table rekey.keys only ever holds data keys in wrapped form.
+//
+// Providers: "local" (a master key from the environment, local_kms.h) now; "aws-kms" and
+// "vault-transit" later. Every error a provider throws is a rekey::Error: TransientError for
+// throttling, HTTP 5xx and timeouts (a retry may help), KeyError for access denied, a disabled KMS
+// key or the wrong key (a person must act). Error messages never contain key material.
+//
+// Thread-safety: implementations are thread-safe; one client serves a whole process.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "common/bytes.h"
+#include "common/secret.h"
+
+namespace rekey::kms {
+
+// Size of every rekey data key (AES-256).
+constexpr size_t kDataKeySize = 32;
+
+struct GeneratedDataKey {
+  Secret plaintext;         // the data key itself; never stored, never printed
+  Bytes wrapped;            // what rekey.keys.wrapped_key stores
+  std::string kms_key_ref;  // what rekey.keys.kms_key_ref stores: the KMS key that wrapped it
+};
+
+// How providers read their configuration: returns the value of an environment variable, or nullopt
+// iff it is unset. Injectable so tests need not mutate the process environment.
+using GetenvFn = std::function<std::optional<std::string>(const char* name)>;
+// The real process environment (std::getenv).
+std::optional<std::string> ProcessGetenv(const char* name);
+
+class KmsClient {
+ public:
+  virtual ~KmsClient() = default;
+
+  // "local", "aws-kms" or "vault-transit": the value of rekey.keys.kms_provider.
+  virtual std::string provider() const = 0;
+  // The KMS key that new data keys are wrapped under.
+  virtual std::string default_key_ref() const = 0;
+
+  // A fresh random 32-byte data key for `key_id`, wrapped under default_key_ref(). The wrapping
+  // is bound to `key_id`, so a wrapped key moved to another row does not unwrap.
+  virtual GeneratedDataKey GenerateDataKey(uint32_t key_id) = 0;
+  // Wraps an existing data key (import). The result's plaintext is a Clone of `plaintext`.
+  virtual GeneratedDataKey WrapDataKey(uint32_t key_id, const Secret& plaintext) = 0;
+  // Returns the 32-byte data key iff `wrapped` was produced for `key_id` under `kms_key_ref`;
+  // throws KeyError naming the key id otherwise, TransientError if the KMS is unreachable.
+  virtual Secret UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
+                               const Bytes& wrapped) = 0;
+
+  // One line for `rekey keys list` and health output: provider and key ref, never material.
+  virtual std::string Describe() = 0;
+};
+
+}  // namespace rekey::kms
