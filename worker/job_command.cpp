@@ -27,6 +27,12 @@ struct CreateFlags {
   int batch_size = 1000;
   int max_attempts = 3;
   bool per_row_audit = false;
+  std::string stages = "1,25,50,75,100";
+  int promote_at_stage = 0;
+  double error_threshold = 0.001;
+  std::string observe;
+  int gate_sample_size = 10000;
+  bool dry_run = false;
 };
 
 // Runs `SELECT <function>($1[, ...])` in its own transaction and prints the text it returns.
@@ -62,19 +68,41 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   spec.batch_size = flags.batch_size;
   spec.max_attempts = flags.max_attempts;
   spec.per_row_audit = flags.per_row_audit;
+  spec.stages = flags.stages;
+  if (flags.promote_at_stage > 0) spec.promote_at_stage = flags.promote_at_stage;
+  spec.error_threshold = flags.error_threshold;
+  if (!flags.observe.empty()) spec.observe = flags.observe;
+  spec.gate_sample_size = flags.gate_sample_size;
 
   auto conn = OpenDatabase(global);
-  auto [job_id, batches, rows] = db::Classified("cannot create the job", [&] {
+  db::Classified("cannot create the job", [&] {
     pqxx::work txn(*conn);
-    int64_t id = jobs::CreateJob(txn, spec);
-    pqxx::row r = txn.exec_params1(
-        "SELECT count(*), coalesce(sum(planned_rows), 0) FROM rekey.batches WHERE job_id = $1", id);
+    const int64_t id = jobs::CreateJob(txn, spec);
+    const std::string verb = flags.dry_run ? "would create" : "created";
+    pqxx::row total = txn.exec_params1(
+        "SELECT count(*), coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN rekey.job_stages s"
+        " USING (job_id, stage_no) WHERE b.job_id = $1 AND s.kind = 'rollout'",
+        id);
+    std::printf("%s job %lld on %s: %lld rows in %lld batches\n", verb.c_str(),
+                static_cast<long long>(id), flags.table.c_str(), total[1].as<long long>(),
+                total[0].as<long long>());
+    for (const auto& stage : txn.exec_params(
+             "SELECT stage_no, percent, rows_planned, batches, s.stage_no = j.promote_at_stage"
+             " FROM rekey.stage_status s JOIN rekey.jobs j USING (job_id) WHERE job_id = $1 ORDER BY stage_no",
+             id)) {
+      std::printf("  stage %d (up to %s%%): %lld rows in %lld batches%s\n", stage[0].as<int>(),
+                  stage[1].c_str(), stage[2].as<long long>(), stage[3].as<long long>(),
+                  stage[4].as<bool>() ? "; the new key becomes primary when it opens" : "");
+    }
+    if (flags.dry_run) {
+      txn.abort();
+      std::printf("dry run: nothing was written\n");
+      return;
+    }
     txn.commit();
-    return std::make_tuple(id, r[0].as<int64_t>(), r[1].as<int64_t>());
+    std::printf("run `rekey work --job %lld`; `rekey status %lld` shows progress\n",
+                static_cast<long long>(id), static_cast<long long>(id));
   });
-  std::printf("created job %lld on %s: %lld rows in %lld batches; run `rekey work --job %lld`\n",
-              static_cast<long long>(job_id), flags.table.c_str(), static_cast<long long>(rows),
-              static_cast<long long>(batches), static_cast<long long>(job_id));
 }
 
 void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
@@ -86,7 +114,8 @@ void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
   });
   KeyServices keys(conninfo);
   rotation::VerifyReport report = db::Classified("verification failed", [&] {
-    return rotation::VerifyJob(*conn, job, keys.Source());
+    pqxx::read_transaction txn(*conn);
+    return rotation::VerifyJob(txn, job, keys.Source());
   });
   std::vector<uint32_t> sources, targets;
   for (const auto& [from, to] : job.key_map) {
@@ -153,6 +182,21 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   create->add_flag("--per-row-audit", flags->per_row_audit,
                    "Write one rekey.value_audit row per re-encrypted value");
   create->add_option("--name", flags->name, "A label for the job");
+  create->add_option("--stages", flags->stages,
+                     "Cumulative percentages of the staged rollout, ending at 100 (100 = one stage)")
+      ->capture_default_str();
+  create->add_option("--promote-at-stage", flags->promote_at_stage,
+                     "Stage whose opening makes the new key primary (default: the last)");
+  create->add_option("--error-threshold", flags->error_threshold,
+                     "A gate passes while the decrypt error rate stays below this fraction")
+      ->capture_default_str();
+  create->add_option("--observe", flags->observe,
+                     "Advance on its own this long after a passed gate, e.g. 0s, 10min, 1h "
+                     "(default: wait for `rekey job advance`)");
+  create->add_option("--gate-sample-size", flags->gate_sample_size,
+                     "Rows a gate decrypts after the canary (the canary is verified whole)")
+      ->capture_default_str();
+  create->add_flag("--dry-run", flags->dry_run, "Report rows and batches per stage; write nothing");
   create->callback([&global, flags] { CreateJob(global, *flags); });
 
   auto job_id = std::make_shared<int64_t>(0);
@@ -173,6 +217,33 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   add_verb("cancel", "Give up the job (rows already rotated stay rotated)", "SELECT rekey.cancel_job($1, nullif($2, ''))", true);
   add_verb("retry-failed", "Requeue the job's failed batches with fresh attempts", "SELECT rekey.retry_failed($1)", false);
   add_verb("rerun", "Rerun a job: a no-op for a completed job, failed batches for a failed one", "SELECT rekey.rerun_job($1)", false);
+
+  auto observe = std::make_shared<std::string>();
+  auto force = std::make_shared<bool>(false);
+  CLI::App* advance = job->add_subcommand("advance", "Approve the passed gate and open the next stage");
+  advance->add_option("job", *job_id, "Job id")->required();
+  advance->add_option("--observe", *observe,
+                      "From now on advance on its own this long after each passed gate (e.g. 0s)");
+  advance->add_flag("--force", *force, "Advance a job paused by a failed gate");
+  advance->callback([&global, job_id, observe, force] {
+    RunControlFunction(global, "cannot advance job " + std::to_string(*job_id),
+                       "SELECT rekey.advance_job($1, nullif($2, '')::interval, $3::boolean)",
+                       {std::to_string(*job_id), *observe, *force ? "true" : "false"});
+  });
+
+  auto to_percent = std::make_shared<std::string>("0");
+  CLI::App* rollback = job->add_subcommand(
+      "rollback", "Re-encrypt moved rows back to the old key and restore the keyring");
+  rollback->add_option("job", *job_id, "Job id")->required();
+  rollback->add_option("--to-percent", *to_percent,
+                       "Roll back to an earlier stage's percentage (default 0: everything)")
+      ->capture_default_str();
+  rollback->add_option("--reason", *reason, "Why (kept in the audit log)");
+  rollback->callback([&global, job_id, to_percent, reason] {
+    RunControlFunction(global, "cannot roll back job " + std::to_string(*job_id),
+                       "SELECT rekey.rollback_job($1, $2::numeric, nullif($3, ''))",
+                       {std::to_string(*job_id), *to_percent, *reason});
+  });
 
   auto range = std::make_shared<std::pair<int, int>>(0, 0);
   CLI::App* requeue = job->add_subcommand("requeue", "Requeue a range of finished batches");

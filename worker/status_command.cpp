@@ -54,16 +54,28 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
   }
   for (const auto& j : jobs) {
     double percent = j["percent"].is_null() ? 0.0 : std::stod(Num(j["percent"]));
-    std::printf("job %s %-10s %s keys %s\n", Num(j["job_id"]).c_str(), Num(j["state"]).c_str(),
-                Num(j["target"]).c_str(), Num(j["keys"]).c_str());
+    std::printf("job %s %-17s %s keys %s  stages %s\n", Num(j["job_id"]).c_str(),
+                Num(j["state"]).c_str(), Num(j["target"]).c_str(), Num(j["keys"]).c_str(),
+                Num(j["stage_plan"]).c_str());
+    std::printf("  stage %s: %s up to %s%%, %s (%s/%s rows)", Num(j["current_stage"]).c_str(),
+                Num(j["stage_kind"]).c_str(), Num(j["stage_percent"]).c_str(),
+                Num(j["stage_state"]).c_str(), Num(j["stage_rows_done"]).c_str(),
+                Num(j["stage_rows"]).c_str());
+    if (!j["last_gate_stage"].is_null()) {
+      std::printf("  last gate: stage %s %s, error rate %s over %s values",
+                  Num(j["last_gate_stage"]).c_str(),
+                  j["last_gate_passed"] == true ? "passed" : "FAILED",
+                  Num(j["last_gate_error_rate"]).c_str(), Num(j["last_gate_values_checked"]).c_str());
+    }
+    std::printf("\n");
     std::printf("  %s %6.2f%%  rows %s/%s  quarantined %s  batches done %s failed %s running %s "
                 "pending %s\n",
                 tty ? Bar(percent, 30).c_str() : "", percent, Num(j["rows_processed"]).c_str(),
                 Num(j["rows_total"]).c_str(), Num(j["rows_quarantined"]).c_str(),
                 Num(j["batches_done"]).c_str(), Num(j["batches_failed"]).c_str(),
                 Num(j["batches_running"]).c_str(), Num(j["batches_pending"]).c_str());
-    std::printf("  rate %s rows/s  eta %s  workers %s", Num(j["rows_per_second"]).c_str(),
-                Num(j["eta"]).c_str(), Num(j["active_workers"]).c_str());
+    std::printf("  rate %s rows/s  stage eta %s  workers %s", Num(j["rows_per_second"]).c_str(),
+                Num(j["stage_eta"]).c_str(), Num(j["active_workers"]).c_str());
     if (!j["state_reason"].is_null()) std::printf("  reason: %s", Num(j["state_reason"]).c_str());
     std::printf("\n");
   }
@@ -71,7 +83,7 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
 
 bool AnyActive(const nlohmann::json& jobs) {
   for (const auto& j : jobs) {
-    if (j["state"] == "active") return true;
+    if (j["state"] == "active" || j["state"] == "verifying") return true;
   }
   return false;
 }

@@ -44,6 +44,25 @@ std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text) {
   return map;
 }
 
+std::string StagePlanLiteral(const std::string& text) {
+  std::string literal = "{";
+  size_t start = 0;
+  while (true) {
+    size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const bool numeric = !item.empty() && item.find_first_not_of("0123456789.") == std::string::npos &&
+                         item.find('.') == item.rfind('.') && item.front() != '.' && item.back() != '.';
+    if (!numeric) {
+      throw ConfigError("bad stage plan '" + text + "': write increasing percentages ending at 100, as in 1,25,50,75,100");
+    }
+    if (literal.size() > 1) literal += ',';
+    literal += item;
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return literal + "}";
+}
+
 std::pair<std::string, std::string> ParseScope(const std::string& text) {
   size_t eq = text.find('=');
   if (eq == std::string::npos || eq == 0) {
@@ -55,7 +74,8 @@ std::pair<std::string, std::string> ParseScope(const std::string& text) {
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   pqxx::result r = txn.exec_params(
       "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column, pk_type, key_id_column,"
-      " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, per_row_audit, state"
+      " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, per_row_audit, state,"
+      " current_stage"
       " FROM rekey.jobs WHERE job_id = $1",
       job_id);
   if (r.empty()) {
@@ -78,6 +98,7 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   job.batch_size = row[11].as<int>();
   job.per_row_audit = row[12].as<bool>();
   job.state = row[13].as<std::string>();
+  job.current_stage = row[14].as<int>();
 
   for (const auto& c : txn.exec_params(
            "SELECT t.column_name, t.codec FROM rekey.job_columns c"
@@ -102,12 +123,28 @@ int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
     return v ? v->c_str() : nullptr;
   };
   std::string codecs = db::TextArrayLiteral(spec.codecs);
+  std::string promote = spec.promote_at_stage ? std::to_string(*spec.promote_at_stage) : "";
+  std::vector<const char*> params = {
+      spec.table.c_str(), nullptr, nullptr, spec.codecs.empty() ? nullptr : codecs.c_str(),
+      opt(spec.key_id_column), opt(spec.ad_template), opt(spec.scope_column), opt(spec.scope_value)};
+  const std::string columns = db::TextArrayLiteral(spec.columns);
+  const std::string map_text = key_map.dump();
+  const std::string batch_size = std::to_string(spec.batch_size);
+  const std::string audit = spec.per_row_audit ? "true" : "false";
+  const std::string attempts = std::to_string(spec.max_attempts);
+  const std::string stages = StagePlanLiteral(spec.stages);
+  const std::string threshold = std::to_string(spec.error_threshold);
+  const std::string sample = std::to_string(spec.gate_sample_size);
+  params[1] = columns.c_str();
+  params[2] = map_text.c_str();
+  params.insert(params.end(), {batch_size.c_str(), opt(spec.name), audit.c_str(), attempts.c_str(),
+                               stages.c_str(), spec.promote_at_stage ? promote.c_str() : nullptr,
+                               threshold.c_str(), opt(spec.observe), sample.c_str()});
   pqxx::result r = txn.exec_params(
-      "SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9, $10, $11, $12)",
-      spec.table, db::TextArrayLiteral(spec.columns), key_map.dump(),
-      spec.codecs.empty() ? nullptr : codecs.c_str(), opt(spec.key_id_column),
-      opt(spec.ad_template), opt(spec.scope_column), opt(spec.scope_value), spec.batch_size,
-      opt(spec.name), spec.per_row_audit, spec.max_attempts);
+      "SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9::integer,"
+      " $10, $11::boolean, $12::integer, $13::numeric[], $14::integer, $15::numeric, $16::interval,"
+      " $17::integer)",
+      pqxx::prepare::make_dynamic_params(params));
   return r[0][0].as<int64_t>();
 }
 

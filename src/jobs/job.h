@@ -36,6 +36,7 @@ struct JobDefinition {
   int batch_size = 0;
   bool per_row_audit = false;
   std::string state;
+  int current_stage = 1;
   std::vector<JobColumn> columns;
   std::map<uint32_t, uint32_t> key_map;  // source key id -> target key id
 
@@ -59,7 +60,16 @@ struct JobSpec {
   int max_attempts = 3;
   bool per_row_audit = false;
   std::optional<std::string> name;
+  std::string stages = "1,25,50,75,100";     // cumulative percentages
+  std::optional<int> promote_at_stage;        // default: the last stage
+  double error_threshold = 0.001;             // a gate passes below this decrypt error rate
+  std::optional<std::string> observe;         // PostgreSQL interval; unset = wait for approval
+  int gate_sample_size = 10000;
 };
+
+// Parses "1,25,50,75,100" into a PostgreSQL numeric[] literal "{1,25,50,75,100}". Throws
+// ConfigError unless every item is a decimal number; the database checks the plan's shape.
+std::string StagePlanLiteral(const std::string& text);
 
 // Parses "1:2,3:7" (source:target pairs). Throws ConfigError on anything else.
 std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text);

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <map>
+#include <set>
 
 #include "common/bytes.h"
 #include "common/error.h"
@@ -29,26 +30,37 @@ void AppendNullElement(std::string* literal) {
   *literal += "NULL";
 }
 
-// Variants of the row-locking SELECT, by which batch bounds exist: a generic plan with
-// "$1 IS NULL OR pk >= $1" could not use the primary-key index.
-enum Bounds { kNoBounds = 0, kLo = 1, kHi = 2, kBoth = 3 };
+// Variants of the row-locking SELECT, by which batch bounds exist (a generic plan with
+// "$1 IS NULL OR pk >= $1" could not use the primary-key index), and whether the batch is
+// restricted to a stage's buckets.
+enum Variant { kNoBounds = 0, kLo = 1, kHi = 2, kBuckets = 4, kAllVariants = 8 };
 
 }  // namespace
+
+BatchRotator::Direction BatchRotator::MakeDirection(std::map<uint32_t, uint32_t> key_map) {
+  Direction d;
+  d.key_map = std::move(key_map);
+  d.source_prefixes_literal = "{";
+  d.source_ids_literal = "{";
+  for (const auto& entry : d.key_map) {
+    uint8_t prefix[crypto::kTinkPrefixSize] = {crypto::kTinkVersionByte};
+    PutUint32BigEndian(entry.first, prefix + 1);
+    AppendByteaElement(prefix, sizeof prefix, &d.source_prefixes_literal);
+    if (d.source_ids_literal.size() > 1) d.source_ids_literal += ',';
+    d.source_ids_literal += std::to_string(entry.first);
+  }
+  d.source_prefixes_literal += '}';
+  d.source_ids_literal += '}';
+  return d;
+}
 
 BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys)
     : job_(std::move(job)), key_source_(std::move(keys)) {
   prefix_ = "rekey_j" + std::to_string(job_.job_id) + "_";
-  source_prefixes_literal_ = "{";
-  source_ids_literal_ = "{";
-  for (const auto& [source, target] : job_.key_map) {
-    uint8_t prefix[crypto::kTinkPrefixSize] = {0x01};
-    PutUint32BigEndian(source, prefix + 1);
-    AppendByteaElement(prefix, sizeof prefix, &source_prefixes_literal_);
-    if (source_ids_literal_.size() > 1) source_ids_literal_ += ',';
-    source_ids_literal_ += std::to_string(source);
-  }
-  source_prefixes_literal_ += '}';
-  source_ids_literal_ += '}';
+  forward_ = MakeDirection(job_.key_map);
+  std::map<uint32_t, uint32_t> reversed;
+  for (const auto& [source, target] : job_.key_map) reversed.emplace(target, source);
+  backward_ = MakeDirection(std::move(reversed));
 }
 
 void BatchRotator::LoadKeys() {
@@ -88,12 +100,16 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   for (const auto& column : job_.columns) select_list += ", t." + db::QuoteIdent(column.name);
   if (!kid.empty()) select_list += ", t." + kid;
 
-  for (int bounds = kNoBounds; bounds <= kBoth; ++bounds) {
+  for (int variant = kNoBounds; variant < kAllVariants; ++variant) {
     int n = 0;
     std::string where;
     auto param = [&n] { return "$" + std::to_string(++n); };
-    if (bounds & kLo) where += " AND t." + pk + " >= " + param() + "::" + job_.pk_type;
-    if (bounds & kHi) where += " AND t." + pk + " < " + param() + "::" + job_.pk_type;
+    if (variant & kLo) where += " AND t." + pk + " >= " + param() + "::" + job_.pk_type;
+    if (variant & kHi) where += " AND t." + pk + " < " + param() + "::" + job_.pk_type;
+    if (variant & kBuckets) {
+      where += " AND rekey.stage_bucket(t." + pk + "::text) >= " + param() + "::integer";
+      where += " AND rekey.stage_bucket(t." + pk + "::text) < " + param() + "::integer";
+    }
     if (job_.scope_column) {
       where += " AND t." + db::QuoteIdent(*job_.scope_column) + " = " + param() + "::" + job_.scope_type;
     }
@@ -103,7 +119,7 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
     for (size_t at; (at = condition.find("$P")) != std::string::npos;) condition.replace(at, 2, prefixes_param);
     for (size_t at; (at = condition.find("$K")) != std::string::npos;) condition.replace(at, 2, ids_param);
     // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
-    conn.prepare(prefix_ + "select" + std::to_string(bounds),
+    conn.prepare(prefix_ + "select" + std::to_string(variant),
                  "SELECT " + select_list + " FROM " + table + " AS t WHERE (" + condition + ")" +
                      where + " AND " + prefixes_param + "::bytea[] IS NOT NULL AND " + ids_param +
                      "::bigint[] IS NOT NULL ORDER BY t." + pk + " FOR UPDATE");
@@ -135,7 +151,8 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   conn.prepare(prefix_ + "failures",
                "INSERT INTO rekey.row_failures (job_id, batch_no, table_name, pk, column_name, "
                "error_class, key_id, worker_id) SELECT $1, $2, $3, f.pk, f.col, f.cls, f.kid, $4 "
-               "FROM unnest($5::text[], $6::text[], $7::text[], $8::bigint[]) AS f(pk, col, cls, kid)");
+               "FROM unnest($5::text[], $6::text[], $7::text[], $8::bigint[]) AS f(pk, col, cls, kid) "
+               "ON CONFLICT (job_id, table_name, pk, column_name) DO NOTHING RETURNING pk");
   conn.prepare(prefix_ + "value_audit",
                "INSERT INTO rekey.value_audit (job_id, batch_no, pk, column_name, from_key_id, "
                "to_key_id) SELECT $1, $2, a.pk, a.col, a.from_key, a.to_key FROM unnest($3::text[], "
@@ -163,20 +180,27 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
     return result;
   }
 
+  const Direction& direction = batch.rollback ? backward_ : forward_;
+  const std::map<uint32_t, uint32_t>& key_map = direction.key_map;
   std::vector<std::string> params;
-  int bounds = kNoBounds;
+  int variant = kNoBounds;
   if (batch.lo) {
     params.push_back(*batch.lo);
-    bounds |= kLo;
+    variant |= kLo;
   }
   if (batch.hi) {
     params.push_back(*batch.hi);
-    bounds |= kHi;
+    variant |= kHi;
+  }
+  if (batch.bucket_lo && batch.bucket_hi) {
+    params.push_back(std::to_string(*batch.bucket_lo));
+    params.push_back(std::to_string(*batch.bucket_hi));
+    variant |= kBuckets;
   }
   if (job_.scope_column) params.push_back(*job_.scope_value);
-  params.push_back(source_prefixes_literal_);
-  params.push_back(source_ids_literal_);
-  pqxx::result rows = txn.exec_prepared(prefix_ + "select" + std::to_string(bounds),
+  params.push_back(direction.source_prefixes_literal);
+  params.push_back(direction.source_ids_literal);
+  pqxx::result rows = txn.exec_prepared(prefix_ + "select" + std::to_string(variant),
                                         pqxx::prepare::make_dynamic_params(params));
 
   const size_t ncols = job_.columns.size();
@@ -193,8 +217,8 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
   Bytes sealed;
   std::vector<std::optional<Bytes>> new_values(ncols);
   std::vector<std::pair<uint32_t, uint32_t>> value_keys(ncols);
-  const crypto::KeyLookup source_lookup = [this](uint32_t id) -> crypto::AesGcmKey* {
-    return job_.key_map.count(id) ? Key(id) : nullptr;
+  const crypto::KeyLookup source_lookup = [this, &key_map](uint32_t id) -> crypto::AesGcmKey* {
+    return key_map.count(id) ? Key(id) : nullptr;
   };
 
   for (const auto& row : rows) {
@@ -215,9 +239,9 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
       if (tink) {
         source = crypto::TinkKeyId(value.data(), value.size());
         // A well-formed value under a key this job does not rotate is not ours to touch.
-        if (source && !job_.key_map.count(*source)) continue;
+        if (source && !key_map.count(*source)) continue;
       } else {
-        if (!row_kid || !job_.key_map.count(*row_kid)) continue;
+        if (!row_kid || !key_map.count(*row_kid)) continue;
         source = row_kid;
       }
       if (!job_.associated_data.empty()) {
@@ -243,7 +267,7 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
         fail_kid.push_back(source ? std::to_string(*source) : "");
         continue;
       }
-      const uint32_t target = job_.key_map.at(*source);
+      const uint32_t target = key_map.at(*source);
       sealed.clear();
       if (tink) {
         crypto::SealTink(target, *Key(target), plaintext.data(), plaintext.size(), ad_data,
@@ -301,10 +325,15 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
       if (i) kids += ',';
       kids += fail_kid[i].empty() ? "NULL" : fail_kid[i];
     }
-    txn.exec_prepared(prefix_ + "failures", batch.job_id, batch.batch_no,
-                      job_.schema_name + "." + job_.table_name, worker_id,
-                      db::TextArrayLiteral(fail_pk), db::TextArrayLiteral(fail_col),
-                      db::TextArrayLiteral(fail_class), kids + "}");
+    pqxx::result fresh = txn.exec_prepared(prefix_ + "failures", batch.job_id, batch.batch_no,
+                                           job_.schema_name + "." + job_.table_name, worker_id,
+                                           db::TextArrayLiteral(fail_pk), db::TextArrayLiteral(fail_col),
+                                           db::TextArrayLiteral(fail_class), kids + "}");
+    // Values this job quarantined in an earlier pass are not counted again.
+    std::set<std::string> fresh_rows;
+    for (const auto& row : fresh) fresh_rows.insert(row[0].as<std::string>());
+    result.rows_skipped += result.rows_failed - int(fresh_rows.size());
+    result.rows_failed = int(fresh_rows.size());
   }
   if (!audit_pk.empty()) {
     auto ints = [](const std::vector<std::string>& v) {
@@ -318,6 +347,7 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
   }
 
   nlohmann::json details = {{"keys", moved}, {"attempt", batch.attempt}};
+  if (batch.rollback) details["rollback"] = true;
   if (!fail_pk.empty()) details["quarantined_classes"] = fail_class;
   result.duration_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,6 +33,11 @@ struct ClaimedBatch {
   std::optional<std::string> lo;  // inclusive; nullopt = unbounded
   std::optional<std::string> hi;  // exclusive; nullopt = unbounded
   int attempt = 0;
+  int stage_no = 1;
+  // Only rows with rekey.stage_bucket(pk) in [bucket_lo, bucket_hi); nullopt = every row.
+  std::optional<int> bucket_lo;
+  std::optional<int> bucket_hi;
+  bool rollback = false;  // move values from the job's target keys back to its source keys
 };
 
 struct BatchResult {
@@ -69,7 +75,14 @@ class BatchRotator {
                       const std::string& worker_id);
 
  private:
-  struct Statements;
+  // The key moves of one direction: source -> target, and the SQL filters for "still under a
+  // source key".
+  struct Direction {
+    std::map<uint32_t, uint32_t> key_map;
+    std::string source_prefixes_literal;  // {"\\x0100000001",...} for the Tink filter
+    std::string source_ids_literal;       // {1,3} for the key-id column filter
+  };
+  static Direction MakeDirection(std::map<uint32_t, uint32_t> key_map);
   void Prepare(pqxx::connection& conn);
   crypto::AesGcmKey* Key(uint32_t key_id);
 
@@ -77,8 +90,8 @@ class BatchRotator {
   DataKeySource key_source_;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys_;
   std::string prefix_;  // prepared-statement name prefix, unique per job
-  std::string source_prefixes_literal_;  // {"\\x0100000001",...} for the Tink filter
-  std::string source_ids_literal_;       // {1,3} for the key-id column filter
+  Direction forward_;
+  Direction backward_;  // for rollback batches
   const pqxx::connection* prepared_on_ = nullptr;
 };
 

@@ -36,8 +36,9 @@ int64_t VerifyReport::ValuesUnder(const std::vector<uint32_t>& keys) const {
   return n;
 }
 
-VerifyReport VerifyJob(pqxx::connection& conn, const jobs::JobDefinition& job,
-                       const DataKeySource& keys, int page_size) {
+VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& job,
+                       const DataKeySource& keys, const VerifyOptions& options) {
+  const int page_size = options.page_size;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> cache;
   auto lookup = [&](uint32_t id) -> crypto::AesGcmKey* {
     auto it = cache.find(id);
@@ -56,10 +57,20 @@ VerifyReport VerifyJob(pqxx::connection& conn, const jobs::JobDefinition& job,
   std::string select = "SELECT t." + pk + "::text";
   for (const auto& c : job.columns) select += ", t." + db::QuoteIdent(c.name);
   if (job.key_id_column) select += ", t." + db::QuoteIdent(*job.key_id_column);
-  select += " FROM " + job.QualifiedTable() + " AS t WHERE ";
+  select += " FROM " + job.QualifiedTable() + " AS t";
+  if (options.sample_percent < 100) {
+    char sample[64];
+    std::snprintf(sample, sizeof sample, " TABLESAMPLE SYSTEM (%.6f) REPEATABLE (%lld)",
+                  options.sample_percent, static_cast<long long>(job.job_id));
+    select += sample;
+  }
+  select += " WHERE ";
   std::string scope;
+  if (options.bucket_below) {
+    scope += " AND rekey.stage_bucket(t." + pk + "::text) < " + std::to_string(*options.bucket_below);
+  }
   if (job.scope_column) {
-    scope = " AND t." + db::QuoteIdent(*job.scope_column) + " = $2::" + job.scope_type;
+    scope += " AND t." + db::QuoteIdent(*job.scope_column) + " = $2::" + job.scope_type;
   }
   const std::string order = " ORDER BY t." + pk + " LIMIT " + std::to_string(page_size);
   const std::string first_page = select + "($1::text IS NULL)" + scope + order;
@@ -73,13 +84,11 @@ VerifyReport VerifyJob(pqxx::connection& conn, const jobs::JobDefinition& job,
   const size_t ncols = job.columns.size();
   const int kid_field = job.key_id_column ? int(1 + ncols) : -1;
   while (true) {
-    pqxx::work txn(conn);
     const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
     const char* last_pk = last ? last->c_str() : nullptr;
     const std::string& sql = last ? next_page : first_page;
     pqxx::result page = scope_value ? txn.exec_params(sql, last_pk, scope_value)
                                     : txn.exec_params(sql, last_pk);
-    txn.commit();
     for (const auto& row : page) {
       const std::string pk_text = row[0].as<std::string>();
       ++report.rows;

@@ -33,9 +33,18 @@ struct VerifyReport {
   int64_t ValuesUnder(const std::vector<uint32_t>& keys) const;
 };
 
-// Reads in pages of `page_size` rows, so memory stays flat whatever the table size. Keys the
-// keyring does not know count as unknown_key failures; other key errors propagate.
-VerifyReport VerifyJob(pqxx::connection& conn, const jobs::JobDefinition& job,
-                       const DataKeySource& keys, int page_size = 5000);
+struct VerifyOptions {
+  // Only rows with rekey.stage_bucket(pk) < bucket_below (the rows a rollout moved so far).
+  std::optional<int> bucket_below;
+  // Read a deterministic sample of about this percent of the table's pages
+  // (TABLESAMPLE SYSTEM ... REPEATABLE); 100 reads every row.
+  double sample_percent = 100;
+  int page_size = 5000;
+};
+
+// Reads in pages of `page_size` rows within `txn`, so memory stays flat whatever the table size.
+// Keys the keyring does not know count as unknown_key failures; other key errors propagate.
+VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& job,
+                       const DataKeySource& keys, const VerifyOptions& options = {});
 
 }  // namespace rekey::rotation

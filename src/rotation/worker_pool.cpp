@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "db/connection.h"
+#include "rotation/gate.h"
 
 namespace rekey::rotation {
 namespace {
@@ -72,6 +73,40 @@ void WorkerPool::Run(const std::atomic<bool>& stop) {
   if (fatal_) std::rethrow_exception(fatal_);
 }
 
+bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_id,
+                             const char* job_param) {
+  bool moved = false;
+  {
+    pqxx::work txn(conn);
+    for (const auto& row : txn.exec_params("SELECT * FROM rekey.finish_stages($1::bigint)", job_param)) {
+      const std::string state = row[1].as<std::string>();
+      log::Info("job moved on", {{"job", row[0].as<int64_t>()}, {"state", state}, {"worker", worker_id},
+                                 {"action", "job.finish_stage"}});
+      moved = moved || state == "active";
+    }
+    txn.commit();
+  }
+  std::optional<int64_t> job;
+  if (job_param != nullptr) job = std::stoll(job_param);
+  while (auto gate = RunNextGate(conn, job, keys_, worker_id)) {
+    log::Audit(gate->passed ? "gate.passed" : "gate.failed", gate->passed ? "success" : "failure",
+               {{"job", gate->job_id}, {"stage", gate->stage_no}, {"worker", worker_id},
+                {"values_checked", gate->values_checked}, {"decrypt_errors", gate->decrypt_errors},
+                {"job_state", gate->job_state}, {"reason", gate->state_reason}});
+    moved = moved || gate->job_state == "active";
+  }
+  {
+    pqxx::work txn(conn);
+    const int advanced = txn.exec_params1("SELECT rekey.advance_due($1::bigint)", job_param)[0].as<int>();
+    txn.commit();
+    if (advanced > 0) {
+      log::Info("stages opened after their observation period", {{"jobs", advanced}, {"worker", worker_id}});
+      moved = true;
+    }
+  }
+  return moved;
+}
+
 void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
   const std::string worker_id = options_.worker_name + "/" + std::to_string(index);
   std::mt19937 rng(std::random_device{}() + index);
@@ -104,21 +139,26 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           if (!r[0][2].is_null()) b.lo = r[0][2].as<std::string>();
           if (!r[0][3].is_null()) b.hi = r[0][3].as<std::string>();
           b.attempt = r[0][4].as<int>();
+          b.stage_no = r[0][5].as<int>();
+          if (!r[0][6].is_null()) b.bucket_lo = r[0][6].as<int>();
+          if (!r[0][7].is_null()) b.bucket_hi = r[0][7].as<int>();
+          b.rollback = r[0][8].as<bool>();
           batch = b;
         }
       }
       if (!batch) {
+        if (AdvanceJobs(*conn, worker_id, job_param)) continue;  // a stage opened: claim again
         pqxx::work txn(*conn);
-        for (const auto& closed : txn.exec_params("SELECT * FROM rekey.finish_jobs($1::bigint)", job_param)) {
-          log::Audit(closed[1].as<std::string>() == "completed" ? "job.completed" : "job.failed",
-                     closed[1].as<std::string>() == "completed" ? "success" : "failure",
-                     {{"job", closed[0].as<int64_t>()}, {"worker", worker_id}});
-        }
+        // Work that remains for someone: batches of open stages (held by other workers, who may
+        // die), stages waiting for their gate, and gates passed whose observation runs.
         const int64_t remaining =
             txn.exec_params1(
-                   "SELECT count(*) FROM rekey.batches b JOIN rekey.jobs j USING (job_id)"
-                   " WHERE j.state = 'active' AND b.state IN ('pending', 'running')"
-                   " AND ($1::bigint IS NULL OR b.job_id = $1::bigint)",
+                   "SELECT (SELECT count(*) FROM rekey.batches b JOIN rekey.jobs j ON j.job_id = b.job_id"
+                   "         AND b.stage_no = j.current_stage"
+                   "        WHERE j.state = 'active' AND b.state IN ('pending', 'running')"
+                   "          AND ($1::bigint IS NULL OR b.job_id = $1::bigint))"
+                   "     + (SELECT count(*) FROM rekey.jobs j WHERE ($1::bigint IS NULL OR j.job_id = $1::bigint)"
+                   "          AND (j.state = 'verifying' OR (j.state = 'awaiting_approval' AND j.observe IS NOT NULL)))",
                    job_param)[0]
                 .as<int64_t>();
         txn.exec_params("DELETE FROM rekey.workers WHERE worker_id = $1 AND $2", worker_id,

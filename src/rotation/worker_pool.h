@@ -5,9 +5,15 @@
 // comes from row locks, not leases: a worker killed at any instant loses its transaction, its
 // batch row is unlocked at once, and any other worker claims it on its next poll.
 //
-// Run returns when no batch of the selected jobs is pending or running anywhere (so the process
-// can exit 0, as a Kubernetes work queue expects), or soon after `stop` turns true (the current
-// batch is finished first; batches take milliseconds to seconds).
+// Between batches the loops also move staged jobs along: they close finished stages, run the
+// verification gates (decrypting a sample of the rows moved so far), and open stages whose
+// observation period after a passed gate is over.
+//
+// Run returns when the selected jobs have nothing left that a worker can do: no batch of an
+// open stage is pending or running anywhere, no gate waits, and no observation period runs (so
+// the process can exit 0, as a Kubernetes work queue expects; a job waiting for an operator's
+// approval is left waiting). It also returns soon after `stop` turns true (the current batch is
+// finished first; batches take milliseconds to seconds).
 #pragma once
 
 #include <atomic>
@@ -50,6 +56,9 @@ class WorkerPool {
 
  private:
   void ClaimLoop(int index, const std::atomic<bool>& stop);
+  // Closes finished stages, runs waiting verification gates, and opens stages whose
+  // observation period is over. Returns true iff a stage opened (there may be work to claim).
+  bool AdvanceJobs(pqxx::connection& conn, const std::string& worker_id, const char* job_param);
   void SetFatal(std::exception_ptr error);
 
   std::string conninfo_;

@@ -1,0 +1,59 @@
+#include "rotation/gate.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+#include "jobs/job.h"
+#include "rotation/verifier.h"
+
+namespace rekey::rotation {
+
+std::optional<GateOutcome> RunNextGate(pqxx::connection& conn, std::optional<int64_t> job,
+                                       const DataKeySource& keys, const std::string& worker_id) {
+  pqxx::work txn(conn);
+  const std::string job_text = job ? std::to_string(*job) : "";
+  pqxx::result next = txn.exec_params("SELECT * FROM rekey.next_gate($1::bigint)",
+                                      job ? job_text.c_str() : nullptr);
+  if (next.empty()) return std::nullopt;
+  GateOutcome outcome;
+  outcome.job_id = next[0][0].as<int64_t>();
+  outcome.stage_no = next[0][1].as<int>();
+  const int bucket_hi = next[0][2].as<int>();
+  const int sample_size = next[0][3].as<int>();
+
+  const jobs::JobDefinition definition = jobs::LoadJob(txn, outcome.job_id);
+  const int64_t rows_moved =
+      txn.exec_params1("SELECT coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN "
+                       "rekey.job_stages s USING (job_id, stage_no) WHERE b.job_id = $1 AND "
+                       "s.kind = 'rollout' AND s.stage_no <= $2",
+                       outcome.job_id, outcome.stage_no)[0]
+          .as<int64_t>();
+  VerifyOptions options;
+  if (bucket_hi < 10000) options.bucket_below = bucket_hi;
+  // The canary is verified whole; later stages by a sample of pages sized for about
+  // sample_size rows (with a margin, since pages hold rows of every stage).
+  if (outcome.stage_no > 1 && rows_moved > sample_size) {
+    options.sample_percent = std::min(100.0, 150.0 * sample_size / double(rows_moved));
+  }
+  const VerifyReport report = VerifyJob(txn, definition, keys, options);
+  outcome.values_checked = report.values;
+  outcome.decrypt_errors = report.failures;
+  nlohmann::json details = {{"rows_moved", rows_moved},
+                            {"sample_percent", options.sample_percent},
+                            {"failures_by_class", report.failures_by_class},
+                            {"failure_samples", report.failure_samples}};
+  txn.exec_params("SELECT rekey.record_gate($1, $2, $3, $4, $5, $6::jsonb)", outcome.job_id,
+                  outcome.stage_no, report.values, report.failures, worker_id, details.dump());
+  pqxx::row state = txn.exec_params1(
+      "SELECT j.state, coalesce(j.state_reason, ''), g.passed FROM rekey.jobs j, rekey.gates g "
+      "WHERE j.job_id = $1 AND g.gate_id = (SELECT max(gate_id) FROM rekey.gates WHERE job_id = $1)",
+      outcome.job_id);
+  outcome.job_state = state[0].as<std::string>();
+  outcome.state_reason = state[1].as<std::string>();
+  outcome.passed = state[2].as<bool>();
+  txn.commit();
+  return outcome;
+}
+
+}  // namespace rekey::rotation
