@@ -37,6 +37,14 @@ test-pg: build
 demo: build
 	@./scripts/demo.sh $(BUILD_DIR)/rekey
 
+# rekey side by side with ../shared/anchors on a throwaway PostgreSQL (bench/README.md).
+# BENCH_ROWS, BENCH_RUNS, BENCH_FULL=1 and the other BENCH_* variables tune it.
+bench: deps
+	@./scripts/install-deps.sh time openssl
+	@cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+	@cmake --build build-release -j $(JOBS) --target rekey codec_bench
+	@/usr/bin/python3 bench/run_bench.py build-release
+
 format:
 	@git ls-files '*.cpp' '*.h' | xargs clang-format -i
 

@@ -2,17 +2,21 @@
 
 #include <csignal>
 
-#include "db/conninfo.h"
 #include "db/connection.h"
-#include "kms/kms_factory.h"
+#include "db/conninfo.h"
+#include "kms/kms_registry.h"
 
 namespace rekey::cli {
 namespace {
 std::atomic<bool> g_stop{false};
-extern "C" void OnStopSignal(int) { g_stop = true; }
+extern "C" void OnStopSignal(int) {
+  g_stop = true;
+}
 }  // namespace
 
-std::string ConnInfo(const GlobalOptions& global) { return db::ResolveConnInfo(global.db); }
+std::string ConnInfo(const GlobalOptions& global) {
+  return db::ResolveConnInfo(global.db);
+}
 
 std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
                                                const std::string& application_name) {
@@ -20,8 +24,8 @@ std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
 }
 
 KeyServices::KeyServices(const std::string& conninfo)
-    : kms_(kms::MakeKmsClient("local")),
-      cache_(std::make_unique<keyring::DataKeyCache>(conninfo, *kms_)) {}
+    : registry_(std::make_unique<kms::KmsRegistry>()),
+      cache_(std::make_unique<keyring::DataKeyCache>(conninfo, registry_->Resolver())) {}
 
 rotation::DataKeySource KeyServices::Source() {
   return [cache = cache_.get()](uint32_t key_id) { return cache->Get(key_id); };

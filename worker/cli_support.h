@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "keyring/data_key_cache.h"
 #include "kms/kms_client.h"
+#include "kms/kms_registry.h"
 #include "rotation/batch_rotator.h"
 
 namespace rekey::cli {
@@ -18,7 +19,8 @@ std::string ConnInfo(const GlobalOptions& global);
 std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
                                                const std::string& application_name = "rekey");
 
-// The KMS client and the process-wide data-key cache in front of it.
+// The KMS clients (one per provider named in rekey.keys, built on first use from the environment)
+// and the process-wide data-key cache in front of them.
 class KeyServices {
  public:
   explicit KeyServices(const std::string& conninfo);
@@ -26,7 +28,7 @@ class KeyServices {
   keyring::DataKeyCache& cache() { return *cache_; }
 
  private:
-  std::unique_ptr<kms::KmsClient> kms_;
+  std::unique_ptr<kms::KmsRegistry> registry_;
   std::unique_ptr<keyring::DataKeyCache> cache_;
 };
 

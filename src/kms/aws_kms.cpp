@@ -1,0 +1,231 @@
+#include "kms/aws_kms.h"
+
+#include <openssl/crypto.h>
+
+#include <nlohmann/json.hpp>
+#include <utility>
+
+#include "common/error.h"
+#include "kms/aws_errors.h"
+
+namespace rekey::kms {
+
+namespace {
+
+using nlohmann::json;
+
+void Cleanse(std::string* s) {
+  if (!s->empty()) OPENSSL_cleanse(s->data(), s->size());
+}
+
+void Cleanse(Bytes* b) {
+  if (!b->empty()) OPENSSL_cleanse(b->data(), b->size());
+}
+
+json Context(uint32_t key_id) {
+  return json{{kRekeyKeyIdContext, std::to_string(key_id)}};
+}
+
+[[noreturn]] void Malformed(const std::string& operation, const std::string& what) {
+  throw PermanentError("AWS KMS " + operation + " returned a malformed response (" + what +
+                       "); check AWS_ENDPOINT_URL_KMS points at AWS KMS");
+}
+
+json ParseObject(const std::string& operation, const std::string& body) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) Malformed(operation, "not a JSON object");
+  return j;
+}
+
+std::string StringField(const std::string& operation, const json& j, const char* field) {
+  auto it = j.find(field);
+  if (it == j.end() || !it->is_string() || it->get_ref<const std::string&>().empty()) {
+    Malformed(operation, std::string("no ") + field);
+  }
+  return it->get<std::string>();
+}
+
+Bytes Base64Field(const std::string& operation, const json& j, const char* field) {
+  std::optional<Bytes> b = Base64Decode(StringField(operation, j, field));
+  if (!b || b->empty()) Malformed(operation, std::string(field) + " is not base64");
+  return std::move(*b);
+}
+
+// Takes the 32-byte plaintext out of `j` and wipes every copy of its text on the way.
+Secret PlaintextField(const std::string& operation, json* j, uint32_t key_id) {
+  auto it = j->find("Plaintext");
+  if (it == j->end() || !it->is_string()) Malformed(operation, "no Plaintext");
+  std::string& text = it->get_ref<std::string&>();
+  std::optional<Bytes> b = Base64Decode(text);
+  Cleanse(&text);
+  if (!b) Malformed(operation, "Plaintext is not base64");
+  Secret key(b->data(), b->size());
+  size_t size = b->size();
+  Cleanse(&*b);
+  if (size != kDataKeySize) {
+    throw KeyError("AWS KMS " + operation + " returned " + std::to_string(size) +
+                   " bytes for data key " + std::to_string(key_id) +
+                   ", not 32: the wrapped key is not a rekey data key");
+  }
+  return key;
+}
+
+}  // namespace
+
+AwsKmsConfig AwsKmsConfigFromEnv(const GetenvFn& getenv) {
+  auto env = [&](const char* name) {
+    std::optional<std::string> v = getenv(name);
+    return v && !v->empty() ? v : std::nullopt;
+  };
+  AwsKmsConfig c;
+  std::optional<std::string> region = env("AWS_REGION");
+  if (!region) region = env("AWS_DEFAULT_REGION");
+  if (!region) throw ConfigError("aws-kms needs a region: set AWS_REGION (e.g. eu-west-1)");
+  c.region = *region;
+  std::optional<std::string> key = env(kAwsKmsKeyIdEnv);
+  if (!key) {
+    throw ConfigError(
+        "aws-kms needs the KMS key to wrap data keys under: set REKEY_AWS_KMS_KEY_ID to its key "
+        "ARN or alias (e.g. alias/rekey)");
+  }
+  c.key_id = *key;
+  c.endpoint = env("AWS_ENDPOINT_URL_KMS").value_or("https://kms." + c.region + ".amazonaws.com");
+  while (!c.endpoint.empty() && c.endpoint.back() == '/') c.endpoint.pop_back();
+  c.ca_bundle = env("AWS_CA_BUNDLE").value_or("");
+  return c;
+}
+
+AwsKmsClient::AwsKmsClient(AwsKmsConfig config, std::shared_ptr<HttpTransport> transport,
+                           std::shared_ptr<AwsCredentialsProvider> credentials)
+    : config_(std::move(config)),
+      transport_(std::move(transport)),
+      credentials_(std::move(credentials)) {}
+
+std::string AwsKmsClient::Call(const std::string& operation, const std::string& body,
+                               const std::string& kms_key, const std::string& data_key_id) {
+  AwsCredentials creds = credentials_->Get();
+  HttpRequest request;
+  request.url = config_.endpoint + "/";
+  request.headers = {{"Content-Type", "application/x-amz-json-1.1"},
+                     {"X-Amz-Target", "TrentService." + operation}};
+  request.body = body;
+  request.timeout = config_.timeout;
+  request.ca_bundle = config_.ca_bundle;
+  request.sigv4 = SigV4Signing{config_.region, "kms", creds.access_key_id, creds.secret_access_key,
+                               creds.session_token};
+  Cleanse(&creds.secret_access_key);
+  HttpResponse response;
+  try {
+    response = transport_->Post(request);
+  } catch (...) {
+    Cleanse(&request.body);
+    Cleanse(&request.sigv4->secret_access_key);
+    throw;
+  }
+  Cleanse(&request.body);
+  Cleanse(&request.sigv4->secret_access_key);
+  if (response.status == 200) return std::move(response.body);
+  std::string type = AwsErrorType(response.body, response.Header("x-amzn-errortype"));
+  // Temporary credentials the server considers expired (clock skew, revoked session): fetch
+  // new ones before the retry.
+  if (type == "ExpiredTokenException") credentials_->Invalidate();
+  ThrowAwsError(response.status, response.body, response.Header("x-amzn-errortype"), operation,
+                kms_key, data_key_id);
+}
+
+GeneratedDataKey AwsKmsClient::GenerateDataKey(uint32_t key_id) {
+  const std::string op = "GenerateDataKey";
+  json request = {
+      {"KeyId", config_.key_id}, {"KeySpec", "AES_256"}, {"EncryptionContext", Context(key_id)}};
+  std::string body = Call(op, request.dump(), config_.key_id, std::to_string(key_id));
+  json j = ParseObject(op, body);
+  Cleanse(&body);
+  GeneratedDataKey result;
+  result.plaintext = PlaintextField(op, &j, key_id);
+  result.wrapped = Base64Field(op, j, "CiphertextBlob");
+  result.kms_key_ref = StringField(op, j, "KeyId");
+  return result;
+}
+
+GeneratedDataKey AwsKmsClient::WrapDataKey(uint32_t key_id, const Secret& plaintext) {
+  const std::string op = "Encrypt";
+  if (plaintext.size() != kDataKeySize) {
+    throw KeyError("data key " + std::to_string(key_id) + " is " +
+                   std::to_string(plaintext.size()) + " bytes; data keys must be exactly 32 bytes");
+  }
+  json request = {{"KeyId", config_.key_id},
+                  {"Plaintext", Base64Encode(plaintext.data(), plaintext.size())},
+                  {"EncryptionContext", Context(key_id)}};
+  std::string request_body = request.dump();
+  Cleanse(&request["Plaintext"].get_ref<std::string&>());
+  std::string body;
+  try {
+    body = Call(op, request_body, config_.key_id, std::to_string(key_id));
+  } catch (...) {
+    Cleanse(&request_body);
+    throw;
+  }
+  Cleanse(&request_body);
+  json j = ParseObject(op, body);
+  GeneratedDataKey result;
+  result.plaintext = plaintext.Clone();
+  result.wrapped = Base64Field(op, j, "CiphertextBlob");
+  result.kms_key_ref = StringField(op, j, "KeyId");
+  return result;
+}
+
+Secret AwsKmsClient::UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
+                                   const Bytes& wrapped) {
+  const std::string op = "Decrypt";
+  if (kms_key_ref.rfind("local:", 0) == 0) {
+    throw KeyError("cannot unwrap data key " + std::to_string(key_id) + ": it is wrapped by " +
+                   kms_key_ref + ", not by AWS KMS; use the KMS provider it was created with");
+  }
+  json request = {{"KeyId", kms_key_ref},
+                  {"CiphertextBlob", Base64Encode(wrapped)},
+                  {"EncryptionContext", Context(key_id)}};
+  std::string body = Call(op, request.dump(), kms_key_ref, std::to_string(key_id));
+  json j = ParseObject(op, body);
+  Cleanse(&body);
+  Secret key = PlaintextField(op, &j, key_id);
+  StringField(op, j, "KeyId");  // KMS always names the key it used; a reply without is not KMS
+  return key;
+}
+
+ReWrappedKey AwsKmsClient::ReEncrypt(uint32_t key_id, const std::string& source_key_ref,
+                                     const Bytes& wrapped, const std::string& destination_key_ref) {
+  const std::string op = "ReEncrypt";
+  json request = {{"CiphertextBlob", Base64Encode(wrapped)},
+                  {"SourceKeyId", source_key_ref},
+                  {"SourceEncryptionContext", Context(key_id)},
+                  {"DestinationKeyId", destination_key_ref},
+                  {"DestinationEncryptionContext", Context(key_id)}};
+  std::string body = Call(op, request.dump(), source_key_ref + " -> " + destination_key_ref,
+                          std::to_string(key_id));
+  json j = ParseObject(op, body);
+  ReWrappedKey result;
+  result.wrapped = Base64Field(op, j, "CiphertextBlob");
+  result.kms_key_ref = StringField(op, j, "KeyId");
+  return result;
+}
+
+std::string AwsKmsClient::Describe() {
+  const std::string op = "DescribeKey";
+  json request = {{"KeyId", config_.key_id}};
+  json j = ParseObject(op, Call(op, request.dump(), config_.key_id, ""));
+  auto meta = j.find("KeyMetadata");
+  if (meta == j.end() || !meta->is_object()) Malformed(op, "no KeyMetadata");
+  std::string arn = meta->contains("Arn") && (*meta)["Arn"].is_string()
+                        ? (*meta)["Arn"].get<std::string>()
+                        : StringField(op, *meta, "KeyId");
+  std::string state = StringField(op, *meta, "KeyState");
+  if (state != "Enabled") {
+    throw KeyError("KMS key " + config_.key_id + " (" + arn + ") is " + state +
+                   "; enable it (aws kms enable-key --key-id " + arn +
+                   ") or set REKEY_AWS_KMS_KEY_ID to an enabled key");
+  }
+  return std::string(kAwsKmsProvider) + " (key " + arn + ", " + config_.region + ", " + state +
+         ", credentials from " + credentials_->Source() + ")";
+}
+
+}  // namespace rekey::kms

@@ -1,0 +1,87 @@
+// The "aws-kms" KMS provider: data keys are generated and wrapped by AWS KMS (JSON 1.1 protocol,
+// SigV4-signed POSTs through an HttpTransport).
+//
+// Configuration (AwsKmsConfigFromEnv):
+//   REKEY_AWS_KMS_KEY_ID     the KMS key new data keys are wrapped under: key id, key ARN,
+//                            alias name ("alias/rekey") or alias ARN (required)
+//   AWS_REGION | AWS_DEFAULT_REGION   (required)
+//   AWS_ENDPOINT_URL_KMS     endpoint override (VPC endpoints, test servers); default
+//                            https://kms.<region>.amazonaws.com
+//   AWS_CA_BUNDLE            PEM bundle of trusted CAs (optional)
+//   credentials: see aws_credentials.h
+//
+// Wrapping: rekey.keys.wrapped_key holds the KMS CiphertextBlob as returned; kms_key_ref holds
+// the ARN of the KMS key KMS reports (so an alias later repointed does not matter). Every call
+// carries EncryptionContext {"rekey_key_id": "<decimal key id>"}, so a wrapped key moved to
+// another row does not decrypt, and IAM policies can condition on it. Decrypt pins KeyId to
+// kms_key_ref.
+//
+// Each method makes exactly one HTTP call (two if credentials must be refreshed first); retries,
+// rate limiting and circuit breaking belong to ResilientKms (resilient_kms.h). Errors are mapped
+// by ThrowAwsError (aws_errors.h); a response that cannot be parsed (malformed JSON, bad base64,
+// wrong plaintext length) is a PermanentError, never a crash.
+//
+// Thread-safety: all methods are thread-safe if the transport and credentials provider are.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "kms/aws_credentials.h"
+#include "kms/http_transport.h"
+#include "kms/kms_client.h"
+
+namespace rekey::kms {
+
+constexpr char kAwsKmsProvider[] = "aws-kms";
+constexpr char kAwsKmsKeyIdEnv[] = "REKEY_AWS_KMS_KEY_ID";
+constexpr char kRekeyKeyIdContext[] = "rekey_key_id";
+
+struct AwsKmsConfig {
+  std::string region;
+  std::string endpoint;  // scheme://host[:port], no trailing slash
+  std::string key_id;    // default KMS key (id, ARN or alias)
+  std::string ca_bundle;
+  std::chrono::milliseconds timeout{10000};
+};
+
+// Throws ConfigError naming the missing variable.
+AwsKmsConfig AwsKmsConfigFromEnv(const GetenvFn& getenv);
+
+// The result of ReEncrypt: the same data key wrapped under another KMS key.
+struct ReWrappedKey {
+  Bytes wrapped;
+  std::string kms_key_ref;
+};
+
+class AwsKmsClient : public KmsClient {
+ public:
+  AwsKmsClient(AwsKmsConfig config, std::shared_ptr<HttpTransport> transport,
+               std::shared_ptr<AwsCredentialsProvider> credentials);
+
+  std::string provider() const override { return kAwsKmsProvider; }
+  std::string default_key_ref() const override { return config_.key_id; }
+  GeneratedDataKey GenerateDataKey(uint32_t key_id) override;
+  GeneratedDataKey WrapDataKey(uint32_t key_id, const Secret& plaintext) override;
+  Secret UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
+                       const Bytes& wrapped) override;
+  // DescribeKey on the default key: "aws-kms (key <arn>, <region>, Enabled, credentials from
+  // ...)". Throws KeyError naming the key iff its KeyState is not Enabled.
+  std::string Describe() override;
+
+  // Re-wraps data key `key_id` from `source_key_ref` to `destination_key_ref` inside KMS (the
+  // plaintext never leaves it): for master-key rotation.
+  ReWrappedKey ReEncrypt(uint32_t key_id, const std::string& source_key_ref, const Bytes& wrapped,
+                         const std::string& destination_key_ref);
+
+ private:
+  // POSTs `body` as TrentService.<operation>; returns the parsed 200 response or throws.
+  std::string Call(const std::string& operation, const std::string& body,
+                   const std::string& kms_key, const std::string& data_key_id);
+
+  AwsKmsConfig config_;
+  std::shared_ptr<HttpTransport> transport_;
+  std::shared_ptr<AwsCredentialsProvider> credentials_;
+};
+
+}  // namespace rekey::kms
