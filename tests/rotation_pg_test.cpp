@@ -58,10 +58,12 @@ class RotationTest : public PgTest {
   // The invariants every finished job must satisfy.
   void ExpectJobConsistent(int64_t job) {
     const std::string j = std::to_string(job);
-    EXPECT_EQ(Scalar("SELECT string_agg(batch_no || ' ' || state || ' attempts=' || attempts || ': ' ||"
-                     " coalesce(last_error, ''), E'\\n') FROM (SELECT * FROM rekey.batches WHERE job_id = " +
-                     j + " AND (state <> 'done' OR last_error IS NOT NULL) ORDER BY batch_no LIMIT 5) b"),
-              "NULL")
+    EXPECT_EQ(
+        Scalar(
+            "SELECT string_agg(batch_no || ' ' || state || ' attempts=' || attempts || ': ' ||"
+            " coalesce(last_error, ''), E'\\n') FROM (SELECT * FROM rekey.batches WHERE job_id = " +
+            j + " AND (state <> 'done' OR last_error IS NOT NULL) ORDER BY batch_no LIMIT 5) b"),
+        "NULL")
         << "batches that are not done, or needed retries";
     EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
                     " AND state IN ('pending', 'running')"),
@@ -79,7 +81,8 @@ class RotationTest : public PgTest {
 TEST_F(RotationTest, FourWorkerProcessesRotate100kRowsAndKeepEveryPlaintext) {
   SeedTinkTable(conn(), "public.cards", 100000, 1);
   auto before = DecryptAll(conn(), "public.cards");
-  int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id'");
+  int64_t job =
+      CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id'");
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + std::to_string(job)), 100);
 
   std::vector<std::unique_ptr<ChildProcess>> workers;
@@ -96,8 +99,10 @@ TEST_F(RotationTest, FourWorkerProcessesRotate100kRowsAndKeepEveryPlaintext) {
     ASSERT_EQ(value.second, before[id].second) << "row " << id << " plaintext changed";
   }
   EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id <> 2"), 0);
-  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)), "completed");
-  EXPECT_EQ(Count("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + std::to_string(job)), 100000);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
+            "completed");
+  EXPECT_EQ(Count("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + std::to_string(job)),
+            100000);
   EXPECT_EQ(Count("SELECT count(DISTINCT worker_id) FROM rekey.batches WHERE job_id = " +
                   std::to_string(job)) >= 2,
             true)
@@ -114,14 +119,28 @@ TEST_F(RotationTest, SigkilledWorkersLoseNothingAndLeaveNoBatchStuck) {
   auto before = DecryptAll(conn(), "public.cards");
   int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 200");
 
+  // The rotation outruns the kill cadence, so one target row is held locked until several kills
+  // have happened: the job cannot finish before that, and the workers that claim its batch die
+  // blocked in mid-transaction, the most interesting moment.
+  pqxx::connection holder(conninfo());
+  auto hold = std::make_unique<pqxx::work>(holder);
+  hold->exec("SELECT 1 FROM public.cards WHERE id = 20000 FOR UPDATE");
+  constexpr int kKillsBeforeRelease = 6;
+
   std::mt19937 rng(12345);
   std::vector<std::unique_ptr<ChildProcess>> workers;
   for (int i = 0; i < 4; ++i) workers.push_back(StartWorker(job));
   int kills = 0;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
   while (std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(std::uniform_int_distribution<int>(50, 250)(rng)));
-    if (Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)) != "active") break;
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(std::uniform_int_distribution<int>(50, 250)(rng)));
+    if (hold && kills >= kKillsBeforeRelease) {
+      hold->commit();
+      hold.reset();
+    }
+    if (Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)) != "active")
+      break;
     auto& victim = workers[std::uniform_int_distribution<size_t>(0, workers.size() - 1)(rng)];
     if (victim->Running()) {
       victim->Signal(SIGKILL);
@@ -136,8 +155,10 @@ TEST_F(RotationTest, SigkilledWorkersLoseNothingAndLeaveNoBatchStuck) {
       EXPECT_EQ(r.exit_code, 0) << r.err;
     }
   }
-  EXPECT_GE(kills, 3);
-  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)), "completed");
+  EXPECT_GE(kills, kKillsBeforeRelease);
+  EXPECT_EQ(hold, nullptr) << "the job ended while a row was still locked";
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
+            "completed");
   auto after = DecryptAll(conn(), "public.cards");
   ASSERT_EQ(after.size(), before.size());
   for (const auto& [id, value] : after) {
@@ -193,27 +214,35 @@ TEST_F(RotationTest, ApplicationWritesDuringTheRunAreNeverLost) {
 
 TEST_F(RotationTest, PoisonValuesAreQuarantinedAndTheirRowsLeftUntouched) {
   SeedTinkTable(conn(), "public.cards", 2000, 1);
-  Exec("UPDATE public.cards SET token = set_byte(token, 20, get_byte(token, 20) # 1) WHERE id = 10");
+  Exec(
+      "UPDATE public.cards SET token = set_byte(token, 20, get_byte(token, 20) # 1) WHERE id = 10");
   Exec("UPDATE public.cards SET token = substring(token from 1 for 12) WHERE id = 20");
   Exec("UPDATE public.cards SET token = '' WHERE id = 30");
   Exec("UPDATE public.cards SET token = set_byte(token, 0, 2) WHERE id = 40");
   Exec("UPDATE public.cards SET token = NULL WHERE id = 50");
   // Under a key the job does not rotate: not the job's business, left alone and not quarantined.
-  Exec("UPDATE public.cards SET token = '\\x01000000ff'::bytea || substring(token from 6) WHERE id = 60");
-  const std::string poison_before =
-      Scalar("SELECT string_agg(id || ':' || coalesce(encode(token, 'hex'), 'null'), ',' ORDER BY id)"
-             " FROM public.cards WHERE id IN (10, 20, 30, 40, 50, 60)");
+  Exec(
+      "UPDATE public.cards SET token = '\\x01000000ff'::bytea || substring(token from 6) WHERE id "
+      "= 60");
+  const std::string poison_before = Scalar(
+      "SELECT string_agg(id || ':' || coalesce(encode(token, 'hex'), 'null'), ',' ORDER BY id)"
+      " FROM public.cards WHERE id IN (10, 20, 30, 40, 50, 60)");
   // 4 poison values in 2000 (0.2%) are tolerated under a 1% threshold.
-  int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 500, p_error_threshold => 0.01");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 500, p_error_threshold => "
+      "0.01");
   auto w = StartWorker(job);
   ProcessResult r = w->Wait(120);
   EXPECT_EQ(r.exit_code, 0) << r.err;
 
-  EXPECT_EQ(Scalar("SELECT string_agg(pk || ':' || error_class, ',' ORDER BY pk::int) FROM rekey.row_failures"),
+  EXPECT_EQ(Scalar("SELECT string_agg(pk || ':' || error_class, ',' ORDER BY pk::int) FROM "
+                   "rekey.row_failures"),
             "10:auth_failed,20:truncated,30:empty,40:bad_prefix");
-  EXPECT_EQ(Scalar("SELECT string_agg(id || ':' || coalesce(encode(token, 'hex'), 'null'), ',' ORDER BY id)"
-                   " FROM public.cards WHERE id IN (10, 20, 30, 40, 50, 60)"),
-            poison_before);
+  EXPECT_EQ(
+      Scalar(
+          "SELECT string_agg(id || ':' || coalesce(encode(token, 'hex'), 'null'), ',' ORDER BY id)"
+          " FROM public.cards WHERE id IN (10, 20, 30, 40, 50, 60)"),
+      poison_before);
   auto after = DecryptAll(conn(), "public.cards");
   int rotated = 0;
   for (const auto& [id, value] : after) {
@@ -223,8 +252,10 @@ TEST_F(RotationTest, PoisonValuesAreQuarantinedAndTheirRowsLeftUntouched) {
     ++rotated;
   }
   EXPECT_EQ(rotated, 1994);
-  EXPECT_EQ(Count("SELECT sum(rows_failed) FROM rekey.batches WHERE job_id = " + std::to_string(job)), 4);
-  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)), "completed");
+  EXPECT_EQ(
+      Count("SELECT sum(rows_failed) FROM rekey.batches WHERE job_id = " + std::to_string(job)), 4);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
+            "completed");
   ExpectJobConsistent(job);
 }
 
@@ -235,17 +266,23 @@ TEST_F(RotationTest, HostileOrWrongJobDefinitionsAreRejectedAndWriteNothing) {
     std::string args;
     std::string message;
   } cases[] = {
-      {"'public.\"cards\"\"; DROP TABLE public.cards; --\"', ARRAY['token'], '{\"1\":2}'", "does not exist"},
+      {"'public.\"cards\"\"; DROP TABLE public.cards; --\"', ARRAY['token'], '{\"1\":2}'",
+       "does not exist"},
       {"'cards; DROP TABLE public.cards', ARRAY['token'], '{\"1\":2}'", "invalid table name"},
       {"'public.cards', ARRAY['token; DROP TABLE public.cards'], '{\"1\":2}'", "does not exist"},
       {"'public.cards', ARRAY['nope'], '{\"1\":2}'", "column nope does not exist"},
       {"'public.cards', ARRAY['tenant_id'], '{\"1\":2}'", "not bytea"},
       {"'public.cards', ARRAY['token'], '{\"1\":2}', p_key_id_column => 'note'", "not integer"},
-      {"'public.cards', ARRAY['token'], '{\"1\":2}', p_scope_column => 'x\"y', p_scope_value => '1'", "does not exist"},
-      {"'public.cards', ARRAY['token'], '{\"1\":2}', p_scope_column => 'tenant_id', p_scope_value => '1; DROP TABLE x'", "not a valid integer"},
+      {"'public.cards', ARRAY['token'], '{\"1\":2}', p_scope_column => 'x\"y', p_scope_value => "
+       "'1'",
+       "does not exist"},
+      {"'public.cards', ARRAY['token'], '{\"1\":2}', p_scope_column => 'tenant_id', p_scope_value "
+       "=> '1; DROP TABLE x'",
+       "not a valid integer"},
       {"'public.cards', ARRAY['token'], '{\"1\":99}'", "unknown target key 99"},
       {"'public.cards', ARRAY['token'], '{\"1\":1}'", "both source and target"},
-      {"'public.cards', ARRAY['token'], '{\"1\":2}', p_ad_template => '{bogus}'", "invalid associated-data template"},
+      {"'public.cards', ARRAY['token'], '{\"1\":2}', p_ad_template => '{bogus}'",
+       "invalid associated-data template"},
       {"'public.cards', ARRAY['token'], '{\"1\":2}', ARRAY['aes']", "unknown codec"},
       {"'public.cards', ARRAY['token'], '{\"1\":2}', ARRAY['raw']", "needs a key-id column"},
       {"'public.nopk', ARRAY['token'], '{\"1\":2}'", "has no primary key"},
@@ -264,8 +301,8 @@ TEST_F(RotationTest, HostileOrWrongJobDefinitionsAreRejectedAndWriteNothing) {
   EXPECT_EQ(Count("SELECT count(*) FROM public.cards"), 10) << "the table survived";
 
   // The CLI reports the same one-line reason with the state exit code.
-  ProcessResult r = Rekey({"job", "create", "--table", "public.cards", "--column", "token'; --",
-                           "--map", "1:2"});
+  ProcessResult r =
+      Rekey({"job", "create", "--table", "public.cards", "--column", "token'; --", "--map", "1:2"});
   EXPECT_EQ(r.exit_code, 2) << r.err;  // a bad definition, as the database judged it
   EXPECT_THAT(r.err, HasSubstr("does not exist"));
   r = Rekey({"job", "create", "--table", "public.cards", "--column", "token", "--map", "1-2"});
@@ -284,7 +321,8 @@ TEST_F(RotationTest, FailedBatchesAreMarkedWithTheirReasonAndCanBeRetried) {
   ProcessResult r = StartWorker(job)->Wait(120);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "failed");
-  EXPECT_EQ(Scalar("SELECT batch_no || ':' || attempts FROM rekey.batches WHERE state = 'failed'"), "2:3");
+  EXPECT_EQ(Scalar("SELECT batch_no || ':' || attempts FROM rekey.batches WHERE state = 'failed'"),
+            "2:3");
   EXPECT_THAT(Scalar("SELECT last_error FROM rekey.batches WHERE state = 'failed'"),
               HasSubstr("frozen by legal hold"));
   EXPECT_THAT(Scalar("SELECT state_reason FROM rekey.progress WHERE job_id = " + j),
@@ -298,7 +336,10 @@ TEST_F(RotationTest, FailedBatchesAreMarkedWithTheirReasonAndCanBeRetried) {
   r = StartWorker(job)->Wait(120);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
-  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE substring(token from 2 for 4) <> '\\x00000002'"), 0);
+  EXPECT_EQ(
+      Count(
+          "SELECT count(*) FROM public.cards WHERE substring(token from 2 for 4) <> '\\x00000002'"),
+      0);
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'job.retry_failed'"), 1);
   ExpectJobConsistent(job);
 }
@@ -308,29 +349,38 @@ TEST_F(RotationTest, RerunningAFinishedJobIsANoOpThatSaysSo) {
   int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100");
   const std::string j = std::to_string(job);
   EXPECT_EQ(StartWorker(job)->Wait(120).exit_code, 0);
-  const std::string tokens = Scalar("SELECT md5(string_agg(token::text, ',' ORDER BY id)) FROM public.cards");
-  const int64_t audits = Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.batch.completed'");
+  const std::string tokens =
+      Scalar("SELECT md5(string_agg(token::text, ',' ORDER BY id)) FROM public.cards");
+  const int64_t audits =
+      Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.batch.completed'");
 
   ProcessResult r = Rekey({"job", "rerun", j});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("already completed: nothing to do"));
   r = StartWorker(job)->Wait(60);
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(Scalar("SELECT md5(string_agg(token::text, ',' ORDER BY id)) FROM public.cards"), tokens);
-  EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.batch.completed'"), audits);
+  EXPECT_EQ(Scalar("SELECT md5(string_agg(token::text, ',' ORDER BY id)) FROM public.cards"),
+            tokens);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.batch.completed'"),
+            audits);
 
   // Requeueing finished batches (of the last stage, the sweep) re-checks them without encrypting
   // anything twice.
   const std::string last_stage = "(SELECT current_stage FROM rekey.jobs WHERE job_id = " + j + ")";
-  const std::string first = Scalar("SELECT min(batch_no) FROM rekey.batches WHERE job_id = " + j + " AND stage_no = " + last_stage);
-  const std::string last = Scalar("SELECT max(batch_no) FROM rekey.batches WHERE job_id = " + j + " AND stage_no = " + last_stage);
+  const std::string first = Scalar("SELECT min(batch_no) FROM rekey.batches WHERE job_id = " + j +
+                                   " AND stage_no = " + last_stage);
+  const std::string last = Scalar("SELECT max(batch_no) FROM rekey.batches WHERE job_id = " + j +
+                                  " AND stage_no = " + last_stage);
   r = Rekey({"job", "requeue", j, "--from", first, "--to", last});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("5 batches requeued"));
   EXPECT_EQ(StartWorker(job)->Wait(60).exit_code, 0);
   EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
-  EXPECT_EQ(Scalar("SELECT md5(string_agg(token::text, ',' ORDER BY id)) FROM public.cards"), tokens);
-  EXPECT_EQ(Count("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + j + " AND stage_no = " + last_stage), 0)
+  EXPECT_EQ(Scalar("SELECT md5(string_agg(token::text, ',' ORDER BY id)) FROM public.cards"),
+            tokens);
+  EXPECT_EQ(Count("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + j +
+                  " AND stage_no = " + last_stage),
+            0)
       << "the requeued batches found nothing left under the old key";
 }
 
@@ -341,7 +391,8 @@ TEST_F(RotationTest, PauseResumeAndCancelAreAuditedAndRespected) {
   EXPECT_EQ(Rekey({"job", "pause", j, "--reason", "change freeze"}).exit_code, 0);
   ProcessResult r = StartWorker(job)->Wait(60);
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE state = 'done'"), 0) << "paused jobs are not claimed";
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE state = 'done'"), 0)
+      << "paused jobs are not claimed";
   r = Rekey({"job", "pause", j});
   EXPECT_THAT(r.out, HasSubstr("already paused"));
   EXPECT_EQ(Rekey({"job", "resume", j}).exit_code, 0);
@@ -350,11 +401,13 @@ TEST_F(RotationTest, PauseResumeAndCancelAreAuditedAndRespected) {
   r = Rekey({"job", "cancel", j});
   EXPECT_EQ(r.exit_code, 5);
   EXPECT_THAT(r.err, HasSubstr("is completed"));
-  EXPECT_EQ(Scalar("SELECT string_agg(action, ',' ORDER BY audit_id) FROM rekey.audit WHERE action IN "
-                   "('job.created', 'job.paused', 'job.resumed', 'job.completed', 'job.cancelled')"),
-            "job.created,job.paused,job.resumed,job.completed");
+  EXPECT_EQ(
+      Scalar("SELECT string_agg(action, ',' ORDER BY audit_id) FROM rekey.audit WHERE action IN "
+             "('job.created', 'job.paused', 'job.resumed', 'job.completed', 'job.cancelled')"),
+      "job.created,job.paused,job.resumed,job.completed");
   EXPECT_EQ(Scalar("SELECT actor FROM rekey.audit WHERE action = 'job.paused'"), "postgres");
-  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = 'job.paused'"), HasSubstr("change freeze"));
+  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = 'job.paused'"),
+              HasSubstr("change freeze"));
 }
 
 TEST_F(RotationTest, SigtermFinishesTheBatchInHandAndExitsZero) {
@@ -362,7 +415,8 @@ TEST_F(RotationTest, SigtermFinishesTheBatchInHandAndExitsZero) {
   int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100");
   auto w = StartWorker(job, 2);
   // Wait until it is working, then ask it to stop.
-  for (int i = 0; i < 200 && Count("SELECT count(*) FROM rekey.batches WHERE state = 'done'") == 0; ++i) {
+  for (int i = 0; i < 200 && Count("SELECT count(*) FROM rekey.batches WHERE state = 'done'") == 0;
+       ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(25));
   }
   const auto sent = std::chrono::steady_clock::now();
@@ -374,7 +428,8 @@ TEST_F(RotationTest, SigtermFinishesTheBatchInHandAndExitsZero) {
   EXPECT_GT(Count("SELECT count(*) FROM rekey.batches WHERE state = 'pending'"), 0);
   // A batch left 'running' by the stop must not block anyone: a new worker finishes the job.
   EXPECT_EQ(StartWorker(job)->Wait(300).exit_code, 0);
-  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)), "completed");
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
+            "completed");
   ExpectJobConsistent(job);
 }
 
@@ -385,14 +440,18 @@ TEST_F(RotationTest, ABatchOfADeadWorkerIsReclaimedAtOnce) {
     // A worker that claimed batch 1 and then vanished (its connection closes).
     pqxx::connection dead(conninfo());
     pqxx::work txn(dead);
-    EXPECT_EQ(txn.exec1("SELECT batch_no FROM rekey.claim_batch('dead-worker', " + std::to_string(job) + ")")[0].as<int>(), 1);
+    EXPECT_EQ(txn.exec1("SELECT batch_no FROM rekey.claim_batch('dead-worker', " +
+                        std::to_string(job) + ")")[0]
+                  .as<int>(),
+              1);
     txn.commit();
   }
   const auto started = std::chrono::steady_clock::now();
   ProcessResult r = StartWorker(job)->Wait(60);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_LT(std::chrono::steady_clock::now() - started, std::chrono::seconds(10));
-  EXPECT_EQ(Scalar("SELECT state || ':' || attempts FROM rekey.batches WHERE batch_no = 1"), "done:2");
+  EXPECT_EQ(Scalar("SELECT state || ':' || attempts FROM rekey.batches WHERE batch_no = 1"),
+            "done:2");
   ExpectJobConsistent(job);
 }
 
@@ -409,16 +468,28 @@ TEST_F(RotationTest, MultiKeyMapsScopesAndPlanningAreDeterministic) {
     }
     txn.commit();
   }
-  int64_t a = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2, \"3\": 4}', p_key_id_column => 'key_id', p_batch_size => 333");
-  int64_t b = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2, \"3\": 4}', p_key_id_column => 'key_id', p_batch_size => 333");
-  EXPECT_EQ(Scalar("SELECT string_agg(coalesce(lo, '-') || '..' || coalesce(hi, '-'), ',' ORDER BY batch_no) FROM rekey.batches WHERE job_id = " + std::to_string(a)),
-            Scalar("SELECT string_agg(coalesce(lo, '-') || '..' || coalesce(hi, '-'), ',' ORDER BY batch_no) FROM rekey.batches WHERE job_id = " + std::to_string(b)))
+  int64_t a = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2, \"3\": 4}', p_key_id_column => 'key_id', "
+      "p_batch_size => 333");
+  int64_t b = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2, \"3\": 4}', p_key_id_column => 'key_id', "
+      "p_batch_size => 333");
+  EXPECT_EQ(Scalar("SELECT string_agg(coalesce(lo, '-') || '..' || coalesce(hi, '-'), ',' ORDER BY "
+                   "batch_no) FROM rekey.batches WHERE job_id = " +
+                   std::to_string(a)),
+            Scalar("SELECT string_agg(coalesce(lo, '-') || '..' || coalesce(hi, '-'), ',' ORDER BY "
+                   "batch_no) FROM rekey.batches WHERE job_id = " +
+                   std::to_string(b)))
       << "the same data plans the same batches";
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + std::to_string(a)), 13);
   Exec("SELECT rekey.cancel_job(" + std::to_string(b) + ")");
   // A scoped job only touches its tenant.
-  int64_t scoped = CreateJob("'public.cards', ARRAY['token'], '{\"3\": 4}', p_key_id_column => 'key_id', p_scope_column => 'tenant_id', p_scope_value => '1'");
-  EXPECT_EQ(Count("SELECT sum(planned_rows) FROM rekey.batches WHERE job_id = " + std::to_string(scoped)), 2000);
+  int64_t scoped = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"3\": 4}', p_key_id_column => 'key_id', p_scope_column "
+      "=> 'tenant_id', p_scope_value => '1'");
+  EXPECT_EQ(
+      Count("SELECT sum(planned_rows) FROM rekey.batches WHERE job_id = " + std::to_string(scoped)),
+      2000);
   EXPECT_EQ(StartWorker(a)->Wait(120).exit_code, 0);
   EXPECT_EQ(StartWorker(scoped)->Wait(120).exit_code, 0);
   auto after = DecryptAll(conn(), "public.cards");
@@ -426,8 +497,11 @@ TEST_F(RotationTest, MultiKeyMapsScopesAndPlanningAreDeterministic) {
     ASSERT_EQ(value.first, id % 2 == 0 ? 2u : 4u) << id;
     ASSERT_EQ(value.second, PlaintextFor(id));
   }
-  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id <> CASE WHEN tenant_id = 0 THEN 2 ELSE 4 END"), 0);
-  EXPECT_EQ(Count("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + std::to_string(scoped)), 0)
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id <> CASE WHEN tenant_id = 0 THEN "
+                  "2 ELSE 4 END"),
+            0);
+  EXPECT_EQ(
+      Count("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + std::to_string(scoped)), 0)
       << "job a already moved tenant 1";
 }
 
@@ -456,8 +530,12 @@ TEST_F(RotationTest, UuidAndTextKeysRawCodecAndAssociatedData) {
     }
     txn.commit();
   }
-  int64_t raw = CreateJob("'public.\"Secrets\"', ARRAY['secret'], '{\"1\": 2}', ARRAY['raw'], 'kid', '{schema}.{table}.{column}:{pk}', p_batch_size => 64");
-  int64_t text = CreateJob("'public.notes', ARRAY['note'], '{\"1\": 2}', p_ad_template => '{table}/{pk}', p_batch_size => 50");
+  int64_t raw = CreateJob(
+      "'public.\"Secrets\"', ARRAY['secret'], '{\"1\": 2}', ARRAY['raw'], 'kid', "
+      "'{schema}.{table}.{column}:{pk}', p_batch_size => 64");
+  int64_t text = CreateJob(
+      "'public.notes', ARRAY['note'], '{\"1\": 2}', p_ad_template => '{table}/{pk}', p_batch_size "
+      "=> 50");
   EXPECT_EQ(StartWorker(raw, 2)->Wait(120).exit_code, 0);
   EXPECT_EQ(StartWorker(text)->Wait(120).exit_code, 0);
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.row_failures"), 0);
@@ -469,8 +547,8 @@ TEST_F(RotationTest, UuidAndTextKeysRawCodecAndAssociatedData) {
     pqxx::binarystring v(row[2]);
     std::string ad = "public.Secrets.secret:" + row[0].as<std::string>();
     Bytes pt;
-    ASSERT_EQ(crypto::OpenRaw(v.data(), v.size(), &key2, reinterpret_cast<const uint8_t*>(ad.data()),
-                              ad.size(), &pt),
+    ASSERT_EQ(crypto::OpenRaw(v.data(), v.size(), &key2,
+                              reinterpret_cast<const uint8_t*>(ad.data()), ad.size(), &pt),
               crypto::DecodeStatus::kOk);
     ASSERT_EQ(std::string(pt.begin(), pt.end()), uuids[row[0].as<std::string>()]);
   }
@@ -484,7 +562,8 @@ TEST_F(RotationTest, UuidAndTextKeysRawCodecAndAssociatedData) {
 
 TEST_F(RotationTest, StatusShowsProgressFromTheProgressView) {
   SeedTinkTable(conn(), "public.cards", 1000, 1);
-  int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_name => 'cards-q4'");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_name => 'cards-q4'");
   ProcessResult r = Rekey({"status", std::to_string(job)});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("active"));
@@ -494,20 +573,22 @@ TEST_F(RotationTest, StatusShowsProgressFromTheProgressView) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.out, HasSubstr("\"percent\": 100"));
   EXPECT_THAT(r.out, HasSubstr("\"state\": \"completed\""));
-  EXPECT_EQ(Scalar("SELECT rows_reencrypted || '/' || rows_total || ' ' || percent FROM rekey.progress"),
-            "1000/1000 100.00");
+  EXPECT_EQ(
+      Scalar("SELECT rows_reencrypted || '/' || rows_total || ' ' || percent FROM rekey.progress"),
+      "1000/1000 100.00");
 }
-
 
 TEST_F(RotationTest, PerRowAuditAndAnAppendOnlyAuditLog) {
   SeedTinkTable(conn(), "public.cards", 250, 1);
-  int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_per_row_audit => true");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_per_row_audit => true");
   EXPECT_EQ(StartWorker(job)->Wait(60).exit_code, 0);
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.value_audit WHERE job_id = " + std::to_string(job) +
                   " AND from_key_id = 1 AND to_key_id = 2 AND column_name = 'token'"),
             250);
   EXPECT_EQ(Count("SELECT count(DISTINCT pk) FROM rekey.value_audit"), 250);
-  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = 'rotation.batch.completed' AND batch_no = 1"),
+  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = "
+                     "'rotation.batch.completed' AND batch_no = 1"),
               HasSubstr("\"1->2\": 100"));
   for (const char* tamper : {"UPDATE rekey.audit SET outcome = 'x'", "DELETE FROM rekey.audit",
                              "TRUNCATE rekey.audit", "DELETE FROM rekey.value_audit"}) {
@@ -521,7 +602,8 @@ TEST_F(RotationTest, PerRowAuditAndAnAppendOnlyAuditLog) {
   }
   // Key lifecycle changes are audited by the database, whoever makes them.
   Exec("UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = 4");
-  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = 'key.decrypt_only' AND details->>'key_id' = '4'"),
+  EXPECT_THAT(Scalar("SELECT details::text FROM rekey.audit WHERE action = 'key.decrypt_only' AND "
+                     "details->>'key_id' = '4'"),
               HasSubstr("\"from\": \"enabled\""));
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'key.created'"), 4);
 }

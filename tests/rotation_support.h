@@ -76,14 +76,17 @@ inline std::string TinkDecrypt(const std::string& value, uint32_t* key_id,
     return k.get();
   };
   Bytes plaintext;
-  auto status = crypto::OpenTink(reinterpret_cast<const uint8_t*>(value.data()), value.size(),
-                                 lookup, reinterpret_cast<const uint8_t*>(ad.data()), ad.size(),
-                                 &plaintext, key_id);
-  if (status != crypto::DecodeStatus::kOk) return "<" + std::string(crypto::DecodeStatusName(status)) + ">";
+  auto status =
+      crypto::OpenTink(reinterpret_cast<const uint8_t*>(value.data()), value.size(), lookup,
+                       reinterpret_cast<const uint8_t*>(ad.data()), ad.size(), &plaintext, key_id);
+  if (status != crypto::DecodeStatus::kOk)
+    return "<" + std::string(crypto::DecodeStatusName(status)) + ">";
   return std::string(plaintext.begin(), plaintext.end());
 }
 
-inline std::string PlaintextFor(int64_t id) { return "4111-1111-1111-" + std::to_string(1000000 + id); }
+inline std::string PlaintextFor(int64_t id) {
+  return "4111-1111-1111-" + std::to_string(1000000 + id);
+}
 
 // Creates `table` (id bigint pk, tenant_id int, key_id int, token bytea) with ids 1..rows,
 // token = Tink(key_id, PlaintextFor(id)), tenant_id = id % tenants.
@@ -104,8 +107,8 @@ inline void SeedTinkTable(pqxx::connection& conn, const std::string& table, int6
       ids += std::to_string(id);
       std::string pt = PlaintextFor(id);
       Bytes out;
-      crypto::SealTink(key_id, key, reinterpret_cast<const uint8_t*>(pt.data()), pt.size(),
-                       nullptr, 0, &out);
+      crypto::SealTink(key_id, key, reinterpret_cast<const uint8_t*>(pt.data()), pt.size(), nullptr,
+                       0, &out);
       tokens += "\"\\\\x" + HexEncode(out) + "\"";
     }
     txn.exec_params("INSERT INTO " + table +

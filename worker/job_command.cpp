@@ -80,7 +80,8 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
     const int64_t id = jobs::CreateJob(txn, spec);
     const std::string verb = flags.dry_run ? "would create" : "created";
     pqxx::row total = txn.exec_params1(
-        "SELECT count(*), coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN rekey.job_stages s"
+        "SELECT count(*), coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN "
+        "rekey.job_stages s"
         " USING (job_id, stage_no) WHERE b.job_id = $1 AND s.kind = 'rollout'",
         id);
     std::printf("%s job %lld on %s: %lld rows in %lld batches\n", verb.c_str(),
@@ -88,7 +89,8 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
                 total[0].as<long long>());
     for (const auto& stage : txn.exec_params(
              "SELECT stage_no, percent, rows_planned, batches, s.stage_no = j.promote_at_stage"
-             " FROM rekey.stage_status s JOIN rekey.jobs j USING (job_id) WHERE job_id = $1 ORDER BY stage_no",
+             " FROM rekey.stage_status s JOIN rekey.jobs j USING (job_id) WHERE job_id = $1 ORDER "
+             "BY stage_no",
              id)) {
       std::printf("  stage %d (up to %s%%): %lld rows in %lld batches%s\n", stage[0].as<int>(),
                   stage[1].c_str(), stage[2].as<long long>(), stage[3].as<long long>(),
@@ -139,11 +141,12 @@ void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
                           {"plaintext_sha256", report.plaintext_sha256}};
     std::cout << out.dump(2) << "\n";
   } else {
-    std::printf("job %lld: %lld rows, %lld values: %lld under target keys, %lld under source keys, "
-                "%lld failed to decrypt\n",
-                static_cast<long long>(job_id), static_cast<long long>(report.rows),
-                static_cast<long long>(report.values), static_cast<long long>(under_target),
-                static_cast<long long>(under_source), static_cast<long long>(report.failures));
+    std::printf(
+        "job %lld: %lld rows, %lld values: %lld under target keys, %lld under source keys, "
+        "%lld failed to decrypt\n",
+        static_cast<long long>(job_id), static_cast<long long>(report.rows),
+        static_cast<long long>(report.values), static_cast<long long>(under_target),
+        static_cast<long long>(under_source), static_cast<long long>(report.failures));
     for (const auto& [k, n] : report.values_by_key) {
       std::printf("  key %u: %lld values\n", k, static_cast<long long>(n));
     }
@@ -182,19 +185,22 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   create->add_flag("--per-row-audit", flags->per_row_audit,
                    "Write one rekey.value_audit row per re-encrypted value");
   create->add_option("--name", flags->name, "A label for the job");
-  create->add_option("--stages", flags->stages,
-                     "Cumulative percentages of the staged rollout, ending at 100 (100 = one stage)")
+  create
+      ->add_option("--stages", flags->stages,
+                   "Cumulative percentages of the staged rollout, ending at 100 (100 = one stage)")
       ->capture_default_str();
   create->add_option("--promote-at-stage", flags->promote_at_stage,
                      "Stage whose opening makes the new key primary (default: the last)");
-  create->add_option("--error-threshold", flags->error_threshold,
-                     "A gate passes while the decrypt error rate stays below this fraction")
+  create
+      ->add_option("--error-threshold", flags->error_threshold,
+                   "A gate passes while the decrypt error rate stays below this fraction")
       ->capture_default_str();
   create->add_option("--observe", flags->observe,
                      "Advance on its own this long after a passed gate, e.g. 0s, 10min, 1h "
                      "(default: wait for `rekey job advance`)");
-  create->add_option("--gate-sample-size", flags->gate_sample_size,
-                     "Rows a gate decrypts after the canary (the canary is verified whole)")
+  create
+      ->add_option("--gate-sample-size", flags->gate_sample_size,
+                   "Rows a gate decrypts after the canary (the canary is verified whole)")
       ->capture_default_str();
   create->add_flag("--dry-run", flags->dry_run, "Report rows and batches per stage; write nothing");
   create->callback([&global, flags] { CreateJob(global, *flags); });
@@ -212,15 +218,21 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
       RunControlFunction(global, "cannot " + verb + " job " + std::to_string(*job_id), sql, args);
     });
   };
-  add_verb("pause", "Stop workers from claiming the job's batches", "SELECT rekey.pause_job($1, nullif($2, ''))", true);
-  add_verb("resume", "Let workers claim the job's batches again", "SELECT rekey.resume_job($1)", false);
-  add_verb("cancel", "Give up the job (rows already rotated stay rotated)", "SELECT rekey.cancel_job($1, nullif($2, ''))", true);
-  add_verb("retry-failed", "Requeue the job's failed batches with fresh attempts", "SELECT rekey.retry_failed($1)", false);
-  add_verb("rerun", "Rerun a job: a no-op for a completed job, failed batches for a failed one", "SELECT rekey.rerun_job($1)", false);
+  add_verb("pause", "Stop workers from claiming the job's batches",
+           "SELECT rekey.pause_job($1, nullif($2, ''))", true);
+  add_verb("resume", "Let workers claim the job's batches again", "SELECT rekey.resume_job($1)",
+           false);
+  add_verb("cancel", "Give up the job (rows already rotated stay rotated)",
+           "SELECT rekey.cancel_job($1, nullif($2, ''))", true);
+  add_verb("retry-failed", "Requeue the job's failed batches with fresh attempts",
+           "SELECT rekey.retry_failed($1)", false);
+  add_verb("rerun", "Rerun a job: a no-op for a completed job, failed batches for a failed one",
+           "SELECT rekey.rerun_job($1)", false);
 
   auto observe = std::make_shared<std::string>();
   auto force = std::make_shared<bool>(false);
-  CLI::App* advance = job->add_subcommand("advance", "Approve the passed gate and open the next stage");
+  CLI::App* advance =
+      job->add_subcommand("advance", "Approve the passed gate and open the next stage");
   advance->add_option("job", *job_id, "Job id")->required();
   advance->add_option("--observe", *observe,
                       "From now on advance on its own this long after each passed gate (e.g. 0s)");
@@ -235,8 +247,9 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   CLI::App* rollback = job->add_subcommand(
       "rollback", "Re-encrypt moved rows back to the old key and restore the keyring");
   rollback->add_option("job", *job_id, "Job id")->required();
-  rollback->add_option("--to-percent", *to_percent,
-                       "Roll back to an earlier stage's percentage (default 0: everything)")
+  rollback
+      ->add_option("--to-percent", *to_percent,
+                   "Roll back to an earlier stage's percentage (default 0: everything)")
       ->capture_default_str();
   rollback->add_option("--reason", *reason, "Why (kept in the audit log)");
   rollback->callback([&global, job_id, to_percent, reason] {
@@ -251,9 +264,9 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   requeue->add_option("--from", range->first, "First batch number")->required();
   requeue->add_option("--to", range->second, "Last batch number")->required();
   requeue->callback([&global, job_id, range] {
-    RunControlFunction(global, "cannot requeue", "SELECT rekey.requeue($1, $2, $3)",
-                       {std::to_string(*job_id), std::to_string(range->first),
-                        std::to_string(range->second)});
+    RunControlFunction(
+        global, "cannot requeue", "SELECT rekey.requeue($1, $2, $3)",
+        {std::to_string(*job_id), std::to_string(range->first), std::to_string(range->second)});
   });
 
   auto json = std::make_shared<bool>(false);

@@ -3,8 +3,8 @@
 #include <cstdio>
 #include <exception>
 
-#include "common/error.h"
 #include "commands.h"
+#include "common/error.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"rekey: online, resumable, audited re-encryption of PostgreSQL columns"};

@@ -62,18 +62,19 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
                 Num(j["stage_state"]).c_str(), Num(j["stage_rows_done"]).c_str(),
                 Num(j["stage_rows"]).c_str());
     if (!j["last_gate_stage"].is_null()) {
-      std::printf("  last gate: stage %s %s, error rate %s over %s values",
-                  Num(j["last_gate_stage"]).c_str(),
-                  j["last_gate_passed"] == true ? "passed" : "FAILED",
-                  Num(j["last_gate_error_rate"]).c_str(), Num(j["last_gate_values_checked"]).c_str());
+      std::printf(
+          "  last gate: stage %s %s, error rate %s over %s values",
+          Num(j["last_gate_stage"]).c_str(), j["last_gate_passed"] == true ? "passed" : "FAILED",
+          Num(j["last_gate_error_rate"]).c_str(), Num(j["last_gate_values_checked"]).c_str());
     }
     std::printf("\n");
-    std::printf("  %s %6.2f%%  rows %s/%s  quarantined %s  batches done %s failed %s running %s "
-                "pending %s\n",
-                tty ? Bar(percent, 30).c_str() : "", percent, Num(j["rows_processed"]).c_str(),
-                Num(j["rows_total"]).c_str(), Num(j["rows_quarantined"]).c_str(),
-                Num(j["batches_done"]).c_str(), Num(j["batches_failed"]).c_str(),
-                Num(j["batches_running"]).c_str(), Num(j["batches_pending"]).c_str());
+    std::printf(
+        "  %s %6.2f%%  rows %s/%s  quarantined %s  batches done %s failed %s running %s "
+        "pending %s\n",
+        tty ? Bar(percent, 30).c_str() : "", percent, Num(j["rows_processed"]).c_str(),
+        Num(j["rows_total"]).c_str(), Num(j["rows_quarantined"]).c_str(),
+        Num(j["batches_done"]).c_str(), Num(j["batches_failed"]).c_str(),
+        Num(j["batches_running"]).c_str(), Num(j["batches_pending"]).c_str());
     std::printf("  rate %s rows/s  stage eta %s  workers %s", Num(j["rows_per_second"]).c_str(),
                 Num(j["stage_eta"]).c_str(), Num(j["active_workers"]).c_str());
     if (!j["state_reason"].is_null()) std::printf("  reason: %s", Num(j["state_reason"]).c_str());
@@ -113,7 +114,8 @@ void AddStatusCommand(CLI::App& app, GlobalOptions& global) {
   status->add_option("job", flags->job, "Only this job");
   status->add_flag("--watch", flags->watch, "Refresh until no shown job is active");
   status->add_flag("--json", flags->json, "JSON output");
-  status->add_option("--interval", flags->interval, "Seconds between refreshes")->capture_default_str();
+  status->add_option("--interval", flags->interval, "Seconds between refreshes")
+      ->capture_default_str();
   status->callback([&global, flags] { Status(global, *flags); });
 }
 

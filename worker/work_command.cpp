@@ -32,9 +32,11 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   const std::string conninfo = ConnInfo(global);
   KeyServices keys(conninfo);
   rotation::WorkerPool pool(conninfo, options, keys.Source());
-  log::Info("worker started", {{"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
-                               {"concurrency", flags.concurrency},
-                               {"worker", options.worker_name.empty() ? rotation::DefaultWorkerName() : options.worker_name}});
+  log::Info("worker started",
+            {{"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
+             {"concurrency", flags.concurrency},
+             {"worker",
+              options.worker_name.empty() ? rotation::DefaultWorkerName() : options.worker_name}});
   pool.Run(stop);
   const auto& stats = pool.stats();
   log::Info(stop ? "worker stopped by signal" : "no work left; worker exiting",

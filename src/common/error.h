@@ -58,11 +58,11 @@ class StateError : public PermanentError {
 // Process exit codes of the rekey binary (documented in README.md).
 enum ExitCode : int {
   kExitOk = 0,
-  kExitFailure = 1,     // unexpected failure (a bug or an unclassified error)
-  kExitUsage = 2,       // bad command line, configuration or environment (ConfigError)
-  kExitTransient = 3,   // database or KMS unreachable or overloaded; retry later
-  kExitKey = 4,         // key problem: unknown key, wrong master key, KMS denied (KeyError)
-  kExitState = 5,       // refused: illegal lifecycle step, migration drift, job state
+  kExitFailure = 1,    // unexpected failure (a bug or an unclassified error)
+  kExitUsage = 2,      // bad command line, configuration or environment (ConfigError)
+  kExitTransient = 3,  // database or KMS unreachable or overloaded; retry later
+  kExitKey = 4,        // key problem: unknown key, wrong master key, KMS denied (KeyError)
+  kExitState = 5,      // refused: illegal lifecycle step, migration drift, job state
 };
 
 // Maps an exception to the exit code the CLI returns for it.

@@ -19,7 +19,9 @@ Secret::Secret(const uint8_t* data, size_t size) : Secret(size) {
   if (size_ != 0) std::memcpy(data_, data, size_);
 }
 
-Secret::~Secret() { Wipe(); }
+Secret::~Secret() {
+  Wipe();
+}
 
 Secret::Secret(Secret&& other) noexcept
     : data_(other.data_), size_(other.size_), locked_(other.locked_) {

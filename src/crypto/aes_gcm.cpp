@@ -103,8 +103,8 @@ bool AesGcmKey::Open(const uint8_t* sealed, size_t size, const uint8_t* ad, size
   bool ok = EVP_DecryptInit_ex(decrypt_, nullptr, nullptr, nullptr, sealed) == 1;
   if (ok && ad_size > 0) ok = EVP_DecryptUpdate(decrypt_, nullptr, &len, ad, int(ad_size)) == 1;
   if (ok && ct_size > 0) {
-    ok = EVP_DecryptUpdate(decrypt_, plaintext->data(), &len, sealed + kGcmIvSize,
-                           int(ct_size)) == 1;
+    ok = EVP_DecryptUpdate(decrypt_, plaintext->data(), &len, sealed + kGcmIvSize, int(ct_size)) ==
+         1;
   }
   if (ok) ok = EVP_CIPHER_CTX_ctrl(decrypt_, EVP_CTRL_GCM_SET_TAG, int(kGcmTagSize), tag) == 1;
   if (ok) ok = EVP_DecryptFinal_ex(decrypt_, plaintext->data() + ct_size, &len) == 1;

@@ -32,8 +32,7 @@ class AesGcmKey {
   AesGcmKey& operator=(const AesGcmKey&) = delete;
 
   // Appends IV || ciphertext || tag to `out`, with a fresh random 96-bit IV.
-  void Seal(const uint8_t* plaintext, size_t size, const uint8_t* ad, size_t ad_size,
-            Bytes* out);
+  void Seal(const uint8_t* plaintext, size_t size, const uint8_t* ad, size_t ad_size, Bytes* out);
   // As Seal with a caller-chosen IV (kGcmIvSize bytes). Only for test vectors: reusing an IV under
   // one key destroys GCM's security.
   void SealWithIv(const uint8_t* iv, const uint8_t* plaintext, size_t size, const uint8_t* ad,

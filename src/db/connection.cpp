@@ -148,7 +148,7 @@ void ThrowClassified(std::string_view context, const std::exception& e) {
     // that does not fit the catalog is the caller's input to fix (exit 2); a state that forbids
     // the step is StateError (exit 5).
     static const char* const kBadDefinition[] = {"22023", "22P02", "42P01", "42703", "42804",
-                                                  "42602", "42P16", "0A000", "42704"};
+                                                 "42602", "42P16", "0A000", "42704"};
     for (const char* bad : kBadDefinition) {
       if (code == bad) throw ConfigError(message);
     }

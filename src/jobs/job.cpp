@@ -9,7 +9,8 @@ namespace rekey::jobs {
 namespace {
 
 uint32_t ParseKeyId(const std::string& text, const std::string& whole) {
-  if (text.empty() || text.size() > 10 || text.find_first_not_of("0123456789") != std::string::npos) {
+  if (text.empty() || text.size() > 10 ||
+      text.find_first_not_of("0123456789") != std::string::npos) {
     throw ConfigError("bad key map '" + whole + "': key ids are unsigned integers, as in 1:2,3:7");
   }
   uint64_t v = std::stoull(text);
@@ -28,7 +29,8 @@ std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text) {
   size_t start = 0;
   while (start <= text.size()) {
     size_t comma = text.find(',', start);
-    std::string pair = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::string pair =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     size_t colon = pair.find(':');
     if (colon == std::string::npos) {
       throw ConfigError("bad key map '" + text + "': write source:target pairs, as in 1:2,3:7");
@@ -36,7 +38,8 @@ std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text) {
     uint32_t from = ParseKeyId(pair.substr(0, colon), text);
     uint32_t to = ParseKeyId(pair.substr(colon + 1), text);
     if (!map.emplace(from, to).second) {
-      throw ConfigError("bad key map '" + text + "': source key " + std::to_string(from) + " appears twice");
+      throw ConfigError("bad key map '" + text + "': source key " + std::to_string(from) +
+                        " appears twice");
     }
     if (comma == std::string::npos) break;
     start = comma + 1;
@@ -49,11 +52,14 @@ std::string StagePlanLiteral(const std::string& text) {
   size_t start = 0;
   while (true) {
     size_t comma = text.find(',', start);
-    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    const bool numeric = !item.empty() && item.find_first_not_of("0123456789.") == std::string::npos &&
-                         item.find('.') == item.rfind('.') && item.front() != '.' && item.back() != '.';
+    std::string item =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const bool numeric =
+        !item.empty() && item.find_first_not_of("0123456789.") == std::string::npos &&
+        item.find('.') == item.rfind('.') && item.front() != '.' && item.back() != '.';
     if (!numeric) {
-      throw ConfigError("bad stage plan '" + text + "': write increasing percentages ending at 100, as in 1,25,50,75,100");
+      throw ConfigError("bad stage plan '" + text +
+                        "': write increasing percentages ending at 100, as in 1,25,50,75,100");
     }
     if (literal.size() > 1) literal += ',';
     literal += item;
@@ -73,8 +79,10 @@ std::pair<std::string, std::string> ParseScope(const std::string& text) {
 
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   pqxx::result r = txn.exec_params(
-      "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column, pk_type, key_id_column,"
-      " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, per_row_audit, state,"
+      "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column, pk_type, "
+      "key_id_column,"
+      " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, "
+      "per_row_audit, state,"
       " current_stage"
       " FROM rekey.jobs WHERE job_id = $1",
       job_id);
@@ -91,7 +99,8 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   job.pk_column = row[4].as<std::string>();
   job.pk_type = row[5].as<std::string>();
   if (!row[6].is_null()) job.key_id_column = row[6].as<std::string>();
-  if (!row[7].is_null()) job.associated_data = crypto::AssociatedDataTemplate::Compile(row[7].as<std::string>());
+  if (!row[7].is_null())
+    job.associated_data = crypto::AssociatedDataTemplate::Compile(row[7].as<std::string>());
   if (!row[8].is_null()) job.scope_column = row[8].as<std::string>();
   if (!row[9].is_null()) job.scope_value = row[9].as<std::string>();
   job.scope_type = row[10].as<std::string>();
@@ -105,7 +114,9 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
            " JOIN rekey.targets t USING (target_id) WHERE c.job_id = $1 ORDER BY c.ordinal",
            job_id)) {
     auto codec = crypto::ParseCodecKind(c[1].as<std::string>());
-    if (!codec) throw StateError("job " + std::to_string(job_id) + " uses unknown codec " + c[1].as<std::string>());
+    if (!codec)
+      throw StateError("job " + std::to_string(job_id) + " uses unknown codec " +
+                       c[1].as<std::string>());
     job.columns.push_back({c[0].as<std::string>(), *codec});
   }
   for (const auto& k : txn.exec_params(
@@ -118,15 +129,21 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
 int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
   nlohmann::json key_map = nlohmann::json::object();
   for (const auto& [from, to] : spec.key_map) key_map[std::to_string(from)] = to;
-  if (spec.ad_template) crypto::AssociatedDataTemplate::Compile(*spec.ad_template);  // early, precise error
+  if (spec.ad_template)
+    crypto::AssociatedDataTemplate::Compile(*spec.ad_template);  // early, precise error
   auto opt = [](const std::optional<std::string>& v) -> const char* {
     return v ? v->c_str() : nullptr;
   };
   std::string codecs = db::TextArrayLiteral(spec.codecs);
   std::string promote = spec.promote_at_stage ? std::to_string(*spec.promote_at_stage) : "";
-  std::vector<const char*> params = {
-      spec.table.c_str(), nullptr, nullptr, spec.codecs.empty() ? nullptr : codecs.c_str(),
-      opt(spec.key_id_column), opt(spec.ad_template), opt(spec.scope_column), opt(spec.scope_value)};
+  std::vector<const char*> params = {spec.table.c_str(),
+                                     nullptr,
+                                     nullptr,
+                                     spec.codecs.empty() ? nullptr : codecs.c_str(),
+                                     opt(spec.key_id_column),
+                                     opt(spec.ad_template),
+                                     opt(spec.scope_column),
+                                     opt(spec.scope_value)};
   const std::string columns = db::TextArrayLiteral(spec.columns);
   const std::string map_text = key_map.dump();
   const std::string batch_size = std::to_string(spec.batch_size);

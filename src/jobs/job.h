@@ -48,10 +48,10 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id);
 
 // What `rekey job create` collects from its flags; validated by rekey.create_job in the database.
 struct JobSpec {
-  std::string table;                      // schema.table
-  std::vector<std::string> columns;       // ciphertext columns
-  std::vector<std::string> codecs;        // one per column, or empty for all tink
-  std::map<uint32_t, uint32_t> key_map;   // source -> target
+  std::string table;                     // schema.table
+  std::vector<std::string> columns;      // ciphertext columns
+  std::vector<std::string> codecs;       // one per column, or empty for all tink
+  std::map<uint32_t, uint32_t> key_map;  // source -> target
   std::optional<std::string> key_id_column;
   std::optional<std::string> ad_template;
   std::optional<std::string> scope_column;
@@ -60,10 +60,10 @@ struct JobSpec {
   int max_attempts = 3;
   bool per_row_audit = false;
   std::optional<std::string> name;
-  std::string stages = "1,25,50,75,100";     // cumulative percentages
-  std::optional<int> promote_at_stage;        // default: the last stage
-  double error_threshold = 0.001;             // a gate passes below this decrypt error rate
-  std::optional<std::string> observe;         // PostgreSQL interval; unset = wait for approval
+  std::string stages = "1,25,50,75,100";  // cumulative percentages
+  std::optional<int> promote_at_stage;    // default: the last stage
+  double error_threshold = 0.001;         // a gate passes below this decrypt error rate
+  std::optional<std::string> observe;     // PostgreSQL interval; unset = wait for approval
   int gate_sample_size = 10000;
 };
 

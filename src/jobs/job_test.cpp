@@ -27,8 +27,10 @@ TEST(ParseKeyMap, RejectsEverythingElse) {
 }
 
 TEST(ParseScope, SplitsAtTheFirstEquals) {
-  EXPECT_EQ(ParseScope("tenant_id=42"), std::make_pair(std::string("tenant_id"), std::string("42")));
-  EXPECT_EQ(ParseScope("region=eu=west"), std::make_pair(std::string("region"), std::string("eu=west")));
+  EXPECT_EQ(ParseScope("tenant_id=42"),
+            std::make_pair(std::string("tenant_id"), std::string("42")));
+  EXPECT_EQ(ParseScope("region=eu=west"),
+            std::make_pair(std::string("region"), std::string("eu=west")));
   EXPECT_EQ(ParseScope("flag="), std::make_pair(std::string("flag"), std::string("")));
   for (const char* bad : {"", "tenant", "=42"}) EXPECT_THROW(ParseScope(bad), ConfigError) << bad;
 }

@@ -111,13 +111,16 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
       where += " AND rekey.stage_bucket(t." + pk + "::text) < " + param() + "::integer";
     }
     if (job_.scope_column) {
-      where += " AND t." + db::QuoteIdent(*job_.scope_column) + " = " + param() + "::" + job_.scope_type;
+      where +=
+          " AND t." + db::QuoteIdent(*job_.scope_column) + " = " + param() + "::" + job_.scope_type;
     }
     std::string condition = needs_work;
     std::string prefixes_param = param();
     std::string ids_param = param();
-    for (size_t at; (at = condition.find("$P")) != std::string::npos;) condition.replace(at, 2, prefixes_param);
-    for (size_t at; (at = condition.find("$K")) != std::string::npos;) condition.replace(at, 2, ids_param);
+    for (size_t at; (at = condition.find("$P")) != std::string::npos;)
+      condition.replace(at, 2, prefixes_param);
+    for (size_t at; (at = condition.find("$K")) != std::string::npos;)
+      condition.replace(at, 2, ids_param);
     // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
     conn.prepare(prefix_ + "select" + std::to_string(variant),
                  "SELECT " + select_list + " FROM " + table + " AS t WHERE (" + condition + ")" +
@@ -143,20 +146,22 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
     unnest_names += ", kid";
   }
   conn.prepare(prefix_ + "update", "UPDATE " + table + " AS t SET " + set_list + " FROM unnest(" +
-                                       unnest_args + ") AS v(" + unnest_names + ") WHERE t." +
-                                       pk + " = v.pk");
+                                       unnest_args + ") AS v(" + unnest_names + ") WHERE t." + pk +
+                                       " = v.pk");
   conn.prepare(prefix_ + "lock_batch",
                "SELECT b.state, b.worker_id, j.state FROM rekey.batches b JOIN rekey.jobs j USING "
                "(job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
-  conn.prepare(prefix_ + "failures",
-               "INSERT INTO rekey.row_failures (job_id, batch_no, table_name, pk, column_name, "
-               "error_class, key_id, worker_id) SELECT $1, $2, $3, f.pk, f.col, f.cls, f.kid, $4 "
-               "FROM unnest($5::text[], $6::text[], $7::text[], $8::bigint[]) AS f(pk, col, cls, kid) "
-               "ON CONFLICT (job_id, table_name, pk, column_name) DO NOTHING RETURNING pk");
-  conn.prepare(prefix_ + "value_audit",
-               "INSERT INTO rekey.value_audit (job_id, batch_no, pk, column_name, from_key_id, "
-               "to_key_id) SELECT $1, $2, a.pk, a.col, a.from_key, a.to_key FROM unnest($3::text[], "
-               "$4::text[], $5::bigint[], $6::bigint[]) AS a(pk, col, from_key, to_key)");
+  conn.prepare(
+      prefix_ + "failures",
+      "INSERT INTO rekey.row_failures (job_id, batch_no, table_name, pk, column_name, "
+      "error_class, key_id, worker_id) SELECT $1, $2, $3, f.pk, f.col, f.cls, f.kid, $4 "
+      "FROM unnest($5::text[], $6::text[], $7::text[], $8::bigint[]) AS f(pk, col, cls, kid) "
+      "ON CONFLICT (job_id, table_name, pk, column_name) DO NOTHING RETURNING pk");
+  conn.prepare(
+      prefix_ + "value_audit",
+      "INSERT INTO rekey.value_audit (job_id, batch_no, pk, column_name, from_key_id, "
+      "to_key_id) SELECT $1, $2, a.pk, a.col, a.from_key, a.to_key FROM unnest($3::text[], "
+      "$4::text[], $5::bigint[], $6::bigint[]) AS a(pk, col, from_key, to_key)");
   conn.prepare(prefix_ + "complete",
                "SELECT rekey.complete_batch($1, $2, $3, $4, $5, $6, $7, $8::jsonb)");
   prepared_on_ = &conn;
@@ -295,7 +300,8 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
     for (size_t i = 0; i < ncols; ++i) {
       if (new_values[i]) {
         AppendByteaElement(new_values[i]->data(), new_values[i]->size(), &column_literals[i]);
-        auto key = std::to_string(value_keys[i].first) + "->" + std::to_string(value_keys[i].second);
+        auto key =
+            std::to_string(value_keys[i].first) + "->" + std::to_string(value_keys[i].second);
         ++moved[key];
         if (job_.per_row_audit) {
           audit_pk.push_back(pk);
@@ -325,10 +331,10 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
       if (i) kids += ',';
       kids += fail_kid[i].empty() ? "NULL" : fail_kid[i];
     }
-    pqxx::result fresh = txn.exec_prepared(prefix_ + "failures", batch.job_id, batch.batch_no,
-                                           job_.schema_name + "." + job_.table_name, worker_id,
-                                           db::TextArrayLiteral(fail_pk), db::TextArrayLiteral(fail_col),
-                                           db::TextArrayLiteral(fail_class), kids + "}");
+    pqxx::result fresh = txn.exec_prepared(
+        prefix_ + "failures", batch.job_id, batch.batch_no,
+        job_.schema_name + "." + job_.table_name, worker_id, db::TextArrayLiteral(fail_pk),
+        db::TextArrayLiteral(fail_col), db::TextArrayLiteral(fail_class), kids + "}");
     // Values this job quarantined in an earlier pass are not counted again.
     std::set<std::string> fresh_rows;
     for (const auto& row : fresh) fresh_rows.insert(row[0].as<std::string>());
@@ -351,9 +357,8 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
   if (!fail_pk.empty()) details["quarantined_classes"] = fail_class;
   result.duration_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-  txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
-                    result.rows_done, result.rows_skipped, result.rows_failed, result.duration_ms,
-                    details.dump());
+  txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id, result.rows_done,
+                    result.rows_skipped, result.rows_failed, result.duration_ms, details.dump());
   txn.commit();
   return result;
 }

@@ -24,10 +24,11 @@ std::optional<GateOutcome> RunNextGate(pqxx::connection& conn, std::optional<int
 
   const jobs::JobDefinition definition = jobs::LoadJob(txn, outcome.job_id);
   const int64_t rows_moved =
-      txn.exec_params1("SELECT coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN "
-                       "rekey.job_stages s USING (job_id, stage_no) WHERE b.job_id = $1 AND "
-                       "s.kind = 'rollout' AND s.stage_no <= $2",
-                       outcome.job_id, outcome.stage_no)[0]
+      txn.exec_params1(
+             "SELECT coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN "
+             "rekey.job_stages s USING (job_id, stage_no) WHERE b.job_id = $1 AND "
+             "s.kind = 'rollout' AND s.stage_no <= $2",
+             outcome.job_id, outcome.stage_no)[0]
           .as<int64_t>();
   VerifyOptions options;
   if (bucket_hi < 10000) options.bucket_below = bucket_hi;
@@ -47,7 +48,8 @@ std::optional<GateOutcome> RunNextGate(pqxx::connection& conn, std::optional<int
                   outcome.stage_no, report.values, report.failures, worker_id, details.dump());
   pqxx::row state = txn.exec_params1(
       "SELECT j.state, coalesce(j.state_reason, ''), g.passed FROM rekey.jobs j, rekey.gates g "
-      "WHERE j.job_id = $1 AND g.gate_id = (SELECT max(gate_id) FROM rekey.gates WHERE job_id = $1)",
+      "WHERE j.job_id = $1 AND g.gate_id = (SELECT max(gate_id) FROM rekey.gates WHERE job_id = "
+      "$1)",
       outcome.job_id);
   outcome.job_state = state[0].as<std::string>();
   outcome.state_reason = state[1].as<std::string>();

@@ -14,7 +14,9 @@ namespace rekey::rotation {
 namespace {
 
 struct Sha256 {
-  Sha256() : ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free) { EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr); }
+  Sha256() : ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free) {
+    EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  }
   void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx.get(), data, size); }
   std::string HexFinal() {
     uint8_t out[32];
@@ -67,7 +69,8 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
   select += " WHERE ";
   std::string scope;
   if (options.bucket_below) {
-    scope += " AND rekey.stage_bucket(t." + pk + "::text) < " + std::to_string(*options.bucket_below);
+    scope +=
+        " AND rekey.stage_bucket(t." + pk + "::text) < " + std::to_string(*options.bucket_below);
   }
   if (job.scope_column) {
     scope += " AND t." + db::QuoteIdent(*job.scope_column) + " = $2::" + job.scope_type;
@@ -87,8 +90,8 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
     const char* last_pk = last ? last->c_str() : nullptr;
     const std::string& sql = last ? next_page : first_page;
-    pqxx::result page = scope_value ? txn.exec_params(sql, last_pk, scope_value)
-                                    : txn.exec_params(sql, last_pk);
+    pqxx::result page =
+        scope_value ? txn.exec_params(sql, last_pk, scope_value) : txn.exec_params(sql, last_pk);
     for (const auto& row : page) {
       const std::string pk_text = row[0].as<std::string>();
       ++report.rows;

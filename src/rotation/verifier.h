@@ -21,13 +21,13 @@
 namespace rekey::rotation {
 
 struct VerifyReport {
-  int64_t rows = 0;        // rows in scope
-  int64_t values = 0;      // non-NULL values examined
-  int64_t failures = 0;    // values that did not decrypt
-  std::map<uint32_t, int64_t> values_by_key;           // decrypted values per key id
-  std::map<std::string, int64_t> failures_by_class;    // crypto::DecodeStatusName -> count
-  std::vector<std::string> failure_samples;            // "pk/column: class", at most 20
-  std::string plaintext_sha256;                        // hex
+  int64_t rows = 0;                                  // rows in scope
+  int64_t values = 0;                                // non-NULL values examined
+  int64_t failures = 0;                              // values that did not decrypt
+  std::map<uint32_t, int64_t> values_by_key;         // decrypted values per key id
+  std::map<std::string, int64_t> failures_by_class;  // crypto::DecodeStatusName -> count
+  std::vector<std::string> failure_samples;          // "pk/column: class", at most 20
+  std::string plaintext_sha256;                      // hex
 
   // Values under any of `keys`.
   int64_t ValuesUnder(const std::vector<uint32_t>& keys) const;

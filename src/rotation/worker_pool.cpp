@@ -78,9 +78,12 @@ bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_i
   bool moved = false;
   {
     pqxx::work txn(conn);
-    for (const auto& row : txn.exec_params("SELECT * FROM rekey.finish_stages($1::bigint)", job_param)) {
+    for (const auto& row :
+         txn.exec_params("SELECT * FROM rekey.finish_stages($1::bigint)", job_param)) {
       const std::string state = row[1].as<std::string>();
-      log::Info("job moved on", {{"job", row[0].as<int64_t>()}, {"state", state}, {"worker", worker_id},
+      log::Info("job moved on", {{"job", row[0].as<int64_t>()},
+                                 {"state", state},
+                                 {"worker", worker_id},
                                  {"action", "job.finish_stage"}});
       moved = moved || state == "active";
     }
@@ -90,17 +93,23 @@ bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_i
   if (job_param != nullptr) job = std::stoll(job_param);
   while (auto gate = RunNextGate(conn, job, keys_, worker_id)) {
     log::Audit(gate->passed ? "gate.passed" : "gate.failed", gate->passed ? "success" : "failure",
-               {{"job", gate->job_id}, {"stage", gate->stage_no}, {"worker", worker_id},
-                {"values_checked", gate->values_checked}, {"decrypt_errors", gate->decrypt_errors},
-                {"job_state", gate->job_state}, {"reason", gate->state_reason}});
+               {{"job", gate->job_id},
+                {"stage", gate->stage_no},
+                {"worker", worker_id},
+                {"values_checked", gate->values_checked},
+                {"decrypt_errors", gate->decrypt_errors},
+                {"job_state", gate->job_state},
+                {"reason", gate->state_reason}});
     moved = moved || gate->job_state == "active";
   }
   {
     pqxx::work txn(conn);
-    const int advanced = txn.exec_params1("SELECT rekey.advance_due($1::bigint)", job_param)[0].as<int>();
+    const int advanced =
+        txn.exec_params1("SELECT rekey.advance_due($1::bigint)", job_param)[0].as<int>();
     txn.commit();
     if (advanced > 0) {
-      log::Info("stages opened after their observation period", {{"jobs", advanced}, {"worker", worker_id}});
+      log::Info("stages opened after their observation period",
+                {{"jobs", advanced}, {"worker", worker_id}});
       moved = true;
     }
   }
@@ -129,8 +138,8 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       }
       {
         pqxx::work txn(*conn);
-        pqxx::result r =
-            txn.exec_params("SELECT * FROM rekey.claim_batch($1, $2::bigint)", worker_id, job_param);
+        pqxx::result r = txn.exec_params("SELECT * FROM rekey.claim_batch($1, $2::bigint)",
+                                         worker_id, job_param);
         txn.commit();
         if (!r.empty()) {
           ClaimedBatch b;
@@ -153,12 +162,15 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
         // die), stages waiting for their gate, and gates passed whose observation runs.
         const int64_t remaining =
             txn.exec_params1(
-                   "SELECT (SELECT count(*) FROM rekey.batches b JOIN rekey.jobs j ON j.job_id = b.job_id"
+                   "SELECT (SELECT count(*) FROM rekey.batches b JOIN rekey.jobs j ON j.job_id = "
+                   "b.job_id"
                    "         AND b.stage_no = j.current_stage"
                    "        WHERE j.state = 'active' AND b.state IN ('pending', 'running')"
                    "          AND ($1::bigint IS NULL OR b.job_id = $1::bigint))"
-                   "     + (SELECT count(*) FROM rekey.jobs j WHERE ($1::bigint IS NULL OR j.job_id = $1::bigint)"
-                   "          AND (j.state = 'verifying' OR (j.state = 'awaiting_approval' AND j.observe IS NOT NULL)))",
+                   "     + (SELECT count(*) FROM rekey.jobs j WHERE ($1::bigint IS NULL OR "
+                   "j.job_id = $1::bigint)"
+                   "          AND (j.state = 'verifying' OR (j.state = 'awaiting_approval' AND "
+                   "j.observe IS NOT NULL)))",
                    job_param)[0]
                 .as<int64_t>();
         txn.exec_params("DELETE FROM rekey.workers WHERE worker_id = $1 AND $2", worker_id,
@@ -185,13 +197,18 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           stats_.rows_skipped += result.rows_skipped;
           stats_.rows_quarantined += result.rows_failed;
           log::Audit("rotation.batch.completed", "success",
-                     {{"job", batch->job_id}, {"batch", batch->batch_no}, {"worker", worker_id},
-                      {"rows_reencrypted", result.rows_done}, {"rows_skipped", result.rows_skipped},
+                     {{"job", batch->job_id},
+                      {"batch", batch->batch_no},
+                      {"worker", worker_id},
+                      {"rows_reencrypted", result.rows_done},
+                      {"rows_skipped", result.rows_skipped},
                       {"rows_quarantined", result.rows_failed},
                       {"duration_ms", int64_t(result.duration_ms)}});
           if (result.rows_failed > 0) {
-            log::Warn("values quarantined", {{"job", batch->job_id}, {"batch", batch->batch_no},
-                                             {"worker", worker_id}, {"rows", result.rows_failed},
+            log::Warn("values quarantined", {{"job", batch->job_id},
+                                             {"batch", batch->batch_no},
+                                             {"worker", worker_id},
+                                             {"rows", result.rows_failed},
                                              {"action", "quarantine"}});
           }
           break;
@@ -208,11 +225,11 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       consecutive_failures = 0;
     } catch (const std::exception& e) {
       const bool key_problem = IsKeyOrConfigError(e);
-      const bool transient = key_problem || db::IsTransient(e) ||
-                             dynamic_cast<const TransientError*>(&e) != nullptr;
+      const bool transient =
+          key_problem || db::IsTransient(e) || dynamic_cast<const TransientError*>(&e) != nullptr;
       ++consecutive_failures;
-      nlohmann::json fields = {{"worker", worker_id}, {"error", e.what()},
-                               {"transient", transient}};
+      nlohmann::json fields = {
+          {"worker", worker_id}, {"error", e.what()}, {"transient", transient}};
       if (batch) {
         fields["job"] = batch->job_id;
         fields["batch"] = batch->batch_no;
@@ -223,11 +240,10 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           if (!conn || !conn->is_open()) conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
           rotators.clear();
           pqxx::work txn(*conn);
-          std::string state =
-              txn.exec_params1("SELECT rekey.release_batch($1, $2, $3, $4, $5)", batch->job_id,
-                               batch->batch_no, worker_id, std::string(e.what()).substr(0, 2000),
-                               transient)[0]
-                  .as<std::string>();
+          std::string state = txn.exec_params1("SELECT rekey.release_batch($1, $2, $3, $4, $5)",
+                                               batch->job_id, batch->batch_no, worker_id,
+                                               std::string(e.what()).substr(0, 2000), transient)[0]
+                                  .as<std::string>();
           txn.commit();
           fields["batch_state"] = state;
         } catch (const std::exception& release_error) {

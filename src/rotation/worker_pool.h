@@ -29,9 +29,9 @@
 namespace rekey::rotation {
 
 struct WorkerOptions {
-  std::optional<int64_t> job;   // nullopt: every active job
-  int concurrency = 1;          // claim loops, each with its own connection
-  std::string worker_name;      // default: <hostname>:<pid>; loops append /<n>
+  std::optional<int64_t> job;                // nullopt: every active job
+  int concurrency = 1;                       // claim loops, each with its own connection
+  std::string worker_name;                   // default: <hostname>:<pid>; loops append /<n>
   std::chrono::milliseconds idle_poll{500};  // while other workers still hold batches
 };
 
