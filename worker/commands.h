@@ -18,5 +18,6 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global);      // job_command.cp
 void AddWorkCommand(CLI::App& app, GlobalOptions& global);     // work_command.cpp
 void AddStatusCommand(CLI::App& app, GlobalOptions& global);   // status_command.cpp
 void AddDemoCommand(CLI::App& app, GlobalOptions& global);     // demo_command.cpp
+void AddAuditCommand(CLI::App& app, GlobalOptions& global);    // audit_command.cpp
 
 }  // namespace rekey::cli

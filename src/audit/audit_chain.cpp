@@ -1,0 +1,209 @@
+#include "audit/audit_chain.h"
+
+#include <openssl/sha.h>
+
+#include <cstdlib>
+
+#include "common/error.h"
+#include "db/connection.h"
+
+namespace rekey::audit {
+namespace {
+
+constexpr size_t kHashSize = 32;
+constexpr int kPage = 5000;
+// The longest a transaction that writes audit rows is expected to run: a row may be sealed after
+// seals that ran while its transaction was open, but an `at` older than earlier seals by more
+// than this was backdated.
+constexpr double kMaxTransactionSeconds = 3600;
+
+// The same text renderings the sealer's rekey.audit_row_bytes uses, computed by the server from
+// the raw columns of the row.
+constexpr char kRowFields[] =
+    "a.audit_id::text, to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+    "a.actor, a.action, a.outcome, a.job_id::text, a.batch_no::text, a.details::text, a.xid::text";
+constexpr int kRowFieldCount = 9;
+
+Bytes ToBytes(const pqxx::field& f) {
+  pqxx::binarystring b(f);
+  return Bytes(b.data(), b.data() + b.size());
+}
+
+uint64_t ParseXid(const std::string& text) {
+  return std::strtoull(text.c_str(), nullptr, 10);
+}
+
+}  // namespace
+
+Bytes CanonicalRow(const std::vector<std::optional<std::string>>& fields) {
+  std::string out;
+  for (size_t i = 0; i < fields.size(); ++i) {
+    if (i > 0) out += ',';
+    if (!fields[i]) {
+      out += '-';
+    } else {
+      out += std::to_string(fields[i]->size());
+      out += ':';
+      out += *fields[i];
+    }
+  }
+  return rekey::ToBytes(out);
+}
+
+Bytes Sha256(const Bytes& data) {
+  Bytes out(kHashSize);
+  SHA256(data.data(), data.size(), out.data());
+  return out;
+}
+
+Bytes ChainHash(const Bytes& prev_chain_hash, int64_t seq, const Bytes& row_digest) {
+  Bytes buf = prev_chain_hash;
+  for (int shift = 56; shift >= 0; shift -= 8) buf.push_back(uint8_t(uint64_t(seq) >> shift));
+  buf.insert(buf.end(), row_digest.begin(), row_digest.end());
+  return Sha256(buf);
+}
+
+int Seal(pqxx::connection& conn) {
+  return db::Classified("cannot seal the audit log", [&] {
+    pqxx::work txn(conn);
+    const int sealed = txn.exec1("SELECT rekey.seal_audit()")[0].as<int>();
+    txn.commit();
+    return sealed;
+  });
+}
+
+Head CurrentHead(pqxx::connection& conn) {
+  return db::Classified("cannot read the audit chain head", [&] {
+    pqxx::read_transaction txn(conn);
+    pqxx::result r = txn.exec("SELECT seq, chain_hash FROM rekey.audit_head");
+    txn.commit();
+    if (r.empty()) return Head{};
+    return Head{r[0][0].as<int64_t>(), r[0][1].as<std::string>()};
+  });
+}
+
+std::string FormatHead(const Head& head) {
+  return std::to_string(head.seq) + ":" + head.chain_hash;
+}
+
+Head ParseHead(const std::string& text) {
+  const auto colon = text.find(':');
+  Head head;
+  bool ok = colon != std::string::npos && colon > 0 && text.size() - colon - 1 == 2 * kHashSize;
+  if (ok) {
+    for (size_t i = 0; i < colon; ++i) ok = ok && text[i] >= '0' && text[i] <= '9';
+  }
+  std::optional<Bytes> hash;
+  if (ok) hash = HexDecode(text.substr(colon + 1));
+  if (!ok || !hash || colon > 18) {
+    throw ConfigError("a chain head is SEQ:HASH as `rekey audit verify` prints it (e.g. 42:" +
+                      std::string(8, '0') + "...), not '" + text.substr(0, 100) + "'");
+  }
+  head.seq = std::stoll(text.substr(0, colon));
+  head.chain_hash = HexEncode(*hash);
+  return head;
+}
+
+Verification Verify(pqxx::connection& conn, const std::optional<Head>& expect_head) {
+  return db::Classified("cannot verify the audit log", [&] {
+    Verification v;
+    pqxx::transaction<pqxx::repeatable_read, pqxx::read_only> txn(conn);
+    Bytes prev(kHashSize, 0);
+    int64_t last_seq = 0;
+    uint64_t horizon = 0;
+    bool expected_seen = false;
+    double sealed_before = 0;  // the latest sealed_at of the links before the current one
+    for (;;) {
+      pqxx::result page = txn.exec_params(
+          std::string("SELECT c.seq, c.audit_id, c.row_digest, c.chain_hash, c.sealed_xmin::text, "
+                      "a.audit_id IS NOT NULL, extract(epoch FROM c.sealed_at)::float8, "
+                      "extract(epoch FROM a.at)::float8, ") +
+              kRowFields +
+              " FROM rekey.audit_chain c LEFT JOIN rekey.audit a ON a.audit_id = c.audit_id"
+              " WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
+          last_seq, kPage);
+      for (const auto& row : page) {
+        const int64_t seq = row[0].as<int64_t>();
+        const int64_t audit_id = row[1].as<int64_t>();
+        const Bytes stored_digest = ToBytes(row[2]);
+        const Bytes stored_chain = ToBytes(row[3]);
+        horizon = std::max(horizon, ParseXid(row[4].as<std::string>()));
+        if (seq != last_seq + 1) {
+          v.findings.push_back({"gap", std::nullopt, seq,
+                                "chain rows " + std::to_string(last_seq + 1) + ".." +
+                                    std::to_string(seq - 1) + " are missing"});
+        }
+        // The chain is recomputed over the stored digests, so one altered row is reported once
+        // (as altered) rather than breaking every later link.
+        const Bytes chain = ChainHash(prev, seq, stored_digest);
+        if (chain != stored_chain) {
+          v.findings.push_back({"chain_broken", audit_id, seq,
+                                "chain hash of seq " + std::to_string(seq) +
+                                    " does not follow from the previous link"});
+        }
+        if (!row[5].as<bool>()) {
+          v.findings.push_back(
+              {"deleted", audit_id, seq,
+               "audit row " + std::to_string(audit_id) + " was sealed but is gone"});
+        } else {
+          std::vector<std::optional<std::string>> fields;
+          for (int i = 0; i < kRowFieldCount; ++i) {
+            const auto& f = row[8 + i];
+            fields.push_back(f.is_null() ? std::nullopt
+                                         : std::optional<std::string>(f.as<std::string>()));
+          }
+          ++v.rows_checked;
+          if (Sha256(CanonicalRow(fields)) != stored_digest) {
+            v.findings.push_back(
+                {"altered", audit_id, seq,
+                 "audit row " + std::to_string(audit_id) + " differs from what was sealed"});
+          }
+          if (row[7].as<double>() < sealed_before - kMaxTransactionSeconds) {
+            v.findings.push_back({"inserted", audit_id, seq,
+                                  "audit row " + std::to_string(audit_id) +
+                                      " claims a time long before seals that did not see it "
+                                      "(backdated)"});
+          }
+        }
+        sealed_before = std::max(sealed_before, row[6].as<double>());
+        if (expect_head && seq == expect_head->seq) {
+          expected_seen = true;
+          if (HexEncode(stored_chain) != expect_head->chain_hash) {
+            v.findings.push_back({"head_mismatch", audit_id, seq,
+                                  "the recorded head " + std::to_string(seq) + ":" +
+                                      expect_head->chain_hash.substr(0, 16) +
+                                      "... is not in this chain: history was rewritten"});
+          }
+        }
+        prev = stored_chain;
+        last_seq = seq;
+        v.head = {seq, HexEncode(stored_chain)};
+      }
+      if (page.size() < size_t(kPage)) break;
+    }
+    if (expect_head && !expected_seen) {
+      v.findings.push_back({"head_mismatch", std::nullopt, expect_head->seq,
+                            "the recorded head seq " + std::to_string(expect_head->seq) +
+                                " is beyond the chain's end (" + std::to_string(last_seq) +
+                                "): sealed rows were cut off"});
+    }
+    // Unsealed rows: legitimate only if their transaction may have been running at every seal.
+    pqxx::result unsealed = txn.exec(
+        "SELECT a.audit_id, a.xid::text FROM rekey.audit a WHERE NOT EXISTS "
+        "(SELECT 1 FROM rekey.audit_chain c WHERE c.audit_id = a.audit_id) ORDER BY a.audit_id");
+    for (const auto& row : unsealed) {
+      if (ParseXid(row[1].as<std::string>()) < horizon) {
+        const int64_t audit_id = row[0].as<int64_t>();
+        v.findings.push_back({"inserted", audit_id, std::nullopt,
+                              "audit row " + std::to_string(audit_id) +
+                                  " was added after the log was sealed past it"});
+      } else {
+        ++v.unsealed;
+      }
+    }
+    txn.commit();
+    return v;
+  });
+}
+
+}  // namespace rekey::audit
