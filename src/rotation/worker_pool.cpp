@@ -33,9 +33,16 @@ std::chrono::milliseconds Backoff(int failures, std::mt19937& rng) {
   return std::chrono::milliseconds(std::uniform_int_distribution<int64_t>(cap / 2, cap)(rng));
 }
 
+// Missing privileges or a vanished table or column: no retry can help until a person acts.
+bool IsSchemaOrPrivilegeError(const std::exception& e) {
+  return dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr ||
+         dynamic_cast<const pqxx::undefined_table*>(&e) != nullptr ||
+         dynamic_cast<const pqxx::undefined_column*>(&e) != nullptr;
+}
+
 bool IsKeyOrConfigError(const std::exception& e) {
   return dynamic_cast<const KeyError*>(&e) != nullptr ||
-         dynamic_cast<const ConfigError*>(&e) != nullptr;
+         dynamic_cast<const ConfigError*>(&e) != nullptr || IsSchemaOrPrivilegeError(e);
 }
 
 }  // namespace
@@ -256,6 +263,15 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       }
       if (key_problem) {
         log::Error("stopping: key or configuration problem", fields);
+        if (dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr) {
+          throw ConfigError(
+              "the worker's database role lacks a privilege: " + db::PrimaryMessage(e) +
+              "; grant it with sql/roles.sql and SELECT rekey.worker_grants(job)");
+        }
+        if (IsSchemaOrPrivilegeError(e)) {
+          throw ConfigError("a job's target no longer matches its definition: " +
+                            db::PrimaryMessage(e) + "; cancel the job or restore the table");
+        }
         throw;
       }
       log::Warn(transient ? "batch attempt failed; will retry" : "batch attempt failed", fields);
