@@ -1,4 +1,5 @@
-// The seam between KMS providers and the network: one HTTPS POST, request in, response out.
+// The seam between KMS providers and the network: one HTTPS request (POST unless the request says
+// GET), request in, response out.
 //
 // Providers build an HttpRequest and interpret the HttpResponse themselves; tests substitute a
 // fake HttpTransport to drive every response a server could send. CurlTransport is the real one
@@ -34,6 +35,7 @@ struct SigV4Signing {
 };
 
 struct HttpRequest {
+  std::string method = "POST";  // "POST" or "GET" (a GET sends no body)
   std::string url;
   std::vector<std::pair<std::string, std::string>> headers;  // name, value
   std::string body;
@@ -54,7 +56,8 @@ struct HttpResponse {
 class HttpTransport {
  public:
   virtual ~HttpTransport() = default;
-  // Sends `request` as a POST; see the file comment for the error contract.
+  // Sends `request` (a POST unless request.method is "GET"); see the file comment for the error
+  // contract. The name predates GET support.
   virtual HttpResponse Post(const HttpRequest& request) = 0;
 };
 
