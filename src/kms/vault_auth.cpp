@@ -48,6 +48,11 @@ std::string ServerText(const std::string& body) {
   if (ClassifyVaultError(status) == VaultErrorClass::kTransient) {
     throw TransientError(message + "; will retry");
   }
+  if (status == 404) {
+    throw KeyError(message +
+                   ": Vault has no such path here; check VAULT_ADDR, VAULT_NAMESPACE and "
+                   "REKEY_VAULT_K8S_MOUNT");
+  }
   throw KeyError(message + ": " + fix);
 }
 

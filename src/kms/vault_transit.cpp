@@ -58,13 +58,18 @@ bool NameChars(const std::string& s, bool allow_slash) {
 }
 
 // A Transit ciphertext "vault:v<N>:<base64>" (what wrapped_key holds); false for anything else,
-// e.g. a key wrapped by another provider.
+// e.g. a key wrapped by another provider, or bytes that are not even text (which could not be sent
+// in JSON).
 bool LooksLikeTransitCiphertext(const std::string& s) {
   if (s.rfind("vault:v", 0) != 0) return false;
   size_t colon = s.find(':', 7);
   if (colon == std::string::npos || colon == 7 || colon + 1 >= s.size()) return false;
   for (size_t i = 7; i < colon; i++) {
     if (!std::isdigit(static_cast<unsigned char>(s[i]))) return false;
+  }
+  for (size_t i = colon + 1; i < s.size(); i++) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    if (!(std::isalnum(c) || c == '+' || c == '/' || c == '=')) return false;
   }
   return true;
 }

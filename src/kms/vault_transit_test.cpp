@@ -328,7 +328,8 @@ TEST(VaultTransitClient, ForeignWrappedKeysAreKeyErrorsWithoutACall) {
   ScriptHappyVault(v.get());
   VaultTransitClient client(Config(), v);
   EXPECT_THROW(client.UnwrapDataKey(7, "local:abcd", ToBytes("vault:v1:x")), KeyError);
-  for (const char* bad : {"", "vault:", "vault:v:abc", "vault:vx:abc", "vault:v1:", "RKMS1abc"}) {
+  for (const char* bad : {"", "vault:", "vault:v:abc", "vault:vx:abc", "vault:v1:", "RKMS1abc",
+                          "vault:v1:ab\xff", "vault:v1:a\"b"}) {
     EXPECT_THROW(client.UnwrapDataKey(7, "transit/keys/rekey", ToBytes(bad)), KeyError) << bad;
   }
   EXPECT_TRUE(v->paths.empty());
