@@ -342,6 +342,38 @@ TEST_F(VaultServerTest, FactoryBuildsAResilientClientFromTheEnvironment) {
   EXPECT_NE(dynamic_cast<ResilientKms*>(kms.get()), nullptr);
 }
 
+TEST_F(VaultServerTest, ApplicationValuesAreRewrappedInBatchesWithoutPlaintext) {
+  // An application encrypting through Transit directly, with a derived key and a context per row.
+  Control({{"create_key", {{"name", "app"}, {"derived", true}}}});
+  VaultTransitConfig c = VaultTransitConfigFromEnv(EnvOf(Env(kRoot)));
+  c.key = "app";
+  VaultTransitClient app(c, transport_);
+  std::vector<TransitRewrapItem> items;
+  for (uint32_t row = 1; row <= 20; row++) {
+    Secret value(32);
+    value.mutable_data()[0] = static_cast<uint8_t>(row);
+    GeneratedDataKey sealed = app.WrapDataKey(row, value);  // encrypt with context row
+    items.push_back({Text(sealed.wrapped), TransitContext(row)});
+  }
+  Control({{"rotate_key", "app"}});
+  items[7].context = TransitContext(999);  // this row's value does not decrypt
+  std::vector<TransitRewrapResult> r = app.RewrapValues("transit/keys/app", items);
+  ASSERT_EQ(r.size(), 20u);
+  for (size_t i = 0; i < r.size(); i++) {
+    if (i == 7) {
+      EXPECT_TRUE(r[i].ciphertext.empty());
+      EXPECT_EQ(r[i].error, "cipher: message authentication failed");
+      continue;
+    }
+    EXPECT_TRUE(r[i].error.empty()) << i << ": " << r[i].error;
+    EXPECT_EQ(r[i].key_version, 2) << r[i].ciphertext;
+    Secret back = app.UnwrapDataKey(static_cast<uint32_t>(i + 1), "transit/keys/app",
+                                    ToBytes(r[i].ciphertext));
+    EXPECT_EQ(back.data()[0], i + 1);
+  }
+  EXPECT_EQ(Stats()["calls"].value("transit/rewrap", 0), 1);
+}
+
 TEST(VaultNamespace, HeaderIsSentAndRequired) {
   std::string dir = MakeTempDir("rekey-vault-ns-");
   std::unique_ptr<ChildProcess> server;

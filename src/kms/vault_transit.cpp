@@ -3,6 +3,7 @@
 #include <openssl/crypto.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "common/error.h"
@@ -184,7 +185,7 @@ std::string VaultTransitClient::default_key_ref() const {
 
 json VaultTransitClient::Call(const std::string& method, const TransitKeyRef& key,
                               const std::string& operation, std::string body,
-                              const std::string& data_key_id) {
+                              const std::string& data_key_id, bool batch) {
   const std::string path = key.mount + "/" + operation + "/" + key.name;
   std::string token = auth_.Token();
   HttpResponse response;
@@ -201,6 +202,15 @@ json VaultTransitClient::Call(const std::string& method, const TransitKeyRef& ke
     throw;
   }
   Cleanse(&body);
+  if (batch && response.status == 400) {
+    // Vault answers 400 when any batch item failed, with every item's outcome in the data.
+    json j = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("data") && j["data"].is_object() &&
+        j["data"].contains("batch_results")) {
+      Cleanse(&token);
+      return j;
+    }
+  }
   if (response.status < 200 || response.status > 299) {
     std::string redact = std::move(token);
     ThrowVaultError(response.status, response.body, operation, RefString(key), data_key_id, redact);
@@ -344,6 +354,57 @@ ReWrappedKey VaultTransitClient::Rewrap(uint32_t key_id, const std::string& sour
   Secret plaintext = Decrypt(*source, key_id, ciphertext);
   result.wrapped = ToBytes(Encrypt(*destination, key_id, plaintext));
   return result;
+}
+
+std::vector<TransitRewrapResult> VaultTransitClient::RewrapValues(
+    const std::string& key_ref, const std::vector<TransitRewrapItem>& items) {
+  const std::string op = "rewrap";
+  std::optional<TransitKeyRef> key = ParseTransitKeyRef(key_ref);
+  if (!key) {
+    throw ConfigError("'" + key_ref + "' is not a Vault Transit key ref (<mount>/keys/<name>)");
+  }
+  std::vector<TransitRewrapResult> results(items.size());
+  for (size_t begin = 0; begin < items.size(); begin += kTransitBatchSize) {
+    const size_t end = std::min(items.size(), begin + kTransitBatchSize);
+    json batch = json::array();
+    std::vector<size_t> sent;  // indexes of the items in this request
+    for (size_t i = begin; i < end; i++) {
+      if (!LooksLikeTransitCiphertext(items[i].ciphertext)) {
+        results[i].error = "invalid ciphertext: not a vault:vN: value";
+        continue;
+      }
+      json item = {{"ciphertext", items[i].ciphertext}, {"reference", std::to_string(i)}};
+      if (!items[i].context.empty()) item["context"] = items[i].context;
+      batch.push_back(std::move(item));
+      sent.push_back(i);
+    }
+    if (sent.empty()) continue;
+    json request = {{"batch_input", std::move(batch)}};
+    json j = Call("POST", *key, op, request.dump(), "", /*batch=*/true);
+    const json& data = Data(op, j);
+    auto it = data.find("batch_results");
+    if (it == data.end() || !it->is_array() || it->size() != sent.size()) {
+      Malformed(op, "batch_results do not match the batch");
+    }
+    for (size_t k = 0; k < sent.size(); k++) {
+      const json& r = (*it)[k];
+      TransitRewrapResult& out = results[sent[k]];
+      if (!r.is_object()) Malformed(op, "a batch result is not an object");
+      out.error = StringOr(r, "error", "");
+      if (!out.error.empty()) continue;
+      out.ciphertext = StringOr(r, "ciphertext", "");
+      if (!LooksLikeTransitCiphertext(out.ciphertext)) Malformed(op, "no vault:v ciphertext");
+      out.key_version = TransitCiphertextVersion(out.ciphertext).value_or(0);
+    }
+  }
+  return results;
+}
+
+std::optional<int> TransitCiphertextVersion(std::string_view value) {
+  if (!LooksLikeTransitCiphertext(std::string(value))) return std::nullopt;
+  size_t colon = value.find(':', 7);
+  if (colon - 7 > 9) return std::nullopt;
+  return std::stoi(std::string(value.substr(7, colon - 7)));
 }
 
 std::string VaultTransitClient::Describe() {

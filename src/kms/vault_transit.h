@@ -51,6 +51,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "kms/aws_kms.h"  // ReWrappedKey (shared with the AWS provider's ReEncrypt)
 #include "kms/http_transport.h"
@@ -81,6 +83,24 @@ std::optional<TransitKeyRef> ParseTransitKeyRef(const std::string& kms_key_ref);
 // base64 of the derivation context that binds a data key to rekey key id `key_id`.
 std::string TransitContext(uint32_t key_id);
 
+// The key version N of a Transit ciphertext "vault:vN:<base64>"; nullopt iff `value` is not one.
+std::optional<int> TransitCiphertextVersion(std::string_view value);
+
+// An application value to rewrap (RewrapValues): the stored ciphertext, and the base64 derivation
+// context it was encrypted with (empty for a non-derived key).
+struct TransitRewrapItem {
+  std::string ciphertext;
+  std::string context;
+};
+struct TransitRewrapResult {
+  std::string ciphertext;  // the rewrapped value; empty iff the item failed
+  std::string error;       // Vault's error for this item (e.g. "cipher: message authentication
+                           // failed"); empty iff it succeeded
+  int key_version = 0;     // the version it is now under
+};
+
+constexpr size_t kTransitBatchSize = 250;
+
 class VaultTransitClient : public KmsClient {
  public:
   VaultTransitClient(VaultTransitConfig config, std::shared_ptr<HttpTransport> transport,
@@ -103,14 +123,26 @@ class VaultTransitClient : public KmsClient {
   ReWrappedKey Rewrap(uint32_t key_id, const std::string& source_key_ref, const Bytes& wrapped,
                       const std::string& destination_key_ref);
 
+  // Rewraps application values stored as Transit ciphertexts ("vault:vN:...") to the latest
+  // version of Transit key `key_ref` (<mount>/keys/<name>) inside Vault, with batch_input in
+  // requests of at most kTransitBatchSize items: rekey never sees their plaintext. Returns one
+  // result per item, in order. An item that fails (not a Transit value, does not decrypt, version
+  // below min_decryption_version) gets its error and no ciphertext; the other items go on.
+  // Throws (like every call) for a failure of the whole request: 403, 429, 5xx, no such key.
+  // The building block of the vault-transit column codec (issue 5 item 3), not yet wired into
+  // jobs.
+  std::vector<TransitRewrapResult> RewrapValues(const std::string& key_ref,
+                                                const std::vector<TransitRewrapItem>& items);
+
   VaultAuth& auth() { return auth_; }
 
  private:
   // Sends one Vault call (retried once with a fresh token after a 403); returns the parsed 2xx
   // body or throws. `operation` is the Transit path segment ("decrypt", "datakey/wrapped", ...).
+  // With `batch`, a 400 whose data holds batch_results is returned rather than thrown.
   nlohmann::json Call(const std::string& method, const TransitKeyRef& key,
                       const std::string& operation, std::string body,
-                      const std::string& data_key_id);
+                      const std::string& data_key_id, bool batch = false);
   // GET <mount>/keys/<name> -> its "data"; throws KeyError if it does not exist.
   nlohmann::json ReadKey(const TransitKeyRef& key);
   // KeyError unless `key` is a derived Transit key that can encrypt (checked once per process for

@@ -390,6 +390,70 @@ TEST(VaultTransitClient, RewrapInsideOneKeyOrAcrossKeys) {
                                       "POST transit/encrypt/other"}));
 }
 
+TEST(VaultTransitClient, RewrapValuesInBatchesWithPerItemOutcomes) {
+  auto v = std::make_shared<FakeVault>();
+  ScriptHappyVault(v.get());
+  std::vector<size_t> batch_sizes;
+  v->routes["transit/rewrap/app"] = [&](const HttpRequest&, const json& b) {
+    json results = json::array();
+    bool failed = false;
+    for (const json& item : b["batch_input"]) {
+      EXPECT_EQ(item.value("context", ""), "Y3R4");
+      if (item["ciphertext"] == "vault:v1:YmFk") {
+        results.push_back(
+            {{"reference", item["reference"]}, {"error", "cipher: message authentication failed"}});
+        failed = true;
+      } else {
+        results.push_back({{"reference", item["reference"]},
+                           {"ciphertext", "vault:v2:bmV3"},
+                           {"key_version", 2}});
+      }
+    }
+    batch_sizes.push_back(results.size());
+    return HttpResponse{
+        failed ? 400 : 200, {}, json{{"data", {{"batch_results", results}}}}.dump()};
+  };
+  VaultTransitClient client(Config(), v);
+  std::vector<TransitRewrapItem> items(600, {"vault:v1:b2xk", "Y3R4"});
+  items[3].ciphertext = "vault:v1:YmFk";
+  items[4].ciphertext = "plaintext!";  // not a Transit value: never sent
+  std::vector<TransitRewrapResult> r = client.RewrapValues("transit/keys/app", items);
+  ASSERT_EQ(r.size(), 600u);
+  EXPECT_EQ(batch_sizes, (std::vector<size_t>{249, 250, 100}));
+  EXPECT_EQ(r[0].ciphertext, "vault:v2:bmV3");
+  EXPECT_EQ(r[0].key_version, 2);
+  EXPECT_TRUE(r[0].error.empty());
+  EXPECT_TRUE(r[3].ciphertext.empty());
+  EXPECT_EQ(r[3].error, "cipher: message authentication failed");
+  EXPECT_TRUE(r[4].ciphertext.empty());
+  EXPECT_NE(r[4].error.find("invalid ciphertext"), std::string::npos);
+  EXPECT_EQ(r[599].ciphertext, "vault:v2:bmV3");
+
+  // A failure of the whole request is thrown, classified as usual.
+  v->routes["transit/rewrap/app"] = [](const HttpRequest&, const json&) {
+    return Err(400, {"context should be set either in all the request blocks or in none"});
+  };
+  EXPECT_THROW(client.RewrapValues("transit/keys/app", items), KeyError);
+  v->routes["transit/rewrap/app"] = [](const HttpRequest&, const json&) {
+    return Err(429, {"rate limit quota exceeded"});
+  };
+  EXPECT_THROW(client.RewrapValues("transit/keys/app", items), TransientError);
+  v->routes["transit/rewrap/app"] = [](const HttpRequest&, const json&) {
+    return Ok({{"data", {{"batch_results", json::array()}}}});
+  };
+  EXPECT_THROW(client.RewrapValues("transit/keys/app", items), PermanentError);
+  EXPECT_THROW(client.RewrapValues("app", items), ConfigError);
+}
+
+TEST(VaultTransitCiphertext, Version) {
+  EXPECT_EQ(TransitCiphertextVersion("vault:v12:abc="), 12);
+  EXPECT_EQ(TransitCiphertextVersion("vault:v1:a"), 1);
+  for (const char* bad :
+       {"", "vault:v:a", "vault:v1:", "vault:v99999999999:a", "v1:abc", "vault:vx:a"}) {
+    EXPECT_FALSE(TransitCiphertextVersion(bad)) << bad;
+  }
+}
+
 // A clock the test moves by hand.
 struct FakeClock {
   std::chrono::steady_clock::time_point now{};
