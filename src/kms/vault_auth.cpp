@@ -2,11 +2,13 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "kms/vault_errors.h"
 
 namespace rekey::kms {
@@ -123,6 +125,13 @@ int VaultAuth::renewals() const {
   return renewals_;
 }
 
+std::optional<std::chrono::seconds> VaultAuth::TokenExpiresIn() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (token_.empty() || ttl_.count() == 0) return std::nullopt;
+  auto left = std::chrono::duration_cast<std::chrono::seconds>(obtained_ + ttl_ - clock_());
+  return std::max(left, std::chrono::seconds(0));
+}
+
 std::string VaultAuth::ReadFile(const std::string& path, const char* variable) const {
   std::ifstream in(path, std::ios::binary);
   std::string text;
@@ -206,6 +215,9 @@ void VaultAuth::Adopt(Lease lease) {
   renewable_ = lease.renewable;
   obtained_ = clock_();
   if (config_.method == VaultAuthMethod::kKubernetes) logins_++;
+  log::Info("vault token obtained", {{"source", Source()},
+                                     {"ttl_seconds", static_cast<int64_t>(ttl_.count())},
+                                     {"renewable", renewable_}});
 }
 
 bool VaultAuth::Renew() {
@@ -213,8 +225,12 @@ bool VaultAuth::Renew() {
       transport_->Post(VaultRequest(connection_, "POST", "auth/token/renew-self", "{}", token_));
   if (r.status != 200) {
     if (ClassifyVaultError(r.status) == VaultErrorClass::kTransient) {
+      log::Warn("vault token renewal failed; will retry",
+                {{"source", Source()}, {"http_status", r.status}});
       ThrowAuthError(r.status, r.body, "token renewal", "");
     }
+    log::Warn("vault token renewal refused",
+              {{"source", Source()}, {"http_status", r.status}, {"errors", ServerText(r.body)}});
     return false;  // refused: not renewable any more, past its max TTL, or revoked
   }
   json j = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
@@ -226,6 +242,8 @@ bool VaultAuth::Renew() {
   renewable_ = Flag(*auth, "renewable");
   obtained_ = clock_();
   renewals_++;
+  log::Info("vault token renewed",
+            {{"source", Source()}, {"ttl_seconds", static_cast<int64_t>(ttl_.count())}});
   return true;
 }
 
@@ -256,6 +274,7 @@ std::string VaultAuth::Token() {
 bool VaultAuth::Refresh(const std::string& rejected) {
   std::lock_guard<std::mutex> lock(mu_);
   if (!token_.empty() && token_ != rejected) return true;
+  log::Warn("vault rejected the token (403)", {{"source", Source()}});
   switch (config_.method) {
     case VaultAuthMethod::kToken:
       return false;

@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "kms/http_transport.h"
@@ -76,9 +77,12 @@ class VaultAuth {
 
   // "token from VAULT_TOKEN", "token file <path>", "kubernetes auth (role <r>)": no secrets.
   std::string Source() const;
-  // Counters for tests and Describe().
+  // Counters for tests and metrics: Kubernetes logins and token renewals so far.
   int logins() const;
   int renewals() const;
+  // How long the current token remains valid as far as rekey knows (for metrics): nullopt iff no
+  // token was obtained yet or it does not expire; zero once expired.
+  std::optional<std::chrono::seconds> TokenExpiresIn() const;
 
  private:
   struct Lease {

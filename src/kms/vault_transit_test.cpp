@@ -485,6 +485,9 @@ TEST(VaultAuth, TokenIsRenewedAtTwoThirdsOfItsTtl) {
   client.UnwrapDataKey(7, "transit/keys/rekey", ToBytes("vault:v1:abc"));
   EXPECT_EQ(renewals, 1);
   EXPECT_EQ(client.auth().renewals(), 1);
+  EXPECT_EQ(client.auth().TokenExpiresIn(), std::chrono::seconds(11));
+  clock.now += std::chrono::seconds(60);
+  EXPECT_EQ(client.auth().TokenExpiresIn(), std::chrono::seconds(0));
 }
 
 class KubernetesAuthTest : public ::testing::Test {
