@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -197,6 +198,24 @@ TEST_F(VaultServerTest, ExpiredTokenMeansOneReLoginAndTheCallSucceeds) {
   EXPECT_EQ(s["logins"], 2) << s.dump();
   EXPECT_EQ(s["jwts"], nlohmann::json({kJwt, kJwt})) << s.dump();
   EXPECT_EQ(kms->auth().logins(), 2);
+}
+
+TEST_F(VaultServerTest, ConcurrentCallersShareOneReLogin) {
+  auto kms = Client();
+  GeneratedDataKey k = kms->GenerateDataKey(5);
+  Control({{"expire_tokens", true}});
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 8; t++) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 5; i++) {
+        if (Hex(kms->UnwrapDataKey(5, k.kms_key_ref, k.wrapped)) == Hex(k.plaintext)) ok++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 40);
+  EXPECT_EQ(Stats()["logins"], 2);  // the first login, then one for all eight threads
 }
 
 TEST_F(VaultServerTest, TokenIsRenewedBeforeItExpires) {

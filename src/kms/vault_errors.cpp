@@ -1,5 +1,6 @@
 #include "kms/vault_errors.h"
 
+#include <cctype>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
