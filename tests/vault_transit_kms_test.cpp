@@ -415,6 +415,30 @@ TEST(VaultNamespace, HeaderIsSentAndRequired) {
   RunProcess({"rm", "-rf", dir});
 }
 
+TEST(VaultTls, VaultCacertIsTrustedAndNothingElse) {
+  std::string dir = MakeTempDir("rekey-vault-tls-");
+  std::unique_ptr<ChildProcess> server;
+  std::string url = StartVault(dir, &server, {"--tls-dir", dir});
+  ASSERT_FALSE(url.empty());
+  url.replace(0, 4, "https");
+  std::map<std::string, std::string> env = {
+      {"VAULT_ADDR", url}, {"VAULT_TOKEN", kRoot}, {"REKEY_VAULT_TRANSIT_KEY", "rekey"}};
+  auto transport = std::make_shared<CurlTransport>();
+  // The system store does not know the server's self-signed certificate: a configuration error.
+  try {
+    VaultTransitClient(VaultTransitConfigFromEnv(EnvOf(env)), transport).GenerateDataKey(1);
+    ADD_FAILURE();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(url), std::string::npos) << e.what();
+  }
+  env["VAULT_CACERT"] = dir + "/ca.pem";
+  VaultTransitClient kms(VaultTransitConfigFromEnv(EnvOf(env)), transport);
+  GeneratedDataKey k = kms.GenerateDataKey(1);
+  EXPECT_EQ(Hex(kms.UnwrapDataKey(1, k.kms_key_ref, k.wrapped)), Hex(k.plaintext));
+  server.reset();
+  RunProcess({"rm", "-rf", dir});
+}
+
 TEST(VaultFidelity, HvacAgreesWithTheTestServer) {
   ProcessResult r =
       RunProcess({kPython, std::string(REKEY_SOURCE_DIR) + "/tests/kms/hvac_fidelity_test.py"},

@@ -127,6 +127,7 @@ HttpResponse CurlTransport::Post(const HttpRequest& request) {
       case CURLE_UNSUPPORTED_PROTOCOL:
       case CURLE_SSL_CACERT_BADFILE:
       case CURLE_SSL_CERTPROBLEM:
+      case CURLE_PEER_FAILED_VERIFICATION:  // an untrusted certificate: no retry will fix it
         throw ConfigError("cannot " + request.method + " " + request.url + ": " + detail +
                           "; check the endpoint URL and CA bundle settings");
       default:

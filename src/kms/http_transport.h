@@ -10,7 +10,7 @@
 // provider knows what it means). It throws TransientError iff no response arrived (cannot
 // connect, DNS failure, TLS handshake failure, timeout, connection reset), with a one-line message
 // naming the URL, and ConfigError for a request libcurl refuses outright (malformed URL, unusable
-// CA bundle).
+// CA bundle) or a server certificate the CA bundle does not trust.
 //
 // Thread-safety: CurlTransport::Post may be called from several threads at once (each call uses
 // its own easy handle).

@@ -42,7 +42,7 @@ and GET (or POST) /__stats -> {"calls": {"transit/decrypt": n, ...}, "errors": {
 "logins": n, "renewals": n, "jwts": [...], "namespaces": [...], "tokens_seen": n}.
 
 Usage: vault_server.py --port-file PATH [--root-token T] [--key rekey] [--key plainkey:plain]
-       [--k8s-role rekey --k8s-jwt JWT --k8s-mount kubernetes] [--namespace NS]
+       [--k8s-role rekey --k8s-jwt JWT --k8s-mount kubernetes] [--namespace NS] [--tls-dir DIR]
 The server writes its port to PATH once it listens (so tests can use port 0).
 """
 
@@ -616,6 +616,40 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, out)
 
 
+def tls_context(directory):
+    """A server TLS context with a new self-signed certificate for 127.0.0.1 (also in
+    directory/ca.pem, the CA bundle clients need)."""
+    import ipaddress
+    import ssl
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rekey test vault")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = os.path.join(directory, "ca.pem"), os.path.join(directory, "key.pem")
+    with open(key_file, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_file, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
@@ -630,6 +664,9 @@ def main():
     parser.add_argument("--token-ttl", type=int, default=3600,
                         help="TTL of tokens issued by logins and renewals, in seconds")
     parser.add_argument("--namespace", default=None)
+    parser.add_argument("--tls-dir", default=None,
+                        help="serve HTTPS with a fresh self-signed certificate for 127.0.0.1, "
+                             "written to TLS_DIR/ca.pem for clients to trust")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
 
@@ -637,6 +674,8 @@ def main():
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     server.state, server.verbose = state, args.verbose
+    if args.tls_dir:
+        server.socket = tls_context(args.tls_dir).wrap_socket(server.socket, server_side=True)
     port = server.server_address[1]
     if args.port_file:
         tmp = args.port_file + ".tmp"
