@@ -69,9 +69,15 @@ HttpResponse CurlTransport::Post(const HttpRequest& request) {
   char error[CURL_ERROR_SIZE] = {0};
 
   curl_easy_setopt(c, CURLOPT_URL, request.url.c_str());
-  curl_easy_setopt(c, CURLOPT_POST, 1L);
-  curl_easy_setopt(c, CURLOPT_POSTFIELDS, request.body.data());
-  curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
+  if (request.method == "GET") {
+    curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+  } else if (request.method == "POST") {
+    curl_easy_setopt(c, CURLOPT_POST, 1L);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, request.body.data());
+    curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request.body.size()));
+  } else {
+    throw ConfigError("HTTP method " + request.method + " is not supported (only GET and POST)");
+  }
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);  // worker threads: no SIGALRM for DNS timeouts
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(request.timeout.count()));
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
@@ -121,7 +127,8 @@ HttpResponse CurlTransport::Post(const HttpRequest& request) {
       case CURLE_UNSUPPORTED_PROTOCOL:
       case CURLE_SSL_CACERT_BADFILE:
       case CURLE_SSL_CERTPROBLEM:
-        throw ConfigError("cannot POST to " + request.url + ": " + detail +
+      case CURLE_PEER_FAILED_VERIFICATION:  // an untrusted certificate: no retry will fix it
+        throw ConfigError("cannot " + request.method + " " + request.url + ": " + detail +
                           "; check the endpoint URL and CA bundle settings");
       default:
         throw TransientError("cannot reach " + request.url + ": " + detail);

@@ -1,4 +1,5 @@
-// The seam between KMS providers and the network: one HTTPS POST, request in, response out.
+// The seam between KMS providers and the network: one HTTPS request (POST unless the request says
+// GET), request in, response out.
 //
 // Providers build an HttpRequest and interpret the HttpResponse themselves; tests substitute a
 // fake HttpTransport to drive every response a server could send. CurlTransport is the real one
@@ -9,7 +10,7 @@
 // provider knows what it means). It throws TransientError iff no response arrived (cannot
 // connect, DNS failure, TLS handshake failure, timeout, connection reset), with a one-line message
 // naming the URL, and ConfigError for a request libcurl refuses outright (malformed URL, unusable
-// CA bundle).
+// CA bundle) or a server certificate the CA bundle does not trust.
 //
 // Thread-safety: CurlTransport::Post may be called from several threads at once (each call uses
 // its own easy handle).
@@ -34,6 +35,7 @@ struct SigV4Signing {
 };
 
 struct HttpRequest {
+  std::string method = "POST";  // "POST" or "GET" (a GET sends no body)
   std::string url;
   std::vector<std::pair<std::string, std::string>> headers;  // name, value
   std::string body;
@@ -54,7 +56,8 @@ struct HttpResponse {
 class HttpTransport {
  public:
   virtual ~HttpTransport() = default;
-  // Sends `request` as a POST; see the file comment for the error contract.
+  // Sends `request` (a POST unless request.method is "GET"); see the file comment for the error
+  // contract. The name predates GET support.
   virtual HttpResponse Post(const HttpRequest& request) = 0;
 };
 

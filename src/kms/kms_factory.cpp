@@ -6,6 +6,7 @@
 #include "kms/http_transport.h"
 #include "kms/local_kms.h"
 #include "kms/resilient_kms.h"
+#include "kms/vault_transit.h"
 
 namespace rekey::kms {
 
@@ -20,15 +21,19 @@ std::unique_ptr<KmsClient> MakeAwsKms(const GetenvFn& getenv) {
   return std::make_unique<ResilientKms>(std::move(client), ResilienceOptionsFromEnv(getenv));
 }
 
+std::unique_ptr<KmsClient> MakeVaultTransit(const GetenvFn& getenv) {
+  VaultTransitConfig config = VaultTransitConfigFromEnv(getenv);
+  auto client =
+      std::make_unique<VaultTransitClient>(std::move(config), std::make_shared<CurlTransport>());
+  return std::make_unique<ResilientKms>(std::move(client), ResilienceOptionsFromEnv(getenv));
+}
+
 }  // namespace
 
 std::unique_ptr<KmsClient> MakeKmsClient(const std::string& provider, const GetenvFn& getenv) {
   if (provider == kLocalProvider) return std::make_unique<LocalKms>(getenv);
   if (provider == kAwsKmsProvider) return MakeAwsKms(getenv);
-  if (provider == "vault-transit") {
-    throw ConfigError(
-        "KMS provider vault-transit is not supported yet; use --kms local or aws-kms");
-  }
+  if (provider == kVaultTransitProvider) return MakeVaultTransit(getenv);
   throw ConfigError("unknown KMS provider '" + provider +
                     "'; expected one of: local, aws-kms, vault-transit");
 }

@@ -14,7 +14,7 @@ namespace rekey::kms {
 //   "vault-transit"  VaultTransitClient (vault_transit.h) over libcurl, inside ResilientKms
 // Construction makes no network call. Throws ConfigError for an unknown provider, or a provider
 // whose configuration is missing or malformed (e.g. no master key for "local", no region for
-// "aws-kms").
+// "aws-kms", no VAULT_ADDR for "vault-transit").
 std::unique_ptr<KmsClient> MakeKmsClient(const std::string& provider,
                                          const GetenvFn& getenv = ProcessGetenv);
 

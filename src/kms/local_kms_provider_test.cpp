@@ -381,10 +381,16 @@ TEST(KmsFactoryTest, ProvidersByName) {
   }
   try {
     MakeKmsClient("vault-transit", env);
-    ADD_FAILURE() << "vault-transit";
+    ADD_FAILURE() << "vault-transit without VAULT_ADDR";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("vault-transit"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("VAULT_ADDR"), std::string::npos) << e.what();
   }
+  auto vault_env = FakeEnv({{"VAULT_ADDR", "https://vault.example:8200"},
+                            {"VAULT_TOKEN", "s.x"},
+                            {"REKEY_VAULT_TRANSIT_KEY", "rekey"}});
+  std::unique_ptr<KmsClient> vault = MakeKmsClient("vault-transit", vault_env);
+  EXPECT_EQ(vault->provider(), "vault-transit");
+  EXPECT_EQ(vault->default_key_ref(), "transit/keys/rekey");
   EXPECT_THROW(MakeKmsClient("gcp", env), ConfigError);
   EXPECT_THROW(MakeKmsClient("local", FakeEnv({})), ConfigError);
 }
