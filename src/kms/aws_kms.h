@@ -68,6 +68,13 @@ class AwsKmsClient : public KmsClient {
   // DescribeKey on the default key: "aws-kms (key <arn>, <region>, Enabled, credentials from
   // ...)". Throws KeyError naming the key iff its KeyState is not Enabled.
   std::string Describe() override;
+  // ReEncrypt: any destination key the caller may use, the plaintext never leaves KMS.
+  GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
+                                 const Bytes& wrapped,
+                                 const std::string& destination_key_ref) override;
+
+  // DescribeKey on `key_ref`: its key ARN. Throws KeyError naming the key iff it is not Enabled.
+  std::string CanonicalKeyRef(const std::string& key_ref) override;
 
   // Re-wraps data key `key_id` from `source_key_ref` to `destination_key_ref` inside KMS (the
   // plaintext never leaves it): for master-key rotation.

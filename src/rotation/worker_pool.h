@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -33,6 +34,10 @@ struct WorkerOptions {
   int concurrency = 1;                       // claim loops, each with its own connection
   std::string worker_name;                   // default: <hostname>:<pid>; loops append /<n>
   std::chrono::milliseconds idle_poll{500};  // while other workers still hold batches
+  // False while the KMS is known to be down (an open circuit breaker, kms::KmsRegistry::Available):
+  // the loops then claim nothing, so no batch is started, failed or quarantined for an outage, and
+  // they resume by themselves once it turns true. nullptr: always available.
+  std::function<bool()> kms_available;
 };
 
 struct WorkerStats {
@@ -41,6 +46,7 @@ struct WorkerStats {
   std::atomic<int64_t> rows_reencrypted{0};
   std::atomic<int64_t> rows_skipped{0};
   std::atomic<int64_t> rows_quarantined{0};
+  std::atomic<int64_t> kms_pauses{0};  // times a loop found the KMS unavailable and waited
 };
 
 class WorkerPool {
