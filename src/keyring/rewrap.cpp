@@ -20,10 +20,6 @@ kms::GeneratedDataKey Rewrap(kms::KmsClient& destination, const std::string& des
     return destination.RewrapDataKey(key.key_id, key.kms_key_ref, *key.wrapped_key,
                                      destination_key_ref);
   }
-  if (destination.default_key_ref() != destination_key_ref) {
-    throw ConfigError("KMS provider " + destination.provider() + " wraps new keys under " +
-                      destination.default_key_ref() + ", not " + destination_key_ref);
-  }
   kms::KmsClient& from = source(key.kms_provider, key.kms_key_ref);
   Secret plaintext = from.UnwrapDataKey(key.key_id, key.kms_key_ref, *key.wrapped_key);
   kms::GeneratedDataKey result = destination.WrapDataKey(key.key_id, plaintext);

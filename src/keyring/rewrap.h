@@ -42,8 +42,9 @@ using SourceClientFn =
     std::function<kms::KmsClient&(const std::string& provider, const std::string& key_ref)>;
 
 // Re-wraps `key_ids` (empty: every key) under `destination_key_ref` of `destination` (a ref in
-// the form kms_key_ref stores: destination.CanonicalKeyRef's result). `on_each` is called after
-// each key's transaction committed. Returns the outcomes in key id order.
+// the form kms_key_ref stores: destination.CanonicalKeyRef's result). `destination` must wrap new
+// keys (WrapDataKey) under that same key: configure it so (the CLI overrides its key variable).
+// `on_each` is called after each key's transaction committed. Returns the outcomes in key id order.
 std::vector<RewrapOutcome> RewrapKeys(pqxx::connection& conn, kms::KmsClient& destination,
                                       const std::string& destination_key_ref,
                                       const SourceClientFn& source,
