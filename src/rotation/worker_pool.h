@@ -14,6 +14,10 @@
 // the process can exit 0, as a Kubernetes work queue expects; a job waiting for an operator's
 // approval is left waiting). It also returns soon after `stop` turns true (the current batch is
 // finished first; batches take milliseconds to seconds).
+//
+// While WorkerOptions::kms_available says the KMS is down, the loops claim nothing and wait; a
+// KMS error that still reaches a batch (TransientError) releases it without consuming an attempt,
+// so a KMS outage makes a job slower, never failed or quarantined.
 #pragma once
 
 #include <atomic>
