@@ -205,7 +205,9 @@ void Rewrap(const GlobalOptions& global, const KeysOptions& o) {
   }
 
   // The destination wraps new keys under --to-kms-key: providers configured with a key variable
-  // get it overridden; local's key is its master key, whose ref must be the one given.
+  // get it overridden; local's key is its master key, whose ref must be the one given. A provider
+  // without an entry here (vault-transit until it is wired in) can only re-wrap within itself
+  // (RewrapDataKey), or across providers into its configured default key.
   kms::GetenvFn destination_env = [&o, to_provider](const char* name) {
     if (to_provider == kms::kAwsKmsProvider && std::string(name) == kms::kAwsKmsKeyIdEnv) {
       return std::optional<std::string>(o.to_kms_key);
