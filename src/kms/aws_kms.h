@@ -18,8 +18,10 @@
 //
 // Each method makes exactly one HTTP call (two if credentials must be refreshed first); retries,
 // rate limiting and circuit breaking belong to ResilientKms (resilient_kms.h). Errors are mapped
-// by ThrowAwsError (aws_errors.h); a response that cannot be parsed (malformed JSON, bad base64,
-// wrong plaintext length) is a PermanentError, never a crash.
+// by ThrowAwsError (aws_errors.h), except ExpiredTokenException: with refreshable (web identity)
+// credentials they are invalidated and the error is transient; with fixed ones (environment) it is
+// a ConfigError, since a retry would send the same expired token. A response that cannot be
+// parsed (malformed JSON, bad base64, wrong plaintext length) is a PermanentError, never a crash.
 //
 // Thread-safety: all methods are thread-safe if the transport and credentials provider are.
 #pragma once
