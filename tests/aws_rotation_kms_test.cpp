@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
 #include <memory>
 #include <sstream>
 #include <thread>
@@ -238,6 +239,36 @@ TEST_F(AwsRotationTest, KmsOutageMidRunOpensTheBreakerPausesWorkersAndTheyResume
   EXPECT_EQ(LogCount(logs, "\"rows_quarantined\":1"), 0);
   ExpectAllUnder("public.cards", 2, kRows);
   ExpectCleanCompletion(job);
+}
+
+TEST_F(AwsRotationTest, FullRotationWithWebIdentityCredentialsThatKeepExpiring) {
+  // A server whose STS hands out 2-second credentials: always inside the refresh margin, so
+  // every KMS call of the run exchanges the (re-read) token first, as pods on EKS do over hours.
+  AwsKmsTestServer irsa({"--key", "alias/rekey", "--sts-duration", "2"});
+  const std::string token_file = irsa.dir() + "/token";
+  std::ofstream(token_file) << "eyJ-projected-service-account-token";
+  EnvOverrides env = With(With(irsa.Env(), WorkerEnv()),
+                          {{"AWS_ACCESS_KEY_ID", std::nullopt},
+                           {"AWS_SECRET_ACCESS_KEY", std::nullopt},
+                           {"AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/rekey-worker"},
+                           {"AWS_WEB_IDENTITY_TOKEN_FILE", token_file},
+                           {"REKEY_KEY_CACHE_MAX_ENTRIES", "1"}});
+  for (uint32_t id : {1u, 2u}) {
+    Secret key = TestDataKey(id);
+    ProcessResult r =
+        Rekey({"keys", "import", "--kms", "aws-kms", "--key-id", std::to_string(id), "--stdin"},
+              env, std::string(reinterpret_cast<const char*>(key.data()), key.size()));
+    ASSERT_EQ(r.exit_code, kExitOk) << r.err;
+  }
+  SeedTinkTable(conn(), "public.cards", 1000, 1);
+  const int64_t job = CreateJob("public.cards", R"({"1": 2})", 100);
+  ProcessResult r = Rekey({"work", "--job", std::to_string(job)}, env);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ExpectAllUnder("public.cards", 2, 1000);
+  ExpectCleanCompletion(job);
+  nlohmann::json stats = irsa.Stats();
+  EXPECT_GE(stats["sts_calls"].get<int64_t>(), 20) << stats.dump();
+  EXPECT_TRUE(stats["errors"].empty()) << stats.dump();
 }
 
 struct FaultCase {
