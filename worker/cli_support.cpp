@@ -25,7 +25,12 @@ std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
 
 KeyServices::KeyServices(const std::string& conninfo)
     : registry_(std::make_unique<kms::KmsRegistry>()),
-      cache_(std::make_unique<keyring::DataKeyCache>(conninfo, registry_->Resolver())) {}
+      cache_(std::make_unique<keyring::DataKeyCache>(conninfo, registry_->Resolver(),
+                                                     keyring::CacheOptionsFromEnv())) {}
+
+std::function<bool()> KeyServices::Availability() {
+  return [registry = registry_.get()] { return registry->Available(); };
+}
 
 rotation::DataKeySource KeyServices::Source() {
   return [cache = cache_.get()](uint32_t key_id) { return cache->Get(key_id); };

@@ -20,12 +20,15 @@ std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
                                                const std::string& application_name = "rekey");
 
 // The KMS clients (one per provider named in rekey.keys, built on first use from the environment)
-// and the process-wide data-key cache in front of them.
+// and the process-wide data-key cache in front of them (bounds: keyring::CacheOptionsFromEnv).
 class KeyServices {
  public:
   explicit KeyServices(const std::string& conninfo);
   rotation::DataKeySource Source();
   keyring::DataKeyCache& cache() { return *cache_; }
+  kms::KmsRegistry& registry() { return *registry_; }
+  // False while any KMS client in use has an open circuit breaker (WorkerOptions::kms_available).
+  std::function<bool()> Availability();
 
  private:
   std::unique_ptr<kms::KmsRegistry> registry_;

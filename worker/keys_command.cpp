@@ -3,13 +3,16 @@
 // flag (flags end up in shell history and `ps`).
 #include <openssl/crypto.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "commands.h"
@@ -19,7 +22,10 @@
 #include "db/connection.h"
 #include "db/conninfo.h"
 #include "keyring/keyring.h"
+#include "keyring/rewrap.h"
+#include "kms/aws_kms.h"
 #include "kms/kms_factory.h"
+#include "kms/local_kms.h"
 
 namespace rekey::cli {
 
@@ -39,6 +45,9 @@ struct KeysOptions {
   bool use_stdin = false;
   bool json = false;
   bool yes = false;
+  std::string to_kms;
+  std::string to_kms_key;
+  std::vector<int64_t> key_ids;
 };
 
 uint32_t CheckedKeyId(int64_t id) {
@@ -164,6 +173,118 @@ void PrintKeyTable(const std::vector<KeyRecord>& keys) {
   }
 }
 
+// The previous local master key, for re-wrapping local keys under a new one.
+constexpr char kOldMasterKeyEnv[] = "REKEY_OLD_MASTER_KEY";
+constexpr char kOldMasterKeyFileEnv[] = "REKEY_OLD_MASTER_KEY_FILE";
+
+// `rekey keys rewrap`: see keyring/rewrap.h and docs/kms.md.
+void Rewrap(const GlobalOptions& global, const KeysOptions& o) {
+  std::vector<uint32_t> ids;
+  for (int64_t id : o.key_ids) ids.push_back(CheckedKeyId(id));
+  std::unique_ptr<pqxx::connection> conn =
+      db::Connect(db::ResolveConnInfo(global.db), "rekey-keys");
+
+  std::string to_provider = o.to_kms;
+  if (to_provider.empty()) {
+    // Default: the provider the selected keys already use (a master-key rotation in place).
+    std::set<std::string> providers;
+    db::Classified("listing keys", [&] {
+      pqxx::read_transaction txn(*conn);
+      for (const KeyRecord& k : keyring::ListKeys(txn)) {
+        bool selected = ids.empty() || std::count(ids.begin(), ids.end(), k.key_id) > 0;
+        if (selected && k.wrapped_key) providers.insert(k.kms_provider);
+      }
+      txn.commit();
+    });
+    if (providers.size() > 1) {
+      throw ConfigError(
+          "the selected keys are wrapped by several KMS providers; say which one to "
+          "re-wrap them with: --to-kms local|aws-kms|vault-transit");
+    }
+    to_provider = providers.empty() ? kms::kLocalProvider : *providers.begin();
+  }
+
+  // The destination wraps new keys under --to-kms-key: providers configured with a key variable
+  // get it overridden; local's key is its master key, whose ref must be the one given. A provider
+  // without an entry here (vault-transit until it is wired in) can only re-wrap within itself
+  // (RewrapDataKey), or across providers into its configured default key.
+  kms::GetenvFn destination_env = [&o, to_provider](const char* name) {
+    if (to_provider == kms::kAwsKmsProvider && std::string(name) == kms::kAwsKmsKeyIdEnv) {
+      return std::optional<std::string>(o.to_kms_key);
+    }
+    return kms::ProcessGetenv(name);
+  };
+  std::unique_ptr<kms::KmsClient> destination = kms::MakeKmsClient(to_provider, destination_env);
+  if (to_provider == kms::kLocalProvider && o.to_kms_key != destination->default_key_ref()) {
+    throw ConfigError(
+        "--to-kms-key " + o.to_kms_key +
+        " is not the local master key in REKEY_MASTER_KEY(_FILE), which is " +
+        destination->default_key_ref() +
+        "; point REKEY_MASTER_KEY_FILE at the new "
+        "master key (and REKEY_OLD_MASTER_KEY_FILE at the old one) and pass --to-kms-key " +
+        destination->default_key_ref());
+  }
+  // Fails here, before any key is touched, if the destination key is unusable.
+  const std::string destination_ref = destination->CanonicalKeyRef(o.to_kms_key);
+
+  std::map<std::string, std::unique_ptr<kms::KmsClient>> sources;
+  keyring::SourceClientFn source = [&](const std::string& provider,
+                                       const std::string& key_ref) -> kms::KmsClient& {
+    if (provider == destination->provider() && key_ref == destination->default_key_ref()) {
+      return *destination;
+    }
+    std::string slot = provider == kms::kLocalProvider ? key_ref : provider;
+    auto& client = sources[slot];
+    if (client) return *client;
+    if (provider != kms::kLocalProvider) {
+      client = kms::MakeKmsClient(provider, destination_env);
+      return *client;
+    }
+    // A local key: the current master key, or the old one.
+    for (bool old : {false, true}) {
+      kms::GetenvFn env = [old](const char* name) -> std::optional<std::string> {
+        if (!old) return kms::ProcessGetenv(name);
+        if (std::string(name) == kms::kMasterKeyEnv) return kms::ProcessGetenv(kOldMasterKeyEnv);
+        if (std::string(name) == kms::kMasterKeyFileEnv) {
+          return kms::ProcessGetenv(kOldMasterKeyFileEnv);
+        }
+        return kms::ProcessGetenv(name);
+      };
+      if (old && !env(kms::kMasterKeyEnv) && !env(kms::kMasterKeyFileEnv)) break;
+      auto local = std::make_unique<kms::LocalKms>(env);
+      if (local->default_key_ref() == key_ref) {
+        client = std::move(local);
+        return *client;
+      }
+    }
+    throw ConfigError("a key is wrapped under local master key " + key_ref +
+                      ", which neither REKEY_MASTER_KEY(_FILE) nor REKEY_OLD_MASTER_KEY(_FILE) "
+                      "holds; point REKEY_OLD_MASTER_KEY_FILE at it");
+  };
+
+  int rewrapped = 0, skipped = 0;
+  keyring::RewrapKeys(
+      *conn, *destination, destination_ref, source, ids, [&](const keyring::RewrapOutcome& r) {
+        switch (r.what) {
+          case keyring::RewrapOutcome::What::kRewrapped:
+            rewrapped++;
+            std::printf("key %u: re-wrapped %s -> %s\n", r.key_id, r.from.c_str(), r.to.c_str());
+            break;
+          case keyring::RewrapOutcome::What::kAlreadyThere:
+            skipped++;
+            std::printf("key %u: already under %s, skipped\n", r.key_id, r.to.c_str());
+            break;
+          case keyring::RewrapOutcome::What::kDestroyed:
+            skipped++;
+            std::printf("key %u: destroyed, skipped\n", r.key_id);
+            break;
+        }
+        std::fflush(stdout);
+      });
+  std::printf("re-wrapped %d key(s) under %s:%s, %d skipped; no data row was touched\n", rewrapped,
+              destination->provider().c_str(), destination_ref.c_str(), skipped);
+}
+
 }  // namespace
 
 void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
@@ -258,6 +379,22 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
     std::printf("promoted key %u to primary of scope %s%s\n", key_id, result.promoted.scope.c_str(),
                 demoted.c_str());
   });
+
+  CLI::App* rewrap = keys->add_subcommand(
+      "rewrap",
+      "Master-key rotation: re-wrap data keys under another KMS key or provider; no data row is "
+      "touched; resumable (docs/kms.md)");
+  rewrap
+      ->add_option("--to-kms-key", o->to_kms_key,
+                   "Destination KMS key (AWS: key ARN, key id or alias; local: the new master "
+                   "key's ref)")
+      ->required();
+  rewrap
+      ->add_option("--to-kms", o->to_kms,
+                   "Destination provider (default: the provider the keys use now)")
+      ->check(CLI::IsMember({"local", "aws-kms", "vault-transit"}));
+  rewrap->add_option("--key-id", o->key_ids, "Only these keys (repeatable; default: every key)");
+  rewrap->callback([o, &global] { Rewrap(global, *o); });
 
   CLI::App* retire = keys->add_subcommand(
       "retire", "Retire a key no registered column uses any more (reversible until destroyed)");

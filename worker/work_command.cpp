@@ -45,6 +45,7 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   options.worker_name = flags.worker_name;
   const std::string conninfo = ConnInfo(global);
   KeyServices keys(conninfo);
+  options.kms_available = keys.Availability();
   rotation::WorkerPool pool(conninfo, options, keys.Source());
   log::Info("worker started",
             {{"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
@@ -60,7 +61,8 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
              {"rows_quarantined", stats.rows_quarantined.load()},
              {"kms_calls", keys.cache().kms_calls()},
              {"key_cache_hits", keys.cache().hits()},
-             {"key_cache_misses", keys.cache().misses()}});
+             {"key_cache_misses", keys.cache().misses()},
+             {"kms_pauses", stats.kms_pauses.load()}});
   LogAuditHead(global);
 }
 

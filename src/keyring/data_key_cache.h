@@ -43,6 +43,12 @@ struct CacheOptions {
   std::function<std::chrono::steady_clock::time_point()> clock = std::chrono::steady_clock::now;
 };
 
+// The cache bounds of a `rekey` process, from the environment over these defaults:
+//   REKEY_KEY_CACHE_TTL_SECONDS   entry lifetime (default 3600; 0 = never expire)
+//   REKEY_KEY_CACHE_MAX_ENTRIES   entries kept (default 1000; 0 = unbounded)
+// Throws ConfigError naming the variable for a value that is not a non-negative integer.
+CacheOptions CacheOptionsFromEnv(const kms::GetenvFn& getenv = kms::ProcessGetenv);
+
 class DataKeyCache {
  public:
   // Opens a database connection; called when a load needs one (at most one at a time).

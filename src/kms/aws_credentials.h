@@ -44,6 +44,9 @@ class AwsCredentialsProvider {
   virtual void Invalidate() {}
   // "environment" or "web identity (role <arn>)": for Describe() and error messages.
   virtual std::string Source() const = 0;
+  // True iff Invalidate() + Get() can yield new credentials (web identity); false for fixed ones,
+  // whose expiry no retry can cure.
+  virtual bool Refreshable() const { return false; }
 };
 
 class StaticCredentialsProvider : public AwsCredentialsProvider {
@@ -70,6 +73,7 @@ class WebIdentityCredentialsProvider : public AwsCredentialsProvider {
   AwsCredentials Get() override;
   void Invalidate() override;
   std::string Source() const override { return "web identity (role " + role_arn_ + ")"; }
+  bool Refreshable() const override { return true; }
   // How many times STS was called (for tests).
   int refreshes() const;
 

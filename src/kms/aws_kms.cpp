@@ -127,8 +127,19 @@ std::string AwsKmsClient::Call(const std::string& operation, const std::string& 
   if (response.status == 200) return std::move(response.body);
   std::string type = AwsErrorType(response.body, response.Header("x-amzn-errortype"));
   // Temporary credentials the server considers expired (clock skew, revoked session): fetch
-  // new ones before the retry.
-  if (type == "ExpiredTokenException") credentials_->Invalidate();
+  // new ones before the retry -- unless they came from the environment, where a retry reads the
+  // same expired token again.
+  if (type == "ExpiredTokenException") {
+    if (!credentials_->Refreshable()) {
+      throw ConfigError(
+          "AWS KMS " + operation + (data_key_id.empty() ? "" : " for data key " + data_key_id) +
+          " on " + kms_key + " failed: ExpiredTokenException (HTTP " +
+          std::to_string(response.status) + "): the session token from " + credentials_->Source() +
+          " has expired; export fresh temporary credentials (AWS_ACCESS_KEY_ID, "
+          "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or use a web identity role");
+    }
+    credentials_->Invalidate();
+  }
   ThrowAwsError(response.status, response.body, response.Header("x-amzn-errortype"), operation,
                 kms_key, data_key_id);
 }
@@ -209,10 +220,20 @@ ReWrappedKey AwsKmsClient::ReEncrypt(uint32_t key_id, const std::string& source_
   return result;
 }
 
-std::string AwsKmsClient::Describe() {
+GeneratedDataKey AwsKmsClient::RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
+                                             const Bytes& wrapped,
+                                             const std::string& destination_key_ref) {
+  ReWrappedKey re = ReEncrypt(key_id, source_key_ref, wrapped, destination_key_ref);
+  GeneratedDataKey result;
+  result.wrapped = std::move(re.wrapped);
+  result.kms_key_ref = std::move(re.kms_key_ref);
+  return result;
+}
+
+std::string AwsKmsClient::CanonicalKeyRef(const std::string& key_ref) {
   const std::string op = "DescribeKey";
-  json request = {{"KeyId", config_.key_id}};
-  json j = ParseObject(op, Call(op, request.dump(), config_.key_id, ""));
+  json request = {{"KeyId", key_ref}};
+  json j = ParseObject(op, Call(op, request.dump(), key_ref, ""));
   auto meta = j.find("KeyMetadata");
   if (meta == j.end() || !meta->is_object()) Malformed(op, "no KeyMetadata");
   std::string arn = meta->contains("Arn") && (*meta)["Arn"].is_string()
@@ -220,12 +241,16 @@ std::string AwsKmsClient::Describe() {
                         : StringField(op, *meta, "KeyId");
   std::string state = StringField(op, *meta, "KeyState");
   if (state != "Enabled") {
-    throw KeyError("KMS key " + config_.key_id + " (" + arn + ") is " + state +
-                   "; enable it (aws kms enable-key --key-id " + arn +
-                   ") or set REKEY_AWS_KMS_KEY_ID to an enabled key");
+    throw KeyError("KMS key " + key_ref + " (" + arn + ") is " + state +
+                   "; enable it (aws kms enable-key --key-id " + arn + ") or use an enabled key");
   }
-  return std::string(kAwsKmsProvider) + " (key " + arn + ", " + config_.region + ", " + state +
-         ", credentials from " + credentials_->Source() + ")";
+  return arn;
+}
+
+std::string AwsKmsClient::Describe() {
+  std::string arn = CanonicalKeyRef(config_.key_id);
+  return std::string(kAwsKmsProvider) + " (key " + arn + ", " + config_.region +
+         ", Enabled, credentials from " + credentials_->Source() + ")";
 }
 
 }  // namespace rekey::kms

@@ -18,8 +18,10 @@
 //
 // Each method makes exactly one HTTP call (two if credentials must be refreshed first); retries,
 // rate limiting and circuit breaking belong to ResilientKms (resilient_kms.h). Errors are mapped
-// by ThrowAwsError (aws_errors.h); a response that cannot be parsed (malformed JSON, bad base64,
-// wrong plaintext length) is a PermanentError, never a crash.
+// by ThrowAwsError (aws_errors.h), except ExpiredTokenException: with refreshable (web identity)
+// credentials they are invalidated and the error is transient; with fixed ones (environment) it is
+// a ConfigError, since a retry would send the same expired token. A response that cannot be
+// parsed (malformed JSON, bad base64, wrong plaintext length) is a PermanentError, never a crash.
 //
 // Thread-safety: all methods are thread-safe if the transport and credentials provider are.
 #pragma once
@@ -68,6 +70,13 @@ class AwsKmsClient : public KmsClient {
   // DescribeKey on the default key: "aws-kms (key <arn>, <region>, Enabled, credentials from
   // ...)". Throws KeyError naming the key iff its KeyState is not Enabled.
   std::string Describe() override;
+  // ReEncrypt: any destination key the caller may use, the plaintext never leaves KMS.
+  GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
+                                 const Bytes& wrapped,
+                                 const std::string& destination_key_ref) override;
+
+  // DescribeKey on `key_ref`: its key ARN. Throws KeyError naming the key iff it is not Enabled.
+  std::string CanonicalKeyRef(const std::string& key_ref) override;
 
   // Re-wraps data key `key_id` from `source_key_ref` to `destination_key_ref` inside KMS (the
   // plaintext never leaves it): for master-key rotation.

@@ -28,7 +28,7 @@ class FakeTransport : public HttpTransport {
   std::vector<HttpRequest> requests;
 };
 
-constexpr char kKey[] = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd";
+constexpr char kKeyArn[] = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd";
 
 std::unique_ptr<AwsKmsClient> Client(std::shared_ptr<FakeTransport> transport) {
   AwsKmsConfig config;
@@ -94,7 +94,9 @@ TEST(AwsKmsErrors, TableOfErrorTypes) {
       EXPECT_NE(what.find(c.must_mention), std::string::npos) << what;
       EXPECT_NE(what.find("alias/x"), std::string::npos) << what;
       EXPECT_EQ(what.find('\n'), std::string::npos) << what;
-      if (!c.type.empty()) EXPECT_NE(what.find("server says hi"), std::string::npos) << what;
+      if (!c.type.empty()) {
+        EXPECT_NE(what.find("server says hi"), std::string::npos) << what;
+      }
     }
   }
 }
@@ -114,11 +116,11 @@ TEST(AwsKmsClient, GenerateDataKeySendsJson11WithContext) {
   Bytes plain(32, 0xab);
   t->response = Json(200, {{"Plaintext", Base64Encode(plain)},
                            {"CiphertextBlob", Base64Encode(Bytes{1, 2, 3})},
-                           {"KeyId", kKey}});
+                           {"KeyId", kKeyArn}});
   GeneratedDataKey k = Client(t)->GenerateDataKey(42);
   EXPECT_EQ(Bytes(k.plaintext.data(), k.plaintext.data() + 32), plain);
   EXPECT_EQ(k.wrapped, (Bytes{1, 2, 3}));
-  EXPECT_EQ(k.kms_key_ref, kKey);
+  EXPECT_EQ(k.kms_key_ref, kKeyArn);
   ASSERT_EQ(t->requests.size(), 1u);
   const HttpRequest& r = t->requests[0];
   EXPECT_EQ(r.url, "https://kms.eu-west-1.amazonaws.com/");
@@ -138,11 +140,11 @@ TEST(AwsKmsClient, GenerateDataKeySendsJson11WithContext) {
 
 TEST(AwsKmsClient, DecryptPinsKeyIdAndContext) {
   auto t = std::make_shared<FakeTransport>();
-  t->response = Json(200, {{"Plaintext", Base64Encode(Bytes(32, 7))}, {"KeyId", kKey}});
-  Secret s = Client(t)->UnwrapDataKey(9, kKey, Bytes{5, 6});
+  t->response = Json(200, {{"Plaintext", Base64Encode(Bytes(32, 7))}, {"KeyId", kKeyArn}});
+  Secret s = Client(t)->UnwrapDataKey(9, kKeyArn, Bytes{5, 6});
   EXPECT_EQ(s.size(), 32u);
   EXPECT_EQ(json::parse(t->requests[0].body),
-            (json{{"KeyId", kKey},
+            (json{{"KeyId", kKeyArn},
                   {"CiphertextBlob", Base64Encode(Bytes{5, 6})},
                   {"EncryptionContext", {{"rekey_key_id", "9"}}}}));
 }
@@ -170,7 +172,7 @@ TEST(AwsKmsClient, MalformedResponsesAreErrorsNeverCrashes) {
     t->response = HttpResponse{200, {}, body};
     auto c = Client(t);
     EXPECT_THROW(c->GenerateDataKey(1), PermanentError);
-    EXPECT_THROW(c->UnwrapDataKey(1, kKey, Bytes{1}), PermanentError);
+    EXPECT_THROW(c->UnwrapDataKey(1, kKeyArn, Bytes{1}), PermanentError);
     EXPECT_THROW(c->WrapDataKey(1, Secret(32)), PermanentError);
     EXPECT_THROW(c->Describe(), PermanentError);
   }
@@ -181,7 +183,7 @@ TEST(AwsKmsClient, EveryTruncationOfAGoodResponseIsHandled) {
   std::string good = json{
       {"Plaintext", Base64Encode(plain)},
       {"CiphertextBlob", Base64Encode(Bytes{1, 2, 3})},
-      {"KeyId", kKey}}.dump();
+      {"KeyId", kKeyArn}}.dump();
   for (size_t n = 0; n <= good.size(); n++) {
     auto t = std::make_shared<FakeTransport>();
     t->response = HttpResponse{200, {}, good.substr(0, n)};
@@ -197,13 +199,13 @@ TEST(AwsKmsClient, EveryTruncationOfAGoodResponseIsHandled) {
 
 TEST(AwsKmsClient, DescribeReportsKeyState) {
   auto t = std::make_shared<FakeTransport>();
-  t->response =
-      Json(200, {{"KeyMetadata", {{"KeyId", "1234abcd"}, {"Arn", kKey}, {"KeyState", "Enabled"}}}});
+  t->response = Json(
+      200, {{"KeyMetadata", {{"KeyId", "1234abcd"}, {"Arn", kKeyArn}, {"KeyState", "Enabled"}}}});
   std::string line = Client(t)->Describe();
-  EXPECT_NE(line.find(kKey), std::string::npos) << line;
+  EXPECT_NE(line.find(kKeyArn), std::string::npos) << line;
   EXPECT_NE(line.find("Enabled"), std::string::npos) << line;
   t->response = Json(
-      200, {{"KeyMetadata", {{"KeyId", "1234abcd"}, {"Arn", kKey}, {"KeyState", "Disabled"}}}});
+      200, {{"KeyMetadata", {{"KeyId", "1234abcd"}, {"Arn", kKeyArn}, {"KeyState", "Disabled"}}}});
   try {
     Client(t)->Describe();
     ADD_FAILURE();

@@ -55,6 +55,26 @@ class KmsClient {
 
   // One line for `rekey keys list` and health output: provider and key ref, never material.
   virtual std::string Describe() = 0;
+
+  // Master-key rotation inside one provider (`rekey keys rewrap`): returns data key `key_id`,
+  // now wrapped by `source_key_ref` as `wrapped`, wrapped under `destination_key_ref` instead,
+  // bound to the same `key_id`. Providers that can re-wrap without exposing the plaintext override
+  // it (AWS ReEncrypt, Vault rewrap). The default unwraps here and wraps again, which works only
+  // if `destination_key_ref` is default_key_ref() (a provider wraps new keys under one key); for
+  // any other destination it throws ConfigError. The result's plaintext is empty.
+  virtual GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
+                                         const Bytes& wrapped,
+                                         const std::string& destination_key_ref);
+
+  // The form rekey.keys.kms_key_ref stores for `key_ref` under this provider (AWS: the key ARN
+  // an alias or key id names, after checking the key is enabled), so a re-run of a rewrap can
+  // tell keys already under the destination. The default returns `key_ref` unchanged.
+  virtual std::string CanonicalKeyRef(const std::string& key_ref) { return key_ref; }
+
+  // False iff calls are failing fast now without reaching the KMS (an open circuit breaker), so
+  // callers should pause rather than start work that needs the KMS. Cheap and thread-safe; it
+  // turns true again by itself when the breaker lets a probe through.
+  virtual bool Available() const { return true; }
 };
 
 }  // namespace rekey::kms

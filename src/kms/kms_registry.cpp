@@ -27,6 +27,14 @@ void KmsRegistry::Add(std::unique_ptr<KmsClient> client) {
   clients_[name] = std::move(client);
 }
 
+bool KmsRegistry::Available() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& entry : clients_) {
+    if (!entry.second->Available()) return false;
+  }
+  return true;
+}
+
 std::function<KmsClient&(const std::string&)> KmsRegistry::Resolver() {
   return [this](const std::string& provider) -> KmsClient& { return Get(provider); };
 }

@@ -31,6 +31,9 @@ class KmsRegistry {
   // Adds (or replaces) the client for client->provider(). Replacing invalidates references to the
   // old one, so do it before sharing the registry.
   void Add(std::unique_ptr<KmsClient> client);
+  // True iff every client built so far is Available() (no open circuit breaker): the workers'
+  // "may I claim?" seam (rotation::WorkerOptions::kms_available).
+  bool Available();
   // A resolver bound to this registry, for keyring::DataKeyCache.
   std::function<KmsClient&(const std::string&)> Resolver();
 

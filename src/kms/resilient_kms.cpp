@@ -98,6 +98,18 @@ Secret ResilientKms::UnwrapDataKey(uint32_t key_id, const std::string& kms_key_r
   return Run("UnwrapDataKey", [&] { return inner_->UnwrapDataKey(key_id, kms_key_ref, wrapped); });
 }
 
+GeneratedDataKey ResilientKms::RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
+                                             const Bytes& wrapped,
+                                             const std::string& destination_key_ref) {
+  return Run("RewrapDataKey", [&] {
+    return inner_->RewrapDataKey(key_id, source_key_ref, wrapped, destination_key_ref);
+  });
+}
+
+std::string ResilientKms::CanonicalKeyRef(const std::string& key_ref) {
+  return Run("CanonicalKeyRef", [&] { return inner_->CanonicalKeyRef(key_ref); });
+}
+
 std::string ResilientKms::Describe() {
   return Run("Describe", [&] { return inner_->Describe(); });
 }

@@ -61,6 +61,12 @@ class ResilientKms : public KmsClient {
   Secret UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
                        const Bytes& wrapped) override;
   std::string Describe() override;
+  GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
+                                 const Bytes& wrapped,
+                                 const std::string& destination_key_ref) override;
+  std::string CanonicalKeyRef(const std::string& key_ref) override;
+  // False iff the breaker is open (half-open counts as available: a probe may go).
+  bool Available() const override { return state() != BreakerState::kOpen; }
 
   BreakerState state() const { return breaker_.state(clock_()); }
   KmsClient& inner() { return *inner_; }

@@ -6,6 +6,7 @@
 #include <deque>
 
 #include "common/error.h"
+#include "kms/kms_registry.h"
 #include "kms/token_bucket.h"
 
 namespace rekey::kms {
@@ -181,6 +182,48 @@ TEST(ResilienceOptions, FromEnvironment) {
       EXPECT_THROW(ResilienceOptionsFromEnv(getenv), ConfigError) << bad;
     }
   }
+}
+
+}  // namespace
+}  // namespace rekey::kms
+
+namespace rekey::kms {
+namespace {
+
+// The workers' "may I claim?" seam: unavailable exactly while the breaker is open, available
+// again (half-open) when the cool-down ends, by the clock alone; a registry is unavailable iff
+// one of its clients is.
+TEST(ResilientKms, AvailableIsFalseExactlyWhileTheBreakerIsOpen) {
+  Fixture f;
+  ResilienceOptions o = Options();
+  o.max_attempts = 1;
+  o.breaker_failures = 2;
+  auto kms = f.Make("TT", o);
+  KmsClient* raw = kms.get();
+  KmsRegistry registry(
+      [&](const std::string&) -> std::unique_ptr<KmsClient> { return std::move(kms); });
+  registry.Get("scripted");
+  EXPECT_TRUE(raw->Available());
+  EXPECT_TRUE(registry.Available());
+  EXPECT_THROW(raw->UnwrapDataKey(1, "ref", {}), TransientError);
+  EXPECT_TRUE(raw->Available());  // one failure: still closed
+  EXPECT_THROW(raw->UnwrapDataKey(1, "ref", {}), TransientError);
+  EXPECT_FALSE(raw->Available());
+  EXPECT_FALSE(registry.Available());
+  f.now += o.breaker_cool_down;
+  EXPECT_TRUE(raw->Available());  // half-open: a probe may go
+  raw->UnwrapDataKey(1, "ref", {});
+  EXPECT_TRUE(registry.Available());
+}
+
+// KmsClient's default rewrap: unwrap + wrap under its one key; any other destination refused.
+TEST(KmsClient, DefaultRewrapWrapsUnderTheDefaultKeyOnly) {
+  ScriptedKms kms("");
+  GeneratedDataKey k = kms.RewrapDataKey(1, "old", {1, 2, 3}, "ref");
+  EXPECT_EQ(k.plaintext.size(), 0u);
+  EXPECT_EQ(kms.calls, 2);  // one unwrap, one wrap
+  EXPECT_THROW(kms.RewrapDataKey(1, "old", {1, 2, 3}, "another-key"), ConfigError);
+  EXPECT_EQ(kms.calls, 2);
 }
 
 }  // namespace

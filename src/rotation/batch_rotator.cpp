@@ -170,6 +170,12 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
 BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& batch,
                                   const std::string& worker_id) {
   const auto started = std::chrono::steady_clock::now();
+  // Every key through the source again, before any row is locked: the data-key cache answers
+  // from memory until its TTL ends, so a key revoked in the KMS stops being used within one TTL,
+  // and a KMS failure (TransientError, KeyError) surfaces here, with nothing locked or written,
+  // never as a value that fails to decrypt and is quarantined.
+  keys_.clear();
+  LoadKeys();
   if (prepared_on_ != &conn) Prepare(conn);
   BatchResult result;
   pqxx::work txn(conn);

@@ -69,8 +69,10 @@ class BatchRotator {
   // worker before it claims anything. Throws as DataKeySource does.
   void LoadKeys();
 
-  // Processes `batch` (claimed by `worker_id`) on `conn`, in one transaction. Throws on
-  // database or KMS errors, in which case nothing was committed.
+  // Processes `batch` (claimed by `worker_id`) on `conn`, in one transaction. Takes every key of
+  // the job from the DataKeySource first, before the transaction opens, so a KMS error is thrown
+  // before any row is locked and can never be mistaken for a poison value. Throws on database or
+  // KMS errors, in which case nothing was committed.
   BatchResult Process(pqxx::connection& conn, const ClaimedBatch& batch,
                       const std::string& worker_id);
 

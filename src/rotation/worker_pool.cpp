@@ -136,7 +136,24 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
     job_param = job_text.c_str();
   }
 
+  bool kms_paused = false;
   while (!stop && !fatal_set_) {
+    if (options_.kms_available && !options_.kms_available()) {
+      // The KMS is down: a claim now could only end in a released batch. Wait, claim nothing.
+      if (!kms_paused) {
+        ++stats_.kms_pauses;
+        log::Warn("KMS unavailable (circuit breaker open); pausing claims until it recovers",
+                  {{"worker", worker_id}, {"action", "kms.pause"}});
+        kms_paused = true;
+      }
+      SleepUnlessStopped(options_.idle_poll, stop, fatal_set_);
+      continue;
+    }
+    if (kms_paused) {
+      log::Info("KMS available again; resuming claims",
+                {{"worker", worker_id}, {"action", "kms.resume"}});
+      kms_paused = false;
+    }
     std::optional<ClaimedBatch> batch;
     try {
       if (!conn || !conn->is_open()) {

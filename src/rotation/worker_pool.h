@@ -14,12 +14,17 @@
 // the process can exit 0, as a Kubernetes work queue expects; a job waiting for an operator's
 // approval is left waiting). It also returns soon after `stop` turns true (the current batch is
 // finished first; batches take milliseconds to seconds).
+//
+// While WorkerOptions::kms_available says the KMS is down, the loops claim nothing and wait; a
+// KMS error that still reaches a batch (TransientError) releases it without consuming an attempt,
+// so a KMS outage makes a job slower, never failed or quarantined.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -33,6 +38,10 @@ struct WorkerOptions {
   int concurrency = 1;                       // claim loops, each with its own connection
   std::string worker_name;                   // default: <hostname>:<pid>; loops append /<n>
   std::chrono::milliseconds idle_poll{500};  // while other workers still hold batches
+  // False while the KMS is known to be down (an open circuit breaker, kms::KmsRegistry::Available):
+  // the loops then claim nothing, so no batch is started, failed or quarantined for an outage, and
+  // they resume by themselves once it turns true. nullptr: always available.
+  std::function<bool()> kms_available;
 };
 
 struct WorkerStats {
@@ -41,6 +50,7 @@ struct WorkerStats {
   std::atomic<int64_t> rows_reencrypted{0};
   std::atomic<int64_t> rows_skipped{0};
   std::atomic<int64_t> rows_quarantined{0};
+  std::atomic<int64_t> kms_pauses{0};  // times a loop found the KMS unavailable and waited
 };
 
 class WorkerPool {

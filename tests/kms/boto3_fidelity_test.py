@@ -176,9 +176,13 @@ class TamperedSignatureTest(ServerTest):
         if when is None:
             signer.add_auth(req)
         else:
-            with mock.patch("botocore.auth.datetime") as dt:
-                dt.datetime.utcnow.return_value = when
-                signer.add_auth(req)
+            if hasattr(botocore.auth, "get_current_datetime"):  # botocore >= 1.34
+                with mock.patch("botocore.auth.get_current_datetime", return_value=when):
+                    signer.add_auth(req)
+            else:
+                with mock.patch("botocore.auth.datetime") as dt:
+                    dt.datetime.utcnow.return_value = when
+                    signer.add_auth(req)
         return req
 
     def send(self, req, body=None):
@@ -203,6 +207,22 @@ class TamperedSignatureTest(ServerTest):
             req.headers.replace_header("Authorization", bad)
             status, body = self.send(req)
             self.assertEqual((status, body["__type"]), (400, "InvalidSignatureException"))
+
+    def test_signature_off_by_one_byte_is_rejected(self):
+        # Each of the 32 bytes of the HMAC-SHA256 signature in turn, incremented by one.
+        req = self.signed(b'{"KeyId": "alias/rekey"}')
+        auth = req.headers["Authorization"]
+        head, sig = auth.rsplit("Signature=", 1)
+        raw = bytes.fromhex(sig)
+        self.assertEqual(len(raw), 32)
+        for i in range(len(raw)):
+            bad = bytearray(raw)
+            bad[i] = (bad[i] + 1) % 256
+            req.headers.replace_header("Authorization", head + "Signature=" + bad.hex())
+            status, body = self.send(req)
+            self.assertEqual((status, body["__type"]), (400, "InvalidSignatureException"), i)
+        req.headers.replace_header("Authorization", auth)
+        self.assertEqual(self.send(req)[0], 200)
 
     def test_body_changed_after_signing_is_rejected(self):
         req = self.signed(b'{"KeyId": "alias/rekey"}')
