@@ -26,6 +26,7 @@
 #include "kms/aws_kms.h"
 #include "kms/kms_factory.h"
 #include "kms/local_kms.h"
+#include "kms/vault_transit.h"
 
 namespace rekey::cli {
 
@@ -205,12 +206,27 @@ void Rewrap(const GlobalOptions& global, const KeysOptions& o) {
   }
 
   // The destination wraps new keys under --to-kms-key: providers configured with a key variable
-  // get it overridden; local's key is its master key, whose ref must be the one given. A provider
-  // without an entry here (vault-transit until it is wired in) can only re-wrap within itself
-  // (RewrapDataKey), or across providers into its configured default key.
-  kms::GetenvFn destination_env = [&o, to_provider](const char* name) {
-    if (to_provider == kms::kAwsKmsProvider && std::string(name) == kms::kAwsKmsKeyIdEnv) {
+  // get it overridden (Vault: the mount and name of a <mount>/keys/<name> ref); local's key is
+  // its master key, whose ref must be the one given.
+  std::optional<kms::TransitKeyRef> transit_destination;
+  if (to_provider == kms::kVaultTransitProvider) {
+    transit_destination = kms::ParseTransitKeyRef(o.to_kms_key);
+    if (!transit_destination) {
+      throw ConfigError("--to-kms-key " + o.to_kms_key +
+                        " is not a Vault Transit key ref; give it as <mount>/keys/<name>, e.g. "
+                        "transit/keys/rekey-2026");
+    }
+  }
+  kms::GetenvFn destination_env = [&o, to_provider, transit_destination](const char* name) {
+    const std::string var = name;
+    if (to_provider == kms::kAwsKmsProvider && var == kms::kAwsKmsKeyIdEnv) {
       return std::optional<std::string>(o.to_kms_key);
+    }
+    if (transit_destination && var == "REKEY_VAULT_TRANSIT_KEY") {
+      return std::optional<std::string>(transit_destination->name);
+    }
+    if (transit_destination && var == "REKEY_VAULT_TRANSIT_MOUNT") {
+      return std::optional<std::string>(transit_destination->mount);
     }
     return kms::ProcessGetenv(name);
   };

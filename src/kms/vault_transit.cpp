@@ -328,6 +328,17 @@ Secret VaultTransitClient::UnwrapDataKey(uint32_t key_id, const std::string& kms
   return Decrypt(*key, key_id, ciphertext);
 }
 
+GeneratedDataKey VaultTransitClient::RewrapDataKey(uint32_t key_id,
+                                                   const std::string& source_key_ref,
+                                                   const Bytes& wrapped,
+                                                   const std::string& destination_key_ref) {
+  ReWrappedKey re = Rewrap(key_id, source_key_ref, wrapped, destination_key_ref);
+  GeneratedDataKey result;
+  result.wrapped = std::move(re.wrapped);
+  result.kms_key_ref = std::move(re.kms_key_ref);
+  return result;
+}
+
 ReWrappedKey VaultTransitClient::Rewrap(uint32_t key_id, const std::string& source_key_ref,
                                         const Bytes& wrapped,
                                         const std::string& destination_key_ref) {

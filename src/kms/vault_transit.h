@@ -118,6 +118,11 @@ class VaultTransitClient : public KmsClient {
   // derived or cannot encrypt.
   std::string Describe() override;
 
+  // Rewrap() through the generic interface (`rekey keys rewrap`).
+  GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
+                                 const Bytes& wrapped,
+                                 const std::string& destination_key_ref) override;
+
   // Re-wraps data key `key_id` from `source_key_ref` to `destination_key_ref` (see the file
   // comment): for master-key rotation and Transit key-version upgrades.
   ReWrappedKey Rewrap(uint32_t key_id, const std::string& source_key_ref, const Bytes& wrapped,
