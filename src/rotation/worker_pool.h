@@ -25,6 +25,7 @@
 #include <string>
 
 #include "rotation/batch_rotator.h"
+#include "rotation/pacer.h"
 
 namespace rekey::rotation {
 
@@ -33,6 +34,7 @@ struct WorkerOptions {
   int concurrency = 1;                       // claim loops, each with its own connection
   std::string worker_name;                   // default: <hostname>:<pid>; loops append /<n>
   std::chrono::milliseconds idle_poll{500};  // while other workers still hold batches
+  PacingOptions pacing;                      // rate limit, chunking, replication lag (pacer.h)
 };
 
 struct WorkerStats {
@@ -68,6 +70,7 @@ class WorkerPool {
   std::mutex fatal_mu_;
   std::exception_ptr fatal_;
   std::atomic<bool> fatal_set_{false};
+  Pacer pacer_;  // shared by the claim loops: the rate limit is per process
 };
 
 // <hostname>:<pid>, the default worker name (a Kubernetes pod's hostname is its name).
