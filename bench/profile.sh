@@ -18,7 +18,7 @@ ANCHORS=${BENCH_ANCHORS_DIR:-$REPO/../shared/anchors}
 command -v valgrind >/dev/null || { echo "profile.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 
 eval "$("$REPO/scripts/pg-throwaway.sh" start shared_preload_libraries=pg_stat_statements \
-  pg_stat_statements.track=all shared_buffers=256MB)"
+  pg_stat_statements.track=top shared_buffers=256MB)"
 WORK=$(mktemp -d /tmp/rekey-profile.XXXXXX)
 trap '"$REPO/scripts/pg-throwaway.sh" stop "$PG_DIR"; rm -rf "$WORK"' EXIT
 export DATABASE_URL="host=$PGHOST port=$PGPORT user=$PGUSER dbname=$PGDATABASE"
