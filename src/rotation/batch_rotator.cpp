@@ -2,7 +2,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <array>
 #include <chrono>
 #include <map>
 #include <set>
@@ -10,6 +9,7 @@
 #include "common/bytes.h"
 #include "common/error.h"
 #include "crypto/codec.h"
+#include "db/bytea.h"
 #include "db/identifiers.h"
 
 namespace rekey::rotation {
@@ -31,33 +31,6 @@ void AppendByteaElement(const uint8_t* data, size_t size, std::string* literal) 
     *out++ = kDigits[data[i] & 0x0f];
   }
   *out = '"';
-}
-
-// Decodes a bytea field in PostgreSQL's hex output format ("\x0a1b...") into *out, reusing its
-// storage. pqxx::binarystring (PQunescapeBytea and a copy) costs about 25 instructions per hex
-// digit and two allocations per value; this is a table lookup per digit. Returns false iff the
-// field is not in hex format (bytea_output = escape), for the caller to fall back.
-bool DecodeByteaHex(const pqxx::field& field, Bytes* out) {
-  static const auto kValues = [] {
-    std::array<int8_t, 256> v{};
-    v.fill(-1);
-    for (int c = 0; c < 10; ++c) v['0' + c] = int8_t(c);
-    for (int c = 0; c < 6; ++c) v['a' + c] = v['A' + c] = int8_t(10 + c);
-    return v;
-  }();
-  const char* text = field.c_str();
-  const size_t size = field.size();
-  if (size < 2 || text[0] != '\\' || text[1] != 'x' || size % 2 != 0) return false;
-  const size_t n = (size - 2) / 2;
-  out->resize(n);
-  const auto* in = reinterpret_cast<const uint8_t*>(text + 2);
-  for (size_t i = 0; i < n; ++i) {
-    const int hi = kValues[in[2 * i]];
-    const int lo = kValues[in[2 * i + 1]];
-    if ((hi | lo) < 0) return false;
-    (*out)[i] = uint8_t(hi << 4 | lo);
-  }
-  return true;
 }
 
 void AppendNullElement(std::string* literal) {
@@ -331,10 +304,7 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
       has_new[i] = false;
       const auto& field = row[int(1 + i)];
       if (field.is_null()) continue;
-      if (!DecodeByteaHex(field, &stored)) {
-        const pqxx::binarystring escaped(field);
-        stored.assign(escaped.data(), escaped.data() + escaped.size());
-      }
+      db::ReadBytea(field, &stored);
       const Bytes& value = stored;
       const auto& column = job_.columns[i];
       const bool tink = column.codec == CodecKind::kTink;
