@@ -4,12 +4,14 @@
 // exactly one completion audit row per batch, resumption after a worker dies mid-batch.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <memory>
 #include <sstream>
+#include <thread>
 
 #include "harness/pg_server.h"
 #include "harness/process.h"
@@ -216,6 +218,39 @@ TEST_F(PacingTest, RequeuedBatchesForgetTheirCheckpoint) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id = 1"), 0)
       << "the requeued batch was checked from its start";
+}
+
+TEST_F(PacingTest, SigtermBetweenChunksHandsTheBatchBackWithItsCheckpoint) {
+  const int64_t job = CreateJob(3000, 3000);
+  const std::string j = std::to_string(job);
+  // 300 rows/s in chunks of at most 100 rows: the one batch takes about 10 s.
+  ChildProcess worker(
+      {REKEY_BINARY, "--db", conninfo(), "work", "--job", j, "--max-rows-per-second", "300",
+       "--target-batch-ms", "1000", "--min-chunk-rows", "10", "--max-chunk-rows", "100"},
+      WorkerEnv());
+  for (int i = 0; i < 400 && Scalar("SELECT coalesce(resume_after, '') FROM rekey.batches WHERE "
+                                    "batch_no = 1 AND job_id = " +
+                                    j) == "";
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  worker.Signal(SIGTERM);
+  ProcessResult r = worker.Wait(60);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const int64_t done_before = Count(
+      "SELECT rows_done FROM rekey.batches WHERE batch_no = 1 AND "
+      "job_id = " +
+      j);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.batches WHERE batch_no = 1 AND job_id = " + j),
+            "pending")
+      << "the batch is handed back at once, not held until it is finished";
+  EXPECT_GT(done_before, 0);
+  EXPECT_LT(done_before, 3000);
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id = 2"), done_before);
+
+  r = Work(job, {"--target-batch-ms", "50"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ExpectRotatedAndConsistent(job, 3000);
 }
 
 TEST_F(PacingTest, NoReplicasNoPause) {
