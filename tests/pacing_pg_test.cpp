@@ -253,6 +253,45 @@ TEST_F(PacingTest, SigtermBetweenChunksHandsTheBatchBackWithItsCheckpoint) {
   ExpectRotatedAndConsistent(job, 3000);
 }
 
+TEST_F(PacingTest, AStagedRolloutAndItsRollbackRunInChunks) {
+  SeedTinkTable(conn(), "public.cards", 8000, 1);
+  int64_t job = 0;
+  {
+    pqxx::work txn(conn());
+    job = txn.exec1(
+                 "SELECT rekey.create_job('public.cards', ARRAY['token'], '{\"1\": 2}', "
+                 "p_key_id_column => 'key_id', p_batch_size => 1000, p_observe => '0 s')")[0]
+              .as<int64_t>();
+    txn.commit();
+  }
+  const std::string j = std::to_string(job);
+  const std::vector<std::string> chunked = {"--target-batch-ms", "20", "--min-chunk-rows", "10",
+                                            "--max-chunk-rows",  "200"};
+  ProcessResult r = Work(job, chunked, 2);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id <> 2"), 0);
+  // Stage buckets and chunk checkpoints together: each row moved exactly once.
+  EXPECT_EQ(Count("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + j), 8000);
+  EXPECT_GT(Count("SELECT count(*) FROM rekey.audit WHERE job_id = " + j +
+                  " AND (details->>'resumed_from_checkpoint')::boolean"),
+            0);
+  EXPECT_EQ(
+      Count("SELECT count(*) FROM rekey.audit WHERE job_id = " + j + " AND action = 'gate.passed'"),
+      5);
+
+  r = RunRekey({"--db", conninfo(), "job", "rollback", j}, WorkerEnv());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = Work(job, chunked, 2);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "rolled_back");
+  auto after = DecryptAll(conn(), "public.cards");
+  for (const auto& [id, value] : after) {
+    ASSERT_EQ(value.first, 1u) << "row " << id;
+    ASSERT_EQ(value.second, PlaintextFor(id)) << "row " << id;
+  }
+}
+
 TEST_F(PacingTest, NoReplicasNoPause) {
   const int64_t job = CreateJob(2000, 500);
   EXPECT_EQ(Count("SELECT count(*) FROM pg_stat_replication"), 0);
