@@ -440,6 +440,11 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
     // counts the whole batch.
     details["resumed_from_checkpoint"] = true;
   }
+  if (result.rows_done == 0 && fail_pk.empty() && earlier_failed == 0) {
+    // Nothing of the table changed (typically a sweep batch that found nothing): the completion
+    // need not wait for a WAL flush. Lost in a server crash, the batch is simply done again.
+    txn.exec0("SET LOCAL synchronous_commit = off");
+  }
   txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
                     earlier_done + result.rows_done, earlier_skipped + result.rows_skipped,
                     earlier_failed + result.rows_failed, earlier_ms + result.duration_ms,
