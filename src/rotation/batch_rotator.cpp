@@ -33,10 +33,45 @@ void AppendByteaElement(const uint8_t* data, size_t size, std::string* literal) 
   *out = '"';
 }
 
-void AppendNullElement(std::string* literal) {
-  if (literal->size() > 1) *literal += ',';
-  *literal += "NULL";
-}
+// A bytea[] parameter in PostgreSQL's binary array format (what array_send writes and
+// array_recv reads), sent as a binary parameter: the server copies each element instead of
+// parsing hex text (array_in, byteain), and the client does not hex-encode.
+class BinaryByteaArray {
+ public:
+  void Append(const uint8_t* data, size_t size) {
+    PutInt32(int32_t(size), &body_);
+    body_.append(reinterpret_cast<const char*>(data), size);
+    ++count_;
+  }
+  void AppendNull() {
+    PutInt32(-1, &body_);
+    has_null_ = true;
+    ++count_;
+  }
+  // ndim 1, the null flag, element type bytea, then the one dimension's size and lower bound.
+  pqxx::binarystring Finish() const {
+    constexpr int32_t kByteaOid = 17;
+    std::string out;
+    out.reserve(20 + body_.size());
+    PutInt32(1, &out);
+    PutInt32(has_null_ ? 1 : 0, &out);
+    PutInt32(kByteaOid, &out);
+    PutInt32(count_, &out);
+    PutInt32(1, &out);
+    out += body_;
+    return pqxx::binarystring(out.data(), out.size());
+  }
+
+ private:
+  static void PutInt32(int32_t v, std::string* out) {
+    uint8_t be[4];
+    PutUint32BigEndian(uint32_t(v), be);
+    out->append(reinterpret_cast<const char*>(be), sizeof be);
+  }
+  std::string body_;
+  int32_t count_ = 0;
+  bool has_null_ = false;
+};
 
 // Variants of the row-locking SELECT, by which batch bounds exist (a generic plan with
 // "$1 IS NULL OR pk >= $1" could not use the primary-key index), and whether the batch is
@@ -273,7 +308,7 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   const size_t ncols = job_.columns.size();
   const int kid_field = job_.key_id_column ? int(1 + ncols) : -1;
   std::string pk_literal = "{";
-  std::vector<std::string> column_literals(ncols, "{");
+  std::vector<BinaryByteaArray> column_arrays(ncols);
   std::string kid_literal = "{";
   std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid;
   std::vector<std::string> audit_pk, audit_col, audit_from, audit_to;
@@ -368,7 +403,7 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
     db::AppendTextArrayElement(pk, &pk_literal);
     for (size_t i = 0; i < ncols; ++i) {
       if (has_new[i]) {
-        AppendByteaElement(new_values[i].data(), new_values[i].size(), &column_literals[i]);
+        column_arrays[i].Append(new_values[i].data(), new_values[i].size());
         ++moved[value_keys[i]];
         if (job_.per_row_audit) {
           audit_pk.push_back(pk);
@@ -377,7 +412,7 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
           audit_to.push_back(std::to_string(value_keys[i].second));
         }
       } else {
-        AppendNullElement(&column_literals[i]);
+        column_arrays[i].AppendNull();
       }
     }
     if (kid_field >= 0) {
@@ -387,10 +422,15 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   }
 
   if (result.rows_done > 0) {
-    std::vector<std::string> update_params{pk_literal + "}"};
-    for (auto& literal : column_literals) update_params.push_back(literal + "}");
-    if (kid_field >= 0) update_params.push_back(kid_literal + "}");
-    txn.exec_prepared(prefix_ + "update", pqxx::prepare::make_dynamic_params(update_params));
+    std::vector<pqxx::binarystring> arrays;
+    for (const auto& array : column_arrays) arrays.push_back(array.Finish());
+    if (kid_field >= 0) {
+      txn.exec_prepared(prefix_ + "update", pk_literal + "}",
+                        pqxx::prepare::make_dynamic_params(arrays), kid_literal + "}");
+    } else {
+      txn.exec_prepared(prefix_ + "update", pk_literal + "}",
+                        pqxx::prepare::make_dynamic_params(arrays));
+    }
   }
   if (!fail_pk.empty()) {
     std::string kids = "{";
