@@ -12,7 +12,7 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
   postgresql-15 postgresql-client-15 \
   python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc
 
-.PHONY: all deps configure build test test-unit test-pg demo bench format clean
+.PHONY: all deps configure build test test-unit test-pg demo bench profile format clean
 
 all: build
 
@@ -39,11 +39,18 @@ demo: build
 
 # rekey side by side with ../shared/anchors on a throwaway PostgreSQL (bench/README.md).
 # BENCH_ROWS, BENCH_RUNS, BENCH_FULL=1 and the other BENCH_* variables tune it.
+# pgbench (the application workload) ships in postgresql-15 (Debian's contrib is part of the
+# server package), its /usr/bin wrapper in postgresql-client-common (postgresql-client-15).
 bench: deps
-	@./scripts/install-deps.sh time openssl
+	@./scripts/install-deps.sh time openssl postgresql-15 postgresql-client-15
 	@cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 	@cmake --build build-release -j $(JOBS) --target rekey codec_bench
 	@/usr/bin/python3 bench/run_bench.py build-release
+
+# One worker under callgrind, and its statements per batch (bench/README.md, "Profile").
+profile: build
+	@./scripts/install-deps.sh valgrind
+	@./bench/profile.sh $(BUILD_DIR)/rekey
 
 format:
 	@git ls-files '*.cpp' '*.h' | xargs clang-format -i

@@ -15,7 +15,18 @@ Environment (all optional):
   BENCH_WITH_B=1         shorthand for adding B to the anchors
   BENCH_PG_SETTINGS="..." postgres -c settings (default "shared_buffers=1GB max_wal_size=4GB")
   BENCH_JOB_ARGS="..."   extra `rekey job create` flags (default: --stages 100 when supported)
-  BENCH_SKIP="..."       parts to skip, any of: anchors scaling sizes micro (for debugging)
+  BENCH_BATCH_SIZE=1000  batch size (`rekey job create --batch-size`) of every rotation
+  BENCH_CONFIGS="2x1 1x2" the main rotation configurations: PROCESSESxCONCURRENCY each
+  BENCH_WORK_ARGS="..."  extra `rekey work` flags for every rotation (e.g. "--target-batch-ms 200")
+  BENCH_SWEEP_BATCH_SIZES="500 1000 2000 5000"  with BENCH_SWEEP_CONFIGS: a sweep, one rotation
+  BENCH_SWEEP_CONFIGS="1x1 2x1 1x2 2x2 4x1"     per combination, reporting the best (off unless set)
+  BENCH_STAGES="1,25,50,75,100"  the staged job timed against the single-stage one (auto-advance,
+                         --observe 0s)
+  BENCH_APP_SECONDS=30   length of each application-workload window (gentleness)
+  BENCH_APP_TPS=400      the application's offered load (pgbench --rate), transactions/s
+  BENCH_APP_CLIENTS=4    pgbench clients
+  BENCH_GENTLE_ARGS="--max-rows-per-second 5000"  the `rekey work` flags of the gentle run
+  BENCH_SKIP="..."       parts to skip, any of: anchors scaling staged gentle sizes micro
   BENCH_OUT=PATH         where the JSON goes (default bench/results/latest.json)
   BENCH_ANCHORS_DIR=PATH the anchors (default: ../shared/anchors beside the repo)
 """
@@ -49,11 +60,29 @@ PG_SETTINGS = os.environ.get("BENCH_PG_SETTINGS", "shared_buffers=1GB max_wal_si
 SKIP = set(os.environ.get("BENCH_SKIP", "").split())
 OUT = os.path.abspath(os.environ.get("BENCH_OUT", os.path.join(REPO, "bench", "results",
                                                                 "latest.json")))
-BATCH_SIZE = 1000
+BATCH_SIZE = int(os.environ.get("BENCH_BATCH_SIZE", "1000"))
 FIXTURE_KEYS = {1: bytes(range(32)), 2: bytes(range(32, 64))}  # shared/anchors/README.md
 # The rotation configurations: (worker processes, --concurrency of each).
-MAIN_CONFIGS = [(2, 1), (1, 2)]
+def parse_configs(text):
+    out = []
+    for c in text.split():
+        p, n = c.lower().split("x")
+        out.append((int(p), int(n)))
+    return out
+
+
+MAIN_CONFIGS = parse_configs(os.environ.get("BENCH_CONFIGS", "2x1 1x2"))
 SCALING_PROCS = [1, 2, 4]
+WORK_ARGS = shlex.split(os.environ.get("BENCH_WORK_ARGS", ""))
+SWEEP_BATCH_SIZES = [int(x) for x in os.environ.get("BENCH_SWEEP_BATCH_SIZES", "").split()]
+SWEEP_CONFIGS = parse_configs(os.environ.get("BENCH_SWEEP_CONFIGS", ""))
+STAGES = os.environ.get("BENCH_STAGES", "1,25,50,75,100")
+APP_SECONDS = int(os.environ.get("BENCH_APP_SECONDS", "30"))
+APP_TPS = int(os.environ.get("BENCH_APP_TPS", "400"))
+APP_CLIENTS = int(os.environ.get("BENCH_APP_CLIENTS", "4"))
+GENTLE_ARGS = shlex.split(os.environ.get("BENCH_GENTLE_ARGS", "--max-rows-per-second 5000"))
+PGBENCH = next((p for p in ("/usr/lib/postgresql/15/bin/pgbench", "/usr/bin/pgbench")
+                if os.path.exists(p)), "pgbench")
 
 PG_DIR = None
 WORK = tempfile.mkdtemp(prefix="rekey-bench.")
@@ -155,7 +184,14 @@ def server_cpu_seconds():
 
 # --- fixture, anchors ----------------------------------------------------------------------------
 
+FIXTURE_ROWS = None
+
+
 def build_fixture(rows):
+    global FIXTURE_ROWS
+    if FIXTURE_ROWS == rows:
+        return
+    FIXTURE_ROWS = rows
     t = time.monotonic()
     run(["/usr/bin/python3", os.path.join(ANCHORS, "fixture.py"), str(rows)])
     log(f"fixture: {rows} rows in {time.monotonic() - t:.1f} s")
@@ -211,12 +247,14 @@ def last_json_line(path, key):
     return last
 
 
-def rotate(procs, concurrency, job_args, label):
+def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None):
     """One rotation of the whole table from key 1 to key 2; returns its measurements."""
+    batch_size = batch_size or BATCH_SIZE
+    work_args = WORK_ARGS if work_args is None else work_args
     reset_table()
     t = time.monotonic()
     run([REKEY, "job", "create", "--table", "public.payment_methods", "--column", "token",
-         "--key-id-column", "key_id", "--map", "1:2", "--batch-size", str(BATCH_SIZE),
+         "--key-id-column", "key_id", "--map", "1:2", "--batch-size", str(batch_size),
          "--name", label, *job_args])
     planning_s = time.monotonic() - t
     job = int(psql("SELECT max(job_id) FROM rekey.jobs"))
@@ -227,7 +265,8 @@ def rotate(procs, concurrency, job_args, label):
         base = os.path.join(WORK, f"job{job}-w{i}")
         err = open(base + ".log", "w")
         p = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S %e", "-o", base + ".time", REKEY,
-                              "work", "--job", str(job), "--concurrency", str(concurrency)],
+                              "work", "--job", str(job), "--concurrency", str(concurrency),
+                              *work_args],
                              env=ENV, stdout=subprocess.DEVNULL, stderr=err)
         workers.append((p, base, err))
     codes = [p.wait() for p, _, _ in workers]
@@ -270,6 +309,7 @@ def rotate(procs, concurrency, job_args, label):
     client_cpu = sum(w["user_s"] + w["sys_s"] for w in per_worker)
     res = {
         "label": label, "job": job, "processes": procs, "concurrency": concurrency,
+        "batch_size": batch_size, "work_args": work_args,
         "rows": rows, "wall_s": round(wall_s, 3), "rows_per_s": round(rows / wall_s, 1),
         "us_per_row": round(wall_s / rows * 1e6, 3) if rows else None,
         "planning_s": round(planning_s, 3),
@@ -288,6 +328,130 @@ def rotate(procs, concurrency, job_args, label):
     if not res["verify"]["ok"] or rows == 0:
         raise RuntimeError(f"rotation {label} did not verify: {res['verify']}, rows {rows}")
     return res
+
+
+# --- staged rollout ------------------------------------------------------------------------------
+
+def rotate_staged(label):
+    """The staged job of issue 7: stages BENCH_STAGES, every gate, automatic advance with no
+    observation wait (--observe 0s), the sweep; 2 processes x 1 (the single-stage main config)."""
+    return rotate(2, 1, ["--stages", STAGES, "--observe", "0s"], label)
+
+
+# --- gentleness: an application workload beside rekey -------------------------------------------
+
+PGBENCH_READ = """\\set id random(1, :rows)
+SELECT id, key_id, token, brand, last4 FROM payment_methods WHERE id = :id;
+"""
+PGBENCH_UPDATE = """\\set id random(1, :rows)
+UPDATE payment_methods SET last4 = last4, created_at = created_at WHERE id = :id;
+"""
+
+
+def percentile(sorted_xs, q):
+    if not sorted_xs:
+        return None
+    k = (len(sorted_xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (k - lo)
+
+
+def pgbench_window(label, rows):
+    """Runs the application workload for APP_SECONDS at APP_TPS (pgbench, throttled, so the
+    offered load is the same with and without rekey); returns latency percentiles in ms.
+    With --rate, pgbench's latency counts from the scheduled start: what a client would feel."""
+    d = os.path.join(WORK, f"pgbench-{label}")
+    os.makedirs(d, exist_ok=True)
+    for name, text in (("read.sql", PGBENCH_READ), ("update.sql", PGBENCH_UPDATE)):
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+    out = run([PGBENCH, "-n", "-c", str(APP_CLIENTS), "-j", "2", "-T", str(APP_SECONDS),
+               "-R", str(APP_TPS), "-D", f"rows={rows}", "-f", os.path.join(d, "read.sql") + "@8",
+               "-f", os.path.join(d, "update.sql") + "@2", "--log",
+               "--log-prefix=" + os.path.join(d, "txn")], cwd=d)
+    lat = {0: [], 1: []}
+    for name in os.listdir(d):
+        if not name.startswith("txn."):
+            continue
+        with open(os.path.join(d, name)) as f:
+            for line in f:
+                parts = line.split()
+                # client_id transaction_no time_us script_no epoch epoch_us [schedule_lag]
+                if len(parts) >= 4 and parts[2].isdigit():
+                    lat[int(parts[3])].append(int(parts[2]) / 1000.0)
+    both = sorted(lat[0] + lat[1])
+    tps = re.search(r"tps = ([\d.]+)", out)
+
+    def pct(xs):
+        xs = sorted(xs)
+        return {"p50_ms": round(percentile(xs, 0.5), 3) if xs else None,
+                "p99_ms": round(percentile(xs, 0.99), 3) if xs else None, "n": len(xs)}
+
+    return {"all": pct(both), "reads": pct(lat[0]), "updates": pct(lat[1]),
+            "tps": float(tps.group(1)) if tps else None}
+
+
+def gentle(rows, label):
+    """The application's latency with and without a gentle rekey beside it (issue 7 item 5)."""
+    reset_table()
+    without = pgbench_window(label + "-alone", rows)
+    log(f"app alone: p50 {without['all']['p50_ms']} ms, p99 {without['all']['p99_ms']} ms")
+    reset_table()
+    run([REKEY, "job", "create", "--table", "public.payment_methods", "--column", "token",
+         "--key-id-column", "key_id", "--map", "1:2", "--batch-size", str(BATCH_SIZE),
+         "--stages", "100", "--name", label])
+    job = int(psql("SELECT max(job_id) FROM rekey.jobs"))
+    err_path = os.path.join(WORK, f"{label}-worker.log")
+    err = open(err_path, "w")
+    t0 = time.monotonic()
+    worker = subprocess.Popen([REKEY, "work", "--job", str(job), *GENTLE_ARGS], env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=err)
+    time.sleep(1)  # the worker is connected and claiming before the window opens
+    with_rekey = pgbench_window(label + "-with-rekey", rows)
+    finished_early = worker.poll() is not None
+    if not finished_early:
+        worker.send_signal(signal.SIGTERM)
+    code = worker.wait()
+    wall = time.monotonic() - t0
+    err.close()
+    last = last_json_line(err_path, "rows_reencrypted") or {}
+    done = int(last.get("rows_reencrypted") or 0)
+    res = {"gentle_args": GENTLE_ARGS, "app_seconds": APP_SECONDS, "app_tps_offered": APP_TPS,
+           "app_clients": APP_CLIENTS, "without_rekey": without, "with_rekey": with_rekey,
+           "rekey_exit": code, "rekey_rows": done, "rekey_seconds": round(wall, 2),
+           "rekey_rows_per_s": round(done / wall, 1) if wall else None,
+           "rekey_finished_before_window_end": finished_early}
+    for k in ("p50_ms", "p99_ms"):
+        a, b = without["all"][k], with_rekey["all"][k]
+        res[k.replace("_ms", "_ratio")] = round(b / a, 3) if a and b else None
+    log(f"app with rekey ({' '.join(GENTLE_ARGS)}, {res['rekey_rows_per_s']} rows/s): p50 "
+        f"{with_rekey['all']['p50_ms']} ms, p99 {with_rekey['all']['p99_ms']} ms, p99 ratio "
+        f"{res['p99_ratio']}")
+    if code != 0:
+        raise RuntimeError(f"gentle rekey work exited {code}: {open(err_path).read()[-1500:]}")
+    return res
+
+
+# --- sweep ---------------------------------------------------------------------------------------
+
+def sweep(job_args):
+    """One rotation per (batch size, PROCESSESxCONCURRENCY), with an A2 run for the ratio."""
+    if not SWEEP_BATCH_SIZES and not SWEEP_CONFIGS:
+        return None
+    sizes = SWEEP_BATCH_SIZES or [BATCH_SIZE]
+    configs = SWEEP_CONFIGS or MAIN_CONFIGS
+    a2 = None if "anchors" in SKIP else run_anchors(["A2"]).get("A2", {}).get("rows_per_s")
+    points = []
+    for size in sizes:
+        for procs, conc in configs:
+            x = rotate(procs, conc, job_args, f"bench-sweep-b{size}-{procs}x{conc}", batch_size=size)
+            points.append({"batch_size": size, "processes": procs, "concurrency": conc,
+                           "rows_per_s": x["rows_per_s"], "client_cpu_s": x["client_cpu_s"],
+                           "server_cpu_s": x["server_cpu_s"],
+                           "peak_rss_kib_max": max(w["peak_rss_kib"] for w in x["workers"]),
+                           "ratio_A2": round(x["rows_per_s"] / a2, 3) if a2 else None})
+    best = max(points, key=lambda p: p["rows_per_s"])
+    return {"A2_rows_per_s": a2, "points": points, "best": best}
 
 
 # --- micro-benchmarks ----------------------------------------------------------------------------
@@ -374,10 +538,17 @@ def summarize(runs):
             if ratios:
                 c[f"ratio_{a}"] = round(median(ratios), 3)
         configs[key] = c
-    return {"anchors_rows_per_s": med, "rekey": configs}
+    staged = [r["staged"] for r in runs if "staged" in r]
+    out = {"anchors_rows_per_s": med, "rekey": configs}
+    if staged:
+        out["staged"] = {"stages": STAGES, "runs": len(staged),
+                         "wall_s": median([x["wall_s"] for x in staged]),
+                         "ratio_to_single_stage": median([x.get("ratio_to_single_stage")
+                                                          for x in staged])}
+    return out
 
 
-def bars(summary):
+def bars(summary, gentle_result=None):
     main = {k: summary["rekey"][k] for k in ("2x1", "1x2") if k in summary["rekey"]}
     out = []
 
@@ -395,6 +566,12 @@ def bars(summary):
     bar("peak worker RSS MiB (all runs)", round(rss, 1), rss <= 64, "<= 64 MiB")
     kms = max(c["kms_calls_per_process_max"] for c in summary["rekey"].values())
     bar("KMS calls per key per process (2 keys)", kms / 2, kms / 2 <= 2, "<= 2")
+    st = summary.get("staged", {}).get("ratio_to_single_stage")
+    if st is not None:
+        bar(f"staged ({STAGES}) / single-stage time", st, st <= 1.3, "<= 1.3")
+    if gentle_result and gentle_result.get("p99_ratio") is not None:
+        r = gentle_result["p99_ratio"]
+        bar(f"app p99 with rekey {' '.join(GENTLE_ARGS)} / without", r, r <= 1.15, "<= 1.15")
     return out
 
 
@@ -421,6 +598,33 @@ def print_table(result):
         for name, c in result["micro"]["rekey_vs_openssl_speed"].items():
             print(f"  {name:<22}{c['rekey_ns']:>9.0f} ns  openssl {c['openssl_speed_ns']:>7.0f} ns"
                   f"  x{c['ratio']}")
+    if s.get("staged"):
+        st = s["staged"]
+        print(f"\nstaged {st['stages']} (auto-advance, gates, sweep): {st['wall_s']:.2f} s, "
+              f"x{st['ratio_to_single_stage']} the single-stage time")
+    for k, c in s["rekey"].items():
+        print(f"rekey {k}: planning {c['planning_pct_of_rotation']} % of rotation, peak RSS "
+              f"{c['peak_rss_kib_max'] // 1024} MiB per worker, KMS calls per process "
+              f"{c['kms_calls_per_process_max']} (2 keys)")
+    g = result.get("gentle")
+    if g:
+        print(f"\napplication (pgbench {g['app_tps_offered']} tps offered, {g['app_clients']} "
+              f"clients, {g['app_seconds']} s; 80% point reads, 20% point updates):")
+        for name in ("without_rekey", "with_rekey"):
+            a = g[name]["all"]
+            print(f"  {name:<14} p50 {a['p50_ms']:>8} ms  p99 {a['p99_ms']:>8} ms  "
+                  f"({g[name]['tps']} tps)")
+        print(f"  ratio          p50 x{g['p50_ratio']}  p99 x{g['p99_ratio']}  (rekey "
+              f"{' '.join(g['gentle_args'])}: {g['rekey_rows_per_s']} rows/s measured)")
+    sw = result.get("sweep")
+    if sw:
+        print("\nsweep (one rotation each):")
+        for p in sw["points"]:
+            print(f"  batch {p['batch_size']:>6}  {p['processes']}x{p['concurrency']}  "
+                  f"{p['rows_per_s']:>9.0f} rows/s  /A2 {p['ratio_A2']}")
+        b = sw["best"]
+        print(f"  best: batch {b['batch_size']}, {b['processes']} proc x conc "
+              f"{b['concurrency']}: {b['rows_per_s']:.0f} rows/s")
     print("\nissue-7 bars:")
     for b in result["bars"]:
         print(f"  {'MET ' if b['met'] else 'NOT '} {b['bar']}: {b['value']} (target {b['target']})")
@@ -437,7 +641,8 @@ def main():
     start_server()
     result = {"settings": {"rows": ROWS, "runs": RUNS, "full": FULL, "sizes": SIZES,
                            "anchors": ANCHOR_NAMES, "batch_size": BATCH_SIZE,
-                           "pg_settings": PG_SETTINGS}}
+                           "pg_settings": PG_SETTINGS, "configs": MAIN_CONFIGS,
+                           "work_args": WORK_ARGS, "stages": STAGES}}
     result["machine"] = machine()
     job_args = setup_rekey()
     result["settings"]["job_create_extra_args"] = job_args
@@ -452,6 +657,12 @@ def main():
         for procs, conc in configs:
             r["rekey"][f"{procs}x{conc}"] = rotate(procs, conc, job_args,
                                                    f"bench-run{i + 1}-{procs}x{conc}")
+        if "staged" not in SKIP:
+            st = rotate_staged(f"bench-run{i + 1}-staged")
+            single = r["rekey"].get("2x1")
+            st["ratio_to_single_stage"] = (round(st["wall_s"] / single["wall_s"], 3)
+                                           if single else None)
+            r["staged"] = st
         runs.append(r)
     result["runs"] = runs
     result["summary"] = summarize(runs)
@@ -479,10 +690,14 @@ def main():
             curve.append(point)
         curve.sort(key=lambda p: p["rows"])
     result["size_curve"] = curve
+    if "gentle" not in SKIP:
+        build_fixture(ROWS)
+        result["gentle"] = gentle(ROWS, "bench-gentle")
+    result["sweep"] = sweep(job_args)
     if "micro" not in SKIP and os.path.exists(CODEC_BENCH):
         log("codec micro-benchmarks and openssl speed")
         result["micro"] = micro()
-    result["bars"] = bars(result["summary"])
+    result["bars"] = bars(result["summary"], result.get("gentle"))
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(result, f, indent=2, sort_keys=False)

@@ -608,5 +608,44 @@ TEST_F(RotationTest, PerRowAuditAndAnAppendOnlyAuditLog) {
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'key.created'"), 4);
 }
 
+TEST_F(RotationTest, TwoColumnsWhereOnlySomeValuesMoveKeepTheOthersAsTheyAre) {
+  // Per row, the second column is under the old key, already under the new one, or NULL: the
+  // rewrite sends a NULL element for a value that does not move, and the row keeps it.
+  SeedTinkTable(conn(), "public.cards", 3000, 1);
+  Exec("ALTER TABLE public.cards ADD COLUMN token2 bytea");
+  {
+    pqxx::work txn(conn());
+    for (int64_t id = 1; id <= 3000; ++id) {
+      if (id % 3 == 1) continue;
+      const uint32_t key = id % 3 == 0 ? 2 : 1;
+      txn.exec_params("UPDATE public.cards SET token2 = $1 WHERE id = $2",
+                      pqxx::binarystring(TinkEncrypt(key, "second-" + std::to_string(id))), id);
+    }
+    txn.commit();
+  }
+  int64_t job = CreateJob("'public.cards', ARRAY['token', 'token2'], '{\"1\": 2}'");
+  ProcessResult r = StartWorker(job, 2)->Wait(120);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
+            "completed");
+  {
+    pqxx::read_transaction txn(conn());
+    for (const auto& row : txn.exec("SELECT id, token, token2 FROM public.cards ORDER BY id")) {
+      const int64_t id = row[0].as<int64_t>();
+      uint32_t kid = 0;
+      ASSERT_EQ(TinkDecrypt(pqxx::binarystring(row[1]).str(), &kid), PlaintextFor(id)) << id;
+      ASSERT_EQ(kid, 2u) << id;
+      if (id % 3 == 1) {
+        ASSERT_TRUE(row[2].is_null()) << id;
+        continue;
+      }
+      ASSERT_EQ(TinkDecrypt(pqxx::binarystring(row[2]).str(), &kid), "second-" + std::to_string(id))
+          << id;
+      ASSERT_EQ(kid, 2u) << id;
+    }
+  }
+  ExpectJobConsistent(job);
+}
+
 }  // namespace
 }  // namespace rekey::testing

@@ -18,6 +18,9 @@ struct WorkFlags {
   int concurrency = 1;
   std::string worker_name;
   std::string log_format = "json";
+  rotation::PacingOptions pacing;
+  int64_t target_batch_ms = 0;
+  std::string max_replication_lag;
 };
 
 // Seals what lost the race to seal and logs the chain head, so a copy of it lives outside the
@@ -43,6 +46,13 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   if (flags.job != 0) options.job = flags.job;
   options.concurrency = flags.concurrency;
   options.worker_name = flags.worker_name;
+  options.pacing = flags.pacing;
+  options.pacing.target_batch = std::chrono::milliseconds(flags.target_batch_ms);
+  if (!flags.max_replication_lag.empty()) {
+    options.pacing.max_replication_lag =
+        rotation::ParseDuration(flags.max_replication_lag, "--max-replication-lag");
+  }
+  options.pacing.Validate();
   const std::string conninfo = ConnInfo(global);
   KeyServices keys(conninfo);
   options.kms_available = keys.Availability();
@@ -50,6 +60,8 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   log::Info("worker started",
             {{"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
              {"concurrency", flags.concurrency},
+             {"max_rows_per_second", options.pacing.max_rows_per_second},
+             {"target_batch_ms", flags.target_batch_ms},
              {"worker",
               options.worker_name.empty() ? rotation::DefaultWorkerName() : options.worker_name}});
   pool.Run(stop);
@@ -79,6 +91,17 @@ void AddWorkCommand(CLI::App& app, GlobalOptions& global) {
   work->add_option("--worker-name", flags->worker_name, "Worker id prefix (default host:pid)");
   work->add_option("--log-format", flags->log_format, "json (default) or text")
       ->check(CLI::IsMember({"json", "text"}));
+  // Gentleness (src/rotation/pacer.h): all off by default.
+  work->add_option("--max-rows-per-second", flags->pacing.max_rows_per_second,
+                   "Rows rewritten per second by this process, all claim loops together");
+  work->add_option("--target-batch-ms", flags->target_batch_ms,
+                   "Process batches in chunks whose size adapts towards this duration");
+  work->add_option("--min-chunk-rows", flags->pacing.min_chunk_rows, "Smallest adaptive chunk")
+      ->capture_default_str();
+  work->add_option("--max-chunk-rows", flags->pacing.max_chunk_rows, "Largest adaptive chunk")
+      ->capture_default_str();
+  work->add_option("--max-replication-lag", flags->max_replication_lag,
+                   "Pause claiming while a replica's replay lag exceeds this (e.g. 10s)");
   work->callback([&global, flags] { Work(global, *flags); });
 }
 

@@ -1,7 +1,10 @@
 #include "crypto/aes_gcm.h"
 
 #include <openssl/rand.h>
+#include <pthread.h>
 
+#include <atomic>
+#include <cstring>
 #include <string>
 
 #include "common/error.h"
@@ -27,6 +30,40 @@ void RandomBytes(uint8_t* out, size_t size) {
   if (RAND_bytes(out, static_cast<int>(size)) != 1) {
     throw PermanentError("OpenSSL: the random number generator failed");
   }
+}
+
+namespace {
+
+// Bumped in a fork's child: buffers filled before the fork are then discarded, so parent and
+// child never hand out the same nonce.
+std::atomic<uint64_t> fork_generation{0};
+
+struct IvBuffer {
+  static constexpr size_t kSize = 4096 - 4096 % kGcmIvSize;
+  uint8_t bytes[kSize];
+  size_t used = kSize;
+  uint64_t generation = 0;
+  ~IvBuffer() { OPENSSL_cleanse(bytes, sizeof bytes); }
+};
+
+}  // namespace
+
+void RandomIv(uint8_t* iv) {
+  static const bool registered = [] {
+    pthread_atfork(nullptr, nullptr, [] { fork_generation.fetch_add(1); });
+    return true;
+  }();
+  (void)registered;
+  thread_local IvBuffer buffer;
+  const uint64_t generation = fork_generation.load(std::memory_order_relaxed);
+  if (buffer.used == IvBuffer::kSize || buffer.generation != generation) {
+    RandomBytes(buffer.bytes, IvBuffer::kSize);
+    buffer.used = 0;
+    buffer.generation = generation;
+  }
+  std::memcpy(iv, buffer.bytes + buffer.used, kGcmIvSize);
+  OPENSSL_cleanse(buffer.bytes + buffer.used, kGcmIvSize);
+  buffer.used += kGcmIvSize;
 }
 
 AesGcmKey::AesGcmKey(Secret key) : key_(std::move(key)) {
@@ -64,7 +101,7 @@ AesGcmKey& AesGcmKey::operator=(AesGcmKey&& other) noexcept {
 void AesGcmKey::Seal(const uint8_t* plaintext, size_t size, const uint8_t* ad, size_t ad_size,
                      Bytes* out) {
   uint8_t iv[kGcmIvSize];
-  RandomBytes(iv, sizeof iv);
+  RandomIv(iv);
   SealWithIv(iv, plaintext, size, ad, ad_size, out);
 }
 

@@ -2,8 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <mutex>
 #include <random>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common/error.h"
 
@@ -178,6 +185,49 @@ TEST(AesGcmTest, RandomBytesFills) {
   RandomBytes(b, sizeof b);
   EXPECT_NE(Bytes(a, a + 32), Bytes(b, b + 32));
   EXPECT_NO_THROW(RandomBytes(a, 0));
+}
+
+TEST(AesGcmTest, RandomIvsAreNeverRepeatedAcrossBuffersAndThreads) {
+  std::set<Bytes> seen;
+  std::mutex mu;
+  auto draw = [&](int n) {
+    std::vector<Bytes> mine;
+    for (int i = 0; i < n; ++i) {
+      Bytes iv(kGcmIvSize);
+      RandomIv(iv.data());
+      mine.push_back(iv);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto& iv : mine) EXPECT_TRUE(seen.insert(iv).second) << "a nonce was handed out twice";
+  };
+  // Several refills of the per-thread buffer, in two threads at once.
+  std::thread other(draw, 2000);
+  draw(2000);
+  other.join();
+  EXPECT_EQ(seen.size(), 4000u);
+}
+
+TEST(AesGcmTest, AForkedChildNeverReusesItsParentsBufferedIvs) {
+  uint8_t warm[kGcmIvSize];
+  RandomIv(warm);  // the buffer now holds bytes the child would otherwise inherit
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    uint8_t iv[kGcmIvSize];
+    RandomIv(iv);
+    _exit(write(fds[1], iv, sizeof iv) == ssize_t(sizeof iv) ? 0 : 1);
+  }
+  uint8_t child_iv[kGcmIvSize] = {};
+  ASSERT_EQ(read(fds[0], child_iv, sizeof child_iv), ssize_t(sizeof child_iv));
+  int status = 0;
+  waitpid(child, &status, 0);
+  close(fds[0]);
+  close(fds[1]);
+  uint8_t parent_iv[kGcmIvSize];
+  RandomIv(parent_iv);
+  EXPECT_NE(Bytes(child_iv, child_iv + kGcmIvSize), Bytes(parent_iv, parent_iv + kGcmIvSize));
 }
 
 }  // namespace

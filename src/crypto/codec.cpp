@@ -87,7 +87,7 @@ void SealTinkWithIv(uint32_t key_id, AesGcmKey& key, const uint8_t* iv, const ui
 void SealTink(uint32_t key_id, AesGcmKey& key, const uint8_t* plaintext, size_t size,
               const uint8_t* ad, size_t ad_size, Bytes* out) {
   uint8_t iv[kGcmIvSize];
-  RandomBytes(iv, sizeof iv);
+  RandomIv(iv);
   SealTinkWithIv(key_id, key, iv, plaintext, size, ad, ad_size, out);
 }
 

@@ -1,5 +1,6 @@
-// A token bucket limiting the rate of KMS calls: `rate` tokens per second, at most `burst` saved
-// up. Reserve() takes a token and says how long the caller must wait for it (zero while tokens
+// A token bucket: `rate` tokens per second, at most `burst` saved up. It limits KMS calls (one
+// token per call) and, in `rekey work --max-rows-per-second`, rows (one token per row).
+// Reserve() takes tokens and says how long the caller must wait for them (zero while tokens
 // remain); waiting callers queue fairly because each reservation pushes the next one later.
 //
 // Time comes from the caller. Thread-safety: Reserve() is thread-safe.
@@ -18,7 +19,11 @@ class TokenBucket {
   TokenBucket(double rate, double burst);
 
   // Takes one token; returns how long to wait before using it (zero iff one was available).
-  std::chrono::nanoseconds Reserve(TimePoint now);
+  std::chrono::nanoseconds Reserve(TimePoint now) { return Reserve(now, 1); }
+  // Takes `tokens` tokens at once (a chunk of rows); returns how long to wait before using them.
+  std::chrono::nanoseconds Reserve(TimePoint now, double tokens);
+  // Gives back tokens reserved but not used (a chunk that held fewer rows than it reserved).
+  void Refund(double tokens);
 
  private:
   const double rate_;

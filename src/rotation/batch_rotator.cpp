@@ -9,6 +9,7 @@
 #include "common/bytes.h"
 #include "common/error.h"
 #include "crypto/codec.h"
+#include "db/bytea.h"
 #include "db/identifiers.h"
 
 namespace rekey::rotation {
@@ -17,23 +18,75 @@ namespace {
 using crypto::CodecKind;
 using crypto::DecodeStatus;
 
-// Appends `value` to a bytea[] literal as "\\x<hex>".
+// Appends `value` to a bytea[] literal as "\\x<hex>", in place (no temporary per value).
 void AppendByteaElement(const uint8_t* data, size_t size, std::string* literal) {
+  static constexpr char kDigits[] = "0123456789abcdef";
   if (literal->size() > 1) *literal += ',';
   *literal += "\"\\\\x";
-  *literal += HexEncode(data, size);
-  *literal += '"';
+  size_t at = literal->size();
+  literal->resize(at + 2 * size + 1);
+  char* out = literal->data() + at;
+  for (size_t i = 0; i < size; ++i) {
+    *out++ = kDigits[data[i] >> 4];
+    *out++ = kDigits[data[i] & 0x0f];
+  }
+  *out = '"';
 }
 
-void AppendNullElement(std::string* literal) {
-  if (literal->size() > 1) *literal += ',';
-  *literal += "NULL";
-}
+// A bytea[] parameter in PostgreSQL's binary array format (what array_send writes and
+// array_recv reads), sent as a binary parameter: the server copies each element instead of
+// parsing hex text (array_in, byteain), and the client does not hex-encode.
+class BinaryByteaArray {
+ public:
+  void Append(const uint8_t* data, size_t size) {
+    PutInt32(int32_t(size), &body_);
+    body_.append(reinterpret_cast<const char*>(data), size);
+    ++count_;
+  }
+  void AppendNull() {
+    PutInt32(-1, &body_);
+    has_null_ = true;
+    ++count_;
+  }
+  // ndim 1, the null flag, element type bytea, then the one dimension's size and lower bound.
+  pqxx::binarystring Finish() const {
+    constexpr int32_t kByteaOid = 17;
+    std::string out;
+    out.reserve(20 + body_.size());
+    PutInt32(1, &out);
+    PutInt32(has_null_ ? 1 : 0, &out);
+    PutInt32(kByteaOid, &out);
+    PutInt32(count_, &out);
+    PutInt32(1, &out);
+    out += body_;
+    return pqxx::binarystring(out.data(), out.size());
+  }
+
+ private:
+  static void PutInt32(int32_t v, std::string* out) {
+    uint8_t be[4];
+    PutUint32BigEndian(uint32_t(v), be);
+    out->append(reinterpret_cast<const char*>(be), sizeof be);
+  }
+  std::string body_;
+  int32_t count_ = 0;
+  bool has_null_ = false;
+};
 
 // Variants of the row-locking SELECT, by which batch bounds exist (a generic plan with
 // "$1 IS NULL OR pk >= $1" could not use the primary-key index), and whether the batch is
 // restricted to a stage's buckets.
-enum Variant { kNoBounds = 0, kLo = 1, kHi = 2, kBuckets = 4, kAllVariants = 8 };
+// kAfter (a chunk resuming after the batch's checkpoint) replaces kLo; kLimit bounds a chunk.
+// Only the variants in use are prepared, on first use.
+enum Variant {
+  kNoBounds = 0,
+  kLo = 1,
+  kHi = 2,
+  kBuckets = 4,
+  kAfter = 8,
+  kLimit = 16,
+  kAllVariants = 32
+};
 
 }  // namespace
 
@@ -96,37 +149,11 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
     }
   }
   // Qualified names throughout: an unqualified ORDER BY pk would sort the pk::text output column.
-  std::string select_list = "t." + pk + "::text";
-  for (const auto& column : job_.columns) select_list += ", t." + db::QuoteIdent(column.name);
-  if (!kid.empty()) select_list += ", t." + kid;
-
-  for (int variant = kNoBounds; variant < kAllVariants; ++variant) {
-    int n = 0;
-    std::string where;
-    auto param = [&n] { return "$" + std::to_string(++n); };
-    if (variant & kLo) where += " AND t." + pk + " >= " + param() + "::" + job_.pk_type;
-    if (variant & kHi) where += " AND t." + pk + " < " + param() + "::" + job_.pk_type;
-    if (variant & kBuckets) {
-      where += " AND rekey.stage_bucket(t." + pk + "::text) >= " + param() + "::integer";
-      where += " AND rekey.stage_bucket(t." + pk + "::text) < " + param() + "::integer";
-    }
-    if (job_.scope_column) {
-      where +=
-          " AND t." + db::QuoteIdent(*job_.scope_column) + " = " + param() + "::" + job_.scope_type;
-    }
-    std::string condition = needs_work;
-    std::string prefixes_param = param();
-    std::string ids_param = param();
-    for (size_t at; (at = condition.find("$P")) != std::string::npos;)
-      condition.replace(at, 2, prefixes_param);
-    for (size_t at; (at = condition.find("$K")) != std::string::npos;)
-      condition.replace(at, 2, ids_param);
-    // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
-    conn.prepare(prefix_ + "select" + std::to_string(variant),
-                 "SELECT " + select_list + " FROM " + table + " AS t WHERE (" + condition + ")" +
-                     where + " AND " + prefixes_param + "::bytea[] IS NOT NULL AND " + ids_param +
-                     "::bigint[] IS NOT NULL ORDER BY t." + pk + " FOR UPDATE");
-  }
+  select_list_ = "t." + pk + "::text";
+  for (const auto& column : job_.columns) select_list_ += ", t." + db::QuoteIdent(column.name);
+  if (!kid.empty()) select_list_ += ", t." + kid;
+  needs_work_ = needs_work;
+  select_names_.assign(kAllVariants, std::string());
 
   std::string set_list;
   std::string unnest_args = "$1::" + job_.pk_type + "[]";
@@ -149,8 +176,9 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
                                        unnest_args + ") AS v(" + unnest_names + ") WHERE t." + pk +
                                        " = v.pk");
   conn.prepare(prefix_ + "lock_batch",
-               "SELECT b.state, b.worker_id, j.state FROM rekey.batches b JOIN rekey.jobs j USING "
-               "(job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
+               "SELECT b.state, b.worker_id, j.state, b.resume_after, b.rows_done, b.rows_skipped, "
+               "b.rows_failed, coalesce(b.duration_ms, 0) FROM rekey.batches b JOIN rekey.jobs j "
+               "USING (job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
   conn.prepare(
       prefix_ + "failures",
       "INSERT INTO rekey.row_failures (job_id, batch_no, table_name, pk, column_name, "
@@ -164,11 +192,60 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
       "$4::text[], $5::bigint[], $6::bigint[]) AS a(pk, col, from_key, to_key)");
   conn.prepare(prefix_ + "complete",
                "SELECT rekey.complete_batch($1, $2, $3, $4, $5, $6, $7, $8::jsonb)");
+  conn.prepare(prefix_ + "checkpoint",
+               "SELECT rekey.checkpoint_batch($1, $2, $3, $4, $5, $6, $7, $8)");
   prepared_on_ = &conn;
+}
+
+const std::string& BatchRotator::SelectStatement(pqxx::connection& conn, int variant) {
+  std::string& name = select_names_.at(size_t(variant));
+  if (!name.empty()) return name;
+  const std::string pk = db::QuoteIdent(job_.pk_column);
+  int n = 0;
+  std::string where;
+  auto param = [&n] { return "$" + std::to_string(++n); };
+  if (variant & kLo) where += " AND t." + pk + " >= " + param() + "::" + job_.pk_type;
+  if (variant & kAfter) where += " AND t." + pk + " > " + param() + "::" + job_.pk_type;
+  if (variant & kHi) where += " AND t." + pk + " < " + param() + "::" + job_.pk_type;
+  if (variant & kBuckets) {
+    where += " AND rekey.stage_bucket(t." + pk + "::text) >= " + param() + "::integer";
+    where += " AND rekey.stage_bucket(t." + pk + "::text) < " + param() + "::integer";
+  }
+  if (job_.scope_column) {
+    where +=
+        " AND t." + db::QuoteIdent(*job_.scope_column) + " = " + param() + "::" + job_.scope_type;
+  }
+  std::string condition = needs_work_;
+  std::string prefixes_param = param();
+  std::string ids_param = param();
+  for (size_t at; (at = condition.find("$P")) != std::string::npos;)
+    condition.replace(at, 2, prefixes_param);
+  for (size_t at; (at = condition.find("$K")) != std::string::npos;)
+    condition.replace(at, 2, ids_param);
+  std::string limit;
+  if (variant & kLimit) limit = " LIMIT " + param() + "::bigint";
+  // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
+  const std::string statement = prefix_ + "select" + std::to_string(variant);
+  conn.prepare(statement, "SELECT " + select_list_ + " FROM " + job_.QualifiedTable() +
+                              " AS t WHERE (" + condition + ")" + where + " AND " + prefixes_param +
+                              "::bytea[] IS NOT NULL AND " + ids_param +
+                              "::bigint[] IS NOT NULL ORDER BY t." + pk + limit + " FOR UPDATE");
+  name = statement;
+  return name;
 }
 
 BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& batch,
                                   const std::string& worker_id) {
+  return Run(conn, batch, worker_id, std::nullopt).batch;
+}
+
+ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatch& batch,
+                                       const std::string& worker_id, int max_rows) {
+  return Run(conn, batch, worker_id, std::max(max_rows, 1));
+}
+
+ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
+                              const std::string& worker_id, std::optional<int> max_rows) {
   const auto started = std::chrono::steady_clock::now();
   // Every key through the source again, before any row is locked: the data-key cache answers
   // from memory until its TTL ends, so a key revoked in the KMS stops being used within one TTL,
@@ -177,25 +254,36 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
   keys_.clear();
   LoadKeys();
   if (prepared_on_ != &conn) Prepare(conn);
-  BatchResult result;
+  ChunkResult chunk;
+  BatchResult& result = chunk.batch;
   pqxx::work txn(conn);
 
   pqxx::result lock = txn.exec_prepared(prefix_ + "lock_batch", batch.job_id, batch.batch_no);
   if (lock.empty() || lock[0][0].as<std::string>() != "running" || lock[0][1].is_null() ||
       lock[0][1].as<std::string>() != worker_id) {
     result.outcome = BatchResult::Outcome::kLost;
-    return result;
+    return chunk;
   }
   if (lock[0][2].as<std::string>() != "active") {
     result.outcome = BatchResult::Outcome::kJobNotActive;
-    return result;
+    return chunk;
   }
+  // What earlier chunks of this batch committed (all zero for a batch processed in one piece).
+  std::optional<std::string> resume_after;
+  if (!lock[0][3].is_null()) resume_after = lock[0][3].as<std::string>();
+  const int earlier_done = lock[0][4].as<int>();
+  const int earlier_skipped = lock[0][5].as<int>();
+  const int earlier_failed = lock[0][6].as<int>();
+  const double earlier_ms = lock[0][7].as<double>();
 
   const Direction& direction = batch.rollback ? backward_ : forward_;
   const std::map<uint32_t, uint32_t>& key_map = direction.key_map;
   std::vector<std::string> params;
   int variant = kNoBounds;
-  if (batch.lo) {
+  if (resume_after) {
+    params.push_back(*resume_after);
+    variant |= kAfter;
+  } else if (batch.lo) {
     params.push_back(*batch.lo);
     variant |= kLo;
   }
@@ -211,39 +299,54 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
   if (job_.scope_column) params.push_back(*job_.scope_value);
   params.push_back(direction.source_prefixes_literal);
   params.push_back(direction.source_ids_literal);
-  pqxx::result rows = txn.exec_prepared(prefix_ + "select" + std::to_string(variant),
-                                        pqxx::prepare::make_dynamic_params(params));
+  if (max_rows) {
+    // One row more than the chunk handles says whether the batch goes on after it.
+    params.push_back(std::to_string(int64_t(*max_rows) + 1));
+    variant |= kLimit;
+  }
+  pqxx::result rows =
+      txn.exec_prepared(SelectStatement(conn, variant), pqxx::prepare::make_dynamic_params(params));
+  const bool more = max_rows && rows.size() > size_t(*max_rows);
+  const pqxx::result::size_type handled = more ? pqxx::result::size_type(*max_rows) : rows.size();
+  chunk.rows_locked = int(handled);
+  std::string last_pk;
 
   const size_t ncols = job_.columns.size();
   const int kid_field = job_.key_id_column ? int(1 + ncols) : -1;
   std::string pk_literal = "{";
-  std::vector<std::string> column_literals(ncols, "{");
+  std::vector<BinaryByteaArray> column_arrays(ncols);
   std::string kid_literal = "{";
   std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid;
   std::vector<std::string> audit_pk, audit_col, audit_from, audit_to;
-  std::map<std::string, int> moved;  // "1->2" -> values, for the audit row
+  std::map<std::pair<uint32_t, uint32_t>, int> moved;  // (from, to) -> values, for the audit row
 
   std::string ad;
   Bytes plaintext;
   Bytes sealed;
-  std::vector<std::optional<Bytes>> new_values(ncols);
+  Bytes stored;
+  // Per column of the current row: its new value, if it has one. Buffers are reused across rows.
+  std::vector<Bytes> new_values(ncols);
+  std::vector<char> has_new(ncols);
   std::vector<std::pair<uint32_t, uint32_t>> value_keys(ncols);
   const crypto::KeyLookup source_lookup = [this, &key_map](uint32_t id) -> crypto::AesGcmKey* {
     return key_map.count(id) ? Key(id) : nullptr;
   };
 
-  for (const auto& row : rows) {
+  for (pqxx::result::size_type r = 0; r < handled; ++r) {
+    const auto row = rows[r];
     const std::string pk = row[0].as<std::string>();
+    if (r + 1 == handled) last_pk = pk;
     std::optional<uint32_t> row_kid;
     if (kid_field >= 0 && !row[kid_field].is_null()) row_kid = row[kid_field].as<uint32_t>();
     bool failed = false;
     bool changed = false;
     std::optional<uint32_t> new_kid;
     for (size_t i = 0; i < ncols; ++i) {
-      new_values[i].reset();
+      has_new[i] = false;
       const auto& field = row[int(1 + i)];
       if (field.is_null()) continue;
-      const pqxx::binarystring value(field);
+      db::ReadBytea(field, &stored);
+      const Bytes& value = stored;
       const auto& column = job_.columns[i];
       const bool tink = column.codec == CodecKind::kTink;
       std::optional<uint32_t> source;
@@ -288,7 +391,8 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
                         &sealed);
       }
       OPENSSL_cleanse(plaintext.data(), plaintext.size());
-      new_values[i] = sealed;
+      new_values[i].assign(sealed.begin(), sealed.end());
+      has_new[i] = true;
       value_keys[i] = {*source, target};
       if (!new_kid) new_kid = target;
       changed = true;
@@ -304,11 +408,9 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
     ++result.rows_done;
     db::AppendTextArrayElement(pk, &pk_literal);
     for (size_t i = 0; i < ncols; ++i) {
-      if (new_values[i]) {
-        AppendByteaElement(new_values[i]->data(), new_values[i]->size(), &column_literals[i]);
-        auto key =
-            std::to_string(value_keys[i].first) + "->" + std::to_string(value_keys[i].second);
-        ++moved[key];
+      if (has_new[i]) {
+        column_arrays[i].Append(new_values[i].data(), new_values[i].size());
+        ++moved[value_keys[i]];
         if (job_.per_row_audit) {
           audit_pk.push_back(pk);
           audit_col.push_back(job_.columns[i].name);
@@ -316,7 +418,7 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
           audit_to.push_back(std::to_string(value_keys[i].second));
         }
       } else {
-        AppendNullElement(&column_literals[i]);
+        column_arrays[i].AppendNull();
       }
     }
     if (kid_field >= 0) {
@@ -326,10 +428,15 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
   }
 
   if (result.rows_done > 0) {
-    std::vector<std::string> update_params{pk_literal + "}"};
-    for (auto& literal : column_literals) update_params.push_back(literal + "}");
-    if (kid_field >= 0) update_params.push_back(kid_literal + "}");
-    txn.exec_prepared(prefix_ + "update", pqxx::prepare::make_dynamic_params(update_params));
+    std::vector<pqxx::binarystring> arrays;
+    for (const auto& array : column_arrays) arrays.push_back(array.Finish());
+    if (kid_field >= 0) {
+      txn.exec_prepared(prefix_ + "update", pk_literal + "}",
+                        pqxx::prepare::make_dynamic_params(arrays), kid_literal + "}");
+    } else {
+      txn.exec_prepared(prefix_ + "update", pk_literal + "}",
+                        pqxx::prepare::make_dynamic_params(arrays));
+    }
   }
   if (!fail_pk.empty()) {
     std::string kids = "{";
@@ -358,15 +465,39 @@ BatchResult BatchRotator::Process(pqxx::connection& conn, const ClaimedBatch& ba
                       ints(audit_from), ints(audit_to));
   }
 
-  nlohmann::json details = {{"keys", moved}, {"attempt", batch.attempt}};
-  if (batch.rollback) details["rollback"] = true;
-  if (!fail_pk.empty()) details["quarantined_classes"] = fail_class;
   result.duration_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
-  txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id, result.rows_done,
-                    result.rows_skipped, result.rows_failed, result.duration_ms, details.dump());
+  if (more) {
+    txn.exec_prepared(prefix_ + "checkpoint", batch.job_id, batch.batch_no, worker_id, last_pk,
+                      result.rows_done, result.rows_skipped, result.rows_failed,
+                      result.duration_ms);
+    txn.commit();
+    return chunk;
+  }
+  std::map<std::string, int> moved_keys;  // "1->2" -> values
+  for (const auto& [keys, n] : moved) {
+    moved_keys[std::to_string(keys.first) + "->" + std::to_string(keys.second)] = n;
+  }
+  nlohmann::json details = {{"keys", moved_keys}, {"attempt", batch.attempt}};
+  if (batch.rollback) details["rollback"] = true;
+  if (!fail_pk.empty()) details["quarantined_classes"] = fail_class;
+  if (resume_after || earlier_done || earlier_skipped || earlier_failed) {
+    // The keys moved by earlier chunks are in their rows' value audit (if kept); the audit row
+    // counts the whole batch.
+    details["resumed_from_checkpoint"] = true;
+  }
+  if (result.rows_done == 0 && fail_pk.empty() && earlier_failed == 0) {
+    // Nothing of the table changed (typically a sweep batch that found nothing): the completion
+    // need not wait for a WAL flush. Lost in a server crash, the batch is simply done again.
+    txn.exec0("SET LOCAL synchronous_commit = off");
+  }
+  txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
+                    earlier_done + result.rows_done, earlier_skipped + result.rows_skipped,
+                    earlier_failed + result.rows_failed, earlier_ms + result.duration_ms,
+                    details.dump());
   txn.commit();
-  return result;
+  chunk.batch_finished = true;
+  return chunk;
 }
 
 }  // namespace rekey::rotation

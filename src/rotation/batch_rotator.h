@@ -8,6 +8,10 @@
 // at all. Because only values still under a source key are selected, and they stay locked until
 // commit, a value the application changed is never overwritten and re-processing a batch never
 // encrypts a value twice.
+//
+// A paced worker (rotation/pacer.h) processes a batch in chunks instead (ProcessChunk): each
+// chunk is one such transaction over the next rows after the batch's checkpoint; all but the
+// last commit the rows with the advanced checkpoint and counts, the last completes the batch.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -53,6 +57,12 @@ struct BatchResult {
   double duration_ms = 0;
 };
 
+struct ChunkResult {
+  BatchResult batch;            // the outcome, and the counts and time of this chunk alone
+  bool batch_finished = false;  // this chunk completed the batch (outcome kDone)
+  int rows_locked = 0;          // rows the chunk held (re-encrypted, skipped or quarantined)
+};
+
 // Resolves a rekey key id to its plaintext data key (normally keyring::DataKeyCache::Get).
 // Throws KeyError when the key cannot be had, TransientError when the KMS may recover.
 using DataKeySource = std::function<Secret(uint32_t key_id)>;
@@ -76,6 +86,14 @@ class BatchRotator {
   BatchResult Process(pqxx::connection& conn, const ClaimedBatch& batch,
                       const std::string& worker_id);
 
+  // Processes, in one transaction, at most `max_rows` (>= 1) of the rows of `batch` that still
+  // need work after the batch's checkpoint (rekey.batches.resume_after). If rows remain after
+  // them, commits them with the advanced checkpoint and the batch's running counts
+  // (rekey.checkpoint_batch); otherwise completes the batch with its totals and its audit row
+  // (batch_finished). Throws as Process does; then nothing of this chunk was committed.
+  ChunkResult ProcessChunk(pqxx::connection& conn, const ClaimedBatch& batch,
+                           const std::string& worker_id, int max_rows);
+
  private:
   // The key moves of one direction: source -> target, and the SQL filters for "still under a
   // source key".
@@ -86,6 +104,10 @@ class BatchRotator {
   };
   static Direction MakeDirection(std::map<uint32_t, uint32_t> key_map);
   void Prepare(pqxx::connection& conn);
+  // The row-locking SELECT of `variant` (see batch_rotator.cpp), prepared on first use.
+  const std::string& SelectStatement(pqxx::connection& conn, int variant);
+  ChunkResult Run(pqxx::connection& conn, const ClaimedBatch& batch, const std::string& worker_id,
+                  std::optional<int> max_rows);
   crypto::AesGcmKey* Key(uint32_t key_id);
 
   jobs::JobDefinition job_;
@@ -95,6 +117,9 @@ class BatchRotator {
   Direction forward_;
   Direction backward_;  // for rollback batches
   const pqxx::connection* prepared_on_ = nullptr;
+  std::string select_list_;                // of the row-locking SELECT
+  std::string needs_work_;                 // its filter, with $P and $K for the key parameters
+  std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
 };
 
 }  // namespace rekey::rotation

@@ -8,6 +8,7 @@
 #include "common/bytes.h"
 #include "common/error.h"
 #include "crypto/codec.h"
+#include "db/bytea.h"
 #include "db/identifiers.h"
 
 namespace rekey::rotation {
@@ -84,6 +85,7 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
   std::optional<std::string> last;
   std::string ad;
   Bytes plaintext;
+  Bytes value;
   const size_t ncols = job.columns.size();
   const int kid_field = job.key_id_column ? int(1 + ncols) : -1;
   while (true) {
@@ -98,7 +100,7 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
       for (size_t i = 0; i < ncols; ++i) {
         if (row[int(1 + i)].is_null()) continue;
         ++report.values;
-        const pqxx::binarystring value(row[int(1 + i)]);
+        db::ReadBytea(row[int(1 + i)], &value);
         const auto& column = job.columns[i];
         if (!job.associated_data.empty()) {
           job.associated_data.Render(job.schema_name, job.table_name, column.name, pk_text, &ad);

@@ -30,6 +30,7 @@
 #include <string>
 
 #include "rotation/batch_rotator.h"
+#include "rotation/pacer.h"
 
 namespace rekey::rotation {
 
@@ -42,6 +43,7 @@ struct WorkerOptions {
   // the loops then claim nothing, so no batch is started, failed or quarantined for an outage, and
   // they resume by themselves once it turns true. nullptr: always available.
   std::function<bool()> kms_available;
+  PacingOptions pacing;  // rate limit, chunking, replication lag (pacer.h)
 };
 
 struct WorkerStats {
@@ -78,6 +80,7 @@ class WorkerPool {
   std::mutex fatal_mu_;
   std::exception_ptr fatal_;
   std::atomic<bool> fatal_set_{false};
+  Pacer pacer_;  // shared by the claim loops: the rate limit is per process
 };
 
 // <hostname>:<pid>, the default worker name (a Kubernetes pod's hostname is its name).
