@@ -2,10 +2,15 @@
 // batch in hand, exit 0). A Kubernetes Job with `parallelism: N` runs N of these.
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <memory>
+#include <thread>
+
 #include "cli_support.h"
 #include "commands.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "ops/ops_service.h"
 #include "rotation/worker_pool.h"
 
 namespace rekey::cli {
@@ -17,6 +22,8 @@ struct WorkFlags {
   int concurrency = 1;
   std::string worker_name;
   std::string log_format = "json";
+  std::string listen;  // empty: no HTTP endpoints
+  int linger_seconds = 0;
 };
 
 void Work(const GlobalOptions& global, const WorkFlags& flags) {
@@ -30,7 +37,25 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   options.concurrency = flags.concurrency;
   options.worker_name = flags.worker_name;
   const std::string conninfo = ConnInfo(global);
-  KeyServices keys(conninfo);
+  std::unique_ptr<ops::OpsService> ops;
+  KeyServices::WrapClient wrap;
+  if (!flags.listen.empty()) {
+    ops = std::make_unique<ops::OpsService>(conninfo);
+    options.observer = &ops->metrics();
+    wrap =
+        [o = ops.get()](std::unique_ptr<kms::KmsClient> client) -> std::unique_ptr<kms::KmsClient> {
+      return std::make_unique<ops::InstrumentedKms>(std::move(client), o->metrics(),
+                                                    o->kms_watch());
+    };
+  }
+  KeyServices keys(conninfo, wrap);
+  if (ops) {
+    ops->SetCacheTotals(
+        [&keys] { return std::make_pair(keys.cache().hits(), keys.cache().misses()); });
+    ops->Listen(ops::ParseListenAddress(flags.listen));
+    log::Info("serving /metrics, /healthz and /readyz",
+              {{"listen", flags.listen}, {"port", ops->port()}, {"action", "http.listen"}});
+  }
   rotation::WorkerPool pool(conninfo, options, keys.Source());
   log::Info("worker started",
             {{"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
@@ -47,6 +72,17 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
              {"kms_calls", keys.cache().kms_calls()},
              {"key_cache_hits", keys.cache().hits()},
              {"key_cache_misses", keys.cache().misses()}});
+  // A Job's pod disappears when the process exits; lingering lets Prometheus scrape the final
+  // counters first. SIGTERM ends the wait at once.
+  if (ops && flags.linger_seconds > 0 && !stop) {
+    log::Info("lingering so the final metrics can be scraped",
+              {{"seconds", flags.linger_seconds}, {"action", "http.linger"}});
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::seconds(flags.linger_seconds);
+    while (!stop && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
 }
 
 }  // namespace
@@ -62,6 +98,11 @@ void AddWorkCommand(CLI::App& app, GlobalOptions& global) {
   work->add_option("--worker-name", flags->worker_name, "Worker id prefix (default host:pid)");
   work->add_option("--log-format", flags->log_format, "json (default) or text")
       ->check(CLI::IsMember({"json", "text"}));
+  work->add_option("--listen", flags->listen,
+                   "Serve /metrics, /healthz and /readyz on ADDR:PORT (e.g. 0.0.0.0:9090)");
+  work->add_option("--linger", flags->linger_seconds,
+                   "With --listen: keep serving this many seconds after the work is done")
+      ->check(CLI::Range(0, 3600));
   work->callback([&global, flags] { Work(global, *flags); });
 }
 

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "rotation/batch_rotator.h"
+#include "rotation/worker_observer.h"
 
 namespace rekey::rotation {
 
@@ -33,6 +34,7 @@ struct WorkerOptions {
   int concurrency = 1;                       // claim loops, each with its own connection
   std::string worker_name;                   // default: <hostname>:<pid>; loops append /<n>
   std::chrono::milliseconds idle_poll{500};  // while other workers still hold batches
+  WorkerObserver* observer = nullptr;        // not owned; must outlive Run(); may be null
 };
 
 struct WorkerStats {
@@ -60,6 +62,7 @@ class WorkerPool {
   // observation period is over. Returns true iff a stage opened (there may be work to claim).
   bool AdvanceJobs(pqxx::connection& conn, const std::string& worker_id, const char* job_param);
   void SetFatal(std::exception_ptr error);
+  void Observe(BatchOutcome outcome, const BatchResult* result);
 
   std::string conninfo_;
   WorkerOptions options_;
