@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
   libgtest-dev libgmock-dev libbenchmark-dev \
   postgresql-15 postgresql-client-15 \
   python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc \
-  prometheus nodejs npm
+  prometheus nodejs
 
 .PHONY: all deps configure build test test-unit test-pg demo bench format clean
 
