@@ -1,10 +1,13 @@
 // Operations subcommands: `rekey keys status` and `rekey keys policy` (key-age policy),
 // `rekey rotate-due` (what the CronJob runs) and `rekey report` (compliance evidence).
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
 #include "cli_support.h"
 #include "commands.h"
@@ -14,6 +17,7 @@
 #include "keyring/key_policy.h"
 #include "kms/kms_registry.h"
 #include "ops/compliance_report.h"
+#include "ops/ops_service.h"
 #include "rotation/rotation_scheduler.h"
 
 namespace rekey::cli {
@@ -183,6 +187,18 @@ void ReportCommand(const GlobalOptions& global, const ReportFlags& flags) {
   }
 }
 
+// Serves the deployment-wide gauges (key ages, overdue keys, jobs, progress) between rotations,
+// when no worker runs: a small Deployment that alerts such as RekeyKeyRotationOverdue rely on.
+void Exporter(const GlobalOptions& global, const std::string& listen) {
+  const std::atomic<bool>& stop = InstallStopSignals();
+  ops::OpsService service(ConnInfo(global));
+  service.Listen(ops::ParseListenAddress(listen));
+  log::Info("serving /metrics, /healthz and /readyz",
+            {{"listen", listen}, {"port", service.port()}, {"action", "http.listen"}});
+  while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  log::Info("exporter stopped by signal", {{"action", "http.stop"}});
+}
+
 }  // namespace
 
 void AddOpsCommands(CLI::App& app, GlobalOptions& global) {
@@ -239,6 +255,12 @@ void AddOpsCommands(CLI::App& app, GlobalOptions& global) {
       ->capture_default_str();
   rotate->add_option("--batch-size", due->batch_size, "Rows per batch")->capture_default_str();
   rotate->callback([&global, due] { RotateDueCommand(global, *due); });
+
+  auto listen = std::make_shared<std::string>("0.0.0.0:9090");
+  CLI::App* exporter = app.add_subcommand(
+      "exporter", "Serve /metrics (keyring and job gauges), /healthz and /readyz until SIGTERM");
+  exporter->add_option("--listen", *listen, "ADDR:PORT")->capture_default_str();
+  exporter->callback([&global, listen] { Exporter(global, *listen); });
 
   auto report = std::make_shared<ReportFlags>();
   CLI::App* rep = app.add_subcommand(
