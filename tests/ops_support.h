@@ -22,11 +22,14 @@ struct HttpResult {
   std::string body;
 };
 
-inline HttpResult HttpGet(int port, const std::string& path) {
+// GET (or, with a body, POST) http://127.0.0.1:<port><path>.
+inline HttpResult HttpGet(int port, const std::string& path,
+                          const std::optional<std::string>& post_body = std::nullopt) {
   HttpResult out;
   CURL* curl = curl_easy_init();
   const std::string url = "http://127.0.0.1:" + std::to_string(port) + path;
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  if (post_body) curl_easy_setopt(curl, CURLOPT_POSTFIELDS, post_body->c_str());
   curl_easy_setopt(curl, CURLOPT_TIMEOUT, 15L);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(
