@@ -41,7 +41,11 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
   std::ostringstream md;
   md << "# Key rotation report: job " << Text(job["job_id"]) << "\n\n";
   md << "| | |\n|---|---|\n";
-  md << "| Target | `" << Cell(job["target"]) << "` columns " << Cell(job["columns"]) << " |\n";
+  std::string columns;
+  for (const auto& c : job["columns"].is_array() ? job["columns"] : nlohmann::json::array()) {
+    columns += (columns.empty() ? "`" : ", `") + Text(c) + "`";
+  }
+  md << "| Target | `" << Cell(job["target"]) << "`, columns " << columns << " |\n";
   if (!job["scope"].is_null()) {
     md << "| Scope | " << Cell(job["scope"]["column"]) << " = " << Cell(job["scope"]["value"])
        << " |\n";
@@ -58,14 +62,15 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
 
   md << "## Keys\n\nKey material is never part of this report; keys are identified by id and by "
         "the KMS key that wraps them.\n\n";
-  md << "| Before (id, KMS) | status now | After (id, KMS) | status now |\n|---|---|---|---|\n";
+  md << "| | key id | scope | KMS | wrapping key | status now |\n|---|---|---|---|---|---|\n";
   for (const auto& k : r["keys"].is_array() ? r["keys"] : nlohmann::json::array()) {
-    md << "| " << Cell(k["before"]["key_id"]) << " `" << Cell(k["before"]["kms_provider"]) << ":"
-       << Cell(k["before"]["kms_key_ref"]) << "` | " << Cell(k["before"]["status_now"]) << " | "
-       << Cell(k["after"]["key_id"]) << " `" << Cell(k["after"]["kms_provider"]) << ":"
-       << Cell(k["after"]["kms_key_ref"]) << "` | " << Cell(k["after"]["status_now"]) << " |\n";
+    for (const char* side : {"before", "after"}) {
+      const auto& key = k[side];
+      md << "| " << side << " | " << Cell(key["key_id"]) << " | " << Cell(key["scope"]) << " | "
+         << Cell(key["kms_provider"]) << " | `" << Cell(key["kms_key_ref"]) << "` | "
+         << Cell(key["status_now"]) << " |\n";
+    }
   }
-
   md << "\n## Stage timeline\n\n";
   md << "| # | kind | % | state | opened | finished | rows re-encrypted | quarantined | gate | "
         "values checked | error rate | approved by |\n"
@@ -79,6 +84,12 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
       rate = Percent(g["error_rate"]);
       if (!g["approved_by"].is_null()) {
         approved = Cell(g["approved_by"]) + " at " + Cell(g["approved_at"]);
+      } else if (g["passed"].get<bool>()) {
+        // A passed gate of the last rollout stage opens the sweep by itself; an earlier one
+        // without an approval is the job's current wait.
+        approved = job["state"] == "awaiting_approval" && s == r["stages"].back()
+                       ? "awaiting approval"
+                       : "not required";
       }
     }
     md << "| " << Cell(s["stage_no"]) << " | " << Cell(s["kind"]) << " | " << Cell(s["percent"])
@@ -111,7 +122,9 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
   md << "; " << Cell(audit["events"]) << " audit events for the job from "
      << Cell(audit["first_event_at"]) << " to " << Cell(audit["last_event_at"]) << ".\n";
 
-  md << "\n## Decisions and approvals\n\n| at | action | actor | outcome |\n|---|---|---|---|\n";
+  md << "\n## Decisions and approvals\n\nActors are database roles. Advances made by the "
+        "workers' role are automatic, after a passed gate's observation period (--observe).\n\n"
+        "| at | action | actor | outcome |\n|---|---|---|---|\n";
   for (const auto& a : r["approvals"]) {
     md << "| " << Cell(a["at"]) << " | " << Cell(a["action"]) << " | " << Cell(a["actor"]) << " | "
        << Cell(a["outcome"]) << " |\n";
