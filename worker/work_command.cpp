@@ -58,14 +58,17 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   }
   rotation::WorkerPool pool(conninfo, options, keys.Source());
   log::Info("worker started",
-            {{"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
+            {{"action", "worker.started"},
+             {"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
              {"concurrency", flags.concurrency},
              {"worker",
               options.worker_name.empty() ? rotation::DefaultWorkerName() : options.worker_name}});
   pool.Run(stop);
   const auto& stats = pool.stats();
   log::Info(stop ? "worker stopped by signal" : "no work left; worker exiting",
-            {{"batches", stats.batches_done.load()},
+            {{"action", "worker.stopped"},
+             {"outcome", "success"},
+             {"batches", stats.batches_done.load()},
              {"rows_reencrypted", stats.rows_reencrypted.load()},
              {"rows_skipped", stats.rows_skipped.load()},
              {"rows_quarantined", stats.rows_quarantined.load()},

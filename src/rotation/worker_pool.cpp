@@ -247,8 +247,11 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       const bool transient =
           key_problem || db::IsTransient(e) || dynamic_cast<const TransientError*>(&e) != nullptr;
       ++consecutive_failures;
-      nlohmann::json fields = {
-          {"worker", worker_id}, {"error", e.what()}, {"transient", transient}};
+      nlohmann::json fields = {{"worker", worker_id},
+                               {"error", e.what()},
+                               {"transient", transient},
+                               {"action", "rotation.batch.attempt"},
+                               {"outcome", transient ? "retry" : "failure"}};
       if (batch) {
         fields["job"] = batch->job_id;
         fields["batch"] = batch->batch_no;
