@@ -42,5 +42,6 @@ GRANT UPDATE (token, key_id) ON :target_table TO rekey_worker;
 
 -- Monitor: the views the exporter reads (views run with their owner's rights, so the wrapped
 -- keys in rekey.keys stay out of reach).
-GRANT SELECT ON rekey.key_age, rekey.progress, rekey.jobs TO rekey_monitor;
+GRANT SELECT ON rekey.key_age, rekey.progress, rekey.jobs, rekey.batches, rekey.job_stages
+  TO rekey_monitor;
 REVOKE ALL ON rekey.keys FROM rekey_monitor;

@@ -2,6 +2,7 @@
 // PostgreSQL, driven through the rekey binary.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <memory>
@@ -10,6 +11,7 @@
 
 #include "harness/pg_server.h"
 #include "harness/process.h"
+#include "ops_support.h"
 #include "rotation_support.h"
 
 namespace rekey::testing {
@@ -131,6 +133,23 @@ TEST_F(OpsSchedulingTest, RotateDueRotatesOverdueScopesAFewPerRunThroughStagedJo
             "1->6 public.cards_a 10,100; 2->7 public.cards_b 10,100");
   EXPECT_EQ(Scalar("SELECT scope || ':' || status FROM rekey.keys WHERE key_id = 6"), "a:enabled");
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.scheduled'"), 2);
+
+  // The exporter shows the scheduled jobs' progress (nothing processed yet) and the overdue keys.
+  {
+    ChildProcess exporter(
+        {REKEY_BINARY, "--db", conninfo(), "exporter", "--listen", "127.0.0.1:0"});
+    auto started = WaitForLog(exporter, "serving /metrics");
+    ASSERT_TRUE(started) << ReadFile(exporter.stderr_path());
+    const std::string m = HttpGet(ListenPort(*started), "/metrics").body;
+    EXPECT_EQ(Sample(m, "rekey_job_rows{job_id=\"1\",state=\"active\"}"), 300) << m;
+    EXPECT_EQ(Sample(m, "rekey_job_rows_processed{job_id=\"1\",state=\"active\"}"), 0);
+    EXPECT_EQ(Sample(m, "rekey_jobs{state=\"active\"}"), 2);
+    EXPECT_EQ(Sample(m, "rekey_keys_overdue"), 4) << "still primary until their jobs promote";
+    EXPECT_EQ(Sample(m, "rekey_key_max_age_seconds{key_id=\"1\",scope=\"a\",status=\"primary\"}"),
+              1);
+    exporter.Signal(SIGTERM);
+    EXPECT_EQ(exporter.Wait(30).exit_code, 0);
+  }
 
   json second = RekeyJson({"rotate-due", "--max-jobs", "2", "--observe", "0s", "--json"});
   EXPECT_EQ(Actions(second),

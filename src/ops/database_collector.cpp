@@ -35,10 +35,18 @@ DatabaseSnapshot ReadDatabaseSnapshot(pqxx::transaction_base& txn) {
   for (const auto& row : txn.exec("SELECT state, count(*) FROM rekey.jobs GROUP BY state")) {
     s.jobs_by_state[row[0].as<std::string>()] = row[1].as<int64_t>();
   }
+  // Only unfinished jobs' batches are read (rekey.progress would aggregate every job ever run),
+  // so a scrape stays cheap however long the history grows.
   for (const auto& row :
-       txn.exec("SELECT job_id, state, coalesce(rows_total, 0)::float8, "
-                "coalesce(rows_processed, 0)::float8 FROM rekey.progress"
-                " WHERE state NOT IN ('completed', 'cancelled', 'rolled_back') ORDER BY job_id")) {
+       txn.exec("SELECT j.job_id, j.state,"
+                "       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'), 0)::float8,"
+                "       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'"
+                "                                          AND b.state = 'done'), 0)::float8"
+                "  FROM rekey.jobs j"
+                "  LEFT JOIN rekey.batches b ON b.job_id = j.job_id"
+                "  LEFT JOIN rekey.job_stages s ON s.job_id = b.job_id AND s.stage_no = b.stage_no"
+                " WHERE j.state NOT IN ('completed', 'cancelled', 'rolled_back')"
+                " GROUP BY j.job_id, j.state ORDER BY j.job_id")) {
     s.jobs.push_back(
         {row[0].as<int64_t>(), row[1].as<std::string>(), row[2].as<double>(), row[3].as<double>()});
   }
