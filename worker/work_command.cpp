@@ -49,6 +49,13 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
     };
   }
   KeyServices keys(conninfo, wrap);
+  // The endpoints read `keys` (cache totals): stop them before `keys` goes, on every path out.
+  struct StopServing {
+    ops::OpsService* ops;
+    ~StopServing() {
+      if (ops) ops->Stop();
+    }
+  } stop_serving{ops.get()};
   if (ops) {
     ops->SetCacheTotals(
         [&keys] { return std::make_pair(keys.cache().hits(), keys.cache().misses()); });

@@ -36,6 +36,9 @@ class OpsService {
   // Starts serving. Throws ConfigError if the address cannot be bound.
   void Listen(const ListenAddress& address);
   int port() const;  // the bound port (useful with port 0); 0 before Listen
+  // Stops serving and waits for a request in progress to finish; idempotent. Call it before
+  // destroying anything the handlers read (e.g. what SetCacheTotals' function uses).
+  void Stop() { server_.reset(); }
 
  private:
   HttpResponse MetricsPage();
