@@ -53,6 +53,11 @@ class OpsReadinessKmsTest : public PgTest {
     return env;
   }
 
+  int64_t Count(const std::string& sql) {
+    pqxx::read_transaction txn(conn());
+    return txn.exec1(sql)[0].as<int64_t>();
+  }
+
   void Control(const std::string& json) {
     HttpResult r = HttpGet(kms_port_, "/__control", json);
     ASSERT_EQ(r.status, 200) << r.body;
@@ -124,6 +129,40 @@ TEST_F(OpsReadinessKmsTest, ReadyzTurnsDownWhileTheKmsBreakerIsOpenAndUpWhenItRe
   EXPECT_EQ(Sample(after, "rekey_rows_reencrypted_total"), 2000);
   worker.Signal(SIGTERM);
   EXPECT_EQ(worker.Wait(30).exit_code, 0);
+}
+
+TEST_F(OpsReadinessKmsTest, ReadyzTurnsDownWhenTheKmsServerIsGone) {
+  for (uint32_t id : {1u, 2u}) {
+    Secret key = TestDataKey(id);
+    ProcessResult r = RunRekey({"--db", conninfo(), "keys", "import", "--key-id",
+                                std::to_string(id), "--kms", "aws-kms", "--stdin"},
+                               Env(), Base64Encode(key.data(), key.size()));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  SeedTinkTable(conn(), "public.cards", 500, 1);
+  Exec(
+      "SELECT rekey.create_job('public.cards', ARRAY['token'], '{\"1\": 2}', p_stages => '{100}')");
+  server_->Signal(SIGKILL);  // the KMS is gone: connections are refused
+  server_->Wait(10);
+
+  ChildProcess worker(
+      {REKEY_BINARY, "--db", conninfo(), "work", "--job", "1", "--listen", "127.0.0.1:0"}, Env());
+  auto started = WaitForLog(worker, "serving /metrics");
+  ASSERT_TRUE(started) << ReadFile(worker.stderr_path());
+  const int port = ListenPort(*started);
+  HttpResult r;
+  for (int i = 0; i < 1200 && r.status != 503; i++) {
+    r = HttpGet(port, "/readyz");
+    if (r.status != 503) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  }
+  ASSERT_EQ(r.status, 503) << r.body << ReadFile(worker.stderr_path());
+  nlohmann::json body = nlohmann::json::parse(r.body);
+  EXPECT_EQ(body["checks"][1]["status"], "DOWN");
+  EXPECT_EQ(body["checks"][1]["data"]["providers"][0]["breaker"], "open");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE state = 'failed'"), 0)
+      << "a KMS outage does not use up batch attempts";
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.Wait(30).exit_code, 0) << "stops cleanly while the KMS is away";
 }
 
 }  // namespace
