@@ -175,6 +175,24 @@ TEST_F(OpsSchedulingTest, RotateDueRotatesOverdueScopesAFewPerRunThroughStagedJo
   EXPECT_THAT(Rekey({"keys", "status"}).out, HasSubstr("no key is overdue"));
 }
 
+TEST_F(OpsSchedulingTest, AScopeThatFailsLeavesTheOthersScheduled) {
+  ScopeWithData("a", 1, "public.cards_a", 100);
+  // Scope x's key is wrapped by AWS KMS, which this environment cannot reach (no region).
+  Exec(
+      "INSERT INTO rekey.keys (key_id, scope, kms_provider, kms_key_ref, wrapped_key, status, "
+      "max_age) VALUES (9, 'x', 'aws-kms', 'alias/rekey', '\\x00', 'enabled', '1 second');"
+      "UPDATE rekey.keys SET status = 'primary' WHERE key_id = 9");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  ProcessResult r = Rekey({"rotate-due", "--json"});
+  EXPECT_EQ(r.exit_code, 2) << "a configuration problem: " << r.err;
+  json out = json::parse(r.out);
+  EXPECT_EQ(Actions(out), (std::vector<std::string>{"a:scheduled", "x:failed"}));
+  EXPECT_THAT(out[1]["detail"].get<std::string>(), HasSubstr("AWS_REGION"));
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.keys WHERE scope = 'x'"), 1)
+      << "the failed scope's transaction left nothing behind";
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.jobs"), 1);
+}
+
 TEST_F(OpsSchedulingTest, PoliciesAreSetAuditedAndValidated) {
   ProcessResult r = Rekey({"keys", "policy", "set", "--scope", "payments", "--max-age", "30d"});
   EXPECT_EQ(r.exit_code, 0) << r.err;

@@ -148,9 +148,18 @@ void RotateDueCommand(const GlobalOptions& global, const RotateDueFlags& flags) 
     std::printf("no key is overdue\n");
   }
   if (failed > 0) {
-    throw TransientError(std::to_string(failed) +
-                         " overdue scope(s) could not be scheduled (see above); the next run "
-                         "retries them");
+    // Exit as the first failure would have: 2 configuration, 4 key, 5 state, else 3 (retry).
+    int code = 0;
+    for (const auto& r : result) {
+      if (r.action == "failed" && code == 0) code = r.exit_code;
+    }
+    const std::string message = std::to_string(failed) +
+                                " overdue scope(s) could not be scheduled (see above); the next "
+                                "run retries them";
+    if (code == kExitUsage) throw ConfigError(message);
+    if (code == kExitKey) throw KeyError(message);
+    if (code == kExitState) throw StateError(message);
+    throw TransientError(message);
   }
 }
 

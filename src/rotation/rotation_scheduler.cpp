@@ -136,6 +136,7 @@ std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& 
         } catch (const std::exception& e) {
           r.action = "failed";
           r.detail = e.what();
+          r.exit_code = ExitCodeFor(e);
           log::Audit("rotation.scheduled", "failure",
                      {{"scope", d.scope}, {"from_key", d.key}, {"error", e.what()}});
         }

@@ -45,6 +45,7 @@ struct ScopeRotation {
   std::vector<int64_t> jobs;
   std::vector<std::string> targets;  // "schema.table (n values)"
   std::string detail;                // e.g. the error of a failed scope
+  int exit_code = 0;                 // of a failed scope: rekey::ExitCodeFor its error
 };
 
 using KmsResolver = std::function<kms::KmsClient&(const std::string& provider)>;
