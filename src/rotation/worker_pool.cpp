@@ -251,7 +251,9 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
                                {"error", e.what()},
                                {"transient", transient},
                                {"action", "rotation.batch.attempt"},
-                               {"outcome", transient ? "retry" : "failure"}};
+                               {"outcome", key_problem ? "stopped"
+                                           : transient ? "retry"
+                                                       : "failure"}};
       if (batch) {
         fields["job"] = batch->job_id;
         fields["batch"] = batch->batch_no;
