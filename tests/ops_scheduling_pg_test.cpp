@@ -151,10 +151,15 @@ TEST_F(OpsSchedulingTest, RotateDueRotatesOverdueScopesAFewPerRunThroughStagedJo
     EXPECT_EQ(exporter.Wait(30).exit_code, 0);
   }
 
-  json second = RekeyJson({"rotate-due", "--max-jobs", "2", "--observe", "0s", "--json"});
+  json second =
+      RekeyJson({"rotate-due", "--max-jobs", "2", "--observe", "0s", "--stagger", "1", "--json"});
   EXPECT_EQ(Actions(second),
             (std::vector<std::string>{"a:in_flight", "b:in_flight", "c:scheduled", "e:promoted"}));
   EXPECT_EQ(Scalar("SELECT status FROM rekey.keys WHERE key_id = 5"), "decrypt_only");
+  EXPECT_EQ(Scalar("SELECT max(at) - min(at) >= interval '1 second' FROM rekey.audit WHERE action "
+                   "= 'rotation.scheduled' AND details->>'scope' IN ('c', 'e')"),
+            "t")
+      << "--stagger spaces the scopes of one run";
   EXPECT_EQ(Scalar("SELECT status FROM rekey.keys WHERE scope = 'e' AND key_id <> 5"), "primary");
 
   json third = RekeyJson({"rotate-due", "--max-jobs", "2", "--json"});

@@ -101,6 +101,7 @@ struct RotateDueFlags {
   std::string stages = "1,25,50,75,100";
   std::string observe = "10min";
   int batch_size = 1000;
+  int stagger_seconds = 0;
 };
 
 void RotateDueCommand(const GlobalOptions& global, const RotateDueFlags& flags) {
@@ -114,6 +115,7 @@ void RotateDueCommand(const GlobalOptions& global, const RotateDueFlags& flags) 
     options.observe = flags.observe;
   }
   options.batch_size = flags.batch_size;
+  options.stagger = std::chrono::seconds(flags.stagger_seconds);
   kms::KmsRegistry registry;
   auto conn = OpenDatabase(global, "rekey-rotate-due");
   std::vector<rotation::ScopeRotation> result =
@@ -263,6 +265,9 @@ void AddOpsCommands(CLI::App& app, GlobalOptions& global) {
                    "Advance this long after a passed gate ('approval': wait for a person)")
       ->capture_default_str();
   rotate->add_option("--batch-size", due->batch_size, "Rows per batch")->capture_default_str();
+  rotate->add_option("--stagger", due->stagger_seconds, "Seconds to wait between two scopes")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600));
   rotate->callback([&global, due] { RotateDueCommand(global, *due); });
 
   auto listen = std::make_shared<std::string>("0.0.0.0:9090");

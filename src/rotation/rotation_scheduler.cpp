@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include <thread>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "db/connection.h"
@@ -130,6 +132,8 @@ std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& 
         pqxx::read_transaction txn(conn);
         r.targets = Targets(txn, d.key);
       } else {
+        if (started > 0 && options.stagger.count() > 0)
+          std::this_thread::sleep_for(options.stagger);
         ++started;
         try {
           Schedule(conn, kms, options, d, r);

@@ -7,7 +7,7 @@
 //
 // At most max_jobs scopes are rotated per run, so a thousand overdue tenants are spread over
 // successive runs instead of hitting the KMS and the database in one burst; the rest are
-// reported as deferred. Each scope is handled in its own transaction (a KMS or database failure
+// reported as deferred; `stagger` spaces the scopes of one run. Each scope is handled in its own transaction (a KMS or database failure
 // in one leaves the others alone) and audited as rotation.scheduled. Runs are serialized by an
 // advisory lock: a second concurrent run does nothing (TransientError).
 //
@@ -16,6 +16,7 @@
 
 #include <pqxx/pqxx>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -32,6 +33,9 @@ struct RotateDueOptions {
   std::string stages = "{1,25,50,75,100}";
   std::optional<std::string> observe = "10 minutes";  // nullopt: every gate waits for approval
   int batch_size = 1000;
+  // Pause between two scopes of one run, so their key generation and job planning (which reads
+  // the target tables) do not hit the KMS and the database back to back.
+  std::chrono::seconds stagger{0};
 };
 
 struct ScopeRotation {
