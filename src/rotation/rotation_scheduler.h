@@ -7,9 +7,10 @@
 //
 // At most max_jobs scopes are rotated per run, so a thousand overdue tenants are spread over
 // successive runs instead of hitting the KMS and the database in one burst; the rest are
-// reported as deferred; `stagger` spaces the scopes of one run. Each scope is handled in its own transaction (a KMS or database failure
-// in one leaves the others alone) and audited as rotation.scheduled. Runs are serialized by an
-// advisory lock: a second concurrent run does nothing (TransientError).
+// reported as deferred; `stagger` spaces the scopes of one run. Each scope is handled in its own
+// transaction (a KMS or database failure in one leaves the others alone) and audited as
+// rotation.scheduled. Runs are serialized by an advisory lock: a second concurrent run does nothing
+// (TransientError).
 //
 // Thread-safety: uses only the connection it is given.
 #pragma once
