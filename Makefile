@@ -10,7 +10,8 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
   nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcli11-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   postgresql-15 postgresql-client-15 \
-  python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc
+  python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc \
+  prometheus nodejs
 
 .PHONY: all deps configure build test test-unit test-pg demo bench profile format clean
 

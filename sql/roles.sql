@@ -11,10 +11,10 @@
 --                   target's primary key, ciphertext and key-id columns (rekey.worker_grants
 --                   below). Never superuser, never the table owner.
 --   rekey_operator  the DBA's verbs (create_job, advance, rollback, pause, resume, cancel, retry,
---                   requeue, rerun) and the keyring CLI (rekey keys ...): the rekey tables, no
---                   UPDATE or DELETE of the audit log.
---   rekey_monitor   read-only: the progress views, gates, failures and the audit log; the keyring
---                   without its wrapped keys.
+--                   requeue, rerun), the keyring CLI (rekey keys ...), rotate-due (the CronJob)
+--                   and reports: the rekey tables, no UPDATE or DELETE of the audit log or reports.
+--   rekey_monitor   read-only (`rekey exporter`): the progress and key-age views, gates, failures,
+--                   reports and the audit log; the keyring without its wrapped keys.
 --
 --   CREATE ROLE rekey_worker_login LOGIN PASSWORD '...' IN ROLE rekey_worker;
 --   SELECT rekey.worker_grants(42) \gexec     -- the job's target columns, for the workers
@@ -58,6 +58,8 @@ GRANT INSERT, UPDATE, DELETE ON rekey.workers TO rekey_worker;
 GRANT SELECT, INSERT ON rekey.audit TO rekey_worker;
 GRANT INSERT ON rekey.value_audit TO rekey_worker;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA rekey TO rekey_worker;
+-- `rekey work --listen` exports the keyring and job gauges (views run with their owner's rights).
+GRANT SELECT ON rekey.key_age, rekey.progress TO rekey_worker;
 
 -- ---------------------------------------------------------------------------------------------
 -- rekey_operator
@@ -69,16 +71,20 @@ GRANT SELECT, DELETE ON rekey.workers TO rekey_operator;
 GRANT SELECT ON rekey.row_failures TO rekey_operator;
 GRANT SELECT, INSERT ON rekey.audit, rekey.value_audit TO rekey_operator;
 GRANT SELECT ON rekey.audit_chain TO rekey_operator;
-GRANT SELECT ON rekey.progress, rekey.stage_status, rekey.batch_status, rekey.audit_head
+GRANT SELECT ON rekey.progress, rekey.stage_status, rekey.batch_status, rekey.audit_head,
+                rekey.key_age, rekey.rotation_due, rekey.schema_migrations
   TO rekey_operator;
+-- Key-age policy, rotate-due (the CronJob) and compliance reports (append-only).
+GRANT SELECT, INSERT, UPDATE ON rekey.key_policies TO rekey_operator;
+GRANT SELECT, INSERT ON rekey.reports TO rekey_operator;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA rekey TO rekey_operator;
 
 -- ---------------------------------------------------------------------------------------------
 -- rekey_monitor
 -- ---------------------------------------------------------------------------------------------
 GRANT SELECT ON rekey.progress, rekey.stage_status, rekey.batch_status, rekey.audit_head,
-                rekey.jobs, rekey.job_stages, rekey.gates, rekey.row_failures, rekey.audit,
-                rekey.audit_chain
+                rekey.key_age, rekey.rotation_due, rekey.jobs, rekey.job_stages, rekey.batches,
+                rekey.gates, rekey.row_failures, rekey.audit, rekey.audit_chain, rekey.reports
   TO rekey_monitor;
 GRANT SELECT (key_id, scope, kms_provider, kms_key_ref, algorithm, status, origin, max_age,
               created_at, enabled_at, primary_at, decrypt_only_at, retired_at, destroyed_at,

@@ -4,6 +4,7 @@
 
 #include "db/connection.h"
 #include "db/conninfo.h"
+#include "kms/kms_factory.h"
 #include "kms/kms_registry.h"
 
 namespace rekey::cli {
@@ -23,8 +24,11 @@ std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
   return db::Connect(ConnInfo(global), application_name);
 }
 
-KeyServices::KeyServices(const std::string& conninfo)
-    : registry_(std::make_unique<kms::KmsRegistry>()),
+KeyServices::KeyServices(const std::string& conninfo, WrapClient wrap)
+    : registry_(wrap ? std::make_unique<kms::KmsRegistry>([wrap](const std::string& provider) {
+        return wrap(kms::MakeKmsClient(provider, kms::ProcessGetenv));
+      })
+                     : std::make_unique<kms::KmsRegistry>()),
       cache_(std::make_unique<keyring::DataKeyCache>(conninfo, registry_->Resolver(),
                                                      keyring::CacheOptionsFromEnv())) {}
 

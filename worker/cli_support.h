@@ -3,6 +3,7 @@
 
 #include <pqxx/pqxx>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,7 +24,10 @@ std::unique_ptr<pqxx::connection> OpenDatabase(const GlobalOptions& global,
 // and the process-wide data-key cache in front of them (bounds: keyring::CacheOptionsFromEnv).
 class KeyServices {
  public:
-  explicit KeyServices(const std::string& conninfo);
+  // Wraps each provider's client as it is built (e.g. to instrument it); identity if empty.
+  using WrapClient =
+      std::function<std::unique_ptr<kms::KmsClient>(std::unique_ptr<kms::KmsClient>)>;
+  explicit KeyServices(const std::string& conninfo, WrapClient wrap = nullptr);
   rotation::DataKeySource Source();
   keyring::DataKeyCache& cache() { return *cache_; }
   kms::KmsRegistry& registry() { return *registry_; }

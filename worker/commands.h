@@ -19,5 +19,7 @@ void AddWorkCommand(CLI::App& app, GlobalOptions& global);     // work_command.c
 void AddStatusCommand(CLI::App& app, GlobalOptions& global);   // status_command.cpp
 void AddDemoCommand(CLI::App& app, GlobalOptions& global);     // demo_command.cpp
 void AddAuditCommand(CLI::App& app, GlobalOptions& global);    // audit_command.cpp
+// keys status, keys policy, rotate-due, report, exporter; after AddKeysCommand (ops_commands.cpp)
+void AddOpsCommands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace rekey::cli

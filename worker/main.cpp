@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   rekey::cli::AddStatusCommand(app, global);
   rekey::cli::AddDemoCommand(app, global);
   rekey::cli::AddAuditCommand(app, global);
+  rekey::cli::AddOpsCommands(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

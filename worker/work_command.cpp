@@ -2,11 +2,16 @@
 // batch in hand, exit 0). A Kubernetes Job with `parallelism: N` runs N of these.
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <memory>
+#include <thread>
+
 #include "audit/audit_chain.h"
 #include "cli_support.h"
 #include "commands.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "ops/ops_service.h"
 #include "rotation/worker_pool.h"
 
 namespace rekey::cli {
@@ -21,6 +26,8 @@ struct WorkFlags {
   rotation::PacingOptions pacing;
   int64_t target_batch_ms = 0;
   std::string max_replication_lag;
+  std::string listen;  // empty: no HTTP endpoints
+  int linger_seconds = 0;
 };
 
 // Seals what lost the race to seal and logs the chain head, so a copy of it lives outside the
@@ -54,11 +61,37 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   }
   options.pacing.Validate();
   const std::string conninfo = ConnInfo(global);
-  KeyServices keys(conninfo);
+  std::unique_ptr<ops::OpsService> ops;
+  KeyServices::WrapClient wrap;
+  if (!flags.listen.empty()) {
+    ops = std::make_unique<ops::OpsService>(conninfo);
+    options.observer = &ops->metrics();
+    wrap =
+        [o = ops.get()](std::unique_ptr<kms::KmsClient> client) -> std::unique_ptr<kms::KmsClient> {
+      return std::make_unique<ops::InstrumentedKms>(std::move(client), o->metrics(),
+                                                    o->kms_watch());
+    };
+  }
+  KeyServices keys(conninfo, wrap);
+  // The endpoints read `keys` (cache totals): stop them before `keys` goes, on every path out.
+  struct StopServing {
+    ops::OpsService* ops;
+    ~StopServing() {
+      if (ops) ops->Stop();
+    }
+  } stop_serving{ops.get()};
+  if (ops) {
+    ops->SetCacheTotals(
+        [&keys] { return std::make_pair(keys.cache().hits(), keys.cache().misses()); });
+    ops->Listen(ops::ParseListenAddress(flags.listen));
+    log::Info("serving /metrics, /healthz and /readyz",
+              {{"listen", flags.listen}, {"port", ops->port()}, {"action", "http.listen"}});
+  }
   options.kms_available = keys.Availability();
   rotation::WorkerPool pool(conninfo, options, keys.Source());
   log::Info("worker started",
-            {{"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
+            {{"action", "worker.started"},
+             {"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
              {"concurrency", flags.concurrency},
              {"max_rows_per_second", options.pacing.max_rows_per_second},
              {"target_batch_ms", flags.target_batch_ms},
@@ -67,7 +100,9 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   pool.Run(stop);
   const auto& stats = pool.stats();
   log::Info(stop ? "worker stopped by signal" : "no work left; worker exiting",
-            {{"batches", stats.batches_done.load()},
+            {{"action", "worker.stopped"},
+             {"outcome", "success"},
+             {"batches", stats.batches_done.load()},
              {"rows_reencrypted", stats.rows_reencrypted.load()},
              {"rows_skipped", stats.rows_skipped.load()},
              {"rows_quarantined", stats.rows_quarantined.load()},
@@ -76,6 +111,17 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
              {"key_cache_misses", keys.cache().misses()},
              {"kms_pauses", stats.kms_pauses.load()}});
   LogAuditHead(global);
+  // A Job's pod disappears when the process exits; lingering lets Prometheus scrape the final
+  // counters first. SIGTERM ends the wait at once.
+  if (ops && flags.linger_seconds > 0 && !stop) {
+    log::Info("lingering so the final metrics can be scraped",
+              {{"seconds", flags.linger_seconds}, {"action", "http.linger"}});
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::seconds(flags.linger_seconds);
+    while (!stop && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
 }
 
 }  // namespace
@@ -102,6 +148,11 @@ void AddWorkCommand(CLI::App& app, GlobalOptions& global) {
       ->capture_default_str();
   work->add_option("--max-replication-lag", flags->max_replication_lag,
                    "Pause claiming while a replica's replay lag exceeds this (e.g. 10s)");
+  work->add_option("--listen", flags->listen,
+                   "Serve /metrics, /healthz and /readyz on ADDR:PORT (e.g. 0.0.0.0:9090)");
+  work->add_option("--linger", flags->linger_seconds,
+                   "With --listen: keep serving this many seconds after the work is done")
+      ->check(CLI::Range(0, 3600));
   work->callback([&global, flags] { Work(global, *flags); });
 }
 

@@ -68,6 +68,19 @@ void WorkerPool::SetFatal(std::exception_ptr error) {
   fatal_set_ = true;
 }
 
+void WorkerPool::Observe(BatchOutcome outcome, const BatchResult* result) {
+  if (!options_.observer) return;
+  BatchEvent event;
+  event.outcome = outcome;
+  if (result) {
+    event.rows_reencrypted = result->rows_done;
+    event.rows_skipped = result->rows_skipped;
+    event.rows_quarantined = result->rows_failed;
+    event.duration_seconds = result->duration_ms / 1000.0;
+  }
+  options_.observer->OnBatch(event);
+}
+
 void WorkerPool::Run(const std::atomic<bool>& stop) {
   std::vector<std::thread> loops;
   for (int i = 0; i < options_.concurrency; ++i) {
@@ -110,6 +123,9 @@ bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_i
                 {"decrypt_errors", gate->decrypt_errors},
                 {"job_state", gate->job_state},
                 {"reason", gate->state_reason}});
+    if (options_.observer) {
+      options_.observer->OnGate({gate->passed, gate->values_checked, gate->decrypt_errors});
+    }
     moved = moved || gate->job_state == "active";
   }
   {
@@ -242,6 +258,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
                       {"rows_skipped", result.rows_skipped},
                       {"rows_quarantined", result.rows_failed},
                       {"duration_ms", int64_t(result.duration_ms)}});
+          Observe(BatchOutcome::kCompleted, &result);
           if (result.rows_failed > 0) {
             log::Warn("values quarantined", {{"job", batch->job_id},
                                              {"batch", batch->batch_no},
@@ -251,12 +268,14 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           }
           break;
         case BatchResult::Outcome::kLost:
+          Observe(BatchOutcome::kLost, nullptr);
           break;
         case BatchResult::Outcome::kJobNotActive: {
           pqxx::work txn(*conn);
           txn.exec_params("SELECT rekey.release_batch($1, $2, $3, $4, true)", batch->job_id,
                           batch->batch_no, worker_id, "job is no longer active");
           txn.commit();
+          Observe(BatchOutcome::kJobNotActive, nullptr);
           break;
         }
       }
@@ -266,12 +285,18 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       const bool transient =
           key_problem || db::IsTransient(e) || dynamic_cast<const TransientError*>(&e) != nullptr;
       ++consecutive_failures;
-      nlohmann::json fields = {
-          {"worker", worker_id}, {"error", e.what()}, {"transient", transient}};
+      nlohmann::json fields = {{"worker", worker_id},
+                               {"error", e.what()},
+                               {"transient", transient},
+                               {"action", "rotation.batch.attempt"},
+                               {"outcome", key_problem ? "stopped"
+                                           : transient ? "retry"
+                                                       : "failure"}};
       if (batch) {
         fields["job"] = batch->job_id;
         fields["batch"] = batch->batch_no;
         ++stats_.batches_released;
+        Observe(BatchOutcome::kReleased, nullptr);
         // Give the batch back so another attempt (here or elsewhere) can take it. A key problem
         // is not the batch's fault, so it does not consume an attempt.
         try {

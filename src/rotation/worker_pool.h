@@ -31,6 +31,7 @@
 
 #include "rotation/batch_rotator.h"
 #include "rotation/pacer.h"
+#include "rotation/worker_observer.h"
 
 namespace rekey::rotation {
 
@@ -43,7 +44,8 @@ struct WorkerOptions {
   // the loops then claim nothing, so no batch is started, failed or quarantined for an outage, and
   // they resume by themselves once it turns true. nullptr: always available.
   std::function<bool()> kms_available;
-  PacingOptions pacing;  // rate limit, chunking, replication lag (pacer.h)
+  PacingOptions pacing;                // rate limit, chunking, replication lag (pacer.h)
+  WorkerObserver* observer = nullptr;  // not owned; must outlive Run(); may be null
 };
 
 struct WorkerStats {
@@ -72,6 +74,7 @@ class WorkerPool {
   // observation period is over. Returns true iff a stage opened (there may be work to claim).
   bool AdvanceJobs(pqxx::connection& conn, const std::string& worker_id, const char* job_param);
   void SetFatal(std::exception_ptr error);
+  void Observe(BatchOutcome outcome, const BatchResult* result);
 
   std::string conninfo_;
   WorkerOptions options_;

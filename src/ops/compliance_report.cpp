@@ -1,0 +1,148 @@
+#include "ops/compliance_report.h"
+
+#include <sstream>
+
+namespace rekey::ops {
+namespace {
+
+std::string Text(const nlohmann::json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_boolean()) return v.get<bool>() ? "yes" : "no";
+  return v.dump();
+}
+
+std::string Percent(const nlohmann::json& rate) {
+  if (!rate.is_number()) return "-";
+  std::ostringstream s;
+  s.precision(4);
+  s << rate.get<double>() * 100 << "%";
+  return s.str();
+}
+
+// Markdown table cells must not contain a pipe or a newline.
+std::string Cell(const nlohmann::json& v) {
+  std::string s = Text(v);
+  for (char& c : s) {
+    if (c == '|' || c == '\n') c = ' ';
+  }
+  return s;
+}
+
+}  // namespace
+
+nlohmann::json BuildJobReport(pqxx::transaction_base& txn, int64_t job) {
+  return nlohmann::json::parse(
+      txn.exec_params1("SELECT rekey.job_report($1)::text", job)[0].as<std::string>());
+}
+
+std::string RenderReportMarkdown(const nlohmann::json& r) {
+  const auto& job = r["job"];
+  std::ostringstream md;
+  md << "# Key rotation report: job " << Text(job["job_id"]) << "\n\n";
+  md << "| | |\n|---|---|\n";
+  std::string columns;
+  for (const auto& c : job["columns"].is_array() ? job["columns"] : nlohmann::json::array()) {
+    columns += (columns.empty() ? "`" : ", `") + Text(c) + "`";
+  }
+  md << "| Target | `" << Cell(job["target"]) << "`, columns " << columns << " |\n";
+  if (!job["scope"].is_null()) {
+    md << "| Scope | " << Cell(job["scope"]["column"]) << " = " << Cell(job["scope"]["value"])
+       << " |\n";
+  }
+  md << "| Outcome | **" << Cell(r["outcome"]) << "** (job state " << Cell(job["state"]) << ") |\n";
+  md << "| Created | " << Cell(job["created_at"]) << " by " << Cell(job["created_by"]) << " |\n";
+  md << "| Started / finished | " << Cell(job["started_at"]) << " / " << Cell(job["finished_at"])
+     << " |\n";
+  md << "| Duration | " << Cell(job["duration_seconds"]) << " s |\n";
+  md << "| Stage plan | " << Cell(job["stage_plan"]) << " % |\n";
+  md << "| Error threshold | " << Percent(job["error_threshold"]) << " |\n";
+  md << "| Report generated | " << Cell(r["generated_at"]) << " by " << Cell(r["generated_by"])
+     << " |\n\n";
+
+  md << "## Keys\n\nKey material is never part of this report; keys are identified by id and by "
+        "the KMS key that wraps them.\n\n";
+  md << "| | key id | scope | KMS | wrapping key | status now |\n|---|---|---|---|---|---|\n";
+  for (const auto& k : r["keys"].is_array() ? r["keys"] : nlohmann::json::array()) {
+    for (const char* side : {"before", "after"}) {
+      const auto& key = k[side];
+      md << "| " << side << " | " << Cell(key["key_id"]) << " | " << Cell(key["scope"]) << " | "
+         << Cell(key["kms_provider"]) << " | `" << Cell(key["kms_key_ref"]) << "` | "
+         << Cell(key["status_now"]) << " |\n";
+    }
+  }
+  md << "\n## Stage timeline\n\n";
+  md << "| # | kind | % | state | opened | finished | rows re-encrypted | quarantined | gate | "
+        "values checked | error rate | approved by |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& s : r["stages"]) {
+    std::string gate = "-", checked = "-", rate = "-", approved = "-";
+    if (!s["gates"].empty()) {
+      const auto& g = s["gates"].back();
+      gate = g["passed"].get<bool>() ? "passed" : "failed";
+      checked = Cell(g["values_checked"]);
+      rate = Percent(g["error_rate"]);
+      if (!g["approved_by"].is_null()) {
+        approved = Cell(g["approved_by"]) + " at " + Cell(g["approved_at"]);
+      } else if (g["passed"].get<bool>()) {
+        // A passed gate of the last rollout stage opens the sweep by itself; an earlier one
+        // without an approval is the job's current wait.
+        approved = job["state"] == "awaiting_approval" && s == r["stages"].back()
+                       ? "awaiting approval"
+                       : "not required";
+      }
+    }
+    md << "| " << Cell(s["stage_no"]) << " | " << Cell(s["kind"]) << " | " << Cell(s["percent"])
+       << " | " << Cell(s["state"]) << " | " << Cell(s["opened_at"]) << " | "
+       << Cell(s["finished_at"]) << " | " << Cell(s["rows_reencrypted"]) << " | "
+       << Cell(s["rows_quarantined"]) << " | " << gate << " | " << checked << " | " << rate << " | "
+       << approved << " |\n";
+  }
+
+  const auto& rows = r["rows"];
+  md << "\n## Rows\n\n| | |\n|---|---|\n";
+  md << "| Rows in scope | " << Cell(rows["total"]) << " |\n";
+  md << "| Re-encrypted | " << Cell(rows["reencrypted"]) << " |\n";
+  md << "| Restored by rollback | " << Cell(rows["restored_by_rollback"]) << " |\n";
+  md << "| Quarantined (left untouched) | " << Cell(rows["quarantined"]) << " |\n";
+  md << "| Decrypt error rate | " << Percent(r["decrypt_error_rate"]) << " |\n";
+  md << "| Highest gate error rate | " << Percent(r["max_gate_error_rate"]) << " |\n";
+  if (!r["quarantine"]["by_error_class"].empty()) {
+    md << "| Quarantine by error class | " << Cell(r["quarantine"]["by_error_class"]) << " |\n";
+  }
+
+  const auto& audit = r["audit"];
+  md << "\n## Audit completeness\n\n";
+  md << (audit["complete"].get<bool>() ? "**Complete**" : "**INCOMPLETE**") << ": "
+     << Cell(audit["batches_with_audit_row"]) << " of " << Cell(audit["batches_done"])
+     << " completed batches have their `rotation.batch.completed` audit row";
+  if (!audit["batches_missing_audit_row"].empty()) {
+    md << " (missing: " << Cell(audit["batches_missing_audit_row"]) << ")";
+  }
+  md << "; " << Cell(audit["events"]) << " audit events for the job from "
+     << Cell(audit["first_event_at"]) << " to " << Cell(audit["last_event_at"]) << ".\n";
+
+  md << "\n## Decisions and approvals\n\nActors are database roles. Advances made by the "
+        "workers' role are automatic, after a passed gate's observation period (--observe).\n\n"
+        "| at | action | actor | outcome |\n|---|---|---|---|\n";
+  for (const auto& a : r["approvals"]) {
+    md << "| " << Cell(a["at"]) << " | " << Cell(a["action"]) << " | " << Cell(a["actor"]) << " | "
+       << Cell(a["outcome"]) << " |\n";
+  }
+  return md.str();
+}
+
+StoredReport StoreReport(pqxx::transaction_base& txn, int64_t job, const nlohmann::json& report,
+                         const std::string& markdown) {
+  // The digest is of the body's text as the database stores it (jsonb normalizes key order and
+  // spacing), so anyone can recompute it from the row with sha256(convert_to(body::text, 'UTF8')).
+  auto row = txn.exec_params1(
+      "INSERT INTO rekey.reports (job_id, body, markdown, sha256)"
+      " SELECT $1, b, $3, encode(sha256(convert_to(b::text, 'UTF8')), 'hex')"
+      "   FROM (SELECT $2::jsonb AS b) x"
+      " RETURNING report_id, sha256",
+      job, report.dump(), markdown);
+  return {row[0].as<int64_t>(), row[1].as<std::string>()};
+}
+
+}  // namespace rekey::ops

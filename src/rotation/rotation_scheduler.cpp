@@ -1,0 +1,160 @@
+#include "rotation/rotation_scheduler.h"
+
+#include <nlohmann/json.hpp>
+
+#include <thread>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "db/connection.h"
+#include "keyring/keyring.h"
+
+namespace rekey::rotation {
+namespace {
+
+// Any fixed number: the lock only has to be the same for every rotate-due run.
+constexpr int64_t kRotateDueLock = 0x72656b6579647565;  // "rekeydue"
+
+struct DueScope {
+  std::string scope;
+  uint32_t key = 0;
+  std::string provider;
+  std::string due_at;
+  std::optional<int64_t> in_flight;
+};
+
+std::vector<std::string> Targets(pqxx::transaction_base& txn, uint32_t key) {
+  std::vector<std::string> out;
+  for (const auto& row : txn.exec_params(
+           "SELECT table_name || coalesce(' where ' || scope_column || ' = ' || scope_value, '')"
+           " || ' (' || array_to_string(columns, ', ') || '; ' || values_under_key || ' values)'"
+           "  FROM rekey.rotation_targets($1)",
+           key)) {
+    out.push_back(row[0].as<std::string>());
+  }
+  return out;
+}
+
+void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOptions& options,
+              const DueScope& due, ScopeRotation& out) {
+  db::Classified("scheduling the rotation of scope " + due.scope, [&] {
+    pqxx::work txn(conn);
+    // The key must still be the scope's primary, and no job may have started meanwhile.
+    auto check = txn.exec_params(
+        "SELECT rekey.rotation_in_flight(key_id) FROM rekey.keys"
+        " WHERE key_id = $1 AND status = 'primary' FOR UPDATE",
+        due.key);
+    if (check.empty() || !check[0][0].is_null()) {
+      out.action = "in_flight";
+      out.detail = "changed since the run started";
+      return;
+    }
+    keyring::CreateKeyOptions key_options;
+    key_options.scope = due.scope;
+    keyring::KeyRecord created = keyring::CreateKey(txn, kms(due.provider), key_options);
+    out.new_key = created.key_id;
+    out.targets = Targets(txn, due.key);
+    const std::string name = "rotate-due " + due.scope + " " + std::to_string(due.key) + "->" +
+                             std::to_string(created.key_id);
+    if (out.targets.empty()) {
+      keyring::PromoteKey(txn, created.key_id);
+      out.action = "promoted";
+    } else {
+      for (const auto& row : txn.exec_params(
+               "SELECT rekey.create_job(r.table_name, r.columns,"
+               "         jsonb_build_object($1::text, $2::bigint), r.codecs, r.key_id_column,"
+               "         r.ad_template, r.scope_column, r.scope_value, p_batch_size => $3,"
+               "         p_name => $4, p_stages => $5::numeric[], p_observe => $6::interval)"
+               "  FROM rekey.rotation_targets($1::bigint) r",
+               std::to_string(due.key), created.key_id, options.batch_size, name, options.stages,
+               options.observe ? options.observe->c_str() : nullptr)) {
+        out.jobs.push_back(row[0].as<int64_t>());
+      }
+      out.action = "scheduled";
+    }
+    nlohmann::json details = {{"scope", due.scope},       {"from_key", due.key},
+                              {"to_key", created.key_id}, {"due_at", due.due_at},
+                              {"jobs", out.jobs},         {"targets", out.targets},
+                              {"result", out.action}};
+    if (out.jobs.empty()) {
+      txn.exec_params("SELECT rekey.audit_event('rotation.scheduled', NULL, $1::jsonb)",
+                      details.dump());
+    }
+    for (int64_t job : out.jobs) {
+      txn.exec_params("SELECT rekey.audit_event('rotation.scheduled', $1, $2::jsonb)", job,
+                      details.dump());
+    }
+    txn.commit();
+    log::Audit("rotation.scheduled", "success", details);
+  });
+}
+
+}  // namespace
+
+std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& kms,
+                                     const RotateDueOptions& options) {
+  if (options.max_jobs < 0) throw ConfigError("--max-jobs must be 0 or more");
+  std::vector<DueScope> due;
+  db::Classified("reading the overdue keys", [&] {
+    pqxx::nontransaction txn(conn);
+    if (!txn.exec_params1("SELECT pg_try_advisory_lock($1)", kRotateDueLock)[0].as<bool>()) {
+      throw TransientError("another rekey rotate-due is running; try again when it is done");
+    }
+    for (const auto& row :
+         txn.exec("SELECT scope, key_id, kms_provider,"
+                  "       to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+                  "       job_in_flight FROM rekey.rotation_due ORDER BY due_at, scope")) {
+      DueScope d;
+      d.scope = row[0].as<std::string>();
+      d.key = row[1].as<uint32_t>();
+      d.provider = row[2].as<std::string>();
+      d.due_at = row[3].as<std::string>();
+      if (!row[4].is_null()) d.in_flight = row[4].as<int64_t>();
+      due.push_back(std::move(d));
+    }
+  });
+  std::vector<ScopeRotation> result;
+  int started = 0;
+  try {
+    for (const DueScope& d : due) {
+      ScopeRotation r;
+      r.scope = d.scope;
+      r.old_key = d.key;
+      r.due_at = d.due_at;
+      if (d.in_flight) {
+        r.action = "in_flight";
+        r.jobs.push_back(*d.in_flight);
+      } else if (started >= options.max_jobs) {
+        r.action = "deferred";
+      } else if (options.dry_run) {
+        ++started;
+        r.action = "would_schedule";
+        pqxx::read_transaction txn(conn);
+        r.targets = Targets(txn, d.key);
+      } else {
+        if (started > 0 && options.stagger.count() > 0)
+          std::this_thread::sleep_for(options.stagger);
+        ++started;
+        try {
+          Schedule(conn, kms, options, d, r);
+        } catch (const std::exception& e) {
+          r.action = "failed";
+          r.detail = e.what();
+          r.exit_code = ExitCodeFor(e);
+          log::Audit("rotation.scheduled", "failure",
+                     {{"scope", d.scope}, {"from_key", d.key}, {"error", e.what()}});
+        }
+      }
+      result.push_back(std::move(r));
+    }
+  } catch (...) {
+    pqxx::nontransaction txn(conn);
+    txn.exec_params("SELECT pg_advisory_unlock($1)", kRotateDueLock);
+    throw;
+  }
+  pqxx::nontransaction txn(conn);
+  txn.exec_params("SELECT pg_advisory_unlock($1)", kRotateDueLock);
+  return result;
+}
+
+}  // namespace rekey::rotation

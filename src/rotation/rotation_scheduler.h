@@ -1,0 +1,62 @@
+// RotationScheduler: `rekey rotate-due`, what a CronJob runs. For each scope whose primary key is
+// past its maximum age (rekey.rotation_due, oldest due first) and that no unfinished job is
+// already rotating, it creates a new data key in that scope (wrapped by the same KMS provider as
+// the old one) and the staged jobs that move the scope's registered targets from the old key to
+// the new one (rekey.rotation_targets: one job per table and tenant scope). A scope whose old key
+// holds no registered values gets its new key promoted directly.
+//
+// At most max_jobs scopes are rotated per run, so a thousand overdue tenants are spread over
+// successive runs instead of hitting the KMS and the database in one burst; the rest are
+// reported as deferred; `stagger` spaces the scopes of one run. Each scope is handled in its own
+// transaction (a KMS or database failure in one leaves the others alone) and audited as
+// rotation.scheduled. Runs are serialized by an advisory lock: a second concurrent run does nothing
+// (TransientError).
+//
+// Thread-safety: uses only the connection it is given.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kms/kms_client.h"
+
+namespace rekey::rotation {
+
+struct RotateDueOptions {
+  int max_jobs = 10;  // scopes rotated per run
+  bool dry_run = false;
+  std::string stages = "{1,25,50,75,100}";
+  std::optional<std::string> observe = "10 minutes";  // nullopt: every gate waits for approval
+  int batch_size = 1000;
+  // Pause between two scopes of one run, so their key generation and job planning (which reads
+  // the target tables) do not hit the KMS and the database back to back.
+  std::chrono::seconds stagger{0};
+};
+
+struct ScopeRotation {
+  std::string scope;
+  uint32_t old_key = 0;
+  std::string due_at;
+  // scheduled, promoted (no registered values under the old key), in_flight (a job already
+  // runs), deferred (beyond max_jobs), would_schedule (dry run), failed.
+  std::string action;
+  std::optional<uint32_t> new_key;
+  std::vector<int64_t> jobs;
+  std::vector<std::string> targets;  // "schema.table (n values)"
+  std::string detail;                // e.g. the error of a failed scope
+  int exit_code = 0;                 // of a failed scope: rekey::ExitCodeFor its error
+};
+
+using KmsResolver = std::function<kms::KmsClient&(const std::string& provider)>;
+
+// Returns one entry per overdue scope. Throws TransientError if another run holds the lock.
+std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& kms,
+                                     const RotateDueOptions& options);
+
+}  // namespace rekey::rotation
