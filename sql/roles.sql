@@ -51,6 +51,8 @@ GRANT SELECT ON rekey.keys TO rekey_worker;
 GRANT UPDATE (status) ON rekey.keys TO rekey_worker;
 -- The queue and the rollout state machine.
 GRANT UPDATE ON rekey.jobs, rekey.job_stages, rekey.batches TO rekey_worker;
+-- A stage that opens on its own after its observation period records who approved it: the worker.
+GRANT UPDATE (approved_at, approved_by) ON rekey.gates TO rekey_worker;
 GRANT INSERT ON rekey.batches, rekey.gates, rekey.row_failures, rekey.job_stages TO rekey_worker;
 GRANT INSERT, UPDATE, DELETE ON rekey.workers TO rekey_worker;
 -- Audit: append, never change. SELECT on rekey.audit because a gate checks that every completed

@@ -49,7 +49,7 @@ TEST_F(DatabaseRoleTest, TheWorkerAndMonitorRolesCanDoTheirJobsAndNothingMore) {
        "--key-id-column", "key_id", "--map", "1:2", "--stages", "10,100", "--observe", "0s"},
       env);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = Psql("postgres", {"-At", "-c", "SELECT rekey.worker_grants(1)"});
+  r = Psql("postgres", {"-At", "-c", "SELECT string_agg(g, '; ') FROM rekey.worker_grants(1) g"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(Psql("postgres", {"-c", r.out}).exit_code, 0);
   r = RunRekey({"--db", As("w"), "work", "--job", "1", "--concurrency", "2"}, env);
