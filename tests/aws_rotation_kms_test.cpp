@@ -429,5 +429,24 @@ TEST_F(AwsRotationTest, RewrapUsesReEncryptIsResumableAuditedAndTouchesNoDataRow
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.keys WHERE kms_key_ref = '" + new_ref + "'"), 3);
 }
 
+// The verifier (gates and `rekey job verify`) counts values under a key the keyring lacks as
+// undecryptable, but a KMS refusing to unwrap is the environment's fault: it stops verification
+// with the KMS's own error instead of reporting every value as failed.
+TEST_F(AwsRotationTest, AKmsRefusalDuringVerificationIsAKeyErrorNotFailedValues) {
+  ImportAwsKeys({1, 2});
+  SeedTinkTable(conn(), "public.cards", 300, 1);
+  const int64_t job = CreateJob("public.cards", R"({"1": 2})", 100);
+  auto worker = StartWorker(job, Env());
+  ASSERT_EQ(worker->Wait(120).exit_code, kExitOk);
+  ProcessResult r = Rekey({"job", "verify", std::to_string(job)});
+  ASSERT_EQ(r.exit_code, kExitOk) << r.out << r.err;
+
+  server_->Control({{"access_denied", true}});
+  r = Rekey({"job", "verify", std::to_string(job)});
+  EXPECT_EQ(r.exit_code, kExitKey) << r.out << r.err;
+  EXPECT_NE(r.err.find("kms:Decrypt"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out.find("failed"), std::string::npos) << r.out;
+}
+
 }  // namespace
 }  // namespace rekey::testing

@@ -9,6 +9,8 @@
 //   └── PermanentError      retrying cannot help until a person changes something
 //       ├── ConfigError     bad flag, environment variable, master key or job definition
 //       ├── KeyError        unknown key, wrong master key, disabled key, access denied
+//       │   └── NoSuchKeyError  the keyring has no usable key of that id (unknown or destroyed):
+//       │                       a fact about the data, not the environment
 //       └── StateError      the database is not in a state that allows the step: illegal key
 //                           lifecycle transition, migration drift, job already finished
 //
@@ -48,6 +50,13 @@ class ConfigError : public PermanentError {
 class KeyError : public PermanentError {
  public:
   using PermanentError::PermanentError;
+};
+
+// Values under such a key cannot be decrypted by anyone: verification counts them as failures,
+// whereas any other KeyError (the KMS refusing) stops the operation.
+class NoSuchKeyError : public KeyError {
+ public:
+  using KeyError::KeyError;
 };
 
 class StateError : public PermanentError {

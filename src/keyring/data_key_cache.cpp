@@ -144,8 +144,8 @@ std::shared_ptr<const Secret> DataKeyCache::Load(uint32_t key_id) {
   }
   const std::string id = std::to_string(key_id);
   if (record.status == KeyStatus::kDestroyed || !record.wrapped_key) {
-    throw KeyError("key " + id +
-                   " is destroyed: values encrypted under it can no longer be decrypted");
+    throw NoSuchKeyError("key " + id +
+                         " is destroyed: values encrypted under it can no longer be decrypted");
   }
   kms::KmsClient* kms = nullptr;
   try {

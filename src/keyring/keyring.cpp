@@ -186,8 +186,8 @@ std::optional<KeyRecord> FindKey(pqxx::transaction_base& txn, uint32_t key_id) {
 KeyRecord GetKey(pqxx::transaction_base& txn, uint32_t key_id) {
   std::optional<KeyRecord> key = FindKey(txn, key_id);
   if (!key) {
-    throw KeyError("unknown key id " + std::to_string(key_id) +
-                   "; `rekey keys list` shows the keyring");
+    throw NoSuchKeyError("unknown key id " + std::to_string(key_id) +
+                         "; `rekey keys list` shows the keyring");
   }
   return std::move(*key);
 }

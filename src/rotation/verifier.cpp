@@ -49,8 +49,11 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     std::unique_ptr<crypto::AesGcmKey> key;
     try {
       key = std::make_unique<crypto::AesGcmKey>(keys(id));
-    } catch (const KeyError&) {
-      key = nullptr;  // unknown or destroyed: its values count as unknown_key
+    } catch (const NoSuchKeyError&) {
+      // Unknown or destroyed: its values count as unknown_key. Any other KeyError (the KMS
+      // denying access, a disabled KMS key) is the environment's fault, not the data's: it
+      // propagates, so a gate stops the worker with that error instead of failing the stage.
+      key = nullptr;
     }
     return cache.emplace(id, std::move(key)).first->second.get();
   };
