@@ -59,4 +59,14 @@ void Secret::Wipe() noexcept {
   locked_ = false;
 }
 
+void WipeAndClear(std::string* buffer) {
+  if (!buffer->empty()) OPENSSL_cleanse(buffer->data(), buffer->size());
+  buffer->clear();
+}
+
+void WipeAndClear(std::vector<uint8_t>* buffer) {
+  if (!buffer->empty()) OPENSSL_cleanse(buffer->data(), buffer->size());
+  buffer->clear();
+}
+
 }  // namespace rekey

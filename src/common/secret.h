@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <iosfwd>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -46,6 +47,11 @@ class Secret {
   size_t size_ = 0;
   bool locked_ = false;
 };
+
+// Wipes (OPENSSL_cleanse) and clears a transient buffer that held key material on its way into
+// or out of a Secret: a base64 text from a file or the environment, a decoded KMS response.
+void WipeAndClear(std::string* buffer);
+void WipeAndClear(std::vector<uint8_t>* buffer);
 
 // Printing a secret is a compile error, so it cannot slip into a log line or exception message.
 std::ostream& operator<<(std::ostream&, const Secret&) = delete;

@@ -22,29 +22,14 @@ DataKeyCache::KmsResolver SingleClient(kms::KmsClient& kms) {
   };
 }
 
-int64_t NonNegative(const kms::GetenvFn& getenv, const char* name, int64_t fallback) {
-  std::optional<std::string> v = getenv(name);
-  if (!v || v->empty()) return fallback;
-  size_t used = 0;
-  int64_t n = -1;
-  try {
-    n = std::stoll(*v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v->size() || n < 0) {
-    throw ConfigError(std::string(name) + "='" + *v + "' is not a non-negative integer");
-  }
-  return n;
-}
-
 }  // namespace
 
 CacheOptions CacheOptionsFromEnv(const kms::GetenvFn& getenv) {
   CacheOptions o;
-  int64_t ttl = NonNegative(getenv, "REKEY_KEY_CACHE_TTL_SECONDS", 3600);
+  int64_t ttl = kms::GetenvInteger(getenv, "REKEY_KEY_CACHE_TTL_SECONDS", 3600, 0);
   if (ttl > 0) o.ttl = std::chrono::seconds(ttl);
-  o.max_entries = static_cast<size_t>(NonNegative(getenv, "REKEY_KEY_CACHE_MAX_ENTRIES", 1000));
+  o.max_entries =
+      static_cast<size_t>(kms::GetenvInteger(getenv, "REKEY_KEY_CACHE_MAX_ENTRIES", 1000, 0));
   return o;
 }
 

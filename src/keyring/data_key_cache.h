@@ -46,7 +46,7 @@ struct CacheOptions {
 // The cache bounds of a `rekey` process, from the environment over these defaults:
 //   REKEY_KEY_CACHE_TTL_SECONDS   entry lifetime (default 3600; 0 = never expire)
 //   REKEY_KEY_CACHE_MAX_ENTRIES   entries kept (default 1000; 0 = unbounded)
-// Throws ConfigError naming the variable for a value that is not a non-negative integer.
+// Throws ConfigError naming the variable for a value that is not an integer >= 0.
 CacheOptions CacheOptionsFromEnv(const kms::GetenvFn& getenv = kms::ProcessGetenv);
 
 class DataKeyCache {

@@ -14,14 +14,6 @@ namespace {
 
 using nlohmann::json;
 
-void Cleanse(std::string* s) {
-  if (!s->empty()) OPENSSL_cleanse(s->data(), s->size());
-}
-
-void Cleanse(Bytes* b) {
-  if (!b->empty()) OPENSSL_cleanse(b->data(), b->size());
-}
-
 json Context(uint32_t key_id) {
   return json{{kRekeyKeyIdContext, std::to_string(key_id)}};
 }
@@ -57,11 +49,11 @@ Secret PlaintextField(const std::string& operation, json* j, uint32_t key_id) {
   if (it == j->end() || !it->is_string()) Malformed(operation, "no Plaintext");
   std::string& text = it->get_ref<std::string&>();
   std::optional<Bytes> b = Base64Decode(text);
-  Cleanse(&text);
+  WipeAndClear(&text);
   if (!b) Malformed(operation, "Plaintext is not base64");
   Secret key(b->data(), b->size());
   size_t size = b->size();
-  Cleanse(&*b);
+  WipeAndClear(&*b);
   if (size != kDataKeySize) {
     throw KeyError("AWS KMS " + operation + " returned " + std::to_string(size) +
                    " bytes for data key " + std::to_string(key_id) +
@@ -113,17 +105,17 @@ std::string AwsKmsClient::Call(const std::string& operation, const std::string& 
   request.ca_bundle = config_.ca_bundle;
   request.sigv4 = SigV4Signing{config_.region, "kms", creds.access_key_id, creds.secret_access_key,
                                creds.session_token};
-  Cleanse(&creds.secret_access_key);
+  WipeAndClear(&creds.secret_access_key);
   HttpResponse response;
   try {
     response = transport_->Post(request);
   } catch (...) {
-    Cleanse(&request.body);
-    Cleanse(&request.sigv4->secret_access_key);
+    WipeAndClear(&request.body);
+    WipeAndClear(&request.sigv4->secret_access_key);
     throw;
   }
-  Cleanse(&request.body);
-  Cleanse(&request.sigv4->secret_access_key);
+  WipeAndClear(&request.body);
+  WipeAndClear(&request.sigv4->secret_access_key);
   if (response.status == 200) return std::move(response.body);
   std::string type = AwsErrorType(response.body, response.Header("x-amzn-errortype"));
   // Temporary credentials the server considers expired (clock skew, revoked session): fetch
@@ -150,7 +142,7 @@ GeneratedDataKey AwsKmsClient::GenerateDataKey(uint32_t key_id) {
       {"KeyId", config_.key_id}, {"KeySpec", "AES_256"}, {"EncryptionContext", Context(key_id)}};
   std::string body = Call(op, request.dump(), config_.key_id, std::to_string(key_id));
   json j = ParseObject(op, body);
-  Cleanse(&body);
+  WipeAndClear(&body);
   GeneratedDataKey result;
   result.plaintext = PlaintextField(op, &j, key_id);
   result.wrapped = Base64Field(op, j, "CiphertextBlob");
@@ -168,15 +160,15 @@ GeneratedDataKey AwsKmsClient::WrapDataKey(uint32_t key_id, const Secret& plaint
                   {"Plaintext", Base64Encode(plaintext.data(), plaintext.size())},
                   {"EncryptionContext", Context(key_id)}};
   std::string request_body = request.dump();
-  Cleanse(&request["Plaintext"].get_ref<std::string&>());
+  WipeAndClear(&request["Plaintext"].get_ref<std::string&>());
   std::string body;
   try {
     body = Call(op, request_body, config_.key_id, std::to_string(key_id));
   } catch (...) {
-    Cleanse(&request_body);
+    WipeAndClear(&request_body);
     throw;
   }
-  Cleanse(&request_body);
+  WipeAndClear(&request_body);
   json j = ParseObject(op, body);
   GeneratedDataKey result;
   result.plaintext = plaintext.Clone();
@@ -197,7 +189,7 @@ Secret AwsKmsClient::UnwrapDataKey(uint32_t key_id, const std::string& kms_key_r
                   {"EncryptionContext", Context(key_id)}};
   std::string body = Call(op, request.dump(), kms_key_ref, std::to_string(key_id));
   json j = ParseObject(op, body);
-  Cleanse(&body);
+  WipeAndClear(&body);
   Secret key = PlaintextField(op, &j, key_id);
   StringField(op, j, "KeyId");  // KMS always names the key it used; a reply without is not KMS
   return key;

@@ -4,6 +4,23 @@
 
 namespace rekey::kms {
 
+int64_t GetenvInteger(const GetenvFn& getenv, const char* name, int64_t fallback, int64_t minimum) {
+  std::optional<std::string> v = getenv(name);
+  if (!v || v->empty()) return fallback;
+  size_t used = 0;
+  int64_t n = minimum - 1;
+  try {
+    n = std::stoll(*v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != v->size() || n < minimum) {
+    throw ConfigError(std::string(name) + "='" + *v + "' is not an integer of at least " +
+                      std::to_string(minimum));
+  }
+  return n;
+}
+
 GeneratedDataKey KmsClient::RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
                                           const Bytes& wrapped,
                                           const std::string& destination_key_ref) {

@@ -33,6 +33,9 @@ struct GeneratedDataKey {
 using GetenvFn = std::function<std::optional<std::string>(const char* name)>;
 // The real process environment (std::getenv).
 std::optional<std::string> ProcessGetenv(const char* name);
+// The value of integer variable `name`, or `fallback` iff it is unset or empty. Throws
+// ConfigError naming the variable unless it is a decimal integer of at least `minimum`.
+int64_t GetenvInteger(const GetenvFn& getenv, const char* name, int64_t fallback, int64_t minimum);
 
 class KmsClient {
  public:

@@ -23,17 +23,6 @@ std::optional<std::string> ProcessGetenv(const char* name) {
 
 namespace {
 
-// Wipes a std::string that held key material before it is released.
-void Cleanse(std::string* s) {
-  if (!s->empty()) OPENSSL_cleanse(s->data(), s->size());
-  s->clear();
-}
-
-void Cleanse(Bytes* b) {
-  if (!b->empty()) OPENSSL_cleanse(b->data(), b->size());
-  b->clear();
-}
-
 constexpr char kNoMasterKey[] =
     "no master key: set REKEY_MASTER_KEY_FILE to a file holding 32 random bytes (e.g. `head -c32 "
     "/dev/urandom > master.key`) or REKEY_MASTER_KEY to their base64";
@@ -46,14 +35,14 @@ Secret DecodeBase64MasterKey(std::string* text, const std::string& what) {
       "/dev/urandom | base64`)";
   size_t text_size = text->size();
   std::optional<Bytes> decoded = Base64Decode(*text);
-  Cleanse(text);
+  WipeAndClear(text);
   if (!decoded) {
     throw ConfigError(what + " is not valid base64 (" + std::to_string(text_size) + " bytes); " +
                       kExpected);
   }
   Secret key(decoded->data(), decoded->size());
   size_t size = decoded->size();
-  Cleanse(&*decoded);
+  WipeAndClear(&*decoded);
   if (size != kDataKeySize) {
     throw ConfigError(what + " decodes to " + std::to_string(size) + " bytes, not 32; " +
                       kExpected);
@@ -68,14 +57,14 @@ Secret ReadMasterKeyFile(const std::string& path) {
   }
   std::string contents((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) {
-    Cleanse(&contents);
+    WipeAndClear(&contents);
     throw ConfigError("cannot read REKEY_MASTER_KEY_FILE " + path);
   }
   // Exactly 32 bytes is the raw key; anything else must be its base64 text (44 characters, plus
   // perhaps a newline), which can never be 32 bytes long.
   if (contents.size() == kDataKeySize) {
     Secret key(reinterpret_cast<const uint8_t*>(contents.data()), contents.size());
-    Cleanse(&contents);
+    WipeAndClear(&contents);
     return key;
   }
   return DecodeBase64MasterKey(&contents, "REKEY_MASTER_KEY_FILE " + path);
@@ -108,7 +97,7 @@ LocalKms::LocalKms(const GetenvFn& getenv) {
   if (inline_key && inline_key->empty()) inline_key.reset();
   if (file && file->empty()) file.reset();
   if (inline_key && file) {
-    Cleanse(&*inline_key);
+    WipeAndClear(&*inline_key);
     throw ConfigError(
         "both REKEY_MASTER_KEY and REKEY_MASTER_KEY_FILE are set; set exactly one of them");
   }
@@ -180,7 +169,7 @@ Secret LocalKms::UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
   }
   Secret key(plaintext.data(), plaintext.size());
   size_t size = plaintext.size();
-  Cleanse(&plaintext);
+  WipeAndClear(&plaintext);
   if (size != kDataKeySize) {
     throw KeyError("data key " + id + " unwraps to " + std::to_string(size) +
                    " bytes, not 32: the wrapped key in rekey.keys is corrupt");

@@ -5,36 +5,16 @@
 
 namespace rekey::kms {
 
-namespace {
-
-int64_t ParsePositive(const GetenvFn& getenv, const char* name, int64_t fallback) {
-  std::optional<std::string> v = getenv(name);
-  if (!v || v->empty()) return fallback;
-  size_t used = 0;
-  int64_t n = -1;
-  try {
-    n = std::stoll(*v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != v->size() || n <= 0) {
-    throw ConfigError(std::string(name) + "='" + *v + "' is not a positive integer");
-  }
-  return n;
-}
-
-}  // namespace
-
 ResilienceOptions ResilienceOptionsFromEnv(const GetenvFn& getenv) {
   ResilienceOptions o;
-  o.calls_per_second = static_cast<double>(ParsePositive(getenv, "REKEY_KMS_CALLS_PER_SECOND",
-                                                         static_cast<int64_t>(o.calls_per_second)));
+  o.calls_per_second = static_cast<double>(GetenvInteger(
+      getenv, "REKEY_KMS_CALLS_PER_SECOND", static_cast<int64_t>(o.calls_per_second), 1));
   o.max_attempts =
-      static_cast<int>(ParsePositive(getenv, "REKEY_KMS_MAX_ATTEMPTS", o.max_attempts));
+      static_cast<int>(GetenvInteger(getenv, "REKEY_KMS_MAX_ATTEMPTS", o.max_attempts, 1));
   o.breaker_failures =
-      static_cast<int>(ParsePositive(getenv, "REKEY_KMS_BREAKER_FAILURES", o.breaker_failures));
+      static_cast<int>(GetenvInteger(getenv, "REKEY_KMS_BREAKER_FAILURES", o.breaker_failures, 1));
   o.breaker_cool_down = std::chrono::milliseconds(
-      ParsePositive(getenv, "REKEY_KMS_BREAKER_COOLDOWN_MS", o.breaker_cool_down.count()));
+      GetenvInteger(getenv, "REKEY_KMS_BREAKER_COOLDOWN_MS", o.breaker_cool_down.count(), 1));
   return o;
 }
 

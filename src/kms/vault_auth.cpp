@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/secret.h"
 #include "kms/vault_errors.h"
 
 namespace rekey::kms {
@@ -16,10 +17,6 @@ namespace rekey::kms {
 namespace {
 
 using nlohmann::json;
-
-void Cleanse(std::string* s) {
-  if (!s->empty()) OPENSSL_cleanse(s->data(), s->size());
-}
 
 json ParseBody(const std::string& what, const std::string& body) {
   json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
@@ -100,7 +97,7 @@ VaultAuth::VaultAuth(VaultConnection connection, VaultAuthConfig config,
       clock_(std::move(clock)) {}
 
 VaultAuth::~VaultAuth() {
-  Cleanse(&token_);
+  WipeAndClear(&token_);
 }
 
 std::string VaultAuth::Source() const {
@@ -139,7 +136,7 @@ std::string VaultAuth::ReadFile(const std::string& path, const char* variable) c
   size_t begin = text.find_first_not_of(" \t\r\n");
   size_t end = text.find_last_not_of(" \t\r\n");
   std::string value = begin == std::string::npos ? "" : text.substr(begin, end - begin + 1);
-  Cleanse(&text);
+  WipeAndClear(&text);
   if (!in || value.empty()) {
     throw ConfigError(std::string("cannot read ") + variable + " " + path +
                       " (missing, unreadable or empty); check " + variable);
@@ -177,17 +174,17 @@ VaultAuth::Lease VaultAuth::Obtain() {
   std::string jwt = ReadFile(config_.k8s_jwt_file, "REKEY_VAULT_K8S_JWT_FILE");
   json request = {{"role", config_.k8s_role}, {"jwt", jwt}};
   std::string body = request.dump();
-  Cleanse(&jwt);
-  Cleanse(&request["jwt"].get_ref<std::string&>());
+  WipeAndClear(&jwt);
+  WipeAndClear(&request["jwt"].get_ref<std::string&>());
   const std::string path = "auth/" + config_.k8s_mount + "/login";
   HttpResponse r;
   try {
     r = transport_->Post(VaultRequest(connection_, "POST", path, body, ""));
   } catch (...) {
-    Cleanse(&body);
+    WipeAndClear(&body);
     throw;
   }
-  Cleanse(&body);
+  WipeAndClear(&body);
   if (r.status != 200) {
     ThrowAuthError(r.status, r.body,
                    "kubernetes login (" + path + ", role " + config_.k8s_role + ")",
@@ -195,7 +192,7 @@ VaultAuth::Lease VaultAuth::Obtain() {
                    "this pod's service account and namespace");
   }
   json j = ParseBody("kubernetes login", r.body);
-  Cleanse(&r.body);
+  WipeAndClear(&r.body);
   auto auth = j.find("auth");
   if (auth == j.end() || !auth->is_object() || !auth->contains("client_token") ||
       !(*auth)["client_token"].is_string() || (*auth)["client_token"].get<std::string>().empty()) {
@@ -204,12 +201,12 @@ VaultAuth::Lease VaultAuth::Obtain() {
   }
   Lease lease{(*auth)["client_token"].get<std::string>(), Seconds(*auth, "lease_duration"),
               Flag(*auth, "renewable")};
-  Cleanse(&(*auth)["client_token"].get_ref<std::string&>());
+  WipeAndClear(&(*auth)["client_token"].get_ref<std::string&>());
   return lease;
 }
 
 void VaultAuth::Adopt(Lease lease) {
-  Cleanse(&token_);
+  WipeAndClear(&token_);
   token_ = std::move(lease.token);
   ttl_ = lease.ttl;
   renewable_ = lease.renewable;
@@ -281,11 +278,11 @@ bool VaultAuth::Refresh(const std::string& rejected) {
     case VaultAuthMethod::kTokenFile: {
       std::string fresh = ReadFile(config_.token_file, "VAULT_TOKEN_FILE");
       if (fresh == rejected) {
-        Cleanse(&fresh);
+        WipeAndClear(&fresh);
         return false;
       }
       Adopt(Lookup(fresh));
-      Cleanse(&fresh);
+      WipeAndClear(&fresh);
       return true;
     }
     case VaultAuthMethod::kKubernetes:

@@ -16,14 +16,6 @@ namespace {
 
 using nlohmann::json;
 
-void Cleanse(std::string* s) {
-  if (!s->empty()) OPENSSL_cleanse(s->data(), s->size());
-}
-
-void Cleanse(Bytes* b) {
-  if (!b->empty()) OPENSSL_cleanse(b->data(), b->size());
-}
-
 std::string RefString(const TransitKeyRef& key) {
   return key.mount + "/keys/" + key.name;
 }
@@ -193,22 +185,22 @@ json VaultTransitClient::Call(const std::string& method, const TransitKeyRef& ke
   try {
     response = transport_->Post(VaultRequest(config_.connection, method, path, body, token));
     if (response.status == 403 && auth_.Refresh(token)) {
-      Cleanse(&token);
+      WipeAndClear(&token);
       token = auth_.Token();
       response = transport_->Post(VaultRequest(config_.connection, method, path, body, token));
     }
   } catch (...) {
-    Cleanse(&body);
-    Cleanse(&token);
+    WipeAndClear(&body);
+    WipeAndClear(&token);
     throw;
   }
-  Cleanse(&body);
+  WipeAndClear(&body);
   if (batch && response.status == 400) {
     // Vault answers 400 when any batch item failed, with every item's outcome in the data.
     json j = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
     if (j.is_object() && j.contains("data") && j["data"].is_object() &&
         j["data"].contains("batch_results")) {
-      Cleanse(&token);
+      WipeAndClear(&token);
       return j;
     }
   }
@@ -216,9 +208,9 @@ json VaultTransitClient::Call(const std::string& method, const TransitKeyRef& ke
     std::string redact = std::move(token);
     ThrowVaultError(response.status, response.body, operation, RefString(key), data_key_id, redact);
   }
-  Cleanse(&token);
+  WipeAndClear(&token);
   json j = json::parse(response.body, nullptr, /*allow_exceptions=*/false);
-  Cleanse(&response.body);
+  WipeAndClear(&response.body);
   if (!j.is_object()) Malformed(operation, "not a JSON object");
   return j;
 }
@@ -255,7 +247,7 @@ std::string VaultTransitClient::Encrypt(const TransitKeyRef& key, uint32_t key_i
   json request = {{"plaintext", Base64Encode(plaintext.data(), plaintext.size())},
                   {"context", TransitContext(key_id)}};
   std::string body = request.dump();
-  Cleanse(&request["plaintext"].get_ref<std::string&>());
+  WipeAndClear(&request["plaintext"].get_ref<std::string&>());
   return Ciphertext("encrypt",
                     Call("POST", key, "encrypt", std::move(body), std::to_string(key_id)));
 }
@@ -271,11 +263,11 @@ Secret VaultTransitClient::Decrypt(const TransitKeyRef& key, uint32_t key_id,
   if (it == data->end() || !it->is_string()) Malformed(op, "no plaintext");
   std::string& text = it->get_ref<std::string&>();
   std::optional<Bytes> b = Base64Decode(text);
-  Cleanse(&text);
+  WipeAndClear(&text);
   if (!b) Malformed(op, "plaintext is not base64");
   Secret secret(b->data(), b->size());
   const size_t size = b->size();
-  Cleanse(&*b);
+  WipeAndClear(&*b);
   if (size != kDataKeySize) {
     throw KeyError("Vault Transit decrypt returned " + std::to_string(size) +
                    " bytes for data key " + std::to_string(key_id) + " under " + RefString(key) +
