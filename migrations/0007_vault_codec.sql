@@ -200,3 +200,49 @@ BEGIN
 END $$;
 CREATE TRIGGER job_stages_no_transit_rollback BEFORE INSERT ON rekey.job_stages
   FOR EACH ROW EXECUTE FUNCTION rekey.refuse_transit_rollback();
+
+-- rekey.key_usage as in 0001, but skipping vault-transit targets: they hold no keyring key's
+-- values (and have no key-id column to count by), so retiring or destroying a key ignores them.
+CREATE OR REPLACE FUNCTION rekey.key_usage(key_id bigint)
+RETURNS TABLE (target_id bigint, target text, n bigint)
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+  t     rekey.targets%ROWTYPE;
+  query text;
+BEGIN
+  FOR t IN SELECT * FROM rekey.targets ORDER BY targets.target_id LOOP
+    -- Transit ciphertexts are under Vault's keys, never under a keyring key.
+    CONTINUE WHEN t.codec = 'vault-transit';
+    target_id := t.target_id;
+    target := format('%I.%I.%I', t.schema_name, t.table_name, t.column_name);
+    IF t.scope_column IS NOT NULL THEN
+      target := target || format(' where %I = %L', t.scope_column, t.scope_value);
+    END IF;
+
+    IF to_regclass(format('%I.%I', t.schema_name, t.table_name)) IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_attribute a
+                      WHERE a.attrelid = to_regclass(format('%I.%I', t.schema_name, t.table_name))
+                        AND a.attname = t.column_name AND a.attnum > 0 AND NOT a.attisdropped) THEN
+      RAISE NOTICE 'rekey.key_usage: skipping target % (%): the table or column no longer exists',
+        t.target_id, target;
+      CONTINUE;
+    END IF;
+
+    IF t.codec = 'tink' THEN
+      query := format('SELECT count(*) FROM %I.%I WHERE substring(%I from 1 for 5) = '
+                      '''\x01''::bytea || substring(int8send($1) from 5 for 4)',
+                      t.schema_name, t.table_name, t.column_name);
+    ELSE
+      query := format('SELECT count(*) FROM %I.%I WHERE %I = $1 AND %I IS NOT NULL',
+                      t.schema_name, t.table_name, t.key_id_column, t.column_name);
+    END IF;
+    IF t.scope_column IS NOT NULL THEN
+      query := query || format(' AND %I::text = $2', t.scope_column);
+    END IF;
+
+    EXECUTE query INTO n USING key_usage.key_id, t.scope_value;
+    RETURN NEXT;
+  END LOOP;
+END
+$$;

@@ -234,6 +234,9 @@ TEST_F(VaultCodecTest, RewrapsEveryValueInsideVaultAndQuarantinesWhatVaultRefuse
     }
   }
 
+  // A transit target holds no keyring key's values: key usage (retire, destroy) skips it.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.key_usage(1)"), "0");
+
   // verify: versions, no plaintext; the three quarantined values fail it.
   ProcessResult verify = Rekey({"job", "verify", job});
   EXPECT_EQ(verify.exit_code, 5) << verify.err;

@@ -214,7 +214,9 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   auto flags = std::make_shared<CreateFlags>();
   CLI::App* create = job->add_subcommand("create", "Define, plan and enqueue a rotation job");
   create->add_option("--table", flags->table, "Target table, schema.table")->required();
-  create->add_option("--column", flags->columns, "Ciphertext column (bytea); repeat for several")
+  create
+      ->add_option("--column", flags->columns,
+                   "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
                      "Codec per column: tink (default), raw or vault-transit; one for all, or one "
