@@ -254,11 +254,12 @@ TEST_F(VaultCodecTest, RewrapsEveryValueInsideVaultAndQuarantinesWhatVaultRefuse
   EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.job_stages WHERE kind = 'rollback'"), "0");
 }
 
-TEST_F(VaultCodecTest, VaultOutageReleasesBatchesAndQuarantinesNothing) {
+TEST_F(VaultCodecTest, VaultOutageMidBatchWritesNothingAndQuarantinesNothing) {
+  constexpr int kFewRows = 24;
   Exec("CREATE TABLE public.secrets (id bigint PRIMARY KEY, payload text, note text)");
   {
     pqxx::work txn(conn());
-    for (int id = 1; id <= 20; id++) {
+    for (int id = 1; id <= kFewRows; id++) {
       txn.exec_params("INSERT INTO public.secrets VALUES ($1, $2, 'ok')", id, Encrypt("app", id));
     }
     txn.commit();
@@ -266,15 +267,49 @@ TEST_F(VaultCodecTest, VaultOutageReleasesBatchesAndQuarantinesNothing) {
   Vault("transit/keys/app/rotate", nlohmann::json::object());
   ProcessResult created = Rekey(CreateArgs());
   ASSERT_EQ(created.exit_code, 0) << created.err;
-  // Vault answers 503 for a while: the worker waits it out, no attempt used, nothing quarantined.
-  Control({{"outage_seconds", 3}});
-  ProcessResult work = RunRekey(
-      {"--db", conninfo(), "work", "--job", Scalar("SELECT max(job_id) FROM rekey.jobs")}, Env());
+  // The worker reads the key, then blocks on a row this test holds locked: it is inside its
+  // batch's transaction. Vault then goes down (503 for two seconds) and the row is let go, so the
+  // worker's rewrap request fails with the batch's rows locked: nothing may be written, the batch
+  // is released without using an attempt, and it completes once Vault is back.
+  pqxx::connection holder(conninfo());
+  auto hold = std::make_unique<pqxx::work>(holder);
+  hold->exec("SELECT 1 FROM public.secrets WHERE id = 1 FOR UPDATE");
+  ChildProcess worker({REKEY_BINARY, "--db", conninfo(), "work", "--job",
+                       Scalar("SELECT max(job_id) FROM rekey.jobs")},
+                      Env());
+  bool blocked = false;
+  for (int i = 0; i < 1200 && !blocked && worker.Running(); i++) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    blocked = Scalar(
+                  "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                  "AND wait_event_type = 'Lock'") != "0";
+  }
+  ASSERT_TRUE(blocked) << "the worker never reached the locked row: " << worker.Wait(10).err;
+  Control({{"outage_seconds", 2}});
+  hold->commit();
+  hold.reset();
+  ProcessResult work = worker.Wait(120);
+  kms::HttpRequest get;
+  get.method = "GET";
+  get.url = *url_ + "/__stats";
+  nlohmann::json stats = nlohmann::json::parse(transport_->Post(get).body);
   ASSERT_EQ(work.exit_code, 0) << work.err;
+  EXPECT_GE(stats["errors"].value("503", 0), 1) << stats.dump();
+  EXPECT_NE(work.err.find("Vault Transit rewrap on transit/keys/app failed (HTTP 503"),
+            std::string::npos)
+      << work.err;
+  EXPECT_EQ(Scalar("SELECT max(attempts) FROM rekey.batches"), "1");
   EXPECT_NE(work.err.find("\"transient\":true"), std::string::npos) << work.err;
-  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs"), "completed");
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs"), "completed")
+      << Scalar("SELECT state_reason FROM rekey.jobs");
   EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.row_failures"), "0");
-  EXPECT_EQ(Scalar("SELECT count(*) FROM public.secrets WHERE payload LIKE 'vault:v2:%'"), "20");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.batches WHERE state <> 'done'"), "0");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM public.secrets WHERE payload LIKE 'vault:v2:%'"),
+            std::to_string(kFewRows));
+  pqxx::read_transaction txn(conn());
+  for (const auto& row : txn.exec("SELECT id, payload FROM public.secrets ORDER BY id")) {
+    ASSERT_EQ(Decrypt(row[1].as<std::string>(), row[0].as<int>()), Plaintext(row[0].as<int>()));
+  }
 }
 
 TEST_F(VaultCodecTest, CreateRefusesUnfitTransitKeysWithOneLine) {
