@@ -243,6 +243,11 @@ TEST_F(VaultCodecTest, RewrapsEveryValueInsideVaultAndQuarantinesWhatVaultRefuse
   EXPECT_NE(verify.out.find(std::to_string(kRows) + " under target keys"), std::string::npos)
       << verify.out;
 
+  // The compliance report of such a job builds too.
+  ProcessResult report = Rekey({"report", job, "--format", "json"});
+  EXPECT_EQ(report.exit_code, 0) << report.err;
+  EXPECT_EQ(report.out.find(Plaintext(1)), std::string::npos);
+
   // No rollback: one line saying why, exit 5, nothing changed.
   ProcessResult rollback = Rekey({"job", "rollback", job});
   EXPECT_EQ(rollback.exit_code, 5) << rollback.err;

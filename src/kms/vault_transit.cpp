@@ -420,7 +420,16 @@ VaultTransitClient::KeyInfo VaultTransitClient::ReadTransitKey(const std::string
                       "' is not a Vault Transit key path; write <mount>/keys/<name>, e.g. "
                       "transit/keys/app");
   }
-  json data = ReadKey(*key);
+  json data;
+  try {
+    data = ReadKey(*key);
+  } catch (const KeyError& e) {
+    // ThrowVaultError's advice is about the data-key provider's variables; a column job names
+    // the application's key itself.
+    if (std::string(e.what()).find(" does not exist") == std::string::npos) throw;
+    throw KeyError("Transit key " + key_ref + " does not exist at " + config_.connection.addr +
+                   "; check --transit-key: it is the key the application encrypts with");
+  }
   if (!BoolOr(data, "supports_encryption", true)) {
     throw KeyError("Transit key " + key_ref + " (type " + StringOr(data, "type", "?") +
                    ") cannot encrypt, so it cannot rewrap; rotate values of an aes256-gcm96 key");
