@@ -1,11 +1,13 @@
 #include "cli_support.h"
 
 #include <csignal>
+#include <mutex>
 
 #include "db/connection.h"
 #include "db/conninfo.h"
 #include "kms/kms_factory.h"
 #include "kms/kms_registry.h"
+#include "kms/vault_transit.h"
 
 namespace rekey::cli {
 namespace {
@@ -38,6 +40,23 @@ std::function<bool()> KeyServices::Availability() {
 
 rotation::DataKeySource KeyServices::Source() {
   return [cache = cache_.get()](uint32_t key_id) { return cache->Get(key_id); };
+}
+
+rotation::TransitClientSource LazyTransitClient() {
+  struct Shared {
+    std::mutex mu;
+    std::unique_ptr<kms::VaultTransitClient> client;
+  };
+  auto shared = std::make_shared<Shared>();
+  return [shared]() -> kms::VaultTransitClient& {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    if (!shared->client) {
+      shared->client = std::make_unique<kms::VaultTransitClient>(
+          kms::VaultTransitConfigFromEnv(kms::ProcessGetenv, /*require_key=*/false),
+          std::make_shared<kms::CurlTransport>());
+    }
+    return *shared->client;
+  };
 }
 
 const std::atomic<bool>& InstallStopSignals() {

@@ -2,6 +2,7 @@
 // function (rekey.create_job, rekey.pause_job, ...), so psql and the CLI do exactly the same.
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -10,6 +11,7 @@
 #include "common/error.h"
 #include "db/connection.h"
 #include "jobs/job.h"
+#include "kms/vault_transit.h"
 #include "rotation/verifier.h"
 
 namespace rekey::cli {
@@ -33,7 +35,33 @@ struct CreateFlags {
   std::string observe;
   int gate_sample_size = 10000;
   bool dry_run = false;
+  std::string transit_key;  // vault-transit: <mount>/keys/<name>
+  int to_version = 0;       // vault-transit: 0 = the key's latest version
 };
+
+// A vault-transit job's Transit key, checked in Vault before anything is written: it exists, can
+// encrypt, fits the job's derivation context, and has the version the job rotates to (by default
+// its latest). One-line KeyError or ConfigError otherwise.
+void ResolveTransitKey(const CreateFlags& flags, jobs::JobSpec* spec) {
+  if (flags.transit_key.empty()) {
+    throw ConfigError(
+        "--codec vault-transit needs the Transit key the values are under: --transit-key "
+        "<mount>/keys/<name>, e.g. transit/keys/app");
+  }
+  const rotation::TransitClientSource source = LazyTransitClient();  // owns the client
+  kms::VaultTransitClient& vault = source();
+  const kms::VaultTransitClient::KeyInfo info = vault.ReadTransitKey(flags.transit_key);
+  rotation::RequireTransitKeyFits(flags.transit_key, info.derived, !flags.ad_template.empty());
+  int version = flags.to_version > 0 ? flags.to_version : info.latest_version;
+  if (version > info.latest_version) {
+    throw ConfigError(
+        "--to-version " + std::to_string(version) + " is beyond Transit key " + flags.transit_key +
+        "'s latest version " + std::to_string(info.latest_version) +
+        "; rotate the key in Vault first (vault write -f " + flags.transit_key + "/rotate)");
+  }
+  spec->transit_key_ref = flags.transit_key;
+  spec->transit_min_version = version;
+}
 
 // Runs `SELECT <function>($1[, ...])` in its own transaction and prints the text it returns.
 void RunControlFunction(const GlobalOptions& global, const std::string& context,
@@ -56,7 +84,20 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   if (spec.codecs.size() == 1 && spec.columns.size() > 1) {
     spec.codecs.assign(spec.columns.size(), spec.codecs[0]);
   }
-  spec.key_map = jobs::ParseKeyMap(flags.key_map);
+  const bool transit =
+      !flags.transit_key.empty() ||
+      std::find(spec.codecs.begin(), spec.codecs.end(), "vault-transit") != spec.codecs.end();
+  if (transit) {
+    if (!flags.key_map.empty()) {
+      throw ConfigError(
+          "--map does not apply to a vault-transit job: it rewraps every value below the "
+          "Transit key's target version (--to-version, default the latest)");
+    }
+    ResolveTransitKey(flags, &spec);
+  } else {
+    if (flags.key_map.empty()) throw ConfigError("--map is required, e.g. --map 1:2");
+    spec.key_map = jobs::ParseKeyMap(flags.key_map);
+  }
   if (!flags.key_id_column.empty()) spec.key_id_column = flags.key_id_column;
   if (!flags.ad_template.empty()) spec.ad_template = flags.ad_template;
   if (!flags.scope.empty()) {
@@ -92,9 +133,10 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
              " FROM rekey.stage_status s JOIN rekey.jobs j USING (job_id) WHERE job_id = $1 ORDER "
              "BY stage_no",
              id)) {
-      std::printf("  stage %d (up to %s%%): %lld rows in %lld batches%s\n", stage[0].as<int>(),
-                  stage[1].c_str(), stage[2].as<long long>(), stage[3].as<long long>(),
-                  stage[4].as<bool>() ? "; the new key becomes primary when it opens" : "");
+      std::printf(
+          "  stage %d (up to %s%%): %lld rows in %lld batches%s\n", stage[0].as<int>(),
+          stage[1].c_str(), stage[2].as<long long>(), stage[3].as<long long>(),
+          stage[4].as<bool>() && !transit ? "; the new key becomes primary when it opens" : "");
     }
     if (flags.dry_run) {
       txn.abort();
@@ -123,6 +165,10 @@ void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
   for (const auto& [from, to] : job.key_map) {
     sources.push_back(from);
     targets.push_back(to);
+  }
+  if (job.transit_key_ref) {
+    // Versions at or above the target count as "target keys"; the failures are the rest.
+    for (const auto& entry : report.values_by_key) targets.push_back(entry.first);
   }
   const int64_t under_source = report.ValuesUnder(sources);
   const int64_t under_target = report.ValuesUnder(targets);
@@ -168,12 +214,22 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   auto flags = std::make_shared<CreateFlags>();
   CLI::App* create = job->add_subcommand("create", "Define, plan and enqueue a rotation job");
   create->add_option("--table", flags->table, "Target table, schema.table")->required();
-  create->add_option("--column", flags->columns, "Ciphertext column (bytea); repeat for several")
+  create
+      ->add_option("--column", flags->columns,
+                   "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
-                     "Codec per column: tink (default) or raw; one for all, or one per --column");
-  create->add_option("--map", flags->key_map, "Source-to-target key ids, e.g. 1:2 or 3:7,4:8")
-      ->required();
+                     "Codec per column: tink (default), raw or vault-transit; one for all, or one "
+                     "per --column");
+  create->add_option("--map", flags->key_map,
+                     "Source-to-target key ids, e.g. 1:2 or 3:7,4:8 (required but for "
+                     "vault-transit)");
+  create->add_option("--transit-key", flags->transit_key,
+                     "vault-transit: the Transit key of the values, <mount>/keys/<name>");
+  create
+      ->add_option("--to-version", flags->to_version,
+                   "vault-transit: rewrap values below this key version (default: the latest)")
+      ->check(CLI::Range(1, 1000000000));
   create->add_option("--key-id-column", flags->key_id_column,
                      "Integer column holding the key id (required by raw; kept in step for tink)");
   create->add_option("--ad-template", flags->ad_template,

@@ -88,6 +88,7 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
               {{"listen", flags.listen}, {"port", ops->port()}, {"action", "http.listen"}});
   }
   options.kms_available = keys.Availability();
+  options.transit = LazyTransitClient();
   rotation::WorkerPool pool(conninfo, options, keys.Source());
   log::Info("worker started",
             {{"action", "worker.started"},

@@ -5,6 +5,7 @@ namespace rekey::crypto {
 std::optional<CodecKind> ParseCodecKind(std::string_view name) {
   if (name == "tink") return CodecKind::kTink;
   if (name == "raw") return CodecKind::kRaw;
+  if (name == "vault-transit") return CodecKind::kVaultTransit;
   return std::nullopt;
 }
 
@@ -14,6 +15,8 @@ std::string_view CodecKindName(CodecKind kind) {
       return "tink";
     case CodecKind::kRaw:
       return "raw";
+    case CodecKind::kVaultTransit:
+      return "vault-transit";
   }
   return "unknown";
 }

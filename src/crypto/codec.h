@@ -27,9 +27,12 @@
 
 namespace rekey::crypto {
 
-enum class CodecKind { kTink, kRaw };
+// kVaultTransit: a text column of Vault Transit ciphertexts ("vault:vN:..."), rotated inside Vault
+// by rewrap (rotation/transit_rewrapper.h); rekey holds neither its key nor its plaintext.
+enum class CodecKind { kTink, kRaw, kVaultTransit };
 
-// Returns the codec named `name` ("tink" or "raw", exact lower case), nullopt for anything else.
+// Returns the codec named `name` ("tink", "raw" or "vault-transit", exact lower case), nullopt for
+// anything else.
 std::optional<CodecKind> ParseCodecKind(std::string_view name);
 // The name ParseCodecKind accepts for `kind`.
 std::string_view CodecKindName(CodecKind kind);

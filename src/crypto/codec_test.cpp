@@ -71,10 +71,11 @@ Bytes Pattern(size_t size, uint32_t seed) {
 TEST(CodecTest, CodecKindNames) {
   EXPECT_EQ(ParseCodecKind("tink"), CodecKind::kTink);
   EXPECT_EQ(ParseCodecKind("raw"), CodecKind::kRaw);
-  for (const char* bad : {"", "Tink", "RAW", "tink ", "aes", "tinkraw"}) {
+  EXPECT_EQ(ParseCodecKind("vault-transit"), CodecKind::kVaultTransit);
+  for (const char* bad : {"", "Tink", "RAW", "tink ", "aes", "tinkraw", "vault", "vault_transit"}) {
     EXPECT_FALSE(ParseCodecKind(bad).has_value()) << bad;
   }
-  for (CodecKind k : {CodecKind::kTink, CodecKind::kRaw}) {
+  for (CodecKind k : {CodecKind::kTink, CodecKind::kRaw, CodecKind::kVaultTransit}) {
     EXPECT_EQ(ParseCodecKind(CodecKindName(k)), k);
   }
 }

@@ -1,5 +1,7 @@
 #include "jobs/job.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -83,7 +85,7 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
       "key_id_column,"
       " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, "
       "per_row_audit, state,"
-      " current_stage"
+      " current_stage, transit_key_ref, transit_min_version"
       " FROM rekey.jobs WHERE job_id = $1",
       job_id);
   if (r.empty()) {
@@ -108,6 +110,10 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   job.per_row_audit = row[12].as<bool>();
   job.state = row[13].as<std::string>();
   job.current_stage = row[14].as<int>();
+  if (!row[15].is_null()) {
+    job.transit_key_ref = row[15].as<std::string>();
+    job.transit_min_version = row[16].as<int>();
+  }
 
   for (const auto& c : txn.exec_params(
            "SELECT t.column_name, t.codec FROM rekey.job_columns c"
@@ -126,7 +132,55 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   return job;
 }
 
+namespace {
+
+int64_t CreateTransitJob(pqxx::transaction_base& txn, const JobSpec& spec) {
+  if (!spec.transit_key_ref || !spec.transit_min_version) {
+    throw ConfigError(
+        "a vault-transit job needs its Transit key: --transit-key <mount>/keys/<name>");
+  }
+  for (const std::string& codec : spec.codecs) {
+    if (codec != "vault-transit") {
+      throw ConfigError(
+          "a job rotates either Transit ciphertexts or rekey's own codecs, not both: give "
+          "vault-transit for every column");
+    }
+  }
+  if (!spec.key_map.empty() || spec.key_id_column || spec.promote_at_stage || spec.per_row_audit) {
+    throw ConfigError(
+        "a vault-transit job rewraps to the Transit key's latest version: --map, "
+        "--key-id-column, --promote-at-stage and --per-row-audit do not apply");
+  }
+  if (spec.ad_template) crypto::AssociatedDataTemplate::Compile(*spec.ad_template);
+  auto opt = [](const std::optional<std::string>& v) -> const char* {
+    return v ? v->c_str() : nullptr;
+  };
+  const std::string columns = db::TextArrayLiteral(spec.columns);
+  const std::string version = std::to_string(*spec.transit_min_version);
+  const std::string batch_size = std::to_string(spec.batch_size);
+  const std::string attempts = std::to_string(spec.max_attempts);
+  const std::string stages = StagePlanLiteral(spec.stages);
+  const std::string threshold = std::to_string(spec.error_threshold);
+  const std::string sample = std::to_string(spec.gate_sample_size);
+  std::vector<const char*> params = {
+      spec.table.c_str(),    columns.c_str(),       spec.transit_key_ref->c_str(),
+      version.c_str(),       opt(spec.ad_template), opt(spec.scope_column),
+      opt(spec.scope_value), batch_size.c_str(),    opt(spec.name),
+      attempts.c_str(),      stages.c_str(),        threshold.c_str(),
+      opt(spec.observe),     sample.c_str()};
+  pqxx::result r = txn.exec_params(
+      "SELECT rekey.create_transit_job($1, $2::text[], $3, $4::integer, $5, $6, $7, $8::integer,"
+      " $9, $10::integer, $11::numeric[], $12::numeric, $13::interval, $14::integer)",
+      pqxx::prepare::make_dynamic_params(params));
+  return r[0][0].as<int64_t>();
+}
+
+}  // namespace
+
 int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
+  const bool transit = spec.transit_key_ref || std::find(spec.codecs.begin(), spec.codecs.end(),
+                                                         "vault-transit") != spec.codecs.end();
+  if (transit) return CreateTransitJob(txn, spec);
   nlohmann::json key_map = nlohmann::json::object();
   for (const auto& [from, to] : spec.key_map) key_map[std::to_string(from)] = to;
   if (spec.ad_template)

@@ -38,7 +38,11 @@ struct JobDefinition {
   std::string state;
   int current_stage = 1;
   std::vector<JobColumn> columns;
-  std::map<uint32_t, uint32_t> key_map;  // source key id -> target key id
+  std::map<uint32_t, uint32_t> key_map;  // source key id -> target key id; empty for transit
+  // A vault-transit job (every column's codec is kVaultTransit): the Transit key
+  // "<mount>/keys/<name>" whose values it rewraps, and the version every value must reach.
+  std::optional<std::string> transit_key_ref;
+  int transit_min_version = 0;
 
   std::string QualifiedTable() const;  // "schema"."table", quoted
 };
@@ -65,6 +69,10 @@ struct JobSpec {
   double error_threshold = 0.001;         // a gate passes below this decrypt error rate
   std::optional<std::string> observe;     // PostgreSQL interval; unset = wait for approval
   int gate_sample_size = 10000;
+  // vault-transit jobs (rekey.create_transit_job): the Transit key and the version to reach,
+  // chosen by the caller after reading the key in Vault.
+  std::optional<std::string> transit_key_ref;
+  std::optional<int> transit_min_version;
 };
 
 // Parses "1,25,50,75,100" into a PostgreSQL numeric[] literal "{1,25,50,75,100}". Throws
@@ -78,9 +86,10 @@ std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text);
 // column name.
 std::pair<std::string, std::string> ParseScope(const std::string& text);
 
-// Creates and plans the job in `txn` (the caller commits). Returns its id. Invalid definitions
-// (unknown table or column, hostile identifiers, bad key map) raise in the database and come
-// back as StateError with the database's one-line reason; nothing is written.
+// Creates and plans the job in `txn` (the caller commits); a spec with a Transit key or the
+// vault-transit codec goes to rekey.create_transit_job, and must then use only that codec. Returns
+// its id. Invalid definitions (unknown table or column, hostile identifiers, bad key map) raise in
+// the database and come back as StateError with the database's one-line reason; nothing is written.
 int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec);
 
 }  // namespace rekey::jobs

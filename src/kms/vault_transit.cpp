@@ -80,7 +80,7 @@ std::string StringOr(const json& j, const char* field, const std::string& fallba
 
 }  // namespace
 
-VaultTransitConfig VaultTransitConfigFromEnv(const GetenvFn& getenv) {
+VaultTransitConfig VaultTransitConfigFromEnv(const GetenvFn& getenv, bool require_key) {
   auto env = [&](const char* name) {
     std::optional<std::string> v = getenv(name);
     return v && !v->empty() ? v : std::nullopt;
@@ -108,6 +108,7 @@ VaultTransitConfig VaultTransitConfigFromEnv(const GetenvFn& getenv) {
   }
 
   std::optional<std::string> key = env("REKEY_VAULT_TRANSIT_KEY");
+  if (!key && !require_key) key = "unset";
   if (!key) {
     throw ConfigError(
         "vault-transit needs the Transit key to wrap data keys under: set "
@@ -402,6 +403,39 @@ std::vector<TransitRewrapResult> VaultTransitClient::RewrapValues(
     }
   }
   return results;
+}
+
+VaultTransitClient::KeyInfo VaultTransitClient::ReadTransitKey(const std::string& key_ref) {
+  std::optional<TransitKeyRef> key = ParseTransitKeyRef(key_ref);
+  if (!key) {
+    throw ConfigError("'" + key_ref +
+                      "' is not a Vault Transit key path; write <mount>/keys/<name>, e.g. "
+                      "transit/keys/app");
+  }
+  json data;
+  try {
+    data = ReadKey(*key);
+  } catch (const KeyError& e) {
+    // ThrowVaultError's advice is about the data-key provider's variables; a column job names
+    // the application's key itself.
+    if (std::string(e.what()).find(" does not exist") == std::string::npos) throw;
+    throw KeyError("Transit key " + key_ref + " does not exist at " + config_.connection.addr +
+                   "; check --transit-key: it is the key the application encrypts with");
+  }
+  if (!BoolOr(data, "supports_encryption", true)) {
+    throw KeyError("Transit key " + key_ref + " (type " + StringOr(data, "type", "?") +
+                   ") cannot encrypt, so it cannot rewrap; rotate values of an aes256-gcm96 key");
+  }
+  KeyInfo info;
+  info.derived = BoolOr(data, "derived", false);
+  auto number = [&data](const char* name, int fallback) {
+    auto it = data.find(name);
+    return it != data.end() && it->is_number_integer() ? it->get<int>() : fallback;
+  };
+  info.latest_version = number("latest_version", 0);
+  info.min_decryption_version = number("min_decryption_version", 1);
+  if (info.latest_version < 1) Malformed("keys", "no latest_version");
+  return info;
 }
 
 std::optional<int> TransitCiphertextVersion(std::string_view value) {

@@ -70,8 +70,10 @@ struct VaultTransitConfig {
   std::string key;                // Transit key name
 };
 
-// Throws ConfigError naming the missing or malformed variable.
-VaultTransitConfig VaultTransitConfigFromEnv(const GetenvFn& getenv);
+// Throws ConfigError naming the missing or malformed variable. With require_key false (the
+// vault-transit column codec, whose jobs name their own Transit key), REKEY_VAULT_TRANSIT_KEY is
+// optional.
+VaultTransitConfig VaultTransitConfigFromEnv(const GetenvFn& getenv, bool require_key = true);
 
 // A kms_key_ref split into mount and key name; nullopt iff it is not "<mount>/keys/<name>".
 struct TransitKeyRef {
@@ -134,10 +136,19 @@ class VaultTransitClient : public KmsClient {
   // result per item, in order. An item that fails (not a Transit value, does not decrypt, version
   // below min_decryption_version) gets its error and no ciphertext; the other items go on.
   // Throws (like every call) for a failure of the whole request: 403, 429, 5xx, no such key.
-  // The building block of the vault-transit column codec (issue 5 item 3), not yet wired into
-  // jobs.
+  // The building block of the vault-transit column codec (rotation/batch_rotator.h).
   std::vector<TransitRewrapResult> RewrapValues(const std::string& key_ref,
                                                 const std::vector<TransitRewrapItem>& items);
+
+  // What the vault-transit column codec needs to know of Transit key `key_ref`
+  // (GET <mount>/keys/<name>). Throws ConfigError for a malformed ref, KeyError if the key does
+  // not exist or cannot encrypt, and as every call for the rest.
+  struct KeyInfo {
+    bool derived = false;
+    int latest_version = 0;
+    int min_decryption_version = 1;
+  };
+  KeyInfo ReadTransitKey(const std::string& key_ref);
 
   VaultAuth& auth() { return auth_; }
 

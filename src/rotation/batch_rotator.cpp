@@ -38,6 +38,10 @@ void AppendByteaElement(const uint8_t* data, size_t size, std::string* literal) 
 // parsing hex text (array_in, byteain), and the client does not hex-encode.
 class BinaryByteaArray {
  public:
+  // kTextOid: the same wire format carries text[] (a text element's binary form is its bytes).
+  static constexpr int32_t kByteaOid = 17;
+  static constexpr int32_t kTextOid = 25;
+  explicit BinaryByteaArray(int32_t element_oid = kByteaOid) : element_oid_(element_oid) {}
   void Append(const uint8_t* data, size_t size) {
     PutInt32(int32_t(size), &body_);
     body_.append(reinterpret_cast<const char*>(data), size);
@@ -50,12 +54,11 @@ class BinaryByteaArray {
   }
   // ndim 1, the null flag, element type bytea, then the one dimension's size and lower bound.
   pqxx::binarystring Finish() const {
-    constexpr int32_t kByteaOid = 17;
     std::string out;
     out.reserve(20 + body_.size());
     PutInt32(1, &out);
     PutInt32(has_null_ ? 1 : 0, &out);
-    PutInt32(kByteaOid, &out);
+    PutInt32(element_oid_, &out);
     PutInt32(count_, &out);
     PutInt32(1, &out);
     out += body_;
@@ -68,6 +71,7 @@ class BinaryByteaArray {
     PutUint32BigEndian(uint32_t(v), be);
     out->append(reinterpret_cast<const char*>(be), sizeof be);
   }
+  int32_t element_oid_;
   std::string body_;
   int32_t count_ = 0;
   bool has_null_ = false;
@@ -90,6 +94,27 @@ enum Variant {
 
 }  // namespace
 
+void RequireTransitKeyFits(const std::string& key_ref, bool derived, bool has_context) {
+  if (derived && !has_context) {
+    throw KeyError("Transit key " + key_ref +
+                   " is derived, so each value was encrypted with a context; give the job the "
+                   "template that renders it (--ad-template, e.g. '{table}:{pk}')");
+  }
+  if (!derived && has_context) {
+    throw KeyError("Transit key " + key_ref +
+                   " is not derived, so Vault would ignore the job's derivation context "
+                   "(--ad-template); drop it, or use a key created with derived=true");
+  }
+}
+
+std::string TransitDerivationContext(const jobs::JobDefinition& job, const std::string& column,
+                                     const std::string& pk) {
+  if (job.associated_data.empty()) return "";
+  std::string rendered;
+  job.associated_data.Render(job.schema_name, job.table_name, column, pk, &rendered);
+  return Base64Encode(reinterpret_cast<const uint8_t*>(rendered.data()), rendered.size());
+}
+
 BatchRotator::Direction BatchRotator::MakeDirection(std::map<uint32_t, uint32_t> key_map) {
   Direction d;
   d.key_map = std::move(key_map);
@@ -107,16 +132,35 @@ BatchRotator::Direction BatchRotator::MakeDirection(std::map<uint32_t, uint32_t>
   return d;
 }
 
-BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys)
-    : job_(std::move(job)), key_source_(std::move(keys)) {
+BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit)
+    : job_(std::move(job)), key_source_(std::move(keys)), transit_(std::move(transit)) {
   prefix_ = "rekey_j" + std::to_string(job_.job_id) + "_";
   forward_ = MakeDirection(job_.key_map);
+  // A transit job's "source keys" are the versions below its target: the ids parameter of the
+  // row-locking SELECT carries that version.
+  if (job_.transit_key_ref) {
+    forward_.source_ids_literal = "{" + std::to_string(job_.transit_min_version) + "}";
+  }
   std::map<uint32_t, uint32_t> reversed;
   for (const auto& [source, target] : job_.key_map) reversed.emplace(target, source);
   backward_ = MakeDirection(std::move(reversed));
 }
 
 void BatchRotator::LoadKeys() {
+  if (job_.transit_key_ref && !transit_checked_) {
+    if (!transit_) {
+      throw ConfigError("job " + std::to_string(job_.job_id) +
+                        " rewraps Vault Transit values, but this process has no Vault client");
+    }
+    const kms::VaultTransitClient::KeyInfo info = transit_().ReadTransitKey(*job_.transit_key_ref);
+    RequireTransitKeyFits(*job_.transit_key_ref, info.derived, !job_.associated_data.empty());
+    if (info.latest_version < job_.transit_min_version) {
+      throw KeyError("Transit key " + *job_.transit_key_ref + " is at version " +
+                     std::to_string(info.latest_version) + ", below the job's target version " +
+                     std::to_string(job_.transit_min_version) + "; rotate the key in Vault first");
+    }
+    transit_checked_ = true;
+  }
   for (const auto& [source, target] : job_.key_map) {
     Key(source);
     Key(target);
@@ -141,7 +185,10 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   for (const auto& column : job_.columns) {
     const std::string c = db::QuoteIdent(column.name);
     if (!needs_work.empty()) needs_work += " OR ";
-    if (column.codec == CodecKind::kTink) {
+    if (column.codec == CodecKind::kVaultTransit) {
+      // Values that are not Transit ciphertexts are selected too, to be quarantined.
+      needs_work += "coalesce(rekey.transit_version(" + c + "), 0) < ($K::bigint[])[1]";
+    } else if (column.codec == CodecKind::kTink) {
       needs_work += "substring(" + c + " from 1 for 5) = ANY($P::bytea[]) OR substring(" + c +
                     " from 1 for 1) <> '\\x01'::bytea OR octet_length(" + c + ") < 5";
     } else {
@@ -164,7 +211,8 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
     const std::string v = "v.c" + std::to_string(i);
     if (!set_list.empty()) set_list += ", ";
     set_list += c + " = coalesce(" + v + ", t." + c + ")";
-    unnest_args += ", $" + std::to_string(++n) + "::bytea[]";
+    unnest_args += ", $" + std::to_string(++n) +
+                   (job_.columns[i].codec == CodecKind::kVaultTransit ? "::text[]" : "::bytea[]");
     unnest_names += ", c" + std::to_string(i);
   }
   if (!kid.empty()) {
@@ -182,8 +230,9 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   conn.prepare(
       prefix_ + "failures",
       "INSERT INTO rekey.row_failures (job_id, batch_no, table_name, pk, column_name, "
-      "error_class, key_id, worker_id) SELECT $1, $2, $3, f.pk, f.col, f.cls, f.kid, $4 "
-      "FROM unnest($5::text[], $6::text[], $7::text[], $8::bigint[]) AS f(pk, col, cls, kid) "
+      "error_class, key_id, worker_id, detail) SELECT $1, $2, $3, f.pk, f.col, f.cls, f.kid, $4, "
+      "nullif(f.detail, '') FROM unnest($5::text[], $6::text[], $7::text[], $8::bigint[], "
+      "$9::text[]) AS f(pk, col, cls, kid, detail) "
       "ON CONFLICT (job_id, table_name, pk, column_name) DO NOTHING RETURNING pk");
   conn.prepare(
       prefix_ + "value_audit",
@@ -314,9 +363,14 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   const size_t ncols = job_.columns.size();
   const int kid_field = job_.key_id_column ? int(1 + ncols) : -1;
   std::string pk_literal = "{";
-  std::vector<BinaryByteaArray> column_arrays(ncols);
+  std::vector<BinaryByteaArray> column_arrays;
+  for (const auto& column : job_.columns) {
+    column_arrays.emplace_back(column.codec == CodecKind::kVaultTransit
+                                   ? BinaryByteaArray::kTextOid
+                                   : BinaryByteaArray::kByteaOid);
+  }
   std::string kid_literal = "{";
-  std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid;
+  std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid, fail_detail;
   std::vector<std::string> audit_pk, audit_col, audit_from, audit_to;
   std::map<std::pair<uint32_t, uint32_t>, int> moved;  // (from, to) -> values, for the audit row
 
@@ -332,6 +386,36 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
     return key_map.count(id) ? Key(id) : nullptr;
   };
 
+  // Transit values go to Vault in one batch_input request per kTransitBatchSize items, while
+  // their rows stay locked. transit_item[r * ncols + i]: the item of row r's column i, or
+  // kNoWork (at or above the target version) or kNotTransit (to be quarantined).
+  constexpr int kNoWork = -1;
+  constexpr int kNotTransit = -2;
+  std::vector<int> transit_item;
+  std::vector<kms::TransitRewrapResult> transit_results;
+  if (job_.transit_key_ref) {
+    std::vector<kms::TransitRewrapItem> items;
+    transit_item.assign(size_t(handled) * ncols, kNoWork);
+    for (pqxx::result::size_type r = 0; r < handled; ++r) {
+      for (size_t i = 0; i < ncols; ++i) {
+        const auto& field = rows[r][int(1 + i)];
+        if (field.is_null()) continue;
+        const std::string_view value(field.c_str(), field.size());
+        std::optional<int> version = kms::TransitCiphertextVersion(value);
+        int& slot = transit_item[size_t(r) * ncols + i];
+        if (!version) {
+          slot = kNotTransit;
+        } else if (*version < job_.transit_min_version) {
+          slot = int(items.size());
+          items.push_back(
+              {std::string(value),
+               TransitDerivationContext(job_, job_.columns[i].name, rows[r][0].as<std::string>())});
+        }
+      }
+    }
+    if (!items.empty()) transit_results = transit_().RewrapValues(*job_.transit_key_ref, items);
+  }
+
   for (pqxx::result::size_type r = 0; r < handled; ++r) {
     const auto row = rows[r];
     const std::string pk = row[0].as<std::string>();
@@ -345,6 +429,35 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
       has_new[i] = false;
       const auto& field = row[int(1 + i)];
       if (field.is_null()) continue;
+      if (job_.columns[i].codec == CodecKind::kVaultTransit) {
+        const int item = transit_item[size_t(r) * ncols + i];
+        if (item == kNoWork) continue;
+        const kms::TransitRewrapResult* rewrapped =
+            item >= 0 ? &transit_results.at(size_t(item)) : nullptr;
+        if (!rewrapped || !rewrapped->error.empty()) {
+          failed = true;
+          fail_pk.push_back(pk);
+          fail_col.push_back(job_.columns[i].name);
+          fail_kid.emplace_back();
+          if (rewrapped) {
+            fail_class.emplace_back("vault_rejected");
+            const int from = kms::TransitCiphertextVersion(field.c_str()).value_or(0);
+            fail_detail.push_back(
+                ("v" + std::to_string(from) + ": " + rewrapped->error).substr(0, 500));
+          } else {
+            fail_class.emplace_back("bad_prefix");
+            fail_detail.emplace_back("not a Vault Transit ciphertext (vault:vN:<base64>)");
+          }
+          continue;
+        }
+        const auto* text = reinterpret_cast<const uint8_t*>(rewrapped->ciphertext.data());
+        new_values[i].assign(text, text + rewrapped->ciphertext.size());
+        has_new[i] = true;
+        value_keys[i] = {uint32_t(kms::TransitCiphertextVersion(field.c_str()).value_or(0)),
+                         uint32_t(rewrapped->key_version)};
+        changed = true;
+        continue;
+      }
       db::ReadBytea(field, &stored);
       const Bytes& value = stored;
       const auto& column = job_.columns[i];
@@ -379,6 +492,7 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
         fail_col.push_back(column.name);
         fail_class.emplace_back(crypto::DecodeStatusName(status));
         fail_kid.push_back(source ? std::to_string(*source) : "");
+        fail_detail.emplace_back();
         continue;
       }
       const uint32_t target = key_map.at(*source);
@@ -447,7 +561,8 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
     pqxx::result fresh = txn.exec_prepared(
         prefix_ + "failures", batch.job_id, batch.batch_no,
         job_.schema_name + "." + job_.table_name, worker_id, db::TextArrayLiteral(fail_pk),
-        db::TextArrayLiteral(fail_col), db::TextArrayLiteral(fail_class), kids + "}");
+        db::TextArrayLiteral(fail_col), db::TextArrayLiteral(fail_class), kids + "}",
+        db::TextArrayLiteral(fail_detail));
     // Values this job quarantined in an earlier pass are not counted again.
     std::set<std::string> fresh_rows;
     for (const auto& row : fresh) fresh_rows.insert(row[0].as<std::string>());
@@ -476,10 +591,13 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   }
   std::map<std::string, int> moved_keys;  // "1->2" -> values
   for (const auto& [keys, n] : moved) {
-    moved_keys[std::to_string(keys.first) + "->" + std::to_string(keys.second)] = n;
+    const std::string prefix = job_.transit_key_ref ? "vault:v" : "";
+    moved_keys[prefix + std::to_string(keys.first) + "->" + prefix + std::to_string(keys.second)] =
+        n;
   }
   nlohmann::json details = {{"keys", moved_keys}, {"attempt", batch.attempt}};
   if (batch.rollback) details["rollback"] = true;
+  if (job_.transit_key_ref) details["transit_key"] = *job_.transit_key_ref;
   if (!fail_pk.empty()) details["quarantined_classes"] = fail_class;
   if (resume_after || earlier_done || earlier_skipped || earlier_failed) {
     // The keys moved by earlier chunks are in their rows' value audit (if kept); the audit row

@@ -12,6 +12,16 @@
 // A paced worker (rotation/pacer.h) processes a batch in chunks instead (ProcessChunk): each
 // chunk is one such transaction over the next rows after the batch's checkpoint; all but the
 // last commit the rows with the advanced checkpoint and counts, the last completes the batch.
+//
+// A vault-transit job (jobs::JobDefinition::transit_key_ref) never decrypts: the SELECT takes the
+// rows holding a value below the job's target Transit version (rekey.transit_version, or any
+// value that is not a Transit ciphertext), the locked values go to Vault's rewrap in
+// batch_input requests (kms::VaultTransitClient::RewrapValues, with the derivation context
+// base64(associated-data template) when the job has one), and the answers are written back with
+// the same UPDATE in the same transaction. An item Vault refuses is quarantined
+// (error_class "vault_rejected", Vault's message in rekey.row_failures.detail; a value that is
+// not a Transit ciphertext: "bad_prefix"); the rest of the batch goes on. A failure of the whole
+// request (Vault down, sealed, throttling) throws TransientError with nothing written.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -28,6 +38,7 @@
 #include "common/secret.h"
 #include "crypto/aes_gcm.h"
 #include "jobs/job.h"
+#include "kms/vault_transit.h"
 
 namespace rekey::rotation {
 
@@ -67,16 +78,32 @@ struct ChunkResult {
 // Throws KeyError when the key cannot be had, TransientError when the KMS may recover.
 using DataKeySource = std::function<Secret(uint32_t key_id)>;
 
+// The Vault Transit client of vault-transit jobs, built on first use (from VAULT_ADDR and the
+// Vault authentication variables). Throws ConfigError when Vault is not configured. The client
+// must outlive the rotators and be thread-safe (VaultTransitClient is).
+using TransitClientSource = std::function<kms::VaultTransitClient&()>;
+
+// Throws KeyError unless Transit key `key_ref` (whose `derived` flag was read from Vault) fits a
+// job with or without a derivation context: a derived key needs one for every value, and a
+// non-derived key would silently ignore one, so a job could not bind values to their rows.
+void RequireTransitKeyFits(const std::string& key_ref, bool derived, bool has_context);
+
+// The Transit derivation context of a value: base64 of the rendered associated-data template.
+std::string TransitDerivationContext(const jobs::JobDefinition& job, const std::string& column,
+                                     const std::string& pk);
+
 // Not thread-safe: each claim loop owns its rotators (they hold per-thread cipher contexts and
 // statements prepared on that loop's connection).
 class BatchRotator {
  public:
-  BatchRotator(jobs::JobDefinition job, DataKeySource keys);
+  // `transit` is needed (and called) only for a vault-transit job.
+  BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit = nullptr);
 
   const jobs::JobDefinition& job() const { return job_; }
 
   // Unwraps every source and target key of the job now, so a KMS or key problem stops the
-  // worker before it claims anything. Throws as DataKeySource does.
+  // worker before it claims anything. Throws as DataKeySource does. For a vault-transit job,
+  // reads its Transit key once instead (RequireTransitKeyFits; KeyError if it is missing).
   void LoadKeys();
 
   // Processes `batch` (claimed by `worker_id`) on `conn`, in one transaction. Takes every key of
@@ -112,6 +139,8 @@ class BatchRotator {
 
   jobs::JobDefinition job_;
   DataKeySource key_source_;
+  TransitClientSource transit_;
+  bool transit_checked_ = false;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys_;
   std::string prefix_;  // prepared-statement name prefix, unique per job
   Direction forward_;

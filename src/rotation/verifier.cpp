@@ -10,6 +10,7 @@
 #include "crypto/codec.h"
 #include "db/bytea.h"
 #include "db/identifiers.h"
+#include "kms/vault_transit.h"
 
 namespace rekey::rotation {
 namespace {
@@ -103,8 +104,25 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
       for (size_t i = 0; i < ncols; ++i) {
         if (row[int(1 + i)].is_null()) continue;
         ++report.values;
-        db::ReadBytea(row[int(1 + i)], &value);
         const auto& column = job.columns[i];
+        if (column.codec == crypto::CodecKind::kVaultTransit) {
+          // No plaintext here (rekey never holds the Transit key): the version is the check.
+          std::optional<int> version = kms::TransitCiphertextVersion(row[int(1 + i)].c_str());
+          const char* failure = !version                             ? "bad_prefix"
+                                : *version < job.transit_min_version ? "below_target_version"
+                                                                     : nullptr;
+          if (failure) {
+            ++report.failures;
+            ++report.failures_by_class[failure];
+            if (report.failure_samples.size() < 20) {
+              report.failure_samples.push_back(pk_text + "/" + column.name + ": " + failure);
+            }
+          } else {
+            ++report.values_by_key[uint32_t(*version)];
+          }
+          continue;
+        }
+        db::ReadBytea(row[int(1 + i)], &value);
         if (!job.associated_data.empty()) {
           job.associated_data.Render(job.schema_name, job.table_name, column.name, pk_text, &ad);
         } else {

@@ -3,6 +3,11 @@
 // and why, and a digest of all plaintexts. The digest lets an operator show that a rotation
 // changed no plaintext: take it before and after, and compare.
 //
+// A vault-transit column is checked without Vault and without plaintext: values_by_key counts its
+// values by Transit key version, and a value below the job's target version
+// ("below_target_version") or not a Transit ciphertext ("bad_prefix") is a failure. Such values
+// add nothing to the digest.
+//
 // Plaintext digest (docs/operations.md): SHA-256 over, for each row in primary-key order and
 // each job column in job order whose value is not NULL and decrypts:
 //   pk text || 0x00 || column name || 0x00 || uint32 big-endian plaintext length || plaintext

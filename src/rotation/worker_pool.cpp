@@ -236,7 +236,8 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       auto& rotator = rotators[batch->job_id];
       if (!rotator) {
         pqxx::read_transaction txn(*conn);
-        rotator = std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_);
+        rotator = std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_,
+                                                 options_.transit);
         txn.commit();
         rotator->LoadKeys();
       }
