@@ -22,6 +22,7 @@ using rekey::testing::ChildProcess;
 using rekey::testing::MakeTempDir;
 using rekey::testing::ProcessResult;
 using rekey::testing::RunProcess;
+using rekey::testing::WaitForPortFile;
 
 constexpr char kPython[] = "/usr/bin/python3";
 constexpr char kAccess[] = "AKIDREKEYTEST";
@@ -36,12 +37,7 @@ class AwsKmsServerTest : public ::testing::Test {
     server_ = new ChildProcess(
         {kPython, std::string(REKEY_SOURCE_DIR) + "/tests/kms/aws_kms_server.py", "--port-file",
          port_file, "--key", "alias/rekey", "--key", "alias/other", "--sts-duration", "2"});
-    for (int i = 0; i < 400 && access(port_file.c_str(), R_OK) != 0; i++) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    std::ifstream in(port_file);
-    int port = 0;
-    in >> port;
+    const int port = WaitForPortFile(port_file, 20000);
     ASSERT_GT(port, 0) << "aws_kms_server.py did not start";
     url_ = new std::string("http://127.0.0.1:" + std::to_string(port));
   }

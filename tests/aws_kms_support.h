@@ -34,12 +34,7 @@ class AwsKmsTestServer {
                                      "--port-file", port_file};
     argv.insert(argv.end(), extra_args.begin(), extra_args.end());
     server_ = std::make_unique<ChildProcess>(argv);
-    for (int i = 0; i < 400 && access(port_file.c_str(), R_OK) != 0; i++) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    std::ifstream in(port_file);
-    int port = 0;
-    in >> port;
+    const int port = WaitForPortFile(port_file, 20000);
     if (port <= 0) throw std::runtime_error("aws_kms_server.py did not start");
     url_ = "http://127.0.0.1:" + std::to_string(port);
   }

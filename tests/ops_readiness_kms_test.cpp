@@ -28,10 +28,7 @@ class OpsReadinessKmsTest : public PgTest {
     server_ = std::make_unique<ChildProcess>(std::vector<std::string>{
         "/usr/bin/python3", std::string(REKEY_SOURCE_DIR) + "/tests/kms/aws_kms_server.py",
         "--port-file", port_file, "--key", "alias/rekey"});
-    for (int i = 0; i < 400 && access(port_file.c_str(), R_OK) != 0; i++) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    std::ifstream(port_file) >> kms_port_;
+    kms_port_ = WaitForPortFile(port_file, 20000);
     ASSERT_GT(kms_port_, 0) << "aws_kms_server.py did not start";
   }
   void TearDown() override {

@@ -56,12 +56,7 @@ class ChaosTest : public PgTest {
     kms_ = std::make_unique<ChildProcess>(std::vector<std::string>{
         kPython, std::string(REKEY_SOURCE_DIR) + "/tests/kms/aws_kms_server.py", "--port-file",
         port_file, "--key", "alias/rekey"});
-    for (int i = 0; i < 400 && access(port_file.c_str(), R_OK) != 0; i++) {
-      std::this_thread::sleep_for(milliseconds(50));
-    }
-    std::ifstream in(port_file);
-    int port = 0;
-    in >> port;
+    const int port = WaitForPortFile(port_file, 20000);
     ASSERT_GT(port, 0) << "aws_kms_server.py did not start";
     kms_url_ = "http://127.0.0.1:" + std::to_string(port);
   }

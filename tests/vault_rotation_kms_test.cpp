@@ -30,12 +30,7 @@ class VaultRotationTest : public PgTest {
     server_ = new ChildProcess(
         {kPython, std::string(REKEY_SOURCE_DIR) + "/tests/kms/vault_server.py", "--port-file",
          port_file, "--key", "rekey", "--k8s-role", "rekey", "--k8s-jwt", kJwt});
-    for (int i = 0; i < 600 && access(port_file.c_str(), R_OK) != 0; i++) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    std::ifstream in(port_file);
-    int port = 0;
-    in >> port;
+    const int port = WaitForPortFile(port_file, 30000);
     ASSERT_GT(port, 0) << "vault_server.py did not start";
     url_ = new std::string("http://127.0.0.1:" + std::to_string(port));
     std::ofstream(*dir_ + "/jwt") << kJwt << "\n";

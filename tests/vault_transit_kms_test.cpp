@@ -24,6 +24,7 @@ using rekey::testing::ChildProcess;
 using rekey::testing::MakeTempDir;
 using rekey::testing::ProcessResult;
 using rekey::testing::RunProcess;
+using rekey::testing::WaitForPortFile;
 
 constexpr char kPython[] = "/usr/bin/python3";
 constexpr char kRoot[] = "s.rekey-kms-test-root";
@@ -44,12 +45,7 @@ std::string StartVault(const std::string& dir, std::unique_ptr<ChildProcess>* se
       "--k8s-jwt",    kJwt};
   argv.insert(argv.end(), extra.begin(), extra.end());
   *server = std::make_unique<ChildProcess>(argv);
-  for (int i = 0; i < 600 && access(port_file.c_str(), R_OK) != 0; i++) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  std::ifstream in(port_file);
-  int port = 0;
-  in >> port;
+  const int port = WaitForPortFile(port_file, 30000);
   return port > 0 ? "http://127.0.0.1:" + std::to_string(port) : "";
 }
 

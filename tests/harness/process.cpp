@@ -96,6 +96,15 @@ void IgnoreSigpipeOnce() {
 
 }  // namespace
 
+int WaitForPortFile(const std::string& path, int timeout_ms) {
+  for (int waited = 0; waited < timeout_ms && access(path.c_str(), R_OK) != 0; waited += 50) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  int port = 0;
+  std::ifstream(path) >> port;
+  return port;
+}
+
 std::string MakeTempDir(const std::string& prefix) {
   const char* tmp = std::getenv("TMPDIR");
   std::string base = (tmp != nullptr && *tmp != '\0') ? tmp : "/tmp";

@@ -76,4 +76,8 @@ class ChildProcess {
 // Throws std::runtime_error on failure.
 std::string MakeTempDir(const std::string& prefix);
 
+// Waits up to `timeout_ms` for a test server started with --port-file to write `path`, and
+// returns the port it wrote, or 0 iff none appeared (the server did not start).
+int WaitForPortFile(const std::string& path, int timeout_ms = 30000);
+
 }  // namespace rekey::testing
