@@ -373,7 +373,9 @@ TEST_F(RotationTest, RerunningAFinishedJobIsANoOpThatSaysSo) {
                                   " AND stage_no = " + last_stage);
   r = Rekey({"job", "requeue", j, "--from", first, "--to", last});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_THAT(r.out, HasSubstr("5 batches requeued"));
+  // A sweep is planned from what is left to do: here one batch over the whole (small) table.
+  EXPECT_THAT(r.out, HasSubstr(std::to_string(std::stoll(last) - std::stoll(first) + 1) +
+                               " batches requeued"));
   EXPECT_EQ(StartWorker(job)->Wait(60).exit_code, 0);
   EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
   EXPECT_EQ(Scalar("SELECT md5(string_agg(token::text, ',' ORDER BY id)) FROM public.cards"),

@@ -49,7 +49,10 @@ struct ClaimedBatch {
   std::optional<std::string> hi;  // exclusive; nullopt = unbounded
   int attempt = 0;
   int stage_no = 1;
-  // Only rows with rekey.stage_bucket(pk) in [bucket_lo, bucket_hi); nullopt = every row.
+  // Only rows with rekey.stage_bucket(pk) in [bucket_lo, bucket_hi); nullopt = every row. A
+  // forward batch whose bucket_hi is 10000 (the last rollout stage) takes every row that still
+  // needs work, below bucket_lo too: those are earlier stages' rows written under the old key
+  // since, or quarantined ones (counted as skipped again).
   std::optional<int> bucket_lo;
   std::optional<int> bucket_hi;
   bool rollback = false;  // move values from the job's target keys back to its source keys

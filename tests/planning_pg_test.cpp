@@ -1,0 +1,267 @@
+// How jobs are planned (migrations/0008_one_pass_planning.sql), checked against plans computed
+// here from the documented rules: the rollout stages of a staged job, planned in one pass, cut
+// every batch_size rows of each stage in key order; a sweep, planned from the rows still under a
+// source key, tiles the key space with batches of at most batch_size such rows and at most
+// 100 x batch_size table rows.
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness/pg_server.h"
+#include "rotation_support.h"
+
+namespace rekey::testing {
+namespace {
+
+struct PlannedBatch {
+  int stage = 0;
+  std::optional<std::string> lo, hi;
+  int64_t rows = 0;
+  bool operator==(const PlannedBatch& o) const {
+    return stage == o.stage && lo == o.lo && hi == o.hi && rows == o.rows;
+  }
+};
+
+std::ostream& operator<<(std::ostream& os, const PlannedBatch& b) {
+  return os << "{stage " << b.stage << " [" << b.lo.value_or("NULL") << ", "
+            << b.hi.value_or("NULL") << ") rows " << b.rows << "}";
+}
+
+class PlanningTest : public PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    ImportTestKeys(conn(), {1, 2});
+  }
+
+  int64_t CreateJob(const std::string& args) {
+    pqxx::work txn(conn());
+    int64_t id = txn.exec1("SELECT rekey.create_job(" + args + ")")[0].as<int64_t>();
+    txn.commit();
+    return id;
+  }
+
+  // The job's batches in batch_no order; batch numbers must run 1, 2, 3, ... without gaps.
+  std::vector<PlannedBatch> Batches(int64_t job, const std::string& stage_filter = "true") {
+    pqxx::read_transaction txn(conn());
+    std::vector<PlannedBatch> out;
+    int64_t expected_no = 0;
+    for (const auto& row :
+         txn.exec("SELECT batch_no, stage_no, lo, hi, planned_rows FROM rekey.batches WHERE "
+                  "job_id = " +
+                  std::to_string(job) + " AND " + stage_filter + " ORDER BY batch_no")) {
+      if (expected_no == 0) expected_no = row[0].as<int64_t>();
+      EXPECT_EQ(row[0].as<int64_t>(), expected_no++) << "batch numbers are consecutive";
+      PlannedBatch b;
+      b.stage = row[1].as<int>();
+      if (!row[2].is_null()) b.lo = row[2].as<std::string>();
+      if (!row[3].is_null()) b.hi = row[3].as<std::string>();
+      b.rows = row[4].as<int64_t>();
+      out.push_back(b);
+    }
+    return out;
+  }
+
+  // The plan of a staged job by the documented rule, from each row's stage_bucket in key order
+  // (the database sorts, so text keys follow its collation): per stage, the rows whose bucket
+  // lies in [bucket_lo, bucket_hi), cut every batch_size rows; a stage without rows gets one
+  // empty batch over everything.
+  std::vector<PlannedBatch> ExpectedRolloutPlan(int64_t job, const std::string& table,
+                                                const std::string& pk, int batch_size,
+                                                const std::string& where = "true") {
+    pqxx::read_transaction txn(conn());
+    std::vector<std::pair<std::string, int>> rows;
+    // ORDER BY the qualified column: the bare name would sort the text output column.
+    for (const auto& r :
+         txn.exec("SELECT t." + pk + "::text, rekey.stage_bucket(t." + pk + "::text) FROM " +
+                  table + " AS t WHERE " + where + " ORDER BY t." + pk)) {
+      rows.emplace_back(r[0].as<std::string>(), r[1].as<int>());
+    }
+    std::vector<PlannedBatch> plan;
+    for (const auto& st : txn.exec("SELECT stage_no, bucket_lo, bucket_hi FROM rekey.job_stages "
+                                   "WHERE kind = 'rollout' AND job_id = " +
+                                   std::to_string(job) + " ORDER BY stage_no")) {
+      const int stage = st[0].as<int>(), lo = st[1].as<int>(), hi = st[2].as<int>();
+      std::vector<std::string> keys;
+      for (const auto& [key, bucket] : rows) {
+        if (bucket >= lo && bucket < hi) keys.push_back(key);
+      }
+      if (keys.empty()) {
+        plan.push_back({stage, std::nullopt, std::nullopt, 0});
+        continue;
+      }
+      for (size_t at = 0; at < keys.size(); at += size_t(batch_size)) {
+        PlannedBatch b;
+        b.stage = stage;
+        if (at > 0) b.lo = keys[at];
+        if (at + size_t(batch_size) < keys.size()) b.hi = keys[at + size_t(batch_size)];
+        b.rows = int64_t(std::min(keys.size() - at, size_t(batch_size)));
+        plan.push_back(b);
+      }
+    }
+    return plan;
+  }
+};
+
+TEST_F(PlanningTest, AStagedJobIsPlannedStageByStageAsDocumented) {
+  // Keys with gaps, and enough rows that every stage has several batches.
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT 3 * i + (i % 7), 1, '\\x0100000001'::bytea "
+      "FROM generate_series(1, 30000) i");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+      "p_batch_size => 250");
+  std::vector<PlannedBatch> expected = ExpectedRolloutPlan(job, "public.cards", "id", 250);
+  ASSERT_GT(expected.size(), 100u);
+  EXPECT_EQ(Batches(job), expected);
+}
+
+TEST_F(PlanningTest, TextKeysCustomStagesAndAScopeArePlannedAsDocumented) {
+  Exec(
+      "CREATE TABLE public.accounts (ref text PRIMARY KEY, tenant int, key_id int, "
+      "token bytea); INSERT INTO public.accounts SELECT 'acct-' || md5(i::text), i % 3, 1, "
+      "'\\x0100000001'::bytea FROM generate_series(1, 12000) i");
+  int64_t job = CreateJob(
+      "'public.accounts', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+      "p_scope_column => 'tenant', p_scope_value => '1', p_batch_size => 97, "
+      "p_stages => '{5,10,60,100}'");
+  std::vector<PlannedBatch> expected =
+      ExpectedRolloutPlan(job, "public.accounts", "ref", 97, "tenant = 1");
+  ASSERT_GT(expected.size(), 40u);
+  EXPECT_EQ(Batches(job), expected);
+}
+
+TEST_F(PlanningTest, AStageWithoutRowsGetsOneEmptyBatch) {
+  // Three rows: most of the stages of 1,2,3,...,100 are empty.
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT i, 1, '\\x0100000001'::bytea FROM generate_series(1, 3) "
+      "i");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+      "p_stages => '{1,2,3,50,100}'");
+  std::vector<PlannedBatch> batches = Batches(job);
+  EXPECT_EQ(batches, ExpectedRolloutPlan(job, "public.cards", "id", 1000));
+  EXPECT_EQ(batches.size(), 5u) << "one batch per stage";
+  int64_t rows = 0;
+  for (const auto& b : batches) rows += b.rows;
+  EXPECT_EQ(rows, 3);
+}
+
+class SweepPlanningTest : public PlanningTest {
+ protected:
+  // Adds a sweep stage to `job` the way the job's own functions do and returns its batches.
+  std::vector<PlannedBatch> PlanSweep(int64_t job) {
+    pqxx::work txn(conn());
+    int stage =
+        txn.exec1("SELECT rekey.add_stage(" + std::to_string(job) + ", 'sweep', 100, 0, 10000)")[0]
+            .as<int>();
+    txn.commit();
+    return Batches(job, "stage_no = " + std::to_string(stage));
+  }
+
+  // Checks the sweep's invariants over `table` (pk `id` bigint): the ranges tile the key space,
+  // each holds at most batch_size pending rows (as counted by `pending`, an SQL condition) and
+  // at most 100 x batch_size rows, and each batch's planned_rows is its pending count.
+  void ExpectSweepPlan(const std::vector<PlannedBatch>& batches, const std::string& pending,
+                       int batch_size, int64_t expected_pending) {
+    ASSERT_FALSE(batches.empty());
+    EXPECT_FALSE(batches.front().lo.has_value()) << "the first batch starts at the beginning";
+    EXPECT_FALSE(batches.back().hi.has_value()) << "the last batch runs to the end";
+    int64_t total = 0;
+    pqxx::read_transaction txn(conn());
+    for (size_t i = 0; i < batches.size(); ++i) {
+      const PlannedBatch& b = batches[i];
+      if (i + 1 < batches.size()) {
+        ASSERT_TRUE(b.hi.has_value()) << b;
+        EXPECT_EQ(b.hi, batches[i + 1].lo) << "batch " << i << " ends where the next starts";
+      }
+      std::string range = "true";
+      if (b.lo) range += " AND id >= " + *b.lo;
+      if (b.hi) range += " AND id < " + *b.hi;
+      auto counts = txn.exec1("SELECT count(*) FILTER (WHERE " + pending +
+                              "), count(*) FROM public.cards WHERE " + range);
+      EXPECT_EQ(b.rows, counts[0].as<int64_t>()) << b;
+      EXPECT_LE(b.rows, batch_size) << b;
+      EXPECT_LE(counts[1].as<int64_t>(), 100 * batch_size) << b;
+      total += b.rows;
+    }
+    EXPECT_EQ(total, expected_pending);
+  }
+};
+
+TEST_F(SweepPlanningTest, CutsAtPendingTinkValuesAndCorruptOnesButNotNulls) {
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT i, 2, '\\x0100000002aabbcc'::bytea "
+      "FROM generate_series(1, 25000) i; "
+      // A dense cluster of values under the source key, two stray ones, values that cannot be
+      // parsed (wrong version byte, too short: to be quarantined), a NULL (nothing to do), and
+      // a value under a key this job does not move.
+      "UPDATE public.cards SET token = '\\x0100000001aabbcc' WHERE id BETWEEN 10 AND 260 "
+      "OR id IN (5000, 24999); "
+      "UPDATE public.cards SET token = '\\x0200000001aabbcc' WHERE id = 9000; "
+      "UPDATE public.cards SET token = '\\x01' WHERE id = 9001; "
+      "UPDATE public.cards SET token = NULL WHERE id = 9002; "
+      "UPDATE public.cards SET token = '\\x0100000003aabbcc' WHERE id = 9003;");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_stages => '{100}'");
+  const std::string pending =
+      "token IS NOT NULL AND (substring(token from 1 for 5) = '\\x0100000001'::bytea OR "
+      "get_byte(token, 0) <> 1 OR octet_length(token) < 5)";
+  std::vector<PlannedBatch> batches = PlanSweep(job);
+  ExpectSweepPlan(batches, pending, 100, 251 + 2 + 2);
+  EXPECT_LE(batches.size(), 10u) << "a handful of batches, not one per 100 rows of the table";
+}
+
+TEST_F(SweepPlanningTest, FindsNothingInAFewLongBatches) {
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT i, 2, '\\x0100000002aabbcc'::bytea "
+      "FROM generate_series(1, 25000) i");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_stages => '{100}'");
+  std::vector<PlannedBatch> batches = PlanSweep(job);
+  ExpectSweepPlan(batches, "false", 100, 0);
+  EXPECT_EQ(batches.size(), 3u) << "25,000 rows in ranges of at most 10,000";
+}
+
+TEST_F(SweepPlanningTest, EveryValuePendingGivesFullBatches) {
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT i, 1, '\\x0100000001aabbcc'::bytea "
+      "FROM generate_series(1, 1050) i");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_stages => '{100}'");
+  std::vector<PlannedBatch> batches = PlanSweep(job);
+  ExpectSweepPlan(batches, "true", 100, 1050);
+  EXPECT_EQ(batches.size(), 11u);
+}
+
+TEST_F(SweepPlanningTest, RawValuesArePendingByTheirKeyIdColumn) {
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT i, CASE WHEN i % 50 = 0 THEN 1 ELSE 2 END, "
+      "'\\xaabbccddeeff00112233'::bytea FROM generate_series(1, 3000) i; "
+      "UPDATE public.cards SET token = NULL WHERE id = 100");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_codecs => ARRAY['raw'], "
+      "p_key_id_column => 'key_id', p_batch_size => 10, p_stages => '{100}'");
+  std::vector<PlannedBatch> batches = PlanSweep(job);
+  ExpectSweepPlan(batches, "key_id = 1 AND token IS NOT NULL", 10, 3000 / 50 - 1);
+}
+
+TEST_F(SweepPlanningTest, AnEmptyTableGetsOneBatch) {
+  Exec("CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea)");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_stages => '{100}'");
+  std::vector<PlannedBatch> batches = PlanSweep(job);
+  ASSERT_EQ(batches.size(), 1u);
+  EXPECT_EQ(batches[0], (PlannedBatch{batches[0].stage, std::nullopt, std::nullopt, 0}));
+}
+
+}  // namespace
+}  // namespace rekey::testing
