@@ -10,8 +10,9 @@
 -- A sweep used to be planned like a full stage, one batch per batch_size rows of the table,
 -- although it usually finds nothing: on a million rows, a keyset walk over an index full of the
 -- rollout's dead row versions, then a thousand batches that each lock nothing. Now it is planned
--- from the rows that still need work: a cut after every batch_size of them, and at least every
--- 100 x batch_size rows of the table, so that a batch stays a short transaction whatever it finds.
+-- from the rows that still need work, found by one filtered scan: a cut after every batch_size of
+-- them, and at every 100th boundary of the rollout's batches (about every 100 x batch_size rows of
+-- the table), so that a batch stays a short transaction whatever it finds.
 -- The ranges still tile the whole key space (the first starts at NULL, the last ends at NULL,
 -- each ends where the next starts), so a value written under an old key between planning and the
 -- sweep is caught by the batch whose range holds it.
@@ -116,7 +117,9 @@ BEGIN
 END $$;
 
 -- Plans a sweep stage from the rows that still need work (see the top of this file). Returns
--- the number of batches (at least one).
+-- the number of batches (at least one). The table is read once, without ordering it: a filtered
+-- scan for the pending rows (usually none). The 100 x batch_size bound comes from the rollout's
+-- own plan, whose batch boundaries lie batch_size rows apart: every 100th of them is a cut.
 CREATE FUNCTION rekey.plan_sweep(p_job bigint, p_stage integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -130,40 +133,37 @@ BEGIN
   IF j.scope_column IS NOT NULL THEN
     scope_sql := format(' AND t.%I = %L::%s', j.scope_column, j.scope_value, j.scope_type);
   END IF;
-  -- One streaming pass in key order (the CTEs are each read once, so nothing is materialized):
-  -- rn numbers the rows, m counts the pending ones up to and including the current row. A row
-  -- starts a batch iff it is the first row, the first of the next 100 x batch_size rows, or a
-  -- pending row that follows a multiple of batch_size pending rows. The last row is kept too,
-  -- for the last batch's count.
+  -- pending: OFFSET 0 makes it a filtered scan whose few results are then sorted, where the
+  -- planner would otherwise walk the whole primary-key index to number them in order. starts:
+  -- the batches' first keys (the first batch starts at NULL). numbered: each pending row with the
+  -- number of starts at or before it, which is its batch.
   EXECUTE format($q$
-    WITH walk AS (
-      SELECT t.%1$I::text AS k, %4$s AS pending,
-             row_number() OVER w - 1 AS rn,
-             count(*) FILTER (WHERE %4$s) OVER w AS m,
-             lead(true) OVER w IS NULL AS last
-        FROM %2$s AS t WHERE true%3$s
-      WINDOW w AS (ORDER BY t.%1$I ROWS UNBOUNDED PRECEDING)),
-    marked AS (
-      SELECT k, rn, m, last, m - CASE WHEN pending THEN 1 ELSE 0 END AS before,
-             rn = 0 OR rn %% ($2 * 100) = 0 OR (pending AND m > 1 AND (m - 1) %% $2 = 0) AS starts
-        FROM walk),
-    cut AS (
-      SELECT k, rn, before, starts,
-             lead(CASE WHEN starts THEN k END) OVER (ORDER BY rn) AS hi,
-             coalesce(lead(CASE WHEN starts THEN before ELSE m END) OVER (ORDER BY rn), m) - before AS rows
-        FROM marked WHERE starts OR last)
+    WITH pending AS (
+      SELECT k, row_number() OVER (ORDER BY k) - 1 AS rn
+        FROM (SELECT t.%1$I AS k FROM %2$s AS t WHERE %4$s%3$s OFFSET 0) p),
+    starts AS (
+      SELECT k FROM (SELECT b.lo::%5$s AS k, row_number() OVER (ORDER BY b.lo::%5$s) AS rn
+                       FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
+                      WHERE b.job_id = $1 AND s.kind = 'rollout' AND b.lo IS NOT NULL) c
+       WHERE rn %% 100 = 0
+      UNION
+      SELECT k FROM pending WHERE rn > 0 AND rn %% $2 = 0),
+    ranges AS (
+      SELECT 0::bigint AS batch, NULL::%5$s AS lo
+      UNION ALL
+      SELECT row_number() OVER (ORDER BY k), k FROM starts),
+    numbered AS (
+      SELECT kind, count(*) FILTER (WHERE kind = 0) OVER (ORDER BY k, kind ROWS UNBOUNDED PRECEDING) AS batch
+        FROM (SELECT k, 0 AS kind FROM starts UNION ALL SELECT k, 1 FROM pending) events),
+    counts AS (
+      SELECT batch, count(*) FILTER (WHERE kind = 1) AS rows FROM numbered GROUP BY batch)
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $3 + row_number() OVER (ORDER BY rn), $4, CASE WHEN rn = 0 THEN NULL ELSE k END, hi, rows
-      FROM cut WHERE starts$q$,
+    SELECT $1, $3 + 1 + batch, $4, lo::text, lead(lo::text) OVER (ORDER BY batch), coalesce(rows, 0)
+      FROM ranges LEFT JOIN counts USING (batch)$q$,
     j.pk_column, format('%I.%I', j.schema_name, j.table_name), scope_sql,
-    rekey.pending_condition(p_job))
+    rekey.pending_condition(p_job), j.pk_type)
     USING p_job, j.batch_size, first_batch, p_stage;
   GET DIAGNOSTICS n = ROW_COUNT;
-  IF n = 0 THEN  -- an empty table (or scope): one batch over everything, which finds nothing
-    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    VALUES (p_job, first_batch + 1, p_stage, NULL, NULL, 0);
-    n := 1;
-  END IF;
   RETURN n;
 END $$;
 

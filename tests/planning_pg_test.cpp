@@ -165,9 +165,11 @@ class SweepPlanningTest : public PlanningTest {
 
   // Checks the sweep's invariants over `table` (pk `id` bigint): the ranges tile the key space,
   // each holds at most batch_size pending rows (as counted by `pending`, an SQL condition) and
-  // at most 100 x batch_size rows, and each batch's planned_rows is its pending count.
+  // at most max_table_rows rows (default 100 x batch_size: the bound is every 100th boundary of
+  // the rollout's plan), and each batch's planned_rows is its pending count.
   void ExpectSweepPlan(const std::vector<PlannedBatch>& batches, const std::string& pending,
-                       int batch_size, int64_t expected_pending) {
+                       int batch_size, int64_t expected_pending, int64_t max_table_rows = 0) {
+    if (max_table_rows == 0) max_table_rows = 100 * int64_t(batch_size);
     ASSERT_FALSE(batches.empty());
     EXPECT_FALSE(batches.front().lo.has_value()) << "the first batch starts at the beginning";
     EXPECT_FALSE(batches.back().hi.has_value()) << "the last batch runs to the end";
@@ -186,7 +188,7 @@ class SweepPlanningTest : public PlanningTest {
                               "), count(*) FROM public.cards WHERE " + range);
       EXPECT_EQ(b.rows, counts[0].as<int64_t>()) << b;
       EXPECT_LE(b.rows, batch_size) << b;
-      EXPECT_LE(counts[1].as<int64_t>(), 100 * batch_size) << b;
+      EXPECT_LE(counts[1].as<int64_t>(), max_table_rows) << b;
       total += b.rows;
     }
     EXPECT_EQ(total, expected_pending);
@@ -227,6 +229,20 @@ TEST_F(SweepPlanningTest, FindsNothingInAFewLongBatches) {
   std::vector<PlannedBatch> batches = PlanSweep(job);
   ExpectSweepPlan(batches, "false", 100, 0);
   EXPECT_EQ(batches.size(), 3u) << "25,000 rows in ranges of at most 10,000";
+}
+
+TEST_F(SweepPlanningTest, AStagedJobsSweepIsBoundedByItsStagesBoundaries) {
+  Exec("CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+       "INSERT INTO public.cards SELECT i, 2, '\\x0100000002aabbcc'::bytea "
+       "FROM generate_series(1, 40000) i; "
+       "UPDATE public.cards SET token = '\\x0100000001aabbcc' WHERE id % 97 = 0");
+  int64_t job =
+      CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 50");
+  std::vector<PlannedBatch> batches = PlanSweep(job);
+  // The stages' boundaries together lie about batch_size rows apart, not exactly.
+  ExpectSweepPlan(batches, "substring(token from 1 for 5) = '\\x0100000001'::bytea", 50,
+                  40000 / 97, 150 * 50);
+  EXPECT_GE(batches.size(), 40000u / (150 * 50));
 }
 
 TEST_F(SweepPlanningTest, EveryValuePendingGivesFullBatches) {
