@@ -19,14 +19,16 @@ struct PlannedBatch {
   int stage = 0;
   std::optional<std::string> lo, hi;
   int64_t rows = 0;
+  std::optional<std::string> keys;  // the recorded keys, comma-separated
   bool operator==(const PlannedBatch& o) const {
-    return stage == o.stage && lo == o.lo && hi == o.hi && rows == o.rows;
+    return stage == o.stage && lo == o.lo && hi == o.hi && rows == o.rows && keys == o.keys;
   }
 };
 
 std::ostream& operator<<(std::ostream& os, const PlannedBatch& b) {
   return os << "{stage " << b.stage << " [" << b.lo.value_or("NULL") << ", "
-            << b.hi.value_or("NULL") << ") rows " << b.rows << "}";
+            << b.hi.value_or("NULL") << ") rows " << b.rows
+            << (b.keys ? " keys " + b.keys->substr(0, 40) + "..." : "") << "}";
 }
 
 class PlanningTest : public PgTest {
@@ -49,7 +51,8 @@ class PlanningTest : public PgTest {
     std::vector<PlannedBatch> out;
     int64_t expected_no = 0;
     for (const auto& row :
-         txn.exec("SELECT batch_no, stage_no, lo, hi, planned_rows FROM rekey.batches WHERE "
+         txn.exec("SELECT batch_no, stage_no, lo, hi, planned_rows, array_to_string(keys, ',') "
+                  "FROM rekey.batches WHERE "
                   "job_id = " +
                   std::to_string(job) + " AND " + stage_filter + " ORDER BY batch_no")) {
       if (expected_no == 0) expected_no = row[0].as<int64_t>();
@@ -59,6 +62,7 @@ class PlanningTest : public PgTest {
       if (!row[2].is_null()) b.lo = row[2].as<std::string>();
       if (!row[3].is_null()) b.hi = row[3].as<std::string>();
       b.rows = row[4].as<int64_t>();
+      if (!row[5].is_null()) b.keys = row[5].as<std::string>();
       out.push_back(b);
     }
     return out;
@@ -67,7 +71,7 @@ class PlanningTest : public PgTest {
   // The plan of a staged job by the documented rule, from each row's stage_bucket in key order
   // (the database sorts, so text keys follow its collation): per stage, the rows whose bucket
   // lies in [bucket_lo, bucket_hi), cut every batch_size rows; a stage without rows gets one
-  // empty batch over everything.
+  // empty batch over everything. A stage that ends below 100% records each batch's keys.
   std::vector<PlannedBatch> ExpectedRolloutPlan(int64_t job, const std::string& table,
                                                 const std::string& pk, int batch_size,
                                                 const std::string& where = "true") {
@@ -89,7 +93,7 @@ class PlanningTest : public PgTest {
         if (bucket >= lo && bucket < hi) keys.push_back(key);
       }
       if (keys.empty()) {
-        plan.push_back({stage, std::nullopt, std::nullopt, 0});
+        plan.push_back({stage, std::nullopt, std::nullopt, 0, std::nullopt});
         continue;
       }
       for (size_t at = 0; at < keys.size(); at += size_t(batch_size)) {
@@ -98,6 +102,12 @@ class PlanningTest : public PgTest {
         if (at > 0) b.lo = keys[at];
         if (at + size_t(batch_size) < keys.size()) b.hi = keys[at + size_t(batch_size)];
         b.rows = int64_t(std::min(keys.size() - at, size_t(batch_size)));
+        if (hi < 10000) {
+          b.keys = "";
+          for (size_t i = at; i < at + size_t(b.rows); ++i) {
+            *b.keys += (i > at ? "," : "") + keys[i];
+          }
+        }
         plan.push_back(b);
       }
     }
@@ -149,6 +159,51 @@ TEST_F(PlanningTest, AStageWithoutRowsGetsOneEmptyBatch) {
   int64_t rows = 0;
   for (const auto& b : batches) rows += b.rows;
   EXPECT_EQ(rows, 3);
+}
+
+TEST_F(PlanningTest, RowsInsertedAfterPlanningAreMovedAndTheKeysAreClearedAtTheEnd) {
+  SeedTinkTable(conn(), "public.cards", 20000, 1);
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+      "p_batch_size => 200, p_observe => '0s'");
+  const std::string j = std::to_string(job);
+  {
+    pqxx::read_transaction txn(conn());
+    EXPECT_GT(
+        txn.exec1("SELECT count(*) FROM rekey.batches WHERE keys IS NOT NULL AND job_id = " + j)[0]
+            .as<int64_t>(),
+        0);
+  }
+  // Rows the plan does not know of, inside planned ranges: a third of the rows move to negative
+  // keys (their planned keys vanish; they now lie in each stage's first range), and new rows
+  // follow the last key.
+  Exec(
+      "UPDATE public.cards SET id = -id WHERE id % 3 = 0; "
+      "INSERT INTO public.cards (id, tenant_id, key_id, token) SELECT id + 20000, tenant_id, "
+      "key_id, token FROM public.cards WHERE id BETWEEN 1 AND 500");
+  std::vector<std::unique_ptr<ChildProcess>> workers;
+  for (int i = 0; i < 2; ++i) {
+    workers.push_back(std::make_unique<ChildProcess>(
+        std::vector<std::string>{REKEY_BINARY, "--db", conninfo(), "work", "--job", j},
+        WorkerEnv()));
+  }
+  for (auto& w : workers) {
+    ProcessResult r = w->Wait(300);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  }
+  pqxx::read_transaction txn(conn());
+  EXPECT_EQ(txn.exec1("SELECT state FROM rekey.jobs WHERE job_id = " + j)[0].as<std::string>(),
+            "completed");
+  EXPECT_EQ(txn.exec1("SELECT count(*) FROM public.cards WHERE substring(token from 1 for 5) <> "
+                      "'\\x0100000002'::bytea")[0]
+                .as<int64_t>(),
+            0)
+      << "every value, planned or not, is under the new key";
+  EXPECT_EQ(
+      txn.exec1("SELECT count(*) FROM rekey.batches WHERE keys IS NOT NULL AND job_id = " + j)[0]
+          .as<int64_t>(),
+      0)
+      << "a completed job keeps no keys";
 }
 
 class SweepPlanningTest : public PlanningTest {
@@ -232,16 +287,16 @@ TEST_F(SweepPlanningTest, FindsNothingInAFewLongBatches) {
 }
 
 TEST_F(SweepPlanningTest, AStagedJobsSweepIsBoundedByItsStagesBoundaries) {
-  Exec("CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
-       "INSERT INTO public.cards SELECT i, 2, '\\x0100000002aabbcc'::bytea "
-       "FROM generate_series(1, 40000) i; "
-       "UPDATE public.cards SET token = '\\x0100000001aabbcc' WHERE id % 97 = 0");
-  int64_t job =
-      CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 50");
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT i, 2, '\\x0100000002aabbcc'::bytea "
+      "FROM generate_series(1, 40000) i; "
+      "UPDATE public.cards SET token = '\\x0100000001aabbcc' WHERE id % 97 = 0");
+  int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 50");
   std::vector<PlannedBatch> batches = PlanSweep(job);
   // The stages' boundaries together lie about batch_size rows apart, not exactly.
-  ExpectSweepPlan(batches, "substring(token from 1 for 5) = '\\x0100000001'::bytea", 50,
-                  40000 / 97, 150 * 50);
+  ExpectSweepPlan(batches, "substring(token from 1 for 5) = '\\x0100000001'::bytea", 50, 40000 / 97,
+                  150 * 50);
   EXPECT_GE(batches.size(), 40000u / (150 * 50));
 }
 
@@ -276,7 +331,8 @@ TEST_F(SweepPlanningTest, AnEmptyTableGetsOneBatch) {
       "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_stages => '{100}'");
   std::vector<PlannedBatch> batches = PlanSweep(job);
   ASSERT_EQ(batches.size(), 1u);
-  EXPECT_EQ(batches[0], (PlannedBatch{batches[0].stage, std::nullopt, std::nullopt, 0}));
+  EXPECT_EQ(batches[0],
+            (PlannedBatch{batches[0].stage, std::nullopt, std::nullopt, 0, std::nullopt}));
 }
 
 }  // namespace

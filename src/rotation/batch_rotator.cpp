@@ -79,9 +79,9 @@ class BinaryByteaArray {
 
 // Variants of the row-locking SELECT, by which batch bounds exist (a generic plan with
 // "$1 IS NULL OR pk >= $1" could not use the primary-key index), and whether the batch is
-// restricted to a stage's buckets.
-// kAfter (a chunk resuming after the batch's checkpoint) replaces kLo; kLimit bounds a chunk.
-// Only the variants in use are prepared, on first use.
+// restricted to a stage's buckets, and to the keys its plan recorded (kKeys). kAfter (a chunk
+// resuming after the batch's checkpoint) replaces kLo; kLimit bounds a chunk. Only the variants in
+// use are prepared, on first use.
 enum Variant {
   kNoBounds = 0,
   kLo = 1,
@@ -89,7 +89,8 @@ enum Variant {
   kBuckets = 4,
   kAfter = 8,
   kLimit = 16,
-  kAllVariants = 32
+  kKeys = 32,
+  kAllVariants = 64
 };
 
 }  // namespace
@@ -225,7 +226,8 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
                                        " = v.pk");
   conn.prepare(prefix_ + "lock_batch",
                "SELECT b.state, b.worker_id, j.state, b.resume_after, b.rows_done, b.rows_skipped, "
-               "b.rows_failed, coalesce(b.duration_ms, 0) FROM rekey.batches b JOIN rekey.jobs j "
+               "b.rows_failed, coalesce(b.duration_ms, 0), b.keys::text FROM rekey.batches b JOIN "
+               "rekey.jobs j "
                "USING (job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
   conn.prepare(
       prefix_ + "failures",
@@ -256,6 +258,9 @@ const std::string& BatchRotator::SelectStatement(pqxx::connection& conn, int var
   if (variant & kLo) where += " AND t." + pk + " >= " + param() + "::" + job_.pk_type;
   if (variant & kAfter) where += " AND t." + pk + " > " + param() + "::" + job_.pk_type;
   if (variant & kHi) where += " AND t." + pk + " < " + param() + "::" + job_.pk_type;
+  if (variant & kKeys) {
+    where += " AND t." + pk + " = ANY (" + param() + "::" + job_.pk_type + "[])";
+  }
   if (variant & kBuckets) {
     // One range test, so the row's bucket (an MD5) is computed once, not once per bound.
     const std::string lo = param();
@@ -326,6 +331,8 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   const int earlier_skipped = lock[0][5].as<int>();
   const int earlier_failed = lock[0][6].as<int>();
   const double earlier_ms = lock[0][7].as<double>();
+  std::optional<std::string> planned_keys;
+  if (!lock[0][8].is_null()) planned_keys = lock[0][8].as<std::string>();
 
   const Direction& direction = batch.rollback ? backward_ : forward_;
   const std::map<uint32_t, uint32_t>& key_map = direction.key_map;
@@ -347,6 +354,13 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   // written under the old key before promotion, or quarantined -- and the last stage may as well
   // take it now as leave it to the sweep. It saves an MD5 per row of the largest stage.
   const bool whole_rest = !batch.rollback && batch.bucket_hi && *batch.bucket_hi >= 10000;
+  // A batch with planned keys locks those rows by key; the bucket test still applies to them (a
+  // key whose row was replaced since is judged by the row now there) but is computed only for
+  // the batch's own rows, not for every row in its range.
+  if (planned_keys && !batch.rollback) {
+    params.push_back(*planned_keys);
+    variant |= kKeys;
+  }
   if (batch.bucket_lo && batch.bucket_hi && !whole_rest) {
     params.push_back(std::to_string(*batch.bucket_lo));
     params.push_back(std::to_string(*batch.bucket_hi));

@@ -37,6 +37,9 @@ std::optional<GateOutcome> RunNextGate(pqxx::connection& conn, std::optional<int
   // (with a margin, since pages hold rows of every stage). Decrypting a whole table again at its
   // only gate would cost a quarter of the rotation and tell little more than a large sample.
   const bool canary = outcome.stage_no == 1 && bucket_hi < 10000;
+  // The canary's rows are read by the keys its plan recorded, not by hashing every key of the
+  // table to find them.
+  if (canary) options.planned_keys_of_stage = outcome.stage_no;
   if (!canary && rows_moved > sample_size) {
     options.sample_percent = std::min(100.0, 150.0 * sample_size / double(rows_moved));
   }

@@ -92,12 +92,8 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
   Bytes value;
   const size_t ncols = job.columns.size();
   const int kid_field = job.key_id_column ? int(1 + ncols) : -1;
-  while (true) {
-    const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
-    const char* last_pk = last ? last->c_str() : nullptr;
-    const std::string& sql = last ? next_page : first_page;
-    pqxx::result page =
-        scope_value ? txn.exec_params(sql, last_pk, scope_value) : txn.exec_params(sql, last_pk);
+  const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
+  auto process = [&](const pqxx::result& page) {
     for (const auto& row : page) {
       const std::string pk_text = row[0].as<std::string>();
       ++report.rows;
@@ -162,8 +158,42 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
         OPENSSL_cleanse(plaintext.data(), plaintext.size());
       }
     }
-    if (page.size() < size_t(page_size)) break;
-    last = page[page.size() - 1][0].as<std::string>();
+  };
+
+  bool keyed = false;
+  if (options.planned_keys_of_stage) {
+    keyed = txn.exec_params1(
+                   "SELECT count(*) > 0 AND bool_and(keys IS NOT NULL) FROM "
+                   "rekey.batches WHERE job_id = $1 AND stage_no = $2",
+                   job.job_id, *options.planned_keys_of_stage)[0]
+                .as<bool>();
+  }
+  if (keyed) {
+    // One batch's keys at a time, so memory stays flat however large the stage.
+    const std::string by_keys =
+        select + "t." + pk + " = ANY ($1::" + job.pk_type + "[])" + scope + " ORDER BY t." + pk;
+    int64_t batch_no = 0;
+    while (true) {
+      pqxx::result next = txn.exec_params(
+          "SELECT batch_no, keys::text FROM rekey.batches WHERE job_id = $1 AND stage_no = $2 "
+          "AND batch_no > $3 ORDER BY batch_no LIMIT 1",
+          job.job_id, *options.planned_keys_of_stage, batch_no);
+      if (next.empty()) break;
+      batch_no = next[0][0].as<int64_t>();
+      const std::string planned = next[0][1].as<std::string>();
+      process(scope_value ? txn.exec_params(by_keys, planned, scope_value)
+                          : txn.exec_params(by_keys, planned));
+    }
+  } else {
+    while (true) {
+      const char* last_pk = last ? last->c_str() : nullptr;
+      const std::string& sql = last ? next_page : first_page;
+      pqxx::result page =
+          scope_value ? txn.exec_params(sql, last_pk, scope_value) : txn.exec_params(sql, last_pk);
+      process(page);
+      if (page.size() < size_t(page_size)) break;
+      last = page[page.size() - 1][0].as<std::string>();
+    }
   }
   report.plaintext_sha256 = digest.HexFinal();
   return report;

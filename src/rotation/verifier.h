@@ -45,6 +45,10 @@ struct VerifyOptions {
   // (TABLESAMPLE SYSTEM ... REPEATABLE); 100 reads every row.
   double sample_percent = 100;
   int page_size = 5000;
+  // Only the rows whose keys the plan of this rollout stage recorded (rekey.batches.keys), read
+  // batch by batch by key instead of by scanning the table -- iff every batch of the stage has
+  // its keys; otherwise (a completed job's, say) this option is ignored.
+  std::optional<int> planned_keys_of_stage;
 };
 
 // Reads in pages of `page_size` rows within `txn`, so memory stays flat whatever the table size.
