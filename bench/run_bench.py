@@ -543,8 +543,11 @@ def summarize(runs):
     if staged:
         out["staged"] = {"stages": STAGES, "runs": len(staged),
                          "wall_s": median([x["wall_s"] for x in staged]),
+                         "planning_s": median([x["planning_s"] for x in staged]),
                          "ratio_to_single_stage": median([x.get("ratio_to_single_stage")
-                                                          for x in staged])}
+                                                          for x in staged]),
+                         "ratio_to_single_stage_without_planning": median(
+                             [x.get("ratio_to_single_stage_without_planning") for x in staged])}
     return out
 
 
@@ -600,8 +603,10 @@ def print_table(result):
                   f"  x{c['ratio']}")
     if s.get("staged"):
         st = s["staged"]
-        print(f"\nstaged {st['stages']} (auto-advance, gates, sweep): {st['wall_s']:.2f} s, "
-              f"x{st['ratio_to_single_stage']} the single-stage time")
+        print(f"\nstaged {st['stages']} (auto-advance, gates, sweep): planning "
+              f"{st['planning_s']:.2f} s + rotation {st['wall_s']:.2f} s, "
+              f"x{st['ratio_to_single_stage']} the single-stage job's time, planning included "
+              f"(x{st['ratio_to_single_stage_without_planning']} without)")
     for k, c in s["rekey"].items():
         print(f"rekey {k}: planning {c['planning_pct_of_rotation']} % of rotation, peak RSS "
               f"{c['peak_rss_kib_max'] // 1024} MiB per worker, KMS calls per process "
@@ -660,8 +665,13 @@ def main():
         if "staged" not in SKIP:
             st = rotate_staged(f"bench-run{i + 1}-staged")
             single = r["rekey"].get("2x1")
-            st["ratio_to_single_stage"] = (round(st["wall_s"] / single["wall_s"], 3)
-                                           if single else None)
+            # The job's whole time, planning included: a staged job plans more (every stage's
+            # rows), and that is part of what it costs.
+            st["ratio_to_single_stage"] = (
+                round((st["planning_s"] + st["wall_s"]) / (single["planning_s"] + single["wall_s"]),
+                      3) if single else None)
+            st["ratio_to_single_stage_without_planning"] = (
+                round(st["wall_s"] / single["wall_s"], 3) if single else None)
             r["staged"] = st
         runs.append(r)
     result["runs"] = runs
