@@ -10,10 +10,10 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
   nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcli11-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   postgresql-15 postgresql-client-15 \
-  python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc \
+  python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc openssl \
   prometheus nodejs
 
-.PHONY: all deps configure build test test-unit test-pg demo bench profile format clean
+.PHONY: all deps configure build test test-unit test-pg demo bench profile format clean fuzz
 
 all: build
 
@@ -52,6 +52,16 @@ bench: deps
 profile: build
 	@./scripts/install-deps.sh valgrind
 	@./bench/profile.sh $(BUILD_DIR)/rekey
+
+# libFuzzer targets (tests/fuzz, docs/testing.md) with ASan and UBSan, FUZZ_SECONDS (default 60)
+# each over their committed corpus and regressions; fails on any crash.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@./scripts/install-deps.sh clang libclang-rt-14-dev
+	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DREKEY_FUZZ=ON >/dev/null
+	@cmake --build build-fuzz -j $(JOBS) --target fuzz_targets
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh build-fuzz
 
 format:
 	@git ls-files '*.cpp' '*.h' | xargs clang-format -i
