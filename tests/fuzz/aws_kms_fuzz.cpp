@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -68,6 +69,7 @@ const std::string& TokenFile() {
     std::string p = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
                     "/rekey-fuzz-web-identity-token-" + std::to_string(getpid());
     std::ofstream(p) << "eyJhbGciOiJSUzI1NiJ9.fuzz.token\n";
+    std::atexit([] { std::remove(TokenFile().c_str()); });
     return p;
   }();
   return path;

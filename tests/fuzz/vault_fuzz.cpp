@@ -14,6 +14,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <memory>
@@ -88,6 +89,13 @@ void CheckKey(const rekey::Secret& key) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string token_file = TempFile("vault-token", "hvs.fromfile\n");
   static const std::string jwt_file = TempFile("k8s-jwt", "eyJhbGciOiJSUzI1NiJ9.fuzz.jwt\n");
+  static const bool cleanup = [] {
+    return std::atexit([] {
+             std::remove(token_file.c_str());
+             std::remove(jwt_file.c_str());
+           }) == 0;
+  }();
+  (void)cleanup;
 
   rekey::fuzz::Reader in(data, size);
   const uint8_t op = in.Byte();
