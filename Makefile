@@ -10,10 +10,12 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
   nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev libcli11-dev \
   libgtest-dev libgmock-dev libbenchmark-dev \
   postgresql-15 postgresql-client-15 \
-  python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc openssl \
+  python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc \
   prometheus nodejs
+# The openssl CLI makes the throwaway CA and server certificate of tests/harness/pg_ssl.cpp.
+DEBIAN_PACKAGES += openssl
 
-.PHONY: all deps configure build test test-unit test-pg demo bench profile format clean fuzz
+.PHONY: all deps configure build test test-unit test-pg demo bench profile format clean
 
 all: build
 
@@ -56,6 +58,7 @@ profile: build
 # libFuzzer targets (tests/fuzz, docs/testing.md) with ASan and UBSan, FUZZ_SECONDS (default 60)
 # each over their committed corpus and regressions; fails on any crash.
 FUZZ_SECONDS ?= 60
+.PHONY: fuzz
 fuzz: deps
 	@./scripts/install-deps.sh clang libclang-rt-14-dev
 	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
