@@ -6,12 +6,9 @@
 // fuzz_support.h); calls past its end get the reply a real server would send. With bit 0x40 of
 // the operation the client uses web identity credentials, so the first call is STS.
 // Invariants: only rekey::Error escapes; a data key that comes back is exactly 32 bytes.
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <string>
 
@@ -64,15 +61,9 @@ HttpResponse RealServer(const HttpRequest& request) {
 }
 
 const std::string& TokenFile() {
-  static const std::string path = [] {
-    const char* tmp = std::getenv("TMPDIR");
-    std::string p = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") +
-                    "/rekey-fuzz-web-identity-token-" + std::to_string(getpid());
-    std::ofstream(p) << "eyJhbGciOiJSUzI1NiJ9.fuzz.token\n";
-    std::atexit([] { std::remove(TokenFile().c_str()); });
-    return p;
-  }();
-  return path;
+  static const rekey::fuzz::TempFile token("web-identity-token",
+                                           "eyJhbGciOiJSUzI1NiJ9.fuzz.token\n");
+  return token.path();
 }
 
 void CheckKey(const rekey::Secret& key) {
@@ -82,6 +73,7 @@ void CheckKey(const rekey::Secret& key) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  rekey::fuzz::QuietLogs();
   rekey::fuzz::Reader in(data, size);
   const uint8_t op = in.Byte();
   auto transport = std::make_shared<rekey::fuzz::ScriptedTransport>(&in, RealServer);

@@ -12,11 +12,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <utility>
 
+#include <unistd.h>
+
 #include "common/error.h"
+#include "common/log.h"
 #include "kms/http_transport.h"
 
 namespace rekey::fuzz {
@@ -101,6 +105,35 @@ inline kms::HttpResponse Reply(long status, std::string body) {
   r.status = status;
   r.body = std::move(body);
   return r;
+}
+
+// A file in $TMPDIR (or /tmp) holding `content`, removed when the object is destroyed: a static
+// one goes when the process exits (libFuzzer and replay_main.cpp both exit normally).
+class TempFile {
+ public:
+  TempFile(const std::string& name, const std::string& content) {
+    const char* tmp = std::getenv("TMPDIR");
+    path_ = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/rekey-fuzz-" + name +
+            "-" + std::to_string(getpid());
+    std::ofstream(path_) << content;
+  }
+  ~TempFile() { std::remove(path_.c_str()); }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Log lines (token obtained, renewed...) cost more than the parsing under test and would flood
+// the output; only errors are written.
+inline void QuietLogs() {
+  static const bool quiet = [] {
+    log::SetMinLevel(log::Level::kError);
+    return true;
+  }();
+  (void)quiet;
 }
 
 // Runs `fn`; a rekey::Error is a clean outcome, anything else propagates.

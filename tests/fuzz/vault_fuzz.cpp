@@ -10,13 +10,10 @@
 // Vault would send. Every operation runs twice, the second time on a token that may be due.
 // Invariants: only rekey::Error escapes; a data key that comes back is exactly 32 bytes; batch
 // results match the items one to one.
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -72,14 +69,6 @@ HttpResponse RealVault(const HttpRequest& request) {
       200, "{\"data\":{\"ciphertext\":\"" + std::string(kCiphertext) + "\",\"key_version\":2}}");
 }
 
-std::string TempFile(const char* name, const char* content) {
-  const char* tmp = std::getenv("TMPDIR");
-  std::string p = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/rekey-fuzz-" +
-                  name + "-" + std::to_string(getpid());
-  std::ofstream(p) << content;
-  return p;
-}
-
 void CheckKey(const rekey::Secret& key) {
   FuzzCheck(key.size() == rekey::kms::kDataKeySize, "a data key that is not 32 bytes");
 }
@@ -87,15 +76,9 @@ void CheckKey(const rekey::Secret& key) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string token_file = TempFile("vault-token", "hvs.fromfile\n");
-  static const std::string jwt_file = TempFile("k8s-jwt", "eyJhbGciOiJSUzI1NiJ9.fuzz.jwt\n");
-  static const bool cleanup = [] {
-    return std::atexit([] {
-             std::remove(token_file.c_str());
-             std::remove(jwt_file.c_str());
-           }) == 0;
-  }();
-  (void)cleanup;
+  static const rekey::fuzz::TempFile token_file("vault-token", "hvs.fromfile\n");
+  static const rekey::fuzz::TempFile jwt_file("k8s-jwt", "eyJhbGciOiJSUzI1NiJ9.fuzz.jwt\n");
+  rekey::fuzz::QuietLogs();
 
   rekey::fuzz::Reader in(data, size);
   const uint8_t op = in.Byte();
@@ -112,12 +95,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 1:
       config.auth.method = rekey::kms::VaultAuthMethod::kTokenFile;
-      config.auth.token_file = token_file;
+      config.auth.token_file = token_file.path();
       break;
     case 2:
       config.auth.method = rekey::kms::VaultAuthMethod::kKubernetes;
       config.auth.k8s_role = "rekey";
-      config.auth.k8s_jwt_file = jwt_file;
+      config.auth.k8s_jwt_file = jwt_file.path();
       break;
   }
   auto now = std::chrono::steady_clock::time_point{} + std::chrono::hours(1);
