@@ -12,6 +12,8 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
   postgresql-15 postgresql-client-15 \
   python3 python3-cryptography python3-psycopg2 python3-boto3 python3-hvac bc \
   prometheus nodejs
+# The openssl CLI makes the throwaway CA and server certificate of tests/harness/pg_ssl.cpp.
+DEBIAN_PACKAGES += openssl
 
 .PHONY: all deps configure build test test-unit test-pg demo bench profile format clean
 
@@ -52,6 +54,17 @@ bench: deps
 profile: build
 	@./scripts/install-deps.sh valgrind
 	@./bench/profile.sh $(BUILD_DIR)/rekey
+
+# libFuzzer targets (tests/fuzz, docs/testing.md) with ASan and UBSan, FUZZ_SECONDS (default 60)
+# each over their committed corpus and regressions; fails on any crash.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: deps
+	@./scripts/install-deps.sh clang libclang-rt-14-dev
+	@CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DREKEY_FUZZ=ON >/dev/null
+	@cmake --build build-fuzz -j $(JOBS) --target fuzz_targets
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh build-fuzz
 
 format:
 	@git ls-files '*.cpp' '*.h' | xargs clang-format -i

@@ -36,6 +36,9 @@ class Secret {
   uint8_t* mutable_data() { return data_; }
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
+  // True iff the buffer is locked in memory (mlock succeeded: RLIMIT_MEMLOCK or CAP_IPC_LOCK
+  // allowed it). An empty Secret holds nothing to lock.
+  bool locked() const { return locked_; }
 
   // Constant-time comparison.
   bool Equals(const Secret& other) const;

@@ -1,10 +1,18 @@
 #include "common/secret.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
+#include <cstdint>
+#include <fstream>
+#include <memory>
 #include <ostream>
+#include <set>
+#include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 namespace rekey {
 namespace {
@@ -111,6 +119,62 @@ TEST(SecretTest, CloneIsADeepCopy) {
   EXPECT_FALSE(a.Equals(b));
   EXPECT_EQ(Contents(a)[0], '0');
   EXPECT_TRUE(Secret().Clone().empty());
+}
+
+// Kilobytes of locked memory of this process (VmLck in /proc/self/status), -1 iff unknown.
+long LockedKilobytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmLck:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+TEST(SecretTest, KeyMaterialIsLockedInMemoryWhereTheLimitAllows) {
+  rlimit limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
+  // Root has CAP_IPC_LOCK (no limit applies); anyone else needs room for a few pages.
+  if (geteuid() != 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 64 * 1024) {
+    GTEST_SKIP() << "RLIMIT_MEMLOCK is " << limit.rlim_cur << " bytes: mlock cannot succeed";
+  }
+  const long before = LockedKilobytes();
+  Secret key = FromString("0123456789abcdef0123456789abcdef");
+  EXPECT_TRUE(key.locked());
+  if (before >= 0) {
+    EXPECT_GT(LockedKilobytes(), before) << "no page was locked";
+  }
+  Secret moved = std::move(key);
+  EXPECT_TRUE(moved.locked());
+  EXPECT_FALSE(key.locked());  // NOLINT(bugprone-use-after-move): moved-from is specified empty
+  EXPECT_TRUE(moved.Clone().locked());
+  EXPECT_FALSE(Secret().locked());
+}
+
+// mlock does not nest: unlocking one Secret's page must not unlock its neighbours on that page.
+TEST(SecretTest, DestroyingOneSecretKeepsItsNeighboursLocked) {
+  rlimit limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &limit), 0);
+  if (geteuid() != 0 && limit.rlim_cur != RLIM_INFINITY && limit.rlim_cur < 1024 * 1024) {
+    GTEST_SKIP() << "RLIMIT_MEMLOCK is " << limit.rlim_cur << " bytes: too small for this test";
+  }
+  if (LockedKilobytes() < 0) GTEST_SKIP() << "no VmLck in /proc/self/status";
+  const long before = LockedKilobytes();
+  // Many small Secrets: neighbours share heap pages.
+  std::vector<std::unique_ptr<Secret>> secrets;
+  for (int i = 0; i < 64; ++i) secrets.push_back(std::make_unique<Secret>(32));
+  for (size_t i = 1; i < secrets.size(); i += 2) secrets[i].reset();
+  const long page = sysconf(_SC_PAGESIZE);
+  std::set<uintptr_t> pages;
+  for (const auto& s : secrets) {
+    if (!s) continue;
+    ASSERT_TRUE(s->locked());
+    const auto begin = reinterpret_cast<uintptr_t>(s->data());
+    for (uintptr_t p = begin & ~uintptr_t(page - 1); p < begin + s->size(); p += page) {
+      pages.insert(p);
+    }
+  }
+  EXPECT_GE(LockedKilobytes() - before, static_cast<long>(pages.size()) * page / 1024)
+      << "pages of live Secrets were unlocked";
 }
 
 }  // namespace

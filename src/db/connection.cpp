@@ -47,7 +47,10 @@ bool IsConfigFailure(std::string_view message) {
   for (std::string_view marker :
        {"authentication failed", "no password supplied", "password is required", "does not exist",
         "no pg_hba.conf entry", "invalid connection option", "invalid sslmode", "invalid port",
-        "invalid integer value", "invalid value for", "SSL was required", "permission denied"}) {
+        "invalid integer value", "invalid value for", "SSL was required", "permission denied",
+        // TLS: the server's pg_hba.conf refuses this sslmode ("... no encryption"), or the
+        // server's certificate fails sslmode=verify-ca/verify-full (another CA, another name).
+        "pg_hba.conf rejects", "certificate verify failed", "does not match host name"}) {
     if (Contains(message, marker)) return true;
   }
   return false;

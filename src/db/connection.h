@@ -18,8 +18,12 @@ namespace rekey::db {
 // Opens a connection to `conninfo` (URL or key=value; "" means libpq's PG* environment) with
 // the given application_name, which overrides any application_name in conninfo, so operators
 // can tell rekey's sessions apart in pg_stat_activity. The caller owns the connection.
-// Throws ConfigError if conninfo is malformed or the server rejects the credentials, database or
-// role; TransientError("cannot connect to PostgreSQL at <target>: <libpq message>; check --db /
+// Every option of conninfo is passed on, sslmode, sslrootcert and the other TLS options included
+// (libpq's PGSSLMODE etc. apply to those it does not set).
+// Throws ConfigError if conninfo is malformed, the server rejects the credentials, database or
+// role, pg_hba.conf refuses the session (e.g. sslmode=disable against hostssl-only rules), or
+// the server's certificate fails verification (sslmode=verify-ca / verify-full);
+// TransientError("cannot connect to PostgreSQL at <target>: <libpq message>; check --db /
 // DATABASE_URL / PG* and that the server is up") otherwise, where <target> lists only the host,
 // port, dbname and user options. No message contains the password (the libpq message is passed
 // through RedactSecrets; a malformed string is never echoed).

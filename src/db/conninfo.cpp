@@ -199,13 +199,35 @@ std::string RedactUrlsInText(std::string_view text) {
   return out;
 }
 
-void ReplaceAll(std::string& text, const std::string& needle) {
-  if (needle.empty()) return;
-  size_t pos = 0;
-  while ((pos = text.find(needle, pos)) != std::string::npos) {
-    text.replace(pos, needle.size(), kMask);
-    pos += sizeof(kMask) - 1;
+// Replaces every occurrence of any of `needles` with the mask, in one pass over `text`: at each
+// position the longest needle that matches wins, and the text after a match is scanned from the
+// end of the match. A mask once written is never scanned again -- replacing needle after needle in
+// the growing output (as this used to) let a password such as "*" multiply the text by three per
+// spelling, i.e. exponentially in the number of passwords.
+std::string ReplaceAllOf(std::string_view text, std::vector<std::string> needles) {
+  needles.erase(std::remove(needles.begin(), needles.end(), std::string()), needles.end());
+  std::sort(needles.begin(), needles.end(), [](const std::string& a, const std::string& b) {
+    return a.size() != b.size() ? a.size() > b.size() : a < b;
+  });
+  needles.erase(std::unique(needles.begin(), needles.end()), needles.end());
+  std::string out;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t matched = 0;
+    for (const std::string& needle : needles) {
+      if (text.compare(i, needle.size(), needle) == 0) {
+        matched = needle.size();
+        break;
+      }
+    }
+    if (matched > 0) {
+      out.append(kMask);
+      i += matched;
+    } else {
+      out.push_back(text[i++]);
+    }
   }
+  return out;
 }
 
 }  // namespace
@@ -265,17 +287,13 @@ std::vector<std::string> PasswordsIn(std::string_view conninfo) {
 }
 
 std::string RedactSecrets(std::string_view text, std::string_view conninfo) {
-  std::string out = RedactKeyValue(RedactUrlsInText(text));
+  const std::string out = RedactKeyValue(RedactUrlsInText(text));
   std::vector<std::string> spellings;
   for (const std::string& password : PasswordSpellings(conninfo, true)) {
     spellings.push_back(password);
     spellings.push_back(PercentEncode(password));
   }
-  // Longest first, so a shorter spelling cannot leave the tail of a longer one behind.
-  std::sort(spellings.begin(), spellings.end(),
-            [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
-  for (const auto& s : spellings) ReplaceAll(out, s);
-  return out;
+  return ReplaceAllOf(out, std::move(spellings));
 }
 
 }  // namespace rekey::db

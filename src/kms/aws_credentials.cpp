@@ -90,7 +90,13 @@ std::optional<std::chrono::system_clock::time_point> ParseIso8601Utc(const std::
   }
   tm.tm_year -= 1900;
   tm.tm_mon -= 1;
-  return std::chrono::system_clock::from_time_t(timegm(&tm));
+  // system_clock counts nanoseconds in 64 bits: it ends in 2262. A later (or pre-1970) date is
+  // not a credential expiry, and converting it would overflow.
+  const std::time_t seconds = timegm(&tm);
+  const auto last = std::chrono::duration_cast<std::chrono::seconds>(
+      std::chrono::system_clock::time_point::max().time_since_epoch());
+  if (seconds < 0 || seconds >= last.count()) return std::nullopt;
+  return std::chrono::system_clock::from_time_t(seconds);
 }
 
 AwsCredentials ParseAssumeRoleWithWebIdentityResponse(const std::string& xml) {

@@ -92,7 +92,8 @@ class WebIdentityCredentialsProvider : public AwsCredentialsProvider {
 // error code for an <ErrorResponse>, PermanentError for a body without complete credentials.
 AwsCredentials ParseAssumeRoleWithWebIdentityResponse(const std::string& xml);
 
-// "2024-05-01T12:00:00Z" (fractional seconds allowed) -> time point; nullopt iff malformed.
+// "2024-05-01T12:00:00Z" (fractional seconds allowed) -> time point; nullopt iff malformed or
+// outside what system_clock represents from 1970 on (it ends in 2262).
 std::optional<std::chrono::system_clock::time_point> ParseIso8601Utc(const std::string& text);
 
 // Chooses a provider from the environment (see the file comment). `region` picks the default STS

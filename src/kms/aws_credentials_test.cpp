@@ -58,7 +58,14 @@ TEST(Iso8601, Table) {
                         {"2030-13-02T03:04:05Z", -1},
                         {"2030-01-02 03:04:05Z", -1},
                         {"", -1},
-                        {"garbage", -1}};
+                        {"garbage", -1},
+                        {"2262-01-01T00:00:00Z", 9214646400},
+                        // Found by tests/fuzz/aws_kms_fuzz: beyond system_clock's range the
+                        // conversion overflowed (undefined behaviour) instead of failing.
+                        {"4198-05-01T12:00:00.123Z", -1},
+                        {"9999-12-31T23:59:59Z", -1},
+                        {"-999-01-01T00:00:00Z", -1},
+                        {"1969-12-31T23:59:59Z", -1}};
   for (const Case& c : cases) {
     auto t = ParseIso8601Utc(c.text);
     if (c.epoch < 0) {

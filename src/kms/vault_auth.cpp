@@ -55,12 +55,18 @@ std::string ServerText(const std::string& body) {
   throw KeyError(message + ": " + fix);
 }
 
+// Longer TTLs are treated as this long: steady_clock counts nanoseconds in 64 bits (292 years),
+// and `obtained_ + ttl_` must not overflow; a token renewed after ten years loses nothing.
+constexpr std::chrono::seconds kMaxTtl = std::chrono::hours(24 * 366 * 10);
+
 std::chrono::seconds Seconds(const json& j, const char* field) {
   auto it = j.find(field);
-  if (it == j.end() || !it->is_number_integer() || it->get<int64_t>() < 0) {
-    return std::chrono::seconds(0);
+  if (it == j.end() || !it->is_number_integer()) return std::chrono::seconds(0);
+  if (it->is_number_unsigned()) {  // JSON parsing makes every non-negative integer unsigned
+    const uint64_t ttl = it->get<uint64_t>();
+    return ttl > static_cast<uint64_t>(kMaxTtl.count()) ? kMaxTtl : std::chrono::seconds(ttl);
   }
-  return std::chrono::seconds(it->get<int64_t>());
+  return std::chrono::seconds(std::clamp<int64_t>(it->get<int64_t>(), 0, kMaxTtl.count()));
 }
 
 bool Flag(const json& j, const char* field) {

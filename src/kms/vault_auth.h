@@ -12,7 +12,8 @@
 // Renewal: a token with a TTL is renewed (POST auth/token/renew-self) once 2/3 of its TTL has
 // passed, before any call that needs it. If the renewal is refused or the token is not renewable,
 // a Kubernetes login or a token-file re-read replaces it; a VAULT_TOKEN is used until Vault rejects
-// it. A token with TTL 0 (a root token, or any token without expiry) is never renewed.
+// it. A token with TTL 0 (a root token, or any token without expiry) is never renewed; a TTL over
+// ten years counts as ten years.
 //
 // Rejection: after a 403 the caller asks Refresh(rejected) for another token and retries once.
 //

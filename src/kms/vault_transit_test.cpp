@@ -490,6 +490,27 @@ TEST(VaultAuth, TokenIsRenewedAtTwoThirdsOfItsTtl) {
   EXPECT_EQ(client.auth().TokenExpiresIn(), std::chrono::seconds(0));
 }
 
+// Found by tests/fuzz/vault_fuzz: a TTL of 276480064800 s overflowed the clock arithmetic
+// (undefined behaviour) when the token was next checked.
+TEST(VaultAuth, AnAbsurdTtlIsCappedNotOverflowed) {
+  for (const json& ttl : {json(int64_t{276480064800}), json(uint64_t{18446744073709551615u})}) {
+    auto v = std::make_shared<FakeVault>();
+    ScriptHappyVault(v.get());
+    v->routes["auth/token/lookup-self"] = [ttl](const HttpRequest&, const json&) {
+      return Ok({{"data", {{"ttl", ttl}, {"renewable", true}}}});
+    };
+    FakeClock clock;
+    VaultTransitClient client(Config(), v, clock.fn());
+    client.UnwrapDataKey(7, "transit/keys/rekey", ToBytes("vault:v1:abc"));
+    clock.now += std::chrono::hours(24 * 365);
+    client.UnwrapDataKey(7, "transit/keys/rekey", ToBytes("vault:v1:abc"));
+    EXPECT_EQ(client.auth().renewals(), 0) << ttl;
+    EXPECT_EQ(client.auth().TokenExpiresIn(),
+              std::chrono::hours(24 * 366 * 10) - std::chrono::hours(24 * 365))
+        << ttl;
+  }
+}
+
 class KubernetesAuthTest : public ::testing::Test {
  protected:
   void SetUp() override {

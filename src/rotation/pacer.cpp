@@ -25,29 +25,6 @@ void PacingOptions::Validate() const {
   }
 }
 
-std::chrono::milliseconds ParseDuration(const std::string& text, const std::string& flag) {
-  const char* begin = text.c_str();
-  char* end = nullptr;
-  const double value = std::strtod(begin, &end);
-  std::string unit(end);
-  const bool parsed = end != begin && std::isfinite(value) && value >= 0;
-  double ms_per_unit = 0;
-  if (unit.empty() || unit == "s" || unit == "sec") {
-    ms_per_unit = 1000;
-  } else if (unit == "ms") {
-    ms_per_unit = 1;
-  } else if (unit == "min" || unit == "m") {
-    ms_per_unit = 60000;
-  } else if (unit == "h") {
-    ms_per_unit = 3600000;
-  }
-  if (!parsed || ms_per_unit == 0) {
-    throw ConfigError(flag + " must be a duration such as 500ms, 10s, 2min or 1h, not '" + text +
-                      "'");
-  }
-  return std::chrono::milliseconds(int64_t(std::llround(value * ms_per_unit)));
-}
-
 ChunkSizer::ChunkSizer(std::chrono::milliseconds target, int min_rows, int max_rows,
                        double smoothing, int initial_rows)
     : target_ms_(double(target.count())),

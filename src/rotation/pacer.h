@@ -37,6 +37,7 @@
 
 #include "kms/token_bucket.h"
 #include "rotation/batch_rotator.h"
+#include "rotation/duration.h"  // ParseDuration, for the flags
 
 namespace rekey::rotation {
 
@@ -54,10 +55,6 @@ struct PacingOptions {
   // Throws ConfigError naming the flag when a value is out of range.
   void Validate() const;
 };
-
-// Parses "250ms", "10s", "2min", "1h" or a bare number of seconds ("1.5"). Throws ConfigError
-// naming `flag` otherwise.
-std::chrono::milliseconds ParseDuration(const std::string& text, const std::string& flag);
 
 // The adaptive chunk-size controller. Not thread-safe: one per claim loop.
 class ChunkSizer {

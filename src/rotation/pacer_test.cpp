@@ -69,18 +69,6 @@ TEST(ChunkSizer, TableOfHistories) {
   }
 }
 
-TEST(ParseDuration, Table) {
-  const std::vector<std::pair<std::string, int64_t>> good = {
-      {"250ms", 250}, {"10s", 10000},  {"10", 10000}, {"1.5", 1500},   {"2min", 120000},
-      {"2m", 120000}, {"1h", 3600000}, {"0", 0},      {"30sec", 30000}};
-  for (const auto& [text, ms] : good) {
-    EXPECT_EQ(ParseDuration(text, "--max-replication-lag").count(), ms) << text;
-  }
-  for (const std::string bad : {"", "s", "ten seconds", "-1s", "5 s", "3d", "nan"}) {
-    EXPECT_THROW(ParseDuration(bad, "--max-replication-lag"), ConfigError) << bad;
-  }
-}
-
 TEST(PacingOptions, RejectsNonsense) {
   PacingOptions ok;
   EXPECT_NO_THROW(ok.Validate());
