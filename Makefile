@@ -15,7 +15,8 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
 # The openssl CLI makes the throwaway CA and server certificate of tests/harness/pg_ssl.cpp.
 DEBIAN_PACKAGES += openssl
 
-.PHONY: all deps configure build test test-unit test-pg demo bench profile format clean
+.PHONY: all deps configure build test test-unit test-pg test-asan test-tsan demo bench profile \
+  format clean
 
 all: build
 
@@ -36,6 +37,35 @@ test-unit: build
 
 test-pg: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -L pg
+
+# Sanitizer builds (docs/operations.md, "Sanitizers"). -O1: the instrumented suite builds faster
+# than at -O2 and, without sibling-call optimisation, its reports keep every frame. A report from
+# any process, a test or a rekey child, fails the target (tests/sanitizers/run_ctest.sh).
+SAN_CMAKE_FLAGS := -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g -DNDEBUG"
+
+# The whole suite (every label) under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-asan: deps
+	@cmake -S . -B build-asan $(SAN_CMAKE_FLAGS) -DREKEY_SANITIZE=address,undefined >/dev/null
+	@cmake --build build-asan -j $(JOBS)
+	@./tests/sanitizers/run_ctest.sh asan build-asan -j $(JOBS) $(CTEST_ARGS)
+
+# ThreadSanitizer for the tests of the threaded parts: the worker pool's claim loops, the KMS
+# wrappers they share (rate limit, circuit breaker, retries, Vault login), the data key cache,
+# the ops HTTP server and metrics, the pacer, Secret, and the audit writers. The rekey binary
+# these tests start is instrumented too, so `rekey work --concurrency 2` is checked end to end.
+TSAN_TESTS := secret_test aes_gcm_test associated_data_test circuit_breaker_test \
+  resilient_kms_test local_kms_provider_test vault_transit_test data_key_cache_test \
+  http_server_test metrics_test pacer_test worker_pool_pg_test data_key_cache_pg_test \
+  audit_chain_pg_test ops_endpoints_pg_test pacing_pg_test vault_transit_kms_test \
+  vault_rotation_kms_test ops_readiness_kms_test aws_rotation_kms_test
+empty :=
+space := $(empty) $(empty)
+test-tsan: deps
+	@cmake -S . -B build-tsan $(SAN_CMAKE_FLAGS) -DREKEY_SANITIZE=thread >/dev/null
+	@cmake --build build-tsan -j $(JOBS) --target rekey $(TSAN_TESTS)
+	@./tests/sanitizers/run_ctest.sh tsan build-tsan -j $(JOBS) \
+	  -R '^($(subst $(space),|,$(strip $(TSAN_TESTS))))$$' $(CTEST_ARGS)
 
 demo: build
 	@./scripts/demo.sh $(BUILD_DIR)/rekey

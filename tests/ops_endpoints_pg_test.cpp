@@ -64,11 +64,14 @@ TEST_F(OpsEndpointsTest, MetricsDuringARotationPassPromtoolAndMatchTheDatabase) 
   // Key 1 is the primary, long overdue; the job (one stage) promotes key 2 when it opens.
   Exec(
       "UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1;"
-      "UPDATE rekey.keys SET max_age = '1 second' WHERE key_id = 1;"
+      // Due 2 seconds from now, however long seeding the table took since the key was created
+      // (under a sanitizer, well over a second).
+      "UPDATE rekey.keys SET max_age = now() - created_at + interval '2 seconds'"
+      " WHERE key_id = 1;"
       "INSERT INTO rekey.key_policies (scope, max_age) VALUES ('*', '90 days')");
   EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.key_age WHERE overdue"), "0")
       << "a key is overdue only once its max age has passed";
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(2100));
   EXPECT_EQ(Scalar("SELECT string_agg(key_id::text, ',') FROM rekey.key_age WHERE overdue"), "1");
   int64_t job = CreateJob(
       "'public.cards', ARRAY['token'], '{\"1\": 2}', p_stages => '{100}', p_batch_size => 250, "
