@@ -74,7 +74,7 @@ END $$;
 -- batches. The sort holds the table's keys: work_mem is raised for it so that it stays in memory
 -- up to a few million rows and spills to disk (correctly, more slowly) beyond.
 CREATE FUNCTION rekey.plan_rollout(p_job bigint) RETURNS integer
-LANGUAGE plpgsql SET work_mem = '128MB' AS $$
+LANGUAGE plpgsql SET work_mem = '128MB' SET enable_sort = off SET jit = off AS $$
 DECLARE
   j rekey.jobs;
   scope_sql text := '';
@@ -82,6 +82,7 @@ DECLARE
   stages integer[];
   los integer[];
   his integer[];
+  counts text;
   n integer;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
@@ -98,24 +99,32 @@ BEGIN
   IF stages IS NULL THEN
     RETURN 0;
   END IF;
-  -- Each row's stage by a binary search of the stages' lower bounds (width_bucket), from its
-  -- bucket computed once: OFFSET 0 keeps the planner from inlining the bucket expression twice.
-  -- A batch of a stage that ends below 100% also records its rows' keys (see batches.keys).
+  -- The rows stream in key order from the primary-key index, each with its stage found by a
+  -- binary search of the stages' lower bounds (width_bucket) from its bucket, computed once
+  -- (OFFSET 0 keeps the planner from inlining the expression twice). One running count per stage
+  -- over that stream numbers each row within its stage without sorting the table (enable_sort is
+  -- off for this function so the planner streams rather than sorts), and the rows are grouped
+  -- into batches by hashing. A batch of a stage that ends below 100% also records its rows' keys
+  -- (see batches.keys), in key order.
+  SELECT string_agg(format('count(*) FILTER (WHERE i = %s) OVER w', x), ', ' ORDER BY x)
+    INTO counts FROM generate_subscripts(stages, 1) x;
   EXECUTE format($q$
     WITH numbered AS (
-      SELECT stage_no, k, pk_order, row_number() OVER (PARTITION BY stage_no ORDER BY pk_order) - 1 AS rn
-        FROM (SELECT pk_order, k, CASE WHEN bucket < $6[i] THEN $4[i] END AS stage_no
-                FROM (SELECT pk_order, k, bucket, width_bucket(bucket, $5) AS i
+      SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
+        FROM (SELECT pk_order, k, CASE WHEN bucket < $6[x] THEN x END AS i
+                FROM (SELECT pk_order, k, bucket, width_bucket(bucket, $5) AS x
                         FROM (SELECT t.%1$I AS pk_order, t.%1$I::text AS k,
                                      rekey.stage_bucket(t.%1$I::text) AS bucket
-                                FROM %2$s AS t WHERE true%3$s OFFSET 0) r OFFSET 0) s) x
-       WHERE stage_no IS NOT NULL),
+                                FROM %2$s AS t WHERE true%3$s ORDER BY t.%1$I OFFSET 0) r) s) y
+       WHERE i IS NOT NULL
+      WINDOW w AS (ORDER BY pk_order ROWS UNBOUNDED PRECEDING)),
     grouped AS (
-      SELECT stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k ORDER BY pk_order) AS keys
-        FROM numbered GROUP BY stage_no, rn / $2),
+      SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
+             min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
+        FROM numbered GROUP BY i, rn / $2),
     planned AS (
-      SELECT stage_no, n, CASE WHEN n = 0 THEN NULL ELSE keys[1] END AS lo,
-             lead(keys[1]) OVER (PARTITION BY stage_no ORDER BY n) AS hi, rows,
+      SELECT stage_no, n, CASE WHEN n = 0 THEN NULL ELSE first_key END AS lo,
+             lead(first_key) OVER (PARTITION BY stage_no ORDER BY n) AS hi, rows,
              CASE WHEN stage_no = ANY ($7) THEN keys END AS keys
         FROM grouped
       UNION ALL
@@ -124,9 +133,9 @@ BEGIN
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys)
     SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys
       FROM planned$q$,
-    j.pk_column, format('%I.%I', j.schema_name, j.table_name), scope_sql)
+    j.pk_column, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts)
     USING p_job, j.batch_size, first_batch, stages, los, his,
-          (SELECT array_agg(stages[i]) FROM generate_subscripts(stages, 1) i WHERE his[i] < 10000);
+          (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000);
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
 END $$;

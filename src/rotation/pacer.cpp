@@ -65,10 +65,16 @@ Pacer::Pacer(PacingOptions options)
 }
 
 ChunkSizer Pacer::MakeSizer(int job_batch_size) const {
-  const int initial =
-      options_.target_batch.count() > 0 ? options_.min_chunk_rows * 2 : std::max(job_batch_size, 1);
-  const int max_rows =
-      options_.target_batch.count() > 0 ? options_.max_chunk_rows : std::max(job_batch_size, 1);
+  int fixed = std::max(job_batch_size, 1);
+  if (options_.max_rows_per_second > 0) {
+    // Under a rate limit, a chunk is at most a twentieth of a second's rows: the process then
+    // rewrites in small, evenly spaced steps instead of a whole batch at once and a long wait,
+    // which is what the application's tail latency notices (bench/README.md, "Gentleness").
+    fixed = std::min(fixed, std::max(options_.min_chunk_rows,
+                                     int(options_.max_rows_per_second / kRateChunksPerSecond)));
+  }
+  const int initial = options_.target_batch.count() > 0 ? options_.min_chunk_rows * 2 : fixed;
+  const int max_rows = options_.target_batch.count() > 0 ? options_.max_chunk_rows : fixed;
   const int min_rows = std::min(options_.min_chunk_rows, max_rows);
   return ChunkSizer(options_.target_batch, min_rows, max_rows, options_.smoothing, initial);
 }

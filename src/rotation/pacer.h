@@ -7,7 +7,10 @@
 //  * --max-rows-per-second N: a token bucket over rows, shared by every claim loop of the
 //    process. Before a chunk of at most k rows is locked, k tokens are reserved (waiting if
 //    need be); the tokens of rows the chunk did not hold are refunded. So over any interval T
-//    the process rewrites at most N*T + N rows (the burst is one second's worth).
+//    the process rewrites at most N*T + N rows (the burst is one second's worth). Without a
+//    target batch duration, a chunk is then at most N / kRateChunksPerSecond rows (at least
+//    min_chunk_rows, at most the job's batch size): 250 rows at 5,000 rows/s, twenty short
+//    transactions a second rather than five long ones.
 //
 //  * --target-batch-ms T: adaptive chunk size. Batches are planned ahead as primary-key ranges
 //    (rekey.batches), so the plan is not changed; instead a claimed batch is processed in
@@ -40,6 +43,9 @@
 #include "rotation/duration.h"  // ParseDuration, for the flags
 
 namespace rekey::rotation {
+
+// Under --max-rows-per-second alone, chunks are sized for this many per second.
+inline constexpr double kRateChunksPerSecond = 20;
 
 struct PacingOptions {
   double max_rows_per_second = 0;             // <= 0: unlimited

@@ -91,10 +91,22 @@ TEST(PacingOptions, RejectsNonsense) {
 }
 
 TEST(Pacer, ChunkSizesFollowTheOptionsAndTheJob) {
-  PacingOptions rate_only;
-  rate_only.max_rows_per_second = 1000;
-  // Without a target the chunk is the job's batch: one chunk per batch, as before.
-  EXPECT_EQ(Pacer(rate_only).MakeSizer(700).next(), 700);
+  // Without a target, a rate-limited chunk is a twentieth of a second's rows, at least
+  // min_chunk_rows and at most the job's batch: (rows/s, batch size) -> chunk rows.
+  const struct {
+    double rate;
+    int batch;
+    int chunk;
+  } cases[] = {{5000, 1000, 250}, {1000, 700, 50},     {100, 700, 50},
+               {1e6, 1000, 1000}, {20000, 5000, 1000}, {5000, 100, 100}};
+  for (const auto& c : cases) {
+    PacingOptions rate_only;
+    rate_only.max_rows_per_second = c.rate;
+    EXPECT_EQ(Pacer(rate_only).MakeSizer(c.batch).next(), c.chunk)
+        << c.rate << " rows/s, batch " << c.batch;
+  }
+  PacingOptions unlimited;
+  EXPECT_EQ(Pacer(unlimited).MakeSizer(700).next(), 700) << "no brakes: one chunk per batch";
   PacingOptions target;
   target.target_batch = milliseconds(200);
   target.min_chunk_rows = 40;
