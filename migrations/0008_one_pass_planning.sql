@@ -69,6 +69,13 @@ BEGIN
   RETURN '(' || condition || ')';
 END $$;
 
+-- " AND t.<scope column> = <scope value>" for a job limited to one scope, else "".
+CREATE FUNCTION rekey.scope_condition(p_job rekey.jobs) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN p_job.scope_column IS NULL THEN ''
+              ELSE format(' AND t.%I = %L::%s', p_job.scope_column, p_job.scope_value, p_job.scope_type) END
+$$;
+
 -- Plans every rollout stage of p_job that has no batches yet, in one scan: each row's bucket
 -- once, then per stage a cut every batch_size rows in key order (the first batch starts at NULL,
 -- the last ends at NULL). A stage without rows gets one empty batch. Returns the number of
@@ -78,7 +85,7 @@ CREATE FUNCTION rekey.plan_rollout(p_job bigint) RETURNS integer
 LANGUAGE plpgsql SET work_mem = '128MB' SET enable_sort = off SET jit = off AS $$
 DECLARE
   j rekey.jobs;
-  scope_sql text := '';
+  scope_sql text;
   first_batch integer;
   stages integer[];
   los integer[];
@@ -88,9 +95,7 @@ DECLARE
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
-  IF j.scope_column IS NOT NULL THEN
-    scope_sql := format(' AND t.%I = %L::%s', j.scope_column, j.scope_value, j.scope_type);
-  END IF;
+  scope_sql := rekey.scope_condition(j);
   SELECT array_agg(s.stage_no ORDER BY s.bucket_lo), array_agg(s.bucket_lo ORDER BY s.bucket_lo),
          array_agg(s.bucket_hi ORDER BY s.bucket_lo)
     INTO stages, los, his
@@ -149,15 +154,13 @@ CREATE FUNCTION rekey.plan_sweep(p_job bigint, p_stage integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
   j rekey.jobs;
-  scope_sql text := '';
+  scope_sql text;
   first_batch integer;
   n integer;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
-  IF j.scope_column IS NOT NULL THEN
-    scope_sql := format(' AND t.%I = %L::%s', j.scope_column, j.scope_value, j.scope_type);
-  END IF;
+  scope_sql := rekey.scope_condition(j);
   -- pending: OFFSET 0 makes it a filtered scan whose few results are then sorted, where the
   -- planner would otherwise walk the whole primary-key index to number them in order. starts:
   -- the batches' first keys (the first batch starts at NULL). numbered: each pending row with the

@@ -38,12 +38,7 @@ class PlanningTest : public PgTest {
     ImportTestKeys(conn(), {1, 2});
   }
 
-  int64_t CreateJob(const std::string& args) {
-    pqxx::work txn(conn());
-    int64_t id = txn.exec1("SELECT rekey.create_job(" + args + ")")[0].as<int64_t>();
-    txn.commit();
-    return id;
-  }
+  int64_t CreateJob(const std::string& args) { return CreateJobSql(conn(), args); }
 
   // The job's batches in batch_no order; batch numbers must run 1, 2, 3, ... without gaps.
   std::vector<PlannedBatch> Batches(int64_t job, const std::string& stage_filter = "true") {

@@ -49,6 +49,14 @@ inline Secret TestDataKey(uint32_t id) {
   return Secret(raw, 32);
 }
 
+// SELECT rekey.create_job(<args>) in its own transaction; returns the job id.
+inline int64_t CreateJobSql(pqxx::connection& conn, const std::string& args) {
+  pqxx::work txn(conn);
+  int64_t id = txn.exec1("SELECT rekey.create_job(" + args + ")")[0].as<int64_t>();
+  txn.commit();
+  return id;
+}
+
 // Imports keys `ids` into the keyring of the database behind `conn`.
 inline void ImportTestKeys(pqxx::connection& conn, const std::vector<uint32_t>& ids) {
   auto kms = TestKms();
