@@ -55,6 +55,17 @@ class OpsReadinessKmsTest : public PgTest {
     return txn.exec1(sql)[0].as<int64_t>();
   }
 
+  // Test data keys 1 and 2 imported through `rekey keys import --kms aws-kms`.
+  void ImportKeysWrappedByAwsKms() {
+    for (uint32_t id : {1u, 2u}) {
+      Secret key = TestDataKey(id);
+      ProcessResult r = RunRekey({"--db", conninfo(), "keys", "import", "--key-id",
+                                  std::to_string(id), "--kms", "aws-kms", "--stdin"},
+                                 Env(), Base64Encode(key.data(), key.size()));
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+    }
+  }
+
   void Control(const std::string& json) {
     HttpResult r = HttpGet(kms_port_, "/__control", json);
     ASSERT_EQ(r.status, 200) << r.body;
@@ -66,13 +77,7 @@ class OpsReadinessKmsTest : public PgTest {
 };
 
 TEST_F(OpsReadinessKmsTest, ReadyzTurnsDownWhileTheKmsBreakerIsOpenAndUpWhenItRecovers) {
-  for (uint32_t id : {1u, 2u}) {
-    Secret key = TestDataKey(id);
-    ProcessResult r = RunRekey({"--db", conninfo(), "keys", "import", "--key-id",
-                                std::to_string(id), "--kms", "aws-kms", "--stdin"},
-                               Env(), Base64Encode(key.data(), key.size()));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-  }
+  ASSERT_NO_FATAL_FAILURE(ImportKeysWrappedByAwsKms());
   SeedTinkTable(conn(), "public.cards", 2000, 1);
   Exec(
       "SELECT rekey.create_job('public.cards', ARRAY['token'], '{\"1\": 2}', p_stages => '{100}', "
@@ -129,13 +134,7 @@ TEST_F(OpsReadinessKmsTest, ReadyzTurnsDownWhileTheKmsBreakerIsOpenAndUpWhenItRe
 }
 
 TEST_F(OpsReadinessKmsTest, ReadyzTurnsDownWhenTheKmsServerIsGone) {
-  for (uint32_t id : {1u, 2u}) {
-    Secret key = TestDataKey(id);
-    ProcessResult r = RunRekey({"--db", conninfo(), "keys", "import", "--key-id",
-                                std::to_string(id), "--kms", "aws-kms", "--stdin"},
-                               Env(), Base64Encode(key.data(), key.size()));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-  }
+  ASSERT_NO_FATAL_FAILURE(ImportKeysWrappedByAwsKms());
   SeedTinkTable(conn(), "public.cards", 500, 1);
   Exec(
       "SELECT rekey.create_job('public.cards', ARRAY['token'], '{\"1\": 2}', p_stages => '{100}')");
