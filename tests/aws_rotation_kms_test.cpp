@@ -80,13 +80,6 @@ class AwsRotationTest : public PgTest {
         env);
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-  int64_t Count(const std::string& sql) { return std::stoll(Scalar(sql)); }
-
   // Every value of `table` decrypts to its original plaintext under `key`.
   void ExpectAllUnder(const std::string& table, uint32_t key, int64_t rows) {
     auto after = DecryptAll(conn(), table);

@@ -22,12 +22,6 @@ class HostileInputTest : public PgTest {
     PgTest::SetUp();
     ImportTestKeys(conn(), {1, 2});
   }
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-  int64_t Count(const std::string& sql) { return std::stoll(Scalar(sql)); }
   ProcessResult Rekey(std::vector<std::string> args) {
     args.insert(args.begin(), {"--db", conninfo()});
     return RunRekey(args, WorkerEnv());

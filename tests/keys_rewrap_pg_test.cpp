@@ -42,11 +42,6 @@ class KeysRewrapTest : public PgTest {
                      {"DATABASE_URL", std::nullopt}});
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
   std::string Refs() {
     return Scalar(
         "SELECT string_agg(key_id || '=' || kms_key_ref, ' ' ORDER BY key_id) FROM "

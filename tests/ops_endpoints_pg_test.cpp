@@ -26,11 +26,6 @@ class OpsEndpointsTest : public PgTest {
     ImportTestKeys(conn(), {1, 2});
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
   double Number(const std::string& sql) { return std::stod(Scalar(sql)); }
   int64_t CreateJob(const std::string& args) {
     pqxx::work txn(conn());

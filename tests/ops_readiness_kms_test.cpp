@@ -50,11 +50,6 @@ class OpsReadinessKmsTest : public PgTest {
     return env;
   }
 
-  int64_t Count(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    return txn.exec1(sql)[0].as<int64_t>();
-  }
-
   // Test data keys 1 and 2 imported through `rekey keys import --kms aws-kms`.
   void ImportKeysWrappedByAwsKms() {
     for (uint32_t id : {1u, 2u}) {

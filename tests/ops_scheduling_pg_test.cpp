@@ -34,12 +34,6 @@ class OpsSchedulingTest : public PgTest {
     EXPECT_FALSE(out.is_discarded()) << r.out;
     return out;
   }
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-  int64_t Count(const std::string& sql) { return std::stoll(Scalar(sql)); }
   int64_t CreateJob(const std::string& args) {
     pqxx::work txn(conn());
     int64_t id = txn.exec1("SELECT rekey.create_job(" + args + ")")[0].as<int64_t>();

@@ -55,13 +55,6 @@ class PacingTest : public PgTest {
     return worker.Wait(300);
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-  int64_t Count(const std::string& sql) { return std::stoll(Scalar(sql)); }
-
   // The worker's final log line ("no work left"), as JSON.
   static nlohmann::json FinalLine(const std::string& err) {
     std::istringstream lines(err);

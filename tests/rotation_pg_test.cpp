@@ -48,13 +48,6 @@ class RotationTest : public PgTest {
     return RunRekey(full, WorkerEnv());
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-  int64_t Count(const std::string& sql) { return std::stoll(Scalar(sql)); }
-
   // The invariants every finished job must satisfy.
   void ExpectJobConsistent(int64_t job) {
     const std::string j = std::to_string(job);
@@ -647,6 +640,71 @@ TEST_F(RotationTest, TwoColumnsWhereOnlySomeValuesMoveKeepTheOthersAsTheyAre) {
     }
   }
   ExpectJobConsistent(job);
+}
+
+TEST_F(RotationTest, APartitionedTableIsWrittenBackByPrimaryKeyNotByCtid) {
+  // Each partition numbers its tuples from (0,1): a ctid names one row only within a partition,
+  // so a rewrite matched by ctid would hit a row in every partition.
+  SeedTinkTable(conn(), "public.seed", 3000, 1);
+  Exec(
+      "CREATE TABLE public.cards (LIKE public.seed INCLUDING ALL) PARTITION BY RANGE (id); "
+      "CREATE TABLE public.cards_a PARTITION OF public.cards FOR VALUES FROM (MINVALUE) TO (1001); "
+      "CREATE TABLE public.cards_b PARTITION OF public.cards FOR VALUES FROM (1001) TO (2001); "
+      "CREATE TABLE public.cards_c PARTITION OF public.cards FOR VALUES FROM (2001) TO (MAXVALUE); "
+      "INSERT INTO public.cards SELECT * FROM public.seed");
+  ASSERT_EQ(Scalar("SELECT count(DISTINCT ctid) < count(*) FROM public.cards"), "t");
+  const auto before = DecryptAll(conn(), "public.cards");
+  int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 400");
+  ProcessResult r = StartWorker(job, 2)->Wait(120);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
+            "completed");
+  const auto after = DecryptAll(conn(), "public.cards");
+  ASSERT_EQ(after.size(), before.size());
+  for (const auto& [id, value] : after) {
+    ASSERT_EQ(value.first, 2u) << id;
+    ASSERT_EQ(value.second, before.at(id).second) << id;
+  }
+  EXPECT_EQ(
+      Scalar("SELECT sum(rows_done) FROM rekey.batches WHERE job_id = " + std::to_string(job)),
+      "3000");
+  ExpectJobConsistent(job);
+}
+
+TEST_F(RotationTest, ASweepRangeHoldingManyValuesIsMovedInTransactionsOfAtMostABatch) {
+  // A sweep is planned without reading the values, so one of its ranges may hold far more than
+  // batch_size of them; the worker moves them in chunks of batch_size rows, each its own
+  // transaction with a checkpoint.
+  SeedTinkTable(conn(), "public.cards", 3000, 1);
+  const int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_stages => '{100}'");
+  const std::string j = std::to_string(job);
+  // As if the rollout had run and every value had been written under key 1 again since.
+  Exec("UPDATE rekey.batches SET state = 'done' WHERE job_id = " + j +
+       "; SELECT rekey.open_stage(" + j + ", rekey.add_stage(" + j + ", 'sweep', 100, 0, 10000))");
+  const std::string sweep = Scalar("SELECT current_stage FROM rekey.jobs WHERE job_id = " + j);
+  ASSERT_EQ(
+      Scalar("SELECT count(*) FROM rekey.batches WHERE job_id = " + j + " AND stage_no = " + sweep),
+      "1")
+      << "30 rollout batches: one sweep range over the whole table";
+  ProcessResult r = StartWorker(job, 2)->Wait(120);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
+  EXPECT_EQ(Scalar("SELECT rows_done FROM rekey.batches WHERE job_id = " + j +
+                   " AND stage_no = " + sweep),
+            "3000");
+  // Every row was rewritten by some transaction (its xmin), none of which wrote more than 100.
+  EXPECT_EQ(Scalar("SELECT max(n) <= 100 AND sum(n) = 3000 FROM (SELECT count(*) AS n FROM "
+                   "public.cards GROUP BY xmin::text) x"),
+            "t");
+  EXPECT_EQ(Scalar("SELECT a.details->>'resumed_from_checkpoint' FROM rekey.audit a JOIN "
+                   "rekey.batches b USING (job_id, batch_no) WHERE a.job_id = " +
+                   j + " AND b.stage_no = " + sweep + " AND a.action = 'rotation.batch.completed'"),
+            "true");
+  for (const auto& [id, value] : DecryptAll(conn(), "public.cards")) {
+    ASSERT_EQ(value.first, 2u) << id;
+    ASSERT_EQ(value.second, PlaintextFor(id)) << id;
+  }
 }
 
 }  // namespace

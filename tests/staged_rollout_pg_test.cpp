@@ -55,12 +55,6 @@ class StagedRolloutTest : public PgTest {
     return RunRekey(full, WorkerEnv());
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-  int64_t Count(const std::string& sql) { return std::stoll(Scalar(sql)); }
   std::string JobState(int64_t job) {
     return Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job));
   }

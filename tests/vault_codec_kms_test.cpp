@@ -115,12 +115,6 @@ class VaultCodecTest : public PgTest {
     return RunRekey(args, Env());
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-
   // public.secrets: rows 1..kRows under app v1 (context "secrets:<id>"); then a value Vault
   // cannot authenticate, a value under another key, a value that is no Transit ciphertext at
   // all, and a NULL.

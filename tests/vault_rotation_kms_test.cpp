@@ -119,12 +119,6 @@ class VaultRotationTest : public PgTest {
     return id;
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-
   // Unwraps key `id` from rekey.keys with a client of the test's own, and checks that every row of
   // `table` in [lo, hi] decrypts under it to its original plaintext.
   void ExpectRowsUnder(const std::string& table, uint32_t id, int64_t lo, int64_t hi) {

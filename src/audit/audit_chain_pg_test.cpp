@@ -32,10 +32,6 @@ class AuditChainPgTest : public PgTest {
     Exec("SET session_replication_role = replica; " + sql +
          "; SET session_replication_role = origin");
   }
-  int64_t Count(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    return txn.exec1(sql)[0].as<int64_t>();
-  }
   std::vector<std::string> Kinds(const Verification& v) {
     std::vector<std::string> kinds;
     for (const auto& f : v.findings) kinds.push_back(f.kind);

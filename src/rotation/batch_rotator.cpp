@@ -200,12 +200,22 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   select_list_ = "t." + pk + "::text";
   for (const auto& column : job_.columns) select_list_ += ", t." + db::QuoteIdent(column.name);
   if (!kid.empty()) select_list_ += ", t." + kid;
+  {
+    pqxx::nontransaction catalog(conn);
+    update_by_ctid_ = catalog
+                          .exec_params1(
+                              "SELECT relkind = 'r' AND has_column_privilege(oid, "
+                              "'ctid', 'SELECT') FROM pg_class WHERE oid = $1::regclass",
+                              job_.QualifiedTable())[0]
+                          .as<bool>();
+  }
+  if (update_by_ctid_) select_list_ += ", t.ctid::text";
   needs_work_ = needs_work;
   select_names_.assign(kAllVariants, std::string());
 
   std::string set_list;
-  std::string unnest_args = "$1::" + job_.pk_type + "[]";
-  std::string unnest_names = "pk";
+  std::string unnest_args = update_by_ctid_ ? "$1::tid[]" : "$1::" + job_.pk_type + "[]";
+  std::string unnest_names = "row_id";
   int n = 1;
   for (size_t i = 0; i < job_.columns.size(); ++i) {
     const std::string c = db::QuoteIdent(job_.columns[i].name);
@@ -222,8 +232,8 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
     unnest_names += ", kid";
   }
   conn.prepare(prefix_ + "update", "UPDATE " + table + " AS t SET " + set_list + " FROM unnest(" +
-                                       unnest_args + ") AS v(" + unnest_names + ") WHERE t." + pk +
-                                       " = v.pk");
+                                       unnest_args + ") AS v(" + unnest_names + ") WHERE t." +
+                                       (update_by_ctid_ ? "ctid" : pk) + " = v.row_id");
   conn.prepare(prefix_ + "lock_batch",
                "SELECT b.state, b.worker_id, j.state, b.resume_after, b.rows_done, b.rows_skipped, "
                "b.rows_failed, coalesce(b.duration_ms, 0), b.keys::text FROM rekey.batches b JOIN "
@@ -383,7 +393,8 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
 
   const size_t ncols = job_.columns.size();
   const int kid_field = job_.key_id_column ? int(1 + ncols) : -1;
-  std::string pk_literal = "{";
+  const int ctid_field = update_by_ctid_ ? int(1 + ncols + (kid_field >= 0 ? 1 : 0)) : -1;
+  std::string row_id_literal = "{";
   std::vector<BinaryByteaArray> column_arrays;
   for (const auto& column : job_.columns) {
     column_arrays.emplace_back(column.codec == CodecKind::kVaultTransit
@@ -541,7 +552,11 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
       continue;
     }
     ++result.rows_done;
-    db::AppendTextArrayElement(pk, &pk_literal);
+    if (ctid_field >= 0) {
+      db::AppendTextArrayElement(row[ctid_field].c_str(), &row_id_literal);
+    } else {
+      db::AppendTextArrayElement(pk, &row_id_literal);
+    }
     for (size_t i = 0; i < ncols; ++i) {
       if (has_new[i]) {
         column_arrays[i].Append(new_values[i].data(), new_values[i].size());
@@ -565,12 +580,19 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   if (result.rows_done > 0) {
     std::vector<pqxx::binarystring> arrays;
     for (const auto& array : column_arrays) arrays.push_back(array.Finish());
-    if (kid_field >= 0) {
-      txn.exec_prepared(prefix_ + "update", pk_literal + "}",
-                        pqxx::prepare::make_dynamic_params(arrays), kid_literal + "}");
-    } else {
-      txn.exec_prepared(prefix_ + "update", pk_literal + "}",
-                        pqxx::prepare::make_dynamic_params(arrays));
+    const pqxx::result updated =
+        kid_field >= 0
+            ? txn.exec_prepared(prefix_ + "update", row_id_literal + "}",
+                                pqxx::prepare::make_dynamic_params(arrays), kid_literal + "}")
+            : txn.exec_prepared(prefix_ + "update", row_id_literal + "}",
+                                pqxx::prepare::make_dynamic_params(arrays));
+    // The rows are locked, so each is written exactly once; anything else means the batch's view
+    // of its rows is wrong, and nothing of it may commit. Retrying reads the rows afresh.
+    if (updated.affected_rows() != size_t(result.rows_done)) {
+      throw TransientError("batch " + std::to_string(batch.job_id) + "/" +
+                           std::to_string(batch.batch_no) + ": the UPDATE wrote " +
+                           std::to_string(updated.affected_rows()) + " rows, expected " +
+                           std::to_string(result.rows_done) + "; retrying the batch");
     }
   }
   if (!fail_pk.empty()) {

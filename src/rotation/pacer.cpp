@@ -107,7 +107,10 @@ int Pacer::WaitForReplicas(const LagSource& lag, const std::atomic<bool>& stop,
 BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
                             const ClaimedBatch& batch, const std::string& worker_id,
                             ChunkSizer* sizer, const std::atomic<bool>& stop) {
-  if (!options_.chunked()) return rotator.Process(conn, batch, worker_id);
+  // Unpaced, a chunk is a whole batch_size: a batch as planned is one chunk, and a range that
+  // holds more rows than planned (a sweep's, planned without a scan, or rows inserted since) is
+  // still moved in transactions of at most batch_size rows.
+  const bool paced = options_.chunked();
   BatchResult total;
   for (bool first = true;; first = false) {
     if (!first && stop) {
@@ -120,7 +123,7 @@ BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
       total.outcome = BatchResult::Outcome::kLost;
       return total;
     }
-    const int rows = sizer ? sizer->next() : std::max(rotator.job().batch_size, 1);
+    const int rows = paced && sizer ? sizer->next() : std::max(rotator.job().batch_size, 1);
     const auto wait = rows_bucket_.Reserve(std::chrono::steady_clock::now(), rows);
     if (wait.count() > 0) std::this_thread::sleep_for(wait);
     const auto started = std::chrono::steady_clock::now();
@@ -135,7 +138,7 @@ BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
     total.duration_ms += chunk.batch.duration_ms;
     if (chunk.batch.outcome != BatchResult::Outcome::kDone || chunk.batch_finished) return total;
     // Only full chunks say how long `rows` rows take; the last one of a batch is usually short.
-    if (sizer) sizer->Observe(chunk.rows_locked, elapsed);
+    if (paced && sizer) sizer->Observe(chunk.rows_locked, elapsed);
   }
 }
 

@@ -1,8 +1,9 @@
 // Gentleness for `rekey work`: how fast and in what steps a worker process may rewrite rows, so
 // that the application sharing the database keeps its latency (issue 7, item 5).
 //
-// Three independent brakes, all off by default (then the claim loops run flat out and every
-// batch is one transaction, as before):
+// Three independent brakes, all off by default (then the claim loops run flat out and a batch is
+// processed in chunks of the job's batch size: one transaction for a batch as planned, more for
+// a range that holds more rows, such as a sweep's):
 //
 //  * --max-rows-per-second N: a token bucket over rows, shared by every claim loop of the
 //    process. Before a chunk of at most k rows is locked, k tokens are reserved (waiting if
@@ -108,7 +109,8 @@ class Pacer {
                       const std::string& worker_id, const PacerSleeper& sleep) const;
 
   // Processes `batch` as BatchRotator::Process does, but in chunks sized by `sizer` (or of the
-  // job's batch size when no target duration is set) under the process's row-rate limit. When
+  // job's batch size when no target duration is set, or no pacing at all) under the process's
+  // row-rate limit, if any. When
   // `stop` turns true between chunks, the batch is released (it stays pending with its
   // checkpoint) and the outcome is kLost. The counts are those of this attempt.
   BatchResult RunBatch(BatchRotator& rotator, pqxx::connection& conn, const ClaimedBatch& batch,

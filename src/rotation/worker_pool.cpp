@@ -8,6 +8,7 @@
 #include <memory>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -24,6 +25,33 @@ void SleepUnlessStopped(std::chrono::milliseconds duration, const std::atomic<bo
   const auto until = std::chrono::steady_clock::now() + duration;
   while (!stop && !fatal && std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// Notices that a job changed state or stage (rekey.jobs' trigger notifies kJobsChannel, see
+// migrations/0009): an idle claim loop wakes at once instead of at the end of its idle poll.
+constexpr const char* kJobsChannel = "rekey_jobs";
+
+class JobChangeListener : public pqxx::notification_receiver {
+ public:
+  explicit JobChangeListener(pqxx::connection& conn) : notification_receiver(conn, kJobsChannel) {}
+  void operator()(const std::string& /*payload*/, int /*backend_pid*/) override { heard_ = true; }
+  // True iff a notification arrived since the last call.
+  bool TakeHeard() { return std::exchange(heard_, false); }
+
+ private:
+  bool heard_ = false;
+};
+
+// Waits up to `duration` for a job change on `conn` (outside any transaction), waking early when
+// one is heard or `stop` turns true. A notification that arrived while the loop was busy counts.
+void WaitForJobChange(pqxx::connection& conn, JobChangeListener& listener,
+                      std::chrono::milliseconds duration, const std::atomic<bool>& stop,
+                      const std::atomic<bool>& fatal) {
+  const auto until = std::chrono::steady_clock::now() + duration;
+  conn.get_notifs();
+  while (!listener.TakeHeard() && !stop && !fatal && std::chrono::steady_clock::now() < until) {
+    conn.await_notification(0, 20000);  // short slices, so a stop is seen within 20 ms
   }
 }
 
@@ -46,6 +74,21 @@ bool IsKeyOrConfigError(const std::exception& e) {
 }
 
 }  // namespace
+
+bool WorkRemains(pqxx::connection& conn, std::optional<int64_t> job) {
+  pqxx::read_transaction txn(conn);
+  // An active job always has something left: batches of its open stage, or, once they are all
+  // done, the move to its gate or next stage (rekey.finish_stages), which the worker that ends a
+  // stage makes a moment after its commit. Counting only unfinished batches let a loop that
+  // looked in that moment exit and leave the rest of the job to the others.
+  return txn
+      .exec_params1(
+          "SELECT EXISTS (SELECT 1 FROM rekey.jobs j WHERE ($1::bigint IS NULL OR j.job_id = "
+          "$1::bigint) AND (j.state IN ('active', 'verifying') OR (j.state = "
+          "'awaiting_approval' AND j.observe IS NOT NULL)))",
+          job ? std::optional<std::string>(std::to_string(*job)) : std::nullopt)[0]
+      .as<bool>();
+}
 
 std::string DefaultWorkerName() {
   char host[256] = {0};
@@ -146,6 +189,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
   const std::string worker_id = options_.worker_name + "/" + std::to_string(index);
   std::mt19937 rng(std::random_device{}() + index);
   std::unique_ptr<pqxx::connection> conn;
+  std::unique_ptr<JobChangeListener> listener;  // on `conn`; destroyed before it
   std::map<int64_t, std::unique_ptr<BatchRotator>> rotators;
   std::map<int64_t, ChunkSizer> sizers;  // per job: chunk sizes adapt to each table's speed
   int consecutive_failures = 0;
@@ -178,7 +222,9 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
     try {
       if (!conn || !conn->is_open()) {
         rotators.clear();  // prepared statements live on the old connection
+        listener.reset();
         conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
+        listener = std::make_unique<JobChangeListener>(*conn);
       }
       pacer_.WaitForReplicas(ReplicationLagOf(*conn), stop, worker_id,
                              [&](auto pause) { SleepUnlessStopped(pause, stop, fatal_set_); });
@@ -208,28 +254,17 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       }
       if (!batch) {
         if (AdvanceJobs(*conn, worker_id, job_param)) continue;  // a stage opened: claim again
-        pqxx::work txn(*conn);
-        // Work that remains for someone: batches of open stages (held by other workers, who may
-        // die), stages waiting for their gate, and gates passed whose observation runs.
-        const int64_t remaining =
-            txn.exec_params1(
-                   "SELECT (SELECT count(*) FROM rekey.batches b JOIN rekey.jobs j ON j.job_id = "
-                   "b.job_id"
-                   "         AND b.stage_no = j.current_stage"
-                   "        WHERE j.state = 'active' AND b.state IN ('pending', 'running')"
-                   "          AND ($1::bigint IS NULL OR b.job_id = $1::bigint))"
-                   "     + (SELECT count(*) FROM rekey.jobs j WHERE ($1::bigint IS NULL OR "
-                   "j.job_id = $1::bigint)"
-                   "          AND (j.state = 'verifying' OR (j.state = 'awaiting_approval' AND "
-                   "j.observe IS NOT NULL)))",
-                   job_param)[0]
-                .as<int64_t>();
-        txn.exec_params("DELETE FROM rekey.workers WHERE worker_id = $1 AND $2", worker_id,
-                        remaining == 0);
-        txn.commit();
-        if (remaining == 0) return;
-        // Other workers hold the rest; keep polling in case one of them dies.
-        SleepUnlessStopped(options_.idle_poll, stop, fatal_set_);
+        const bool remaining = WorkRemains(*conn, options_.job);
+        {
+          pqxx::work txn(*conn);
+          txn.exec_params("DELETE FROM rekey.workers WHERE worker_id = $1 AND $2", worker_id,
+                          !remaining);
+          txn.commit();
+        }
+        if (!remaining) return;
+        // Other workers hold the rest: wait until one of them opens the next stage (or ends the
+        // job), polling in case one of them dies.
+        WaitForJobChange(*conn, *listener, options_.idle_poll, stop, fatal_set_);
         continue;
       }
 
@@ -301,7 +336,11 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
         // Give the batch back so another attempt (here or elsewhere) can take it. A key problem
         // is not the batch's fault, so it does not consume an attempt.
         try {
-          if (!conn || !conn->is_open()) conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
+          if (!conn || !conn->is_open()) {
+            listener.reset();
+            conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
+            listener = std::make_unique<JobChangeListener>(*conn);
+          }
           rotators.clear();
           pqxx::work txn(*conn);
           std::string state = txn.exec_params1("SELECT rekey.release_batch($1, $2, $3, $4, $5)",
@@ -313,9 +352,11 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
         } catch (const std::exception& release_error) {
           // The batch stays 'running' and unlocked: the next claim anywhere picks it up.
           fields["release_error"] = release_error.what();
+          listener.reset();
           conn.reset();
         }
       } else if (!conn || !conn->is_open() || db::IsTransient(e)) {
+        listener.reset();
         conn.reset();
       }
       if (key_problem) {

@@ -92,4 +92,9 @@ class WorkerPool {
 // <hostname>:<pid>, the default worker name (a Kubernetes pod's hostname is its name).
 std::string DefaultWorkerName();
 
+// True iff some job (`job`, or any) still needs a worker: it is active (batches to run, or its
+// stage's move to the gate or the next stage), verifying, or waiting out an observation period
+// after which it advances by itself. A claim loop with nothing to claim exits iff this is false.
+bool WorkRemains(pqxx::connection& conn, std::optional<int64_t> job);
+
 }  // namespace rekey::rotation

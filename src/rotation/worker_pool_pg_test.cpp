@@ -32,12 +32,6 @@ class WorkerPoolTest : public testing::PgTest {
     txn.commit();
   }
 
-  std::string Scalar(const std::string& sql) {
-    pqxx::read_transaction txn(conn());
-    auto r = txn.exec1(sql);
-    return r[0].is_null() ? "NULL" : r[0].as<std::string>();
-  }
-
   void ExpectCompletedCleanly() {
     const std::string j = std::to_string(job_);
     EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
@@ -112,6 +106,74 @@ TEST_F(WorkerPoolTest, AKeyErrorStopsThePoolAndLeavesTheBatchUntouched) {
   EXPECT_EQ(Scalar("SELECT count(*) FROM public.cards WHERE substring(token from 1 for 5) = "
                    "'\\x0100000001'::bytea"),
             "1000");
+}
+
+TEST_F(WorkerPoolTest, IdleLoopsWakeWhenAStageOpensOrTheJobEnds) {
+  // A staged job that advances by itself. Whichever loop finds nothing to claim while the other
+  // finishes a stage waits for the next one; with an idle poll of an hour it can only wake on the
+  // job's notification (rekey_jobs), and the pool returns when the job ends only if it does.
+  const int64_t staged =
+      testing::CreateJobSql(conn(),
+                            "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, "
+                            "p_stages => '{1,50,100}', p_observe => '0s'");
+  Exec("UPDATE rekey.jobs SET state = 'cancelled' WHERE job_id = " + std::to_string(job_));
+  WorkerOptions o = Options();
+  o.job = staged;
+  o.idle_poll = std::chrono::hours(1);
+  WorkerPool pool(conninfo(), o, [](uint32_t id) { return TestDataKey(id); });
+  std::atomic<bool> stop{false};
+  std::atomic<bool> returned{false};
+  std::thread run([&] {
+    pool.Run(stop);
+    returned = true;
+  });
+  // Not a timing bar: a generous deadline that turns "waits for an hour" into a failure.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!returned && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(returned.load()) << "a claim loop slept through the job's stage changes";
+  stop = true;
+  run.join();
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(staged)),
+            "completed");
+  for (const auto& [id, value] : DecryptAll(conn(), "public.cards")) {
+    ASSERT_EQ(value.first, 2u) << id;
+    ASSERT_EQ(value.second, PlaintextFor(id)) << id;
+  }
+}
+
+TEST_F(WorkerPoolTest, WorkRemainsUntilNoJobNeedsAWorker) {
+  const std::string j = std::to_string(job_);
+  auto remains = [&] { return WorkRemains(conn(), job_); };
+  EXPECT_TRUE(remains()) << "pending batches";
+  // The moment after another worker committed the stage's last batch, before it moves the job
+  // on: nothing to claim, yet the job is not done.
+  Exec("UPDATE rekey.batches SET state = 'done' WHERE job_id = " + j);
+  EXPECT_TRUE(remains()) << "an active job whose stage is finished still needs its move";
+  Exec("UPDATE rekey.jobs SET state = 'verifying' WHERE job_id = " + j);
+  EXPECT_TRUE(remains()) << "a gate to run";
+  Exec("UPDATE rekey.jobs SET state = 'awaiting_approval', observe = '0s' WHERE job_id = " + j);
+  EXPECT_TRUE(remains()) << "advances by itself";
+  Exec("UPDATE rekey.jobs SET observe = NULL WHERE job_id = " + j);
+  EXPECT_FALSE(remains()) << "waits for a person";
+  Exec("UPDATE rekey.jobs SET state = 'paused' WHERE job_id = " + j);
+  EXPECT_FALSE(remains());
+  EXPECT_FALSE(WorkRemains(conn(), job_ + 1)) << "no such job";
+  EXPECT_FALSE(WorkRemains(conn(), std::nullopt)) << "no job needs a worker";
+  // From the finished-stage moment, one loop moves the job on to its gate, which refuses it:
+  // the batches were only marked done, so their audit rows are missing.
+  Exec("UPDATE rekey.jobs SET state = 'active' WHERE job_id = " + j);
+  WorkerOptions o = Options();
+  o.concurrency = 1;
+  WorkerPool pool(conninfo(), o, [](uint32_t id) { return TestDataKey(id); });
+  std::atomic<bool> stop{false};
+  pool.Run(stop);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "paused");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.gates WHERE job_id = " + j +
+                   " AND NOT passed AND NOT audit_complete"),
+            "1");
+  EXPECT_FALSE(remains());
 }
 
 }  // namespace

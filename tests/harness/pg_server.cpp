@@ -348,4 +348,14 @@ void PgTest::Exec(const std::string& sql) {
   tx.commit();
 }
 
+std::string PgTest::Scalar(const std::string& sql) {
+  pqxx::read_transaction txn(conn());
+  const pqxx::row row = txn.exec1(sql);
+  return row[0].is_null() ? "NULL" : row[0].as<std::string>();
+}
+
+int64_t PgTest::Count(const std::string& sql) {
+  return std::stoll(Scalar(sql));
+}
+
 }  // namespace rekey::testing

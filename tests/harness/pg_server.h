@@ -17,6 +17,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <pqxx/pqxx>
@@ -94,6 +95,11 @@ class PgTest : public ::testing::Test {
   pqxx::connection& conn();
   // Runs sql (one or more statements) in its own committed transaction, for test set-up.
   void Exec(const std::string& sql);
+  // The first field of the single row `sql` returns, as text ("NULL" for SQL NULL), read in its
+  // own transaction. Throws unless `sql` returns exactly one row.
+  std::string Scalar(const std::string& sql);
+  // Scalar as an integer (a count, an id).
+  int64_t Count(const std::string& sql);
 
  private:
   std::string dbname_;
