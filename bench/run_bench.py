@@ -22,7 +22,8 @@ Environment (all optional):
   BENCH_SWEEP_CONFIGS="1x1 2x1 1x2 2x2 4x1"     per combination, reporting the best (off unless set)
   BENCH_STAGES="1,25,50,75,100"  the staged job timed against the single-stage one (auto-advance,
                          --observe 0s)
-  BENCH_APP_SECONDS=30   length of each application-workload window (gentleness)
+  BENCH_APP_SECONDS=60   length of each application-workload window (gentleness; a 30-s
+                         window puts the p99 on its top 120 transactions, too few to be stable)
   BENCH_APP_TPS=400      the application's offered load (pgbench --rate), transactions/s
   BENCH_APP_CLIENTS=4    pgbench clients
   BENCH_GENTLE_ARGS="--max-rows-per-second 5000"  the `rekey work` flags of the gentle run
@@ -77,7 +78,7 @@ WORK_ARGS = shlex.split(os.environ.get("BENCH_WORK_ARGS", ""))
 SWEEP_BATCH_SIZES = [int(x) for x in os.environ.get("BENCH_SWEEP_BATCH_SIZES", "").split()]
 SWEEP_CONFIGS = parse_configs(os.environ.get("BENCH_SWEEP_CONFIGS", ""))
 STAGES = os.environ.get("BENCH_STAGES", "1,25,50,75,100")
-APP_SECONDS = int(os.environ.get("BENCH_APP_SECONDS", "30"))
+APP_SECONDS = int(os.environ.get("BENCH_APP_SECONDS", "60"))
 APP_TPS = int(os.environ.get("BENCH_APP_TPS", "400"))
 APP_CLIENTS = int(os.environ.get("BENCH_APP_CLIENTS", "4"))
 GENTLE_ARGS = shlex.split(os.environ.get("BENCH_GENTLE_ARGS", "--max-rows-per-second 5000"))
