@@ -190,6 +190,18 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
   std::mt19937 rng(std::random_device{}() + index);
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<JobChangeListener> listener;  // on `conn`; destroyed before it
+  // Opens a new connection and its listener: both or, if either fails, neither.
+  auto reconnect = [&] {
+    listener.reset();
+    conn.reset();
+    conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
+    try {
+      listener = std::make_unique<JobChangeListener>(*conn);
+    } catch (...) {
+      conn.reset();
+      throw;
+    }
+  };
   std::map<int64_t, std::unique_ptr<BatchRotator>> rotators;
   std::map<int64_t, ChunkSizer> sizers;  // per job: chunk sizes adapt to each table's speed
   int consecutive_failures = 0;
@@ -222,9 +234,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
     try {
       if (!conn || !conn->is_open()) {
         rotators.clear();  // prepared statements live on the old connection
-        listener.reset();
-        conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
-        listener = std::make_unique<JobChangeListener>(*conn);
+        reconnect();
       }
       pacer_.WaitForReplicas(ReplicationLagOf(*conn), stop, worker_id,
                              [&](auto pause) { SleepUnlessStopped(pause, stop, fatal_set_); });
@@ -336,11 +346,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
         // Give the batch back so another attempt (here or elsewhere) can take it. A key problem
         // is not the batch's fault, so it does not consume an attempt.
         try {
-          if (!conn || !conn->is_open()) {
-            listener.reset();
-            conn = db::Connect(conninfo_, "rekey-worker " + worker_id);
-            listener = std::make_unique<JobChangeListener>(*conn);
-          }
+          if (!conn || !conn->is_open()) reconnect();
           rotators.clear();
           pqxx::work txn(*conn);
           std::string state = txn.exec_params1("SELECT rekey.release_batch($1, $2, $3, $4, $5)",
