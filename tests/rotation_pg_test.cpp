@@ -337,6 +337,29 @@ TEST_F(RotationTest, FailedBatchesAreMarkedWithTheirReasonAndCanBeRetried) {
   ExpectJobConsistent(job);
 }
 
+TEST_F(RotationTest, ABatchWhoseUpdateSkipsLockedRowsFailsAndWritesNothing) {
+  // A trigger that silently skips some updates (returns NULL): the batch's UPDATE writes fewer
+  // rows than it locked, so none of it may commit, and no retry can help.
+  SeedTinkTable(conn(), "public.cards", 300, 1);
+  Exec(R"(CREATE FUNCTION public.skip() RETURNS trigger LANGUAGE plpgsql AS $$
+          BEGIN IF NEW.id = 150 THEN RETURN NULL; END IF; RETURN NEW; END $$;
+          CREATE TRIGGER skip BEFORE UPDATE ON public.cards FOR EACH ROW EXECUTE FUNCTION public.skip();)");
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, p_stages => '{100}'");
+  const std::string j = std::to_string(job);
+  ProcessResult r = StartWorker(job)->Wait(120);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "failed");
+  EXPECT_EQ(Scalar("SELECT batch_no || ':' || attempts FROM rekey.batches WHERE state = 'failed'"),
+            "2:3");
+  EXPECT_THAT(Scalar("SELECT last_error FROM rekey.batches WHERE state = 'failed'"),
+              HasSubstr("the UPDATE wrote 99 of the 100 rows it locked"));
+  // The failed batch's rows are all still under key 1; the others moved.
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE substring(token from 2 for 4) = "
+                  "'\\x00000001'"),
+            100);
+}
+
 TEST_F(RotationTest, RerunningAFinishedJobIsANoOpThatSaysSo) {
   SeedTinkTable(conn(), "public.cards", 500, 1);
   int64_t job = CreateJob("'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100");

@@ -586,13 +586,17 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
                                 pqxx::prepare::make_dynamic_params(arrays), kid_literal + "}")
             : txn.exec_prepared(prefix_ + "update", row_id_literal + "}",
                                 pqxx::prepare::make_dynamic_params(arrays));
-    // The rows are locked, so each is written exactly once; anything else means the batch's view
-    // of its rows is wrong, and nothing of it may commit. Retrying reads the rows afresh.
+    // The rows are locked, so each is written exactly once, and nothing of the batch may commit
+    // otherwise. No concurrent change can cause a difference, so no retry can fix it: a trigger
+    // on the table that skips or redirects updates can. The attempt counts, and the batch fails
+    // with this reason once its attempts are used up.
     if (updated.affected_rows() != size_t(result.rows_done)) {
-      throw TransientError("batch " + std::to_string(batch.job_id) + "/" +
+      throw PermanentError("batch " + std::to_string(batch.job_id) + "/" +
                            std::to_string(batch.batch_no) + ": the UPDATE wrote " +
-                           std::to_string(updated.affected_rows()) + " rows, expected " +
-                           std::to_string(result.rows_done) + "; retrying the batch");
+                           std::to_string(updated.affected_rows()) + " of the " +
+                           std::to_string(result.rows_done) +
+                           " rows it locked (a trigger on the table that skips or redirects "
+                           "updates?); nothing of the batch was written");
     }
   }
   if (!fail_pk.empty()) {
