@@ -78,7 +78,9 @@ TEST_F(ControlPlaneTest, AClaimReadsAFewPagesHoweverManyBatchesArePendingOrDone)
       // to thousands of pages, more as the job grows. Not checked: the first call of a session,
       // which reads the catalogs (~900 pages), and the first after the bulk update, which meets
       // the 2,900 index entries it left behind and marks them dead for the claims after it.
-      if (i != 0 && i != 10) EXPECT_LT(buffers, 150) << mode << " claim " << i;
+      if (i != 0 && i != 10) {
+        EXPECT_LT(buffers, 150) << mode << " claim " << i;
+      }
       txn.exec0("UPDATE rekey.batches SET state = 'done' WHERE " + where + "= " +
                 std::to_string(next));
       txn.commit();
@@ -136,7 +138,9 @@ TEST_F(ControlPlaneTest, SealingReadsAFewPagesHoweverLongTheAuditChain) {
       // The first call of a session reads the catalogs to compile the functions, and the first
       // seal after the bulk insert re-reads that transaction's rows (its xid is still at the
       // newest seal's horizon); after that the chain, about 200 pages, must not be scanned.
-      if (i >= 2) EXPECT_LT(buffers, 60) << mode << " event " << i;
+      if (i >= 2) {
+        EXPECT_LT(buffers, 60) << mode << " event " << i;
+      }
       txn.commit();
     }
   }
@@ -150,8 +154,8 @@ TEST_F(ControlPlaneTest, AJobNotifiesWhenItIsCreatedOrChangesStateOrStage) {
   pqxx::connection listener(conninfo());
   std::vector<std::string> heard;
   struct Receiver : pqxx::notification_receiver {
-    Receiver(pqxx::connection& c, std::vector<std::string>* out)
-        : notification_receiver(c, "rekey_jobs"), out(out) {}
+    Receiver(pqxx::connection& c, std::vector<std::string>* sink)
+        : notification_receiver(c, "rekey_jobs"), out(sink) {}
     void operator()(const std::string& payload, int) override { out->push_back(payload); }
     std::vector<std::string>* out;
   } receiver(listener, &heard);
