@@ -1,5 +1,5 @@
 // The per-batch control-plane functions read a bounded number of buffers however much of a job is
-// done and however long the audit history is (migrations/0009_claim_and_seal_in_constant_time.sql).
+// done and however long the audit history is (migrations/0009_control_plane_speed.sql).
 // Buffers, not time: EXPLAIN (ANALYZE, BUFFERS) counts the pages a call touched, nested
 // statements and triggers included, which is deterministic where a timing is not. Each check
 // runs under every plan_cache_mode, because PL/pgSQL switches to a cached generic plan after
