@@ -94,7 +94,7 @@ GRANT SELECT (key_id, scope, kms_provider, kms_key_ref, algorithm, status, origi
   ON rekey.keys TO rekey_monitor;
 
 -- The GRANT statements that give `p_role` exactly the columns job `p_job` touches on its target:
--- SELECT on the primary key, scope, ciphertext and key-id columns (and a plain table's ctid);
+-- SELECT on the primary key, scope, ciphertext and key-id columns;
 -- UPDATE on the ciphertext and key-id columns. Run them with psql's \gexec:  SELECT rekey.worker_grants(42) \gexec
 CREATE OR REPLACE FUNCTION rekey.worker_grants(p_job bigint, p_role name DEFAULT 'rekey_worker')
 RETURNS SETOF text
@@ -112,12 +112,6 @@ BEGIN
     written := written || quote_ident(j.key_id_column);
   END IF;
   read := written || quote_ident(j.pk_column);
-  -- A plain table's rows are written back by ctid (a TID lookup instead of an index descent);
-  -- without this grant the worker falls back to matching by primary key.
-  IF (SELECT c.relkind = 'r' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname = j.schema_name AND c.relname = j.table_name) THEN
-    read := read || 'ctid'::text;
-  END IF;
   IF j.scope_column IS NOT NULL THEN
     read := read || quote_ident(j.scope_column);
   END IF;

@@ -667,7 +667,8 @@ TEST_F(RotationTest, TwoColumnsWhereOnlySomeValuesMoveKeepTheOthersAsTheyAre) {
 
 TEST_F(RotationTest, APartitionedTableIsWrittenBackByPrimaryKeyNotByCtid) {
   // Each partition numbers its tuples from (0,1): a ctid names one row only within a partition,
-  // so a rewrite matched by ctid would hit a row in every partition.
+  // so a rewrite matched by ctid would hit a row in every partition. Rows are matched by primary
+  // key; this guards against matching them by ctid again.
   SeedTinkTable(conn(), "public.seed", 3000, 1);
   Exec(
       "CREATE TABLE public.cards (LIKE public.seed INCLUDING ALL) PARTITION BY RANGE (id); "

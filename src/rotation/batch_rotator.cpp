@@ -9,6 +9,7 @@
 #include "common/bytes.h"
 #include "common/error.h"
 #include "crypto/codec.h"
+#include "db/binary_array.h"
 #include "db/bytea.h"
 #include "db/identifiers.h"
 
@@ -32,50 +33,6 @@ void AppendByteaElement(const uint8_t* data, size_t size, std::string* literal) 
   }
   *out = '"';
 }
-
-// A bytea[] parameter in PostgreSQL's binary array format (what array_send writes and
-// array_recv reads), sent as a binary parameter: the server copies each element instead of
-// parsing hex text (array_in, byteain), and the client does not hex-encode.
-class BinaryByteaArray {
- public:
-  // kTextOid: the same wire format carries text[] (a text element's binary form is its bytes).
-  static constexpr int32_t kByteaOid = 17;
-  static constexpr int32_t kTextOid = 25;
-  explicit BinaryByteaArray(int32_t element_oid = kByteaOid) : element_oid_(element_oid) {}
-  void Append(const uint8_t* data, size_t size) {
-    PutInt32(int32_t(size), &body_);
-    body_.append(reinterpret_cast<const char*>(data), size);
-    ++count_;
-  }
-  void AppendNull() {
-    PutInt32(-1, &body_);
-    has_null_ = true;
-    ++count_;
-  }
-  // ndim 1, the null flag, element type bytea, then the one dimension's size and lower bound.
-  pqxx::binarystring Finish() const {
-    std::string out;
-    out.reserve(20 + body_.size());
-    PutInt32(1, &out);
-    PutInt32(has_null_ ? 1 : 0, &out);
-    PutInt32(element_oid_, &out);
-    PutInt32(count_, &out);
-    PutInt32(1, &out);
-    out += body_;
-    return pqxx::binarystring(out.data(), out.size());
-  }
-
- private:
-  static void PutInt32(int32_t v, std::string* out) {
-    uint8_t be[4];
-    PutUint32BigEndian(uint32_t(v), be);
-    out->append(reinterpret_cast<const char*>(be), sizeof be);
-  }
-  int32_t element_oid_;
-  std::string body_;
-  int32_t count_ = 0;
-  bool has_null_ = false;
-};
 
 // Variants of the row-locking SELECT, by which batch bounds exist (a generic plan with
 // "$1 IS NULL OR pk >= $1" could not use the primary-key index), and whether the batch is
@@ -200,21 +157,11 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   select_list_ = "t." + pk + "::text";
   for (const auto& column : job_.columns) select_list_ += ", t." + db::QuoteIdent(column.name);
   if (!kid.empty()) select_list_ += ", t." + kid;
-  {
-    pqxx::nontransaction catalog(conn);
-    update_by_ctid_ = catalog
-                          .exec_params1(
-                              "SELECT relkind = 'r' AND has_column_privilege(oid, "
-                              "'ctid', 'SELECT') FROM pg_class WHERE oid = $1::regclass",
-                              job_.QualifiedTable())[0]
-                          .as<bool>();
-  }
-  if (update_by_ctid_) select_list_ += ", t.ctid::text";
   needs_work_ = needs_work;
   select_names_.assign(kAllVariants, std::string());
 
   std::string set_list;
-  std::string unnest_args = update_by_ctid_ ? "$1::tid[]" : "$1::" + job_.pk_type + "[]";
+  std::string unnest_args = "$1::" + job_.pk_type + "[]";
   std::string unnest_names = "row_id";
   int n = 1;
   for (size_t i = 0; i < job_.columns.size(); ++i) {
@@ -231,12 +178,27 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
     unnest_args += ", $" + std::to_string(++n) + "::bigint[]";
     unnest_names += ", kid";
   }
+  // Rows are matched by primary key, one index descent each. Matching them by ctid instead (a
+  // locked row cannot move) saves the descent but not a system call: PostgreSQL 15 rescans a TID
+  // scan per row of the join and each rescan reads the table's size with lseek. Where system
+  // calls trap to the hypervisor that costs more than the descent (UPDATE of 1000 rows 7.8 ms by
+  // key, 9.5 ms by ctid on the AMD machine of bench/README.md); the descent costs the same
+  // everywhere.
   conn.prepare(prefix_ + "update", "UPDATE " + table + " AS t SET " + set_list + " FROM unnest(" +
-                                       unnest_args + ") AS v(" + unnest_names + ") WHERE t." +
-                                       (update_by_ctid_ ? "ctid" : pk) + " = v.row_id");
+                                       unnest_args + ") AS v(" + unnest_names + ") WHERE t." + pk +
+                                       " = v.row_id");
+  // The batch's transaction commits without waiting for its WAL flush (set_config(..., true) is
+  // SET LOCAL, here to save a round trip). Its rows, checkpoint and audit row commit together or
+  // not at all, so a commit lost in a server crash only puts the batch back where it was: its
+  // rows still under the source key, which stays readable until the job is complete, and the
+  // batch claimable again. What builds on a batch (the stage's gate, the promotion of the new
+  // key, the job's completion) commits synchronously after it, which flushes the batch's commit
+  // record too, since WAL is written in order: nothing durable can depend on a lost batch. See
+  // docs/operations.md.
   conn.prepare(prefix_ + "lock_batch",
                "SELECT b.state, b.worker_id, j.state, b.resume_after, b.rows_done, b.rows_skipped, "
-               "b.rows_failed, coalesce(b.duration_ms, 0), b.keys::text FROM rekey.batches b JOIN "
+               "b.rows_failed, coalesce(b.duration_ms, 0), b.keys::text, "
+               "set_config('synchronous_commit', 'off', true) FROM rekey.batches b JOIN "
                "rekey.jobs j "
                "USING (job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
   conn.prepare(
@@ -393,13 +355,12 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
 
   const size_t ncols = job_.columns.size();
   const int kid_field = job_.key_id_column ? int(1 + ncols) : -1;
-  const int ctid_field = update_by_ctid_ ? int(1 + ncols + (kid_field >= 0 ? 1 : 0)) : -1;
   std::string row_id_literal = "{";
-  std::vector<BinaryByteaArray> column_arrays;
+  std::vector<db::BinaryArray> column_arrays;
   for (const auto& column : job_.columns) {
     column_arrays.emplace_back(column.codec == CodecKind::kVaultTransit
-                                   ? BinaryByteaArray::kTextOid
-                                   : BinaryByteaArray::kByteaOid);
+                                   ? db::BinaryArray::kTextOid
+                                   : db::BinaryArray::kByteaOid);
   }
   std::string kid_literal = "{";
   std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid, fail_detail;
@@ -552,11 +513,7 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
       continue;
     }
     ++result.rows_done;
-    if (ctid_field >= 0) {
-      db::AppendTextArrayElement(row[ctid_field].c_str(), &row_id_literal);
-    } else {
-      db::AppendTextArrayElement(pk, &row_id_literal);
-    }
+    db::AppendTextArrayElement(pk, &row_id_literal);
     for (size_t i = 0; i < ncols; ++i) {
       if (has_new[i]) {
         column_arrays[i].Append(new_values[i].data(), new_values[i].size());
@@ -650,11 +607,6 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
     // The keys moved by earlier chunks are in their rows' value audit (if kept); the audit row
     // counts the whole batch.
     details["resumed_from_checkpoint"] = true;
-  }
-  if (result.rows_done == 0 && fail_pk.empty() && earlier_failed == 0) {
-    // Nothing of the table changed (typically a sweep batch that found nothing): the completion
-    // need not wait for a WAL flush. Lost in a server crash, the batch is simply done again.
-    txn.exec0("SET LOCAL synchronous_commit = off");
   }
   txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
                     earlier_done + result.rows_done, earlier_skipped + result.rows_skipped,

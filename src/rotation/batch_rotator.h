@@ -3,7 +3,7 @@
 // The transaction locks the batch's queue row, then the batch's target rows that are still under
 // a source key (FOR UPDATE), decrypts each value with its source key and encrypts it under the
 // mapped target key, writes the new values back with one UPDATE ... FROM unnest(...) (matching
-// rows by ctid in a plain table, by primary key in a partitioned one), records
+// rows by primary key), records
 // poison values in rekey.row_failures (leaving their rows untouched), and marks the batch done
 // with its audit row (rekey.complete_batch). Rows, checkpoint and audit commit together or not
 // at all. Because only values still under a source key are selected, and they stay locked until
@@ -150,13 +150,7 @@ class BatchRotator {
   Direction forward_;
   Direction backward_;  // for rollback batches
   const pqxx::connection* prepared_on_ = nullptr;
-  std::string select_list_;  // of the row-locking SELECT
-  // A plain table's rows are written back by their ctid (which cannot change while the batch
-  // holds their row locks): a TID lookup instead of a primary-key index descent per row. A
-  // partitioned table's ctids repeat across partitions, so it is written back by primary key, as
-  // is a table whose ctid the worker's role may not read (grants made before rekey.worker_grants
-  // included it).
-  bool update_by_ctid_ = false;
+  std::string select_list_;                // of the row-locking SELECT
   std::string needs_work_;                 // its filter, with $P and $K for the key parameters
   std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
 };
