@@ -1,8 +1,9 @@
 // How jobs are planned (migrations/0008_one_pass_planning.sql), checked against plans computed
 // here from the documented rules: the rollout stages of a staged job, planned in one pass, cut
-// every batch_size rows of each stage in key order; a sweep, planned without reading the values,
-// tiles the key space with ranges of about 100 x batch_size table rows (every 100th boundary of
-// the rollout's plan).
+// every batch_size rows of each stage in key order, by the database (rekey.create_job from SQL)
+// and by the client (jobs::CreateJob, what `rekey job create` runs: jobs/rollout_planner.h); a
+// sweep, planned without reading the values, tiles the key space with ranges of about
+// 100 x batch_size table rows (every 100th boundary of the rollout's plan).
 #include <gtest/gtest.h>
 
 #include <optional>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "harness/pg_server.h"
+#include "jobs/job.h"
 #include "rotation_support.h"
 
 namespace rekey::testing {
@@ -39,6 +41,27 @@ class PlanningTest : public PgTest {
   }
 
   int64_t CreateJob(const std::string& args) { return CreateJobSql(conn(), args); }
+
+  // What `rekey job create` runs: jobs::CreateJob, which plans a staged job in this process.
+  int64_t CreateJobInClient(const std::string& table, const std::string& stages, int batch_size,
+                            const std::string& scope_column = "",
+                            const std::string& scope_value = "") {
+    jobs::JobSpec spec;
+    spec.table = table;
+    spec.columns = {"token"};
+    spec.key_map = {{1, 2}};
+    spec.key_id_column = "key_id";
+    spec.batch_size = batch_size;
+    spec.stages = stages;
+    if (!scope_column.empty()) {
+      spec.scope_column = scope_column;
+      spec.scope_value = scope_value;
+    }
+    pqxx::work txn(conn());
+    const int64_t job = jobs::CreateJob(txn, spec);
+    txn.commit();
+    return job;
+  }
 
   // The job's batches in batch_no order; batch numbers must run 1, 2, 3, ... without gaps.
   std::vector<PlannedBatch> Batches(int64_t job, const std::string& stage_filter = "true") {
@@ -110,50 +133,107 @@ class PlanningTest : public PgTest {
   }
 };
 
-TEST_F(PlanningTest, AStagedJobIsPlannedStageByStageAsDocumented) {
+// A staged job's rollout, planned by the database (rekey.create_job from psql) and by the client
+// (jobs::CreateJob, what `rekey job create` and `rekey rotate-due` run): both must give the plan
+// of the documented rule.
+enum class Planner { kDatabase, kClient };
+
+class RolloutPlanningTest : public PlanningTest, public ::testing::WithParamInterface<Planner> {
+ protected:
+  int64_t CreateStaged(const std::string& table, const std::string& stages, int batch_size,
+                       const std::string& scope_column = "", const std::string& scope_value = "") {
+    if (GetParam() == Planner::kDatabase) {
+      std::string args = "'" + table + "', ARRAY['token'], '{\"1\": 2}', p_key_id_column => " +
+                         "'key_id', p_batch_size => " + std::to_string(batch_size) +
+                         ", p_stages => '{" + stages + "}'";
+      if (!scope_column.empty()) {
+        args +=
+            ", p_scope_column => '" + scope_column + "', p_scope_value => '" + scope_value + "'";
+      }
+      return CreateJob(args);
+    }
+    return CreateJobInClient(table, stages, batch_size, scope_column, scope_value);
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(Planners, RolloutPlanningTest,
+                         ::testing::Values(Planner::kDatabase, Planner::kClient),
+                         [](const auto& info) {
+                           return info.param == Planner::kDatabase ? "Database" : "Client";
+                         });
+
+TEST_P(RolloutPlanningTest, AStagedJobIsPlannedStageByStageAsDocumented) {
   // Keys with gaps, and enough rows that every stage has several batches.
   Exec(
       "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
       "INSERT INTO public.cards SELECT 3 * i + (i % 7), 1, '\\x0100000001'::bytea "
       "FROM generate_series(1, 30000) i");
-  int64_t job = CreateJob(
-      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
-      "p_batch_size => 250");
+  const int64_t job = CreateStaged("public.cards", "1,25,50,75,100", 250);
   std::vector<PlannedBatch> expected = ExpectedRolloutPlan(job, "public.cards", "id", 250);
   ASSERT_GT(expected.size(), 100u);
   EXPECT_EQ(Batches(job), expected);
 }
 
-TEST_F(PlanningTest, TextKeysCustomStagesAndAScopeArePlannedAsDocumented) {
+TEST_P(RolloutPlanningTest, TextKeysCustomStagesAndAScopeArePlannedAsDocumented) {
   Exec(
       "CREATE TABLE public.accounts (ref text PRIMARY KEY, tenant int, key_id int, "
       "token bytea); INSERT INTO public.accounts SELECT 'acct-' || md5(i::text), i % 3, 1, "
       "'\\x0100000001'::bytea FROM generate_series(1, 12000) i");
-  int64_t job = CreateJob(
-      "'public.accounts', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
-      "p_scope_column => 'tenant', p_scope_value => '1', p_batch_size => 97, "
-      "p_stages => '{5,10,60,100}'");
+  const int64_t job = CreateStaged("public.accounts", "5,10,60,100", 97, "tenant", "1");
   std::vector<PlannedBatch> expected =
       ExpectedRolloutPlan(job, "public.accounts", "ref", 97, "tenant = 1");
   ASSERT_GT(expected.size(), 40u);
   EXPECT_EQ(Batches(job), expected);
 }
 
-TEST_F(PlanningTest, AStageWithoutRowsGetsOneEmptyBatch) {
-  // Three rows: most of the stages of 1,2,3,...,100 are empty.
+TEST_P(RolloutPlanningTest, AStageWithoutRowsGetsOneEmptyBatch) {
+  // Three rows: most of the stages of 1,2,3,50,100 are empty; an empty table, all of them.
   Exec(
       "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
       "INSERT INTO public.cards SELECT i, 1, '\\x0100000001'::bytea FROM generate_series(1, 3) "
-      "i");
-  int64_t job = CreateJob(
-      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
-      "p_stages => '{1,2,3,50,100}'");
+      "i; CREATE TABLE public.nothing (id bigint PRIMARY KEY, key_id int, token bytea)");
+  int64_t job = CreateStaged("public.cards", "1,2,3,50,100", 1000);
   std::vector<PlannedBatch> batches = Batches(job);
   EXPECT_EQ(batches, ExpectedRolloutPlan(job, "public.cards", "id", 1000));
   EXPECT_EQ(batches.size(), 5u) << "one batch per stage";
   int64_t rows = 0;
   for (const auto& b : batches) rows += b.rows;
   EXPECT_EQ(rows, 3);
+  job = CreateStaged("public.nothing", "1,25,50,75,100", 1000);
+  EXPECT_EQ(Batches(job), ExpectedRolloutPlan(job, "public.nothing", "id", 1000));
+  EXPECT_EQ(Batches(job).size(), 5u);
+}
+
+TEST_P(RolloutPlanningTest, LongTextKeysOverSeveralFetchesAndWrites) {
+  // 60,000 keys of about 40 characters: the client reads them in three FETCHes and writes the
+  // partial stages' keys (1.8 MB) in more than one statement.
+  Exec(
+      "CREATE TABLE public.cards (id text PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT 'key-' || md5(i::text) || '-' || i % 10, 1, "
+      "'\\x0100000001'::bytea FROM generate_series(1, 60000) i");
+  const int64_t job = CreateStaged("public.cards", "1,25,50,75,100", 300);
+  const std::vector<PlannedBatch> expected = ExpectedRolloutPlan(job, "public.cards", "id", 300);
+  ASSERT_GT(expected.size(), 200u);
+  EXPECT_EQ(Batches(job), expected);
+}
+
+TEST_P(RolloutPlanningTest, KeysThatNeedQuotingAndUuids) {
+  // Characters with a meaning in array literals or SQL; the empty string; non-ASCII text.
+  Exec(
+      "CREATE TABLE public.cards (id text PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT k, 1, '\\x0100000001'::bytea FROM unnest(ARRAY["
+      "'', ' ', 'a,b', '{x}', '\"q\"', 'back\\slash', 'NULL', 'null', 'caf\xc3\xa9', "
+      "E'tab\\tkey', E'new\\nline', E'\\\\\\\\', '''', '}{', ',']) k; "
+      "INSERT INTO public.cards SELECT 'k' || i || repeat(',', i % 3) || repeat('\"', i % 2), 1, "
+      "'\\x0100000001'::bytea FROM generate_series(1, 3000) i; "
+      "CREATE TABLE public.ucards (id uuid PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.ucards SELECT md5(i::text)::uuid, 1, '\\x0100000001'::bytea "
+      "FROM generate_series(1, 5000) i");
+  ASSERT_EQ(Count("SELECT count(*) FROM public.cards"), 3015);
+  int64_t job = CreateStaged("public.cards", "1,25,50,75,100", 7);
+  EXPECT_EQ(Batches(job), ExpectedRolloutPlan(job, "public.cards", "id", 7));
+  job = CreateStaged("public.ucards", "1,25,50,75,100", 50);
+  EXPECT_EQ(Batches(job), ExpectedRolloutPlan(job, "public.ucards", "id", 50));
 }
 
 TEST_F(PlanningTest, RowsInsertedAfterPlanningAreMovedAndTheKeysAreClearedAtTheEnd) {
@@ -199,6 +279,42 @@ TEST_F(PlanningTest, RowsInsertedAfterPlanningAreMovedAndTheKeysAreClearedAtTheE
           .as<int64_t>(),
       0)
       << "a completed job keeps no keys";
+}
+
+TEST_F(PlanningTest, BothPlannersGiveTheSamePlan) {
+  // Both planners, the same table: the same batches, each job numbered from 1.
+  SeedTinkTable(conn(), "public.cards", 7000, 1);
+  const int64_t by_database = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+      "p_batch_size => 100");
+  const int64_t by_client = CreateJobInClient("public.cards", "1,25,50,75,100", 100);
+  ASSERT_NE(by_database, by_client);
+  const std::vector<PlannedBatch> database = Batches(by_database);
+  ASSERT_GT(database.size(), 60u);
+  EXPECT_EQ(Batches(by_client), database);
+  EXPECT_EQ(
+      Count("SELECT min(batch_no) FROM rekey.batches WHERE job_id = " + std::to_string(by_client)),
+      1);
+}
+
+TEST_F(PlanningTest, AStageLeftUnplannedCannotBeCommitted) {
+  SeedTinkTable(conn(), "public.cards", 100, 1);
+  {
+    pqxx::work txn(conn());
+    txn.exec0("SET LOCAL rekey.defer_rollout_planning = on");
+    txn.exec(
+        "SELECT rekey.create_job('public.cards', ARRAY['token'], '{\"1\": 2}', "
+        "p_key_id_column => 'key_id')");
+    EXPECT_EQ(txn.exec1("SELECT count(*) FROM rekey.batches")[0].as<int>(), 0)
+        << "planning was deferred";
+    try {
+      txn.commit();
+      ADD_FAILURE() << "a job whose stages have no batches was committed";
+    } catch (const pqxx::sql_error& e) {
+      EXPECT_NE(std::string(e.what()).find("was never planned"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.jobs"), 0);
 }
 
 class SweepPlanningTest : public PlanningTest {

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "db/identifiers.h"
+#include "jobs/rollout_planner.h"
 
 namespace rekey::jobs {
 namespace {
@@ -175,12 +176,7 @@ int64_t CreateTransitJob(pqxx::transaction_base& txn, const JobSpec& spec) {
   return r[0][0].as<int64_t>();
 }
 
-}  // namespace
-
-int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
-  const bool transit = spec.transit_key_ref || std::find(spec.codecs.begin(), spec.codecs.end(),
-                                                         "vault-transit") != spec.codecs.end();
-  if (transit) return CreateTransitJob(txn, spec);
+int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
   nlohmann::json key_map = nlohmann::json::object();
   for (const auto& [from, to] : spec.key_map) key_map[std::to_string(from)] = to;
   if (spec.ad_template)
@@ -217,6 +213,18 @@ int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
       " $17::integer)",
       pqxx::prepare::make_dynamic_params(params));
   return r[0][0].as<int64_t>();
+}
+
+}  // namespace
+
+int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
+  const bool transit = spec.transit_key_ref || std::find(spec.codecs.begin(), spec.codecs.end(),
+                                                         "vault-transit") != spec.codecs.end();
+  // A staged job's stages are planned here, not by the database (jobs/rollout_planner.h).
+  const bool deferred = DeferRolloutPlanning(txn);
+  const int64_t id = transit ? CreateTransitJob(txn, spec) : CreateDataKeyJob(txn, spec);
+  if (deferred) PlanRolloutInClient(txn, id);
+  return id;
 }
 
 }  // namespace rekey::jobs

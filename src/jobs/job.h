@@ -86,7 +86,8 @@ std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text);
 // column name.
 std::pair<std::string, std::string> ParseScope(const std::string& text);
 
-// Creates and plans the job in `txn` (the caller commits); a spec with a Transit key or the
+// Creates and plans the job in `txn` (the caller commits; a staged job is planned in this process,
+// jobs/rollout_planner.h); a spec with a Transit key or the
 // vault-transit codec goes to rekey.create_transit_job, and must then use only that codec. Returns
 // its id. Invalid definitions (unknown table or column, hostile identifiers, bad key map) raise in
 // the database and come back as StateError with the database's one-line reason; nothing is written.

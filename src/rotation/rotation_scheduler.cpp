@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "db/connection.h"
+#include "jobs/rollout_planner.h"
 #include "keyring/keyring.h"
 
 namespace rekey::rotation {
@@ -60,6 +61,8 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
       keyring::PromoteKey(txn, created.key_id);
       out.action = "promoted";
     } else {
+      // Staged jobs are planned in this process (jobs/rollout_planner.h).
+      const bool deferred = jobs::DeferRolloutPlanning(txn);
       for (const auto& row : txn.exec_params(
                "SELECT rekey.create_job(r.table_name, r.columns,"
                "         jsonb_build_object($1::text, $2::bigint), r.codecs, r.key_id_column,"
@@ -69,6 +72,9 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
                std::to_string(due.key), created.key_id, options.batch_size, name, options.stages,
                options.observe ? options.observe->c_str() : nullptr)) {
         out.jobs.push_back(row[0].as<int64_t>());
+      }
+      if (deferred) {
+        for (int64_t job : out.jobs) jobs::PlanRolloutInClient(txn, job);
       }
       out.action = "scheduled";
     }

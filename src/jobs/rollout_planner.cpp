@@ -1,0 +1,262 @@
+#include "jobs/rollout_planner.h"
+
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/bytes.h"
+#include "common/error.h"
+#include "db/binary_array.h"
+#include "db/identifiers.h"
+
+namespace rekey::jobs {
+namespace {
+
+constexpr int kBuckets = 10000;
+// Keys per FETCH: few round trips (50 per million rows), small results (a few hundred KB).
+constexpr int kFetchRows = 20000;
+// Finished batches are written once their recorded keys reach this size, and at the end.
+constexpr size_t kFlushBytes = size_t(1) << 20;
+constexpr const char* kCursor = "rekey_rollout_keys";
+
+using MdPtr = std::unique_ptr<EVP_MD, decltype(&EVP_MD_free)>;
+using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
+
+// MD5 with the digest fetched once and one context reused for every key: OpenSSL 3's per-call
+// set-up, which md5() in the database pays for every row, is most of an MD5 of a short key.
+class StageBucketHasher {
+ public:
+  StageBucketHasher()
+      : md_(EVP_MD_fetch(nullptr, "MD5", nullptr), EVP_MD_free),
+        ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {}
+
+  bool available() const { return md_ && ctx_; }
+
+  int Bucket(const char* data, size_t size) {
+    uint8_t digest[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_DigestInit_ex2(ctx_.get(), md_.get(), nullptr) != 1 ||
+        EVP_DigestUpdate(ctx_.get(), data, size) != 1 ||
+        EVP_DigestFinal_ex(ctx_.get(), digest, &n) != 1 || n < 4) {
+      throw PermanentError("OpenSSL could not compute an MD5 digest for a stage bucket");
+    }
+    return int(GetUint32BigEndian(digest) % kBuckets);
+  }
+
+ private:
+  MdPtr md_;
+  MdCtxPtr ctx_;
+};
+
+struct Stage {
+  int stage_no = 0;
+  int bucket_lo = 0;
+  int bucket_hi = 0;
+  bool record_keys = false;  // the stage ends below 100%
+  int64_t rows = 0;          // its rows so far
+  int batches = 0;           // its batches started so far
+  // The open batch (batches > 0): its lower bound (none for the first), rows and keys.
+  std::optional<std::string> lo;
+  int open_rows = 0;
+  std::string keys;  // an array literal under construction, "{" and the keys so far
+};
+
+struct FinishedBatch {
+  int provisional_no = 0;  // negative, in the order batches finish
+  size_t stage = 0;        // index into the stages, in bucket order
+  int n = 0;               // its number within its stage
+};
+
+// Writes finished batches with provisional (negative) numbers, since a stage's batches finish
+// interleaved with the others' while the final numbering goes stage by stage; Renumber() then
+// gives every batch its final number in one statement.
+class BatchWriter {
+ public:
+  BatchWriter(pqxx::transaction_base& txn, int64_t job_id) : txn_(txn), job_(job_id) {}
+
+  void Add(const Stage& stage, size_t stage_index, std::optional<std::string> hi) {
+    FinishedBatch b{-int(finished_.size()) - 1, stage_index, stage.batches - 1};
+    finished_.push_back(b);
+    numbers_ += (numbers_.size() > 1 ? "," : "") + std::to_string(b.provisional_no);
+    stage_nos_ += (stage_nos_.size() > 1 ? "," : "") + std::to_string(stage.stage_no);
+    rows_ += (rows_.size() > 1 ? "," : "") + std::to_string(stage.open_rows);
+    if (stage.lo) {
+      lo_.Append(*stage.lo);
+    } else {
+      lo_.AppendNull();
+    }
+    if (hi) {
+      hi_.Append(*hi);
+    } else {
+      hi_.AppendNull();
+    }
+    if (stage.record_keys && stage.open_rows > 0) {
+      keys_.Append(stage.keys + "}");
+      key_bytes_ += stage.keys.size();
+    } else {
+      keys_.AppendNull();
+    }
+    if (key_bytes_ >= kFlushBytes) Flush();
+  }
+
+  void Flush() {
+    if (lo_.size() == 0) return;
+    txn_.exec_params(
+        "INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys) "
+        "SELECT $1, b.no, b.stage_no, b.lo, b.hi, b.rows, b.keys::text[] FROM "
+        "unnest($2::integer[], "
+        "$3::integer[], $4::text[], $5::text[], $6::integer[], $7::text[]) AS b(no, stage_no, lo, "
+        "hi, rows, keys)",
+        job_, numbers_ + "}", stage_nos_ + "}", lo_.Finish(), hi_.Finish(), rows_ + "}",
+        keys_.Finish());
+    numbers_ = stage_nos_ = rows_ = "{";
+    lo_ = hi_ = keys_ = db::BinaryArray(db::BinaryArray::kTextOid);
+    key_bytes_ = 0;
+  }
+
+  // Final numbers: after `first_batch`, by stage number, then by position within the stage.
+  void Renumber(const std::vector<Stage>& stages, int first_batch) {
+    Flush();
+    std::vector<size_t> order(stages.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return stages[a].stage_no < stages[b].stage_no; });
+    std::vector<int> offset(stages.size());
+    int next = first_batch;
+    for (size_t i : order) {
+      offset[i] = next;
+      next += stages[i].batches;
+    }
+    std::string from = "{", to = "{";
+    for (const auto& b : finished_) {
+      from += (from.size() > 1 ? "," : "") + std::to_string(b.provisional_no);
+      to += (to.size() > 1 ? "," : "") + std::to_string(offset[b.stage] + b.n + 1);
+    }
+    txn_.exec_params(
+        "UPDATE rekey.batches b SET batch_no = m.final FROM unnest($2::integer[], $3::integer[]) "
+        "AS m(provisional, final) WHERE b.job_id = $1 AND b.batch_no = m.provisional",
+        job_, from + "}", to + "}");
+  }
+
+  int64_t written() const { return int64_t(finished_.size()); }
+
+ private:
+  pqxx::transaction_base& txn_;
+  int64_t job_;
+  std::vector<FinishedBatch> finished_;
+  std::string numbers_ = "{", stage_nos_ = "{", rows_ = "{";
+  db::BinaryArray lo_{db::BinaryArray::kTextOid};
+  db::BinaryArray hi_{db::BinaryArray::kTextOid};
+  db::BinaryArray keys_{db::BinaryArray::kTextOid};  // each an array literal, or NULL
+  size_t key_bytes_ = 0;
+};
+
+}  // namespace
+
+bool DeferRolloutPlanning(pqxx::transaction_base& txn) {
+  if (!StageBucketHasher().available()) return false;
+  txn.exec0("SET LOCAL rekey.defer_rollout_planning = on");
+  return true;
+}
+
+int StageBucket(std::string_view pk_text) {
+  StageBucketHasher hasher;
+  if (!hasher.available()) throw PermanentError("OpenSSL offers no MD5 digest in this process");
+  return hasher.Bucket(pk_text.data(), pk_text.size());
+}
+
+int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id) {
+  StageBucketHasher hasher;
+  if (!hasher.available()) throw PermanentError("OpenSSL offers no MD5 digest in this process");
+  const pqxx::row job = txn.exec_params1(
+      "SELECT format('%I.%I', j.schema_name, j.table_name), quote_ident(j.pk_column), "
+      "j.batch_size, rekey.scope_condition(j), (SELECT coalesce(max(batch_no), 0) FROM "
+      "rekey.batches b WHERE b.job_id = j.job_id) FROM rekey.jobs j WHERE j.job_id = $1",
+      job_id);
+  const std::string table = job[0].as<std::string>();
+  const std::string pk = job[1].as<std::string>();
+  const int batch_size = job[2].as<int>();
+  const std::string scope = job[3].as<std::string>();
+  const int first_batch = job[4].as<int>();
+
+  // The stages to plan, in bucket order, as rekey.plan_rollout finds them.
+  std::vector<Stage> stages;
+  for (const auto& row : txn.exec_params(
+           "SELECT s.stage_no, s.bucket_lo, s.bucket_hi FROM rekey.job_stages s WHERE s.job_id = "
+           "$1 AND s.kind = 'rollout' AND NOT EXISTS (SELECT 1 FROM rekey.batches b WHERE "
+           "b.job_id = s.job_id AND b.stage_no = s.stage_no) ORDER BY s.bucket_lo",
+           job_id)) {
+    Stage s;
+    s.stage_no = row[0].as<int>();
+    s.bucket_lo = row[1].as<int>();
+    s.bucket_hi = row[2].as<int>();
+    s.record_keys = s.bucket_hi < kBuckets;
+    stages.push_back(std::move(s));
+  }
+  if (stages.empty()) return 0;
+  // stage_of[bucket]: index of the stage holding that bucket, or -1.
+  std::vector<int> stage_of(kBuckets, -1);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    for (int b = std::max(stages[i].bucket_lo, 0); b < std::min(stages[i].bucket_hi, kBuckets);
+         ++b) {
+      stage_of[size_t(b)] = int(i);
+    }
+  }
+
+  // The keys in the primary key's order, streamed from its index: as plan_rollout does, the
+  // cursor's plan must not sort the table (enable_sort off), and it is too simple to compile
+  // (jit off). Both settings are restored once the cursor is declared.
+  const pqxx::row saved = txn.exec1(
+      "SELECT current_setting('enable_sort'), current_setting('jit'), "
+      "set_config('enable_sort', 'off', true), set_config('jit', 'off', true)");
+  txn.exec0(std::string("DECLARE ") + kCursor + " NO SCROLL CURSOR FOR SELECT t." + pk +
+            "::text FROM " + table + " AS t WHERE true" + scope + " ORDER BY t." + pk);
+  txn.exec_params("SELECT set_config('enable_sort', $1, true), set_config('jit', $2, true)",
+                  saved[0].as<std::string>(), saved[1].as<std::string>());
+
+  BatchWriter writer(txn, job_id);
+  const std::string fetch = "FETCH " + std::to_string(kFetchRows) + " FROM " + kCursor;
+  for (;;) {
+    const pqxx::result keys = txn.exec(fetch);
+    for (const auto& row : keys) {
+      const pqxx::field field = row[0];
+      const char* key = field.c_str();
+      const size_t size = field.size();
+      const int at = stage_of[size_t(hasher.Bucket(key, size))];
+      if (at < 0) continue;
+      Stage& stage = stages[size_t(at)];
+      if (stage.rows % batch_size == 0) {
+        // This key starts the stage's next batch and ends the open one.
+        if (stage.batches > 0) writer.Add(stage, size_t(at), std::string(key, size));
+        stage.lo = stage.batches == 0 ? std::nullopt
+                                      : std::optional<std::string>(std::in_place, key, size);
+        ++stage.batches;
+        stage.open_rows = 0;
+        stage.keys = "{";
+      }
+      if (stage.record_keys) db::AppendTextArrayElement(std::string_view(key, size), &stage.keys);
+      ++stage.open_rows;
+      ++stage.rows;
+    }
+    if (keys.size() < size_t(kFetchRows)) break;
+  }
+  txn.exec0(std::string("CLOSE ") + kCursor);
+  for (size_t i = 0; i < stages.size(); ++i) {
+    Stage& stage = stages[i];
+    if (stage.batches == 0) {
+      // No rows: one empty batch over everything.
+      stage.batches = 1;
+      stage.lo.reset();
+      stage.open_rows = 0;
+    }
+    writer.Add(stage, i, std::nullopt);
+  }
+  writer.Renumber(stages, first_batch);
+  return writer.written();
+}
+
+}  // namespace rekey::jobs

@@ -1,0 +1,43 @@
+// Planning a staged job's rollout stages in the client, for speed.
+//
+// The plan is the one rekey.plan_rollout computes in the database
+// (migrations/0008_one_pass_planning.sql, docs/operations.md "Staged rollout"): every row of the
+// job's table (or scope) falls in the stage whose bucket range holds rekey.stage_bucket(pk), the
+// first 4 bytes of MD5(pk text) read big-endian, mod 10000; each stage is cut every batch_size
+// of its rows in key order into half-open ranges [lo, hi) (the first starts at NULL, the last ends
+// at NULL, a stage without rows gets one empty batch); a stage that ends below 100% records each
+// batch's keys; batches are numbered after the job's existing ones, stage by stage. The database
+// orders the keys (by the primary key's own collation) and this process only hashes and cuts
+// them, so both planners give the same batches, byte for byte.
+//
+// What differs is the cost. PostgreSQL 15's md5() sets up an OpenSSL digest per call and the
+// planning query numbers each stage's rows in one backend: 2.3 to 2.8 s per million rows. Here the
+// server only streams the keys from the primary-key index (about 0.2 s per million), while this
+// process hashes them with one reused digest context.
+#pragma once
+
+#include <pqxx/pqxx>
+
+#include <cstdint>
+#include <string_view>
+
+namespace rekey::jobs {
+
+// rekey.stage_bucket(pk_text): the first 4 bytes of MD5(pk_text), big-endian, mod 10000.
+// Throws PermanentError if OpenSSL offers no MD5 (a FIPS provider).
+int StageBucket(std::string_view pk_text);
+
+// If this process can compute MD5 (an OpenSSL FIPS provider does not offer it), asks the
+// database to leave staged jobs' rollout stages unplanned for the rest of `txn`
+// (SET LOCAL rekey.defer_rollout_planning) and returns true; the caller must then call
+// PlanRolloutInClient for every job it creates in `txn` before committing (the database refuses
+// to commit a stage without batches). Otherwise returns false and the database plans.
+bool DeferRolloutPlanning(pqxx::transaction_base& txn);
+
+// Plans every rollout stage of job `job_id` that has no batches yet, in `txn`. Returns the
+// number of batches written: 0 if no stage was waiting. The table is read once, in key order,
+// through a cursor; memory holds one open batch per stage, whatever the table's size. Errors are
+// the database's (pqxx exceptions); nothing is half-written unless the caller commits anyway.
+int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id);
+
+}  // namespace rekey::jobs
