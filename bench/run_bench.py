@@ -552,7 +552,7 @@ def summarize(runs):
     return out
 
 
-def bars(summary, gentle_result=None):
+def bars(summary, gentle_result=None, size_curve=None):
     main = {k: summary["rekey"][k] for k in ("2x1", "1x2") if k in summary["rekey"]}
     out = []
 
@@ -573,6 +573,13 @@ def bars(summary, gentle_result=None):
     st = summary.get("staged", {}).get("ratio_to_single_stage")
     if st is not None:
         bar(f"staged ({STAGES}) / single-stage time", st, st <= 1.3, "<= 1.3")
+    if size_curve and len(size_curve) > 1:
+        # Time per row stays flat as the table grows: the slowest size over the fastest.
+        us = [p["us_per_row"] for p in size_curve]
+        spread = round(max(us) / min(us), 3)
+        bar("time per row, largest / smallest over the size curve (" +
+            " / ".join(f"{p['rows']}" for p in size_curve) + " rows)", spread, spread <= 1.2,
+            "<= 1.2")
     if gentle_result and gentle_result.get("p99_ratio") is not None:
         r = gentle_result["p99_ratio"]
         bar(f"app p99 with rekey {' '.join(GENTLE_ARGS)} / without", r, r <= 1.15, "<= 1.15")
@@ -708,7 +715,7 @@ def main():
     if "micro" not in SKIP and os.path.exists(CODEC_BENCH):
         log("codec micro-benchmarks and openssl speed")
         result["micro"] = micro()
-    result["bars"] = bars(result["summary"], result.get("gentle"))
+    result["bars"] = bars(result["summary"], result.get("gentle"), result.get("size_curve"))
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(result, f, indent=2, sort_keys=False)
