@@ -138,6 +138,10 @@ class PlanningTest : public PgTest {
 // of the documented rule.
 enum class Planner { kDatabase, kClient };
 
+std::ostream& operator<<(std::ostream& os, Planner p) {
+  return os << (p == Planner::kDatabase ? "the database's planner" : "the client's planner");
+}
+
 class RolloutPlanningTest : public PlanningTest, public ::testing::WithParamInterface<Planner> {
  protected:
   int64_t CreateStaged(const std::string& table, const std::string& stages, int batch_size,
@@ -202,6 +206,29 @@ TEST_P(RolloutPlanningTest, AStageWithoutRowsGetsOneEmptyBatch) {
   job = CreateStaged("public.nothing", "1,25,50,75,100", 1000);
   EXPECT_EQ(Batches(job), ExpectedRolloutPlan(job, "public.nothing", "id", 1000));
   EXPECT_EQ(Batches(job).size(), 5u);
+}
+
+TEST_P(RolloutPlanningTest, AStageOfEveryRowIsWalkedInBatchSizeSteps) {
+  // A single stage is walked along the primary key (rekey.plan_stage): the same cuts as the
+  // rule, with exactly divisible, scoped and empty tables.
+  Exec(
+      "CREATE TABLE public.cards (id bigint PRIMARY KEY, key_id int, token bytea); "
+      "INSERT INTO public.cards SELECT 3 * i + (i % 7), 1, '\\x0100000001'::bytea "
+      "FROM generate_series(1, 30000) i; "
+      "CREATE TABLE public.accounts (ref text PRIMARY KEY, tenant int, key_id int, token bytea); "
+      "INSERT INTO public.accounts SELECT 'acct-' || md5(i::text), i % 3, 1, "
+      "'\\x0100000001'::bytea FROM generate_series(1, 12000) i; "
+      "CREATE TABLE public.nothing (id bigint PRIMARY KEY, key_id int, token bytea)");
+  int64_t job = CreateStaged("public.cards", "100", 250);
+  std::vector<PlannedBatch> batches = Batches(job);
+  EXPECT_EQ(batches.size(), 120u) << "30,000 rows in batches of 250";
+  EXPECT_EQ(batches, ExpectedRolloutPlan(job, "public.cards", "id", 250));
+  job = CreateStaged("public.cards", "100", 7);
+  EXPECT_EQ(Batches(job), ExpectedRolloutPlan(job, "public.cards", "id", 7));
+  job = CreateStaged("public.accounts", "100", 97, "tenant", "2");
+  EXPECT_EQ(Batches(job), ExpectedRolloutPlan(job, "public.accounts", "ref", 97, "tenant = 2"));
+  job = CreateStaged("public.nothing", "100", 1000);
+  EXPECT_EQ(Batches(job), ExpectedRolloutPlan(job, "public.nothing", "id", 1000));
 }
 
 TEST_P(RolloutPlanningTest, LongTextKeysOverSeveralFetchesAndWrites) {

@@ -42,6 +42,9 @@ std::optional<GateOutcome> RunNextGate(pqxx::connection& conn, std::optional<int
   if (canary) options.planned_keys_of_stage = outcome.stage_no;
   if (!canary && rows_moved > sample_size) {
     options.sample_percent = std::min(100.0, 150.0 * sample_size / double(rows_moved));
+    // The sample, about 1.5 x sample_size rows, in one page: every page re-reads the sampled
+    // table pages (and hashes their keys for the bucket test) to find where it starts.
+    options.page_size = std::max(options.page_size, 3 * sample_size);
   }
   const VerifyReport report = VerifyJob(txn, definition, keys, options);
   outcome.values_checked = report.values;
