@@ -290,10 +290,11 @@ void PgServer::DropDatabase(const std::string& name) {
   tx.exec("DROP DATABASE IF EXISTS " + QuoteIdent(name) + " WITH (FORCE)");
 }
 
-void PgServer::Restart() {
+void PgServer::Restart(bool crash) {
   std::lock_guard<std::mutex> lock(mu_);
-  ProcessResult r = RunProcess(AsPostgres({bin_dir_ + "/pg_ctl", "restart", "-D", data_dir_, "-l",
-                                           log_file_, "-m", "fast", "-w", "-t", "60", "-s"}));
+  ProcessResult r =
+      RunProcess(AsPostgres({bin_dir_ + "/pg_ctl", "restart", "-D", data_dir_, "-l", log_file_,
+                             "-m", crash ? "immediate" : "fast", "-w", "-t", "60", "-s"}));
   if (r.exit_code != 0) {
     throw std::runtime_error("cannot restart the test PostgreSQL (" + Describe(r) +
                              "); server log tail:\n" + LogTail());

@@ -50,9 +50,10 @@ class PgServer {
   std::string CreateDatabase(bool migrated = true);
   // DROP DATABASE ... WITH (FORCE): terminates the sessions still connected to it.
   void DropDatabase(const std::string& name);
-  // pg_ctl restart -m fast; returns once the server accepts connections again. Every existing
-  // connection breaks (for chaos tests).
-  void Restart();
+  // pg_ctl restart -m fast (a clean shutdown), or with `crash` -m immediate (every process
+  // killed, WAL not yet written lost, crash recovery at start); returns once the server accepts
+  // connections again. Every existing connection breaks (for chaos tests).
+  void Restart(bool crash = false);
   // Stops the server (immediate mode) and removes its temp dir; later calls are no-ops.
   void Stop();
 
