@@ -6,6 +6,7 @@
 // 100 x batch_size table rows (every 100th boundary of the rollout's plan).
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,10 +43,12 @@ class PlanningTest : public PgTest {
 
   int64_t CreateJob(const std::string& args) { return CreateJobSql(conn(), args); }
 
-  // What `rekey job create` runs: jobs::CreateJob, which plans a staged job in this process.
+  // What `rekey job create` runs: jobs::CreateJob, which plans a staged job in this process,
+  // reading the keys ahead on a second connection as the CLI does, or (`read_ahead` false) in the
+  // planning transaction itself.
   int64_t CreateJobInClient(const std::string& table, const std::string& stages, int batch_size,
                             const std::string& scope_column = "",
-                            const std::string& scope_value = "") {
+                            const std::string& scope_value = "", bool read_ahead = true) {
     jobs::JobSpec spec;
     spec.table = table;
     spec.columns = {"token"};
@@ -57,8 +60,10 @@ class PlanningTest : public PgTest {
       spec.scope_column = scope_column;
       spec.scope_value = scope_value;
     }
+    std::unique_ptr<pqxx::connection> reader;
+    if (read_ahead) reader = std::make_unique<pqxx::connection>(conninfo());
     pqxx::work txn(conn());
-    const int64_t job = jobs::CreateJob(txn, spec);
+    const int64_t job = jobs::CreateJob(txn, spec, reader.get());
     txn.commit();
     return job;
   }
@@ -136,10 +141,22 @@ class PlanningTest : public PgTest {
 // A staged job's rollout, planned by the database (rekey.create_job from psql) and by the client
 // (jobs::CreateJob, what `rekey job create` and `rekey rotate-due` run): both must give the plan
 // of the documented rule.
-enum class Planner { kDatabase, kClient };
+enum class Planner { kDatabase, kClient, kClientReadingAhead };
+
+const char* PlannerName(Planner p) {
+  switch (p) {
+    case Planner::kDatabase:
+      return "Database";
+    case Planner::kClient:
+      return "Client";
+    case Planner::kClientReadingAhead:
+      return "ClientReadingAhead";
+  }
+  return "?";
+}
 
 std::ostream& operator<<(std::ostream& os, Planner p) {
-  return os << (p == Planner::kDatabase ? "the database's planner" : "the client's planner");
+  return os << PlannerName(p);
 }
 
 class RolloutPlanningTest : public PlanningTest, public ::testing::WithParamInterface<Planner> {
@@ -156,15 +173,15 @@ class RolloutPlanningTest : public PlanningTest, public ::testing::WithParamInte
       }
       return CreateJob(args);
     }
-    return CreateJobInClient(table, stages, batch_size, scope_column, scope_value);
+    return CreateJobInClient(table, stages, batch_size, scope_column, scope_value,
+                             GetParam() == Planner::kClientReadingAhead);
   }
 };
 
 INSTANTIATE_TEST_SUITE_P(Planners, RolloutPlanningTest,
-                         ::testing::Values(Planner::kDatabase, Planner::kClient),
-                         [](const auto& info) {
-                           return info.param == Planner::kDatabase ? "Database" : "Client";
-                         });
+                         ::testing::Values(Planner::kDatabase, Planner::kClient,
+                                           Planner::kClientReadingAhead),
+                         [](const auto& param_info) { return PlannerName(param_info.param); });
 
 TEST_P(RolloutPlanningTest, AStagedJobIsPlannedStageByStageAsDocumented) {
   // Keys with gaps, and enough rows that every stage has several batches.
@@ -322,6 +339,39 @@ TEST_F(PlanningTest, BothPlannersGiveTheSamePlan) {
   EXPECT_EQ(
       Count("SELECT min(batch_no) FROM rekey.batches WHERE job_id = " + std::to_string(by_client)),
       1);
+}
+
+TEST_F(PlanningTest, AFailedReadOrWriteFailsTheWholePlan) {
+  // The client reads ahead and writes on threads of their own: a failure on either side must
+  // surface as the failure of jobs::CreateJob, with nothing committed.
+  SeedTinkTable(conn(), "public.cards", 20000, 1);
+  jobs::JobSpec spec;
+  spec.table = "public.cards";
+  spec.columns = {"token"};
+  spec.key_map = {{1, 2}};
+  spec.key_id_column = "key_id";
+  spec.batch_size = 50;
+  {
+    // The reader: connected to a database without the table.
+    pqxx::connection elsewhere("host=" + PgServer::Get().socket_dir() +
+                               " port=" + std::to_string(PgServer::Get().port()) +
+                               " user=postgres dbname=postgres");
+    pqxx::work txn(conn());
+    EXPECT_THROW(jobs::CreateJob(txn, spec, &elsewhere), pqxx::undefined_table);
+  }
+  {
+    // The writer: one batch of the plan is refused.
+    Exec(
+        "CREATE FUNCTION public.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "RAISE EXCEPTION 'refused batch' USING ERRCODE = 'check_violation'; END $$; "
+        "CREATE TRIGGER refuse BEFORE INSERT ON rekey.batches FOR EACH ROW "
+        "WHEN (NEW.stage_no = 3) EXECUTE FUNCTION public.refuse()");
+    pqxx::connection reader(conninfo());
+    pqxx::work txn(conn());
+    EXPECT_THROW(jobs::CreateJob(txn, spec, &reader), pqxx::check_violation);
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.jobs"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches"), 0);
 }
 
 TEST_F(PlanningTest, AStageLeftUnplannedCannotBeCommitted) {

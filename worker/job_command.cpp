@@ -116,9 +116,12 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   spec.gate_sample_size = flags.gate_sample_size;
 
   auto conn = OpenDatabase(global);
+  // A second connection reads the table's keys while a staged job's plan is computed and written
+  // on the first (jobs/rollout_planner.h).
+  auto key_reader = OpenDatabase(global);
   db::Classified("cannot create the job", [&] {
     pqxx::work txn(*conn);
-    const int64_t id = jobs::CreateJob(txn, spec);
+    const int64_t id = jobs::CreateJob(txn, spec, key_reader.get());
     const std::string verb = flags.dry_run ? "would create" : "created";
     pqxx::row total = txn.exec_params1(
         "SELECT count(*), coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN "

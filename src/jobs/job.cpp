@@ -217,13 +217,13 @@ int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
 
 }  // namespace
 
-int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec) {
+int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec, pqxx::connection* key_reader) {
   const bool transit = spec.transit_key_ref || std::find(spec.codecs.begin(), spec.codecs.end(),
                                                          "vault-transit") != spec.codecs.end();
   // A staged job's stages are planned here, not by the database (jobs/rollout_planner.h).
   const bool deferred = DeferRolloutPlanning(txn);
   const int64_t id = transit ? CreateTransitJob(txn, spec) : CreateDataKeyJob(txn, spec);
-  if (deferred) PlanRolloutInClient(txn, id);
+  if (deferred) PlanRolloutInClient(txn, id, key_reader);
   return id;
 }
 

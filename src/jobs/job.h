@@ -91,6 +91,9 @@ std::pair<std::string, std::string> ParseScope(const std::string& text);
 // vault-transit codec goes to rekey.create_transit_job, and must then use only that codec. Returns
 // its id. Invalid definitions (unknown table or column, hostile identifiers, bad key map) raise in
 // the database and come back as StateError with the database's one-line reason; nothing is written.
-int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec);
+// `key_reader`, if given, is a second connection to the same database, idle, which planning may
+// use meanwhile to read the table's keys ahead (jobs/rollout_planner.h).
+int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec,
+                  pqxx::connection* key_reader = nullptr);
 
 }  // namespace rekey::jobs

@@ -3,9 +3,15 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "common/bytes.h"
@@ -52,6 +58,169 @@ class StageBucketHasher {
   MdCtxPtr ctx_;
 };
 
+// A bounded queue between two threads. Push waits for room, Pop for an item; Push returns false
+// once the queue is closed, Pop once it is closed and empty. Either side may close it, with an
+// error for the other to rethrow (the first one is kept).
+template <typename T>
+class Handoff {
+ public:
+  explicit Handoff(size_t capacity) : capacity_(capacity) {}
+
+  bool Push(T item) {
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [this] { return items_.size() < capacity_ || closed_; });
+    if (closed_) return false;
+    items_.push_back(std::move(item));
+    changed_.notify_all();
+    return true;
+  }
+
+  bool Pop(T* item) {
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [this] { return !items_.empty() || closed_; });
+    if (items_.empty()) return false;
+    *item = std::move(items_.front());
+    items_.pop_front();
+    changed_.notify_all();
+    return true;
+  }
+
+  void Close(std::exception_ptr error = nullptr) {
+    std::lock_guard<std::mutex> lock(mu_);
+    closed_ = true;
+    if (!error_) error_ = error;
+    changed_.notify_all();
+  }
+
+  std::exception_ptr error() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return error_;
+  }
+
+ private:
+  const size_t capacity_;
+  std::mutex mu_;
+  std::condition_variable changed_;
+  std::deque<T> items_;
+  bool closed_ = false;
+  std::exception_ptr error_;
+};
+
+// As plan_rollout does, the cursor's plan must stream from the primary key's index rather than
+// sort the table (enable_sort off), and the query is too simple to be worth compiling (jit off).
+// Both settings are restored once the cursor is declared.
+void DeclareKeyCursor(pqxx::transaction_base& txn, const std::string& query) {
+  const pqxx::row saved = txn.exec1(
+      "SELECT current_setting('enable_sort'), current_setting('jit'), "
+      "set_config('enable_sort', 'off', true), set_config('jit', 'off', true)");
+  txn.exec0(std::string("DECLARE ") + kCursor + " NO SCROLL CURSOR FOR " + query);
+  txn.exec_params("SELECT set_config('enable_sort', $1, true), set_config('jit', $2, true)",
+                  saved[0].as<std::string>(), saved[1].as<std::string>());
+}
+
+// The keys of a query, in its order, a page of kFetchRows at a time: read through a cursor in
+// the planning transaction, or, given a reader connection, by a thread of their own there, up to
+// two pages ahead of the hashing.
+class KeyPages {
+ public:
+  KeyPages(pqxx::transaction_base& txn, pqxx::connection* reader, const std::string& query)
+      : txn_(txn) {
+    if (!reader) {
+      DeclareKeyCursor(txn, query);
+      return;
+    }
+    thread_ = std::thread([this, reader, query] {
+      try {
+        pqxx::read_transaction rtxn(*reader);
+        DeclareKeyCursor(rtxn, query);
+        for (bool more = true; more;) {
+          pqxx::result page = rtxn.exec(Fetch());
+          more = page.size() == size_t(kFetchRows);
+          if (!pages_.Push(std::move(page))) return;  // the planner stopped
+        }
+        pages_.Close();
+      } catch (...) {
+        pages_.Close(std::current_exception());
+      }
+    });
+  }
+
+  ~KeyPages() {
+    if (!thread_.joinable()) return;
+    pages_.Close();
+    thread_.join();
+  }
+
+  // The next page; an empty result once every key was returned. Rethrows the reader's error.
+  pqxx::result Next() {
+    pqxx::result page;
+    if (!thread_.joinable()) {
+      if (done_) return page;
+      page = txn_.exec(Fetch());
+      done_ = page.size() < size_t(kFetchRows);
+      if (done_) txn_.exec0(std::string("CLOSE ") + kCursor);
+      return page;
+    }
+    if (pages_.Pop(&page)) return page;
+    if (auto error = pages_.error()) std::rethrow_exception(error);
+    return page;
+  }
+
+ private:
+  static std::string Fetch() { return "FETCH " + std::to_string(kFetchRows) + " FROM " + kCursor; }
+
+  pqxx::transaction_base& txn_;
+  Handoff<pqxx::result> pages_{2};
+  bool done_ = false;  // without a reader: every page read
+  std::thread thread_;
+};
+
+// Runs statements in the order given: on a thread of its own when `background` (while this one
+// hashes the next keys; at most two statements wait), else at once. Wait() returns once all ran
+// and rethrows the first failure; after a failure nothing more runs.
+class StatementRunner {
+ public:
+  explicit StatementRunner(bool background) {
+    if (!background) return;
+    thread_ = std::thread([this] {
+      std::function<void()> statement;
+      while (statements_.Pop(&statement)) {
+        try {
+          statement();
+        } catch (...) {
+          statements_.Close(std::current_exception());
+          return;
+        }
+      }
+    });
+  }
+
+  ~StatementRunner() {
+    if (!thread_.joinable()) return;
+    statements_.Close();
+    thread_.join();
+  }
+
+  void Run(std::function<void()> statement) {
+    if (!thread_.joinable()) {
+      statement();
+    } else if (!statements_.Push(std::move(statement))) {
+      std::rethrow_exception(statements_.error());
+    }
+  }
+
+  void Wait() {
+    if (!thread_.joinable()) return;
+    statements_.Close();
+    thread_.join();
+    if (auto error = statements_.error()) std::rethrow_exception(error);
+  }
+
+ private:
+  Handoff<std::function<void()>> statements_{2};
+  std::thread thread_;
+};
+
 struct Stage {
   int stage_no = 0;
   int bucket_lo = 0;
@@ -74,9 +243,13 @@ struct FinishedBatch {
 // Writes finished batches with provisional (negative) numbers, since a stage's batches finish
 // interleaved with the others' while the final numbering goes stage by stage; Renumber() then
 // gives every batch its final number in one statement.
+//
+// With `background`, the INSERTs run on a thread of their own (StatementRunner): this thread
+// then must not use `txn` until Renumber().
 class BatchWriter {
  public:
-  BatchWriter(pqxx::transaction_base& txn, int64_t job_id) : txn_(txn), job_(job_id) {}
+  BatchWriter(pqxx::transaction_base& txn, int64_t job_id, bool background)
+      : txn_(txn), job_(job_id), runner_(background) {}
 
   void Add(const Stage& stage, size_t stage_index, std::optional<std::string> hi) {
     FinishedBatch b{-int(finished_.size()) - 1, stage_index, stage.batches - 1};
@@ -105,14 +278,15 @@ class BatchWriter {
 
   void Flush() {
     if (lo_.size() == 0) return;
-    txn_.exec_params(
-        "INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys) "
-        "SELECT $1, b.no, b.stage_no, b.lo, b.hi, b.rows, b.keys::text[] FROM "
-        "unnest($2::integer[], "
-        "$3::integer[], $4::text[], $5::text[], $6::integer[], $7::text[]) AS b(no, stage_no, lo, "
-        "hi, rows, keys)",
-        job_, numbers_ + "}", stage_nos_ + "}", lo_.Finish(), hi_.Finish(), rows_ + "}",
-        keys_.Finish());
+    runner_.Run([&txn = txn_, job = job_, numbers = numbers_ + "}", stages = stage_nos_ + "}",
+                 lo = lo_.Finish(), hi = hi_.Finish(), rows = rows_ + "}", keys = keys_.Finish()] {
+      txn.exec_params(
+          "INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys) "
+          "SELECT $1, b.no, b.stage_no, b.lo, b.hi, b.rows, b.keys::text[] FROM "
+          "unnest($2::integer[], $3::integer[], $4::text[], $5::text[], $6::integer[], "
+          "$7::text[]) AS b(no, stage_no, lo, hi, rows, keys)",
+          job, numbers, stages, lo, hi, rows, keys);
+    });
     numbers_ = stage_nos_ = rows_ = "{";
     lo_ = hi_ = keys_ = db::BinaryArray(db::BinaryArray::kTextOid);
     key_bytes_ = 0;
@@ -121,6 +295,7 @@ class BatchWriter {
   // Final numbers: after `first_batch`, by stage number, then by position within the stage.
   void Renumber(const std::vector<Stage>& stages, int first_batch) {
     Flush();
+    runner_.Wait();
     std::vector<size_t> order(stages.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(),
@@ -153,6 +328,7 @@ class BatchWriter {
   db::BinaryArray hi_{db::BinaryArray::kTextOid};
   db::BinaryArray keys_{db::BinaryArray::kTextOid};  // each an array literal, or NULL
   size_t key_bytes_ = 0;
+  StatementRunner runner_;
 };
 
 }  // namespace
@@ -169,7 +345,7 @@ int StageBucket(std::string_view pk_text) {
   return hasher.Bucket(pk_text.data(), pk_text.size());
 }
 
-int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id) {
+int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::connection* reader) {
   StageBucketHasher hasher;
   if (!hasher.available()) throw PermanentError("OpenSSL offers no MD5 digest in this process");
   const pqxx::row job = txn.exec_params1(
@@ -207,21 +383,15 @@ int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id) {
     }
   }
 
-  // The keys in the primary key's order, streamed from its index: as plan_rollout does, the
-  // cursor's plan must not sort the table (enable_sort off), and it is too simple to compile
-  // (jit off). Both settings are restored once the cursor is declared.
-  const pqxx::row saved = txn.exec1(
-      "SELECT current_setting('enable_sort'), current_setting('jit'), "
-      "set_config('enable_sort', 'off', true), set_config('jit', 'off', true)");
-  txn.exec0(std::string("DECLARE ") + kCursor + " NO SCROLL CURSOR FOR SELECT t." + pk +
-            "::text FROM " + table + " AS t WHERE true" + scope + " ORDER BY t." + pk);
-  txn.exec_params("SELECT set_config('enable_sort', $1, true), set_config('jit', $2, true)",
-                  saved[0].as<std::string>(), saved[1].as<std::string>());
-
-  BatchWriter writer(txn, job_id);
-  const std::string fetch = "FETCH " + std::to_string(kFetchRows) + " FROM " + kCursor;
+  // The keys in the primary key's order (the key's own collation for text).
+  KeyPages pages(
+      txn, reader,
+      "SELECT t." + pk + "::text FROM " + table + " AS t WHERE true" + scope + " ORDER BY t." + pk);
+  // With a reader, nothing else uses `txn` until Renumber(), so the writes can run meanwhile.
+  BatchWriter writer(txn, job_id, /*background=*/reader != nullptr);
   for (;;) {
-    const pqxx::result keys = txn.exec(fetch);
+    const pqxx::result keys = pages.Next();
+    if (keys.empty()) break;
     for (const auto& row : keys) {
       const pqxx::field field = row[0];
       const char* key = field.c_str();
@@ -242,9 +412,7 @@ int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id) {
       ++stage.open_rows;
       ++stage.rows;
     }
-    if (keys.size() < size_t(kFetchRows)) break;
   }
-  txn.exec0(std::string("CLOSE ") + kCursor);
   for (size_t i = 0; i < stages.size(); ++i) {
     Stage& stage = stages[i];
     if (stage.batches == 0) {

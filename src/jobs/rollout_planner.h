@@ -36,8 +36,12 @@ bool DeferRolloutPlanning(pqxx::transaction_base& txn);
 
 // Plans every rollout stage of job `job_id` that has no batches yet, in `txn`. Returns the
 // number of batches written: 0 if no stage was waiting. The table is read once, in key order,
-// through a cursor; memory holds one open batch per stage, whatever the table's size. Errors are
-// the database's (pqxx exceptions); nothing is half-written unless the caller commits anyway.
-int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id);
+// through a cursor: on `reader` if given (another connection to the same database, used by a
+// thread of this call and by nothing else meanwhile; it reads ahead while this thread hashes
+// and writes), else in `txn`. Memory holds one open batch per stage and at most two pages of
+// keys, whatever the table's size. Errors are the database's (pqxx exceptions); nothing is
+// half-written unless the caller commits anyway.
+int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id,
+                            pqxx::connection* reader = nullptr);
 
 }  // namespace rekey::jobs
