@@ -188,8 +188,9 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   // everywhere.
   conn.prepare(prefix_ + "update", "UPDATE " + table + " AS t SET " + set_list + " FROM (SELECT " +
                                        values + ") AS v WHERE t." + pk + " = v.row_id");
-  // The batch's transaction commits without waiting for its WAL flush (set_config(..., true) is
-  // SET LOCAL, here to save a round trip). Its rows, checkpoint and audit row commit together or
+  // Unless told to wait (set_wait_for_flush), the batch's transaction commits without waiting
+  // for its WAL flush ($3 'off'; set_config(..., true) is SET LOCAL, here to save a round trip;
+  // NULL keeps the session's setting). Its rows, checkpoint and audit row commit together or
   // not at all, so a commit lost in a server crash only puts the batch back where it was: its
   // rows still under the source key, which stays readable until the job is complete, and the
   // batch claimable again. What builds on a batch (the stage's gate, the promotion of the new
@@ -199,7 +200,8 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   conn.prepare(prefix_ + "lock_batch",
                "SELECT b.state, b.worker_id, j.state, b.resume_after, b.rows_done, b.rows_skipped, "
                "b.rows_failed, coalesce(b.duration_ms, 0), b.keys::text, "
-               "set_config('synchronous_commit', 'off', true) FROM rekey.batches b JOIN "
+               "set_config('synchronous_commit', coalesce($3, "
+               "current_setting('synchronous_commit')), true) FROM rekey.batches b JOIN "
                "rekey.jobs j "
                "USING (job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
   conn.prepare(
@@ -287,7 +289,8 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   BatchResult& result = chunk.batch;
   pqxx::work txn(conn);
 
-  pqxx::result lock = txn.exec_prepared(prefix_ + "lock_batch", batch.job_id, batch.batch_no);
+  pqxx::result lock = txn.exec_prepared(prefix_ + "lock_batch", batch.job_id, batch.batch_no,
+                                        wait_for_flush_ ? nullptr : "off");
   if (lock.empty() || lock[0][0].as<std::string>() != "running" || lock[0][1].is_null() ||
       lock[0][1].as<std::string>() != worker_id) {
     result.outcome = BatchResult::Outcome::kLost;

@@ -110,6 +110,13 @@ class BatchRotator {
   // reads its Transit key once instead (RequireTransitKeyFits; KeyError if it is missing).
   void LoadKeys();
 
+  // Whether a batch's (or chunk's) commit waits for its WAL flush. By default it does not: a
+  // batch lost in a server crash is simply done again (batch_rotator.cpp says why that is safe),
+  // and the flush per batch would leave a fast rotation's CPU idle. A gentle worker (paced,
+  // rotation/pacer.h) waits: otherwise the application's next synchronous commit would flush
+  // rekey's WAL for it and carry its latency.
+  void set_wait_for_flush(bool wait) { wait_for_flush_ = wait; }
+
   // Processes `batch` (claimed by `worker_id`) on `conn`, in one transaction. Takes every key of
   // the job from the DataKeySource first, before the transaction opens, so a KMS error is thrown
   // before any row is locked and can never be mistaken for a poison value. Throws on database or
@@ -150,7 +157,8 @@ class BatchRotator {
   Direction forward_;
   Direction backward_;  // for rollback batches
   const pqxx::connection* prepared_on_ = nullptr;
-  std::string select_list_;                // of the row-locking SELECT
+  std::string select_list_;  // of the row-locking SELECT
+  bool wait_for_flush_ = false;
   std::string needs_work_;                 // its filter, with $P and $K for the key parameters
   std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
 };

@@ -60,7 +60,11 @@ LagSource ReplicationLagOf(pqxx::connection& conn) {
 
 Pacer::Pacer(PacingOptions options)
     : options_(std::move(options)),
-      rows_bucket_(options_.max_rows_per_second, std::max(1.0, options_.max_rows_per_second)) {
+      // The burst is one chunk's worth, not a second's: a worker that starts (or resumes
+      // after a pause) would otherwise rewrite a second's rows at full speed first, which the
+      // application's p99 felt in the benchmark (bench/README.md, "Gentleness").
+      rows_bucket_(options_.max_rows_per_second,
+                   std::max(1.0, options_.max_rows_per_second / kRateChunksPerSecond)) {
   options_.Validate();
 }
 

@@ -8,7 +8,7 @@
 //  * --max-rows-per-second N: a token bucket over rows, shared by every claim loop of the
 //    process. Before a chunk of at most k rows is locked, k tokens are reserved (waiting if
 //    need be); the tokens of rows the chunk did not hold are refunded. So over any interval T
-//    the process rewrites at most N*T + N rows (the burst is one second's worth). Without a
+//    the process rewrites at most N*T + N/20 rows (the burst is one chunk's worth). Without a
 //    target batch duration, a chunk is then at most N / kRateChunksPerSecond rows (at least
 //    min_chunk_rows, at most the job's batch size): 250 rows at 5,000 rows/s, twenty short
 //    transactions a second rather than five long ones.
@@ -59,6 +59,9 @@ struct PacingOptions {
 
   // True iff batches are processed in chunks (a rate limit or a target batch duration is set).
   bool chunked() const { return max_rows_per_second > 0 || target_batch.count() > 0; }
+  // True iff any brake is set: the worker should then also spare the application its WAL
+  // flushes (BatchRotator::set_wait_for_flush).
+  bool gentle() const { return chunked() || max_replication_lag.has_value(); }
   // Throws ConfigError naming the flag when a value is out of range.
   void Validate() const;
 };

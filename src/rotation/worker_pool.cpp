@@ -284,6 +284,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
         rotator = std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_,
                                                  options_.transit);
         txn.commit();
+        rotator->set_wait_for_flush(options_.pacing.gentle());
         rotator->LoadKeys();
       }
       auto sizer =
