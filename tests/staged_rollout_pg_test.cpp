@@ -155,6 +155,37 @@ TEST_F(StagedRolloutTest, TheCanaryMovesOnePercentAndEachStageContainsTheEarlier
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+// A later stage's gate reads a sample of pages through a cursor and tests the stage's buckets in
+// the worker, not in the database: it must check exactly the values the documented SQL selects
+// on those pages, in the job's scope.
+TEST_F(StagedRolloutTest, ASampledGateChecksExactlyTheScopedStageRowsOfItsSampledPages) {
+  SeedTinkTable(conn(), "public.cards", 40000, 1, 2);
+  int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+      "p_scope_column => 'tenant_id', p_scope_value => '1', p_stages => '{1,30,100}', "
+      "p_gate_sample_size => 500");
+  const std::string j = std::to_string(job);
+  Work(job);
+  ASSERT_EQ(JobState(job), "awaiting_approval");
+  ProcessResult r = Rekey({"job", "advance", j});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Work(job);
+  ASSERT_EQ(JobState(job), "awaiting_approval");
+  // Nothing has written to the table since the gate of stage 2: its sample is still there.
+  const std::string gate = " FROM rekey.gates WHERE job_id = " + j + " AND stage_no = 2";
+  const std::string percent = Scalar(
+      "SELECT to_char((details->>'sample_percent')::numeric, "
+      "'FM990.000000')" +
+      gate);
+  ASSERT_LT(std::stod(percent), 100) << "the gate read a sample";
+  const int64_t expected = Count(
+      "SELECT count(*) FROM public.cards TABLESAMPLE SYSTEM (" + percent + ") REPEATABLE (" + j +
+      ") WHERE tenant_id = 1 AND rekey.stage_bucket(id::text) < 3000 AND token IS NOT NULL");
+  EXPECT_GT(expected, 100);
+  EXPECT_EQ(Scalar("SELECT values_checked || ':' || decrypt_errors || ':' || passed" + gate),
+            std::to_string(expected) + ":0:true");
+}
+
 TEST_F(StagedRolloutTest, CorruptValuesStopTheJobAtTheGateWithTheReason) {
   SeedTinkTable(conn(), "public.cards", 100000, 1);
   // Corrupt a few canary values (their tag), enough to pass the 0.1% threshold.

@@ -29,35 +29,6 @@ constexpr int kFetchRows = 20000;
 constexpr size_t kFlushBytes = size_t(1) << 20;
 constexpr const char* kCursor = "rekey_rollout_keys";
 
-using MdPtr = std::unique_ptr<EVP_MD, decltype(&EVP_MD_free)>;
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
-
-// MD5 with the digest fetched once and one context reused for every key: OpenSSL 3's per-call
-// set-up, which md5() in the database pays for every row, is most of an MD5 of a short key.
-class StageBucketHasher {
- public:
-  StageBucketHasher()
-      : md_(EVP_MD_fetch(nullptr, "MD5", nullptr), EVP_MD_free),
-        ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {}
-
-  bool available() const { return md_ && ctx_; }
-
-  int Bucket(const char* data, size_t size) {
-    uint8_t digest[EVP_MAX_MD_SIZE];
-    unsigned int n = 0;
-    if (EVP_DigestInit_ex2(ctx_.get(), md_.get(), nullptr) != 1 ||
-        EVP_DigestUpdate(ctx_.get(), data, size) != 1 ||
-        EVP_DigestFinal_ex(ctx_.get(), digest, &n) != 1 || n < 4) {
-      throw PermanentError("OpenSSL could not compute an MD5 digest for a stage bucket");
-    }
-    return int(GetUint32BigEndian(digest) % kBuckets);
-  }
-
- private:
-  MdPtr md_;
-  MdCtxPtr ctx_;
-};
-
 // A bounded queue between two threads. Push waits for room, Pop for an item; Push returns false
 // once the queue is closed, Pop once it is closed and empty. Either side may close it, with an
 // error for the other to rethrow (the first one is kept).
@@ -333,6 +304,21 @@ class BatchWriter {
 
 }  // namespace
 
+StageBucketHasher::StageBucketHasher()
+    : md_(EVP_MD_fetch(nullptr, "MD5", nullptr), EVP_MD_free),
+      ctx_(EVP_MD_CTX_new(), EVP_MD_CTX_free) {}
+
+int StageBucketHasher::Bucket(std::string_view pk_text) {
+  uint8_t digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (!available() || EVP_DigestInit_ex2(ctx_.get(), md_.get(), nullptr) != 1 ||
+      EVP_DigestUpdate(ctx_.get(), pk_text.data(), pk_text.size()) != 1 ||
+      EVP_DigestFinal_ex(ctx_.get(), digest, &n) != 1 || n < 4) {
+    throw PermanentError("OpenSSL could not compute an MD5 digest for a stage bucket");
+  }
+  return int(GetUint32BigEndian(digest) % kBuckets);
+}
+
 bool DeferRolloutPlanning(pqxx::transaction_base& txn) {
   if (!StageBucketHasher().available()) return false;
   txn.exec0("SET LOCAL rekey.defer_rollout_planning = on");
@@ -342,7 +328,7 @@ bool DeferRolloutPlanning(pqxx::transaction_base& txn) {
 int StageBucket(std::string_view pk_text) {
   StageBucketHasher hasher;
   if (!hasher.available()) throw PermanentError("OpenSSL offers no MD5 digest in this process");
-  return hasher.Bucket(pk_text.data(), pk_text.size());
+  return hasher.Bucket(pk_text);
 }
 
 int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::connection* reader) {
@@ -396,7 +382,7 @@ int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::c
       const pqxx::field field = row[0];
       const char* key = field.c_str();
       const size_t size = field.size();
-      const int at = stage_of[size_t(hasher.Bucket(key, size))];
+      const int at = stage_of[size_t(hasher.Bucket(std::string_view(key, size)))];
       if (at < 0) continue;
       Stage& stage = stages[size_t(at)];
       if (stage.rows % batch_size == 0) {

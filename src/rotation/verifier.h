@@ -11,6 +11,8 @@
 // Plaintext digest (docs/operations.md): SHA-256 over, for each row in primary-key order and
 // each job column in job order whose value is not NULL and decrypts:
 //   pk text || 0x00 || column name || 0x00 || uint32 big-endian plaintext length || plaintext
+// A sample (sample_percent < 100) is read in the table's physical order instead: its digest is
+// not comparable across time, only a whole read's.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -42,7 +44,7 @@ struct VerifyOptions {
   // Only rows with rekey.stage_bucket(pk) < bucket_below (the rows a rollout moved so far).
   std::optional<int> bucket_below;
   // Read a deterministic sample of about this percent of the table's pages
-  // (TABLESAMPLE SYSTEM ... REPEATABLE); 100 reads every row.
+  // (TABLESAMPLE SYSTEM ... REPEATABLE), through a cursor; 100 reads every row.
   double sample_percent = 100;
   int page_size = 5000;
   // Only the rows whose keys the plan of this rollout stage recorded (rekey.batches.keys), read
