@@ -11,6 +11,8 @@ Environment (all optional):
   BENCH_RUNS=3           side-by-side runs; medians are reported
   BENCH_FULL=1           adds 3,000,000 rows to the size curve (about 10 more minutes)
   BENCH_SIZES="..."      size curve sizes (default "100000 1000000", plus 3000000 if BENCH_FULL)
+  BENCH_SIZE_RUNS=3      rotations per size of the curve other than BENCH_ROWS (median reported;
+                         default BENCH_RUNS)
   BENCH_ANCHORS="..."    anchors run in each run (default "A1 A2 A3 C2"; add B to include it)
   BENCH_WITH_B=1         shorthand for adding B to the anchors
   BENCH_PG_SETTINGS="..." postgres -c settings (default "shared_buffers=1GB max_wal_size=4GB")
@@ -52,6 +54,7 @@ ANCHORS = os.path.abspath(os.environ.get("BENCH_ANCHORS_DIR",
                                          os.path.join(REPO, "..", "shared", "anchors")))
 ROWS = int(os.environ.get("BENCH_ROWS", "1000000"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+SIZE_RUNS = int(os.environ.get("BENCH_SIZE_RUNS", str(RUNS)))
 FULL = os.environ.get("BENCH_FULL", "0") == "1"
 SIZES = [int(s) for s in os.environ.get(
     "BENCH_SIZES", "100000 1000000" + (" 3000000" if FULL else "")).split()]
@@ -763,12 +766,18 @@ def main():
             else:
                 build_fixture(size)
                 a2 = run_anchors(["A2"]).get("A2", {}).get("rows_per_s")
-                x = rotate(2, 1, job_args, f"bench-size-{size}")
+                # The median of SIZE_RUNS rotations, as for the main size: one rotation of 3M
+                # rows moved by half between two runs on this shared machine.
+                xs = sorted((rotate(2, 1, job_args, f"bench-size-{size}-{i + 1}")
+                             for i in range(SIZE_RUNS)), key=lambda x: x["wall_s"])
+                x = xs[len(xs) // 2]
                 point = {"rows": size, "wall_s": x["wall_s"], "rows_per_s": x["rows_per_s"],
                          "us_per_row": x["us_per_row"], "A2_rows_per_s": a2,
                          "planning_s": x["planning_s"],
-                         "peak_rss_kib_max": max(w["peak_rss_kib"] for w in x["workers"]),
-                         "source": "one run"}
+                         "peak_rss_kib_max": max(w["peak_rss_kib"] for y in xs
+                                                 for w in y["workers"]),
+                         "wall_s_runs": [y["wall_s"] for y in xs],
+                         "source": f"median of {len(xs)} runs"}
             curve.append(point)
         curve.sort(key=lambda p: p["rows"])
     result["size_curve"] = curve
