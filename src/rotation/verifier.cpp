@@ -194,9 +194,12 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     // A sample is read through a cursor in the table's order: sorting it by key, to page by
     // key, spilled to disk once the stage test no longer thinned it out in the database.
     const std::string scope_literal = scope_value ? txn.quote(scope_value) : "NULL";
+    // The scope's one parameter, as a quoted literal (a cursor takes no parameters here); only
+    // that occurrence, since the value itself may contain "$2".
     std::string sample_scope = scope;
-    for (size_t at; (at = sample_scope.find("$2")) != std::string::npos;)
+    if (const size_t at = sample_scope.find("$2"); at != std::string::npos) {
       sample_scope.replace(at, 2, scope_literal);
+    }
     txn.exec0("DECLARE rekey_verify_sample NO SCROLL CURSOR FOR " + select + "TRUE" + sample_scope);
     const std::string fetch = "FETCH " + std::to_string(page_size) + " FROM rekey_verify_sample";
     while (true) {
