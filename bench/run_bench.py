@@ -472,9 +472,9 @@ def gentle(rows, label):
             buckets = {}
             for on_, at, ms in timeline:
                 if on_ == cond:
-                    n_slow = buckets.setdefault(int(at), [0, 0])
-                    n_slow[0] += 1
-                    n_slow[1] += ms > p99
+                    counts = buckets.setdefault(int(at), [0, 0])  # [transactions, slow]
+                    counts[0] += 1
+                    counts[1] += ms > p99
             res[key] = [round(buckets[k][1] / buckets[k][0], 4) for k in sorted(buckets)]
     log(f"app without rekey: p50 {res['without_rekey']['all']['p50_ms']} ms, p99 "
         f"{res['without_rekey']['all']['p99_ms']} ms; with rekey ({' '.join(GENTLE_ARGS)}, "

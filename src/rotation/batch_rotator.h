@@ -157,10 +157,10 @@ class BatchRotator {
   Direction forward_;
   Direction backward_;  // for rollback batches
   const pqxx::connection* prepared_on_ = nullptr;
-  std::string select_list_;  // of the row-locking SELECT
-  bool wait_for_flush_ = false;
+  std::string select_list_;                // of the row-locking SELECT
   std::string needs_work_;                 // its filter, with $P and $K for the key parameters
   std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
+  bool wait_for_flush_ = false;
 };
 
 }  // namespace rekey::rotation
