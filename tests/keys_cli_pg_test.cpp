@@ -258,8 +258,10 @@ TEST_F(KeysCliTest, RetireRefusedWhileTargetHoldsValues) {
   ProcessResult r = Keys({"retire", "3"});
   EXPECT_EQ(r.exit_code, kExitState);
   EXPECT_EQ(r.err,
-            "rekey: error: key 3 is still used by 1200 values in public.payment_methods.token; run "
-            "the rotation job to completion first\n");
+            "rekey: error: key 3 cannot be retired: 1 column(s) hold values under it or could not "
+            "be read; rotate the values to another key first (rekey keys usage 3 lists them), or "
+            "accept a column that cannot be read with --accept-unknown SCHEMA.TABLE.COLUMN\n"
+            "public.payment_methods.token: 1200 values under key 3 (tink; registered target 1)\n");
   Exec("UPDATE public.payment_methods SET token = NULL");
   EXPECT_OK(Keys({"retire", "3"}));
 }

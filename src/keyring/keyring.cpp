@@ -15,7 +15,33 @@ constexpr std::array<KeyStatus, 5> kStatuses = {KeyStatus::kEnabled, KeyStatus::
                                                 KeyStatus::kDestroyed};
 
 constexpr uint64_t kMaxKeyId = 4294967295ULL;
-constexpr char kRaiseException[] = "P0001";  // SQLSTATE of a plpgsql RAISE EXCEPTION
+// The SQLSTATEs of the lifecycle trigger's refusals: a plain RAISE EXCEPTION (an illegal
+// transition), object_not_in_prerequisite_state (values, unknowns or a job still need the key)
+// and insufficient_privilege (a worker role may not retire or destroy).
+constexpr const char* kRefusals[] = {"P0001", "55000", "42501"};
+
+bool IsRefusal(const pqxx::sql_error& e) {
+  // libpqxx 6 throws insufficient_privilege without its SQLSTATE.
+  if (dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr) return true;
+  for (const char* code : kRefusals) {
+    if (e.sqlstate() == code) return true;
+  }
+  return false;
+}
+
+// The server's whole message, every line of it (a census refusal names one column per line),
+// without the severity prefix and without the CONTEXT, DETAIL and HINT fields libpq appends.
+std::string RefusalMessage(const pqxx::sql_error& e) {
+  std::string text = e.what();
+  for (const char* field : {"\nDETAIL:  ", "\nHINT:  ", "\nCONTEXT:  ", "\nLINE "}) {
+    size_t at = text.find(field);
+    if (at != std::string::npos) text.resize(at);
+  }
+  constexpr std::string_view kSeverity = "ERROR:  ";
+  if (text.compare(0, kSeverity.size(), kSeverity) == 0) text.erase(0, kSeverity.size());
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  return text;
+}
 
 // ISO 8601 in UTC, independent of the session's DateStyle and TimeZone.
 std::string Iso(const std::string& column) {
@@ -203,7 +229,7 @@ KeyRecord TransitionKey(pqxx::transaction_base& txn, uint32_t key_id, KeyStatus 
     txn.exec_params0("UPDATE rekey.keys SET status = $2 WHERE key_id = $1",
                      static_cast<int64_t>(key_id), std::string(KeyStatusName(to)));
   } catch (const pqxx::sql_error& e) {
-    if (e.sqlstate() == kRaiseException) throw StateError(db::PrimaryMessage(e));
+    if (IsRefusal(e)) throw StateError(RefusalMessage(e));
     db::ThrowClassified("changing the status of key " + std::to_string(key_id), e);
   } catch (const pqxx::failure& e) {
     db::ThrowClassified("changing the status of key " + std::to_string(key_id), e);

@@ -89,7 +89,10 @@ std::optional<KeyRecord> FindKey(pqxx::transaction_base& txn, uint32_t key_id);
 // Moves key `key_id` to `to`. Throws KeyError for an unknown key, StateError if the key already
 // has status `to` or the database refuses the transition (the message is the trigger's, e.g.
 // "illegal key lifecycle transition for key 7: primary -> retired (allowed from primary:
-// decrypt_only)"). A refusal leaves `txn` aborted, as any failed statement does.
+// decrypt_only)"; a retire or destroy refused by the key census names one column per line). A
+// refusal leaves `txn` aborted, as any failed statement does. A retire or destroy waits for every
+// transaction writing under the key (its lifecycle lock) and must run in a READ COMMITTED
+// transaction (keyring/census.h: UseReadCommitted).
 KeyRecord TransitionKey(pqxx::transaction_base& txn, uint32_t key_id, KeyStatus to);
 
 struct PromoteResult {

@@ -271,9 +271,23 @@ class KeyUsageTest : public KeyringTest, public ::testing::WithParamInterface<Us
     }
   }
 
-  std::string InUseMessage(int n) {
-    return "key " + std::to_string(GetParam().key_id) + " is still used by " + std::to_string(n) +
-           " values in public.payment_methods.token; run the rotation job to completion first";
+  // The first line of the trigger's refusal (what psql shows first).
+  std::string Refused(const std::string& verb, int columns = 1) {
+    const std::string id = std::to_string(GetParam().key_id);
+    return "key " + id + " cannot be " + verb + ": " + std::to_string(columns) +
+           " column(s) hold values under it or could not be read; rotate the values to another "
+           "key first (rekey keys usage " +
+           id +
+           " lists them), or accept a column that cannot be read with --accept-unknown "
+           "SCHEMA.TABLE.COLUMN";
+  }
+  // The whole refusal: the first line, then one line per column.
+  // `formats`: where the census found them (default: the target's codec).
+  std::string InUseMessage(int n, const std::string& verb = "retired",
+                           const std::string& formats = "") {
+    return Refused(verb) + "\npublic.payment_methods.token: " + std::to_string(n) +
+           " values under key " + std::to_string(GetParam().key_id) + " (" +
+           (formats.empty() ? GetParam().codec : formats) + "; registered target 1)";
   }
 
   std::string SetStatusSql(const std::string& status) {
@@ -295,7 +309,7 @@ TEST_P(KeyUsageTest, RetireAndDestroyRefusedWhileValuesRemain) {
     EXPECT_EQ(usage[0][0].as<std::string>(), "public.payment_methods.token");
     EXPECT_EQ(usage[0][1].as<int64_t>(), 1200);
   }
-  EXPECT_EQ(Refusal(SetStatusSql("retired")), InUseMessage(1200));
+  EXPECT_EQ(Refusal(SetStatusSql("retired")), Refused("retired"));
   EXPECT_EQ(Status(id), "decrypt_only");
 
   // Through the C++ API: the trigger's message, as a StateError.
@@ -315,14 +329,27 @@ TEST_P(KeyUsageTest, RetireAndDestroyRefusedWhileValuesRemain) {
   // A value that reappears under the retired key (e.g. restored from a backup) blocks destroy.
   Exec("INSERT INTO public.payment_methods (token, token_key) VALUES ('\\x" + TinkPrefixHex(id) +
        "00'::bytea, " + std::to_string(id) + ")");
-  EXPECT_EQ(Refusal(SetStatusSql("destroyed")), InUseMessage(1));
+  EXPECT_EQ(Refusal(SetStatusSql("destroyed")), Refused("destroyed"));
+  {
+    pqxx::work txn(conn());
+    try {
+      TransitionKey(txn, id, KeyStatus::kDestroyed);
+      ADD_FAILURE() << "destroyed a key in use";
+    } catch (const StateError& e) {
+      // The value has a Tink prefix and, for a raw target, its row's key-id column names the key.
+      EXPECT_EQ(std::string(e.what()),
+                InUseMessage(1, "destroyed", GetParam().codec == "raw" ? "tink, raw" : "tink"));
+    }
+  }
   Exec("DELETE FROM public.payment_methods WHERE token_key = " + std::to_string(id) +
        " OR substring(token from 1 for 5) = '\\x" + TinkPrefixHex(id) + "'::bytea");
   EXPECT_EQ(Refusal(SetStatusSql("destroyed")), "");
   EXPECT_TRUE(KeyRow(id)[1].as<bool>());
 }
 
-TEST_P(KeyUsageTest, ScopedTargetCountsOnlyItsScope) {
+// A job scope is not a filter on usage: values outside the scope are under the key all the same,
+// and a scope's text form need not match the column's (a uuid given in upper case).
+TEST_P(KeyUsageTest, ScopedTargetCountsTheWholeColumn) {
   const uint32_t id = GetParam().key_id;
   InsertKeyAt(id, "enabled");
   MakeTarget(10);  // 5 rows in tenant t0, 5 in t1
@@ -330,16 +357,24 @@ TEST_P(KeyUsageTest, ScopedTargetCountsOnlyItsScope) {
   pqxx::work txn(conn());
   pqxx::row usage =
       txn.exec_params1("SELECT target, n FROM rekey.key_usage($1)", static_cast<int64_t>(id));
-  EXPECT_EQ(usage[0].as<std::string>(), "public.payment_methods.token where tenant = 't1'");
-  EXPECT_EQ(usage[1].as<int64_t>(), 5);
+  EXPECT_EQ(usage[0].as<std::string>(), "public.payment_methods.token");
+  EXPECT_EQ(usage[1].as<int64_t>(), 10);
 }
 
-TEST_P(KeyUsageTest, DroppedTargetTableIsSkipped) {
+// A target whose table is gone is never skipped: it blocks until an operator forgets it.
+TEST_P(KeyUsageTest, DroppedTargetTableBlocksUntilForgotten) {
   const uint32_t id = GetParam().key_id;
   InsertKeyAt(id, "enabled");
   MakeTarget(3);
-  EXPECT_EQ(Refusal(SetStatusSql("retired")), InUseMessage(3));
+  EXPECT_EQ(Refusal(SetStatusSql("retired")), Refused("retired"));
   Exec("DROP TABLE public.payment_methods");
+  EXPECT_EQ(Refusal(SetStatusSql("retired")), Refused("retired"));
+  EXPECT_EQ(Scalar("SELECT coalesce(n::text, 'unknown') || ': ' || unknown FROM "
+                   "rekey.key_usage(" +
+                   std::to_string(id) + ")"),
+            "unknown: registered target 1 (public.payment_methods.token): its table no longer "
+            "exists; if its values are truly gone: rekey keys forget-target 1");
+  Exec("SELECT rekey.forget_target(1, 'dropped with its values')");
   EXPECT_EQ(Refusal(SetStatusSql("retired")), "");
 }
 
