@@ -2,6 +2,7 @@
 // prints one confirmation line. Key material is only ever read from a file or stdin, never from a
 // flag (flags end up in shell history and `ps`).
 #include <openssl/crypto.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -21,6 +23,7 @@
 #include "common/secret.h"
 #include "db/connection.h"
 #include "db/conninfo.h"
+#include "keyring/census.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "kms/aws_kms.h"
@@ -49,6 +52,8 @@ struct KeysOptions {
   std::string to_kms;
   std::string to_kms_key;
   std::vector<int64_t> key_ids;
+  std::vector<std::string> accept_unknown;
+  std::string reason;
 };
 
 uint32_t CheckedKeyId(int64_t id) {
@@ -97,6 +102,98 @@ void InTransaction(const GlobalOptions& global, Fn&& fn) {
     fn(txn);
     txn.commit();
   });
+}
+
+// Prints the server's NOTICEs (the census's progress, one per table) on stderr, as they arrive.
+class NoticePrinter : public pqxx::errorhandler {
+ public:
+  explicit NoticePrinter(pqxx::connection_base& conn) : pqxx::errorhandler(conn) {}
+  bool operator()(const char msg[]) noexcept override {
+    std::fputs(msg, stderr);
+    return true;
+  }
+};
+
+// Runs `fn(txn)` in one READ COMMITTED transaction (whatever default_transaction_isolation says:
+// the lifecycle trigger counts the key's values after taking its lock, which only a read-committed
+// statement sees) and commits it. The census's progress is shown on a terminal only.
+template <typename Fn>
+void InCensusTransaction(const GlobalOptions& global, Fn&& fn) {
+  std::unique_ptr<pqxx::connection> conn =
+      db::Connect(db::ResolveConnInfo(global.db), "rekey-keys");
+  const bool terminal = isatty(STDERR_FILENO) == 1;
+  std::optional<NoticePrinter> progress;
+  if (terminal) progress.emplace(*conn);
+  db::Classified("opening a transaction", [&] {
+    pqxx::work txn(*conn);
+    keyring::UseReadCommitted(txn);
+    if (!terminal) txn.exec0("SET LOCAL client_min_messages = warning");
+    fn(txn);
+    txn.commit();
+  });
+}
+
+std::string Plural(int64_t n, const std::string& one, const std::string& many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+nlohmann::json CensusJson(const keyring::CensusColumn& c) {
+  return {{"schema", c.schema},
+          {"table", c.table},
+          {"column", c.column},
+          {"ref", c.ref},
+          {"target_id", c.target_id ? nlohmann::json(*c.target_id) : nlohmann::json(nullptr)},
+          {"formats", c.formats},
+          {"values", c.values ? nlohmann::json(*c.values) : nlohmann::json(nullptr)},
+          {"status", c.status},
+          {"unknown", c.unknown ? nlohmann::json(*c.unknown) : nlohmann::json(nullptr)}};
+}
+
+// `rekey keys usage K`: every column of the database holding values under K, or that could not
+// be read; exit 0 whatever it finds (retire and destroy are where it refuses).
+void Usage(const GlobalOptions& global, const KeysOptions& o) {
+  uint32_t key_id = CheckedKeyId(o.key_id);
+  std::vector<keyring::CensusColumn> listed;
+  int64_t values = 0, unknown = 0, unresolved = 0;
+  nlohmann::json columns = nlohmann::json::array();
+  InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
+    keyring::KeyCensus(txn, key_id, [&](const keyring::CensusColumn& c) {
+      values += c.values.value_or(0);
+      unknown += c.status == "unknown";
+      unresolved += c.status == "unresolved";
+      if (o.json) {
+        columns.push_back(CensusJson(c));
+      } else {
+        listed.push_back(c);
+      }
+    });
+  });
+  if (o.json) {
+    nlohmann::json j = {{"key_id", key_id},
+                        {"values", values},
+                        {"unknown_columns", unknown},
+                        {"unresolved_targets", unresolved},
+                        {"clear", values == 0 && unknown == 0 && unresolved == 0},
+                        {"columns", std::move(columns)}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf(
+      "key %u: %s in %s; %s unknown; %s unresolved\n", key_id,
+      Plural(values, "value", "values").c_str(),
+      Plural(static_cast<int64_t>(listed.size()) - unknown - unresolved, "column", "columns")
+          .c_str(),
+      Plural(unknown, "column", "columns").c_str(),
+      Plural(unresolved, "registered target", "registered targets").c_str());
+  for (const keyring::CensusColumn& c : listed) {
+    std::string formats;
+    for (const std::string& f : c.formats) formats += (formats.empty() ? "" : ",") + f;
+    std::string values_text = c.values ? std::to_string(*c.values) : "-";
+    std::string target = c.target_id ? "target " + std::to_string(*c.target_id) : "unregistered";
+    std::printf("%-40s %10s  %-10s %-16s %-13s%s%s\n", c.ref.c_str(), values_text.c_str(),
+                c.status.c_str(), formats.c_str(), target.c_str(), c.unknown ? "  " : "",
+                c.unknown ? c.unknown->c_str() : "");
+  }
 }
 
 // Reads a data key to import: exactly 32 raw bytes, or the base64 of 32 bytes (any other length
@@ -412,15 +509,51 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   rewrap->add_option("--key-id", o->key_ids, "Only these keys (repeatable; default: every key)");
   rewrap->callback([o, &global] { Rewrap(global, *o); });
 
+  CLI::App* usage = keys->add_subcommand(
+      "usage",
+      "Every column of the database holding values under a key, or that could not be read (one "
+      "sequential scan of every table with a bytea or text column)");
+  usage->add_option("id", o->key_id, "Key id")->required();
+  usage->add_flag("--json", o->json, "One JSON object instead of a table");
+  usage->callback([o, &global] { Usage(global, *o); });
+
+  const std::string accept_help =
+      "A column the census cannot read (no privilege, row-level security, foreign table) that "
+      "holds no value under the key, as schema.table.column; repeatable; audited";
+
   CLI::App* retire = keys->add_subcommand(
-      "retire", "Retire a key no registered column uses any more (reversible until destroyed)");
+      "retire",
+      "Retire a key no column of the database uses any more (reversible until destroyed)");
   retire->add_option("id", o->key_id, "Key id")->required();
+  retire->add_option("--accept-unknown", o->accept_unknown, accept_help);
   retire->callback([o, &global] {
     uint32_t key_id = CheckedKeyId(o->key_id);
-    InTransaction(global, [&](pqxx::transaction_base& txn) {
+    InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
+      keyring::AcceptUnknownColumns(txn, o->accept_unknown);
       keyring::TransitionKey(txn, key_id, KeyStatus::kRetired);
     });
     std::printf("retired key %u\n", key_id);
+  });
+
+  CLI::App* forget = keys->add_subcommand(
+      "forget-target",
+      "Stop a registered target whose table or column was dropped from blocking retire and "
+      "destroy (audited)");
+  forget->add_option("id", o->key_id, "Target id (as retire, destroy and usage name it)")
+      ->required();
+  forget->add_option("--reason", o->reason, "Why its values are gone, for the audit log");
+  forget->add_flag("--yes", o->yes, "Confirm: the target's values are truly gone");
+  forget->callback([o, &global] {
+    if (!o->yes) {
+      throw ConfigError("forgetting target " + std::to_string(o->key_id) +
+                        " stops it from blocking retire and destroy; re-run with --yes once "
+                        "you are sure its values are gone");
+    }
+    std::string done;
+    InTransaction(global, [&](pqxx::transaction_base& txn) {
+      done = keyring::ForgetTarget(txn, o->key_id, o->reason);
+    });
+    std::printf("%s\n", done.c_str());
   });
 
   CLI::App* destroy = keys->add_subcommand(
@@ -428,16 +561,27 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   destroy->add_option("id", o->key_id, "Key id")->required();
   destroy->add_flag("--yes", o->yes,
                     "Confirm: values still encrypted under the key become unreadable");
+  destroy->add_option("--accept-unknown", o->accept_unknown, accept_help);
   destroy->callback([o, &global] {
     uint32_t key_id = CheckedKeyId(o->key_id);
     if (!o->yes) {
       throw ConfigError("destroying key " + std::to_string(key_id) +
                         " erases it for ever; re-run with --yes to confirm");
     }
-    InTransaction(global, [&](pqxx::transaction_base& txn) {
+    KeyRecord before;
+    InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
+      keyring::AcceptUnknownColumns(txn, o->accept_unknown);
+      before = keyring::GetKey(txn, key_id);
       keyring::TransitionKey(txn, key_id, KeyStatus::kDestroyed);
     });
-    std::printf("destroyed key %u: its wrapped key is erased and cannot be recovered\n", key_id);
+    // Erasing the row does not erase its copies: say where the wrapped key still lives and what
+    // completes the shredding (docs/keyring.md, "Destroy").
+    std::printf(
+        "destroyed key %u: its wrapped key is erased from rekey.keys, but copies survive in WAL, "
+        "base backups, replicas and logical dumps until they age out; crypto-shredding is "
+        "complete only once the %s master key that wrapped it (%s) is retired in the KMS, or "
+        "every backup holding the wrapped key has expired\n",
+        key_id, before.kms_provider.c_str(), before.kms_key_ref.c_str());
   });
 }
 
