@@ -35,6 +35,8 @@ struct CreateFlags {
   std::string observe;
   int gate_sample_size = 10000;
   bool dry_run = false;
+  std::vector<std::string> not_governed;
+  bool cross_scope = false;
   std::string transit_key;  // vault-transit: <mount>/keys/<name>
   int to_version = 0;       // vault-transit: 0 = the key's latest version
 };
@@ -99,6 +101,8 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
     spec.key_map = jobs::ParseKeyMap(flags.key_map);
   }
   if (!flags.key_id_column.empty()) spec.key_id_column = flags.key_id_column;
+  if (!flags.not_governed.empty()) spec.not_governed = flags.not_governed;
+  spec.cross_scope = flags.cross_scope;
   if (!flags.ad_template.empty()) spec.ad_template = flags.ad_template;
   if (!flags.scope.empty()) {
     auto [column, value] = jobs::ParseScope(flags.scope);
@@ -235,6 +239,14 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
       ->check(CLI::Range(1, 1000000000));
   create->add_option("--key-id-column", flags->key_id_column,
                      "Integer column holding the key id (required by raw; kept in step for tink)");
+  create
+      ->add_option("--not-governed", flags->not_governed,
+                   "Columns of the table not encrypted under the --key-id-column's key, e.g. "
+                   "note,cvv_hint (a job that rewrites the key-id column must otherwise rotate "
+                   "every other bytea/text column holding values)")
+      ->delimiter(',');
+  create->add_flag("--cross-scope", flags->cross_scope,
+                   "Allow target keys in another keyring scope than their source keys");
   create->add_option("--ad-template", flags->ad_template,
                      "Associated data, e.g. '{table}.{column}:{pk}' (docs/FORMAT.md)");
   create->add_option("--scope", flags->scope, "Only rows where column=value, e.g. tenant_id=42");

@@ -82,11 +82,12 @@ std::pair<std::string, std::string> ParseScope(const std::string& text) {
 
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   pqxx::result r = txn.exec_params(
-      "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column, pk_type, "
-      "key_id_column,"
-      " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, "
-      "per_row_audit, state,"
-      " current_stage, transit_key_ref, transit_min_version"
+      "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column,"
+      " rekey.checked_column_type(schema_name, table_name, pk_column, pk_type), key_id_column,"
+      " ad_template, scope_column, scope_value,"
+      " CASE WHEN scope_column IS NULL THEN '' ELSE"
+      " rekey.checked_column_type(schema_name, table_name, scope_column, scope_type) END,"
+      " batch_size, per_row_audit, state, current_stage, transit_key_ref, transit_min_version"
       " FROM rekey.jobs WHERE job_id = $1",
       job_id);
   if (r.empty()) {
@@ -147,10 +148,12 @@ int64_t CreateTransitJob(pqxx::transaction_base& txn, const JobSpec& spec) {
           "vault-transit for every column");
     }
   }
-  if (!spec.key_map.empty() || spec.key_id_column || spec.promote_at_stage || spec.per_row_audit) {
+  if (!spec.key_map.empty() || spec.key_id_column || spec.promote_at_stage || spec.per_row_audit ||
+      spec.not_governed || spec.cross_scope) {
     throw ConfigError(
         "a vault-transit job rewraps to the Transit key's latest version: --map, "
-        "--key-id-column, --promote-at-stage and --per-row-audit do not apply");
+        "--key-id-column, --not-governed, --cross-scope, --promote-at-stage and --per-row-audit "
+        "do not apply");
   }
   if (spec.ad_template) crypto::AssociatedDataTemplate::Compile(*spec.ad_template);
   auto opt = [](const std::optional<std::string>& v) -> const char* {
@@ -185,6 +188,8 @@ int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
     return v ? v->c_str() : nullptr;
   };
   std::string codecs = db::TextArrayLiteral(spec.codecs);
+  const std::string not_governed =
+      spec.not_governed ? db::TextArrayLiteral(*spec.not_governed) : std::string();
   std::string promote = spec.promote_at_stage ? std::to_string(*spec.promote_at_stage) : "";
   std::vector<const char*> params = {spec.table.c_str(),
                                      nullptr,
@@ -206,11 +211,13 @@ int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
   params[2] = map_text.c_str();
   params.insert(params.end(), {batch_size.c_str(), opt(spec.name), audit.c_str(), attempts.c_str(),
                                stages.c_str(), spec.promote_at_stage ? promote.c_str() : nullptr,
-                               threshold.c_str(), opt(spec.observe), sample.c_str()});
+                               threshold.c_str(), opt(spec.observe), sample.c_str(),
+                               spec.not_governed ? not_governed.c_str() : nullptr,
+                               spec.cross_scope ? "true" : "false"});
   pqxx::result r = txn.exec_params(
       "SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9::integer,"
       " $10, $11::boolean, $12::integer, $13::numeric[], $14::integer, $15::numeric, $16::interval,"
-      " $17::integer)",
+      " $17::integer, $18::text[], $19::boolean)",
       pqxx::prepare::make_dynamic_params(params));
   return r[0][0].as<int64_t>();
 }

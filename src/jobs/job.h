@@ -27,11 +27,14 @@ struct JobDefinition {
   std::string schema_name;
   std::string table_name;
   std::string pk_column;
-  std::string pk_type;  // format_type(), e.g. "bigint", "uuid", "text"
+  // format_type() of the key's and the scope's columns as the catalog has them now (not as
+  // rekey.jobs records them: LoadJob refuses a job whose record disagrees), safe to paste after
+  // "::", e.g. "bigint", "uuid", "text".
+  std::string pk_type;
   std::optional<std::string> key_id_column;
   crypto::AssociatedDataTemplate associated_data;
   std::optional<std::string> scope_column;
-  std::optional<std::string> scope_value;
+  std::optional<std::string> scope_value;  // canonical: the scope type's own text form
   std::string scope_type;
   int batch_size = 0;
   bool per_row_audit = false;
@@ -47,7 +50,8 @@ struct JobDefinition {
   std::string QualifiedTable() const;  // "schema"."table", quoted
 };
 
-// Loads job `job_id`. Throws StateError if there is no such job.
+// Loads job `job_id`. Throws StateError if there is no such job; the database raises (SQLSTATE
+// 55000) if the job's recorded key or scope type is not the catalog's (rekey.checked_column_type).
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id);
 
 // What `rekey job create` collects from its flags; validated by rekey.create_job in the database.
@@ -59,7 +63,12 @@ struct JobSpec {
   std::optional<std::string> key_id_column;
   std::optional<std::string> ad_template;
   std::optional<std::string> scope_column;
-  std::optional<std::string> scope_value;
+  std::optional<std::string> scope_value;  // any text form of a value of the scope column's type
+  // Columns of the table not encrypted under the key-id column's key; unset = those the latest
+  // job on the same table and key-id column recorded. A job that rewrites a key-id column is
+  // refused while another column it may govern holds values and is neither rotated nor listed.
+  std::optional<std::vector<std::string>> not_governed;
+  bool cross_scope = false;  // allow target keys outside their source key's keyring scope
   int batch_size = 1000;
   int max_attempts = 3;
   bool per_row_audit = false;
@@ -89,8 +98,11 @@ std::pair<std::string, std::string> ParseScope(const std::string& text);
 // Creates and plans the job in `txn` (the caller commits; a staged job is planned in this process,
 // jobs/rollout_planner.h); a spec with a Transit key or the
 // vault-transit codec goes to rekey.create_transit_job, and must then use only that codec. Returns
-// its id. Invalid definitions (unknown table or column, hostile identifiers, bad key map) raise in
-// the database and come back as StateError with the database's one-line reason; nothing is written.
+// its id. Invalid definitions (unknown table or column, hostile identifiers, bad key map, a key-id
+// column governing columns left out, a target key in another scope) and definitions the state of
+// things refuses (an unfinished job on one of the columns, or sharing keys mapped otherwise) raise
+// in the database with its one-line reason (pqxx errors; db::Classified makes the first
+// ConfigError and the second StateError); nothing is written.
 // `key_reader`, if given, is a second connection to the same database, idle, which planning may
 // use meanwhile to read the table's keys ahead (jobs/rollout_planner.h).
 int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec,
