@@ -81,19 +81,33 @@ std::pair<std::string, std::string> ParseScope(const std::string& text) {
 }
 
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
+  // The types are pasted into the worker's SQL as casts, so they come from the catalog, never
+  // from rekey.jobs' text columns, which anyone allowed to UPDATE them could fill with SQL.
   pqxx::result r = txn.exec_params(
-      "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column, pk_type, "
-      "key_id_column,"
-      " ad_template, scope_column, scope_value, coalesce(scope_type, ''), batch_size, "
-      "per_row_audit, state,"
-      " current_stage, transit_key_ref, transit_min_version"
-      " FROM rekey.jobs WHERE job_id = $1",
+      "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column, "
+      "catalog_type.pk, key_id_column, ad_template, scope_column, scope_value, "
+      "coalesce(catalog_type.scope, ''), batch_size, per_row_audit, state, current_stage, "
+      "transit_key_ref, transit_min_version, "
+      "catalog_type.pk IS NULL OR (scope_column IS NOT NULL AND catalog_type.scope "
+      "IS NULL) FROM rekey.jobs j, LATERAL (SELECT max(format_type(a.atttypid, NULL)) FILTER "
+      "(WHERE a.attname = j.pk_column) AS pk, max(format_type(a.atttypid, NULL)) FILTER (WHERE "
+      "a.attname = j.scope_column) AS scope FROM pg_attribute a WHERE a.attrelid = "
+      "to_regclass(format('%I.%I', j.schema_name, j.table_name)) AND a.attnum > 0 AND NOT "
+      "a.attisdropped) catalog_type WHERE job_id = $1",
       job_id);
   if (r.empty()) {
     throw StateError("unknown job " + std::to_string(job_id) +
                      "; SELECT * FROM rekey.progress lists the jobs");
   }
   const pqxx::row row = r[0];
+  if (row[17].as<bool>()) {
+    throw ConfigError("a job's target no longer matches its definition: the table " +
+                      db::QuoteIdent(row[2].as<std::string>()) + "." +
+                      db::QuoteIdent(row[3].as<std::string>()) + " of job " +
+                      std::to_string(job_id) +
+                      ", or its primary-key or scope column, is gone; cancel the job or restore "
+                      "the table");
+  }
   JobDefinition job;
   job.job_id = row[0].as<int64_t>();
   job.name = row[1].as<std::string>();

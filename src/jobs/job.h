@@ -27,12 +27,12 @@ struct JobDefinition {
   std::string schema_name;
   std::string table_name;
   std::string pk_column;
-  std::string pk_type;  // format_type(), e.g. "bigint", "uuid", "text"
+  std::string pk_type;  // format_type() from the catalog (never rekey.jobs.pk_type), e.g. uuid
   std::optional<std::string> key_id_column;
   crypto::AssociatedDataTemplate associated_data;
   std::optional<std::string> scope_column;
   std::optional<std::string> scope_value;
-  std::string scope_type;
+  std::string scope_type;  // likewise from the catalog; "" without a scope
   int batch_size = 0;
   bool per_row_audit = false;
   std::string state;
@@ -47,7 +47,8 @@ struct JobDefinition {
   std::string QualifiedTable() const;  // "schema"."table", quoted
 };
 
-// Loads job `job_id`. Throws StateError if there is no such job.
+// Loads job `job_id`. Throws StateError if there is no such job, ConfigError if its table, primary
+// key or scope column no longer exists.
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id);
 
 // What `rekey job create` collects from its flags; validated by rekey.create_job in the database.
