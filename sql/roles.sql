@@ -5,7 +5,8 @@
 --
 -- Three group roles (NOLOGIN); make your login roles members of them:
 --   rekey_worker    what `rekey work` needs and nothing more: read the job definitions and the
---                   wrapped keys, move batches, gates and stages along, promote the job's keys at
+--                   wrapped keys, move batches, gates and stages along (their state columns only:
+--                   a worker cannot change what a job is), promote the job's keys at
 --                   the configured stage, quarantine values, and append audit rows (no UPDATE,
 --                   DELETE or TRUNCATE of the audit log for any role). Plus, per job, the
 --                   target's primary key, ciphertext and key-id columns (rekey.worker_grants
@@ -49,11 +50,30 @@ GRANT SELECT ON rekey.jobs, rekey.job_columns, rekey.job_keys, rekey.job_stages,
 -- (the lifecycle trigger stamps the times).
 GRANT SELECT ON rekey.keys TO rekey_worker;
 GRANT UPDATE (status) ON rekey.keys TO rekey_worker;
--- The queue and the rollout state machine.
-GRANT UPDATE ON rekey.jobs, rekey.job_stages, rekey.batches TO rekey_worker;
+-- The queue and the rollout state machine: only the state columns the functions a worker calls
+-- write (claim_batch, release_batch, checkpoint_batch, complete_batch, finish_stages, next_gate,
+-- record_gate, advance_due/advance_job, open_stage, promote_job_keys, complete_job, pause_job),
+-- never a job's definition. A worker that could rewrite pk_type or scope_type would have them
+-- pasted into SQL, scope_value or a key map would point it at other rows or keys, batch bounds
+-- at other ranges, thresholds would let a failing gate pass. Earlier versions of this file
+-- granted UPDATE on whole tables: the REVOKE takes that back on upgrade. (FOR UPDATE row locks
+-- need UPDATE on one column, which these grants give.)
+REVOKE UPDATE ON rekey.jobs, rekey.job_stages, rekey.batches, rekey.gates FROM rekey_worker;
+GRANT UPDATE (state, state_reason, current_stage, keys_promoted, started_at, finished_at,
+              updated_at)
+  ON rekey.jobs TO rekey_worker;
+GRANT UPDATE (state, opened_at, finished_at) ON rekey.job_stages TO rekey_worker;
+-- keys: rekey.clear_planned_keys (0008) sets it to NULL when the worker completes the job.
+GRANT UPDATE (state, attempts, worker_id, claimed_at, finished_at, rows_done, rows_skipped,
+              rows_failed, duration_ms, last_error, resume_after, keys)
+  ON rekey.batches TO rekey_worker;
 -- A stage that opens on its own after its observation period records who approved it: the worker.
+-- A gate's figures and verdict are written once, by record_gate's INSERT, and never changed.
 GRANT UPDATE (approved_at, approved_by) ON rekey.gates TO rekey_worker;
+-- Sweep stages and their batches are added as the job runs (rekey.add_stage).
 GRANT INSERT ON rekey.batches, rekey.gates, rekey.row_failures, rekey.job_stages TO rekey_worker;
+-- Job definitions, key maps and registered targets belong to the operator.
+REVOKE INSERT, UPDATE, DELETE ON rekey.job_keys, rekey.job_columns, rekey.targets FROM rekey_worker;
 GRANT INSERT, UPDATE, DELETE ON rekey.workers TO rekey_worker;
 -- Audit: append, never change. SELECT on rekey.audit because a gate checks that every completed
 -- batch has its completion event; the per-value log is write-only.

@@ -180,5 +180,55 @@ TEST_F(RolesTest, NoRoleCanChangeTheAuditLogOrReachBeyondItsGrants) {
             "1");
 }
 
+TEST_F(RolesTest, AWorkerMovesAJobAlongButCannotChangeWhatItIs) {
+  SeedTinkTable(conn(), "public.cards", 100, 1, /*tenants=*/2);
+  ImportTestKeys(conn(), {1, 2});
+  const std::string job = std::to_string(
+      CreateJobSql(conn(),
+                   "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+                   "p_scope_column => 'tenant_id', p_scope_value => '1', p_stages => '{50,100}'"));
+  Exec(
+      "INSERT INTO rekey.gates (job_id, stage_no, percent, values_checked, decrypt_errors, "
+      "quarantined, error_rate, threshold, audit_complete, passed, verified_by) VALUES (" +
+      job + ", 1, 50, 10, 5, 0, 0.5, 0.001, true, false, 'test')");
+  const std::string where = " WHERE job_id = " + job;
+  for (const std::string& sql : std::vector<std::string>{
+           // Types pasted into SQL, the rows and keys a job touches, its limits and its plan.
+           "UPDATE rekey.jobs SET pk_type = 'text'" + where,
+           "UPDATE rekey.jobs SET scope_type = 'text'" + where,
+           "UPDATE rekey.jobs SET scope_value = '0'" + where,
+           "UPDATE rekey.jobs SET scope_column = 'id'" + where,
+           "UPDATE rekey.jobs SET table_name = 'other'" + where,
+           "UPDATE rekey.jobs SET pk_column = 'tenant_id'" + where,
+           "UPDATE rekey.jobs SET batch_size = 1000000" + where,
+           "UPDATE rekey.jobs SET error_threshold = 1" + where,
+           "UPDATE rekey.jobs SET stage_plan = '{100}'" + where,
+           "UPDATE rekey.jobs SET observe = '0 seconds'" + where,
+           "UPDATE rekey.jobs SET max_attempts = 100" + where,
+           "UPDATE rekey.job_stages SET bucket_hi = 10000" + where,
+           "UPDATE rekey.batches SET lo = '1', hi = '2'" + where,
+           "UPDATE rekey.batches SET planned_rows = 0" + where,
+           "UPDATE rekey.gates SET passed = true" + where,
+           "UPDATE rekey.gates SET decrypt_errors = 0, error_rate = 0" + where,
+           "INSERT INTO rekey.job_keys VALUES (" + job + ", 2, 1)",
+           "UPDATE rekey.job_keys SET target_key_id = 1" + where,
+           "INSERT INTO rekey.job_columns SELECT job_id, 2, target_id FROM rekey.job_columns" +
+               where,
+           "UPDATE rekey.targets SET scope_value = '0'",
+           "INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec) "
+           "VALUES ('public', 'cards', 'id', 'note', 'tink')",
+       }) {
+    EXPECT_THAT(TryAs("worker", sql), HasSubstr("permission denied")) << sql;
+  }
+  // What its own functions write stays writable: the state a job moves through.
+  EXPECT_EQ(TryAs("worker", "SELECT rekey.pause_job(" + job + ", 'test')"), "");
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs" + where), "paused");
+  EXPECT_EQ(Scalar("SELECT pk_type || ' ' || scope_value || ' ' || batch_size || ' ' || "
+                   "error_threshold FROM rekey.jobs" +
+                   where),
+            "bigint 1 1000 0.001");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.gates WHERE passed AND job_id = " + job), "0");
+}
+
 }  // namespace
 }  // namespace rekey::testing

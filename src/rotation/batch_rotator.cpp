@@ -5,12 +5,14 @@
 #include <chrono>
 #include <map>
 #include <set>
+#include <string_view>
 
 #include "common/bytes.h"
 #include "common/error.h"
 #include "crypto/codec.h"
 #include "db/binary_array.h"
 #include "db/bytea.h"
+#include "db/connection.h"
 #include "db/identifiers.h"
 
 namespace rekey::rotation {
@@ -50,6 +52,27 @@ enum Variant {
   kAllVariants = 64
 };
 
+// rekey.checkpoint_batch and rekey.complete_batch refuse a batch this worker no longer holds, or
+// whose stage is no longer the job's open stage, with serialization_failure and this wording: the
+// chunk's transaction is rolled back and the batch belongs elsewhere, which is no error of the
+// batch (a genuine serialization failure says otherwise, and is retried as transient). libpqxx 6
+// throws serialization_failure, which carries no SQLSTATE, for 40001.
+bool IsNoLongerClaimed(const pqxx::failure& e) {
+  const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+  const bool serialization_failure =
+      dynamic_cast<const pqxx::serialization_failure*>(&e) || (sql && sql->sqlstate() == "40001");
+  return serialization_failure &&
+         std::string_view(e.what()).find("no longer claimed") != std::string_view::npos;
+}
+
+// The result of a chunk whose transaction was rolled back because the batch was lost: nothing of
+// it was written, so it reports no rows.
+ChunkResult LostChunk() {
+  ChunkResult lost;
+  lost.batch.outcome = BatchResult::Outcome::kLost;
+  return lost;
+}
+
 }  // namespace
 
 void RequireTransitKeyFits(const std::string& key_ref, bool derived, bool has_context) {
@@ -78,15 +101,19 @@ BatchRotator::Direction BatchRotator::MakeDirection(std::map<uint32_t, uint32_t>
   d.key_map = std::move(key_map);
   d.source_prefixes_literal = "{";
   d.source_ids_literal = "{";
+  d.target_ids_literal = "{";
   for (const auto& entry : d.key_map) {
     uint8_t prefix[crypto::kTinkPrefixSize] = {crypto::kTinkVersionByte};
     PutUint32BigEndian(entry.first, prefix + 1);
     AppendByteaElement(prefix, sizeof prefix, &d.source_prefixes_literal);
     if (d.source_ids_literal.size() > 1) d.source_ids_literal += ',';
     d.source_ids_literal += std::to_string(entry.first);
+    if (d.target_ids_literal.size() > 1) d.target_ids_literal += ',';
+    d.target_ids_literal += std::to_string(entry.second);
   }
   d.source_prefixes_literal += '}';
   d.source_ids_literal += '}';
+  d.target_ids_literal += '}';
   return d;
 }
 
@@ -197,13 +224,17 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   // key, the job's completion) commits synchronously after it, which flushes the batch's commit
   // record too, since WAL is written in order: nothing durable can depend on a lost batch. See
   // docs/operations.md.
+  //
+  // The row-security check rides along ($4, the table): policies can appear while a job runs, and
+  // asking in every transaction costs no round trip.
   conn.prepare(prefix_ + "lock_batch",
                "SELECT b.state, b.worker_id, j.state, b.resume_after, b.rows_done, b.rows_skipped, "
                "b.rows_failed, coalesce(b.duration_ms, 0), b.keys::text, "
                "set_config('synchronous_commit', coalesce($3, "
-               "current_setting('synchronous_commit')), true) FROM rekey.batches b JOIN "
-               "rekey.jobs j "
+               "current_setting('synchronous_commit')), true), "
+               "rekey.row_security_blocker($4::regclass) FROM rekey.batches b JOIN rekey.jobs j "
                "USING (job_id) WHERE b.job_id = $1 AND b.batch_no = $2 FOR UPDATE OF b");
+  conn.prepare(prefix_ + "lock_keys", "SELECT rekey.lock_keys_for_write($1::bigint[])");
   conn.prepare(
       prefix_ + "failures",
       "INSERT INTO rekey.row_failures (job_id, batch_no, table_name, pk, column_name, "
@@ -287,10 +318,24 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   if (prepared_on_ != &conn) Prepare(conn);
   ChunkResult chunk;
   BatchResult& result = chunk.batch;
+  const Direction& direction = batch.rollback ? backward_ : forward_;
   pqxx::work txn(conn);
 
+  if (!job_.transit_key_ref) {
+    // First, before any row is locked: a retire or destroy of a key written here waits for this
+    // transaction, and this one waits for a retire or destroy in progress, then sees it.
+    try {
+      txn.exec_prepared(prefix_ + "lock_keys", direction.target_ids_literal);
+    } catch (const pqxx::sql_error& e) {
+      if (e.sqlstate() != "55000") throw;
+      throw KeyNotWritableError("batch " + std::to_string(batch.job_id) + "/" +
+                                std::to_string(batch.batch_no) + ": " + db::PrimaryMessage(e) +
+                                "; nothing of it was written");
+    }
+  }
   pqxx::result lock = txn.exec_prepared(prefix_ + "lock_batch", batch.job_id, batch.batch_no,
-                                        wait_for_flush_ ? nullptr : "off");
+                                        wait_for_flush_ ? nullptr : "off", job_.QualifiedTable());
+  if (!lock.empty() && !lock[0][10].is_null()) throw ConfigError(lock[0][10].as<std::string>());
   if (lock.empty() || lock[0][0].as<std::string>() != "running" || lock[0][1].is_null() ||
       lock[0][1].as<std::string>() != worker_id) {
     result.outcome = BatchResult::Outcome::kLost;
@@ -310,7 +355,6 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   std::optional<std::string> planned_keys;
   if (!lock[0][8].is_null()) planned_keys = lock[0][8].as<std::string>();
 
-  const Direction& direction = batch.rollback ? backward_ : forward_;
   const std::map<uint32_t, uint32_t>& key_map = direction.key_map;
   std::vector<std::string> params;
   int variant = kNoBounds;
@@ -593,9 +637,14 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
   result.duration_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
   if (more) {
-    txn.exec_prepared(prefix_ + "checkpoint", batch.job_id, batch.batch_no, worker_id, last_pk,
-                      result.rows_done, result.rows_skipped, result.rows_failed,
-                      result.duration_ms);
+    try {
+      txn.exec_prepared(prefix_ + "checkpoint", batch.job_id, batch.batch_no, worker_id, last_pk,
+                        result.rows_done, result.rows_skipped, result.rows_failed,
+                        result.duration_ms);
+    } catch (const pqxx::failure& e) {
+      if (!IsNoLongerClaimed(e)) throw;
+      return LostChunk();
+    }
     txn.commit();
     return chunk;
   }
@@ -614,10 +663,15 @@ ChunkResult BatchRotator::Run(pqxx::connection& conn, const ClaimedBatch& batch,
     // counts the whole batch.
     details["resumed_from_checkpoint"] = true;
   }
-  txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
-                    earlier_done + result.rows_done, earlier_skipped + result.rows_skipped,
-                    earlier_failed + result.rows_failed, earlier_ms + result.duration_ms,
-                    details.dump());
+  try {
+    txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
+                      earlier_done + result.rows_done, earlier_skipped + result.rows_skipped,
+                      earlier_failed + result.rows_failed, earlier_ms + result.duration_ms,
+                      details.dump());
+  } catch (const pqxx::failure& e) {
+    if (!IsNoLongerClaimed(e)) throw;
+    return LostChunk();
+  }
   txn.commit();
   chunk.batch_finished = true;
   return chunk;

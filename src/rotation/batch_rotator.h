@@ -10,6 +10,18 @@
 // commit, a value the application changed is never overwritten and re-processing a batch never
 // encrypts a value twice.
 //
+// Key locks: the transaction's first statement, before any row is locked, is
+// rekey.lock_keys_for_write (migrations/0012) on every key the batch writes under -- the job's
+// target keys, or for a rollback batch its source keys -- held to commit. A retire or destroy of
+// such a key takes the same lock exclusively, so it waits for the batch and counts what it wrote;
+// a batch that starts after it committed is refused (KeyNotWritableError) with nothing written.
+// Vault-transit jobs write under Vault's keys, not the keyring's, and take no key lock.
+//
+// Row-level security: the same transaction asks rekey.row_security_blocker whether policies hide
+// rows of the table from the worker's role. Hidden rows would be skipped as if they needed no
+// work, and the job would complete with them still under the old key, so the batch is refused
+// (ConfigError, the blocker's one-line reason with the grant that fixes it), nothing written.
+//
 // A paced worker (rotation/pacer.h) processes a batch in chunks instead (ProcessChunk): each
 // chunk is one such transaction over the next rows after the batch's checkpoint; all but the
 // last commit the rows with the advanced checkpoint and counts, the last completes the batch.
@@ -36,6 +48,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/error.h"
 #include "common/secret.h"
 #include "crypto/aes_gcm.h"
 #include "jobs/job.h"
@@ -59,10 +72,21 @@ struct ClaimedBatch {
   bool rollback = false;  // move values from the job's target keys back to its source keys
 };
 
+// A key the batch would write under is retired, destroyed or unknown (rekey.lock_keys_for_write
+// refused it, SQLSTATE 55000). Nothing of the batch was written, and no retry can help until a
+// person acts on the key or the job: the job must stop writing (worker_pool.h pauses it).
+class KeyNotWritableError : public StateError {
+ public:
+  using StateError::StateError;
+};
+
 struct BatchResult {
   enum class Outcome {
-    kDone,          // committed: rows rewritten, batch done, audited
-    kLost,          // another worker owns the batch now; nothing written
+    kDone,  // committed: rows rewritten, batch done, audited
+    // Nothing written: another worker owns the batch now, or its stage is no longer the job's
+    // open stage (the batch's checkpoint or completion said "no longer claimed", SQLSTATE 40001).
+    // Not an error of the batch.
+    kLost,
     kJobNotActive,  // the job was paused or cancelled meanwhile; nothing written
   };
   Outcome outcome = Outcome::kDone;
@@ -120,7 +144,9 @@ class BatchRotator {
   // Processes `batch` (claimed by `worker_id`) on `conn`, in one transaction. Takes every key of
   // the job from the DataKeySource first, before the transaction opens, so a KMS error is thrown
   // before any row is locked and can never be mistaken for a poison value. Throws on database or
-  // KMS errors, in which case nothing was committed.
+  // KMS errors, in which case nothing was committed; KeyNotWritableError when a key it would write
+  // under is retired, destroyed or unknown; ConfigError when row-level security hides rows of the
+  // table from the connection's role (see the file comment).
   BatchResult Process(pqxx::connection& conn, const ClaimedBatch& batch,
                       const std::string& worker_id);
 
@@ -139,6 +165,7 @@ class BatchRotator {
     std::map<uint32_t, uint32_t> key_map;
     std::string source_prefixes_literal;  // {"\\x0100000001",...} for the Tink filter
     std::string source_ids_literal;       // {1,3} for the key-id column filter
+    std::string target_ids_literal;       // {2,4}: the keys written, locked for the transaction
   };
   static Direction MakeDirection(std::map<uint32_t, uint32_t> key_map);
   void Prepare(pqxx::connection& conn);

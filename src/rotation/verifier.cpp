@@ -43,6 +43,14 @@ int64_t VerifyReport::ValuesUnder(const std::vector<uint32_t>& keys) const {
 
 VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& job,
                        const DataKeySource& keys, const VerifyOptions& options) {
+  // Rows hidden by a policy would be missing from every count: a gate would pass, and a
+  // verification report a complete rotation, while they stay under the old key.
+  const pqxx::row blocker =
+      txn.exec_params1("SELECT rekey.row_security_blocker($1::regclass)", job.QualifiedTable());
+  if (!blocker[0].is_null()) {
+    throw ConfigError("cannot verify job " + std::to_string(job.job_id) + ": " +
+                      blocker[0].as<std::string>());
+  }
   const int page_size = options.page_size;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> cache;
   auto lookup = [&](uint32_t id) -> crypto::AesGcmKey* {

@@ -55,6 +55,9 @@ struct VerifyOptions {
 
 // Reads in pages of `page_size` rows within `txn`, so memory stays flat whatever the table size.
 // Keys the keyring does not know count as unknown_key failures; other key errors propagate.
+// Throws ConfigError, before reading any row, iff row-level security hides rows of the table from
+// the transaction's role (rekey.row_security_blocker's reason: the role and the grant to give).
+// A report that silently left them out would prove nothing.
 VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& job,
                        const DataKeySource& keys, const VerifyOptions& options = {});
 

@@ -68,12 +68,35 @@ bool IsSchemaOrPrivilegeError(const std::exception& e) {
          dynamic_cast<const pqxx::undefined_column*>(&e) != nullptr;
 }
 
+// The job's pause reason when a key it writes under was refused: what happened and what to do.
+std::string KeyRefusalReason(const KeyNotWritableError& e, int64_t job) {
+  const std::string j = std::to_string(job);
+  return std::string(e.what()) + "; make the key decrypt_only again and rekey job resume " + j +
+         ", or rekey job rollback " + j + " (or cancel)";
+}
+
 bool IsKeyOrConfigError(const std::exception& e) {
   return dynamic_cast<const KeyError*>(&e) != nullptr ||
          dynamic_cast<const ConfigError*>(&e) != nullptr || IsSchemaOrPrivilegeError(e);
 }
 
 }  // namespace
+
+void RefuseJobsWithHiddenRows(pqxx::connection& conn, std::optional<int64_t> job) {
+  pqxx::read_transaction txn(conn);
+  // to_regclass: a job whose table is gone is not this check's business (its batches say so).
+  const pqxx::result blocked = txn.exec_params(
+      "SELECT j.job_id, b.reason FROM rekey.jobs j, LATERAL (SELECT "
+      "rekey.row_security_blocker(to_regclass(format('%I.%I', j.schema_name, j.table_name))) "
+      "AS reason) b WHERE ($1::bigint IS NULL OR j.job_id = $1::bigint) AND j.state IN "
+      "('active', 'verifying', 'awaiting_approval') AND b.reason IS NOT NULL ORDER BY j.job_id "
+      "LIMIT 1",
+      job ? std::optional<std::string>(std::to_string(*job)) : std::nullopt);
+  if (!blocked.empty()) {
+    throw ConfigError("job " + blocked[0][0].as<std::string>() + ": " +
+                      blocked[0][1].as<std::string>());
+  }
+}
 
 bool WorkRemains(pqxx::connection& conn, std::optional<int64_t> job) {
   pqxx::read_transaction txn(conn);
@@ -235,6 +258,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       if (!conn || !conn->is_open()) {
         rotators.clear();  // prepared statements live on the old connection
         reconnect();
+        RefuseJobsWithHiddenRows(*conn, options_.job);
       }
       pacer_.WaitForReplicas(ReplicationLagOf(*conn), stop, worker_id,
                              [&](auto pause) { SleepUnlessStopped(pause, stop, fatal_set_); });
@@ -328,6 +352,8 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       }
       consecutive_failures = 0;
     } catch (const std::exception& e) {
+      const auto* refused_key = batch ? dynamic_cast<const KeyNotWritableError*>(&e) : nullptr;
+      bool paused_job = false;
       const bool key_problem = IsKeyOrConfigError(e);
       const bool transient =
           key_problem || db::IsTransient(e) || dynamic_cast<const TransientError*>(&e) != nullptr;
@@ -336,9 +362,9 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
                                {"error", e.what()},
                                {"transient", transient},
                                {"action", "rotation.batch.attempt"},
-                               {"outcome", key_problem ? "stopped"
-                                           : transient ? "retry"
-                                                       : "failure"}};
+                               {"outcome", key_problem || refused_key ? "stopped"
+                                           : transient                ? "retry"
+                                                                      : "failure"}};
       if (batch) {
         fields["job"] = batch->job_id;
         fields["batch"] = batch->batch_no;
@@ -354,6 +380,18 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
                                                batch->job_id, batch->batch_no, worker_id,
                                                std::string(e.what()).substr(0, 2000), transient)[0]
                                   .as<std::string>();
+          if (refused_key) {
+            // Every other batch of the job would be refused the same way: pausing stops all
+            // workers at once with the reason in rekey.progress, where failing batch after batch
+            // would only use up their attempts and end the job 'failed'. Whoever paused it first
+            // keeps the reason; a job an operator moved on meanwhile is left as it is.
+            paused_job =
+                !txn.exec_params(
+                        "WITH j AS (SELECT job_id FROM rekey.jobs WHERE job_id = $1 AND state = "
+                        "'active' FOR UPDATE) SELECT rekey.pause_job(job_id, $2) FROM j",
+                        batch->job_id, KeyRefusalReason(*refused_key, batch->job_id))
+                     .empty();
+          }
           txn.commit();
           fields["batch_state"] = state;
         } catch (const std::exception& release_error) {
@@ -365,6 +403,12 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       } else if (!conn || !conn->is_open() || db::IsTransient(e)) {
         listener.reset();
         conn.reset();
+      }
+      if (refused_key) {
+        fields["job_paused"] = paused_job;
+        log::Error("stopping: the job would write under a key that is not writable", fields);
+        throw StateError((paused_job ? "job " + std::to_string(batch->job_id) + " paused: " : "") +
+                         KeyRefusalReason(*refused_key, batch->job_id));
       }
       if (key_problem) {
         log::Error("stopping: key or configuration problem", fields);

@@ -15,6 +15,12 @@
 // approval is left waiting). It also returns soon after `stop` turns true (the current batch is
 // finished first; batches take milliseconds to seconds).
 //
+// A key the job writes under that is retired, destroyed or unknown (BatchRotator's key lock
+// refuses it, KeyNotWritableError) pauses the job with the reason, releases the batch as a
+// permanent error with nothing written, and stops the process with a StateError. Row-level
+// security that hides rows of a job's table from the worker's role stops it with a ConfigError
+// before its first claim (RefuseJobsWithHiddenRows), and before any batch or gate writes.
+//
 // While WorkerOptions::kms_available says the KMS is down, the loops claim nothing and wait; a
 // KMS error that still reaches a batch (TransientError) releases it without consuming an attempt,
 // so a KMS outage makes a job slower, never failed or quarantined.
@@ -66,7 +72,8 @@ class WorkerPool {
 
   // Runs the claim loops to completion (see the file comment). Throws the first permanent
   // key or configuration error any loop met (KeyError, ConfigError): those stop the whole
-  // process before it touches another batch, and the batch in hand is released unharmed.
+  // process before it touches another batch, and the batch in hand is released unharmed. Throws
+  // StateError after pausing a job whose keys refused a write (see the file comment).
   void Run(const std::atomic<bool>& stop);
 
   const WorkerStats& stats() const { return stats_; }
@@ -91,6 +98,13 @@ class WorkerPool {
 
 // <hostname>:<pid>, the default worker name (a Kubernetes pod's hostname is its name).
 std::string DefaultWorkerName();
+
+// Throws ConfigError ("job J: " and rekey.row_security_blocker's reason, which names the role and
+// the grant that fixes it) iff row-level security hides rows of the table of a job (`job`, or
+// any) that a worker could act on -- active, verifying or awaiting approval -- from the
+// connection's role. Such a job must not run: a worker would skip the hidden rows as if they
+// needed no work, and the job would complete with them still under the old key.
+void RefuseJobsWithHiddenRows(pqxx::connection& conn, std::optional<int64_t> job);
 
 // True iff some job (`job`, or any) still needs a worker: it is active (batches to run, or its
 // stage's move to the gate or the next stage), verifying, or waiting out an observation period

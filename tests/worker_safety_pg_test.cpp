@@ -1,0 +1,350 @@
+// Key safety of the batch path, against the real PostgreSQL with real `rekey work` processes: no
+// value is ever written under a key that is retired or destroyed, a batch waits for a retire or
+// destroy in progress on a key it writes under, row-level security that hides rows stops the
+// worker, its gates and `rekey job verify` before they count hidden rows as absent, and the worker
+// never pastes the types stored in rekey.jobs into its SQL.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "common/error.h"
+#include "harness/pg_server.h"
+#include "harness/process.h"
+#include "rotation/gate.h"
+#include "rotation_support.h"
+
+namespace rekey::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class WorkerSafetyTest : public PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    ImportTestKeys(conn(), {1, 2});
+    Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
+  }
+  void TearDown() override {
+    PgTest::TearDown();
+    if (!login_.empty()) {
+      pqxx::connection admin(PgServer::Get().ConnInfo("postgres"));
+      pqxx::nontransaction txn(admin);
+      txn.exec("DROP ROLE IF EXISTS " + login_);
+    }
+  }
+
+  std::string Job(const std::string& args) { return std::to_string(CreateJobSql(conn(), args)); }
+  ProcessResult Rekey(const std::string& db, const std::vector<std::string>& args) {
+    std::vector<std::string> full{"--db", db};
+    full.insert(full.end(), args.begin(), args.end());
+    return RunRekey(full, WorkerEnv());
+  }
+  std::unique_ptr<ChildProcess> StartWorker(const std::string& job) {
+    return std::make_unique<ChildProcess>(
+        std::vector<std::string>{REKEY_BINARY, "--db", conninfo(), "work", "--job", job},
+        WorkerEnv());
+  }
+
+  // A login role in rekey_worker (sql/roles.sql) with job `job`'s target grants: neither superuser
+  // nor the table's owner, so row-level security applies to it. Returns its conninfo.
+  std::string WorkerLogin(const std::string& job) {
+    std::ifstream in(std::string(REKEY_SOURCE_DIR) + "/sql/roles.sql");
+    std::stringstream sql;
+    sql << in.rdbuf();
+    Exec(sql.str());
+    login_ = dbname() + "_worker";
+    Exec("DROP ROLE IF EXISTS " + login_ + "; CREATE ROLE " + login_ +
+         " LOGIN IN ROLE rekey_worker");
+    pqxx::work txn(conn());
+    for (const auto& row : txn.exec("SELECT rekey.worker_grants(" + job + ")")) {
+      txn.exec(row[0].as<std::string>());
+    }
+    txn.commit();
+    return conninfo() + " user=" + login_;
+  }
+
+  // Every value of public.cards: how many are under `key`, and whether all still decrypt to what
+  // SeedTinkTable wrote.
+  int64_t ValuesUnder(uint32_t key) {
+    int64_t n = 0;
+    for (const auto& [id, value] : DecryptAll(conn(), "public.cards")) {
+      EXPECT_EQ(value.second, PlaintextFor(id)) << "row " << id;
+      if (value.first == key) ++n;
+    }
+    return n;
+  }
+
+  std::string login_;
+};
+
+TEST_F(WorkerSafetyTest, NoValueIsWrittenUnderATargetKeyRetiredAfterTheJobWasCreated) {
+  SeedTinkTable(conn(), "public.cards", 3000, 1);
+  // Staged: key 2 stays enabled until the last stage opens.
+  const std::string job =
+      Job("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+          "p_batch_size => 500, p_stages => '{50,100}', p_observe => '0 seconds'");
+  // Legal today: key 2 holds no value yet, so the lifecycle trigger lets it retire.
+  Exec("UPDATE rekey.keys SET status = 'retired' WHERE key_id = 2");
+
+  ProcessResult r = Rekey(conninfo(), {"work", "--job", job});
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("job " + job + " paused: batch " + job + "/"));
+  EXPECT_THAT(r.err, HasSubstr("key 2 is retired: rekey writes no value under it"));
+  EXPECT_EQ(ValuesUnder(2), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id <> 1"), 0);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "paused");
+  EXPECT_THAT(Scalar("SELECT state_reason FROM rekey.jobs WHERE job_id = " + job),
+              HasSubstr("key 2 is retired"));
+  // The batch in hand was released as a permanent error, and nothing else was claimed.
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + job +
+                  " AND (state <> 'pending' OR rows_done > 0)"),
+            0);
+  EXPECT_EQ(Scalar("SELECT string_agg(batch_no || ':' || attempts, ',') FROM rekey.batches WHERE "
+                   "job_id = " +
+                   job + " AND last_error LIKE '%key 2 is retired%'"),
+            Scalar("SELECT min(batch_no) || ':1' FROM rekey.batches WHERE job_id = " + job));
+
+  // The way back the reason names: the key readable again, the job resumed, and it completes.
+  Exec("UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = 2");
+  ASSERT_EQ(Rekey(conninfo(), {"job", "resume", job}).exit_code, 0);
+  r = Rekey(conninfo(), {"work", "--job", job});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "completed");
+  EXPECT_EQ(ValuesUnder(2), 3000);
+}
+
+TEST_F(WorkerSafetyTest, ABatchWaitsForARetireInProgressOnItsKeyAndThenWritesNothing) {
+  SeedTinkTable(conn(), "public.cards", 2000, 1);
+  const std::string job =
+      Job("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+          "p_batch_size => 500, p_stages => '{50,100}'");
+  // A retire of key 2 in progress: it holds the key's lifecycle lock until it commits.
+  pqxx::connection lifecycle(conninfo());
+  pqxx::work retire(lifecycle);
+  retire.exec("SELECT rekey.lock_key_for_lifecycle(2)");
+
+  auto worker = StartWorker(job);
+  bool waiting = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!waiting && worker->Running() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    waiting = Count(
+                  "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                  "AND application_name LIKE 'rekey-worker%' AND wait_event_type = 'Lock' "
+                  "AND wait_event = 'advisory'") > 0;
+  }
+  ASSERT_TRUE(waiting) << "the batch did not wait for the key's lifecycle lock: "
+                       << worker->Wait(5).err;
+  // While it waits it has locked nothing of the batch and written nothing.
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id <> 1"), 0);
+  EXPECT_EQ(
+      Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + job + " AND state = 'done'"), 0);
+
+  retire.exec("UPDATE rekey.keys SET status = 'retired' WHERE key_id = 2");
+  retire.commit();
+  ProcessResult r = worker->Wait(60);
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("key 2 is retired"));
+  EXPECT_EQ(ValuesUnder(2), 0);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "paused");
+  EXPECT_EQ(
+      Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + job + " AND state <> 'pending'"),
+      0);
+}
+
+TEST_F(WorkerSafetyTest, ARollbackLocksTheSourceKeysItWritesUnder) {
+  ImportTestKeys(conn(), {3});
+  SeedTinkTable(conn(), "public.cards", 1000, 1);
+  const std::string first =
+      Job("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+          "p_batch_size => 250, p_stages => '{100}'");
+  ASSERT_EQ(Rekey(conninfo(), {"work", "--job", first}).exit_code, 0);
+  ASSERT_EQ(ValuesUnder(2), 1000);
+  ASSERT_EQ(Rekey(conninfo(), {"job", "rollback", first}).exit_code, 0);
+  // A rollback writes under key 1; key 2, which it moves values away from, is not locked.
+  {
+    pqxx::connection lifecycle(conninfo());
+    pqxx::work hold(lifecycle);
+    hold.exec("SELECT rekey.lock_key_for_lifecycle(2)");
+    ProcessResult r = Rekey(conninfo(), {"work", "--job", first});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + first), "rolled_back");
+    EXPECT_EQ(ValuesUnder(1), 1000);
+  }
+
+  const std::string second =
+      Job("'public.cards', ARRAY['token'], '{\"1\": 3}', p_key_id_column => 'key_id', "
+          "p_batch_size => 250, p_stages => '{100}'");
+  ASSERT_EQ(Rekey(conninfo(), {"work", "--job", second}).exit_code, 0);
+  ASSERT_EQ(ValuesUnder(3), 1000);
+  ASSERT_EQ(Rekey(conninfo(), {"job", "rollback", second}).exit_code, 0);
+  // rollback_job made key 1 primary again; a person retires it before the workers run, which
+  // the lifecycle allows while no value is under it.
+  Exec(
+      "UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = 1; "
+      "UPDATE rekey.keys SET status = 'retired' WHERE key_id = 1");
+  ProcessResult r = Rekey(conninfo(), {"work", "--job", second});
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("key 1 is retired"));
+  EXPECT_EQ(ValuesUnder(1), 0);
+  EXPECT_EQ(ValuesUnder(3), 1000);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + second), "paused");
+}
+
+TEST_F(WorkerSafetyTest, ABatchWhoseStageClosedBeforeItCommittedIsLostNotFailed) {
+  SeedTinkTable(conn(), "public.cards", 1000, 1);
+  const std::string job =
+      Job("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+          "p_batch_size => 500, p_stages => '{100}'");
+  // What rekey.checkpoint_batch and rekey.complete_batch answer for a batch whose stage is no
+  // longer the job's open stage: SQLSTATE 40001, "no longer claimed".
+  Exec(R"sql(
+    CREATE FUNCTION public.refuse_closed_stage() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      IF NEW.stage_no <> (SELECT current_stage FROM rekey.jobs WHERE job_id = NEW.job_id) THEN
+        RAISE EXCEPTION 'batch %/% is no longer claimed by worker %', NEW.job_id, NEW.batch_no,
+          NEW.worker_id USING ERRCODE = 'serialization_failure';
+      END IF;
+      RETURN NEW;
+    END $$;
+    CREATE TRIGGER refuse_closed_stage BEFORE UPDATE ON rekey.batches FOR EACH ROW
+      WHEN (OLD.state = 'running' AND NEW.state IN ('running', 'done')
+            AND NEW.worker_id = OLD.worker_id)
+      EXECUTE FUNCTION public.refuse_closed_stage();)sql");
+  // The worker's first batch blocks on a row the application holds; meanwhile the job is rolled
+  // back, which closes the batch's stage.
+  pqxx::connection application(conninfo());
+  auto hold = std::make_unique<pqxx::work>(application);
+  hold->exec("SELECT 1 FROM public.cards WHERE id = 250 FOR UPDATE");
+  auto worker = StartWorker(job);
+  bool blocked = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!blocked && worker->Running() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    blocked = Count(
+                  "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                  "AND application_name LIKE 'rekey-worker%' AND wait_event_type = 'Lock'") > 0;
+  }
+  ASSERT_TRUE(blocked) << worker->Wait(5).err;
+  ProcessResult r = Rekey(conninfo(), {"job", "rollback", job});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  hold->commit();
+
+  r = worker->Wait(60);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, ::testing::Not(HasSubstr("batch attempt failed")));
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "rolled_back");
+  EXPECT_EQ(ValuesUnder(1), 1000);
+  // Nothing of the lost batch was written, and it is not marked as having failed.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.batches WHERE job_id = " + job +
+                   " AND (last_error IS NOT NULL OR state = 'failed')"),
+            "0");
+}
+
+class RowSecurityTest : public WorkerSafetyTest {
+ protected:
+  // public.cards with 2000 rows under key 1, a staged job on it, and a policy that shows only the
+  // even ids to everyone but the owner (this test's superuser).
+  void SetUp() override {
+    WorkerSafetyTest::SetUp();
+    SeedTinkTable(conn(), "public.cards", 2000, 1);
+    job_ =
+        Job("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+            "p_batch_size => 250, p_stages => '{50,100}'");
+    worker_ = WorkerLogin(job_);
+    Exec(
+        "ALTER TABLE public.cards ENABLE ROW LEVEL SECURITY; "
+        "CREATE POLICY even_rows ON public.cards USING (id % 2 = 0)");
+  }
+
+  void ExpectRowSecurityRefusal(const ProcessResult& r) {
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_THAT(r.err, HasSubstr("row-level security on cards hides rows from role " + login_ +
+                                 ": ALTER ROLE " + login_ + " BYPASSRLS"));
+  }
+
+  std::string job_;
+  std::string worker_;
+};
+
+TEST_F(RowSecurityTest, AWorkerWhoseRoleCannotSeeEveryRowClaimsNothing) {
+  ProcessResult r = Rekey(worker_, {"work", "--job", job_});
+  ExpectRowSecurityRefusal(r);
+  EXPECT_EQ(ValuesUnder(1), 2000);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + job_ +
+                  " AND (state <> 'pending' OR attempts > 0)"),
+            0);
+  r = Rekey(worker_, {"work", "--all"});
+  ExpectRowSecurityRefusal(r);
+
+  // With the grant the message names, the same role rotates every row.
+  Exec("ALTER ROLE " + login_ + " BYPASSRLS; UPDATE rekey.jobs SET observe = '0 seconds'");
+  r = Rekey(worker_, {"work", "--job", job_});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job_), "completed");
+  EXPECT_EQ(ValuesUnder(2), 2000);
+}
+
+TEST_F(RowSecurityTest, JobVerifyRefusesToCountThroughAPolicy) {
+  ProcessResult r = Rekey(worker_, {"job", "verify", job_});
+  ExpectRowSecurityRefusal(r);
+  EXPECT_EQ(r.out, "");
+  r = Rekey(worker_, {"job", "verify", job_, "--json"});
+  ExpectRowSecurityRefusal(r);
+  // The owner sees every row.
+  r = Rekey(conninfo(), {"job", "verify", job_});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("2000 values: 0 under target keys, 2000 under source keys"));
+}
+
+TEST_F(RowSecurityTest, AGateRefusesToVerifyThroughAPolicyAndRecordsNothing) {
+  // The owner, to whom no policy applies, moves the first stage; its gate passes.
+  ProcessResult r = Rekey(conninfo(), {"work", "--job", job_});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job_), "awaiting_approval");
+  // The stage waits for its gate again (as after a failed gate and a resume), and the limited
+  // role's worker picks it up.
+  Exec("UPDATE rekey.jobs SET state = 'verifying' WHERE job_id = " + job_);
+  const int64_t gates = Count("SELECT count(*) FROM rekey.gates WHERE job_id = " + job_);
+  pqxx::connection limited(worker_);
+  const rotation::DataKeySource keys = [](uint32_t id) { return TestDataKey(id); };
+  try {
+    rotation::RunNextGate(limited, std::stoll(job_), keys, "gate-test");
+    ADD_FAILURE() << "the gate verified through a policy that hides half of the rows";
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("row-level security on cards hides rows from role " + login_));
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.gates WHERE job_id = " + job_), gates);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job_), "verifying");
+}
+
+TEST_F(WorkerSafetyTest, TheTypesStoredInAJobAreNeverPastedIntoTheWorkersSql) {
+  SeedTinkTable(conn(), "public.cards", 1200, 1, /*tenants=*/3);
+  const std::string job =
+      Job("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+          "p_scope_column => 'tenant_id', p_scope_value => '1', p_batch_size => 100, "
+          "p_stages => '{100}'");
+  // What a role allowed to UPDATE rekey.jobs could write: the worker casts with the catalog's
+  // types, so neither text runs nor breaks its statements.
+  Exec(
+      "UPDATE rekey.jobs SET scope_type = 'integer OR true' WHERE "
+      "job_id = " +
+      job);
+  ProcessResult r = Rekey(conninfo(), {"work", "--job", job});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "completed");
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE tenant_id = 1 AND key_id <> 2"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE tenant_id <> 1 AND key_id <> 1"), 0)
+      << "rows outside the job's scope were rewritten";
+  r = Rekey(conninfo(), {"job", "verify", job});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("400 values: 400 under target keys, 0 under source keys"));
+}
+
+}  // namespace
+}  // namespace rekey::testing
