@@ -770,9 +770,9 @@ TEST_F(RotationTest, AServerCrashTakesBackOnlyBatchesThatAreThenDoneAgain) {
   // How many acknowledged completions the crashes took back (each then done again): usually a
   // few, depending on where the crashes fell, so reported rather than asserted.
   size_t taken_back = logged.size();
-  for (const auto& row :
-       txn.exec("SELECT batch_no || ' ' || actor FROM rekey.audit WHERE job_id = " + j +
-                " AND action = 'rotation.batch.completed'")) {
+  for (const auto& row : txn.exec(
+           "SELECT batch_no || ' ' || (details->>'worker') FROM rekey.audit WHERE job_id = " + j +
+           " AND action = 'rotation.batch.completed'")) {
     taken_back -= logged.count(row[0].as<std::string>());
   }
   std::printf("crash test: %zu crashes; %zu of %zu logged completions taken back, done again\n",

@@ -32,13 +32,14 @@ struct WorkFlags {
 };
 
 // Seals what lost the race to seal and logs the chain head, so a copy of it lives outside the
-// database (audit/audit_chain.h). The work is done by now: a failure here is only logged.
+// database (audit/audit_chain.h). Durable first: the batches committed without waiting for
+// their WAL, and a head lost in a crash after being logged would look like a cut-off history to
+// `rekey audit verify --expect-head`. The work is done by now: a failure here is only logged.
 void LogAuditHead(const GlobalOptions& global) {
   try {
     auto conn = OpenDatabase(global, "rekey-worker");
-    audit::Seal(*conn);
     log::Audit("audit.sealed", "success",
-               {{"audit_head", audit::FormatHead(audit::CurrentHead(*conn))}});
+               {{"audit_head", audit::FormatHead(audit::SealDurably(*conn))}});
   } catch (const std::exception& e) {
     log::Warn("could not seal the audit log at exit", {{"error", e.what()}});
   }

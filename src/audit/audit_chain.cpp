@@ -35,6 +35,13 @@ uint64_t ParseXid(const std::string& text) {
 
 }  // namespace
 
+bool Verification::tampered() const {
+  for (const auto& f : findings) {
+    if (f.kind != "unsealed") return true;
+  }
+  return false;
+}
+
 Bytes CanonicalRow(const std::vector<std::optional<std::string>>& fields) {
   std::string out;
   for (size_t i = 0; i < fields.size(); ++i) {
@@ -63,12 +70,37 @@ Bytes ChainHash(const Bytes& prev_chain_hash, int64_t seq, const Bytes& row_dige
   return Sha256(buf);
 }
 
+namespace {
+
+// Takes the chain's sealing lock (the key rekey.seal_audit tries), waiting for a sealer in
+// progress: rekey.seal_audit alone would return 0 at once and leave that sealer's leftovers.
+void WaitForSealingLock(pqxx::work& txn) {
+  txn.exec0("SET LOCAL lock_timeout = '" + std::to_string(kSealLockTimeoutSeconds) + "s'");
+  txn.exec("SELECT pg_advisory_xact_lock(hashtext('rekey.audit_chain'))");
+}
+
+}  // namespace
+
 int Seal(pqxx::connection& conn) {
   return db::Classified("cannot seal the audit log", [&] {
     pqxx::work txn(conn);
+    WaitForSealingLock(txn);
     const int sealed = txn.exec1("SELECT rekey.seal_audit()")[0].as<int>();
     txn.commit();
     return sealed;
+  });
+}
+
+Head SealDurably(pqxx::connection& conn) {
+  return db::Classified("cannot seal the audit log durably", [&] {
+    pqxx::work txn(conn);
+    WaitForSealingLock(txn);
+    // rekey.seal_audit_durably sets it too; said here as well because this COMMIT is the point.
+    txn.exec0("SET LOCAL synchronous_commit = on");
+    pqxx::result r = txn.exec("SELECT seq, chain_hash FROM rekey.seal_audit_durably()");
+    txn.commit();
+    if (r.empty()) return Head{};
+    return Head{r[0][0].as<int64_t>(), r[0][1].as<std::string>()};
   });
 }
 
@@ -187,19 +219,44 @@ Verification Verify(pqxx::connection& conn, const std::optional<Head>& expect_he
                                 " is beyond the chain's end (" + std::to_string(last_seq) +
                                 "): sealed rows were cut off"});
     }
-    // Unsealed rows: legitimate only if their transaction may have been running at every seal.
+    // Unsealed rows: legitimate only if their transaction may have been running at every seal,
+    // and only for a while.
     pqxx::result unsealed = txn.exec(
-        "SELECT a.audit_id, a.xid::text FROM rekey.audit a WHERE NOT EXISTS "
+        "SELECT a.audit_id, a.xid::text, extract(epoch FROM now() - a.at)::float8, a.action, "
+        "to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+        "FROM rekey.audit a WHERE NOT EXISTS "
         "(SELECT 1 FROM rekey.audit_chain c WHERE c.audit_id = a.audit_id) ORDER BY a.audit_id");
+    std::optional<Finding> oldest_unsealed;
+    int64_t stale = 0;
+    double oldest_age = 0;
     for (const auto& row : unsealed) {
+      const int64_t audit_id = row[0].as<int64_t>();
       if (ParseXid(row[1].as<std::string>()) < horizon) {
-        const int64_t audit_id = row[0].as<int64_t>();
         v.findings.push_back({"inserted", audit_id, std::nullopt,
                               "audit row " + std::to_string(audit_id) +
                                   " was added after the log was sealed past it"});
-      } else {
-        ++v.unsealed;
+        continue;
       }
+      ++v.unsealed;
+      const double age = row[2].as<double>();
+      if (age <= kMaxUnsealedMinutes * 60.0) continue;
+      ++stale;
+      if (!oldest_unsealed || age > oldest_age) {
+        oldest_age = age;
+        oldest_unsealed =
+            Finding{"unsealed", audit_id, std::nullopt,
+                    "audit row " + std::to_string(audit_id) + " (" + row[3].as<std::string>() +
+                        ", " + row[4].as<std::string>() + ") has not been sealed for " +
+                        std::to_string(int64_t(age / 60)) + " minutes"};
+      }
+    }
+    if (oldest_unsealed) {
+      oldest_unsealed->detail +=
+          " (" + std::to_string(stale) + " rows unsealed for more than " +
+          std::to_string(kMaxUnsealedMinutes) +
+          " minutes): sealing has stopped; run `rekey audit seal`, and find the sessions that "
+          "write audit rows outside READ COMMITTED (default_transaction_isolation)";
+      v.findings.push_back(*oldest_unsealed);
     }
     txn.commit();
     return v;

@@ -37,8 +37,22 @@ Bytes ChainHash(const Bytes& prev_chain_hash, int64_t seq, const Bytes& row_dige
 Bytes Sha256(const Bytes& data);
 
 // Seals every audit row visible to a new transaction on `conn` that is not sealed yet; returns
-// how many (0 if another session was sealing at that moment).
+// how many. Waits (up to kSealLockTimeoutSeconds) for a session that is sealing at that moment, so
+// what that session left is sealed too; throws TransientError if it waits longer.
 int Seal(pqxx::connection& conn);
+
+// The longest `Seal` waits for another sealer: writers hold the chain's lock only from their
+// audit INSERT to their COMMIT.
+inline constexpr int kSealLockTimeoutSeconds = 30;
+
+// Audit rows are sealed by the statement that writes them, or else by the next writer, the next
+// `rekey work` exit or `rekey audit verify`. A row unsealed for longer than this means sealing has
+// stopped (docs/operations.md, "Tamper-evident audit"), and `Verify` reports it: far above a
+// seal's latency, short enough that an auditor's check notices within a quarter of an hour. A
+// row becomes visible when its transaction commits and `Verify` judges it by the time it was
+// written, so `verify --no-seal` also reports the rows of a transaction that stayed open longer
+// than this until a seal has run after its COMMIT; `verify` without --no-seal seals them first.
+inline constexpr int kMaxUnsealedMinutes = 15;
 
 struct Head {
   int64_t seq = 0;         // 0: the chain is empty
@@ -47,6 +61,13 @@ struct Head {
 
 // The newest link of the chain (seq 0 if empty), without verifying anything.
 Head CurrentHead(pqxx::connection& conn);
+
+// Seal, then returns the head of the chain once it is durable: the transaction commits with
+// synchronous_commit = on and has WAL of its own to flush (rekey.seal_audit_durably), so every
+// link up to the head survives a server crash, even links that batches committed asynchronously.
+// Record outside the database only a head this returned. Throws TransientError like Seal.
+Head SealDurably(pqxx::connection& conn);
+
 // "SEQ:HEX", as `rekey audit verify` prints it and --expect-head takes it.
 std::string FormatHead(const Head& head);
 
@@ -54,7 +75,9 @@ std::string FormatHead(const Head& head);
 Head ParseHead(const std::string& text);
 
 struct Finding {
-  std::string kind;  // altered, deleted, inserted, chain_broken, gap, head_mismatch
+  // altered, deleted, inserted, chain_broken, gap, head_mismatch: tampering;
+  // unsealed: rows left unsealed longer than kMaxUnsealedMinutes (audit_id = the oldest).
+  std::string kind;
   std::optional<int64_t> audit_id;
   std::optional<int64_t> seq;
   std::string detail;
@@ -67,11 +90,15 @@ struct Verification {
   std::vector<Finding> findings;  // empty iff the audit log is intact
 
   bool ok() const { return findings.empty(); }
+  // True iff a finding other than "unsealed" was made.
+  bool tampered() const;
 };
 
 // Verifies the whole chain in one REPEATABLE READ snapshot, streaming (memory does not grow with
-// the log). If `expect_head` is given, the chain must contain that seq with that hash. Throws
-// only for database errors.
+// the log). If `expect_head` is given, the chain must contain that seq with that hash. Unsealed
+// rows whose transaction may still have been running at every seal are counted in `unsealed`;
+// if any of them was written more than kMaxUnsealedMinutes before the snapshot, one "unsealed"
+// finding names the oldest. Throws only for database errors.
 Verification Verify(pqxx::connection& conn, const std::optional<Head>& expect_head = std::nullopt);
 
 }  // namespace rekey::audit

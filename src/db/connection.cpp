@@ -94,14 +94,25 @@ std::unique_ptr<pqxx::connection> Connect(const std::string& conninfo,
   }
   PQconninfoFree(options);
   normalized += "application_name=" + QuoteValue(application_name.c_str());
+  std::unique_ptr<pqxx::connection> conn;
   try {
-    return std::make_unique<pqxx::connection>(normalized);
+    conn = std::make_unique<pqxx::connection>(normalized);
   } catch (const std::exception& e) {
     std::string why = RedactSecrets(OneLine(e.what()), conninfo);
     std::string message = "cannot connect to PostgreSQL at " + target + ": " + why;
     if (IsConfigFailure(why)) throw ConfigError(message + hint);
     throw TransientError(message + hint);
   }
+  // Here, for every rekey session: the audit chain is sealed only in READ COMMITTED
+  // (rekey.seal_audit), and a database or role whose default isolation is stricter would stop
+  // every seal rekey makes (migrations/0016_key_safety_audit.sql). A SET after connecting rather
+  // than `options=-c ...` in the startup packet, which connection poolers refuse. Transactions
+  // that need a stronger isolation ask for it explicitly (audit::Verify).
+  Classified("cannot configure the PostgreSQL session", [&] {
+    pqxx::nontransaction txn(*conn);
+    txn.exec0("SET default_transaction_isolation = 'read committed'");
+  });
+  return conn;
 }
 
 bool IsTransient(const std::exception& e) {

@@ -20,6 +20,8 @@ namespace rekey::db {
 // can tell rekey's sessions apart in pg_stat_activity. The caller owns the connection.
 // Every option of conninfo is passed on, sslmode, sslrootcert and the other TLS options included
 // (libpq's PGSSLMODE etc. apply to those it does not set).
+// The session's default_transaction_isolation is READ COMMITTED whatever the server, database or
+// role default: the audit chain seals only in READ COMMITTED transactions.
 // Throws ConfigError if conninfo is malformed, the server rejects the credentials, database or
 // role, pg_hba.conf refuses the session (e.g. sslmode=disable against hostssl-only rules), or
 // the server's certificate fails verification (sslmode=verify-ca / verify-full);

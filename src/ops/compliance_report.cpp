@@ -122,12 +122,15 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
   md << "; " << Cell(audit["events"]) << " audit events for the job from "
      << Cell(audit["first_event_at"]) << " to " << Cell(audit["last_event_at"]) << ".\n";
 
-  md << "\n## Decisions and approvals\n\nActors are database roles. Advances made by the "
-        "workers' role are automatic, after a passed gate's observation period (--observe).\n\n"
-        "| at | action | actor | outcome |\n|---|---|---|---|\n";
+  md << "\n## Decisions and approvals\n\nActors, verifiers and approvers are the database roles "
+        "that made each change, with times from the database's clock, both recorded by the "
+        "database itself whatever a client sent; a worker's own name is shown beside its role. "
+        "Advances made by the workers' role are automatic, after a passed gate's observation "
+        "period (--observe).\n\n"
+        "| at | action | actor | worker | outcome |\n|---|---|---|---|---|\n";
   for (const auto& a : r["approvals"]) {
     md << "| " << Cell(a["at"]) << " | " << Cell(a["action"]) << " | " << Cell(a["actor"]) << " | "
-       << Cell(a["outcome"]) << " |\n";
+       << Cell(a.value("worker", nlohmann::json())) << " | " << Cell(a["outcome"]) << " |\n";
   }
   return md.str();
 }
