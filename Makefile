@@ -14,6 +14,9 @@ DEBIAN_PACKAGES := build-essential cmake ninja-build ccache pkg-config git \
   prometheus nodejs
 # The openssl CLI makes the throwaway CA and server certificate of tests/harness/pg_ssl.cpp.
 DEBIAN_PACKAGES += openssl
+# cairo draws the PDF report (src/ops/pdf_report.h) with a DejaVu font; poppler's pdftotext,
+# pdfinfo and pdftoppm read it back in tests/pdf_report_pg_test.cpp and render docs/report-page1.png.
+DEBIAN_PACKAGES += libcairo2-dev fonts-dejavu-core poppler-utils
 
 .PHONY: all deps configure build test test-unit test-pg test-asan test-tsan demo bench profile \
   format clean

@@ -1,0 +1,329 @@
+// The Grafana dashboard (jobs/grafana/rekey.json) proven against a real Prometheus: Debian's
+// prometheus server scrapes a `rekey work --listen` during a staged rotation and a `rekey
+// exporter`; then every panel's query, with the dashboard's variables substituted, must parse
+// (promtool check rules) and return data through /api/v1/query at some moment of the rotation,
+// and every metric it names must be one rekey exported. A panel whose metric is renamed, or whose
+// query does not parse or matches nothing, fails the test.
+//
+// REKEY_DASHBOARD_JSON points the test at another copy of the dashboard (to show that a broken
+// copy fails). Skipped (not passed) only when /usr/bin/prometheus is absent.
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "aws_kms_support.h"
+#include "harness/pg_server.h"
+#include "harness/process.h"
+#include "ops_support.h"
+#include "rotation_support.h"
+
+namespace rekey::testing {
+namespace {
+
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+const char* const kPrometheus = "/usr/bin/prometheus";
+const char* const kPromtool = "/usr/bin/promtool";
+
+// A TCP port on 127.0.0.1 that was free a moment ago.
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t len = sizeof addr;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    close(fd);
+    return 0;
+  }
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::string UrlEncode(const std::string& s) {
+  CURL* curl = curl_easy_init();
+  char* escaped = curl_easy_escape(curl, s.data(), int(s.size()));
+  std::string out = escaped;
+  curl_free(escaped);
+  curl_easy_cleanup(curl);
+  return out;
+}
+
+double UnixNow() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+std::string Replace(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+    s.replace(at, from.size(), to);
+  }
+  return s;
+}
+
+struct PanelQuery {
+  std::string panel;
+  std::string ref;
+  std::string expr;  // variables substituted
+};
+
+// Every target of every panel (rows' nested panels included); a panel without a query is
+// reported as an empty expression so that the test fails on it.
+void CollectQueries(const json& panels, const std::map<std::string, std::string>& variables,
+                    std::vector<PanelQuery>* out) {
+  for (const auto& p : panels) {
+    if (p.value("type", "") == "row") {
+      if (p.contains("panels")) CollectQueries(p["panels"], variables, out);
+      continue;
+    }
+    const std::string title = p.value("title", "<untitled>");
+    if (!p.contains("targets") || p["targets"].empty()) {
+      out->push_back({title, "-", ""});
+      continue;
+    }
+    for (const auto& t : p["targets"]) {
+      std::string expr = t.value("expr", "");
+      for (const auto& [name, value] : variables) {
+        expr = Replace(expr, "${" + name + "}", value);
+        expr = Replace(expr, "$" + name, value);
+      }
+      out->push_back({title, t.value("refId", "?"), expr});
+    }
+  }
+}
+
+// Prometheus as a child process on 127.0.0.1 with its own config and storage; stopped (SIGTERM,
+// then SIGKILL) and its directory removed when the object goes away, whatever the test did.
+class PrometheusServer {
+ public:
+  PrometheusServer(const std::vector<std::string>& targets_worker,
+                   const std::vector<std::string>& targets_exporter) {
+    dir_ = MakeTempDir("rekey-prometheus-");
+    port_ = FreePort();
+    auto list = [](const std::vector<std::string>& targets) {
+      std::string s;
+      for (const auto& t : targets) s += (s.empty() ? "'" : ", '") + t + "'";
+      return s;
+    };
+    std::ofstream(dir_ + "/prometheus.yml")
+        << "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+           "scrape_configs:\n"
+           "  - job_name: rekey-worker\n    static_configs:\n      - targets: ["
+        << list(targets_worker)
+        << "]\n"
+           "  - job_name: rekey-exporter\n    static_configs:\n      - targets: ["
+        << list(targets_exporter) << "]\n";
+    child_ = std::make_unique<ChildProcess>(std::vector<std::string>{
+        kPrometheus, "--config.file=" + dir_ + "/prometheus.yml",
+        "--storage.tsdb.path=" + dir_ + "/data",
+        "--web.listen-address=127.0.0.1:" + std::to_string(port_), "--log.level=warn"});
+  }
+  ~PrometheusServer() {
+    child_->Signal(SIGTERM);
+    child_->Wait(30);
+    RunProcess({"rm", "-rf", dir_});
+  }
+  int port() const { return port_; }
+  const std::string& dir() const { return dir_; }
+  bool WaitReady(int seconds) {
+    for (int i = 0; i < seconds * 10; ++i) {
+      if (HttpGet(port_, "/-/ready").status == 200) return true;
+      if (!child_->Running()) return false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+  std::string Log() { return ReadFile(child_->stderr_path()); }
+  // GET path?query (the label values endpoint takes no POST).
+  json Api(const std::string& path, const std::string& query) {
+    HttpResult r = HttpGet(port_, path + "?" + query);
+    json body = json::parse(r.body, nullptr, false);
+    if (body.is_discarded())
+      return {{"status", "error"}, {"error", "HTTP " + std::to_string(r.status) + ": " + r.body}};
+    return body;
+  }
+
+ private:
+  std::string dir_;
+  int port_ = 0;
+  std::unique_ptr<ChildProcess> child_;
+};
+
+// The data keys are wrapped by the loopback AWS KMS server (tests/kms/aws_kms_server.py): the
+// local KMS has no circuit breaker, so only a remote provider exports rekey_kms_breaker_state.
+class DashboardPrometheusTest : public PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    kms_ = std::make_unique<AwsKmsTestServer>(std::vector<std::string>{"--key", "alias/rekey"});
+    env_ = With(kms_->Env(), WorkerEnv());
+  }
+  void TearDown() override {
+    kms_.reset();
+    PgTest::TearDown();
+  }
+  ProcessResult Rekey(const std::vector<std::string>& args, const std::string& stdin_data = "") {
+    std::vector<std::string> full{REKEY_BINARY, "--db", conninfo()};
+    full.insert(full.end(), args.begin(), args.end());
+    return RunProcess(full, env_, stdin_data, 120);
+  }
+  std::unique_ptr<AwsKmsTestServer> kms_;
+  EnvOverrides env_;
+};
+
+TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDuringARotation) {
+  if (access(kPrometheus, X_OK) != 0) {
+    GTEST_SKIP() << kPrometheus << " is absent (Debian package prometheus; make test installs it)";
+  }
+  ASSERT_EQ(access(kPromtool, X_OK), 0) << "promtool ships with the prometheus package";
+  const char* override_path = std::getenv("REKEY_DASHBOARD_JSON");
+  const std::string path = override_path != nullptr
+                               ? std::string(override_path)
+                               : std::string(REKEY_SOURCE_DIR) + "/jobs/grafana/rekey.json";
+  const json dashboard = json::parse(ReadFile(path), nullptr, false);
+  ASSERT_FALSE(dashboard.is_discarded()) << path << " is not JSON";
+  ASSERT_TRUE(dashboard.contains("panels") && dashboard["panels"].is_array()) << path;
+  std::set<std::string> variable_names;
+  for (const auto& v : dashboard["templating"]["list"]) variable_names.insert(v["name"]);
+  EXPECT_TRUE(variable_names.count("job") && variable_names.count("scope"))
+      << "the dashboard selects a rotation job and a key scope";
+
+  // A staged rotation slow enough for many scrapes: 20,000 rows at 2,500 rows/s, three stages
+  // advancing on their own, two values quarantined (below the 0.1% threshold), and a key-age
+  // policy so the policy gauges exist.
+  for (uint32_t id : {1u, 2u}) {
+    Secret key = TestDataKey(id);
+    ProcessResult r =
+        Rekey({"keys", "import", "--kms", "aws-kms", "--key-id", std::to_string(id), "--stdin"},
+              std::string(reinterpret_cast<const char*>(key.data()), key.size()));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
+  ASSERT_EQ(Rekey({"keys", "policy", "set", "--max-age", "90d"}).exit_code, 0);
+  SeedTinkTable(conn(), "public.cards", 20000, 1);
+  Exec(
+      "UPDATE public.cards SET token = set_byte(token, 10, get_byte(token, 10) # 255) WHERE id IN "
+      "(SELECT id FROM public.cards WHERE rekey.stage_bucket(id::text) >= 5000 ORDER BY id LIMIT "
+      "2)");
+  const int64_t job = CreateJobSql(
+      conn(),
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', p_stages => "
+      "'{1,50,100}', p_batch_size => 500, p_observe => '0 seconds'");
+  const std::string j = std::to_string(job);
+
+  const int worker_port = FreePort(), exporter_port = FreePort();
+  ChildProcess exporter({REKEY_BINARY, "--db", conninfo(), "exporter", "--listen",
+                         "127.0.0.1:" + std::to_string(exporter_port)},
+                        env_);
+  ASSERT_TRUE(WaitForLog(exporter, "serving /metrics", 60)) << ReadFile(exporter.stderr_path());
+  PrometheusServer prometheus({"127.0.0.1:" + std::to_string(worker_port)},
+                              {"127.0.0.1:" + std::to_string(exporter_port)});
+  ASSERT_TRUE(prometheus.WaitReady(60)) << prometheus.Log();
+
+  const double start = UnixNow();
+  ProcessResult work =
+      RunProcess({REKEY_BINARY, "--db", conninfo(), "work", "--job", j, "--concurrency", "2",
+                  "--listen", "127.0.0.1:" + std::to_string(worker_port), "--linger", "4",
+                  "--max-rows-per-second", "2500"},
+                 env_, "", 600);
+  ASSERT_EQ(work.exit_code, 0) << work.err;
+  ASSERT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // the exporter's scrapes after the end
+  const double end = UnixNow();
+
+  // The variables' own queries find the rotation's job and the keys' scope.
+  auto label_values = [&](const std::string& label, const std::string& metric) {
+    json r = prometheus.Api("/api/v1/label/" + label + "/values",
+                            "match[]=" + UrlEncode(metric) + "&start=" + std::to_string(start) +
+                                "&end=" + std::to_string(end));
+    std::set<std::string> out;
+    for (const auto& v : r["data"]) out.insert(v.get<std::string>());
+    return out;
+  };
+  EXPECT_TRUE(label_values("job_id", "rekey_job_rows").count(j)) << "variable job";
+  EXPECT_TRUE(label_values("scope", "rekey_key_age_seconds").count("default")) << "variable scope";
+  const std::set<std::string> exported = label_values("__name__", "{__name__=~\"rekey_.+\"}");
+  ASSERT_FALSE(exported.empty()) << "Prometheus scraped no rekey metric:\n" << prometheus.Log();
+
+  std::vector<PanelQuery> queries;
+  CollectQueries(dashboard["panels"],
+                 {{"job", j},
+                  {"scope", "default"},
+                  {"__rate_interval", "10s"},
+                  {"__interval", "1s"},
+                  {"__range", "5m"}},
+                 &queries);
+  ASSERT_GE(queries.size(), 15u) << "every panel the issue names that rekey has metrics for";
+
+  // promtool parses every query, as recording rules.
+  {
+    std::ofstream rules(prometheus.dir() + "/dashboard_rules.yml");
+    rules << "groups:\n  - name: rekey_dashboard\n    rules:\n";
+    for (size_t i = 0; i < queries.size(); ++i) {
+      rules << "      - record: rekey_dashboard:query_" << i << "\n        expr: '"
+            << Replace(queries[i].expr, "'", "''") << "'\n";
+    }
+  }
+  ProcessResult check =
+      RunProcess({kPromtool, "check", "rules", prometheus.dir() + "/dashboard_rules.yml"});
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+
+  const std::regex metric_name("rekey_[a-z0-9_]+");
+  for (const PanelQuery& q : queries) {
+    SCOPED_TRACE("panel \"" + q.panel + "\" query " + q.ref + ": " + q.expr);
+    ASSERT_FALSE(q.expr.empty()) << "a panel without a query";
+    for (auto it = std::sregex_iterator(q.expr.begin(), q.expr.end(), metric_name);
+         it != std::sregex_iterator(); ++it) {
+      EXPECT_TRUE(exported.count(it->str())) << it->str() << " is not a metric rekey exports";
+    }
+    // The query answers with data at some moment of the rotation (a gauge of an unfinished job
+    // exists only while it runs; a counter's rate only while it moves).
+    bool data = false;
+    std::string last_error;
+    for (double t = start; t <= end + 0.5 && !data; t += 0.5) {
+      json r = prometheus.Api("/api/v1/query",
+                              "query=" + UrlEncode(q.expr) + "&time=" + std::to_string(t));
+      if (r.value("status", "") != "success") {
+        last_error = r.dump();
+        break;
+      }
+      data = !r["data"]["result"].empty();
+    }
+    EXPECT_TRUE(last_error.empty()) << last_error;
+    EXPECT_TRUE(data) << "no data at any moment between " << start << " and " << end;
+  }
+
+  // The decrypt error rate is drawn against the 0.1% threshold at which a job pauses by default.
+  bool threshold = false;
+  for (const auto& p : dashboard["panels"]) {
+    if (p.value("title", "").find("Decrypt error rate") == std::string::npos) continue;
+    for (const auto& step : p["fieldConfig"]["defaults"]["thresholds"]["steps"]) {
+      threshold = threshold || (step["value"].is_number() && step["value"].get<double>() == 0.001);
+    }
+  }
+  EXPECT_TRUE(threshold);
+
+  exporter.Signal(SIGTERM);
+  EXPECT_EQ(exporter.Wait(30).exit_code, 0);
+}
+
+}  // namespace
+}  // namespace rekey::testing
