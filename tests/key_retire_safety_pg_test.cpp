@@ -258,6 +258,22 @@ TEST_F(KeyRetireSafetyTest, DroppedTargetColumnBlocksUntilForgotten) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+// Identity first, names second: a table dropped and created again under its registered name (or a
+// database restored from a logical dump, with new oids) is counted under that name, not lost.
+TEST_F(KeyRetireSafetyTest, ATableRecreatedUnderItsRegisteredNameIsCountedByName) {
+  KeysOneAndTwo();
+  RegisteredTinkTable("public.cards", 5, 1);
+  Exec("DROP TABLE public.cards");
+  SeedTinkTable(conn(), "public.cards", 7, 1);
+  EXPECT_EQ(Scalar("SELECT target || '=' || n FROM rekey.key_usage(1)"), "public.cards.token=7");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.target_columns() WHERE unresolved IS NOT NULL"),
+            "0");
+  ProcessResult r = Rekey({"keys", "retire", "1"});
+  EXPECT_EQ(r.exit_code, kExitState) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("public.cards.token: 7 values under key 1 (tink; registered target "
+                               "1)"));
+}
+
 // Values the registry never heard of: a history table filled by a trigger, and a column added
 // later holding the same values as base64 and hex text.
 TEST_F(KeyRetireSafetyTest, UnregisteredHistoryTableAndLaterColumnsAreFoundByTheCensus) {
