@@ -525,6 +525,19 @@ TEST_F(KeyRetireSafetyTest, TheCensusCountsEachValueOnceAndNeverCallsTheUnreadab
   EXPECT_EQ(j["unknown_columns"], 1);
 }
 
+// The census's NOTICE per table is progress for a person at a terminal (script(1) gives the child
+// one); piped output stays clean (UsageListsEveryColumnAsTextAndJson).
+TEST_F(KeyRetireSafetyTest, TheCensusShowsItsProgressOnATerminal) {
+  Exec("CREATE TABLE public.cards (id int PRIMARY KEY, token bytea)");
+  ProcessResult r = RunProcess(
+      {"script", "-qec", std::string(REKEY_BINARY) + " --db '" + conninfo() + "' keys usage 7",
+       "/dev/null"},
+      {{"DATABASE_URL", std::nullopt}});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("rekey census of key 7: table 1 of 1: public.cards"));
+  EXPECT_THAT(r.out, HasSubstr("key 7: 0 values in 0 columns"));
+}
+
 TEST_F(KeyRetireSafetyTest, UsageListsEveryColumnAsTextAndJson) {
   KeysOneAndTwo();
   RegisteredTinkTable("public.cards", 12, 1);
