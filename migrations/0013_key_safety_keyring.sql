@@ -85,16 +85,20 @@ CREATE TRIGGER targets_resolve_identity
   BEFORE INSERT OR UPDATE OF schema_name, table_name, column_name, key_id_column ON rekey.targets
   FOR EACH ROW EXECUTE FUNCTION rekey.targets_resolve_identity();
 
--- Every target not forgotten, under the current names of its table and columns. `unresolved` is
--- NULL iff the table, the column and (raw) the key-id column still exist; else it says which is
--- gone. A function rather than a view: it runs with the caller's rights on rekey.targets, so no
--- role needs a grant of its own.
+-- Every target not forgotten, under the current names of its table and columns. Identity first:
+-- a renamed or moved table and a renamed column are followed by relid/attnum. Only when the
+-- identity no longer resolves (the table or column was dropped and maybe created again under the
+-- same name, or the database was restored from a logical dump, which gives every table a new oid)
+-- are the registered names tried: a column found that way holds live values to count, and the
+-- dropped one's values are gone with it. `unresolved` is NULL iff the table, the column and (raw)
+-- the key-id column were found; else it says which is gone. A function rather than a view: it
+-- runs with the caller's rights on rekey.targets, so no role needs a grant of its own.
 CREATE FUNCTION rekey.target_columns()
 RETURNS TABLE (target_id bigint, codec text, relid oid, attnum smallint, key_id_attnum smallint,
                schema_name name, table_name name, column_name name, key_id_column name,
                ad_template text, registered_as text, unresolved text)
 LANGUAGE sql STABLE AS $$
-  SELECT t.target_id, t.codec, t.relid, t.attnum, t.key_id_attnum,
+  SELECT t.target_id, t.codec, c.oid, a.attnum, ka.attnum,
          n.nspname, c.relname, a.attname, ka.attname, t.ad_template,
          format('%I.%I.%I', t.schema_name, t.table_name, t.column_name),
          CASE WHEN c.oid IS NULL THEN 'its table no longer exists'
@@ -104,11 +108,22 @@ LANGUAGE sql STABLE AS $$
                 THEN format('its key-id column no longer exists in %I.%I', n.nspname, c.relname)
          END
     FROM rekey.targets t
-    LEFT JOIN pg_class c ON c.oid = t.relid
+    LEFT JOIN LATERAL (
+      SELECT coalesce((SELECT x.oid FROM pg_class x WHERE x.oid = t.relid),
+                      to_regclass(format('%I.%I', t.schema_name, t.table_name))::oid) AS oid) r
+      ON true
+    LEFT JOIN pg_class c ON c.oid = r.oid
     LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-    LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = t.attnum AND NOT a.attisdropped
-    LEFT JOIN pg_attribute ka ON ka.attrelid = c.oid AND ka.attnum = t.key_id_attnum
-                             AND NOT ka.attisdropped
+    LEFT JOIN LATERAL (
+      SELECT x.attnum, x.attname FROM pg_attribute x
+       WHERE x.attrelid = c.oid AND x.attnum > 0 AND NOT x.attisdropped
+         AND ((c.oid = t.relid AND x.attnum = t.attnum) OR x.attname = t.column_name)
+       ORDER BY (c.oid = t.relid AND x.attnum = t.attnum) DESC LIMIT 1) a ON true
+    LEFT JOIN LATERAL (
+      SELECT x.attnum, x.attname FROM pg_attribute x
+       WHERE x.attrelid = c.oid AND x.attnum > 0 AND NOT x.attisdropped
+         AND ((c.oid = t.relid AND x.attnum = t.key_id_attnum) OR x.attname = t.key_id_column)
+       ORDER BY (c.oid = t.relid AND x.attnum = t.key_id_attnum) DESC LIMIT 1) ka ON true
    WHERE t.forgotten_at IS NULL
 $$;
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -258,6 +259,22 @@ TEST_F(KeyRetireSafetyTest, DroppedTargetColumnBlocksUntilForgotten) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+// Identity first, names second: a table dropped and created again under its registered name (or a
+// database restored from a logical dump, with new oids) is counted under that name, not lost.
+TEST_F(KeyRetireSafetyTest, ATableRecreatedUnderItsRegisteredNameIsCountedByName) {
+  KeysOneAndTwo();
+  RegisteredTinkTable("public.cards", 5, 1);
+  Exec("DROP TABLE public.cards");
+  SeedTinkTable(conn(), "public.cards", 7, 1);
+  EXPECT_EQ(Scalar("SELECT target || '=' || n FROM rekey.key_usage(1)"), "public.cards.token=7");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.target_columns() WHERE unresolved IS NOT NULL"),
+            "0");
+  ProcessResult r = Rekey({"keys", "retire", "1"});
+  EXPECT_EQ(r.exit_code, kExitState) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("public.cards.token: 7 values under key 1 (tink; registered target "
+                               "1)"));
+}
+
 // Values the registry never heard of: a history table filled by a trigger, and a column added
 // later holding the same values as base64 and hex text.
 TEST_F(KeyRetireSafetyTest, UnregisteredHistoryTableAndLaterColumnsAreFoundByTheCensus) {
@@ -471,6 +488,54 @@ TEST_F(KeyRetireSafetyTest, OnlyReadCommittedCountsAfterTheLock) {
   ProcessResult r = Rekey({"keys", "retire", "1"}, "", env);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Status(1), "retired");
+}
+
+// Partitions are counted once, through their parent; inheritance children on their own (the parent
+// with FROM ONLY); domains over bytea are bytea; a foreign table is unknown, never zero; an
+// unpopulated materialized view holds nothing.
+TEST_F(KeyRetireSafetyTest, TheCensusCountsEachValueOnceAndNeverCallsTheUnreadableZero) {
+  Exec(R"(CREATE DOMAIN public.cipher AS bytea;
+          CREATE TABLE public.events (id int, v public.cipher) PARTITION BY RANGE (id);
+          CREATE TABLE public.events_a PARTITION OF public.events FOR VALUES FROM (0) TO (10);
+          CREATE TABLE public.events_b PARTITION OF public.events FOR VALUES FROM (10) TO (20);
+          INSERT INTO public.events SELECT g, '\x0100000007aa' FROM generate_series(1, 15) g;
+          CREATE TABLE public.base (id int, v bytea);
+          CREATE TABLE public.derived (extra int) INHERITS (public.base);
+          INSERT INTO public.base VALUES (1, '\x0100000007aa');
+          INSERT INTO public.derived VALUES (2, '\x0100000007aa', 0), (3, '\x0100000007aa', 0);
+          CREATE MATERIALIZED VIEW public.empty_view AS SELECT * FROM public.base WITH NO DATA;
+          CREATE EXTENSION file_fdw;
+          CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;
+          CREATE FOREIGN TABLE public.remote (v text) SERVER files OPTIONS (filename '/dev/null');)");
+  ProcessResult r = Rekey({"keys", "usage", "7", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json j = json::parse(r.out);
+  std::map<std::string, std::string> found;
+  for (const json& c : j["columns"]) {
+    found[c["ref"].get<std::string>()] =
+        c["status"].get<std::string>() + ":" +
+        (c["values"].is_null() ? "-" : std::to_string(c["values"].get<int64_t>()));
+  }
+  EXPECT_EQ(found, (std::map<std::string, std::string>{{"public.base.v", "in_use:1"},
+                                                       {"public.derived.v", "in_use:2"},
+                                                       {"public.events.v", "in_use:15"},
+                                                       {"public.remote.v", "unknown:-"}}))
+      << r.out;
+  EXPECT_EQ(j["values"], 18);
+  EXPECT_EQ(j["unknown_columns"], 1);
+}
+
+// The census's NOTICE per table is progress for a person at a terminal (script(1) gives the child
+// one); piped output stays clean (UsageListsEveryColumnAsTextAndJson).
+TEST_F(KeyRetireSafetyTest, TheCensusShowsItsProgressOnATerminal) {
+  Exec("CREATE TABLE public.cards (id int PRIMARY KEY, token bytea)");
+  ProcessResult r = RunProcess(
+      {"script", "-qec", std::string(REKEY_BINARY) + " --db '" + conninfo() + "' keys usage 7",
+       "/dev/null"},
+      {{"DATABASE_URL", std::nullopt}});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("rekey census of key 7: table 1 of 1: public.cards"));
+  EXPECT_THAT(r.out, HasSubstr("key 7: 0 values in 0 columns"));
 }
 
 TEST_F(KeyRetireSafetyTest, UsageListsEveryColumnAsTextAndJson) {

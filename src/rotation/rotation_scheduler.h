@@ -2,8 +2,9 @@
 // past its maximum age (rekey.rotation_due, oldest due first) and that no unfinished job is
 // already rotating, it creates a new data key in that scope (wrapped by the same KMS provider as
 // the old one) and the staged jobs that move the scope's registered targets from the old key to
-// the new one (rekey.rotation_targets: one job per table and tenant scope). A scope whose old key
-// holds no registered values gets its new key promoted directly.
+// the new one (rekey.rotation_targets: registered columns found by identity and whole-column
+// usage, one unscoped job per table). A scope whose old key holds no registered values gets its
+// new key promoted directly.
 //
 // At most max_jobs scopes are rotated per run, so a thousand overdue tenants are spread over
 // successive runs instead of hitting the KMS and the database in one burst; the rest are
