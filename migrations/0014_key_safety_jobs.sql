@@ -99,9 +99,10 @@ BEGIN
   RETURN canonical;
 END $$;
 
--- Existing jobs and targets, canonicalised. A target that becomes a duplicate of another (the
--- same column registered as '042' and as '42') is merged into the older one when both describe
--- the column alike; otherwise it is left as it was, with a notice. A row whose table or column is
+-- Existing jobs and targets, canonicalised. A target that would become a duplicate of another
+-- (the same column registered as '042' and as '42') is merged into the one already holding the
+-- canonical value, its jobs' columns pointed there, when both describe the column alike;
+-- otherwise it is left as it was, with a notice. A row whose table or column is
 -- gone, or whose value does not parse, is left as it was too.
 DO $$
 DECLARE

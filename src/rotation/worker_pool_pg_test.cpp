@@ -112,11 +112,12 @@ TEST_F(WorkerPoolTest, IdleLoopsWakeWhenAStageOpensOrTheJobEnds) {
   // A staged job that advances by itself. Whichever loop finds nothing to claim while the other
   // finishes a stage waits for the next one; with an idle poll of an hour it can only wake on the
   // job's notification (rekey_jobs), and the pool returns when the job ends only if it does.
+  // The fixture's job first: a column has one unfinished job at a time.
+  Exec("UPDATE rekey.jobs SET state = 'cancelled' WHERE job_id = " + std::to_string(job_));
   const int64_t staged =
       testing::CreateJobSql(conn(),
                             "'public.cards', ARRAY['token'], '{\"1\": 2}', p_batch_size => 100, "
                             "p_stages => '{1,50,100}', p_observe => '0s'");
-  Exec("UPDATE rekey.jobs SET state = 'cancelled' WHERE job_id = " + std::to_string(job_));
   WorkerOptions o = Options();
   o.job = staged;
   o.idle_poll = std::chrono::hours(1);
