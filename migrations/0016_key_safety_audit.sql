@@ -7,11 +7,12 @@
 -- the client (rekey.record_gate's p_verified_by), and the worker role could write any name into
 -- gates.approved_by: a report's approvals were what some client said they were. BEFORE triggers
 -- now stamp them on every INSERT path (functions, psql, COPY):
---   * actor is current_user: the role whose privileges the write used, which is what the grants
---     of sql/roles.sql bound and what an operator's `SET ROLE` switches to on purpose. Not
---     session_user: inside a SECURITY DEFINER caller current_user is the definer, but no audit
---     writer is one (rekey.seal_audit only writes the chain); and where session_user differs (a
---     login that SET ROLE), it is kept as details->>'session_user' so the person is not lost.
+--   * actor is current_user, not session_user: the role whose privileges the write used, which
+--     is what the grants of sql/roles.sql bound and what an operator's `SET ROLE` switches to on
+--     purpose. Its one weakness, naming the owner inside a SECURITY DEFINER function, does not
+--     arise: no function that writes audit rows is one (rekey.seal_audit and
+--     rekey.seal_audit_durably write only the chain). Where session_user differs (a login that
+--     SET ROLE), it is kept as details->>'session_user', so the person is not lost.
 --   * at is clock_timestamp(), as the column default always was: events of one transaction keep
 --     their order in time, and rekey.record_gate's completeness check (a completion row's
 --     at >= its batch's claimed_at, the claim's now(), committed before the batch transaction
