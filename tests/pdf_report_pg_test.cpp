@@ -225,6 +225,13 @@ TEST_F(PdfReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonReportOnEv
   expect_text("unchanged: the digests are equal", "digest comparison");
   expect_text("key 2: 4998", "values per key");
 
+  // The Markdown stored beside it says the same about the chain and the digest.
+  const std::string markdown = Scalar("SELECT markdown FROM rekey.reports WHERE job_id = " + j +
+                                      " ORDER BY report_id DESC LIMIT 1");
+  EXPECT_THAT(markdown, HasSubstr("**Audit chain intact**"));
+  EXPECT_THAT(markdown, HasSubstr("head `" + head + "`"));
+  EXPECT_THAT(markdown, HasSubstr(digest_before + "`, equal to the digest before the rotation"));
+
   const std::string stored_sha256 = Scalar("SELECT sha256 FROM rekey.reports WHERE job_id = " + j +
                                            " ORDER BY report_id DESC LIMIT 1");
   EXPECT_THAT(squeezed, HasSubstr(stored_sha256)) << "the stored report's digest";
