@@ -3,11 +3,13 @@
 #   an application's table of card tokens encrypted under key 1 -> key 2 by several worker
 #   processes: a 1% canary, its verification gate, approval, the remaining stages, the key
 #   promotion and sweep; proof that every value decrypts under the new key to its original
-#   plaintext; then a rollback to key 1, verified the same way, and the audit trail.
+#   plaintext; the compliance report as a PDF (DEMO_REPORT, default build/demo-report.pdf); then a
+#   rollback to key 1, verified the same way, and the audit trail.
 set -euo pipefail
 REKEY=$(realpath "${1:-build/rekey}")
 ROWS=${DEMO_ROWS:-100000}
 WORKERS=${DEMO_WORKERS:-2}
+REPORT_PDF=$(realpath -m "${DEMO_REPORT:-$(dirname "$REKEY")/demo-report.pdf}")
 cd "$(dirname "$0")/.."
 
 eval "$(scripts/pg-throwaway.sh start)"
@@ -85,6 +87,9 @@ check_digest() {
 check_digest 2
 run rekey keys list
 
+step "7b. The compliance report for the auditor, as a PDF: it decrypts every value again and compares the plaintext digest with the one taken before"
+run rekey report "$JOB" --format pdf --output "$REPORT_PDF" --verify --plaintext-sha256-before "$before"
+
 step "8. Roll back: the same worker pool re-encrypts every value back to key 1 and restores the keyring"
 run rekey job rollback "$JOB" --reason "demo: the application reported errors"
 run_workers
@@ -96,3 +101,4 @@ step "9. The audit trail"
 psql -X -c "SELECT action, outcome, count(*), min(at)::time(0) AS first, max(at)::time(0) AS last FROM rekey.audit GROUP BY 1, 2 ORDER BY min(audit_id)"
 echo
 echo "demo OK: $ROWS rows rotated from key 1 to key 2 in stages by $WORKERS workers, verified, and rolled back"
+echo "compliance report of the rotation: $REPORT_PDF"

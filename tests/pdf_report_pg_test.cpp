@@ -225,6 +225,13 @@ TEST_F(PdfReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonReportOnEv
   expect_text("unchanged: the digests are equal", "digest comparison");
   expect_text("key 2: 4998", "values per key");
 
+  // The Markdown stored beside it says the same about the chain and the digest.
+  const std::string markdown = Scalar("SELECT markdown FROM rekey.reports WHERE job_id = " + j +
+                                      " ORDER BY report_id DESC LIMIT 1");
+  EXPECT_THAT(markdown, HasSubstr("**Audit chain intact**"));
+  EXPECT_THAT(markdown, HasSubstr("head `" + head + "`"));
+  EXPECT_THAT(markdown, HasSubstr(digest_before + "`, equal to the digest before the rotation"));
+
   const std::string stored_sha256 = Scalar("SELECT sha256 FROM rekey.reports WHERE job_id = " + j +
                                            " ORDER BY report_id DESC LIMIT 1");
   EXPECT_THAT(squeezed, HasSubstr(stored_sha256)) << "the stored report's digest";
@@ -250,6 +257,44 @@ TEST_F(PdfReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonReportOnEv
     EXPECT_GT(ReadFile(dir_ + "/" + f).size(), 1000u) << f;
   }
   EXPECT_EQ(rendered, pages);
+}
+
+TEST_F(PdfReportTest, ARolledBackRotationsPdfSaysSoAndChartsTheRowsRestored) {
+  const int64_t job = StagedJob(3000);
+  const std::string j = std::to_string(job);
+  Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
+  Work(job);
+  ASSERT_EQ(Rekey({"job", "advance", j, "--observe", "0s"}).exit_code, 0);
+  Work(job);
+  ASSERT_EQ(Rekey({"job", "rollback", j, "--reason", "readers failed"}).exit_code, 0);
+  Work(job);
+  ASSERT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "rolled_back");
+
+  const std::string pdf = dir_ + "/rolled-back.pdf";
+  ProcessResult r = Rekey({"report", j, "--format", "pdf", "--output", pdf});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json report =
+      json::parse(Scalar("SELECT body::text FROM rekey.reports WHERE job_id = " + j +
+                         " ORDER BY report_id DESC LIMIT 1"));
+  ASSERT_EQ(report["outcome"], "rolled_back");
+  const json& rollback = report["stages"].back();
+  ASSERT_EQ(rollback["kind"], "rollback");
+  const int64_t restored = report["rows"]["restored_by_rollback"];
+  EXPECT_GT(restored, 1000);
+
+  ProcessResult text_run = RunProcess({"pdftotext", "-layout", "-enc", "UTF-8", pdf, "-"});
+  ASSERT_EQ(text_run.exit_code, 0) << text_run.err;
+  const std::string text = Collapse(text_run.out);
+  EXPECT_THAT(text, HasSubstr("OUTCOME: ROLLED BACK"));
+  EXPECT_THAT(text, HasSubstr("Restored by rollback " + std::to_string(restored)));
+  EXPECT_THAT(text, HasSubstr("job.rollback_started"));
+  EXPECT_THAT(text, HasSubstr("reason readers failed"));
+  // The rollback stage is a series of the progress chart, its total the rows it restored.
+  EXPECT_THAT(text, HasSubstr("stage " + rollback["stage_no"].dump() +
+                              " rollback: " + rollback["rows_reencrypted"].dump() + " rows"));
+  // Without --verify the report says the plaintext was not compared.
+  EXPECT_THAT(text, HasSubstr("9. Plaintext digest check Not run with this report"));
+  EXPECT_THAT(text, HasSubstr("That no plaintext changed: no plaintext digest was compared"));
 }
 
 TEST_F(PdfReportTest, UnknownAndUnfinishedJobsAndUnwritablePathsAreRefusedWithNothingWritten) {

@@ -121,6 +121,28 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
   }
   md << "; " << Cell(audit["events"]) << " audit events for the job from "
      << Cell(audit["first_event_at"]) << " to " << Cell(audit["last_event_at"]) << ".\n";
+  if (r.contains("audit_chain")) {
+    const auto& chain = r["audit_chain"];
+    md << "\n**Audit chain " << (chain["intact"].get<bool>() ? "intact" : "TAMPERED")
+       << "**: " << Cell(chain["rows_checked"]) << " sealed rows recomputed at "
+       << Cell(chain["verified_at"]) << ", head `" << Cell(chain["head"])
+       << "` (keep it; `rekey audit verify --expect-head` "
+       << "proves the chain still extends it)";
+    for (const auto& f : chain["findings"]) md << "; " << Cell(f);
+    md << ".\n";
+  }
+  if (r.contains("verification")) {
+    const auto& v = r["verification"];
+    md << "\n## Plaintext digest\n\n"
+       << Cell(v["values"]) << " values of " << Cell(v["rows"]) << " rows decrypted at "
+       << Cell(v["verified_at"]) << ", " << Cell(v["failures"]) << " failed; plaintext SHA-256 `"
+       << Cell(v["plaintext_sha256"]) << "`";
+    if (v.contains("plaintext_sha256_before")) {
+      md << (v["plaintext_unchanged"].get<bool>() ? ", equal to" : ", DIFFERENT from")
+         << " the digest before the rotation";
+    }
+    md << ".\n";
+  }
 
   md << "\n## Decisions and approvals\n\nActors, verifiers and approvers are the database roles "
         "that made each change, with times from the database's clock, both recorded by the "

@@ -771,9 +771,9 @@ void WritePdfReport(const json& r, const std::vector<StageProgress>& progress, s
   }
   doc.Table({{"gate", 72},
              {"result", 36},
-             {"sample (values checked)", 50, true},
+             {"sample (values checked)", 47, true},
              {"decrypt errors", 40, true},
-             {"quaran- tined", 38, true},
+             {"quaran- tined", 41, true},
              {"error rate", 43, true},
              {"thresh- old", 43, true},
              {"audit rows", 30},
