@@ -284,16 +284,16 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
   other record;
 BEGIN
-  SELECT o.job_id, o.state, string_agg(DISTINCT format('%I.%I.%I', o.schema_name, o.table_name, ot.column_name), ', ') AS cols
+  -- By identity (rekey.target_columns, migrations/0013): a job registered before a rename and
+  -- one created under the new name still rotate the same column.
+  SELECT o.job_id, o.state, string_agg(DISTINCT format('%I.%I.%I', ot.schema_name, ot.table_name, ot.column_name), ', ') AS cols
     INTO other
-    FROM rekey.jobs me
-    JOIN rekey.job_columns mc ON mc.job_id = me.job_id
-    JOIN rekey.targets mt ON mt.target_id = mc.target_id
-    JOIN rekey.jobs o ON o.schema_name = me.schema_name AND o.table_name = me.table_name
-                     AND o.job_id <> me.job_id AND rekey.job_unfinished(o.state)
-    JOIN rekey.job_columns oc ON oc.job_id = o.job_id
-    JOIN rekey.targets ot ON ot.target_id = oc.target_id AND ot.column_name = mt.column_name
-   WHERE me.job_id = p_job
+    FROM rekey.job_columns mc
+    JOIN rekey.target_columns() mt ON mt.target_id = mc.target_id
+    JOIN rekey.target_columns() ot ON ot.relid = mt.relid AND ot.attnum = mt.attnum
+    JOIN rekey.job_columns oc ON oc.target_id = ot.target_id
+    JOIN rekey.jobs o ON o.job_id = oc.job_id AND o.job_id <> p_job AND rekey.job_unfinished(o.state)
+   WHERE mc.job_id = p_job
    GROUP BY o.job_id, o.state ORDER BY o.job_id LIMIT 1;
   IF other.job_id IS NOT NULL THEN
     RAISE EXCEPTION 'job % (%) is still rotating %: a column has one unfinished job at a time; let job % finish, or cancel it (rekey job cancel %)',
@@ -606,8 +606,10 @@ BEGIN
 
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    SELECT target_id INTO tid FROM rekey.targets x
-     WHERE x.schema_name = t.schema_name AND x.table_name = t.table_name AND x.column_name = p_columns[i]
+    -- The column's target by identity (migrations/0013), so a renamed table keeps its target.
+    SELECT x.target_id INTO tid FROM rekey.targets x JOIN rekey.target_columns() tc USING (target_id)
+     WHERE tc.relid = format('%I.%I', t.schema_name, t.table_name)::regclass
+       AND tc.column_name = p_columns[i]
        AND x.scope_column IS NOT DISTINCT FROM p_scope_column AND x.scope_value IS NOT DISTINCT FROM v_scope_value;
     IF tid IS NULL THEN
       INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, key_id_column,
@@ -759,8 +761,10 @@ BEGIN
   RETURNING job_id INTO job;
 
   FOR i IN 1 .. cardinality(p_columns) LOOP
-    SELECT target_id INTO tid FROM rekey.targets x
-     WHERE x.schema_name = t.schema_name AND x.table_name = t.table_name AND x.column_name = p_columns[i]
+    -- The column's target by identity (migrations/0013), so a renamed table keeps its target.
+    SELECT x.target_id INTO tid FROM rekey.targets x JOIN rekey.target_columns() tc USING (target_id)
+     WHERE tc.relid = format('%I.%I', t.schema_name, t.table_name)::regclass
+       AND tc.column_name = p_columns[i]
        AND x.scope_column IS NOT DISTINCT FROM p_scope_column AND x.scope_value IS NOT DISTINCT FROM v_scope_value;
     IF tid IS NULL THEN
       INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, ad_template,
