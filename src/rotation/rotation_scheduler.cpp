@@ -50,6 +50,24 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
       out.detail = "changed since the run started";
       return;
     }
+    // A column has one unfinished job at a time (rekey.refuse_column_collision): while another
+    // key's rotation still moves one of these columns, this one waits for the next run instead
+    // of failing it.
+    auto busy = txn.exec_params(
+        "SELECT min(j.job_id) FROM rekey.rotation_targets($1) r"
+        "  CROSS JOIN LATERAL unnest(r.columns) AS col"
+        "  JOIN rekey.target_columns() tc ON tc.relid = r.table_name::regclass"
+        "   AND tc.column_name = col"
+        "  JOIN rekey.job_columns jc ON jc.target_id = tc.target_id"
+        "  JOIN rekey.jobs j ON j.job_id = jc.job_id AND rekey.job_unfinished(j.state)",
+        due.key);
+    if (!busy[0][0].is_null()) {
+      out.action = "in_flight";
+      out.jobs.push_back(busy[0][0].as<int64_t>());
+      out.detail = "a column holding its values is being rotated by job " +
+                   busy[0][0].as<std::string>() + "; it is scheduled once that job is finished";
+      return;
+    }
     keyring::CreateKeyOptions key_options;
     key_options.scope = due.scope;
     keyring::KeyRecord created = keyring::CreateKey(txn, kms(due.provider), key_options);
