@@ -192,6 +192,38 @@ TEST_F(OpsSchedulingTest, AScopeThatFailsLeavesTheOthersScheduled) {
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.jobs"), 1);
 }
 
+// Two keyring scopes whose values share one column: a column has one unfinished job at a time,
+// so the second scope's rotation waits for the first instead of failing the run (a CronJob that
+// exits non-zero on every run while a rotation is in progress pages someone for nothing).
+TEST_F(OpsSchedulingTest, AKeyWhoseColumnAnotherRotationIsMovingWaitsForTheNextRun) {
+  ScopeWithData("a", 1, "public.cards", 100);
+  ScopeWithData("b", 2, "", 0);
+  SeedTinkTable(conn(), "public.cards_b", 100, 2);
+  Exec(
+      "INSERT INTO public.cards (id, tenant_id, key_id, token) SELECT id + 100, tenant_id, "
+      "key_id, token FROM public.cards_b; DROP TABLE public.cards_b");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+
+  ProcessResult r = Rekey({"rotate-due", "--observe", "0s", "--stages", "100", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  json first = json::parse(r.out);
+  EXPECT_EQ(Actions(first), (std::vector<std::string>{"a:scheduled", "b:in_flight"}));
+  EXPECT_THAT(first[1]["detail"].get<std::string>(), HasSubstr("being rotated by job 1"));
+  EXPECT_EQ(first[1]["jobs"], json::array({1}));
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.keys WHERE scope = 'b'"), 1)
+      << "no key is created for a rotation that waits";
+
+  Work(1);
+  json second = RekeyJson({"rotate-due", "--observe", "0s", "--stages", "100", "--json"});
+  EXPECT_EQ(Actions(second), (std::vector<std::string>{"b:scheduled"}));
+  Work(2);
+  EXPECT_EQ(Scalar("SELECT string_agg(state, ',' ORDER BY job_id) FROM rekey.jobs"),
+            "completed,completed");
+  EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE substring(token from 2 for 4) IN "
+                  "(int4send(1), int4send(2))"),
+            0);
+}
+
 TEST_F(OpsSchedulingTest, PoliciesAreSetAuditedAndValidated) {
   ProcessResult r = Rekey({"keys", "policy", "set", "--scope", "payments", "--max-age", "30d"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
