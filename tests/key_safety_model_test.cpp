@@ -19,9 +19,9 @@
 //
 // Knobs (docs/testing.md, "The key-safety model"):
 //   REKEY_MODEL_SEED=N        replay one sequence (with the same OPS and STEPS it failed with)
-//   REKEY_MODEL_SEQUENCES=N   sequences of a run (default 200); REKEY_MODEL_STEPS (default 18)
+//   REKEY_MODEL_SEQUENCES=N   sequences of a run (default 300); REKEY_MODEL_STEPS (default 14)
 //   REKEY_MODEL_OPS=a,b,...   only these operations (names in kOperations below; default all)
-//   REKEY_MODEL_SECONDS=N     stop starting sequences after N seconds (default 240)
+//   REKEY_MODEL_SECONDS=N     start no random sequence after N seconds (default 150)
 //   REKEY_MODEL_BASE_SEED=N   first seed of the random sequences (default: from the clock)
 //   REKEY_MODEL_TABLES=a,b    only these fixture tables (cards_u, cards_i, notes_i; default all)
 //   REKEY_MODEL_THREADS=N     sequences run side by side (default 2); REKEY_MODEL_VERBOSE=1
@@ -1153,61 +1153,83 @@ std::vector<SeedSpec> LoadSeeds(const std::string& path, int default_steps) {
   return out;
 }
 
-TEST(KeySafetyModel, RegressionSeeds) {
-  if (std::getenv("REKEY_MODEL_SEED")) GTEST_SKIP() << "REKEY_MODEL_SEED replays one sequence";
-  const std::string path = std::string(REKEY_SOURCE_DIR) + "/tests/model/seeds.txt";
-  std::vector<SeedSpec> seeds = LoadSeeds(path, EnvInt("REKEY_MODEL_STEPS", kDefaultSteps));
-  ASSERT_FALSE(seeds.empty()) << path << " holds no seed";
-  int held = 0;
-  for (const auto& spec : seeds) held += RunAndReport(spec);
-  std::printf("model: %d of %zu regression seeds held every invariant\n", held, seeds.size());
-}
+struct RunTally {
+  int run = 0;
+  int failed = 0;
+  bool out_of_time = false;
+};
 
-TEST(KeySafetyModel, RandomSequences) {
-  std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  const std::set<std::string> ops = ParseOps(EnvString("REKEY_MODEL_OPS", ""));
-  const int steps = EnvInt("REKEY_MODEL_STEPS", kDefaultSteps);
-  if (const char* one = std::getenv("REKEY_MODEL_SEED")) {
-    SeedSpec spec{std::stoull(one), ops, steps, EnvString("REKEY_MODEL_TABLES", ""), ""};
-    std::printf("model: replaying seed %llu\n", static_cast<unsigned long long>(spec.seed));
-    EXPECT_TRUE(RunAndReport(spec));
-    return;
-  }
-  const int sequences = EnvInt("REKEY_MODEL_SEQUENCES", 200);
-  const int seconds = EnvInt("REKEY_MODEL_SECONDS", 240);
-  const uint64_t base = uint64_t(
-      EnvInt("REKEY_MODEL_BASE_SEED", int(std::chrono::system_clock::now().time_since_epoch() /
-                                          std::chrono::seconds(1) % 100000000)));
-  std::printf(
-      "model: %d sequences of %d steps from seed %llu, ops %s (REKEY_MODEL_SEED=N "
-      "replays one)\n",
-      sequences, steps, static_cast<unsigned long long>(base), JoinOps(ops).c_str());
-  // Sequences run on REKEY_MODEL_THREADS threads (default 2), each in its own database: most of
-  // a sequence's time is spent waiting for rekey processes and PostgreSQL.
+// Runs the sequences `spec_of(0..count-1)` on REKEY_MODEL_THREADS threads (default 2), each in its
+// own database: most of a sequence's time is spent waiting for rekey processes and PostgreSQL.
+// No sequence starts after `budget`.
+template <typename SpecOf>
+RunTally RunSequences(int count, const SpecOf& spec_of, std::chrono::seconds budget) {
   const int threads = std::max(1, EnvInt("REKEY_MODEL_THREADS", 2));
-  const std::string tables = EnvString("REKEY_MODEL_TABLES", "");
   const auto start = Clock::now();
   std::atomic<int> next{0}, run{0}, failed{0};
   std::atomic<bool> out_of_time{false};
   std::vector<std::thread> pool;
   for (int w = 0; w < threads; ++w) {
     pool.emplace_back([&] {
-      for (int i = next++; i < sequences; i = next++) {
-        if (Clock::now() - start > std::chrono::seconds(seconds)) {
+      for (int i = next++; i < count; i = next++) {
+        if (Clock::now() - start > budget) {
           out_of_time = true;
           return;
         }
-        failed += !RunAndReport({base + uint64_t(i), ops, steps, tables, ""});
+        failed += !RunAndReport(spec_of(i));
         ++run;
       }
     });
   }
   for (auto& t : pool) t.join();
-  if (out_of_time) std::printf("model: time budget of %d s used up\n", seconds);
   const double took = std::chrono::duration<double>(Clock::now() - start).count();
   std::printf("model: %d sequences in %.1f s (%.2f s each on %d threads), %d broke an invariant\n",
               run.load(), took, took / std::max(run.load(), 1), threads, failed.load());
-  EXPECT_GE(run.load(), std::min(sequences, 1));
+  return {run.load(), failed.load(), out_of_time.load()};
+}
+
+TEST(KeySafetyModel, RegressionSeeds) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (std::getenv("REKEY_MODEL_SEED")) GTEST_SKIP() << "REKEY_MODEL_SEED replays one sequence";
+  const std::string path = std::string(REKEY_SOURCE_DIR) + "/tests/model/seeds.txt";
+  std::vector<SeedSpec> seeds = LoadSeeds(path, EnvInt("REKEY_MODEL_STEPS", kDefaultSteps));
+  ASSERT_FALSE(seeds.empty()) << path << " holds no seed";
+  // Every kept seed replays, whatever the time.
+  RunTally tally = RunSequences(
+      int(seeds.size()), [&](int i) { return seeds[size_t(i)]; }, std::chrono::hours(24));
+  std::printf("model: %d of %zu regression seeds held every invariant\n", tally.run - tally.failed,
+              seeds.size());
+}
+
+TEST(KeySafetyModel, RandomSequences) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  const std::set<std::string> ops = ParseOps(EnvString("REKEY_MODEL_OPS", ""));
+  const int steps = EnvInt("REKEY_MODEL_STEPS", kDefaultSteps);
+  const std::string tables = EnvString("REKEY_MODEL_TABLES", "");
+  if (const char* one = std::getenv("REKEY_MODEL_SEED")) {
+    SeedSpec spec{std::stoull(one), ops, steps, tables, ""};
+    std::printf("model: replaying seed %llu\n", static_cast<unsigned long long>(spec.seed));
+    EXPECT_TRUE(RunAndReport(spec));
+    return;
+  }
+  const int sequences = EnvInt("REKEY_MODEL_SEQUENCES", 300);
+  const int seconds = EnvInt("REKEY_MODEL_SECONDS", 150);
+  const uint64_t base = uint64_t(
+      EnvInt("REKEY_MODEL_BASE_SEED", int(std::chrono::system_clock::now().time_since_epoch() /
+                                          std::chrono::seconds(1) % 100000000)));
+  std::printf("model: up to %d sequences of %d steps in %d s from seed %llu, ops %s%s%s\n",
+              sequences, steps, seconds, static_cast<unsigned long long>(base),
+              JoinOps(ops).c_str(), tables.empty() ? "" : ", tables ", tables.c_str());
+  RunTally tally = RunSequences(
+      sequences,
+      [&](int i) {
+        return SeedSpec{base + uint64_t(i), ops, steps, tables, ""};
+      },
+      std::chrono::seconds(seconds));
+  if (tally.out_of_time) {
+    std::printf("model: the time budget of %d s (REKEY_MODEL_SECONDS) stopped the run\n", seconds);
+  }
+  EXPECT_GE(tally.run, std::min(sequences, 1));
 }
 
 }  // namespace
