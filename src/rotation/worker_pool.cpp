@@ -71,8 +71,9 @@ bool IsSchemaOrPrivilegeError(const std::exception& e) {
 // The job's pause reason when a key it writes under was refused: what happened and what to do.
 std::string KeyRefusalReason(const KeyNotWritableError& e, int64_t job) {
   const std::string j = std::to_string(job);
-  return std::string(e.what()) + "; make the key decrypt_only again and rekey job resume " + j +
-         ", or rekey job rollback " + j + " (or cancel)";
+  return std::string(e.what()) +
+         "; a retired key can be made decrypt_only again and the job resumed (rekey job resume " +
+         j + "); otherwise rekey job rollback " + j + " or rekey job cancel " + j;
 }
 
 bool IsKeyOrConfigError(const std::exception& e) {
