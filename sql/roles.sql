@@ -59,8 +59,9 @@ GRANT UPDATE (status) ON rekey.keys TO rekey_worker;
 -- granted UPDATE on whole tables: the REVOKE takes that back on upgrade. (FOR UPDATE row locks
 -- need UPDATE on one column, which these grants give.)
 REVOKE UPDATE ON rekey.jobs, rekey.job_stages, rekey.batches, rekey.gates FROM rekey_worker;
+-- rollback_stage: rekey.finish_stages (0014) records a rollback's first pass for its sweeps.
 GRANT UPDATE (state, state_reason, current_stage, keys_promoted, started_at, finished_at,
-              updated_at)
+              updated_at, rollback_stage)
   ON rekey.jobs TO rekey_worker;
 GRANT UPDATE (state, opened_at, finished_at) ON rekey.job_stages TO rekey_worker;
 -- keys: rekey.clear_planned_keys (0008) sets it to NULL when the worker completes the job.
