@@ -95,8 +95,10 @@ TEST_F(JobSafetyTest, ScopeValuesAreStoredInTheTypesOwnTextForm) {
   EXPECT_EQ(Scalar("SELECT scope_value FROM rekey.jobs"), "8f14e45f-ceea-467f-a0e6-0d3c5a3b1b2e");
   EXPECT_EQ(Scalar("SELECT scope_value FROM rekey.targets"),
             "8f14e45f-ceea-467f-a0e6-0d3c5a3b1b2e");
-  EXPECT_EQ(Count("SELECT coalesce(sum(n), 0) FROM rekey.key_usage(1)"), tenant_rows)
-      << "the census sees the scope's values under key 1";
+  EXPECT_GT(tenant_rows, 0);
+  EXPECT_EQ(Count("SELECT coalesce(sum(n), 0) FROM rekey.key_usage(1)"),
+            Count("SELECT count(*) FROM public.cards"))
+      << "key usage counts the whole column under key 1, the scope's values included";
   ASSERT_EQ(Rekey({"job", "cancel", "1"}).exit_code, 0);
 
   // An integer scope: '042' is tenant 42, and a second job on it reuses the same target.
@@ -106,9 +108,9 @@ TEST_F(JobSafetyTest, ScopeValuesAreStoredInTheTypesOwnTextForm) {
                                    "=> 'tenant_id', p_scope_value => '042', p_stages => '{100}'");
   EXPECT_EQ(Scalar("SELECT scope_value FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
             "42");
-  EXPECT_EQ(Count("SELECT coalesce(sum(u.n), 0) FROM rekey.key_usage(1) u JOIN "
-                  "rekey.targets t USING (target_id) WHERE t.scope_column = 'tenant_id'"),
-            Count("SELECT count(*) FROM public.cards WHERE tenant_id = 42"));
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.targets WHERE scope_column = 'tenant_id' AND "
+                  "scope_value = '42'"),
+            1);
   Work(job);
   EXPECT_EQ(JobState(job), "completed");
   EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE key_id = 1 AND tenant_id = 42 AND "
@@ -139,22 +141,25 @@ TEST_F(JobSafetyTest, ATamperedRecordedTypeRaisesInsteadOfRunning) {
   } catch (const pqxx::sql_error& e) {
     EXPECT_THAT(e.what(), HasSubstr("not a type name"));
   }
+  // The worker stops at once (a definition problem, exit 2) with nothing written and no
+  // attempt used: the job waits for a person to cancel it and create it again.
   ProcessResult r = Rekey({"work", "--job", j});
-  EXPECT_EQ(JobState(job), "failed") << r.err;
-  EXPECT_THAT(Scalar("SELECT last_error FROM rekey.batches WHERE job_id = " + j),
-              HasSubstr("not a type name"));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("not a type name"));
+  EXPECT_EQ(JobState(job), "active");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j + " AND attempts > 0"),
+            0);
   EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE substring(token from 2 for 4) = "
                   "'\\x00000002'::bytea"),
             0)
       << "nothing was written";
 
   Exec("UPDATE rekey.jobs SET scope_type = 'integer', pk_type = 'text' WHERE job_id = " + j);
-  ASSERT_EQ(Rekey({"job", "retry-failed", j}).exit_code, 0);
   r = Rekey({"work", "--job", j});
-  EXPECT_EQ(JobState(job), "failed") << r.err;
+  EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(
-      Scalar("SELECT last_error FROM rekey.batches WHERE job_id = " + j),
-      HasSubstr("records type text for column public.cards.id but the catalog says bigint"));
+      r.err, HasSubstr("records type text for column public.cards.id but the catalog says bigint"));
+  EXPECT_EQ(JobState(job), "active");
 }
 
 // cards(id, key_id, pan, cvv): both raw values under the row's key_id. A job on pan alone set
