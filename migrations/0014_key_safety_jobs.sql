@@ -400,6 +400,13 @@ DECLARE
   prev numeric := 0;
 BEGIN
   t := rekey.resolve_table(p_table);
+  -- Policies that hide rows from this role would hide them from the plan too: those rows would
+  -- never be rotated, and the job would still complete (docs/safety.md, invariant 4). The
+  -- table as this role sees it is not fit for a job: a definition error (exit 2), with the grant.
+  IF rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass) IS NOT NULL THEN
+    RAISE EXCEPTION '%', rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass)
+      USING ERRCODE = 'invalid_table_definition';
+  END IF;
   PERFORM rekey.lock_job_definitions();
   -- Exactly one primary-key column: batches are ranges over it.
   SELECT min(a.attname), count(*) INTO pk_col, i
@@ -678,6 +685,13 @@ DECLARE
   prev numeric := 0;
 BEGIN
   t := rekey.resolve_table(p_table);
+  -- Policies that hide rows from this role would hide them from the plan too: those rows would
+  -- never be rotated, and the job would still complete (docs/safety.md, invariant 4). The
+  -- table as this role sees it is not fit for a job: a definition error (exit 2), with the grant.
+  IF rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass) IS NOT NULL THEN
+    RAISE EXCEPTION '%', rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass)
+      USING ERRCODE = 'invalid_table_definition';
+  END IF;
   PERFORM rekey.lock_job_definitions();
   SELECT min(a.attname), count(*) INTO pk_col, i
     FROM pg_index x

@@ -285,6 +285,27 @@ class RowSecurityTest : public WorkerSafetyTest {
   std::string worker_;
 };
 
+TEST_F(RowSecurityTest, JobCreateRefusesATableWhosePoliciesHideRowsFromItsRole) {
+  // An operator that is neither the owner nor BYPASSRLS would plan only the rows it sees.
+  Exec("GRANT rekey_operator TO " + login_);
+  for (const char* create :
+       {"rekey.create_job('public.cards', ARRAY['token'], '{\"1\": 2}', "
+        "p_key_id_column => 'key_id')",
+        "rekey.create_transit_job('public.cards', ARRAY['token'], 'transit/keys/app', 1)"}) {
+    pqxx::work txn(conn());
+    txn.exec("SET LOCAL ROLE " + login_);
+    try {
+      txn.exec(std::string("SELECT ") + create);
+      ADD_FAILURE() << create << " planned through a policy that hides half of the rows";
+    } catch (const pqxx::sql_error& e) {
+      EXPECT_EQ(e.sqlstate(), "42P16") << e.what();
+      EXPECT_THAT(e.what(), HasSubstr("row-level security on cards hides rows from role " + login_ +
+                                      ": ALTER ROLE " + login_ + " BYPASSRLS"));
+    }
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.jobs"), 1);
+}
+
 TEST_F(RowSecurityTest, AWorkerWhoseRoleCannotSeeEveryRowClaimsNothing) {
   ProcessResult r = Rekey(worker_, {"work", "--job", job_});
   ExpectRowSecurityRefusal(r);
