@@ -40,11 +40,20 @@ echo "plaintext sha256 before: $before"
 psql -X -c "SELECT id, tenant_id, key_id, encode(substring(token from 1 for 5), 'hex') AS tink_prefix, octet_length(token) AS bytes FROM public.payment_methods ORDER BY id LIMIT 3"
 
 step "4. Plan a staged rotation: a 1% canary, then 25/50/75/100%, each behind a verification gate"
+# The key-id column names the key of every encrypted column of its row, so rekey refuses a job
+# that would leave one of them behind under key 1 (docs/safety.md). brand is plaintext: the
+# operator says so, and the job records it.
+echo "$ rekey job create --table public.payment_methods --column token --key-id-column key_id --map 1:2 --batch-size 1000 --dry-run"
+if rekey job create --table public.payment_methods --column token --key-id-column key_id \
+  --map 1:2 --batch-size 1000 --dry-run; then
+  echo "demo FAILED: a job that leaves the brand column's key undecided was accepted" >&2
+  exit 1
+fi
 run rekey job create --table public.payment_methods --column token --key-id-column key_id \
-  --map 1:2 --batch-size 1000 --dry-run
-echo "$ rekey job create --table public.payment_methods --column token --key-id-column key_id --map 1:2 --batch-size 1000 --name demo-rotation"
+  --not-governed brand --map 1:2 --batch-size 1000 --dry-run
+echo "$ rekey job create --table public.payment_methods --column token --key-id-column key_id --not-governed brand --map 1:2 --batch-size 1000 --name demo-rotation"
 created=$(rekey job create --table public.payment_methods --column token --key-id-column key_id \
-  --map 1:2 --batch-size 1000 --name demo-rotation)
+  --not-governed brand --map 1:2 --batch-size 1000 --name demo-rotation)
 echo "$created"
 JOB=$(echo "$created" | sed -n 's/^created job \([0-9]*\) .*/\1/p')
 
