@@ -292,6 +292,14 @@ class Sequence {
       txn.exec0(
           "CREATE TABLE public.cards_i (id bigint PRIMARY KEY, tenant integer NOT NULL, key_id "
           "integer, pan bytea, cvv bytea)");
+      // Raw values name no key: only a registered raw column tells key usage and the census
+      // (rekey.key_census) which key-id column governs it, so a team using the raw codec
+      // registers its columns, as here (docs/keyring.md, "The key census"). Unregistered, a key
+      // could be destroyed under them and no census could know.
+      txn.exec0(
+          "INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, "
+          "key_id_column, ad_template) VALUES ('public', 'cards_i', 'id', 'pan', 'raw', 'key_id', "
+          "'{pk}'), ('public', 'cards_i', 'id', 'cvv', 'raw', 'key_id', '{pk}')");
       txn.exec0(
           "CREATE TABLE public.notes_i (id bigint PRIMARY KEY, tenant integer NOT NULL, body "
           "bytea, memo bytea)");
