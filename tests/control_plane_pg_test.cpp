@@ -7,6 +7,9 @@
 // wakes idle workers when a job changes.
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include <nlohmann/json.hpp>
 
 #include <string>
@@ -115,8 +118,15 @@ TEST_F(ControlPlaneTest, AClaimSkipsBatchesLiveWorkersHoldAndGoesOnToTheNextJob)
   const std::string a = std::to_string(first) + "/";
   const std::string b = std::to_string(second) + "/";
   EXPECT_EQ(claimed, (std::vector<std::string>{a + "2", a + "3", b + "1", b + "2"}));
-  // Once the holder is gone, its batch is claimable again (an attempt of a dead worker).
+  // Once the holder is gone, its batch is claimable again (an attempt of a dead worker). The
+  // server ends the backend, and frees its advisory lock, a moment after the client closes.
+  const int other_pid = other.backendpid();
   other.disconnect();
+  for (int i = 0; i < 1000 && Count("SELECT count(*) FROM pg_stat_activity WHERE pid = " +
+                                    std::to_string(other_pid)) > 0;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   pqxx::work txn(session);
   EXPECT_EQ(txn.exec1("SELECT job_id || '/' || batch_no || ' attempt ' || attempt FROM "
                       "rekey.claim_batch('w')")[0]
