@@ -31,10 +31,11 @@ void KeyCensus(pqxx::transaction_base& txn, uint32_t key_id,
   db::Classified(context, [&] {
     txn.exec_params0(db::Query("keyring/census.declare_census"), static_cast<int64_t>(key_id));
   });
+  // From the cursor declare_census opened. FETCH takes its row count only as a literal, so this
+  // one statement is built here.
+  const std::string fetch = "FETCH FORWARD " + std::to_string(kFetchRows) + " FROM rekey_census";
   for (;;) {
-    pqxx::result chunk = db::Classified(context, [&] {
-      return txn.exec("FETCH FORWARD " + std::to_string(kFetchRows) + " FROM rekey_census");
-    });
+    pqxx::result chunk = db::Classified(context, [&] { return txn.exec(fetch); });
     for (const pqxx::row& row : chunk) {
       CensusColumn c;
       c.schema = row["schema_name"].as<std::string>();
