@@ -105,9 +105,9 @@ std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& 
   std::vector<DueScope> due;
   db::Classified("reading the overdue keys", [&] {
     pqxx::nontransaction txn(conn);
-    if (!txn.exec_params1(db::Query("rotation/rotation_scheduler.try_lock"),
-                          kRotateDueLock)["locked"]
-             .as<bool>()) {
+    const pqxx::row lock =
+        txn.exec_params1(db::Query("rotation/rotation_scheduler.try_lock"), kRotateDueLock);
+    if (!lock["locked"].as<bool>()) {
       throw TransientError("another rekey rotate-due is running; try again when it is done");
     }
     for (const auto& row : txn.exec(db::Query("rotation/rotation_scheduler.due_scopes"))) {
