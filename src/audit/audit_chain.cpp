@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "db/connection.h"
+#include "db/named_query.h"
 
 namespace rekey::audit {
 namespace {
@@ -17,12 +18,12 @@ constexpr int kPage = 5000;
 // than this was backdated.
 constexpr double kMaxTransactionSeconds = 3600;
 
-// The same text renderings the sealer's rekey.audit_row_bytes uses, computed by the server from
-// the raw columns of the row.
-constexpr char kRowFields[] =
-    "a.audit_id::text, to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-    "a.actor, a.action, a.outcome, a.job_id::text, a.batch_no::text, a.details::text, a.xid::text";
-constexpr int kRowFieldCount = 9;
+// The columns of audit/chain_page holding the audit row's fields in CanonicalRow's order: the
+// same text renderings the sealer's rekey.audit_row_bytes uses, computed by the server from the
+// raw columns of the row.
+constexpr const char* kRowFields[] = {"row_audit_id", "row_at",      "row_actor",
+                                      "row_action",   "row_outcome", "row_job_id",
+                                      "row_batch_no", "row_details", "row_xid"};
 
 Bytes ToBytes(const pqxx::field& f) {
   pqxx::binarystring b(f);
@@ -75,8 +76,15 @@ namespace {
 // Takes the chain's sealing lock (the key rekey.seal_audit tries), waiting for a sealer in
 // progress: rekey.seal_audit alone would return 0 at once and leave that sealer's leftovers.
 void WaitForSealingLock(pqxx::work& txn) {
-  txn.exec0("SET LOCAL lock_timeout = '" + std::to_string(kSealLockTimeoutSeconds) + "s'");
-  txn.exec("SELECT pg_advisory_xact_lock(hashtext('rekey.audit_chain'))");
+  txn.exec_params(db::Query("audit/audit_chain.set_lock_timeout"),
+                  std::to_string(kSealLockTimeoutSeconds) + "s");
+  txn.exec(db::Query("audit/audit_chain.wait_for_sealing_lock"));
+}
+
+// `r`: audit/audit_chain.head or .seal_durably, no row for an empty chain.
+Head HeadOf(const pqxx::result& r) {
+  if (r.empty()) return Head{};
+  return Head{r[0]["seq"].as<int64_t>(), r[0]["chain_hash"].as<std::string>()};
 }
 
 }  // namespace
@@ -85,7 +93,7 @@ int Seal(pqxx::connection& conn) {
   return db::Classified("cannot seal the audit log", [&] {
     pqxx::work txn(conn);
     WaitForSealingLock(txn);
-    const int sealed = txn.exec1("SELECT rekey.seal_audit()")[0].as<int>();
+    const int sealed = txn.exec1(db::Query("audit/audit_chain.seal"))["sealed"].as<int>();
     txn.commit();
     return sealed;
   });
@@ -96,21 +104,19 @@ Head SealDurably(pqxx::connection& conn) {
     pqxx::work txn(conn);
     WaitForSealingLock(txn);
     // rekey.seal_audit_durably sets it too; said here as well because this COMMIT is the point.
-    txn.exec0("SET LOCAL synchronous_commit = on");
-    pqxx::result r = txn.exec("SELECT seq, chain_hash FROM rekey.seal_audit_durably()");
+    txn.exec0(db::Query("audit/audit_chain.synchronous_commit"));
+    pqxx::result r = txn.exec(db::Query("audit/audit_chain.seal_durably"));
     txn.commit();
-    if (r.empty()) return Head{};
-    return Head{r[0][0].as<int64_t>(), r[0][1].as<std::string>()};
+    return HeadOf(r);
   });
 }
 
 Head CurrentHead(pqxx::connection& conn) {
   return db::Classified("cannot read the audit chain head", [&] {
     pqxx::read_transaction txn(conn);
-    pqxx::result r = txn.exec("SELECT seq, chain_hash FROM rekey.audit_head");
+    pqxx::result r = txn.exec(db::Query("audit/audit_chain.head"));
     txn.commit();
-    if (r.empty()) return Head{};
-    return Head{r[0][0].as<int64_t>(), r[0][1].as<std::string>()};
+    return HeadOf(r);
   });
 }
 
@@ -146,20 +152,14 @@ Verification Verify(pqxx::connection& conn, const std::optional<Head>& expect_he
     bool expected_seen = false;
     double sealed_before = 0;  // the latest sealed_at of the links before the current one
     for (;;) {
-      pqxx::result page = txn.exec_params(
-          std::string("SELECT c.seq, c.audit_id, c.row_digest, c.chain_hash, c.sealed_xmin::text, "
-                      "a.audit_id IS NOT NULL, extract(epoch FROM c.sealed_at)::float8, "
-                      "extract(epoch FROM a.at)::float8, ") +
-              kRowFields +
-              " FROM rekey.audit_chain c LEFT JOIN rekey.audit a ON a.audit_id = c.audit_id"
-              " WHERE c.seq > $1 ORDER BY c.seq LIMIT $2",
-          last_seq, kPage);
+      pqxx::result page =
+          txn.exec_params(db::Query("audit/audit_chain.chain_page"), last_seq, kPage);
       for (const auto& row : page) {
-        const int64_t seq = row[0].as<int64_t>();
-        const int64_t audit_id = row[1].as<int64_t>();
-        const Bytes stored_digest = ToBytes(row[2]);
-        const Bytes stored_chain = ToBytes(row[3]);
-        horizon = std::max(horizon, ParseXid(row[4].as<std::string>()));
+        const int64_t seq = row["seq"].as<int64_t>();
+        const int64_t audit_id = row["audit_id"].as<int64_t>();
+        const Bytes stored_digest = ToBytes(row["row_digest"]);
+        const Bytes stored_chain = ToBytes(row["chain_hash"]);
+        horizon = std::max(horizon, ParseXid(row["sealed_xmin"].as<std::string>()));
         if (seq != last_seq + 1) {
           v.findings.push_back({"gap", std::nullopt, seq,
                                 "chain rows " + std::to_string(last_seq + 1) + ".." +
@@ -173,14 +173,14 @@ Verification Verify(pqxx::connection& conn, const std::optional<Head>& expect_he
                                 "chain hash of seq " + std::to_string(seq) +
                                     " does not follow from the previous link"});
         }
-        if (!row[5].as<bool>()) {
+        if (!row["row_exists"].as<bool>()) {
           v.findings.push_back(
               {"deleted", audit_id, seq,
                "audit row " + std::to_string(audit_id) + " was sealed but is gone"});
         } else {
           std::vector<std::optional<std::string>> fields;
-          for (int i = 0; i < kRowFieldCount; ++i) {
-            const auto& f = row[8 + i];
+          for (const char* name : kRowFields) {
+            const pqxx::field f = row[name];
             fields.push_back(f.is_null() ? std::nullopt
                                          : std::optional<std::string>(f.as<std::string>()));
           }
@@ -190,14 +190,14 @@ Verification Verify(pqxx::connection& conn, const std::optional<Head>& expect_he
                 {"altered", audit_id, seq,
                  "audit row " + std::to_string(audit_id) + " differs from what was sealed"});
           }
-          if (row[7].as<double>() < sealed_before - kMaxTransactionSeconds) {
+          if (row["row_at_epoch"].as<double>() < sealed_before - kMaxTransactionSeconds) {
             v.findings.push_back({"inserted", audit_id, seq,
                                   "audit row " + std::to_string(audit_id) +
                                       " claims a time long before seals that did not see it "
                                       "(backdated)"});
           }
         }
-        sealed_before = std::max(sealed_before, row[6].as<double>());
+        sealed_before = std::max(sealed_before, row["sealed_epoch"].as<double>());
         if (expect_head && seq == expect_head->seq) {
           expected_seen = true;
           if (HexEncode(stored_chain) != expect_head->chain_hash) {
@@ -221,33 +221,29 @@ Verification Verify(pqxx::connection& conn, const std::optional<Head>& expect_he
     }
     // Unsealed rows: legitimate only if their transaction may have been running at every seal,
     // and only for a while.
-    pqxx::result unsealed = txn.exec(
-        "SELECT a.audit_id, a.xid::text, extract(epoch FROM now() - a.at)::float8, a.action, "
-        "to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-        "FROM rekey.audit a WHERE NOT EXISTS "
-        "(SELECT 1 FROM rekey.audit_chain c WHERE c.audit_id = a.audit_id) ORDER BY a.audit_id");
+    pqxx::result unsealed = txn.exec(db::Query("audit/audit_chain.unsealed"));
     std::optional<Finding> oldest_unsealed;
     int64_t stale = 0;
     double oldest_age = 0;
     for (const auto& row : unsealed) {
-      const int64_t audit_id = row[0].as<int64_t>();
-      if (ParseXid(row[1].as<std::string>()) < horizon) {
+      const int64_t audit_id = row["audit_id"].as<int64_t>();
+      if (ParseXid(row["xid"].as<std::string>()) < horizon) {
         v.findings.push_back({"inserted", audit_id, std::nullopt,
                               "audit row " + std::to_string(audit_id) +
                                   " was added after the log was sealed past it"});
         continue;
       }
       ++v.unsealed;
-      const double age = row[2].as<double>();
+      const double age = row["age_seconds"].as<double>();
       if (age <= kMaxUnsealedMinutes * 60.0) continue;
       ++stale;
       if (!oldest_unsealed || age > oldest_age) {
         oldest_age = age;
-        oldest_unsealed =
-            Finding{"unsealed", audit_id, std::nullopt,
-                    "audit row " + std::to_string(audit_id) + " (" + row[3].as<std::string>() +
-                        ", " + row[4].as<std::string>() + ") has not been sealed for " +
-                        std::to_string(int64_t(age / 60)) + " minutes"};
+        oldest_unsealed = Finding{"unsealed", audit_id, std::nullopt,
+                                  "audit row " + std::to_string(audit_id) + " (" +
+                                      row["action"].as<std::string>() + ", " +
+                                      row["at"].as<std::string>() + ") has not been sealed for " +
+                                      std::to_string(int64_t(age / 60)) + " minutes"};
       }
     }
     if (oldest_unsealed) {

@@ -53,6 +53,9 @@ TEST_F(AuditChainPgTest, EveryWriteIsSealedAndTheChainVerifies) {
   EXPECT_TRUE(v.ok()) << v.findings[0].detail;
   EXPECT_EQ(v.rows_checked, Count("SELECT count(*) FROM rekey.audit"));
   EXPECT_EQ(v.head.seq, Count("SELECT max(seq) FROM rekey.audit_chain"));
+  // The head as read, and as sealed durably (nothing left to seal), is the one verified.
+  EXPECT_EQ(FormatHead(CurrentHead(conn())), FormatHead(v.head));
+  EXPECT_EQ(FormatHead(SealDurably(conn())), FormatHead(v.head));
   // The SQL sealer and this code agree on every digest, including odd text.
   Exec(
       R"(SELECT rekey.audit_event('odd', NULL, '{"s": "ä,1:\"x\"\n", "n": null}', 'failure', 7, 'é'))");

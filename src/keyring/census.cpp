@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "db/connection.h"
+#include "db/named_query.h"
 
 namespace rekey::keyring {
 
@@ -28,39 +29,34 @@ void KeyCensus(pqxx::transaction_base& txn, uint32_t key_id,
                const std::function<void(const CensusColumn&)>& on_column) {
   const std::string context = "taking the census of key " + std::to_string(key_id);
   db::Classified(context, [&] {
-    txn.exec_params0(
-        "DECLARE rekey_census NO SCROLL CURSOR FOR "
-        "SELECT schema_name, table_name, column_name, target_id, "
-        "       array_to_string(formats, ','), n, unknown, status, "
-        "       format('%I.%I.%I', schema_name, table_name, column_name) "
-        "  FROM rekey.key_census($1)",
-        static_cast<int64_t>(key_id));
+    txn.exec_params0(db::Query("keyring/census.declare_census"), static_cast<int64_t>(key_id));
   });
+  // From the cursor declare_census opened. FETCH takes its row count only as a literal, so this
+  // one statement is built here.
+  const std::string fetch = "FETCH FORWARD " + std::to_string(kFetchRows) + " FROM rekey_census";
   for (;;) {
-    pqxx::result chunk = db::Classified(context, [&] {
-      return txn.exec("FETCH FORWARD " + std::to_string(kFetchRows) + " FROM rekey_census");
-    });
+    pqxx::result chunk = db::Classified(context, [&] { return txn.exec(fetch); });
     for (const pqxx::row& row : chunk) {
       CensusColumn c;
-      c.schema = row[0].as<std::string>();
-      c.table = row[1].as<std::string>();
-      c.column = row[2].as<std::string>();
-      if (!row[3].is_null()) c.target_id = row[3].as<int64_t>();
-      if (!row[4].is_null()) c.formats = SplitCommas(row[4].as<std::string>());
-      if (!row[5].is_null()) c.values = row[5].as<int64_t>();
-      if (!row[6].is_null()) c.unknown = row[6].as<std::string>();
-      c.status = row[7].as<std::string>();
-      c.ref = row[8].as<std::string>();
+      c.schema = row["schema_name"].as<std::string>();
+      c.table = row["table_name"].as<std::string>();
+      c.column = row["column_name"].as<std::string>();
+      if (!row["target_id"].is_null()) c.target_id = row["target_id"].as<int64_t>();
+      if (!row["formats"].is_null()) c.formats = SplitCommas(row["formats"].as<std::string>());
+      if (!row["n"].is_null()) c.values = row["n"].as<int64_t>();
+      if (!row["unknown"].is_null()) c.unknown = row["unknown"].as<std::string>();
+      c.status = row["status"].as<std::string>();
+      c.ref = row["ref"].as<std::string>();
       on_column(c);
     }
     if (chunk.size() < static_cast<size_t>(kFetchRows)) break;
   }
-  db::Classified(context, [&] { txn.exec0("CLOSE rekey_census"); });
+  db::Classified(context, [&] { txn.exec0(db::Query("keyring/census.close_census")); });
 }
 
 void UseReadCommitted(pqxx::transaction_base& txn) {
   db::Classified("setting the transaction isolation",
-                 [&] { txn.exec0("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"); });
+                 [&] { txn.exec0(db::Query("keyring/census.read_committed")); });
 }
 
 void AcceptUnknownColumns(pqxx::transaction_base& txn, const std::vector<std::string>& refs) {
@@ -76,15 +72,15 @@ void AcceptUnknownColumns(pqxx::transaction_base& txn, const std::vector<std::st
     if (!list.empty()) list += ',';
     list += ref;
   }
-  db::Classified("accepting unknown columns", [&] {
-    txn.exec_params("SELECT set_config('rekey.accept_unknown', $1, true)", list);
-  });
+  db::Classified("accepting unknown columns",
+                 [&] { txn.exec_params(db::Query("keyring/census.accept_unknown"), list); });
 }
 
 std::string ForgetTarget(pqxx::transaction_base& txn, int64_t target_id,
                          const std::string& reason) {
   return db::Classified("forgetting target " + std::to_string(target_id), [&] {
-    return txn.exec_params1("SELECT rekey.forget_target($1, nullif($2, ''))", target_id, reason)[0]
+    return txn
+        .exec_params1(db::Query("keyring/census.forget_target"), target_id, reason)["confirmation"]
         .as<std::string>();
   });
 }

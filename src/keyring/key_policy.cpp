@@ -2,56 +2,43 @@
 
 #include "common/error.h"
 #include "db/connection.h"
+#include "db/named_query.h"
 
 namespace rekey::keyring {
 namespace {
-
-constexpr char kIso[] = "YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"";
 
 std::optional<std::string> OptText(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
   return f.as<std::string>();
 }
 
+// `row`: of keyring/key_policy.policies or .set_policy.
 KeyPolicy PolicyFrom(const pqxx::row& row) {
-  return {row[0].as<std::string>(), row[1].as<int64_t>(), row[2].as<std::string>(),
-          row[3].as<std::string>(), row[4].as<std::string>()};
+  return {row["scope"].as<std::string>(), row["max_age_seconds"].as<int64_t>(),
+          row["max_age"].as<std::string>(), row["updated_at"].as<std::string>(),
+          row["updated_by"].as<std::string>()};
 }
-
-const std::string kPolicyColumns =
-    "scope, extract(epoch FROM max_age)::bigint, max_age::text, "
-    "to_char(updated_at AT TIME ZONE 'UTC', '" +
-    std::string(kIso) + "'), updated_by";
 
 }  // namespace
 
 std::vector<KeyAge> ListKeyAges(pqxx::transaction_base& txn) {
-  const std::string iso = kIso;
   std::vector<KeyAge> out;
-  for (const auto& row :
-       txn.exec("SELECT key_id, scope, status, kms_provider, kms_key_ref,"
-                "       to_char(created_at AT TIME ZONE 'UTC', '" +
-                iso +
-                "'),"
-                "       extract(epoch FROM age)::bigint, extract(epoch FROM max_age)::bigint,"
-                "       max_age_source, to_char(due_at AT TIME ZONE 'UTC', '" +
-                iso +
-                "'), overdue,"
-                "       CASE WHEN status = 'primary' THEN rekey.rotation_in_flight(key_id) END"
-                "  FROM rekey.key_age ORDER BY scope, key_id")) {
+  for (const auto& row : txn.exec(db::Query("keyring/key_policy.key_ages"))) {
     KeyAge k;
-    k.key_id = row[0].as<uint32_t>();
-    k.scope = row[1].as<std::string>();
-    k.status = row[2].as<std::string>();
-    k.kms_provider = row[3].as<std::string>();
-    k.kms_key_ref = row[4].as<std::string>();
-    k.created_at = row[5].as<std::string>();
-    k.age_seconds = row[6].as<int64_t>();
-    if (!row[7].is_null()) k.max_age_seconds = row[7].as<int64_t>();
-    k.max_age_source = OptText(row[8]);
-    k.due_at = OptText(row[9]);
-    k.overdue = row[10].as<bool>();
-    if (!row[11].is_null()) k.job_in_flight = row[11].as<int64_t>();
+    k.key_id = row["key_id"].as<uint32_t>();
+    k.scope = row["scope"].as<std::string>();
+    k.status = row["status"].as<std::string>();
+    k.kms_provider = row["kms_provider"].as<std::string>();
+    k.kms_key_ref = row["kms_key_ref"].as<std::string>();
+    k.created_at = row["created_at"].as<std::string>();
+    k.age_seconds = row["age_seconds"].as<int64_t>();
+    if (!row["max_age_seconds"].is_null()) {
+      k.max_age_seconds = row["max_age_seconds"].as<int64_t>();
+    }
+    k.max_age_source = OptText(row["max_age_source"]);
+    k.due_at = OptText(row["due_at"]);
+    k.overdue = row["overdue"].as<bool>();
+    if (!row["job_in_flight"].is_null()) k.job_in_flight = row["job_in_flight"].as<int64_t>();
     out.push_back(std::move(k));
   }
   return out;
@@ -59,8 +46,7 @@ std::vector<KeyAge> ListKeyAges(pqxx::transaction_base& txn) {
 
 std::vector<KeyPolicy> ListPolicies(pqxx::transaction_base& txn) {
   std::vector<KeyPolicy> out;
-  for (const auto& row : txn.exec("SELECT " + kPolicyColumns +
-                                  " FROM rekey.key_policies ORDER BY scope = '*', scope")) {
+  for (const auto& row : txn.exec(db::Query("keyring/key_policy.policies"))) {
     out.push_back(PolicyFrom(row));
   }
   return out;
@@ -70,12 +56,7 @@ KeyPolicy SetPolicy(pqxx::transaction_base& txn, const std::string& scope,
                     const std::string& max_age) {
   if (scope.empty()) throw ConfigError("give a key scope, or '*' for the default policy");
   try {
-    return PolicyFrom(txn.exec_params1(
-        "INSERT INTO rekey.key_policies AS p (scope, max_age) VALUES ($1, $2::interval)"
-        " ON CONFLICT (scope) DO UPDATE SET max_age = EXCLUDED.max_age, updated_at = now(),"
-        " updated_by = current_user RETURNING " +
-            kPolicyColumns,
-        scope, max_age));
+    return PolicyFrom(txn.exec_params1(db::Query("keyring/key_policy.set_policy"), scope, max_age));
   } catch (const pqxx::sql_error& e) {
     // 22xxx: not an interval; 23514: the CHECK (max_age > 0). The transaction is lost either way.
     const std::string state = e.sqlstate();
@@ -89,8 +70,7 @@ KeyPolicy SetPolicy(pqxx::transaction_base& txn, const std::string& scope,
 }
 
 bool RemovePolicy(pqxx::transaction_base& txn, const std::string& scope) {
-  return txn.exec_params("DELETE FROM rekey.key_policies WHERE scope = $1", scope).affected_rows() >
-         0;
+  return txn.exec_params(db::Query("keyring/key_policy.remove_policy"), scope).affected_rows() > 0;
 }
 
 }  // namespace rekey::keyring

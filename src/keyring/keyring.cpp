@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "db/connection.h"
+#include "db/named_query.h"
 
 namespace rekey::keyring {
 
@@ -43,21 +44,14 @@ std::string RefusalMessage(const pqxx::sql_error& e) {
   return text;
 }
 
-// ISO 8601 in UTC, independent of the session's DateStyle and TimeZone.
-std::string Iso(const std::string& column) {
-  return "to_char(" + column + " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
-}
-
-const std::string& SelectKeys() {
-  static const std::string sql =
-      "SELECT key_id, scope, kms_provider, kms_key_ref, encode(wrapped_key, 'hex'), algorithm, "
-      "status, origin, extract(epoch FROM max_age)::bigint, " +
-      Iso("created_at") + ", " + Iso("enabled_at") + ", " + Iso("primary_at") + ", " +
-      Iso("decrypt_only_at") + ", " + Iso("retired_at") + ", " + Iso("destroyed_at") +
-      ", coalesce(created_by, ''), updated_by, "
-      "greatest(0, extract(epoch FROM now() - created_at))::bigint "
-      "FROM rekey.keys ";
-  return sql;
+// Runs keyring/keyring.select_keys: every key (`key_id` and `primary_of_scope` nullptr), key
+// `key_id`, or the primary of scope `primary_of_scope`.
+template <typename KeyId, typename Scope>
+pqxx::result SelectKeys(pqxx::transaction_base& txn, const std::string& context,
+                        const KeyId& key_id, const Scope& primary_of_scope) {
+  return db::Classified(context, [&] {
+    return txn.exec_params(db::Query("keyring/keyring.select_keys"), key_id, primary_of_scope);
+  });
 }
 
 std::optional<std::string> OptionalText(const pqxx::field& f) {
@@ -65,36 +59,39 @@ std::optional<std::string> OptionalText(const pqxx::field& f) {
   return f.as<std::string>();
 }
 
+// `row`: of keyring/keyring.select_keys.
 KeyRecord ToRecord(const pqxx::row& row) {
   KeyRecord k;
-  k.key_id = static_cast<uint32_t>(row[0].as<int64_t>());
-  k.scope = row[1].as<std::string>();
-  k.kms_provider = row[2].as<std::string>();
-  k.kms_key_ref = row[3].as<std::string>();
-  if (!row[4].is_null()) {
-    std::optional<Bytes> wrapped = HexDecode(row[4].as<std::string>());
+  k.key_id = static_cast<uint32_t>(row["key_id"].as<int64_t>());
+  k.scope = row["scope"].as<std::string>();
+  k.kms_provider = row["kms_provider"].as<std::string>();
+  k.kms_key_ref = row["kms_key_ref"].as<std::string>();
+  if (!row["wrapped_key_hex"].is_null()) {
+    std::optional<Bytes> wrapped = HexDecode(row["wrapped_key_hex"].as<std::string>());
     if (!wrapped) throw PermanentError("rekey.keys: malformed hex from encode()");
     k.wrapped_key = std::move(*wrapped);
   }
-  k.algorithm = row[5].as<std::string>();
-  std::string status = row[6].as<std::string>();
+  k.algorithm = row["algorithm"].as<std::string>();
+  std::string status = row["status"].as<std::string>();
   std::optional<KeyStatus> parsed = ParseKeyStatus(status);
   if (!parsed) {
     throw StateError("key " + std::to_string(k.key_id) + " has unknown status '" + status +
                      "'; is this rekey older than the database schema?");
   }
   k.status = *parsed;
-  k.origin = row[7].as<std::string>();
-  if (!row[8].is_null()) k.max_age = std::chrono::seconds(row[8].as<int64_t>());
-  k.created_at = row[9].as<std::string>();
-  k.enabled_at = OptionalText(row[10]);
-  k.primary_at = OptionalText(row[11]);
-  k.decrypt_only_at = OptionalText(row[12]);
-  k.retired_at = OptionalText(row[13]);
-  k.destroyed_at = OptionalText(row[14]);
-  k.created_by = row[15].as<std::string>();
-  k.updated_by = OptionalText(row[16]);
-  k.age = std::chrono::seconds(row[17].as<int64_t>());
+  k.origin = row["origin"].as<std::string>();
+  if (!row["max_age_seconds"].is_null()) {
+    k.max_age = std::chrono::seconds(row["max_age_seconds"].as<int64_t>());
+  }
+  k.created_at = row["created_at"].as<std::string>();
+  k.enabled_at = OptionalText(row["enabled_at"]);
+  k.primary_at = OptionalText(row["primary_at"]);
+  k.decrypt_only_at = OptionalText(row["decrypt_only_at"]);
+  k.retired_at = OptionalText(row["retired_at"]);
+  k.destroyed_at = OptionalText(row["destroyed_at"]);
+  k.created_by = row["created_by"].as<std::string>();
+  k.updated_by = OptionalText(row["updated_by"]);
+  k.age = std::chrono::seconds(row["age_seconds"].as<int64_t>());
   return k;
 }
 
@@ -118,12 +115,9 @@ KeyRecord InsertKey(pqxx::transaction_base& txn, uint32_t key_id, const std::str
                     const kms::KmsClient& kms, const kms::GeneratedDataKey& key, const char* origin,
                     const std::optional<std::chrono::seconds>& max_age) {
   db::Classified("inserting key " + std::to_string(key_id) + " into rekey.keys", [&] {
-    txn.exec_params0(
-        "INSERT INTO rekey.keys (key_id, scope, kms_provider, kms_key_ref, wrapped_key, status, "
-        "origin, max_age) VALUES ($1, $2, $3, $4, decode($5, 'hex'), 'enabled', $6, "
-        "make_interval(secs => nullif($7, '')::bigint))",
-        static_cast<int64_t>(key_id), scope, kms.provider(), key.kms_key_ref,
-        HexEncode(key.wrapped), origin, MaxAgeParam(max_age));
+    txn.exec_params0(db::Query("keyring/keyring.insert_key"), static_cast<int64_t>(key_id), scope,
+                     kms.provider(), key.kms_key_ref, HexEncode(key.wrapped), origin,
+                     MaxAgeParam(max_age));
   });
   return GetKey(txn, key_id);
 }
@@ -168,8 +162,8 @@ KeyRecord CreateKey(pqxx::transaction_base& txn, kms::KmsClient& kms,
   } else {
     // Serialises id allocation between concurrent creators until their transactions end.
     int64_t next = db::Classified("allocating a key id", [&] {
-      txn.exec("SELECT pg_advisory_xact_lock(hashtext('rekey.keys.key_id'))");
-      return txn.exec1("SELECT coalesce(max(key_id), 0) + 1 FROM rekey.keys")[0].as<int64_t>();
+      txn.exec(db::Query("keyring/keyring.lock_key_ids"));
+      return txn.exec1(db::Query("keyring/keyring.next_key_id"))["next_key_id"].as<int64_t>();
     });
     if (static_cast<uint64_t>(next) > kMaxKeyId) {
       throw StateError("no key id left above the largest one (4294967295); pass --key-id");
@@ -193,8 +187,7 @@ KeyRecord ImportKey(pqxx::transaction_base& txn, kms::KmsClient& kms, uint32_t k
 }
 
 std::vector<KeyRecord> ListKeys(pqxx::transaction_base& txn) {
-  pqxx::result r = db::Classified("listing rekey.keys",
-                                  [&] { return txn.exec(SelectKeys() + "ORDER BY key_id"); });
+  pqxx::result r = SelectKeys(txn, "listing rekey.keys", nullptr, nullptr);
   std::vector<KeyRecord> keys;
   keys.reserve(r.size());
   for (const pqxx::row& row : r) keys.push_back(ToRecord(row));
@@ -202,9 +195,7 @@ std::vector<KeyRecord> ListKeys(pqxx::transaction_base& txn) {
 }
 
 std::optional<KeyRecord> FindKey(pqxx::transaction_base& txn, uint32_t key_id) {
-  pqxx::result r = db::Classified("reading rekey.keys", [&] {
-    return txn.exec_params(SelectKeys() + "WHERE key_id = $1", static_cast<int64_t>(key_id));
-  });
+  pqxx::result r = SelectKeys(txn, "reading rekey.keys", static_cast<int64_t>(key_id), nullptr);
   if (r.empty()) return std::nullopt;
   return ToRecord(r[0]);
 }
@@ -226,8 +217,8 @@ KeyRecord TransitionKey(pqxx::transaction_base& txn, uint32_t key_id, KeyStatus 
   // The trigger on rekey.keys decides. Its RAISE already says which key, which step and what to
   // do, so it becomes the StateError's whole message; any other failure is classified as usual.
   try {
-    txn.exec_params0("UPDATE rekey.keys SET status = $2 WHERE key_id = $1",
-                     static_cast<int64_t>(key_id), std::string(KeyStatusName(to)));
+    txn.exec_params0(db::Query("keyring/keyring.set_status"), static_cast<int64_t>(key_id),
+                     std::string(KeyStatusName(to)));
   } catch (const pqxx::sql_error& e) {
     if (IsRefusal(e)) throw StateError(RefusalMessage(e));
     db::ThrowClassified("changing the status of key " + std::to_string(key_id), e);
@@ -246,8 +237,9 @@ PromoteResult PromoteKey(pqxx::transaction_base& txn, uint32_t key_id) {
   }
   bool allowed = db::Classified("checking the key lifecycle", [&] {
     return txn
-        .exec_params1("SELECT rekey.key_transition_allowed($1, 'primary')",
-                      std::string(KeyStatusName(key.status)))[0]
+        .exec_params1(db::Query("keyring/keyring.transition_allowed"),
+                      std::string(KeyStatusName(key.status)),
+                      std::string(KeyStatusName(KeyStatus::kPrimary)))["allowed"]
         .as<bool>();
   });
   // Demote only when the promotion can follow, so a refused promotion changes nothing; an illegal
@@ -264,9 +256,7 @@ PromoteResult PromoteKey(pqxx::transaction_base& txn, uint32_t key_id) {
 }
 
 std::optional<KeyRecord> PrimaryKey(pqxx::transaction_base& txn, const std::string& scope) {
-  pqxx::result r = db::Classified("reading rekey.keys", [&] {
-    return txn.exec_params(SelectKeys() + "WHERE scope = $1 AND status = 'primary'", scope);
-  });
+  pqxx::result r = SelectKeys(txn, "reading rekey.keys", nullptr, scope);
   if (r.empty()) return std::nullopt;
   return ToRecord(r[0]);
 }

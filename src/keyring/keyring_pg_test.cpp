@@ -92,13 +92,15 @@ class KeyringTest : public rekey::testing::PgTest {
   pqxx::row KeyRow(uint32_t id) {
     pqxx::work txn(conn());
     return txn.exec1(
-        "SELECT status, wrapped_key IS NULL, enabled_at IS NOT NULL, primary_at IS NOT NULL, "
-        "decrypt_only_at IS NOT NULL, retired_at IS NOT NULL, destroyed_at IS NOT NULL, "
+        "SELECT status, wrapped_key IS NULL AS wrapped_key_gone, "
+        "enabled_at IS NOT NULL AS enabled_stamped, primary_at IS NOT NULL AS primary_stamped, "
+        "decrypt_only_at IS NOT NULL AS decrypt_only_stamped, "
+        "retired_at IS NOT NULL AS retired_stamped, destroyed_at IS NOT NULL AS destroyed_stamped, "
         "updated_by FROM rekey.keys WHERE key_id = " +
         std::to_string(id));
   }
 
-  std::string Status(uint32_t id) { return KeyRow(id)[0].as<std::string>(); }
+  std::string Status(uint32_t id) { return KeyRow(id)["status"].as<std::string>(); }
 
   kms::LocalKms kms_;
 };
@@ -107,8 +109,10 @@ TEST_F(KeyringTest, EveryTransitionPairIsDecidedByTheDatabase) {
   pqxx::work check(conn());
   for (const std::string& from : kStatusNames) {
     for (const std::string& to : kStatusNames) {
-      bool allowed =
-          check.exec_params1("SELECT rekey.key_transition_allowed($1, $2)", from, to)[0].as<bool>();
+      bool allowed = check
+                         .exec_params1("SELECT rekey.key_transition_allowed($1, $2) AS allowed",
+                                       from, to)["allowed"]
+                         .as<bool>();
       EXPECT_EQ(allowed, kLegal.count({from, to}) == 1) << from << " -> " << to;
     }
   }
@@ -129,12 +133,10 @@ TEST_F(KeyringTest, EveryTransitionPairIsDecidedByTheDatabase) {
       } else if (kLegal.count({from, to})) {
         EXPECT_EQ(refusal, "");
         pqxx::row row = KeyRow(id);
-        EXPECT_EQ(row[0].as<std::string>(), to);
-        int stamp = 2 + static_cast<int>(std::find(kStatusNames.begin(), kStatusNames.end(), to) -
-                                         kStatusNames.begin());
-        EXPECT_TRUE(row[stamp].as<bool>()) << "no timestamp for " << to;
-        EXPECT_FALSE(row[7].is_null());  // updated_by
-        EXPECT_EQ(row[1].as<bool>(), to == "destroyed");
+        EXPECT_EQ(row["status"].as<std::string>(), to);
+        EXPECT_TRUE(row[to + "_stamped"].as<bool>()) << "no timestamp for " << to;
+        EXPECT_FALSE(row["updated_by"].is_null());
+        EXPECT_EQ(row["wrapped_key_gone"].as<bool>(), to == "destroyed");
       } else {
         EXPECT_EQ(refusal, "illegal key lifecycle transition for key " + std::to_string(id) + ": " +
                                from + " -> " + to + " (allowed from " + from + ": " +
@@ -156,8 +158,8 @@ TEST_F(KeyringTest, DestroyErasesWrappedKeyForGood) {
   InsertKeyAt(1, "retired");
   SetStatus(1, "destroyed");
   pqxx::row row = KeyRow(1);
-  EXPECT_TRUE(row[1].as<bool>());
-  EXPECT_TRUE(row[6].as<bool>());
+  EXPECT_TRUE(row["wrapped_key_gone"].as<bool>());
+  EXPECT_TRUE(row["destroyed_stamped"].as<bool>());
   EXPECT_NE(Refusal("UPDATE rekey.keys SET wrapped_key = '\\x01' WHERE key_id = 1"), "");
   EXPECT_NE(Refusal("UPDATE rekey.keys SET kms_key_ref = 'local:11' WHERE key_id = 1"), "");
   EXPECT_NE(Refusal("UPDATE rekey.keys SET kms_provider = 'aws-kms' WHERE key_id = 1"), "");
@@ -306,8 +308,8 @@ TEST_P(KeyUsageTest, RetireAndDestroyRefusedWhileValuesRemain) {
     pqxx::result usage =
         txn.exec_params("SELECT target, n FROM rekey.key_usage($1)", static_cast<int64_t>(id));
     ASSERT_EQ(usage.size(), 1u);
-    EXPECT_EQ(usage[0][0].as<std::string>(), "public.payment_methods.token");
-    EXPECT_EQ(usage[0][1].as<int64_t>(), 1200);
+    EXPECT_EQ(usage[0]["target"].as<std::string>(), "public.payment_methods.token");
+    EXPECT_EQ(usage[0]["n"].as<int64_t>(), 1200);
   }
   EXPECT_EQ(Refusal(SetStatusSql("retired")), Refused("retired"));
   EXPECT_EQ(Status(id), "decrypt_only");
@@ -344,7 +346,7 @@ TEST_P(KeyUsageTest, RetireAndDestroyRefusedWhileValuesRemain) {
   Exec("DELETE FROM public.payment_methods WHERE token_key = " + std::to_string(id) +
        " OR substring(token from 1 for 5) = '\\x" + TinkPrefixHex(id) + "'::bytea");
   EXPECT_EQ(Refusal(SetStatusSql("destroyed")), "");
-  EXPECT_TRUE(KeyRow(id)[1].as<bool>());
+  EXPECT_TRUE(KeyRow(id)["wrapped_key_gone"].as<bool>());
 }
 
 // A job scope is not a filter on usage: values outside the scope are under the key all the same,
@@ -357,8 +359,8 @@ TEST_P(KeyUsageTest, ScopedTargetCountsTheWholeColumn) {
   pqxx::work txn(conn());
   pqxx::row usage =
       txn.exec_params1("SELECT target, n FROM rekey.key_usage($1)", static_cast<int64_t>(id));
-  EXPECT_EQ(usage[0].as<std::string>(), "public.payment_methods.token");
-  EXPECT_EQ(usage[1].as<int64_t>(), 10);
+  EXPECT_EQ(usage["target"].as<std::string>(), "public.payment_methods.token");
+  EXPECT_EQ(usage["n"].as<int64_t>(), 10);
 }
 
 // A target whose table is gone is never skipped: it blocks until an operator forgets it.

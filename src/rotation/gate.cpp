@@ -4,7 +4,9 @@
 
 #include <algorithm>
 
+#include "db/named_query.h"
 #include "jobs/job.h"
+#include "jobs/stage_bucket.h"
 #include "rotation/verifier.h"
 
 namespace rekey::rotation {
@@ -13,30 +15,26 @@ std::optional<GateOutcome> RunNextGate(pqxx::connection& conn, std::optional<int
                                        const DataKeySource& keys, const std::string& worker_id) {
   pqxx::work txn(conn);
   const std::string job_text = job ? std::to_string(*job) : "";
-  pqxx::result next = txn.exec_params("SELECT * FROM rekey.next_gate($1::bigint)",
-                                      job ? job_text.c_str() : nullptr);
+  pqxx::result next =
+      txn.exec_params(db::Query("rotation/gate.next_gate"), job ? job_text.c_str() : nullptr);
   if (next.empty()) return std::nullopt;
   GateOutcome outcome;
-  outcome.job_id = next[0][0].as<int64_t>();
-  outcome.stage_no = next[0][1].as<int>();
-  const int bucket_hi = next[0][2].as<int>();
-  const int sample_size = next[0][3].as<int>();
+  outcome.job_id = next[0]["job_id"].as<int64_t>();
+  outcome.stage_no = next[0]["stage_no"].as<int>();
+  const int bucket_hi = next[0]["bucket_hi"].as<int>();
+  const int sample_size = next[0]["sample_size"].as<int>();
 
   const jobs::JobDefinition definition = jobs::LoadJob(txn, outcome.job_id);
-  const int64_t rows_moved =
-      txn.exec_params1(
-             "SELECT coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN "
-             "rekey.job_stages s USING (job_id, stage_no) WHERE b.job_id = $1 AND "
-             "s.kind = 'rollout' AND s.stage_no <= $2",
-             outcome.job_id, outcome.stage_no)[0]
-          .as<int64_t>();
+  const int64_t rows_moved = txn.exec_params1(db::Query("rotation/gate.rows_moved"), outcome.job_id,
+                                              outcome.stage_no)["rows_moved"]
+                                 .as<int64_t>();
   VerifyOptions options;
-  if (bucket_hi < 10000) options.bucket_below = bucket_hi;
+  if (bucket_hi < jobs::kStageBuckets) options.bucket_below = bucket_hi;
   // A canary (a first stage short of the whole table) is verified whole; later stages, and a
   // single stage covering the whole table, by a sample of pages sized for about sample_size rows
   // (with a margin, since pages hold rows of every stage). Decrypting a whole table again at its
   // only gate would cost a quarter of the rotation and tell little more than a large sample.
-  const bool canary = outcome.stage_no == 1 && bucket_hi < 10000;
+  const bool canary = outcome.stage_no == 1 && bucket_hi < jobs::kStageBuckets;
   // The canary's rows are read by the keys its plan recorded, not by hashing every key of the
   // table to find them.
   if (canary) options.planned_keys_of_stage = outcome.stage_no;
@@ -53,16 +51,14 @@ std::optional<GateOutcome> RunNextGate(pqxx::connection& conn, std::optional<int
                             {"sample_percent", options.sample_percent},
                             {"failures_by_class", report.failures_by_class},
                             {"failure_samples", report.failure_samples}};
-  txn.exec_params("SELECT rekey.record_gate($1, $2, $3, $4, $5, $6::jsonb)", outcome.job_id,
-                  outcome.stage_no, report.values, report.failures, worker_id, details.dump());
-  pqxx::row state = txn.exec_params1(
-      "SELECT j.state, coalesce(j.state_reason, ''), g.passed FROM rekey.jobs j, rekey.gates g "
-      "WHERE j.job_id = $1 AND g.gate_id = (SELECT max(gate_id) FROM rekey.gates WHERE job_id = "
-      "$1)",
-      outcome.job_id);
-  outcome.job_state = state[0].as<std::string>();
-  outcome.state_reason = state[1].as<std::string>();
-  outcome.passed = state[2].as<bool>();
+  const int64_t gate_id =
+      txn.exec_params1(db::Query("rotation/gate.record_gate"), outcome.job_id, outcome.stage_no,
+                       report.values, report.failures, worker_id, details.dump())["gate_id"]
+          .as<int64_t>();
+  pqxx::row state = txn.exec_params1(db::Query("rotation/gate.outcome"), gate_id);
+  outcome.job_state = state["state"].as<std::string>();
+  outcome.state_reason = state["state_reason"].as<std::string>();
+  outcome.passed = state["passed"].as<bool>();
   txn.commit();
   return outcome;
 }

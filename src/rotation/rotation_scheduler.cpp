@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "db/connection.h"
+#include "db/named_query.h"
 #include "jobs/rollout_planner.h"
 #include "keyring/keyring.h"
 
@@ -24,14 +25,15 @@ struct DueScope {
   std::optional<int64_t> in_flight;
 };
 
+void Unlock(pqxx::connection& conn) {
+  pqxx::nontransaction txn(conn);
+  txn.exec_params(db::Query("rotation/rotation_scheduler.unlock"), kRotateDueLock);
+}
+
 std::vector<std::string> Targets(pqxx::transaction_base& txn, uint32_t key) {
   std::vector<std::string> out;
-  for (const auto& row : txn.exec_params(
-           "SELECT table_name || coalesce(' where ' || scope_column || ' = ' || scope_value, '')"
-           " || ' (' || array_to_string(columns, ', ') || '; ' || values_under_key || ' values)'"
-           "  FROM rekey.rotation_targets($1)",
-           key)) {
-    out.push_back(row[0].as<std::string>());
+  for (const auto& row : txn.exec_params(db::Query("rotation/rotation_scheduler.targets"), key)) {
+    out.push_back(row["target"].as<std::string>());
   }
   return out;
 }
@@ -41,11 +43,8 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
   db::Classified("scheduling the rotation of scope " + due.scope, [&] {
     pqxx::work txn(conn);
     // The key must still be the scope's primary, and no job may have started meanwhile.
-    auto check = txn.exec_params(
-        "SELECT rekey.rotation_in_flight(key_id) FROM rekey.keys"
-        " WHERE key_id = $1 AND status = 'primary' FOR UPDATE",
-        due.key);
-    if (check.empty() || !check[0][0].is_null()) {
+    auto check = txn.exec_params(db::Query("rotation/rotation_scheduler.lock_primary"), due.key);
+    if (check.empty() || !check[0]["job_in_flight"].is_null()) {
       out.action = "in_flight";
       out.detail = "changed since the run started";
       return;
@@ -53,19 +52,13 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
     // A column has one unfinished job at a time (rekey.refuse_column_collision): while another
     // key's rotation still moves one of these columns, this one waits for the next run instead
     // of failing it.
-    auto busy = txn.exec_params(
-        "SELECT min(j.job_id) FROM rekey.rotation_targets($1) r"
-        "  CROSS JOIN LATERAL unnest(r.columns) AS col"
-        "  JOIN rekey.target_columns() tc ON tc.relid = r.table_name::regclass"
-        "   AND tc.column_name = col"
-        "  JOIN rekey.job_columns jc ON jc.target_id = tc.target_id"
-        "  JOIN rekey.jobs j ON j.job_id = jc.job_id AND rekey.job_unfinished(j.state)",
-        due.key);
-    if (!busy[0][0].is_null()) {
+    const pqxx::field busy = txn.exec_params1(
+        db::Query("rotation/rotation_scheduler.busy_column_job"), due.key)["job_id"];
+    if (!busy.is_null()) {
       out.action = "in_flight";
-      out.jobs.push_back(busy[0][0].as<int64_t>());
-      out.detail = "a column holding its values is being rotated by job " +
-                   busy[0][0].as<std::string>() + "; it is scheduled once that job is finished";
+      out.jobs.push_back(busy.as<int64_t>());
+      out.detail = "a column holding its values is being rotated by job " + busy.as<std::string>() +
+                   "; it is scheduled once that job is finished";
       return;
     }
     keyring::CreateKeyOptions key_options;
@@ -81,15 +74,11 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
     } else {
       // Staged jobs are planned in this process (jobs/rollout_planner.h).
       const bool deferred = jobs::DeferRolloutPlanning(txn);
-      for (const auto& row : txn.exec_params(
-               "SELECT rekey.create_job(r.table_name, r.columns,"
-               "         jsonb_build_object($1::text, $2::bigint), r.codecs, r.key_id_column,"
-               "         r.ad_template, r.scope_column, r.scope_value, p_batch_size => $3,"
-               "         p_name => $4, p_stages => $5::numeric[], p_observe => $6::interval)"
-               "  FROM rekey.rotation_targets($1::bigint) r",
-               std::to_string(due.key), created.key_id, options.batch_size, name, options.stages,
-               options.observe ? options.observe->c_str() : nullptr)) {
-        out.jobs.push_back(row[0].as<int64_t>());
+      for (const auto& row :
+           txn.exec_params(db::Query("rotation/rotation_scheduler.create_jobs"),
+                           std::to_string(due.key), created.key_id, options.batch_size, name,
+                           options.stages, options.observe ? options.observe->c_str() : nullptr)) {
+        out.jobs.push_back(row["job_id"].as<int64_t>());
       }
       if (deferred) {
         for (int64_t job : out.jobs) jobs::PlanRolloutInClient(txn, job);
@@ -100,14 +89,9 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
                               {"to_key", created.key_id}, {"due_at", due.due_at},
                               {"jobs", out.jobs},         {"targets", out.targets},
                               {"result", out.action}};
-    if (out.jobs.empty()) {
-      txn.exec_params("SELECT rekey.audit_event('rotation.scheduled', NULL, $1::jsonb)",
-                      details.dump());
-    }
-    for (int64_t job : out.jobs) {
-      txn.exec_params("SELECT rekey.audit_event('rotation.scheduled', $1, $2::jsonb)", job,
-                      details.dump());
-    }
+    const std::string& audit = db::Query("rotation/rotation_scheduler.audit_scheduled");
+    if (out.jobs.empty()) txn.exec_params(audit, nullptr, details.dump());
+    for (int64_t job : out.jobs) txn.exec_params(audit, job, details.dump());
     txn.commit();
     log::Audit("rotation.scheduled", "success", details);
   });
@@ -121,19 +105,18 @@ std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& 
   std::vector<DueScope> due;
   db::Classified("reading the overdue keys", [&] {
     pqxx::nontransaction txn(conn);
-    if (!txn.exec_params1("SELECT pg_try_advisory_lock($1)", kRotateDueLock)[0].as<bool>()) {
+    const pqxx::row lock =
+        txn.exec_params1(db::Query("rotation/rotation_scheduler.try_lock"), kRotateDueLock);
+    if (!lock["locked"].as<bool>()) {
       throw TransientError("another rekey rotate-due is running; try again when it is done");
     }
-    for (const auto& row :
-         txn.exec("SELECT scope, key_id, kms_provider,"
-                  "       to_char(due_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-                  "       job_in_flight FROM rekey.rotation_due ORDER BY due_at, scope")) {
+    for (const auto& row : txn.exec(db::Query("rotation/rotation_scheduler.due_scopes"))) {
       DueScope d;
-      d.scope = row[0].as<std::string>();
-      d.key = row[1].as<uint32_t>();
-      d.provider = row[2].as<std::string>();
-      d.due_at = row[3].as<std::string>();
-      if (!row[4].is_null()) d.in_flight = row[4].as<int64_t>();
+      d.scope = row["scope"].as<std::string>();
+      d.key = row["key_id"].as<uint32_t>();
+      d.provider = row["kms_provider"].as<std::string>();
+      d.due_at = row["due_at"].as<std::string>();
+      if (!row["job_in_flight"].is_null()) d.in_flight = row["job_in_flight"].as<int64_t>();
       due.push_back(std::move(d));
     }
   });
@@ -172,12 +155,10 @@ std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& 
       result.push_back(std::move(r));
     }
   } catch (...) {
-    pqxx::nontransaction txn(conn);
-    txn.exec_params("SELECT pg_advisory_unlock($1)", kRotateDueLock);
+    Unlock(conn);
     throw;
   }
-  pqxx::nontransaction txn(conn);
-  txn.exec_params("SELECT pg_advisory_unlock($1)", kRotateDueLock);
+  Unlock(conn);
   return result;
 }
 

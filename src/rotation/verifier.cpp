@@ -10,6 +10,7 @@
 #include "crypto/codec.h"
 #include "db/bytea.h"
 #include "db/identifiers.h"
+#include "db/named_query.h"
 #include "jobs/rollout_planner.h"
 #include "kms/vault_transit.h"
 
@@ -30,6 +31,101 @@ struct Sha256 {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx;
 };
 
+// The statements that read a job's table are built from its quoted identifiers, in pieces: a
+// select list, the table (maybe sampled), the conditions and the order. Each selects pk_text (the
+// primary key's text), one value_<i> per job column in job order, and key_id (the raw codec's
+// key-id column) iff the job has one.
+
+std::string ValueColumn(size_t i) {
+  return "value_" + std::to_string(i);
+}
+
+// "SELECT ... FROM <table> AS t". Columns are qualified: an unqualified ORDER BY pk would sort
+// the pk_text output column.
+std::string SelectFrom(const jobs::JobDefinition& job) {
+  std::string sql = "SELECT t." + db::QuoteIdent(job.pk_column) + "::text AS pk_text";
+  for (size_t i = 0; i < job.columns.size(); ++i) {
+    sql += ", t." + db::QuoteIdent(job.columns[i].name) + " AS " + ValueColumn(i);
+  }
+  if (job.key_id_column) sql += ", t." + db::QuoteIdent(*job.key_id_column) + " AS key_id";
+  return sql + " FROM " + job.QualifiedTable() + " AS t";
+}
+
+// A deterministic sample of about `percent` of the table's pages.
+std::string SampleClause(double percent, int64_t job_id) {
+  char sample[64];
+  std::snprintf(sample, sizeof sample, " TABLESAMPLE SYSTEM (%.6f) REPEATABLE (%lld)", percent,
+                static_cast<long long>(job_id));
+  return sample;
+}
+
+// " AND ..." for the rows in the job's scope, `scope_value` standing for its value (a parameter
+// or a quoted literal), and below stage bucket `bucket_below` if given.
+std::string ScopeConditions(const jobs::JobDefinition& job, std::optional<int> bucket_below,
+                            const std::string& scope_value) {
+  std::string sql;
+  if (bucket_below) {
+    sql += " AND rekey.stage_bucket(t." + db::QuoteIdent(job.pk_column) + "::text) < " +
+           std::to_string(*bucket_below);
+  }
+  if (job.scope_column) {
+    sql +=
+        " AND t." + db::QuoteIdent(*job.scope_column) + " = " + scope_value + "::" + job.scope_type;
+  }
+  return sql;
+}
+
+std::string OrderByKey(const jobs::JobDefinition& job) {
+  return " ORDER BY t." + db::QuoteIdent(job.pk_column);
+}
+
+constexpr char kSampleCursor[] = "rekey_verify_sample";
+
+struct TableReads {
+  std::string first_page;      // $1 NULL: the first page_size rows in key order; $2 scope value
+  std::string next_page;       // the page_size rows after key $1, in key order; $2 scope value
+  std::string with_keys;       // the rows whose keys are in $1 (an array's text); $2 scope value
+  std::string declare_sample;  // a cursor over the rows in the table's order, no parameters
+  std::string fetch_sample;    // its next page_size rows
+  std::string close_sample;
+};
+
+// `scope_literal`: the job's scope value quoted as a literal ("NULL" without one), for the
+// cursor, which takes no parameters here. `bucket_below`: the stage test, if the database makes
+// it.
+TableReads BuildTableReads(const jobs::JobDefinition& job, const VerifyOptions& options,
+                           std::optional<int> bucket_below, const std::string& scope_literal) {
+  const std::string select =
+      SelectFrom(job) +
+      (options.sample_percent < 100 ? SampleClause(options.sample_percent, job.job_id) : "");
+  const std::string scope = ScopeConditions(job, bucket_below, "$2");
+  const std::string pk = "t." + db::QuoteIdent(job.pk_column);
+  const std::string page_order = OrderByKey(job) + " LIMIT " + std::to_string(options.page_size);
+  TableReads reads;
+  reads.first_page = select + " WHERE ($1::text IS NULL)" + scope + page_order;
+  reads.next_page = select + " WHERE " + pk + " > $1::" + job.pk_type + scope + page_order;
+  reads.with_keys =
+      select + " WHERE " + pk + " = ANY ($1::" + job.pk_type + "[])" + scope + OrderByKey(job);
+  reads.declare_sample = std::string("DECLARE ") + kSampleCursor + " NO SCROLL CURSOR FOR " +
+                         select + " WHERE TRUE" + ScopeConditions(job, bucket_below, scope_literal);
+  reads.fetch_sample = "FETCH " + std::to_string(options.page_size) + " FROM " + kSampleCursor;
+  reads.close_sample = std::string("CLOSE ") + kSampleCursor;
+  return reads;
+}
+
+// Where each column of a page of the statements above is: looked up by name once per page, not
+// once per value.
+struct PageColumns {
+  PageColumns(const pqxx::result& page, size_t ncols, bool has_key_id) {
+    pk_text = page.column_number("pk_text");
+    for (size_t i = 0; i < ncols; ++i) values.push_back(page.column_number(ValueColumn(i)));
+    key_id = has_key_id ? int(page.column_number("key_id")) : -1;
+  }
+  pqxx::row::size_type pk_text;
+  std::vector<pqxx::row::size_type> values;
+  int key_id;  // -1: no key-id column
+};
+
 }  // namespace
 
 int64_t VerifyReport::ValuesUnder(const std::vector<uint32_t>& keys) const {
@@ -45,11 +141,11 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
                        const DataKeySource& keys, const VerifyOptions& options) {
   // Rows hidden by a policy would be missing from every count: a gate would pass, and a
   // verification report a complete rotation, while they stay under the old key.
-  const pqxx::row blocker =
-      txn.exec_params1("SELECT rekey.row_security_blocker($1::regclass)", job.QualifiedTable());
-  if (!blocker[0].is_null()) {
+  const pqxx::field blocker = txn.exec_params1(db::Query("rotation/verifier.row_security_blocker"),
+                                               job.QualifiedTable())["blocker"];
+  if (!blocker.is_null()) {
     throw ConfigError("cannot verify job " + std::to_string(job.job_id) + ": " +
-                      blocker[0].as<std::string>());
+                      blocker.as<std::string>());
   }
   const int page_size = options.page_size;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> cache;
@@ -68,34 +164,13 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     return cache.emplace(id, std::move(key)).first->second.get();
   };
 
-  const std::string pk = db::QuoteIdent(job.pk_column);
-  // Qualified names: an unqualified ORDER BY pk would sort the pk::text output column.
-  std::string select = "SELECT t." + pk + "::text";
-  for (const auto& c : job.columns) select += ", t." + db::QuoteIdent(c.name);
-  if (job.key_id_column) select += ", t." + db::QuoteIdent(*job.key_id_column);
-  select += " FROM " + job.QualifiedTable() + " AS t";
-  if (options.sample_percent < 100) {
-    char sample[64];
-    std::snprintf(sample, sizeof sample, " TABLESAMPLE SYSTEM (%.6f) REPEATABLE (%lld)",
-                  options.sample_percent, static_cast<long long>(job.job_id));
-    select += sample;
-  }
-  select += " WHERE ";
   // The stage test runs here, not in the database: its md5() costs about 1.9 us per row there,
   // and a gate's sampled pages hold several times more rows than it checks.
   jobs::StageBucketHasher hasher;
   const bool bucket_in_client = options.bucket_below && hasher.available();
-  std::string scope;
-  if (options.bucket_below && !bucket_in_client) {
-    scope +=
-        " AND rekey.stage_bucket(t." + pk + "::text) < " + std::to_string(*options.bucket_below);
-  }
-  if (job.scope_column) {
-    scope += " AND t." + db::QuoteIdent(*job.scope_column) + " = $2::" + job.scope_type;
-  }
-  const std::string order = " ORDER BY t." + pk + " LIMIT " + std::to_string(page_size);
-  const std::string first_page = select + "($1::text IS NULL)" + scope + order;
-  const std::string next_page = select + "t." + pk + " > $1::" + job.pk_type + scope + order;
+  const TableReads reads =
+      BuildTableReads(job, options, bucket_in_client ? std::nullopt : options.bucket_below,
+                      job.scope_value ? txn.quote(*job.scope_value) : "NULL");
 
   VerifyReport report;
   Sha256 digest;
@@ -104,20 +179,22 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
   Bytes plaintext;
   Bytes value;
   const size_t ncols = job.columns.size();
-  const int kid_field = job.key_id_column ? int(1 + ncols) : -1;
   const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
   auto process = [&](const pqxx::result& page) {
+    const PageColumns at(page, ncols, job.key_id_column.has_value());
+    const int kid_field = at.key_id;
     for (const auto& row : page) {
-      const std::string pk_text = row[0].as<std::string>();
+      const std::string pk_text = row[at.pk_text].as<std::string>();
       if (bucket_in_client && hasher.Bucket(pk_text) >= *options.bucket_below) continue;
       ++report.rows;
       for (size_t i = 0; i < ncols; ++i) {
-        if (row[int(1 + i)].is_null()) continue;
+        const pqxx::field field = row[at.values[i]];
+        if (field.is_null()) continue;
         ++report.values;
         const auto& column = job.columns[i];
         if (column.codec == crypto::CodecKind::kVaultTransit) {
           // No plaintext here (rekey never holds the Transit key): the version is the check.
-          std::optional<int> version = kms::TransitCiphertextVersion(row[int(1 + i)].c_str());
+          std::optional<int> version = kms::TransitCiphertextVersion(field.c_str());
           const char* failure = !version                             ? "bad_prefix"
                                 : *version < job.transit_min_version ? "below_target_version"
                                                                      : nullptr;
@@ -132,7 +209,7 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
           }
           continue;
         }
-        db::ReadBytea(row[int(1 + i)], &value);
+        db::ReadBytea(field, &value);
         if (!job.associated_data.empty()) {
           job.associated_data.Render(job.schema_name, job.table_name, column.name, pk_text, &ad);
         } else {
@@ -176,55 +253,41 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
 
   bool keyed = false;
   if (options.planned_keys_of_stage) {
-    keyed = txn.exec_params1(
-                   "SELECT count(*) > 0 AND bool_and(keys IS NOT NULL) FROM "
-                   "rekey.batches WHERE job_id = $1 AND stage_no = $2",
-                   job.job_id, *options.planned_keys_of_stage)[0]
+    keyed = txn.exec_params1(db::Query("rotation/verifier.stage_keys_planned"), job.job_id,
+                             *options.planned_keys_of_stage)["keyed"]
                 .as<bool>();
   }
   if (keyed) {
     // One batch's keys at a time, so memory stays flat however large the stage.
-    const std::string by_keys =
-        select + "t." + pk + " = ANY ($1::" + job.pk_type + "[])" + scope + " ORDER BY t." + pk;
     int64_t batch_no = 0;
     while (true) {
-      pqxx::result next = txn.exec_params(
-          "SELECT batch_no, keys::text FROM rekey.batches WHERE job_id = $1 AND stage_no = $2 "
-          "AND batch_no > $3 ORDER BY batch_no LIMIT 1",
-          job.job_id, *options.planned_keys_of_stage, batch_no);
+      pqxx::result next = txn.exec_params(db::Query("rotation/verifier.next_planned_batch"),
+                                          job.job_id, *options.planned_keys_of_stage, batch_no);
       if (next.empty()) break;
-      batch_no = next[0][0].as<int64_t>();
-      const std::string planned = next[0][1].as<std::string>();
-      process(scope_value ? txn.exec_params(by_keys, planned, scope_value)
-                          : txn.exec_params(by_keys, planned));
+      batch_no = next[0]["batch_no"].as<int64_t>();
+      const std::string planned = next[0]["keys"].as<std::string>();
+      process(scope_value ? txn.exec_params(reads.with_keys, planned, scope_value)
+                          : txn.exec_params(reads.with_keys, planned));
     }
   } else if (options.sample_percent < 100) {
     // A sample is read through a cursor in the table's order: sorting it by key, to page by
     // key, spilled to disk once the stage test no longer thinned it out in the database.
-    const std::string scope_literal = scope_value ? txn.quote(scope_value) : "NULL";
-    // The scope's one parameter, as a quoted literal (a cursor takes no parameters here); only
-    // that occurrence, since the value itself may contain "$2".
-    std::string sample_scope = scope;
-    if (const size_t at = sample_scope.find("$2"); at != std::string::npos) {
-      sample_scope.replace(at, 2, scope_literal);
-    }
-    txn.exec0("DECLARE rekey_verify_sample NO SCROLL CURSOR FOR " + select + "TRUE" + sample_scope);
-    const std::string fetch = "FETCH " + std::to_string(page_size) + " FROM rekey_verify_sample";
+    txn.exec0(reads.declare_sample);
     while (true) {
-      pqxx::result page = txn.exec(fetch);
+      pqxx::result page = txn.exec(reads.fetch_sample);
       process(page);
       if (page.size() < size_t(page_size)) break;
     }
-    txn.exec0("CLOSE rekey_verify_sample");
+    txn.exec0(reads.close_sample);
   } else {
     while (true) {
       const char* last_pk = last ? last->c_str() : nullptr;
-      const std::string& sql = last ? next_page : first_page;
+      const std::string& sql = last ? reads.next_page : reads.first_page;
       pqxx::result page =
           scope_value ? txn.exec_params(sql, last_pk, scope_value) : txn.exec_params(sql, last_pk);
       process(page);
       if (page.size() < size_t(page_size)) break;
-      last = page[page.size() - 1][0].as<std::string>();
+      last = page[page.size() - 1]["pk_text"].as<std::string>();
     }
   }
   report.plaintext_sha256 = digest.HexFinal();
