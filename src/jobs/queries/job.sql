@@ -29,8 +29,8 @@ SELECT source_key_id, target_key_id
  WHERE job_id = $1::bigint
 
 -- name: create_job
--- rekey.create_job with every argument (its contract is in the migrations): returns the new
--- job's id, or raises with a one-line reason and writes nothing.
+-- rekey.create_job with every argument (its contract is beside its definition): returns the
+-- new job's id, or raises with a one-line reason and writes nothing.
 SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9::integer,
                         $10, $11::boolean, $12::integer, $13::numeric[], $14::integer,
                         $15::numeric, $16::interval, $17::integer, $18::text[],
