@@ -1,18 +1,22 @@
 // `rekey job ...`: define rotation jobs and steer them. Every verb is a thin shell over a SQL
-// function (rekey.create_job, rekey.pause_job, ...), so psql and the CLI do exactly the same.
+// function (rekey.create_job, rekey.pause_job, ...: jobs/job.h, jobs/job_control.h), so psql and
+// the CLI do exactly the same.
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 #include <iostream>
+#include <optional>
 
 #include "cli_support.h"
 #include "commands.h"
 #include "common/error.h"
 #include "db/connection.h"
 #include "jobs/job.h"
+#include "jobs/job_control.h"
 #include "kms/vault_transit.h"
-#include "rotation/verifier.h"
+#include "ops/report_evidence.h"
 
 namespace rekey::cli {
 namespace {
@@ -65,15 +69,15 @@ void ResolveTransitKey(const CreateFlags& flags, jobs::JobSpec* spec) {
   spec->transit_min_version = version;
 }
 
-// Runs `SELECT <function>($1[, ...])` in its own transaction and prints the text it returns.
+// Runs one verb of jobs/job_control.h in its own transaction and prints the text it returns.
 void RunControlFunction(const GlobalOptions& global, const std::string& context,
-                        const std::string& sql, const std::vector<std::string>& args) {
+                        const std::function<std::string(pqxx::transaction_base&)>& verb) {
   auto conn = OpenDatabase(global);
   std::string message = db::Classified(context, [&] {
     pqxx::work txn(*conn);
-    pqxx::result r = txn.exec_params(sql, pqxx::prepare::make_dynamic_params(args));
+    std::string text = verb(txn);
     txn.commit();
-    return r[0][0].as<std::string>();
+    return text;
   });
   std::printf("%s\n", message.c_str());
 }
@@ -127,23 +131,20 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
     pqxx::work txn(*conn);
     const int64_t id = jobs::CreateJob(txn, spec, key_reader.get());
     const std::string verb = flags.dry_run ? "would create" : "created";
-    pqxx::row total = txn.exec_params1(
-        "SELECT count(*), coalesce(sum(b.planned_rows), 0) FROM rekey.batches b JOIN "
-        "rekey.job_stages s"
-        " USING (job_id, stage_no) WHERE b.job_id = $1 AND s.kind = 'rollout'",
-        id);
+    const std::vector<jobs::PlannedStage> plan = jobs::ReadStagePlan(txn, id);
+    long long rows = 0, batches = 0;
+    for (const jobs::PlannedStage& stage : plan) {
+      if (stage.kind != "rollout") continue;
+      rows += stage.rows;
+      batches += stage.batches;
+    }
     std::printf("%s job %lld on %s: %lld rows in %lld batches\n", verb.c_str(),
-                static_cast<long long>(id), flags.table.c_str(), total[1].as<long long>(),
-                total[0].as<long long>());
-    for (const auto& stage : txn.exec_params(
-             "SELECT stage_no, percent, rows_planned, batches, s.stage_no = j.promote_at_stage"
-             " FROM rekey.stage_status s JOIN rekey.jobs j USING (job_id) WHERE job_id = $1 ORDER "
-             "BY stage_no",
-             id)) {
-      std::printf(
-          "  stage %d (up to %s%%): %lld rows in %lld batches%s\n", stage[0].as<int>(),
-          stage[1].c_str(), stage[2].as<long long>(), stage[3].as<long long>(),
-          stage[4].as<bool>() && !transit ? "; the new key becomes primary when it opens" : "");
+                static_cast<long long>(id), flags.table.c_str(), rows, batches);
+    for (const jobs::PlannedStage& stage : plan) {
+      std::printf("  stage %d (up to %s%%): %lld rows in %lld batches%s\n", stage.stage_no,
+                  stage.percent.c_str(), static_cast<long long>(stage.rows),
+                  static_cast<long long>(stage.batches),
+                  stage.promotes && !transit ? "; the new key becomes primary when it opens" : "");
     }
     if (flags.dry_run) {
       txn.abort();
@@ -159,26 +160,14 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
 void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
   const std::string conninfo = ConnInfo(global);
   auto conn = OpenDatabase(global);
-  jobs::JobDefinition job = db::Classified("cannot load the job", [&] {
-    pqxx::read_transaction txn(*conn);
-    return jobs::LoadJob(txn, job_id);
+  std::optional<KeyServices> keys;  // the KMS clients, built once the job is loaded
+  const ops::VerifiedJob verified = ops::VerifyJobValues(*conn, job_id, [&] {
+    keys.emplace(conninfo);
+    return keys->Source();
   });
-  KeyServices keys(conninfo);
-  rotation::VerifyReport report = db::Classified("verification failed", [&] {
-    pqxx::read_transaction txn(*conn);
-    return rotation::VerifyJob(txn, job, keys.Source());
-  });
-  std::vector<uint32_t> sources, targets;
-  for (const auto& [from, to] : job.key_map) {
-    sources.push_back(from);
-    targets.push_back(to);
-  }
-  if (job.transit_key_ref) {
-    // Versions at or above the target count as "target keys"; the failures are the rest.
-    for (const auto& entry : report.values_by_key) targets.push_back(entry.first);
-  }
-  const int64_t under_source = report.ValuesUnder(sources);
-  const int64_t under_target = report.ValuesUnder(targets);
+  const rotation::VerifyReport& report = verified.report;
+  const int64_t under_source = verified.under_source_keys;
+  const int64_t under_target = verified.under_target_keys;
   if (json) {
     nlohmann::json by_key = nlohmann::json::object();
     for (const auto& [k, n] : report.values_by_key) by_key[std::to_string(k)] = n;
@@ -278,27 +267,30 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
 
   auto job_id = std::make_shared<int64_t>(0);
   auto reason = std::make_shared<std::string>();
-  auto add_verb = [&](const std::string& verb, const std::string& help, const std::string& sql,
-                      bool with_reason) {
-    CLI::App* cmd = job->add_subcommand(verb, help);
+  // A verb of jobs/job_control.h that takes the job id, and the --reason if it records one.
+  using Verb = std::string (*)(pqxx::transaction_base&, int64_t);
+  using VerbWithReason = std::string (*)(pqxx::transaction_base&, int64_t, const std::string&);
+  auto add_verb = [&](const std::string& name, const std::string& help, Verb verb,
+                      VerbWithReason verb_with_reason) {
+    CLI::App* cmd = job->add_subcommand(name, help);
     cmd->add_option("job", *job_id, "Job id")->required();
-    if (with_reason) cmd->add_option("--reason", *reason, "Why (kept in the audit log)");
-    cmd->callback([&global, job_id, reason, verb, sql, with_reason] {
-      std::vector<std::string> args{std::to_string(*job_id)};
-      if (with_reason) args.push_back(*reason);
-      RunControlFunction(global, "cannot " + verb + " job " + std::to_string(*job_id), sql, args);
+    if (verb_with_reason) cmd->add_option("--reason", *reason, "Why (kept in the audit log)");
+    cmd->callback([&global, job_id, reason, name, verb, verb_with_reason] {
+      RunControlFunction(global, "cannot " + name + " job " + std::to_string(*job_id),
+                         [&](pqxx::transaction_base& txn) {
+                           return verb_with_reason ? verb_with_reason(txn, *job_id, *reason)
+                                                   : verb(txn, *job_id);
+                         });
     });
   };
-  add_verb("pause", "Stop workers from claiming the job's batches",
-           "SELECT rekey.pause_job($1, nullif($2, ''))", true);
-  add_verb("resume", "Let workers claim the job's batches again", "SELECT rekey.resume_job($1)",
-           false);
-  add_verb("cancel", "Give up the job (rows already rotated stay rotated)",
-           "SELECT rekey.cancel_job($1, nullif($2, ''))", true);
+  add_verb("pause", "Stop workers from claiming the job's batches", nullptr, jobs::PauseJob);
+  add_verb("resume", "Let workers claim the job's batches again", jobs::ResumeJob, nullptr);
+  add_verb("cancel", "Give up the job (rows already rotated stay rotated)", nullptr,
+           jobs::CancelJob);
   add_verb("retry-failed", "Requeue the job's failed batches with fresh attempts",
-           "SELECT rekey.retry_failed($1)", false);
+           jobs::RetryFailed, nullptr);
   add_verb("rerun", "Rerun a job: a no-op for a completed job, failed batches for a failed one",
-           "SELECT rekey.rerun_job($1)", false);
+           jobs::RerunJob, nullptr);
 
   auto observe = std::make_shared<std::string>();
   auto force = std::make_shared<bool>(false);
@@ -310,8 +302,9 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   advance->add_flag("--force", *force, "Advance a job paused by a failed gate");
   advance->callback([&global, job_id, observe, force] {
     RunControlFunction(global, "cannot advance job " + std::to_string(*job_id),
-                       "SELECT rekey.advance_job($1, nullif($2, '')::interval, $3::boolean)",
-                       {std::to_string(*job_id), *observe, *force ? "true" : "false"});
+                       [&](pqxx::transaction_base& txn) {
+                         return jobs::AdvanceJob(txn, *job_id, *observe, *force);
+                       });
   });
 
   auto to_percent = std::make_shared<std::string>("0");
@@ -325,8 +318,9 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   rollback->add_option("--reason", *reason, "Why (kept in the audit log)");
   rollback->callback([&global, job_id, to_percent, reason] {
     RunControlFunction(global, "cannot roll back job " + std::to_string(*job_id),
-                       "SELECT rekey.rollback_job($1, $2::numeric, nullif($3, ''))",
-                       {std::to_string(*job_id), *to_percent, *reason});
+                       [&](pqxx::transaction_base& txn) {
+                         return jobs::RollbackJob(txn, *job_id, *to_percent, *reason);
+                       });
   });
 
   auto range = std::make_shared<std::pair<int, int>>(0, 0);
@@ -335,9 +329,9 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
   requeue->add_option("--from", range->first, "First batch number")->required();
   requeue->add_option("--to", range->second, "Last batch number")->required();
   requeue->callback([&global, job_id, range] {
-    RunControlFunction(
-        global, "cannot requeue", "SELECT rekey.requeue($1, $2, $3)",
-        {std::to_string(*job_id), std::to_string(range->first), std::to_string(range->second)});
+    RunControlFunction(global, "cannot requeue", [&](pqxx::transaction_base& txn) {
+      return jobs::Requeue(txn, *job_id, range->first, range->second);
+    });
   });
 
   auto json = std::make_shared<bool>(false);

@@ -11,7 +11,6 @@
 #include <string>
 #include <thread>
 
-#include "audit/audit_chain.h"
 #include "cli_support.h"
 #include "commands.h"
 #include "common/error.h"
@@ -24,8 +23,8 @@
 #include "ops/compliance_report.h"
 #include "ops/ops_service.h"
 #include "ops/pdf_report.h"
+#include "ops/report_evidence.h"
 #include "rotation/rotation_scheduler.h"
-#include "rotation/verifier.h"
 
 namespace rekey::cli {
 namespace {
@@ -181,75 +180,6 @@ struct ReportFlags {
   std::string plaintext_sha256_before;
 };
 
-// The JSON, Markdown and PDF reports all hold the chain's state as this report saw it: the head an
-// auditor keeps outside the database, and whether the chain up to it is intact.
-nlohmann::json AuditChainEvidence(pqxx::connection& conn) {
-  const audit::Verification v = audit::Verify(conn);
-  nlohmann::json findings = nlohmann::json::array();
-  for (const auto& f : v.findings) findings.push_back(f.kind + ": " + f.detail);
-  pqxx::read_transaction txn(conn);
-  const std::string at = txn.exec1("SELECT to_json(now())#>>'{}'")[0].as<std::string>();
-  return {{"head", audit::FormatHead(v.head)},
-          {"rows_checked", v.rows_checked},
-          {"unsealed", v.unsealed},
-          {"intact", v.ok()},
-          {"findings", findings},
-          {"verified_at", at}};
-}
-
-// `rekey job verify` inside the report: the values per key and the plaintext digest, compared
-// with the digest the operator took before the rotation when one is given.
-nlohmann::json Verification(const GlobalOptions& global, pqxx::connection& conn,
-                            const ReportFlags& flags) {
-  jobs::JobDefinition job = db::Classified("cannot load the job", [&] {
-    pqxx::read_transaction txn(conn);
-    return jobs::LoadJob(txn, flags.job);
-  });
-  KeyServices keys(ConnInfo(global));
-  rotation::VerifyReport report = db::Classified("verification failed", [&] {
-    pqxx::read_transaction txn(conn);
-    return rotation::VerifyJob(txn, job, keys.Source());
-  });
-  nlohmann::json by_key = nlohmann::json::object();
-  for (const auto& [k, n] : report.values_by_key) by_key[std::to_string(k)] = n;
-  std::string at;
-  {
-    pqxx::read_transaction txn(conn);
-    at = txn.exec1("SELECT to_json(now())#>>'{}'")[0].as<std::string>();
-  }
-  nlohmann::json out = {{"verified_at", at},
-                        {"rows", report.rows},
-                        {"values", report.values},
-                        {"values_by_key", by_key},
-                        {"failures", report.failures},
-                        {"failures_by_class", report.failures_by_class},
-                        {"plaintext_sha256", report.plaintext_sha256}};
-  if (!flags.plaintext_sha256_before.empty()) {
-    out["plaintext_sha256_before"] = flags.plaintext_sha256_before;
-    out["plaintext_unchanged"] = flags.plaintext_sha256_before == report.plaintext_sha256;
-  }
-  return out;
-}
-
-// A PDF is evidence of a rotation that ended; an unfinished job's progress is for `rekey status`
-// or the JSON report. Returns why the job is not finished, or "" if it is.
-std::string Unfinished(const nlohmann::json& report) {
-  const std::string state = report["job"]["state"].get<std::string>();
-  if (state == "completed" || state == "rolled_back" || state == "cancelled") return "";
-  std::string open;
-  for (const auto& s : report["stages"]) {
-    const std::string st = s["state"].get<std::string>();
-    if (st != "passed" && st != "done") {
-      open += (open.empty() ? "" : ", ") + std::to_string(s["stage_no"].get<int>()) + " (" +
-              s["kind"].get<std::string>() + ", " + st + ")";
-    }
-  }
-  return "job " + std::to_string(report["job"]["job_id"].get<int64_t>()) + " is " + state +
-         (open.empty() ? "" : ", stages not finished: " + open) +
-         "; a PDF report is the evidence of a completed, rolled-back or cancelled job: finish it "
-         "(rekey work, rekey job advance) or use --format json for its progress";
-}
-
 void ReportCommand(const GlobalOptions& global, const ReportFlags& flags) {
   if (flags.format == "pdf" && flags.output.empty()) {
     throw ConfigError("--format pdf needs --output FILE (a PDF is not written to a terminal)");
@@ -264,42 +194,43 @@ void ReportCommand(const GlobalOptions& global, const ReportFlags& flags) {
   auto conn = OpenDatabase(global, "rekey-report");
   const bool known = db::Classified("looking up job " + std::to_string(flags.job), [&] {
     pqxx::read_transaction txn(*conn);
-    return !txn.exec_params("SELECT 1 FROM rekey.jobs WHERE job_id = $1", flags.job).empty();
+    return jobs::JobExists(txn, flags.job);
   });
   if (!known) {
     throw ConfigError("job " + std::to_string(flags.job) +
                       " does not exist; `rekey status` lists the jobs");
   }
-  nlohmann::json audit_chain = AuditChainEvidence(*conn);
-  nlohmann::json verification;
-  if (flags.verify) verification = Verification(global, *conn, flags);
-
-  nlohmann::json report;
-  std::string markdown;
-  std::vector<ops::StageProgress> progress;
-  ops::StoredReport stored;
-  db::Classified("building the report of job " + std::to_string(flags.job), [&] {
-    pqxx::work txn(*conn);
-    report = ops::BuildJobReport(txn, flags.job);
-    if (flags.format == "pdf") {
-      const std::string unfinished = Unfinished(report);
-      if (!unfinished.empty()) throw StateError(unfinished);
-      progress = ops::ReadStageProgress(txn, flags.job);
-    }
-    report["audit_chain"] = audit_chain;
-    if (flags.verify) report["verification"] = verification;
-    markdown = ops::RenderReportMarkdown(report);
-    if (!flags.no_store) stored = ops::StoreReport(txn, flags.job, report, markdown);
-    txn.commit();
-  });
+  ops::ReportRequest request;
+  request.pdf = flags.format == "pdf";
+  request.store = !flags.no_store;
+  request.audit_chain = ops::AuditChainEvidence(*conn);
+  std::optional<KeyServices> keys;  // the KMS clients, built only if --verify needs them
+  if (flags.verify) {
+    request.verification = ops::VerificationEvidence(
+        *conn, flags.job,
+        [&] {
+          keys.emplace(ConnInfo(global));
+          return keys->Source();
+        },
+        flags.plaintext_sha256_before);
+  }
+  const ops::AssembledReport assembled =
+      db::Classified("building the report of job " + std::to_string(flags.job), [&] {
+        pqxx::work txn(*conn);
+        ops::AssembledReport r = ops::AssembleReport(txn, flags.job, request);
+        txn.commit();
+        return r;
+      });
+  const nlohmann::json& report = assembled.report;
+  const ops::StoredReport& stored = assembled.stored;
   if (flags.format == "pdf") {
     nlohmann::json shown = report;
     if (!flags.no_store) {
       shown["stored_report"] = {{"report_id", stored.report_id}, {"sha256", stored.sha256}};
     }
-    ops::WritePdfReport(shown, progress, file->stream());
+    ops::WritePdfReport(shown, assembled.progress, file->stream());
   } else {
-    std::string text = flags.format == "json" ? report.dump(2) + "\n" : markdown;
+    std::string text = flags.format == "json" ? report.dump(2) + "\n" : assembled.markdown;
     if (file) {
       std::fwrite(text.data(), 1, text.size(), file->stream());
     } else {

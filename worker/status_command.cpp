@@ -12,6 +12,7 @@
 #include "cli_support.h"
 #include "commands.h"
 #include "db/connection.h"
+#include "ops/progress.h"
 
 namespace rekey::cli {
 namespace {
@@ -26,11 +27,7 @@ struct StatusFlags {
 nlohmann::json QueryProgress(pqxx::connection& conn, int64_t job) {
   return db::Classified("cannot read rekey.progress", [&] {
     pqxx::read_transaction txn(conn);
-    pqxx::result r = txn.exec_params(
-        "SELECT coalesce(json_agg(p ORDER BY job_id), '[]')::text FROM rekey.progress p"
-        " WHERE $1::bigint = 0 OR job_id = $1::bigint",
-        job);
-    return nlohmann::json::parse(r[0][0].as<std::string>());
+    return ops::ReadProgress(txn, job);
   });
 }
 
@@ -82,13 +79,6 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
   }
 }
 
-bool AnyActive(const nlohmann::json& jobs) {
-  for (const auto& j : jobs) {
-    if (j["state"] == "active" || j["state"] == "verifying") return true;
-  }
-  return false;
-}
-
 void Status(const GlobalOptions& global, const StatusFlags& flags) {
   auto conn = OpenDatabase(global);
   const bool tty = isatty(STDOUT_FILENO);
@@ -101,7 +91,7 @@ void Status(const GlobalOptions& global, const StatusFlags& flags) {
       PrintTable(jobs, tty);
       std::fflush(stdout);
     }
-    if (!flags.watch || !AnyActive(jobs)) return;
+    if (!flags.watch || !ops::AnyActive(jobs)) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(int64_t(flags.interval * 1000)));
   }
 }

@@ -5,104 +5,27 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "db/connection.h"
 #include "db/identifiers.h"
+#include "db/named_query.h"
 #include "jobs/rollout_planner.h"
 
 namespace rekey::jobs {
-namespace {
-
-uint32_t ParseKeyId(const std::string& text, const std::string& whole) {
-  if (text.empty() || text.size() > 10 ||
-      text.find_first_not_of("0123456789") != std::string::npos) {
-    throw ConfigError("bad key map '" + whole + "': key ids are unsigned integers, as in 1:2,3:7");
-  }
-  uint64_t v = std::stoull(text);
-  if (v > 0xffffffffull) throw ConfigError("bad key map '" + whole + "': key ids are 32-bit");
-  return static_cast<uint32_t>(v);
-}
-
-}  // namespace
 
 std::string JobDefinition::QualifiedTable() const {
   return db::QuoteIdent(schema_name) + "." + db::QuoteIdent(table_name);
 }
 
-std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text) {
-  std::map<uint32_t, uint32_t> map;
-  size_t start = 0;
-  while (start <= text.size()) {
-    size_t comma = text.find(',', start);
-    std::string pair =
-        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    size_t colon = pair.find(':');
-    if (colon == std::string::npos) {
-      throw ConfigError("bad key map '" + text + "': write source:target pairs, as in 1:2,3:7");
-    }
-    uint32_t from = ParseKeyId(pair.substr(0, colon), text);
-    uint32_t to = ParseKeyId(pair.substr(colon + 1), text);
-    if (!map.emplace(from, to).second) {
-      throw ConfigError("bad key map '" + text + "': source key " + std::to_string(from) +
-                        " appears twice");
-    }
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return map;
-}
-
-std::string StagePlanLiteral(const std::string& text) {
-  std::string literal = "{";
-  size_t start = 0;
-  while (true) {
-    size_t comma = text.find(',', start);
-    std::string item =
-        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    const bool numeric =
-        !item.empty() && item.find_first_not_of("0123456789.") == std::string::npos &&
-        item.find('.') == item.rfind('.') && item.front() != '.' && item.back() != '.';
-    if (!numeric) {
-      throw ConfigError("bad stage plan '" + text +
-                        "': write increasing percentages ending at 100, as in 1,25,50,75,100");
-    }
-    if (literal.size() > 1) literal += ',';
-    literal += item;
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return literal + "}";
-}
-
-std::pair<std::string, std::string> ParseScope(const std::string& text) {
-  size_t eq = text.find('=');
-  if (eq == std::string::npos || eq == 0) {
-    throw ConfigError("bad scope '" + text + "': write column=value, as in tenant_id=42");
-  }
-  return {text.substr(0, eq), text.substr(eq + 1)};
-}
-
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   pqxx::result r;
   try {
-    r = txn.exec_params(
-        "SELECT job_id, coalesce(name, ''), schema_name, table_name, pk_column,"
-        " rekey.checked_column_type(schema_name, table_name, pk_column, pk_type), key_id_column,"
-        " ad_template, scope_column, scope_value,"
-        " CASE WHEN scope_column IS NULL THEN '' ELSE"
-        " rekey.checked_column_type(schema_name, table_name, scope_column, scope_type) END,"
-        " batch_size, per_row_audit, state, current_stage, transit_key_ref, transit_min_version"
-        " FROM rekey.jobs WHERE job_id = $1",
-        job_id);
+    r = txn.exec_params(db::Query("jobs/job.load"), job_id);
   } catch (const pqxx::sql_error& e) {
     // rekey.checked_column_type refuses a recorded type the catalog disagrees with (rekey.jobs
     // edited, or the column altered since): nothing of the job may run until a person looks, and
     // no retry helps, so it is a definition problem (exit 2), not a failure of some batch.
     if (e.sqlstate() != "55000") throw;
-    // The server's first line ("ERROR:  ..."), without its CONTEXT lines. (Not
-    // db::PrimaryMessage: the fuzz targets link this file without src/db/connection.cpp.)
-    std::string message = e.what();
-    message = message.substr(0, message.find('\n'));
-    if (message.rfind("ERROR:  ", 0) == 0) message.erase(0, 8);
-    throw ConfigError("cannot load job " + std::to_string(job_id) + ": " + message);
+    throw ConfigError("cannot load job " + std::to_string(job_id) + ": " + db::PrimaryMessage(e));
   }
   if (r.empty()) {
     throw StateError("unknown job " + std::to_string(job_id) +
@@ -110,42 +33,54 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   }
   const pqxx::row row = r[0];
   JobDefinition job;
-  job.job_id = row[0].as<int64_t>();
-  job.name = row[1].as<std::string>();
-  job.schema_name = row[2].as<std::string>();
-  job.table_name = row[3].as<std::string>();
-  job.pk_column = row[4].as<std::string>();
-  job.pk_type = row[5].as<std::string>();
-  if (!row[6].is_null()) job.key_id_column = row[6].as<std::string>();
-  if (!row[7].is_null())
-    job.associated_data = crypto::AssociatedDataTemplate::Compile(row[7].as<std::string>());
-  if (!row[8].is_null()) job.scope_column = row[8].as<std::string>();
-  if (!row[9].is_null()) job.scope_value = row[9].as<std::string>();
-  job.scope_type = row[10].as<std::string>();
-  job.batch_size = row[11].as<int>();
-  job.per_row_audit = row[12].as<bool>();
-  job.state = row[13].as<std::string>();
-  job.current_stage = row[14].as<int>();
-  if (!row[15].is_null()) {
-    job.transit_key_ref = row[15].as<std::string>();
-    job.transit_min_version = row[16].as<int>();
+  job.job_id = row["job_id"].as<int64_t>();
+  job.name = row["name"].as<std::string>();
+  job.schema_name = row["schema_name"].as<std::string>();
+  job.table_name = row["table_name"].as<std::string>();
+  job.pk_column = row["pk_column"].as<std::string>();
+  job.pk_type = row["pk_type"].as<std::string>();
+  if (!row["key_id_column"].is_null()) job.key_id_column = row["key_id_column"].as<std::string>();
+  if (!row["ad_template"].is_null()) {
+    job.associated_data =
+        crypto::AssociatedDataTemplate::Compile(row["ad_template"].as<std::string>());
+  }
+  if (!row["scope_column"].is_null()) job.scope_column = row["scope_column"].as<std::string>();
+  if (!row["scope_value"].is_null()) job.scope_value = row["scope_value"].as<std::string>();
+  job.scope_type = row["scope_type"].as<std::string>();
+  job.batch_size = row["batch_size"].as<int>();
+  job.per_row_audit = row["per_row_audit"].as<bool>();
+  job.state = row["state"].as<std::string>();
+  job.current_stage = row["current_stage"].as<int>();
+  if (!row["transit_key_ref"].is_null()) {
+    job.transit_key_ref = row["transit_key_ref"].as<std::string>();
+    job.transit_min_version = row["transit_min_version"].as<int>();
   }
 
-  for (const auto& c : txn.exec_params(
-           "SELECT t.column_name, t.codec FROM rekey.job_columns c"
-           " JOIN rekey.targets t USING (target_id) WHERE c.job_id = $1 ORDER BY c.ordinal",
-           job_id)) {
-    auto codec = crypto::ParseCodecKind(c[1].as<std::string>());
+  for (const auto& c : txn.exec_params(db::Query("jobs/job.columns"), job_id)) {
+    const std::string codec_name = c["codec"].as<std::string>();
+    auto codec = crypto::ParseCodecKind(codec_name);
     if (!codec)
-      throw StateError("job " + std::to_string(job_id) + " uses unknown codec " +
-                       c[1].as<std::string>());
-    job.columns.push_back({c[0].as<std::string>(), *codec});
+      throw StateError("job " + std::to_string(job_id) + " uses unknown codec " + codec_name);
+    job.columns.push_back({c["column_name"].as<std::string>(), *codec});
   }
-  for (const auto& k : txn.exec_params(
-           "SELECT source_key_id, target_key_id FROM rekey.job_keys WHERE job_id = $1", job_id)) {
-    job.key_map[k[0].as<uint32_t>()] = k[1].as<uint32_t>();
+  for (const auto& k : txn.exec_params(db::Query("jobs/job.keys"), job_id)) {
+    job.key_map[k["source_key_id"].as<uint32_t>()] = k["target_key_id"].as<uint32_t>();
   }
   return job;
+}
+
+bool JobExists(pqxx::transaction_base& txn, int64_t job_id) {
+  return txn.exec_params1(db::Query("jobs/job.exists"), job_id)["job_exists"].as<bool>();
+}
+
+std::vector<PlannedStage> ReadStagePlan(pqxx::transaction_base& txn, int64_t job_id) {
+  std::vector<PlannedStage> stages;
+  for (const auto& row : txn.exec_params(db::Query("jobs/job.stage_plan"), job_id)) {
+    stages.push_back({row["stage_no"].as<int>(), row["kind"].as<std::string>(),
+                      row["percent"].as<std::string>(), row["rows_planned"].as<int64_t>(),
+                      row["batches"].as<int64_t>(), row["promotes"].as<bool>()});
+  }
+  return stages;
 }
 
 namespace {
@@ -186,11 +121,10 @@ int64_t CreateTransitJob(pqxx::transaction_base& txn, const JobSpec& spec) {
       opt(spec.scope_value), batch_size.c_str(),    opt(spec.name),
       attempts.c_str(),      stages.c_str(),        threshold.c_str(),
       opt(spec.observe),     sample.c_str()};
-  pqxx::result r = txn.exec_params(
-      "SELECT rekey.create_transit_job($1, $2::text[], $3, $4::integer, $5, $6, $7, $8::integer,"
-      " $9, $10::integer, $11::numeric[], $12::numeric, $13::interval, $14::integer)",
-      pqxx::prepare::make_dynamic_params(params));
-  return r[0][0].as<int64_t>();
+  return txn
+      .exec_params1(db::Query("jobs/job.create_transit_job"),
+                    pqxx::prepare::make_dynamic_params(params))["job_id"]
+      .as<int64_t>();
 }
 
 int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
@@ -228,12 +162,10 @@ int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
                                threshold.c_str(), opt(spec.observe), sample.c_str(),
                                spec.not_governed ? not_governed.c_str() : nullptr,
                                spec.cross_scope ? "true" : "false"});
-  pqxx::result r = txn.exec_params(
-      "SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9::integer,"
-      " $10, $11::boolean, $12::integer, $13::numeric[], $14::integer, $15::numeric, $16::interval,"
-      " $17::integer, $18::text[], $19::boolean)",
-      pqxx::prepare::make_dynamic_params(params));
-  return r[0][0].as<int64_t>();
+  return txn
+      .exec_params1(db::Query("jobs/job.create_job"),
+                    pqxx::prepare::make_dynamic_params(params))["job_id"]
+      .as<int64_t>();
 }
 
 }  // namespace

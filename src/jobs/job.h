@@ -1,5 +1,6 @@
 // Rotation jobs as the worker sees them: the catalog-checked definition stored in rekey.jobs,
-// and the CLI's way of creating one through the SQL function rekey.create_job.
+// and the CLI's way of creating one through the SQL function rekey.create_job. The queries are
+// src/jobs/queries/job.sql; the flags' parsers are jobs/job_spec.h.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -12,6 +13,7 @@
 
 #include "crypto/associated_data.h"
 #include "crypto/codec.h"
+#include "jobs/job_spec.h"
 
 namespace rekey::jobs {
 
@@ -54,46 +56,8 @@ struct JobDefinition {
 // 55000) if the job's recorded key or scope type is not the catalog's (rekey.checked_column_type).
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id);
 
-// What `rekey job create` collects from its flags; validated by rekey.create_job in the database.
-struct JobSpec {
-  std::string table;                     // schema.table
-  std::vector<std::string> columns;      // ciphertext columns
-  std::vector<std::string> codecs;       // one per column, or empty for all tink
-  std::map<uint32_t, uint32_t> key_map;  // source -> target
-  std::optional<std::string> key_id_column;
-  std::optional<std::string> ad_template;
-  std::optional<std::string> scope_column;
-  std::optional<std::string> scope_value;  // any text form of a value of the scope column's type
-  // Columns of the table not encrypted under the key-id column's key; unset = those the latest
-  // job on the same table and key-id column recorded. A job that rewrites a key-id column is
-  // refused while another column it may govern holds values and is neither rotated nor listed.
-  std::optional<std::vector<std::string>> not_governed;
-  bool cross_scope = false;  // allow target keys outside their source key's keyring scope
-  int batch_size = 1000;
-  int max_attempts = 3;
-  bool per_row_audit = false;
-  std::optional<std::string> name;
-  std::string stages = "1,25,50,75,100";  // cumulative percentages
-  std::optional<int> promote_at_stage;    // default: the last stage
-  double error_threshold = 0.001;         // a gate passes below this decrypt error rate
-  std::optional<std::string> observe;     // PostgreSQL interval; unset = wait for approval
-  int gate_sample_size = 10000;
-  // vault-transit jobs (rekey.create_transit_job): the Transit key and the version to reach,
-  // chosen by the caller after reading the key in Vault.
-  std::optional<std::string> transit_key_ref;
-  std::optional<int> transit_min_version;
-};
-
-// Parses "1,25,50,75,100" into a PostgreSQL numeric[] literal "{1,25,50,75,100}". Throws
-// ConfigError unless every item is a decimal number; the database checks the plan's shape.
-std::string StagePlanLiteral(const std::string& text);
-
-// Parses "1:2,3:7" (source:target pairs). Throws ConfigError on anything else.
-std::map<uint32_t, uint32_t> ParseKeyMap(const std::string& text);
-
-// Parses "column=value" for a scope. Throws ConfigError unless there is a '=' after a non-empty
-// column name.
-std::pair<std::string, std::string> ParseScope(const std::string& text);
+// True iff job `job_id` exists.
+bool JobExists(pqxx::transaction_base& txn, int64_t job_id);
 
 // Creates and plans the job in `txn` (the caller commits; a staged job is planned in this process,
 // jobs/rollout_planner.h); a spec with a Transit key or the
@@ -107,5 +71,18 @@ std::pair<std::string, std::string> ParseScope(const std::string& text);
 // use meanwhile to read the table's keys ahead (jobs/rollout_planner.h).
 int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec,
                   pqxx::connection* key_reader = nullptr);
+
+// One stage of a job as planned (rekey.stage_status).
+struct PlannedStage {
+  int stage_no = 0;
+  std::string kind;     // rollout, sweep or rollback
+  std::string percent;  // the cumulative percentage, as the database writes it ("25", "12.5")
+  int64_t rows = 0;     // rows planned
+  int64_t batches = 0;
+  bool promotes = false;  // opening it makes the job's target keys primary
+};
+
+// The stages of job `job_id` in order, as planned so far; empty if there is no such job.
+std::vector<PlannedStage> ReadStagePlan(pqxx::transaction_base& txn, int64_t job_id);
 
 }  // namespace rekey::jobs

@@ -18,16 +18,18 @@
 #include "common/error.h"
 #include "db/binary_array.h"
 #include "db/identifiers.h"
+#include "db/named_query.h"
+#include "jobs/stage_bucket.h"
 
 namespace rekey::jobs {
 namespace {
 
-constexpr int kBuckets = 10000;
 // Keys per FETCH: few round trips (50 per million rows), small results (a few hundred KB).
 constexpr int kFetchRows = 20000;
 // Finished batches are written once their recorded keys reach this size, and at the end.
 constexpr size_t kFlushBytes = size_t(1) << 20;
 constexpr const char* kCursor = "rekey_rollout_keys";
+constexpr const char* kKeyColumn = "pk_text";  // the key query's one column
 
 // A bounded queue between two threads. Push waits for room, Pop for an item; Push returns false
 // once the queue is closed, Pop once it is closed and empty. Either side may close it, with an
@@ -77,16 +79,20 @@ class Handoff {
   std::exception_ptr error_;
 };
 
-// As plan_rollout does, the cursor's plan must stream from the primary key's index rather than
-// sort the table (enable_sort off), and the query is too simple to be worth compiling (jit off).
-// Both settings are restored once the cursor is declared.
+// The cursor is declared under rollout_planner.stream_settings (why: see there), restored once it
+// is declared.
 void DeclareKeyCursor(pqxx::transaction_base& txn, const std::string& query) {
-  const pqxx::row saved = txn.exec1(
-      "SELECT current_setting('enable_sort'), current_setting('jit'), "
-      "set_config('enable_sort', 'off', true), set_config('jit', 'off', true)");
+  const pqxx::row saved = txn.exec1(db::Query("jobs/rollout_planner.stream_settings"));
   txn.exec0(std::string("DECLARE ") + kCursor + " NO SCROLL CURSOR FOR " + query);
-  txn.exec_params("SELECT set_config('enable_sort', $1, true), set_config('jit', $2, true)",
-                  saved[0].as<std::string>(), saved[1].as<std::string>());
+  txn.exec_params(db::Query("jobs/rollout_planner.restore_settings"),
+                  saved["enable_sort"].as<std::string>(), saved["jit"].as<std::string>());
+}
+
+// The keys of the job's rows in the primary key's order (the key's own collation for text), as
+// text. `table` and `pk` are quoted; `scope` is rekey.scope_condition's condition ('' for none).
+std::string KeyQuery(const std::string& table, const std::string& pk, const std::string& scope) {
+  return "SELECT t." + pk + "::text AS " + kKeyColumn + " FROM " + table + " AS t WHERE true" +
+         scope + " ORDER BY t." + pk;
 }
 
 // The keys of a query, in its order, a page of kFetchRows at a time: read through a cursor in
@@ -251,12 +257,8 @@ class BatchWriter {
     if (lo_.size() == 0) return;
     runner_.Run([&txn = txn_, job = job_, numbers = numbers_ + "}", stages = stage_nos_ + "}",
                  lo = lo_.Finish(), hi = hi_.Finish(), rows = rows_ + "}", keys = keys_.Finish()] {
-      txn.exec_params(
-          "INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys) "
-          "SELECT $1, b.no, b.stage_no, b.lo, b.hi, b.rows, b.keys::text[] FROM "
-          "unnest($2::integer[], $3::integer[], $4::text[], $5::text[], $6::integer[], "
-          "$7::text[]) AS b(no, stage_no, lo, hi, rows, keys)",
-          job, numbers, stages, lo, hi, rows, keys);
+      txn.exec_params(db::Query("jobs/rollout_planner.insert_batches"), job, numbers, stages, lo,
+                      hi, rows, keys);
     });
     numbers_ = stage_nos_ = rows_ = "{";
     lo_ = hi_ = keys_ = db::BinaryArray(db::BinaryArray::kTextOid);
@@ -282,10 +284,7 @@ class BatchWriter {
       from += (from.size() > 1 ? "," : "") + std::to_string(b.provisional_no);
       to += (to.size() > 1 ? "," : "") + std::to_string(offset[b.stage] + b.n + 1);
     }
-    txn_.exec_params(
-        "UPDATE rekey.batches b SET batch_no = m.final FROM unnest($2::integer[], $3::integer[]) "
-        "AS m(provisional, final) WHERE b.job_id = $1 AND b.batch_no = m.provisional",
-        job_, from + "}", to + "}");
+    txn_.exec_params(db::Query("jobs/rollout_planner.renumber"), job_, from + "}", to + "}");
   }
 
   int64_t written() const { return int64_t(finished_.size()); }
@@ -316,12 +315,12 @@ int StageBucketHasher::Bucket(std::string_view pk_text) {
       EVP_DigestFinal_ex(ctx_.get(), digest, &n) != 1 || n < 4) {
     throw PermanentError("OpenSSL could not compute an MD5 digest for a stage bucket");
   }
-  return int(GetUint32BigEndian(digest) % kBuckets);
+  return int(GetUint32BigEndian(digest) % kStageBuckets);
 }
 
 bool DeferRolloutPlanning(pqxx::transaction_base& txn) {
   if (!StageBucketHasher().available()) return false;
-  txn.exec0("SET LOCAL rekey.defer_rollout_planning = on");
+  txn.exec0(db::Query("jobs/rollout_planner.defer_planning"));
   return true;
 }
 
@@ -334,52 +333,44 @@ int StageBucket(std::string_view pk_text) {
 int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::connection* reader) {
   StageBucketHasher hasher;
   if (!hasher.available()) throw PermanentError("OpenSSL offers no MD5 digest in this process");
-  const pqxx::row job = txn.exec_params1(
-      "SELECT format('%I.%I', j.schema_name, j.table_name), quote_ident(j.pk_column), "
-      "j.batch_size, rekey.scope_condition(j), (SELECT coalesce(max(batch_no), 0) FROM "
-      "rekey.batches b WHERE b.job_id = j.job_id) FROM rekey.jobs j WHERE j.job_id = $1",
-      job_id);
-  const std::string table = job[0].as<std::string>();
-  const std::string pk = job[1].as<std::string>();
-  const int batch_size = job[2].as<int>();
-  const std::string scope = job[3].as<std::string>();
-  const int first_batch = job[4].as<int>();
+  const pqxx::row job = txn.exec_params1(db::Query("jobs/rollout_planner.job"), job_id);
+  const std::string table = job["qualified_table"].as<std::string>();
+  const std::string pk = job["pk_column"].as<std::string>();
+  const int batch_size = job["batch_size"].as<int>();
+  const std::string scope = job["scope_condition"].as<std::string>();
+  const int first_batch = job["last_batch_no"].as<int>();
 
   // The stages to plan, in bucket order, as rekey.plan_rollout finds them.
   std::vector<Stage> stages;
-  for (const auto& row : txn.exec_params(
-           "SELECT s.stage_no, s.bucket_lo, s.bucket_hi FROM rekey.job_stages s WHERE s.job_id = "
-           "$1 AND s.kind = 'rollout' AND NOT EXISTS (SELECT 1 FROM rekey.batches b WHERE "
-           "b.job_id = s.job_id AND b.stage_no = s.stage_no) ORDER BY s.bucket_lo",
-           job_id)) {
+  for (const auto& row :
+       txn.exec_params(db::Query("jobs/rollout_planner.stages_to_plan"), job_id)) {
     Stage s;
-    s.stage_no = row[0].as<int>();
-    s.bucket_lo = row[1].as<int>();
-    s.bucket_hi = row[2].as<int>();
-    s.record_keys = s.bucket_hi < kBuckets;
+    s.stage_no = row["stage_no"].as<int>();
+    s.bucket_lo = row["bucket_lo"].as<int>();
+    s.bucket_hi = row["bucket_hi"].as<int>();
+    s.record_keys = s.bucket_hi < kStageBuckets;
     stages.push_back(std::move(s));
   }
   if (stages.empty()) return 0;
   // stage_of[bucket]: index of the stage holding that bucket, or -1.
-  std::vector<int> stage_of(kBuckets, -1);
+  std::vector<int> stage_of(kStageBuckets, -1);
   for (size_t i = 0; i < stages.size(); ++i) {
-    for (int b = std::max(stages[i].bucket_lo, 0); b < std::min(stages[i].bucket_hi, kBuckets);
+    for (int b = std::max(stages[i].bucket_lo, 0); b < std::min(stages[i].bucket_hi, kStageBuckets);
          ++b) {
       stage_of[size_t(b)] = int(i);
     }
   }
 
-  // The keys in the primary key's order (the key's own collation for text).
-  KeyPages pages(
-      txn, reader,
-      "SELECT t." + pk + "::text FROM " + table + " AS t WHERE true" + scope + " ORDER BY t." + pk);
+  KeyPages pages(txn, reader, KeyQuery(table, pk, scope));
   // With a reader, nothing else uses `txn` until Renumber(), so the writes can run meanwhile.
   BatchWriter writer(txn, job_id, /*background=*/reader != nullptr);
   for (;;) {
     const pqxx::result keys = pages.Next();
     if (keys.empty()) break;
+    // By name, looked up once a page rather than once a row.
+    const pqxx::row::size_type key_column = keys.column_number(kKeyColumn);
     for (const auto& row : keys) {
-      const pqxx::field field = row[0];
+      const pqxx::field field = row[key_column];
       const char* key = field.c_str();
       const size_t size = field.size();
       const int at = stage_of[size_t(hasher.Bucket(std::string_view(key, size)))];

@@ -1,14 +1,15 @@
-// Planning a staged job's rollout stages in the client, for speed.
+// Planning a staged job's rollout stages in the client, for speed. The queries are
+// src/jobs/queries/rollout_planner.sql.
 //
 // The plan is the one rekey.plan_rollout computes in the database
 // (migrations/0008_one_pass_planning.sql, docs/operations.md "Staged rollout"): every row of the
 // job's table (or scope) falls in the stage whose bucket range holds rekey.stage_bucket(pk), the
-// first 4 bytes of MD5(pk text) read big-endian, mod 10000; each stage is cut every batch_size
-// of its rows in key order into half-open ranges [lo, hi) (the first starts at NULL, the last ends
-// at NULL, a stage without rows gets one empty batch); a stage that ends below 100% records each
-// batch's keys; batches are numbered after the job's existing ones, stage by stage. The database
-// orders the keys (by the primary key's own collation) and this process only hashes and cuts
-// them, so both planners give the same batches, byte for byte.
+// first 4 bytes of MD5(pk text) read big-endian, mod kStageBuckets; each stage is cut every
+// batch_size of its rows in key order into half-open ranges [lo, hi) (the first starts at NULL, the
+// last ends at NULL, a stage without rows gets one empty batch); a stage that ends below 100%
+// records each batch's keys; batches are numbered after the job's existing ones, stage by stage.
+// The database orders the keys (by the primary key's own collation) and this process only hashes
+// and cuts them, so both planners give the same batches, byte for byte.
 //
 // What differs is the cost. PostgreSQL 15's md5() sets up an OpenSSL digest per call and the
 // planning query numbers each stage's rows in one backend: 2.3 to 2.8 s per million rows. Here the
@@ -41,7 +42,8 @@ class StageBucketHasher {
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx_;
 };
 
-// rekey.stage_bucket(pk_text): the first 4 bytes of MD5(pk_text), big-endian, mod 10000.
+// rekey.stage_bucket(pk_text): the first 4 bytes of MD5(pk_text), big-endian, mod kStageBuckets
+// (jobs/stage_bucket.h).
 // Throws PermanentError if OpenSSL offers no MD5 (a FIPS provider).
 int StageBucket(std::string_view pk_text);
 

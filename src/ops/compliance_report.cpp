@@ -2,6 +2,9 @@
 
 #include <sstream>
 
+#include "common/error.h"
+#include "db/named_query.h"
+
 namespace rekey::ops {
 namespace {
 
@@ -33,7 +36,8 @@ std::string Cell(const nlohmann::json& v) {
 
 nlohmann::json BuildJobReport(pqxx::transaction_base& txn, int64_t job) {
   return nlohmann::json::parse(
-      txn.exec_params1("SELECT rekey.job_report($1)::text", job)[0].as<std::string>());
+      txn.exec_params1(db::Query("ops/compliance_report.job_report"), job)["report"]
+          .as<std::string>());
 }
 
 std::string RenderReportMarkdown(const nlohmann::json& r) {
@@ -159,15 +163,46 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
 
 StoredReport StoreReport(pqxx::transaction_base& txn, int64_t job, const nlohmann::json& report,
                          const std::string& markdown) {
-  // The digest is of the body's text as the database stores it (jsonb normalizes key order and
-  // spacing), so anyone can recompute it from the row with sha256(convert_to(body::text, 'UTF8')).
-  auto row = txn.exec_params1(
-      "INSERT INTO rekey.reports (job_id, body, markdown, sha256)"
-      " SELECT $1, b, $3, encode(sha256(convert_to(b::text, 'UTF8')), 'hex')"
-      "   FROM (SELECT $2::jsonb AS b) x"
-      " RETURNING report_id, sha256",
-      job, report.dump(), markdown);
-  return {row[0].as<int64_t>(), row[1].as<std::string>()};
+  // The digest is of the body's text as the database stores it (see the query).
+  const pqxx::row row =
+      txn.exec_params1(db::Query("ops/compliance_report.store"), job, report.dump(), markdown);
+  return {row["report_id"].as<int64_t>(), row["sha256"].as<std::string>()};
+}
+
+std::string UnfinishedForPdf(pqxx::transaction_base& txn, const nlohmann::json& report) {
+  const std::string state = report["job"]["state"].get<std::string>();
+  if (!txn.exec_params1(db::Query("ops/compliance_report.job_unfinished"), state)["unfinished"]
+           .as<bool>()) {
+    return "";
+  }
+  std::string open;
+  for (const auto& s : report["stages"]) {
+    const std::string st = s["state"].get<std::string>();
+    if (st != "passed" && st != "done") {
+      open += (open.empty() ? "" : ", ") + std::to_string(s["stage_no"].get<int>()) + " (" +
+              s["kind"].get<std::string>() + ", " + st + ")";
+    }
+  }
+  return "job " + std::to_string(report["job"]["job_id"].get<int64_t>()) + " is " + state +
+         (open.empty() ? "" : ", stages not finished: " + open) +
+         "; a PDF report is the evidence of a completed, rolled-back or cancelled job: finish it "
+         "(rekey work, rekey job advance) or use --format json for its progress";
+}
+
+AssembledReport AssembleReport(pqxx::transaction_base& txn, int64_t job,
+                               const ReportRequest& request) {
+  AssembledReport out;
+  out.report = BuildJobReport(txn, job);
+  if (request.pdf) {
+    const std::string unfinished = UnfinishedForPdf(txn, out.report);
+    if (!unfinished.empty()) throw StateError(unfinished);
+    out.progress = ReadStageProgress(txn, job);
+  }
+  out.report["audit_chain"] = request.audit_chain;
+  if (request.verification) out.report["verification"] = *request.verification;
+  out.markdown = RenderReportMarkdown(out.report);
+  if (request.store) out.stored = StoreReport(txn, job, out.report, out.markdown);
+  return out;
 }
 
 }  // namespace rekey::ops

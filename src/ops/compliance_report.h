@@ -11,13 +11,18 @@
 //
 // Stored reports (rekey.reports) are append-only and carry the SHA-256 of the JSON text as
 // stored (body::text), so a copy handed to an auditor can be checked against the database.
+// The queries are src/ops/queries/compliance_report.sql.
 #pragma once
 
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
+
+#include "ops/pdf_report.h"
 
 namespace rekey::ops {
 
@@ -34,5 +39,31 @@ struct StoredReport {
 // Inserts the report into rekey.reports.
 StoredReport StoreReport(pqxx::transaction_base& txn, int64_t job, const nlohmann::json& report,
                          const std::string& markdown);
+
+// A PDF is evidence of a rotation that ended; an unfinished job's progress is for `rekey status`
+// or the JSON report. Returns why the job of `report` is not finished (its state and the stages
+// not passed or done, with what to do), or "" if it is (rekey.job_unfinished decides).
+std::string UnfinishedForPdf(pqxx::transaction_base& txn, const nlohmann::json& report);
+
+// What `rekey report` asks for beyond the database's JSON.
+struct ReportRequest {
+  bool pdf = false;            // the PDF's progress chart is read, and only a finished job has one
+  bool store = true;           // recorded in rekey.reports
+  nlohmann::json audit_chain;  // the report's "audit_chain" (ops/report_evidence.h)
+  std::optional<nlohmann::json> verification;  // its "verification", if it ran
+};
+
+struct AssembledReport {
+  nlohmann::json report;                // rekey.job_report's JSON with the request's evidence added
+  std::string markdown;                 // RenderReportMarkdown(report)
+  std::vector<StageProgress> progress;  // for the PDF only
+  StoredReport stored;                  // if stored
+};
+
+// Builds the report of `job` in `txn`, adds the evidence, renders the Markdown and, if asked,
+// stores it; the caller commits. Throws StateError if a PDF is asked of an unfinished job
+// (UnfinishedForPdf), and the database's errors (an unknown job) as BuildJobReport does.
+AssembledReport AssembleReport(pqxx::transaction_base& txn, int64_t job,
+                               const ReportRequest& request);
 
 }  // namespace rekey::ops

@@ -1,6 +1,7 @@
 #include "ops/database_collector.h"
 
 #include "db/connection.h"
+#include "db/named_query.h"
 
 namespace rekey::ops {
 
@@ -16,39 +17,24 @@ std::string WithConnectTimeout(const std::string& conninfo, int seconds) {
 
 DatabaseSnapshot ReadDatabaseSnapshot(pqxx::transaction_base& txn) {
   DatabaseSnapshot s;
-  for (const auto& row : txn.exec("SELECT key_id, scope, status, extract(epoch FROM age)::float8,"
-                                  "       extract(epoch FROM max_age)::float8, overdue"
-                                  "  FROM rekey.key_age ORDER BY key_id")) {
+  for (const auto& row : txn.exec(db::Query("ops/database_collector.key_ages"))) {
     KeyAgeSample k;
-    k.key_id = row[0].as<int64_t>();
-    k.scope = row[1].as<std::string>();
-    k.status = row[2].as<std::string>();
-    k.age_seconds = row[3].as<double>();
-    if (!row[4].is_null()) k.max_age_seconds = row[4].as<double>();
-    if (row[5].as<bool>()) ++s.keys_overdue;
+    k.key_id = row["key_id"].as<int64_t>();
+    k.scope = row["scope"].as<std::string>();
+    k.status = row["status"].as<std::string>();
+    k.age_seconds = row["age_seconds"].as<double>();
+    if (!row["max_age_seconds"].is_null()) k.max_age_seconds = row["max_age_seconds"].as<double>();
+    if (row["overdue"].as<bool>()) ++s.keys_overdue;
     s.keys.push_back(std::move(k));
   }
-  auto last = txn.exec1(
-      "SELECT extract(epoch FROM max(finished_at))::float8 FROM rekey.jobs WHERE state = "
-      "'completed'");
-  if (!last[0].is_null()) s.last_rotation_completed = last[0].as<double>();
-  for (const auto& row : txn.exec("SELECT state, count(*) FROM rekey.jobs GROUP BY state")) {
-    s.jobs_by_state[row[0].as<std::string>()] = row[1].as<int64_t>();
+  const pqxx::row last = txn.exec1(db::Query("ops/database_collector.last_rotation"));
+  if (!last["finished_at"].is_null()) s.last_rotation_completed = last["finished_at"].as<double>();
+  for (const auto& row : txn.exec(db::Query("ops/database_collector.jobs_by_state"))) {
+    s.jobs_by_state[row["state"].as<std::string>()] = row["jobs"].as<int64_t>();
   }
-  // Only unfinished jobs' batches are read (rekey.progress would aggregate every job ever run),
-  // so a scrape stays cheap however long the history grows.
-  for (const auto& row :
-       txn.exec("SELECT j.job_id, j.state,"
-                "       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'), 0)::float8,"
-                "       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'"
-                "                                          AND b.state = 'done'), 0)::float8"
-                "  FROM rekey.jobs j"
-                "  LEFT JOIN rekey.batches b ON b.job_id = j.job_id"
-                "  LEFT JOIN rekey.job_stages s ON s.job_id = b.job_id AND s.stage_no = b.stage_no"
-                " WHERE j.state NOT IN ('completed', 'cancelled', 'rolled_back')"
-                " GROUP BY j.job_id, j.state ORDER BY j.job_id")) {
-    s.jobs.push_back(
-        {row[0].as<int64_t>(), row[1].as<std::string>(), row[2].as<double>(), row[3].as<double>()});
+  for (const auto& row : txn.exec(db::Query("ops/database_collector.unfinished_job_progress"))) {
+    s.jobs.push_back({row["job_id"].as<int64_t>(), row["state"].as<std::string>(),
+                      row["rows_total"].as<double>(), row["rows_done"].as<double>()});
   }
   return s;
 }
@@ -60,7 +46,7 @@ void DatabaseCollector::Collect(Metrics& metrics) {
   try {
     if (!conn_ || !conn_->is_open()) conn_ = db::Connect(conninfo_, "rekey-metrics");
     pqxx::read_transaction txn(*conn_);
-    txn.exec0("SET LOCAL statement_timeout = '5s'");
+    txn.exec0(db::Query("ops/database_collector.statement_timeout"));
     DatabaseSnapshot snapshot = ReadDatabaseSnapshot(txn);
     txn.commit();
     metrics.SetDatabaseSnapshot(snapshot);

@@ -19,7 +19,8 @@ namespace rekey::ops {
 // `conninfo` with connect_timeout=<seconds> added (URL or key=value form), unless it sets one.
 std::string WithConnectTimeout(const std::string& conninfo, int seconds);
 
-// Reads the snapshot through `txn` (every query is a plain SELECT on rekey's views).
+// Reads the snapshot through `txn` (every query is a plain SELECT on rekey's tables and views:
+// src/ops/queries/database_collector.sql).
 DatabaseSnapshot ReadDatabaseSnapshot(pqxx::transaction_base& txn);
 
 class DatabaseCollector {

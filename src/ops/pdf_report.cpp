@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "common/error.h"
+#include "db/named_query.h"
 
 namespace rekey::ops {
 namespace {
@@ -611,27 +612,14 @@ std::string FormatRate(double rate) {
 }
 
 std::vector<StageProgress> ReadStageProgress(pqxx::transaction_base& txn, int64_t job) {
-  // Buckets of 1/400 of the job's span keep the curve's shape while bounding the points: a
-  // million-row job has thousands of batches, a chart needs a few hundred points.
-  pqxx::result rows = txn.exec_params(
-      "WITH t0 AS (SELECT coalesce(started_at, created_at) AS t FROM rekey.jobs WHERE job_id = $1),"
-      " done AS (SELECT (a.details->>'stage')::int AS stage_no,"
-      "                 extract(epoch FROM a.at - t0.t)::float8 AS s,"
-      "                 coalesce((a.details->>'rows_reencrypted')::bigint, 0) AS n"
-      "            FROM rekey.audit a, t0"
-      "           WHERE a.job_id = $1 AND a.action = 'rotation.batch.completed'"
-      "             AND a.details ? 'stage'),"
-      " span AS (SELECT greatest(max(s), 0.001) / 400 AS width FROM done)"
-      " SELECT stage_no, max(s), sum(n)::bigint FROM done, span"
-      "  GROUP BY stage_no, floor(s / span.width) ORDER BY stage_no, 2",
-      job);
+  const pqxx::result rows = txn.exec_params(db::Query("ops/pdf_report.stage_progress"), job);
   std::vector<StageProgress> out;
   for (const auto& row : rows) {
-    const int stage = row[0].as<int>();
+    const int stage = row["stage_no"].as<int>();
     if (out.empty() || out.back().stage_no != stage) out.push_back({stage, {}});
     const int64_t before = out.back().points.empty() ? 0 : out.back().points.back().rows;
     out.back().points.push_back(
-        {std::max(0.0, row[1].as<double>()), before + row[2].as<int64_t>()});
+        {std::max(0.0, row["seconds"].as<double>()), before + row["rows"].as<int64_t>()});
   }
   return out;
 }

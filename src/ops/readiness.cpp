@@ -4,6 +4,7 @@
 
 #include "db/connection.h"
 #include "db/conninfo.h"
+#include "db/named_query.h"
 
 namespace rekey::ops {
 namespace {
@@ -13,9 +14,9 @@ nlohmann::json DatabaseCheck(const std::string& conninfo) {
   try {
     auto conn = db::Connect(conninfo, "rekey-readyz");
     pqxx::nontransaction txn(*conn);
-    txn.exec0("SET statement_timeout = '3s'");
+    txn.exec0(db::Query("ops/readiness.statement_timeout"));
     // The schema must be there too: a worker against an unmigrated database cannot work.
-    if (txn.exec1("SELECT to_regclass('rekey.jobs') IS NULL")[0].as<bool>()) {
+    if (txn.exec1(db::Query("ops/readiness.schema_missing"))["schema_missing"].as<bool>()) {
       return {{"name", "database"},
               {"status", "DOWN"},
               {"data", {{"error", "the rekey schema is missing; run rekey migrate"}}}};

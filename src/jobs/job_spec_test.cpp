@@ -1,4 +1,4 @@
-#include "jobs/job.h"
+#include "jobs/job_spec.h"
 
 #include <gtest/gtest.h>
 

@@ -1,0 +1,58 @@
+-- Jobs as the worker loads and creates them (src/jobs/job.cpp).
+
+-- name: load
+-- The job's definition, one row, none if there is no such job. The key's and the scope's types
+-- are the catalog's: rekey.checked_column_type raises (55000) if rekey.jobs records another.
+-- scope_type is '' for a job without a scope.
+SELECT job_id, coalesce(name, '') AS name, schema_name, table_name, pk_column,
+       rekey.checked_column_type(schema_name, table_name, pk_column, pk_type) AS pk_type,
+       key_id_column, ad_template, scope_column, scope_value,
+       CASE WHEN scope_column IS NULL THEN ''
+            ELSE rekey.checked_column_type(schema_name, table_name, scope_column, scope_type)
+       END AS scope_type,
+       batch_size, per_row_audit, state, current_stage, transit_key_ref, transit_min_version
+  FROM rekey.jobs
+ WHERE job_id = $1::bigint
+
+-- name: columns
+-- The job's ciphertext columns and their codecs, in the order the job lists them.
+SELECT t.column_name, t.codec
+  FROM rekey.job_columns c
+  JOIN rekey.targets t USING (target_id)
+ WHERE c.job_id = $1::bigint
+ ORDER BY c.ordinal
+
+-- name: keys
+-- The job's key map: each source key and the target key its values move to (none for transit).
+SELECT source_key_id, target_key_id
+  FROM rekey.job_keys
+ WHERE job_id = $1::bigint
+
+-- name: create_job
+-- rekey.create_job with every argument (its contract is beside its definition): returns the
+-- new job's id, or raises with a one-line reason and writes nothing.
+SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9::integer,
+                        $10, $11::boolean, $12::integer, $13::numeric[], $14::integer,
+                        $15::numeric, $16::interval, $17::integer, $18::text[],
+                        $19::boolean) AS job_id
+
+-- name: create_transit_job
+-- rekey.create_transit_job with every argument: returns the new vault-transit job's id, or
+-- raises with a one-line reason and writes nothing.
+SELECT rekey.create_transit_job($1, $2::text[], $3, $4::integer, $5, $6, $7, $8::integer, $9,
+                                $10::integer, $11::numeric[], $12::numeric, $13::interval,
+                                $14::integer) AS job_id
+
+-- name: stage_plan
+-- The job's stages as planned, in order (rekey.stage_status): rows and batches of each, and
+-- whether opening it makes the new keys primary.
+SELECT s.stage_no, s.kind, s.percent::text AS percent, s.rows_planned, s.batches,
+       s.stage_no = j.promote_at_stage AS promotes
+  FROM rekey.stage_status s
+  JOIN rekey.jobs j USING (job_id)
+ WHERE s.job_id = $1::bigint
+ ORDER BY s.stage_no
+
+-- name: exists
+-- True iff job $1 exists.
+SELECT EXISTS (SELECT 1 FROM rekey.jobs WHERE job_id = $1::bigint) AS job_exists

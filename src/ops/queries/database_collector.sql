@@ -1,0 +1,40 @@
+-- The deployment-wide gauges /metrics reads at scrape time (src/ops/database_collector.cpp):
+-- plain SELECTs on rekey's tables and views, each cheap however long the history grows.
+
+-- name: statement_timeout
+-- A scrape never waits long on a busy database: its transaction gives up after 5 s.
+SET LOCAL statement_timeout = '5s'
+
+-- name: key_ages
+-- Every usable key's age and maximum age in seconds (NULL: no policy applies), and whether it is
+-- an overdue primary key (rekey.key_age).
+SELECT key_id, scope, status, extract(epoch FROM age)::float8 AS age_seconds,
+       extract(epoch FROM max_age)::float8 AS max_age_seconds, overdue
+  FROM rekey.key_age
+ ORDER BY key_id
+
+-- name: last_rotation
+-- When the last job completed, in unix seconds; NULL if none has.
+SELECT extract(epoch FROM max(finished_at))::float8 AS finished_at
+  FROM rekey.jobs
+ WHERE state = 'completed'
+
+-- name: jobs_by_state
+-- How many jobs are in each state.
+SELECT state, count(*) AS jobs
+  FROM rekey.jobs
+ GROUP BY state
+
+-- name: unfinished_job_progress
+-- Each unfinished job (rekey.job_unfinished) with its rollout rows planned and done. Only those
+-- jobs' batches are read (rekey.progress would aggregate every job ever run).
+SELECT j.job_id, j.state,
+       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'), 0)::float8 AS rows_total,
+       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout' AND b.state = 'done'),
+                0)::float8 AS rows_done
+  FROM rekey.jobs j
+  LEFT JOIN rekey.batches b ON b.job_id = j.job_id
+  LEFT JOIN rekey.job_stages s ON s.job_id = b.job_id AND s.stage_no = b.stage_no
+ WHERE rekey.job_unfinished(j.state)
+ GROUP BY j.job_id, j.state
+ ORDER BY j.job_id
