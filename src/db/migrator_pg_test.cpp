@@ -56,7 +56,7 @@ const std::vector<EmbeddedFile> kThree = {
 TEST_F(MigratorPgTest, AppliesInVersionOrderAndRecordsChecksums) {
   // Given out of order: the migrator sorts by version.
   std::vector<EmbeddedFile> files = {kThree[2], kThree[0], kThree[1]};
-  MigrationReport report = Migrate(*conn_, files);
+  MigrationReport report = Migrate(*conn_, files, {});
   EXPECT_EQ(report.applied,
             (std::vector<std::string>{"0001_first.sql", "0002_second.sql", "0003_third.sql"}));
   EXPECT_EQ(report.already_applied, 0);
@@ -84,18 +84,18 @@ TEST_F(MigratorPgTest, Sha256HexMatchesTheServer) {
 }
 
 TEST_F(MigratorPgTest, SecondRunAppliesNothingAndLaterFilesApplyIncrementally) {
-  Migrate(*conn_, {kThree[0], kThree[1]});
-  MigrationReport again = Migrate(*conn_, {kThree[0], kThree[1]});
+  Migrate(*conn_, {kThree[0], kThree[1]}, {});
+  MigrationReport again = Migrate(*conn_, {kThree[0], kThree[1]}, {});
   EXPECT_TRUE(again.applied.empty());
   EXPECT_EQ(again.already_applied, 2);
-  MigrationReport more = Migrate(*conn_, kThree);
+  MigrationReport more = Migrate(*conn_, kThree, {});
   EXPECT_EQ(more.applied, std::vector<std::string>{"0003_third.sql"});
   EXPECT_EQ(more.already_applied, 2);
   EXPECT_EQ(Query1("SELECT count(*) FROM app.b"), "2");  // 0002's INSERT ran once
 }
 
 TEST_F(MigratorPgTest, EmptyFileListCreatesBookkeepingOnly) {
-  MigrationReport report = Migrate(*conn_, {});
+  MigrationReport report = Migrate(*conn_, {}, {});
   EXPECT_TRUE(report.applied.empty());
   EXPECT_EQ(Recorded(), "");
 }
@@ -116,7 +116,7 @@ TEST_F(MigratorPgTest, ConcurrentMigrateCallsApplyEachMigrationExactlyOnce) {
     threads.emplace_back([&, i] {
       try {
         auto c = Connect(ConnInfo());
-        applied[i] = Migrate(*c, files).applied.size();
+        applied[i] = Migrate(*c, files, {}).applied.size();
       } catch (const std::exception& e) {
         errors[i] = e.what();
       }
@@ -171,11 +171,11 @@ TEST_F(MigratorPgTest, RekeyMigrateAgainstUnreachableServerExitsTransient) {
 }
 
 TEST_F(MigratorPgTest, DriftIsRefusedBeforeApplyingAnything) {
-  Migrate(*conn_, {kThree[0], kThree[1]});
+  Migrate(*conn_, {kThree[0], kThree[1]}, {});
   std::vector<EmbeddedFile> changed = kThree;
   changed[1].content = "CREATE TABLE app.b (id bigint);";  // edited after it was applied
   try {
-    Migrate(*conn_, changed);
+    Migrate(*conn_, changed, {});
     FAIL() << "drift not detected";
   } catch (const StateError& e) {
     std::string what = e.what();
@@ -191,7 +191,7 @@ TEST_F(MigratorPgTest, DriftIsRefusedBeforeApplyingAnything) {
             "0");
   // A renamed file with the same version is drift too.
   std::vector<EmbeddedFile> renamed = {kThree[0], {"0002_renamed.sql", kThree[1].content}};
-  EXPECT_THROW(Migrate(*conn_, renamed), StateError);
+  EXPECT_THROW(Migrate(*conn_, renamed, {}), StateError);
 
   auto status = MigrationStatusList(*conn_, changed);
   ASSERT_EQ(status.size(), 3u);
@@ -202,9 +202,9 @@ TEST_F(MigratorPgTest, DriftIsRefusedBeforeApplyingAnything) {
 }
 
 TEST_F(MigratorPgTest, DatabaseNewerThanBinaryIsRefused) {
-  Migrate(*conn_, kThree);
+  Migrate(*conn_, kThree, {});
   try {
-    Migrate(*conn_, {kThree[0], kThree[1]});
+    Migrate(*conn_, {kThree[0], kThree[1]}, {});
     FAIL() << "older binary accepted";
   } catch (const StateError& e) {
     EXPECT_NE(std::string(e.what()).find("older than the schema"), std::string::npos) << e.what();
@@ -214,7 +214,7 @@ TEST_F(MigratorPgTest, DatabaseNewerThanBinaryIsRefused) {
   EXPECT_FALSE(status[2].in_binary);
   EXPECT_TRUE(status[2].applied);
   // A gap (an applied migration missing from the binary) is refused as well.
-  EXPECT_THROW(Migrate(*conn_, {kThree[0], kThree[2]}), StateError);
+  EXPECT_THROW(Migrate(*conn_, {kThree[0], kThree[2]}, {}), StateError);
 }
 
 TEST_F(MigratorPgTest, FailingMigrationRollsBackOnlyItselfAndNamesTheFile) {
@@ -226,7 +226,7 @@ TEST_F(MigratorPgTest, FailingMigrationRollsBackOnlyItselfAndNamesTheFile) {
       kThree[2],
   };
   try {
-    Migrate(*conn_, files);
+    Migrate(*conn_, files, {});
     FAIL() << "broken migration applied";
   } catch (const StateError& e) {
     std::string what = e.what();
@@ -249,9 +249,9 @@ TEST_F(MigratorPgTest, BadFileNamesAreConfigErrorsBeforeTouchingTheDatabase) {
       "1_short.sql",    "0001-dash.sql", "0001_Upper.sql", "0001_x.SQL",   "0001_.sql",
       "0001_x.sql.bak", "abcd_x.sql",    "00001_x.sql",    "0001_x y.sql", ""};
   for (const char* name : bad) {
-    EXPECT_THROW(Migrate(*conn_, {{name, "SELECT 1"}}), ConfigError) << name;
+    EXPECT_THROW(Migrate(*conn_, {{name, "SELECT 1"}}, {}), ConfigError) << name;
   }
-  EXPECT_THROW(Migrate(*conn_, {{"0001_a.sql", "SELECT 1"}, {"0001_b.sql", "SELECT 1"}}),
+  EXPECT_THROW(Migrate(*conn_, {{"0001_a.sql", "SELECT 1"}, {"0001_b.sql", "SELECT 1"}}, {}),
                ConfigError);
   EXPECT_EQ(Query1("SELECT to_regnamespace('rekey') IS NULL"), "t");
 }
