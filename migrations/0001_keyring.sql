@@ -72,8 +72,3 @@ CREATE UNIQUE INDEX targets_unique_column ON rekey.targets
 
 COMMENT ON TABLE rekey.targets IS
   'rekey: the encrypted columns rekey manages; key retire/destroy is refused while any holds values under the key.';
-
--- ---------------------------------------------------------------------------------------------
--- Lifecycle enforcement
--- ---------------------------------------------------------------------------------------------
-

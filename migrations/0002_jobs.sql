@@ -185,4 +185,3 @@ CREATE TABLE rekey.value_audit (
 CREATE INDEX value_audit_job ON rekey.value_audit (job_id, pk);
 
 REVOKE UPDATE, DELETE, TRUNCATE ON rekey.audit, rekey.value_audit FROM PUBLIC;
-

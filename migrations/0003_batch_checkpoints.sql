@@ -10,4 +10,3 @@
 -- checkpoint only saves re-scanning; it never decides whether a value is re-encrypted.
 
 ALTER TABLE rekey.batches ADD COLUMN resume_after text;
-

@@ -23,4 +23,3 @@ ALTER TABLE rekey.jobs
 -- Vault's reason for a value it refused (e.g. "v1: cipher: message authentication failed");
 -- NULL for values rekey's own codecs could not open.
 ALTER TABLE rekey.row_failures ADD COLUMN detail text;
-

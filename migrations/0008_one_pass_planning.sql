@@ -28,4 +28,3 @@
 -- last stage and the sweep. The keys are cleared when the job completes. They cost about the
 -- size of the partial stages' primary keys (75% of the table's keys for 1,25,50,75,100).
 ALTER TABLE rekey.batches ADD COLUMN keys text[];
-

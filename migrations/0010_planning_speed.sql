@@ -14,4 +14,3 @@
 --
 -- Every other path plans in the database as before: rekey.create_job from psql or a migration
 -- script, single-stage jobs (a keyset walk with no hashing), sweeps, rollbacks.
-

@@ -13,4 +13,3 @@
 -- key id (a uint32) in the low ones. PostgreSQL keeps one-bigint and two-int4 advisory locks apart,
 -- so these never collide with the (job_id, batch_no) locks of rekey.claim_batch or with the
 -- migration lock.
-

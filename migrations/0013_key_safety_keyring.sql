@@ -49,26 +49,6 @@ UPDATE rekey.targets t
 -- Usage of registered targets
 -- ---------------------------------------------------------------------------------------------
 
--- Replaces rekey.key_usage of migrations/0007_vault_codec.sql (dropped: its result gains the
--- `unknown` column). One row per registered column (targets registered for several scopes are one
--- column: target_id is the lowest of them), current names, vault-transit targets left out (they
--- hold no keyring key's values). n counts every value of the whole column under the key: Tink by
--- the value's prefix, raw by the key-id column (`key_id_column = key AND column IS NOT NULL`).
--- n is NULL iff the column could not be counted; `unknown` then says why (the table or column is
--- gone, no SELECT privilege) and what to do. When row-level security hides rows, n counts the
--- visible ones and `unknown` names the grant that would show the rest. VOLATILE: each count takes
--- a fresh snapshot (the lifecycle trigger counts after taking the key's lock).
+-- rekey.key_usage gains the `unknown` result column: a new signature, so the old one goes
+-- (sql/schema/30_keyring.sql defines the new one).
 DROP FUNCTION IF EXISTS rekey.key_usage(bigint);
-
--- ---------------------------------------------------------------------------------------------
--- The census of the whole database
--- ---------------------------------------------------------------------------------------------
-
--- ---------------------------------------------------------------------------------------------
--- Retire and destroy
--- ---------------------------------------------------------------------------------------------
-
--- ---------------------------------------------------------------------------------------------
--- rotate-due
--- ---------------------------------------------------------------------------------------------
-

@@ -83,26 +83,7 @@ END $$;
 -- ---------------------------------------------------------------------------------------------
 -- Job definitions.
 
--- Defines a rotation job; as 0002's rekey.create_job (whose parameters it keeps, in order), and:
---   p_scope_value  stored in canonical form (rekey.canonical_scope_value), as are the targets'
---   p_not_governed columns of the table that are not encrypted under the key-id column's key;
---                  NULL = those the latest job on the same table and key-id column recorded
---   p_cross_scope  allow target keys outside their source key's keyring scope
--- Refusals, each naming what it found (nothing is written):
---   * a job that rewrites a key-id column must rotate every column that key-id column governs:
---     every registered target of the table with the same key-id column, and every other bytea or
---     text column holding a value in the job's scope, unless listed in p_not_governed
---     (invalid_parameter_value);
---   * a target key outside its source key's scope without p_cross_scope (invalid_parameter_value);
---   * an unfinished job on one of the columns, or one sharing keys but mapping them otherwise
---     (object_not_in_prerequisite_state).
--- Replaces 0002's definition (DROP + CREATE: two parameters were added).
+-- rekey.create_job gains p_not_governed and p_cross_scope: a new signature, so the old one goes
+-- (sql/schema/40_jobs.sql defines the new one).
 DROP FUNCTION IF EXISTS rekey.create_job(text, text[], jsonb, text[], text, text, text, text, integer, text,
                                boolean, integer, numeric[], integer, numeric, interval, integer);
-
--- ---------------------------------------------------------------------------------------------
--- Batches commit only into the job's open stage.
-
--- ---------------------------------------------------------------------------------------------
--- Rollbacks: refused while another part of the rotation runs; ended by sweeps.
-

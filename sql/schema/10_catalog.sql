@@ -1,4 +1,7 @@
--- HEADER
+-- Catalog helpers: table and column names resolved by PostgreSQL's own parser, column types and
+-- scope values read from the catalog (never from a rekey table a writer could turn into SQL), and
+-- the row-level security check. They read only the catalog, so a migration may apply this file
+-- at any point of its history (0014 does, for its scope-value backfill).
 
 -- Resolves a possibly schema-qualified, possibly quoted table name with PostgreSQL's own parser,
 -- and checks it exists. Never pastes the text into SQL.
@@ -141,4 +144,3 @@ LANGUAGE sql STABLE AS $$
                         AND (r.rolsuper OR r.rolbypassrls))
      AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
 $$;
-

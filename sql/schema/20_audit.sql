@@ -1,4 +1,14 @@
--- HEADER
+-- The audit log: rekey.audit and rekey.value_audit are append-only, the server stamps every row's
+-- actor and time (and who verified and approved a gate), changes of keys and key policies are
+-- audited by triggers, and every row is sealed into the SHA-256 hash chain rekey.audit_chain.
+--
+-- The chain (docs/operations.md, "Tamper-evident audit"; why a chain sealed in commit order:
+-- migrations/0006_audit_chain.sql):
+--   row_digest_n = sha256(canonical bytes of the audit row, rekey.audit_row_bytes)
+--   chain_hash_n = sha256(chain_hash_{n-1} || int8send(seq_n) || row_digest_n), chain_hash_0 = 32 zero bytes
+-- `rekey audit verify` recomputes both digests in its own code, so a redefined function here
+-- cannot hide tampering. Migration 0006 applies this file before it seals the rows written
+-- before it, so everything here must only need tables that exist at 0006.
 
 CREATE OR REPLACE FUNCTION rekey.reject_audit_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -15,10 +25,8 @@ CREATE OR REPLACE TRIGGER audit_no_truncate BEFORE TRUNCATE ON rekey.audit
 CREATE OR REPLACE TRIGGER value_audit_append_only BEFORE UPDATE OR DELETE ON rekey.value_audit
   FOR EACH ROW EXECUTE FUNCTION rekey.reject_audit_change();
 
--- [was 0002,0016] 
--- Replaces 0002's definition: p_actor, a worker's own name for itself, is no longer written as the
--- actor (the audit_stamp trigger sets that) but kept as details->>'worker'. Same signature, so
--- every caller (claim_batch, release_batch, complete_batch, record_gate, ...) is unchanged.
+-- p_actor, a worker's own name for itself, is not the actor (the audit_stamp trigger sets that
+-- from current_user) but is kept as details->>'worker'.
 CREATE OR REPLACE FUNCTION rekey.audit_event(p_action text, p_job bigint, p_details jsonb DEFAULT '{}',
                                              p_outcome text DEFAULT 'success', p_batch integer DEFAULT NULL,
                                              p_actor text DEFAULT NULL)
@@ -147,10 +155,15 @@ $$;
 -- returns how many. Returns 0 at once if another transaction is sealing (it will seal what this
 -- one wrote, or the next seal will), or if the caller is not in READ COMMITTED (an older snapshot
 -- could miss a newer chain head). Never raises for contention: audit writers call it.
--- [was 0006,0009,0016] 
--- Replaces 0009's definition, which replaced 0006's: the same sealing, and outside READ COMMITTED
--- a WARNING that this transaction's rows wait for the next seal (they are never skipped: a seal's
--- horizon is below every transaction still running, so the next READ COMMITTED seal scans them).
+-- Outside READ COMMITTED it raises a WARNING that this transaction's rows wait for the next seal
+-- (they are never skipped: a seal's horizon is below every transaction still running, so the next
+-- READ COMMITTED seal scans them).
+--
+-- The candidates are the rows between the last seal's horizon and the scan's own snapshot's xmax
+-- (a closed range, which the planner reads from audit_xid whatever the parameters; it excludes no
+-- visible row), each checked against the chain by its unique key: no anti-join over the whole
+-- chain, whose cost would grow with the history (tests/control_plane_pg_test.cpp counts the
+-- buffers a seal reads).
 CREATE OR REPLACE FUNCTION rekey.seal_audit()
 RETURNS integer
 LANGUAGE plpgsql
@@ -245,4 +258,3 @@ CREATE OR REPLACE TRIGGER audit_chain_no_truncate BEFORE TRUNCATE ON rekey.audit
 CREATE OR REPLACE VIEW rekey.audit_head AS
   SELECT seq, audit_id, encode(chain_hash, 'hex') AS chain_hash, sealed_at
     FROM rekey.audit_chain ORDER BY seq DESC LIMIT 1;
-

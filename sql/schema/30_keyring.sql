@@ -1,4 +1,8 @@
--- HEADER
+-- The keyring: the lifecycle of data keys (rekey.key_lifecycle() is the single table of legal
+-- transitions, enforced by triggers on rekey.keys), the key locks that keep batch writes and
+-- retire/destroy apart, the registry of encrypted columns by identity, and the census that
+-- refuses a retire or destroy while any value in the database may still be under the key.
+-- See docs/keyring.md and docs/safety.md.
 
 -- The legal lifecycle transitions: the single source of truth for the trigger, rekey itself and
 -- docs/keyring.md. A status "staying the same" is not a transition.
@@ -217,9 +221,16 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
   SELECT substring(p_value from '^vault:v([0-9]{1,9}):[A-Za-z0-9+/=]+$')::integer;
 $$;
 
--- How many values each registered target holds under `key_id` (n may be 0). Scans each target
--- table (a sequential scan unless an index matches), so it is meant for retire/destroy and
--- reports, not hot paths. A target whose table or column no longer exists is skipped with a NOTICE.
+-- How many values of each registered column are under key p_key. One row per registered column
+-- (targets registered for several scopes are one column: target_id is the lowest of them),
+-- current names, vault-transit targets left out (they hold no keyring key's values). n counts every value of the whole column under the key: Tink by
+-- the value's prefix, raw by the key-id column (`key_id_column = key AND column IS NOT NULL`).
+-- n is NULL iff the column could not be counted; `unknown` then says why (the table or column is
+-- gone, no SELECT privilege) and what to do. When row-level security hides rows, n counts the
+-- visible ones and `unknown` names the grant that would show the rest. VOLATILE: each count takes
+-- a fresh snapshot (the lifecycle trigger counts after taking the key's lock).
+-- Scans each target table (a sequential scan unless an index matches): meant for retire,
+-- destroy and reports, not hot paths.
 CREATE OR REPLACE FUNCTION rekey.key_usage(p_key bigint)
 RETURNS TABLE (target_id bigint, target text, n bigint, unknown text)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -581,10 +592,10 @@ BEGIN
   END IF;
 END $$;
 
--- [was 0001,0013] 
--- Replaces rekey.keys_enforce_lifecycle of migrations/0001_keyring.sql: a retire or destroy is now
--- checked by rekey.check_key_retirement (whole-database census, key lock, unfinished jobs, roles,
--- isolation) instead of counting the registered targets by name and skipping the vanished ones.
+-- The lifecycle of rekey.keys: a key is inserted enabled, changes status only as
+-- rekey.key_lifecycle() allows, with the time of each state stamped; a retire or destroy is
+-- checked first by rekey.check_key_retirement (whole-database census, key lock, unfinished jobs,
+-- roles, isolation).
 CREATE OR REPLACE FUNCTION rekey.keys_enforce_lifecycle()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -662,4 +673,3 @@ $$;
 CREATE OR REPLACE TRIGGER keys_enforce_lifecycle
   BEFORE INSERT OR UPDATE ON rekey.keys
   FOR EACH ROW EXECUTE FUNCTION rekey.keys_enforce_lifecycle();
-

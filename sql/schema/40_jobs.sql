@@ -1,4 +1,7 @@
--- HEADER
+-- Rotation jobs: the stage bucket of a row, defining a job (rekey.create_job and
+-- rekey.create_transit_job, and the checks they share), the collisions refused between unfinished
+-- jobs, the keyring promotion, and the operator's state changes (pause, resume, cancel, retry,
+-- requeue, rerun). Workers learn of changes through NOTIFY rekey_jobs.
 
 -- The stage bucket of a row: a uniform pseudo-random number in 0..9999 derived from the text
 -- form of its primary key, the same in every database and language:
@@ -13,7 +16,7 @@ $$;
 -- Job definitions and rollbacks are checked against the unfinished jobs; this lock, held to the
 -- end of the transaction, makes those checks and the writes they allow one step (two concurrent
 -- creations could otherwise each pass before the other commits). Tag 'REKJ' in the high 32 bits:
--- apart from the key locks ('REKY', 0012) and the two-int4 batch locks.
+-- apart from the key locks ('REKY', rekey.key_lock_id) and the two-int4 batch locks.
 CREATE OR REPLACE FUNCTION rekey.lock_job_definitions() RETURNS void
 LANGUAGE sql VOLATILE AS $$
   SELECT pg_advisory_xact_lock(x'52454b4a'::bigint << 32)
@@ -33,7 +36,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
   other record;
 BEGIN
-  -- By identity (rekey.target_columns, migrations/0013): a job registered before a rename and
+  -- By identity (rekey.target_columns, sql/schema/30_keyring.sql): a job registered before a rename and
   -- one created under the new name still rotate the same column.
   SELECT o.job_id, o.state, string_agg(DISTINCT format('%I.%I.%I', ot.schema_name, ot.table_name, ot.column_name), ', ') AS cols
     INTO other
@@ -270,7 +273,21 @@ END $$;
 --   p_promote_at_stage  the stage whose opening makes the target keys primary (default: the last)
 --   p_error_threshold   a gate fails when its decrypt error rate is not below this (default 0.1%)
 --   p_observe     advance on its own this long after a passed gate; NULL = wait for approval
+--   p_scope_value  stored in canonical form (rekey.canonical_scope_value), as are the targets'
+--   p_not_governed columns of the table that are not encrypted under the key-id column's key;
+--                  NULL = those the latest job on the same table and key-id column recorded
+--   p_cross_scope  allow target keys outside their source key's keyring scope
 -- Every identifier is checked against the catalog and quoted; bad input raises and writes nothing.
+-- Refusals, each naming what it found (nothing is written), beside the checks it shares with
+-- rekey.create_transit_job (rekey.job_table, check_job_columns, job_scope, check_job_settings,
+-- job_target):
+--   * a job that rewrites a key-id column must rotate every column that key-id column governs:
+--     every registered target of the table with the same key-id column, and every other bytea or
+--     text column holding a value in the job's scope, unless listed in p_not_governed
+--     (invalid_parameter_value);
+--   * a target key outside its source key's scope without p_cross_scope (invalid_parameter_value);
+--   * an unfinished job on one of the columns, or one sharing keys but mapping them otherwise
+--     (object_not_in_prerequisite_state).
 CREATE OR REPLACE FUNCTION rekey.create_job(
   p_table text,
   p_columns text[],
@@ -493,9 +510,8 @@ END $$;
 --   p_ad_template  the per-row Transit derivation context (rendered, then base64): required by
 --                  a derived key, refused for another (the CLI checks which the key is)
 -- The other parameters are those of rekey.create_job. Bad input raises and writes nothing.
--- [was 0007,0014] 
--- Replaces 0007's definition: the scope value in canonical form, and no column of another
--- unfinished job (rekey.refuse_column_collision). Parameters and everything else as in 0007.
+-- The scope value is kept in canonical form, and a column of another unfinished job is refused
+-- (rekey.refuse_column_collision).
 CREATE OR REPLACE FUNCTION rekey.create_transit_job(
   p_table text,
   p_columns text[],
@@ -723,4 +739,3 @@ CREATE OR REPLACE TRIGGER jobs_notify_created AFTER INSERT ON rekey.jobs
 CREATE OR REPLACE TRIGGER jobs_notify_changed AFTER UPDATE OF state, current_stage ON rekey.jobs
   FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.current_stage IS DISTINCT FROM NEW.current_stage)
   EXECUTE FUNCTION rekey.notify_job_change();
-

@@ -1,9 +1,10 @@
--- HEADER
+-- Stages: planning a stage into batches (rollout stages in one pass, sweeps without reading the
+-- table), opening and finishing stages, verification gates and approvals, and rollbacks.
+-- docs/operations.md, "Staged rollout".
 
 -- " AND t.<scope column> = <scope value>" for a job limited to one scope, else "".
--- [was 0008,0014] 
--- Replaces 0008's definition: the scope's type comes from the catalog (rekey.jobs.scope_type is
--- only checked against it), so nothing a writer of rekey.jobs controls is pasted as SQL. The
+-- The scope's type comes from the catalog (rekey.jobs.scope_type is only checked against it), so
+-- nothing a writer of rekey.jobs controls is pasted as SQL. The
 -- client planner (src/jobs/rollout_planner.cpp) takes its scope condition from here too.
 CREATE OR REPLACE FUNCTION rekey.scope_condition(p_job rekey.jobs) RETURNS text
 LANGUAGE plpgsql STABLE AS $$
@@ -86,15 +87,17 @@ BEGIN
   RETURN n;
 END $$;
 
--- Plans a sweep stage from the rows that still need work (see the top of this file). Returns
--- the number of batches (at least one). The table is read once, without ordering it: a filtered
--- scan for the pending rows (usually none). The 100 x batch_size bound comes from the rollout's
--- own plan, whose batch boundaries lie batch_size rows apart: every 100th of them is a cut.
--- [was 0008,0009,0014] 
--- Replaces 0009's definition: the key type comes from the catalog, and a rollback stage can be
--- planned as a sweep too (a rollback's sweeps, see rekey.finish_stages): its ranges are every
--- 100th boundary of the rollback's first pass instead of the rollout's. Sweep batches tile the
--- whole key space; a rollback sweep's worker keeps to the stage's buckets itself.
+-- Plans a sweep stage without reading the table; returns the number of batches (at least one).
+-- The ranges are every 100th boundary of the rollout's batches (about 100 x batch_size rows of
+-- the table each), and tile the whole key space (the first starts at NULL, the last ends at
+-- NULL), so a value written under an old key since the rollout is caught by the batch whose
+-- range holds it. The workers process each batch in chunks of at most batch_size rows, each its
+-- own transaction with a checkpoint (rekey.checkpoint_batch), so a range holding many values
+-- still moves in short transactions. A sweep batch's planned_rows is 0: what it moves is in
+-- rows_done. The key type comes from the catalog. A rollback stage can be planned as a sweep too
+-- (a rollback's sweeps, see rekey.finish_stages): its ranges are every 100th boundary of the
+-- rollback's first pass instead of the rollout's; a rollback sweep's worker keeps to the stage's
+-- buckets itself.
 CREATE OR REPLACE FUNCTION rekey.plan_sweep(p_job bigint, p_stage integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -131,9 +134,8 @@ END $$;
 -- held in memory. A partial stage numbers its rows in key order with a window function and cuts
 -- every batch_size-th, so a 1% stage of a million rows costs ten batches, not a thousand.
 -- The same data gives the same plan. Returns the number of batches.
--- [was 0002,0010,0014] 
--- Replaces 0010's definition: the primary key's type comes from the catalog (see
--- rekey.checked_column_type), not from rekey.jobs.pk_type. The plan is the same.
+-- The primary key's type comes from the catalog (see rekey.checked_column_type), not from
+-- rekey.jobs.pk_type.
 CREATE OR REPLACE FUNCTION rekey.plan_stage(p_job bigint, p_stage integer) RETURNS integer
 LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
@@ -195,7 +197,12 @@ BEGIN
   RETURN n;
 END $$;
 
--- Adds a stage to a job and plans it. Returns the stage number.
+-- Adds a stage to a job and plans it; returns the stage number. The rollout stages of a staged
+-- job are planned together, in one pass, once the last of them (per jobs.stage_plan) is added:
+-- rekey.create_job adds them all before it reads the plan. With
+-- `SET LOCAL rekey.defer_rollout_planning = on` a staged job's rollout stages are left for the
+-- client to plan (src/jobs/rollout_planner.h writes the very plan rekey.plan_rollout would);
+-- rekey.require_planned_stage refuses to commit a stage without batches.
 CREATE OR REPLACE FUNCTION rekey.add_stage(p_job bigint, p_kind text, p_percent numeric,
                                            p_bucket_lo integer, p_bucket_hi integer) RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -299,8 +306,7 @@ CREATE OR REPLACE TRIGGER jobs_clear_planned_keys AFTER UPDATE OF state ON rekey
 -- found nothing completes the job, otherwise another sweep starts; a rollback ends the job
 -- 'rolled_back' (or back at an earlier stage); failed batches make the job 'failed'. Returns
 -- the jobs it moved and their new state. Safe to call concurrently: the job row is locked.
--- [was 0002,0014] 
--- Replaces 0002's definition: a finished rollback stage is followed by sweeps over the same
+-- A finished rollback stage is followed by sweeps over the same
 -- buckets -- values applications still wrote under the target keys meanwhile (from a cached
 -- primary) go back too -- until one finds none, at most 20 (then the job pauses with the reason,
 -- like the forward sweep); only then is the job rolled_back (or back at its earlier stage).
@@ -572,10 +578,9 @@ $$;
 -- their source keys by the same worker pool -- batched, resumable, audited -- and the keyring is
 -- restored (source keys primary again, target keys decrypt_only). Possible at any stage and
 -- after completion, as long as no source key is destroyed.
--- [was 0002,0014] 
--- Replaces 0002's definition: serialized with job definitions (rekey.lock_job_definitions),
--- refused while another unfinished job shares a key with this one, and records the rollback's
--- first stage (jobs.rollback_stage) for its sweeps. The rest as before.
+-- Serialized with job definitions (rekey.lock_job_definitions), refused while another unfinished
+-- job shares a key with this one; records the rollback's first stage (jobs.rollback_stage) for
+-- its sweeps.
 CREATE OR REPLACE FUNCTION rekey.rollback_job(p_job bigint, p_to_percent numeric DEFAULT 0,
                                               p_reason text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql AS $$
@@ -669,4 +674,3 @@ BEGIN
   PERFORM rekey.open_stage(p_job, n);
   RETURN n;
 END $$;
-

@@ -1,4 +1,7 @@
--- HEADER
+-- The batch queue: claiming a batch (with the advisory lock that marks its worker alive),
+-- releasing it, checkpoints inside it, and completing it with its audit row -- each refused
+-- unless the batch still belongs to its job's open stage (SQLSTATE 40001 then means "no longer
+-- claimed": the worker drops the batch).
 
 -- Claims one batch for p_worker (any active job, or only p_job) from each job's open stage,
 -- and records the worker's heartbeat.
@@ -105,8 +108,7 @@ END $$;
 -- worker in the same transaction that rewrote the rows, so rows, checkpoint and audit commit
 -- together or not at all. When the stage's decrypt error rate passes the job's threshold, the
 -- job pauses itself with the reason.
--- [was 0002,0014] 
--- Replaces 0002's definition: first rekey.require_open_stage_batch; the rest as before.
+-- Refused (rekey.require_open_stage_batch) unless the batch belongs to the job's open stage.
 CREATE OR REPLACE FUNCTION rekey.complete_batch(p_job bigint, p_batch integer, p_worker text,
                                                 p_done integer, p_skipped integer, p_failed integer,
                                                 p_duration_ms double precision, p_details jsonb)
@@ -156,8 +158,7 @@ END $$;
 
 -- Advances the checkpoint of a batch held by p_worker and adds a chunk's counts. Called by the
 -- worker in the transaction that rewrote the chunk's rows.
--- [was 0003,0014] 
--- Replaces 0003's definition: first rekey.require_open_stage_batch.
+-- Refused (rekey.require_open_stage_batch) unless the batch belongs to the job's open stage.
 CREATE OR REPLACE FUNCTION rekey.checkpoint_batch(p_job bigint, p_batch integer, p_worker text, p_after text,
                                                   p_done integer, p_skipped integer, p_failed integer,
                                                   p_duration_ms double precision)
@@ -221,4 +222,3 @@ BEGIN
       coalesce(open_stage::text, '?') USING ERRCODE = 'serialization_failure';
   END IF;
 END $$;
-

@@ -1,4 +1,6 @@
--- HEADER
+-- Operations: the progress and status views (`rekey status`, psql), key age and the keys due for
+-- rotation (`rekey rotate-due`), the targets of a rotation, and the append-only compliance
+-- reports (`rekey report`).
 
 -- Per-job progress, for psql and `rekey status`. Totals and percent count the rollout stages
 -- (each row once); the stage_* columns describe the open stage (a rollout, sweep or rollback
@@ -112,14 +114,12 @@ SELECT a.scope, a.key_id, a.kms_provider, a.age, a.max_age, a.due_at,
  WHERE a.overdue;
 
 -- The registered targets that hold values under key p_key, grouped into the jobs a rotation of
--- that key needs: one per table and scope (columns of one table rotate together).
--- [was 0005,0013] 
--- Replaces rekey.rotation_targets of migrations/0005_operations.sql: the registered columns holding
--- values under p_key, found by identity and whole-column usage (rekey.key_usage), one job per
--- table under the table's current name, unscoped (scope_column and scope_value are always NULL):
--- a job only moves rows under its source keys, so a tenant's values registered under a scope
--- written in another case, or rows outside every scope, are rotated too. Same result columns as
--- before, so rekey rotate-due is unchanged.
+-- that key needs: one per table (columns of one table rotate together). The registered columns
+-- holding values under p_key are found by identity and whole-column usage
+-- (rekey.key_usage), one job per table under the table's current name, unscoped (scope_column
+-- and scope_value are always NULL): a job only moves rows under its source keys, so a tenant's
+-- values registered under a scope written in another case, or rows outside every scope, are
+-- rotated too.
 CREATE OR REPLACE FUNCTION rekey.rotation_targets(p_key bigint)
 RETURNS TABLE (table_name text, columns text[], codecs text[], key_id_column name,
                ad_template text, scope_column name, scope_value text, values_under_key bigint)
@@ -136,10 +136,9 @@ $$;
 -- Evidence of one job, as JSON: keys before and after (ids and KMS references, never material),
 -- the stage timeline with gate results and approvals, row counts, decrypt error rate, quarantined
 -- values, an audit-completeness check, and durations. Read-only.
--- [was 0005,0016] 
--- Replaces 0005's definition: the same evidence, whose actors, verifiers and approvers are now the
--- server-stamped roles; the worker ids clients supplied sit beside them as such ('worker' of an
--- approval event, 'verified_by_worker' of a gate), never in their place.
+-- Actors, verifiers and approvers are the server-stamped roles; the worker ids clients supplied
+-- sit beside them as such ('worker' of an approval event, 'verified_by_worker' of a gate), never
+-- in their place.
 CREATE OR REPLACE FUNCTION rekey.job_report(p_job bigint) RETURNS jsonb
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -249,4 +248,3 @@ END $$;
 
 CREATE OR REPLACE TRIGGER reports_append_only BEFORE UPDATE OR DELETE ON rekey.reports
   FOR EACH ROW EXECUTE FUNCTION rekey.reject_report_change();
-
