@@ -132,26 +132,33 @@ const Definition* FindDefinition(const std::vector<Definition>& defs, const std:
   return nullptr;
 }
 
+constexpr std::string_view kApplyDefinitions = "-- apply-definitions:";
+
 // The migration's text with each `-- apply-definitions: NN_name.sql` line replaced by that
 // definition file's text. Throws ConfigError for a file `defs` does not have.
 std::string Expand(const Planned& m, const std::vector<Definition>& defs) {
-  static const std::regex kLine("^-- apply-definitions: *([^ \\n]*) *$",
-                                std::regex::multiline);
-  std::string content(m.content);
   std::string out;
-  auto last = content.cbegin();
-  for (std::sregex_iterator it(content.begin(), content.end(), kLine), end; it != end; ++it) {
-    const Definition* d = FindDefinition(defs, (*it)[1].str());
+  std::string_view rest = m.content;
+  while (!rest.empty()) {
+    size_t end = rest.find('\n');
+    std::string_view line = rest.substr(0, end == std::string_view::npos ? rest.size() : end + 1);
+    rest.remove_prefix(line.size());
+    if (line.substr(0, kApplyDefinitions.size()) != kApplyDefinitions) {
+      out.append(line);
+      continue;
+    }
+    std::string name(line.substr(kApplyDefinitions.size()));
+    name.erase(0, name.find_first_not_of(" \t"));
+    name.erase(name.find_last_not_of(" \t\r\n") + 1);
+    const Definition* d = FindDefinition(defs, name);
     if (d == nullptr) {
-      throw ConfigError("migration " + m.name + " applies definition file '" + (*it)[1].str() +
+      throw ConfigError("migration " + m.name + " applies definition file '" + name +
                         "', which is not in sql/schema");
     }
-    out.append(last, content.cbegin() + it->position());
-    out += "-- " + d->name + "\n";
+    out += "-- sql/schema/" + d->name + "\n";
     out.append(d->content);
-    last = content.cbegin() + it->position() + it->length();
+    out += "\n";
   }
-  out.append(last, content.cend());
   return out;
 }
 
