@@ -90,8 +90,12 @@ void MigrateAs2eeffa1(pqxx::connection& conn) {
 // one schema: comment lines (they carry the server version) and psql's \restrict keys (random
 // per dump since 15.14); blank-line runs collapsed.
 std::string DumpSchema(const std::string& db, bool privileges) {
-  std::vector<std::string> argv = {PgServer::Get().bin_dir() + "/pg_dump", "--schema-only",
-                                   "-n", "rekey", "-d", PgServer::Get().ConnInfo(db)};
+  std::vector<std::string> argv = {PgServer::Get().bin_dir() + "/pg_dump",
+                                   "--schema-only",
+                                   "-n",
+                                   "rekey",
+                                   "-d",
+                                   PgServer::Get().ConnInfo(db)};
   if (!privileges) {
     argv.push_back("--no-owner");
     argv.push_back("--no-privileges");
@@ -149,7 +153,8 @@ constexpr const char* kDataBefore =
     "SELECT (SELECT string_agg(format('%s:%s:%s:%s', key_id, status, md5(wrapped_key), scope), ','"
     "                          ORDER BY key_id) FROM rekey.keys) || ' | ' ||"
     "       (SELECT string_agg(format('%s:%s:%s:%s:%s', job_id, state, stage_plan, batch_size,"
-    "                                 current_stage), ',' ORDER BY job_id) FROM rekey.jobs) || ' | ' ||"
+    "                                 current_stage), ',' ORDER BY job_id) FROM rekey.jobs) || ' | "
+    "' ||"
     "       (SELECT string_agg(format('%s:%s:%s:%s', batch_no, stage_no, lo, hi), ','"
     "                          ORDER BY job_id, batch_no) FROM rekey.batches) || ' | ' ||"
     "       (SELECT string_agg(format('%s:%s', seq, encode(chain_hash, 'hex')), ',' ORDER BY seq)"
@@ -165,7 +170,8 @@ TEST_F(SchemaUpgradePgTest, ADatabaseMigratedBy2eeffa1UpgradesToTheFreshSchema) 
   testing::ImportTestKeys(conn, {1, 2});
   testing::SeedTinkTable(conn, "public.cards", 300, 1);
   int64_t job = testing::CreateJobSql(
-      conn, "'public.cards', ARRAY['token'], '{\"1\":2}', p_batch_size => 50, p_stages => '{10,100}'");
+      conn,
+      "'public.cards', ARRAY['token'], '{\"1\":2}', p_batch_size => 50, p_stages => '{10,100}'");
   const std::string before = Scalar(conn, kDataBefore);
 
   // The earlier texts are recognised, not refused as drift.
@@ -200,9 +206,9 @@ TEST_F(SchemaUpgradePgTest, ADatabaseMigratedBy2eeffa1UpgradesToTheFreshSchema) 
 
   // The data is as it was, and the job runs to completion: every value under key 2.
   EXPECT_EQ(Scalar(conn, kDataBefore), before);
-  ProcessResult r = RunRekey({"--db", PgServer::Get().ConnInfo(old_), "work", "--job",
-                              std::to_string(job)},
-                             testing::WorkerEnv());
+  ProcessResult r =
+      RunRekey({"--db", PgServer::Get().ConnInfo(old_), "work", "--job", std::to_string(job)},
+               testing::WorkerEnv());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(Scalar(conn, "SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job)),
             "completed");

@@ -57,11 +57,13 @@ void PrintStatus(pqxx::connection& conn) {
 
 void AddMigrateCommand(CLI::App& app, GlobalOptions& global) {
   CLI::App* cmd = app.add_subcommand(
-      "migrate", "Apply the embedded schema migrations and definitions (safe to run concurrently and "
+      "migrate",
+      "Apply the embedded schema migrations and definitions (safe to run concurrently and "
       "repeatedly)");
   auto status = std::make_shared<bool>(false);
-  cmd->add_flag("--status", *status,
-                "List every migration and definition file and whether it is applied; change nothing");
+  cmd->add_flag(
+      "--status", *status,
+      "List every migration and definition file and whether it is applied; change nothing");
   cmd->callback([&global, status] {
     std::string conninfo = db::ResolveConnInfo(global.db);
     std::unique_ptr<pqxx::connection> conn = db::Connect(conninfo, "rekey migrate");
@@ -76,8 +78,8 @@ void AddMigrateCommand(CLI::App& app, GlobalOptions& global) {
     for (const std::string& name : report.definitions_applied) {
       std::printf("applied sql/schema/%s\n", name.c_str());
     }
-    std::printf("%zu definition file(s) applied, %d unchanged\n",
-                report.definitions_applied.size(), report.definitions_unchanged);
+    std::printf("%zu definition file(s) applied, %d unchanged\n", report.definitions_applied.size(),
+                report.definitions_unchanged);
   });
 }
 

@@ -27,26 +27,19 @@ struct EquivalentText {
   std::string_view checksum;
 };
 constexpr EquivalentText kEquivalentEarlierTexts[] = {
-    {"0001_keyring.sql",
-     "16ec404d2f08dfcdc5dc67f76ff79955786a2e4354399d221082cd3e581c952d"},
-    {"0002_jobs.sql",
-     "19de69e8986d2e47c58201a782f5678b05fc7d3653cb8371ba408bdf102ae11b"},
+    {"0001_keyring.sql", "16ec404d2f08dfcdc5dc67f76ff79955786a2e4354399d221082cd3e581c952d"},
+    {"0002_jobs.sql", "19de69e8986d2e47c58201a782f5678b05fc7d3653cb8371ba408bdf102ae11b"},
     {"0003_batch_checkpoints.sql",
      "b6d1ff5e18eba96bd87aff587ac5b303a59251f580a0a75e1e03387435bc98af"},
-    {"0005_operations.sql",
-     "74c0441c4ee085ffbc078df7c29607174a90dee71b768946145eebf4f8ae1e1d"},
-    {"0006_audit_chain.sql",
-     "7edff2867ede0eec8a6c7e4e4525f21b07daadaa3db0f26e7175caa41863818a"},
-    {"0007_vault_codec.sql",
-     "e8d31f1b1398d7da9afb90dabb1b2e192dd0fa01d542b9e19b585dd8e3c55a11"},
+    {"0005_operations.sql", "74c0441c4ee085ffbc078df7c29607174a90dee71b768946145eebf4f8ae1e1d"},
+    {"0006_audit_chain.sql", "7edff2867ede0eec8a6c7e4e4525f21b07daadaa3db0f26e7175caa41863818a"},
+    {"0007_vault_codec.sql", "e8d31f1b1398d7da9afb90dabb1b2e192dd0fa01d542b9e19b585dd8e3c55a11"},
     {"0008_one_pass_planning.sql",
      "619171d101b9903aec29d8f33ce3b474a5da4728c9d95e2235cf3ab8c74784de"},
     {"0009_control_plane_speed.sql",
      "104b7c3c8d1b9e1bc23bcdef84895468afbc836034376a1d4c59151908d1480b"},
-    {"0010_planning_speed.sql",
-     "08cd6a6c7c57098c72fd0e0fa33002382f132428449e235bd02f08ecdc4b1999"},
-    {"0012_key_locks.sql",
-     "dcfde8e66af23e228c00ac07db8cb5986a60be5c184e3bb121e55992b4f6eb71"},
+    {"0010_planning_speed.sql", "08cd6a6c7c57098c72fd0e0fa33002382f132428449e235bd02f08ecdc4b1999"},
+    {"0012_key_locks.sql", "dcfde8e66af23e228c00ac07db8cb5986a60be5c184e3bb121e55992b4f6eb71"},
     {"0013_key_safety_keyring.sql",
      "51f524242598bc6f3f80c10d0210115f1d4d2fa58ec528efbd2101e7937286ab"},
     {"0014_key_safety_jobs.sql",
@@ -56,8 +49,9 @@ constexpr EquivalentText kEquivalentEarlierTexts[] = {
 };
 
 bool IsEquivalentEarlierText(const std::string& name, const std::string& checksum) {
-  return std::any_of(std::begin(kEquivalentEarlierTexts), std::end(kEquivalentEarlierTexts),
-                     [&](const EquivalentText& e) { return e.name == name && e.checksum == checksum; });
+  return std::any_of(
+      std::begin(kEquivalentEarlierTexts), std::end(kEquivalentEarlierTexts),
+      [&](const EquivalentText& e) { return e.name == name && e.checksum == checksum; });
 }
 
 struct Planned {

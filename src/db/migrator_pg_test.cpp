@@ -344,7 +344,6 @@ TEST_F(MigratorPgTest, ApplyDefinitionsLineRunsTheFileInsideTheMigration) {
   EXPECT_EQ(report.applied.size(), 2u);
   EXPECT_EQ(Query1("SELECT string_agg(n::text, ',') FROM app.t"), "2");
   EXPECT_EQ(report.definitions_applied, std::vector<std::string>{"10_f.sql"});
-
 }
 
 TEST_F(MigratorPgTest, UnknownOrMisnamedDefinitionFilesAreConfigErrorsBeforeTouchingTheDatabase) {
@@ -359,8 +358,10 @@ TEST_F(MigratorPgTest, EarlierEquivalentTextsOfRewrittenMigrationsAreAccepted) {
   // 0002_jobs.sql as commit 2eeffa1 recorded it (before its functions moved to sql/schema).
   const std::string earlier = "19de69e8986d2e47c58201a782f5678b05fc7d3653cb8371ba408bdf102ae11b";
   Migrate(*conn_, {}, {});
-  Exec("INSERT INTO rekey.schema_migrations (version, name, checksum) VALUES "
-       "(2, '0002_jobs.sql', '" + earlier + "')");
+  Exec(
+      "INSERT INTO rekey.schema_migrations (version, name, checksum) VALUES "
+      "(2, '0002_jobs.sql', '" +
+      earlier + "')");
   std::vector<EmbeddedFile> files = {{"0002_jobs.sql", "SELECT 1;"}};
   auto status = MigrationStatusList(*conn_, files);
   ASSERT_EQ(status.size(), 1u);

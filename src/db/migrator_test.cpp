@@ -87,12 +87,14 @@ TEST(EmbeddedSchemaTest, DefinitionsAreReRunnable) {
   for (const EmbeddedFile& f : EmbeddedDefinitions()) {
     std::string text = WithoutComments(f.content);
     for (const Definition& d : DefinitionsIn(std::string(f.name), f.content)) {
-      bool replaces = std::regex_search(d.statement, std::regex("OR[ \t\n]+REPLACE", std::regex::icase));
+      bool replaces =
+          std::regex_search(d.statement, std::regex("OR[ \t\n]+REPLACE", std::regex::icase));
       if (std::regex_search(d.statement, std::regex("CONSTRAINT", std::regex::icase))) {
         // PostgreSQL has no CREATE OR REPLACE CONSTRAINT TRIGGER: the file drops it first.
         std::string trigger = d.name.substr(0, d.name.find(' '));
         EXPECT_TRUE(std::regex_search(text, std::regex("DROP[ \t\n]+TRIGGER[ \t\n]+IF[ \t\n]+"
-                                                       "EXISTS[ \t\n]+" + trigger + "[ \t\n]",
+                                                       "EXISTS[ \t\n]+" +
+                                                           trigger + "[ \t\n]",
                                                        std::regex::icase)))
             << f.name << ": constraint trigger " << d.name << " needs DROP TRIGGER IF EXISTS";
       } else {
