@@ -171,7 +171,8 @@ TEST_F(SchemaUpgradePgTest, ADatabaseMigratedBy2eeffa1UpgradesToTheFreshSchema) 
   testing::SeedTinkTable(conn, "public.cards", 300, 1);
   int64_t job = testing::CreateJobSql(
       conn,
-      "'public.cards', ARRAY['token'], '{\"1\":2}', p_batch_size => 50, p_stages => '{10,100}'");
+      "'public.cards', ARRAY['token'], '{\"1\":2}', p_batch_size => 50, p_stages => '{10,100}', "
+      "p_observe => interval '0 seconds'");
   const std::string before = Scalar(conn, kDataBefore);
 
   // The earlier texts are recognised, not refused as drift.
