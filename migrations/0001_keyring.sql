@@ -3,8 +3,8 @@
 --
 -- The lifecycle is enforced here, in the database, so that psql, other tools and rekey itself are
 -- held to the same rules: rekey.key_lifecycle() is the single table of legal transitions, and the
--- triggers below reject every other status change, every DELETE, and any retire/destroy while a
--- registered target still holds values under the key. See docs/keyring.md.
+-- triggers of sql/schema/30_keyring.sql reject every other status change, every DELETE, and any
+-- retire/destroy while a value may still be under the key. See docs/keyring.md.
 --
 -- Plain SQL on purpose: teams that apply migrations with their own tool (Flyway, sqitch, psql -f)
 -- can use this file unchanged.

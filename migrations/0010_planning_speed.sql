@@ -1,6 +1,7 @@
 -- Planning takes less of a rotation. A staged job's rollout stages may be planned by the client
 -- that creates the job (src/jobs/rollout_planner.h), and a stage is never committed without its
--- plan; a stage of every row is walked in one statement (below).
+-- plan; a stage of every row is walked in one statement (rekey.plan_stage,
+-- sql/schema/50_stages.sql).
 --
 -- rekey.plan_rollout (0008) spends most of a staged job's planning on one MD5 per row:
 -- PostgreSQL 15's md5() sets up an OpenSSL 3 digest context per call, about 0.75 us, and the
