@@ -63,7 +63,7 @@ std::vector<OldMigration> MigrationsOf2eeffa1() {
 
 // What src/db/migrator.cpp did at 2eeffa1: its bookkeeping table, then each file in version
 // order in its own transaction with its row (checksum: SHA-256 of the file's bytes).
-void MigrateAs2eeffa1(pqxx::connection& conn) {
+void MigrateAs2eeffa1(pqxx::connection& conn, int up_to_version = 9999) {
   {
     pqxx::work tx(conn);
     tx.exec(
@@ -77,6 +77,7 @@ void MigrateAs2eeffa1(pqxx::connection& conn) {
     tx.commit();
   }
   for (const OldMigration& m : MigrationsOf2eeffa1()) {
+    if (m.version > up_to_version) break;
     pqxx::work tx(conn);
     tx.exec(m.content);
     tx.exec_params(
@@ -222,6 +223,42 @@ TEST_F(SchemaUpgradePgTest, ADatabaseMigratedBy2eeffa1UpgradesToTheFreshSchema) 
   r = RunRekey({"--db", PgServer::Get().ConnInfo(old_), "audit", "verify"}, testing::WorkerEnv());
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
 }
+
+// A database an older rekey left part-way: the pending migrations run with their new text,
+// including the two that call a function defined in sql/schema while they run (0006 seals the
+// audit rows written before it, 0014 puts scope values in canonical form).
+class PartialUpgradePgTest : public SchemaUpgradePgTest,
+                             public ::testing::WithParamInterface<int> {};
+
+TEST_P(PartialUpgradePgTest, ADatabaseMigratedBy2eeffa1UpToAVersionUpgradesToTheFreshSchema) {
+  pqxx::connection conn(PgServer::Get().ConnInfo(old_));
+  MigrateAs2eeffa1(conn, GetParam());
+  testing::ImportTestKeys(conn, {1, 2});  // audit rows, unsealed before 0006
+  testing::SeedTinkTable(conn, "public.cards", 40, 1, 3);
+  // A scope value written as 0014 no longer accepts it: '042' is tenant 42.
+  testing::CreateJobSql(conn,
+                        "'public.cards', ARRAY['token'], '{\"1\":2}', p_scope_column => "
+                        "'tenant_id', p_scope_value => '042', p_stages => '{100}'");
+  db::MigrationReport report = db::Migrate(conn);
+  EXPECT_FALSE(report.applied.empty());
+  {
+    pqxx::connection fresh(PgServer::Get().ConnInfo(fresh_));
+    db::Migrate(fresh);
+  }
+  EXPECT_EQ(DumpSchema(old_, true), DumpSchema(fresh_, true));
+  EXPECT_EQ(Scalar(conn, "SELECT string_agg(scope_value, ',') FROM rekey.jobs"), "42");
+  EXPECT_EQ(Scalar(conn, "SELECT string_agg(scope_value, ',') FROM rekey.targets"), "42");
+  EXPECT_EQ(Scalar(conn,
+                   "SELECT count(*) FROM rekey.audit a WHERE NOT EXISTS "
+                   "(SELECT 1 FROM rekey.audit_chain c WHERE c.audit_id = a.audit_id)"),
+            "0");
+  ProcessResult r =
+      RunRekey({"--db", PgServer::Get().ConnInfo(old_), "audit", "verify"}, testing::WorkerEnv());
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+}
+
+INSTANTIATE_TEST_SUITE_P(BeforeTheMigrationsThatCallFunctions, PartialUpgradePgTest,
+                         ::testing::Values(5, 13));
 
 TEST_F(SchemaUpgradePgTest, SnapshotMatchesAFreshlyMigratedDatabase) {
   {
