@@ -40,85 +40,9 @@ CREATE TABLE rekey.audit_chain (
 COMMENT ON TABLE rekey.audit_chain IS
   'SHA-256 hash chain over rekey.audit in sealing order; append-only; checked by rekey audit verify.';
 
-CREATE TRIGGER audit_chain_append_only BEFORE UPDATE OR DELETE ON rekey.audit_chain
-  FOR EACH ROW EXECUTE FUNCTION rekey.reject_audit_change();
-CREATE TRIGGER audit_chain_no_truncate BEFORE TRUNCATE ON rekey.audit_chain
-  FOR EACH STATEMENT EXECUTE FUNCTION rekey.reject_audit_change();
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON rekey.audit_chain FROM PUBLIC;
 
-CREATE FUNCTION rekey.audit_row_bytes(a rekey.audit)
-RETURNS bytea
-LANGUAGE sql STABLE
-AS $$
-  SELECT convert_to(string_agg(CASE WHEN f IS NULL THEN '-' ELSE octet_length(f) || ':' || f END,
-                               ',' ORDER BY n), 'UTF8')
-  FROM unnest(ARRAY[a.audit_id::text,
-                    to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                    a.actor, a.action, a.outcome, a.job_id::text, a.batch_no::text,
-                    a.details::text, a.xid::text]) WITH ORDINALITY AS u(f, n)
-$$;
-
--- Seals every audit row visible to the caller that is not sealed yet, in audit_id order, and
--- returns how many. Returns 0 at once if another transaction is sealing (it will seal what this
--- one wrote, or the next seal will), or if the caller is not in READ COMMITTED (an older snapshot
--- could miss a newer chain head). Never raises for contention: audit writers call it.
-CREATE FUNCTION rekey.seal_audit()
-RETURNS integer
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, rekey
-AS $$
-DECLARE
-  horizon  xid8;
-  last     record;
-  r        rekey.audit;
-  prev     bytea;
-  n        bigint;
-  digest   bytea;
-  sealed   integer := 0;
-BEGIN
-  IF current_setting('transaction_isolation') <> 'read committed' THEN
-    RETURN 0;
-  END IF;
-  IF NOT pg_try_advisory_xact_lock(hashtext('rekey.audit_chain')) THEN
-    RETURN 0;
-  END IF;
-  -- Taken after the lock, so it is no older than the horizon of the seal before this one.
-  horizon := pg_snapshot_xmin(pg_current_snapshot());
-  SELECT c.seq, c.chain_hash, c.sealed_xmin INTO last
-    FROM rekey.audit_chain c ORDER BY c.seq DESC LIMIT 1;
-  n := coalesce(last.seq, 0);
-  prev := coalesce(last.chain_hash, decode(repeat('00', 32), 'hex'));
-  -- Rows of transactions older than the newest seal's horizon were sealed by it (or are forged):
-  -- only younger ones can still need sealing, which keeps this scan small.
-  FOR r IN
-    SELECT a.* FROM rekey.audit a
-     WHERE a.xid >= coalesce(last.sealed_xmin, '0'::xid8)
-       AND NOT EXISTS (SELECT 1 FROM rekey.audit_chain c WHERE c.audit_id = a.audit_id)
-     ORDER BY a.audit_id
-  LOOP
-    n := n + 1;
-    digest := sha256(rekey.audit_row_bytes(r));
-    prev := sha256(prev || int8send(n) || digest);
-    INSERT INTO rekey.audit_chain (seq, audit_id, row_digest, chain_hash, sealed_xmin)
-    VALUES (n, r.audit_id, digest, prev, horizon);
-    sealed := sealed + 1;
-  END LOOP;
-  RETURN sealed;
-END $$;
-
--- Every statement that writes audit rows seals them (and any others waiting) on its way out.
-CREATE FUNCTION rekey.seal_audit_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM rekey.seal_audit();
-  RETURN NULL;
-END $$;
-CREATE TRIGGER audit_seal AFTER INSERT ON rekey.audit
-  FOR EACH STATEMENT EXECUTE FUNCTION rekey.seal_audit_after_insert();
-
--- The current head of the chain, to record outside the database.
-CREATE VIEW rekey.audit_head AS
-  SELECT seq, audit_id, encode(chain_hash, 'hex') AS chain_hash, sealed_at
-    FROM rekey.audit_chain ORDER BY seq DESC LIMIT 1;
-
+-- Seals the rows written before this migration. rekey.seal_audit is defined in
+-- sql/schema/20_audit.sql, applied here first (docs: sql/README.md, "Migrations that call a function").
+-- apply-definitions: 20_audit.sql
 SELECT rekey.seal_audit();

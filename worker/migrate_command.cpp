@@ -1,6 +1,8 @@
-// rekey migrate [--status]: applies the embedded schema migrations, or lists their state.
+// rekey migrate [--status]: applies the embedded schema migrations and definition files
+// (sql/README.md), or lists their state.
 #include <cstdio>
 #include <memory>
+#include <string>
 
 #include "commands.h"
 #include "db/connection.h"
@@ -24,21 +26,44 @@ void PrintStatus(pqxx::connection& conn) {
       std::printf("%-40s applied %s by %s, CHANGED since (checksum mismatch)\n", s.name.c_str(),
                   s.applied_at->c_str(), s.applied_by->c_str());
     } else {
-      std::printf("%-40s applied %s by %s\n", s.name.c_str(), s.applied_at->c_str(),
-                  s.applied_by->c_str());
+      std::printf("%-40s applied %s by %s%s\n", s.name.c_str(), s.applied_at->c_str(),
+                  s.applied_by->c_str(),
+                  s.earlier_text ? " (an earlier, equivalent text of the file)" : "");
     }
   }
   std::printf("%d pending, %d changed after being applied\n", pending, drifted);
+  int stale = 0;
+  for (const db::DefinitionStatus& s : db::DefinitionStatusList(conn)) {
+    std::string file = "sql/schema/" + s.name;
+    if (!s.applied) {
+      ++stale;
+      std::printf("%-40s pending\n", file.c_str());
+    } else if (!s.in_binary) {
+      std::printf("%-40s applied %s by %s, UNKNOWN to this binary\n", file.c_str(),
+                  s.applied_at->c_str(), s.applied_by->c_str());
+    } else if (!s.current) {
+      ++stale;
+      std::printf("%-40s applied %s by %s, CHANGED since (applied again by rekey migrate)\n",
+                  file.c_str(), s.applied_at->c_str(), s.applied_by->c_str());
+    } else {
+      std::printf("%-40s applied %s by %s\n", file.c_str(), s.applied_at->c_str(),
+                  s.applied_by->c_str());
+    }
+  }
+  std::printf("%d definition file(s) to apply\n", stale);
 }
 
 }  // namespace
 
 void AddMigrateCommand(CLI::App& app, GlobalOptions& global) {
   CLI::App* cmd = app.add_subcommand(
-      "migrate", "Apply the embedded schema migrations (safe to run concurrently and repeatedly)");
+      "migrate",
+      "Apply the embedded schema migrations and definitions (safe to run concurrently and "
+      "repeatedly)");
   auto status = std::make_shared<bool>(false);
-  cmd->add_flag("--status", *status,
-                "List every migration and whether it is applied; change nothing");
+  cmd->add_flag(
+      "--status", *status,
+      "List every migration and definition file and whether it is applied; change nothing");
   cmd->callback([&global, status] {
     std::string conninfo = db::ResolveConnInfo(global.db);
     std::unique_ptr<pqxx::connection> conn = db::Connect(conninfo, "rekey migrate");
@@ -50,6 +75,11 @@ void AddMigrateCommand(CLI::App& app, GlobalOptions& global) {
     for (const std::string& name : report.applied) std::printf("applied %s\n", name.c_str());
     std::printf("%zu migration(s) applied, %d already applied\n", report.applied.size(),
                 report.already_applied);
+    for (const std::string& name : report.definitions_applied) {
+      std::printf("applied sql/schema/%s\n", name.c_str());
+    }
+    std::printf("%zu definition file(s) applied, %d unchanged\n", report.definitions_applied.size(),
+                report.definitions_unchanged);
   });
 }
 

@@ -36,6 +36,10 @@ class MigratorPgTest : public ::testing::Test {
     auto row = tx.exec1(sql);
     return row[0].is_null() ? "NULL" : row[0].as<std::string>();
   }
+  void Exec(const std::string& sql) {
+    pqxx::nontransaction tx(*conn_);
+    tx.exec(sql);
+  }
   // version:name rows of rekey.schema_migrations, in order, comma separated.
   std::string Recorded() {
     return Query1(
@@ -56,7 +60,7 @@ const std::vector<EmbeddedFile> kThree = {
 TEST_F(MigratorPgTest, AppliesInVersionOrderAndRecordsChecksums) {
   // Given out of order: the migrator sorts by version.
   std::vector<EmbeddedFile> files = {kThree[2], kThree[0], kThree[1]};
-  MigrationReport report = Migrate(*conn_, files);
+  MigrationReport report = Migrate(*conn_, files, {});
   EXPECT_EQ(report.applied,
             (std::vector<std::string>{"0001_first.sql", "0002_second.sql", "0003_third.sql"}));
   EXPECT_EQ(report.already_applied, 0);
@@ -84,18 +88,18 @@ TEST_F(MigratorPgTest, Sha256HexMatchesTheServer) {
 }
 
 TEST_F(MigratorPgTest, SecondRunAppliesNothingAndLaterFilesApplyIncrementally) {
-  Migrate(*conn_, {kThree[0], kThree[1]});
-  MigrationReport again = Migrate(*conn_, {kThree[0], kThree[1]});
+  Migrate(*conn_, {kThree[0], kThree[1]}, {});
+  MigrationReport again = Migrate(*conn_, {kThree[0], kThree[1]}, {});
   EXPECT_TRUE(again.applied.empty());
   EXPECT_EQ(again.already_applied, 2);
-  MigrationReport more = Migrate(*conn_, kThree);
+  MigrationReport more = Migrate(*conn_, kThree, {});
   EXPECT_EQ(more.applied, std::vector<std::string>{"0003_third.sql"});
   EXPECT_EQ(more.already_applied, 2);
   EXPECT_EQ(Query1("SELECT count(*) FROM app.b"), "2");  // 0002's INSERT ran once
 }
 
 TEST_F(MigratorPgTest, EmptyFileListCreatesBookkeepingOnly) {
-  MigrationReport report = Migrate(*conn_, {});
+  MigrationReport report = Migrate(*conn_, {}, {});
   EXPECT_TRUE(report.applied.empty());
   EXPECT_EQ(Recorded(), "");
 }
@@ -116,7 +120,7 @@ TEST_F(MigratorPgTest, ConcurrentMigrateCallsApplyEachMigrationExactlyOnce) {
     threads.emplace_back([&, i] {
       try {
         auto c = Connect(ConnInfo());
-        applied[i] = Migrate(*c, files).applied.size();
+        applied[i] = Migrate(*c, files, {}).applied.size();
       } catch (const std::exception& e) {
         errors[i] = e.what();
       }
@@ -171,11 +175,11 @@ TEST_F(MigratorPgTest, RekeyMigrateAgainstUnreachableServerExitsTransient) {
 }
 
 TEST_F(MigratorPgTest, DriftIsRefusedBeforeApplyingAnything) {
-  Migrate(*conn_, {kThree[0], kThree[1]});
+  Migrate(*conn_, {kThree[0], kThree[1]}, {});
   std::vector<EmbeddedFile> changed = kThree;
   changed[1].content = "CREATE TABLE app.b (id bigint);";  // edited after it was applied
   try {
-    Migrate(*conn_, changed);
+    Migrate(*conn_, changed, {});
     FAIL() << "drift not detected";
   } catch (const StateError& e) {
     std::string what = e.what();
@@ -191,7 +195,7 @@ TEST_F(MigratorPgTest, DriftIsRefusedBeforeApplyingAnything) {
             "0");
   // A renamed file with the same version is drift too.
   std::vector<EmbeddedFile> renamed = {kThree[0], {"0002_renamed.sql", kThree[1].content}};
-  EXPECT_THROW(Migrate(*conn_, renamed), StateError);
+  EXPECT_THROW(Migrate(*conn_, renamed, {}), StateError);
 
   auto status = MigrationStatusList(*conn_, changed);
   ASSERT_EQ(status.size(), 3u);
@@ -202,9 +206,9 @@ TEST_F(MigratorPgTest, DriftIsRefusedBeforeApplyingAnything) {
 }
 
 TEST_F(MigratorPgTest, DatabaseNewerThanBinaryIsRefused) {
-  Migrate(*conn_, kThree);
+  Migrate(*conn_, kThree, {});
   try {
-    Migrate(*conn_, {kThree[0], kThree[1]});
+    Migrate(*conn_, {kThree[0], kThree[1]}, {});
     FAIL() << "older binary accepted";
   } catch (const StateError& e) {
     EXPECT_NE(std::string(e.what()).find("older than the schema"), std::string::npos) << e.what();
@@ -214,7 +218,7 @@ TEST_F(MigratorPgTest, DatabaseNewerThanBinaryIsRefused) {
   EXPECT_FALSE(status[2].in_binary);
   EXPECT_TRUE(status[2].applied);
   // A gap (an applied migration missing from the binary) is refused as well.
-  EXPECT_THROW(Migrate(*conn_, {kThree[0], kThree[2]}), StateError);
+  EXPECT_THROW(Migrate(*conn_, {kThree[0], kThree[2]}, {}), StateError);
 }
 
 TEST_F(MigratorPgTest, FailingMigrationRollsBackOnlyItselfAndNamesTheFile) {
@@ -226,7 +230,7 @@ TEST_F(MigratorPgTest, FailingMigrationRollsBackOnlyItselfAndNamesTheFile) {
       kThree[2],
   };
   try {
-    Migrate(*conn_, files);
+    Migrate(*conn_, files, {});
     FAIL() << "broken migration applied";
   } catch (const StateError& e) {
     std::string what = e.what();
@@ -249,9 +253,9 @@ TEST_F(MigratorPgTest, BadFileNamesAreConfigErrorsBeforeTouchingTheDatabase) {
       "1_short.sql",    "0001-dash.sql", "0001_Upper.sql", "0001_x.SQL",   "0001_.sql",
       "0001_x.sql.bak", "abcd_x.sql",    "00001_x.sql",    "0001_x y.sql", ""};
   for (const char* name : bad) {
-    EXPECT_THROW(Migrate(*conn_, {{name, "SELECT 1"}}), ConfigError) << name;
+    EXPECT_THROW(Migrate(*conn_, {{name, "SELECT 1"}}, {}), ConfigError) << name;
   }
-  EXPECT_THROW(Migrate(*conn_, {{"0001_a.sql", "SELECT 1"}, {"0001_b.sql", "SELECT 1"}}),
+  EXPECT_THROW(Migrate(*conn_, {{"0001_a.sql", "SELECT 1"}, {"0001_b.sql", "SELECT 1"}}, {}),
                ConfigError);
   EXPECT_EQ(Query1("SELECT to_regnamespace('rekey') IS NULL"), "t");
 }
@@ -266,6 +270,109 @@ TEST_F(MigratorPgTest, StatusOfAnUnmigratedDatabaseIsAllPending) {
   EXPECT_EQ(Query1("SELECT to_regnamespace('rekey') IS NULL"), "t");  // read-only
 }
 
+// Definition files: re-runnable SQL, applied after the migrations whenever their text changes.
+const std::vector<EmbeddedFile> kTable = {
+    {"0001_table.sql", "CREATE SCHEMA IF NOT EXISTS app; CREATE TABLE app.t (n int);"},
+};
+const EmbeddedFile kFunctionV1 = {
+    "10_f.sql", "CREATE OR REPLACE FUNCTION app.f() RETURNS int LANGUAGE sql AS 'SELECT 1';"};
+const EmbeddedFile kFunctionV2 = {
+    "10_f.sql", "CREATE OR REPLACE FUNCTION app.f() RETURNS int LANGUAGE sql AS 'SELECT 2';"};
+const EmbeddedFile kView = {"20_v.sql",
+                            "CREATE OR REPLACE VIEW app.v AS SELECT app.f() AS f, count(*) AS n "
+                            "FROM app.t;"};
+
+TEST_F(MigratorPgTest, DefinitionsApplyAfterMigrationsAndAgainOnlyWhenChanged) {
+  MigrationReport first = Migrate(*conn_, kTable, {kView, kFunctionV1});  // applied in name order
+  EXPECT_EQ(first.applied, std::vector<std::string>{"0001_table.sql"});
+  EXPECT_EQ(first.definitions_applied, (std::vector<std::string>{"10_f.sql", "20_v.sql"}));
+  EXPECT_EQ(Query1("SELECT f FROM app.v"), "1");
+  EXPECT_EQ(Query1("SELECT checksum FROM rekey.schema_definitions WHERE name = '10_f.sql'"),
+            Sha256Hex(kFunctionV1.content));
+
+  MigrationReport again = Migrate(*conn_, kTable, {kFunctionV1, kView});
+  EXPECT_TRUE(again.applied.empty());
+  EXPECT_TRUE(again.definitions_applied.empty());
+  EXPECT_EQ(again.definitions_unchanged, 2);
+
+  // A grant on the function survives its re-definition (CREATE OR REPLACE keeps the ACL).
+  Exec("REVOKE EXECUTE ON FUNCTION app.f() FROM PUBLIC");
+  auto status = DefinitionStatusList(*conn_, {kFunctionV2, kView});
+  ASSERT_EQ(status.size(), 2u);
+  EXPECT_TRUE(status[0].applied && !status[0].current) << status[0].name;
+  EXPECT_TRUE(status[1].applied && status[1].current) << status[1].name;
+  MigrationReport changed = Migrate(*conn_, kTable, {kFunctionV2, kView});
+  EXPECT_EQ(changed.definitions_applied, std::vector<std::string>{"10_f.sql"});
+  EXPECT_EQ(changed.definitions_unchanged, 1);
+  EXPECT_EQ(Query1("SELECT f FROM app.v"), "2");
+  EXPECT_EQ(Query1("SELECT has_function_privilege('public', 'app.f()', 'EXECUTE')"), "f");
+  EXPECT_EQ(Query1("SELECT checksum FROM rekey.schema_definitions WHERE name = '10_f.sql'"),
+            Sha256Hex(kFunctionV2.content));
+}
+
+TEST_F(MigratorPgTest, AFailingDefinitionRollsBackTheLastMigrationWithIt) {
+  std::vector<EmbeddedFile> files = {kTable[0], {"0002_more.sql", "CREATE TABLE app.u (n int);"}};
+  const EmbeddedFile broken = {"30_broken.sql",
+                               "CREATE OR REPLACE VIEW app.w AS SELECT * FROM app.missing;"};
+  try {
+    Migrate(*conn_, files, {kFunctionV1, broken});
+    FAIL() << "broken definition applied";
+  } catch (const StateError& e) {
+    std::string what = e.what();
+    EXPECT_NE(what.find("30_broken.sql"), std::string::npos) << what;
+    EXPECT_NE(what.find("0002_more.sql"), std::string::npos) << what;
+    EXPECT_NE(what.find("app.missing"), std::string::npos) << what;
+  }
+  // 0001 committed on its own; 0002 and every definition went with the failure.
+  EXPECT_EQ(Recorded(), "1:0001_table.sql");
+  EXPECT_EQ(Query1("SELECT to_regclass('app.u') IS NULL"), "t");
+  EXPECT_EQ(Query1("SELECT to_regprocedure('app.f()') IS NULL"), "t");
+  EXPECT_EQ(Query1("SELECT count(*) FROM rekey.schema_definitions"), "0");
+  // Fixed, the next run applies 0002 and the definitions together.
+  MigrationReport fixed = Migrate(*conn_, files, {kFunctionV1});
+  EXPECT_EQ(fixed.applied, std::vector<std::string>{"0002_more.sql"});
+  EXPECT_EQ(fixed.definitions_applied, std::vector<std::string>{"10_f.sql"});
+}
+
+TEST_F(MigratorPgTest, ApplyDefinitionsLineRunsTheFileInsideTheMigration) {
+  std::vector<EmbeddedFile> files = {
+      kTable[0],
+      {"0002_backfill.sql",
+       "INSERT INTO app.t VALUES (0);\n-- apply-definitions: 10_f.sql\n"
+       "UPDATE app.t SET n = app.f();"}};
+  MigrationReport report = Migrate(*conn_, files, {kFunctionV2});
+  EXPECT_EQ(report.applied.size(), 2u);
+  EXPECT_EQ(Query1("SELECT string_agg(n::text, ',') FROM app.t"), "2");
+  EXPECT_EQ(report.definitions_applied, std::vector<std::string>{"10_f.sql"});
+}
+
+TEST_F(MigratorPgTest, UnknownOrMisnamedDefinitionFilesAreConfigErrorsBeforeTouchingTheDatabase) {
+  std::vector<EmbeddedFile> unknown = {
+      {"0001_x.sql", "-- apply-definitions: 99_nowhere.sql\nSELECT 1;"}};
+  EXPECT_THROW(Migrate(*conn_, unknown, {kFunctionV1}), ConfigError);
+  EXPECT_THROW(Migrate(*conn_, kTable, {{"f.sql", "SELECT 1"}}), ConfigError);
+  EXPECT_EQ(Query1("SELECT to_regnamespace('rekey') IS NULL"), "t");
+}
+
+TEST_F(MigratorPgTest, EarlierEquivalentTextsOfRewrittenMigrationsAreAccepted) {
+  // 0002_jobs.sql as commit 2eeffa1 recorded it (before its functions moved to sql/schema).
+  const std::string earlier = "19de69e8986d2e47c58201a782f5678b05fc7d3653cb8371ba408bdf102ae11b";
+  Migrate(*conn_, {}, {});
+  Exec(
+      "INSERT INTO rekey.schema_migrations (version, name, checksum) VALUES "
+      "(2, '0002_jobs.sql', '" +
+      earlier + "')");
+  std::vector<EmbeddedFile> files = {{"0002_jobs.sql", "SELECT 1;"}};
+  auto status = MigrationStatusList(*conn_, files);
+  ASSERT_EQ(status.size(), 1u);
+  EXPECT_TRUE(status[0].checksum_matches);
+  EXPECT_TRUE(status[0].earlier_text);
+  EXPECT_NO_THROW(Migrate(*conn_, files, {}));
+  // The same checksum under another file name is drift: the table is per file.
+  Exec("UPDATE rekey.schema_migrations SET name = '0002_other.sql'");
+  EXPECT_THROW(Migrate(*conn_, {{"0002_other.sql", "SELECT 1;"}}, {}), StateError);
+}
+
 TEST_F(MigratorPgTest, EmbeddedMigrationsApplyCleanlyAndIdempotently) {
   const auto& embedded = EmbeddedMigrations();
   MigrationReport first = Migrate(*conn_);
@@ -274,7 +381,12 @@ TEST_F(MigratorPgTest, EmbeddedMigrationsApplyCleanlyAndIdempotently) {
   EXPECT_TRUE(second.applied.empty());
   EXPECT_EQ(second.already_applied, static_cast<int>(embedded.size()));
   for (const auto& s : MigrationStatusList(*conn_)) {
-    EXPECT_TRUE(s.applied && s.in_binary && s.checksum_matches) << s.name;
+    EXPECT_TRUE(s.applied && s.in_binary && s.checksum_matches && !s.earlier_text) << s.name;
+  }
+  EXPECT_EQ(first.definitions_applied.size(), EmbeddedDefinitions().size());
+  EXPECT_TRUE(second.definitions_applied.empty());
+  for (const auto& s : DefinitionStatusList(*conn_)) {
+    EXPECT_TRUE(s.applied && s.in_binary && s.current) << s.name;
   }
 }
 

@@ -1,0 +1,3156 @@
+-- The rekey schema of a freshly migrated database, as pg_dump --schema-only --no-owner
+-- --no-privileges -n rekey prints it (comment lines dropped). Generated: do not edit;
+-- regenerate with scripts/schema-snapshot.sh and review the difference.
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+CREATE SCHEMA rekey;
+
+CREATE FUNCTION rekey.add_rollout_stages(p_job bigint, p_stages numeric[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  prev numeric := 0;
+BEGIN
+  FOR i IN 1 .. cardinality(p_stages) LOOP
+    PERFORM rekey.add_stage(p_job, 'rollout', p_stages[i], (prev * 100)::integer, (p_stages[i] * 100)::integer);
+    prev := p_stages[i];
+  END LOOP;
+END $$;
+
+CREATE FUNCTION rekey.add_stage(p_job bigint, p_kind text, p_percent numeric, p_bucket_lo integer, p_bucket_hi integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  n integer;
+  plan numeric[];
+BEGIN
+  SELECT coalesce(max(stage_no), 0) + 1 INTO n FROM rekey.job_stages WHERE job_id = p_job;
+  INSERT INTO rekey.job_stages (job_id, stage_no, kind, percent, bucket_lo, bucket_hi)
+  VALUES (p_job, n, p_kind, p_percent, p_bucket_lo, p_bucket_hi);
+  IF p_kind = 'sweep' THEN
+    PERFORM rekey.plan_sweep(p_job, n);
+  ELSIF p_kind = 'rollout' THEN
+    SELECT stage_plan INTO STRICT plan FROM rekey.jobs WHERE job_id = p_job;
+    IF cardinality(plan) = 1 THEN
+      PERFORM rekey.plan_stage(p_job, n);  -- one stage of every row: the streaming keyset walk
+    ELSIF (SELECT count(*) FROM rekey.job_stages WHERE job_id = p_job AND kind = 'rollout')
+          >= cardinality(plan)
+          AND coalesce(current_setting('rekey.defer_rollout_planning', true), '') <> 'on' THEN
+      PERFORM rekey.plan_rollout(p_job);
+    END IF;
+  ELSE
+    PERFORM rekey.plan_stage(p_job, n);
+  END IF;
+  RETURN n;
+END $$;
+
+CREATE FUNCTION rekey.advance_due(p_job bigint DEFAULT NULL::bigint) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j record;
+  n integer := 0;
+BEGIN
+  FOR j IN
+    SELECT x.job_id FROM rekey.jobs x
+     WHERE x.state = 'awaiting_approval' AND x.observe IS NOT NULL AND (p_job IS NULL OR x.job_id = p_job)
+       AND EXISTS (SELECT 1 FROM rekey.gates g WHERE g.job_id = x.job_id AND g.stage_no = x.current_stage
+                      AND g.passed AND g.verified_at + x.observe <= now())
+     FOR UPDATE SKIP LOCKED
+  LOOP
+    PERFORM rekey.advance_job(j.job_id);
+    n := n + 1;
+  END LOOP;
+  RETURN n;
+END $$;
+
+CREATE FUNCTION rekey.advance_job(p_job bigint, p_observe interval DEFAULT NULL::interval, p_force boolean DEFAULT false) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  next_stage integer;
+BEGIN
+  SELECT * INTO j FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  END IF;
+  IF j.state <> 'awaiting_approval' AND NOT (p_force AND j.state = 'paused') THEN
+    RAISE EXCEPTION 'job % is %: only a job awaiting approval can advance%', p_job, j.state,
+      CASE WHEN j.state = 'paused' THEN ' (a paused job resumes with rekey job resume, or advances past a failed gate with --force)' ELSE '' END
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  SELECT min(stage_no) INTO next_stage FROM rekey.job_stages
+   WHERE job_id = p_job AND kind = 'rollout' AND stage_no > j.current_stage;
+  IF p_observe IS NOT NULL THEN
+    UPDATE rekey.jobs SET observe = p_observe WHERE job_id = p_job;
+  END IF;
+  UPDATE rekey.gates SET approved_at = now(), approved_by = current_user
+   WHERE gate_id = (SELECT max(gate_id) FROM rekey.gates WHERE job_id = p_job AND stage_no = j.current_stage);
+  PERFORM rekey.audit_event('job.advanced', p_job, jsonb_build_object(
+    'from_stage', j.current_stage, 'to_stage', next_stage, 'forced', p_force));
+  IF next_stage IS NULL THEN
+    -- Past the last rollout stage (a forced advance over its failed gate): sweep.
+    IF NOT j.keys_promoted THEN
+      PERFORM rekey.promote_job_keys(p_job);
+    END IF;
+    PERFORM rekey.open_stage(p_job, rekey.add_stage(p_job, 'sweep', 100, 0, 10000));
+    RETURN format('job %s: stage %s approved; sweeping for values still under the old key', p_job, j.current_stage);
+  END IF;
+  PERFORM rekey.open_stage(p_job, next_stage);
+  RETURN format('job %s: stage %s (%s%%) opened', p_job, next_stage,
+                (SELECT percent FROM rekey.job_stages WHERE job_id = p_job AND stage_no = next_stage));
+END $$;
+
+CREATE FUNCTION rekey.audit_event(p_action text, p_job bigint, p_details jsonb DEFAULT '{}'::jsonb, p_outcome text DEFAULT 'success'::text, p_batch integer DEFAULT NULL::integer, p_actor text DEFAULT NULL::text) RETURNS void
+    LANGUAGE sql
+    AS $$
+  INSERT INTO rekey.audit (action, outcome, job_id, batch_no, details)
+  VALUES (p_action, p_outcome, p_job, p_batch,
+          CASE WHEN p_actor IS NULL THEN coalesce(p_details, '{}')
+               ELSE coalesce(p_details, '{}') || jsonb_build_object('worker', p_actor) END);
+$$;
+
+CREATE FUNCTION rekey.audit_key_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    PERFORM rekey.audit_event('key.created', NULL, jsonb_build_object(
+      'key_id', NEW.key_id, 'scope', NEW.scope, 'kms_provider', NEW.kms_provider,
+      'kms_key_ref', NEW.kms_key_ref, 'origin', NEW.origin, 'status', NEW.status));
+  ELSIF NEW.status IS DISTINCT FROM OLD.status THEN
+    PERFORM rekey.audit_event('key.' || NEW.status, NULL, jsonb_build_object(
+      'key_id', NEW.key_id, 'scope', NEW.scope, 'from', OLD.status, 'to', NEW.status));
+  ELSIF NEW.kms_key_ref IS DISTINCT FROM OLD.kms_key_ref OR NEW.kms_provider IS DISTINCT FROM OLD.kms_provider THEN
+    PERFORM rekey.audit_event('key.rewrapped', NULL, jsonb_build_object(
+      'key_id', NEW.key_id, 'from', OLD.kms_provider || ':' || OLD.kms_key_ref,
+      'to', NEW.kms_provider || ':' || NEW.kms_key_ref));
+  END IF;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION rekey.audit_policy_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    PERFORM rekey.audit_event('key_policy.deleted', NULL, jsonb_build_object('scope', OLD.scope, 'max_age', OLD.max_age));
+    RETURN NULL;
+  END IF;
+  PERFORM rekey.audit_event('key_policy.set', NULL, jsonb_build_object('scope', NEW.scope, 'max_age', NEW.max_age));
+  RETURN NULL;
+END $$;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+CREATE TABLE rekey.audit (
+    audit_id bigint NOT NULL,
+    at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    actor text DEFAULT CURRENT_USER NOT NULL,
+    action text NOT NULL,
+    outcome text DEFAULT 'success'::text NOT NULL,
+    job_id bigint,
+    batch_no integer,
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    xid xid8 DEFAULT pg_current_xact_id() NOT NULL
+);
+
+CREATE FUNCTION rekey.audit_row_bytes(a rekey.audit) RETURNS bytea
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT convert_to(string_agg(CASE WHEN f IS NULL THEN '-' ELSE octet_length(f) || ':' || f END,
+                               ',' ORDER BY n), 'UTF8')
+  FROM unnest(ARRAY[a.audit_id::text,
+                    to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                    a.actor, a.action, a.outcome, a.job_id::text, a.batch_no::text,
+                    a.details::text, a.xid::text]) WITH ORDINALITY AS u(f, n)
+$$;
+
+CREATE FUNCTION rekey.audit_stamp() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  claims jsonb := '{}';
+BEGIN
+  IF NEW.actor IS DISTINCT FROM current_user::text THEN
+    claims := jsonb_build_object('claimed_actor', NEW.actor);
+  END IF;
+  IF session_user <> current_user THEN
+    claims := claims || jsonb_build_object('session_user', session_user::text);
+  END IF;
+  IF jsonb_typeof(NEW.details) = 'object' THEN
+    -- Keys the server writes are never taken from the client.
+    NEW.details := NEW.details - 'claimed_actor' - 'session_user' || claims;
+  ELSIF claims <> '{}' THEN
+    NEW.details := jsonb_build_object('value', NEW.details) || claims;
+  END IF;
+  NEW.actor := current_user;
+  NEW.at := clock_timestamp();
+  NEW.xid := pg_current_xact_id();
+  -- The default took nextval, so a larger id was chosen by the client.
+  IF NEW.audit_id IS NULL
+     OR NEW.audit_id > coalesce(pg_sequence_last_value('rekey.audit_audit_id_seq'), 0) THEN
+    NEW.audit_id := nextval('rekey.audit_audit_id_seq');
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE FUNCTION rekey.base_type(p_type oid) RETURNS oid
+    LANGUAGE sql STABLE STRICT
+    AS $$
+  WITH RECURSIVE d(oid, base, depth) AS (
+    SELECT t.oid, t.typbasetype, 0 FROM pg_type t WHERE t.oid = p_type
+    UNION ALL
+    SELECT t.oid, t.typbasetype, d.depth + 1 FROM d JOIN pg_type t ON t.oid = d.base
+     WHERE d.base <> 0 AND d.depth < 32)
+  SELECT oid FROM d ORDER BY depth DESC LIMIT 1
+$$;
+
+CREATE FUNCTION rekey.cancel_job(p_job bigint, p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE sql
+    AS $$ SELECT rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason) $$;
+
+CREATE FUNCTION rekey.canonical_scope_value(p_schema name, p_table name, p_column name, p_value text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $_$
+DECLARE
+  exact_type text;
+  base_type text;
+  canonical text;
+  unchanged boolean;
+BEGIN
+  SELECT format_type(a.atttypid, a.atttypmod), format_type(a.atttypid, NULL)
+    INTO exact_type, base_type
+    FROM pg_attribute a
+   WHERE a.attrelid = format('%I.%I', p_schema, p_table)::regclass
+     AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped;
+  IF exact_type IS NULL THEN
+    RAISE EXCEPTION 'scope column % does not exist in %.%', quote_ident(p_column),
+      quote_ident(p_schema), quote_ident(p_table) USING ERRCODE = 'undefined_column';
+  END IF;
+  BEGIN
+    EXECUTE format('SELECT (%1$L::%2$s)::text, %1$L::%3$s = (%1$L::%2$s)::%3$s', p_value, exact_type, base_type)
+      INTO canonical, unchanged;
+  EXCEPTION WHEN others THEN
+    unchanged := NULL;
+  END;
+  IF unchanged IS NOT TRUE THEN
+    RAISE EXCEPTION 'scope value % is not a valid %', quote_literal(coalesce(p_value, '')), exact_type
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN canonical;
+END $_$;
+
+CREATE FUNCTION rekey.check_job_columns(p_schema name, p_table name, p_pk name, p_columns text[], p_transit boolean) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  col_type text;
+BEGIN
+  IF p_columns IS NULL OR cardinality(p_columns) = 0 THEN
+    RAISE EXCEPTION 'a job needs at least one ciphertext column' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF (SELECT count(DISTINCT c) FROM unnest(p_columns) c) <> cardinality(p_columns) THEN
+    RAISE EXCEPTION 'a column is listed twice' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    col_type := rekey.column_type(p_schema, p_table, p_columns[i]);
+    IF col_type IS NULL THEN
+      RAISE EXCEPTION 'column % does not exist in %.%', quote_ident(p_columns[i]),
+        quote_ident(p_schema), quote_ident(p_table) USING ERRCODE = 'undefined_column';
+    ELSIF p_transit AND col_type <> 'text' AND col_type NOT LIKE 'character varying%' THEN
+      RAISE EXCEPTION 'column %.%.% is %, not text: Transit ciphertexts (vault:vN:...) are stored as text',
+        quote_ident(p_schema), quote_ident(p_table), quote_ident(p_columns[i]), col_type
+        USING ERRCODE = 'datatype_mismatch';
+    ELSIF NOT p_transit AND col_type <> 'bytea' THEN
+      RAISE EXCEPTION 'column %.%.% is %, not bytea; rekey rewrites binary ciphertext columns',
+        quote_ident(p_schema), quote_ident(p_table), quote_ident(p_columns[i]), col_type
+        USING ERRCODE = 'datatype_mismatch';
+    ELSIF p_columns[i] = p_pk THEN
+      RAISE EXCEPTION 'column % is the primary key', quote_ident(p_columns[i]) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END LOOP;
+END $$;
+
+CREATE FUNCTION rekey.check_job_settings(p_batch_size integer, p_ad_template text, p_stages numeric[], p_error_threshold numeric) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  prev numeric := 0;
+BEGIN
+  IF p_batch_size IS NULL OR p_batch_size < 1 OR p_batch_size > 1000000 THEN
+    RAISE EXCEPTION 'batch size must be between 1 and 1000000, got %', p_batch_size USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_ad_template IS NOT NULL AND
+     regexp_replace(regexp_replace(p_ad_template, '\{\{|\}\}', '', 'g'),
+                    '\{(schema|table|column|pk)\}', '', 'g') ~ '[{}]' THEN
+    RAISE EXCEPTION 'invalid associated-data template %: use {schema}, {table}, {column}, {pk}; write {{ and }} for braces',
+      quote_literal(p_ad_template) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_stages IS NULL OR cardinality(p_stages) = 0 OR p_stages[cardinality(p_stages)] <> 100 THEN
+    RAISE EXCEPTION 'the stage plan must end at 100 (percent), as in 1,25,50,75,100' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOR i IN 1 .. cardinality(p_stages) LOOP
+    IF p_stages[i] IS NULL OR p_stages[i] <= prev OR p_stages[i] * 100 <> round(p_stages[i] * 100) THEN
+      RAISE EXCEPTION 'bad stage plan %: percentages must increase, with at most two decimals', p_stages
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    prev := p_stages[i];
+  END LOOP;
+  IF p_error_threshold IS NULL OR p_error_threshold < 0 OR p_error_threshold > 1 THEN
+    RAISE EXCEPTION 'the error threshold is a fraction between 0 and 1, e.g. 0.001 for 0.1%%' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.check_key_retirement(p_key bigint, p_to text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  verb text := CASE p_to WHEN 'destroyed' THEN 'destroyed' ELSE 'retired' END;
+  jobs text;
+  accepted text[];
+  accepted_found jsonb := '[]';
+  lines text[] := '{}';
+  r record;
+  ref text;
+BEGIN
+  IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rekey_worker')
+     AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
+    IF pg_has_role(current_user, 'rekey_worker', 'MEMBER') THEN
+      IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rekey_operator')
+         OR NOT pg_has_role(current_user, 'rekey_operator', 'MEMBER') THEN
+        RAISE EXCEPTION 'role % is a rekey_worker: workers may promote keys but never retire or destroy them; run rekey keys % % as a member of rekey_operator',
+          current_user, CASE verb WHEN 'destroyed' THEN 'destroy' ELSE 'retire' END, p_key
+          USING ERRCODE = 'insufficient_privilege';
+      END IF;
+    END IF;
+  END IF;
+
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'key % cannot be % in a % transaction: its snapshot predates the key lock, so values written meanwhile would go uncounted; use READ COMMITTED (rekey keys retire and destroy do)',
+      p_key, verb, upper(current_setting('transaction_isolation'))
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+
+  PERFORM rekey.lock_key_for_lifecycle(p_key);
+
+  -- From here on every statement's snapshot is taken after the lock was granted.
+  SELECT string_agg(format('job %s (%s)', j.job_id, j.state), ', ' ORDER BY j.job_id) INTO jobs
+    FROM rekey.jobs j
+   WHERE j.state NOT IN ('completed', 'cancelled', 'rolled_back')
+     AND EXISTS (SELECT 1 FROM rekey.job_keys k
+                  WHERE k.job_id = j.job_id AND p_key IN (k.source_key_id, k.target_key_id));
+  IF jobs IS NOT NULL THEN
+    RAISE EXCEPTION 'key % cannot be %: unfinished % names it as a source or target key; let it complete, or cancel or roll it back first',
+      p_key, verb, jobs USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+
+  SELECT coalesce(array_agg(btrim(a)), '{}') INTO accepted
+    FROM unnest(string_to_array(current_setting('rekey.accept_unknown', true), ',')) a
+   WHERE btrim(a) <> '';
+
+  FOR r IN SELECT * FROM rekey.key_census(p_key) LOOP
+    ref := format('%I.%I.%I', r.schema_name, r.table_name, r.column_name);
+    IF r.status = 'unknown'
+       AND (ref = ANY (accepted) OR format('%s.%s.%s', r.schema_name, r.table_name, r.column_name) = ANY (accepted)) THEN
+      accepted_found := accepted_found || jsonb_build_object('column', ref, 'reason', r.unknown);
+    ELSIF r.status = 'in_use' THEN
+      lines := lines || format('%s: %s values under key %s (%s%s)%s', ref, r.n, p_key,
+                               array_to_string(r.formats, ', '),
+                               CASE WHEN r.target_id IS NOT NULL THEN '; registered target ' || r.target_id ELSE '' END,
+                               CASE WHEN r.unknown IS NOT NULL THEN '; and maybe more: ' || r.unknown ELSE '' END);
+    ELSIF r.status = 'unknown' THEN
+      lines := lines || format('%s: unknown: %s', ref, r.unknown);
+    ELSE
+      lines := lines || format('%s: unresolved: %s', ref, r.unknown);
+    END IF;
+  END LOOP;
+  IF cardinality(lines) > 0 THEN
+    RAISE EXCEPTION E'key % cannot be %: % column(s) hold values under it or could not be read; rotate the values to another key first (rekey keys usage % lists them), or accept a column that cannot be read with --accept-unknown SCHEMA.TABLE.COLUMN\n%',
+      p_key, verb, cardinality(lines), p_key, array_to_string(lines, E'\n')
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  IF jsonb_array_length(accepted_found) > 0 THEN
+    PERFORM rekey.audit_event('key.unknown_accepted', NULL, jsonb_build_object(
+      'key_id', p_key, 'to', p_to, 'columns', accepted_found));
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.checked_column_type(p_schema name, p_table name, p_column name, p_recorded text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  actual oid;
+  recorded regtype;
+BEGIN
+  SELECT a.atttypid INTO actual FROM pg_attribute a
+   WHERE a.attrelid = format('%I.%I', p_schema, p_table)::regclass
+     AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped;
+  IF actual IS NULL THEN
+    RAISE EXCEPTION 'column % of %.% no longer exists', quote_ident(p_column), quote_ident(p_schema),
+      quote_ident(p_table) USING ERRCODE = 'undefined_column';
+  END IF;
+  IF p_recorded IS NOT NULL THEN
+    BEGIN
+      recorded := p_recorded::regtype;
+    EXCEPTION WHEN others THEN
+      RAISE EXCEPTION 'the job records type % for column %.%.%, which is not a type name: rekey.jobs was edited; cancel the job and create it again',
+        quote_literal(p_recorded), quote_ident(p_schema), quote_ident(p_table), quote_ident(p_column)
+        USING ERRCODE = 'object_not_in_prerequisite_state';
+    END;
+    IF recorded <> actual THEN
+      RAISE EXCEPTION 'the job records type % for column %.%.% but the catalog says %: the column changed type, or rekey.jobs was edited; cancel the job and create it again',
+        format_type(recorded, NULL), quote_ident(p_schema), quote_ident(p_table), quote_ident(p_column),
+        format_type(actual, NULL) USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+  END IF;
+  RETURN format_type(actual, NULL);
+END $$;
+
+CREATE FUNCTION rekey.checkpoint_batch(p_job bigint, p_batch integer, p_worker text, p_after text, p_done integer, p_skipped integer, p_failed integer, p_duration_ms double precision) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  PERFORM rekey.require_open_stage_batch(p_job, p_batch, p_worker);
+  UPDATE rekey.batches SET resume_after = p_after, rows_done = rows_done + p_done,
+         rows_skipped = rows_skipped + p_skipped, rows_failed = rows_failed + p_failed,
+         duration_ms = coalesce(duration_ms, 0) + p_duration_ms
+   WHERE job_id = p_job AND batch_no = p_batch AND state = 'running' AND worker_id = p_worker;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'batch %/% is no longer claimed by worker %', p_job, p_batch, p_worker
+      USING ERRCODE = 'serialization_failure';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.claim_batch(p_worker text, p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, batch_no integer, lo text, hi text, attempt integer, stage_no integer, bucket_lo integer, bucket_hi integer, rollback boolean)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  b rekey.batches;
+  st rekey.job_stages;
+  j record;
+  max_att integer;
+  busy integer[];
+BEGIN
+  PERFORM pg_advisory_unlock_all();
+  INSERT INTO rekey.workers AS w (worker_id, job_id) VALUES (p_worker, p_job)
+  ON CONFLICT (worker_id) DO UPDATE SET last_seen = now(), job_id = EXCLUDED.job_id;
+  FOR j IN
+    SELECT a.job_id, a.current_stage, a.max_attempts FROM rekey.jobs a
+     WHERE a.state = 'active' AND (p_job IS NULL OR a.job_id = p_job)
+     ORDER BY a.job_id
+  LOOP
+    busy := '{}';
+    LOOP
+      SELECT x.* INTO b FROM rekey.batches x
+       WHERE x.job_id = j.job_id AND x.stage_no = j.current_stage
+         AND x.state IN ('pending', 'running')
+         AND x.batch_no <> ALL (busy)
+       ORDER BY x.batch_no
+       LIMIT 1 FOR UPDATE SKIP LOCKED;
+      EXIT WHEN NOT FOUND;
+      IF NOT pg_try_advisory_lock(b.job_id::integer, b.batch_no) THEN
+        busy := busy || b.batch_no;  -- a live worker holds it
+        CONTINUE;
+      END IF;
+      max_att := j.max_attempts;
+      IF b.attempts >= max_att THEN
+        UPDATE rekey.batches x SET state = 'failed', finished_at = now(),
+               last_error = coalesce(x.last_error, 'worker ' || coalesce(x.worker_id, '?') || ' died while processing this batch')
+                            || format(' (gave up after %s attempts)', x.attempts)
+         WHERE x.job_id = b.job_id AND x.batch_no = b.batch_no;
+        PERFORM rekey.audit_event('rotation.batch.failed', b.job_id,
+          jsonb_build_object('attempts', b.attempts, 'last_error', b.last_error), 'failure', b.batch_no, p_worker);
+        PERFORM pg_advisory_unlock(b.job_id::integer, b.batch_no);
+        CONTINUE;
+      END IF;
+      UPDATE rekey.batches x SET state = 'running', attempts = x.attempts + 1, worker_id = p_worker,
+             claimed_at = now()
+       WHERE x.job_id = b.job_id AND x.batch_no = b.batch_no;
+      UPDATE rekey.jobs a SET started_at = now() WHERE a.job_id = b.job_id AND a.started_at IS NULL;
+      SELECT * INTO st FROM rekey.job_stages s WHERE s.job_id = b.job_id AND s.stage_no = b.stage_no;
+      job_id := b.job_id; batch_no := b.batch_no; lo := b.lo; hi := b.hi; attempt := b.attempts + 1;
+      stage_no := b.stage_no;
+      bucket_lo := CASE WHEN st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN st.bucket_lo END;
+      bucket_hi := CASE WHEN st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN st.bucket_hi END;
+      rollback := st.kind = 'rollback';
+      RETURN NEXT;
+      RETURN;
+    END LOOP;
+  END LOOP;
+END $$;
+
+CREATE FUNCTION rekey.clear_planned_keys() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  UPDATE rekey.batches SET keys = NULL WHERE job_id = NEW.job_id AND keys IS NOT NULL;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION rekey.column_type(p_schema name, p_table name, p_column text) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT format_type(a.atttypid, a.atttypmod)
+    FROM pg_attribute a
+   WHERE a.attrelid = format('%I.%I', p_schema, p_table)::regclass
+     AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped;
+$$;
+
+CREATE FUNCTION rekey.complete_batch(p_job bigint, p_batch integer, p_worker text, p_done integer, p_skipped integer, p_failed integer, p_duration_ms double precision, p_details jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  stage integer;
+  failed bigint;
+  seen bigint;
+  planned bigint;
+  j rekey.jobs;
+BEGIN
+  PERFORM rekey.require_open_stage_batch(p_job, p_batch, p_worker);
+  UPDATE rekey.batches SET state = 'done', finished_at = now(), rows_done = p_done,
+         rows_skipped = p_skipped, rows_failed = p_failed, duration_ms = p_duration_ms,
+         last_error = NULL
+   WHERE job_id = p_job AND batch_no = p_batch AND state = 'running' AND worker_id = p_worker
+  RETURNING stage_no INTO stage;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'batch %/% is no longer claimed by worker %', p_job, p_batch, p_worker
+      USING ERRCODE = 'serialization_failure';
+  END IF;
+  PERFORM rekey.audit_event('rotation.batch.completed', p_job,
+    p_details || jsonb_build_object('stage', stage, 'rows_reencrypted', p_done, 'rows_skipped', p_skipped,
+                                    'rows_quarantined', p_failed, 'duration_ms', round(p_duration_ms::numeric, 3)),
+    'success', p_batch, p_worker);
+  IF p_failed > 0 THEN
+    SELECT * INTO j FROM rekey.jobs WHERE job_id = p_job;
+    SELECT sum(rows_failed), sum(rows_done + rows_failed), (SELECT sum(planned_rows) FROM rekey.batches
+             WHERE job_id = p_job AND stage_no = stage)
+      INTO failed, seen, planned
+      FROM rekey.batches WHERE job_id = p_job AND stage_no = stage AND state = 'done';
+    -- Judge the rate once it rests on a meaningful number of values (or the whole stage).
+    IF seen >= least(1000, planned) AND failed::numeric / greatest(seen, 1) > j.error_threshold
+       AND j.state = 'active' THEN
+      UPDATE rekey.jobs SET state = 'paused', updated_at = now(),
+             state_reason = format('decrypt error rate %s%% in stage %s exceeds the threshold %s%%: %s of %s values quarantined; see rekey.row_failures, then resume or roll back',
+                                   round(100.0 * failed / seen, 3), stage, round(100 * j.error_threshold, 3), failed, seen)
+       WHERE job_id = p_job AND state = 'active';
+      IF FOUND THEN
+        PERFORM rekey.audit_event('job.paused', p_job, jsonb_build_object(
+          'reason', 'error threshold', 'stage', stage, 'quarantined', failed, 'values', seen,
+          'threshold', j.error_threshold), 'failure', NULL, p_worker);
+      END IF;
+    END IF;
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.complete_job(p_job bigint) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  UPDATE rekey.keys SET status = 'decrypt_only'
+   WHERE key_id IN (SELECT source_key_id FROM rekey.job_keys WHERE job_id = p_job)
+     AND status IN ('enabled', 'primary');
+  UPDATE rekey.jobs SET state = 'completed', state_reason = NULL, finished_at = now(), updated_at = now()
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.completed', p_job,
+    (SELECT jsonb_build_object('rows_reencrypted', sum(rows_done), 'rows_quarantined', sum(rows_failed),
+                               'batches', count(*))
+       FROM rekey.batches b WHERE b.job_id = p_job));
+END $$;
+
+CREATE FUNCTION rekey.create_job(p_table text, p_columns text[], p_key_map jsonb, p_codecs text[] DEFAULT NULL::text[], p_key_id_column text DEFAULT NULL::text, p_ad_template text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_per_row_audit boolean DEFAULT false, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_promote_at_stage integer DEFAULT NULL::integer, p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000, p_not_governed text[] DEFAULT NULL::text[], p_cross_scope boolean DEFAULT false) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+  t record;
+  pk_col name;
+  pk_type text;
+  scope_type text;
+  v_scope_value text;
+  v_not_governed text[];
+  governed text[];
+  col_type text;
+  v_codec text;
+  job bigint;
+  tid bigint;
+  src text;
+  dst jsonb;
+  batches integer;
+  src_status text;
+  dst_status text;
+  src_scope text;
+  dst_scope text;
+  candidate record;
+  has_value boolean;
+  i integer;
+BEGIN
+  t := rekey.job_table(p_table);
+  pk_col := t.pk_column;
+  pk_type := t.pk_type;
+
+  PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, false);
+  IF p_codecs IS NOT NULL AND cardinality(p_codecs) <> cardinality(p_columns) THEN
+    RAISE EXCEPTION 'give one codec per column (% columns, % codecs)', cardinality(p_columns), cardinality(p_codecs)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    v_codec := coalesce(p_codecs[i], 'tink');
+    IF v_codec NOT IN ('tink', 'raw') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink or raw', quote_literal(v_codec), quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
+      RAISE EXCEPTION 'column % uses the raw codec, which needs a key-id column', quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END LOOP;
+  IF p_key_id_column IS NOT NULL THEN
+    col_type := rekey.column_type(t.schema_name, t.table_name, p_key_id_column);
+    IF col_type IS NULL THEN
+      RAISE EXCEPTION 'key-id column % does not exist in %.%', quote_ident(p_key_id_column),
+        quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'undefined_column';
+    ELSIF col_type NOT IN ('integer', 'bigint') THEN
+      RAISE EXCEPTION 'key-id column % is %, not integer or bigint', quote_ident(p_key_id_column), col_type
+        USING ERRCODE = 'datatype_mismatch';
+    END IF;
+  END IF;
+  SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
+    FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
+  PERFORM rekey.check_job_settings(p_batch_size, p_ad_template, p_stages, p_error_threshold);
+  IF p_promote_at_stage IS NOT NULL AND (p_promote_at_stage < 1 OR p_promote_at_stage > cardinality(p_stages)) THEN
+    RAISE EXCEPTION 'promote-at-stage must be between 1 and % (the number of stages)', cardinality(p_stages)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_key_map IS NULL OR jsonb_typeof(p_key_map) <> 'object' OR p_key_map = '{}' THEN
+    RAISE EXCEPTION 'the key map must be a JSON object {"source key id": target key id}' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  -- The columns the key-id column governs. Rewriting key_id to the target key re-labels every
+  -- value of the row: a column left out keeps its old ciphertext under a new label and no longer
+  -- decrypts with its row's key.
+  IF p_not_governed IS NOT NULL AND p_key_id_column IS NULL AND cardinality(p_not_governed) > 0 THEN
+    RAISE EXCEPTION 'not-governed columns describe what a key-id column governs, and this job has none (--key-id-column)'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_key_id_column IS NOT NULL THEN
+    v_not_governed := p_not_governed;
+    IF v_not_governed IS NULL THEN
+      -- The operator's statement about the table outlives one job (rekey rotate-due repeats jobs).
+      -- Only what still applies: columns that exist and that this job does not rotate itself.
+      SELECT array(SELECT g FROM unnest(x.not_governed::text[]) g
+                    WHERE g <> ALL (p_columns)
+                      AND rekey.column_type(t.schema_name, t.table_name, g) IS NOT NULL)
+        INTO v_not_governed FROM rekey.jobs x
+       WHERE x.schema_name = t.schema_name AND x.table_name = t.table_name
+         AND x.key_id_column = p_key_id_column
+       ORDER BY x.job_id DESC LIMIT 1;
+    END IF;
+    v_not_governed := coalesce(v_not_governed, '{}');
+    FOR i IN 1 .. coalesce(cardinality(v_not_governed), 0) LOOP
+      IF rekey.column_type(t.schema_name, t.table_name, v_not_governed[i]) IS NULL THEN
+        RAISE EXCEPTION 'not-governed column % does not exist in %.%', quote_ident(v_not_governed[i]),
+          quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'undefined_column';
+      ELSIF v_not_governed[i] = ANY (p_columns) THEN
+        RAISE EXCEPTION 'column % is both rotated and declared not governed by %', quote_ident(v_not_governed[i]),
+          quote_ident(p_key_id_column) USING ERRCODE = 'invalid_parameter_value';
+      END IF;
+    END LOOP;
+    SELECT array_agg(DISTINCT x.column_name::text ORDER BY x.column_name::text) INTO governed
+      FROM rekey.targets x
+     WHERE x.schema_name = t.schema_name AND x.table_name = t.table_name
+       AND x.key_id_column = p_key_id_column AND x.column_name <> ALL (p_columns);
+    IF governed IS NOT NULL THEN
+      RAISE EXCEPTION 'key-id column % of %.% also governs %, registered under it: a job that rewrites % must rotate it too; add --column for each',
+        quote_ident(p_key_id_column), quote_ident(t.schema_name), quote_ident(t.table_name),
+        array_to_string(governed, ', '), quote_ident(p_key_id_column) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR candidate IN
+      SELECT a.attname FROM pg_attribute a
+       WHERE a.attrelid = format('%I.%I', t.schema_name, t.table_name)::regclass
+         AND a.attnum > 0 AND NOT a.attisdropped
+         AND a.atttypid IN ('bytea'::regtype, 'text'::regtype, 'varchar'::regtype)
+         AND a.attname <> ALL (p_columns) AND a.attname <> pk_col
+         AND a.attname IS DISTINCT FROM p_scope_column
+         AND a.attname <> ALL (v_not_governed)
+       ORDER BY a.attnum
+    LOOP
+      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I AS t WHERE t.%I IS NOT NULL%s)',
+                     t.schema_name, t.table_name, candidate.attname,
+                     CASE WHEN p_scope_column IS NULL THEN ''
+                          ELSE format(' AND t.%I = %L::%s', p_scope_column, v_scope_value, scope_type) END)
+        INTO has_value;
+      IF has_value THEN
+        governed := coalesce(governed, '{}') || candidate.attname::text;
+      END IF;
+    END LOOP;
+    IF governed IS NOT NULL THEN
+      RAISE EXCEPTION 'key-id column % of %.% may also govern % (holding values): rotate them too (--column), or state that they are not encrypted under % (--not-governed %)',
+        quote_ident(p_key_id_column), quote_ident(t.schema_name), quote_ident(t.table_name),
+        array_to_string(governed, ', '), quote_ident(p_key_id_column), array_to_string(governed, ',')
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END IF;
+
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_id_column, ad_template,
+                          scope_column, scope_value, scope_type, batch_size, max_attempts, per_row_audit,
+                          stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
+                          not_governed, cross_scope)
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_key_id_column, p_ad_template,
+          p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts, p_per_row_audit,
+          p_stages, coalesce(p_promote_at_stage, cardinality(p_stages)), p_error_threshold, p_observe,
+          p_gate_sample_size, coalesce(v_not_governed, '{}')::name[], coalesce(p_cross_scope, false))
+  RETURNING job_id INTO job;
+
+  FOR src, dst IN SELECT * FROM jsonb_each(p_key_map) LOOP
+    IF src !~ '^[0-9]{1,10}$' OR jsonb_typeof(dst) <> 'number' THEN
+      RAISE EXCEPTION 'bad key map entry "%": %; key ids are integers', src, dst USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT status, scope INTO src_status, src_scope FROM rekey.keys WHERE key_id = src::bigint;
+    SELECT status, scope INTO dst_status, dst_scope FROM rekey.keys WHERE key_id = dst::text::bigint;
+    IF src_status IS NULL THEN
+      RAISE EXCEPTION 'unknown source key %; rekey keys list shows the keyring', src USING ERRCODE = 'foreign_key_violation';
+    ELSIF dst_status IS NULL THEN
+      RAISE EXCEPTION 'unknown target key %; rekey keys list shows the keyring', dst USING ERRCODE = 'foreign_key_violation';
+    ELSIF src::bigint = dst::text::bigint THEN
+      RAISE EXCEPTION 'key % is both source and target: a rotation needs a different target key', src
+        USING ERRCODE = 'invalid_parameter_value';
+    ELSIF src_status = 'destroyed' THEN
+      RAISE EXCEPTION 'source key % is destroyed: its values cannot be decrypted', src USING ERRCODE = 'invalid_parameter_value';
+    ELSIF dst_status NOT IN ('enabled', 'primary') THEN
+      RAISE EXCEPTION 'target key % is %, it must be enabled or primary', dst, dst_status USING ERRCODE = 'invalid_parameter_value';
+    ELSIF src_scope <> dst_scope AND NOT coalesce(p_cross_scope, false) THEN
+      -- Promotion makes the target primary in its own scope and leaves the source's scope with
+      -- its old primary: applications of that scope keep writing under the source key.
+      RAISE EXCEPTION 'target key % is in keyring scope %, source key % in scope %: a rotation stays within a scope; pass --cross-scope (p_cross_scope => true) if the move is intended',
+        dst, quote_literal(dst_scope), src, quote_literal(src_scope) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO rekey.job_keys VALUES (job, src::bigint, dst::text::bigint);
+  END LOOP;
+  IF EXISTS (SELECT 1 FROM rekey.job_keys a JOIN rekey.job_keys b USING (job_id)
+              WHERE a.job_id = job AND a.target_key_id = b.source_key_id) THEN
+    RAISE EXCEPTION 'a target key is also a source key in the key map' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    v_codec := coalesce(p_codecs[i], 'tink');
+    tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], v_codec, p_key_id_column,
+                            p_ad_template, p_scope_column, v_scope_value);
+    INSERT INTO rekey.job_columns VALUES (job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(job);
+  PERFORM rekey.refuse_key_collision(job);
+
+  PERFORM rekey.add_rollout_stages(job, p_stages);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
+  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
+    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
+    'key_map', p_key_map, 'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
+    'promote_at_stage', coalesce(p_promote_at_stage, cardinality(p_stages)),
+    'error_threshold', p_error_threshold, 'observe', p_observe::text,
+    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END,
+    'not_governed', to_jsonb(coalesce(v_not_governed, '{}')),
+    'cross_scope', coalesce(p_cross_scope, false)));
+  PERFORM rekey.open_stage(job, 1);
+  RETURN job;
+END $_$;
+
+CREATE FUNCTION rekey.create_transit_job(p_table text, p_columns text[], p_transit_key text, p_min_version integer, p_ad_template text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+  t record;
+  pk_col name;
+  pk_type text;
+  scope_type text;
+  v_scope_value text;
+  job bigint;
+  tid bigint;
+  batches integer;
+  i integer;
+BEGIN
+  t := rekey.job_table(p_table);
+  pk_col := t.pk_column;
+  pk_type := t.pk_type;
+  IF p_transit_key IS NULL OR p_transit_key !~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$' THEN
+    RAISE EXCEPTION 'Transit key % is not a key path <mount>/keys/<name> (e.g. transit/keys/app)',
+      quote_literal(coalesce(p_transit_key, '')) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_min_version IS NULL OR p_min_version < 1 THEN
+    RAISE EXCEPTION 'the target Transit key version must be 1 or more, got %', p_min_version
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, true);
+  SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
+    FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
+  PERFORM rekey.check_job_settings(p_batch_size, p_ad_template, p_stages, p_error_threshold);
+
+  -- keys_promoted from the start: there is no keyring key to promote (open_stage skips it).
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, ad_template,
+                          scope_column, scope_value, scope_type, batch_size, max_attempts,
+                          stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
+                          keys_promoted, transit_key_ref, transit_min_version)
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_ad_template,
+          p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts,
+          p_stages, cardinality(p_stages), p_error_threshold, p_observe, p_gate_sample_size,
+          true, p_transit_key, p_min_version)
+  RETURNING job_id INTO job;
+
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], 'vault-transit', NULL,
+                            p_ad_template, p_scope_column, v_scope_value);
+    INSERT INTO rekey.job_columns VALUES (job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(job);
+
+  PERFORM rekey.add_rollout_stages(job, p_stages);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
+  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
+    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
+    'codec', 'vault-transit', 'transit_key', p_transit_key, 'min_version', p_min_version,
+    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
+    'error_threshold', p_error_threshold, 'observe', p_observe::text,
+    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
+  PERFORM rekey.open_stage(job, 1);
+  RETURN job;
+END $_$;
+
+CREATE FUNCTION rekey.finish_stages(p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, state text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  st rekey.job_stages;
+  n_failed bigint;
+  n_done bigint;
+  target_stage integer;
+  sweeps integer;
+  restored bigint;
+BEGIN
+  FOR j IN
+    SELECT x.* FROM rekey.jobs x
+     WHERE x.state = 'active' AND (p_job IS NULL OR x.job_id = p_job)
+       AND NOT EXISTS (SELECT 1 FROM rekey.batches b WHERE b.job_id = x.job_id
+                          AND b.stage_no = x.current_stage AND b.state IN ('pending', 'running'))
+     FOR UPDATE SKIP LOCKED
+  LOOP
+    -- Re-check under the lock: a batch may have been requeued meanwhile.
+    CONTINUE WHEN EXISTS (SELECT 1 FROM rekey.batches b WHERE b.job_id = j.job_id
+                            AND b.stage_no = j.current_stage AND b.state IN ('pending', 'running'));
+    SELECT * INTO st FROM rekey.job_stages s WHERE s.job_id = j.job_id AND s.stage_no = j.current_stage;
+    SELECT count(*) FILTER (WHERE b.state = 'failed'), coalesce(sum(b.rows_done), 0)
+      INTO n_failed, n_done
+      FROM rekey.batches b WHERE b.job_id = j.job_id AND b.stage_no = j.current_stage;
+    job_id := j.job_id;
+    IF n_failed > 0 THEN
+      UPDATE rekey.jobs x SET state = 'failed', finished_at = now(), updated_at = now(),
+             state_reason = format('%s batches failed in stage %s; see rekey.batch_status and run rekey.retry_failed(%s)',
+                                   n_failed, j.current_stage, j.job_id)
+       WHERE x.job_id = j.job_id;
+      PERFORM rekey.audit_event('job.failed', j.job_id, jsonb_build_object('stage', j.current_stage, 'batches_failed', n_failed), 'failure');
+      state := 'failed';
+    ELSIF st.kind = 'rollout' THEN
+      UPDATE rekey.job_stages s SET state = 'verifying', finished_at = now()
+       WHERE s.job_id = j.job_id AND s.stage_no = j.current_stage;
+      UPDATE rekey.jobs x SET state = 'verifying', updated_at = now() WHERE x.job_id = j.job_id;
+      state := 'verifying';
+    ELSIF st.kind = 'sweep' THEN
+      UPDATE rekey.job_stages s SET state = 'done', finished_at = now()
+       WHERE s.job_id = j.job_id AND s.stage_no = j.current_stage;
+      PERFORM rekey.audit_event('stage.completed', j.job_id, jsonb_build_object(
+        'stage', j.current_stage, 'kind', 'sweep', 'rows_reencrypted', n_done));
+      SELECT count(*) INTO sweeps FROM rekey.job_stages s WHERE s.job_id = j.job_id AND s.kind = 'sweep';
+      IF n_done = 0 THEN
+        PERFORM rekey.complete_job(j.job_id);
+        state := 'completed';
+      ELSIF sweeps >= 20 THEN
+        UPDATE rekey.jobs x SET state = 'paused', updated_at = now(),
+               state_reason = 'applications keep writing under the old key after 20 sweeps; check that every application reads the keyring''s primary key'
+         WHERE x.job_id = j.job_id;
+        state := 'paused';
+      ELSE
+        PERFORM rekey.open_stage(j.job_id, rekey.add_stage(j.job_id, 'sweep', 100, 0, 10000));
+        state := 'active';
+      END IF;
+    ELSE  -- rollback: its first pass, or one of its sweeps
+      UPDATE rekey.job_stages s SET state = 'done', finished_at = now()
+       WHERE s.job_id = j.job_id AND s.stage_no = j.current_stage;
+      IF j.rollback_stage IS NULL THEN
+        -- A rollback started before this migration: its open stage is its first pass.
+        UPDATE rekey.jobs x SET rollback_stage = j.current_stage WHERE x.job_id = j.job_id;
+        j.rollback_stage := j.current_stage;
+      END IF;
+      PERFORM rekey.audit_event('stage.completed', j.job_id, jsonb_build_object(
+        'stage', j.current_stage, 'kind', 'rollback', 'sweep', j.current_stage <> j.rollback_stage,
+        'rows_restored', n_done));
+      SELECT count(*) INTO sweeps FROM rekey.job_stages s
+       WHERE s.job_id = j.job_id AND s.kind = 'rollback' AND s.stage_no > j.rollback_stage;
+      IF j.current_stage = j.rollback_stage OR n_done > 0 THEN
+        IF sweeps >= 20 THEN
+          UPDATE rekey.jobs x SET state = 'paused', updated_at = now(),
+                 state_reason = 'applications keep writing under the new key after 20 rollback sweeps; check that every application reads the keyring''s primary key'
+           WHERE x.job_id = j.job_id;
+          state := 'paused';
+        ELSE
+          PERFORM rekey.open_rollback_sweep(j.job_id);
+          state := 'active';
+        END IF;
+        RETURN NEXT;
+        CONTINUE;
+      END IF;
+      SELECT coalesce(sum(b.rows_done), 0) INTO restored FROM rekey.batches b
+       WHERE b.job_id = j.job_id AND b.stage_no >= j.rollback_stage;
+      SELECT max(s.stage_no) INTO target_stage FROM rekey.job_stages s
+       WHERE s.job_id = j.job_id AND s.kind = 'rollout' AND s.bucket_hi <= st.bucket_lo;
+      IF target_stage IS NULL THEN
+        UPDATE rekey.jobs x SET state = 'rolled_back', finished_at = now(), updated_at = now(),
+               state_reason = 'rolled back: every value is under its source key again'
+         WHERE x.job_id = j.job_id;
+        PERFORM rekey.audit_event('job.rolled_back', j.job_id, jsonb_build_object('stage', j.current_stage, 'rows_restored', restored));
+        state := 'rolled_back';
+      ELSE
+        UPDATE rekey.jobs x SET state = 'awaiting_approval', current_stage = target_stage, updated_at = now(),
+               state_reason = format('rolled back to stage %s (%s%%); rekey job advance %s goes forward again',
+                                     target_stage, (SELECT percent FROM rekey.job_stages s WHERE s.job_id = j.job_id AND s.stage_no = target_stage), j.job_id)
+         WHERE x.job_id = j.job_id;
+        PERFORM rekey.audit_event('job.rolled_back', j.job_id, jsonb_build_object(
+          'stage', j.current_stage, 'rows_restored', restored, 'back_to_stage', target_stage));
+        state := 'awaiting_approval';
+      END IF;
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+END $$;
+
+CREATE FUNCTION rekey.forget_target(p_target bigint, p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  tc record;
+BEGIN
+  SELECT * INTO tc FROM rekey.target_columns() x WHERE x.target_id = p_target;
+  IF NOT FOUND THEN
+    IF EXISTS (SELECT 1 FROM rekey.targets WHERE target_id = p_target) THEN
+      RAISE EXCEPTION 'target % is already forgotten', p_target
+        USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RAISE EXCEPTION 'unknown target %; SELECT * FROM rekey.target_columns() lists them', p_target
+      USING ERRCODE = 'no_data_found';
+  END IF;
+  IF tc.unresolved IS NULL THEN
+    RAISE EXCEPTION 'target % (%.%.%) still exists and may hold values; only a target whose table or column is gone can be forgotten',
+      p_target, quote_ident(tc.schema_name), quote_ident(tc.table_name), quote_ident(tc.column_name)
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  UPDATE rekey.targets SET forgotten_at = now(), forgotten_by = current_user,
+         forgotten_reason = p_reason
+   WHERE target_id = p_target;
+  PERFORM rekey.audit_event('target.forgotten', NULL, jsonb_build_object(
+    'target_id', p_target, 'registered_as', tc.registered_as, 'unresolved', tc.unresolved,
+    'reason', p_reason));
+  RETURN format('forgot target %s (%s): %s', p_target, tc.registered_as, tc.unresolved);
+END $$;
+
+CREATE FUNCTION rekey.gates_stamp() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    NEW.details := coalesce(NEW.details, '{}') - 'verified_by_worker';
+    IF NEW.verified_by IS DISTINCT FROM current_user::text THEN
+      NEW.details := NEW.details || jsonb_build_object('verified_by_worker', NEW.verified_by);
+    END IF;
+    NEW.verified_by := current_user;
+    NEW.verified_at := now();
+    IF NEW.approved_by IS NOT NULL OR NEW.approved_at IS NOT NULL THEN
+      NEW.approved_by := current_user;
+      NEW.approved_at := now();
+    END IF;
+    RETURN NEW;
+  END IF;
+  NEW.verified_by := OLD.verified_by;
+  NEW.verified_at := OLD.verified_at;
+  NEW.details := NEW.details - 'verified_by_worker';
+  IF OLD.details ? 'verified_by_worker' THEN
+    NEW.details := NEW.details || jsonb_build_object('verified_by_worker', OLD.details->'verified_by_worker');
+  END IF;
+  IF OLD.approved_by IS NOT NULL OR OLD.approved_at IS NOT NULL THEN
+    NEW.approved_by := OLD.approved_by;
+    NEW.approved_at := OLD.approved_at;
+  ELSIF NEW.approved_by IS NOT NULL OR NEW.approved_at IS NOT NULL THEN
+    NEW.approved_by := current_user;
+    NEW.approved_at := now();
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE FUNCTION rekey.job_report(p_job bigint) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  j rekey.jobs;
+  p record;
+  done_batches bigint;
+  audited bigint;
+  missing jsonb;
+  result jsonb;
+BEGIN
+  SELECT * INTO j FROM rekey.jobs WHERE job_id = p_job;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  END IF;
+  SELECT * INTO p FROM rekey.progress WHERE job_id = p_job;
+
+  -- Audit completeness: every done batch has its completion audit row (written in the same
+  -- transaction as the batch's rows, so a gap means the log was tampered with or lost).
+  SELECT count(*), count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM rekey.audit a WHERE a.job_id = b.job_id AND a.batch_no = b.batch_no
+              AND a.action = 'rotation.batch.completed')),
+         coalesce(jsonb_agg(b.batch_no ORDER BY b.batch_no) FILTER (WHERE NOT EXISTS (
+           SELECT 1 FROM rekey.audit a WHERE a.job_id = b.job_id AND a.batch_no = b.batch_no
+              AND a.action = 'rotation.batch.completed')), '[]')
+    INTO done_batches, audited, missing
+    FROM rekey.batches b WHERE b.job_id = p_job AND b.state = 'done';
+
+  result := jsonb_build_object(
+    'report_version', 1,
+    'generated_at', now(),
+    'generated_by', current_user,
+    'job', jsonb_build_object(
+      'job_id', j.job_id, 'name', j.name, 'target', format('%I.%I', j.schema_name, j.table_name),
+      'columns', (SELECT jsonb_agg(t.column_name ORDER BY c.ordinal) FROM rekey.job_columns c
+                    JOIN rekey.targets t ON t.target_id = c.target_id WHERE c.job_id = p_job),
+      'scope', CASE WHEN j.scope_column IS NULL THEN NULL
+                    ELSE jsonb_build_object('column', j.scope_column, 'value', j.scope_value) END,
+      'state', j.state, 'state_reason', j.state_reason,
+      'stage_plan', to_jsonb(j.stage_plan), 'error_threshold', j.error_threshold,
+      'created_at', j.created_at, 'created_by', j.created_by,
+      'started_at', j.started_at, 'finished_at', j.finished_at,
+      'duration_seconds', round(extract(epoch FROM j.finished_at - j.started_at)::numeric, 3)),
+    'outcome', CASE j.state WHEN 'completed' THEN 'rotated' WHEN 'rolled_back' THEN 'rolled_back'
+                            ELSE 'in_progress_or_stopped' END,
+    'keys', (SELECT jsonb_agg(jsonb_build_object(
+               'before', jsonb_build_object('key_id', s.key_id, 'scope', s.scope,
+                         'kms_provider', s.kms_provider, 'kms_key_ref', s.kms_key_ref,
+                         'status_now', s.status, 'created_at', s.created_at),
+               'after', jsonb_build_object('key_id', t.key_id, 'scope', t.scope,
+                        'kms_provider', t.kms_provider, 'kms_key_ref', t.kms_key_ref,
+                        'status_now', t.status, 'created_at', t.created_at))
+               ORDER BY k.source_key_id)
+               FROM rekey.job_keys k JOIN rekey.keys s ON s.key_id = k.source_key_id
+               JOIN rekey.keys t ON t.key_id = k.target_key_id WHERE k.job_id = p_job),
+    'stages', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                 'stage_no', s.stage_no, 'kind', s.kind, 'percent', s.percent, 'state', s.state,
+                 'opened_at', s.opened_at, 'finished_at', s.finished_at,
+                 'duration_seconds', round(extract(epoch FROM s.finished_at - s.opened_at)::numeric, 3),
+                 'batches', s.batches, 'batches_done', s.batches_done, 'rows_planned', s.rows_planned,
+                 'rows_reencrypted', s.rows_reencrypted, 'rows_quarantined', s.rows_quarantined,
+                 'gates', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                             'passed', g.passed, 'values_checked', g.values_checked,
+                             'decrypt_errors', g.decrypt_errors, 'quarantined', g.quarantined,
+                             'error_rate', g.error_rate, 'threshold', g.threshold,
+                             'audit_complete', g.audit_complete, 'verified_at', g.verified_at,
+                             'verified_by', g.verified_by,
+                             'verified_by_worker', g.details->>'verified_by_worker',
+                             'approved_at', g.approved_at,
+                             'approved_by', g.approved_by) ORDER BY g.gate_id), '[]')
+                             FROM rekey.gates g WHERE g.job_id = s.job_id AND g.stage_no = s.stage_no))
+                 ORDER BY s.stage_no), '[]')
+                 FROM rekey.stage_status s WHERE s.job_id = p_job),
+    'rows', jsonb_build_object(
+      'total', coalesce(p.rows_total, 0), 'processed', coalesce(p.rows_processed, 0),
+      'reencrypted', coalesce(p.rows_reencrypted, 0), 'restored_by_rollback', coalesce(p.rows_restored, 0),
+      'quarantined', coalesce(p.rows_quarantined, 0)),
+    'decrypt_error_rate', round(coalesce(p.rows_quarantined, 0)::numeric
+                                / greatest(coalesce(p.rows_reencrypted, 0) + coalesce(p.rows_quarantined, 0), 1), 6),
+    'max_gate_error_rate', (SELECT max(error_rate) FROM rekey.gates WHERE job_id = p_job),
+    'quarantine', jsonb_build_object(
+      'values', (SELECT count(*) FROM rekey.row_failures WHERE job_id = p_job),
+      'by_error_class', (SELECT coalesce(jsonb_object_agg(error_class, n), '{}') FROM (
+                           SELECT error_class, count(*) AS n FROM rekey.row_failures
+                            WHERE job_id = p_job GROUP BY error_class) x)),
+    'audit', jsonb_build_object(
+      'batches_done', done_batches, 'batches_with_audit_row', audited,
+      'complete', done_batches = audited, 'batches_missing_audit_row', missing,
+      'events', (SELECT count(*) FROM rekey.audit WHERE job_id = p_job),
+      'first_event_at', (SELECT min(at) FROM rekey.audit WHERE job_id = p_job),
+      'last_event_at', (SELECT max(at) FROM rekey.audit WHERE job_id = p_job)),
+    'approvals', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                    'action', a.action, 'actor', a.actor, 'worker', a.details->>'worker',
+                    'at', a.at, 'outcome', a.outcome,
+                    'details', a.details) ORDER BY a.audit_id), '[]')
+                    FROM rekey.audit a WHERE a.job_id = p_job
+                     AND a.action IN ('job.created', 'job.advanced', 'job.keys_promoted',
+                                      'job.rollback_started', 'job.rolled_back', 'job.completed',
+                                      'job.paused', 'job.resumed', 'job.cancelled')));
+  RETURN result;
+END $$;
+
+CREATE FUNCTION rekey.job_scope(p_schema name, p_table name, p_scope_column text, p_scope_value text, OUT scope_type text, OUT scope_value text) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF (p_scope_column IS NULL) <> (p_scope_value IS NULL) THEN
+    RAISE EXCEPTION 'a scope needs both a column and a value' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_scope_column IS NOT NULL THEN
+    IF rekey.column_type(p_schema, p_table, p_scope_column) IS NULL THEN
+      RAISE EXCEPTION 'scope column % does not exist in %.%', quote_ident(p_scope_column),
+        quote_ident(p_schema), quote_ident(p_table) USING ERRCODE = 'undefined_column';
+    END IF;
+    scope_type := rekey.checked_column_type(p_schema, p_table, p_scope_column);
+    scope_value := rekey.canonical_scope_value(p_schema, p_table, p_scope_column, p_scope_value);
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.job_table(p_table text, OUT schema_name name, OUT table_name name, OUT pk_column name, OUT pk_type text) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  t record;
+  blocker text;
+  n integer;
+BEGIN
+  t := rekey.resolve_table(p_table);
+  blocker := rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass);
+  IF blocker IS NOT NULL THEN
+    RAISE EXCEPTION '%', blocker USING ERRCODE = 'invalid_table_definition';
+  END IF;
+  PERFORM rekey.lock_job_definitions();
+  SELECT min(a.attname), count(*) INTO pk_column, n
+    FROM pg_index x
+    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
+   WHERE x.indrelid = format('%I.%I', t.schema_name, t.table_name)::regclass AND x.indisprimary;
+  IF n = 0 THEN
+    RAISE EXCEPTION 'table %.% has no primary key; rekey needs a single-column primary key to split it into batches',
+      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'invalid_table_definition';
+  ELSIF n > 1 THEN
+    RAISE EXCEPTION 'table %.% has a composite primary key; rekey supports single-column primary keys',
+      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'feature_not_supported';
+  END IF;
+  schema_name := t.schema_name;
+  table_name := t.table_name;
+  pk_type := rekey.column_type(t.schema_name, t.table_name, pk_column);
+END $$;
+
+CREATE FUNCTION rekey.job_target(p_schema name, p_table name, p_pk name, p_column text, p_codec text, p_key_id_column text, p_ad_template text, p_scope_column text, p_scope_value text) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  tid bigint;
+BEGIN
+  SELECT x.target_id INTO tid FROM rekey.targets x JOIN rekey.target_columns() tc USING (target_id)
+   WHERE tc.relid = format('%I.%I', p_schema, p_table)::regclass
+     AND tc.column_name = p_column
+     AND x.scope_column IS NOT DISTINCT FROM p_scope_column AND x.scope_value IS NOT DISTINCT FROM p_scope_value;
+  IF tid IS NULL THEN
+    INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, key_id_column,
+                               ad_template, scope_column, scope_value)
+    VALUES (p_schema, p_table, p_pk, p_column, p_codec, p_key_id_column, p_ad_template,
+            p_scope_column, p_scope_value)
+    RETURNING target_id INTO tid;
+  ELSIF EXISTS (SELECT 1 FROM rekey.targets x WHERE x.target_id = tid AND
+                (x.codec, x.key_id_column, x.ad_template) IS DISTINCT FROM (p_codec, p_key_id_column::name, p_ad_template)) THEN
+    RAISE EXCEPTION 'column % is registered with another codec, key-id column or associated data (target %)',
+      quote_ident(p_column), tid USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN tid;
+END $$;
+
+CREATE FUNCTION rekey.job_unfinished(p_state text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  SELECT p_state NOT IN ('completed', 'cancelled', 'rolled_back')
+$$;
+
+CREATE FUNCTION rekey.key_census(p_key bigint) RETURNS TABLE(schema_name name, table_name name, column_name name, target_id bigint, formats text[], n bigint, unknown text, status text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  tink bytea := rekey.tink_prefix(p_key);
+  hex text := encode(rekey.tink_prefix(p_key), 'hex');
+  b64 text[];
+  rel record;
+  col record;
+  tables integer;
+  done integer := 0;
+  kid_cols name[];
+  kid_hidden boolean;
+  blocker text;
+  -- One entry per counted (column, format): the column's index in cols_*, the format, and the
+  -- FILTER condition; format '*' is the column's total (a value is counted once).
+  e_col integer[];
+  e_fmt text[];
+  e_sql text[];
+  cols_name name[];
+  cols_attnum smallint[];
+  cols_target bigint[];
+  cols_unknown text[];
+  cols_conds text[];
+  conds text[];
+  counts bigint[];
+  i integer;
+  j integer;
+  total bigint;
+  found_formats text[];
+  scan_error text;
+  -- The registered targets, read once: (relid, attnum, target_id, codec, key_id_attnum) of those
+  -- that resolve.
+  t_relid oid[];
+  t_attnum smallint[];
+  t_id bigint[];
+  t_codec text[];
+  t_kid smallint[];
+BEGIN
+  SELECT coalesce(array_agg(tc.relid ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(tc.attnum ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(tc.target_id ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}')
+    INTO t_relid, t_attnum, t_id, t_codec, t_kid
+    FROM rekey.target_columns() tc WHERE tc.unresolved IS NULL;
+
+  -- The first 7 characters of the base64 of 0x01 || key id || any byte: 6 are fixed, the 7th
+  -- takes 4 values (it carries the top 2 bits of the next, random, byte).
+  SELECT array_agg(DISTINCT v.prefix) INTO b64 FROM (
+    SELECT left(encode(tink || set_byte('\x00'::bytea, 0, x.b) || '\x0000'::bytea, 'base64'), 7) AS std
+      FROM unnest(ARRAY[0, 64, 128, 192]) x(b)) s,
+    LATERAL unnest(ARRAY[s.std, translate(s.std, '+/', '-_')]) v(prefix);
+
+  SELECT count(*) INTO tables
+    FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'p', 'm', 'f') AND NOT c.relispartition
+     AND ns.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'rekey')
+     AND ns.nspname NOT LIKE 'pg\_temp\_%' AND ns.nspname NOT LIKE 'pg\_toast\_temp\_%';
+
+  FOR rel IN
+    SELECT c.oid, ns.nspname, c.relname, c.relkind, c.relispopulated
+      FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p', 'm', 'f') AND NOT c.relispartition
+       AND ns.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'rekey')
+       AND ns.nspname NOT LIKE 'pg\_temp\_%' AND ns.nspname NOT LIKE 'pg\_toast\_temp\_%'
+     ORDER BY ns.nspname, c.relname
+  LOOP
+    done := done + 1;
+    e_col := '{}'; e_fmt := '{}'; e_sql := '{}';
+    cols_name := '{}'; cols_attnum := '{}'; cols_target := '{}'; cols_unknown := '{}';
+    cols_conds := '{}';
+
+    -- Raw values name no key: a registered raw target's key-id column governs every bytea value
+    -- of its row, registered or not.
+    SELECT array_agg(DISTINCT a.attname), bool_or(NOT has_column_privilege(rel.oid, a.attnum, 'SELECT'))
+      INTO kid_cols, kid_hidden
+      FROM unnest(t_relid, t_codec, t_kid) tc(relid, codec, key_id_attnum)
+      JOIN pg_attribute a ON a.attrelid = tc.relid AND a.attnum = tc.key_id_attnum
+     WHERE tc.relid = rel.oid AND tc.codec = 'raw';
+
+    FOR col IN
+      SELECT a.attname, a.attnum, bt.typname AS base,
+             (SELECT min(tc.target_id) FROM unnest(t_relid, t_attnum, t_id) tc(relid, attnum, target_id)
+               WHERE tc.relid = rel.oid AND tc.attnum = a.attnum) AS target_id
+        FROM pg_attribute a
+        JOIN pg_type bt ON bt.oid = rekey.base_type(a.atttypid)
+       WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
+         AND bt.typname IN ('bytea', 'text', 'varchar', 'bpchar')
+       ORDER BY a.attnum
+    LOOP
+      i := cardinality(cols_name) + 1;
+      cols_name := cols_name || col.attname;
+      cols_attnum := cols_attnum || col.attnum;
+      cols_target := cols_target || col.target_id;
+      cols_unknown := cols_unknown || NULL::text;
+      conds := '{}';
+      IF rel.relkind = 'f' THEN
+        cols_unknown[i] := 'a foreign table: rekey does not read remote data; check where it lives';
+      ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
+        cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
+                                  current_user, rel.nspname, rel.relname, current_user);
+      ELSIF col.base = 'bytea' THEN
+        conds := conds || format('substring(%I from 1 for 5) = %L::bytea', col.attname, tink);
+        e_col := e_col || i; e_fmt := e_fmt || 'tink'::text; e_sql := e_sql || conds[1];
+        IF kid_cols IS NOT NULL THEN
+          IF kid_hidden THEN
+            cols_unknown[i] := format('role %I may not read the key-id column of %I.%I; GRANT SELECT ON %I.%I TO %I',
+                                      current_user, rel.nspname, rel.relname, rel.nspname,
+                                      rel.relname, current_user);
+          ELSE
+            conds := conds || (SELECT format('(%s) AND %I IS NOT NULL',
+                                             string_agg(format('%I = %s', k, p_key), ' OR '), col.attname)
+                                 FROM unnest(kid_cols) k);
+            e_col := e_col || i; e_fmt := e_fmt || 'raw'::text; e_sql := e_sql || conds[2];
+          END IF;
+        END IF;
+      ELSE
+        conds := conds || format('left(%I::text, 7) = ANY (%L::text[]) AND octet_length(%I) >= 44',
+                                 col.attname, b64, col.attname);
+        e_col := e_col || i; e_fmt := e_fmt || 'tink-base64'::text; e_sql := e_sql || conds[1];
+        conds := conds || format('(lower(left(%I::text, 10)) = %L OR lower(left(%I::text, 12)) = %L) AND octet_length(%I) >= 66',
+                                 col.attname, hex, col.attname, '\x' || hex, col.attname);
+        e_col := e_col || i; e_fmt := e_fmt || 'tink-hex'::text; e_sql := e_sql || conds[2];
+      END IF;
+      IF cardinality(conds) > 1 THEN
+        e_col := e_col || i; e_fmt := e_fmt || '*'::text;
+        e_sql := e_sql || array_to_string(conds, ' OR ');
+      END IF;
+    END LOOP;
+    CONTINUE WHEN cardinality(cols_name) = 0;
+
+    RAISE NOTICE 'rekey census of key %: table % of %: %.%', p_key, done, tables,
+      quote_ident(rel.nspname), quote_ident(rel.relname);
+
+    counts := NULL;
+    scan_error := NULL;
+    blocker := NULL;
+    IF cardinality(e_sql) > 0 AND (rel.relkind <> 'm' OR rel.relispopulated) THEN
+      blocker := rekey.row_security_blocker(rel.oid);
+      BEGIN
+        EXECUTE format('SELECT ARRAY[%s]::bigint[] FROM %s %s',
+                       (SELECT string_agg(format('count(*) FILTER (WHERE %s)', s), ', ' ORDER BY o)
+                          FROM unnest(e_sql) WITH ORDINALITY u(s, o)),
+                       CASE WHEN rel.relkind = 'r' THEN 'ONLY' ELSE '' END, rel.oid::regclass)
+          INTO counts;
+      EXCEPTION WHEN others THEN
+        scan_error := format('reading it failed: %s', SQLERRM);
+      END;
+    END IF;
+
+    FOR i IN 1 .. cardinality(cols_name) LOOP
+      total := NULL;
+      found_formats := '{}';
+      IF cols_unknown[i] IS NULL AND scan_error IS NULL AND counts IS NOT NULL THEN
+        total := 0;
+        FOR j IN 1 .. cardinality(e_col) LOOP
+          CONTINUE WHEN e_col[j] <> i;
+          IF e_fmt[j] = '*' THEN
+            total := counts[j];
+          ELSIF counts[j] > 0 THEN
+            found_formats := found_formats || e_fmt[j];
+            -- A column with one format has no '*' entry: its one count is the total.
+            IF NOT ('*' = ANY (SELECT e_fmt[x] FROM generate_subscripts(e_col, 1) x WHERE e_col[x] = i)) THEN
+              total := counts[j];
+            END IF;
+          END IF;
+        END LOOP;
+      ELSIF cols_unknown[i] IS NULL AND scan_error IS NULL THEN
+        total := 0;  -- an unpopulated materialized view holds no rows
+      END IF;
+      schema_name := rel.nspname;
+      table_name := rel.relname;
+      column_name := cols_name[i];
+      target_id := cols_target[i];
+      n := total;
+      unknown := coalesce(cols_unknown[i], scan_error, blocker);
+      formats := CASE WHEN cardinality(found_formats) > 0 THEN found_formats
+                      ELSE (SELECT array_agg(e_fmt[x] ORDER BY x) FROM generate_subscripts(e_col, 1) x
+                             WHERE e_col[x] = i AND e_fmt[x] <> '*') END;
+      status := CASE WHEN total > 0 THEN 'in_use' WHEN unknown IS NOT NULL THEN 'unknown' END;
+      CONTINUE WHEN status IS NULL;
+      RETURN NEXT;
+    END LOOP;
+  END LOOP;
+
+  -- Registered targets that no longer resolve are never skipped.
+  FOR col IN
+    SELECT tc.* FROM rekey.target_columns() tc
+     WHERE tc.unresolved IS NOT NULL AND tc.codec <> 'vault-transit'
+     ORDER BY tc.target_id
+  LOOP
+    SELECT t.schema_name, t.table_name, t.column_name INTO schema_name, table_name, column_name
+      FROM rekey.targets t WHERE t.target_id = col.target_id;
+    target_id := col.target_id;
+    formats := ARRAY[col.codec];
+    n := NULL;
+    unknown := format('registered target %s (%s): %s; if its values are truly gone: rekey keys forget-target %s',
+                      col.target_id, col.registered_as, col.unresolved, col.target_id);
+    status := 'unresolved';
+    RETURN NEXT;
+  END LOOP;
+END $$;
+
+CREATE FUNCTION rekey.key_lifecycle() RETURNS TABLE(from_status text, to_status text)
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+  VALUES ('enabled',      'primary'),
+         ('enabled',      'decrypt_only'),
+         ('enabled',      'retired'),
+         ('primary',      'decrypt_only'),
+         ('decrypt_only', 'primary'),       -- rollback: the old key becomes primary again
+         ('decrypt_only', 'retired'),
+         ('retired',      'decrypt_only'),  -- un-retire, possible until destroyed
+         ('retired',      'destroyed')
+$$;
+
+CREATE FUNCTION rekey.key_lock_id(p_key bigint) RETURNS bigint
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+  SELECT (x'52454b59'::bigint << 32) | p_key
+$$;
+
+CREATE FUNCTION rekey.key_transition_allowed(from_status text, to_status text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+  SELECT EXISTS (SELECT 1 FROM rekey.key_lifecycle() l
+                 WHERE l.from_status = $1 AND l.to_status = $2)
+$_$;
+
+CREATE FUNCTION rekey.key_transitions_from(from_status text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+  SELECT coalesce(string_agg(l.to_status, ', ' ORDER BY l.to_status), 'none')
+  FROM rekey.key_lifecycle() l WHERE l.from_status = $1
+$_$;
+
+CREATE FUNCTION rekey.key_usage(p_key bigint) RETURNS TABLE(target_id bigint, target text, n bigint, unknown text)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  g record;
+  cond text;
+  blocker text;
+BEGIN
+  FOR g IN
+    SELECT min(tc.target_id) AS target_id, tc.relid, tc.attnum,
+           min(tc.schema_name) AS schema_name, min(tc.table_name) AS table_name,
+           min(tc.column_name) AS column_name, min(tc.registered_as) AS registered_as,
+           min(tc.unresolved) AS unresolved, bool_or(tc.codec = 'tink') AS tink,
+           array_remove(array_agg(DISTINCT CASE WHEN tc.codec = 'raw' THEN tc.key_id_attnum END), NULL)
+             AS key_id_attnums
+      FROM rekey.target_columns() tc
+     WHERE tc.codec <> 'vault-transit'
+     GROUP BY tc.relid, tc.attnum, CASE WHEN tc.unresolved IS NOT NULL THEN tc.target_id END
+     ORDER BY 1
+  LOOP
+    target_id := g.target_id;
+    n := NULL;
+    unknown := NULL;
+    IF g.unresolved IS NOT NULL THEN
+      target := g.registered_as;
+      unknown := format('registered target %s (%s): %s; if its values are truly gone: rekey keys forget-target %s',
+                        g.target_id, g.registered_as, g.unresolved, g.target_id);
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
+    IF NOT has_column_privilege(g.relid, g.attnum, 'SELECT')
+       OR EXISTS (SELECT 1 FROM unnest(g.key_id_attnums) k
+                   WHERE NOT has_column_privilege(g.relid, k, 'SELECT')) THEN
+      unknown := format('role %I may not read %s; GRANT SELECT ON %I.%I TO %I', current_user,
+                        target, g.schema_name, g.table_name, current_user);
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
+    SELECT string_agg(c, ' OR ') INTO cond FROM (
+      SELECT format('substring(%I from 1 for 5) = %L::bytea', g.column_name, rekey.tink_prefix(p_key)) AS c
+       WHERE g.tink
+      UNION ALL
+      SELECT format('(%I = %s AND %I IS NOT NULL)', a.attname, p_key, g.column_name)
+        FROM unnest(g.key_id_attnums) k JOIN pg_attribute a ON a.attrelid = g.relid AND a.attnum = k) x;
+    EXECUTE format('SELECT count(*) FROM %s WHERE %s', g.relid::regclass, cond) INTO n;
+    unknown := rekey.row_security_blocker(g.relid);
+    RETURN NEXT;
+  END LOOP;
+END $$;
+
+CREATE FUNCTION rekey.keys_enforce_lifecycle() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    IF NEW.status IS DISTINCT FROM 'enabled' THEN
+      RAISE EXCEPTION 'new key % must be inserted with status enabled, not %; promote it afterwards',
+        NEW.key_id, NEW.status;
+    END IF;
+    NEW.created_at := coalesce(NEW.created_at, now());
+    NEW.enabled_at := NEW.created_at;
+    NEW.primary_at := NULL;
+    NEW.decrypt_only_at := NULL;
+    NEW.retired_at := NULL;
+    NEW.destroyed_at := NULL;
+    NEW.updated_by := NULL;
+    RETURN NEW;
+  END IF;
+
+  -- UPDATE
+  IF NEW.key_id IS DISTINCT FROM OLD.key_id THEN
+    RAISE EXCEPTION 'key_id of key % is immutable', OLD.key_id;
+  END IF;
+  IF NEW.scope IS DISTINCT FROM OLD.scope THEN
+    RAISE EXCEPTION 'scope of key % is immutable (it is %)', OLD.key_id, OLD.scope;
+  END IF;
+  IF NEW.created_at IS DISTINCT FROM OLD.created_at
+     OR NEW.created_by IS DISTINCT FROM OLD.created_by
+     OR NEW.origin IS DISTINCT FROM OLD.origin
+     OR NEW.algorithm IS DISTINCT FROM OLD.algorithm THEN
+    RAISE EXCEPTION 'created_at, created_by, origin and algorithm of key % are immutable', OLD.key_id;
+  END IF;
+
+  IF OLD.status = 'destroyed'
+     AND (NEW.wrapped_key IS DISTINCT FROM OLD.wrapped_key
+          OR NEW.kms_key_ref IS DISTINCT FROM OLD.kms_key_ref
+          OR NEW.kms_provider IS DISTINCT FROM OLD.kms_provider) THEN
+    RAISE EXCEPTION 'key % is destroyed: its wrapped key, kms_key_ref and kms_provider cannot change',
+      OLD.key_id;
+  END IF;
+
+  IF NEW.status IS DISTINCT FROM OLD.status THEN
+    IF NOT rekey.key_transition_allowed(OLD.status, NEW.status) THEN
+      RAISE EXCEPTION 'illegal key lifecycle transition for key %: % -> % (allowed from %: %)',
+        OLD.key_id, OLD.status, NEW.status, OLD.status, rekey.key_transitions_from(OLD.status);
+    END IF;
+
+    IF NEW.status IN ('retired', 'destroyed') THEN
+      PERFORM rekey.check_key_retirement(OLD.key_id, NEW.status);
+    END IF;
+
+    CASE NEW.status
+      WHEN 'primary'      THEN NEW.primary_at := now();
+      WHEN 'decrypt_only' THEN NEW.decrypt_only_at := now();
+      WHEN 'retired'      THEN NEW.retired_at := now();
+      WHEN 'destroyed'    THEN NEW.destroyed_at := now();
+                               NEW.wrapped_key := NULL;  -- crypto-shredding: the key is gone
+      ELSE NULL;
+    END CASE;
+  ELSE
+    -- Not a transition: the stamps stay as they were.
+    NEW.enabled_at := OLD.enabled_at;
+    NEW.primary_at := OLD.primary_at;
+    NEW.decrypt_only_at := OLD.decrypt_only_at;
+    NEW.retired_at := OLD.retired_at;
+    NEW.destroyed_at := OLD.destroyed_at;
+  END IF;
+
+  NEW.updated_by := current_user;
+  RETURN NEW;
+END
+$$;
+
+CREATE FUNCTION rekey.keys_reject_delete() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF TG_LEVEL = 'ROW' THEN
+    RAISE EXCEPTION 'key % cannot be deleted: key records are audit evidence; destroy the key instead (rekey keys destroy %)',
+      OLD.key_id, OLD.key_id;
+  END IF;
+  RAISE EXCEPTION 'rekey.keys cannot be truncated: key records are audit evidence';
+END
+$$;
+
+CREATE FUNCTION rekey.lock_job_definitions() RETURNS void
+    LANGUAGE sql
+    AS $$
+  SELECT pg_advisory_xact_lock(x'52454b4a'::bigint << 32)
+$$;
+
+CREATE FUNCTION rekey.lock_key_for_lifecycle(p_key bigint) RETURNS void
+    LANGUAGE sql
+    AS $$
+  SELECT pg_advisory_xact_lock(rekey.key_lock_id(p_key))
+$$;
+
+CREATE FUNCTION rekey.lock_keys_for_write(p_keys bigint[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  k bigint;
+  st text;
+BEGIN
+  FOR k IN SELECT DISTINCT x FROM unnest(p_keys) x WHERE x IS NOT NULL ORDER BY x LOOP
+    PERFORM pg_advisory_xact_lock_shared(rekey.key_lock_id(k));
+  END LOOP;
+  -- A new statement: in READ COMMITTED its snapshot is taken after every lock was granted, so it
+  -- sees a retire or destroy that committed while this transaction waited.
+  FOR k, st IN
+    SELECT x, ky.status FROM unnest(p_keys) x LEFT JOIN rekey.keys ky ON ky.key_id = x
+     WHERE x IS NOT NULL AND (ky.status IS NULL OR ky.status IN ('retired', 'destroyed'))
+     ORDER BY x LIMIT 1
+  LOOP
+    RAISE EXCEPTION 'key % is %: rekey writes no value under it', k, coalesce(st, 'unknown')
+      USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'nothing of this batch was written; a retired key may be made decrypt_only again, a destroyed one is gone: roll the job back or cancel it';
+  END LOOP;
+END $$;
+
+CREATE FUNCTION rekey.next_gate(p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, stage_no integer, bucket_hi integer, sample_size integer)
+    LANGUAGE sql
+    AS $$
+  SELECT j.job_id, j.current_stage, s.bucket_hi, j.gate_sample_size
+    FROM rekey.jobs j JOIN rekey.job_stages s ON s.job_id = j.job_id AND s.stage_no = j.current_stage
+   WHERE j.state = 'verifying' AND (p_job IS NULL OR j.job_id = p_job)
+   ORDER BY j.job_id LIMIT 1
+   FOR UPDATE OF j SKIP LOCKED;
+$$;
+
+CREATE FUNCTION rekey.notify_job_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  PERFORM pg_notify('rekey_jobs', NEW.job_id::text);
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION rekey.open_rollback_sweep(p_job bigint) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  first_pass rekey.job_stages;
+  n integer;
+BEGIN
+  SELECT s.* INTO STRICT first_pass FROM rekey.job_stages s JOIN rekey.jobs j
+      ON j.job_id = s.job_id AND s.stage_no = j.rollback_stage
+   WHERE s.job_id = p_job;
+  SELECT max(stage_no) + 1 INTO n FROM rekey.job_stages WHERE job_id = p_job;
+  INSERT INTO rekey.job_stages (job_id, stage_no, kind, percent, bucket_lo, bucket_hi)
+  VALUES (p_job, n, 'rollback', first_pass.percent, first_pass.bucket_lo, first_pass.bucket_hi);
+  PERFORM rekey.plan_sweep(p_job, n);
+  PERFORM rekey.open_stage(p_job, n);
+  RETURN n;
+END $$;
+
+CREATE FUNCTION rekey.open_stage(p_job bigint, p_stage integer) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  st rekey.job_stages;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
+  -- Batches finished by an earlier pass (before a rollback) are checked again.
+  UPDATE rekey.batches SET state = 'pending', attempts = 0, finished_at = NULL, rows_done = 0,
+         rows_skipped = 0, rows_failed = 0, last_error = NULL
+   WHERE job_id = p_job AND stage_no = p_stage AND state <> 'pending';
+  UPDATE rekey.job_stages SET state = 'running', opened_at = now(), finished_at = NULL
+   WHERE job_id = p_job AND stage_no = p_stage;
+  UPDATE rekey.jobs SET current_stage = p_stage, state = 'active', state_reason = NULL, updated_at = now()
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('stage.opened', p_job, jsonb_build_object(
+    'stage', p_stage, 'kind', st.kind, 'percent', st.percent,
+    'batches', (SELECT count(*) FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage),
+    'rows', (SELECT sum(planned_rows) FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage)));
+  IF st.kind = 'rollout' AND p_stage >= j.promote_at_stage AND NOT j.keys_promoted THEN
+    PERFORM rekey.promote_job_keys(p_job);
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.pause_job(p_job bigint, p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE sql
+    AS $$ SELECT rekey.set_job_state(p_job, 'paused', ARRAY['active'], 'paused', p_reason) $$;
+
+CREATE FUNCTION rekey.plan_rollout(p_job bigint) RETURNS integer
+    LANGUAGE plpgsql
+    SET work_mem TO '128MB'
+    SET enable_sort TO 'off'
+    SET jit TO 'off'
+    AS $_$
+DECLARE
+  j rekey.jobs;
+  scope_sql text;
+  first_batch integer;
+  stages integer[];
+  los integer[];
+  his integer[];
+  counts text;
+  n integer;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
+  scope_sql := rekey.scope_condition(j);
+  SELECT array_agg(s.stage_no ORDER BY s.bucket_lo), array_agg(s.bucket_lo ORDER BY s.bucket_lo),
+         array_agg(s.bucket_hi ORDER BY s.bucket_lo)
+    INTO stages, los, his
+    FROM rekey.job_stages s
+   WHERE s.job_id = p_job AND s.kind = 'rollout'
+     AND NOT EXISTS (SELECT 1 FROM rekey.batches b WHERE b.job_id = s.job_id AND b.stage_no = s.stage_no);
+  IF stages IS NULL THEN
+    RETURN 0;
+  END IF;
+  -- The rows stream in key order from the primary-key index, each with its stage found by a
+  -- binary search of the stages' lower bounds (width_bucket) from its bucket, computed once
+  -- (OFFSET 0 keeps the planner from inlining the expression twice). One running count per stage
+  -- over that stream numbers each row within its stage without sorting the table (enable_sort is
+  -- off for this function so the planner streams rather than sorts), and the rows are grouped
+  -- into batches by hashing. A batch of a stage that ends below 100% also records its rows' keys
+  -- (see batches.keys), in key order.
+  SELECT string_agg(format('count(*) FILTER (WHERE i = %s) OVER w', x), ', ' ORDER BY x)
+    INTO counts FROM generate_subscripts(stages, 1) x;
+  EXECUTE format($q$
+    WITH numbered AS (
+      SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
+        FROM (SELECT pk_order, k, CASE WHEN bucket < $6[x] THEN x END AS i
+                FROM (SELECT pk_order, k, bucket, width_bucket(bucket, $5) AS x
+                        FROM (SELECT t.%1$I AS pk_order, t.%1$I::text AS k,
+                                     rekey.stage_bucket(t.%1$I::text) AS bucket
+                                FROM %2$s AS t WHERE true%3$s ORDER BY t.%1$I OFFSET 0) r) s) y
+       WHERE i IS NOT NULL
+      WINDOW w AS (ORDER BY pk_order ROWS UNBOUNDED PRECEDING)),
+    grouped AS (
+      SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
+             min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
+        FROM numbered GROUP BY i, rn / $2),
+    planned AS (
+      SELECT stage_no, n, CASE WHEN n = 0 THEN NULL ELSE first_key END AS lo,
+             lead(first_key) OVER (PARTITION BY stage_no ORDER BY n) AS hi, rows,
+             CASE WHEN stage_no = ANY ($7) THEN keys END AS keys
+        FROM grouped
+      UNION ALL
+      SELECT stage_no, 0, NULL, NULL, 0, NULL FROM unnest($4) AS todo(stage_no)
+       WHERE NOT EXISTS (SELECT 1 FROM grouped WHERE grouped.stage_no = todo.stage_no))
+    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys)
+    SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys
+      FROM planned$q$,
+    j.pk_column, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts)
+    USING p_job, j.batch_size, first_batch, stages, los, his,
+          (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000);
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END $_$;
+
+CREATE FUNCTION rekey.plan_stage(p_job bigint, p_stage integer) RETURNS integer
+    LANGUAGE plpgsql
+    SET jit TO 'off'
+    AS $_$
+DECLARE
+  j rekey.jobs;
+  st rekey.job_stages;
+  rel text;
+  scope_sql text := '';
+  key_type text;
+  n integer := 0;
+  first_batch integer;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
+  IF EXISTS (SELECT 1 FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage) THEN
+    RAISE EXCEPTION 'stage % of job % is already planned', p_stage, p_job;
+  END IF;
+  SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
+  rel := format('%I.%I', j.schema_name, j.table_name);
+  scope_sql := rekey.scope_condition(j);
+  key_type := rekey.checked_column_type(j.schema_name, j.table_name, j.pk_column, j.pk_type);
+
+  IF st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN
+    EXECUTE format($q$
+      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
+      SELECT $1, $2 + 1 + n, $3, CASE WHEN n = 0 THEN NULL ELSE k END,
+             lead(k) OVER (ORDER BY n), least($4, total - n * $4)
+        FROM (SELECT k, rn / $4 AS n, count(*) OVER () AS total, rn %% $4 AS r
+                FROM (SELECT t.%1$I::text AS k, row_number() OVER (ORDER BY t.%1$I) - 1 AS rn
+                        FROM %2$s AS t
+                       WHERE rekey.stage_bucket(t.%1$I::text) >= $5
+                         AND rekey.stage_bucket(t.%1$I::text) < $6%3$s) numbered) cut
+       WHERE r = 0$q$, j.pk_column, rel, scope_sql)
+      USING p_job, first_batch, p_stage, j.batch_size, st.bucket_lo, st.bucket_hi;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
+      VALUES (p_job, first_batch + 1, p_stage, NULL, NULL, 0);
+      n := 1;
+    END IF;
+    RETURN n;
+  END IF;
+
+  EXECUTE format($q$
+    WITH RECURSIVE walk(lo, hi, n) AS (
+      SELECT NULL::%4$s, (SELECT t.%1$I FROM %2$s AS t WHERE true%3$s ORDER BY t.%1$I
+                          OFFSET $4 LIMIT 1), 1
+      UNION ALL
+      SELECT w.hi, (SELECT t.%1$I FROM %2$s AS t WHERE t.%1$I >= w.hi%3$s ORDER BY t.%1$I
+                    OFFSET $4 LIMIT 1), w.n + 1
+        FROM walk w WHERE w.hi IS NOT NULL)
+    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
+    SELECT $1, $2 + w.n, $3, w.lo::text, w.hi::text,
+           CASE WHEN w.hi IS NOT NULL THEN $4
+                WHEN w.lo IS NULL THEN (SELECT count(*) FROM %2$s AS t WHERE true%3$s)
+                ELSE (SELECT count(*) FROM %2$s AS t WHERE t.%1$I >= w.lo%3$s) END
+      FROM walk w$q$, j.pk_column, rel, scope_sql, key_type)
+    USING p_job, first_batch, p_stage, j.batch_size;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END $_$;
+
+CREATE FUNCTION rekey.plan_sweep(p_job bigint, p_stage integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+  j rekey.jobs;
+  st rekey.job_stages;
+  first_batch integer;
+  n integer;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
+  SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
+  EXECUTE format($q$
+    WITH starts AS (
+      SELECT k FROM (SELECT b.lo::%1$s AS k, row_number() OVER (ORDER BY b.lo::%1$s) AS rn
+                       FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
+                      WHERE b.job_id = $1 AND b.lo IS NOT NULL
+                        AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
+       WHERE rn %% 100 = 0),
+    ranges AS (
+      SELECT 0::bigint AS batch, NULL::%1$s AS lo
+      UNION ALL
+      SELECT row_number() OVER (ORDER BY k), k FROM (SELECT DISTINCT k FROM starts) d)
+    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
+    SELECT $1, $2 + 1 + batch, $3, lo::text, lead(lo::text) OVER (ORDER BY batch), 0
+      FROM ranges$q$, rekey.checked_column_type(j.schema_name, j.table_name, j.pk_column, j.pk_type))
+    USING p_job, first_batch, p_stage, st.kind = 'rollback', j.rollback_stage;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END $_$;
+
+CREATE FUNCTION rekey.promote_job_keys(p_job bigint) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN
+    SELECT k.key_id, k.scope, k.status FROM rekey.keys k
+     WHERE k.key_id IN (SELECT target_key_id FROM rekey.job_keys WHERE job_id = p_job)
+       AND (SELECT count(DISTINCT jk.target_key_id) FROM rekey.job_keys jk JOIN rekey.keys x ON x.key_id = jk.target_key_id
+             WHERE jk.job_id = p_job AND x.scope = k.scope) = 1
+  LOOP
+    IF r.status <> 'primary' THEN
+      UPDATE rekey.keys SET status = 'decrypt_only' WHERE scope = r.scope AND status = 'primary';
+      UPDATE rekey.keys SET status = 'primary' WHERE key_id = r.key_id;
+    END IF;
+  END LOOP;
+  UPDATE rekey.jobs SET keys_promoted = true WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.keys_promoted', p_job, jsonb_build_object(
+    'primary', (SELECT jsonb_agg(target_key_id) FROM rekey.job_keys WHERE job_id = p_job)));
+END $$;
+
+CREATE FUNCTION rekey.record_gate(p_job bigint, p_stage integer, p_values_checked bigint, p_decrypt_errors bigint, p_verified_by text, p_details jsonb DEFAULT '{}'::jsonb) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  st rekey.job_stages;
+  quarantined bigint;
+  rate numeric;
+  audit_ok boolean;
+  ok boolean;
+  gate bigint;
+  last_stage integer;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
+  IF j.state <> 'verifying' OR j.current_stage <> p_stage THEN
+    RAISE EXCEPTION 'job % is not waiting for the gate of stage %', p_job, p_stage
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  SELECT coalesce(sum(rows_failed), 0) INTO quarantined
+    FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage;
+  rate := (p_decrypt_errors + quarantined)::numeric / greatest(p_values_checked + quarantined, 1);
+  -- Each run of a batch (claim to commit) appends one completion row; a batch run again after a
+  -- rollback or requeue has one per run, so count those since its latest claim.
+  audit_ok := NOT EXISTS (
+    SELECT 1 FROM rekey.batches b WHERE b.job_id = p_job AND b.state = 'done'
+       AND (SELECT count(*) FROM rekey.audit a WHERE a.job_id = b.job_id AND a.batch_no = b.batch_no
+               AND a.action = 'rotation.batch.completed' AND a.at >= b.claimed_at) <> 1);
+  ok := rate <= j.error_threshold AND audit_ok AND (rate < j.error_threshold OR j.error_threshold = 0);
+  INSERT INTO rekey.gates (job_id, stage_no, percent, values_checked, decrypt_errors, quarantined,
+                           error_rate, threshold, audit_complete, passed, verified_by, details)
+  VALUES (p_job, p_stage, st.percent, p_values_checked, p_decrypt_errors, quarantined, rate,
+          j.error_threshold, audit_ok, ok, p_verified_by, p_details)
+  RETURNING gate_id INTO gate;
+  PERFORM rekey.audit_event(CASE WHEN ok THEN 'gate.passed' ELSE 'gate.failed' END, p_job,
+    jsonb_build_object('stage', p_stage, 'percent', st.percent, 'values_checked', p_values_checked,
+                       'decrypt_errors', p_decrypt_errors, 'quarantined', quarantined,
+                       'error_rate', rate, 'threshold', j.error_threshold, 'audit_complete', audit_ok),
+    CASE WHEN ok THEN 'success' ELSE 'failure' END, NULL, p_verified_by);
+  IF NOT ok THEN
+    UPDATE rekey.job_stages SET state = 'gate_failed' WHERE job_id = p_job AND stage_no = p_stage;
+    UPDATE rekey.jobs SET state = 'paused', updated_at = now(),
+           state_reason = format('gate of stage %s (%s%%) failed: decrypt error rate %s%% (%s of %s values) against a threshold of %s%%%s; see rekey.gates and rekey.row_failures, then roll back or fix and resume',
+                                 p_stage, st.percent, round(100 * rate, 3), p_decrypt_errors + quarantined,
+                                 p_values_checked + quarantined, round(100 * j.error_threshold, 3),
+                                 CASE WHEN audit_ok THEN '' ELSE '; audit rows are missing' END)
+     WHERE job_id = p_job;
+    RETURN gate;
+  END IF;
+  UPDATE rekey.job_stages SET state = 'passed' WHERE job_id = p_job AND stage_no = p_stage;
+  SELECT max(stage_no) INTO last_stage FROM rekey.job_stages WHERE job_id = p_job AND kind = 'rollout';
+  IF p_stage = last_stage THEN
+    -- Everything has moved and the new key is primary: sweep up what applications wrote meanwhile.
+    IF NOT j.keys_promoted THEN
+      PERFORM rekey.promote_job_keys(p_job);
+    END IF;
+    PERFORM rekey.open_stage(p_job, rekey.add_stage(p_job, 'sweep', 100, 0, 10000));
+  ELSE
+    UPDATE rekey.jobs SET state = 'awaiting_approval', updated_at = now(),
+           state_reason = format('gate of stage %s (%s%%) passed; %s', p_stage, st.percent,
+                                 CASE WHEN j.observe IS NULL THEN format('approve with rekey job advance %s', p_job)
+                                      ELSE format('advances on its own at %s', now() + j.observe) END)
+     WHERE job_id = p_job;
+  END IF;
+  RETURN gate;
+END $$;
+
+CREATE FUNCTION rekey.refuse_column_collision(p_job bigint) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  other record;
+BEGIN
+  -- By identity (rekey.target_columns, sql/schema/30_keyring.sql): a job registered before a rename and
+  -- one created under the new name still rotate the same column.
+  SELECT o.job_id, o.state, string_agg(DISTINCT format('%I.%I.%I', ot.schema_name, ot.table_name, ot.column_name), ', ') AS cols
+    INTO other
+    FROM rekey.job_columns mc
+    JOIN rekey.target_columns() mt ON mt.target_id = mc.target_id
+    JOIN rekey.target_columns() ot ON ot.relid = mt.relid AND ot.attnum = mt.attnum
+    JOIN rekey.job_columns oc ON oc.target_id = ot.target_id
+    JOIN rekey.jobs o ON o.job_id = oc.job_id AND o.job_id <> p_job AND rekey.job_unfinished(o.state)
+   WHERE mc.job_id = p_job
+   GROUP BY o.job_id, o.state ORDER BY o.job_id LIMIT 1;
+  IF other.job_id IS NOT NULL THEN
+    RAISE EXCEPTION 'job % (%) is still rotating %: a column has one unfinished job at a time; let job % finish, or cancel it (rekey job cancel %)',
+      other.job_id, other.state, other.cols, other.job_id, other.job_id
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.refuse_key_collision(p_job bigint) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  other record;
+BEGIN
+  WITH mine AS (SELECT source_key_id AS s, target_key_id AS d FROM rekey.job_keys WHERE job_id = p_job),
+       my_keys AS (SELECT s AS k FROM mine UNION SELECT d FROM mine)
+  SELECT o.job_id, o.state,
+         (SELECT string_agg(q.source_key_id || '->' || q.target_key_id, ', ' ORDER BY q.source_key_id)
+            FROM rekey.job_keys q WHERE q.job_id = o.job_id) AS pairs
+    INTO other
+    FROM rekey.jobs o
+   WHERE o.job_id <> p_job AND rekey.job_unfinished(o.state)
+     AND EXISTS (SELECT 1 FROM rekey.job_keys q WHERE q.job_id = o.job_id
+                    AND (q.source_key_id IN (SELECT k FROM my_keys) OR q.target_key_id IN (SELECT k FROM my_keys)))
+     AND (EXISTS (SELECT 1 FROM rekey.job_keys q WHERE q.job_id = o.job_id
+                     AND (q.source_key_id IN (SELECT k FROM my_keys) OR q.target_key_id IN (SELECT k FROM my_keys))
+                     AND (q.source_key_id, q.target_key_id) NOT IN (SELECT s, d FROM mine))
+          OR EXISTS (SELECT 1 FROM mine m
+                      WHERE EXISTS (SELECT 1 FROM rekey.job_keys q WHERE q.job_id = o.job_id
+                                       AND (m.s IN (q.source_key_id, q.target_key_id) OR m.d IN (q.source_key_id, q.target_key_id)))
+                        AND (m.s, m.d) NOT IN (SELECT q.source_key_id, q.target_key_id FROM rekey.job_keys q
+                                                WHERE q.job_id = o.job_id)))
+   ORDER BY o.job_id LIMIT 1;
+  IF other.job_id IS NOT NULL THEN
+    RAISE EXCEPTION 'job % (%) already rotates keys % : unfinished jobs may share a key only when they map it the same way; let job % finish, or cancel it (rekey job cancel %)',
+      other.job_id, other.state, other.pairs, other.job_id, other.job_id
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.refuse_transit_rollback() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF NEW.kind = 'rollback' AND
+     EXISTS (SELECT 1 FROM rekey.jobs WHERE job_id = NEW.job_id AND transit_key_ref IS NOT NULL) THEN
+    RAISE EXCEPTION 'job % rewraps Vault Transit values, which cannot be rolled back: Transit cannot encrypt under an older key version; cancel the job instead (values already rewrapped stay readable)',
+      NEW.job_id USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE FUNCTION rekey.reject_audit_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  RAISE EXCEPTION 'rekey.audit is append-only: % is not allowed', TG_OP
+    USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE FUNCTION rekey.reject_report_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  RAISE EXCEPTION 'rekey.reports is append-only: % is not allowed; generate a new report instead', TG_OP
+    USING ERRCODE = 'insufficient_privilege';
+END $$;
+
+CREATE FUNCTION rekey.release_batch(p_job bigint, p_batch integer, p_worker text, p_error text, p_transient boolean) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  b rekey.batches;
+  max_att integer;
+  new_state text;
+BEGIN
+  SELECT * INTO b FROM rekey.batches WHERE job_id = p_job AND batch_no = p_batch FOR UPDATE;
+  IF NOT FOUND OR b.state <> 'running' OR b.worker_id IS DISTINCT FROM p_worker THEN
+    RETURN 'not-owner';
+  END IF;
+  SELECT max_attempts INTO max_att FROM rekey.jobs WHERE job_id = p_job;
+  IF p_transient THEN
+    new_state := 'pending';
+    UPDATE rekey.batches SET state = 'pending', attempts = greatest(attempts - 1, 0), last_error = p_error
+     WHERE job_id = p_job AND batch_no = p_batch;
+  ELSE
+    new_state := CASE WHEN b.attempts >= max_att THEN 'failed' ELSE 'pending' END;
+    UPDATE rekey.batches SET state = new_state, last_error = p_error,
+           finished_at = CASE WHEN new_state = 'failed' THEN now() END
+     WHERE job_id = p_job AND batch_no = p_batch;
+    IF new_state = 'failed' THEN
+      PERFORM rekey.audit_event('rotation.batch.failed', p_job,
+        jsonb_build_object('attempts', b.attempts, 'last_error', p_error), 'failure', p_batch, p_worker);
+    END IF;
+  END IF;
+  RETURN new_state;
+END $$;
+
+CREATE FUNCTION rekey.requeue(p_job bigint, p_from integer, p_to integer) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  n integer;
+  cur text;
+  stage integer;
+BEGIN
+  SELECT state, current_stage INTO cur, stage FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur IN ('cancelled', 'rolled_back', 'verifying', 'awaiting_approval') THEN
+    RAISE EXCEPTION 'job % is %: requeue works on an active, paused, failed or completed job', p_job, cur
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  UPDATE rekey.batches SET state = 'pending', attempts = 0, finished_at = NULL, rows_done = 0,
+         rows_skipped = 0, rows_failed = 0
+   WHERE job_id = p_job AND stage_no = stage AND batch_no BETWEEN p_from AND p_to
+     AND state IN ('done', 'failed');
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n = 0 THEN
+    RETURN format('job %s: no finished batches in %s..%s of stage %s (batches %s): nothing to do', p_job, p_from, p_to, stage,
+                  (SELECT min(batch_no) || '..' || max(batch_no) FROM rekey.batches WHERE job_id = p_job AND stage_no = stage));
+  END IF;
+  UPDATE rekey.job_stages SET state = 'running', finished_at = NULL
+   WHERE job_id = p_job AND stage_no = stage AND kind <> 'rollout';
+  UPDATE rekey.jobs SET state = CASE WHEN state IN ('completed', 'failed') THEN 'active' ELSE state END,
+         state_reason = NULL, finished_at = NULL, updated_at = now()
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.requeued', p_job, jsonb_build_object('from_batch', p_from, 'to_batch', p_to, 'batches', n));
+  RETURN format('job %s: %s batches requeued', p_job, n);
+END $$;
+
+CREATE FUNCTION rekey.require_open_stage_batch(p_job bigint, p_batch integer, p_worker text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  job_state text;
+  open_stage integer;
+  batch_stage integer;
+  stage_state text;
+BEGIN
+  SELECT state, current_stage INTO job_state, open_stage FROM rekey.jobs WHERE job_id = p_job FOR KEY SHARE;
+  -- A new statement, so a new snapshot: it sees whatever committed before the lock was granted.
+  SELECT b.stage_no, s.state INTO batch_stage, stage_state
+    FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
+   WHERE b.job_id = p_job AND b.batch_no = p_batch;
+  IF job_state IS NULL OR job_state NOT IN ('active', 'paused') OR batch_stage IS DISTINCT FROM open_stage
+     OR stage_state IS DISTINCT FROM 'running' THEN
+    RAISE EXCEPTION 'batch %/% is no longer claimed by worker %: it belongs to stage %, and job % is % at stage %; nothing of it was written',
+      p_job, p_batch, p_worker, coalesce(batch_stage::text, '?'), p_job, coalesce(job_state, 'gone'),
+      coalesce(open_stage::text, '?') USING ERRCODE = 'serialization_failure';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.require_planned_stage() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM rekey.job_stages s WHERE s.job_id = NEW.job_id AND s.stage_no = NEW.stage_no)
+     AND NOT EXISTS (SELECT 1 FROM rekey.batches b WHERE b.job_id = NEW.job_id AND b.stage_no = NEW.stage_no) THEN
+    RAISE EXCEPTION 'stage % of job % has no batches: it was never planned', NEW.stage_no, NEW.job_id
+      USING ERRCODE = 'integrity_constraint_violation',
+            HINT = 'with rekey.defer_rollout_planning on, the client must plan the job before committing';
+  END IF;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION rekey.rerun_job(p_job bigint) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  cur text;
+BEGIN
+  SELECT state INTO cur FROM rekey.jobs WHERE job_id = p_job;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur = 'completed' THEN
+    PERFORM rekey.audit_event('job.rerun', p_job, '{"result": "no-op: already completed"}');
+    RETURN format('job %s is already completed: nothing to do', p_job);
+  ELSIF cur = 'failed' THEN
+    RETURN rekey.retry_failed(p_job);
+  END IF;
+  RETURN format('job %s is %s: nothing to rerun', p_job, cur);
+END $$;
+
+CREATE FUNCTION rekey.reset_batch_checkpoint() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  NEW.resume_after := NULL;
+  NEW.duration_ms := NULL;
+  RETURN NEW;
+END $$;
+
+CREATE FUNCTION rekey.resolve_table(p_table text, OUT schema_name name, OUT table_name name) RETURNS record
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  parts text[];
+  rel oid;
+BEGIN
+  BEGIN
+    parts := parse_ident(p_table);
+  EXCEPTION WHEN others THEN
+    RAISE EXCEPTION 'invalid table name %: write schema.table, quoting unusual names with double quotes', quote_literal(p_table)
+      USING ERRCODE = 'invalid_name';
+  END;
+  IF array_length(parts, 1) = 1 THEN
+    parts := ARRAY['public', parts[1]];
+  ELSIF array_length(parts, 1) <> 2 THEN
+    RAISE EXCEPTION 'invalid table name %: write schema.table', quote_literal(p_table)
+      USING ERRCODE = 'invalid_name';
+  END IF;
+  SELECT c.oid, n.nspname, c.relname INTO rel, schema_name, table_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE n.nspname = parts[1] AND c.relname = parts[2] AND c.relkind IN ('r', 'p');
+  IF rel IS NULL THEN
+    RAISE EXCEPTION 'table %.% does not exist', quote_ident(parts[1]), quote_ident(parts[2])
+      USING ERRCODE = 'undefined_table';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.resume_job(p_job bigint) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  msg text;
+BEGIN
+  msg := rekey.set_job_state(p_job, 'active', ARRAY['paused'], 'resumed');
+  UPDATE rekey.job_stages s SET state = 'running'
+   WHERE s.job_id = p_job AND s.state = 'gate_failed';
+  RETURN msg;
+END $$;
+
+CREATE FUNCTION rekey.retry_failed(p_job bigint) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  n integer;
+  cur text;
+BEGIN
+  SELECT state INTO cur FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur = 'cancelled' THEN
+    RAISE EXCEPTION 'job % is cancelled; create a new job instead', p_job USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  UPDATE rekey.batches SET state = 'pending', attempts = 0, finished_at = NULL
+   WHERE job_id = p_job AND state = 'failed';
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n = 0 THEN
+    RETURN format('job %s has no failed batches: nothing to do', p_job);
+  END IF;
+  UPDATE rekey.jobs SET state = CASE WHEN state = 'failed' THEN 'active' ELSE state END,
+         state_reason = NULL, finished_at = NULL, updated_at = now()
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.retry_failed', p_job, jsonb_build_object('batches', n, 'from_state', cur));
+  RETURN format('job %s: %s failed batches requeued', p_job, n);
+END $$;
+
+CREATE FUNCTION rekey.rollback_job(p_job bigint, p_to_percent numeric DEFAULT 0, p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  r record;
+  other record;
+  stage integer;
+BEGIN
+  PERFORM rekey.lock_job_definitions();
+  SELECT * INTO j FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  ELSIF j.state IN ('cancelled', 'rolled_back') THEN
+    RAISE EXCEPTION 'job % is %: nothing to roll back', p_job, j.state USING ERRCODE = 'object_not_in_prerequisite_state';
+  ELSIF p_to_percent IS NULL OR (p_to_percent <> 0 AND NOT p_to_percent = ANY (j.stage_plan[1:cardinality(j.stage_plan) - 1])) THEN
+    RAISE EXCEPTION 'roll back to 0 or to one of the earlier stages'' percentages (%)', j.stage_plan
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF EXISTS (SELECT 1 FROM rekey.keys k JOIN rekey.job_keys jk ON jk.source_key_id = k.key_id
+              WHERE jk.job_id = p_job AND k.status = 'destroyed') THEN
+    RAISE EXCEPTION 'a source key of job % is destroyed: its values cannot be restored', p_job
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  -- Another part of the same rotation (or any job on these keys) would promote the target key
+  -- again, or demote the restored source key, when it completes: the scope would end with its
+  -- values split between keys and the wrong primary.
+  SELECT o.job_id, o.state,
+         (SELECT string_agg(DISTINCT k::text, ', ') FROM rekey.job_keys q,
+                 LATERAL unnest(ARRAY[q.source_key_id, q.target_key_id]) k
+           WHERE q.job_id = o.job_id
+             AND k IN (SELECT unnest(ARRAY[m.source_key_id, m.target_key_id]) FROM rekey.job_keys m
+                        WHERE m.job_id = p_job)) AS shared
+    INTO other
+    FROM rekey.jobs o
+   WHERE o.job_id <> p_job AND rekey.job_unfinished(o.state)
+     AND EXISTS (SELECT 1 FROM rekey.job_keys q JOIN rekey.job_keys m
+                     ON m.job_id = p_job
+                    AND (q.source_key_id IN (m.source_key_id, m.target_key_id)
+                         OR q.target_key_id IN (m.source_key_id, m.target_key_id))
+                  WHERE q.job_id = o.job_id)
+   ORDER BY o.job_id LIMIT 1;
+  IF other.job_id IS NOT NULL THEN
+    RAISE EXCEPTION 'job % (%) shares key % with job %: rolling back one part of a rotation would leave the scope without a primary when the other completes; roll back or cancel job % first',
+      other.job_id, other.state, other.shared, p_job, other.job_id
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  -- Stop the forward work: stages not yet finished are cancelled.
+  UPDATE rekey.job_stages SET state = 'cancelled'
+   WHERE job_id = p_job AND state IN ('planned', 'running', 'verifying');
+  -- The keyring as before the job: each source key primary again in its scope.
+  FOR r IN SELECT jk.source_key_id, jk.target_key_id, k.scope, k.status AS source_status
+             FROM rekey.job_keys jk JOIN rekey.keys k ON k.key_id = jk.source_key_id
+            WHERE jk.job_id = p_job LOOP
+    UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = r.target_key_id AND status IN ('primary', 'enabled');
+    IF r.source_status = 'retired' THEN
+      UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = r.source_key_id;
+    END IF;
+    IF j.keys_promoted AND NOT EXISTS (SELECT 1 FROM rekey.keys WHERE scope = r.scope AND status = 'primary') THEN
+      UPDATE rekey.keys SET status = 'primary' WHERE key_id = r.source_key_id;
+    END IF;
+  END LOOP;
+  UPDATE rekey.jobs SET keys_promoted = false, rollback_stage = NULL WHERE job_id = p_job;
+  stage := rekey.add_stage(p_job, 'rollback', p_to_percent, (p_to_percent * 100)::integer, 10000);
+  UPDATE rekey.jobs SET rollback_stage = stage WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.rollback_started', p_job, jsonb_build_object(
+    'from_state', j.state, 'from_stage', j.current_stage, 'to_percent', p_to_percent, 'reason', p_reason,
+    'batches', (SELECT count(*) FROM rekey.batches WHERE job_id = p_job AND stage_no = stage)));
+  PERFORM rekey.open_stage(p_job, stage);
+  UPDATE rekey.jobs SET finished_at = NULL, state_reason = format('rolling back to %s%%', p_to_percent)
+   WHERE job_id = p_job;
+  RETURN format('job %s: rolling back to %s%% (stage %s); run rekey work --job %s', p_job, p_to_percent, stage, p_job);
+END $$;
+
+CREATE FUNCTION rekey.rotation_in_flight(p_key bigint) RETURNS bigint
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT max(j.job_id) FROM rekey.jobs j JOIN rekey.job_keys k ON k.job_id = j.job_id
+   WHERE k.source_key_id = p_key AND j.state NOT IN ('completed', 'cancelled')
+$$;
+
+CREATE FUNCTION rekey.rotation_targets(p_key bigint) RETURNS TABLE(table_name text, columns text[], codecs text[], key_id_column name, ad_template text, scope_column name, scope_value text, values_under_key bigint)
+    LANGUAGE sql
+    AS $$
+  SELECT format('%I.%I', tc.schema_name, tc.table_name),
+         array_agg(tc.column_name::text ORDER BY tc.attnum), array_agg(tc.codec ORDER BY tc.attnum),
+         min(tc.key_id_column), min(tc.ad_template), NULL::name, NULL::text, sum(u.n)::bigint
+    FROM rekey.key_usage(p_key) u JOIN rekey.target_columns() tc ON tc.target_id = u.target_id
+   WHERE u.n > 0
+   GROUP BY tc.relid, tc.schema_name, tc.table_name
+   ORDER BY 1
+$$;
+
+CREATE FUNCTION rekey.row_security_blocker(p_rel regclass) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT format('row-level security on %s hides rows from role %I: %s', c.oid::regclass,
+                current_user,
+                CASE WHEN c.relforcerowsecurity
+                     THEN format('the table forces row security even on its owner; ALTER ROLE %I BYPASSRLS (or ALTER TABLE %s NO FORCE ROW LEVEL SECURITY and run rekey as its owner)',
+                                 current_user, c.oid::regclass)
+                     ELSE format('ALTER ROLE %I BYPASSRLS, or run rekey as the table''s owner %I',
+                                 current_user, c.relowner::regrole)
+                END)
+    FROM pg_class c
+   WHERE c.oid = p_rel AND c.relrowsecurity
+     AND NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = current_user
+                        AND (r.rolsuper OR r.rolbypassrls))
+     AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
+$$;
+
+CREATE TABLE rekey.jobs (
+    job_id bigint NOT NULL,
+    name text,
+    schema_name name NOT NULL,
+    table_name name NOT NULL,
+    pk_column name NOT NULL,
+    pk_type text NOT NULL,
+    key_id_column name,
+    ad_template text,
+    scope_column name,
+    scope_value text,
+    scope_type text,
+    batch_size integer NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    per_row_audit boolean DEFAULT false NOT NULL,
+    stage_plan numeric[] DEFAULT '{1,25,50,75,100}'::numeric[] NOT NULL,
+    promote_at_stage integer NOT NULL,
+    error_threshold numeric DEFAULT 0.001 NOT NULL,
+    observe interval,
+    gate_sample_size integer DEFAULT 10000 NOT NULL,
+    current_stage integer DEFAULT 1 NOT NULL,
+    keys_promoted boolean DEFAULT false NOT NULL,
+    state text DEFAULT 'active'::text NOT NULL,
+    state_reason text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_by text DEFAULT CURRENT_USER NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    transit_key_ref text,
+    transit_min_version integer,
+    not_governed name[] DEFAULT '{}'::name[] NOT NULL,
+    cross_scope boolean DEFAULT false NOT NULL,
+    rollback_stage integer,
+    CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
+    CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
+    CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
+    CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
+    CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
+    CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),
+    CONSTRAINT jobs_transit_both_or_neither CHECK (((transit_key_ref IS NULL) = (transit_min_version IS NULL))),
+    CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
+    CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1))
+);
+
+CREATE FUNCTION rekey.scope_condition(p_job rekey.jobs) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+BEGIN
+  IF p_job.scope_column IS NULL THEN
+    RETURN '';
+  END IF;
+  RETURN format(' AND t.%I = %L::%s', p_job.scope_column, p_job.scope_value,
+                rekey.checked_column_type(p_job.schema_name, p_job.table_name, p_job.scope_column,
+                                          p_job.scope_type));
+END $$;
+
+CREATE FUNCTION rekey.seal_audit() RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'rekey'
+    AS $$
+DECLARE
+  horizon  xid8;
+  last     record;
+  r        rekey.audit;
+  prev     bytea;
+  n        bigint;
+  digest   bytea;
+  sealed   integer := 0;
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE WARNING 'audit rows are not sealed in a % transaction: the hash chain is sealed only in READ COMMITTED; they wait for the next seal (rekey audit seal)',
+      upper(current_setting('transaction_isolation'));
+    RETURN 0;
+  END IF;
+  IF NOT pg_try_advisory_xact_lock(hashtext('rekey.audit_chain')) THEN
+    RETURN 0;
+  END IF;
+  -- Taken after the lock, so it is no older than the horizon of the seal before this one.
+  horizon := pg_snapshot_xmin(pg_current_snapshot());
+  SELECT c.seq, c.chain_hash, c.sealed_xmin INTO last
+    FROM rekey.audit_chain c ORDER BY c.seq DESC LIMIT 1;
+  n := coalesce(last.seq, 0);
+  prev := coalesce(last.chain_hash, decode(repeat('00', 32), 'hex'));
+  FOR r IN
+    SELECT a.* FROM rekey.audit a
+     WHERE a.xid >= coalesce(last.sealed_xmin, '0'::xid8)
+       AND a.xid <= greatest(pg_snapshot_xmax(pg_current_snapshot()), pg_current_xact_id_if_assigned())
+     ORDER BY a.audit_id
+  LOOP
+    CONTINUE WHEN EXISTS (SELECT 1 FROM rekey.audit_chain c WHERE c.audit_id = r.audit_id);
+    n := n + 1;
+    digest := sha256(rekey.audit_row_bytes(r));
+    prev := sha256(prev || int8send(n) || digest);
+    INSERT INTO rekey.audit_chain (seq, audit_id, row_digest, chain_hash, sealed_xmin)
+    VALUES (n, r.audit_id, digest, prev, horizon);
+    sealed := sealed + 1;
+  END LOOP;
+  RETURN sealed;
+END $$;
+
+CREATE FUNCTION rekey.seal_audit_after_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  PERFORM rekey.seal_audit();
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION rekey.seal_audit_durably() RETURNS TABLE(seq bigint, chain_hash text)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'rekey'
+    AS $$
+BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'the audit chain is sealed only in READ COMMITTED, not %: run it in a READ COMMITTED transaction',
+      upper(current_setting('transaction_isolation'))
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  PERFORM pg_advisory_xact_lock(hashtext('rekey.audit_chain'));
+  PERFORM rekey.seal_audit();
+  -- Local to the caller's transaction: a function's own SET clause would end with the function,
+  -- before the COMMIT it is meant for.
+  PERFORM set_config('synchronous_commit', 'on', true);
+  RETURN QUERY
+    SELECT c.seq, encode(c.chain_hash, 'hex') FROM rekey.audit_chain c
+     ORDER BY c.seq DESC LIMIT 1 FOR UPDATE;
+END $$;
+
+CREATE FUNCTION rekey.set_job_state(p_job bigint, p_to text, p_from text[], p_action text, p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  cur text;
+BEGIN
+  SELECT state INTO cur FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %; SELECT * FROM rekey.progress lists the jobs', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur = p_to THEN
+    RETURN format('job %s is already %s: nothing to do', p_job, cur);
+  ELSIF NOT cur = ANY (p_from) THEN
+    RAISE EXCEPTION 'job % is %; % is possible only when it is %', p_job, cur, p_action, array_to_string(p_from, ' or ')
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  UPDATE rekey.jobs SET state = p_to, state_reason = p_reason, updated_at = now(),
+         finished_at = CASE WHEN p_to IN ('completed', 'failed', 'cancelled', 'rolled_back') THEN now() ELSE NULL END
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.' || p_action, p_job, jsonb_build_object('from', cur, 'to', p_to, 'reason', p_reason));
+  RETURN format('job %s: %s -> %s', p_job, cur, p_to);
+END $$;
+
+CREATE FUNCTION rekey.stage_bucket(pk text) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+  SELECT (('x' || substr(md5(pk), 1, 8))::bit(32)::bigint % 10000)::integer
+$$;
+
+CREATE FUNCTION rekey.target_columns() RETURNS TABLE(target_id bigint, codec text, relid oid, attnum smallint, key_id_attnum smallint, schema_name name, table_name name, column_name name, key_id_column name, ad_template text, registered_as text, unresolved text)
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT t.target_id, t.codec, c.oid, a.attnum, ka.attnum,
+         n.nspname, c.relname, a.attname, ka.attname, t.ad_template,
+         format('%I.%I.%I', t.schema_name, t.table_name, t.column_name),
+         CASE WHEN c.oid IS NULL THEN 'its table no longer exists'
+              WHEN a.attname IS NULL
+                THEN format('its column no longer exists in %I.%I', n.nspname, c.relname)
+              WHEN t.codec = 'raw' AND ka.attname IS NULL
+                THEN format('its key-id column no longer exists in %I.%I', n.nspname, c.relname)
+         END
+    FROM rekey.targets t
+    LEFT JOIN LATERAL (
+      SELECT coalesce((SELECT x.oid FROM pg_class x WHERE x.oid = t.relid),
+                      to_regclass(format('%I.%I', t.schema_name, t.table_name))::oid) AS oid) r
+      ON true
+    LEFT JOIN pg_class c ON c.oid = r.oid
+    LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN LATERAL (
+      SELECT x.attnum, x.attname FROM pg_attribute x
+       WHERE x.attrelid = c.oid AND x.attnum > 0 AND NOT x.attisdropped
+         AND ((c.oid = t.relid AND x.attnum = t.attnum) OR x.attname = t.column_name)
+       ORDER BY (c.oid = t.relid AND x.attnum = t.attnum) DESC LIMIT 1) a ON true
+    LEFT JOIN LATERAL (
+      SELECT x.attnum, x.attname FROM pg_attribute x
+       WHERE x.attrelid = c.oid AND x.attnum > 0 AND NOT x.attisdropped
+         AND ((c.oid = t.relid AND x.attnum = t.key_id_attnum) OR x.attname = t.key_id_column)
+       ORDER BY (c.oid = t.relid AND x.attnum = t.key_id_attnum) DESC LIMIT 1) ka ON true
+   WHERE t.forgotten_at IS NULL
+$$;
+
+CREATE FUNCTION rekey.targets_resolve_identity() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  rel oid;
+BEGIN
+  IF TG_OP = 'UPDATE' AND (NEW.schema_name, NEW.table_name, NEW.column_name, NEW.key_id_column)
+                          IS NOT DISTINCT FROM
+                          (OLD.schema_name, OLD.table_name, OLD.column_name, OLD.key_id_column) THEN
+    RETURN NEW;
+  END IF;
+  rel := to_regclass(format('%I.%I', NEW.schema_name, NEW.table_name));
+  IF rel IS NULL THEN
+    RAISE EXCEPTION 'cannot register target %.%.%: no such table', quote_ident(NEW.schema_name),
+      quote_ident(NEW.table_name), quote_ident(NEW.column_name) USING ERRCODE = 'undefined_table';
+  END IF;
+  NEW.relid := rel;
+  SELECT a.attnum INTO NEW.attnum FROM pg_attribute a
+   WHERE a.attrelid = rel AND a.attname = NEW.column_name AND a.attnum > 0 AND NOT a.attisdropped;
+  IF NEW.attnum IS NULL THEN
+    RAISE EXCEPTION 'cannot register target %.%.%: no such column', quote_ident(NEW.schema_name),
+      quote_ident(NEW.table_name), quote_ident(NEW.column_name) USING ERRCODE = 'undefined_column';
+  END IF;
+  NEW.key_id_attnum := NULL;
+  IF NEW.key_id_column IS NOT NULL THEN
+    SELECT a.attnum INTO NEW.key_id_attnum FROM pg_attribute a
+     WHERE a.attrelid = rel AND a.attname = NEW.key_id_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NEW.key_id_attnum IS NULL THEN
+      RAISE EXCEPTION 'cannot register target %.%.%: no key-id column %', quote_ident(NEW.schema_name),
+        quote_ident(NEW.table_name), quote_ident(NEW.column_name), quote_ident(NEW.key_id_column)
+        USING ERRCODE = 'undefined_column';
+    END IF;
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE FUNCTION rekey.tink_prefix(p_key bigint) RETURNS bytea
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+  SELECT '\x01'::bytea || substring(int8send(p_key) from 5 for 4)
+$$;
+
+CREATE FUNCTION rekey.transit_version(p_value text) RETURNS integer
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $_$
+  SELECT substring(p_value from '^vault:v([0-9]{1,9}):[A-Za-z0-9+/=]+$')::integer;
+$_$;
+
+CREATE SEQUENCE rekey.audit_audit_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE rekey.audit_audit_id_seq OWNED BY rekey.audit.audit_id;
+
+CREATE TABLE rekey.audit_chain (
+    seq bigint NOT NULL,
+    audit_id bigint NOT NULL,
+    row_digest bytea NOT NULL,
+    chain_hash bytea NOT NULL,
+    sealed_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    sealed_xmin xid8 NOT NULL,
+    CONSTRAINT audit_chain_chain_hash_check CHECK ((octet_length(chain_hash) = 32)),
+    CONSTRAINT audit_chain_row_digest_check CHECK ((octet_length(row_digest) = 32)),
+    CONSTRAINT audit_chain_seq_check CHECK ((seq > 0))
+);
+
+COMMENT ON TABLE rekey.audit_chain IS 'SHA-256 hash chain over rekey.audit in sealing order; append-only; checked by rekey audit verify.';
+
+CREATE VIEW rekey.audit_head AS
+ SELECT audit_chain.seq,
+    audit_chain.audit_id,
+    encode(audit_chain.chain_hash, 'hex'::text) AS chain_hash,
+    audit_chain.sealed_at
+   FROM rekey.audit_chain
+  ORDER BY audit_chain.seq DESC
+ LIMIT 1;
+
+CREATE TABLE rekey.batches (
+    job_id bigint NOT NULL,
+    batch_no integer NOT NULL,
+    stage_no integer NOT NULL,
+    lo text,
+    hi text,
+    planned_rows integer NOT NULL,
+    state text DEFAULT 'pending'::text NOT NULL,
+    attempts integer DEFAULT 0 NOT NULL,
+    worker_id text,
+    claimed_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    rows_done integer DEFAULT 0 NOT NULL,
+    rows_skipped integer DEFAULT 0 NOT NULL,
+    rows_failed integer DEFAULT 0 NOT NULL,
+    duration_ms double precision,
+    last_error text,
+    resume_after text,
+    keys text[],
+    CONSTRAINT batches_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text])))
+);
+
+CREATE VIEW rekey.batch_status AS
+ SELECT batches.job_id,
+    batches.batch_no,
+    batches.stage_no,
+    batches.state,
+    batches.attempts,
+    batches.worker_id,
+    batches.lo,
+    batches.hi,
+    batches.planned_rows,
+    batches.rows_done,
+    batches.rows_skipped,
+    batches.rows_failed,
+    round((batches.duration_ms)::numeric, 1) AS duration_ms,
+    batches.claimed_at,
+    batches.finished_at,
+    batches.last_error,
+        CASE
+            WHEN (batches.state = 'running'::text) THEN (now() - batches.claimed_at)
+            ELSE NULL::interval
+        END AS running_for
+   FROM rekey.batches;
+
+CREATE TABLE rekey.gates (
+    gate_id bigint NOT NULL,
+    job_id bigint NOT NULL,
+    stage_no integer NOT NULL,
+    percent numeric NOT NULL,
+    values_checked bigint NOT NULL,
+    decrypt_errors bigint NOT NULL,
+    quarantined bigint NOT NULL,
+    error_rate numeric NOT NULL,
+    threshold numeric NOT NULL,
+    audit_complete boolean NOT NULL,
+    passed boolean NOT NULL,
+    verified_at timestamp with time zone DEFAULT now() NOT NULL,
+    verified_by text NOT NULL,
+    approved_at timestamp with time zone,
+    approved_by text,
+    details jsonb DEFAULT '{}'::jsonb NOT NULL
+);
+
+CREATE SEQUENCE rekey.gates_gate_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE rekey.gates_gate_id_seq OWNED BY rekey.gates.gate_id;
+
+CREATE TABLE rekey.job_columns (
+    job_id bigint NOT NULL,
+    ordinal integer NOT NULL,
+    target_id bigint NOT NULL
+);
+
+CREATE TABLE rekey.job_keys (
+    job_id bigint NOT NULL,
+    source_key_id bigint NOT NULL,
+    target_key_id bigint NOT NULL,
+    CONSTRAINT job_keys_check CHECK ((source_key_id <> target_key_id))
+);
+
+CREATE TABLE rekey.job_stages (
+    job_id bigint NOT NULL,
+    stage_no integer NOT NULL,
+    kind text NOT NULL,
+    percent numeric NOT NULL,
+    bucket_lo integer NOT NULL,
+    bucket_hi integer NOT NULL,
+    state text DEFAULT 'planned'::text NOT NULL,
+    opened_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT job_stages_check CHECK (((0 <= bucket_lo) AND (bucket_lo <= bucket_hi) AND (bucket_hi <= 10000))),
+    CONSTRAINT job_stages_kind_check CHECK ((kind = ANY (ARRAY['rollout'::text, 'sweep'::text, 'rollback'::text]))),
+    CONSTRAINT job_stages_state_check CHECK ((state = ANY (ARRAY['planned'::text, 'running'::text, 'verifying'::text, 'passed'::text, 'gate_failed'::text, 'done'::text, 'cancelled'::text])))
+);
+
+CREATE SEQUENCE rekey.jobs_job_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE rekey.jobs_job_id_seq OWNED BY rekey.jobs.job_id;
+
+CREATE TABLE rekey.key_policies (
+    scope text NOT NULL,
+    max_age interval NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_by text DEFAULT CURRENT_USER NOT NULL,
+    CONSTRAINT key_policies_max_age_check CHECK ((max_age > '00:00:00'::interval))
+);
+
+COMMENT ON TABLE rekey.key_policies IS 'rekey: maximum data-key age per scope (''*'' = every other scope); rekey rotate-due rotates keys past it.';
+
+CREATE TABLE rekey.keys (
+    key_id bigint NOT NULL,
+    scope text DEFAULT 'default'::text NOT NULL,
+    kms_provider text NOT NULL,
+    kms_key_ref text NOT NULL,
+    wrapped_key bytea,
+    algorithm text DEFAULT 'AES-256-GCM'::text NOT NULL,
+    status text NOT NULL,
+    origin text DEFAULT 'generated'::text NOT NULL,
+    max_age interval,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    enabled_at timestamp with time zone,
+    primary_at timestamp with time zone,
+    decrypt_only_at timestamp with time zone,
+    retired_at timestamp with time zone,
+    destroyed_at timestamp with time zone,
+    created_by text DEFAULT CURRENT_USER,
+    updated_by text,
+    CONSTRAINT keys_key_id_check CHECK (((key_id >= 0) AND (key_id <= '4294967295'::bigint))),
+    CONSTRAINT keys_kms_provider_check CHECK ((kms_provider = ANY (ARRAY['local'::text, 'aws-kms'::text, 'vault-transit'::text]))),
+    CONSTRAINT keys_origin_check CHECK ((origin = ANY (ARRAY['generated'::text, 'imported'::text]))),
+    CONSTRAINT keys_status_check CHECK ((status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text, 'retired'::text, 'destroyed'::text]))),
+    CONSTRAINT keys_wrapped_key_iff_not_destroyed CHECK (((wrapped_key IS NULL) = (status = 'destroyed'::text)))
+);
+
+COMMENT ON TABLE rekey.keys IS 'rekey keyring: wrapped data keys and their lifecycle (see docs/keyring.md). Rows are never deleted.';
+
+CREATE VIEW rekey.key_age AS
+ SELECT k.key_id,
+    k.scope,
+    k.status,
+    k.kms_provider,
+    k.kms_key_ref,
+    k.created_at,
+    (now() - k.created_at) AS age,
+    COALESCE(k.max_age, p.max_age, d.max_age) AS max_age,
+        CASE
+            WHEN (k.max_age IS NOT NULL) THEN 'key'::text
+            WHEN (p.max_age IS NOT NULL) THEN 'scope'::text
+            WHEN (d.max_age IS NOT NULL) THEN 'default'::text
+            ELSE NULL::text
+        END AS max_age_source,
+    (k.created_at + COALESCE(k.max_age, p.max_age, d.max_age)) AS due_at,
+    COALESCE(((k.status = 'primary'::text) AND (now() >= (k.created_at + COALESCE(k.max_age, p.max_age, d.max_age)))), false) AS overdue
+   FROM ((rekey.keys k
+     LEFT JOIN rekey.key_policies p ON ((p.scope = k.scope)))
+     LEFT JOIN rekey.key_policies d ON ((d.scope = '*'::text)))
+  WHERE (k.status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text]));
+
+CREATE VIEW rekey.progress AS
+ WITH b AS (
+         SELECT x.job_id,
+            count(*) FILTER (WHERE (s_1.kind = 'rollout'::text)) AS batches_total,
+            count(*) FILTER (WHERE ((s_1.kind = 'rollout'::text) AND (x.state = 'done'::text))) AS batches_done,
+            count(*) FILTER (WHERE (x.state = 'failed'::text)) AS batches_failed,
+            count(*) FILTER (WHERE (x.state = 'running'::text)) AS batches_running,
+            count(*) FILTER (WHERE ((x.state = 'pending'::text) AND (x.stage_no = j_1.current_stage))) AS batches_pending,
+            COALESCE(sum(x.planned_rows) FILTER (WHERE (s_1.kind = 'rollout'::text)), (0)::bigint) AS rows_total,
+            COALESCE(sum(x.planned_rows) FILTER (WHERE ((s_1.kind = 'rollout'::text) AND (x.state = 'done'::text))), (0)::bigint) AS rows_processed,
+            COALESCE(sum(x.rows_done) FILTER (WHERE (s_1.kind <> 'rollback'::text)), (0)::bigint) AS rows_reencrypted,
+            COALESCE(sum(x.rows_done) FILTER (WHERE (s_1.kind = 'rollback'::text)), (0)::bigint) AS rows_restored,
+            COALESCE(sum(x.rows_failed), (0)::bigint) AS rows_quarantined,
+            COALESCE(sum(x.planned_rows) FILTER (WHERE (x.stage_no = j_1.current_stage)), (0)::bigint) AS stage_rows,
+            COALESCE(sum(x.planned_rows) FILTER (WHERE ((x.stage_no = j_1.current_stage) AND (x.state = 'done'::text))), (0)::bigint) AS stage_rows_done,
+            COALESCE(sum(x.planned_rows) FILTER (WHERE ((x.state = 'done'::text) AND (x.finished_at > (now() - '00:01:00'::interval)))), (0)::bigint) AS rows_last_minute,
+            min(x.finished_at) FILTER (WHERE ((x.state = 'done'::text) AND (x.finished_at > (now() - '00:01:00'::interval)))) AS window_start,
+            count(DISTINCT x.worker_id) FILTER (WHERE (x.state = 'running'::text)) AS active_workers
+           FROM ((rekey.batches x
+             JOIN rekey.jobs j_1 ON ((j_1.job_id = x.job_id)))
+             JOIN rekey.job_stages s_1 ON (((s_1.job_id = x.job_id) AND (s_1.stage_no = x.stage_no))))
+          GROUP BY x.job_id
+        ), rate AS (
+         SELECT b_1.job_id,
+            ((b_1.rows_last_minute)::numeric / GREATEST(EXTRACT(epoch FROM (now() - LEAST(b_1.window_start, (now() - '00:00:01'::interval)))), (1)::numeric)) AS rows_per_second
+           FROM b b_1
+        )
+ SELECT j.job_id,
+    j.name,
+    j.state,
+    j.state_reason,
+    format('%I.%I'::text, j.schema_name, j.table_name) AS target,
+    ( SELECT string_agg(((k.source_key_id || '->'::text) || k.target_key_id), ', '::text ORDER BY k.source_key_id) AS string_agg
+           FROM rekey.job_keys k
+          WHERE (k.job_id = j.job_id)) AS keys,
+    j.current_stage,
+    s.kind AS stage_kind,
+    s.percent AS stage_percent,
+    s.state AS stage_state,
+    b.stage_rows,
+    b.stage_rows_done,
+    array_to_string(j.stage_plan, ','::text) AS stage_plan,
+    b.rows_total,
+    b.rows_processed,
+    b.rows_reencrypted,
+    b.rows_restored,
+    b.rows_quarantined,
+    (b.rows_total - b.rows_processed) AS rows_remaining,
+    b.batches_total,
+    b.batches_done,
+    b.batches_failed,
+    b.batches_running,
+    b.batches_pending,
+    round(((100.0 * (b.rows_processed)::numeric) / (GREATEST(b.rows_total, (1)::bigint))::numeric), 2) AS percent,
+    round(r.rows_per_second, 1) AS rows_per_second,
+        CASE
+            WHEN ((r.rows_per_second > (0)::numeric) AND (j.state = 'active'::text)) THEN make_interval(secs => ((((b.stage_rows - b.stage_rows_done))::numeric / r.rows_per_second))::double precision)
+            ELSE NULL::interval
+        END AS stage_eta,
+    b.active_workers,
+    g.passed AS last_gate_passed,
+    g.stage_no AS last_gate_stage,
+    g.error_rate AS last_gate_error_rate,
+    g.values_checked AS last_gate_values_checked,
+    j.observe,
+    j.created_at,
+    j.started_at,
+    j.finished_at,
+    (j.finished_at - j.started_at) AS duration
+   FROM ((((rekey.jobs j
+     LEFT JOIN b USING (job_id))
+     LEFT JOIN rate r USING (job_id))
+     LEFT JOIN rekey.job_stages s ON (((s.job_id = j.job_id) AND (s.stage_no = j.current_stage))))
+     LEFT JOIN LATERAL ( SELECT x.gate_id,
+            x.job_id,
+            x.stage_no,
+            x.percent,
+            x.values_checked,
+            x.decrypt_errors,
+            x.quarantined,
+            x.error_rate,
+            x.threshold,
+            x.audit_complete,
+            x.passed,
+            x.verified_at,
+            x.verified_by,
+            x.approved_at,
+            x.approved_by,
+            x.details
+           FROM rekey.gates x
+          WHERE (x.job_id = j.job_id)
+          ORDER BY x.gate_id DESC
+         LIMIT 1) g ON (true));
+
+CREATE TABLE rekey.reports (
+    report_id bigint NOT NULL,
+    job_id bigint NOT NULL,
+    generated_at timestamp with time zone DEFAULT now() NOT NULL,
+    generated_by text DEFAULT CURRENT_USER NOT NULL,
+    body jsonb NOT NULL,
+    markdown text,
+    sha256 text NOT NULL
+);
+
+CREATE SEQUENCE rekey.reports_report_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE rekey.reports_report_id_seq OWNED BY rekey.reports.report_id;
+
+CREATE VIEW rekey.rotation_due AS
+ SELECT a.scope,
+    a.key_id,
+    a.kms_provider,
+    a.age,
+    a.max_age,
+    a.due_at,
+    rekey.rotation_in_flight(a.key_id) AS job_in_flight
+   FROM rekey.key_age a
+  WHERE a.overdue;
+
+CREATE TABLE rekey.row_failures (
+    failure_id bigint NOT NULL,
+    job_id bigint NOT NULL,
+    batch_no integer NOT NULL,
+    table_name text NOT NULL,
+    pk text NOT NULL,
+    column_name name NOT NULL,
+    error_class text NOT NULL,
+    key_id bigint,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    worker_id text,
+    detail text
+);
+
+CREATE SEQUENCE rekey.row_failures_failure_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE rekey.row_failures_failure_id_seq OWNED BY rekey.row_failures.failure_id;
+
+CREATE TABLE rekey.schema_definitions (
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    applied_by text DEFAULT CURRENT_USER NOT NULL
+);
+
+CREATE TABLE rekey.schema_migrations (
+    version integer NOT NULL,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    applied_by text DEFAULT CURRENT_USER NOT NULL
+);
+
+CREATE VIEW rekey.stage_status AS
+SELECT
+    NULL::bigint AS job_id,
+    NULL::integer AS stage_no,
+    NULL::text AS kind,
+    NULL::numeric AS percent,
+    NULL::integer AS bucket_lo,
+    NULL::integer AS bucket_hi,
+    NULL::text AS state,
+    NULL::bigint AS batches,
+    NULL::bigint AS batches_done,
+    NULL::bigint AS rows_planned,
+    NULL::bigint AS rows_reencrypted,
+    NULL::bigint AS rows_quarantined,
+    NULL::timestamp with time zone AS opened_at,
+    NULL::timestamp with time zone AS finished_at,
+    NULL::boolean AS gate_passed,
+    NULL::numeric AS gate_error_rate;
+
+CREATE TABLE rekey.targets (
+    target_id bigint NOT NULL,
+    schema_name name NOT NULL,
+    table_name name NOT NULL,
+    pk_column name NOT NULL,
+    column_name name NOT NULL,
+    codec text NOT NULL,
+    key_id_column name,
+    ad_template text,
+    scope_column name,
+    scope_value text,
+    created_at timestamp with time zone DEFAULT now(),
+    created_by text DEFAULT CURRENT_USER,
+    relid oid,
+    attnum smallint,
+    key_id_attnum smallint,
+    forgotten_at timestamp with time zone,
+    forgotten_by text,
+    forgotten_reason text,
+    CONSTRAINT targets_codec_check CHECK ((codec = ANY (ARRAY['tink'::text, 'raw'::text, 'vault-transit'::text]))),
+    CONSTRAINT targets_raw_needs_key_id_column CHECK (((codec <> 'raw'::text) OR (key_id_column IS NOT NULL))),
+    CONSTRAINT targets_scope_both_or_neither CHECK (((scope_column IS NULL) = (scope_value IS NULL)))
+);
+
+COMMENT ON TABLE rekey.targets IS 'rekey: the encrypted columns rekey manages; key retire/destroy is refused while any holds values under the key.';
+
+COMMENT ON COLUMN rekey.targets.relid IS 'the table by identity: schema_name/table_name are the names at registration, relid follows renames';
+
+CREATE SEQUENCE rekey.targets_target_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE rekey.targets_target_id_seq OWNED BY rekey.targets.target_id;
+
+CREATE TABLE rekey.value_audit (
+    job_id bigint NOT NULL,
+    batch_no integer NOT NULL,
+    pk text NOT NULL,
+    column_name name NOT NULL,
+    from_key_id bigint NOT NULL,
+    to_key_id bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE rekey.workers (
+    worker_id text NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen timestamp with time zone DEFAULT now() NOT NULL,
+    job_id bigint
+);
+
+ALTER TABLE ONLY rekey.audit ALTER COLUMN audit_id SET DEFAULT nextval('rekey.audit_audit_id_seq'::regclass);
+
+ALTER TABLE ONLY rekey.gates ALTER COLUMN gate_id SET DEFAULT nextval('rekey.gates_gate_id_seq'::regclass);
+
+ALTER TABLE ONLY rekey.jobs ALTER COLUMN job_id SET DEFAULT nextval('rekey.jobs_job_id_seq'::regclass);
+
+ALTER TABLE ONLY rekey.reports ALTER COLUMN report_id SET DEFAULT nextval('rekey.reports_report_id_seq'::regclass);
+
+ALTER TABLE ONLY rekey.row_failures ALTER COLUMN failure_id SET DEFAULT nextval('rekey.row_failures_failure_id_seq'::regclass);
+
+ALTER TABLE ONLY rekey.targets ALTER COLUMN target_id SET DEFAULT nextval('rekey.targets_target_id_seq'::regclass);
+
+ALTER TABLE ONLY rekey.audit_chain
+    ADD CONSTRAINT audit_chain_audit_id_key UNIQUE (audit_id);
+
+ALTER TABLE ONLY rekey.audit_chain
+    ADD CONSTRAINT audit_chain_pkey PRIMARY KEY (seq);
+
+ALTER TABLE ONLY rekey.audit
+    ADD CONSTRAINT audit_pkey PRIMARY KEY (audit_id);
+
+ALTER TABLE ONLY rekey.batches
+    ADD CONSTRAINT batches_pkey PRIMARY KEY (job_id, batch_no);
+
+ALTER TABLE ONLY rekey.gates
+    ADD CONSTRAINT gates_pkey PRIMARY KEY (gate_id);
+
+ALTER TABLE ONLY rekey.job_columns
+    ADD CONSTRAINT job_columns_pkey PRIMARY KEY (job_id, ordinal);
+
+ALTER TABLE ONLY rekey.job_keys
+    ADD CONSTRAINT job_keys_pkey PRIMARY KEY (job_id, source_key_id);
+
+ALTER TABLE ONLY rekey.job_stages
+    ADD CONSTRAINT job_stages_pkey PRIMARY KEY (job_id, stage_no);
+
+ALTER TABLE ONLY rekey.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (job_id);
+
+ALTER TABLE ONLY rekey.key_policies
+    ADD CONSTRAINT key_policies_pkey PRIMARY KEY (scope);
+
+ALTER TABLE ONLY rekey.keys
+    ADD CONSTRAINT keys_pkey PRIMARY KEY (key_id);
+
+ALTER TABLE ONLY rekey.reports
+    ADD CONSTRAINT reports_pkey PRIMARY KEY (report_id);
+
+ALTER TABLE ONLY rekey.row_failures
+    ADD CONSTRAINT row_failures_pkey PRIMARY KEY (failure_id);
+
+ALTER TABLE ONLY rekey.schema_definitions
+    ADD CONSTRAINT schema_definitions_pkey PRIMARY KEY (name);
+
+ALTER TABLE ONLY rekey.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+ALTER TABLE ONLY rekey.targets
+    ADD CONSTRAINT targets_pkey PRIMARY KEY (target_id);
+
+ALTER TABLE ONLY rekey.workers
+    ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id);
+
+CREATE INDEX audit_batch_completed ON rekey.audit USING btree (job_id, batch_no, at) WHERE (action = 'rotation.batch.completed'::text);
+
+CREATE INDEX audit_job ON rekey.audit USING btree (job_id, action);
+
+CREATE INDEX audit_xid ON rekey.audit USING btree (xid);
+
+CREATE INDEX batches_claimable ON rekey.batches USING btree (job_id, stage_no, batch_no) WHERE (state = ANY (ARRAY['pending'::text, 'running'::text]));
+
+CREATE INDEX batches_finished ON rekey.batches USING btree (job_id, finished_at) WHERE (state = 'done'::text);
+
+CREATE INDEX batches_stage ON rekey.batches USING btree (job_id, stage_no);
+
+CREATE INDEX gates_job ON rekey.gates USING btree (job_id, stage_no);
+
+CREATE UNIQUE INDEX keys_one_primary_per_scope ON rekey.keys USING btree (scope) WHERE (status = 'primary'::text);
+
+CREATE INDEX reports_job ON rekey.reports USING btree (job_id, generated_at);
+
+CREATE INDEX row_failures_job ON rekey.row_failures USING btree (job_id, batch_no);
+
+CREATE UNIQUE INDEX row_failures_once ON rekey.row_failures USING btree (job_id, table_name, pk, column_name);
+
+CREATE UNIQUE INDEX targets_unique_column ON rekey.targets USING btree (schema_name, table_name, column_name, COALESCE(scope_column, ''::name), COALESCE(scope_value, ''::text));
+
+CREATE INDEX value_audit_job ON rekey.value_audit USING btree (job_id, pk);
+
+CREATE OR REPLACE VIEW rekey.stage_status AS
+ SELECT s.job_id,
+    s.stage_no,
+    s.kind,
+    s.percent,
+    s.bucket_lo,
+    s.bucket_hi,
+    s.state,
+    count(b.*) AS batches,
+    count(b.*) FILTER (WHERE (b.state = 'done'::text)) AS batches_done,
+    COALESCE(sum(b.planned_rows), (0)::bigint) AS rows_planned,
+    COALESCE(sum(b.rows_done), (0)::bigint) AS rows_reencrypted,
+    COALESCE(sum(b.rows_failed), (0)::bigint) AS rows_quarantined,
+    s.opened_at,
+    s.finished_at,
+    ( SELECT g.passed
+           FROM rekey.gates g
+          WHERE ((g.job_id = s.job_id) AND (g.stage_no = s.stage_no))
+          ORDER BY g.gate_id DESC
+         LIMIT 1) AS gate_passed,
+    ( SELECT g.error_rate
+           FROM rekey.gates g
+          WHERE ((g.job_id = s.job_id) AND (g.stage_no = s.stage_no))
+          ORDER BY g.gate_id DESC
+         LIMIT 1) AS gate_error_rate
+   FROM (rekey.job_stages s
+     LEFT JOIN rekey.batches b ON (((b.job_id = s.job_id) AND (b.stage_no = s.stage_no))))
+  GROUP BY s.job_id, s.stage_no;
+
+CREATE TRIGGER audit_append_only BEFORE DELETE OR UPDATE ON rekey.audit FOR EACH ROW EXECUTE FUNCTION rekey.reject_audit_change();
+
+CREATE TRIGGER audit_chain_append_only BEFORE DELETE OR UPDATE ON rekey.audit_chain FOR EACH ROW EXECUTE FUNCTION rekey.reject_audit_change();
+
+CREATE TRIGGER audit_chain_no_truncate BEFORE TRUNCATE ON rekey.audit_chain FOR EACH STATEMENT EXECUTE FUNCTION rekey.reject_audit_change();
+
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON rekey.audit FOR EACH STATEMENT EXECUTE FUNCTION rekey.reject_audit_change();
+
+CREATE TRIGGER audit_seal AFTER INSERT ON rekey.audit FOR EACH STATEMENT EXECUTE FUNCTION rekey.seal_audit_after_insert();
+
+CREATE TRIGGER audit_stamp BEFORE INSERT ON rekey.audit FOR EACH ROW EXECUTE FUNCTION rekey.audit_stamp();
+
+CREATE TRIGGER batches_reset_checkpoint BEFORE UPDATE OF state ON rekey.batches FOR EACH ROW WHEN (((old.state = ANY (ARRAY['done'::text, 'failed'::text])) AND (new.state = ANY (ARRAY['pending'::text, 'running'::text])))) EXECUTE FUNCTION rekey.reset_batch_checkpoint();
+
+CREATE TRIGGER gates_stamp BEFORE INSERT OR UPDATE ON rekey.gates FOR EACH ROW EXECUTE FUNCTION rekey.gates_stamp();
+
+CREATE TRIGGER job_stages_no_transit_rollback BEFORE INSERT ON rekey.job_stages FOR EACH ROW EXECUTE FUNCTION rekey.refuse_transit_rollback();
+
+CREATE CONSTRAINT TRIGGER job_stages_planned AFTER INSERT ON rekey.job_stages DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION rekey.require_planned_stage();
+
+CREATE TRIGGER jobs_clear_planned_keys AFTER UPDATE OF state ON rekey.jobs FOR EACH ROW WHEN (((new.state = 'completed'::text) AND (old.state <> 'completed'::text))) EXECUTE FUNCTION rekey.clear_planned_keys();
+
+CREATE TRIGGER jobs_notify_changed AFTER UPDATE OF state, current_stage ON rekey.jobs FOR EACH ROW WHEN (((old.state IS DISTINCT FROM new.state) OR (old.current_stage IS DISTINCT FROM new.current_stage))) EXECUTE FUNCTION rekey.notify_job_change();
+
+CREATE TRIGGER jobs_notify_created AFTER INSERT ON rekey.jobs FOR EACH ROW EXECUTE FUNCTION rekey.notify_job_change();
+
+CREATE TRIGGER key_policies_audit AFTER INSERT OR DELETE OR UPDATE ON rekey.key_policies FOR EACH ROW EXECUTE FUNCTION rekey.audit_policy_change();
+
+CREATE TRIGGER keys_audit AFTER INSERT OR UPDATE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.audit_key_change();
+
+CREATE TRIGGER keys_enforce_lifecycle BEFORE INSERT OR UPDATE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.keys_enforce_lifecycle();
+
+CREATE TRIGGER keys_reject_delete BEFORE DELETE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.keys_reject_delete();
+
+CREATE TRIGGER keys_reject_truncate BEFORE TRUNCATE ON rekey.keys FOR EACH STATEMENT EXECUTE FUNCTION rekey.keys_reject_delete();
+
+CREATE TRIGGER reports_append_only BEFORE DELETE OR UPDATE ON rekey.reports FOR EACH ROW EXECUTE FUNCTION rekey.reject_report_change();
+
+CREATE TRIGGER targets_resolve_identity BEFORE INSERT OR UPDATE OF schema_name, table_name, column_name, key_id_column ON rekey.targets FOR EACH ROW EXECUTE FUNCTION rekey.targets_resolve_identity();
+
+CREATE TRIGGER value_audit_append_only BEFORE DELETE OR UPDATE ON rekey.value_audit FOR EACH ROW EXECUTE FUNCTION rekey.reject_audit_change();
+
+ALTER TABLE ONLY rekey.batches
+    ADD CONSTRAINT batches_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.batches
+    ADD CONSTRAINT batches_job_id_stage_no_fkey FOREIGN KEY (job_id, stage_no) REFERENCES rekey.job_stages(job_id, stage_no);
+
+ALTER TABLE ONLY rekey.gates
+    ADD CONSTRAINT gates_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.job_columns
+    ADD CONSTRAINT job_columns_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.job_columns
+    ADD CONSTRAINT job_columns_target_id_fkey FOREIGN KEY (target_id) REFERENCES rekey.targets(target_id);
+
+ALTER TABLE ONLY rekey.job_keys
+    ADD CONSTRAINT job_keys_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.job_keys
+    ADD CONSTRAINT job_keys_source_key_id_fkey FOREIGN KEY (source_key_id) REFERENCES rekey.keys(key_id);
+
+ALTER TABLE ONLY rekey.job_keys
+    ADD CONSTRAINT job_keys_target_key_id_fkey FOREIGN KEY (target_key_id) REFERENCES rekey.keys(key_id);
+
+ALTER TABLE ONLY rekey.job_stages
+    ADD CONSTRAINT job_stages_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.reports
+    ADD CONSTRAINT reports_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.row_failures
+    ADD CONSTRAINT row_failures_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;

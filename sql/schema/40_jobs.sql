@@ -1,0 +1,741 @@
+-- Rotation jobs: the stage bucket of a row, defining a job (rekey.create_job and
+-- rekey.create_transit_job, and the checks they share), the collisions refused between unfinished
+-- jobs, the keyring promotion, and the operator's state changes (pause, resume, cancel, retry,
+-- requeue, rerun). Workers learn of changes through NOTIFY rekey_jobs.
+
+-- The stage bucket of a row: a uniform pseudo-random number in 0..9999 derived from the text
+-- form of its primary key, the same in every database and language:
+--   bucket = (first 4 bytes of MD5(pk text), read as a big-endian unsigned integer) mod 10000
+-- A row belongs to the rollout up to p percent iff bucket < p * 100, so stages nest. The 1%
+-- canary of a table, from psql:  SELECT * FROM t WHERE rekey.stage_bucket(id::text) < 100;
+CREATE OR REPLACE FUNCTION rekey.stage_bucket(pk text) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+  SELECT (('x' || substr(md5(pk), 1, 8))::bit(32)::bigint % 10000)::integer
+$$;
+
+-- Job definitions and rollbacks are checked against the unfinished jobs; this lock, held to the
+-- end of the transaction, makes those checks and the writes they allow one step (two concurrent
+-- creations could otherwise each pass before the other commits). Tag 'REKJ' in the high 32 bits:
+-- apart from the key locks ('REKY', rekey.key_lock_id) and the two-int4 batch locks.
+CREATE OR REPLACE FUNCTION rekey.lock_job_definitions() RETURNS void
+LANGUAGE sql VOLATILE AS $$
+  SELECT pg_advisory_xact_lock(x'52454b4a'::bigint << 32)
+$$;
+
+-- A job "unfinished" in the sense of the checks below: it may still write values.
+CREATE OR REPLACE FUNCTION rekey.job_unfinished(p_state text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT p_state NOT IN ('completed', 'cancelled', 'rolled_back')
+$$;
+
+-- Refuses (object_not_in_prerequisite_state, naming the job) when an unfinished job other than
+-- p_job rotates one of p_job's columns, whatever either job's scope: two jobs writing one column
+-- race for its values and undo each other's work.
+CREATE OR REPLACE FUNCTION rekey.refuse_column_collision(p_job bigint) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  other record;
+BEGIN
+  -- By identity (rekey.target_columns, sql/schema/30_keyring.sql): a job registered before a rename and
+  -- one created under the new name still rotate the same column.
+  SELECT o.job_id, o.state, string_agg(DISTINCT format('%I.%I.%I', ot.schema_name, ot.table_name, ot.column_name), ', ') AS cols
+    INTO other
+    FROM rekey.job_columns mc
+    JOIN rekey.target_columns() mt ON mt.target_id = mc.target_id
+    JOIN rekey.target_columns() ot ON ot.relid = mt.relid AND ot.attnum = mt.attnum
+    JOIN rekey.job_columns oc ON oc.target_id = ot.target_id
+    JOIN rekey.jobs o ON o.job_id = oc.job_id AND o.job_id <> p_job AND rekey.job_unfinished(o.state)
+   WHERE mc.job_id = p_job
+   GROUP BY o.job_id, o.state ORDER BY o.job_id LIMIT 1;
+  IF other.job_id IS NOT NULL THEN
+    RAISE EXCEPTION 'job % (%) is still rotating %: a column has one unfinished job at a time; let job % finish, or cancel it (rekey job cancel %)',
+      other.job_id, other.state, other.cols, other.job_id, other.job_id
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+-- Refuses (object_not_in_prerequisite_state, naming the job) when an unfinished job other than
+-- p_job uses one of p_job's keys (as source or target) and the two do not map the keys they
+-- share identically: only parts of one rotation (the same source -> target pairs over several
+-- tables, as rekey rotate-due creates them) may run side by side. Anything else -- 1->2 beside
+-- 1->3, or 1->2 beside 2->3 -- promotes, demotes and retires keys under the other's feet.
+CREATE OR REPLACE FUNCTION rekey.refuse_key_collision(p_job bigint) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  other record;
+BEGIN
+  WITH mine AS (SELECT source_key_id AS s, target_key_id AS d FROM rekey.job_keys WHERE job_id = p_job),
+       my_keys AS (SELECT s AS k FROM mine UNION SELECT d FROM mine)
+  SELECT o.job_id, o.state,
+         (SELECT string_agg(q.source_key_id || '->' || q.target_key_id, ', ' ORDER BY q.source_key_id)
+            FROM rekey.job_keys q WHERE q.job_id = o.job_id) AS pairs
+    INTO other
+    FROM rekey.jobs o
+   WHERE o.job_id <> p_job AND rekey.job_unfinished(o.state)
+     AND EXISTS (SELECT 1 FROM rekey.job_keys q WHERE q.job_id = o.job_id
+                    AND (q.source_key_id IN (SELECT k FROM my_keys) OR q.target_key_id IN (SELECT k FROM my_keys)))
+     AND (EXISTS (SELECT 1 FROM rekey.job_keys q WHERE q.job_id = o.job_id
+                     AND (q.source_key_id IN (SELECT k FROM my_keys) OR q.target_key_id IN (SELECT k FROM my_keys))
+                     AND (q.source_key_id, q.target_key_id) NOT IN (SELECT s, d FROM mine))
+          OR EXISTS (SELECT 1 FROM mine m
+                      WHERE EXISTS (SELECT 1 FROM rekey.job_keys q WHERE q.job_id = o.job_id
+                                       AND (m.s IN (q.source_key_id, q.target_key_id) OR m.d IN (q.source_key_id, q.target_key_id)))
+                        AND (m.s, m.d) NOT IN (SELECT q.source_key_id, q.target_key_id FROM rekey.job_keys q
+                                                WHERE q.job_id = o.job_id)))
+   ORDER BY o.job_id LIMIT 1;
+  IF other.job_id IS NOT NULL THEN
+    RAISE EXCEPTION 'job % (%) already rotates keys % : unfinished jobs may share a key only when they map it the same way; let job % finish, or cancel it (rekey job cancel %)',
+      other.job_id, other.state, other.pairs, other.job_id, other.job_id
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+-- ---------------------------------------------------------------------------------------------
+-- What rekey.create_job and rekey.create_transit_job both check, each check in one place. Every
+-- one raises (and so writes nothing) on bad input, naming what it found.
+
+-- The table of a new job: p_table (schema.table, identifier syntax) must resolve, show this role
+-- every row, and have a single-column primary key (batches are ranges over it). Row-level
+-- security that hides rows from this role would hide them from the plan too: those rows would
+-- never be rotated, and the job would still complete (docs/safety.md, invariant 4); the table as
+-- this role sees it is not fit for a job, a definition error (exit 2) that names the grant. Takes
+-- the job-definition lock (rekey.lock_job_definitions) before reading the primary key, so the
+-- collision checks that follow see every job defined before this one.
+CREATE OR REPLACE FUNCTION rekey.job_table(p_table text, OUT schema_name name, OUT table_name name,
+                                           OUT pk_column name, OUT pk_type text)
+LANGUAGE plpgsql AS $$
+DECLARE
+  t record;
+  blocker text;
+  n integer;
+BEGIN
+  t := rekey.resolve_table(p_table);
+  blocker := rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass);
+  IF blocker IS NOT NULL THEN
+    RAISE EXCEPTION '%', blocker USING ERRCODE = 'invalid_table_definition';
+  END IF;
+  PERFORM rekey.lock_job_definitions();
+  SELECT min(a.attname), count(*) INTO pk_column, n
+    FROM pg_index x
+    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
+   WHERE x.indrelid = format('%I.%I', t.schema_name, t.table_name)::regclass AND x.indisprimary;
+  IF n = 0 THEN
+    RAISE EXCEPTION 'table %.% has no primary key; rekey needs a single-column primary key to split it into batches',
+      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'invalid_table_definition';
+  ELSIF n > 1 THEN
+    RAISE EXCEPTION 'table %.% has a composite primary key; rekey supports single-column primary keys',
+      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'feature_not_supported';
+  END IF;
+  schema_name := t.schema_name;
+  table_name := t.table_name;
+  pk_type := rekey.column_type(t.schema_name, t.table_name, pk_column);
+END $$;
+
+-- The ciphertext columns of a new job on p_schema.p_table: at least one, none twice, each an
+-- existing column other than the primary key p_pk, of the type its values are stored in --
+-- bytea for rekey's own codecs, text or varchar for Vault Transit ciphertexts (p_transit).
+CREATE OR REPLACE FUNCTION rekey.check_job_columns(p_schema name, p_table name, p_pk name,
+                                                   p_columns text[], p_transit boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  col_type text;
+BEGIN
+  IF p_columns IS NULL OR cardinality(p_columns) = 0 THEN
+    RAISE EXCEPTION 'a job needs at least one ciphertext column' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF (SELECT count(DISTINCT c) FROM unnest(p_columns) c) <> cardinality(p_columns) THEN
+    RAISE EXCEPTION 'a column is listed twice' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    col_type := rekey.column_type(p_schema, p_table, p_columns[i]);
+    IF col_type IS NULL THEN
+      RAISE EXCEPTION 'column % does not exist in %.%', quote_ident(p_columns[i]),
+        quote_ident(p_schema), quote_ident(p_table) USING ERRCODE = 'undefined_column';
+    ELSIF p_transit AND col_type <> 'text' AND col_type NOT LIKE 'character varying%' THEN
+      RAISE EXCEPTION 'column %.%.% is %, not text: Transit ciphertexts (vault:vN:...) are stored as text',
+        quote_ident(p_schema), quote_ident(p_table), quote_ident(p_columns[i]), col_type
+        USING ERRCODE = 'datatype_mismatch';
+    ELSIF NOT p_transit AND col_type <> 'bytea' THEN
+      RAISE EXCEPTION 'column %.%.% is %, not bytea; rekey rewrites binary ciphertext columns',
+        quote_ident(p_schema), quote_ident(p_table), quote_ident(p_columns[i]), col_type
+        USING ERRCODE = 'datatype_mismatch';
+    ELSIF p_columns[i] = p_pk THEN
+      RAISE EXCEPTION 'column % is the primary key', quote_ident(p_columns[i]) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END LOOP;
+END $$;
+
+-- The scope of a new job on p_schema.p_table: both a column and a value or neither; the column
+-- must exist. Returns the column's type from the catalog (rekey.checked_column_type) and the value
+-- in canonical form (rekey.canonical_scope_value), both NULL for an unscoped job.
+CREATE OR REPLACE FUNCTION rekey.job_scope(p_schema name, p_table name, p_scope_column text,
+                                           p_scope_value text, OUT scope_type text,
+                                           OUT scope_value text)
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF (p_scope_column IS NULL) <> (p_scope_value IS NULL) THEN
+    RAISE EXCEPTION 'a scope needs both a column and a value' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_scope_column IS NOT NULL THEN
+    IF rekey.column_type(p_schema, p_table, p_scope_column) IS NULL THEN
+      RAISE EXCEPTION 'scope column % does not exist in %.%', quote_ident(p_scope_column),
+        quote_ident(p_schema), quote_ident(p_table) USING ERRCODE = 'undefined_column';
+    END IF;
+    scope_type := rekey.checked_column_type(p_schema, p_table, p_scope_column);
+    scope_value := rekey.canonical_scope_value(p_schema, p_table, p_scope_column, p_scope_value);
+  END IF;
+END $$;
+
+-- The settings every job has: a batch size of 1 to 1,000,000 rows; an associated-data template
+-- using only {schema}, {table}, {column}, {pk} (braces doubled); cumulative stage percentages,
+-- increasing, with at most two decimals, ending at 100; an error threshold between 0 and 1.
+CREATE OR REPLACE FUNCTION rekey.check_job_settings(p_batch_size integer, p_ad_template text,
+                                                    p_stages numeric[], p_error_threshold numeric)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  prev numeric := 0;
+BEGIN
+  IF p_batch_size IS NULL OR p_batch_size < 1 OR p_batch_size > 1000000 THEN
+    RAISE EXCEPTION 'batch size must be between 1 and 1000000, got %', p_batch_size USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_ad_template IS NOT NULL AND
+     regexp_replace(regexp_replace(p_ad_template, '\{\{|\}\}', '', 'g'),
+                    '\{(schema|table|column|pk)\}', '', 'g') ~ '[{}]' THEN
+    RAISE EXCEPTION 'invalid associated-data template %: use {schema}, {table}, {column}, {pk}; write {{ and }} for braces',
+      quote_literal(p_ad_template) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_stages IS NULL OR cardinality(p_stages) = 0 OR p_stages[cardinality(p_stages)] <> 100 THEN
+    RAISE EXCEPTION 'the stage plan must end at 100 (percent), as in 1,25,50,75,100' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOR i IN 1 .. cardinality(p_stages) LOOP
+    IF p_stages[i] IS NULL OR p_stages[i] <= prev OR p_stages[i] * 100 <> round(p_stages[i] * 100) THEN
+      RAISE EXCEPTION 'bad stage plan %: percentages must increase, with at most two decimals', p_stages
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    prev := p_stages[i];
+  END LOOP;
+  IF p_error_threshold IS NULL OR p_error_threshold < 0 OR p_error_threshold > 1 THEN
+    RAISE EXCEPTION 'the error threshold is a fraction between 0 and 1, e.g. 0.001 for 0.1%%' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+END $$;
+
+-- The target of column p_column of a job on p_schema.p_table (with the job's scope, canonical):
+-- the registered one, found by identity (rekey.target_columns) so a renamed table keeps its
+-- target, or a new registration. Refuses a registered target that describes the column otherwise
+-- (codec, key-id column or associated data): one column holds one kind of ciphertext.
+CREATE OR REPLACE FUNCTION rekey.job_target(p_schema name, p_table name, p_pk name, p_column text,
+                                            p_codec text, p_key_id_column text,
+                                            p_ad_template text, p_scope_column text,
+                                            p_scope_value text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  tid bigint;
+BEGIN
+  SELECT x.target_id INTO tid FROM rekey.targets x JOIN rekey.target_columns() tc USING (target_id)
+   WHERE tc.relid = format('%I.%I', p_schema, p_table)::regclass
+     AND tc.column_name = p_column
+     AND x.scope_column IS NOT DISTINCT FROM p_scope_column AND x.scope_value IS NOT DISTINCT FROM p_scope_value;
+  IF tid IS NULL THEN
+    INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, key_id_column,
+                               ad_template, scope_column, scope_value)
+    VALUES (p_schema, p_table, p_pk, p_column, p_codec, p_key_id_column, p_ad_template,
+            p_scope_column, p_scope_value)
+    RETURNING target_id INTO tid;
+  ELSIF EXISTS (SELECT 1 FROM rekey.targets x WHERE x.target_id = tid AND
+                (x.codec, x.key_id_column, x.ad_template) IS DISTINCT FROM (p_codec, p_key_id_column::name, p_ad_template)) THEN
+    RAISE EXCEPTION 'column % is registered with another codec, key-id column or associated data (target %)',
+      quote_ident(p_column), tid USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  RETURN tid;
+END $$;
+
+-- Adds job p_job's rollout stages, one per cumulative percentage of p_stages (checked by
+-- rekey.check_job_settings), each covering the stage buckets its percentage adds.
+CREATE OR REPLACE FUNCTION rekey.add_rollout_stages(p_job bigint, p_stages numeric[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  prev numeric := 0;
+BEGIN
+  FOR i IN 1 .. cardinality(p_stages) LOOP
+    PERFORM rekey.add_stage(p_job, 'rollout', p_stages[i], (prev * 100)::integer, (p_stages[i] * 100)::integer);
+    prev := p_stages[i];
+  END LOOP;
+END $$;
+
+-- Defines a rotation job, registers its columns as targets, plans it, and audits it.
+--   p_table       schema.table (PostgreSQL identifier syntax)
+--   p_columns     ciphertext columns (bytea)
+--   p_key_map     {"source key id": target key id, ...}
+--   p_codecs      one codec per column ('tink' or 'raw'); NULL = all 'tink'
+--   p_key_id_column  integer column holding the key id: required by 'raw', kept in step otherwise
+--   p_scope_column/p_scope_value  restrict the job to rows where column = value
+--   p_stages      cumulative percentages, increasing, ending at 100 (default 1,25,50,75,100)
+--   p_promote_at_stage  the stage whose opening makes the target keys primary (default: the last)
+--   p_error_threshold   a gate fails when its decrypt error rate is not below this (default 0.1%)
+--   p_observe     advance on its own this long after a passed gate; NULL = wait for approval
+--   p_scope_value  stored in canonical form (rekey.canonical_scope_value), as are the targets'
+--   p_not_governed columns of the table that are not encrypted under the key-id column's key;
+--                  NULL = those the latest job on the same table and key-id column recorded
+--   p_cross_scope  allow target keys outside their source key's keyring scope
+-- Every identifier is checked against the catalog and quoted; bad input raises and writes nothing.
+-- Refusals, each naming what it found (nothing is written), beside the checks it shares with
+-- rekey.create_transit_job (rekey.job_table, check_job_columns, job_scope, check_job_settings,
+-- job_target):
+--   * a job that rewrites a key-id column must rotate every column that key-id column governs:
+--     every registered target of the table with the same key-id column, and every other bytea or
+--     text column holding a value in the job's scope, unless listed in p_not_governed
+--     (invalid_parameter_value);
+--   * a target key outside its source key's scope without p_cross_scope (invalid_parameter_value);
+--   * an unfinished job on one of the columns, or one sharing keys but mapping them otherwise
+--     (object_not_in_prerequisite_state).
+CREATE OR REPLACE FUNCTION rekey.create_job(
+  p_table text,
+  p_columns text[],
+  p_key_map jsonb,
+  p_codecs text[] DEFAULT NULL,
+  p_key_id_column text DEFAULT NULL,
+  p_ad_template text DEFAULT NULL,
+  p_scope_column text DEFAULT NULL,
+  p_scope_value text DEFAULT NULL,
+  p_batch_size integer DEFAULT 1000,
+  p_name text DEFAULT NULL,
+  p_per_row_audit boolean DEFAULT false,
+  p_max_attempts integer DEFAULT 3,
+  p_stages numeric[] DEFAULT '{1,25,50,75,100}',
+  p_promote_at_stage integer DEFAULT NULL,
+  p_error_threshold numeric DEFAULT 0.001,
+  p_observe interval DEFAULT NULL,
+  p_gate_sample_size integer DEFAULT 10000,
+  p_not_governed text[] DEFAULT NULL,
+  p_cross_scope boolean DEFAULT false)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  t record;
+  pk_col name;
+  pk_type text;
+  scope_type text;
+  v_scope_value text;
+  v_not_governed text[];
+  governed text[];
+  col_type text;
+  v_codec text;
+  job bigint;
+  tid bigint;
+  src text;
+  dst jsonb;
+  batches integer;
+  src_status text;
+  dst_status text;
+  src_scope text;
+  dst_scope text;
+  candidate record;
+  has_value boolean;
+  i integer;
+BEGIN
+  t := rekey.job_table(p_table);
+  pk_col := t.pk_column;
+  pk_type := t.pk_type;
+
+  PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, false);
+  IF p_codecs IS NOT NULL AND cardinality(p_codecs) <> cardinality(p_columns) THEN
+    RAISE EXCEPTION 'give one codec per column (% columns, % codecs)', cardinality(p_columns), cardinality(p_codecs)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    v_codec := coalesce(p_codecs[i], 'tink');
+    IF v_codec NOT IN ('tink', 'raw') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink or raw', quote_literal(v_codec), quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
+      RAISE EXCEPTION 'column % uses the raw codec, which needs a key-id column', quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END LOOP;
+  IF p_key_id_column IS NOT NULL THEN
+    col_type := rekey.column_type(t.schema_name, t.table_name, p_key_id_column);
+    IF col_type IS NULL THEN
+      RAISE EXCEPTION 'key-id column % does not exist in %.%', quote_ident(p_key_id_column),
+        quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'undefined_column';
+    ELSIF col_type NOT IN ('integer', 'bigint') THEN
+      RAISE EXCEPTION 'key-id column % is %, not integer or bigint', quote_ident(p_key_id_column), col_type
+        USING ERRCODE = 'datatype_mismatch';
+    END IF;
+  END IF;
+  SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
+    FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
+  PERFORM rekey.check_job_settings(p_batch_size, p_ad_template, p_stages, p_error_threshold);
+  IF p_promote_at_stage IS NOT NULL AND (p_promote_at_stage < 1 OR p_promote_at_stage > cardinality(p_stages)) THEN
+    RAISE EXCEPTION 'promote-at-stage must be between 1 and % (the number of stages)', cardinality(p_stages)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_key_map IS NULL OR jsonb_typeof(p_key_map) <> 'object' OR p_key_map = '{}' THEN
+    RAISE EXCEPTION 'the key map must be a JSON object {"source key id": target key id}' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  -- The columns the key-id column governs. Rewriting key_id to the target key re-labels every
+  -- value of the row: a column left out keeps its old ciphertext under a new label and no longer
+  -- decrypts with its row's key.
+  IF p_not_governed IS NOT NULL AND p_key_id_column IS NULL AND cardinality(p_not_governed) > 0 THEN
+    RAISE EXCEPTION 'not-governed columns describe what a key-id column governs, and this job has none (--key-id-column)'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_key_id_column IS NOT NULL THEN
+    v_not_governed := p_not_governed;
+    IF v_not_governed IS NULL THEN
+      -- The operator's statement about the table outlives one job (rekey rotate-due repeats jobs).
+      -- Only what still applies: columns that exist and that this job does not rotate itself.
+      SELECT array(SELECT g FROM unnest(x.not_governed::text[]) g
+                    WHERE g <> ALL (p_columns)
+                      AND rekey.column_type(t.schema_name, t.table_name, g) IS NOT NULL)
+        INTO v_not_governed FROM rekey.jobs x
+       WHERE x.schema_name = t.schema_name AND x.table_name = t.table_name
+         AND x.key_id_column = p_key_id_column
+       ORDER BY x.job_id DESC LIMIT 1;
+    END IF;
+    v_not_governed := coalesce(v_not_governed, '{}');
+    FOR i IN 1 .. coalesce(cardinality(v_not_governed), 0) LOOP
+      IF rekey.column_type(t.schema_name, t.table_name, v_not_governed[i]) IS NULL THEN
+        RAISE EXCEPTION 'not-governed column % does not exist in %.%', quote_ident(v_not_governed[i]),
+          quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'undefined_column';
+      ELSIF v_not_governed[i] = ANY (p_columns) THEN
+        RAISE EXCEPTION 'column % is both rotated and declared not governed by %', quote_ident(v_not_governed[i]),
+          quote_ident(p_key_id_column) USING ERRCODE = 'invalid_parameter_value';
+      END IF;
+    END LOOP;
+    SELECT array_agg(DISTINCT x.column_name::text ORDER BY x.column_name::text) INTO governed
+      FROM rekey.targets x
+     WHERE x.schema_name = t.schema_name AND x.table_name = t.table_name
+       AND x.key_id_column = p_key_id_column AND x.column_name <> ALL (p_columns);
+    IF governed IS NOT NULL THEN
+      RAISE EXCEPTION 'key-id column % of %.% also governs %, registered under it: a job that rewrites % must rotate it too; add --column for each',
+        quote_ident(p_key_id_column), quote_ident(t.schema_name), quote_ident(t.table_name),
+        array_to_string(governed, ', '), quote_ident(p_key_id_column) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR candidate IN
+      SELECT a.attname FROM pg_attribute a
+       WHERE a.attrelid = format('%I.%I', t.schema_name, t.table_name)::regclass
+         AND a.attnum > 0 AND NOT a.attisdropped
+         AND a.atttypid IN ('bytea'::regtype, 'text'::regtype, 'varchar'::regtype)
+         AND a.attname <> ALL (p_columns) AND a.attname <> pk_col
+         AND a.attname IS DISTINCT FROM p_scope_column
+         AND a.attname <> ALL (v_not_governed)
+       ORDER BY a.attnum
+    LOOP
+      EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I AS t WHERE t.%I IS NOT NULL%s)',
+                     t.schema_name, t.table_name, candidate.attname,
+                     CASE WHEN p_scope_column IS NULL THEN ''
+                          ELSE format(' AND t.%I = %L::%s', p_scope_column, v_scope_value, scope_type) END)
+        INTO has_value;
+      IF has_value THEN
+        governed := coalesce(governed, '{}') || candidate.attname::text;
+      END IF;
+    END LOOP;
+    IF governed IS NOT NULL THEN
+      RAISE EXCEPTION 'key-id column % of %.% may also govern % (holding values): rotate them too (--column), or state that they are not encrypted under % (--not-governed %)',
+        quote_ident(p_key_id_column), quote_ident(t.schema_name), quote_ident(t.table_name),
+        array_to_string(governed, ', '), quote_ident(p_key_id_column), array_to_string(governed, ',')
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END IF;
+
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_id_column, ad_template,
+                          scope_column, scope_value, scope_type, batch_size, max_attempts, per_row_audit,
+                          stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
+                          not_governed, cross_scope)
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_key_id_column, p_ad_template,
+          p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts, p_per_row_audit,
+          p_stages, coalesce(p_promote_at_stage, cardinality(p_stages)), p_error_threshold, p_observe,
+          p_gate_sample_size, coalesce(v_not_governed, '{}')::name[], coalesce(p_cross_scope, false))
+  RETURNING job_id INTO job;
+
+  FOR src, dst IN SELECT * FROM jsonb_each(p_key_map) LOOP
+    IF src !~ '^[0-9]{1,10}$' OR jsonb_typeof(dst) <> 'number' THEN
+      RAISE EXCEPTION 'bad key map entry "%": %; key ids are integers', src, dst USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT status, scope INTO src_status, src_scope FROM rekey.keys WHERE key_id = src::bigint;
+    SELECT status, scope INTO dst_status, dst_scope FROM rekey.keys WHERE key_id = dst::text::bigint;
+    IF src_status IS NULL THEN
+      RAISE EXCEPTION 'unknown source key %; rekey keys list shows the keyring', src USING ERRCODE = 'foreign_key_violation';
+    ELSIF dst_status IS NULL THEN
+      RAISE EXCEPTION 'unknown target key %; rekey keys list shows the keyring', dst USING ERRCODE = 'foreign_key_violation';
+    ELSIF src::bigint = dst::text::bigint THEN
+      RAISE EXCEPTION 'key % is both source and target: a rotation needs a different target key', src
+        USING ERRCODE = 'invalid_parameter_value';
+    ELSIF src_status = 'destroyed' THEN
+      RAISE EXCEPTION 'source key % is destroyed: its values cannot be decrypted', src USING ERRCODE = 'invalid_parameter_value';
+    ELSIF dst_status NOT IN ('enabled', 'primary') THEN
+      RAISE EXCEPTION 'target key % is %, it must be enabled or primary', dst, dst_status USING ERRCODE = 'invalid_parameter_value';
+    ELSIF src_scope <> dst_scope AND NOT coalesce(p_cross_scope, false) THEN
+      -- Promotion makes the target primary in its own scope and leaves the source's scope with
+      -- its old primary: applications of that scope keep writing under the source key.
+      RAISE EXCEPTION 'target key % is in keyring scope %, source key % in scope %: a rotation stays within a scope; pass --cross-scope (p_cross_scope => true) if the move is intended',
+        dst, quote_literal(dst_scope), src, quote_literal(src_scope) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO rekey.job_keys VALUES (job, src::bigint, dst::text::bigint);
+  END LOOP;
+  IF EXISTS (SELECT 1 FROM rekey.job_keys a JOIN rekey.job_keys b USING (job_id)
+              WHERE a.job_id = job AND a.target_key_id = b.source_key_id) THEN
+    RAISE EXCEPTION 'a target key is also a source key in the key map' USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    v_codec := coalesce(p_codecs[i], 'tink');
+    tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], v_codec, p_key_id_column,
+                            p_ad_template, p_scope_column, v_scope_value);
+    INSERT INTO rekey.job_columns VALUES (job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(job);
+  PERFORM rekey.refuse_key_collision(job);
+
+  PERFORM rekey.add_rollout_stages(job, p_stages);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
+  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
+    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
+    'key_map', p_key_map, 'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
+    'promote_at_stage', coalesce(p_promote_at_stage, cardinality(p_stages)),
+    'error_threshold', p_error_threshold, 'observe', p_observe::text,
+    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END,
+    'not_governed', to_jsonb(coalesce(v_not_governed, '{}')),
+    'cross_scope', coalesce(p_cross_scope, false)));
+  PERFORM rekey.open_stage(job, 1);
+  RETURN job;
+END $$;
+
+-- Defines, plans and audits a job that rewraps Transit ciphertexts in p_columns (text or
+-- varchar) to the latest version of p_transit_key, for every value below version p_min_version.
+-- The caller (`rekey job create --codec vault-transit`) has checked the key in Vault and chosen
+-- p_min_version (by default the key's latest version); this function cannot reach Vault.
+--   p_ad_template  the per-row Transit derivation context (rendered, then base64): required by
+--                  a derived key, refused for another (the CLI checks which the key is)
+-- The other parameters are those of rekey.create_job. Bad input raises and writes nothing.
+-- The scope value is kept in canonical form, and a column of another unfinished job is refused
+-- (rekey.refuse_column_collision).
+CREATE OR REPLACE FUNCTION rekey.create_transit_job(
+  p_table text,
+  p_columns text[],
+  p_transit_key text,
+  p_min_version integer,
+  p_ad_template text DEFAULT NULL,
+  p_scope_column text DEFAULT NULL,
+  p_scope_value text DEFAULT NULL,
+  p_batch_size integer DEFAULT 1000,
+  p_name text DEFAULT NULL,
+  p_max_attempts integer DEFAULT 3,
+  p_stages numeric[] DEFAULT '{1,25,50,75,100}',
+  p_error_threshold numeric DEFAULT 0.001,
+  p_observe interval DEFAULT NULL,
+  p_gate_sample_size integer DEFAULT 10000)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+  t record;
+  pk_col name;
+  pk_type text;
+  scope_type text;
+  v_scope_value text;
+  job bigint;
+  tid bigint;
+  batches integer;
+  i integer;
+BEGIN
+  t := rekey.job_table(p_table);
+  pk_col := t.pk_column;
+  pk_type := t.pk_type;
+  IF p_transit_key IS NULL OR p_transit_key !~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$' THEN
+    RAISE EXCEPTION 'Transit key % is not a key path <mount>/keys/<name> (e.g. transit/keys/app)',
+      quote_literal(coalesce(p_transit_key, '')) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF p_min_version IS NULL OR p_min_version < 1 THEN
+    RAISE EXCEPTION 'the target Transit key version must be 1 or more, got %', p_min_version
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, true);
+  SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
+    FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
+  PERFORM rekey.check_job_settings(p_batch_size, p_ad_template, p_stages, p_error_threshold);
+
+  -- keys_promoted from the start: there is no keyring key to promote (open_stage skips it).
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, ad_template,
+                          scope_column, scope_value, scope_type, batch_size, max_attempts,
+                          stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
+                          keys_promoted, transit_key_ref, transit_min_version)
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_ad_template,
+          p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts,
+          p_stages, cardinality(p_stages), p_error_threshold, p_observe, p_gate_sample_size,
+          true, p_transit_key, p_min_version)
+  RETURNING job_id INTO job;
+
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], 'vault-transit', NULL,
+                            p_ad_template, p_scope_column, v_scope_value);
+    INSERT INTO rekey.job_columns VALUES (job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(job);
+
+  PERFORM rekey.add_rollout_stages(job, p_stages);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
+  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
+    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
+    'codec', 'vault-transit', 'transit_key', p_transit_key, 'min_version', p_min_version,
+    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
+    'error_threshold', p_error_threshold, 'observe', p_observe::text,
+    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
+  PERFORM rekey.open_stage(job, 1);
+  RETURN job;
+END $$;
+
+-- Makes each target key primary in its scope (the scope's current primary becomes
+-- decrypt_only), so applications write under the new key from now on. A scope that receives
+-- several target keys in this job keeps its keys as they are: there can be only one primary.
+CREATE OR REPLACE FUNCTION rekey.promote_job_keys(p_job bigint) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  r record;
+BEGIN
+  FOR r IN
+    SELECT k.key_id, k.scope, k.status FROM rekey.keys k
+     WHERE k.key_id IN (SELECT target_key_id FROM rekey.job_keys WHERE job_id = p_job)
+       AND (SELECT count(DISTINCT jk.target_key_id) FROM rekey.job_keys jk JOIN rekey.keys x ON x.key_id = jk.target_key_id
+             WHERE jk.job_id = p_job AND x.scope = k.scope) = 1
+  LOOP
+    IF r.status <> 'primary' THEN
+      UPDATE rekey.keys SET status = 'decrypt_only' WHERE scope = r.scope AND status = 'primary';
+      UPDATE rekey.keys SET status = 'primary' WHERE key_id = r.key_id;
+    END IF;
+  END LOOP;
+  UPDATE rekey.jobs SET keys_promoted = true WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.keys_promoted', p_job, jsonb_build_object(
+    'primary', (SELECT jsonb_agg(target_key_id) FROM rekey.job_keys WHERE job_id = p_job)));
+END $$;
+
+-- DBA operations. Each is audited with the database user as actor.
+CREATE OR REPLACE FUNCTION rekey.set_job_state(p_job bigint, p_to text, p_from text[], p_action text,
+                                    p_reason text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  cur text;
+BEGIN
+  SELECT state INTO cur FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %; SELECT * FROM rekey.progress lists the jobs', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur = p_to THEN
+    RETURN format('job %s is already %s: nothing to do', p_job, cur);
+  ELSIF NOT cur = ANY (p_from) THEN
+    RAISE EXCEPTION 'job % is %; % is possible only when it is %', p_job, cur, p_action, array_to_string(p_from, ' or ')
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  UPDATE rekey.jobs SET state = p_to, state_reason = p_reason, updated_at = now(),
+         finished_at = CASE WHEN p_to IN ('completed', 'failed', 'cancelled', 'rolled_back') THEN now() ELSE NULL END
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.' || p_action, p_job, jsonb_build_object('from', cur, 'to', p_to, 'reason', p_reason));
+  RETURN format('job %s: %s -> %s', p_job, cur, p_to);
+END $$;
+
+CREATE OR REPLACE FUNCTION rekey.pause_job(p_job bigint, p_reason text DEFAULT NULL) RETURNS text
+LANGUAGE sql AS $$ SELECT rekey.set_job_state(p_job, 'paused', ARRAY['active'], 'paused', p_reason) $$;
+
+-- A job paused by its error threshold or a failed gate resumes where it stopped: batches of the
+-- open stage continue, and a failed gate is verified again (after the operator fixed the data).
+CREATE OR REPLACE FUNCTION rekey.resume_job(p_job bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  msg text;
+BEGIN
+  msg := rekey.set_job_state(p_job, 'active', ARRAY['paused'], 'resumed');
+  UPDATE rekey.job_stages s SET state = 'running'
+   WHERE s.job_id = p_job AND s.state = 'gate_failed';
+  RETURN msg;
+END $$;
+
+CREATE OR REPLACE FUNCTION rekey.cancel_job(p_job bigint, p_reason text DEFAULT NULL) RETURNS text
+LANGUAGE sql AS $$ SELECT rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason) $$;
+
+-- Puts failed batches back in the queue with fresh attempts, and reopens the job.
+CREATE OR REPLACE FUNCTION rekey.retry_failed(p_job bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  n integer;
+  cur text;
+BEGIN
+  SELECT state INTO cur FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur = 'cancelled' THEN
+    RAISE EXCEPTION 'job % is cancelled; create a new job instead', p_job USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  UPDATE rekey.batches SET state = 'pending', attempts = 0, finished_at = NULL
+   WHERE job_id = p_job AND state = 'failed';
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n = 0 THEN
+    RETURN format('job %s has no failed batches: nothing to do', p_job);
+  END IF;
+  UPDATE rekey.jobs SET state = CASE WHEN state = 'failed' THEN 'active' ELSE state END,
+         state_reason = NULL, finished_at = NULL, updated_at = now()
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.retry_failed', p_job, jsonb_build_object('batches', n, 'from_state', cur));
+  RETURN format('job %s: %s failed batches requeued', p_job, n);
+END $$;
+
+-- Requeues batches p_from..p_to (done or failed) of the job's open -- or, once it finished, its
+-- last -- stage, so workers re-check them: only values still under a source key are rewritten,
+-- so a requeue never encrypts a value twice.
+CREATE OR REPLACE FUNCTION rekey.requeue(p_job bigint, p_from integer, p_to integer) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+  n integer;
+  cur text;
+  stage integer;
+BEGIN
+  SELECT state, current_stage INTO cur, stage FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur IN ('cancelled', 'rolled_back', 'verifying', 'awaiting_approval') THEN
+    RAISE EXCEPTION 'job % is %: requeue works on an active, paused, failed or completed job', p_job, cur
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  UPDATE rekey.batches SET state = 'pending', attempts = 0, finished_at = NULL, rows_done = 0,
+         rows_skipped = 0, rows_failed = 0
+   WHERE job_id = p_job AND stage_no = stage AND batch_no BETWEEN p_from AND p_to
+     AND state IN ('done', 'failed');
+  GET DIAGNOSTICS n = ROW_COUNT;
+  IF n = 0 THEN
+    RETURN format('job %s: no finished batches in %s..%s of stage %s (batches %s): nothing to do', p_job, p_from, p_to, stage,
+                  (SELECT min(batch_no) || '..' || max(batch_no) FROM rekey.batches WHERE job_id = p_job AND stage_no = stage));
+  END IF;
+  UPDATE rekey.job_stages SET state = 'running', finished_at = NULL
+   WHERE job_id = p_job AND stage_no = stage AND kind <> 'rollout';
+  UPDATE rekey.jobs SET state = CASE WHEN state IN ('completed', 'failed') THEN 'active' ELSE state END,
+         state_reason = NULL, finished_at = NULL, updated_at = now()
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.requeued', p_job, jsonb_build_object('from_batch', p_from, 'to_batch', p_to, 'batches', n));
+  RETURN format('job %s: %s batches requeued', p_job, n);
+END $$;
+
+-- Re-running a finished job is a no-op that says so; a failed job reruns its failed batches.
+CREATE OR REPLACE FUNCTION rekey.rerun_job(p_job bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  cur text;
+BEGIN
+  SELECT state INTO cur FROM rekey.jobs WHERE job_id = p_job;
+  IF cur IS NULL THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  ELSIF cur = 'completed' THEN
+    PERFORM rekey.audit_event('job.rerun', p_job, '{"result": "no-op: already completed"}');
+    RETURN format('job %s is already completed: nothing to do', p_job);
+  ELSIF cur = 'failed' THEN
+    RETURN rekey.retry_failed(p_job);
+  END IF;
+  RETURN format('job %s is %s: nothing to rerun', p_job, cur);
+END $$;
+
+CREATE OR REPLACE FUNCTION rekey.notify_job_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('rekey_jobs', NEW.job_id::text);
+  RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER jobs_notify_created AFTER INSERT ON rekey.jobs
+  FOR EACH ROW EXECUTE FUNCTION rekey.notify_job_change();
+
+CREATE OR REPLACE TRIGGER jobs_notify_changed AFTER UPDATE OF state, current_stage ON rekey.jobs
+  FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.current_stage IS DISTINCT FROM NEW.current_stage)
+  EXECUTE FUNCTION rekey.notify_job_change();
