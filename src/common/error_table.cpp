@@ -180,68 +180,28 @@ const ErrorRule* FindErrorRule(ErrorSource source, std::string_view code,
   return nullptr;
 }
 
+// Indexed by the enums' values, in their order of declaration.
+constexpr ExitCode kExitCodes[] = {kExitTransient, kExitUsage, kExitKey, kExitState, kExitFailure};
+constexpr std::string_view kClassNames[] = {"transient", "config", "key", "state", "permanent"};
+constexpr std::string_view kBatchActionNames[] = {"retry", "stop the worker", "fail the attempt",
+                                                  "lost"};
+constexpr std::string_view kSourceNames[] = {"SQLSTATE", "libpqxx", "connect",
+                                             "AWS KMS",  "Vault",   "rekey"};
+
 ExitCode ExitCodeOf(ErrorClass c) {
-  switch (c) {
-    case C::kTransient:
-      return kExitTransient;
-    case C::kConfig:
-      return kExitUsage;
-    case C::kKey:
-      return kExitKey;
-    case C::kState:
-      return kExitState;
-    case C::kPermanent:
-      break;
-  }
-  return kExitFailure;
+  return kExitCodes[static_cast<int>(c)];
 }
 
 std::string_view ErrorClassName(ErrorClass c) {
-  switch (c) {
-    case C::kTransient:
-      return "transient";
-    case C::kConfig:
-      return "config";
-    case C::kKey:
-      return "key";
-    case C::kState:
-      return "state";
-    case C::kPermanent:
-      break;
-  }
-  return "permanent";
+  return kClassNames[static_cast<int>(c)];
 }
 
 std::string_view BatchActionName(BatchAction a) {
-  switch (a) {
-    case B::kRetry:
-      return "retry";
-    case B::kStop:
-      return "stop the worker";
-    case B::kFail:
-      return "fail the attempt";
-    case B::kLost:
-      break;
-  }
-  return "lost";
+  return kBatchActionNames[static_cast<int>(a)];
 }
 
 std::string_view ErrorSourceName(ErrorSource s) {
-  switch (s) {
-    case S::kSqlState:
-      return "SQLSTATE";
-    case S::kLibpqxx:
-      return "libpqxx";
-    case S::kConnect:
-      return "connect";
-    case S::kAwsKms:
-      return "AWS KMS";
-    case S::kVaultTransit:
-      return "Vault";
-    case S::kRekey:
-      break;
-  }
-  return "rekey";
+  return kSourceNames[static_cast<int>(s)];
 }
 
 const ErrorRule* FindRekeyErrorRule(const std::exception& e) {

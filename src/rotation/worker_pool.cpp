@@ -391,7 +391,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           listener.reset();
           conn.reset();
         }
-      } else if (!conn || !conn->is_open() || db::IsTransient(e)) {
+      } else if (!conn || !conn->is_open() || verdict.error_class == ErrorClass::kTransient) {
         listener.reset();
         conn.reset();
       }
