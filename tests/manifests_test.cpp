@@ -3,6 +3,7 @@
 // rekey's pod contract, `promtool check rules` and `promtool test rules`), and the validation
 // catches broken ones. Needs the npm registry on first run (the packages are cached in the build
 // directory afterwards) and Debian's prometheus package (installed by the script if missing).
+// Hence its ctest label network, not unit (REKEY_NETWORK_TESTS in CMakeLists.txt, docs/testing.md).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>

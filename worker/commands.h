@@ -17,7 +17,6 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global);     // keys_command.c
 void AddJobCommand(CLI::App& app, GlobalOptions& global);      // job_command.cpp
 void AddWorkCommand(CLI::App& app, GlobalOptions& global);     // work_command.cpp
 void AddStatusCommand(CLI::App& app, GlobalOptions& global);   // status_command.cpp
-void AddDemoCommand(CLI::App& app, GlobalOptions& global);     // demo_command.cpp
 void AddAuditCommand(CLI::App& app, GlobalOptions& global);    // audit_command.cpp
 // keys status, keys policy, rotate-due, report, exporter; after AddKeysCommand (ops_commands.cpp)
 void AddOpsCommands(CLI::App& app, GlobalOptions& global);

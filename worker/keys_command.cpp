@@ -4,21 +4,21 @@
 #include <openssl/crypto.h>
 #include <unistd.h>
 
-#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
-#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 #include <string>
 
 #include "commands.h"
 #include "common/bytes.h"
+#include "common/duration.h"
 #include "common/error.h"
 #include "common/secret.h"
 #include "db/connection.h"
@@ -26,10 +26,7 @@
 #include "keyring/census.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
-#include "kms/aws_kms.h"
 #include "kms/kms_factory.h"
-#include "kms/local_kms.h"
-#include "kms/vault_transit.h"
 
 namespace rekey::cli {
 
@@ -62,25 +59,6 @@ uint32_t CheckedKeyId(int64_t id) {
                       " is out of range; key ids are 0..4294967295");
   }
   return static_cast<uint32_t>(id);
-}
-
-// "90d", "12h", "30m", "45s", "2w" -> seconds.
-std::chrono::seconds ParseMaxAge(const std::string& text) {
-  size_t digits = 0;
-  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') digits++;
-  std::string unit = text.substr(digits);
-  int64_t per_unit = unit == "s"   ? 1
-                     : unit == "m" ? 60
-                     : unit == "h" ? 3600
-                     : unit == "d" ? 86400
-                     : unit == "w" ? 604800
-                                   : 0;
-  if (digits == 0 || digits > 9 || per_unit == 0 || std::stoll(text.substr(0, digits)) == 0) {
-    throw ConfigError("--max-age '" + text +
-                      "' is not a duration; use a positive number with a unit s, m, h, d or w "
-                      "(e.g. 90d)");
-  }
-  return std::chrono::seconds(std::stoll(text.substr(0, digits)) * per_unit);
 }
 
 std::string FormatDuration(std::chrono::seconds d) {
@@ -271,113 +249,23 @@ void PrintKeyTable(const std::vector<KeyRecord>& keys) {
   }
 }
 
-// The previous local master key, for re-wrapping local keys under a new one.
-constexpr char kOldMasterKeyEnv[] = "REKEY_OLD_MASTER_KEY";
-constexpr char kOldMasterKeyFileEnv[] = "REKEY_OLD_MASTER_KEY_FILE";
-
 // `rekey keys rewrap`: see keyring/rewrap.h and docs/kms.md.
 void Rewrap(const GlobalOptions& global, const KeysOptions& o) {
   std::vector<uint32_t> ids;
   for (int64_t id : o.key_ids) ids.push_back(CheckedKeyId(id));
   std::unique_ptr<pqxx::connection> conn =
       db::Connect(db::ResolveConnInfo(global.db), "rekey-keys");
-
-  std::string to_provider = o.to_kms;
-  if (to_provider.empty()) {
-    // Default: the provider the selected keys already use (a master-key rotation in place).
-    std::set<std::string> providers;
-    db::Classified("listing keys", [&] {
-      pqxx::read_transaction txn(*conn);
-      for (const KeyRecord& k : keyring::ListKeys(txn)) {
-        bool selected = ids.empty() || std::count(ids.begin(), ids.end(), k.key_id) > 0;
-        if (selected && k.wrapped_key) providers.insert(k.kms_provider);
-      }
-      txn.commit();
-    });
-    if (providers.size() > 1) {
-      throw ConfigError(
-          "the selected keys are wrapped by several KMS providers; say which one to "
-          "re-wrap them with: --to-kms local|aws-kms|vault-transit");
-    }
-    to_provider = providers.empty() ? kms::kLocalProvider : *providers.begin();
-  }
-
-  // The destination wraps new keys under --to-kms-key: providers configured with a key variable
-  // get it overridden (Vault: the mount and name of a <mount>/keys/<name> ref); local's key is
-  // its master key, whose ref must be the one given.
-  std::optional<kms::TransitKeyRef> transit_destination;
-  if (to_provider == kms::kVaultTransitProvider) {
-    transit_destination = kms::ParseTransitKeyRef(o.to_kms_key);
-    if (!transit_destination) {
-      throw ConfigError("--to-kms-key " + o.to_kms_key +
-                        " is not a Vault Transit key ref; give it as <mount>/keys/<name>, e.g. "
-                        "transit/keys/rekey-2026");
-    }
-  }
-  kms::GetenvFn destination_env = [&o, to_provider, transit_destination](const char* name) {
-    const std::string var = name;
-    if (to_provider == kms::kAwsKmsProvider && var == kms::kAwsKmsKeyIdEnv) {
-      return std::optional<std::string>(o.to_kms_key);
-    }
-    if (transit_destination && var == "REKEY_VAULT_TRANSIT_KEY") {
-      return std::optional<std::string>(transit_destination->name);
-    }
-    if (transit_destination && var == "REKEY_VAULT_TRANSIT_MOUNT") {
-      return std::optional<std::string>(transit_destination->mount);
-    }
-    return kms::ProcessGetenv(name);
-  };
-  std::unique_ptr<kms::KmsClient> destination = kms::MakeKmsClient(to_provider, destination_env);
-  if (to_provider == kms::kLocalProvider && o.to_kms_key != destination->default_key_ref()) {
-    throw ConfigError(
-        "--to-kms-key " + o.to_kms_key +
-        " is not the local master key in REKEY_MASTER_KEY(_FILE), which is " +
-        destination->default_key_ref() +
-        "; point REKEY_MASTER_KEY_FILE at the new "
-        "master key (and REKEY_OLD_MASTER_KEY_FILE at the old one) and pass --to-kms-key " +
-        destination->default_key_ref());
-  }
+  const std::string to_provider =
+      o.to_kms.empty() ? keyring::CurrentProvider(*conn, ids) : o.to_kms;
   // Fails here, before any key is touched, if the destination key is unusable.
-  const std::string destination_ref = destination->CanonicalKeyRef(o.to_kms_key);
-
-  std::map<std::string, std::unique_ptr<kms::KmsClient>> sources;
-  keyring::SourceClientFn source = [&](const std::string& provider,
-                                       const std::string& key_ref) -> kms::KmsClient& {
-    if (provider == destination->provider() && key_ref == destination->default_key_ref()) {
-      return *destination;
-    }
-    std::string slot = provider == kms::kLocalProvider ? key_ref : provider;
-    auto& client = sources[slot];
-    if (client) return *client;
-    if (provider != kms::kLocalProvider) {
-      client = kms::MakeKmsClient(provider, destination_env);
-      return *client;
-    }
-    // A local key: the current master key, or the old one.
-    for (bool old : {false, true}) {
-      kms::GetenvFn env = [old](const char* name) -> std::optional<std::string> {
-        if (!old) return kms::ProcessGetenv(name);
-        if (std::string(name) == kms::kMasterKeyEnv) return kms::ProcessGetenv(kOldMasterKeyEnv);
-        if (std::string(name) == kms::kMasterKeyFileEnv) {
-          return kms::ProcessGetenv(kOldMasterKeyFileEnv);
-        }
-        return kms::ProcessGetenv(name);
-      };
-      if (old && !env(kms::kMasterKeyEnv) && !env(kms::kMasterKeyFileEnv)) break;
-      auto local = std::make_unique<kms::LocalKms>(env);
-      if (local->default_key_ref() == key_ref) {
-        client = std::move(local);
-        return *client;
-      }
-    }
-    throw ConfigError("a key is wrapped under local master key " + key_ref +
-                      ", which neither REKEY_MASTER_KEY(_FILE) nor REKEY_OLD_MASTER_KEY(_FILE) "
-                      "holds; point REKEY_OLD_MASTER_KEY_FILE at it");
-  };
+  const keyring::RewrapDestination destination =
+      keyring::MakeRewrapDestination(to_provider, o.to_kms_key);
+  keyring::SourceClients sources(destination);
 
   int rewrapped = 0, skipped = 0;
   keyring::RewrapKeys(
-      *conn, *destination, destination_ref, source, ids, [&](const keyring::RewrapOutcome& r) {
+      *conn, *destination.client, destination.key_ref, std::ref(sources), ids,
+      [&](const keyring::RewrapOutcome& r) {
         switch (r.what) {
           case keyring::RewrapOutcome::What::kRewrapped:
             rewrapped++;
@@ -395,7 +283,7 @@ void Rewrap(const GlobalOptions& global, const KeysOptions& o) {
         std::fflush(stdout);
       });
   std::printf("re-wrapped %d key(s) under %s:%s, %d skipped; no data row was touched\n", rewrapped,
-              destination->provider().c_str(), destination_ref.c_str(), skipped);
+              destination.client->provider().c_str(), destination.key_ref.c_str(), skipped);
 }
 
 }  // namespace
@@ -418,7 +306,10 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
     keyring::CreateKeyOptions options;
     options.scope = o->scope;
     if (create_key_id->count() > 0) options.key_id = CheckedKeyId(o->key_id);
-    if (!o->max_age.empty()) options.max_age = ParseMaxAge(o->max_age);
+    if (!o->max_age.empty()) {
+      options.max_age = std::chrono::duration_cast<std::chrono::seconds>(
+          ParseDuration(o->max_age, "--max-age", KeyAgeRules()));
+    }
     std::unique_ptr<kms::KmsClient> kms = kms::MakeKmsClient(o->kms);
     KeyRecord key;
     InTransaction(

@@ -1,10 +1,13 @@
 // rekey: re-encrypts application-encrypted PostgreSQL columns when data keys rotate.
-// This file only wires the subcommands together; see README.md for the exit codes.
+// This file only wires the subcommands together; see README.md for the exit codes and
+// docs/ARCHITECTURE.md for the error table that decides them.
 #include <cstdio>
 #include <exception>
 
 #include "commands.h"
 #include "common/error.h"
+#include "common/error_table.h"
+#include "db/connection.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"rekey: online, resumable, audited re-encryption of PostgreSQL columns"};
@@ -20,7 +23,6 @@ int main(int argc, char** argv) {
   rekey::cli::AddJobCommand(app, global);
   rekey::cli::AddWorkCommand(app, global);
   rekey::cli::AddStatusCommand(app, global);
-  rekey::cli::AddDemoCommand(app, global);
   rekey::cli::AddAuditCommand(app, global);
   rekey::cli::AddOpsCommands(app, global);
   try {
@@ -30,7 +32,9 @@ int main(int argc, char** argv) {
     return code == 0 ? rekey::kExitOk : rekey::kExitUsage;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "rekey: error: %s\n", e.what());
-    return rekey::ExitCodeFor(e);
+    // The error table decides (common/error_table.h), for an exception of libpqxx that escaped
+    // classification as for rekey's own.
+    return rekey::ExitCodeOf(rekey::db::Classify(e).error_class);
   }
   return rekey::kExitOk;
 }

@@ -66,7 +66,7 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   options.pacing.target_batch = std::chrono::milliseconds(flags.target_batch_ms);
   if (!flags.max_replication_lag.empty()) {
     options.pacing.max_replication_lag =
-        rotation::ParseDuration(flags.max_replication_lag, "--max-replication-lag");
+        ParseDuration(flags.max_replication_lag, "--max-replication-lag");
   }
   options.pacing.Validate();
   const std::string conninfo = ConnInfo(global);

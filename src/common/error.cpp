@@ -1,13 +1,12 @@
 #include "common/error.h"
 
+#include "common/error_table.h"
+
 namespace rekey {
 
 int ExitCodeFor(const std::exception& e) {
-  if (dynamic_cast<const ConfigError*>(&e)) return kExitUsage;
-  if (dynamic_cast<const KeyError*>(&e)) return kExitKey;
-  if (dynamic_cast<const StateError*>(&e)) return kExitState;
-  if (dynamic_cast<const TransientError*>(&e)) return kExitTransient;
-  return kExitFailure;
+  const ErrorRule* rule = FindRekeyErrorRule(e);
+  return rule ? ExitCodeOf(rule->error_class) : kExitFailure;
 }
 
 }  // namespace rekey

@@ -74,7 +74,9 @@ enum ExitCode : int {
   kExitState = 5,      // refused: illegal lifecycle step, migration drift, job state
 };
 
-// Maps an exception to the exit code the CLI returns for it.
+// Maps an exception to the exit code the CLI returns for it: a rekey::Error by its row of the
+// error table (common/error_table.h), anything else kExitFailure. db::Classify also knows
+// libpqxx exceptions.
 int ExitCodeFor(const std::exception& e);
 
 }  // namespace rekey

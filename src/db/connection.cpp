@@ -37,23 +37,22 @@ std::string QuoteValue(const char* value) {
   return out;
 }
 
-bool Contains(std::string_view haystack, std::string_view needle) {
-  return haystack.find(needle) != std::string_view::npos;
-}
-
-// Connection failures that a person has to fix (credentials, names, options); everything else
-// (refused, timeouts, server starting up or overloaded) may go away on its own.
-bool IsConfigFailure(std::string_view message) {
-  for (std::string_view marker :
-       {"authentication failed", "no password supplied", "password is required", "does not exist",
-        "no pg_hba.conf entry", "invalid connection option", "invalid sslmode", "invalid port",
-        "invalid integer value", "invalid value for", "SSL was required", "permission denied",
-        // TLS: the server's pg_hba.conf refuses this sslmode ("... no encryption"), or the
-        // server's certificate fails sslmode=verify-ca/verify-full (another CA, another name).
-        "pg_hba.conf rejects", "certificate verify failed", "does not match host name"}) {
-    if (Contains(message, marker)) return true;
+// The SQLSTATE of a libpqxx exception. libpqxx 6 throws some types without one (the
+// transaction_rollback family is no sql_error at all): theirs is used, most derived first.
+std::string SqlState(const std::exception& e) {
+  if (auto* sql = dynamic_cast<const pqxx::sql_error*>(&e); sql && !sql->sqlstate().empty()) {
+    return sql->sqlstate();
   }
-  return false;
+  if (dynamic_cast<const pqxx::serialization_failure*>(&e)) return "40001";
+  if (dynamic_cast<const pqxx::deadlock_detected*>(&e)) return "40P01";
+  if (dynamic_cast<const pqxx::statement_completion_unknown*>(&e)) return "40003";
+  if (dynamic_cast<const pqxx::transaction_rollback*>(&e)) return "40000";
+  if (dynamic_cast<const pqxx::too_many_connections*>(&e)) return "53300";
+  if (dynamic_cast<const pqxx::broken_connection*>(&e)) return "08006";
+  if (dynamic_cast<const pqxx::insufficient_privilege*>(&e)) return "42501";
+  if (dynamic_cast<const pqxx::undefined_table*>(&e)) return "42P01";
+  if (dynamic_cast<const pqxx::undefined_column*>(&e)) return "42703";
+  return "";
 }
 
 // Where we tried to connect, from the parsed options: never the string itself, which may hold
@@ -100,7 +99,12 @@ std::unique_ptr<pqxx::connection> Connect(const std::string& conninfo,
   } catch (const std::exception& e) {
     std::string why = RedactSecrets(OneLine(e.what()), conninfo);
     std::string message = "cannot connect to PostgreSQL at " + target + ": " + why;
-    if (IsConfigFailure(why)) throw ConfigError(message + hint);
+    // The kConnect rows of the error table: what a person has to fix (credentials, names,
+    // options, TLS) is a ConfigError; anything else (refused, timeouts, starting up) may pass.
+    const ErrorRule* rule = FindErrorRule(ErrorSource::kConnect, "", why);
+    if (rule != nullptr && rule->error_class == ErrorClass::kConfig) {
+      throw ConfigError(message + hint);
+    }
     throw TransientError(message + hint);
   }
   // Here, for every rekey session: the audit chain is sealed only in READ COMMITTED
@@ -115,22 +119,31 @@ std::unique_ptr<pqxx::connection> Connect(const std::string& conninfo,
   return conn;
 }
 
-bool IsTransient(const std::exception& e) {
-  if (auto* err = dynamic_cast<const rekey::Error*>(&e)) return err->transient();
-  if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) return true;
-  if (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr) return true;
-  // serialization_failure, deadlock_detected, statement_completion_unknown and plain 40000.
-  if (dynamic_cast<const pqxx::transaction_rollback*>(&e) != nullptr) return true;
-  if (auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
-    const std::string& code = sql->sqlstate();
-    if (code == "40001" || code == "40P01" || code == "55P03" || code == "53300" ||
-        code == "57P01" || code == "57P02" || code == "57P03" || code.rfind("08", 0) == 0) {
-      return true;
+Classification Classify(const std::exception& e) {
+  Classification c;
+  const ErrorRule* rule = FindRekeyErrorRule(e);
+  if (rule == nullptr) {
+    if (dynamic_cast<const pqxx::in_doubt_error*>(&e) != nullptr) {
+      rule = FindErrorRule(ErrorSource::kLibpqxx, "in_doubt_error");
+    } else {
+      c.sqlstate = SqlState(e);
+      if (!c.sqlstate.empty()) rule = FindErrorRule(ErrorSource::kSqlState, c.sqlstate, e.what());
     }
-    // query_canceled is transient when a timeout fired, not when someone cancelled on purpose.
-    if (code == "57014") return Contains(e.what(), "timeout");
   }
-  return false;
+  if (rule != nullptr) {
+    c.rule = rule;
+    c.error_class = rule->error_class;
+    c.batch = rule->batch;
+  }
+  return c;
+}
+
+bool IsTransient(const std::exception& e) {
+  return Classify(e).error_class == ErrorClass::kTransient;
+}
+
+bool IsNoLongerClaimed(const std::exception& e) {
+  return Classify(e).batch == BatchAction::kLost;
 }
 
 std::string PrimaryMessage(const std::exception& e) {
@@ -154,22 +167,18 @@ void ThrowClassified(std::string_view context, const std::exception& e) {
     if (std::current_exception()) throw;
     throw PermanentError(std::string(context) + ": " + e.what());
   }
-  std::string message = std::string(context) + ": " + PrimaryMessage(e);
-  if (IsTransient(e)) throw TransientError(message);
-  if (auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
-    const std::string& code = sql->sqlstate();
-    // rekey's control functions raise with these codes when they refuse a request: a definition
-    // that does not fit the catalog is the caller's input to fix (exit 2); a state that forbids
-    // the step is StateError (exit 5).
-    static const char* const kBadDefinition[] = {"22023", "22P02", "42P01", "42703", "42804",
-                                                 "42602", "42P16", "0A000", "42704"};
-    for (const char* bad : kBadDefinition) {
-      if (code == bad) throw ConfigError(message);
-    }
-    if (code.rfind("23", 0) == 0 || code == "55000" || code == "P0001" || code == "P0002" ||
-        code == "42501") {
+  const std::string message = std::string(context) + ": " + PrimaryMessage(e);
+  switch (Classify(e).error_class) {
+    case ErrorClass::kTransient:
+      throw TransientError(message);
+    case ErrorClass::kConfig:
+      throw ConfigError(message);
+    case ErrorClass::kKey:
+      throw KeyError(message);
+    case ErrorClass::kState:
       throw StateError(message);
-    }
+    case ErrorClass::kPermanent:
+      break;
   }
   throw PermanentError(message);
 }

@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "common/error.h"
+#include "common/error_table.h"
 
 namespace rekey::db {
 
@@ -32,11 +33,31 @@ namespace rekey::db {
 std::unique_ptr<pqxx::connection> Connect(const std::string& conninfo,
                                           const std::string& application_name = "rekey");
 
-// True iff a retry may succeed: pqxx::broken_connection (including too_many_connections),
-// serialization_failure (40001), deadlock_detected (40P01), in_doubt_error, lock_not_available
-// (55P03), query_canceled (57014) caused by a statement or lock timeout, admin/crash shutdown
-// (57P01..57P03), too_many_connections (53300), and rekey::Error with transient() true.
+// How an error met at a database boundary is classified: its row of the error table
+// (common/error_table.h, rendered in docs/ARCHITECTURE.md), the one classifier of rekey.
+struct Classification {
+  ErrorClass error_class = ErrorClass::kPermanent;
+  BatchAction batch = BatchAction::kFail;
+  const ErrorRule* rule = nullptr;  // the row that decided; nullptr: unclassified (kPermanent)
+  std::string sqlstate;             // "" unless a SQL error (libpqxx 6 types mapped to theirs)
+};
+
+// Classifies `e` by the error table: a rekey::Error by its type; a pqxx::sql_error by its
+// SQLSTATE (libpqxx 6 throws some types -- serialization_failure, insufficient_privilege, ... --
+// without one: the type's SQLSTATE is used) and its message, e.g. 40001 "no longer claimed"
+// (the batch belongs elsewhere now) apart from any other serialization failure;
+// pqxx::broken_connection as connection_exception (class 08); pqxx::in_doubt_error by type.
+// Anything else is unclassified: kPermanent, and a batch attempt that fails.
+Classification Classify(const std::exception& e);
+
+// True iff a retry may succeed (Classify says kTransient): broken connections, serialization
+// failures and deadlocks, lock and statement timeouts, admin/crash shutdown, too many
+// connections, and rekey::Error with transient() true.
 bool IsTransient(const std::exception& e);
+
+// True iff `e` is the SQL's "no longer claimed" signal (SQLSTATE 40001 with that wording, from
+// rekey.require_open_stage_batch): the batch belongs to another worker or a rollback now.
+bool IsNoLongerClaimed(const std::exception& e);
 
 // The server's primary error message from a pqxx exception's what(): the first line, without
 // the "ERROR:  "/"FATAL:  " severity prefix.
@@ -47,15 +68,12 @@ std::string PrimaryMessage(const std::exception& e);
 // pqxx is rethrown unchanged.
 [[noreturn]] void ThrowClassified(std::string_view context, const std::exception& e);
 
-// Calls fn() and returns its result. pqxx::failure exceptions it throws are rethrown as
-// TransientError if IsTransient; else ConfigError for the codes rekey's control functions use to
-// reject a definition that does not fit the catalog (22023 invalid_parameter_value, 22P02,
-// 42P01 undefined_table, 42703 undefined_column, 42804 datatype_mismatch, 42602 invalid_name,
-// 42P16, 42704, 0A000); else StateError for integrity violations (class 23), 55000
-// object_not_in_prerequisite_state, 42501 insufficient_privilege, and raise_exception /
-// no_data_found (P0001, P0002) -- the ways rekey's constraints and triggers refuse a step --
-// else PermanentError, each with what() = "<context>: <primary message>".
-// rekey::Error and other exceptions pass through unchanged.
+// Calls fn() and returns its result. pqxx::failure exceptions it throws are rethrown as the
+// rekey::Error of their class in the error table (Classify): TransientError, ConfigError (a
+// definition that does not fit the catalog, a missing privilege), StateError (rekey's
+// constraints, triggers and functions refusing a step), else PermanentError, each with
+// what() = "<context>: <primary message>". rekey::Error and other exceptions pass through
+// unchanged.
 template <typename Fn>
 auto Classified(std::string_view context, Fn&& fn) -> decltype(fn()) {
   try {

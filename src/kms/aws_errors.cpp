@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/error_table.h"
 
 namespace rekey::kms {
 
@@ -45,29 +46,22 @@ std::string AwsErrorType(std::string_view body, std::string_view error_type_head
 }
 
 AwsErrorClass ClassifyAwsError(long http_status, const std::string& type) {
-  static const char* const kTransient[] = {"ThrottlingException",         "KMSInternalException",
-                                           "DependencyTimeoutException",  "KeyUnavailableException",
-                                           "ServiceUnavailableException", "InternalFailure",
-                                           "RequestTimeoutException",     "ExpiredTokenException",
-                                           "LimitExceededException",      "RequestExpired"};
-  static const char* const kKey[] = {
-      "AccessDeniedException",    "DisabledException",          "KMSInvalidStateException",
-      "NotFoundException",        "InvalidCiphertextException", "IncorrectKeyException",
-      "InvalidKeyUsageException", "InvalidGrantTokenException", "KMSInvalidMacException"};
-  static const char* const kConfig[] = {
-      "UnrecognizedClientException", "InvalidSignatureException", "IncompleteSignature",
-      "MissingAuthenticationToken",  "InvalidClientTokenId",      "SignatureDoesNotMatch",
-      "ValidationException",         "InvalidArnException",       "OptInRequired"};
-  for (const char* t : kTransient) {
-    if (type == t) return AwsErrorClass::kTransient;
+  // The kAwsKms rows of the error table (common/error_table.h): the name, then the status.
+  const ErrorRule* rule = type.empty() ? nullptr : FindErrorRule(ErrorSource::kAwsKms, type);
+  if (rule == nullptr && (http_status >= 500 || http_status == 429)) {
+    rule = FindErrorRule(ErrorSource::kAwsKms, http_status == 429 ? "429" : "5xx");
   }
-  for (const char* t : kKey) {
-    if (type == t) return AwsErrorClass::kKey;
+  switch (rule ? rule->error_class : ErrorClass::kPermanent) {
+    case ErrorClass::kTransient:
+      return AwsErrorClass::kTransient;
+    case ErrorClass::kKey:
+      return AwsErrorClass::kKey;
+    case ErrorClass::kConfig:
+      return AwsErrorClass::kConfig;
+    case ErrorClass::kState:
+    case ErrorClass::kPermanent:
+      break;
   }
-  for (const char* t : kConfig) {
-    if (type == t) return AwsErrorClass::kConfig;
-  }
-  if (http_status >= 500 || http_status == 429) return AwsErrorClass::kTransient;
   return AwsErrorClass::kUnknown;
 }
 

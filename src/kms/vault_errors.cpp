@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/error_table.h"
 
 namespace rekey::kms {
 
@@ -35,18 +36,16 @@ std::vector<std::string> VaultErrors(std::string_view body) {
 }
 
 VaultErrorClass ClassifyVaultError(long http_status) {
-  switch (http_status) {
-    case 429:
-    case 412:
-    case 473:
+  // The kVaultTransit rows of the error table (common/error_table.h).
+  const std::string status = http_status >= 500 ? "5xx" : std::to_string(http_status);
+  const ErrorRule* rule = FindErrorRule(ErrorSource::kVaultTransit, status);
+  switch (rule ? rule->error_class : ErrorClass::kPermanent) {
+    case ErrorClass::kTransient:
       return VaultErrorClass::kTransient;
-    case 400:
-    case 401:
-    case 403:
-    case 404:
+    case ErrorClass::kKey:
       return VaultErrorClass::kKey;
     default:
-      return http_status >= 500 ? VaultErrorClass::kTransient : VaultErrorClass::kPermanent;
+      return VaultErrorClass::kPermanent;
   }
 }
 

@@ -41,7 +41,7 @@
 
 #include "kms/token_bucket.h"
 #include "rotation/batch_rotator.h"
-#include "rotation/duration.h"  // ParseDuration, for the flags
+#include "common/duration.h"  // ParseDuration, for the flags
 
 namespace rekey::rotation {
 

@@ -61,24 +61,12 @@ std::chrono::milliseconds Backoff(int failures, std::mt19937& rng) {
   return std::chrono::milliseconds(std::uniform_int_distribution<int64_t>(cap / 2, cap)(rng));
 }
 
-// Missing privileges or a vanished table or column: no retry can help until a person acts.
-bool IsSchemaOrPrivilegeError(const std::exception& e) {
-  return dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr ||
-         dynamic_cast<const pqxx::undefined_table*>(&e) != nullptr ||
-         dynamic_cast<const pqxx::undefined_column*>(&e) != nullptr;
-}
-
 // The job's pause reason when a key it writes under was refused: what happened and what to do.
 std::string KeyRefusalReason(const KeyNotWritableError& e, int64_t job) {
   const std::string j = std::to_string(job);
   return std::string(e.what()) +
          "; a retired key can be made decrypt_only again and the job resumed (rekey job resume " +
          j + "); otherwise rekey job rollback " + j + " or rekey job cancel " + j;
-}
-
-bool IsKeyOrConfigError(const std::exception& e) {
-  return dynamic_cast<const KeyError*>(&e) != nullptr ||
-         dynamic_cast<const ConfigError*>(&e) != nullptr || IsSchemaOrPrivilegeError(e);
 }
 
 }  // namespace
@@ -355,9 +343,11 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
     } catch (const std::exception& e) {
       const auto* refused_key = batch ? dynamic_cast<const KeyNotWritableError*>(&e) : nullptr;
       bool paused_job = false;
-      const bool key_problem = IsKeyOrConfigError(e);
-      const bool transient =
-          key_problem || db::IsTransient(e) || dynamic_cast<const TransientError*>(&e) != nullptr;
+      // The error table (common/error_table.h) decides: a key, configuration, privilege or schema
+      // problem stops the worker; neither it nor a transient error uses up the batch's attempt.
+      const db::Classification verdict = db::Classify(e);
+      const bool key_problem = verdict.batch == BatchAction::kStop;
+      const bool transient = key_problem || verdict.error_class == ErrorClass::kTransient;
       ++consecutive_failures;
       nlohmann::json fields = {{"worker", worker_id},
                                {"error", e.what()},
@@ -401,7 +391,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           listener.reset();
           conn.reset();
         }
-      } else if (!conn || !conn->is_open() || db::IsTransient(e)) {
+      } else if (!conn || !conn->is_open() || verdict.error_class == ErrorClass::kTransient) {
         listener.reset();
         conn.reset();
       }
@@ -413,14 +403,11 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       }
       if (key_problem) {
         log::Error("stopping: key or configuration problem", fields);
-        if (dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr) {
-          throw ConfigError(
-              "the worker's database role lacks a privilege: " + db::PrimaryMessage(e) +
-              "; grant it with sql/roles.sql and SELECT rekey.worker_grants(job)");
-        }
-        if (IsSchemaOrPrivilegeError(e)) {
-          throw ConfigError("a job's target no longer matches its definition: " +
-                            db::PrimaryMessage(e) + "; cancel the job or restore the table");
+        // A database error's row says what it means and what to do (a missing grant, a target
+        // gone); rekey's own errors already do.
+        if (verdict.rule != nullptr && !verdict.rule->summary.empty()) {
+          throw ConfigError(std::string(verdict.rule->summary) + ": " + db::PrimaryMessage(e) +
+                            "; " + std::string(verdict.rule->remedy));
         }
         throw;
       }

@@ -1,6 +1,6 @@
 // Fuzz target: the parsers of what operators write -- a job definition's flags (key map, stage
 // plan, scope, associated-data template: jobs/job.h, crypto/associated_data.h), durations
-// (rotation/duration.h), Transit key refs (kms/vault_transit.h), the KMS providers' environment
+// (common/duration.h), Transit key refs (kms/vault_transit.h), the KMS providers' environment
 // (AWS and Vault configuration), and connection strings with their password redaction
 // (db/conninfo.h).
 //
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/duration.h"
 #include "crypto/associated_data.h"
 #include "db/conninfo.h"
 #include "db/identifiers.h"
@@ -22,7 +23,6 @@
 #include "kms/aws_credentials.h"
 #include "kms/aws_kms.h"
 #include "kms/vault_transit.h"
-#include "rotation/duration.h"
 
 namespace {
 
@@ -52,8 +52,8 @@ void Scope(const std::string& text) {
 }
 
 void Duration(const std::string& text) {
-  const auto d = rekey::rotation::ParseDuration(text, "--max-replication-lag");
-  FuzzCheck(d.count() >= 0 && d <= rekey::rotation::kMaxParsedDuration, "a duration out of range");
+  const auto d = rekey::ParseDuration(text, "--max-replication-lag");
+  FuzzCheck(d.count() >= 0 && d <= rekey::kMaxParsedDuration, "a duration out of range");
 }
 
 void TransitKeyRef(const std::string& text) {
