@@ -354,26 +354,32 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
       continue;
     }
     ++result->rows_done;
-    db::AppendTextArrayElement(pk, &changes->row_ids);
-    for (size_t i = 0; i < ncols; ++i) {
-      const crypto::RewrittenValue* v = row_values[i];
-      if (!v) {
-        changes->columns[i].AppendNull();
-        continue;
-      }
-      changes->columns[i].Append(v->value.data(), v->value.size());
-      ++changes->moved[{v->from_key, v->to_key}];
-      if (job_.per_row_audit) {
-        changes->audit_pk.push_back(pk);
-        changes->audit_col.push_back(job_.columns[i].name);
-        changes->audit_from.push_back(std::to_string(v->from_key));
-        changes->audit_to.push_back(std::to_string(v->to_key));
-      }
+    AppendRow(pk, row_values, new_key_id, changes);
+  }
+}
+
+void BatchRotator::AppendRow(const std::string& pk,
+                             const std::vector<const crypto::RewrittenValue*>& row_values,
+                             std::optional<uint32_t> new_key_id, RowChanges* changes) const {
+  db::AppendTextArrayElement(pk, &changes->row_ids);
+  for (size_t i = 0; i < row_values.size(); ++i) {
+    const crypto::RewrittenValue* v = row_values[i];
+    if (!v) {
+      changes->columns[i].AppendNull();  // the UPDATE keeps the stored value
+      continue;
     }
-    if (job_.key_id_column) {
-      if (changes->key_ids.size() > 1) changes->key_ids += ',';
-      changes->key_ids += std::to_string(*new_key_id);
+    changes->columns[i].Append(v->value.data(), v->value.size());
+    ++changes->moved[{v->from_key, v->to_key}];
+    if (job_.per_row_audit) {
+      changes->audit_pk.push_back(pk);
+      changes->audit_col.push_back(job_.columns[i].name);
+      changes->audit_from.push_back(std::to_string(v->from_key));
+      changes->audit_to.push_back(std::to_string(v->to_key));
     }
+  }
+  if (job_.key_id_column) {
+    if (changes->key_ids.size() > 1) changes->key_ids += ',';
+    changes->key_ids += std::to_string(*new_key_id);
   }
 }
 

@@ -179,6 +179,10 @@ class BatchRotator {
   void RewriteValues(const pqxx::result& rows, size_t handled, Side& side);
   void CollectRows(const pqxx::result& rows, size_t handled, const Side& side, RowChanges* changes,
                    BatchResult* result) const;
+  // Adds a rewritten row (row_values: per column, its new value or nullptr to keep it).
+  void AppendRow(const std::string& pk,
+                 const std::vector<const crypto::RewrittenValue*>& row_values,
+                 std::optional<uint32_t> new_key_id, RowChanges* changes) const;
   void WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges& changes,
                  const BatchResult& result);
   void RecordFailures(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
