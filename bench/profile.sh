@@ -52,9 +52,9 @@ psql -X -tA -F ' | ' -c "SELECT calls, left(regexp_replace(query, '\s+', ' ', 'g
 echo "callgrind: total instructions (Ir) of the worker process:"
 # awk, not grep -m1 or head: an early exit would kill callgrind_annotate with SIGPIPE (pipefail).
 callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n++ { print "  " $0 }'
-echo "BatchRotator::Run (the batches), inclusive:"
+echo "BatchRotator::ProcessChunk (the batches), inclusive:"
 callgrind_annotate --inclusive=yes "$OUT" 2>/dev/null |
-  awk '/BatchRotator::Run\(/ && !n++ { print "  " $1 " Ir" }'
+  awk '/BatchRotator::ProcessChunk\(/ && !n++ { print "  " $1 " Ir" }'
 echo "top functions, inclusive:"
 callgrind_annotate --inclusive=yes "$OUT" 2>/dev/null | grep -A22 "file:function" | tail -20 |
   cut -c1-160 | sed 's/^/  /'

@@ -2,6 +2,8 @@
 
 #include <csignal>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 #include "db/connection.h"
 #include "db/conninfo.h"
@@ -42,20 +44,54 @@ rotation::DataKeySource KeyServices::Source() {
   return [cache = cache_.get()](uint32_t key_id) { return cache->Get(key_id); };
 }
 
+namespace {
+
+// rotation's narrow view of Vault Transit (rotation/transit_service.h), served by Vault's client.
+class VaultTransitService : public rotation::TransitService {
+ public:
+  explicit VaultTransitService(std::unique_ptr<kms::VaultTransitClient> client)
+      : client_(std::move(client)) {}
+
+  KeyInfo ReadKey(const std::string& key_ref) override {
+    const kms::VaultTransitClient::KeyInfo info = client_->ReadTransitKey(key_ref);
+    return {info.derived, info.latest_version};
+  }
+
+  std::vector<Result> RewrapValues(const std::string& key_ref,
+                                   const std::vector<Item>& items) override {
+    std::vector<kms::TransitRewrapItem> requests;
+    requests.reserve(items.size());
+    for (const Item& item : items) requests.push_back({item.ciphertext, item.context});
+    std::vector<Result> results;
+    results.reserve(items.size());
+    for (auto& answer : client_->RewrapValues(key_ref, requests)) {
+      results.push_back(
+          {std::move(answer.ciphertext), std::move(answer.error), answer.key_version});
+    }
+    return results;
+  }
+
+ private:
+  std::unique_ptr<kms::VaultTransitClient> client_;
+};
+
+}  // namespace
+
 rotation::TransitClientSource LazyTransitClient() {
   struct Shared {
     std::mutex mu;
-    std::unique_ptr<kms::VaultTransitClient> client;
+    std::unique_ptr<VaultTransitService> service;
   };
   auto shared = std::make_shared<Shared>();
-  return [shared]() -> kms::VaultTransitClient& {
+  return [shared]() -> rotation::TransitService& {
     std::lock_guard<std::mutex> lock(shared->mu);
-    if (!shared->client) {
-      shared->client = std::make_unique<kms::VaultTransitClient>(
-          kms::VaultTransitConfigFromEnv(kms::ProcessGetenv, /*require_key=*/false),
-          std::make_shared<kms::CurlTransport>());
+    if (!shared->service) {
+      shared->service =
+          std::make_unique<VaultTransitService>(std::make_unique<kms::VaultTransitClient>(
+              kms::VaultTransitConfigFromEnv(kms::ProcessGetenv, /*require_key=*/false),
+              std::make_shared<kms::CurlTransport>()));
     }
-    return *shared->client;
+    return *shared->service;
   };
 }
 

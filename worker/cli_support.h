@@ -39,9 +39,10 @@ class KeyServices {
   std::unique_ptr<keyring::DataKeyCache> cache_;
 };
 
-// The Vault Transit client of vault-transit column jobs, built on first call from the environment
-// (VAULT_ADDR and the authentication variables of kms/vault_transit.h; REKEY_VAULT_TRANSIT_KEY is
-// not needed) and shared by every caller. Throws ConfigError if Vault is not configured.
+// The Vault Transit service of vault-transit column jobs (Vault's client behind rotation's narrow
+// interface, rotation/transit_service.h), built on first call from the environment (VAULT_ADDR and
+// the authentication variables of kms/vault_transit.h; REKEY_VAULT_TRANSIT_KEY is not needed) and
+// shared by every caller. Throws ConfigError if Vault is not configured.
 rotation::TransitClientSource LazyTransitClient();
 
 // Installs SIGTERM/SIGINT handlers that set the returned flag (for graceful stops).

@@ -15,7 +15,6 @@
 #include "db/connection.h"
 #include "jobs/job.h"
 #include "jobs/job_control.h"
-#include "kms/vault_transit.h"
 #include "ops/report_evidence.h"
 
 namespace rekey::cli {
@@ -55,8 +54,7 @@ void ResolveTransitKey(const CreateFlags& flags, jobs::JobSpec* spec) {
         "<mount>/keys/<name>, e.g. transit/keys/app");
   }
   const rotation::TransitClientSource source = LazyTransitClient();  // owns the client
-  kms::VaultTransitClient& vault = source();
-  const kms::VaultTransitClient::KeyInfo info = vault.ReadTransitKey(flags.transit_key);
+  const rotation::TransitService::KeyInfo info = source().ReadKey(flags.transit_key);
   rotation::RequireTransitKeyFits(flags.transit_key, info.derived, !flags.ad_template.empty());
   int version = flags.to_version > 0 ? flags.to_version : info.latest_version;
   if (version > info.latest_version) {

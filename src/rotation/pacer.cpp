@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "db/named_query.h"
 
 namespace rekey::rotation {
 
@@ -48,13 +49,10 @@ int ChunkSizer::Observe(int rows, std::chrono::microseconds elapsed) {
 LagSource ReplicationLagOf(pqxx::connection& conn) {
   return [&conn]() -> std::optional<std::chrono::milliseconds> {
     pqxx::read_transaction txn(conn);
-    // replay_lag is NULL for a replica that has been idle since it caught up: no lag.
-    const auto row = txn.exec1(
-        "SELECT count(*), coalesce(max(extract(epoch FROM replay_lag)), 0) * 1000 "
-        "FROM pg_stat_replication");
+    const auto row = txn.exec1(db::Query("rotation/pacer.replication_lag"));
     txn.commit();
-    if (row[0].as<int64_t>() == 0) return std::nullopt;
-    return std::chrono::milliseconds(int64_t(row[1].as<double>()));
+    if (row["replicas"].as<int64_t>() == 0) return std::nullopt;
+    return std::chrono::milliseconds(int64_t(row["lag_ms"].as<double>()));
   };
 }
 
@@ -121,8 +119,7 @@ BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
       // Between chunks the batch can be handed back without losing anything: it resumes from
       // its checkpoint wherever it is claimed next.
       pqxx::work txn(conn);
-      txn.exec_params("SELECT rekey.release_batch($1, $2, $3, $4, true)", batch.job_id,
-                      batch.batch_no, worker_id, "worker stopped between chunks");
+      ReleaseBatch(txn, batch, worker_id, "worker stopped between chunks", true);
       txn.commit();
       total.outcome = BatchResult::Outcome::kLost;
       return total;

@@ -111,11 +111,10 @@ class Pacer {
   int WaitForReplicas(const LagSource& lag, const std::atomic<bool>& stop,
                       const std::string& worker_id, const PacerSleeper& sleep) const;
 
-  // Processes `batch` as BatchRotator::Process does, but in chunks sized by `sizer` (or of the
-  // job's batch size when no target duration is set, or no pacing at all) under the process's
-  // row-rate limit, if any. When
-  // `stop` turns true between chunks, the batch is released (it stays pending with its
-  // checkpoint) and the outcome is kLost. The counts are those of this attempt.
+  // Processes `batch` in chunks (BatchRotator::ProcessChunk) sized by `sizer` (or of the job's
+  // batch size when no target duration is set, or no pacing at all) under the process's row-rate
+  // limit, if any. When `stop` turns true between chunks, the batch is released (it stays pending
+  // with its checkpoint) and the outcome is kLost. The counts are those of this attempt.
   BatchResult RunBatch(BatchRotator& rotator, pqxx::connection& conn, const ClaimedBatch& batch,
                        const std::string& worker_id, ChunkSizer* sizer,
                        const std::atomic<bool>& stop);

@@ -1,11 +1,11 @@
-// The vault-transit codec's pure pieces (batch_rotator.h): which Transit keys fit a job, and the
+// The vault-transit codec's pure pieces (transit_rewriter.h): which Transit keys fit a job, and the
 // derivation context of a value. The Vault and database parts are in
 // tests/vault_codec_kms_test.cpp.
 #include <gtest/gtest.h>
 
 #include "common/bytes.h"
 #include "common/error.h"
-#include "rotation/batch_rotator.h"
+#include "rotation/transit_rewriter.h"
 
 namespace rekey::rotation {
 namespace {

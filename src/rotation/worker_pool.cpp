@@ -14,10 +14,34 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "db/connection.h"
+#include "db/named_query.h"
 #include "rotation/gate.h"
 
 namespace rekey::rotation {
 namespace {
+
+const std::string& Query(const char* name) {
+  return db::Query(std::string("rotation/worker_pool.") + name);
+}
+
+// The job filter of worker_pool.sql's queries: the job's id, or NULL for every job.
+std::optional<std::string> JobParam(std::optional<int64_t> job) {
+  return job ? std::optional<std::string>(std::to_string(*job)) : std::nullopt;
+}
+
+ClaimedBatch ClaimedBatchOf(const pqxx::row& row) {
+  ClaimedBatch b;
+  b.job_id = row["job_id"].as<int64_t>();
+  b.batch_no = row["batch_no"].as<int>();
+  if (!row["lo"].is_null()) b.lo = row["lo"].as<std::string>();
+  if (!row["hi"].is_null()) b.hi = row["hi"].as<std::string>();
+  b.attempt = row["attempt"].as<int>();
+  b.stage_no = row["stage_no"].as<int>();
+  if (!row["bucket_lo"].is_null()) b.bucket_lo = row["bucket_lo"].as<int>();
+  if (!row["bucket_hi"].is_null()) b.bucket_hi = row["bucket_hi"].as<int>();
+  b.rollback = row["rollback"].as<bool>();
+  return b;
+}
 
 // Sleeps up to `duration`, waking early when `stop` turns true.
 void SleepUnlessStopped(std::chrono::milliseconds duration, const std::atomic<bool>& stop,
@@ -73,17 +97,10 @@ std::string KeyRefusalReason(const KeyNotWritableError& e, int64_t job) {
 
 void RefuseJobsWithHiddenRows(pqxx::connection& conn, std::optional<int64_t> job) {
   pqxx::read_transaction txn(conn);
-  // to_regclass: a job whose table is gone is not this check's business (its batches say so).
-  const pqxx::result blocked = txn.exec_params(
-      "SELECT j.job_id, b.reason FROM rekey.jobs j, LATERAL (SELECT "
-      "rekey.row_security_blocker(to_regclass(format('%I.%I', j.schema_name, j.table_name))) "
-      "AS reason) b WHERE ($1::bigint IS NULL OR j.job_id = $1::bigint) AND j.state IN "
-      "('active', 'verifying', 'awaiting_approval') AND b.reason IS NOT NULL ORDER BY j.job_id "
-      "LIMIT 1",
-      job ? std::optional<std::string>(std::to_string(*job)) : std::nullopt);
+  const pqxx::result blocked = txn.exec_params(Query("hidden_rows"), JobParam(job));
   if (!blocked.empty()) {
-    throw ConfigError("job " + blocked[0][0].as<std::string>() + ": " +
-                      blocked[0][1].as<std::string>());
+    throw ConfigError("job " + blocked[0]["job_id"].as<std::string>() + ": " +
+                      blocked[0]["reason"].as<std::string>());
   }
 }
 
@@ -93,13 +110,7 @@ bool WorkRemains(pqxx::connection& conn, std::optional<int64_t> job) {
   // done, the move to its gate or next stage (rekey.finish_stages), which the worker that ends a
   // stage makes a moment after its commit. Counting only unfinished batches let a loop that
   // looked in that moment exit and leave the rest of the job to the others.
-  return txn
-      .exec_params1(
-          "SELECT EXISTS (SELECT 1 FROM rekey.jobs j WHERE ($1::bigint IS NULL OR j.job_id = "
-          "$1::bigint) AND (j.state IN ('active', 'verifying') OR (j.state = "
-          "'awaiting_approval' AND j.observe IS NOT NULL)))",
-          job ? std::optional<std::string>(std::to_string(*job)) : std::nullopt)[0]
-      .as<bool>();
+  return txn.exec_params1(Query("work_remains"), JobParam(job))["work_remains"].as<bool>();
 }
 
 std::string DefaultWorkerName() {
@@ -156,10 +167,9 @@ bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_i
   bool moved = false;
   {
     pqxx::work txn(conn);
-    for (const auto& row :
-         txn.exec_params("SELECT * FROM rekey.finish_stages($1::bigint)", job_param)) {
-      const std::string state = row[1].as<std::string>();
-      log::Info("job moved on", {{"job", row[0].as<int64_t>()},
+    for (const auto& row : txn.exec_params(Query("finish_stages"), job_param)) {
+      const std::string state = row["state"].as<std::string>();
+      log::Info("job moved on", {{"job", row["job_id"].as<int64_t>()},
                                  {"state", state},
                                  {"worker", worker_id},
                                  {"action", "job.finish_stage"}});
@@ -185,8 +195,7 @@ bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_i
   }
   {
     pqxx::work txn(conn);
-    const int advanced =
-        txn.exec_params1("SELECT rekey.advance_due($1::bigint)", job_param)[0].as<int>();
+    const int advanced = txn.exec_params1(Query("advance_due"), job_param)["opened"].as<int>();
     txn.commit();
     if (advanced > 0) {
       log::Info("stages opened after their observation period",
@@ -254,34 +263,19 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       if (stop) break;
       {
         pqxx::work txn(*conn);
-        // A claim need not wait for its WAL flush: the batch's own commit flushes it (WAL is
-        // sequential), and a claim lost in a server crash just leaves the batch claimable. This
-        // saves one of the two fsyncs per batch.
-        txn.exec0("SET LOCAL synchronous_commit = off");
-        pqxx::result r = txn.exec_params("SELECT * FROM rekey.claim_batch($1, $2::bigint)",
-                                         worker_id, job_param);
+        // Without waiting for its WAL flush (worker_pool.sql says why): this saves one of the
+        // two fsyncs per batch.
+        txn.exec0(Query("claim_without_flush"));
+        pqxx::result r = txn.exec_params(Query("claim_batch"), worker_id, job_param);
         txn.commit();
-        if (!r.empty()) {
-          ClaimedBatch b;
-          b.job_id = r[0][0].as<int64_t>();
-          b.batch_no = r[0][1].as<int>();
-          if (!r[0][2].is_null()) b.lo = r[0][2].as<std::string>();
-          if (!r[0][3].is_null()) b.hi = r[0][3].as<std::string>();
-          b.attempt = r[0][4].as<int>();
-          b.stage_no = r[0][5].as<int>();
-          if (!r[0][6].is_null()) b.bucket_lo = r[0][6].as<int>();
-          if (!r[0][7].is_null()) b.bucket_hi = r[0][7].as<int>();
-          b.rollback = r[0][8].as<bool>();
-          batch = b;
-        }
+        if (!r.empty()) batch = ClaimedBatchOf(r[0]);
       }
       if (!batch) {
         if (AdvanceJobs(*conn, worker_id, job_param)) continue;  // a stage opened: claim again
         const bool remaining = WorkRemains(*conn, options_.job);
         {
           pqxx::work txn(*conn);
-          txn.exec_params("DELETE FROM rekey.workers WHERE worker_id = $1 AND $2", worker_id,
-                          !remaining);
+          txn.exec_params(Query("leave"), worker_id, !remaining);
           txn.commit();
         }
         if (!remaining) return;
@@ -332,8 +326,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           break;
         case BatchResult::Outcome::kJobNotActive: {
           pqxx::work txn(*conn);
-          txn.exec_params("SELECT rekey.release_batch($1, $2, $3, $4, true)", batch->job_id,
-                          batch->batch_no, worker_id, "job is no longer active");
+          ReleaseBatch(txn, *batch, worker_id, "job is no longer active", true);
           txn.commit();
           Observe(BatchOutcome::kJobNotActive, nullptr);
           break;
@@ -367,21 +360,16 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
           if (!conn || !conn->is_open()) reconnect();
           rotators.clear();
           pqxx::work txn(*conn);
-          std::string state = txn.exec_params1("SELECT rekey.release_batch($1, $2, $3, $4, $5)",
-                                               batch->job_id, batch->batch_no, worker_id,
-                                               std::string(e.what()).substr(0, 2000), transient)[0]
-                                  .as<std::string>();
+          const std::string state = ReleaseBatch(txn, *batch, worker_id,
+                                                 std::string(e.what()).substr(0, 2000), transient);
           if (refused_key) {
             // Every other batch of the job would be refused the same way: pausing stops all
             // workers at once with the reason in rekey.progress, where failing batch after batch
             // would only use up their attempts and end the job 'failed'. Whoever paused it first
             // keeps the reason; a job an operator moved on meanwhile is left as it is.
-            paused_job =
-                !txn.exec_params(
-                        "WITH j AS (SELECT job_id FROM rekey.jobs WHERE job_id = $1 AND state = "
-                        "'active' FOR UPDATE) SELECT rekey.pause_job(job_id, $2) FROM j",
-                        batch->job_id, KeyRefusalReason(*refused_key, batch->job_id))
-                     .empty();
+            paused_job = !txn.exec_params(Query("pause_for_key"), batch->job_id,
+                                          KeyRefusalReason(*refused_key, batch->job_id))
+                              .empty();
           }
           txn.commit();
           fields["batch_state"] = state;

@@ -50,8 +50,8 @@ struct WorkerOptions {
   // the loops then claim nothing, so no batch is started, failed or quarantined for an outage, and
   // they resume by themselves once it turns true. nullptr: always available.
   std::function<bool()> kms_available;
-  // The Vault client of vault-transit jobs (batch_rotator.h); nullptr: such jobs stop the worker
-  // with a ConfigError.
+  // The Vault Transit service of vault-transit jobs (transit_service.h); nullptr: such jobs stop
+  // the worker with a ConfigError.
   TransitClientSource transit;
   PacingOptions pacing;                // rate limit, chunking, replication lag (pacer.h)
   WorkerObserver* observer = nullptr;  // not owned; must outlive Run(); may be null

@@ -1,0 +1,217 @@
+#include "rotation/batch_statements.h"
+
+#include <utility>
+
+#include "common/bytes.h"
+#include "crypto/codec.h"
+#include "db/identifiers.h"
+#include "jobs/stage_bucket.h"
+
+namespace rekey::rotation {
+namespace {
+
+using crypto::CodecKind;
+
+// Appends `value` to a bytea[] literal as "\\x<hex>", in place (no temporary per value).
+void AppendByteaElement(const uint8_t* data, size_t size, std::string* literal) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  if (literal->size() > 1) *literal += ',';
+  *literal += "\"\\\\x";
+  size_t at = literal->size();
+  literal->resize(at + 2 * size + 1);
+  char* out = literal->data() + at;
+  for (size_t i = 0; i < size; ++i) {
+    *out++ = kDigits[data[i] >> 4];
+    *out++ = kDigits[data[i] & 0x0f];
+  }
+  *out = '"';
+}
+
+void AppendListItem(const std::string& item, std::string* list) {
+  if (list->size() > 1) *list += ',';
+  *list += item;
+}
+
+// Replaces every `placeholder` in `text` with `param`.
+void Substitute(const std::string& placeholder, const std::string& param, std::string* text) {
+  for (size_t at; (at = text->find(placeholder)) != std::string::npos;) {
+    text->replace(at, placeholder.size(), param);
+  }
+}
+
+// "Still under a source key" for one column.
+std::string ColumnNeedsWork(const jobs::JobColumn& column, const std::string& key_id) {
+  const std::string c = db::QuoteIdent(column.name);
+  if (column.codec == CodecKind::kVaultTransit) {
+    // Values that are not Transit ciphertexts are selected too, to be quarantined.
+    return "coalesce(rekey.transit_version(" + c + "), 0) < ($K::bigint[])[1]";
+  }
+  if (column.codec == CodecKind::kTink) {
+    // Values whose prefix cannot even be parsed are selected too, so corrupt values are
+    // quarantined rather than ignored.
+    return "substring(" + c + " from 1 for 5) = ANY($P::bytea[]) OR substring(" + c +
+           " from 1 for 1) <> '\\x01'::bytea OR octet_length(" + c + ") < 5";
+  }
+  return "(" + key_id + " = ANY($K::bigint[]) AND " + c + " IS NOT NULL)";
+}
+
+}  // namespace
+
+Direction MakeDirection(std::map<uint32_t, uint32_t> key_map) {
+  Direction d;
+  d.key_map = std::move(key_map);
+  d.source_prefixes_literal = "{";
+  d.source_ids_literal = "{";
+  d.target_ids_literal = "{";
+  for (const auto& entry : d.key_map) {
+    uint8_t prefix[crypto::kTinkPrefixSize] = {crypto::kTinkVersionByte};
+    PutUint32BigEndian(entry.first, prefix + 1);
+    AppendByteaElement(prefix, sizeof prefix, &d.source_prefixes_literal);
+    AppendListItem(std::to_string(entry.first), &d.source_ids_literal);
+    AppendListItem(std::to_string(entry.second), &d.target_ids_literal);
+  }
+  d.source_prefixes_literal += '}';
+  d.source_ids_literal += '}';
+  d.target_ids_literal += '}';
+  return d;
+}
+
+BatchStatements::BatchStatements(const jobs::JobDefinition& job)
+    : job_(job),
+      table_(job.QualifiedTable()),
+      pk_(db::QuoteIdent(job.pk_column)),
+      key_id_(job.key_id_column ? db::QuoteIdent(*job.key_id_column) : "") {
+  needs_work_ = NeedsWork();
+  select_list_ = SelectList();
+  update_ = Update();
+}
+
+std::string BatchStatements::NeedsWork() const {
+  std::string needs_work;
+  for (const auto& column : job_.columns) {
+    if (!needs_work.empty()) needs_work += " OR ";
+    needs_work += ColumnNeedsWork(column, key_id_);
+  }
+  return needs_work;
+}
+
+std::string BatchStatements::SelectList() const {
+  // Qualified names throughout: an unqualified ORDER BY pk would sort the pk::text output column.
+  // Aliases name the fields for BatchRotator, whatever the columns are called.
+  std::string list = "t." + pk_ + "::text AS row_id";
+  for (size_t i = 0; i < job_.columns.size(); ++i) {
+    list += ", t." + db::QuoteIdent(job_.columns[i].name) + " AS c" + std::to_string(i);
+  }
+  if (!key_id_.empty()) list += ", t." + key_id_ + " AS row_key_id";
+  return list;
+}
+
+std::string BatchStatements::Update() const {
+  // The new values arrive as parallel arrays, one element per row, unnested side by side in the
+  // select list: a ProjectSet streams the rows, where unnest(a, b, c) in FROM would first copy
+  // each array into a tuplestore (1.1 ms of a 12 ms UPDATE of 1000 rows). The arrays have the
+  // same length, so the set-returning functions advance in step.
+  std::string set_list;
+  std::string values = "unnest($1::" + job_.pk_type + "[]) AS row_id";
+  int n = 1;
+  for (size_t i = 0; i < job_.columns.size(); ++i) {
+    const std::string c = db::QuoteIdent(job_.columns[i].name);
+    const std::string v = "c" + std::to_string(i);
+    if (!set_list.empty()) set_list += ", ";
+    set_list += c + " = coalesce(v." + v + ", t." + c + ")";
+    values += ", unnest($" + std::to_string(++n) +
+              (job_.columns[i].codec == CodecKind::kVaultTransit ? "::text[]" : "::bytea[]") +
+              ") AS " + v;
+  }
+  if (!key_id_.empty()) {
+    set_list += ", " + key_id_ + " = coalesce(v.kid, t." + key_id_ + ")";
+    values += ", unnest($" + std::to_string(++n) + "::bigint[]) AS kid";
+  }
+  // Rows are matched by primary key, one index descent each. Matching them by ctid instead (a
+  // locked row cannot move) saves the descent but not a system call: PostgreSQL 15 rescans a TID
+  // scan per row of the join and each rescan reads the table's size with lseek. Where system
+  // calls trap to the hypervisor that costs more than the descent (UPDATE of 1000 rows 7.8 ms by
+  // key, 9.5 ms by ctid on the AMD machine of bench/README.md); the descent costs the same
+  // everywhere.
+  return "UPDATE " + table_ + " AS t SET " + set_list + " FROM (SELECT " + values +
+         ") AS v WHERE t." + pk_ + " = v.row_id";
+}
+
+std::string BatchStatements::Bounds(int variant, int* n) const {
+  auto param = [n] { return "$" + std::to_string(++*n); };
+  std::string where;
+  if (variant & kLo) where += " AND t." + pk_ + " >= " + param() + "::" + job_.pk_type;
+  if (variant & kAfter) where += " AND t." + pk_ + " > " + param() + "::" + job_.pk_type;
+  if (variant & kHi) where += " AND t." + pk_ + " < " + param() + "::" + job_.pk_type;
+  if (variant & kKeys)
+    where += " AND t." + pk_ + " = ANY (" + param() + "::" + job_.pk_type + "[])";
+  if (variant & kBuckets) {
+    // One range test, so the row's bucket (an MD5) is computed once, not once per bound.
+    const std::string lo = param();
+    where += " AND int4range(" + lo + "::integer, " + param() +
+             "::integer) @> rekey.stage_bucket(t." + pk_ + "::text)";
+  }
+  if (job_.scope_column) {
+    where +=
+        " AND t." + db::QuoteIdent(*job_.scope_column) + " = " + param() + "::" + job_.scope_type;
+  }
+  return where;
+}
+
+std::string BatchStatements::Select(int variant) const {
+  int n = 0;
+  const std::string where = Bounds(variant, &n);
+  const std::string prefixes = "$" + std::to_string(++n);
+  const std::string ids = "$" + std::to_string(++n);
+  const std::string limit = "$" + std::to_string(++n);
+  std::string condition = needs_work_;
+  Substitute("$P", prefixes, &condition);
+  Substitute("$K", ids, &condition);
+  // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
+  return "SELECT " + select_list_ + " FROM " + table_ + " AS t WHERE (" + condition + ")" + where +
+         " AND " + prefixes + "::bytea[] IS NOT NULL AND " + ids +
+         "::bigint[] IS NOT NULL ORDER BY t." + pk_ + " LIMIT " + limit + "::bigint FOR UPDATE";
+}
+
+SelectCall BatchStatements::SelectFor(const ClaimedBatch& batch, const BatchProgress& progress,
+                                      const Direction& direction, int max_rows) const {
+  SelectCall call;
+  if (progress.resume_after) {
+    call.params.push_back(*progress.resume_after);
+    call.variant |= kAfter;
+  } else if (batch.lo) {
+    call.params.push_back(*batch.lo);
+    call.variant |= kLo;
+  }
+  if (batch.hi) {
+    call.params.push_back(*batch.hi);
+    call.variant |= kHi;
+  }
+  // A forward stage that reaches 100% needs no bucket test: every row below its lower bound was
+  // a row of an earlier stage, so it is either done (the SELECT skips it) or still needs work --
+  // written under the old key before promotion, or quarantined -- and the last stage may as well
+  // take it now as leave it to the sweep. It saves an MD5 per row of the largest stage.
+  const bool whole_rest =
+      !batch.rollback && batch.bucket_hi && *batch.bucket_hi >= jobs::kStageBuckets;
+  // A batch with planned keys locks those rows by key, and needs no bucket test either: a
+  // row's bucket is a function of its key alone, and the plan chose these keys by their bucket
+  // (whichever planner), so every row they name -- even one replaced since -- is the stage's.
+  // The test cost an md5() per row in the server, about a fifth of such a batch.
+  const bool keyed = progress.planned_keys && !batch.rollback;
+  if (keyed) {
+    call.params.push_back(*progress.planned_keys);
+    call.variant |= kKeys;
+  }
+  if (batch.bucket_lo && batch.bucket_hi && !whole_rest && !keyed) {
+    call.params.push_back(std::to_string(*batch.bucket_lo));
+    call.params.push_back(std::to_string(*batch.bucket_hi));
+    call.variant |= kBuckets;
+  }
+  if (job_.scope_column) call.params.push_back(*job_.scope_value);
+  call.params.push_back(direction.source_prefixes_literal);
+  call.params.push_back(direction.source_ids_literal);
+  call.params.push_back(std::to_string(int64_t(max_rows) + 1));
+  return call;
+}
+
+}  // namespace rekey::rotation

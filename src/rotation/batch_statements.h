@@ -1,0 +1,95 @@
+// The statements of one job's batches that are assembled from the job's identifiers (table, key,
+// columns, scope; quoted with db/identifiers.h), built once per job and prepared per connection by
+// BatchRotator. Pure: no database is needed to build or test them (batch_statements_test.cpp).
+// The fixed statements of the batch path are named queries (queries/batch_rotator.sql).
+//
+// The row-locking SELECT returns the primary key as text ("row_id"), each rotated column under
+// its own name, and the key-id column (if any) under its own name, for the rows of the batch that
+// still need work -- a column still under a source key (rekey.transit_version below the target for
+// Transit; for Tink also a value whose prefix does not parse, so it is quarantined rather than
+// ignored) -- ordered by key, LIMIT rows, FOR UPDATE. Its parameters, in order: the bounds
+// (SelectVariant, in the order of the bits below), the scope value if the job has a scope, the
+// source Tink prefixes (bytea[]), the source key ids (bigint[]; for Transit, {target version}),
+// and the LIMIT.
+//
+// The UPDATE writes a batch's new values: $1 the primary keys (pk_type[]), then one array per
+// rotated column (bytea[]; text[] for Transit; NULL elements keep the stored value), then the new
+// key ids (bigint[]) if the job has a key-id column.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "jobs/job.h"
+#include "rotation/claimed_batch.h"
+
+namespace rekey::rotation {
+
+// Variants of the row-locking SELECT, by which batch bounds exist (a generic plan with
+// "$1 IS NULL OR pk >= $1" could not use the primary-key index), and whether the batch is
+// restricted to a stage's buckets, and to the keys its plan recorded (kKeys). kAfter (a chunk
+// resuming after the batch's checkpoint) replaces kLo.
+enum SelectVariant {
+  kNoBounds = 0,
+  kLo = 1,
+  kHi = 2,
+  kBuckets = 4,
+  kAfter = 8,
+  kKeys = 16,
+  kAllSelectVariants = 32
+};
+
+// The key moves of one direction: source -> target, and the SELECT's parameters for "still under
+// a source key".
+struct Direction {
+  std::map<uint32_t, uint32_t> key_map;
+  std::string source_prefixes_literal;  // {"\\x0100000001",...} for the Tink filter
+  std::string source_ids_literal;       // {1,3} for the key-id column filter
+  std::string target_ids_literal;       // {2,4}: the keys written, locked for the transaction
+};
+Direction MakeDirection(std::map<uint32_t, uint32_t> key_map);
+
+// What the batch's queue row says about where the batch resumes (rekey.batches).
+struct BatchProgress {
+  std::optional<std::string> resume_after;  // the checkpoint of earlier chunks
+  std::optional<std::string> planned_keys;  // the keys its plan recorded, as a pk_type[] literal
+};
+
+// One execution of the row-locking SELECT: which variant, with which parameters.
+struct SelectCall {
+  int variant = kNoBounds;
+  std::vector<std::string> params;
+};
+
+class BatchStatements {
+ public:
+  explicit BatchStatements(const jobs::JobDefinition& job);
+
+  // The row-locking SELECT of `variant`.
+  std::string Select(int variant) const;
+  // The SELECT call that locks at most max_rows + 1 rows of `batch` (one more than a chunk
+  // handles says whether the batch goes on after it).
+  SelectCall SelectFor(const ClaimedBatch& batch, const BatchProgress& progress,
+                       const Direction& direction, int max_rows) const;
+  // The UPDATE that writes the new values (see the file comment).
+  const std::string& update() const { return update_; }
+
+ private:
+  std::string NeedsWork() const;
+  std::string SelectList() const;
+  std::string Update() const;
+  std::string Bounds(int variant, int* n) const;
+
+  const jobs::JobDefinition& job_;  // outlives the statements (the rotator owns both)
+  std::string table_;               // "schema"."table"
+  std::string pk_;                  // the quoted key column
+  std::string key_id_;              // the quoted key-id column, "" if none
+  std::string needs_work_;          // with $P and $K for the key parameters
+  std::string select_list_;
+  std::string update_;
+};
+
+}  // namespace rekey::rotation
