@@ -238,6 +238,10 @@ def setup_rekey():
         help_text = subprocess.run([REKEY, "job", "create", "--help"], env=ENV, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
         extra = "--stages 100" if "--stages" in help_text else ""
+        # The anchors' table has two plain-text columns beside token; key_id does not govern
+        # them, and job create refuses to guess (docs/safety.md, invariant 2).
+        if "--not-governed" in help_text:
+            extra += " --not-governed brand,last4"
     return shlex.split(extra)
 
 

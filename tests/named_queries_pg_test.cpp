@@ -37,27 +37,70 @@ std::string FirstKeyword(const std::string& text) {
   return "";
 }
 
-// Checks one statement against `conn`'s database without running it, in a transaction rolled
-// back whatever happens: PREPARE for the statements PostgreSQL can prepare (it parses them,
-// resolves every table, column, function and operator, and infers every parameter's type); a SET
-// cannot be prepared and has no parameters, so it runs, and is undone with the transaction.
-// Returns the server's error, or nothing if the statement fits the schema.
-std::optional<std::string> Check(pqxx::connection& conn, const std::string& text) {
+// The query of a `DECLARE <cursor> ... CURSOR FOR <query>` statement, or nothing if `text` has no
+// CURSOR FOR.
+std::optional<std::string> CursorQuery(const std::string& text) {
+  std::string upper = text;
+  std::transform(upper.begin(), upper.end(), upper.begin(),
+                 [](unsigned char c) { return char(std::toupper(c)); });
+  const size_t at = upper.find("CURSOR FOR");
+  if (at == std::string::npos) return std::nullopt;
+  return text.substr(at + std::string("CURSOR FOR").size());
+}
+
+// The second word of `text`'s statement (a cursor's name after DECLARE or CLOSE), lower-cased.
+std::string SecondWord(const std::string& text) {
+  const std::string keyword = FirstKeyword(text);
+  std::string lower = text;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return char(std::tolower(c)); });
+  std::string key = keyword;
+  std::transform(key.begin(), key.end(), key.begin(),
+                 [](unsigned char c) { return char(std::tolower(c)); });
+  size_t pos = lower.find(key + " ");
+  if (pos == std::string::npos) return "";
+  pos += key.size() + 1;
+  size_t end = lower.find_first_of(" \t\r\n;", pos);
+  return lower.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+}
+
+// Checks one statement against `conn`'s database in a transaction rolled back whatever happens:
+// - PREPARE for the statements PostgreSQL can prepare (it parses them, resolves every table,
+//   column, function and operator, and infers every parameter's type), and for the query of a
+//   DECLARE ... CURSOR FOR;
+// - a SET or CREATE runs (neither takes parameters) and is undone with the transaction, as DDL is
+//   in PostgreSQL;
+// - a CLOSE must name a cursor that a query of `declared` opens.
+// Returns the server's error (or why the statement cannot be checked), or nothing if it fits.
+std::optional<std::string> Check(pqxx::connection& conn, const std::string& text,
+                                 const std::vector<std::string>& declared = {}) {
   static const char* const kPreparable[] = {"SELECT", "WITH",  "INSERT", "UPDATE",
                                             "DELETE", "MERGE", "VALUES"};
   const std::string keyword = FirstKeyword(text);
-  const bool preparable =
+  std::string statement = text;
+  bool prepare =
       std::find(std::begin(kPreparable), std::end(kPreparable), keyword) != std::end(kPreparable);
-  if (!preparable && keyword != "SET") {
+  if (keyword == "DECLARE") {
+    std::optional<std::string> query = CursorQuery(text);
+    if (!query) return "a DECLARE without CURSOR FOR";
+    statement = *query;
+    prepare = true;
+  } else if (keyword == "CLOSE") {
+    const std::string cursor = SecondWord(text);
+    if (std::find(declared.begin(), declared.end(), cursor) == declared.end()) {
+      return "CLOSE of cursor '" + cursor + "', which no named query declares";
+    }
+    return std::nullopt;
+  } else if (!prepare && keyword != "SET" && keyword != "CREATE") {
     return "a " + keyword + " statement, which this test can neither PREPARE nor safely run";
   }
   // A prepared statement outlives the transaction that prepared it: each gets a name of its own.
   static int prepared = 0;
   try {
     pqxx::work txn(conn);
-    txn.exec0(preparable
-                  ? "PREPARE rekey_named_query_" + std::to_string(++prepared) + " AS\n" + text
-                  : text);
+    txn.exec0(prepare ? "PREPARE rekey_named_query_" + std::to_string(++prepared) + " AS\n" +
+                            statement
+                      : statement);
     txn.abort();
     return std::nullopt;
   } catch (const pqxx::sql_error& e) {
@@ -70,8 +113,12 @@ class NamedQueriesTest : public PgTest {};
 TEST_F(NamedQueriesTest, EveryEmbeddedQueryPreparesAgainstTheMigratedSchema) {
   const std::vector<db::NamedQuery>& queries = db::AllQueries();
   ASSERT_FALSE(queries.empty()) << "no query files embedded (cmake/embed_sql.cmake)";
+  std::vector<std::string> declared;  // cursors the DECLARE queries open
   for (const db::NamedQuery& q : queries) {
-    const std::optional<std::string> error = Check(conn(), q.text);
+    if (FirstKeyword(q.text) == "DECLARE") declared.push_back(SecondWord(q.text));
+  }
+  for (const db::NamedQuery& q : queries) {
+    const std::optional<std::string> error = Check(conn(), q.text, declared);
     EXPECT_FALSE(error) << q.name << " does not fit the schema: " << error.value_or("") << "\n"
                         << q.text;
   }
@@ -86,7 +133,13 @@ TEST_F(NamedQueriesTest, RefusesWhatDoesNotFitTheSchema) {
   EXPECT_TRUE(Check(conn(), "SELECT rekey.no_such_function($1::bigint)"));
   EXPECT_TRUE(Check(conn(), "SELECT $1 IS NULL AS untyped"));
   EXPECT_TRUE(Check(conn(), "SET LOCAL no_such_setting = 'on'"));
-  EXPECT_TRUE(Check(conn(), "DECLARE c CURSOR FOR SELECT 1"));
+  EXPECT_FALSE(Check(conn(), "DECLARE c NO SCROLL CURSOR FOR SELECT job_id FROM rekey.jobs"));
+  EXPECT_TRUE(Check(conn(), "DECLARE c NO SCROLL CURSOR FOR SELECT no_such FROM rekey.jobs"));
+  EXPECT_FALSE(Check(conn(), "-- closes c\nCLOSE c", {"c"}));
+  EXPECT_TRUE(Check(conn(), "CLOSE c", {"other"}));
+  EXPECT_FALSE(Check(conn(), "CREATE TABLE IF NOT EXISTS rekey.scratch (id int)"));
+  EXPECT_TRUE(Check(conn(), "CREATE TABLE rekey.jobs (id int)"));
+  EXPECT_TRUE(Check(conn(), "VACUUM rekey.jobs"));
 }
 
 // The queries this branch moved out of C++ are embedded and found by the names the code uses.

@@ -1,4 +1,4 @@
-// The tamper-evident audit chain (migrations/0006_audit_chain.sql): sealing, and verification
+// The tamper-evident audit chain (sql/schema/20_audit.sql): sealing, and verification
 // recomputed here from the raw columns of rekey.audit, independently of the SQL that sealed them.
 //
 // Verification also flags a sealed row whose `at` is more than an hour older than seals that ran

@@ -109,7 +109,7 @@ std::unique_ptr<pqxx::connection> Connect(const std::string& conninfo,
   }
   // Here, for every rekey session: the audit chain is sealed only in READ COMMITTED
   // (rekey.seal_audit), and a database or role whose default isolation is stricter would stop
-  // every seal rekey makes (migrations/0016_key_safety_audit.sql). A SET after connecting rather
+  // every seal rekey makes (sql/schema/20_audit.sql). A SET after connecting rather
   // than `options=-c ...` in the startup packet, which connection poolers refuse. Transactions
   // that need a stronger isolation ask for it explicitly (audit::Verify).
   Classified("cannot configure the PostgreSQL session", [&] {

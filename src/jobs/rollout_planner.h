@@ -2,7 +2,7 @@
 // src/jobs/queries/rollout_planner.sql.
 //
 // The plan is the one rekey.plan_rollout computes in the database
-// (migrations/0008_one_pass_planning.sql, docs/operations.md "Staged rollout"): every row of the
+// (sql/schema/50_stages.sql, docs/operations.md "Staged rollout"): every row of the
 // job's table (or scope) falls in the stage whose bucket range holds rekey.stage_bucket(pk), the
 // first 4 bytes of MD5(pk text) read big-endian, mod kStageBuckets; each stage is cut every
 // batch_size of its rows in key order into half-open ranges [lo, hi) (the first starts at NULL, the

@@ -1,5 +1,5 @@
 // The key census: where values under a data key are, in the whole database (rekey.key_census in
-// migrations/0013_key_safety_keyring.sql), and the knobs a retire or destroy of the key takes.
+// sql/schema/30_keyring.sql), and the knobs a retire or destroy of the key takes.
 //
 // The census reads every bytea and text-like column of every table, partitioned table and
 // materialized view outside the system and rekey schemas (one sequential scan per table), finds

@@ -2,7 +2,7 @@
 //   enabled -> primary | decrypt_only | retired      primary -> decrypt_only
 //   decrypt_only -> primary | retired                retired -> decrypt_only | destroyed
 //
-// The database enforces the lifecycle (migrations/0001_keyring.sql: rekey.key_lifecycle() and the
+// The database enforces the lifecycle (sql/schema/30_keyring.sql: rekey.key_lifecycle() and the
 // trigger on rekey.keys), so these functions do not re-check legality: they issue the statement
 // and translate the trigger's refusal into a StateError carrying the server's message. See
 // docs/keyring.md for what each status means to applications.

@@ -12,7 +12,7 @@
 //     source client, wrapped by the destination, and the new wrapping unwrapped once more and
 //     compared before it replaces the old one.
 // The UPDATE of kms_provider/kms_key_ref/wrapped_key is audited by the database itself
-// ('key.rewrapped', migrations/0002_jobs.sql); a summary row 'keys.rewrap' follows the run.
+// ('key.rewrapped', sql/schema/20_audit.sql); a summary row 'keys.rewrap' follows the run.
 //
 // Errors: whatever the KMS or database throws, after the keys before it were committed; a key
 // whose provider no client here can unwrap is a ConfigError from `source`.

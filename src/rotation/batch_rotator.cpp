@@ -31,17 +31,6 @@ std::string FixedQuery(const char* name) {
   return db::Query(std::string("rotation/batch_rotator.") + name);
 }
 
-// The "no longer claimed" signal of rekey.checkpoint_batch and rekey.complete_batch (see
-// ProcessChunk in batch_rotator.h). libpqxx 6 throws serialization_failure, which carries no
-// SQLSTATE, for 40001.
-bool IsNoLongerClaimed(const pqxx::failure& e) {
-  const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
-  const bool serialization_failure =
-      dynamic_cast<const pqxx::serialization_failure*>(&e) || (sql && sql->sqlstate() == "40001");
-  return serialization_failure &&
-         std::string_view(e.what()).find("no longer claimed") != std::string_view::npos;
-}
-
 // The result of a chunk whose transaction was rolled back because the batch was lost: nothing of
 // it was written, so it reports no rows.
 ChunkResult LostChunk() {
@@ -189,7 +178,8 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
       Complete(txn, batch, worker_id, *locked, changes, result);
     }
   } catch (const pqxx::failure& e) {
-    if (!IsNoLongerClaimed(e)) throw;
+    // The "no longer claimed" signal (a row of common/error_table.cpp; see ProcessChunk).
+    if (!db::IsNoLongerClaimed(e)) throw;
     return LostChunk();
   }
   txn.commit();

@@ -10,7 +10,7 @@
 // re-processing a batch never encrypts a value twice.
 //
 // Key locks: the transaction's first statement, before any row is locked, is
-// rekey.lock_keys_for_write (migrations/0012) on every key the batch writes under -- the job's
+// rekey.lock_keys_for_write (sql/schema/30_keyring.sql) on every key the batch writes under -- the job's
 // target keys, or for a rollback batch its source keys -- held to commit. A retire or destroy of
 // such a key takes the same lock exclusively, so it waits for the batch and counts what it wrote;
 // a batch that starts after it committed is refused (KeyNotWritableError) with nothing written.

@@ -53,7 +53,7 @@ void SleepUnlessStopped(std::chrono::milliseconds duration, const std::atomic<bo
 }
 
 // Notices that a job changed state or stage (rekey.jobs' trigger notifies kJobsChannel, see
-// migrations/0009): an idle claim loop wakes at once instead of at the end of its idle poll.
+// sql/schema/40_jobs.sql): an idle claim loop wakes at once instead of at the end of its idle poll.
 constexpr const char* kJobsChannel = "rekey_jobs";
 
 class JobChangeListener : public pqxx::notification_receiver {
