@@ -1,9 +1,12 @@
 // The key-safety model test (ctest label `model`): random sequences of operations against a real
 // PostgreSQL -- application inserts, updates and deletes; `rekey job create` with scopes in varied
 // spellings; `rekey work` run to the end, SIGKILLed after a random delay or left running in the
-// background; advance, rollback, cancel, retry-failed; renames and schema moves of the tables;
-// key-age policy and `rekey rotate-due`; `rekey keys retire` and `destroy --yes` attempts -- and
-// after every step an independent model checks the invariants of docs/safety.md:
+// background (the worker to be SIGKILLed is a real `rekey work` child; the others run the same
+// rotation::WorkerPool in-process, tests/model/model_worker.h, which saves a process, its
+// connections and key unwraps per step); advance, rollback, cancel, retry-failed; renames and
+// schema moves of the tables; key-age policy and `rekey rotate-due`; `rekey keys retire` and
+// `destroy --yes` attempts -- and after every step an independent model checks the invariants of
+// docs/safety.md:
 //   I1 no stored value is under a destroyed key;
 //   I2 no value is lost: every row the application wrote is there, and each of its values
 //      decrypts (AES-256-GCM in this file, docs/FORMAT.md) under the key it names;
@@ -21,11 +24,14 @@
 //   REKEY_MODEL_SEED=N        replay one sequence (with the same OPS and STEPS it failed with)
 //   REKEY_MODEL_SEQUENCES=N   sequences of a run (default 300); REKEY_MODEL_STEPS (default 14)
 //   REKEY_MODEL_OPS=a,b,...   only these operations (names in kOperations below; default all)
-//   REKEY_MODEL_SECONDS=N     start no random sequence after N seconds (default 150)
+//   REKEY_MODEL_SECONDS=N     start no random sequence after N seconds (default 240)
 //   REKEY_MODEL_BASE_SEED=N   first seed of the random sequences (default: from the clock)
 //   REKEY_MODEL_TABLES=a,b    only these fixture tables (cards_u, cards_i, notes_i; default all)
-//   REKEY_MODEL_THREADS=N     sequences run side by side (default 2); REKEY_MODEL_VERBOSE=1
-//                             prints every sequence's trace with the time of each step
+//   REKEY_MODEL_THREADS=N     sequences run side by side (default 3: on 2 cores, a third thread
+//                             fills the time the others wait for rekey processes, PostgreSQL and
+//                             the kill delays); REKEY_MODEL_VERBOSE=1 prints every sequence's
+//                             trace with the time of each step, and the set-up's phases
+// Each thread runs its sequences in one database, reset between them (model_database.h).
 // Regression seeds, tests/model/seeds.txt, are replayed first by their own test.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -331,10 +337,9 @@ class Sequence {
       return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
     };
     trace_.push_back("set-up: keys 1 (t0) and 2 (t1) primary, 3 (t0) and 4 (t1) enabled; " +
-                     std::to_string(rows_per_tenant) + " rows per tenant in " + names +
-                     " (reset " + ms(reset - began) + " ms, keys and tables " +
-                     ms(rows_began - reset) + " ms, rows " + ms(Clock::now() - rows_began) +
-                     " ms)");
+                     std::to_string(rows_per_tenant) + " rows per tenant in " + names + " (reset " +
+                     ms(reset - began) + " ms, keys and tables " + ms(rows_began - reset) +
+                     " ms, rows " + ms(Clock::now() - rows_began) + " ms)");
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -597,8 +602,8 @@ class Sequence {
              (r.term_signal ? "killed" : "had exited " + std::to_string(r.exit_code)) + ")" +
              finished_bg;
     }
-    return "rekey work --job " + j + " (in-process) -> " + WorkerOutcome(*StartWorker(job), *conn_) +
-           finished_bg;
+    return "rekey work --job " + j + " (in-process) -> " +
+           WorkerOutcome(*StartWorker(job), *conn_) + finished_bg;
   }
 
   std::unique_ptr<InProcessWorker> StartWorker(int64_t job) {
@@ -870,8 +875,8 @@ class Sequence {
         continue;
       }
       for (size_t c = 0; c < s.columns.size(); ++c) {
-        CheckValue(txn, t, id, row, int(c), found->second[c],
-                   s.raw ? raw_keys[id] : std::nullopt, states, at + where + " " + s.columns[c]);
+        CheckValue(txn, t, id, row, int(c), found->second[c], s.raw ? raw_keys[id] : std::nullopt,
+                   states, at + where + " " + s.columns[c]);
       }
     }
     for (const auto& [id, values] : stored) {
@@ -883,9 +888,8 @@ class Sequence {
   }
 
   void CheckValue(pqxx::read_transaction& txn, int t, int64_t id, const Row& row, int c,
-                  const std::optional<std::string>& value,
-                  std::optional<int64_t> raw_key, const std::map<int64_t, std::string>& states,
-                  const std::string& where) {
+                  const std::optional<std::string>& value, std::optional<int64_t> raw_key,
+                  const std::map<int64_t, std::string>& states, const std::string& where) {
     const TableSpec& s = tables_[t].spec;
     const Value& written = row.values[c];
     if (!written.plaintext) {
@@ -955,9 +959,10 @@ class Sequence {
 
   bool Quarantined(pqxx::read_transaction& txn, int64_t job, int64_t pk,
                    const std::string& column) {
-    return txn.exec_params1("SELECT count(*) FROM rekey.row_failures WHERE job_id = $1 AND pk = "
-                            "$2 AND column_name = $3",
-                            job, std::to_string(pk), column)[0]
+    return txn.exec_params1(
+                  "SELECT count(*) FROM rekey.row_failures WHERE job_id = $1 AND pk = "
+                  "$2 AND column_name = $3",
+                  job, std::to_string(pk), column)[0]
                .as<int64_t>() > 0;
   }
 
@@ -1017,8 +1022,9 @@ class Sequence {
         unfinished.insert(row["job_id"].as<int64_t>());
       }
     }
-    return std::any_of(jobs_.begin(), jobs_.end(),
-                       [&](const JobModel& job) { return job.table == t && unfinished.count(job.id); });
+    return std::any_of(jobs_.begin(), jobs_.end(), [&](const JobModel& job) {
+      return job.table == t && unfinished.count(job.id);
+    });
   }
 
   std::vector<int64_t> JobsIn(const std::vector<std::string>& states) {
@@ -1193,12 +1199,12 @@ struct RunTally {
   bool out_of_time = false;
 };
 
-// Runs the sequences `spec_of(0..count-1)` on REKEY_MODEL_THREADS threads (default 2), each in its
-// own database: most of a sequence's time is spent waiting for rekey processes and PostgreSQL.
-// No sequence starts after `budget`.
+// Runs the sequences `spec_of(0..count-1)` on REKEY_MODEL_THREADS threads (default 3), each with
+// its own database, reset by every sequence: much of a sequence's time is spent waiting for rekey
+// processes and PostgreSQL. No sequence starts after `budget`.
 template <typename SpecOf>
 RunTally RunSequences(int count, const SpecOf& spec_of, std::chrono::seconds budget) {
-  const int threads = std::max(1, EnvInt("REKEY_MODEL_THREADS", 2));
+  const int threads = std::max(1, EnvInt("REKEY_MODEL_THREADS", 3));
   const auto start = Clock::now();
   std::atomic<int> next{0}, run{0}, failed{0};
   std::atomic<bool> out_of_time{false};
@@ -1257,7 +1263,7 @@ TEST(KeySafetyModel, RandomSequences) {
     return;
   }
   const int sequences = EnvInt("REKEY_MODEL_SEQUENCES", 300);
-  const int seconds = EnvInt("REKEY_MODEL_SECONDS", 150);
+  const int seconds = EnvInt("REKEY_MODEL_SECONDS", 240);
   const uint64_t base = uint64_t(
       EnvInt("REKEY_MODEL_BASE_SEED", int(std::chrono::system_clock::now().time_since_epoch() /
                                           std::chrono::seconds(1) % 100000000)));

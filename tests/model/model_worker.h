@@ -140,8 +140,8 @@ class InProcessWorker {
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable cv_;
-  bool done_ = false;          // guarded by mu_
-  ProcessResult result_;       // exit_code and err guarded by mu_ until done_
+  bool done_ = false;     // guarded by mu_
+  ProcessResult result_;  // exit_code and err guarded by mu_ until done_
   int stopped_for_ = 0;
   std::thread thread_;
 };
