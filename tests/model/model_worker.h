@@ -27,6 +27,7 @@
 
 #include "audit/audit_chain.h"
 #include "common/error.h"
+#include "db/connection.h"
 #include "harness/process.h"
 #include "keyring/data_key_cache.h"
 #include "rotation/worker_pool.h"
@@ -96,10 +97,10 @@ class InProcessWorker {
       rotation::WorkerPool pool(conninfo_, options,
                                 [&cache](uint32_t key_id) { return cache.Get(key_id); });
       pool.Run(stop_);
-      // As LogAuditHead in worker/work_command.cpp: a failure here is only logged there.
+      // As LogAuditHead in worker/work_command.cpp (a session of rekey's, READ COMMITTED
+      // whatever the default); a failure here is only logged there.
       try {
-        pqxx::connection conn(conninfo_);
-        audit::SealDurably(conn);
+        audit::SealDurably(*db::Connect(conninfo_, "rekey-worker"));
       } catch (const std::exception&) {
       }
     } catch (const std::exception& e) {
