@@ -1123,8 +1123,10 @@ struct SeedSpec {
 };
 
 std::string ReplayCommand(const SeedSpec& spec) {
+  // The tables too: the same seed on other tables draws other steps.
   return "REKEY_MODEL_SEED=" + std::to_string(spec.seed) + " REKEY_MODEL_OPS=" + JoinOps(spec.ops) +
          " REKEY_MODEL_STEPS=" + std::to_string(spec.steps) +
+         (spec.tables.empty() ? "" : " REKEY_MODEL_TABLES=" + spec.tables) +
          " build/key_safety_model_test --gtest_filter=KeySafetyModel.RandomSequences";
 }
 
@@ -1148,6 +1150,7 @@ bool RunAndReport(ModelDatabase& db, const SeedSpec& spec) {
   if (!spec.note.empty()) msg << " [" << spec.note << "]";
   msg << "\n  replay: " << ReplayCommand(spec) << "\n  keep it: add `" << spec.seed
       << " ops=" << JoinOps(spec.ops) << " steps=" << spec.steps
+      << (spec.tables.empty() ? "" : " tables=" + spec.tables)
       << "` to tests/model/seeds.txt\n  trace:\n";
   for (const auto& line : r.trace) msg << "    " << line << "\n";
   msg << "  broken:\n";
