@@ -1,9 +1,12 @@
 // The key-safety model test (ctest label `model`): random sequences of operations against a real
 // PostgreSQL -- application inserts, updates and deletes; `rekey job create` with scopes in varied
 // spellings; `rekey work` run to the end, SIGKILLed after a random delay or left running in the
-// background; advance, rollback, cancel, retry-failed; renames and schema moves of the tables;
-// key-age policy and `rekey rotate-due`; `rekey keys retire` and `destroy --yes` attempts -- and
-// after every step an independent model checks the invariants of docs/safety.md:
+// background (the worker to be SIGKILLed is a real `rekey work` child; the others run the same
+// rotation::WorkerPool in-process, tests/model/model_worker.h, which saves a process, its
+// connections and key unwraps per step); advance, rollback, cancel, retry-failed; renames and
+// schema moves of the tables; key-age policy and `rekey rotate-due`; `rekey keys retire` and
+// `destroy --yes` attempts -- and after every step an independent model checks the invariants of
+// docs/safety.md:
 //   I1 no stored value is under a destroyed key;
 //   I2 no value is lost: every row the application wrote is there, and each of its values
 //      decrypts (AES-256-GCM in this file, docs/FORMAT.md) under the key it names;
@@ -21,11 +24,14 @@
 //   REKEY_MODEL_SEED=N        replay one sequence (with the same OPS and STEPS it failed with)
 //   REKEY_MODEL_SEQUENCES=N   sequences of a run (default 300); REKEY_MODEL_STEPS (default 14)
 //   REKEY_MODEL_OPS=a,b,...   only these operations (names in kOperations below; default all)
-//   REKEY_MODEL_SECONDS=N     start no random sequence after N seconds (default 150)
+//   REKEY_MODEL_SECONDS=N     start no random sequence after N seconds (default 240)
 //   REKEY_MODEL_BASE_SEED=N   first seed of the random sequences (default: from the clock)
 //   REKEY_MODEL_TABLES=a,b    only these fixture tables (cards_u, cards_i, notes_i; default all)
-//   REKEY_MODEL_THREADS=N     sequences run side by side (default 2); REKEY_MODEL_VERBOSE=1
-//                             prints every sequence's trace with the time of each step
+//   REKEY_MODEL_THREADS=N     sequences run side by side (default 3: on 2 cores, a third thread
+//                             fills the time the others wait for rekey processes, PostgreSQL and
+//                             the kill delays); REKEY_MODEL_VERBOSE=1 prints every sequence's
+//                             trace with the time of each step, and the set-up's phases
+// Each thread runs its sequences in one database, reset between them (model_database.h).
 // Regression seeds, tests/model/seeds.txt, are replayed first by their own test.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -46,9 +52,12 @@
 #include <thread>
 #include <vector>
 
+#include "common/log.h"
 #include "harness/pg_server.h"
 #include "harness/process.h"
 #include "model/model_crypto.h"
+#include "model/model_database.h"
+#include "model/model_worker.h"
 #include "rotation_support.h"
 
 namespace rekey::testing::model {
@@ -198,13 +207,15 @@ std::string Upper(std::string s) {
   return s;
 }
 
-// One random sequence in a fresh database. Run() executes the steps and checks the invariants
-// after each; it stops at the first step that breaks one.
+// One random sequence in a freshly reset database. Run() executes the steps and checks the
+// invariants after each; it stops at the first step that breaks one.
 class Sequence {
  public:
-  // `tables`: comma-separated table names to use, or "" for all.
-  Sequence(uint64_t seed, std::set<std::string> ops, int steps, std::string tables)
-      : seed_(seed),
+  // `tables`: comma-separated table names to use, or "" for all. `db` is reset by Run().
+  Sequence(ModelDatabase& db, uint64_t seed, std::set<std::string> ops, int steps,
+           std::string tables)
+      : db_(db),
+        seed_(seed),
         rng_(seed),
         ops_(std::move(ops)),
         steps_(steps),
@@ -216,13 +227,6 @@ class Sequence {
   ~Sequence() {
     background_.reset();
     conn_.reset();
-    if (!dbname_.empty()) {
-      try {
-        PgServer::Get().DropDatabase(dbname_);
-      } catch (const std::exception&) {
-        // The next sequence gets its own database either way.
-      }
-    }
   }
 
   SequenceResult Run() {
@@ -268,8 +272,10 @@ class Sequence {
   // Set-up: two keyring scopes with a primary key each; three small tables (uuid and integer
   // tenant columns; Tink and raw codecs; two raw columns sharing one key-id column).
   void SetUp() {
-    dbname_ = PgServer::Get().CreateDatabase();
-    conninfo_ = PgServer::Get().ConnInfo(dbname_);
+    const auto began = Clock::now();
+    db_.Reset();
+    const auto reset = Clock::now();
+    conninfo_ = db_.conninfo();
     conn_ = std::make_unique<pqxx::connection>(conninfo_);
     {
       auto kms = TestKms();
@@ -319,6 +325,7 @@ class Sequence {
     }
     RefreshKeys();
     const int rows_per_tenant = EnvInt("REKEY_MODEL_ROWS", 6);
+    const auto rows_began = Clock::now();
     for (size_t t = 0; t < tables_.size(); ++t) {
       for (int tenant = 0; tenant < kTenants; ++tenant) {
         for (int i = 0; i < rows_per_tenant; ++i) AppInsert(int(t), tenant);
@@ -326,8 +333,13 @@ class Sequence {
     }
     std::string names;
     for (const auto& table : tables_) names += (names.empty() ? "" : ", ") + table.spec.name;
+    const auto ms = [](Clock::duration d) {
+      return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count());
+    };
     trace_.push_back("set-up: keys 1 (t0) and 2 (t1) primary, 3 (t0) and 4 (t1) enabled; " +
-                     std::to_string(rows_per_tenant) + " rows per tenant in " + names);
+                     std::to_string(rows_per_tenant) + " rows per tenant in " + names + " (reset " +
+                     ms(reset - began) + " ms, keys and tables " + ms(rows_began - reset) +
+                     " ms, rows " + ms(Clock::now() - rows_began) + " ms)");
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -572,14 +584,16 @@ class Sequence {
     const std::string j = std::to_string(job);
     std::string finished_bg;
     if (background_) finished_bg = "; background worker " + WaitBackground();
-    auto worker = std::make_unique<ChildProcess>(
-        std::vector<std::string>{REKEY_BINARY, "--db", conninfo_, "work", "--job", j}, WorkerEnv());
+    // Workers that run to their end run in-process (model_worker.h); only a worker to be
+    // SIGKILLed mid-batch needs a process of its own.
     if (op == "work_bg") {
-      background_ = std::move(worker);
-      background_job_ = job;
-      return "rekey work --job " + j + " in the background" + finished_bg;
+      background_ = StartWorker(job);
+      return "rekey work --job " + j + " in the background (in-process)" + finished_bg;
     }
     if (op == "work_kill") {
+      auto worker = std::make_unique<ChildProcess>(
+          std::vector<std::string>{REKEY_BINARY, "--db", conninfo_, "work", "--job", j},
+          WorkerEnv());
       const int delay = Uniform(0, 250);
       std::this_thread::sleep_for(std::chrono::milliseconds(delay));
       worker->Signal(SIGKILL);
@@ -588,20 +602,27 @@ class Sequence {
              (r.term_signal ? "killed" : "had exited " + std::to_string(r.exit_code)) + ")" +
              finished_bg;
     }
-    ProcessResult r = worker->Wait(30);
-    return "rekey work --job " + j + " -> " +
-           (r.term_signal ? std::string("still running after 30 s, killed")
-                          : "exit " + std::to_string(r.exit_code) +
-                                (r.exit_code ? ": " + OneLine(r.err) : "")) +
-           finished_bg;
+    return "rekey work --job " + j + " (in-process) -> " +
+           WorkerOutcome(*StartWorker(job), *conn_) + finished_bg;
+  }
+
+  std::unique_ptr<InProcessWorker> StartWorker(int64_t job) {
+    return std::make_unique<InProcessWorker>(
+        conninfo_, job, "model-" + std::to_string(seed_) + "-" + std::to_string(++workers_));
+  }
+
+  static std::string WorkerOutcome(InProcessWorker& worker, pqxx::connection& conn) {
+    ProcessResult r = worker.Wait(std::chrono::seconds(30), conn);
+    if (r.term_signal) return "still running after 30 s, stopped";
+    if (!r.out.empty()) return r.out + ", stopped";
+    return "exit " + std::to_string(r.exit_code) + (r.exit_code ? ": " + OneLine(r.err) : "");
   }
 
   std::string WaitBackground() {
-    ProcessResult r = background_->Wait(30);
+    const std::string job = std::to_string(background_->job());
+    const std::string outcome = WorkerOutcome(*background_, *conn_);
     background_.reset();
-    return "(job " + std::to_string(background_job_) + ") " +
-           (r.term_signal ? std::string("killed after 30 s")
-                          : "exit " + std::to_string(r.exit_code));
+    return "(job " + job + ") " + outcome;
   }
 
   std::string JobVerb(const std::string& op) {
@@ -791,32 +812,34 @@ class Sequence {
 
   // ---------------------------------------------------------------------------------------------
   // The invariants, checked against what is stored now.
+  // One read transaction for all of it: the checks see one snapshot, in few round trips.
   void Check(int step) {
-    RefreshKeys();
+    pqxx::read_transaction txn(*conn_);
+    RefreshKeys(txn);
     std::map<int64_t, std::string> states;
-    {
-      pqxx::read_transaction txn(*conn_);
-      for (const auto& row : txn.exec("SELECT job_id, state FROM rekey.jobs")) {
-        states[row[0].as<int64_t>()] = row[1].as<std::string>();
-      }
+    for (const auto& row : txn.exec("SELECT job_id, state FROM rekey.jobs")) {
+      states[row[0].as<int64_t>()] = row[1].as<std::string>();
     }
     const std::string at = "after step " + std::to_string(step) + ": ";
-    for (size_t t = 0; t < tables_.size(); ++t) CheckTable(int(t), states, at);
+    for (size_t t = 0; t < tables_.size(); ++t) CheckTable(txn, int(t), states, at);
     for (auto& job : jobs_) {
       const std::string& state = states[job.id];
       if (state == "completed" || state == "rolled_back") job.final_state_checked = state;
     }
-    const int64_t unaudited = std::stoll(Query1(
-        "SELECT count(*) FROM rekey.batches b WHERE b.state = 'done' AND (SELECT count(*) FROM "
-        "rekey.audit a WHERE a.job_id = b.job_id AND a.batch_no = b.batch_no AND a.action = "
-        "'rotation.batch.completed' AND a.at >= b.claimed_at) <> 1"));
+    const int64_t unaudited =
+        txn.exec1(
+               "SELECT count(*) FROM rekey.batches b WHERE b.state = 'done' AND (SELECT count(*) "
+               "FROM rekey.audit a WHERE a.job_id = b.job_id AND a.batch_no = b.batch_no AND "
+               "a.action = 'rotation.batch.completed' AND a.at >= b.claimed_at) <> 1")[0]
+            .as<int64_t>();
     if (unaudited > 0) {
       violations_.push_back({"I6", at + std::to_string(unaudited) +
                                        " done batches without exactly one completion audit row"});
     }
   }
 
-  void CheckTable(int t, const std::map<int64_t, std::string>& states, const std::string& at) {
+  void CheckTable(pqxx::read_transaction& txn, int t, const std::map<int64_t, std::string>& states,
+                  const std::string& at) {
     const TableModel& table = tables_[t];
     const TableSpec& s = table.spec;
     std::string select = "SELECT id, " + conn_->quote_name(s.scope_column) + "::text";
@@ -827,7 +850,6 @@ class Sequence {
     std::map<int64_t, std::vector<std::optional<std::string>>> stored;
     std::map<int64_t, std::optional<int64_t>> raw_keys;
     {
-      pqxx::read_transaction txn(*conn_);
       for (const auto& row : txn.exec(select)) {
         const int64_t id = row[0].as<int64_t>();
         int field = 2;
@@ -853,7 +875,7 @@ class Sequence {
         continue;
       }
       for (size_t c = 0; c < s.columns.size(); ++c) {
-        CheckValue(t, id, row, int(c), found->second[c], s.raw ? raw_keys[id] : std::nullopt,
+        CheckValue(txn, t, id, row, int(c), found->second[c], s.raw ? raw_keys[id] : std::nullopt,
                    states, at + where + " " + s.columns[c]);
       }
     }
@@ -865,9 +887,9 @@ class Sequence {
     }
   }
 
-  void CheckValue(int t, int64_t id, const Row& row, int c, const std::optional<std::string>& value,
-                  std::optional<int64_t> raw_key, const std::map<int64_t, std::string>& states,
-                  const std::string& where) {
+  void CheckValue(pqxx::read_transaction& txn, int t, int64_t id, const Row& row, int c,
+                  const std::optional<std::string>& value, std::optional<int64_t> raw_key,
+                  const std::map<int64_t, std::string>& states, const std::string& where) {
     const TableSpec& s = tables_[t].spec;
     const Value& written = row.values[c];
     if (!written.plaintext) {
@@ -926,7 +948,7 @@ class Sequence {
       for (const auto& [source, target] : job.keys) {
         left_behind |= (completed ? source : target) == *key;
       }
-      if (!left_behind || Quarantined(job.id, id, s.columns[c]) ||
+      if (!left_behind || Quarantined(txn, job.id, id, s.columns[c]) ||
           InvolvedInAnotherJob(job, t, c, row.tenant, *key)) {
         continue;
       }
@@ -935,10 +957,13 @@ class Sequence {
     }
   }
 
-  bool Quarantined(int64_t job, int64_t pk, const std::string& column) {
-    return std::stoll(Query1("SELECT count(*) FROM rekey.row_failures WHERE job_id = " +
-                             std::to_string(job) + " AND pk = '" + std::to_string(pk) +
-                             "' AND column_name = " + conn_->quote(column))) > 0;
+  bool Quarantined(pqxx::read_transaction& txn, int64_t job, int64_t pk,
+                   const std::string& column) {
+    return txn.exec_params1(
+                  "SELECT count(*) FROM rekey.row_failures WHERE job_id = $1 AND pk = "
+                  "$2 AND column_name = $3",
+                  job, std::to_string(pk), column)[0]
+               .as<int64_t>() > 0;
   }
 
   // Another job of the same column and scope that names the key may have moved the value there
@@ -954,6 +979,9 @@ class Sequence {
   // Helpers.
   void RefreshKeys() {
     pqxx::read_transaction txn(*conn_);
+    RefreshKeys(txn);
+  }
+  void RefreshKeys(pqxx::read_transaction& txn) {
     for (const auto& row :
          txn.exec("SELECT key_id, scope, status, kms_provider, wrapped_key FROM rekey.keys")) {
       const uint32_t id = row[0].as<uint32_t>();
@@ -986,13 +1014,17 @@ class Sequence {
   }
 
   bool HasUnfinishedJob(int t) {
-    for (const auto& job : jobs_) {
-      if (job.table != t) continue;
-      const std::string state =
-          Query1("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job.id));
-      if (state != "completed" && state != "cancelled" && state != "rolled_back") return true;
+    std::set<int64_t> unfinished;
+    {
+      pqxx::read_transaction txn(*conn_);
+      for (const auto& row : txn.exec("SELECT job_id FROM rekey.jobs WHERE state NOT IN "
+                                      "('completed', 'cancelled', 'rolled_back')")) {
+        unfinished.insert(row["job_id"].as<int64_t>());
+      }
     }
-    return false;
+    return std::any_of(jobs_.begin(), jobs_.end(), [&](const JobModel& job) {
+      return job.table == t && unfinished.count(job.id);
+    });
   }
 
   std::vector<int64_t> JobsIn(const std::vector<std::string>& states) {
@@ -1061,6 +1093,7 @@ class Sequence {
 
   int Uniform(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng_); }
 
+  ModelDatabase& db_;
   uint64_t seed_;
   std::mt19937_64 rng_;
   std::set<std::string> ops_;
@@ -1068,15 +1101,14 @@ class Sequence {
   int steps_;
   std::string tables_filter_;
   int step_ = 0;
-  std::string dbname_;
   std::string conninfo_;
   std::unique_ptr<pqxx::connection> conn_;
   std::vector<TableModel> tables_;
   std::vector<JobModel> jobs_;
   std::map<uint32_t, KeyRow> keys_;
   std::map<uint32_t, DataKey> material_;
-  std::unique_ptr<ChildProcess> background_;
-  int64_t background_job_ = 0;
+  std::unique_ptr<InProcessWorker> background_;
+  int workers_ = 0;  // in-process workers started, for their unique names
   bool policy_set_ = false;
   std::vector<std::string> trace_;
   std::vector<Violation> violations_;
@@ -1091,15 +1123,17 @@ struct SeedSpec {
 };
 
 std::string ReplayCommand(const SeedSpec& spec) {
+  // The tables too: the same seed on other tables draws other steps.
   return "REKEY_MODEL_SEED=" + std::to_string(spec.seed) + " REKEY_MODEL_OPS=" + JoinOps(spec.ops) +
          " REKEY_MODEL_STEPS=" + std::to_string(spec.steps) +
+         (spec.tables.empty() ? "" : " REKEY_MODEL_TABLES=" + spec.tables) +
          " build/key_safety_model_test --gtest_filter=KeySafetyModel.RandomSequences";
 }
 
 // Runs one sequence; on a broken invariant, fails the test with the seed, the replay command,
 // the invariants and the trace up to the step that broke them. Returns whether it held.
-bool RunAndReport(const SeedSpec& spec) {
-  Sequence sequence(spec.seed, spec.ops, spec.steps, spec.tables);
+bool RunAndReport(ModelDatabase& db, const SeedSpec& spec) {
+  Sequence sequence(db, spec.seed, spec.ops, spec.steps, spec.tables);
   SequenceResult r = sequence.Run();
   if (std::getenv("REKEY_MODEL_VERBOSE")) {
     std::printf("seed %llu:\n", static_cast<unsigned long long>(spec.seed));
@@ -1116,6 +1150,7 @@ bool RunAndReport(const SeedSpec& spec) {
   if (!spec.note.empty()) msg << " [" << spec.note << "]";
   msg << "\n  replay: " << ReplayCommand(spec) << "\n  keep it: add `" << spec.seed
       << " ops=" << JoinOps(spec.ops) << " steps=" << spec.steps
+      << (spec.tables.empty() ? "" : " tables=" + spec.tables)
       << "` to tests/model/seeds.txt\n  trace:\n";
   for (const auto& line : r.trace) msg << "    " << line << "\n";
   msg << "  broken:\n";
@@ -1167,24 +1202,31 @@ struct RunTally {
   bool out_of_time = false;
 };
 
-// Runs the sequences `spec_of(0..count-1)` on REKEY_MODEL_THREADS threads (default 2), each in its
-// own database: most of a sequence's time is spent waiting for rekey processes and PostgreSQL.
-// No sequence starts after `budget`.
+// Runs the sequences `spec_of(0..count-1)` on REKEY_MODEL_THREADS threads (default 3), each with
+// its own database, reset by every sequence: much of a sequence's time is spent waiting for rekey
+// processes and PostgreSQL. No sequence starts after `budget`.
 template <typename SpecOf>
 RunTally RunSequences(int count, const SpecOf& spec_of, std::chrono::seconds budget) {
-  const int threads = std::max(1, EnvInt("REKEY_MODEL_THREADS", 2));
+  const int threads = std::max(1, EnvInt("REKEY_MODEL_THREADS", 3));
   const auto start = Clock::now();
   std::atomic<int> next{0}, run{0}, failed{0};
   std::atomic<bool> out_of_time{false};
   std::vector<std::thread> pool;
   for (int w = 0; w < threads; ++w) {
     pool.emplace_back([&] {
+      std::unique_ptr<ModelDatabase> db;  // this thread's, reset by each sequence
       for (int i = next++; i < count; i = next++) {
         if (Clock::now() - start > budget) {
           out_of_time = true;
           return;
         }
-        failed += !RunAndReport(spec_of(i));
+        try {
+          if (!db) db = std::make_unique<ModelDatabase>();
+        } catch (const std::exception& e) {
+          ADD_FAILURE() << "cannot create the model's database: " << e.what();
+          return;
+        }
+        failed += !RunAndReport(*db, spec_of(i));
         ++run;
       }
     });
@@ -1198,6 +1240,7 @@ RunTally RunSequences(int count, const SpecOf& spec_of, std::chrono::seconds bud
 
 TEST(KeySafetyModel, RegressionSeeds) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  log::SetMinLevel(log::Level::kError);  // the in-process workers log as `rekey work` does
   if (std::getenv("REKEY_MODEL_SEED")) GTEST_SKIP() << "REKEY_MODEL_SEED replays one sequence";
   const std::string path = std::string(REKEY_SOURCE_DIR) + "/tests/model/seeds.txt";
   std::vector<SeedSpec> seeds = LoadSeeds(path, EnvInt("REKEY_MODEL_STEPS", kDefaultSteps));
@@ -1211,17 +1254,19 @@ TEST(KeySafetyModel, RegressionSeeds) {
 
 TEST(KeySafetyModel, RandomSequences) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  log::SetMinLevel(log::Level::kError);  // the in-process workers log as `rekey work` does
   const std::set<std::string> ops = ParseOps(EnvString("REKEY_MODEL_OPS", ""));
   const int steps = EnvInt("REKEY_MODEL_STEPS", kDefaultSteps);
   const std::string tables = EnvString("REKEY_MODEL_TABLES", "");
   if (const char* one = std::getenv("REKEY_MODEL_SEED")) {
     SeedSpec spec{std::stoull(one), ops, steps, tables, ""};
     std::printf("model: replaying seed %llu\n", static_cast<unsigned long long>(spec.seed));
-    EXPECT_TRUE(RunAndReport(spec));
+    ModelDatabase db;
+    EXPECT_TRUE(RunAndReport(db, spec));
     return;
   }
   const int sequences = EnvInt("REKEY_MODEL_SEQUENCES", 300);
-  const int seconds = EnvInt("REKEY_MODEL_SECONDS", 150);
+  const int seconds = EnvInt("REKEY_MODEL_SECONDS", 240);
   const uint64_t base = uint64_t(
       EnvInt("REKEY_MODEL_BASE_SEED", int(std::chrono::system_clock::now().time_since_epoch() /
                                           std::chrono::seconds(1) % 100000000)));
