@@ -51,14 +51,15 @@ class ModelDatabase {
     txn.exec0("SET LOCAL lock_timeout = '10s'");
     // Triggers off for this transaction: rekey.keys, rekey.audit and rekey.audit_chain refuse
     // DELETE by design, as every application must be refused (and with them the foreign keys'
-    // triggers, so the order does not matter). Every table of the rekey schema but the migration
-    // history is state a sequence made, whoever added the table. DELETE, not TRUNCATE: a few
-    // dozen rows go faster than new files for every table and index.
+    // triggers, so the order does not matter). Every table of the rekey schema but the migrator's
+    // own (the migration and definition history) is state a sequence made, whoever added the table.
+    // DELETE, not TRUNCATE: a few dozen rows go faster than new files for every table and index.
     txn.exec0("SET LOCAL session_replication_role = replica");
     txn.exec0(
-        txn.exec1("SELECT string_agg(format('DELETE FROM %s', c.oid::regclass), '; ') AS sql "
-                  "FROM pg_class c WHERE c.relnamespace = 'rekey'::regnamespace AND c.relkind IN "
-                  "('r', 'p') AND c.relname <> 'schema_migrations'")["sql"]
+        txn.exec1(
+               "SELECT string_agg(format('DELETE FROM %s', c.oid::regclass), '; ') AS sql "
+               "FROM pg_class c WHERE c.relnamespace = 'rekey'::regnamespace AND c.relkind IN "
+               "('r', 'p') AND c.relname NOT IN ('schema_migrations', 'schema_definitions')")["sql"]
             .as<std::string>());
     // Every id sequence starts again.
     txn.exec(
