@@ -314,10 +314,13 @@ MigrationReport Migrate(pqxx::connection& conn, const std::vector<EmbeddedFile>&
       pending.push_back(&m);
     }
   }
+  // With a migration pending, every file is applied again, changed or not: the migration may have
+  // dropped what a file defines (a view over a column whose type it changes), and the files are
+  // re-runnable by contract, so this costs a few milliseconds and removes a trap.
   std::vector<const Definition*> changed;
   for (const Definition& d : defs) {
     auto it = recorded.definitions.find(d.name);
-    if (it != recorded.definitions.end() && it->second.checksum == d.checksum) {
+    if (pending.empty() && it != recorded.definitions.end() && it->second.checksum == d.checksum) {
       ++report.definitions_unchanged;
     } else {
       changed.push_back(&d);

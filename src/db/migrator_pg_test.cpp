@@ -310,6 +310,19 @@ TEST_F(MigratorPgTest, DefinitionsApplyAfterMigrationsAndAgainOnlyWhenChanged) {
             Sha256Hex(kFunctionV2.content));
 }
 
+// A migration that drops what a definition file defines (here a view over a column whose type it
+// changes, which PostgreSQL requires) gets it back although the file did not change.
+TEST_F(MigratorPgTest, EveryDefinitionIsAppliedAgainWithAPendingMigration) {
+  Migrate(*conn_, kTable, {kFunctionV1, kView});
+  std::vector<EmbeddedFile> files = {
+      kTable[0], {"0002_widen.sql", "DROP VIEW app.v; ALTER TABLE app.t ALTER n TYPE bigint;"}};
+  MigrationReport report = Migrate(*conn_, files, {kFunctionV1, kView});
+  EXPECT_EQ(report.applied, std::vector<std::string>{"0002_widen.sql"});
+  EXPECT_EQ(report.definitions_applied, (std::vector<std::string>{"10_f.sql", "20_v.sql"}));
+  EXPECT_EQ(report.definitions_unchanged, 0);
+  EXPECT_EQ(Query1("SELECT f FROM app.v"), "1");
+}
+
 TEST_F(MigratorPgTest, AFailingDefinitionRollsBackTheLastMigrationWithIt) {
   std::vector<EmbeddedFile> files = {kTable[0], {"0002_more.sql", "CREATE TABLE app.u (n int);"}};
   const EmbeddedFile broken = {"30_broken.sql",
