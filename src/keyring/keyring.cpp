@@ -16,18 +16,12 @@ constexpr std::array<KeyStatus, 5> kStatuses = {KeyStatus::kEnabled, KeyStatus::
                                                 KeyStatus::kDestroyed};
 
 constexpr uint64_t kMaxKeyId = 4294967295ULL;
-// The SQLSTATEs of the lifecycle trigger's refusals: a plain RAISE EXCEPTION (an illegal
-// transition), object_not_in_prerequisite_state (values, unknowns or a job still need the key)
-// and insufficient_privilege (a worker role may not retire or destroy).
-constexpr const char* kRefusals[] = {"P0001", "55000", "42501"};
-
+// A refusal of the lifecycle trigger (an illegal transition, values, unknowns or a job still
+// needing the key, a worker role retiring or destroying): what the error table
+// (common/error_table.h) classes as state. Its whole message is kept (RefusalMessage), since a
+// census refusal names one column per line.
 bool IsRefusal(const pqxx::sql_error& e) {
-  // libpqxx 6 throws insufficient_privilege without its SQLSTATE.
-  if (dynamic_cast<const pqxx::insufficient_privilege*>(&e) != nullptr) return true;
-  for (const char* code : kRefusals) {
-    if (e.sqlstate() == code) return true;
-  }
-  return false;
+  return db::Classify(e).error_class == ErrorClass::kState;
 }
 
 // The server's whole message, every line of it (a census refusal names one column per line),
