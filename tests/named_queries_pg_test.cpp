@@ -98,9 +98,9 @@ std::optional<std::string> Check(pqxx::connection& conn, const std::string& text
   static int prepared = 0;
   try {
     pqxx::work txn(conn);
-    txn.exec0(prepare ? "PREPARE rekey_named_query_" + std::to_string(++prepared) + " AS\n" +
-                            statement
-                      : statement);
+    txn.exec0(prepare
+                  ? "PREPARE rekey_named_query_" + std::to_string(++prepared) + " AS\n" + statement
+                  : statement);
     txn.abort();
     return std::nullopt;
   } catch (const pqxx::sql_error& e) {

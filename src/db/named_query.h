@@ -1,6 +1,6 @@
-// Named SQL queries (River's `-- name:` style): fixed SQL text lives in `src/<folder>/queries/*.sql`
-// files beside the code that runs it, embedded into the binary at build time
-// (cmake/embed_sql.cmake), and C++ asks for it by name.
+// Named SQL queries (River's `-- name:` style): fixed SQL text lives in
+// `src/<folder>/queries/*.sql` files beside the code that runs it, embedded into the binary at
+// build time (cmake/embed_sql.cmake), and C++ asks for it by name.
 //
 // A query file holds one or more blocks, each opened by a line `-- name: <query>`; the block runs
 // to the next such line or the end of the file. Comment lines between the name and the statement

@@ -10,11 +10,11 @@
 // re-processing a batch never encrypts a value twice.
 //
 // Key locks: the transaction's first statement, before any row is locked, is
-// rekey.lock_keys_for_write (sql/schema/30_keyring.sql) on every key the batch writes under -- the job's
-// target keys, or for a rollback batch its source keys -- held to commit. A retire or destroy of
-// such a key takes the same lock exclusively, so it waits for the batch and counts what it wrote;
-// a batch that starts after it committed is refused (KeyNotWritableError) with nothing written.
-// Vault-transit jobs write under Vault's keys, not the keyring's, and take no key lock.
+// rekey.lock_keys_for_write (sql/schema/30_keyring.sql) on every key the batch writes under -- the
+// job's target keys, or for a rollback batch its source keys -- held to commit. A retire or destroy
+// of such a key takes the same lock exclusively, so it waits for the batch and counts what it
+// wrote; a batch that starts after it committed is refused (KeyNotWritableError) with nothing
+// written. Vault-transit jobs write under Vault's keys, not the keyring's, and take no key lock.
 //
 // Row-level security: the same transaction asks rekey.row_security_blocker whether policies hide
 // rows of the table from the worker's role. Hidden rows would be skipped as if they needed no

@@ -39,9 +39,9 @@
 
 #include <pqxx/pqxx>
 
+#include "common/duration.h"  // ParseDuration, for the flags
 #include "kms/token_bucket.h"
 #include "rotation/batch_rotator.h"
-#include "common/duration.h"  // ParseDuration, for the flags
 
 namespace rekey::rotation {
 
