@@ -94,7 +94,37 @@ void IgnoreSigpipeOnce() {
   (void)done;
 }
 
+// The sanitizer's log_path ("<dir>/report") from ASAN_OPTIONS, or "" when reports go to stderr.
+std::string SanitizerLogPath() {
+  const char* opts = std::getenv("ASAN_OPTIONS");
+  if (opts == nullptr) return "";
+  std::string s(opts);
+  const std::string key = "log_path=";
+  for (size_t pos = 0; pos < s.size();) {
+    size_t end = s.find(':', pos);
+    if (end == std::string::npos) end = s.size();
+    if (s.compare(pos, key.size(), key) == 0)
+      return s.substr(pos + key.size(), end - pos - key.size());
+    pos = end + 1;
+  }
+  return "";
+}
+
 }  // namespace
+
+void RecordSigkilledChild(pid_t pid, int status) {
+  if (!WIFSIGNALED(status) || WTERMSIG(status) != SIGKILL) return;
+  const std::string base = SanitizerLogPath();
+  if (base.empty()) return;
+  const std::string list = std::filesystem::path(base).parent_path() / "sigkilled.pids";
+  // O_APPEND: children of several test processes are recorded into one list without a lock.
+  int fd = open(list.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  const std::string line = std::to_string(pid) + "\n";
+  ssize_t ignored = write(fd, line.data(), line.size());
+  (void)ignored;
+  close(fd);
+}
 
 int WaitForPortFile(const std::string& path, int timeout_ms) {
   for (int waited = 0; waited < timeout_ms && access(path.c_str(), R_OK) != 0; waited += 50) {
@@ -245,6 +275,7 @@ ChildProcess::~ChildProcess() {
     int status = 0;
     while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
+    RecordSigkilledChild(pid_, status);
   }
   std::error_code ec;
   if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
@@ -253,6 +284,7 @@ ChildProcess::~ChildProcess() {
 void ChildProcess::RecordStatus(int status) {
   FillStatus(status, &result_);
   reaped_ = true;
+  if (sent_sigkill_) RecordSigkilledChild(pid_, status);
 }
 
 bool ChildProcess::Running() {
@@ -266,13 +298,16 @@ bool ChildProcess::Running() {
 }
 
 void ChildProcess::Signal(int sig) {
-  if (!reaped_) kill(pid_, sig);
+  if (reaped_) return;
+  if (sig == SIGKILL) sent_sigkill_ = true;
+  kill(pid_, sig);
 }
 
 ProcessResult ChildProcess::Wait(int timeout_seconds) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_seconds);
   while (Running()) {
     if (std::chrono::steady_clock::now() > deadline) {
+      sent_sigkill_ = true;
       kill(pid_, SIGKILL);
       int status = 0;
       while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {

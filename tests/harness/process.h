@@ -66,11 +66,17 @@ class ChildProcess {
 
   pid_t pid_ = -1;
   bool reaped_ = false;
+  bool sent_sigkill_ = false;
   std::string dir_;
   std::string out_path_;
   std::string err_path_;
   ProcessResult result_;
 };
+
+// Under the sanitizer harness (tests/sanitizers/run_ctest.sh, which sets log_path): records in
+// <log dir>/sigkilled.pids a child the test SIGKILLed on purpose (`status` is its wait status), so
+// the harness can tell a leak check that this kill interrupted from a finding. No-op otherwise.
+void RecordSigkilledChild(pid_t pid, int status);
 
 // Creates a fresh directory "<$TMPDIR or /tmp>/<prefix>XXXXXX" (mode 0700) and returns its path.
 // Throws std::runtime_error on failure.
