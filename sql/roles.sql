@@ -3,7 +3,7 @@
 --
 --   psql -v ON_ERROR_STOP=1 -f sql/roles.sql
 --
--- Three group roles (NOLOGIN); make your login roles members of them:
+-- Four group roles (NOLOGIN); make your login roles members of them:
 --   rekey_worker    what `rekey work` needs and nothing more: read the job definitions and the
 --                   wrapped keys, move batches, gates and stages along (their state columns only:
 --                   a worker cannot change what a job is), promote the job's keys at
@@ -16,6 +16,9 @@
 --                   and reports: the rekey tables, no UPDATE or DELETE of the audit log or reports.
 --   rekey_monitor   read-only (`rekey exporter`): the progress and key-age views, gates, failures,
 --                   reports and the audit log; the keyring without its wrapped keys.
+--   rekey_application  an application that encrypts and decrypts a scope's values
+--                   (docs/applications.md): its scope's keys through rekey.application_keys,
+--                   the reader heartbeat, and no rekey table.
 --
 --   CREATE ROLE rekey_worker_login LOGIN PASSWORD '...' IN ROLE rekey_worker;
 --   SELECT rekey.worker_grants(42) \gexec     -- the job's target columns, for the workers
@@ -27,14 +30,14 @@
 DO $$
 DECLARE r text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['rekey_worker', 'rekey_operator', 'rekey_monitor'] LOOP
+  FOREACH r IN ARRAY ARRAY['rekey_worker', 'rekey_operator', 'rekey_monitor', 'rekey_application'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
       EXECUTE format('CREATE ROLE %I NOLOGIN', r);
     END IF;
   END LOOP;
 END $$;
 
-GRANT USAGE ON SCHEMA rekey TO rekey_worker, rekey_operator, rekey_monitor;
+GRANT USAGE ON SCHEMA rekey TO rekey_worker, rekey_operator, rekey_monitor, rekey_application;
 
 -- The audit log is insert-only for everyone (UPDATE/DELETE are also refused by triggers).
 REVOKE ALL ON rekey.audit, rekey.value_audit, rekey.audit_chain
@@ -113,6 +116,13 @@ GRANT SELECT (key_id, scope, kms_provider, kms_key_ref, algorithm, status, origi
               created_at, enabled_at, primary_at, decrypt_only_at, retired_at, destroyed_at,
               created_by, updated_by)
   ON rekey.keys TO rekey_monitor;
+
+-- ---------------------------------------------------------------------------------------------
+-- rekey_application
+-- ---------------------------------------------------------------------------------------------
+-- The view of the keys an application may decrypt with runs with its owner's rights: the
+-- application reads wrapped keys of live keys through it and nothing of rekey.keys itself.
+GRANT SELECT ON rekey.application_keys TO rekey_application;
 
 -- The GRANT statements that give `p_role` exactly the columns job `p_job` touches on its target:
 -- SELECT on the primary key, scope, ciphertext and key-id columns;
