@@ -16,25 +16,28 @@
 --                   and reports: the rekey tables, no UPDATE or DELETE of the audit log or reports.
 --   rekey_monitor   read-only (`rekey exporter`): the progress and key-age views, gates, failures,
 --                   reports and the audit log; the keyring without its wrapped keys.
+--   rekey_application  what an application instance needs to take part in rotations: report as a
+--                   reader (rekey.reader_heartbeat, docs/applications.md); no table privileges.
 --
 --   CREATE ROLE rekey_worker_login LOGIN PASSWORD '...' IN ROLE rekey_worker;
 --   SELECT rekey.worker_grants(42) \gexec     -- the job's target columns, for the workers
 --
 -- rekey's functions run with the caller's rights (SECURITY INVOKER), so these table privileges
--- are what bounds each role; rekey.seal_audit is the one SECURITY DEFINER function (it appends
--- to the audit chain, which no role may write directly).
+-- are what bounds each role; rekey.seal_audit (it appends to the audit chain, which no role may
+-- write directly) and rekey.reader_heartbeat (rekey_application below) are the SECURITY DEFINER
+-- functions.
 
 DO $$
 DECLARE r text;
 BEGIN
-  FOREACH r IN ARRAY ARRAY['rekey_worker', 'rekey_operator', 'rekey_monitor'] LOOP
+  FOREACH r IN ARRAY ARRAY['rekey_worker', 'rekey_operator', 'rekey_monitor', 'rekey_application'] LOOP
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
       EXECUTE format('CREATE ROLE %I NOLOGIN', r);
     END IF;
   END LOOP;
 END $$;
 
-GRANT USAGE ON SCHEMA rekey TO rekey_worker, rekey_operator, rekey_monitor;
+GRANT USAGE ON SCHEMA rekey TO rekey_worker, rekey_operator, rekey_monitor, rekey_application;
 
 -- The audit log is insert-only for everyone (UPDATE/DELETE are also refused by triggers).
 REVOKE ALL ON rekey.audit, rekey.value_audit, rekey.audit_chain
@@ -63,6 +66,8 @@ REVOKE UPDATE ON rekey.jobs, rekey.job_stages, rekey.batches, rekey.gates FROM r
 GRANT UPDATE (state, state_reason, current_stage, keys_promoted, started_at, finished_at,
               updated_at, rollback_stage)
   ON rekey.jobs TO rekey_worker;
+-- A claim records what a job waits for while a live reader lacks its key (rekey.readers_ready, 0017).
+GRANT UPDATE (readers_waiting_for, readers_waiting_since, readers_lagging) ON rekey.jobs TO rekey_worker;
 GRANT UPDATE (state, opened_at, finished_at) ON rekey.job_stages TO rekey_worker;
 -- keys: rekey.clear_planned_keys (0008) sets it to NULL when the worker completes the job.
 GRANT UPDATE (state, attempts, worker_id, claimed_at, finished_at, rows_done, rows_skipped,
@@ -113,6 +118,16 @@ GRANT SELECT (key_id, scope, kms_provider, kms_key_ref, algorithm, status, origi
               created_at, enabled_at, primary_at, decrypt_only_at, retired_at, destroyed_at,
               created_by, updated_by)
   ON rekey.keys TO rekey_monitor;
+
+-- ---------------------------------------------------------------------------------------------
+-- rekey_application
+-- ---------------------------------------------------------------------------------------------
+-- The reader heartbeat only: a SECURITY DEFINER function (it reads rekey.keys and writes
+-- rekey.readers for the caller), so the role needs no privilege on any table. The operator and
+-- the monitor see the readers; the operator may delete a reader that is gone for good.
+GRANT EXECUTE ON FUNCTION rekey.reader_heartbeat(text, text, bigint[]) TO rekey_application;
+GRANT SELECT, DELETE ON rekey.readers TO rekey_operator;
+GRANT SELECT ON rekey.readers TO rekey_monitor, rekey_worker;
 
 -- The GRANT statements that give `p_role` exactly the columns job `p_job` touches on its target:
 -- SELECT on the primary key, scope, ciphertext and key-id columns;
