@@ -16,16 +16,17 @@
 --                   and reports: the rekey tables, no UPDATE or DELETE of the audit log or reports.
 --   rekey_monitor   read-only (`rekey exporter`): the progress and key-age views, gates, failures,
 --                   reports and the audit log; the keyring without its wrapped keys.
---   rekey_application  an application that encrypts and decrypts a scope's values
---                   (docs/applications.md): its scope's keys through rekey.application_keys,
---                   the reader heartbeat, and no rekey table.
+--   rekey_application  what an application instance needs to take part in rotations
+--                   (docs/applications.md): read its scope's keys (rekey.application_keys) and
+--                   report as a reader (rekey.reader_heartbeat); no table privileges.
 --
 --   CREATE ROLE rekey_worker_login LOGIN PASSWORD '...' IN ROLE rekey_worker;
 --   SELECT rekey.worker_grants(42) \gexec     -- the job's target columns, for the workers
 --
 -- rekey's functions run with the caller's rights (SECURITY INVOKER), so these table privileges
--- are what bounds each role; rekey.seal_audit is the one SECURITY DEFINER function (it appends
--- to the audit chain, which no role may write directly).
+-- are what bounds each role; rekey.seal_audit (it appends to the audit chain, which no role may
+-- write directly) and rekey.reader_heartbeat (rekey_application below) are the SECURITY DEFINER
+-- functions.
 
 DO $$
 DECLARE r text;
@@ -66,6 +67,8 @@ REVOKE UPDATE ON rekey.jobs, rekey.job_stages, rekey.batches, rekey.gates FROM r
 GRANT UPDATE (state, state_reason, current_stage, keys_promoted, started_at, finished_at,
               updated_at, rollback_stage)
   ON rekey.jobs TO rekey_worker;
+-- A claim records what a job waits for while a live reader lacks its key (rekey.readers_ready, 0017).
+GRANT UPDATE (readers_waiting_for, readers_waiting_since, readers_lagging) ON rekey.jobs TO rekey_worker;
 GRANT UPDATE (state, opened_at, finished_at) ON rekey.job_stages TO rekey_worker;
 -- keys: rekey.clear_planned_keys (0008) sets it to NULL when the worker completes the job.
 GRANT UPDATE (state, attempts, worker_id, claimed_at, finished_at, rows_done, rows_skipped,
@@ -120,8 +123,14 @@ GRANT SELECT (key_id, scope, kms_provider, kms_key_ref, algorithm, status, origi
 -- ---------------------------------------------------------------------------------------------
 -- rekey_application
 -- ---------------------------------------------------------------------------------------------
--- The view of the keys an application may decrypt with runs with its owner's rights: the
--- application reads wrapped keys of live keys through it and nothing of rekey.keys itself.
+-- The reader heartbeat: a SECURITY DEFINER function (it reads rekey.keys and writes
+-- rekey.readers for the caller), so the role needs no privilege on any table. The operator and
+-- the monitor see the readers; the operator may delete a reader that is gone for good.
+GRANT EXECUTE ON FUNCTION rekey.reader_heartbeat(text, text, bigint[]) TO rekey_application;
+GRANT SELECT, DELETE ON rekey.readers TO rekey_operator;
+GRANT SELECT ON rekey.readers TO rekey_monitor, rekey_worker;
+-- The keys an application may decrypt with: a view, run with its owner's rights, so the role
+-- reads the wrapped keys of live keys through it and nothing of rekey.keys itself.
 GRANT SELECT ON rekey.application_keys TO rekey_application;
 
 -- The GRANT statements that give `p_role` exactly the columns job `p_job` touches on its target:

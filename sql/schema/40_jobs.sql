@@ -589,10 +589,15 @@ END $$;
 -- Makes each target key primary in its scope (the scope's current primary becomes
 -- decrypt_only), so applications write under the new key from now on. A scope that receives
 -- several target keys in this job keeps its keys as they are: there can be only one primary.
+-- Does nothing while a live reader cannot decrypt a target key (rekey.readers_allow_promotion).
 CREATE OR REPLACE FUNCTION rekey.promote_job_keys(p_job bigint) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   r record;
 BEGIN
+  -- Not while a live reader cannot decrypt a target key; a later claim promotes (45_readers.sql).
+  IF NOT rekey.readers_allow_promotion(p_job) THEN
+    RETURN;
+  END IF;
   FOR r IN
     SELECT k.key_id, k.scope, k.status FROM rekey.keys k
      WHERE k.key_id IN (SELECT target_key_id FROM rekey.job_keys WHERE job_id = p_job)

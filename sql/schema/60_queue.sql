@@ -4,7 +4,8 @@
 -- claimed": the worker drops the batch).
 
 -- Claims one batch for p_worker (any active job, or only p_job) from each job's open stage,
--- and records the worker's heartbeat.
+-- and records the worker's heartbeat. A job whose readers are not ready (rekey.readers_allow_claim)
+-- is skipped.
 --
 -- Liveness: the claiming session takes a session-level advisory lock on (job_id, batch_no) and
 -- keeps it while it processes the batch, so it survives the claim's commit; the worker's next
@@ -31,6 +32,8 @@ BEGIN
      WHERE a.state = 'active' AND (p_job IS NULL OR a.job_id = p_job)
      ORDER BY a.job_id
   LOOP
+    -- Nothing under a key that a live reader of its scope cannot decrypt (45_readers.sql).
+    CONTINUE WHEN NOT rekey.readers_allow_claim(j.job_id);
     busy := '{}';
     LOOP
       SELECT x.* INTO b FROM rekey.batches x
