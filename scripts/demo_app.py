@@ -234,6 +234,39 @@ def quote_table(name):
     return ".".join('"' + p.replace('"', '""') + '"' for p in name.split("."))
 
 
+def verify_all(conn, keys, args, schema, table, qt, pk, col):
+    """Decrypts every value of the column once, in primary-key order; prints the counts and the
+    plaintext digest `rekey job verify` prints (docs/operations.md, "Verifying a rotation").
+    Returns the exit code: 0 iff every value decrypted."""
+    digest = hashlib.sha256()
+    by_key, failures, n = {}, {}, 0
+    with conn.cursor(name="verify_all") as cur:
+        cur.itersize = 5000
+        # ORDER BY the table's column, not the text output column of the same name.
+        cur.execute(f"SELECT t.{pk}::text AS pk_text, t.{col} FROM {qt} t"
+                    f" WHERE t.{col} IS NOT NULL ORDER BY t.{pk}")
+        for pk_text, value in cur:
+            value = bytes(value)
+            ad = render_ad(args.ad_template, schema, table, args.column, pk_text)
+            status, plaintext = open_tink(value, keys.keys, ad)
+            n += 1
+            if status != "ok":
+                failures[status] = failures.get(status, 0) + 1
+                continue
+            key_id = str(struct.unpack(">I", value[1:5])[0])
+            by_key[key_id] = by_key.get(key_id, 0) + 1
+            digest.update(pk_text.encode() + b"\0" + args.column.encode() + b"\0" +
+                          struct.pack(">I", len(plaintext)) + plaintext)
+    conn.commit()
+    result = {"values": n, "values_by_key": by_key, "failures": failures,
+              "plaintext_sha256": digest.hexdigest()}
+    log("verified " + json.dumps(result, sort_keys=True))
+    if args.stats_file:
+        with open(args.stats_file, "w") as f:
+            json.dump(result, f)
+    return 1 if failures else 0
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--db", default=os.environ.get("DATABASE_URL", ""))
@@ -251,6 +284,8 @@ def main():
     p.add_argument("--duration", type=float, default=0.0, help="0: until SIGTERM")
     p.add_argument("--stats-file", default=None)
     p.add_argument("--ready-file", default=None, help="written once keys are loaded and reported")
+    p.add_argument("--verify-all", action="store_true",
+                   help="decrypt every row once, print the plaintext digest, and exit")
     args = p.parse_args()
 
     stop = []
@@ -268,6 +303,8 @@ def main():
     conn = psycopg2.connect(args.db)
     keys.reload(conn, startup=True)
     keys.heartbeat(conn)
+    if args.verify_all:
+        sys.exit(verify_all(conn, keys, args, schema, table, qt, pk, col))
     with conn.cursor() as cur:
         cur.execute(f"SELECT min({pk}), max({pk}) FROM {qt}")
         lo, hi = cur.fetchone()
