@@ -206,8 +206,8 @@ class ScopeKeys:
             if event["scope"] != self.scope:
                 continue
             notified = True
-            log(f"NOTIFY key {event['key_id']} {event['event']} ({event['previous_status']} -> "
-                f"{event['status']})")
+            log(f"NOTIFY key {event['key_id']} {event['event']} "
+                f"({event['previous_status'] or 'new'} -> {event['status']})")
             if event["event"] == "added":
                 self.heard_at[event["key_id"]] = time.monotonic()
         if notified or (self.next_due is not None and time.monotonic() >= self.next_due):
