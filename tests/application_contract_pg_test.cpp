@@ -10,8 +10,8 @@
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
+#include "application_support.h"
 #include "harness/pg_server.h"
 #include "harness/process.h"
 #include "keyring/keyring.h"
@@ -24,27 +24,8 @@ using nlohmann::json;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-class ApplicationContractTest : public PgTest {
+class ApplicationContractTest : public ApplicationTest {
  protected:
-  void SetUp() override {
-    PgTest::SetUp();
-    std::ifstream in(std::string(REKEY_SOURCE_DIR) + "/sql/roles.sql");
-    std::stringstream sql;
-    sql << in.rdbuf();
-    Exec(sql.str());
-    // Roles are cluster-wide: the login carries the test's database name.
-    Exec("DROP ROLE IF EXISTS " + AppLogin() + "; CREATE ROLE " + AppLogin() +
-         " LOGIN IN ROLE rekey_application");
-  }
-  void TearDown() override {
-    PgTest::TearDown();
-    pqxx::connection admin(PgServer::Get().ConnInfo("postgres"));
-    pqxx::nontransaction txn(admin);
-    txn.exec("DROP ROLE IF EXISTS " + AppLogin());
-  }
-
-  std::string AppLogin() { return dbname() + "_app"; }
-  std::string AppConnInfo() { return conninfo() + " user=" + AppLogin(); }
   // Runs `sql` as the application's login; returns "" or the server's error message.
   std::string TryAsApp(const std::string& sql) {
     try {
@@ -65,11 +46,9 @@ class ApplicationContractTest : public PgTest {
   // its plaintext digest.
   json AppVerifyAll(const std::string& table) {
     const std::string dir = MakeTempDir("rekey-app-");
-    ProcessResult r =
-        RunProcess({"/usr/bin/python3", std::string(REKEY_SOURCE_DIR) + "/scripts/demo_app.py",
-                    "--db", AppConnInfo(), "--table", table, "--key-id-column", "key_id",
-                    "--reader", "verifier", "--verify-all", "--stats-file", dir + "/stats.json"},
-                   WorkerEnv());
+    ProcessResult r = RunProcess(DemoApp(table, {"--reader", "verifier", "--verify-all",
+                                                 "--stats-file", dir + "/stats.json"}),
+                                 WorkerEnv());
     std::ifstream in(dir + "/stats.json");
     json stats = in ? json::parse(in, nullptr, false) : json();
     RunProcess({"rm", "-rf", dir});
@@ -239,9 +218,7 @@ TEST_F(ApplicationContractTest, ThePythonApplicationDecryptsEveryValueRekeyWrote
   SeedTinkTable(conn(), "public.cards", 2000, 1);
   ImportTestKeys(conn(), {1, 2});
   Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
-  Exec(
-      "GRANT USAGE ON SCHEMA public TO rekey_application; "
-      "GRANT SELECT, UPDATE ON public.cards TO rekey_application");
+  GrantTableToApp("public.cards");
 
   const json before = AppVerifyAll("public.cards");
   ASSERT_EQ(before["values"], 2000) << before.dump();
