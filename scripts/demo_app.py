@@ -295,8 +295,8 @@ def main():
     schema, table = args.table.split(".") if "." in args.table else ("public", args.table)
     qt, pk, col = quote_table(args.table), quote_table(args.pk_column), quote_table(args.column)
     kcol = quote_table(args.key_id_column) if args.key_id_column else None
-    stats = {"reads": 0, "writes": 0, "failed_reads": 0, "skipped_writes": 0, "failures": {},
-             "reads_by_key": {}, "writes_by_key": {}}
+    stats = {"reads": 0, "writes": 0, "failed_reads": 0, "skipped_writes": 0, "reconnects": 0,
+             "failures": {}, "reads_by_key": {}, "writes_by_key": {}}
 
     keys = ScopeKeys(args.db, args.scope, args.reader, args.load_delay, args.heartbeat_interval)
     keys.connect()
@@ -315,8 +315,8 @@ def main():
         with open(args.ready_file, "w") as f:
             f.write("ready\n")
 
-    started = time.monotonic()
-    while not stop and not (args.duration and time.monotonic() - started >= args.duration):
+    def operate():
+        """One read of a random row, and maybe a write of it."""
         keys.poll(conn)
         row_id = random.randint(lo, hi)
         ad = render_ad(args.ad_template, schema, table, args.column, str(row_id))
@@ -325,7 +325,7 @@ def main():
             row = cur.fetchone()
         if row is None or row[0] is None:
             conn.commit()
-            continue
+            return
         value = bytes(row[0])
         status, plaintext = open_tink(value, keys.keys, ad)
         key_id = struct.unpack(">I", value[1:5])[0] if len(value) >= 5 else None
@@ -354,10 +354,32 @@ def main():
                 stats["skipped_writes"] += 1  # rekey moved the row since it was read
         else:
             conn.commit()
+
+    started = time.monotonic()
+    while not stop and not (args.duration and time.monotonic() - started >= args.duration):
+        try:
+            operate()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            # Notifications sent while a connection was down are lost: LISTEN again, then
+            # re-read the view (docs/applications.md, section 4).
+            log(f"connection lost ({(str(e).strip().splitlines() or ['?'])[0]}); reconnecting")
+            stats["reconnects"] += 1
+            for c in (conn, keys.listen):
+                c.close()
+            while not stop:
+                try:
+                    keys.connect()
+                    conn = psycopg2.connect(args.db)
+                    keys.reload(conn)
+                    keys.heartbeat(conn)
+                    break
+                except psycopg2.OperationalError:
+                    time.sleep(0.5)
         time.sleep(1.0 / args.rate)
 
     summary = (f"reads={stats['reads']} writes={stats['writes']} "
                f"failed_reads={stats['failed_reads']} skipped_writes={stats['skipped_writes']} "
+               f"reconnects={stats['reconnects']} "
                f"reads_by_key={json.dumps(stats['reads_by_key'], sort_keys=True)} "
                f"writes_by_key={json.dumps(stats['writes_by_key'], sort_keys=True)}")
     if stats["failures"]:

@@ -4,8 +4,9 @@
 // unwraps its keys from rekey.application_keys through AWS KMS (the loopback test server, with
 // boto3), reports as a reader, hears of the new key by NOTIFY but loads it seconds later (a slow
 // rollout), and follows the promotion and the rollback by NOTIFY. Three workers are killed every
-// 0.2 to 0.8 s and restarted; the operator approves the canary, lets the job complete, and
-// rolls it back.
+// 0.2 to 0.8 s and restarted; PostgreSQL is restarted once after the canary (every connection
+// breaks: the application listens again and re-reads its keys); the operator approves the
+// canary, lets the job complete, and rolls it back.
 // Afterwards: the application never failed a read and read values under both keys; the job
 // waited for the application before writing under the new key; every row decrypts under the
 // old key to its original plaintext.
@@ -59,6 +60,20 @@ class LiveApplicationChaosTest : public ApplicationTest {
         std::vector<std::string>{REKEY_BINARY, "--db", conninfo(), "work", "--job", job},
         kms_->Env());
   }
+  // A fresh connection per query, retried while the server restarts under the test.
+  std::string Query(const std::string& sql) {
+    for (int attempt = 0;; ++attempt) {
+      try {
+        pqxx::connection c(conninfo());
+        pqxx::read_transaction txn(c);
+        auto r = txn.exec1(sql);
+        return r[0].is_null() ? "" : r[0].as<std::string>();
+      } catch (const pqxx::broken_connection&) {
+        if (attempt > 100) throw;
+        std::this_thread::sleep_for(milliseconds(100));
+      }
+    }
+  }
   std::string ReadFile(const std::string& path) {
     std::ifstream in(path);
     return std::string(std::istreambuf_iterator<char>(in), {});
@@ -109,7 +124,7 @@ TEST_F(LiveApplicationChaosTest, NoReadFailsThroughARotationAndRollbackWithKille
 
   std::vector<std::unique_ptr<ChildProcess>> workers;
   for (int i = 0; i < 3; ++i) workers.push_back(StartWorker(job));
-  int kills = 0, advances = 0, retries = 0;
+  int kills = 0, advances = 0, retries = 0, pg_restarts = 0;
   bool waited_for_reader = false, rolled_back = false;
   std::string state;
   const auto start = Clock::now();
@@ -117,18 +132,23 @@ TEST_F(LiveApplicationChaosTest, NoReadFailsThroughARotationAndRollbackWithKille
   while (Clock::now() - start < seconds(50)) {
     std::this_thread::sleep_for(milliseconds(100));
     ASSERT_TRUE(app.Running()) << app.Wait(5).out << app.Wait(5).err;
-    state = Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job);
+    state = Query("SELECT state FROM rekey.jobs WHERE job_id = " + job);
     waited_for_reader |=
-        Scalar("SELECT readers_waiting_for FROM rekey.jobs WHERE job_id = " + job) == "first_batch";
+        Query("SELECT readers_waiting_for FROM rekey.jobs WHERE job_id = " + job) == "first_batch";
+    if (pg_restarts == 0 && state == "active" &&
+        std::stoi(Query("SELECT current_stage FROM rekey.jobs WHERE job_id = " + job)) >= 2) {
+      PgServer::Get().Restart();
+      ++pg_restarts;
+      continue;
+    }
     if (state == "awaiting_approval") {
       advances += Rekey({"job", "advance", job, "--observe", "0s"}).exit_code == 0;
     } else if (state == "failed") {
       // A batch whose workers were all killed mid-batch max-attempts times fails by design.
       retries += Rekey({"job", "retry-failed", job}).exit_code == 0;
     } else if (state == "completed" && !rolled_back) {
-      r = Rekey({"job", "rollback", job, "--reason", "live application chaos"});
-      ASSERT_EQ(r.exit_code, 0) << r.err;
-      rolled_back = true;
+      rolled_back =
+          Rekey({"job", "rollback", job, "--reason", "live application chaos"}).exit_code == 0;
     } else if (state == "rolled_back") {
       break;
     }
@@ -152,21 +172,24 @@ TEST_F(LiveApplicationChaosTest, NoReadFailsThroughARotationAndRollbackWithKille
   app.Signal(SIGTERM);
   const ProcessResult app_result = app.Wait(30);
   const size_t summary = app_result.out.rfind("app: reads=");
-  std::printf("live application chaos: %d kills, %d approvals, %d retries; %s\n", kills, advances,
-              retries,
-              summary == std::string::npos ? "no summary" : app_result.out.substr(summary).c_str());
+  std::printf(
+      "live application chaos: %d kills, %d PostgreSQL restart, %d approvals, %d retries; %s\n",
+      kills, pg_restarts, advances, retries,
+      summary == std::string::npos ? "no summary" : app_result.out.substr(summary).c_str());
 
-  ASSERT_EQ(state, "rolled_back") << Scalar(
+  ASSERT_EQ(state, "rolled_back") << Query(
       "SELECT state || ' at stage ' || current_stage || ': ' || coalesce(state_reason, '') FROM "
       "rekey.jobs WHERE job_id = " +
       job);
   EXPECT_GE(kills, 3);
+  EXPECT_EQ(pg_restarts, 1);
   EXPECT_TRUE(waited_for_reader) << "the job never waited for the application to load key 2";
 
   // The application: every read decrypted, under both keys, and it followed both key changes.
   EXPECT_EQ(app_result.exit_code, 0) << app_result.out << app_result.err;
   const auto stats = nlohmann::json::parse(ReadFile(stats_file));
   EXPECT_EQ(stats["failed_reads"], 0) << stats.dump();
+  EXPECT_GE(stats["reconnects"], 1) << stats.dump();
   EXPECT_GT(stats["reads_by_key"].value("1", 0), 0) << stats.dump();
   EXPECT_GT(stats["reads_by_key"].value("2", 0), 0) << stats.dump();
   EXPECT_GT(stats["writes_by_key"].value("2", 0), 0) << stats.dump();
@@ -179,7 +202,8 @@ TEST_F(LiveApplicationChaosTest, NoReadFailsThroughARotationAndRollbackWithKille
 
   // The table: every value back under key 1, with its original plaintext (the application
   // re-saved what it read).
-  const auto after = DecryptAll(conn(), "public.cards");
+  pqxx::connection fresh(conninfo());  // conn() broke with the restart
+  const auto after = DecryptAll(fresh, "public.cards");
   ASSERT_EQ(after.size(), original.size());
   for (const auto& [id, value] : after) {
     ASSERT_EQ(value.first, 1u) << "row " << id;
