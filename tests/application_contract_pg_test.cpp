@@ -42,18 +42,25 @@ class ApplicationContractTest : public ApplicationTest {
     ProcessResult r = RunRekey({"--db", conninfo(), "work", "--job", job}, WorkerEnv());
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  // scripts/demo_app.py --verify-all as the application's login: what it decrypted, by key, and
-  // its plaintext digest.
-  json AppVerifyAll(const std::string& table) {
+  // scripts/demo_app.py --verify-all as the application's login, with `args`: what it decrypted,
+  // by key, and its plaintext digest; expects the exit code `exit_code` (1: a value failed).
+  json AppVerifyAll(const std::string& table, const std::vector<std::string>& args = {},
+                    int exit_code = 0) {
     const std::string dir = MakeTempDir("rekey-app-");
-    ProcessResult r = RunProcess(DemoApp(table, {"--reader", "verifier", "--verify-all",
-                                                 "--stats-file", dir + "/stats.json"}),
-                                 WorkerEnv());
+    std::vector<std::string> all = {"--reader", "verifier", "--verify-all", "--stats-file",
+                                    dir + "/stats.json"};
+    all.insert(all.end(), args.begin(), args.end());
+    ProcessResult r = RunProcess(DemoApp(table, all), WorkerEnv());
     std::ifstream in(dir + "/stats.json");
     json stats = in ? json::parse(in, nullptr, false) : json();
     RunProcess({"rm", "-rf", dir});
-    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_EQ(r.exit_code, exit_code) << r.out << r.err;
     return stats;
+  }
+  std::string RekeyVerifyDigest(const std::string& job) {
+    ProcessResult r = RunRekey({"--db", conninfo(), "job", "verify", job, "--json"}, WorkerEnv());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return json::parse(r.out, nullptr, false).value("plaintext_sha256", "");
   }
 };
 
@@ -247,10 +254,39 @@ TEST_F(ApplicationContractTest, ThePythonApplicationDecryptsEveryValueRekeyWrote
   EXPECT_EQ(after["values_by_key"], json({{"2", 2000}}));
   EXPECT_EQ(after["plaintext_sha256"], digest);
   // The same digest rekey computes: the application's codec and rekey's agree on every value.
-  ProcessResult verify =
-      RunRekey({"--db", conninfo(), "job", "verify", job, "--json"}, WorkerEnv());
-  ASSERT_EQ(verify.exit_code, 0) << verify.err;
-  EXPECT_EQ(json::parse(verify.out)["plaintext_sha256"], digest);
+  EXPECT_EQ(RekeyVerifyDigest(job), digest);
+}
+
+TEST_F(ApplicationContractTest, ThePythonApplicationBindsValuesToTheirRowsAsRekeyDoes) {
+  // Values bound to their row by the associated-data template (docs/FORMAT.md, section 3).
+  const std::string tmpl = "{schema}.{table}.{column}:{pk}";
+  Exec("CREATE TABLE public.bound (id bigint PRIMARY KEY, key_id int, token bytea)");
+  {
+    pqxx::work txn(conn());
+    for (int id = 1; id <= 200; ++id) {
+      const std::string ad = "public.bound.token:" + std::to_string(id);
+      txn.exec_params("INSERT INTO public.bound VALUES ($1, 1, $2)", id,
+                      pqxx::binarystring(TinkEncrypt(1, PlaintextFor(id), ad)));
+    }
+    txn.commit();
+  }
+  ImportTestKeys(conn(), {1, 2});
+  Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
+  GrantTableToApp("public.bound");
+  const std::string job = std::to_string(
+      CreateJobSql(conn(),
+                   "'public.bound', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+                   "p_ad_template => '" +
+                       tmpl + "', p_stages => '{100}'"));
+  RunWorkers(job);
+  ASSERT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "completed");
+
+  const json bound = AppVerifyAll("public.bound", {"--ad-template", tmpl});
+  EXPECT_EQ(bound["values_by_key"], json({{"2", 200}}));
+  EXPECT_EQ(bound["plaintext_sha256"], RekeyVerifyDigest(job));
+  // Without the column's template nothing authenticates: the binding is real.
+  const json unbound = AppVerifyAll("public.bound", {}, /*exit_code=*/1);
+  EXPECT_EQ(unbound["failures"], json({{"auth_failed", 200}}));
 }
 
 }  // namespace
