@@ -18,6 +18,7 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global);      // job_command.cp
 void AddWorkCommand(CLI::App& app, GlobalOptions& global);     // work_command.cpp
 void AddStatusCommand(CLI::App& app, GlobalOptions& global);   // status_command.cpp
 void AddAuditCommand(CLI::App& app, GlobalOptions& global);    // audit_command.cpp
+void AddReadersCommand(CLI::App& app, GlobalOptions& global);  // readers_command.cpp
 // keys status, keys policy, rotate-due, report, exporter; after AddKeysCommand (ops_commands.cpp)
 void AddOpsCommands(CLI::App& app, GlobalOptions& global);
 

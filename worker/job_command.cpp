@@ -11,10 +11,12 @@
 
 #include "cli_support.h"
 #include "commands.h"
+#include "common/duration.h"
 #include "common/error.h"
 #include "db/connection.h"
 #include "jobs/job.h"
 #include "jobs/job_control.h"
+#include "ops/readers.h"
 #include "ops/report_evidence.h"
 
 namespace rekey::cli {
@@ -36,6 +38,7 @@ struct CreateFlags {
   int promote_at_stage = 0;
   double error_threshold = 0.001;
   std::string observe;
+  std::string reader_window;  // empty: the database's default (10 minutes)
   int gate_sample_size = 10000;
   bool dry_run = false;
   std::vector<std::string> not_governed;
@@ -120,6 +123,12 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   spec.error_threshold = flags.error_threshold;
   if (!flags.observe.empty()) spec.observe = flags.observe;
   spec.gate_sample_size = flags.gate_sample_size;
+  // The grammar's text is a PostgreSQL interval of the same length (common/duration.h).
+  if (!flags.reader_window.empty()) {
+    DurationRules rules;
+    rules.minimum = std::chrono::seconds(1);
+    ParseDuration(flags.reader_window, "--reader-window", rules);
+  }
 
   auto conn = OpenDatabase(global);
   // A second connection reads the table's keys while a staged job's plan is computed and written
@@ -128,6 +137,7 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   db::Classified("cannot create the job", [&] {
     pqxx::work txn(*conn);
     const int64_t id = jobs::CreateJob(txn, spec, key_reader.get());
+    if (!flags.reader_window.empty()) ops::SetReaderWindow(txn, id, flags.reader_window);
     const std::string verb = flags.dry_run ? "would create" : "created";
     const std::vector<jobs::PlannedStage> plan = jobs::ReadStagePlan(txn, id);
     long long rows = 0, batches = 0;
@@ -144,6 +154,10 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
                   static_cast<long long>(stage.batches),
                   stage.promotes && !transit ? "; the new key becomes primary when it opens" : "");
     }
+    std::string unreported;
+    for (const std::string& scope : ops::UnreportedScopes(txn, id)) {
+      unreported += (unreported.empty() ? "" : ", ") + scope;
+    }
     if (flags.dry_run) {
       txn.abort();
       std::printf("dry run: nothing was written\n");
@@ -152,6 +166,13 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
     txn.commit();
     std::printf("run `rekey work --job %lld`; `rekey status %lld` shows progress\n",
                 static_cast<long long>(id), static_cast<long long>(id));
+    if (!unreported.empty()) {
+      std::printf(
+          "no reader has ever reported for scope %s: reader readiness cannot be proven, and the "
+          "job waits for no application (applications report with rekey.reader_heartbeat, "
+          "docs/applications.md)\n",
+          unreported.c_str());
+    }
   });
 }
 
@@ -253,6 +274,9 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
       ->add_option("--error-threshold", flags->error_threshold,
                    "A gate passes while the decrypt error rate stays below this fraction")
       ->capture_default_str();
+  create->add_option(
+      "--reader-window", flags->reader_window,
+      "Readers last seen longer ago than this never hold the job back (default 10m)");
   create->add_option("--observe", flags->observe,
                      "Advance on its own this long after a passed gate, e.g. 0s, 10min, 1h "
                      "(default: wait for `rekey job advance`)");

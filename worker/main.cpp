@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   rekey::cli::AddWorkCommand(app, global);
   rekey::cli::AddStatusCommand(app, global);
   rekey::cli::AddAuditCommand(app, global);
+  rekey::cli::AddReadersCommand(app, global);
   rekey::cli::AddOpsCommands(app, global);
   try {
     app.parse(argc, argv);

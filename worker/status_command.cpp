@@ -44,6 +44,24 @@ std::string Num(const nlohmann::json& v) {
   return v.dump();
 }
 
+// While the job waits for readers (sql/schema/45_readers.sql): what for, since when, and each
+// lagging reader with the key it lacks, so the on-call knows which instance to look at.
+void PrintReaderWait(const nlohmann::json& j) {
+  if (!j.contains("readers_waiting_for") || j["readers_waiting_for"].is_null()) return;
+  const std::string what = Num(j["readers_waiting_for"]);
+  std::printf("  WAITING FOR READERS before its %s since %s: ",
+              what == "first_batch" ? "first batch" : what.c_str(),
+              Num(j["readers_waiting_since"]).c_str());
+  bool first = true;
+  for (const auto& r : j["lagging_readers"]) {
+    std::printf("%s%s (scope %s) lacks key %s, last seen %s", first ? "" : "; ",
+                Num(r["reader"]).c_str(), Num(r["scope"]).c_str(), Num(r["key_id"]).c_str(),
+                Num(r["last_seen"]).c_str());
+    first = false;
+  }
+  std::printf("\n");
+}
+
 void PrintTable(const nlohmann::json& jobs, bool tty) {
   if (jobs.empty()) {
     std::printf("no jobs\n");
@@ -76,6 +94,7 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
                 Num(j["stage_eta"]).c_str(), Num(j["active_workers"]).c_str());
     if (!j["state_reason"].is_null()) std::printf("  reason: %s", Num(j["state_reason"]).c_str());
     std::printf("\n");
+    PrintReaderWait(j);
   }
 }
 

@@ -5,7 +5,7 @@
 -- its target keys (rekey.readers_allow_promotion, called by rekey.promote_job_keys), not a
 -- rollback's batches under the source keys. While it waits, the job names the lagging readers
 -- (jobs.readers_waiting_for/_since/readers_lagging, rekey.progress). Stale readers never block;
--- a scope no reader ever reported for is not waited on, and says so (rekey.job_reader_evidence).
+-- a scope no reader ever reported for is not waited on, and says so (rekey.job_unreported_scopes).
 -- See docs/operations.md, "Readers".
 
 -- Records that `p_reader` (an instance name of the application's choosing: pod name, host:pid)
@@ -55,6 +55,11 @@ BEGIN
   ON CONFLICT (scope, reader) DO UPDATE
     SET key_ids = EXCLUDED.key_ids, last_seen = now(), reported_by = session_user,
         client_addr = inet_client_addr();
+  -- Idle workers wait for a job change on rekey_jobs: wake those of the jobs this reader held
+  -- back, so they claim again now rather than at their next poll.
+  PERFORM pg_notify('rekey_jobs', j.job_id::text) FROM rekey.jobs j
+    WHERE j.readers_waiting_for IS NOT NULL AND j.state = 'active'
+      AND j.readers_lagging @> jsonb_build_array(jsonb_build_object('reader', p_reader, 'scope', p_scope));
 END $$;
 -- A SECURITY DEFINER function is callable only by the roles sql/roles.sql grants it to.
 REVOKE EXECUTE ON FUNCTION rekey.reader_heartbeat(text, text, bigint[]) FROM PUBLIC;
@@ -111,10 +116,10 @@ $$;
 -- when no live reader lacks one of those keys. Records the answer on the job row, writing only
 -- when it changes: while false, readers_waiting_for/_since and readers_lagging name what the job
 -- waits for (audited as job.waiting_for_readers when the wait begins), cleared when it passes
--- (job.readers_ready). The first pass of a job's first batch, of a promotion and of a rollback
--- (since its stage opened) is evidence for the report: audited as job.readers_checked with the
--- live readers of the keys' scopes and the job's scopes no reader ever reported for
--- (rekey.job_reader_evidence).
+-- (job.readers_ready). The first pass of a job's first batch, of a promotion (since its stage
+-- opened) and of a rollback (since its first stage opened) is evidence for the report: audited as
+-- job.readers_checked with the live readers of the keys' scopes and the job's scopes no reader
+-- ever reported for (src/ops/queries/readers.sql, readiness).
 CREATE OR REPLACE FUNCTION rekey.readers_ready(p_job bigint, p_for text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
@@ -125,6 +130,12 @@ DECLARE
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   lagging := rekey.job_lagging_readers(p_job, rollback);
+  -- A change is written under the row's lock, re-read: two workers claiming at once record and
+  -- audit it once. (NO KEY UPDATE does not conflict with the KEY SHARE locks of batches.)
+  IF (lagging <> '[]' AND (j.readers_waiting_for IS DISTINCT FROM p_for OR j.readers_lagging IS DISTINCT FROM lagging))
+     OR (lagging = '[]' AND j.readers_waiting_for IS NOT NULL) THEN
+    SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR NO KEY UPDATE;
+  END IF;
   IF lagging <> '[]' THEN
     IF j.readers_waiting_for IS DISTINCT FROM p_for OR j.readers_lagging IS DISTINCT FROM lagging THEN
       UPDATE rekey.jobs
@@ -150,7 +161,9 @@ BEGIN
         WHERE a.job_id = p_job AND a.action = 'job.readers_checked' AND a.details->>'for' = p_for
           AND a.at >= CASE WHEN p_for = 'first_batch' THEN '-infinity'
                            ELSE (SELECT s.opened_at FROM rekey.job_stages s
-                                  WHERE s.job_id = p_job AND s.stage_no = j.current_stage) END) THEN
+                                  WHERE s.job_id = p_job
+                                    AND s.stage_no = CASE WHEN rollback THEN coalesce(j.rollback_stage, j.current_stage)
+                                                          ELSE j.current_stage END) END) THEN
     PERFORM rekey.audit_event('job.readers_checked', p_job, jsonb_build_object(
       'for', p_for, 'reader_window', j.reader_window,
       'keys', (SELECT jsonb_agg(k) FROM rekey.job_written_keys(p_job, rollback) k),

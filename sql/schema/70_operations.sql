@@ -53,7 +53,14 @@ SELECT j.job_id, j.name, j.state, j.state_reason,
        g.passed AS last_gate_passed, g.stage_no AS last_gate_stage, g.error_rate AS last_gate_error_rate,
        g.values_checked AS last_gate_values_checked,
        j.observe, j.created_at, j.started_at, j.finished_at,
-       j.finished_at - j.started_at AS duration
+       j.finished_at - j.started_at AS duration,
+       -- While an active job waits for readers (sql/schema/45_readers.sql): what it waits to do
+       -- (first_batch, batches, promotion, rollback), since when, and the lagging readers
+       -- [{reader, scope, key_id, last_seen}]; NULL otherwise.
+       CASE WHEN j.state = 'active' THEN j.readers_waiting_for END AS readers_waiting_for,
+       CASE WHEN j.state = 'active' THEN j.readers_waiting_since END AS readers_waiting_since,
+       CASE WHEN j.state = 'active' THEN j.readers_lagging END AS lagging_readers,
+       j.reader_window
   FROM rekey.jobs j
   LEFT JOIN b USING (job_id)
   LEFT JOIN rate r USING (job_id)

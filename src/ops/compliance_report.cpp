@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "db/named_query.h"
+#include "ops/readers.h"
 
 namespace rekey::ops {
 namespace {
@@ -148,6 +149,30 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
     md << ".\n";
   }
 
+  if (r.contains("reader_readiness")) {
+    const auto& rr = r["reader_readiness"];
+    md << "\n## Reader readiness\n\n"
+       << (rr["proven"].get<bool>() ? "" : "**") << Cell(rr["statement"])
+       << (rr["proven"].get<bool>() ? "" : "**")
+       << ". Before its first batch, a promotion and a rollback the job waited until every "
+          "application instance of the keys' scopes seen within its reader window listed the key "
+          "it was about to write under.\n";
+    if (!rr["checks"].empty()) {
+      md << "\n| checked before | at | reader window | keys | readers (key ids) |\n"
+            "|---|---|---|---|---|\n";
+      for (const auto& c : rr["checks"]) {
+        std::string readers;
+        for (const auto& x : c["readers"]) {
+          readers += (readers.empty() ? "" : ", ") + Text(x["reader"]) + "@" + Text(x["scope"]) +
+                     " " + Text(x["key_ids"]);
+        }
+        md << "| " << Cell(c["for"]) << " | " << Cell(c["at"]) << " | " << Cell(c["reader_window"])
+           << " | " << Cell(c["keys"]) << " | " << Cell(readers.empty() ? "none live" : readers)
+           << " |\n";
+      }
+    }
+  }
+
   md << "\n## Decisions and approvals\n\nActors, verifiers and approvers are the database roles "
         "that made each change, with times from the database's clock, both recorded by the "
         "database itself whatever a client sent; a worker's own name is shown beside its role. "
@@ -198,6 +223,7 @@ AssembledReport AssembleReport(pqxx::transaction_base& txn, int64_t job,
     if (!unfinished.empty()) throw StateError(unfinished);
     out.progress = ReadStageProgress(txn, job);
   }
+  out.report["reader_readiness"] = ReaderReadiness(txn, job);
   out.report["audit_chain"] = request.audit_chain;
   if (request.verification) out.report["verification"] = *request.verification;
   out.markdown = RenderReportMarkdown(out.report);

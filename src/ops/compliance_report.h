@@ -6,8 +6,9 @@
 // rate, quarantined values by error class, an audit-completeness check (every completed batch
 // has its rotation.batch.completed audit row) and durations. `rekey report` adds "audit_chain"
 // (the chain's head and its verification) and, with --verify, "verification" (values per key and
-// the plaintext digest). The Markdown and the PDF (pdf_report.h) are renderings of that JSON and
-// say nothing the JSON does not.
+// the plaintext digest) and "reader_readiness" (ops/readers.h: which application instances were
+// checked before the job wrote, or that readiness was not proven). The Markdown and the PDF
+// (pdf_report.h) are renderings of that JSON and say nothing the JSON does not.
 //
 // Stored reports (rekey.reports) are append-only and carry the SHA-256 of the JSON text as
 // stored (body::text), so a copy handed to an auditor can be checked against the database.

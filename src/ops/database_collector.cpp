@@ -34,7 +34,9 @@ DatabaseSnapshot ReadDatabaseSnapshot(pqxx::transaction_base& txn) {
   }
   for (const auto& row : txn.exec(db::Query("ops/database_collector.unfinished_job_progress"))) {
     s.jobs.push_back({row["job_id"].as<int64_t>(), row["state"].as<std::string>(),
-                      row["rows_total"].as<double>(), row["rows_done"].as<double>()});
+                      row["rows_total"].as<double>(), row["rows_done"].as<double>(),
+                      row["lagging_readers"].as<double>(),
+                      row["waiting_for_readers_seconds"].as<double>()});
   }
   return s;
 }

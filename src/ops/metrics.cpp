@@ -112,7 +112,18 @@ Metrics::Metrics()
       job_rows_processed_(BuildGauge()
                               .Name("rekey_job_rows_processed")
                               .Help("Rows of a running job's rollout processed so far")
-                              .Register(*registry_)) {
+                              .Register(*registry_)),
+      job_lagging_readers_(
+          BuildGauge()
+              .Name("rekey_job_lagging_readers")
+              .Help("Live readers of a job's scope that cannot decrypt the key it waits to write "
+                    "under (0: the job does not wait for readers)")
+              .Register(*registry_)),
+      job_waiting_for_readers_(
+          BuildGauge()
+              .Name("rekey_job_waiting_for_readers_seconds")
+              .Help("How long a job has waited for lagging readers (0: it does not wait)")
+              .Register(*registry_)) {
   // Every outcome and state is exported from the start, so rate() and absent() behave.
   for (auto outcome : {rotation::BatchOutcome::kCompleted, rotation::BatchOutcome::kLost,
                        rotation::BatchOutcome::kJobNotActive, rotation::BatchOutcome::kReleased}) {
@@ -184,6 +195,8 @@ void Metrics::SetDatabaseSnapshot(const DatabaseSnapshot& snapshot) {
     prometheus::Labels labels = {{"job_id", std::to_string(j.job_id)}, {"state", j.state}};
     add(job_rows_total_, labels, j.rows_total);
     add(job_rows_processed_, labels, j.rows_processed);
+    add(job_lagging_readers_, labels, j.lagging_readers);
+    add(job_waiting_for_readers_, labels, j.waiting_for_readers_seconds);
   }
   keys_overdue_.Set(double(snapshot.keys_overdue));
   last_rotation_.Set(snapshot.last_rotation_completed.value_or(0));

@@ -46,6 +46,10 @@ struct JobProgressSample {
   std::string state;
   double rows_total = 0;
   double rows_processed = 0;
+  // Readers holding the job back (sql/schema/45_readers.sql): distinct lagging readers, and
+  // seconds since the wait began; 0 while it does not wait.
+  double lagging_readers = 0;
+  double waiting_for_readers_seconds = 0;
 };
 
 // What the database says, read at scrape time (database_collector.h).
@@ -106,6 +110,8 @@ class Metrics : public rotation::WorkerObserver {
   prometheus::Family<prometheus::Gauge>& jobs_;
   prometheus::Family<prometheus::Gauge>& job_rows_total_;
   prometheus::Family<prometheus::Gauge>& job_rows_processed_;
+  prometheus::Family<prometheus::Gauge>& job_lagging_readers_;
+  prometheus::Family<prometheus::Gauge>& job_waiting_for_readers_;
 
   std::mutex mu_;  // guards the fields below and the database-derived series
   uint64_t cache_hits_seen_ = 0;

@@ -26,12 +26,21 @@ SELECT state, count(*) AS jobs
  GROUP BY state
 
 -- name: unfinished_job_progress
--- Each unfinished job (rekey.job_unfinished) with its rollout rows planned and done. Only those
--- jobs' batches are read (rekey.progress would aggregate every job ever run).
+-- Each unfinished job (rekey.job_unfinished) with its rollout rows planned and done, and, while an
+-- active job waits for readers (sql/schema/45_readers.sql), how many distinct readers lag and
+-- for how many seconds it has waited (0 and 0 otherwise). Only those jobs' batches are read
+-- (rekey.progress would aggregate every job ever run).
 SELECT j.job_id, j.state,
        coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'), 0)::float8 AS rows_total,
        coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout' AND b.state = 'done'),
-                0)::float8 AS rows_done
+                0)::float8 AS rows_done,
+       CASE WHEN j.state = 'active' AND j.readers_waiting_for IS NOT NULL
+            THEN (SELECT count(DISTINCT (x->>'scope', x->>'reader'))
+                    FROM jsonb_array_elements(j.readers_lagging) x)
+            ELSE 0 END::float8 AS lagging_readers,
+       CASE WHEN j.state = 'active' AND j.readers_waiting_for IS NOT NULL
+            THEN extract(epoch FROM now() - j.readers_waiting_since)
+            ELSE 0 END::float8 AS waiting_for_readers_seconds
   FROM rekey.jobs j
   LEFT JOIN rekey.batches b ON b.job_id = j.job_id
   LEFT JOIN rekey.job_stages s ON s.job_id = b.job_id AND s.stage_no = b.stage_no
