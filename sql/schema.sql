@@ -453,6 +453,8 @@ BEGIN
      WHERE a.state = 'active' AND (p_job IS NULL OR a.job_id = p_job)
      ORDER BY a.job_id
   LOOP
+    -- Nothing under a key that a live reader of its scope cannot decrypt (45_readers.sql).
+    CONTINUE WHEN NOT rekey.readers_allow_claim(j.job_id);
     busy := '{}';
     LOOP
       SELECT x.* INTO b FROM rekey.batches x
@@ -998,6 +1000,15 @@ BEGIN
   RETURN NEW;
 END $$;
 
+CREATE FUNCTION rekey.job_lagging_readers(p_job bigint, p_rollback boolean) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT coalesce(jsonb_agg(jsonb_build_object('reader', l.reader, 'scope', l.scope, 'key_id', l.key_id,
+                                               'last_seen', l.last_seen)
+                            ORDER BY l.scope, l.reader, l.key_id), '[]')
+    FROM rekey.job_written_keys(p_job, p_rollback) k, LATERAL rekey.lagging_readers(p_job, k) l
+$$;
+
 CREATE FUNCTION rekey.job_report(p_job bigint) RETURNS jsonb
     LANGUAGE plpgsql STABLE
     AS $$
@@ -1175,6 +1186,22 @@ CREATE FUNCTION rekey.job_unfinished(p_state text) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     AS $$
   SELECT p_state NOT IN ('completed', 'cancelled', 'rolled_back')
+$$;
+
+CREATE FUNCTION rekey.job_unreported_scopes(p_job bigint) RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT coalesce(array_agg(DISTINCT k.scope ORDER BY k.scope), '{}')
+    FROM rekey.job_keys jk JOIN rekey.keys k ON k.key_id IN (jk.source_key_id, jk.target_key_id)
+   WHERE jk.job_id = p_job
+     AND NOT EXISTS (SELECT 1 FROM rekey.readers r WHERE r.scope = k.scope)
+$$;
+
+CREATE FUNCTION rekey.job_written_keys(p_job bigint, p_rollback boolean) RETURNS SETOF bigint
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT DISTINCT CASE WHEN p_rollback THEN source_key_id ELSE target_key_id END
+    FROM rekey.job_keys WHERE job_id = p_job ORDER BY 1
 $$;
 
 CREATE FUNCTION rekey.key_census(p_key bigint) RETURNS TABLE(schema_name name, table_name name, column_name name, target_id bigint, formats text[], n bigint, unknown text, status text)
@@ -1550,6 +1577,19 @@ BEGIN
 END
 $$;
 
+CREATE FUNCTION rekey.lagging_readers(p_job bigint, p_key bigint) RETURNS TABLE(reader text, scope text, key_id bigint, key_ids bigint[], last_seen timestamp with time zone)
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT r.reader, r.scope, k.key_id, r.key_ids, r.last_seen
+    FROM rekey.jobs j
+    JOIN rekey.keys k ON k.key_id = p_key
+    JOIN rekey.readers r ON r.scope = k.scope
+   WHERE j.job_id = p_job
+     AND r.last_seen >= now() - j.reader_window
+     AND NOT k.key_id = ANY (r.key_ids)
+   ORDER BY r.scope, r.reader
+$$;
+
 CREATE FUNCTION rekey.lock_job_definitions() RETURNS void
     LANGUAGE sql
     AS $$
@@ -1820,6 +1860,10 @@ CREATE FUNCTION rekey.promote_job_keys(p_job bigint) RETURNS void
 DECLARE
   r record;
 BEGIN
+  -- Not while a live reader cannot decrypt a target key; a later claim promotes (45_readers.sql).
+  IF NOT rekey.readers_allow_promotion(p_job) THEN
+    RETURN;
+  END IF;
   FOR r IN
     SELECT k.key_id, k.scope, k.status FROM rekey.keys k
      WHERE k.key_id IN (SELECT target_key_id FROM rekey.job_keys WHERE job_id = p_job)
@@ -1834,6 +1878,141 @@ BEGIN
   UPDATE rekey.jobs SET keys_promoted = true WHERE job_id = p_job;
   PERFORM rekey.audit_event('job.keys_promoted', p_job, jsonb_build_object(
     'primary', (SELECT jsonb_agg(target_key_id) FROM rekey.job_keys WHERE job_id = p_job)));
+END $$;
+
+CREATE FUNCTION rekey.reader_heartbeat(p_reader text, p_scope text, p_key_ids bigint[]) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+  unknown text;
+BEGIN
+  IF p_reader IS NULL OR btrim(p_reader) = '' OR length(p_reader) > 200 THEN
+    RAISE EXCEPTION 'reader heartbeat refused: the reader name must be 1 to 200 characters, not %',
+      coalesce(quote_literal(p_reader), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'name the instance (pod name, host:pid); nothing was recorded';
+  END IF;
+  IF p_scope IS NULL OR NOT EXISTS (SELECT 1 FROM rekey.keys WHERE scope = p_scope) THEN
+    RAISE EXCEPTION 'reader heartbeat refused: no key belongs to scope %', coalesce(quote_literal(p_scope), 'NULL')
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'report the keyring scope the application decrypts (rekey keys list shows them); nothing was recorded';
+  END IF;
+  IF p_key_ids IS NULL OR cardinality(p_key_ids) = 0 OR array_position(p_key_ids, NULL) IS NOT NULL THEN
+    RAISE EXCEPTION 'reader heartbeat refused: reader % reported no key ids for scope %', quote_literal(p_reader),
+      quote_literal(p_scope)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'report every key id of the scope the application can decrypt; nothing was recorded';
+  END IF;
+  SELECT string_agg(x::text, ', ' ORDER BY x) INTO unknown
+    FROM (SELECT DISTINCT x FROM unnest(p_key_ids) x) u
+   WHERE NOT EXISTS (SELECT 1 FROM rekey.keys k WHERE k.key_id = u.x AND k.scope = p_scope);
+  IF unknown IS NOT NULL THEN
+    RAISE EXCEPTION 'reader heartbeat refused: key % is not a key of scope %', unknown, quote_literal(p_scope)
+      USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'report only the key ids of the scope''s keyring (rekey.keys); nothing was recorded';
+  END IF;
+  INSERT INTO rekey.readers AS r (scope, reader, key_ids)
+  VALUES (p_scope, p_reader, (SELECT array_agg(DISTINCT x ORDER BY x) FROM unnest(p_key_ids) x))
+  ON CONFLICT (scope, reader) DO UPDATE
+    SET key_ids = EXCLUDED.key_ids, last_seen = now(), reported_by = session_user,
+        client_addr = inet_client_addr();
+  -- Idle workers wait for a job change on rekey_jobs: wake those of the jobs this reader held
+  -- back, so they claim again now rather than at their next poll.
+  PERFORM pg_notify('rekey_jobs', j.job_id::text) FROM rekey.jobs j
+    WHERE j.readers_waiting_for IS NOT NULL AND j.state = 'active'
+      AND j.readers_lagging @> jsonb_build_array(jsonb_build_object('reader', p_reader, 'scope', p_scope));
+END $$;
+
+CREATE FUNCTION rekey.readers_allow_claim(p_job bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  kind text;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  SELECT s.kind INTO kind FROM rekey.job_stages s WHERE s.job_id = p_job AND s.stage_no = j.current_stage;
+  IF kind = 'rollback' THEN
+    RETURN rekey.readers_ready(p_job, 'rollback');
+  END IF;
+  IF NOT j.keys_promoted AND (kind = 'sweep' OR j.current_stage >= j.promote_at_stage) THEN
+    IF NOT rekey.readers_ready(p_job, 'promotion') THEN
+      RETURN false;
+    END IF;
+    SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
+    IF NOT j.keys_promoted THEN
+      PERFORM rekey.promote_job_keys(p_job);
+      SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+    END IF;
+    RETURN j.keys_promoted;
+  END IF;
+  RETURN rekey.readers_ready(p_job, CASE WHEN j.started_at IS NULL THEN 'first_batch' ELSE 'batches' END);
+END $$;
+
+CREATE FUNCTION rekey.readers_allow_promotion(p_job bigint) RETURNS boolean
+    LANGUAGE sql
+    AS $$
+  SELECT rekey.readers_ready(p_job, 'promotion')
+$$;
+
+CREATE FUNCTION rekey.readers_ready(p_job bigint, p_for text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  lagging jsonb;
+  rollback boolean := p_for = 'rollback';
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  lagging := rekey.job_lagging_readers(p_job, rollback);
+  -- A change is written under the row's lock, re-read: two workers claiming at once record and
+  -- audit it once. (NO KEY UPDATE does not conflict with the KEY SHARE locks of batches.)
+  IF (lagging <> '[]' AND (j.readers_waiting_for IS DISTINCT FROM p_for OR j.readers_lagging IS DISTINCT FROM lagging))
+     OR (lagging = '[]' AND j.readers_waiting_for IS NOT NULL) THEN
+    SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR NO KEY UPDATE;
+  END IF;
+  IF lagging <> '[]' THEN
+    IF j.readers_waiting_for IS DISTINCT FROM p_for OR j.readers_lagging IS DISTINCT FROM lagging THEN
+      UPDATE rekey.jobs
+         SET readers_waiting_for = p_for, readers_lagging = lagging,
+             readers_waiting_since = CASE WHEN readers_waiting_for IS NOT DISTINCT FROM p_for
+                                          THEN readers_waiting_since ELSE now() END
+       WHERE job_id = p_job;
+      IF j.readers_waiting_for IS DISTINCT FROM p_for THEN
+        PERFORM rekey.audit_event('job.waiting_for_readers', p_job,
+          jsonb_build_object('for', p_for, 'lagging', lagging), 'failure');
+      END IF;
+    END IF;
+    RETURN false;
+  END IF;
+  IF j.readers_waiting_for IS NOT NULL THEN
+    UPDATE rekey.jobs SET readers_waiting_for = NULL, readers_lagging = NULL, readers_waiting_since = NULL
+     WHERE job_id = p_job;
+    PERFORM rekey.audit_event('job.readers_ready', p_job, jsonb_build_object(
+      'for', j.readers_waiting_for, 'waited_since', j.readers_waiting_since));
+  END IF;
+  IF p_for <> 'batches' AND NOT EXISTS (
+       SELECT 1 FROM rekey.audit a
+        WHERE a.job_id = p_job AND a.action = 'job.readers_checked' AND a.details->>'for' = p_for
+          AND a.at >= CASE WHEN p_for = 'first_batch' THEN '-infinity'
+                           ELSE (SELECT s.opened_at FROM rekey.job_stages s
+                                  WHERE s.job_id = p_job
+                                    AND s.stage_no = CASE WHEN rollback THEN coalesce(j.rollback_stage, j.current_stage)
+                                                          ELSE j.current_stage END) END) THEN
+    PERFORM rekey.audit_event('job.readers_checked', p_job, jsonb_build_object(
+      'for', p_for, 'reader_window', j.reader_window,
+      'keys', (SELECT jsonb_agg(k) FROM rekey.job_written_keys(p_job, rollback) k),
+      'readers', (SELECT coalesce(jsonb_agg(jsonb_build_object('reader', r.reader, 'scope', r.scope,
+                                                               'key_ids', r.key_ids, 'last_seen', r.last_seen)
+                                            ORDER BY r.scope, r.reader), '[]')
+                    FROM rekey.readers r
+                   WHERE r.last_seen >= now() - j.reader_window
+                     AND r.scope IN (SELECT k.scope FROM rekey.keys k
+                                      WHERE k.key_id IN (SELECT rekey.job_written_keys(p_job, rollback)))),
+      'unreported_scopes', to_jsonb(rekey.job_unreported_scopes(p_job))));
+  END IF;
+  RETURN true;
 END $$;
 
 CREATE FUNCTION rekey.record_gate(p_job bigint, p_stage integer, p_values_checked bigint, p_decrypt_errors bigint, p_verified_by text, p_details jsonb DEFAULT '{}'::jsonb) RETURNS bigint
@@ -2323,11 +2502,18 @@ CREATE TABLE rekey.jobs (
     not_governed name[] DEFAULT '{}'::name[] NOT NULL,
     cross_scope boolean DEFAULT false NOT NULL,
     rollback_stage integer,
+    reader_window interval DEFAULT '00:10:00'::interval NOT NULL,
+    readers_waiting_for text,
+    readers_waiting_since timestamp with time zone,
+    readers_lagging jsonb,
     CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
     CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
     CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
     CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
     CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
+    CONSTRAINT jobs_reader_window_check CHECK ((reader_window > '00:00:00'::interval)),
+    CONSTRAINT jobs_readers_waiting_all_or_none CHECK ((((readers_waiting_for IS NULL) = (readers_waiting_since IS NULL)) AND ((readers_waiting_for IS NULL) = (readers_lagging IS NULL)))),
+    CONSTRAINT jobs_readers_waiting_for_check CHECK ((readers_waiting_for = ANY (ARRAY['first_batch'::text, 'batches'::text, 'promotion'::text, 'rollback'::text]))),
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),
     CONSTRAINT jobs_transit_both_or_neither CHECK (((transit_key_ref IS NULL) = (transit_min_version IS NULL))),
     CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
@@ -2438,6 +2624,21 @@ BEGIN
    WHERE job_id = p_job;
   PERFORM rekey.audit_event('job.' || p_action, p_job, jsonb_build_object('from', cur, 'to', p_to, 'reason', p_reason));
   RETURN format('job %s: %s -> %s', p_job, cur, p_to);
+END $$;
+
+CREATE FUNCTION rekey.set_reader_window(p_job bigint, p_window interval) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF p_window IS NULL OR p_window <= interval '0' THEN
+    RAISE EXCEPTION 'the reader window must be longer than 0, not %', coalesce(p_window::text, 'NULL')
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  UPDATE rekey.jobs SET reader_window = p_window, updated_at = now() WHERE job_id = p_job;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'unknown job %', p_job USING ERRCODE = 'no_data_found';
+  END IF;
+  PERFORM rekey.audit_event('job.reader_window', p_job, jsonb_build_object('reader_window', p_window));
 END $$;
 
 CREATE FUNCTION rekey.stage_bucket(pk text) RETURNS integer
@@ -2795,7 +2996,20 @@ CREATE VIEW rekey.progress AS
     j.created_at,
     j.started_at,
     j.finished_at,
-    (j.finished_at - j.started_at) AS duration
+    (j.finished_at - j.started_at) AS duration,
+        CASE
+            WHEN (j.state = 'active'::text) THEN j.readers_waiting_for
+            ELSE NULL::text
+        END AS readers_waiting_for,
+        CASE
+            WHEN (j.state = 'active'::text) THEN j.readers_waiting_since
+            ELSE NULL::timestamp with time zone
+        END AS readers_waiting_since,
+        CASE
+            WHEN (j.state = 'active'::text) THEN j.readers_lagging
+            ELSE NULL::jsonb
+        END AS lagging_readers,
+    j.reader_window
    FROM ((((rekey.jobs j
      LEFT JOIN b USING (job_id))
      LEFT JOIN rate r USING (job_id))
@@ -2820,6 +3034,17 @@ CREATE VIEW rekey.progress AS
           WHERE (x.job_id = j.job_id)
           ORDER BY x.gate_id DESC
          LIMIT 1) g ON (true));
+
+CREATE TABLE rekey.readers (
+    scope text NOT NULL,
+    reader text NOT NULL,
+    key_ids bigint[] NOT NULL,
+    first_seen timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen timestamp with time zone DEFAULT now() NOT NULL,
+    reported_by name DEFAULT SESSION_USER NOT NULL,
+    client_addr inet DEFAULT inet_client_addr(),
+    CONSTRAINT readers_reader_check CHECK (((reader <> ''::text) AND (length(reader) <= 200)))
+);
 
 CREATE TABLE rekey.reports (
     report_id bigint NOT NULL,
@@ -3006,6 +3231,9 @@ ALTER TABLE ONLY rekey.key_policies
 
 ALTER TABLE ONLY rekey.keys
     ADD CONSTRAINT keys_pkey PRIMARY KEY (key_id);
+
+ALTER TABLE ONLY rekey.readers
+    ADD CONSTRAINT readers_pkey PRIMARY KEY (scope, reader);
 
 ALTER TABLE ONLY rekey.reports
     ADD CONSTRAINT reports_pkey PRIMARY KEY (report_id);
