@@ -1408,21 +1408,6 @@ BEGIN
   END LOOP;
 END $$;
 
-CREATE FUNCTION rekey.key_event(p_old_status text, p_new_status text, p_rewrapped boolean) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$
-  SELECT CASE
-    WHEN p_old_status IS NULL THEN 'added'
-    WHEN p_old_status IS NOT DISTINCT FROM p_new_status THEN
-      CASE WHEN p_rewrapped THEN 'rewrapped' END
-    WHEN p_new_status = 'primary' AND p_old_status = 'decrypt_only' THEN 'rolled_back'
-    WHEN p_new_status = 'primary' THEN 'promoted'
-    WHEN p_new_status = 'decrypt_only' AND p_old_status = 'primary' THEN 'demoted'
-    WHEN p_new_status = 'decrypt_only' AND p_old_status = 'retired' THEN 'unretired'
-    ELSE p_new_status
-  END
-$$;
-
 CREATE FUNCTION rekey.key_lifecycle() RETURNS TABLE(from_status text, to_status text)
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -1655,24 +1640,6 @@ CREATE FUNCTION rekey.notify_job_change() RETURNS trigger
     AS $$
 BEGIN
   PERFORM pg_notify('rekey_jobs', NEW.job_id::text);
-  RETURN NULL;
-END $$;
-
-CREATE FUNCTION rekey.notify_key_change() RETURNS trigger
-    LANGUAGE plpgsql
-    AS $$
-DECLARE
-  old_status text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END;
-  event text := rekey.key_event(old_status, NEW.status,
-                                TG_OP = 'UPDATE' AND (OLD.wrapped_key, OLD.kms_key_ref, OLD.kms_provider)
-                                                     IS DISTINCT FROM
-                                                     (NEW.wrapped_key, NEW.kms_key_ref, NEW.kms_provider));
-BEGIN
-  IF event IS NOT NULL THEN
-    PERFORM pg_notify('rekey_keys', jsonb_build_object(
-      'scope', NEW.scope, 'key_id', NEW.key_id, 'event', event, 'status', NEW.status,
-      'previous_status', old_status)::text);
-  END IF;
   RETURN NULL;
 END $$;
 
@@ -1950,6 +1917,11 @@ BEGIN
   ON CONFLICT (scope, reader) DO UPDATE
     SET key_ids = EXCLUDED.key_ids, last_seen = now(), reported_by = session_user,
         client_addr = inet_client_addr();
+  -- Idle workers wait for a job change on rekey_jobs: wake those of the jobs this reader held
+  -- back, so they claim again now rather than at their next poll.
+  PERFORM pg_notify('rekey_jobs', j.job_id::text) FROM rekey.jobs j
+    WHERE j.readers_waiting_for IS NOT NULL AND j.state = 'active'
+      AND j.readers_lagging @> jsonb_build_array(jsonb_build_object('reader', p_reader, 'scope', p_scope));
 END $$;
 
 CREATE FUNCTION rekey.readers_allow_claim(p_job bigint) RETURNS boolean
@@ -1994,6 +1966,12 @@ DECLARE
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   lagging := rekey.job_lagging_readers(p_job, rollback);
+  -- A change is written under the row's lock, re-read: two workers claiming at once record and
+  -- audit it once. (NO KEY UPDATE does not conflict with the KEY SHARE locks of batches.)
+  IF (lagging <> '[]' AND (j.readers_waiting_for IS DISTINCT FROM p_for OR j.readers_lagging IS DISTINCT FROM lagging))
+     OR (lagging = '[]' AND j.readers_waiting_for IS NOT NULL) THEN
+    SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR NO KEY UPDATE;
+  END IF;
   IF lagging <> '[]' THEN
     IF j.readers_waiting_for IS DISTINCT FROM p_for OR j.readers_lagging IS DISTINCT FROM lagging THEN
       UPDATE rekey.jobs
@@ -2019,7 +1997,9 @@ BEGIN
         WHERE a.job_id = p_job AND a.action = 'job.readers_checked' AND a.details->>'for' = p_for
           AND a.at >= CASE WHEN p_for = 'first_batch' THEN '-infinity'
                            ELSE (SELECT s.opened_at FROM rekey.job_stages s
-                                  WHERE s.job_id = p_job AND s.stage_no = j.current_stage) END) THEN
+                                  WHERE s.job_id = p_job
+                                    AND s.stage_no = CASE WHEN rollback THEN coalesce(j.rollback_stage, j.current_stage)
+                                                          ELSE j.current_stage END) END) THEN
     PERFORM rekey.audit_event('job.readers_checked', p_job, jsonb_build_object(
       'for', p_for, 'reader_window', j.reader_window,
       'keys', (SELECT jsonb_agg(k) FROM rekey.job_written_keys(p_job, rollback) k),
@@ -2747,49 +2727,6 @@ CREATE FUNCTION rekey.transit_version(p_value text) RETURNS integer
   SELECT substring(p_value from '^vault:v([0-9]{1,9}):[A-Za-z0-9+/=]+$')::integer;
 $_$;
 
-CREATE TABLE rekey.keys (
-    key_id bigint NOT NULL,
-    scope text DEFAULT 'default'::text NOT NULL,
-    kms_provider text NOT NULL,
-    kms_key_ref text NOT NULL,
-    wrapped_key bytea,
-    algorithm text DEFAULT 'AES-256-GCM'::text NOT NULL,
-    status text NOT NULL,
-    origin text DEFAULT 'generated'::text NOT NULL,
-    max_age interval,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    enabled_at timestamp with time zone,
-    primary_at timestamp with time zone,
-    decrypt_only_at timestamp with time zone,
-    retired_at timestamp with time zone,
-    destroyed_at timestamp with time zone,
-    created_by text DEFAULT CURRENT_USER,
-    updated_by text,
-    CONSTRAINT keys_key_id_check CHECK (((key_id >= 0) AND (key_id <= '4294967295'::bigint))),
-    CONSTRAINT keys_kms_provider_check CHECK ((kms_provider = ANY (ARRAY['local'::text, 'aws-kms'::text, 'vault-transit'::text]))),
-    CONSTRAINT keys_origin_check CHECK ((origin = ANY (ARRAY['generated'::text, 'imported'::text]))),
-    CONSTRAINT keys_status_check CHECK ((status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text, 'retired'::text, 'destroyed'::text]))),
-    CONSTRAINT keys_wrapped_key_iff_not_destroyed CHECK (((wrapped_key IS NULL) = (status = 'destroyed'::text)))
-);
-
-COMMENT ON TABLE rekey.keys IS 'rekey keyring: wrapped data keys and their lifecycle (see docs/keyring.md). Rows are never deleted.';
-
-CREATE VIEW rekey.application_keys WITH (security_barrier='true') AS
- SELECT k.scope,
-    k.key_id,
-    k.status,
-    (k.status = 'primary'::text) AS is_primary,
-    k.algorithm,
-    k.kms_provider,
-    k.kms_key_ref,
-    k.wrapped_key,
-    k.created_at,
-    k.primary_at
-   FROM rekey.keys k
-  WHERE (k.status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text]));
-
-COMMENT ON VIEW rekey.application_keys IS 'rekey: per scope, the primary key and every key an application may decrypt with, wrapped as stored (docs/applications.md)';
-
 CREATE SEQUENCE rekey.audit_audit_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -2942,6 +2879,33 @@ CREATE TABLE rekey.key_policies (
 
 COMMENT ON TABLE rekey.key_policies IS 'rekey: maximum data-key age per scope (''*'' = every other scope); rekey rotate-due rotates keys past it.';
 
+CREATE TABLE rekey.keys (
+    key_id bigint NOT NULL,
+    scope text DEFAULT 'default'::text NOT NULL,
+    kms_provider text NOT NULL,
+    kms_key_ref text NOT NULL,
+    wrapped_key bytea,
+    algorithm text DEFAULT 'AES-256-GCM'::text NOT NULL,
+    status text NOT NULL,
+    origin text DEFAULT 'generated'::text NOT NULL,
+    max_age interval,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    enabled_at timestamp with time zone,
+    primary_at timestamp with time zone,
+    decrypt_only_at timestamp with time zone,
+    retired_at timestamp with time zone,
+    destroyed_at timestamp with time zone,
+    created_by text DEFAULT CURRENT_USER,
+    updated_by text,
+    CONSTRAINT keys_key_id_check CHECK (((key_id >= 0) AND (key_id <= '4294967295'::bigint))),
+    CONSTRAINT keys_kms_provider_check CHECK ((kms_provider = ANY (ARRAY['local'::text, 'aws-kms'::text, 'vault-transit'::text]))),
+    CONSTRAINT keys_origin_check CHECK ((origin = ANY (ARRAY['generated'::text, 'imported'::text]))),
+    CONSTRAINT keys_status_check CHECK ((status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text, 'retired'::text, 'destroyed'::text]))),
+    CONSTRAINT keys_wrapped_key_iff_not_destroyed CHECK (((wrapped_key IS NULL) = (status = 'destroyed'::text)))
+);
+
+COMMENT ON TABLE rekey.keys IS 'rekey keyring: wrapped data keys and their lifecycle (see docs/keyring.md). Rows are never deleted.';
+
 CREATE VIEW rekey.key_age AS
  SELECT k.key_id,
     k.scope,
@@ -3032,7 +2996,20 @@ CREATE VIEW rekey.progress AS
     j.created_at,
     j.started_at,
     j.finished_at,
-    (j.finished_at - j.started_at) AS duration
+    (j.finished_at - j.started_at) AS duration,
+        CASE
+            WHEN (j.state = 'active'::text) THEN j.readers_waiting_for
+            ELSE NULL::text
+        END AS readers_waiting_for,
+        CASE
+            WHEN (j.state = 'active'::text) THEN j.readers_waiting_since
+            ELSE NULL::timestamp with time zone
+        END AS readers_waiting_since,
+        CASE
+            WHEN (j.state = 'active'::text) THEN j.readers_lagging
+            ELSE NULL::jsonb
+        END AS lagging_readers,
+    j.reader_window
    FROM ((((rekey.jobs j
      LEFT JOIN b USING (job_id))
      LEFT JOIN rate r USING (job_id))
@@ -3362,10 +3339,6 @@ CREATE TRIGGER key_policies_audit AFTER INSERT OR DELETE OR UPDATE ON rekey.key_
 CREATE TRIGGER keys_audit AFTER INSERT OR UPDATE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.audit_key_change();
 
 CREATE TRIGGER keys_enforce_lifecycle BEFORE INSERT OR UPDATE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.keys_enforce_lifecycle();
-
-CREATE TRIGGER keys_notify_added AFTER INSERT ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.notify_key_change();
-
-CREATE TRIGGER keys_notify_changed AFTER UPDATE OF status, wrapped_key, kms_key_ref, kms_provider ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.notify_key_change();
 
 CREATE TRIGGER keys_reject_delete BEFORE DELETE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.keys_reject_delete();
 

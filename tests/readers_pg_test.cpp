@@ -15,6 +15,7 @@
 
 #include "harness/pg_server.h"
 #include "harness/process.h"
+#include "ops_support.h"
 #include "rotation_support.h"
 
 namespace rekey::testing {
@@ -171,6 +172,21 @@ TEST_F(ReadersTest, ALaggingReaderHoldsTheFirstBatchUntilItReportsTheNewKey) {
                   " AND action = 'job.waiting_for_readers'"),
             1)
       << "the wait is audited once, not at every claim";
+  {
+    ChildProcess exporter(
+        {REKEY_BINARY, "--db", conninfo(), "exporter", "--listen", "127.0.0.1:0"});
+    auto started = WaitForLog(exporter, "serving /metrics");
+    ASSERT_TRUE(started) << ReadFile(exporter.stderr_path());
+    const std::string m = HttpGet(ListenPort(*started), "/metrics").body;
+    EXPECT_EQ(Sample(m, "rekey_job_lagging_readers{job_id=\"" + j + "\",state=\"active\"}"), 1)
+        << m;
+    EXPECT_GT(
+        Sample(m, "rekey_job_waiting_for_readers_seconds{job_id=\"" + j + "\",state=\"active\"}")
+            .value_or(0),
+        1);
+    exporter.Signal(SIGTERM);
+    EXPECT_EQ(exporter.Wait(30).exit_code, 0);
+  }
 
   Heartbeat("checkout-7f9c", "{1,2}");
   WaitForWorkers();

@@ -7,7 +7,10 @@
 //   bodies, views, triggers and grants (pg_dump --schema-only, grants included). The keys and job
 //   written before the upgrade are intact, and the job still rotates.
 //   tests/vectors/migrations-2eeffa1/ holds those migrations exactly as 2eeffa1 shipped them
-//   (`git show 2eeffa1:migrations/<file>`); they are applied here with 2eeffa1's bookkeeping.
+//   (`git show 2eeffa1:migrations/<file>`); they are applied here with 2eeffa1's bookkeeping, and
+//   tests/vectors/roles-2eeffa1.sql is the sql/roles.sql deployed with them. Migrations added
+//   since are pending; the upgrade must keep every grant made before it, and after it the
+//   operator runs the current sql/roles.sql.
 //
 // * Snapshot: sql/schema.sql is the reviewed schema of a freshly migrated database; a change to
 //   migrations/ or sql/schema/ that changes the schema must update it, so the change shows in
@@ -18,6 +21,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -48,6 +52,24 @@ struct OldMigration {
   std::string name;
   std::string content;
 };
+
+// One line per privilege holder of the rekey schema: each table, view, sequence and function with
+// its ACL, and each column with a column ACL.
+std::map<std::string, std::string> RekeyAcls(pqxx::connection& conn) {
+  pqxx::read_transaction tx(conn);
+  std::map<std::string, std::string> out;
+  for (const auto& row :
+       tx.exec("SELECT p.oid::regprocedure::text AS object, p.proacl::text AS acl FROM pg_proc p "
+               " WHERE p.pronamespace = 'rekey'::regnamespace "
+               "UNION ALL SELECT c.oid::regclass::text, c.relacl::text FROM pg_class c "
+               " WHERE c.relnamespace = 'rekey'::regnamespace AND c.relkind IN ('r', 'v', 'S') "
+               "UNION ALL SELECT a.attrelid::regclass::text || '.' || a.attname, a.attacl::text "
+               "  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+               " WHERE c.relnamespace = 'rekey'::regnamespace AND a.attacl IS NOT NULL")) {
+    out[row["object"].as<std::string>()] = row["acl"].is_null() ? "" : row["acl"].as<std::string>();
+  }
+  return out;
+}
 
 std::vector<OldMigration> MigrationsOf2eeffa1() {
   std::vector<OldMigration> out;
@@ -164,14 +186,12 @@ constexpr const char* kDataBefore =
 TEST_F(SchemaUpgradePgTest, ADatabaseMigratedBy2eeffa1UpgradesToTheFreshSchema) {
   pqxx::connection conn(PgServer::Get().ConnInfo(old_));
   MigrateAs2eeffa1(conn);
-  // As deployed: the operators' roles and grants (sql/roles.sql of 2eeffa1: today's grants
-  // objects that database does not have yet), keys, and a job not yet run.
-  const std::string roles_then =
+  // As deployed: the operators' roles and grants (2eeffa1's sql/roles.sql), keys, and a job not
+  // yet run.
+  const std::string old_roles =
       ReadFile(std::string(REKEY_SOURCE_DIR) + "/tests/vectors/roles-2eeffa1.sql");
-  const std::string roles = ReadFile(std::string(REKEY_SOURCE_DIR) + "/sql/roles.sql");
-  ASSERT_FALSE(roles_then.empty());
-  ASSERT_FALSE(roles.empty());
-  Exec(conn, roles_then);
+  ASSERT_FALSE(old_roles.empty());
+  Exec(conn, old_roles);
   testing::ImportTestKeys(conn, {1, 2});
   testing::SeedTinkTable(conn, "public.cards", 300, 1);
   int64_t job = testing::CreateJobSql(
@@ -180,21 +200,33 @@ TEST_F(SchemaUpgradePgTest, ADatabaseMigratedBy2eeffa1UpgradesToTheFreshSchema) 
       "p_observe => interval '0 seconds'");
   const std::string before = Scalar(conn, kDataBefore);
 
-  // The earlier texts are recognised, not refused as drift; migrations written since are pending.
-  const int then = static_cast<int>(MigrationsOf2eeffa1().size());
-  const int since = static_cast<int>(db::EmbeddedMigrations().size()) - then;
+  // The earlier texts are recognised, not refused as drift; the migrations added since 2eeffa1
+  // are pending.
+  const std::vector<OldMigration> old = MigrationsOf2eeffa1();
+  std::vector<std::string> added;
   for (const db::MigrationStatus& s : db::MigrationStatusList(conn)) {
-    EXPECT_TRUE(s.in_binary) << s.name;
-    if (s.version <= MigrationsOf2eeffa1().back().version) {
-      EXPECT_TRUE(s.applied && s.checksum_matches) << s.name;
+    if (std::any_of(old.begin(), old.end(),
+                    [&](const OldMigration& m) { return m.name == s.name; })) {
+      EXPECT_TRUE(s.applied && s.in_binary && s.checksum_matches) << s.name;
     } else {
-      EXPECT_FALSE(s.applied) << s.name;
+      EXPECT_TRUE(!s.applied && s.in_binary) << s.name;
+      added.push_back(s.name);
     }
   }
+  const std::map<std::string, std::string> acls_before = RekeyAcls(conn);
+  ASSERT_GT(acls_before.size(), 50u);
   db::MigrationReport report = db::Migrate(conn);
-  EXPECT_EQ(static_cast<int>(report.applied.size()), since);
-  EXPECT_EQ(report.already_applied, then);
+  EXPECT_EQ(report.applied, added);
+  EXPECT_EQ(report.already_applied, static_cast<int>(old.size()));
   EXPECT_EQ(report.definitions_applied.size(), db::EmbeddedDefinitions().size());
+  // A definition file that dropped and re-created a function, or a migration that re-created a
+  // table, would have lost the grants made before the upgrade.
+  const std::map<std::string, std::string> acls_after = RekeyAcls(conn);
+  for (const auto& [object, acl] : acls_before) {
+    auto it = acls_after.find(object);
+    ASSERT_NE(it, acls_after.end()) << object << " is gone after the upgrade";
+    EXPECT_EQ(it->second, acl) << "the grants on " << object << " changed in the upgrade";
+  }
   for (const db::DefinitionStatus& s : db::DefinitionStatusList(conn)) {
     EXPECT_TRUE(s.applied && s.current) << s.name;
   }
@@ -204,20 +236,20 @@ TEST_F(SchemaUpgradePgTest, ADatabaseMigratedBy2eeffa1UpgradesToTheFreshSchema) 
   EXPECT_NE(status.out.find("0 definition file(s) to apply"), std::string::npos) << status.out;
   EXPECT_NE(status.out.find("an earlier, equivalent text"), std::string::npos) << status.out;
 
-  // The same schema as a fresh database's given the same grants, before sql/roles.sql is run
-  // again: a definition file that dropped and re-created a function would have lost the
-  // upgraded database's grants.
-  pqxx::connection fresh(PgServer::Get().ConnInfo(fresh_));
-  db::Migrate(fresh);
-  Exec(fresh, roles_then);
+  // The same schema as a fresh database's, grants included: sql/roles.sql run after migrating,
+  // on both, as an operator does after each upgrade.
+  const std::string roles = ReadFile(std::string(REKEY_SOURCE_DIR) + "/sql/roles.sql");
+  ASSERT_FALSE(roles.empty());
+  Exec(conn, roles);
+  {
+    pqxx::connection fresh(PgServer::Get().ConnInfo(fresh_));
+    db::Migrate(fresh);
+    Exec(fresh, roles);
+  }
   std::string upgraded_schema = DumpSchema(old_, true);
   std::string fresh_schema = DumpSchema(fresh_, true);
   EXPECT_GT(fresh_schema.size(), 10000u);
   EXPECT_EQ(upgraded_schema, fresh_schema);
-  // And with today's sql/roles.sql run after the upgrade, as an operator does.
-  Exec(conn, roles);
-  Exec(fresh, roles);
-  EXPECT_EQ(DumpSchema(old_, true), DumpSchema(fresh_, true));
 
   // The data is as it was, and the job runs to completion: every value under key 2.
   EXPECT_EQ(Scalar(conn, kDataBefore), before);

@@ -74,7 +74,7 @@ TEST(Metrics, ADatabaseSnapshotReplacesTheSeriesOfTheLastOne) {
   first.keys = {{1, "default", "primary", 100, 90.0 * 86400},
                 {2, "t1", "enabled", 5, std::nullopt}};
   first.keys_overdue = 1;
-  first.jobs = {{7, "active", 1000, 10}};
+  first.jobs = {{7, "active", 1000, 10, 2, 90}};
   first.jobs_by_state = {{"active", 1}};
   m.SetDatabaseSnapshot(first);
   std::string text = m.Serialize();
@@ -89,6 +89,9 @@ TEST(Metrics, ADatabaseSnapshotReplacesTheSeriesOfTheLastOne) {
       << "no policy, no max age series";
   EXPECT_EQ(Sample(text, "rekey_keys_overdue"), 1);
   EXPECT_EQ(Sample(text, "rekey_job_rows{job_id=\"7\",state=\"active\"}"), 1000);
+  EXPECT_EQ(Sample(text, "rekey_job_lagging_readers{job_id=\"7\",state=\"active\"}"), 2);
+  EXPECT_EQ(Sample(text, "rekey_job_waiting_for_readers_seconds{job_id=\"7\",state=\"active\"}"),
+            90);
   EXPECT_EQ(Sample(text, "rekey_jobs{state=\"active\"}"), 1);
   EXPECT_EQ(Sample(text, "rekey_jobs{state=\"paused\"}"), 0);
 
