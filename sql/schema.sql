@@ -1408,6 +1408,21 @@ BEGIN
   END LOOP;
 END $$;
 
+CREATE FUNCTION rekey.key_event(p_old_status text, p_new_status text, p_rewrapped boolean) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE
+    WHEN p_old_status IS NULL THEN 'added'
+    WHEN p_old_status IS NOT DISTINCT FROM p_new_status THEN
+      CASE WHEN p_rewrapped THEN 'rewrapped' END
+    WHEN p_new_status = 'primary' AND p_old_status = 'decrypt_only' THEN 'rolled_back'
+    WHEN p_new_status = 'primary' THEN 'promoted'
+    WHEN p_new_status = 'decrypt_only' AND p_old_status = 'primary' THEN 'demoted'
+    WHEN p_new_status = 'decrypt_only' AND p_old_status = 'retired' THEN 'unretired'
+    ELSE p_new_status
+  END
+$$;
+
 CREATE FUNCTION rekey.key_lifecycle() RETURNS TABLE(from_status text, to_status text)
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -1640,6 +1655,24 @@ CREATE FUNCTION rekey.notify_job_change() RETURNS trigger
     AS $$
 BEGIN
   PERFORM pg_notify('rekey_jobs', NEW.job_id::text);
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION rekey.notify_key_change() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  old_status text := CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END;
+  event text := rekey.key_event(old_status, NEW.status,
+                                TG_OP = 'UPDATE' AND (OLD.wrapped_key, OLD.kms_key_ref, OLD.kms_provider)
+                                                     IS DISTINCT FROM
+                                                     (NEW.wrapped_key, NEW.kms_key_ref, NEW.kms_provider));
+BEGIN
+  IF event IS NOT NULL THEN
+    PERFORM pg_notify('rekey_keys', jsonb_build_object(
+      'scope', NEW.scope, 'key_id', NEW.key_id, 'event', event, 'status', NEW.status,
+      'previous_status', old_status)::text);
+  END IF;
   RETURN NULL;
 END $$;
 
@@ -2727,6 +2760,49 @@ CREATE FUNCTION rekey.transit_version(p_value text) RETURNS integer
   SELECT substring(p_value from '^vault:v([0-9]{1,9}):[A-Za-z0-9+/=]+$')::integer;
 $_$;
 
+CREATE TABLE rekey.keys (
+    key_id bigint NOT NULL,
+    scope text DEFAULT 'default'::text NOT NULL,
+    kms_provider text NOT NULL,
+    kms_key_ref text NOT NULL,
+    wrapped_key bytea,
+    algorithm text DEFAULT 'AES-256-GCM'::text NOT NULL,
+    status text NOT NULL,
+    origin text DEFAULT 'generated'::text NOT NULL,
+    max_age interval,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    enabled_at timestamp with time zone,
+    primary_at timestamp with time zone,
+    decrypt_only_at timestamp with time zone,
+    retired_at timestamp with time zone,
+    destroyed_at timestamp with time zone,
+    created_by text DEFAULT CURRENT_USER,
+    updated_by text,
+    CONSTRAINT keys_key_id_check CHECK (((key_id >= 0) AND (key_id <= '4294967295'::bigint))),
+    CONSTRAINT keys_kms_provider_check CHECK ((kms_provider = ANY (ARRAY['local'::text, 'aws-kms'::text, 'vault-transit'::text]))),
+    CONSTRAINT keys_origin_check CHECK ((origin = ANY (ARRAY['generated'::text, 'imported'::text]))),
+    CONSTRAINT keys_status_check CHECK ((status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text, 'retired'::text, 'destroyed'::text]))),
+    CONSTRAINT keys_wrapped_key_iff_not_destroyed CHECK (((wrapped_key IS NULL) = (status = 'destroyed'::text)))
+);
+
+COMMENT ON TABLE rekey.keys IS 'rekey keyring: wrapped data keys and their lifecycle (see docs/keyring.md). Rows are never deleted.';
+
+CREATE VIEW rekey.application_keys WITH (security_barrier='true') AS
+ SELECT k.scope,
+    k.key_id,
+    k.status,
+    (k.status = 'primary'::text) AS is_primary,
+    k.algorithm,
+    k.kms_provider,
+    k.kms_key_ref,
+    k.wrapped_key,
+    k.created_at,
+    k.primary_at
+   FROM rekey.keys k
+  WHERE (k.status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text]));
+
+COMMENT ON VIEW rekey.application_keys IS 'rekey: per scope, the primary key and every key an application may decrypt with, wrapped as stored (docs/applications.md)';
+
 CREATE SEQUENCE rekey.audit_audit_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -2878,33 +2954,6 @@ CREATE TABLE rekey.key_policies (
 );
 
 COMMENT ON TABLE rekey.key_policies IS 'rekey: maximum data-key age per scope (''*'' = every other scope); rekey rotate-due rotates keys past it.';
-
-CREATE TABLE rekey.keys (
-    key_id bigint NOT NULL,
-    scope text DEFAULT 'default'::text NOT NULL,
-    kms_provider text NOT NULL,
-    kms_key_ref text NOT NULL,
-    wrapped_key bytea,
-    algorithm text DEFAULT 'AES-256-GCM'::text NOT NULL,
-    status text NOT NULL,
-    origin text DEFAULT 'generated'::text NOT NULL,
-    max_age interval,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    enabled_at timestamp with time zone,
-    primary_at timestamp with time zone,
-    decrypt_only_at timestamp with time zone,
-    retired_at timestamp with time zone,
-    destroyed_at timestamp with time zone,
-    created_by text DEFAULT CURRENT_USER,
-    updated_by text,
-    CONSTRAINT keys_key_id_check CHECK (((key_id >= 0) AND (key_id <= '4294967295'::bigint))),
-    CONSTRAINT keys_kms_provider_check CHECK ((kms_provider = ANY (ARRAY['local'::text, 'aws-kms'::text, 'vault-transit'::text]))),
-    CONSTRAINT keys_origin_check CHECK ((origin = ANY (ARRAY['generated'::text, 'imported'::text]))),
-    CONSTRAINT keys_status_check CHECK ((status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text, 'retired'::text, 'destroyed'::text]))),
-    CONSTRAINT keys_wrapped_key_iff_not_destroyed CHECK (((wrapped_key IS NULL) = (status = 'destroyed'::text)))
-);
-
-COMMENT ON TABLE rekey.keys IS 'rekey keyring: wrapped data keys and their lifecycle (see docs/keyring.md). Rows are never deleted.';
 
 CREATE VIEW rekey.key_age AS
  SELECT k.key_id,
@@ -3339,6 +3388,10 @@ CREATE TRIGGER key_policies_audit AFTER INSERT OR DELETE OR UPDATE ON rekey.key_
 CREATE TRIGGER keys_audit AFTER INSERT OR UPDATE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.audit_key_change();
 
 CREATE TRIGGER keys_enforce_lifecycle BEFORE INSERT OR UPDATE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.keys_enforce_lifecycle();
+
+CREATE TRIGGER keys_notify_added AFTER INSERT ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.notify_key_change();
+
+CREATE TRIGGER keys_notify_changed AFTER UPDATE OF status, wrapped_key, kms_key_ref, kms_provider ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.notify_key_change();
 
 CREATE TRIGGER keys_reject_delete BEFORE DELETE ON rekey.keys FOR EACH ROW EXECUTE FUNCTION rekey.keys_reject_delete();
 
