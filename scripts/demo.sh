@@ -64,7 +64,7 @@ app_alive() {
 for _ in $(seq 1 100); do [ -e "$PG_DIR/app.ready" ] && break; app_alive; sleep 0.2; done
 [ -e "$PG_DIR/app.ready" ] || { echo "demo FAILED: the application did not start" >&2; exit 1; }
 cat "$PG_DIR/app.log"
-psql -X -c "SELECT reader, scope, key_ids, last_seen::time(0) FROM rekey.readers"
+run rekey readers
 # Lines the application logged since the last look.
 app_seen=$(wc -l <"$PG_DIR/app.log")
 app_news() {
@@ -135,13 +135,13 @@ if ! wait_for "SELECT 1 FROM rekey.jobs WHERE job_id = $JOB AND readers_waiting_
   app_news
   exit 1
 fi
-psql -X -c "SELECT job_id, state, readers_waiting_for, readers_waiting_since::time(0), readers_lagging FROM rekey.jobs WHERE job_id = $JOB"
+run rekey status "$JOB"
 psql -X -c "SELECT count(*) AS rows_under_key_2 FROM public.payment_methods WHERE key_id = 2"
 wait_for "SELECT 1 FROM rekey.jobs WHERE job_id = $JOB AND readers_waiting_for IS NULL" $((APP_LOAD_DELAY + 60)) ||
   { echo "demo FAILED: the job still waits for its readers" >&2; app_news; exit 1; }
 echo "The application loaded key 2 and reported it; the job goes on:"
 app_news
-psql -X -c "SELECT reader, scope, key_ids, last_seen::time(0) FROM rekey.readers"
+run rekey readers
 echo "The canary: the workers re-encrypt 1% of the rows, then the gate decrypts every one of them"
 wait_workers
 psql -X -c "SELECT stage_no, percent, values_checked, decrypt_errors, quarantined, error_rate, threshold, audit_complete, passed FROM rekey.gates"
