@@ -311,6 +311,9 @@ TEST_F(ReadersTest, BadHeartbeatsAreRefusedAndWriteNothing) {
       "INSERT INTO rekey.keys (key_id, scope, kms_provider, kms_key_ref, wrapped_key, status) "
       "SELECT 9, 'tenant-b', kms_provider, kms_key_ref, wrapped_key, 'enabled' FROM rekey.keys "
       "WHERE key_id = 1");
+  Heartbeat("pod", "{1}");
+  Exec("UPDATE rekey.readers SET last_seen = '2026-01-01', first_seen = '2026-01-01'");
+  const std::string before = Scalar("SELECT array_agg(r::text) FROM rekey.readers r");
   struct Case {
     std::string call, error;
   };
@@ -331,7 +334,9 @@ TEST_F(ReadersTest, BadHeartbeatsAreRefusedAndWriteNothing) {
       EXPECT_EQ(e.sqlstate(), "22023") << c.call;
     }
   }
-  EXPECT_EQ(Count("SELECT count(*) FROM rekey.readers"), 0);
+  EXPECT_EQ(Scalar("SELECT array_agg(r::text) FROM rekey.readers r"), before)
+      << "a refused heartbeat neither adds a reader nor refreshes one";
+  Exec("DELETE FROM rekey.readers");
 
   // The application role may call the heartbeat and nothing else.
   const std::string app = LoginIn("app", "rekey_application");

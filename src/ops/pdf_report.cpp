@@ -896,10 +896,15 @@ void WritePdfReport(const json& r, const std::vector<StageProgress>& progress, s
             decisions);
 
   doc.Heading("11. What this report does not prove");
+  // What the job checked of the application readers (ops/readers.h): only instances that report.
+  const json& readiness = At(r, "reader_readiness");
   doc.Bullet(
-      "That every application reader can decrypt values under the new key: rekey does not track "
-      "reader readiness. Check that each service that reads the column holds the new key before "
-      "the old one is retired.");
+      "That every application reader can decrypt values under the new key: only instances "
+      "that report as readers (rekey.reader_heartbeat) were checked; " +
+      (readiness.is_object() ? Str(At(readiness, "statement"))
+                             : std::string("reader readiness was not recorded")) +
+      ". Check that each service that reads the column holds the new key before the old "
+      "one is retired.");
   if (!verification.is_object()) {
     doc.Bullet(
         "That no plaintext changed: no plaintext digest was compared with this report. The gates "
