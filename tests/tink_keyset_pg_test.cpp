@@ -302,6 +302,19 @@ TEST_F(TinkKeysetTest, RefusalsWriteNothingAndSayWhatToDo) {
   nlohmann::json exported = nlohmann::json::parse(r.out);
   EXPECT_EQ(exported["primaryKeyId"], two_primary);
   EXPECT_EQ(exported["key"].size(), 3u);
+
+  // A key file is never written to a terminal (util-linux `script` gives rekey one), encrypted or
+  // not, unless --output names a file.
+  for (const std::string& flags : {std::string(""), std::string(" --cleartext")}) {
+    const std::string command = std::string(REKEY_BINARY) + " --db '" + conninfo() +
+                                "' keys export --format tink-keyset" + flags;
+    r = RunProcess({"script", "-qec", command, "/dev/null"},
+                   {{"REKEY_MASTER_KEY", master_b64}, {"REKEY_MASTER_KEY_FILE", std::nullopt}});
+    EXPECT_EQ(r.exit_code, kExitUsage) << r.out << r.err;
+    EXPECT_NE(r.out.find("refusing to write a key file to a terminal"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("primaryKeyId"), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("encryptedKeyset"), std::string::npos) << r.out;
+  }
 }
 
 }  // namespace
