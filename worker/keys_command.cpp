@@ -513,8 +513,8 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
 
   CLI::App* export_cmd = keys->add_subcommand(
       "export",
-      "Write a scope's decryptable keys, its primary first in rank, as an application's key file "
-      "(encrypted under the KMS unless --cleartext)");
+      "Write a scope's decryptable keys as an application's key file, its primary the file's "
+      "primary (encrypted under the KMS unless --cleartext)");
   export_cmd->add_option("--format", o->format, "Key file format")
       ->required()
       ->check(CLI::IsMember(KeyFormatNames()));
