@@ -252,9 +252,12 @@ const std::vector<KeyFormat>& KeyFormats() {
   return formats;
 }
 
-std::vector<std::string> KeyFormatNames() {
+// The formats `import` reads (all), or those `export` writes.
+std::vector<std::string> KeyFormatNames(bool exportable) {
   std::vector<std::string> names;
-  for (const KeyFormat& f : KeyFormats()) names.push_back(f.name);
+  for (const KeyFormat& f : KeyFormats()) {
+    if (!exportable || f.write) names.push_back(f.name);
+  }
   return names;
 }
 
@@ -320,16 +323,19 @@ void ImportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyF
 
 // `rekey keys export --format F`: the scope's decryptable keys, its primary the file's primary.
 void ExportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyFormat& format) {
-  if (!format.write) {
-    throw ConfigError("--format " + std::string(format.name) +
-                      " cannot be exported; export --format tink-keyset");
-  }
   // A terminal keeps what it shows (scrollback, screen sharing, recordings); key files go to a
   // file or a pipe.
   if (o.output.empty() && isatty(STDOUT_FILENO) == 1) {
     throw ConfigError(
         "refusing to write a key file to a terminal; pass --output FILE or redirect "
         "stdout");
+  }
+  if (o.cleartext) {
+    std::fprintf(stderr,
+                 "WARNING: exporting the key material of scope %s in the CLEARTEXT: anyone who "
+                 "reads the file can decrypt every value under these keys; keep it out of version "
+                 "control, logs and backups, and delete it once loaded\n",
+                 o.scope.c_str());
   }
   std::vector<keyring::ExchangedKey> keys;
   keyring::EnvironmentKmsClients kms_for;
@@ -482,7 +488,7 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
       ->capture_default_str();
   import_cmd->add_option("--format", o->format, "Key file format")
       ->capture_default_str()
-      ->check(CLI::IsMember(KeyFormatNames()));
+      ->check(CLI::IsMember(KeyFormatNames(/*exportable=*/false)));
   import_cmd->add_flag("--promote", o->promote,
                        "Make the file's primary key the scope's primary even if the scope has one "
                        "(it becomes decrypt_only)");
@@ -517,7 +523,7 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
       "primary (encrypted under the KMS unless --cleartext)");
   export_cmd->add_option("--format", o->format, "Key file format")
       ->required()
-      ->check(CLI::IsMember(KeyFormatNames()));
+      ->check(CLI::IsMember(KeyFormatNames(/*exportable=*/true)));
   export_cmd->add_option("--scope", o->scope, "The scope whose keys to export")
       ->capture_default_str();
   export_cmd->add_option("--kms", o->kms, "KMS whose key encrypts the file")->capture_default_str();
@@ -526,16 +532,7 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   export_cmd->add_flag("--binary", o->binary, "The format's binary form instead of JSON");
   export_cmd->add_option("--output", o->output,
                          "Write to this file (mode 0600, replaced whole) instead of stdout");
-  export_cmd->callback([o, &global] {
-    if (o->cleartext) {
-      std::fprintf(stderr,
-                   "WARNING: exporting the key material of scope %s in the CLEARTEXT: anyone who "
-                   "reads the file can decrypt every value under these keys; keep it out of "
-                   "version control, logs and backups, and delete it once loaded\n",
-                   o->scope.c_str());
-    }
-    ExportKeyFile(global, *o, FindKeyFormat(o->format));
-  });
+  export_cmd->callback([o, &global] { ExportKeyFile(global, *o, FindKeyFormat(o->format)); });
 
   CLI::App* list = keys->add_subcommand("list", "Show the keyring (never key material)");
   list->add_flag("--json", o->json, "One JSON array instead of a table");
