@@ -1,6 +1,6 @@
 // `rekey keys ...`: the keyring from the command line. Each subcommand is one transaction and
-// prints one confirmation line. Key material is only ever read from a file or stdin, never from a
-// flag (flags end up in shell history and `ps`).
+// prints one confirmation line (`export` on stderr: its stdout is the key file). Key material is
+// only ever read from a file or stdin, never from a flag (flags end up in shell history and `ps`).
 #include <openssl/crypto.h>
 #include <unistd.h>
 
