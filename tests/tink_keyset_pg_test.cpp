@@ -317,5 +317,54 @@ TEST_F(TinkKeysetTest, RefusalsWriteNothingAndSayWhatToDo) {
   }
 }
 
+// The keyset's primary takes the scope's primary only if the scope has none, or with --promote;
+// rekey's own JSON export, fed back through --stdin, is recognised key for key.
+TEST_F(TinkKeysetTest, TheKeysetPrimaryBecomesPrimaryOnlyWhenTheScopeAllowsIt) {
+  ASSERT_EQ(Rekey({"migrate"}).exit_code, 0);
+  ASSERT_EQ(Rekey({"keys", "create", "--key-id", "5"}).exit_code, 0);
+  ASSERT_EQ(Rekey({"keys", "promote", "5"}).exit_code, 0);
+  const std::string first = Path("first.keyset"), second = Path("second.keyset");
+  Tink({"keyset", first});
+  Tink({"keyset", second});
+  auto ids = [&](const std::string& keyset) {
+    return nlohmann::json::parse(
+        Tink({"decrypt", keyset, "cleartext-binary"}, nlohmann::json::array()));
+  };
+  const nlohmann::json a = ids(first), b = ids(second);
+
+  ProcessResult r = Rekey({"keys", "import", "--format", "tink-keyset", "--file", first});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("keeps its primary: `rekey keys promote " + a["primary"].dump() + "`"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(Status(5), "primary");
+  EXPECT_EQ(Status(a["primary"]), "enabled");
+  EXPECT_EQ(Status(a["key_ids"][0]), "decrypt_only");
+
+  r = Rekey({"keys", "import", "--format", "tink-keyset", "--promote", "--file", second});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("key 5 is now decrypt_only"), std::string::npos) << r.out;
+  EXPECT_EQ(Status(5), "decrypt_only");
+  EXPECT_EQ(Status(b["primary"]), "primary");
+  EXPECT_EQ(Status(b["key_ids"][0]), "decrypt_only");
+
+  r = Rekey({"keys", "export", "--format", "tink-keyset", "--cleartext"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  nlohmann::json exported = nlohmann::json::parse(r.out);
+  EXPECT_EQ(exported["primaryKeyId"], b["primary"]);
+  EXPECT_EQ(exported["key"].size(), 5u);
+  for (const nlohmann::json& key : exported["key"]) {
+    EXPECT_EQ(key["status"], "ENABLED");
+    EXPECT_EQ(key["outputPrefixType"], "TINK");
+    EXPECT_EQ(key["keyData"]["typeUrl"], "type.googleapis.com/google.crypto.tink.AesGcmKey");
+  }
+  r = RunRekey({"--db", conninfo(), "keys", "import", "--format", "tink-keyset", "--stdin"},
+               {{"REKEY_MASTER_KEY", master_b64_}, {"REKEY_MASTER_KEY_FILE", std::nullopt}},
+               exported.dump());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("imported 0 key(s)"), std::string::npos) << r.out;
+  EXPECT_EQ(Keys(), 5);
+}
+
 }  // namespace
 }  // namespace rekey
