@@ -22,8 +22,8 @@
 // files to keep in step) would cost more than the ~150 lines here. The code is held to Tink's
 // bytes by vectors that tink-crypto itself produced (tests/tink/vectors.json, from
 // tests/tink/make_vectors.mjs) and by tests/tink_keyset_pg_test.cpp, where tink-crypto reads what
-// rekey writes. The reader skips unknown fields of every wire type, as protobuf does, so a keyset
-// from a newer Tink with added fields still reads.
+// rekey writes. The reader skips unknown fields (every wire type but the deprecated groups), so a
+// keyset from a newer Tink with added fields still reads.
 //
 // An encrypted keyset is what Tink's KeysetHandle.write(writer, masterKeyAead) writes (Java, C++,
 // Go, Python; tink-crypto 0.1.1 leaves it unimplemented): encrypted_keyset =
