@@ -1,6 +1,6 @@
 // `rekey keys ...`: the keyring from the command line. Each subcommand is one transaction and
-// prints one confirmation line. Key material is only ever read from a file or stdin, never from a
-// flag (flags end up in shell history and `ps`).
+// prints one confirmation line (`export` on stderr: its stdout is the key file). Key material is
+// only ever read from a file or stdin, never from a flag (flags end up in shell history and `ps`).
 #include <openssl/crypto.h>
 #include <unistd.h>
 
@@ -24,9 +24,12 @@
 #include "db/connection.h"
 #include "db/conninfo.h"
 #include "keyring/census.h"
+#include "keyring/key_exchange.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
+#include "keyring/tink_keyset.h"
 #include "kms/kms_factory.h"
+#include "ops/atomic_output.h"
 
 namespace rekey::cli {
 
@@ -51,6 +54,11 @@ struct KeysOptions {
   std::vector<int64_t> key_ids;
   std::vector<std::string> accept_unknown;
   std::string reason;
+  std::string format = "raw";  // import and export: a name of KeyFormats()
+  bool promote = false;        // import: the file's primary becomes primary even over another
+  bool cleartext = false;      // export: key material in the clear
+  bool binary = false;         // export: the format's binary form instead of JSON
+  std::string output;          // export: a file instead of stdout
 };
 
 uint32_t CheckedKeyId(int64_t id) {
@@ -174,9 +182,8 @@ void Usage(const GlobalOptions& global, const KeysOptions& o) {
   }
 }
 
-// Reads a data key to import: exactly 32 raw bytes, or the base64 of 32 bytes (any other length
-// is taken as text). The buffers that held it are wiped.
-Secret ReadImportedKey(const KeysOptions& o) {
+// The whole of --file, or of stdin with --stdin. The caller wipes it (it may hold key material).
+std::string ReadInput(const KeysOptions& o) {
   std::string data;
   if (o.use_stdin) {
     data.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
@@ -185,6 +192,13 @@ Secret ReadImportedKey(const KeysOptions& o) {
     if (!in) throw ConfigError("cannot read --file " + o.file);
     data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
+  return data;
+}
+
+// Reads a data key to import: exactly 32 raw bytes, or the base64 of 32 bytes (any other length
+// is taken as text). The buffers that held it are wiped.
+Secret ReadImportedKey(const KeysOptions& o) {
+  std::string data = ReadInput(o);
   size_t read = data.size();
   if (read == kms::kDataKeySize) {
     Secret key(reinterpret_cast<const uint8_t*>(data.data()), data.size());
@@ -204,6 +218,148 @@ Secret ReadImportedKey(const KeysOptions& o) {
   Secret key(decoded->data(), decoded->size());
   OPENSSL_cleanse(decoded->data(), decoded->size());
   return key;
+}
+
+// A key file format of `rekey keys import --format` and `export --format`. Its codec lives in
+// keyring/ (worker only wires): `read` turns a file into the keys it hands over, `write` turns a
+// scope's keys (one marked primary) into a file. Another format is one row of KeyFormats().
+struct KeyFormat {
+  const char* name;
+  std::function<std::vector<keyring::ExchangedKey>(std::string_view contents,
+                                                   const KeysOptions& o)>
+      read;  // nullptr: import only through the raw path below
+  std::function<Secret(const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o)>
+      write;  // nullptr: cannot be exported
+};
+
+// "raw" is today's import: one 32-byte key (or its base64) under --key-id, left enabled.
+const std::vector<KeyFormat>& KeyFormats() {
+  static const std::vector<KeyFormat> formats = {
+      {"raw", nullptr, nullptr},
+      {"tink-keyset",
+       [](std::string_view contents, const KeysOptions& o) {
+         return keyring::tink::KeysOfKeysetFile(
+             contents, [&] { return keyring::tink::KeysetEncryptionKey(o.kms); });
+       },
+       [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
+         return keyring::tink::KeysetFileOf(
+             keys, o.cleartext,
+             o.binary ? keyring::tink::KeysetEncoding::kBinary
+                      : keyring::tink::KeysetEncoding::kJson,
+             [&] { return keyring::tink::KeysetEncryptionKey(o.kms); });
+       }},
+  };
+  return formats;
+}
+
+// The formats `import` reads (all), or those `export` writes.
+std::vector<std::string> KeyFormatNames(bool exportable) {
+  std::vector<std::string> names;
+  for (const KeyFormat& f : KeyFormats()) {
+    if (!exportable || f.write) names.push_back(f.name);
+  }
+  return names;
+}
+
+const KeyFormat& FindKeyFormat(const std::string& name) {
+  for (const KeyFormat& f : KeyFormats()) {
+    if (name == f.name) return f;
+  }
+  throw ConfigError("unknown key format " + name);  // CLI11 checks the name first
+}
+
+std::string IdList(const std::vector<uint32_t>& ids) {
+  std::string out;
+  for (uint32_t id : ids) out += (out.empty() ? "" : ",") + std::to_string(id);
+  return out;
+}
+
+// `rekey keys import --format F`: every key the file hands over, adopted in one transaction
+// (keyring/key_exchange.h says how statuses map).
+void ImportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyFormat& format) {
+  if (o.key_id >= 0) {
+    throw ConfigError("--key-id is for --format raw; a " + std::string(format.name) +
+                      " file names its own key ids");
+  }
+  std::string contents = ReadInput(o);
+  std::vector<keyring::ExchangedKey> keys;
+  try {
+    keys = format.read(contents, o);
+  } catch (...) {
+    WipeAndClear(&contents);
+    throw;
+  }
+  WipeAndClear(&contents);
+  std::unique_ptr<kms::KmsClient> wrap = kms::MakeKmsClient(o.kms);
+  keyring::EnvironmentKmsClients kms_for;
+  keyring::AdoptOptions options;
+  options.scope = o.scope;
+  options.promote_primary = o.promote;
+  keyring::AdoptResult result;
+  InTransaction(global, [&](pqxx::transaction_base& txn) {
+    result = keyring::AdoptKeys(txn, *wrap, std::ref(kms_for), keys, options);
+  });
+  std::vector<uint32_t> adopted, kept;
+  std::string statuses;
+  for (const keyring::AdoptedKey& k : result.keys) {
+    (k.already_there ? kept : adopted).push_back(k.key_id);
+    if (!k.already_there) {
+      statuses += std::string(statuses.empty() ? "" : ", ") + std::to_string(k.key_id) + " " +
+                  keyring::KeyStatusName(k.status);
+    }
+  }
+  std::string note;
+  if (!kept.empty()) note += "; already in the keyring, unchanged: " + IdList(kept);
+  if (result.demoted) note += "; key " + std::to_string(*result.demoted) + " is now decrypt_only";
+  if (result.unpromoted) {
+    note += "; scope " + o.scope + " keeps its primary: `rekey keys promote " +
+            std::to_string(*result.unpromoted) + "` (or import with --promote) makes the " +
+            format.name + "'s primary rekey's";
+  }
+  std::printf("imported %zu key(s) from the %s into scope %s (wrapped by %s)%s%s%s\n",
+              adopted.size(), format.name, o.scope.c_str(), wrap->default_key_ref().c_str(),
+              statuses.empty() ? "" : ": ", statuses.c_str(), note.c_str());
+}
+
+// `rekey keys export --format F`: the scope's decryptable keys, its primary the file's primary.
+void ExportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyFormat& format) {
+  // A terminal keeps what it shows (scrollback, screen sharing, recordings); key files go to a
+  // file or a pipe.
+  if (o.output.empty() && isatty(STDOUT_FILENO) == 1) {
+    throw ConfigError(
+        "refusing to write a key file to a terminal; pass --output FILE or redirect "
+        "stdout");
+  }
+  if (o.cleartext) {
+    std::fprintf(stderr,
+                 "WARNING: exporting the key material of scope %s in the CLEARTEXT: anyone who "
+                 "reads the file can decrypt every value under these keys; keep it out of version "
+                 "control, logs and backups, and delete it once loaded\n",
+                 o.scope.c_str());
+  }
+  std::vector<keyring::ExchangedKey> keys;
+  keyring::EnvironmentKmsClients kms_for;
+  InTransaction(global, [&](pqxx::transaction_base& txn) {
+    keys = keyring::DecryptableKeys(txn, o.scope, std::ref(kms_for));
+  });
+  Secret file = format.write(keys, o);
+  std::optional<ops::AtomicOutputFile> out;
+  if (!o.output.empty()) out.emplace(o.output);  // created 0600, renamed into place when whole
+  std::FILE* stream = out ? out->stream() : stdout;
+  if (std::fwrite(file.data(), 1, file.size(), stream) != file.size() || std::fflush(stream) != 0) {
+    throw ConfigError("cannot write the key file to " + (out ? o.output : std::string("stdout")));
+  }
+  if (out) out->Commit();
+  uint32_t primary = 0;
+  std::vector<uint32_t> ids;
+  for (const keyring::ExchangedKey& k : keys) {
+    ids.push_back(k.key_id);
+    if (k.primary) primary = k.key_id;
+  }
+  std::fprintf(stderr, "exported %zu key(s) of scope %s (%s; primary %u) as a %s %s to %s\n",
+               keys.size(), o.scope.c_str(), IdList(ids).c_str(), primary,
+               o.cleartext ? "CLEARTEXT" : ("encrypted (" + o.kms + " master key)").c_str(),
+               format.name, o.output.empty() ? "stdout" : o.output.c_str());
 }
 
 nlohmann::json OptionalJson(const std::optional<std::string>& s) {
@@ -321,20 +477,35 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   });
 
   CLI::App* import_cmd = keys->add_subcommand(
-      "import", "Import an existing 32-byte data key (raw or base64) from a file or stdin");
-  import_cmd->add_option("--key-id", o->key_id, "The key's id (as in its existing ciphertexts)")
-      ->required();
-  import_cmd->add_option("--scope", o->scope, "Tenant or purpose the key belongs to")
+      "import",
+      "Import data keys from a file or stdin: one 32-byte key (raw or base64, --format raw) or "
+      "every key of an application's key file (--format tink-keyset)");
+  import_cmd->add_option("--key-id", o->key_id,
+                         "--format raw: the key's id (as in its existing ciphertexts)");
+  import_cmd->add_option("--scope", o->scope, "Tenant or purpose the keys belong to")
       ->capture_default_str();
-  import_cmd->add_option("--kms", o->kms, "KMS provider that wraps the key")->capture_default_str();
-  CLI::Option* file = import_cmd->add_option("--file", o->file, "File holding the key");
+  import_cmd->add_option("--kms", o->kms, "KMS provider that wraps the keys")
+      ->capture_default_str();
+  import_cmd->add_option("--format", o->format, "Key file format")
+      ->capture_default_str()
+      ->check(CLI::IsMember(KeyFormatNames(/*exportable=*/false)));
+  import_cmd->add_flag("--promote", o->promote,
+                       "Make the file's primary key the scope's primary even if the scope has one "
+                       "(it becomes decrypt_only)");
+  CLI::Option* file = import_cmd->add_option("--file", o->file, "File holding the key(s)");
   CLI::Option* from_stdin =
-      import_cmd->add_flag("--stdin", o->use_stdin, "Read the key from stdin");
+      import_cmd->add_flag("--stdin", o->use_stdin, "Read the key(s) from stdin");
   file->excludes(from_stdin);
   import_cmd->callback([o, &global] {
     if (o->file.empty() && !o->use_stdin) {
       throw ConfigError("rekey keys import needs --file PATH or --stdin (keys are never flags)");
     }
+    const KeyFormat& format = FindKeyFormat(o->format);
+    if (format.read) {
+      ImportKeyFile(global, *o, format);
+      return;
+    }
+    if (o->key_id < 0) throw ConfigError("rekey keys import --format raw needs --key-id N");
     uint32_t key_id = CheckedKeyId(o->key_id);
     std::unique_ptr<kms::KmsClient> kms = kms::MakeKmsClient(o->kms);
     Secret raw = ReadImportedKey(*o);
@@ -345,6 +516,23 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
     std::printf("imported key %u in scope %s (enabled, wrapped by %s)\n", key.key_id,
                 key.scope.c_str(), key.kms_key_ref.c_str());
   });
+
+  CLI::App* export_cmd = keys->add_subcommand(
+      "export",
+      "Write a scope's decryptable keys as an application's key file, its primary the file's "
+      "primary (encrypted under the KMS unless --cleartext)");
+  export_cmd->add_option("--format", o->format, "Key file format")
+      ->required()
+      ->check(CLI::IsMember(KeyFormatNames(/*exportable=*/true)));
+  export_cmd->add_option("--scope", o->scope, "The scope whose keys to export")
+      ->capture_default_str();
+  export_cmd->add_option("--kms", o->kms, "KMS whose key encrypts the file")->capture_default_str();
+  export_cmd->add_flag("--cleartext", o->cleartext,
+                       "Write the key material in the clear (a warning on stderr)");
+  export_cmd->add_flag("--binary", o->binary, "The format's binary form instead of JSON");
+  export_cmd->add_option("--output", o->output,
+                         "Write to this file (mode 0600, replaced whole) instead of stdout");
+  export_cmd->callback([o, &global] { ExportKeyFile(global, *o, FindKeyFormat(o->format)); });
 
   CLI::App* list = keys->add_subcommand("list", "Show the keyring (never key material)");
   list->add_flag("--json", o->json, "One JSON array instead of a table");

@@ -17,6 +17,7 @@
 
 #include <string>
 
+#include "crypto/aes_gcm.h"
 #include "kms/kms_client.h"
 
 namespace rekey::kms {
@@ -47,6 +48,10 @@ class LocalKms : public KmsClient {
   Secret UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
                        const Bytes& wrapped) override;
   std::string Describe() override;
+
+  // The master key as an AES-256-GCM Aead (Tink's raw AesGcm): the key-encryption key of Tink
+  // encrypted keysets (keyring/tink_keyset.h). The material stays in Secrets.
+  crypto::AesGcmKey MasterKeyAead() const { return crypto::AesGcmKey(master_key_.Clone()); }
 
   // "local:" + hex of the first 8 bytes of SHA-256(master_key).
   static std::string KeyRefFor(const Secret& master_key);
