@@ -347,7 +347,9 @@ BEGIN
 END $$;
 
 -- A rotation's state follows its jobs': completed when all completed, rolled_back when a
--- rollback left all rolled back (or cancelled), cancelled when all were cancelled.
+-- rollback left all rolled back (or cancelled), cancelled when all were cancelled. The rotation
+-- row is locked before the jobs are counted: two jobs finishing in concurrent transactions would
+-- otherwise each count the other unfinished.
 CREATE OR REPLACE FUNCTION rekey.rotation_follow_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   r rekey.rotations;
@@ -357,7 +359,7 @@ DECLARE
   cancelled integer;
   next_state text;
 BEGIN
-  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = NEW.rotation_id;
+  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = NEW.rotation_id FOR UPDATE;
   IF r.state = 'creating' THEN
     RETURN NULL;
   END IF;
