@@ -43,9 +43,10 @@ class RotationGroupTest : public PgTest {
   }
   void RegisterTarget(const std::string& table, const std::string& column,
                       const std::string& key_id_column) {
-    Exec("INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, "
-         "key_id_column) VALUES ('public', '" +
-         table + "', 'id', '" + column + "', 'tink', '" + key_id_column + "')");
+    Exec(
+        "INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, "
+        "key_id_column) VALUES ('public', '" +
+        table + "', 'id', '" + column + "', 'tink', '" + key_id_column + "')");
   }
   // public.people: two encrypted columns, each with its own key-id column (docs/safety.md: a
   // key-id column governs only the columns encrypted under it), values under key `key`.
@@ -55,10 +56,9 @@ class RotationGroupTest : public PgTest {
         "dob bytea)");
     pqxx::work txn(conn());
     for (int id = 1; id <= rows; ++id) {
-      txn.exec_params(
-          "INSERT INTO public.people VALUES ($1, $2, $3, $2, $4)", id, key,
-          pqxx::binarystring(TinkEncrypt(key, "ssn-" + std::to_string(id))),
-          pqxx::binarystring(TinkEncrypt(key, "dob-" + std::to_string(id))));
+      txn.exec_params("INSERT INTO public.people VALUES ($1, $2, $3, $2, $4)", id, key,
+                      pqxx::binarystring(TinkEncrypt(key, "ssn-" + std::to_string(id))),
+                      pqxx::binarystring(TinkEncrypt(key, "dob-" + std::to_string(id))));
     }
     txn.commit();
     RegisterTarget("people", "ssn", "ssn_key");
@@ -205,9 +205,10 @@ TEST_F(RotationGroupTest, BadInputIsRefusedWithOneLineAndNothingWritten) {
   ThreeTablesFourColumns();
   ScopeKeys("other", {5});
   ScopeKeys("idle", {6, 7});  // keys, but no values anywhere
-  Exec("INSERT INTO rekey.keys (key_id, scope, kms_provider, kms_key_ref, wrapped_key, status) "
-       "SELECT 8, 'pay', kms_provider, kms_key_ref, wrapped_key, 'enabled' FROM rekey.keys WHERE "
-       "key_id = 2; UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = 8");
+  Exec(
+      "INSERT INTO rekey.keys (key_id, scope, kms_provider, kms_key_ref, wrapped_key, status) "
+      "SELECT 8, 'pay', kms_provider, kms_key_ref, wrapped_key, 'enabled' FROM rekey.keys WHERE "
+      "key_id = 2; UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = 8");
   // A job of its own already moves cards_a to key 2.
   const int64_t busy = CreateJobSql(conn(),
                                     "'public.cards_a', ARRAY['token'], '{\"1\": 2}', "

@@ -91,8 +91,9 @@ void Rotate(const GlobalOptions& global, const RotateFlags& flags) {
     return;
   }
   PrintRotation(progress.at(0));
-  std::printf("run the jobs with rekey work --all; the new key becomes primary once every job "
-              "reached the promotion stage\n");
+  std::printf(
+      "run the jobs with rekey work --all; the new key becomes primary once every job "
+      "reached the promotion stage\n");
 }
 
 void Status(const GlobalOptions& global, std::optional<int64_t> rotation, bool json) {
@@ -139,10 +140,10 @@ void Report(const GlobalOptions& global, int64_t rotation, bool json, bool no_st
                          "| Scope | Keys | State | Targets | Rows | Promoted |\n" +
                          "| --- | --- | --- | --- | --- | --- |\n";
   const nlohmann::json& r = progress.at(0);
-  markdown += "| " + Text(r["scope"]) + " | " + Text(r["from_keys"]) + " -> " +
-              Text(r["to_key"]) + " | **" + Text(r["state"]) + "** | " + Text(r["tables"]) +
-              " | " + Text(r["rows_done"]) + "/" + Text(r["rows_total"]) + " | " +
-              Text(r["promoted_at"]) + " |\n";
+  markdown += "| " + Text(r["scope"]) + " | " + Text(r["from_keys"]) + " -> " + Text(r["to_key"]) +
+              " | **" + Text(r["state"]) + "** | " + Text(r["tables"]) + " | " +
+              Text(r["rows_done"]) + "/" + Text(r["rows_total"]) + " | " + Text(r["promoted_at"]) +
+              " |\n";
   db::Classified("building the report of rotation " + std::to_string(rotation), [&] {
     pqxx::work txn(*conn);
     for (int64_t job : jobs::RotationJobs(txn, rotation)) {

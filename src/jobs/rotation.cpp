@@ -15,10 +15,13 @@ Rotation CreateRotation(pqxx::transaction_base& txn, const RotationSpec& spec) {
   const std::string to_key = std::to_string(spec.to_key);
   const std::string batch_size = std::to_string(spec.batch_size);
   const std::string registered = db::TextArrayLiteral(spec.register_columns);
-  std::vector<const char*> params = {
-      spec.scope.c_str(), to_key.c_str(),    spec.stages.c_str(),
-      opt(spec.observe),  batch_size.c_str(), opt(spec.name),
-      spec.register_columns.empty() ? nullptr : registered.c_str()};
+  std::vector<const char*> params = {spec.scope.c_str(),
+                                     to_key.c_str(),
+                                     spec.stages.c_str(),
+                                     opt(spec.observe),
+                                     batch_size.c_str(),
+                                     opt(spec.name),
+                                     spec.register_columns.empty() ? nullptr : registered.c_str()};
   Rotation rotation;
   rotation.rotation_id = txn.exec_params1(db::Query("jobs/rotation.create"),
                                           pqxx::prepare::make_dynamic_params(params))["rotation_id"]

@@ -24,7 +24,7 @@ namespace rekey::jobs {
 
 struct RotationSpec {
   std::string scope;
-  uint32_t to_key = 0;  // enabled (or primary) key of `scope`
+  uint32_t to_key = 0;                      // enabled (or primary) key of `scope`
   std::string stages = "{1,25,50,75,100}";  // numeric[] text
   std::optional<std::string> observe;       // interval text; nullopt: gates wait for approval
   int batch_size = 1000;

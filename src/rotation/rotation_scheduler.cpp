@@ -78,9 +78,12 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
       out.jobs = rotation.jobs;
       out.action = "scheduled";
     }
-    nlohmann::json details = {{"scope", due.scope},       {"from_key", due.key},
-                              {"to_key", created.key_id}, {"due_at", due.due_at},
-                              {"jobs", out.jobs},         {"targets", out.targets},
+    nlohmann::json details = {{"scope", due.scope},
+                              {"from_key", due.key},
+                              {"to_key", created.key_id},
+                              {"due_at", due.due_at},
+                              {"jobs", out.jobs},
+                              {"targets", out.targets},
                               {"rotation", out.rotation ? nlohmann::json(*out.rotation) : nullptr},
                               {"result", out.action}};
     const std::string& audit = db::Query("rotation/rotation_scheduler.audit_scheduled");
@@ -96,8 +99,7 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
 jobs::Rotation StartRotation(pqxx::transaction_base& txn, const KmsResolver& kms,
                              RotateRequest request) {
   if (request.new_key) {
-    const std::optional<keyring::KeyRecord> primary =
-        keyring::PrimaryKey(txn, request.spec.scope);
+    const std::optional<keyring::KeyRecord> primary = keyring::PrimaryKey(txn, request.spec.scope);
     if (!primary) {
       throw ConfigError("scope " + request.spec.scope +
                         " has no primary key whose KMS provider --new-key could use; create the "

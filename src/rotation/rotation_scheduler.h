@@ -54,7 +54,7 @@ struct ScopeRotation {
   // runs), deferred (beyond max_jobs), would_schedule (dry run), failed.
   std::string action;
   std::optional<uint32_t> new_key;
-  std::optional<int64_t> rotation;   // of a scheduled scope
+  std::optional<int64_t> rotation;  // of a scheduled scope
   std::vector<int64_t> jobs;
   std::vector<std::string> targets;  // "schema.table (columns; n values)"
   std::string detail;                // e.g. the error of a failed scope
