@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "harness/pg_server.h"
@@ -22,6 +24,12 @@ using ::testing::HasSubstr;
 
 class RotationGroupTest : public PgTest {
  protected:
+  // Roles are cluster-wide: a test's worker login (named after its database) goes with it.
+  void TearDown() override {
+    PgTest::TearDown();
+    pqxx::connection admin(PgServer::Get().ConnInfo("postgres"));
+    pqxx::nontransaction(admin).exec("DROP ROLE IF EXISTS " + dbname() + "_rotation_worker");
+  }
   ProcessResult Rekey(const std::vector<std::string>& args) {
     std::vector<std::string> full{"--db", conninfo()};
     full.insert(full.end(), args.begin(), args.end());
@@ -297,6 +305,40 @@ TEST_F(RotationGroupTest, RotateDueCreatesOneRotationPerScope) {
   }
   ProcessResult status = Rekey({"status"});
   EXPECT_EQ(status.exit_code, 0) << status.err;
+}
+
+// The grants of sql/roles.sql suffice: a worker login (rekey_worker, and the job's own column
+// grants) runs a rotation to its one promotion and completion.
+TEST_F(RotationGroupTest, AWorkerWithLeastPrivilegeRunsARotationToItsPromotion) {
+  std::ifstream in(std::string(REKEY_SOURCE_DIR) + "/sql/roles.sql");
+  std::stringstream roles;
+  roles << in.rdbuf();
+  Exec(roles.str());
+  const std::string login = dbname() + "_rotation_worker";
+  Exec("DROP ROLE IF EXISTS " + login + "; CREATE ROLE " + login + " LOGIN IN ROLE rekey_worker");
+  ScopeKeys("pay", {1, 2});
+  SeedTinkTable(conn(), "public.cards_a", 200, 1);
+  SeedTinkTable(conn(), "public.cards_b", 100, 1);
+  RegisterTarget("cards_a", "token", "key_id");
+  RegisterTarget("cards_b", "token", "key_id");
+  ProcessResult r =
+      Rekey({"rotate", "--scope", "pay", "--to", "2", "--stages", "10,100", "--observe", "0s"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  {
+    pqxx::work txn(conn());
+    for (const char* job : {"1", "2"}) {
+      for (const auto& row : txn.exec(std::string("SELECT rekey.worker_grants(") + job + ")")) {
+        txn.exec(row[0].as<std::string>());
+      }
+    }
+    txn.commit();
+  }
+  r = RunRekey({"--db", conninfo() + " user=" + login, "work", "--all"}, WorkerEnv());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state || ' ' || (promoted_at IS NOT NULL) FROM rekey.rotations"),
+            "completed true");
+  EXPECT_EQ(KeyStatus(2), "primary");
+  EXPECT_EQ(CardsNotUnder("public.cards_a", 2) + CardsNotUnder("public.cards_b", 2), 0);
 }
 
 }  // namespace

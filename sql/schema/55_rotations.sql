@@ -311,10 +311,14 @@ BEGIN
     RAISE EXCEPTION 'rotation % is %: nothing to roll back', p_rotation, r.state
       USING ERRCODE = 'object_not_in_prerequisite_state';
   END IF;
-  -- The old primary first, so that each job's keyring restore finds the scope with its primary.
+  -- The old primary first, so that each job's keyring restore (which makes the first of its
+  -- source keys primary in a scope left without one) finds the scope with its primary. A key
+  -- retired since the rotation completed is readable again first, as rekey.rollback_job does.
   IF r.promoted_at IS NOT NULL AND r.from_primary IS NOT NULL THEN
+    UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = r.from_primary AND status = 'retired';
     UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = r.to_key AND status = 'primary';
-    UPDATE rekey.keys SET status = 'primary' WHERE key_id = r.from_primary AND status <> 'primary';
+    UPDATE rekey.keys SET status = 'primary'
+     WHERE key_id = r.from_primary AND status IN ('enabled', 'decrypt_only');
   END IF;
   UPDATE rekey.rotations SET state = 'rolling_back', rollback_started_at = now(),
          rollback_reason = p_reason, updated_at = now()
