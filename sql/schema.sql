@@ -2563,8 +2563,7 @@ CREATE FUNCTION rekey.rotation_from_keys(p_scope text, p_to_key bigint) RETURNS 
     FROM rekey.keys k
    WHERE k.scope = p_scope AND k.key_id <> p_to_key
      AND (k.status = 'primary'
-          OR (k.status IN ('enabled', 'decrypt_only')
-              AND EXISTS (SELECT 1 FROM rekey.key_usage(k.key_id) u WHERE u.n > 0)))
+          OR (k.status = 'enabled' AND EXISTS (SELECT 1 FROM rekey.key_usage(k.key_id) u WHERE u.n > 0)))
 $$;
 
 CREATE FUNCTION rekey.rotation_in_flight(p_key bigint) RETURNS bigint

@@ -168,6 +168,7 @@ TEST_F(RotationGroupTest, ARotationOverThreeTablesAndFourColumnsPromotesOnceAndR
             0)
       << "every job had opened its promotion stage before the key was promoted";
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.keys WHERE scope = 'pay' AND status = 'primary'"), 1);
+  EXPECT_THAT(Rekey({"status"}).out, HasSubstr("rotation " + rotation + " promoted"));
   Work({"--all"});
   EXPECT_EQ(Scalar("SELECT string_agg(state, ',' ORDER BY job_id) FROM rekey.jobs"),
             "completed,completed,completed,completed");
@@ -217,10 +218,10 @@ TEST_F(RotationGroupTest, BadInputIsRefusedWithOneLineAndNothingWritten) {
       "INSERT INTO rekey.keys (key_id, scope, kms_provider, kms_key_ref, wrapped_key, status) "
       "SELECT 8, 'pay', kms_provider, kms_key_ref, wrapped_key, 'enabled' FROM rekey.keys WHERE "
       "key_id = 2; UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = 8");
-  // A job of its own already moves cards_a to key 2.
+  // A job of its own already moves cards_a to key 2 (promoting it only at its second stage).
   const int64_t busy = CreateJobSql(conn(),
                                     "'public.cards_a', ARRAY['token'], '{\"1\": 2}', "
-                                    "p_key_id_column => 'key_id', p_stages => '{100}'");
+                                    "p_key_id_column => 'key_id', p_stages => '{50,100}'");
   const int64_t audit_before = Count("SELECT count(*) FROM rekey.audit");
   const int64_t keys_before = Count("SELECT count(*) FROM rekey.keys");
 

@@ -49,16 +49,17 @@ LANGUAGE sql VOLATILE AS $$
    ORDER BY 1, 4
 $$;
 
--- The keys of scope p_scope a rotation to p_to_key moves values off: its primary, and every other
--- key of the scope (enabled or decrypt_only) still holding registered values.
+-- The current keys of scope p_scope, which a rotation to p_to_key moves values off: its primary,
+-- and every other enabled key of the scope holding registered values (applications may write
+-- under both). decrypt_only keys are left as they are, as rotate-due always left them: their
+-- values are an earlier rotation's business, and the census keeps such a key from being retired.
 CREATE OR REPLACE FUNCTION rekey.rotation_from_keys(p_scope text, p_to_key bigint)
 RETURNS bigint[] LANGUAGE sql VOLATILE AS $$
   SELECT coalesce(array_agg(k.key_id ORDER BY k.key_id), '{}')
     FROM rekey.keys k
    WHERE k.scope = p_scope AND k.key_id <> p_to_key
      AND (k.status = 'primary'
-          OR (k.status IN ('enabled', 'decrypt_only')
-              AND EXISTS (SELECT 1 FROM rekey.key_usage(k.key_id) u WHERE u.n > 0)))
+          OR (k.status = 'enabled' AND EXISTS (SELECT 1 FROM rekey.key_usage(k.key_id) u WHERE u.n > 0)))
 $$;
 
 -- Jobs created while the transaction-local setting rekey.rotation_id is set join that rotation
