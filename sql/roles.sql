@@ -89,6 +89,10 @@ GRANT INSERT ON rekey.value_audit TO rekey_worker;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA rekey TO rekey_worker;
 -- `rekey work --listen` exports the keyring and job gauges (views run with their owner's rights).
 GRANT SELECT ON rekey.key_age, rekey.progress TO rekey_worker;
+-- Rotations (sql/schema/55_rotations.sql): a job reaching the promotion stage promotes its
+-- rotation's key, and the rotation's state follows its jobs'.
+GRANT SELECT ON rekey.rotations TO rekey_worker;
+GRANT UPDATE (state, promoted_at, finished_at, updated_at) ON rekey.rotations TO rekey_worker;
 
 -- ---------------------------------------------------------------------------------------------
 -- rekey_operator
@@ -106,6 +110,8 @@ GRANT SELECT ON rekey.progress, rekey.stage_status, rekey.batch_status, rekey.au
 -- Key-age policy, rotate-due (the CronJob) and compliance reports (append-only).
 GRANT SELECT, INSERT, UPDATE ON rekey.key_policies TO rekey_operator;
 GRANT SELECT, INSERT ON rekey.reports TO rekey_operator;
+GRANT SELECT, INSERT, UPDATE ON rekey.rotations TO rekey_operator;
+GRANT SELECT ON rekey.rotation_progress TO rekey_operator, rekey_monitor;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA rekey TO rekey_operator;
 
 -- ---------------------------------------------------------------------------------------------

@@ -126,6 +126,11 @@ TEST_F(OpsSchedulingTest, RotateDueRotatesOverdueScopesAFewPerRunThroughStagedJo
                    "(job_id)"),
             "1->6 public.cards_a 10,100; 2->7 public.cards_b 10,100");
   EXPECT_EQ(Scalar("SELECT scope || ':' || status FROM rekey.keys WHERE key_id = 6"), "a:enabled");
+  // One rotation per scope, holding its jobs (tests/rotation_group_pg_test.cpp for more tables).
+  EXPECT_EQ(Scalar("SELECT string_agg(r.scope || ':' || r.to_key || ':' || j.job_id, ' ' ORDER BY "
+                   "r.rotation_id) FROM rekey.rotations r JOIN rekey.jobs j USING (rotation_id)"),
+            "a:6:1 b:7:2");
+  EXPECT_EQ(first[0]["rotation"], 1);
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.scheduled'"), 2);
 
   // The exporter shows the scheduled jobs' progress (nothing processed yet) and the overdue keys.
@@ -163,6 +168,8 @@ TEST_F(OpsSchedulingTest, RotateDueRotatesOverdueScopesAFewPerRunThroughStagedJo
 
   WorkAll();
   EXPECT_EQ(Scalar("SELECT string_agg(state, ',') FROM rekey.jobs"),
+            "completed,completed,completed");
+  EXPECT_EQ(Scalar("SELECT string_agg(state, ',' ORDER BY rotation_id) FROM rekey.rotations"),
             "completed,completed,completed");
   for (const char* t : {"public.cards_a", "public.cards_b", "public.cards_c"}) {
     EXPECT_EQ(Count(std::string("SELECT count(*) FROM ") + t +

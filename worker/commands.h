@@ -4,6 +4,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <pqxx/pqxx>
 #include <string>
 
 namespace rekey::cli {
@@ -21,5 +22,9 @@ void AddAuditCommand(CLI::App& app, GlobalOptions& global);    // audit_command.
 void AddReadersCommand(CLI::App& app, GlobalOptions& global);  // readers_command.cpp
 // keys status, keys policy, rotate-due, report, exporter; after AddKeysCommand (ops_commands.cpp)
 void AddOpsCommands(CLI::App& app, GlobalOptions& global);
+// rotate, rotation status|rollback|report (rotate_command.cpp)
+void AddRotateCommand(CLI::App& app, GlobalOptions& global);
+// The unfinished rotations, for `rekey status` (rotate_command.cpp).
+void PrintRotationsSection(pqxx::connection& conn);
 
 }  // namespace rekey::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   rekey::cli::AddAuditCommand(app, global);
   rekey::cli::AddReadersCommand(app, global);
   rekey::cli::AddOpsCommands(app, global);
+  rekey::cli::AddRotateCommand(app, global);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

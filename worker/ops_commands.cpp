@@ -135,6 +135,7 @@ void RotateDueCommand(const GlobalOptions& global, const RotateDueFlags& flags) 
                    {"due_at", r.due_at},
                    {"action", r.action},
                    {"new_key", Opt(r.new_key)},
+                   {"rotation", Opt(r.rotation)},
                    {"jobs", r.jobs},
                    {"targets", r.targets},
                    {"detail", r.detail}});
@@ -142,6 +143,7 @@ void RotateDueCommand(const GlobalOptions& global, const RotateDueFlags& flags) 
     std::string line = "scope " + r.scope + " (key " + std::to_string(r.old_key) + ", due " +
                        r.due_at + "): " + r.action;
     if (r.new_key) line += ", new key " + std::to_string(*r.new_key);
+    if (r.rotation) line += ", rotation " + std::to_string(*r.rotation);
     if (!r.jobs.empty()) {
       line += r.action == "in_flight" ? ", job " : ", jobs";
       for (int64_t j : r.jobs) line += " " + std::to_string(j);

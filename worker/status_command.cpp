@@ -108,6 +108,7 @@ void Status(const GlobalOptions& global, const StatusFlags& flags) {
     } else {
       if (flags.watch && tty) std::printf("\033[H\033[2J");
       PrintTable(jobs, tty);
+      if (flags.job == 0) PrintRotationsSection(*conn);
       std::fflush(stdout);
     }
     if (!flags.watch || !ops::AnyActive(jobs)) return;

@@ -271,7 +271,8 @@ BEGIN
     'batches', (SELECT count(*) FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage),
     'rows', (SELECT sum(planned_rows) FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage)));
   IF st.kind = 'rollout' AND p_stage >= j.promote_at_stage AND NOT j.keys_promoted THEN
-    PERFORM rekey.promote_job_keys(p_job);
+    -- A job of a rotation defers to it (sql/schema/55_rotations.sql).
+    PERFORM rekey.promote_or_defer(p_job);
   END IF;
 END $$;
 
@@ -488,8 +489,10 @@ BEGIN
   SELECT max(stage_no) INTO last_stage FROM rekey.job_stages WHERE job_id = p_job AND kind = 'rollout';
   IF p_stage = last_stage THEN
     -- Everything has moved and the new key is primary: sweep up what applications wrote meanwhile.
-    IF NOT j.keys_promoted THEN
-      PERFORM rekey.promote_job_keys(p_job);
+    -- A job of a rotation whose other jobs are short of the promotion stage waits for them.
+    IF NOT j.keys_promoted AND NOT rekey.promote_or_defer(p_job) THEN
+      PERFORM rekey.hold_for_rotation(p_job);
+      RETURN gate;
     END IF;
     PERFORM rekey.open_stage(p_job, rekey.add_stage(p_job, 'sweep', 100, 0, 10000));
   ELSE
@@ -531,8 +534,8 @@ BEGIN
     'from_stage', j.current_stage, 'to_stage', next_stage, 'forced', p_force));
   IF next_stage IS NULL THEN
     -- Past the last rollout stage (a forced advance over its failed gate): sweep.
-    IF NOT j.keys_promoted THEN
-      PERFORM rekey.promote_job_keys(p_job);
+    IF NOT j.keys_promoted AND NOT rekey.promote_or_defer(p_job) THEN
+      RETURN rekey.hold_for_rotation(p_job);
     END IF;
     PERFORM rekey.open_stage(p_job, rekey.add_stage(p_job, 'sweep', 100, 0, 10000));
     RETURN format('job %s: stage %s approved; sweeping for values still under the old key', p_job, j.current_stage);
@@ -552,6 +555,7 @@ BEGIN
   FOR j IN
     SELECT x.job_id FROM rekey.jobs x
      WHERE x.state = 'awaiting_approval' AND x.observe IS NOT NULL AND (p_job IS NULL OR x.job_id = p_job)
+       AND NOT rekey.held_by_rotation(x.job_id)
        AND EXISTS (SELECT 1 FROM rekey.gates g WHERE g.job_id = x.job_id AND g.stage_no = x.current_stage
                       AND g.passed AND g.verified_at + x.observe <= now())
      FOR UPDATE SKIP LOCKED
@@ -600,6 +604,7 @@ BEGIN
     RAISE EXCEPTION 'roll back to 0 or to one of the earlier stages'' percentages (%)', j.stage_plan
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
+  PERFORM rekey.refuse_partial_rotation_rollback(p_job);
   IF EXISTS (SELECT 1 FROM rekey.keys k JOIN rekey.job_keys jk ON jk.source_key_id = k.key_id
               WHERE jk.job_id = p_job AND k.status = 'destroyed') THEN
     RAISE EXCEPTION 'a source key of job % is destroyed: its values cannot be restored', p_job
@@ -617,6 +622,7 @@ BEGIN
     INTO other
     FROM rekey.jobs o
    WHERE o.job_id <> p_job AND rekey.job_unfinished(o.state)
+     AND o.rotation_id IS DISTINCT FROM coalesce(j.rotation_id, -1)  -- rolled back with it
      AND EXISTS (SELECT 1 FROM rekey.job_keys q JOIN rekey.job_keys m
                      ON m.job_id = p_job
                     AND (q.source_key_id IN (m.source_key_id, m.target_key_id)

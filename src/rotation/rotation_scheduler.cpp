@@ -8,7 +8,6 @@
 #include "common/log.h"
 #include "db/connection.h"
 #include "db/named_query.h"
-#include "jobs/rollout_planner.h"
 #include "keyring/keyring.h"
 
 namespace rekey::rotation {
@@ -30,13 +29,8 @@ void Unlock(pqxx::connection& conn) {
   txn.exec_params(db::Query("rotation/rotation_scheduler.unlock"), kRotateDueLock);
 }
 
-std::vector<std::string> Targets(pqxx::transaction_base& txn, uint32_t key) {
-  std::vector<std::string> out;
-  for (const auto& row : txn.exec_params(db::Query("rotation/rotation_scheduler.targets"), key)) {
-    out.push_back(row["target"].as<std::string>());
-  }
-  return out;
-}
+// Key 0 is never a rotation's target (keys are numbered from 1): no key is left out.
+constexpr uint32_t kNoKey = 0;
 
 void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOptions& options,
               const DueScope& due, ScopeRotation& out) {
@@ -65,29 +59,32 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
     key_options.scope = due.scope;
     keyring::KeyRecord created = keyring::CreateKey(txn, kms(due.provider), key_options);
     out.new_key = created.key_id;
-    out.targets = Targets(txn, due.key);
+    out.targets = jobs::RotationTargets(txn, due.scope, created.key_id);
     const std::string name = "rotate-due " + due.scope + " " + std::to_string(due.key) + "->" +
                              std::to_string(created.key_id);
     if (out.targets.empty()) {
       keyring::PromoteKey(txn, created.key_id);
       out.action = "promoted";
     } else {
-      // Staged jobs are planned in this process (jobs/rollout_planner.h).
-      const bool deferred = jobs::DeferRolloutPlanning(txn);
-      for (const auto& row :
-           txn.exec_params(db::Query("rotation/rotation_scheduler.create_jobs"),
-                           std::to_string(due.key), created.key_id, options.batch_size, name,
-                           options.stages, options.observe ? options.observe->c_str() : nullptr)) {
-        out.jobs.push_back(row["job_id"].as<int64_t>());
-      }
-      if (deferred) {
-        for (int64_t job : out.jobs) jobs::PlanRolloutInClient(txn, job);
-      }
+      jobs::RotationSpec spec;
+      spec.scope = due.scope;
+      spec.to_key = created.key_id;
+      spec.stages = options.stages;
+      spec.observe = options.observe;
+      spec.batch_size = options.batch_size;
+      spec.name = name;
+      const jobs::Rotation rotation = jobs::CreateRotation(txn, spec);
+      out.rotation = rotation.rotation_id;
+      out.jobs = rotation.jobs;
       out.action = "scheduled";
     }
-    nlohmann::json details = {{"scope", due.scope},       {"from_key", due.key},
-                              {"to_key", created.key_id}, {"due_at", due.due_at},
-                              {"jobs", out.jobs},         {"targets", out.targets},
+    nlohmann::json details = {{"scope", due.scope},
+                              {"from_key", due.key},
+                              {"to_key", created.key_id},
+                              {"due_at", due.due_at},
+                              {"jobs", out.jobs},
+                              {"targets", out.targets},
+                              {"rotation", out.rotation ? nlohmann::json(*out.rotation) : nullptr},
                               {"result", out.action}};
     const std::string& audit = db::Query("rotation/rotation_scheduler.audit_scheduled");
     if (out.jobs.empty()) txn.exec_params(audit, nullptr, details.dump());
@@ -98,6 +95,23 @@ void Schedule(pqxx::connection& conn, const KmsResolver& kms, const RotateDueOpt
 }
 
 }  // namespace
+
+jobs::Rotation StartRotation(pqxx::transaction_base& txn, const KmsResolver& kms,
+                             RotateRequest request) {
+  if (request.new_key) {
+    const std::optional<keyring::KeyRecord> primary = keyring::PrimaryKey(txn, request.spec.scope);
+    if (!primary) {
+      throw ConfigError("scope " + request.spec.scope +
+                        " has no primary key whose KMS provider --new-key could use; create the "
+                        "key (rekey keys create --scope " +
+                        request.spec.scope + ") and pass --to KEY");
+    }
+    keyring::CreateKeyOptions key_options;
+    key_options.scope = request.spec.scope;
+    request.spec.to_key = keyring::CreateKey(txn, kms(primary->kms_provider), key_options).key_id;
+  }
+  return jobs::CreateRotation(txn, request.spec);
+}
 
 std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& kms,
                                      const RotateDueOptions& options) {
@@ -137,7 +151,7 @@ std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& 
         ++started;
         r.action = "would_schedule";
         pqxx::read_transaction txn(conn);
-        r.targets = Targets(txn, d.key);
+        r.targets = jobs::RotationTargets(txn, d.scope, kNoKey);
       } else {
         if (started > 0 && options.stagger.count() > 0)
           std::this_thread::sleep_for(options.stagger);

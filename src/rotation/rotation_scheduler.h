@@ -1,10 +1,15 @@
-// RotationScheduler: `rekey rotate-due`, what a CronJob runs. For each scope whose primary key is
-// past its maximum age (rekey.rotation_due, oldest due first) and that no unfinished job is
-// already rotating, it creates a new data key in that scope (wrapped by the same KMS provider as
-// the old one) and the staged jobs that move the scope's registered targets from the old key to
-// the new one (rekey.rotation_targets: registered columns found by identity and whole-column
-// usage, one unscoped job per table). A scope whose old key holds no registered values gets its
-// new key promoted directly.
+// RotationScheduler: `rekey rotate` and `rekey rotate-due`, what a CronJob runs.
+//
+// StartRotation creates one rotation of a scope (jobs/rotation.h): optionally a new data key
+// first, wrapped by the KMS provider of the scope's primary, then the rotation and its jobs.
+//
+// RotateDue: for each scope whose primary key is past its maximum age (rekey.rotation_due, oldest
+// due first) and that no unfinished job is already rotating, it creates a new data key in that
+// scope (wrapped by the same KMS provider as the old one) and one rotation moving the scope's
+// registered targets from its current keys to the new one (rekey.create_rotation: registered
+// columns found by identity and whole-column usage, one unscoped job per table and key-id
+// column, the new key promoted once, when every job reached the promotion stage). A scope whose
+// keys hold no registered values gets its new key promoted directly.
 //
 // At most max_jobs scopes are rotated per run, so a thousand overdue tenants are spread over
 // successive runs instead of hitting the KMS and the database in one burst; the rest are
@@ -25,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "jobs/rotation.h"
 #include "kms/kms_client.h"
 
 namespace rekey::rotation {
@@ -48,13 +54,25 @@ struct ScopeRotation {
   // runs), deferred (beyond max_jobs), would_schedule (dry run), failed.
   std::string action;
   std::optional<uint32_t> new_key;
+  std::optional<int64_t> rotation;  // of a scheduled scope
   std::vector<int64_t> jobs;
-  std::vector<std::string> targets;  // "schema.table (n values)"
+  std::vector<std::string> targets;  // "schema.table (columns; n values)"
   std::string detail;                // e.g. the error of a failed scope
   int exit_code = 0;                 // of a failed scope: rekey::ExitCodeFor its error
 };
 
 using KmsResolver = std::function<kms::KmsClient&(const std::string& provider)>;
+
+struct RotateRequest {
+  jobs::RotationSpec spec;  // spec.to_key is ignored with new_key
+  bool new_key = false;     // generate the target key, through the scope primary's KMS provider
+};
+
+// Creates the rotation in `txn` (the caller commits), after the new key if asked. Throws
+// ConfigError for new_key in a scope without a primary key, whatever the KMS throws, and the
+// database's refusals (jobs/rotation.h).
+jobs::Rotation StartRotation(pqxx::transaction_base& txn, const KmsResolver& kms,
+                             RotateRequest request);
 
 // Returns one entry per overdue scope. Throws TransientError if another run holds the lock.
 std::vector<ScopeRotation> RotateDue(pqxx::connection& conn, const KmsResolver& kms,

@@ -13,11 +13,13 @@ LIMIT 1
 
 -- name: work_remains
 -- Whether job $1 (or any job when NULL) still needs a worker: active or verifying, or awaiting
--- approval with an automatic observation period.
+-- approval with an automatic observation period -- unless it waits for the rest of its rotation
+-- (rekey.held_by_rotation), which other jobs' work ends.
 SELECT EXISTS (SELECT 1 FROM rekey.jobs j
                WHERE ($1::bigint IS NULL OR j.job_id = $1::bigint)
                  AND (j.state IN ('active', 'verifying')
-                      OR (j.state = 'awaiting_approval' AND j.observe IS NOT NULL)))
+                      OR (j.state = 'awaiting_approval' AND j.observe IS NOT NULL
+                          AND NOT rekey.held_by_rotation(j.job_id))))
   AS work_remains
 
 -- name: finish_stages
