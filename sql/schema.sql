@@ -64,6 +64,7 @@ BEGIN
   FOR j IN
     SELECT x.job_id FROM rekey.jobs x
      WHERE x.state = 'awaiting_approval' AND x.observe IS NOT NULL AND (p_job IS NULL OR x.job_id = p_job)
+       AND NOT rekey.held_by_rotation(x.job_id)
        AND EXISTS (SELECT 1 FROM rekey.gates g WHERE g.job_id = x.job_id AND g.stage_no = x.current_stage
                       AND g.passed AND g.verified_at + x.observe <= now())
      FOR UPDATE SKIP LOCKED
@@ -101,8 +102,8 @@ BEGIN
     'from_stage', j.current_stage, 'to_stage', next_stage, 'forced', p_force));
   IF next_stage IS NULL THEN
     -- Past the last rollout stage (a forced advance over its failed gate): sweep.
-    IF NOT j.keys_promoted THEN
-      PERFORM rekey.promote_job_keys(p_job);
+    IF NOT j.keys_promoted AND NOT rekey.promote_or_defer(p_job) THEN
+      RETURN rekey.hold_for_rotation(p_job);
     END IF;
     PERFORM rekey.open_stage(p_job, rekey.add_stage(p_job, 'sweep', 100, 0, 10000));
     RETURN format('job %s: stage %s approved; sweeping for values still under the old key', p_job, j.current_stage);
@@ -770,6 +771,105 @@ BEGIN
   RETURN job;
 END $_$;
 
+CREATE FUNCTION rekey.create_rotation(p_scope text, p_to_key bigint, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_observe interval DEFAULT NULL::interval, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_promote_at_stage integer DEFAULT NULL::integer, p_error_threshold numeric DEFAULT 0.001, p_gate_sample_size integer DEFAULT 10000, p_register text[] DEFAULT NULL::text[]) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  to_key rekey.keys;
+  busy bigint;
+  from_keys bigint[];
+  key_map jsonb;
+  rid bigint;
+  tgt record;
+  col record;
+  t record;
+  parts text[];
+  n integer := 0;
+  jobs bigint[] := '{}';
+  k bigint;
+BEGIN
+  PERFORM rekey.lock_job_definitions();
+  IF NOT EXISTS (SELECT 1 FROM rekey.keys WHERE scope = p_scope) THEN
+    RAISE EXCEPTION 'scope % has no keys; rekey keys list shows the keyring', quote_literal(coalesce(p_scope, ''))
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT * INTO to_key FROM rekey.keys WHERE key_id = p_to_key;
+  IF to_key.key_id IS NULL THEN
+    RAISE EXCEPTION 'unknown target key %; rekey keys list shows the keyring', p_to_key
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF to_key.scope <> p_scope THEN
+    RAISE EXCEPTION 'key % is in scope %, not %: a rotation stays within its scope', p_to_key,
+      quote_literal(to_key.scope), quote_literal(p_scope) USING ERRCODE = 'invalid_parameter_value';
+  ELSIF to_key.status NOT IN ('enabled', 'primary') THEN
+    RAISE EXCEPTION 'key % is %: a rotation writes under an enabled key (rekey keys create, or --new-key)',
+      p_to_key, to_key.status USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT r.rotation_id INTO busy FROM rekey.rotations r
+   WHERE r.scope = p_scope AND r.state IN ('creating', 'rotating', 'promoted', 'rolling_back');
+  IF busy IS NOT NULL THEN
+    RAISE EXCEPTION 'rotation % of scope % is unfinished; let it finish or roll it back (rekey rotation rollback %)',
+      busy, quote_literal(p_scope), busy USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+
+  FOR i IN 1 .. coalesce(cardinality(p_register), 0) LOOP
+    parts := parse_ident(p_register[i]);
+    IF cardinality(parts) <> 3 THEN
+      RAISE EXCEPTION 'register a column as schema.table.column, not %', quote_literal(p_register[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    t := rekey.job_table(format('%I.%I', parts[1], parts[2]));
+    PERFORM rekey.check_job_columns(t.schema_name, t.table_name, t.pk_column, ARRAY[parts[3]], false);
+    IF NOT EXISTS (SELECT 1 FROM rekey.target_columns() tc
+                    WHERE tc.relid = format('%I.%I', t.schema_name, t.table_name)::regclass
+                      AND tc.column_name = parts[3]) THEN
+      INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec)
+      VALUES (t.schema_name, t.table_name, t.pk_column, parts[3], 'tink');
+    END IF;
+  END LOOP;
+
+  from_keys := rekey.rotation_from_keys(p_scope, p_to_key);
+  FOREACH k IN ARRAY from_keys LOOP
+    SELECT c.* INTO col FROM rekey.key_census(k) c
+     WHERE c.target_id IS NULL AND c.status = 'in_use' AND 'tink' = ANY (c.formats)
+     ORDER BY 1, 2, 3 LIMIT 1;
+    IF col.column_name IS NOT NULL THEN
+      RAISE EXCEPTION 'column %.%.% holds % values under key % and is not registered: register it with --register %.%.% (or move its values yourself) so that the rotation leaves nothing under the old key',
+        quote_ident(col.schema_name), quote_ident(col.table_name), quote_ident(col.column_name),
+        col.n, k, quote_ident(col.schema_name), quote_ident(col.table_name), quote_ident(col.column_name)
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+  END LOOP;
+  IF NOT EXISTS (SELECT 1 FROM rekey.rotation_scope_targets(from_keys)) THEN
+    RAISE EXCEPTION 'scope % has no registered values under its keys (%): nothing to rotate; register its columns (a job, or --register) or promote the key (rekey keys promote %)',
+      quote_literal(p_scope), coalesce(nullif(array_to_string(from_keys, ', '), ''), 'none'), p_to_key
+      USING ERRCODE = 'no_data_found';
+  END IF;
+  SELECT jsonb_object_agg(f::text, p_to_key) INTO key_map FROM unnest(from_keys) f;
+
+  INSERT INTO rekey.rotations (name, scope, from_keys, from_primary, to_key, stage_plan)
+  VALUES (p_name, p_scope, from_keys,
+          (SELECT key_id FROM rekey.keys WHERE scope = p_scope AND status = 'primary' AND key_id <> p_to_key),
+          p_to_key, p_stages)
+  RETURNING rotation_id INTO rid;
+  PERFORM set_config('rekey.rotation_id', rid::text, true);
+  FOR tgt IN SELECT * FROM rekey.rotation_scope_targets(from_keys) LOOP
+    jobs := jobs || rekey.create_job(tgt.table_name, tgt.columns, key_map, tgt.codecs, tgt.key_id_column,
+                                     tgt.ad_template, p_batch_size => p_batch_size, p_name => p_name,
+                                     p_stages => p_stages, p_promote_at_stage => p_promote_at_stage,
+                                     p_error_threshold => p_error_threshold, p_observe => p_observe,
+                                     p_gate_sample_size => p_gate_sample_size,
+                                     p_not_governed => tgt.not_governed);
+  END LOOP;
+  PERFORM set_config('rekey.rotation_id', '', true);
+  UPDATE rekey.rotations SET state = 'rotating', updated_at = now() WHERE rotation_id = rid;
+  PERFORM rekey.audit_event('rotation.created', NULL, jsonb_build_object(
+    'rotation', rid, 'scope', p_scope, 'from_keys', to_jsonb(from_keys), 'to_key', p_to_key,
+    'jobs', to_jsonb(jobs), 'stages', to_jsonb(p_stages)));
+  -- Promoting at the first stage: every job has reached it now.
+  PERFORM rekey.rotation_promote_due(rid);
+  RETURN rid;
+END $$;
+
 CREATE FUNCTION rekey.create_transit_job(p_table text, p_columns text[], p_transit_key text, p_min_version integer, p_ad_template text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000) RETURNS bigint
     LANGUAGE plpgsql
     AS $_$
@@ -1000,6 +1100,32 @@ BEGIN
   RETURN NEW;
 END $$;
 
+CREATE FUNCTION rekey.held_by_rotation(p_job bigint) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT j.rotation_id IS NOT NULL AND NOT j.keys_promoted AND j.rollback_stage IS NULL
+         AND j.current_stage >= (SELECT max(s.stage_no) FROM rekey.job_stages s
+                                  WHERE s.job_id = j.job_id AND s.kind = 'rollout')
+    FROM rekey.jobs j WHERE j.job_id = p_job
+$$;
+
+CREATE FUNCTION rekey.hold_for_rotation(p_job bigint) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  reason text;
+BEGIN
+  SELECT format('waiting for rotation %s to promote key %s: job(s) %s have not reached the promotion stage yet',
+                r.rotation_id, r.to_key,
+                (SELECT string_agg(o.job_id::text, ', ' ORDER BY o.job_id) FROM rekey.jobs o
+                  WHERE o.rotation_id = r.rotation_id AND NOT rekey.job_reached_promotion(o)))
+    INTO reason
+    FROM rekey.jobs j JOIN rekey.rotations r USING (rotation_id) WHERE j.job_id = p_job;
+  UPDATE rekey.jobs SET state = 'awaiting_approval', state_reason = reason, updated_at = now()
+   WHERE job_id = p_job;
+  RETURN format('job %s: %s', p_job, reason);
+END $$;
+
 CREATE FUNCTION rekey.job_lagging_readers(p_job bigint, p_rollback boolean) RETURNS jsonb
     LANGUAGE sql STABLE
     AS $$
@@ -1007,6 +1133,69 @@ CREATE FUNCTION rekey.job_lagging_readers(p_job bigint, p_rollback boolean) RETU
                                                'last_seen', l.last_seen)
                             ORDER BY l.scope, l.reader, l.key_id), '[]')
     FROM rekey.job_written_keys(p_job, p_rollback) k, LATERAL rekey.lagging_readers(p_job, k) l
+$$;
+
+CREATE TABLE rekey.jobs (
+    job_id bigint NOT NULL,
+    name text,
+    schema_name name NOT NULL,
+    table_name name NOT NULL,
+    pk_column name NOT NULL,
+    pk_type text NOT NULL,
+    key_id_column name,
+    ad_template text,
+    scope_column name,
+    scope_value text,
+    scope_type text,
+    batch_size integer NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    per_row_audit boolean DEFAULT false NOT NULL,
+    stage_plan numeric[] DEFAULT '{1,25,50,75,100}'::numeric[] NOT NULL,
+    promote_at_stage integer NOT NULL,
+    error_threshold numeric DEFAULT 0.001 NOT NULL,
+    observe interval,
+    gate_sample_size integer DEFAULT 10000 NOT NULL,
+    current_stage integer DEFAULT 1 NOT NULL,
+    keys_promoted boolean DEFAULT false NOT NULL,
+    state text DEFAULT 'active'::text NOT NULL,
+    state_reason text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_by text DEFAULT CURRENT_USER NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    transit_key_ref text,
+    transit_min_version integer,
+    not_governed name[] DEFAULT '{}'::name[] NOT NULL,
+    cross_scope boolean DEFAULT false NOT NULL,
+    rollback_stage integer,
+    reader_window interval DEFAULT '00:10:00'::interval NOT NULL,
+    readers_waiting_for text,
+    readers_waiting_since timestamp with time zone,
+    readers_lagging jsonb,
+    rotation_id bigint,
+    CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
+    CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
+    CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
+    CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
+    CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
+    CONSTRAINT jobs_reader_window_check CHECK ((reader_window > '00:00:00'::interval)),
+    CONSTRAINT jobs_readers_waiting_all_or_none CHECK ((((readers_waiting_for IS NULL) = (readers_waiting_since IS NULL)) AND ((readers_waiting_for IS NULL) = (readers_lagging IS NULL)))),
+    CONSTRAINT jobs_readers_waiting_for_check CHECK ((readers_waiting_for = ANY (ARRAY['first_batch'::text, 'batches'::text, 'promotion'::text, 'rollback'::text]))),
+    CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),
+    CONSTRAINT jobs_transit_both_or_neither CHECK (((transit_key_ref IS NULL) = (transit_min_version IS NULL))),
+    CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
+    CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1))
+);
+
+CREATE FUNCTION rekey.job_reached_promotion(p_job rekey.jobs) RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT p_job.keys_promoted
+      OR (rekey.job_unfinished(p_job.state) AND p_job.rollback_stage IS NULL
+          AND p_job.current_stage >= p_job.promote_at_stage
+          AND EXISTS (SELECT 1 FROM rekey.job_stages s WHERE s.job_id = p_job.job_id
+                         AND s.stage_no = p_job.current_stage AND s.kind IN ('rollout', 'sweep')))
 $$;
 
 CREATE FUNCTION rekey.job_report(p_job bigint) RETURNS jsonb
@@ -1203,6 +1392,16 @@ CREATE FUNCTION rekey.job_written_keys(p_job bigint, p_rollback boolean) RETURNS
   SELECT DISTINCT CASE WHEN p_rollback THEN source_key_id ELSE target_key_id END
     FROM rekey.job_keys WHERE job_id = p_job ORDER BY 1
 $$;
+
+CREATE FUNCTION rekey.jobs_join_rotation() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF NEW.rotation_id IS NULL THEN
+    NEW.rotation_id := nullif(current_setting('rekey.rotation_id', true), '')::bigint;
+  END IF;
+  RETURN NEW;
+END $$;
 
 CREATE FUNCTION rekey.key_census(p_key bigint) RETURNS TABLE(schema_name name, table_name name, column_name name, target_id bigint, formats text[], n bigint, unknown text, status text)
     LANGUAGE plpgsql
@@ -1716,7 +1915,8 @@ BEGIN
     'batches', (SELECT count(*) FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage),
     'rows', (SELECT sum(planned_rows) FROM rekey.batches WHERE job_id = p_job AND stage_no = p_stage)));
   IF st.kind = 'rollout' AND p_stage >= j.promote_at_stage AND NOT j.keys_promoted THEN
-    PERFORM rekey.promote_job_keys(p_job);
+    -- A job of a rotation defers to it (sql/schema/55_rotations.sql).
+    PERFORM rekey.promote_or_defer(p_job);
   END IF;
 END $$;
 
@@ -1913,6 +2113,20 @@ BEGIN
     'primary', (SELECT jsonb_agg(target_key_id) FROM rekey.job_keys WHERE job_id = p_job)));
 END $$;
 
+CREATE FUNCTION rekey.promote_or_defer(p_job bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  rid bigint;
+BEGIN
+  SELECT rotation_id INTO rid FROM rekey.jobs WHERE job_id = p_job;
+  IF rid IS NULL THEN
+    PERFORM rekey.promote_job_keys(p_job);
+    RETURN true;
+  END IF;
+  RETURN rekey.rotation_promote_due(rid);
+END $$;
+
 CREATE FUNCTION rekey.reader_heartbeat(p_reader text, p_scope text, p_key_ids bigint[]) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
@@ -2101,8 +2315,10 @@ BEGIN
   SELECT max(stage_no) INTO last_stage FROM rekey.job_stages WHERE job_id = p_job AND kind = 'rollout';
   IF p_stage = last_stage THEN
     -- Everything has moved and the new key is primary: sweep up what applications wrote meanwhile.
-    IF NOT j.keys_promoted THEN
-      PERFORM rekey.promote_job_keys(p_job);
+    -- A job of a rotation whose other jobs are short of the promotion stage waits for them.
+    IF NOT j.keys_promoted AND NOT rekey.promote_or_defer(p_job) THEN
+      PERFORM rekey.hold_for_rotation(p_job);
+      RETURN gate;
     END IF;
     PERFORM rekey.open_stage(p_job, rekey.add_stage(p_job, 'sweep', 100, 0, 10000));
   ELSE
@@ -2168,6 +2384,19 @@ BEGIN
     RAISE EXCEPTION 'job % (%) already rotates keys % : unfinished jobs may share a key only when they map it the same way; let job % finish, or cancel it (rekey job cancel %)',
       other.job_id, other.state, other.pairs, other.job_id, other.job_id
       USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.refuse_partial_rotation_rollback(p_job bigint) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  rid bigint;
+BEGIN
+  SELECT rotation_id INTO rid FROM rekey.jobs WHERE job_id = p_job;
+  IF rid IS NOT NULL AND rid::text IS DISTINCT FROM current_setting('rekey.rolling_back_rotation', true) THEN
+    RAISE EXCEPTION 'job % is part of rotation %: roll back the whole rotation (rekey rotation rollback %)',
+      p_job, rid, rid USING ERRCODE = 'object_not_in_prerequisite_state';
   END IF;
 END $$;
 
@@ -2409,6 +2638,7 @@ BEGIN
     RAISE EXCEPTION 'roll back to 0 or to one of the earlier stages'' percentages (%)', j.stage_plan
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
+  PERFORM rekey.refuse_partial_rotation_rollback(p_job);
   IF EXISTS (SELECT 1 FROM rekey.keys k JOIN rekey.job_keys jk ON jk.source_key_id = k.key_id
               WHERE jk.job_id = p_job AND k.status = 'destroyed') THEN
     RAISE EXCEPTION 'a source key of job % is destroyed: its values cannot be restored', p_job
@@ -2426,6 +2656,7 @@ BEGIN
     INTO other
     FROM rekey.jobs o
    WHERE o.job_id <> p_job AND rekey.job_unfinished(o.state)
+     AND o.rotation_id IS DISTINCT FROM coalesce(j.rotation_id, -1)  -- rolled back with it
      AND EXISTS (SELECT 1 FROM rekey.job_keys q JOIN rekey.job_keys m
                      ON m.job_id = p_job
                     AND (q.source_key_id IN (m.source_key_id, m.target_key_id)
@@ -2464,11 +2695,171 @@ BEGIN
   RETURN format('job %s: rolling back to %s%% (stage %s); run rekey work --job %s', p_job, p_to_percent, stage, p_job);
 END $$;
 
+CREATE FUNCTION rekey.rollback_rotation(p_rotation bigint, p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  r rekey.rotations;
+  job bigint;
+  n integer := 0;
+BEGIN
+  PERFORM rekey.lock_job_definitions();
+  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
+  IF r.rotation_id IS NULL THEN
+    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
+      USING ERRCODE = 'no_data_found';
+  ELSIF r.state IN ('rolling_back', 'rolled_back', 'cancelled') THEN
+    RAISE EXCEPTION 'rotation % is %: nothing to roll back', p_rotation, r.state
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  -- The old primary first, so that each job's keyring restore (which makes the first of its
+  -- source keys primary in a scope left without one) finds the scope with its primary. A key
+  -- retired since the rotation completed is readable again first, as rekey.rollback_job does.
+  IF r.promoted_at IS NOT NULL AND r.from_primary IS NOT NULL THEN
+    UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = r.from_primary AND status = 'retired';
+    UPDATE rekey.keys SET status = 'decrypt_only' WHERE key_id = r.to_key AND status = 'primary';
+    UPDATE rekey.keys SET status = 'primary'
+     WHERE key_id = r.from_primary AND status IN ('enabled', 'decrypt_only');
+  END IF;
+  UPDATE rekey.rotations SET state = 'rolling_back', rollback_started_at = now(),
+         rollback_reason = p_reason, updated_at = now()
+   WHERE rotation_id = p_rotation;
+  PERFORM set_config('rekey.rolling_back_rotation', p_rotation::text, true);
+  FOR job IN SELECT j.job_id FROM rekey.jobs j
+              WHERE j.rotation_id = p_rotation AND j.state NOT IN ('cancelled', 'rolled_back')
+              ORDER BY j.job_id LOOP
+    PERFORM rekey.rollback_job(job, 0, p_reason);
+    n := n + 1;
+  END LOOP;
+  PERFORM set_config('rekey.rolling_back_rotation', '', true);
+  PERFORM rekey.audit_event('rotation.rollback_started', NULL, jsonb_build_object(
+    'rotation', p_rotation, 'scope', r.scope, 'from_state', r.state, 'jobs', n, 'reason', p_reason));
+  RETURN format('rotation %s: rolling back %s job(s); run rekey work --all', p_rotation, n);
+END $$;
+
+CREATE FUNCTION rekey.rotation_follow_jobs() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  r rekey.rotations;
+  total integer;
+  completed integer;
+  rolled_back integer;
+  cancelled integer;
+  next_state text;
+BEGIN
+  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = NEW.rotation_id FOR UPDATE;
+  IF r.state = 'creating' THEN
+    RETURN NULL;
+  END IF;
+  SELECT count(*), count(*) FILTER (WHERE state = 'completed'),
+         count(*) FILTER (WHERE state = 'rolled_back'), count(*) FILTER (WHERE state = 'cancelled')
+    INTO total, completed, rolled_back, cancelled
+    FROM rekey.jobs WHERE rotation_id = NEW.rotation_id;
+  next_state := CASE
+    WHEN completed = total THEN 'completed'
+    WHEN r.rollback_started_at IS NOT NULL AND rolled_back + cancelled = total THEN 'rolled_back'
+    WHEN r.rollback_started_at IS NOT NULL THEN 'rolling_back'
+    WHEN cancelled = total THEN 'cancelled'
+    WHEN r.promoted_at IS NOT NULL THEN 'promoted'
+    ELSE 'rotating' END;
+  IF next_state IS DISTINCT FROM r.state THEN
+    UPDATE rekey.rotations SET state = next_state, updated_at = now(),
+           finished_at = CASE WHEN next_state IN ('completed', 'rolled_back', 'cancelled') THEN now() END
+     WHERE rotation_id = r.rotation_id;
+    IF next_state IN ('completed', 'rolled_back', 'cancelled') THEN
+      PERFORM rekey.audit_event('rotation.' || next_state, NULL, jsonb_build_object(
+        'rotation', r.rotation_id, 'scope', r.scope, 'to_key', r.to_key));
+    END IF;
+  END IF;
+  RETURN NULL;
+END $$;
+
+CREATE FUNCTION rekey.rotation_from_keys(p_scope text, p_to_key bigint) RETURNS bigint[]
+    LANGUAGE sql
+    AS $$
+  SELECT coalesce(array_agg(k.key_id ORDER BY k.key_id), '{}')
+    FROM rekey.keys k
+   WHERE k.scope = p_scope AND k.key_id <> p_to_key
+     AND (k.status = 'primary'
+          OR (k.status = 'enabled' AND EXISTS (SELECT 1 FROM rekey.key_usage(k.key_id) u WHERE u.n > 0)))
+$$;
+
 CREATE FUNCTION rekey.rotation_in_flight(p_key bigint) RETURNS bigint
     LANGUAGE sql STABLE
     AS $$
   SELECT max(j.job_id) FROM rekey.jobs j JOIN rekey.job_keys k ON k.job_id = j.job_id
    WHERE k.source_key_id = p_key AND j.state NOT IN ('completed', 'cancelled')
+$$;
+
+CREATE FUNCTION rekey.rotation_promote_due(p_rotation bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  r rekey.rotations;
+  held bigint[];
+  job bigint;
+BEGIN
+  SELECT * INTO STRICT r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
+  IF r.promoted_at IS NOT NULL THEN
+    RETURN true;
+  ELSIF r.state <> 'rotating'
+        OR EXISTS (SELECT 1 FROM rekey.jobs j WHERE j.rotation_id = p_rotation
+                      AND NOT rekey.job_reached_promotion(j)) THEN
+    RETURN false;
+  END IF;
+  SELECT coalesce(array_agg(j.job_id ORDER BY j.job_id), '{}') INTO held
+    FROM rekey.jobs j WHERE j.rotation_id = p_rotation AND rekey.held_by_rotation(j.job_id)
+                        AND j.state = 'awaiting_approval';
+  FOR job IN SELECT j.job_id FROM rekey.jobs j WHERE j.rotation_id = p_rotation ORDER BY j.job_id LOOP
+    PERFORM rekey.promote_job_keys(job);
+  END LOOP;
+  UPDATE rekey.rotations SET promoted_at = now(), state = 'promoted', updated_at = now()
+   WHERE rotation_id = p_rotation;
+  PERFORM rekey.audit_event('rotation.promoted', NULL, jsonb_build_object(
+    'rotation', p_rotation, 'scope', r.scope, 'primary', r.to_key,
+    'jobs', (SELECT jsonb_agg(j.job_id ORDER BY j.job_id) FROM rekey.jobs j WHERE j.rotation_id = p_rotation)));
+  FOREACH job IN ARRAY held LOOP
+    PERFORM rekey.open_stage(job, rekey.add_stage(job, 'sweep', 100, 0, 10000));
+  END LOOP;
+  RETURN true;
+END $$;
+
+CREATE FUNCTION rekey.rotation_scope_targets(p_from_keys bigint[]) RETURNS TABLE(table_name text, columns text[], codecs text[], key_id_column name, ad_template text, not_governed text[], values_under_keys bigint)
+    LANGUAGE sql
+    AS $$
+  WITH used AS (
+    SELECT u.target_id, sum(u.n) AS n
+      FROM unnest(p_from_keys) k, LATERAL rekey.key_usage(k) u
+     WHERE u.n > 0
+     GROUP BY u.target_id),
+  cols AS (
+    SELECT tc.relid, tc.schema_name, tc.table_name, tc.column_name, tc.attnum, tc.codec,
+           tc.key_id_column, tc.ad_template, used.n
+      FROM used JOIN rekey.target_columns() tc ON tc.target_id = used.target_id),
+  groups AS (
+    SELECT c.relid, c.schema_name, c.table_name, c.key_id_column,
+           array_agg(c.column_name::text ORDER BY c.attnum) AS columns,
+           array_agg(c.codec ORDER BY c.attnum) AS codecs, min(c.ad_template) AS ad_template,
+           sum(c.n)::bigint AS n
+      FROM cols c GROUP BY c.relid, c.schema_name, c.table_name, c.key_id_column)
+  SELECT format('%I.%I', g.schema_name, g.table_name), g.columns, g.codecs, g.key_id_column,
+         g.ad_template,
+         CASE WHEN g.key_id_column IS NOT NULL THEN
+           array(SELECT DISTINCT x FROM (
+                   SELECT unnest(o.columns) AS x FROM groups o
+                    WHERE o.relid = g.relid AND o.key_id_column IS DISTINCT FROM g.key_id_column
+                   UNION ALL
+                   SELECT unnest((SELECT j.not_governed::text[] FROM rekey.jobs j
+                                   WHERE j.schema_name = g.schema_name AND j.table_name = g.table_name
+                                     AND j.key_id_column = g.key_id_column
+                                   ORDER BY j.job_id DESC LIMIT 1))) n
+                  WHERE x <> ALL (g.columns)
+                    AND rekey.column_type(g.schema_name, g.table_name, x) IS NOT NULL ORDER BY x)
+         END,
+         g.n
+    FROM groups g
+   ORDER BY 1, 4
 $$;
 
 CREATE FUNCTION rekey.rotation_targets(p_key bigint) RETURNS TABLE(table_name text, columns text[], codecs text[], key_id_column name, ad_template text, scope_column name, scope_value text, values_under_key bigint)
@@ -2500,58 +2891,6 @@ CREATE FUNCTION rekey.row_security_blocker(p_rel regclass) RETURNS text
                         AND (r.rolsuper OR r.rolbypassrls))
      AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
 $$;
-
-CREATE TABLE rekey.jobs (
-    job_id bigint NOT NULL,
-    name text,
-    schema_name name NOT NULL,
-    table_name name NOT NULL,
-    pk_column name NOT NULL,
-    pk_type text NOT NULL,
-    key_id_column name,
-    ad_template text,
-    scope_column name,
-    scope_value text,
-    scope_type text,
-    batch_size integer NOT NULL,
-    max_attempts integer DEFAULT 3 NOT NULL,
-    per_row_audit boolean DEFAULT false NOT NULL,
-    stage_plan numeric[] DEFAULT '{1,25,50,75,100}'::numeric[] NOT NULL,
-    promote_at_stage integer NOT NULL,
-    error_threshold numeric DEFAULT 0.001 NOT NULL,
-    observe interval,
-    gate_sample_size integer DEFAULT 10000 NOT NULL,
-    current_stage integer DEFAULT 1 NOT NULL,
-    keys_promoted boolean DEFAULT false NOT NULL,
-    state text DEFAULT 'active'::text NOT NULL,
-    state_reason text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    created_by text DEFAULT CURRENT_USER NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    transit_key_ref text,
-    transit_min_version integer,
-    not_governed name[] DEFAULT '{}'::name[] NOT NULL,
-    cross_scope boolean DEFAULT false NOT NULL,
-    rollback_stage integer,
-    reader_window interval DEFAULT '00:10:00'::interval NOT NULL,
-    readers_waiting_for text,
-    readers_waiting_since timestamp with time zone,
-    readers_lagging jsonb,
-    CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
-    CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
-    CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
-    CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
-    CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
-    CONSTRAINT jobs_reader_window_check CHECK ((reader_window > '00:00:00'::interval)),
-    CONSTRAINT jobs_readers_waiting_all_or_none CHECK ((((readers_waiting_for IS NULL) = (readers_waiting_since IS NULL)) AND ((readers_waiting_for IS NULL) = (readers_lagging IS NULL)))),
-    CONSTRAINT jobs_readers_waiting_for_check CHECK ((readers_waiting_for = ANY (ARRAY['first_batch'::text, 'batches'::text, 'promotion'::text, 'rollback'::text]))),
-    CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),
-    CONSTRAINT jobs_transit_both_or_neither CHECK (((transit_key_ref IS NULL) = (transit_min_version IS NULL))),
-    CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
-    CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1))
-);
 
 CREATE FUNCTION rekey.scope_condition(p_job rekey.jobs) RETURNS text
     LANGUAGE plpgsql STABLE
@@ -3125,6 +3464,57 @@ CREATE VIEW rekey.rotation_due AS
    FROM rekey.key_age a
   WHERE a.overdue;
 
+CREATE VIEW rekey.rotation_progress AS
+SELECT
+    NULL::bigint AS rotation_id,
+    NULL::text AS name,
+    NULL::text AS scope,
+    NULL::text AS from_keys,
+    NULL::bigint AS to_key,
+    NULL::text AS state,
+    NULL::text AS stage_plan,
+    NULL::bigint AS targets,
+    NULL::text AS jobs,
+    NULL::text COLLATE pg_catalog."C" AS tables,
+    NULL::bigint AS rows_done,
+    NULL::bigint AS rows_total,
+    NULL::numeric AS percent,
+    NULL::integer AS slowest_stage,
+    NULL::text AS waiting,
+    NULL::text AS created_by,
+    NULL::timestamp with time zone AS created_at,
+    NULL::timestamp with time zone AS promoted_at,
+    NULL::timestamp with time zone AS rollback_started_at,
+    NULL::timestamp with time zone AS finished_at;
+
+CREATE TABLE rekey.rotations (
+    rotation_id bigint NOT NULL,
+    name text,
+    scope text NOT NULL,
+    from_keys bigint[] NOT NULL,
+    from_primary bigint,
+    to_key bigint NOT NULL,
+    stage_plan numeric[] NOT NULL,
+    state text DEFAULT 'creating'::text NOT NULL,
+    created_by text DEFAULT CURRENT_USER NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    promoted_at timestamp with time zone,
+    rollback_started_at timestamp with time zone,
+    rollback_reason text,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT rotations_state_check CHECK ((state = ANY (ARRAY['creating'::text, 'rotating'::text, 'promoted'::text, 'completed'::text, 'rolling_back'::text, 'rolled_back'::text, 'cancelled'::text])))
+);
+
+CREATE SEQUENCE rekey.rotations_rotation_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER SEQUENCE rekey.rotations_rotation_id_seq OWNED BY rekey.rotations.rotation_id;
+
 CREATE TABLE rekey.row_failures (
     failure_id bigint NOT NULL,
     job_id bigint NOT NULL,
@@ -3244,6 +3634,8 @@ ALTER TABLE ONLY rekey.jobs ALTER COLUMN job_id SET DEFAULT nextval('rekey.jobs_
 
 ALTER TABLE ONLY rekey.reports ALTER COLUMN report_id SET DEFAULT nextval('rekey.reports_report_id_seq'::regclass);
 
+ALTER TABLE ONLY rekey.rotations ALTER COLUMN rotation_id SET DEFAULT nextval('rekey.rotations_rotation_id_seq'::regclass);
+
 ALTER TABLE ONLY rekey.row_failures ALTER COLUMN failure_id SET DEFAULT nextval('rekey.row_failures_failure_id_seq'::regclass);
 
 ALTER TABLE ONLY rekey.targets ALTER COLUMN target_id SET DEFAULT nextval('rekey.targets_target_id_seq'::regclass);
@@ -3287,6 +3679,9 @@ ALTER TABLE ONLY rekey.readers
 ALTER TABLE ONLY rekey.reports
     ADD CONSTRAINT reports_pkey PRIMARY KEY (report_id);
 
+ALTER TABLE ONLY rekey.rotations
+    ADD CONSTRAINT rotations_pkey PRIMARY KEY (rotation_id);
+
 ALTER TABLE ONLY rekey.row_failures
     ADD CONSTRAINT row_failures_pkey PRIMARY KEY (failure_id);
 
@@ -3316,9 +3711,13 @@ CREATE INDEX batches_stage ON rekey.batches USING btree (job_id, stage_no);
 
 CREATE INDEX gates_job ON rekey.gates USING btree (job_id, stage_no);
 
+CREATE INDEX jobs_rotation ON rekey.jobs USING btree (rotation_id) WHERE (rotation_id IS NOT NULL);
+
 CREATE UNIQUE INDEX keys_one_primary_per_scope ON rekey.keys USING btree (scope) WHERE (status = 'primary'::text);
 
 CREATE INDEX reports_job ON rekey.reports USING btree (job_id, generated_at);
+
+CREATE UNIQUE INDEX rotations_one_unfinished_per_scope ON rekey.rotations USING btree (scope) WHERE (state = ANY (ARRAY['creating'::text, 'rotating'::text, 'promoted'::text, 'rolling_back'::text]));
 
 CREATE INDEX row_failures_job ON rekey.row_failures USING btree (job_id, batch_no);
 
@@ -3327,6 +3726,49 @@ CREATE UNIQUE INDEX row_failures_once ON rekey.row_failures USING btree (job_id,
 CREATE UNIQUE INDEX targets_unique_column ON rekey.targets USING btree (schema_name, table_name, column_name, COALESCE(scope_column, ''::name), COALESCE(scope_value, ''::text));
 
 CREATE INDEX value_audit_job ON rekey.value_audit USING btree (job_id, pk);
+
+CREATE OR REPLACE VIEW rekey.rotation_progress AS
+ WITH per_job AS (
+         SELECT j.rotation_id,
+            j.job_id,
+            j.state,
+            j.current_stage,
+            format('%I.%I'::text, j.schema_name, j.table_name) AS target,
+            ( SELECT COALESCE(sum(b.planned_rows), (0)::bigint) AS "coalesce"
+                   FROM (rekey.batches b
+                     JOIN rekey.job_stages s USING (job_id, stage_no))
+                  WHERE ((b.job_id = j.job_id) AND (s.kind = 'rollout'::text))) AS rows_total,
+            ( SELECT COALESCE(sum(b.planned_rows), (0)::bigint) AS "coalesce"
+                   FROM (rekey.batches b
+                     JOIN rekey.job_stages s USING (job_id, stage_no))
+                  WHERE ((b.job_id = j.job_id) AND (s.kind = 'rollout'::text) AND (b.state = 'done'::text))) AS rows_done,
+            ((j.state = 'awaiting_approval'::text) AND rekey.held_by_rotation(j.job_id)) AS waiting
+           FROM rekey.jobs j
+          WHERE (j.rotation_id IS NOT NULL)
+        )
+ SELECT r.rotation_id,
+    r.name,
+    r.scope,
+    array_to_string(r.from_keys, ','::text) AS from_keys,
+    r.to_key,
+    r.state,
+    array_to_string(r.stage_plan, ','::text) AS stage_plan,
+    count(p.job_id) AS targets,
+    string_agg((p.job_id)::text, ','::text ORDER BY p.job_id) AS jobs,
+    string_agg(DISTINCT p.target, ', '::text) AS tables,
+    (COALESCE(sum(p.rows_done), (0)::numeric))::bigint AS rows_done,
+    (COALESCE(sum(p.rows_total), (0)::numeric))::bigint AS rows_total,
+    round(((100.0 * COALESCE(sum(p.rows_done), (0)::numeric)) / GREATEST(COALESCE(sum(p.rows_total), (0)::numeric), (1)::numeric)), 2) AS percent,
+    min(p.current_stage) AS slowest_stage,
+    string_agg((p.job_id)::text, ','::text ORDER BY p.job_id) FILTER (WHERE p.waiting) AS waiting,
+    r.created_by,
+    r.created_at,
+    r.promoted_at,
+    r.rollback_started_at,
+    r.finished_at
+   FROM (rekey.rotations r
+     LEFT JOIN per_job p ON ((p.rotation_id = r.rotation_id)))
+  GROUP BY r.rotation_id;
 
 CREATE OR REPLACE VIEW rekey.stage_status AS
  SELECT s.job_id,
@@ -3379,9 +3821,13 @@ CREATE CONSTRAINT TRIGGER job_stages_planned AFTER INSERT ON rekey.job_stages DE
 
 CREATE TRIGGER jobs_clear_planned_keys AFTER UPDATE OF state ON rekey.jobs FOR EACH ROW WHEN (((new.state = 'completed'::text) AND (old.state <> 'completed'::text))) EXECUTE FUNCTION rekey.clear_planned_keys();
 
+CREATE TRIGGER jobs_join_rotation BEFORE INSERT ON rekey.jobs FOR EACH ROW EXECUTE FUNCTION rekey.jobs_join_rotation();
+
 CREATE TRIGGER jobs_notify_changed AFTER UPDATE OF state, current_stage ON rekey.jobs FOR EACH ROW WHEN (((old.state IS DISTINCT FROM new.state) OR (old.current_stage IS DISTINCT FROM new.current_stage))) EXECUTE FUNCTION rekey.notify_job_change();
 
 CREATE TRIGGER jobs_notify_created AFTER INSERT ON rekey.jobs FOR EACH ROW EXECUTE FUNCTION rekey.notify_job_change();
+
+CREATE TRIGGER jobs_rotation_follow AFTER UPDATE OF state ON rekey.jobs FOR EACH ROW WHEN (((new.rotation_id IS NOT NULL) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION rekey.rotation_follow_jobs();
 
 CREATE TRIGGER key_policies_audit AFTER INSERT OR DELETE OR UPDATE ON rekey.key_policies FOR EACH ROW EXECUTE FUNCTION rekey.audit_policy_change();
 
@@ -3430,8 +3876,17 @@ ALTER TABLE ONLY rekey.job_keys
 ALTER TABLE ONLY rekey.job_stages
     ADD CONSTRAINT job_stages_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY rekey.jobs
+    ADD CONSTRAINT jobs_rotation_id_fkey FOREIGN KEY (rotation_id) REFERENCES rekey.rotations(rotation_id);
+
 ALTER TABLE ONLY rekey.reports
     ADD CONSTRAINT reports_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.rotations
+    ADD CONSTRAINT rotations_from_primary_fkey FOREIGN KEY (from_primary) REFERENCES rekey.keys(key_id);
+
+ALTER TABLE ONLY rekey.rotations
+    ADD CONSTRAINT rotations_to_key_fkey FOREIGN KEY (to_key) REFERENCES rekey.keys(key_id);
 
 ALTER TABLE ONLY rekey.row_failures
     ADD CONSTRAINT row_failures_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
