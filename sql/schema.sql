@@ -2120,7 +2120,11 @@ DECLARE
   rid bigint;
 BEGIN
   SELECT rotation_id INTO rid FROM rekey.jobs WHERE job_id = p_job;
-  IF rid IS NULL THEN
+  IF rid IS NULL OR EXISTS (SELECT 1 FROM rekey.rotations r
+                             WHERE r.rotation_id = rid AND r.promoted_at IS NOT NULL) THEN
+    -- May still wait for readers (rekey.readers_allow_promotion): then the job's first claim
+    -- after they are ready promotes (rekey.readers_allow_claim), and no batch at or past the
+    -- promotion stage is handed out before.
     PERFORM rekey.promote_job_keys(p_job);
     RETURN true;
   END IF;
@@ -2189,10 +2193,12 @@ BEGIN
     END IF;
     SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
     IF NOT j.keys_promoted THEN
-      PERFORM rekey.promote_job_keys(p_job);
+      -- A job of a rotation promotes only with the whole rotation (55_rotations.sql); until
+      -- then its promotion stage's batches write under the target key as a canary stage does.
+      PERFORM rekey.promote_or_defer(p_job);
       SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
     END IF;
-    RETURN j.keys_promoted;
+    RETURN j.keys_promoted OR (j.rotation_id IS NOT NULL AND kind IS DISTINCT FROM 'sweep');
   END IF;
   RETURN rekey.readers_ready(p_job, CASE WHEN j.started_at IS NULL THEN 'first_batch' ELSE 'batches' END);
 END $$;
@@ -2818,6 +2824,8 @@ BEGIN
    WHERE rotation_id = p_rotation;
   PERFORM rekey.audit_event('rotation.promoted', NULL, jsonb_build_object(
     'rotation', p_rotation, 'scope', r.scope, 'primary', r.to_key,
+    -- false while a live reader lacks the key: the jobs' sweeps then promote it once it is ready
+    'key_primary_now', (SELECT k.status = 'primary' FROM rekey.keys k WHERE k.key_id = r.to_key),
     'jobs', (SELECT jsonb_agg(j.job_id ORDER BY j.job_id) FROM rekey.jobs j WHERE j.rotation_id = p_rotation)));
   FOREACH job IN ARRAY held LOOP
     PERFORM rekey.open_stage(job, rekey.add_stage(job, 'sweep', 100, 0, 10000));

@@ -193,7 +193,8 @@ $$;
 -- out: whether the batches of its open stage may be written now. A rollback stage writes under
 -- the source keys, every other stage under the target keys; a stage at or past the promotion
 -- stage (and a sweep) needs the target keys primary, so a promotion that waited for readers
--- happens here, under the job row's lock, once they are ready. Checked before every batch, not
+-- happens here, under the job row's lock, once they are ready (a job of a rotation: once the
+-- rotation has decided its promotion, rekey.promote_or_defer). Checked before every batch, not
 -- only the first: a reader that appears mid-job without the key stops further writes too.
 CREATE OR REPLACE FUNCTION rekey.readers_allow_claim(p_job bigint)
 RETURNS boolean
@@ -213,10 +214,12 @@ BEGIN
     END IF;
     SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job FOR UPDATE;
     IF NOT j.keys_promoted THEN
-      PERFORM rekey.promote_job_keys(p_job);
+      -- A job of a rotation promotes only with the whole rotation (55_rotations.sql); until
+      -- then its promotion stage's batches write under the target key as a canary stage does.
+      PERFORM rekey.promote_or_defer(p_job);
       SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
     END IF;
-    RETURN j.keys_promoted;
+    RETURN j.keys_promoted OR (j.rotation_id IS NOT NULL AND kind IS DISTINCT FROM 'sweep');
   END IF;
   RETURN rekey.readers_ready(p_job, CASE WHEN j.started_at IS NULL THEN 'first_batch' ELSE 'batches' END);
 END $$;

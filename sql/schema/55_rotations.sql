@@ -239,6 +239,8 @@ BEGIN
    WHERE rotation_id = p_rotation;
   PERFORM rekey.audit_event('rotation.promoted', NULL, jsonb_build_object(
     'rotation', p_rotation, 'scope', r.scope, 'primary', r.to_key,
+    -- false while a live reader lacks the key: the jobs' sweeps then promote it once it is ready
+    'key_primary_now', (SELECT k.status = 'primary' FROM rekey.keys k WHERE k.key_id = r.to_key),
     'jobs', (SELECT jsonb_agg(j.job_id ORDER BY j.job_id) FROM rekey.jobs j WHERE j.rotation_id = p_rotation)));
   FOREACH job IN ARRAY held LOOP
     PERFORM rekey.open_stage(job, rekey.add_stage(job, 'sweep', 100, 0, 10000));
@@ -248,15 +250,20 @@ END $$;
 
 -- Where a job reaches its promotion (sql/schema/50_stages.sql: opening the promotion stage, the
 -- last gate, a forced advance past it): a job of no rotation promotes its keys; a job of a
--- rotation defers to the rotation (rekey.rotation_promote_due). Returns true iff the job's keys
--- are promoted.
+-- rotation defers to the rotation (rekey.rotation_promote_due). Returns true iff the job may go
+-- on past its promotion: its keys are promoted, or the promotion is decided (the job's own, or
+-- its rotation's) and waits only for live readers, which the claim enforces.
 CREATE OR REPLACE FUNCTION rekey.promote_or_defer(p_job bigint) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
   rid bigint;
 BEGIN
   SELECT rotation_id INTO rid FROM rekey.jobs WHERE job_id = p_job;
-  IF rid IS NULL THEN
+  IF rid IS NULL OR EXISTS (SELECT 1 FROM rekey.rotations r
+                             WHERE r.rotation_id = rid AND r.promoted_at IS NOT NULL) THEN
+    -- May still wait for readers (rekey.readers_allow_promotion): then the job's first claim
+    -- after they are ready promotes (rekey.readers_allow_claim), and no batch at or past the
+    -- promotion stage is handed out before.
     PERFORM rekey.promote_job_keys(p_job);
     RETURN true;
   END IF;
