@@ -210,6 +210,45 @@ TEST_F(RotationGroupTest, ARotationOverThreeTablesAndFourColumnsPromotesOnceAndR
 }
 
 // Each refusal: one line on stderr, a non-zero exit, and nothing written.
+// Readers (sql/schema/45_readers.sql) hold a rotation as they hold a job: while a live reader of
+// the scope lacks the new key, no job of the rotation writes under it and the key is not
+// promoted; once the reader reports it, the rotation runs to one promotion.
+TEST_F(RotationGroupTest, ALaggingReaderHoldsTheWholeRotationUntilItReportsTheNewKey) {
+  ThreeTablesFourColumns();
+  Exec("SELECT rekey.reader_heartbeat('billing-pod-1', 'pay', '{1}')");
+  ProcessResult r = Rekey({"rotate", "--scope", "pay", "--to", "2", "--stages", "50,100",
+                           "--observe", "0s", "--batch-size", "64", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string rotation = std::to_string(json::parse(r.out)["rotation_id"].get<int64_t>());
+
+  ChildProcess worker({REKEY_BINARY, "--db", conninfo(), "work", "--all", "--concurrency", "2"},
+                      WorkerEnv());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches b JOIN rekey.jobs j USING (job_id) "
+                  "WHERE j.rotation_id = " +
+                  rotation + " AND b.attempts > 0"),
+            0)
+      << "no batch of the rotation is claimed while billing-pod-1 lacks key 2";
+  EXPECT_EQ(KeyStatus(2), "enabled");
+  EXPECT_THAT(Scalar("SELECT string_agg(DISTINCT readers_waiting_for, ',') FROM rekey.jobs "
+                     "WHERE rotation_id = " +
+                     rotation),
+              "first_batch");
+
+  Exec("SELECT rekey.reader_heartbeat('billing-pod-1', 'pay', '{1,2}')");
+  ProcessResult done = worker.Wait(240);
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  EXPECT_EQ(KeyStatus(2), "primary");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.promoted'"), 1);
+  EXPECT_EQ(Scalar("SELECT string_agg(state, ',') FROM (SELECT DISTINCT state FROM rekey.jobs "
+                   "WHERE rotation_id = " +
+                   rotation + ") s"),
+            "completed");
+  EXPECT_EQ(CardsNotUnder("public.cards_a", 2), 0);
+  EXPECT_EQ(CardsNotUnder("public.cards_b", 2), 0);
+  EXPECT_THAT(PeopleNotUnder(2), ::testing::IsEmpty());
+}
+
 TEST_F(RotationGroupTest, BadInputIsRefusedWithOneLineAndNothingWritten) {
   ThreeTablesFourColumns();
   ScopeKeys("other", {5});
