@@ -3,8 +3,8 @@
 //
 // The plan is the one rekey.plan_rollout computes in the database
 // (sql/schema/50_stages.sql, docs/operations.md "Staged rollout"): every row of the
-// job's table (or scope) falls in the stage whose bucket range holds rekey.stage_bucket(pk), the
-// first 4 bytes of MD5(pk text) read big-endian, mod kStageBuckets; each stage is cut every
+// job's table (or scope) falls in the stage whose bucket range holds rekey.stage_bucket(key text,
+// docs/FORMAT.md), the first 4 bytes of its MD5 read big-endian, mod kStageBuckets; each stage is cut every
 // batch_size of its rows in key order into half-open ranges [lo, hi) (the first starts at NULL, the
 // last ends at NULL, a stage without rows gets one empty batch); a stage that ends below 100%
 // records each batch's keys; batches are numbered after the job's existing ones, stage by stage.
