@@ -153,8 +153,10 @@ BEGIN
       FROM pg_index x, unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
      WHERE x.indrelid = rel AND x.indisprimary AND a.attrelid = rel AND a.attnum = k.attnum;
     IF key_columns IS NULL THEN
-      SELECT string_agg(format('--key-columns %s', u.cols), ' or ' ORDER BY u.cols) INTO candidates
-        FROM rekey.unique_keys(rel) u WHERE u.not_null;
+      SELECT string_agg(format('--key-columns %s', c.list), ' or ' ORDER BY c.list) INTO candidates
+        FROM rekey.unique_keys(rel) u,
+             LATERAL (SELECT string_agg(quote_ident(x), ',') AS list FROM unnest(u.columns) x) c
+       WHERE u.not_null;
       IF candidates IS NOT NULL THEN
         RAISE EXCEPTION 'table % has no primary key; name a unique, not-null index as its key: %',
           tbl, candidates USING ERRCODE = 'invalid_table_definition';
