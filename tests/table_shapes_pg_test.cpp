@@ -52,8 +52,10 @@ std::string Uuid(int64_t n) {
   return buf;
 }
 
-const char* const kTenants[] = {"acme", "b\xc3\xbc" "cher", "\xe6\x9d\xb1\xe4\xba\xac",
-                                "\xce\xa9mega"};
+const char* const kTenants[] = {"acme",
+                                "b\xc3\xbc"
+                                "cher",
+                                "\xe6\x9d\xb1\xe4\xba\xac", "\xce\xa9mega"};
 
 // Two sessions' worth of settings that change how dates, times and floats print.
 const char kSettingsA[] =
@@ -119,9 +121,8 @@ class TableShapesTest : public PgTest {
     for (size_t i = 0; i < rows.size(); ++i) {
       const std::string token =
           TinkEncrypt(1, rows[i].plaintext, ad_prefix.empty() ? "" : ad_prefix + rows[i].key_text);
-      sql += (i ? ", (" : "(") + values[i] + ", " +
-             "'\\x" + HexEncode(reinterpret_cast<const uint8_t*>(token.data()), token.size()) +
-             "'::bytea)";
+      sql += (i ? ", (" : "(") + values[i] + ", " + "'\\x" +
+             HexEncode(reinterpret_cast<const uint8_t*>(token.data()), token.size()) + "'::bytea)";
     }
     txn.exec0(sql);
     txn.commit();
@@ -177,16 +178,16 @@ TEST_F(TableShapesTest, EveryKeyTypeHasOneDocumentedTextWhateverTheSession) {
       "\"v\"]"};
   const std::vector<std::string> columns = {"t", "ts", "d", "n", "u", "b", "i", "s", "v"};
   const std::vector<std::string> types = {
-      "text",   "timestamp with time zone", "date",     "numeric",          "uuid",
-      "bigint", "integer",                  "smallint", "character varying"};
+      "text",     "timestamp with time zone", "date", "numeric", "uuid", "bigint", "integer",
+      "smallint", "character varying"};
   const jobs::KeyShape shape(columns, types, true);
-  const std::string sql_text =
-      Scalar("SELECT rekey.key_text_sql('{t,ts,d,n,u,b,i,s,v}', '{text,timestamp with time "
-             "zone,date,numeric,uuid,bigint,integer,smallint,character varying}', 'canonical', "
-             "'t')");
-  const std::string sql_bound =
-      Scalar("SELECT rekey.key_bound_sql('{text,timestamp with time zone,date,numeric,uuid,bigint,"
-             "integer,smallint,character varying}', 'x.k')");
+  const std::string sql_text = Scalar(
+      "SELECT rekey.key_text_sql('{t,ts,d,n,u,b,i,s,v}', '{text,timestamp with time "
+      "zone,date,numeric,uuid,bigint,integer,smallint,character varying}', 'canonical', "
+      "'t')");
+  const std::string sql_bound = Scalar(
+      "SELECT rekey.key_bound_sql('{text,timestamp with time zone,date,numeric,uuid,bigint,"
+      "integer,smallint,character varying}', 'x.k')");
   for (const char* settings : {kSettingsA, kSettingsB}) {
     pqxx::work txn(conn());
     txn.exec0(settings);
@@ -226,13 +227,14 @@ TEST_F(TableShapesTest, BigintKeysKeepTheirAssociatedDataBucketsAndBounds) {
     expected[std::to_string(id)] = PlaintextFor(id);
   }
   Insert("public.cards", "id", values, rows, "cards.token:");
-  const int64_t job = CreateJobCli({"--table", "public.cards", "--column", "token", "--map", "1:2",
-                                    "--ad-template", "{table}.{column}:{pk}", "--batch-size",
-                                    "100", "--stages", "1,100"});
+  const int64_t job =
+      CreateJobCli({"--table", "public.cards", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}.{column}:{pk}", "--batch-size", "100", "--stages", "1,100"});
   ASSERT_GT(job, 0);
   const std::string j = std::to_string(job);
   EXPECT_EQ(Scalar("SELECT key_columns::text || key_types::text || key_text_form FROM rekey.jobs "
-                   "WHERE job_id = " + j),
+                   "WHERE job_id = " +
+                   j),
             "{id}{bigint}canonical");
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
                   " AND (lo !~ '^[0-9]+$' OR hi !~ '^[0-9]+$')"),
@@ -264,7 +266,8 @@ TEST_F(TableShapesTest, BigintKeysKeepTheirAssociatedDataBucketsAndBounds) {
 // that print dates and times differently and by the database's planner: the same batches, bounds,
 // recorded keys and buckets.
 TEST_F(TableShapesTest, ATextAndUuidKeyPlansTheSameInEverySessionAndPlanner) {
-  Exec("CREATE TABLE public.accounts (tenant text, id uuid, token bytea, PRIMARY KEY (tenant, id))");
+  Exec(
+      "CREATE TABLE public.accounts (tenant text, id uuid, token bytea, PRIMARY KEY (tenant, id))");
   std::vector<std::string> values;
   std::vector<Row> rows;
   for (int64_t n = 1; n <= 3000; ++n) {
@@ -292,8 +295,9 @@ TEST_F(TableShapesTest, ATextAndUuidKeyPlansTheSameInEverySessionAndPlanner) {
         spec.stages = "1,10,100";
         job = jobs::CreateJob(txn, spec);  // the client planner
       } else {
-        job = txn.exec1("SELECT rekey.create_job('public.accounts', ARRAY['token'], '{\"1\": 2}', "
-                        "p_batch_size => 100, p_stages => '{1,10,100}')")[0]
+        job = txn.exec1(
+                     "SELECT rekey.create_job('public.accounts', ARRAY['token'], '{\"1\": 2}', "
+                     "p_batch_size => 100, p_stages => '{1,10,100}')")[0]
                   .as<int64_t>();  // the database's planner
       }
       txn.commit();
@@ -316,7 +320,8 @@ TEST_F(TableShapesTest, ATextAndUuidKeyPlansTheSameInEverySessionAndPlanner) {
   }
   EXPECT_EQ(plans[0], plans[1]) << "client planner, two sessions";
   EXPECT_EQ(plans[0], plans[2]) << "client and database planners";
-  EXPECT_THAT(plans[0], HasSubstr("[\"b\xc3\xbc" "cher\",\""));
+  EXPECT_THAT(plans[0], HasSubstr("[\"b\xc3\xbc"
+                                  "cher\",\""));
   // The rows of the 1% stage are the keys whose documented text hashes below 100.
   int canary = 0;
   for (const Row& r : rows) canary += Bucket(r.key_text) < 100;
@@ -331,8 +336,7 @@ TEST_F(TableShapesTest, ATextAndUuidKeyPlansTheSameInEverySessionAndPlanner) {
 // replaced) and an application writing under the old key; every value decrypts with the
 // associated data "{table}:{pk}" computed here from the documented key text.
 TEST_F(TableShapesTest, AMonthPartitionedTableWithACompositeKeyRotatesCompletely) {
-  Exec("ALTER DATABASE " + dbname() +
-       " SET DateStyle = 'SQL, DMY'; ALTER DATABASE " + dbname() +
+  Exec("ALTER DATABASE " + dbname() + " SET DateStyle = 'SQL, DMY'; ALTER DATABASE " + dbname() +
        " SET TimeZone = 'America/New_York'");
   Exec(
       "CREATE TABLE public.events (tenant_id text NOT NULL, created_at timestamptz NOT NULL, id "
@@ -347,8 +351,9 @@ TEST_F(TableShapesTest, AMonthPartitionedTableWithACompositeKeyRotatesCompletely
   for (int m = 1; m <= 12; ++m) {
     char name[32];
     std::snprintf(name, sizeof name, "events_2026_%02d", m);
-    Exec("CREATE TABLE public." + std::string(name) + " PARTITION OF public.events FOR VALUES FROM ('" +
-         month(2026, m) + "') TO ('" + month(2026, m + 1) + "')");
+    Exec("CREATE TABLE public." + std::string(name) +
+         " PARTITION OF public.events FOR VALUES FROM ('" + month(2026, m) + "') TO ('" +
+         month(2026, m + 1) + "')");
   }
   std::map<std::string, std::string> expected;
   std::map<int64_t, std::string> key_of;  // id -> key text
@@ -378,9 +383,9 @@ TEST_F(TableShapesTest, AMonthPartitionedTableWithACompositeKeyRotatesCompletely
     next_id += 300;
     Insert("public.events", "tenant_id, created_at, id", v, r, "events:");
   }
-  const int64_t job = CreateJobCli({"--table", "public.events", "--column", "token", "--map",
-                                    "1:2", "--ad-template", "{table}:{pk}", "--batch-size", "100",
-                                    "--stages", "5,100"});
+  const int64_t job =
+      CreateJobCli({"--table", "public.events", "--column", "token", "--map", "1:2",
+                    "--ad-template", "{table}:{pk}", "--batch-size", "100", "--stages", "5,100"});
   ASSERT_GT(job, 0);
   const std::string j = std::to_string(job);
   Work(job);
@@ -414,9 +419,10 @@ TEST_F(TableShapesTest, AMonthPartitionedTableWithACompositeKeyRotatesCompletely
       txn.exec_params("UPDATE public.events SET token = $1 WHERE id = $2",
                       pqxx::binarystring(TinkEncrypt(1, pt, "events:" + key)), id);
       const std::string kind =
-          txn.exec1("SELECT coalesce((SELECT kind FROM rekey.job_stages s JOIN rekey.jobs x USING "
-                    "(job_id) WHERE x.job_id = " + j +
-                    " AND s.stage_no = x.current_stage), '')")[0]
+          txn.exec1(
+                 "SELECT coalesce((SELECT kind FROM rekey.job_stages s JOIN rekey.jobs x USING "
+                 "(job_id) WHERE x.job_id = " +
+                 j + " AND s.stage_no = x.current_stage), '')")[0]
               .as<std::string>();
       txn.commit();
       written[key] = pt;
@@ -446,7 +452,8 @@ TEST_F(TableShapesTest, AMonthPartitionedTableWithACompositeKeyRotatesCompletely
       << Scalar("SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + j);
   EXPECT_FALSE(written.empty()) << "the application wrote during the job";
   EXPECT_GT(Count("SELECT coalesce(sum(rows_done), 0) FROM rekey.batches b JOIN rekey.job_stages s "
-                  "USING (job_id, stage_no) WHERE job_id = " + j + " AND s.kind = 'sweep'"),
+                  "USING (job_id, stage_no) WHERE job_id = " +
+                  j + " AND s.kind = 'sweep'"),
             0)
       << "the sweep re-encrypted what the application wrote under the old key";
   for (const auto& [key, pt] : written) expected[key] = pt;
@@ -463,10 +470,14 @@ TEST_F(TableShapesTest, AMonthPartitionedTableWithACompositeKeyRotatesCompletely
 TEST_F(TableShapesTest, HashAndTwoLevelPartitionedTablesRotateAndADetachedPartitionIsLeft) {
   Exec(
       "CREATE TABLE public.docs (id uuid PRIMARY KEY, token bytea) PARTITION BY HASH (id);"
-      "CREATE TABLE public.docs_0 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER 0);"
-      "CREATE TABLE public.docs_1 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER 1);"
-      "CREATE TABLE public.docs_2 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER 2);"
-      "CREATE TABLE public.docs_3 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER 3);"
+      "CREATE TABLE public.docs_0 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "0);"
+      "CREATE TABLE public.docs_1 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "1);"
+      "CREATE TABLE public.docs_2 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "2);"
+      "CREATE TABLE public.docs_3 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "3);"
       "CREATE TABLE public.notes (region text, id bigint, token bytea, PRIMARY KEY (region, id)) "
       "PARTITION BY LIST (region);"
       "CREATE TABLE public.notes_eu PARTITION OF public.notes FOR VALUES IN ('eu') PARTITION BY "
@@ -515,14 +526,14 @@ TEST_F(TableShapesTest, HashAndTwoLevelPartitionedTablesRotateAndADetachedPartit
   ASSERT_EQ(Rekey({"job", "advance", std::to_string(docs_job), "--observe", "0s"}).exit_code, 0);
   Work(docs_job);
   EXPECT_EQ(JobState(docs_job), "completed");
-  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " +
-                  std::to_string(docs_job) + " AND state <> 'done'"),
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + std::to_string(docs_job) +
+                  " AND state <> 'done'"),
             0);
   ExpectAllUnder("public.docs", "t.id::text", 2, docs, "docs:");
 
-  const int64_t notes_job = CreateJobCli({"--table", "public.notes", "--column", "token", "--map",
-                                          "1:2", "--ad-template", "{table}:{pk}", "--batch-size",
-                                          "100", "--stages", "100"});
+  const int64_t notes_job =
+      CreateJobCli({"--table", "public.notes", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}:{pk}", "--batch-size", "100", "--stages", "100"});
   ASSERT_GT(notes_job, 0);
   Work(notes_job);
   EXPECT_EQ(JobState(notes_job), "completed");
@@ -549,9 +560,9 @@ TEST_F(TableShapesTest, GatesRollbackAndVerifyOnACompositeKeyNamedByKeyColumns) 
     expected[r.back().key_text] = PlaintextFor(n);
   }
   Insert("public.wallets", "tenant, id", v, r, "w:");
-  const std::vector<std::string> base = {"--table",   "public.wallets", "--column", "token",
-                                         "--map",     "1:2",            "--ad-template",
-                                         "w:{pk}",    "--batch-size",   "100"};
+  const std::vector<std::string> base = {
+      "--table", "public.wallets", "--column", "token",        "--map",
+      "1:2",     "--ad-template",  "w:{pk}",   "--batch-size", "100"};
   {
     std::vector<std::string> args = base;
     args.insert(args.end(), {"--stages", "1,50,100"});
@@ -569,8 +580,9 @@ TEST_F(TableShapesTest, GatesRollbackAndVerifyOnACompositeKeyNamedByKeyColumns) 
   ASSERT_GT(job, 0);
   const std::string j = std::to_string(job);
   Work(job);
-  EXPECT_EQ(Scalar("SELECT passed::text FROM rekey.gates WHERE job_id = " + j + " AND stage_no = 1"),
-            "true");
+  EXPECT_EQ(
+      Scalar("SELECT passed::text FROM rekey.gates WHERE job_id = " + j + " AND stage_no = 1"),
+      "true");
   ASSERT_EQ(Rekey({"job", "advance", j}).exit_code, 0);
   Work(job);
   EXPECT_EQ(Scalar("SELECT current_stage || ':' || state FROM rekey.jobs WHERE job_id = " + j),
@@ -579,7 +591,8 @@ TEST_F(TableShapesTest, GatesRollbackAndVerifyOnACompositeKeyNamedByKeyColumns) 
   ASSERT_EQ(rollback.exit_code, 0) << rollback.err;
   Work(job);
   EXPECT_EQ(JobState(job), "rolled_back");
-  const std::string key_sql = "'[' || to_json(t.tenant)::text || ',' || to_json(t.id::text)::text || ']'";
+  const std::string key_sql =
+      "'[' || to_json(t.tenant)::text || ',' || to_json(t.id::text)::text || ']'";
   ExpectAllUnder("public.wallets", key_sql, 1, expected, "w:");
 
   // The rollback left key 2 decrypt_only: forward again to key 3.

@@ -188,8 +188,9 @@ int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec, pqxx::connec
   // A staged job's stages are planned here, not by the database (jobs/rollout_planner.h).
   const bool deferred = DeferRolloutPlanning(txn);
   // Every create in this transaction reads the key columns from this setting (rekey.job_key).
-  txn.exec_params1(db::Query("jobs/job.request_key_columns"),
-                   spec.key_columns.empty() ? std::string() : db::TextArrayLiteral(spec.key_columns));
+  txn.exec_params1(
+      db::Query("jobs/job.request_key_columns"),
+      spec.key_columns.empty() ? std::string() : db::TextArrayLiteral(spec.key_columns));
   const int64_t id = transit ? CreateTransitJob(txn, spec) : CreateDataKeyJob(txn, spec);
   if (deferred) PlanRolloutInClient(txn, id, key_reader);
   return id;

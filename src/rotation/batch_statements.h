@@ -3,10 +3,10 @@
 // BatchRotator. Pure: no database is needed to build or test them (batch_statements_test.cpp).
 // The fixed statements of the batch path are named queries (queries/batch_rotator.sql).
 //
-// The row-locking SELECT returns the key's text ("row_id", jobs/key_shape.h), each rotated column under
-// its own name, and the key-id column (if any) under its own name, for the rows of the batch that
-// still need work -- a column still under a source key (rekey.transit_version below the target for
-// Transit; for Tink also a value whose prefix does not parse, so it is quarantined rather than
+// The row-locking SELECT returns the key's text ("row_id", jobs/key_shape.h), each rotated column
+// under its own name, and the key-id column (if any) under its own name, for the rows of the batch
+// that still need work -- a column still under a source key (rekey.transit_version below the target
+// for Transit; for Tink also a value whose prefix does not parse, so it is quarantined rather than
 // ignored) -- ordered by key, LIMIT rows, FOR UPDATE. Its parameters, in order: the bounds
 // (SelectVariant, in the order of the bits below), the scope value if the job has a scope, the
 // source Tink prefixes (bytea[]), the source key ids (bigint[]; for Transit, {target version}),
@@ -56,7 +56,8 @@ Direction MakeDirection(std::map<uint32_t, uint32_t> key_map);
 // What the batch's queue row says about where the batch resumes (rekey.batches).
 struct BatchProgress {
   std::optional<std::string> resume_after;  // the checkpoint of earlier chunks
-  std::optional<std::string> planned_keys;  // the keys its plan recorded: key texts, a text[] literal
+  std::optional<std::string>
+      planned_keys;  // the keys its plan recorded: key texts, a text[] literal
 };
 
 // One execution of the row-locking SELECT: which variant, with which parameters.
@@ -87,8 +88,8 @@ class BatchStatements {
   const jobs::JobDefinition& job_;  // outlives the statements (the rotator owns both)
   std::string table_;               // "schema"."table"
   jobs::KeyShape key_;
-  std::string key_id_;              // the quoted key-id column, "" if none
-  std::string needs_work_;          // with $P and $K for the key parameters
+  std::string key_id_;      // the quoted key-id column, "" if none
+  std::string needs_work_;  // with $P and $K for the key parameters
   std::string select_list_;
   std::string update_;
 };

@@ -65,8 +65,8 @@ std::string ScopeConditions(const jobs::JobDefinition& job, std::optional<int> b
                             const std::string& scope_value) {
   std::string sql;
   if (bucket_below) {
-    sql += " AND rekey.stage_bucket(" + job.Key().Text("t") + ") < " +
-           std::to_string(*bucket_below);
+    sql +=
+        " AND rekey.stage_bucket(" + job.Key().Text("t") + ") < " + std::to_string(*bucket_below);
   }
   if (job.scope_column) {
     sql +=
@@ -103,7 +103,8 @@ TableReads BuildTableReads(const jobs::JobDefinition& job, const VerifyOptions& 
   const std::string page_order = OrderByKey(job) + " LIMIT " + std::to_string(options.page_size);
   TableReads reads;
   reads.first_page = select + " WHERE ($1::text IS NULL)" + scope + page_order;
-  reads.next_page = select + " WHERE " + key.Row("t") + " > " + key.Bound("$1") + scope + page_order;
+  reads.next_page =
+      select + " WHERE " + key.Row("t") + " > " + key.Bound("$1") + scope + page_order;
   reads.with_keys = select + " WHERE " + key.AnyOf("t", "$1") + scope + OrderByKey(job);
   reads.declare_sample = std::string("DECLARE ") + kSampleCursor + " NO SCROLL CURSOR FOR " +
                          select + " WHERE TRUE" + ScopeConditions(job, bucket_below, scope_literal);
