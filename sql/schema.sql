@@ -1027,6 +1027,16 @@ BEGIN
       FROM pg_index x, unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
      WHERE x.indrelid = rel AND x.indisprimary AND a.attrelid = rel AND a.attnum = k.attnum;
     IF key_columns IS NULL THEN
+      -- The key an earlier job on this table was given (--key-columns), while it still names a
+      -- usable index: the operator's statement about the table outlives one job, as
+      -- --not-governed does (rekey rotate-due repeats jobs without flags).
+      SELECT u.columns INTO key_columns
+        FROM (SELECT x.key_columns FROM rekey.jobs x
+               WHERE x.schema_name = p_schema AND x.table_name = p_table
+               ORDER BY x.job_id DESC LIMIT 1) latest
+        JOIN rekey.unique_keys(rel) u ON u.columns = latest.key_columns AND u.not_null;
+    END IF;
+    IF key_columns IS NULL THEN
       SELECT string_agg(format('--key-columns %s', c.list), ' or ' ORDER BY c.list) INTO candidates
         FROM rekey.unique_keys(rel) u,
              LATERAL (SELECT string_agg(quote_ident(x), ',') AS list FROM unnest(u.columns) x) c
@@ -1105,7 +1115,7 @@ CREATE TABLE rekey.jobs (
     CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
     CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
     CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
-    CONSTRAINT jobs_key_shape CHECK (((cardinality(key_columns) >= 1) AND (cardinality(key_columns) = cardinality(key_types)) AND (key_columns[1] = pk_column) AND (key_types[1] = pk_type) AND ((key_text_form = 'canonical'::text) OR (cardinality(key_columns) = 1)))),
+    CONSTRAINT jobs_key_shape CHECK (((cardinality(key_columns) >= 1) AND (cardinality(key_columns) = cardinality(key_types)) AND ((key_text_form = 'canonical'::text) OR (cardinality(key_columns) = 1)))),
     CONSTRAINT jobs_key_text_form CHECK ((key_text_form = ANY (ARRAY['canonical'::text, 'legacy'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),

@@ -126,7 +126,9 @@ $$;
 
 -- The key of a new job on p_schema.p_table. p_key_columns (the operator's --key-columns), if
 -- given, must be the key columns of a unique, valid, non-partial index without expressions, in
--- the index's order, each NOT NULL; without it, the primary key's columns in its order. Every key
+-- the index's order, each NOT NULL; without it, the primary key's columns in its order, or for a
+-- table without one the key the latest job on the table was given, if it still names such an
+-- index. Every key
 -- column must be of a type of rekey.supported_key_types(). Refuses, in one line naming the table
 -- and what to change (nothing is written): a table with inheritance children (PostgreSQL keeps a
 -- key unique per table, not across a parent and its children, so ranges over the parent could
@@ -152,6 +154,16 @@ BEGIN
     SELECT array_agg(a.attname ORDER BY k.ord) INTO key_columns
       FROM pg_index x, unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
      WHERE x.indrelid = rel AND x.indisprimary AND a.attrelid = rel AND a.attnum = k.attnum;
+    IF key_columns IS NULL THEN
+      -- The key an earlier job on this table was given (--key-columns), while it still names a
+      -- usable index: the operator's statement about the table outlives one job, as
+      -- --not-governed does (rekey rotate-due repeats jobs without flags).
+      SELECT u.columns INTO key_columns
+        FROM (SELECT x.key_columns FROM rekey.jobs x
+               WHERE x.schema_name = p_schema AND x.table_name = p_table
+               ORDER BY x.job_id DESC LIMIT 1) latest
+        JOIN rekey.unique_keys(rel) u ON u.columns = latest.key_columns AND u.not_null;
+    END IF;
     IF key_columns IS NULL THEN
       SELECT string_agg(format('--key-columns %s', c.list), ' or ' ORDER BY c.list) INTO candidates
         FROM rekey.unique_keys(rel) u,
