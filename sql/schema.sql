@@ -839,6 +839,15 @@ BEGIN
   RETURN job;
 END $_$;
 
+CREATE FUNCTION rekey.date_key_text(v date) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE WHEN NOT isfinite(v) THEN v::text
+              ELSE to_char(v::timestamp, 'YYYY-MM-DD')
+                   || CASE WHEN v < '0001-01-01'::date THEN ' BC' ELSE '' END
+         END
+$$;
+
 CREATE FUNCTION rekey.finish_stages(p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, state text)
     LANGUAGE plpgsql
     AS $$
@@ -1525,8 +1534,10 @@ END $$;
 CREATE FUNCTION rekey.key_column_text_sql(p_expr text, p_type text, p_form text) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$
-  SELECT CASE WHEN p_form = 'canonical' AND p_type IN ('date', 'timestamp with time zone')
-              THEN format('rekey.key_text(%s)', p_expr)
+  SELECT CASE WHEN p_form = 'canonical' AND p_type = 'date'
+              THEN format('rekey.date_key_text(%s)', p_expr)
+              WHEN p_form = 'canonical' AND p_type = 'timestamp with time zone'
+              THEN format('rekey.timestamptz_key_text(%s)', p_expr)
               ELSE format('%s::text', p_expr) END
 $$;
 
@@ -1562,24 +1573,6 @@ CREATE FUNCTION rekey.key_row_sql(p_columns name[], p_alias text) RETURNS text
   SELECT CASE WHEN cardinality(p_columns) = 1 THEN format('%I.%I', p_alias, p_columns[1])
               ELSE 'ROW(' || string_agg(format('%I.%I', p_alias, c), ', ' ORDER BY i) || ')' END
     FROM unnest(p_columns) WITH ORDINALITY AS k(c, i)
-$$;
-
-CREATE FUNCTION rekey.key_text(v date) RETURNS text
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$
-  SELECT CASE WHEN NOT isfinite(v) THEN v::text
-              ELSE to_char(v::timestamp, 'YYYY-MM-DD')
-                   || CASE WHEN v < '0001-01-01'::date THEN ' BC' ELSE '' END
-         END
-$$;
-
-CREATE FUNCTION rekey.key_text(v timestamp with time zone) RETURNS text
-    LANGUAGE sql STABLE PARALLEL SAFE
-    AS $$
-  SELECT CASE WHEN NOT isfinite(v) THEN v::text
-              ELSE to_char(v AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-                   || CASE WHEN v < '0001-01-01 00:00:00+00'::timestamptz THEN ' BC' ELSE '' END
-         END
 $$;
 
 CREATE FUNCTION rekey.key_text_sql(p_columns name[], p_types text[], p_form text, p_alias text) RETURNS text
@@ -2709,6 +2702,15 @@ BEGIN
   END IF;
   RETURN NEW;
 END $$;
+
+CREATE FUNCTION rekey.timestamptz_key_text(v timestamp with time zone) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE WHEN NOT isfinite(v) THEN v::text
+              ELSE to_char(v AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                   || CASE WHEN v < '0001-01-01 00:00:00+00'::timestamptz THEN ' BC' ELSE '' END
+         END
+$$;
 
 CREATE FUNCTION rekey.tink_prefix(p_key bigint) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE

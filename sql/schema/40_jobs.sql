@@ -33,7 +33,7 @@ $$;
 -- The canonical text of a timestamptz key column: UTC, ISO 8601, always six fractional digits,
 -- e.g. 2026-01-31T23:00:00.000000Z (" BC" appended before year 1; infinity and -infinity as
 -- such). Neither DateStyle nor TimeZone changes it, and ::timestamptz reads it back under any.
-CREATE OR REPLACE FUNCTION rekey.key_text(v timestamptz) RETURNS text
+CREATE OR REPLACE FUNCTION rekey.timestamptz_key_text(v timestamptz) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
   SELECT CASE WHEN NOT isfinite(v) THEN v::text
               ELSE to_char(v AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
@@ -43,7 +43,7 @@ $$;
 
 -- The canonical text of a date key column: ISO 8601, e.g. 2026-01-31 (" BC" appended before
 -- year 1; infinity and -infinity as such), whatever DateStyle says; ::date reads it back.
-CREATE OR REPLACE FUNCTION rekey.key_text(v date) RETURNS text
+CREATE OR REPLACE FUNCTION rekey.date_key_text(v date) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
   SELECT CASE WHEN NOT isfinite(v) THEN v::text
               ELSE to_char(v::timestamp, 'YYYY-MM-DD')
@@ -51,14 +51,17 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
          END
 $$;
 
--- The text of one key column p_expr of type p_type, as an SQL expression: rekey.key_text() for
--- date and timestamptz (whose ::text follows DateStyle and TimeZone), ::text for the others
+-- The text of one key column p_expr of type p_type, as an SQL expression: rekey.date_key_text()
+-- and rekey.timestamptz_key_text() (whose ::text follows DateStyle and TimeZone), ::text for the
+-- others
 -- (which no setting changes; a numeric keeps the scale it was stored with). A 'legacy' job
 -- (created before migration 0020) keeps ::text for every type.
 CREATE OR REPLACE FUNCTION rekey.key_column_text_sql(p_expr text, p_type text, p_form text)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
-  SELECT CASE WHEN p_form = 'canonical' AND p_type IN ('date', 'timestamp with time zone')
-              THEN format('rekey.key_text(%s)', p_expr)
+  SELECT CASE WHEN p_form = 'canonical' AND p_type = 'date'
+              THEN format('rekey.date_key_text(%s)', p_expr)
+              WHEN p_form = 'canonical' AND p_type = 'timestamp with time zone'
+              THEN format('rekey.timestamptz_key_text(%s)', p_expr)
               ELSE format('%s::text', p_expr) END
 $$;
 

@@ -19,8 +19,9 @@ std::string KeyShape::ColumnText(size_t i, const std::string& alias) const {
   const std::string column = alias + "." + db::QuoteIdent(columns_[i]);
   // As rekey.key_column_text_sql: only date and timestamptz print differently under another
   // DateStyle or TimeZone.
-  if (canonical_text_ && (types_[i] == "date" || types_[i] == "timestamp with time zone")) {
-    return "rekey.key_text(" + column + ")";
+  if (canonical_text_ && types_[i] == "date") return "rekey.date_key_text(" + column + ")";
+  if (canonical_text_ && types_[i] == "timestamp with time zone") {
+    return "rekey.timestamptz_key_text(" + column + ")";
   }
   return column + "::text";
 }

@@ -23,8 +23,8 @@ TEST(KeyShapeTest, OneBigintColumnIsItsTextAndItsType) {
 
 TEST(KeyShapeTest, DatesAndTimesAreCanonicalUnlessTheJobIsLegacy) {
   EXPECT_EQ(KeyShape({"at"}, {"timestamp with time zone"}, true).Text("t"),
-            "rekey.key_text(t.\"at\")");
-  EXPECT_EQ(KeyShape({"d"}, {"date"}, true).Text("t"), "rekey.key_text(t.\"d\")");
+            "rekey.timestamptz_key_text(t.\"at\")");
+  EXPECT_EQ(KeyShape({"d"}, {"date"}, true).Text("t"), "rekey.date_key_text(t.\"d\")");
   EXPECT_EQ(KeyShape({"at"}, {"timestamp with time zone"}, false).Text("t"), "t.\"at\"::text");
   EXPECT_EQ(KeyShape({"n"}, {"numeric"}, true).Text("t"), "t.\"n\"::text");
 }
@@ -35,7 +35,8 @@ TEST(KeyShapeTest, ACompositeKeyIsAJsonArrayAndARowValue) {
   EXPECT_TRUE(key.composite());
   EXPECT_EQ(key.Text("t"),
             "'[' || to_json(t.\"tenant\"::text)::text || ',' || "
-            "to_json(rekey.key_text(t.\"at\"))::text || ',' || to_json(t.\"Id\"\"x\"::text)::text "
+            "to_json(rekey.timestamptz_key_text(t.\"at\"))::text || ',' || "
+            "to_json(t.\"Id\"\"x\"::text)::text "
             "|| ']'");
   EXPECT_EQ(key.Row("t"), "ROW(t.\"tenant\", t.\"at\", t.\"Id\"\"x\")");
   EXPECT_EQ(key.OrderBy("t"), "t.\"tenant\", t.\"at\", t.\"Id\"\"x\"");
