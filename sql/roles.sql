@@ -140,7 +140,7 @@ GRANT SELECT ON rekey.readers TO rekey_monitor, rekey_worker;
 GRANT SELECT ON rekey.application_keys TO rekey_application;
 
 -- The GRANT statements that give `p_role` exactly the columns job `p_job` touches on its target:
--- SELECT on the primary key, scope, ciphertext and key-id columns;
+-- SELECT on the key's columns (all of a composite key), scope, ciphertext and key-id columns;
 -- UPDATE on the ciphertext and key-id columns. Run them with psql's \gexec:  SELECT rekey.worker_grants(42) \gexec
 CREATE OR REPLACE FUNCTION rekey.worker_grants(p_job bigint, p_role name DEFAULT 'rekey_worker')
 RETURNS SETOF text
@@ -157,7 +157,8 @@ BEGIN
   IF j.key_id_column IS NOT NULL THEN
     written := written || quote_ident(j.key_id_column);
   END IF;
-  read := written || quote_ident(j.pk_column);
+  read := written || (SELECT array_agg(quote_ident(c) ORDER BY i)
+                        FROM unnest(j.key_columns) WITH ORDINALITY AS k(c, i));
   IF j.scope_column IS NOT NULL THEN
     read := read || quote_ident(j.scope_column);
   END IF;

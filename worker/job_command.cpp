@@ -28,6 +28,7 @@ struct CreateFlags {
   std::vector<std::string> codecs;
   std::string key_map;
   std::string key_id_column;
+  std::vector<std::string> key_columns;
   std::string ad_template;
   std::string scope;
   std::string name;
@@ -106,6 +107,7 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
     spec.key_map = jobs::ParseKeyMap(flags.key_map);
   }
   if (!flags.key_id_column.empty()) spec.key_id_column = flags.key_id_column;
+  spec.key_columns = flags.key_columns;
   if (!flags.not_governed.empty()) spec.not_governed = flags.not_governed;
   spec.cross_scope = flags.cross_scope;
   if (!flags.ad_template.empty()) spec.ad_template = flags.ad_template;
@@ -252,6 +254,12 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
                    "Columns of the table not encrypted under the --key-id-column's key, e.g. "
                    "note,cvv_hint (a job that rewrites the key-id column must otherwise rotate "
                    "every other bytea/text column holding values)")
+      ->delimiter(',');
+  create
+      ->add_option("--key-columns", flags->key_columns,
+                   "The key to batch by, for a table without a primary key: the columns of a "
+                   "unique, not-null index in its order, e.g. tenant_id,id (default: the primary "
+                   "key)")
       ->delimiter(',');
   create->add_flag("--cross-scope", flags->cross_scope,
                    "Allow target keys in another keyring scope than their source keys");

@@ -13,6 +13,211 @@ LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
   SELECT (('x' || substr(md5(pk), 1, 8))::bit(32)::bigint % 10000)::integer
 $$;
 
+-- ---------------------------------------------------------------------------------------------
+-- The key of a job's rows (rekey.jobs.key_columns, key_types, key_text_form; migration 0020):
+-- one or more columns of the primary key or of a unique, not-null index, in the index's order.
+-- Batches are half-open ranges in the key's row order, compared as row values
+-- (ROW(a, b) >= ROW(x, y)); the key's text is the stage bucket's input, the associated data's
+-- {pk}, and the form in which batch bounds, checkpoints, recorded keys, quarantined and audited
+-- rows name a row. docs/FORMAT.md ("The key's text") is its specification; these functions are
+-- its implementation in SQL, and src/jobs/key_shape.cpp builds the same expressions for the
+-- statements workers prepare (tests/table_shapes_pg_test.cpp compares the two on every type).
+
+-- The key types rekey can order, bound and name rows by (format_type without a modifier).
+CREATE OR REPLACE FUNCTION rekey.supported_key_types() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT ARRAY['bigint', 'integer', 'smallint', 'numeric', 'uuid', 'text', 'character varying',
+               'date', 'timestamp with time zone']
+$$;
+
+-- The canonical text of a timestamptz key column: UTC, ISO 8601, always six fractional digits,
+-- e.g. 2026-01-31T23:00:00.000000Z (" BC" appended before year 1; infinity and -infinity as
+-- such). Neither DateStyle nor TimeZone changes it, and ::timestamptz reads it back under any.
+CREATE OR REPLACE FUNCTION rekey.timestamptz_key_text(v timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN NOT isfinite(v) THEN v::text
+              ELSE to_char(v AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                   || CASE WHEN v < '0001-01-01 00:00:00+00'::timestamptz THEN ' BC' ELSE '' END
+         END
+$$;
+
+-- The canonical text of a date key column: ISO 8601, e.g. 2026-01-31 (" BC" appended before
+-- year 1; infinity and -infinity as such), whatever DateStyle says; ::date reads it back.
+CREATE OR REPLACE FUNCTION rekey.date_key_text(v date) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN NOT isfinite(v) THEN v::text
+              ELSE to_char(v::timestamp, 'YYYY-MM-DD')
+                   || CASE WHEN v < '0001-01-01'::date THEN ' BC' ELSE '' END
+         END
+$$;
+
+-- The text of one key column p_expr of type p_type, as an SQL expression: rekey.date_key_text()
+-- and rekey.timestamptz_key_text() (whose ::text follows DateStyle and TimeZone), ::text for the
+-- others
+-- (which no setting changes; a numeric keeps the scale it was stored with). A 'legacy' job
+-- (created before migration 0020) keeps ::text for every type.
+CREATE OR REPLACE FUNCTION rekey.key_column_text_sql(p_expr text, p_type text, p_form text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN p_form = 'canonical' AND p_type = 'date'
+              THEN format('rekey.date_key_text(%s)', p_expr)
+              WHEN p_form = 'canonical' AND p_type = 'timestamp with time zone'
+              THEN format('rekey.timestamptz_key_text(%s)', p_expr)
+              ELSE format('%s::text', p_expr) END
+$$;
+
+-- The key's text of the row p_alias, as an SQL expression: the column's text for a one-column
+-- key; for a composite key a JSON array of the columns' texts as JSON strings, in key order,
+-- without spaces: ["acme","2026-01-31T23:00:00.000000Z","42"].
+CREATE OR REPLACE FUNCTION rekey.key_text_sql(p_columns name[], p_types text[], p_form text,
+                                              p_alias text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN cardinality(p_columns) = 1
+              THEN rekey.key_column_text_sql(format('%I.%I', p_alias, p_columns[1]), p_types[1],
+                                             p_form)
+              ELSE $s$'[' || $s$
+                   || string_agg(format('to_json(%s)::text',
+                                        rekey.key_column_text_sql(format('%I.%I', p_alias, k.c), k.ty,
+                                                                  p_form)),
+                                 $s$ || ',' || $s$ ORDER BY k.i)
+                   || $s$ || ']'$s$
+         END
+    FROM unnest(p_columns, p_types) WITH ORDINALITY AS k(c, ty, i)
+$$;
+
+-- The key of the row p_alias as a value to compare: t.a for one column, ROW(t.a, t.b) for
+-- several (compared column by column in key order, which a btree index on the key serves).
+CREATE OR REPLACE FUNCTION rekey.key_row_sql(p_columns name[], p_alias text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN cardinality(p_columns) = 1 THEN format('%I.%I', p_alias, p_columns[1])
+              ELSE 'ROW(' || string_agg(format('%I.%I', p_alias, c), ', ' ORDER BY i) || ')' END
+    FROM unnest(p_columns) WITH ORDINALITY AS k(c, i)
+$$;
+
+-- "t.a, t.b": the key's columns for ORDER BY.
+CREATE OR REPLACE FUNCTION rekey.key_order_sql(p_columns name[], p_alias text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT string_agg(format('%I.%I', p_alias, c), ', ' ORDER BY i)
+    FROM unnest(p_columns) WITH ORDINALITY AS k(c, i)
+$$;
+
+-- The key whose text is the SQL expression p_text (a parameter, a column of rekey.batches), as a
+-- value comparable with rekey.key_row_sql: (p_text::bigint) for one column,
+-- ROW(((p_text)::jsonb ->> 0)::text, ...) for several. Every canonical text reads back.
+CREATE OR REPLACE FUNCTION rekey.key_bound_sql(p_types text[], p_text text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE WHEN cardinality(p_types) = 1 THEN format('(%s::%s)', p_text, p_types[1])
+              ELSE 'ROW(' || string_agg(format('((%s)::jsonb ->> %s)::%s', p_text, i - 1, ty),
+                                        ', ' ORDER BY i) || ')' END
+    FROM unnest(p_types) WITH ORDINALITY AS k(ty, i)
+$$;
+
+-- The types of job p_job's key columns as the catalog has them now: rekey.checked_column_type
+-- raises (55000) if the job records another type for one of them, (42703) if one is gone.
+CREATE OR REPLACE FUNCTION rekey.job_key_types(p_job rekey.jobs) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+  SELECT array_agg(rekey.checked_column_type(p_job.schema_name, p_job.table_name, k.c, k.ty)
+                   ORDER BY k.i)
+    FROM unnest(p_job.key_columns, p_job.key_types) WITH ORDINALITY AS k(c, ty, i)
+$$;
+
+-- The key's text of job p_job's row p_alias (rekey.key_text_sql over the catalog's types).
+CREATE OR REPLACE FUNCTION rekey.job_key_text_sql(p_job rekey.jobs, p_alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+  SELECT rekey.key_text_sql(p_job.key_columns, rekey.job_key_types(p_job), p_job.key_text_form,
+                            p_alias)
+$$;
+
+-- The key of a new job on p_schema.p_table. p_key_columns (the operator's --key-columns), if
+-- given, must be the key columns of a unique, valid, non-partial index without expressions, in
+-- the index's order, each NOT NULL; without it, the primary key's columns in its order, or for a
+-- table without one the key the latest job on the table was given, if it still names such an
+-- index. Every key
+-- column must be of a type of rekey.supported_key_types(). Refuses, in one line naming the table
+-- and what to change (nothing is written): a table with inheritance children (PostgreSQL keeps a
+-- key unique per table, not across a parent and its children, so ranges over the parent could
+-- mix two rows of one key); a table without a primary key (naming the usable unique indexes, if
+-- any); named columns that are no such index; a key type rekey cannot order. A declarative
+-- partitioned table is a table like any other here: its primary key holds the partition key and
+-- is unique across its partitions.
+CREATE OR REPLACE FUNCTION rekey.job_key(p_schema name, p_table name, p_key_columns text[],
+                                         OUT key_columns name[], OUT key_types text[])
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  rel regclass := format('%I.%I', p_schema, p_table)::regclass;
+  tbl text := format('%I.%I', p_schema, p_table);
+  candidates text;
+  bad record;
+BEGIN
+  IF (SELECT relkind FROM pg_class WHERE oid = rel) = 'r'
+     AND EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = rel) THEN
+    RAISE EXCEPTION 'table % has inheritance children, and no key is unique across a parent and its children; create a job per child table, or move the rows to a declarative partitioned table (PARTITION BY)',
+      tbl USING ERRCODE = 'feature_not_supported';
+  END IF;
+  IF p_key_columns IS NULL THEN
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO key_columns
+      FROM pg_index x, unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+     WHERE x.indrelid = rel AND x.indisprimary AND a.attrelid = rel AND a.attnum = k.attnum;
+    IF key_columns IS NULL THEN
+      -- The key an earlier job on this table was given (--key-columns), while it still names a
+      -- usable index: the operator's statement about the table outlives one job, as
+      -- --not-governed does (rekey rotate-due repeats jobs without flags).
+      SELECT u.columns INTO key_columns
+        FROM (SELECT x.key_columns FROM rekey.jobs x
+               WHERE x.schema_name = p_schema AND x.table_name = p_table
+               ORDER BY x.job_id DESC LIMIT 1) latest
+        JOIN rekey.unique_keys(rel) u ON u.columns = latest.key_columns AND u.not_null;
+    END IF;
+    IF key_columns IS NULL THEN
+      SELECT string_agg(format('--key-columns %s', c.list), ' or ' ORDER BY c.list) INTO candidates
+        FROM rekey.unique_keys(rel) u,
+             LATERAL (SELECT string_agg(quote_ident(x), ',') AS list FROM unnest(u.columns) x) c
+       WHERE u.not_null;
+      IF candidates IS NOT NULL THEN
+        RAISE EXCEPTION 'table % has no primary key; name a unique, not-null index as its key: %',
+          tbl, candidates USING ERRCODE = 'invalid_table_definition';
+      END IF;
+      RAISE EXCEPTION 'table % has no primary key and no unique index on NOT NULL columns alone (an index on an expression, a partial index or a nullable column cannot key batches); add a primary key (ALTER TABLE % ADD PRIMARY KEY (...)) and create the job again',
+        tbl, tbl USING ERRCODE = 'invalid_table_definition';
+    END IF;
+  ELSE
+    SELECT array_agg(c::name) INTO key_columns FROM unnest(p_key_columns) c
+     WHERE rekey.column_type(p_schema, p_table, c) IS NULL;
+    IF key_columns IS NOT NULL THEN
+      RAISE EXCEPTION 'key column % does not exist in %', quote_ident(key_columns[1]), tbl
+        USING ERRCODE = 'undefined_column';
+    END IF;
+    SELECT u.columns INTO key_columns FROM rekey.unique_keys(rel) u
+     WHERE u.columns::text[] = p_key_columns AND u.not_null LIMIT 1;
+    IF key_columns IS NULL THEN
+      RAISE EXCEPTION 'table % has no unique index on exactly (%), in that order, without expressions or a WHERE clause, on NOT NULL columns; create one (CREATE UNIQUE INDEX ON % (%)) or name the columns of an existing one with --key-columns',
+        tbl, array_to_string(p_key_columns, ', '), tbl, array_to_string(p_key_columns, ', ')
+        USING ERRCODE = 'invalid_table_definition';
+    END IF;
+  END IF;
+  SELECT array_agg(rekey.checked_column_type(p_schema, p_table, k.c) ORDER BY k.i) INTO key_types
+    FROM unnest(key_columns) WITH ORDINALITY AS k(c, i);
+  SELECT k.c, k.ty INTO bad FROM unnest(key_columns, key_types) AS k(c, ty)
+   WHERE k.ty <> ALL (rekey.supported_key_types()) LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'key column % of % is of type %, which rekey cannot order batches by (supported: %); name a unique, not-null index on supported columns with --key-columns',
+      quote_ident(bad.c), tbl, bad.ty, array_to_string(rekey.supported_key_types(), ', ')
+      USING ERRCODE = 'feature_not_supported';
+  END IF;
+END $$;
+
+-- The unique indexes of p_rel that could key a job: valid, without a WHERE clause or an
+-- expression; their key columns in index order, and whether every one is NOT NULL.
+CREATE OR REPLACE FUNCTION rekey.unique_keys(p_rel regclass)
+RETURNS TABLE (columns name[], not_null boolean)
+LANGUAGE sql STABLE AS $$
+  SELECT array_agg(a.attname ORDER BY k.ord), bool_and(a.attnotnull)
+    FROM pg_index x, unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+   WHERE x.indrelid = p_rel AND x.indisunique AND x.indisvalid AND x.indpred IS NULL
+     AND x.indexprs IS NULL AND a.attrelid = p_rel AND a.attnum = k.attnum
+     AND k.ord <= x.indnkeyatts
+   GROUP BY x.indexrelid
+$$;
+
 -- Job definitions and rollbacks are checked against the unfinished jobs; this lock, held to the
 -- end of the transaction, makes those checks and the writes they allow one step (two concurrent
 -- creations could otherwise each pass before the other commits). Tag 'REKJ' in the high 32 bits:
@@ -95,19 +300,22 @@ END $$;
 -- one raises (and so writes nothing) on bad input, naming what it found.
 
 -- The table of a new job: p_table (schema.table, identifier syntax) must resolve, show this role
--- every row, and have a single-column primary key (batches are ranges over it). Row-level
--- security that hides rows from this role would hide them from the plan too: those rows would
--- never be rotated, and the job would still complete (docs/safety.md, invariant 4); the table as
--- this role sees it is not fit for a job, a definition error (exit 2) that names the grant. Takes
--- the job-definition lock (rekey.lock_job_definitions) before reading the primary key, so the
--- collision checks that follow see every job defined before this one.
+-- every row, and have a key (rekey.job_key: the primary key, or the unique index the operator
+-- named with SET LOCAL rekey.key_columns = '{a,b}', as `rekey job create --key-columns a,b`
+-- does; batches are ranges over it). pk_column and pk_type are the key's first column and its
+-- type; rekey.job_key gives the whole key. Row-level security that hides rows from this role
+-- would hide them from the plan too: those rows would never be rotated, and the job would still
+-- complete (docs/safety.md, invariant 4); the table as this role sees it is not fit for a job, a
+-- definition error (exit 2) that names the grant. Takes the job-definition lock
+-- (rekey.lock_job_definitions) before reading the key, so the collision checks that follow see
+-- every job defined before this one.
 CREATE OR REPLACE FUNCTION rekey.job_table(p_table text, OUT schema_name name, OUT table_name name,
                                            OUT pk_column name, OUT pk_type text)
 LANGUAGE plpgsql AS $$
 DECLARE
   t record;
+  k record;
   blocker text;
-  n integer;
 BEGIN
   t := rekey.resolve_table(p_table);
   blocker := rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass);
@@ -115,20 +323,29 @@ BEGIN
     RAISE EXCEPTION '%', blocker USING ERRCODE = 'invalid_table_definition';
   END IF;
   PERFORM rekey.lock_job_definitions();
-  SELECT min(a.attname), count(*) INTO pk_column, n
-    FROM pg_index x
-    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
-   WHERE x.indrelid = format('%I.%I', t.schema_name, t.table_name)::regclass AND x.indisprimary;
-  IF n = 0 THEN
-    RAISE EXCEPTION 'table %.% has no primary key; rekey needs a single-column primary key to split it into batches',
-      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'invalid_table_definition';
-  ELSIF n > 1 THEN
-    RAISE EXCEPTION 'table %.% has a composite primary key; rekey supports single-column primary keys',
-      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'feature_not_supported';
-  END IF;
+  k := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
   schema_name := t.schema_name;
   table_name := t.table_name;
-  pk_type := rekey.column_type(t.schema_name, t.table_name, pk_column);
+  pk_column := k.key_columns[1];
+  pk_type := k.key_types[1];
+END $$;
+
+-- The key columns the operator named for the jobs created in this transaction (the setting
+-- rekey.key_columns, a text[] literal set with SET LOCAL), or NULL for the primary key.
+CREATE OR REPLACE FUNCTION rekey.requested_key_columns() RETURNS text[]
+LANGUAGE sql STABLE AS $$
+  SELECT nullif(current_setting('rekey.key_columns', true), '')::text[]
+$$;
+
+-- Refuses (invalid_parameter_value) a ciphertext column that is part of the job's key.
+CREATE OR REPLACE FUNCTION rekey.refuse_key_ciphertext(p_columns text[], p_key name[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  IF p_columns && p_key::text[] THEN
+    RAISE EXCEPTION 'column % is part of the key',
+      (SELECT quote_ident(c) FROM unnest(p_columns) c WHERE c = ANY (p_key::text[]) LIMIT 1)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
 END $$;
 
 -- The ciphertext columns of a new job on p_schema.p_table: at least one, none twice, each an
@@ -331,12 +548,15 @@ DECLARE
   candidate record;
   has_value boolean;
   i integer;
+  key record;
 BEGIN
   t := rekey.job_table(p_table);
   pk_col := t.pk_column;
   pk_type := t.pk_type;
+  key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
 
   PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, false);
+  PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
   IF p_codecs IS NOT NULL AND cardinality(p_codecs) <> cardinality(p_columns) THEN
     RAISE EXCEPTION 'give one codec per column (% columns, % codecs)', cardinality(p_columns), cardinality(p_codecs)
       USING ERRCODE = 'invalid_parameter_value';
@@ -417,7 +637,7 @@ BEGIN
        WHERE a.attrelid = format('%I.%I', t.schema_name, t.table_name)::regclass
          AND a.attnum > 0 AND NOT a.attisdropped
          AND a.atttypid IN ('bytea'::regtype, 'text'::regtype, 'varchar'::regtype)
-         AND a.attname <> ALL (p_columns) AND a.attname <> pk_col
+         AND a.attname <> ALL (p_columns) AND a.attname <> ALL (key.key_columns)
          AND a.attname IS DISTINCT FROM p_scope_column
          AND a.attname <> ALL (v_not_governed)
        ORDER BY a.attnum
@@ -439,11 +659,13 @@ BEGIN
     END IF;
   END IF;
 
-  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_id_column, ad_template,
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_columns, key_types,
+                          key_id_column, ad_template,
                           scope_column, scope_value, scope_type, batch_size, max_attempts, per_row_audit,
                           stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
                           not_governed, cross_scope)
-  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_key_id_column, p_ad_template,
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, key.key_columns, key.key_types,
+          p_key_id_column, p_ad_template,
           p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts, p_per_row_audit,
           p_stages, coalesce(p_promote_at_stage, cardinality(p_stages)), p_error_threshold, p_observe,
           p_gate_sample_size, coalesce(v_not_governed, '{}')::name[], coalesce(p_cross_scope, false))
@@ -538,10 +760,12 @@ DECLARE
   tid bigint;
   batches integer;
   i integer;
+  key record;
 BEGIN
   t := rekey.job_table(p_table);
   pk_col := t.pk_column;
   pk_type := t.pk_type;
+  key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
   IF p_transit_key IS NULL OR p_transit_key !~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$' THEN
     RAISE EXCEPTION 'Transit key % is not a key path <mount>/keys/<name> (e.g. transit/keys/app)',
       quote_literal(coalesce(p_transit_key, '')) USING ERRCODE = 'invalid_parameter_value';
@@ -551,16 +775,19 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, true);
+  PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
   SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
     FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
   PERFORM rekey.check_job_settings(p_batch_size, p_ad_template, p_stages, p_error_threshold);
 
   -- keys_promoted from the start: there is no keyring key to promote (open_stage skips it).
-  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, ad_template,
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_columns, key_types,
+                          ad_template,
                           scope_column, scope_value, scope_type, batch_size, max_attempts,
                           stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
                           keys_promoted, transit_key_ref, transit_min_version)
-  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_ad_template,
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, key.key_columns, key.key_types,
+          p_ad_template,
           p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts,
           p_stages, cardinality(p_stages), p_error_threshold, p_observe, p_gate_sample_size,
           true, p_transit_key, p_min_version)

@@ -33,10 +33,18 @@ DECLARE
   his integer[];
   counts text;
   n integer;
+  key_text text;
+  key_select text;
+  key_names text;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   scope_sql := rekey.scope_condition(j);
+  -- The key's columns stream as o1, o2, ... (the window orders by them, each in its own
+  -- collation) beside the key's text k (rekey.job_key_text_sql).
+  key_text := rekey.job_key_text_sql(j, 't');
+  SELECT string_agg(format('t.%I AS o%s', c, i), ', ' ORDER BY i), string_agg('o' || i, ', ' ORDER BY i)
+    INTO key_select, key_names FROM unnest(j.key_columns) WITH ORDINALITY AS x(c, i);
   SELECT array_agg(s.stage_no ORDER BY s.bucket_lo), array_agg(s.bucket_lo ORDER BY s.bucket_lo),
          array_agg(s.bucket_hi ORDER BY s.bucket_lo)
     INTO stages, los, his
@@ -58,13 +66,12 @@ BEGIN
   EXECUTE format($q$
     WITH numbered AS (
       SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
-        FROM (SELECT pk_order, k, CASE WHEN bucket < $6[x] THEN x END AS i
-                FROM (SELECT pk_order, k, bucket, width_bucket(bucket, $5) AS x
-                        FROM (SELECT t.%1$I AS pk_order, t.%1$I::text AS k,
-                                     rekey.stage_bucket(t.%1$I::text) AS bucket
-                                FROM %2$s AS t WHERE true%3$s ORDER BY t.%1$I OFFSET 0) r) s) y
+        FROM (SELECT %5$s, k, CASE WHEN bucket < $6[x] THEN x END AS i
+                FROM (SELECT %5$s, k, bucket, width_bucket(bucket, $5) AS x
+                        FROM (SELECT %1$s, %6$s AS k, rekey.stage_bucket(%6$s) AS bucket
+                                FROM %2$s AS t WHERE true%3$s ORDER BY %7$s OFFSET 0) r) s) y
        WHERE i IS NOT NULL
-      WINDOW w AS (ORDER BY pk_order ROWS UNBOUNDED PRECEDING)),
+      WINDOW w AS (ORDER BY %5$s ROWS UNBOUNDED PRECEDING)),
     grouped AS (
       SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
              min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
@@ -80,7 +87,8 @@ BEGIN
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys)
     SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys
       FROM planned$q$,
-    j.pk_column, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts)
+    key_select, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts, key_names,
+    key_text, rekey.key_order_sql(j.key_columns, 't'))
     USING p_job, j.batch_size, first_batch, stages, los, his,
           (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000);
   GET DIAGNOSTICS n = ROW_COUNT;
@@ -105,24 +113,28 @@ DECLARE
   st rekey.job_stages;
   first_batch integer;
   n integer;
+  lo_key text;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
+  -- A rollout bound as the key it names (rekey.key_bound_sql), to order the bounds by key; the
+  -- bounds stay in the key's text form. A composite key's bounds order as row values.
+  lo_key := rekey.key_bound_sql(rekey.job_key_types(j), 'b.lo');
   EXECUTE format($q$
     WITH starts AS (
-      SELECT k FROM (SELECT b.lo::%1$s AS k, row_number() OVER (ORDER BY b.lo::%1$s) AS rn
-                       FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
-                      WHERE b.job_id = $1 AND b.lo IS NOT NULL
-                        AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
+      SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn
+                           FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
+                          WHERE b.job_id = $1 AND b.lo IS NOT NULL
+                            AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
        WHERE rn %% 100 = 0),
     ranges AS (
-      SELECT 0::bigint AS batch, NULL::%1$s AS lo
+      SELECT 0::bigint AS batch, NULL::text AS lo
       UNION ALL
-      SELECT row_number() OVER (ORDER BY k), k FROM (SELECT DISTINCT k FROM starts) d)
+      SELECT row_number() OVER (ORDER BY k), lo FROM (SELECT DISTINCT ON (k) k, lo FROM starts ORDER BY k) d)
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + 1 + batch, $3, lo::text, lead(lo::text) OVER (ORDER BY batch), 0
-      FROM ranges$q$, rekey.checked_column_type(j.schema_name, j.table_name, j.pk_column, j.pk_type))
+    SELECT $1, $2 + 1 + batch, $3, lo, lead(lo) OVER (ORDER BY batch), 0
+      FROM ranges$q$, lo_key)
     USING p_job, first_batch, p_stage, st.kind = 'rollback', j.rollback_stage;
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
@@ -134,8 +146,8 @@ END $$;
 -- held in memory. A partial stage numbers its rows in key order with a window function and cuts
 -- every batch_size-th, so a 1% stage of a million rows costs ten batches, not a thousand.
 -- The same data gives the same plan. Returns the number of batches.
--- The primary key's type comes from the catalog (see rekey.checked_column_type), not from
--- rekey.jobs.pk_type.
+-- The key's types come from the catalog (rekey.job_key_types), not from rekey.jobs.key_types.
+-- Bounds are key texts (rekey.job_key_text_sql); a composite key is walked as a row value.
 CREATE OR REPLACE FUNCTION rekey.plan_stage(p_job bigint, p_stage integer) RETURNS integer
 LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
@@ -143,7 +155,10 @@ DECLARE
   st rekey.job_stages;
   rel text;
   scope_sql text := '';
-  key_type text;
+  key_text text;
+  key_row text;
+  key_order text;
+  key_types text[];
   n integer := 0;
   first_batch integer;
 BEGIN
@@ -155,7 +170,10 @@ BEGIN
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   rel := format('%I.%I', j.schema_name, j.table_name);
   scope_sql := rekey.scope_condition(j);
-  key_type := rekey.checked_column_type(j.schema_name, j.table_name, j.pk_column, j.pk_type);
+  key_types := rekey.job_key_types(j);
+  key_text := rekey.job_key_text_sql(j, 't');
+  key_row := rekey.key_row_sql(j.key_columns, 't');
+  key_order := rekey.key_order_sql(j.key_columns, 't');
 
   IF st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN
     EXECUTE format($q$
@@ -163,11 +181,11 @@ BEGIN
       SELECT $1, $2 + 1 + n, $3, CASE WHEN n = 0 THEN NULL ELSE k END,
              lead(k) OVER (ORDER BY n), least($4, total - n * $4)
         FROM (SELECT k, rn / $4 AS n, count(*) OVER () AS total, rn %% $4 AS r
-                FROM (SELECT t.%1$I::text AS k, row_number() OVER (ORDER BY t.%1$I) - 1 AS rn
+                FROM (SELECT %1$s AS k, row_number() OVER (ORDER BY %4$s) - 1 AS rn
                         FROM %2$s AS t
-                       WHERE rekey.stage_bucket(t.%1$I::text) >= $5
-                         AND rekey.stage_bucket(t.%1$I::text) < $6%3$s) numbered) cut
-       WHERE r = 0$q$, j.pk_column, rel, scope_sql)
+                       WHERE rekey.stage_bucket(%1$s) >= $5
+                         AND rekey.stage_bucket(%1$s) < $6%3$s) numbered) cut
+       WHERE r = 0$q$, key_text, rel, scope_sql, key_order)
       USING p_job, first_batch, p_stage, j.batch_size, st.bucket_lo, st.bucket_hi;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n = 0 THEN
@@ -180,18 +198,19 @@ BEGIN
 
   EXECUTE format($q$
     WITH RECURSIVE walk(lo, hi, n) AS (
-      SELECT NULL::%4$s, (SELECT t.%1$I FROM %2$s AS t WHERE true%3$s ORDER BY t.%1$I
+      SELECT NULL::text, (SELECT %1$s FROM %2$s AS t WHERE true%3$s ORDER BY %5$s
                           OFFSET $4 LIMIT 1), 1
       UNION ALL
-      SELECT w.hi, (SELECT t.%1$I FROM %2$s AS t WHERE t.%1$I >= w.hi%3$s ORDER BY t.%1$I
+      SELECT w.hi, (SELECT %1$s FROM %2$s AS t WHERE %4$s >= %6$s%3$s ORDER BY %5$s
                     OFFSET $4 LIMIT 1), w.n + 1
         FROM walk w WHERE w.hi IS NOT NULL)
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + w.n, $3, w.lo::text, w.hi::text,
+    SELECT $1, $2 + w.n, $3, w.lo, w.hi,
            CASE WHEN w.hi IS NOT NULL THEN $4
                 WHEN w.lo IS NULL THEN (SELECT count(*) FROM %2$s AS t WHERE true%3$s)
-                ELSE (SELECT count(*) FROM %2$s AS t WHERE t.%1$I >= w.lo%3$s) END
-      FROM walk w$q$, j.pk_column, rel, scope_sql, key_type)
+                ELSE (SELECT count(*) FROM %2$s AS t WHERE %4$s >= %7$s%3$s) END
+      FROM walk w$q$, key_text, rel, scope_sql, key_row, key_order,
+      rekey.key_bound_sql(key_types, 'w.hi'), rekey.key_bound_sql(key_types, 'w.lo'))
     USING p_job, first_batch, p_stage, j.batch_size;
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;

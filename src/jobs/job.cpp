@@ -16,6 +16,11 @@ std::string JobDefinition::QualifiedTable() const {
   return db::QuoteIdent(schema_name) + "." + db::QuoteIdent(table_name);
 }
 
+KeyShape JobDefinition::Key() const {
+  if (key_columns.empty()) return KeyShape({pk_column}, {pk_type}, canonical_key_text);
+  return KeyShape(key_columns, key_types, canonical_key_text);
+}
+
 JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   pqxx::result r;
   try {
@@ -39,6 +44,13 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
   job.table_name = row["table_name"].as<std::string>();
   job.pk_column = row["pk_column"].as<std::string>();
   job.pk_type = row["pk_type"].as<std::string>();
+  for (const auto& c : nlohmann::json::parse(row["key_columns"].as<std::string>())) {
+    job.key_columns.push_back(c.get<std::string>());
+  }
+  for (const auto& t : nlohmann::json::parse(row["key_types"].as<std::string>())) {
+    job.key_types.push_back(t.get<std::string>());
+  }
+  job.canonical_key_text = row["key_text_form"].as<std::string>() == "canonical";
   if (!row["key_id_column"].is_null()) job.key_id_column = row["key_id_column"].as<std::string>();
   if (!row["ad_template"].is_null()) {
     job.associated_data =
@@ -175,6 +187,10 @@ int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec, pqxx::connec
                                                          "vault-transit") != spec.codecs.end();
   // A staged job's stages are planned here, not by the database (jobs/rollout_planner.h).
   const bool deferred = DeferRolloutPlanning(txn);
+  // Every create in this transaction reads the key columns from this setting (rekey.job_key).
+  txn.exec_params1(
+      db::Query("jobs/job.request_key_columns"),
+      spec.key_columns.empty() ? std::string() : db::TextArrayLiteral(spec.key_columns));
   const int64_t id = transit ? CreateTransitJob(txn, spec) : CreateDataKeyJob(txn, spec);
   if (deferred) PlanRolloutInClient(txn, id, key_reader);
   return id;

@@ -14,6 +14,7 @@
 #include "crypto/associated_data.h"
 #include "crypto/codec.h"
 #include "jobs/job_spec.h"
+#include "jobs/key_shape.h"
 
 namespace rekey::jobs {
 
@@ -28,11 +29,18 @@ struct JobDefinition {
   std::string name;
   std::string schema_name;
   std::string table_name;
-  std::string pk_column;
+  std::string pk_column;  // the key's first column
   // format_type() of the key's and the scope's columns as the catalog has them now (not as
   // rekey.jobs records them: LoadJob refuses a job whose record disagrees), safe to paste after
   // "::", e.g. "bigint", "uuid", "text".
-  std::string pk_type;
+  std::string pk_type;  // the key's first column's
+  // The whole key, in key order (rekey.jobs.key_columns), and its columns' types as pk_type.
+  // Empty: the key is pk_column alone.
+  std::vector<std::string> key_columns;
+  std::vector<std::string> key_types;
+  // The key's text is docs/FORMAT.md's canonical form; false for a job created before migration
+  // 0020, whose key text stays the column's ::text (jobs/key_shape.h).
+  bool canonical_key_text = true;
   std::optional<std::string> key_id_column;
   crypto::AssociatedDataTemplate associated_data;
   std::optional<std::string> scope_column;
@@ -50,6 +58,7 @@ struct JobDefinition {
   int transit_min_version = 0;
 
   std::string QualifiedTable() const;  // "schema"."table", quoted
+  KeyShape Key() const;                // the key as SQL pieces (jobs/key_shape.h)
 };
 
 // Loads job `job_id`. Throws StateError if there is no such job; the database raises (SQLSTATE

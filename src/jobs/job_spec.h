@@ -19,6 +19,9 @@ struct JobSpec {
   std::vector<std::string> codecs;       // one per column, or empty for all tink
   std::map<uint32_t, uint32_t> key_map;  // source -> target
   std::optional<std::string> key_id_column;
+  // The key's columns, in the order of a unique, not-null index (--key-columns); empty = the
+  // primary key (rekey.job_key).
+  std::vector<std::string> key_columns;
   std::optional<std::string> ad_template;
   std::optional<std::string> scope_column;
   std::optional<std::string> scope_value;  // any text form of a value of the scope column's type

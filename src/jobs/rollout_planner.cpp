@@ -88,11 +88,14 @@ void DeclareKeyCursor(pqxx::transaction_base& txn, const std::string& query) {
                   saved["enable_sort"].as<std::string>(), saved["jit"].as<std::string>());
 }
 
-// The keys of the job's rows in the primary key's order (the key's own collation for text), as
-// text. `table` and `pk` are quoted; `scope` is rekey.scope_condition's condition ('' for none).
-std::string KeyQuery(const std::string& table, const std::string& pk, const std::string& scope) {
-  return "SELECT t." + pk + "::text AS " + kKeyColumn + " FROM " + table + " AS t WHERE true" +
-         scope + " ORDER BY t." + pk;
+// The keys of the job's rows in key order (the key's own collation for text), as their key text.
+// `table` is quoted; `key_text` and `key_order` are rekey.job_key_text_sql's and
+// rekey.key_order_sql's expressions over t; `scope` is rekey.scope_condition's condition ('' for
+// none).
+std::string KeyQuery(const std::string& table, const std::string& key_text,
+                     const std::string& key_order, const std::string& scope) {
+  return "SELECT " + key_text + " AS " + kKeyColumn + " FROM " + table + " AS t WHERE true" +
+         scope + " ORDER BY " + key_order;
 }
 
 // The keys of a query, in its order, a page of kFetchRows at a time: read through a cursor in
@@ -335,7 +338,8 @@ int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::c
   if (!hasher.available()) throw PermanentError("OpenSSL offers no MD5 digest in this process");
   const pqxx::row job = txn.exec_params1(db::Query("jobs/rollout_planner.job"), job_id);
   const std::string table = job["qualified_table"].as<std::string>();
-  const std::string pk = job["pk_column"].as<std::string>();
+  const std::string key_text = job["key_text"].as<std::string>();
+  const std::string key_order = job["key_order"].as<std::string>();
   const int batch_size = job["batch_size"].as<int>();
   const std::string scope = job["scope_condition"].as<std::string>();
   const int first_batch = job["last_batch_no"].as<int>();
@@ -361,7 +365,7 @@ int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::c
     }
   }
 
-  KeyPages pages(txn, reader, KeyQuery(table, pk, scope));
+  KeyPages pages(txn, reader, KeyQuery(table, key_text, key_order, scope));
   // With a reader, nothing else uses `txn` until Renumber(), so the writes can run meanwhile.
   BatchWriter writer(txn, job_id, /*background=*/reader != nullptr);
   for (;;) {

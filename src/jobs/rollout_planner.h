@@ -3,13 +3,13 @@
 //
 // The plan is the one rekey.plan_rollout computes in the database
 // (sql/schema/50_stages.sql, docs/operations.md "Staged rollout"): every row of the
-// job's table (or scope) falls in the stage whose bucket range holds rekey.stage_bucket(pk), the
-// first 4 bytes of MD5(pk text) read big-endian, mod kStageBuckets; each stage is cut every
-// batch_size of its rows in key order into half-open ranges [lo, hi) (the first starts at NULL, the
-// last ends at NULL, a stage without rows gets one empty batch); a stage that ends below 100%
-// records each batch's keys; batches are numbered after the job's existing ones, stage by stage.
-// The database orders the keys (by the primary key's own collation) and this process only hashes
-// and cuts them, so both planners give the same batches, byte for byte.
+// job's table (or scope) falls in the stage whose bucket range holds rekey.stage_bucket(key text,
+// docs/FORMAT.md), the first 4 bytes of its MD5 read big-endian, mod kStageBuckets; each stage is
+// cut every batch_size of its rows in key order into half-open ranges [lo, hi) (the first starts at
+// NULL, the last ends at NULL, a stage without rows gets one empty batch); a stage that ends below
+// 100% records each batch's keys; batches are numbered after the job's existing ones, stage by
+// stage. The database orders the keys (by the primary key's own collation) and this process only
+// hashes and cuts them, so both planners give the same batches, byte for byte.
 //
 // What differs is the cost. PostgreSQL 15's md5() sets up an OpenSSL digest per call and the
 // planning query numbers each stage's rows in one backend: 2.3 to 2.8 s per million rows. Here the

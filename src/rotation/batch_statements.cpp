@@ -79,7 +79,7 @@ Direction MakeDirection(std::map<uint32_t, uint32_t> key_map) {
 BatchStatements::BatchStatements(const jobs::JobDefinition& job)
     : job_(job),
       table_(job.QualifiedTable()),
-      pk_(db::QuoteIdent(job.pk_column)),
+      key_(job.Key()),
       key_id_(job.key_id_column ? db::QuoteIdent(*job.key_id_column) : "") {
   needs_work_ = NeedsWork();
   select_list_ = SelectList();
@@ -98,7 +98,7 @@ std::string BatchStatements::NeedsWork() const {
 std::string BatchStatements::SelectList() const {
   // Qualified names throughout: an unqualified ORDER BY pk would sort the pk::text output column.
   // Aliases name the fields for BatchRotator, whatever the columns are called.
-  std::string list = "t." + pk_ + "::text AS row_id";
+  std::string list = key_.Text("t") + " AS row_id";
   for (size_t i = 0; i < job_.columns.size(); ++i) {
     list += ", t." + db::QuoteIdent(job_.columns[i].name) + " AS c" + std::to_string(i);
   }
@@ -112,7 +112,7 @@ std::string BatchStatements::Update() const {
   // each array into a tuplestore (1.1 ms of a 12 ms UPDATE of 1000 rows). The arrays have the
   // same length, so the set-returning functions advance in step.
   std::string set_list;
-  std::string values = "unnest($1::" + job_.pk_type + "[]) AS row_id";
+  std::string values = "unnest($1::" + key_.ArrayType() + ") AS row_id";
   int n = 1;
   for (size_t i = 0; i < job_.columns.size(); ++i) {
     const std::string c = db::QuoteIdent(job_.columns[i].name);
@@ -133,23 +133,27 @@ std::string BatchStatements::Update() const {
   // calls trap to the hypervisor that costs more than the descent (UPDATE of 1000 rows 7.8 ms by
   // key, 9.5 ms by ctid on the AMD machine of bench/README.md); the descent costs the same
   // everywhere.
+  // A composite key's row_id is its text, read back column by column (a row-value equality that
+  // PostgreSQL splits into one per column, served by the key's index).
   return "UPDATE " + table_ + " AS t SET " + set_list + " FROM (SELECT " + values +
-         ") AS v WHERE t." + pk_ + " = v.row_id";
+         ") AS v WHERE " + key_.Row("t") + " = " +
+         (key_.composite() ? key_.Bound("v.row_id") : std::string("v.row_id"));
 }
 
 std::string BatchStatements::Bounds(int variant, int* n) const {
   auto param = [n] { return "$" + std::to_string(++*n); };
   std::string where;
-  if (variant & kLo) where += " AND t." + pk_ + " >= " + param() + "::" + job_.pk_type;
-  if (variant & kAfter) where += " AND t." + pk_ + " > " + param() + "::" + job_.pk_type;
-  if (variant & kHi) where += " AND t." + pk_ + " < " + param() + "::" + job_.pk_type;
-  if (variant & kKeys)
-    where += " AND t." + pk_ + " = ANY (" + param() + "::" + job_.pk_type + "[])";
+  // Bounds are key texts; a composite key compares as a row value, in key order.
+  const std::string row = key_.Row("t");
+  if (variant & kLo) where += " AND " + row + " >= " + key_.Bound(param());
+  if (variant & kAfter) where += " AND " + row + " > " + key_.Bound(param());
+  if (variant & kHi) where += " AND " + row + " < " + key_.Bound(param());
+  if (variant & kKeys) where += " AND " + key_.AnyOf("t", param());
   if (variant & kBuckets) {
     // One range test, so the row's bucket (an MD5) is computed once, not once per bound.
     const std::string lo = param();
     where += " AND int4range(" + lo + "::integer, " + param() +
-             "::integer) @> rekey.stage_bucket(t." + pk_ + "::text)";
+             "::integer) @> rekey.stage_bucket(" + key_.Text("t") + ")";
   }
   if (job_.scope_column) {
     where +=
@@ -170,7 +174,8 @@ std::string BatchStatements::Select(int variant) const {
   // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
   return "SELECT " + select_list_ + " FROM " + table_ + " AS t WHERE (" + condition + ")" + where +
          " AND " + prefixes + "::bytea[] IS NOT NULL AND " + ids +
-         "::bigint[] IS NOT NULL ORDER BY t." + pk_ + " LIMIT " + limit + "::bigint FOR UPDATE";
+         "::bigint[] IS NOT NULL ORDER BY " + key_.OrderBy("t") + " LIMIT " + limit +
+         "::bigint FOR UPDATE";
 }
 
 SelectCall BatchStatements::SelectFor(const ClaimedBatch& batch, const BatchProgress& progress,

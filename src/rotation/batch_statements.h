@@ -3,16 +3,17 @@
 // BatchRotator. Pure: no database is needed to build or test them (batch_statements_test.cpp).
 // The fixed statements of the batch path are named queries (queries/batch_rotator.sql).
 //
-// The row-locking SELECT returns the primary key as text ("row_id"), each rotated column under
-// its own name, and the key-id column (if any) under its own name, for the rows of the batch that
-// still need work -- a column still under a source key (rekey.transit_version below the target for
-// Transit; for Tink also a value whose prefix does not parse, so it is quarantined rather than
+// The row-locking SELECT returns the key's text ("row_id", jobs/key_shape.h), each rotated column
+// under its own name, and the key-id column (if any) under its own name, for the rows of the batch
+// that still need work -- a column still under a source key (rekey.transit_version below the target
+// for Transit; for Tink also a value whose prefix does not parse, so it is quarantined rather than
 // ignored) -- ordered by key, LIMIT rows, FOR UPDATE. Its parameters, in order: the bounds
 // (SelectVariant, in the order of the bits below), the scope value if the job has a scope, the
 // source Tink prefixes (bytea[]), the source key ids (bigint[]; for Transit, {target version}),
 // and the LIMIT.
 //
-// The UPDATE writes a batch's new values: $1 the primary keys (pk_type[]), then one array per
+// The UPDATE writes a batch's new values: $1 the keys (KeyShape::ArrayType(): the key's type[]
+// for one column, the key texts for a composite key), then one array per
 // rotated column (bytea[]; text[] for Transit; NULL elements keep the stored value), then the new
 // key ids (bigint[]) if the job has a key-id column.
 #pragma once
@@ -29,7 +30,7 @@
 namespace rekey::rotation {
 
 // Variants of the row-locking SELECT, by which batch bounds exist (a generic plan with
-// "$1 IS NULL OR pk >= $1" could not use the primary-key index), and whether the batch is
+// "$1 IS NULL OR key >= $1" could not use the key's index), and whether the batch is
 // restricted to a stage's buckets, and to the keys its plan recorded (kKeys). kAfter (a chunk
 // resuming after the batch's checkpoint) replaces kLo.
 enum SelectVariant {
@@ -55,7 +56,8 @@ Direction MakeDirection(std::map<uint32_t, uint32_t> key_map);
 // What the batch's queue row says about where the batch resumes (rekey.batches).
 struct BatchProgress {
   std::optional<std::string> resume_after;  // the checkpoint of earlier chunks
-  std::optional<std::string> planned_keys;  // the keys its plan recorded, as a pk_type[] literal
+  std::optional<std::string>
+      planned_keys;  // the keys its plan recorded: key texts, a text[] literal
 };
 
 // One execution of the row-locking SELECT: which variant, with which parameters.
@@ -85,9 +87,9 @@ class BatchStatements {
 
   const jobs::JobDefinition& job_;  // outlives the statements (the rotator owns both)
   std::string table_;               // "schema"."table"
-  std::string pk_;                  // the quoted key column
-  std::string key_id_;              // the quoted key-id column, "" if none
-  std::string needs_work_;          // with $P and $K for the key parameters
+  jobs::KeyShape key_;
+  std::string key_id_;      // the quoted key-id column, "" if none
+  std::string needs_work_;  // with $P and $K for the key parameters
   std::string select_list_;
   std::string update_;
 };

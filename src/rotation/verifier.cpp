@@ -43,7 +43,7 @@ std::string ValueColumn(size_t i) {
 // "SELECT ... FROM <table> AS t". Columns are qualified: an unqualified ORDER BY pk would sort
 // the pk_text output column.
 std::string SelectFrom(const jobs::JobDefinition& job) {
-  std::string sql = "SELECT t." + db::QuoteIdent(job.pk_column) + "::text AS pk_text";
+  std::string sql = "SELECT " + job.Key().Text("t") + " AS pk_text";
   for (size_t i = 0; i < job.columns.size(); ++i) {
     sql += ", t." + db::QuoteIdent(job.columns[i].name) + " AS " + ValueColumn(i);
   }
@@ -65,8 +65,8 @@ std::string ScopeConditions(const jobs::JobDefinition& job, std::optional<int> b
                             const std::string& scope_value) {
   std::string sql;
   if (bucket_below) {
-    sql += " AND rekey.stage_bucket(t." + db::QuoteIdent(job.pk_column) + "::text) < " +
-           std::to_string(*bucket_below);
+    sql +=
+        " AND rekey.stage_bucket(" + job.Key().Text("t") + ") < " + std::to_string(*bucket_below);
   }
   if (job.scope_column) {
     sql +=
@@ -76,7 +76,7 @@ std::string ScopeConditions(const jobs::JobDefinition& job, std::optional<int> b
 }
 
 std::string OrderByKey(const jobs::JobDefinition& job) {
-  return " ORDER BY t." + db::QuoteIdent(job.pk_column);
+  return " ORDER BY " + job.Key().OrderBy("t");
 }
 
 constexpr char kSampleCursor[] = "rekey_verify_sample";
@@ -99,13 +99,13 @@ TableReads BuildTableReads(const jobs::JobDefinition& job, const VerifyOptions& 
       SelectFrom(job) +
       (options.sample_percent < 100 ? SampleClause(options.sample_percent, job.job_id) : "");
   const std::string scope = ScopeConditions(job, bucket_below, "$2");
-  const std::string pk = "t." + db::QuoteIdent(job.pk_column);
+  const jobs::KeyShape key = job.Key();
   const std::string page_order = OrderByKey(job) + " LIMIT " + std::to_string(options.page_size);
   TableReads reads;
   reads.first_page = select + " WHERE ($1::text IS NULL)" + scope + page_order;
-  reads.next_page = select + " WHERE " + pk + " > $1::" + job.pk_type + scope + page_order;
-  reads.with_keys =
-      select + " WHERE " + pk + " = ANY ($1::" + job.pk_type + "[])" + scope + OrderByKey(job);
+  reads.next_page =
+      select + " WHERE " + key.Row("t") + " > " + key.Bound("$1") + scope + page_order;
+  reads.with_keys = select + " WHERE " + key.AnyOf("t", "$1") + scope + OrderByKey(job);
   reads.declare_sample = std::string("DECLARE ") + kSampleCursor + " NO SCROLL CURSOR FOR " +
                          select + " WHERE TRUE" + ScopeConditions(job, bucket_below, scope_literal);
   reads.fetch_sample = "FETCH " + std::to_string(options.page_size) + " FROM " + kSampleCursor;

@@ -3,15 +3,18 @@
 -- name: load
 -- The job's definition, one row, none if there is no such job. The key's and the scope's types
 -- are the catalog's: rekey.checked_column_type raises (55000) if rekey.jobs records another.
--- scope_type is '' for a job without a scope.
+-- scope_type is '' for a job without a scope. key_columns and key_types (checked the same way) are
+-- JSON arrays of the whole key, in key order; key_text_form 'canonical' or 'legacy'.
 SELECT job_id, coalesce(name, '') AS name, schema_name, table_name, pk_column,
        rekey.checked_column_type(schema_name, table_name, pk_column, pk_type) AS pk_type,
+       array_to_json(key_columns)::text AS key_columns,
+       array_to_json(rekey.job_key_types(j))::text AS key_types, key_text_form,
        key_id_column, ad_template, scope_column, scope_value,
        CASE WHEN scope_column IS NULL THEN ''
             ELSE rekey.checked_column_type(schema_name, table_name, scope_column, scope_type)
        END AS scope_type,
        batch_size, per_row_audit, state, current_stage, transit_key_ref, transit_min_version
-  FROM rekey.jobs
+  FROM rekey.jobs j
  WHERE job_id = $1::bigint
 
 -- name: columns
@@ -27,6 +30,11 @@ SELECT t.column_name, t.codec
 SELECT source_key_id, target_key_id
   FROM rekey.job_keys
  WHERE job_id = $1::bigint
+
+-- name: request_key_columns
+-- For the rest of the transaction, the key of the jobs created is the unique index on the
+-- columns of the text[] literal $1 ('' = the primary key): rekey.requested_key_columns.
+SELECT set_config('rekey.key_columns', $1::text, true)
 
 -- name: create_job
 -- rekey.create_job with every argument (its contract is beside its definition): returns the

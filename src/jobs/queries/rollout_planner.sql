@@ -7,11 +7,13 @@
 SET LOCAL rekey.defer_rollout_planning = on
 
 -- name: job
--- What planning job $1 needs: its table and key column, quoted for pasting into SQL; its batch
--- size; its scope as a condition to append after "WHERE true" (rekey.scope_condition, '' for
+-- What planning job $1 needs: its table, quoted for pasting into SQL; its key's text and its
+-- key's ORDER BY list over the alias t (rekey.job_key_text_sql, rekey.key_order_sql: the very
+-- expressions rekey.plan_rollout uses); its batch size; its scope as a condition to append after "WHERE true" (rekey.scope_condition, '' for
 -- none); and the highest batch number it has so far (0 for none).
 SELECT format('%I.%I', j.schema_name, j.table_name) AS qualified_table,
-       quote_ident(j.pk_column) AS pk_column, j.batch_size,
+       rekey.job_key_text_sql(j, 't') AS key_text, rekey.key_order_sql(j.key_columns, 't') AS key_order,
+       j.batch_size,
        rekey.scope_condition(j) AS scope_condition,
        (SELECT coalesce(max(batch_no), 0) FROM rekey.batches b WHERE b.job_id = j.job_id)
          AS last_batch_no

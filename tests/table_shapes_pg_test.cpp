@@ -1,0 +1,671 @@
+// Table shapes against the real PostgreSQL (issue 22): composite keys of every supported type and
+// their session-independent key text (docs/FORMAT.md, "The key's text"), partitioned tables,
+// tables keyed by a unique index, and the refusals -- driven through real `rekey` processes, every
+// value decrypted here, with the associated data this file computes itself from the documented
+// form.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "harness/pg_server.h"
+#include "harness/process.h"
+#include "jobs/job.h"
+#include "jobs/key_shape.h"
+#include "rotation_support.h"
+
+namespace rekey::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The documented bucket: first 4 bytes of MD5(key text), big-endian, mod 10000.
+int Bucket(const std::string& key_text) {
+  uint8_t digest[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(key_text.data(), key_text.size(), digest, &n, EVP_md5(), nullptr);
+  uint32_t v =
+      uint32_t(digest[0]) << 24 | uint32_t(digest[1]) << 16 | uint32_t(digest[2]) << 8 | digest[3];
+  return int(v % 10000);
+}
+
+// A composite key's text as docs/FORMAT.md writes it, for components that need no JSON escape.
+std::string JsonKey(const std::vector<std::string>& parts) {
+  std::string out = "[";
+  for (size_t i = 0; i < parts.size(); ++i) out += (i ? ",\"" : "\"") + parts[i] + "\"";
+  return out + "]";
+}
+
+std::string Uuid(int64_t n) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "00000000-0000-4000-8000-%012lld", static_cast<long long>(n));
+  return buf;
+}
+
+const char* const kTenants[] = {"acme",
+                                "b\xc3\xbc"
+                                "cher",
+                                "\xe6\x9d\xb1\xe4\xba\xac", "\xce\xa9mega"};
+
+// Two sessions' worth of settings that change how dates, times and floats print.
+const char kSettingsA[] =
+    "SET DateStyle = 'ISO, MDY'; SET TimeZone = 'UTC'; SET extra_float_digits = 0";
+const char kSettingsB[] =
+    "SET DateStyle = 'SQL, DMY'; SET TimeZone = 'Asia/Kolkata'; SET extra_float_digits = 3";
+
+struct Row {
+  std::string key_text;   // the documented text, computed here
+  std::string plaintext;  // what its value must decrypt to
+};
+
+class TableShapesTest : public PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    ImportTestKeys(conn(), {1, 2, 3});
+  }
+
+  ProcessResult Rekey(const std::vector<std::string>& args) {
+    std::vector<std::string> full{"--db", conninfo()};
+    full.insert(full.end(), args.begin(), args.end());
+    return RunRekey(full, WorkerEnv());
+  }
+
+  std::unique_ptr<ChildProcess> Worker(int64_t job) {
+    return std::make_unique<ChildProcess>(
+        std::vector<std::string>{REKEY_BINARY, "--db", conninfo(), "work", "--job",
+                                 std::to_string(job)},
+        WorkerEnv());
+  }
+
+  void Work(int64_t job, int processes = 2) {
+    std::vector<std::unique_ptr<ChildProcess>> workers;
+    for (int i = 0; i < processes; ++i) workers.push_back(Worker(job));
+    for (auto& w : workers) {
+      ProcessResult r = w->Wait(120);
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+    }
+  }
+
+  // `rekey job create` with `args`; returns the new job's id (0 if it failed).
+  int64_t CreateJobCli(const std::vector<std::string>& args) {
+    std::vector<std::string> full{"job", "create"};
+    full.insert(full.end(), args.begin(), args.end());
+    ProcessResult r = Rekey(full);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    if (r.exit_code != 0) return 0;
+    return Count("SELECT max(job_id) FROM rekey.jobs");
+  }
+
+  std::string JobState(int64_t job) {
+    return Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job));
+  }
+
+  // Inserts rows into `table`: `columns` the key columns' list, `values` one SQL row of key values
+  // per row (already literals), token = Tink(key 1, plaintext, ad_prefix + key text).
+  void Insert(const std::string& table, const std::string& columns,
+              const std::vector<std::string>& values, const std::vector<Row>& rows,
+              const std::string& ad_prefix) {
+    pqxx::work txn(conn());
+    std::string sql = "INSERT INTO " + table + " (" + columns + ", token) VALUES ";
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const std::string token =
+          TinkEncrypt(1, rows[i].plaintext, ad_prefix.empty() ? "" : ad_prefix + rows[i].key_text);
+      sql += (i ? ", (" : "(") + values[i] + ", " + "'\\x" +
+             HexEncode(reinterpret_cast<const uint8_t*>(token.data()), token.size()) + "'::bytea)";
+    }
+    txn.exec0(sql);
+    txn.commit();
+  }
+
+  // Every value of `table` decrypts under `key` with associated data ad_prefix + its key text, to
+  // the plaintext `expected` holds for that key text; and `expected` names every row.
+  void ExpectAllUnder(const std::string& table, const std::string& key_text_sql, uint32_t key,
+                      const std::map<std::string, std::string>& expected,
+                      const std::string& ad_prefix) {
+    pqxx::read_transaction txn(conn());
+    size_t seen = 0;
+    for (const auto& row :
+         txn.exec("SELECT " + key_text_sql + " AS k, t.token FROM " + table + " AS t")) {
+      const std::string k = row["k"].as<std::string>();
+      auto it = expected.find(k);
+      ASSERT_NE(it, expected.end()) << "unexpected row " << k;
+      uint32_t kid = 0;
+      const std::string pt = TinkDecrypt(pqxx::binarystring(row["token"]).str(), &kid,
+                                         ad_prefix.empty() ? "" : ad_prefix + k);
+      ASSERT_EQ(pt, it->second) << "row " << k;
+      ASSERT_EQ(kid, key) << "row " << k;
+      ++seen;
+    }
+    EXPECT_EQ(seen, expected.size());
+  }
+};
+
+// The key text of every supported type, under two sessions that print dates, times and floats
+// differently: the SQL builder (rekey.key_text_sql, what the planners use) and the C++ one
+// (jobs::KeyShape, what the workers and the verifier use) give the documented text, byte for
+// byte, and every text reads back to its row.
+TEST_F(TableShapesTest, EveryKeyTypeHasOneDocumentedTextWhateverTheSession) {
+  Exec(
+      "CREATE TABLE public.shapes (t text, ts timestamptz, d date, n numeric, u uuid, b bigint, "
+      "i integer, s smallint, v varchar(20), token bytea, PRIMARY KEY (t, ts, d, n, u, b, i, s, "
+      "v))");
+  Exec(std::string(kSettingsB) +
+       "; INSERT INTO public.shapes VALUES "
+       "('z\xc3\xbcrich \"q\" \\', '2026-03-05 10:00:00.5+00', '2026-03-05', 12.50, "
+       "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 9007199254740993, -7, 3, 'v'),"
+       "('x', '0044-03-15 12:00:00+00 BC', '0044-03-15 BC', 'NaN', "
+       "'00000000-0000-0000-0000-000000000000', -1, 0, 0, ''),"
+       "('y', 'infinity', '-infinity', 1e-20, '00000000-0000-0000-0000-000000000001', 0, 1, 1, "
+       "'w')");
+  const std::vector<std::string> want = {
+      "[\"x\",\"0044-03-15T12:00:00.000000Z BC\",\"0044-03-15 BC\",\"NaN\","
+      "\"00000000-0000-0000-0000-000000000000\",\"-1\",\"0\",\"0\",\"\"]",
+      "[\"y\",\"infinity\",\"-infinity\",\"0.00000000000000000001\","
+      "\"00000000-0000-0000-0000-000000000001\",\"0\",\"1\",\"1\",\"w\"]",
+      "[\"z\xc3\xbcrich \\\"q\\\" \\\\\",\"2026-03-05T10:00:00.500000Z\",\"2026-03-05\","
+      "\"12.50\",\"a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11\",\"9007199254740993\",\"-7\",\"3\","
+      "\"v\"]"};
+  const std::vector<std::string> columns = {"t", "ts", "d", "n", "u", "b", "i", "s", "v"};
+  const std::vector<std::string> types = {
+      "text",     "timestamp with time zone", "date", "numeric", "uuid", "bigint", "integer",
+      "smallint", "character varying"};
+  const jobs::KeyShape shape(columns, types, true);
+  const std::string sql_text = Scalar(
+      "SELECT rekey.key_text_sql('{t,ts,d,n,u,b,i,s,v}', '{text,timestamp with time "
+      "zone,date,numeric,uuid,bigint,integer,smallint,character varying}', 'canonical', "
+      "'t')");
+  const std::string sql_bound = Scalar(
+      "SELECT rekey.key_bound_sql('{text,timestamp with time zone,date,numeric,uuid,bigint,"
+      "integer,smallint,character varying}', 'x.k')");
+  for (const char* settings : {kSettingsA, kSettingsB}) {
+    pqxx::work txn(conn());
+    txn.exec0(settings);
+    std::vector<std::string> from_sql, from_cpp;
+    for (const auto& row : txn.exec("SELECT " + sql_text + " AS a, " + shape.Text("t") +
+                                    " AS b FROM public.shapes AS t ORDER BY t.t")) {
+      from_sql.push_back(row["a"].as<std::string>());
+      from_cpp.push_back(row["b"].as<std::string>());
+    }
+    EXPECT_EQ(from_sql, want) << settings;
+    EXPECT_EQ(from_cpp, want) << settings;
+    // Each text reads back to exactly its row, through either builder's bound.
+    EXPECT_EQ(txn.exec1("SELECT count(*) FROM public.shapes AS t, (SELECT " + sql_text +
+                        " AS k FROM public.shapes AS t) x WHERE " + shape.Row("t") + " = " +
+                        sql_bound + " AND " + shape.Row("t") + " = " + shape.Bound("x.k"))[0]
+                  .as<int>(),
+              3)
+        << settings;
+  }
+  // A bigint key is its decimal text, as before composite keys.
+  EXPECT_EQ(Scalar("SELECT rekey.key_text_sql('{id}', '{bigint}', 'canonical', 't')"),
+            "t.id::text");
+  EXPECT_EQ(jobs::KeyShape({"id"}, {"bigint"}, true).Text("t"), "t.\"id\"::text");
+}
+
+// Jobs on a single bigint key keep their associated data and buckets byte for byte: values
+// sealed with "{table}.{column}:{pk}" = "cards.token:<id>" before composite keys still open, the
+// 1% canary is exactly the rows whose MD5(id text) bucket is below 100, and bounds stay decimal.
+TEST_F(TableShapesTest, BigintKeysKeepTheirAssociatedDataBucketsAndBounds) {
+  Exec("CREATE TABLE public.cards (id bigint PRIMARY KEY, token bytea)");
+  std::vector<std::string> values;
+  std::vector<Row> rows;
+  std::map<std::string, std::string> expected;
+  for (int64_t id = 1; id <= 3000; ++id) {
+    values.push_back(std::to_string(id));
+    rows.push_back({std::to_string(id), PlaintextFor(id)});
+    expected[std::to_string(id)] = PlaintextFor(id);
+  }
+  Insert("public.cards", "id", values, rows, "cards.token:");
+  const int64_t job =
+      CreateJobCli({"--table", "public.cards", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}.{column}:{pk}", "--batch-size", "100", "--stages", "1,100"});
+  ASSERT_GT(job, 0);
+  const std::string j = std::to_string(job);
+  EXPECT_EQ(Scalar("SELECT key_columns::text || key_types::text || key_text_form FROM rekey.jobs "
+                   "WHERE job_id = " +
+                   j),
+            "{id}{bigint}canonical");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND (lo !~ '^[0-9]+$' OR hi !~ '^[0-9]+$')"),
+            0);
+  Work(job);
+  ASSERT_EQ(Scalar("SELECT current_stage || ':' || state FROM rekey.jobs WHERE job_id = " + j),
+            "1:awaiting_approval");
+  int canary = 0, mismatched = 0;
+  {
+    pqxx::read_transaction txn(conn());
+    for (const auto& row : txn.exec("SELECT id::text AS id, token FROM public.cards")) {
+      uint32_t kid = 0;
+      const std::string id = row["id"].as<std::string>();
+      TinkDecrypt(pqxx::binarystring(row["token"]).str(), &kid, "cards.token:" + id);
+      const bool in_canary = Bucket(id) < 100;
+      canary += in_canary;
+      mismatched += in_canary != (kid == 2);
+    }
+  }
+  EXPECT_GT(canary, 10);
+  EXPECT_EQ(mismatched, 0) << "the canary is exactly the rows of bucket < 100";
+  ASSERT_EQ(Rekey({"job", "advance", j, "--observe", "0s"}).exit_code, 0);
+  Work(job);
+  EXPECT_EQ(JobState(job), "completed");
+  ExpectAllUnder("public.cards", "t.id::text", 2, expected, "cards.token:");
+}
+
+// A text-and-uuid key with non-ASCII tenants, planned by the client planner under two sessions
+// that print dates and times differently and by the database's planner: the same batches, bounds,
+// recorded keys and buckets.
+TEST_F(TableShapesTest, ATextAndUuidKeyPlansTheSameInEverySessionAndPlanner) {
+  Exec(
+      "CREATE TABLE public.accounts (tenant text, id uuid, token bytea, PRIMARY KEY (tenant, id))");
+  std::vector<std::string> values;
+  std::vector<Row> rows;
+  for (int64_t n = 1; n <= 3000; ++n) {
+    const std::string tenant = kTenants[n % 4];
+    values.push_back("'" + tenant + "', '" + Uuid(n * 7919 % 100003) + "'");
+    rows.push_back({JsonKey({tenant, Uuid(n * 7919 % 100003)}), PlaintextFor(n)});
+  }
+  Insert("public.accounts", "tenant, id", values, rows, "");
+  const std::string plan_sql =
+      "SELECT string_agg(concat_ws('|', b.stage_no, b.lo, b.hi, b.planned_rows, b.keys::text), "
+      "E'\\n' ORDER BY b.batch_no) FROM rekey.batches b WHERE b.job_id = ";
+  std::vector<std::string> plans;
+  for (int planner = 0; planner < 3; ++planner) {
+    pqxx::connection c(conninfo());
+    int64_t job = 0;
+    {
+      pqxx::work txn(c);
+      txn.exec0(planner == 0 ? kSettingsA : kSettingsB);
+      if (planner < 2) {
+        jobs::JobSpec spec;
+        spec.table = "public.accounts";
+        spec.columns = {"token"};
+        spec.key_map = {{1, 2}};
+        spec.batch_size = 100;
+        spec.stages = "1,10,100";
+        job = jobs::CreateJob(txn, spec);  // the client planner
+      } else {
+        job = txn.exec1(
+                     "SELECT rekey.create_job('public.accounts', ARRAY['token'], '{\"1\": 2}', "
+                     "p_batch_size => 100, p_stages => '{1,10,100}')")[0]
+                  .as<int64_t>();  // the database's planner
+      }
+      txn.commit();
+    }
+    pqxx::work txn(c);
+    txn.exec0(planner == 0 ? kSettingsA : kSettingsB);
+    plans.push_back(txn.exec1(plan_sql + std::to_string(job))[0].as<std::string>());
+    // Every recorded key of the partial stages is in the bucket range of its stage, by the
+    // documented MD5 computed here.
+    for (const auto& row : txn.exec_params(
+             "SELECT k, s.bucket_lo, s.bucket_hi FROM rekey.batches b JOIN rekey.job_stages s "
+             "USING (job_id, stage_no), unnest(b.keys) k WHERE b.job_id = $1",
+             job)) {
+      const int bucket = Bucket(row["k"].as<std::string>());
+      ASSERT_GE(bucket, row["bucket_lo"].as<int>()) << row["k"].as<std::string>();
+      ASSERT_LT(bucket, row["bucket_hi"].as<int>()) << row["k"].as<std::string>();
+    }
+    txn.exec_params("SELECT rekey.cancel_job($1)", job);
+    txn.commit();
+  }
+  EXPECT_EQ(plans[0], plans[1]) << "client planner, two sessions";
+  EXPECT_EQ(plans[0], plans[2]) << "client and database planners";
+  EXPECT_THAT(plans[0], HasSubstr("[\"b\xc3\xbc"
+                                  "cher\",\""));
+  // The rows of the 1% stage are the keys whose documented text hashes below 100.
+  int canary = 0;
+  for (const Row& r : rows) canary += Bucket(r.key_text) < 100;
+  EXPECT_EQ(Count("SELECT sum(planned_rows) FROM rekey.batches b JOIN rekey.job_stages s USING "
+                  "(job_id, stage_no) WHERE s.stage_no = 1 AND b.job_id = (SELECT min(job_id) "
+                  "FROM rekey.jobs)"),
+            canary);
+}
+
+// A table partitioned by month with the key (tenant_id, created_at, id), 12 partitions and one
+// attached mid-job, under non-default DateStyle and TimeZone: two workers (one SIGKILLed and
+// replaced) and an application writing under the old key; every value decrypts with the
+// associated data "{table}:{pk}" computed here from the documented key text.
+TEST_F(TableShapesTest, AMonthPartitionedTableWithACompositeKeyRotatesCompletely) {
+  Exec("ALTER DATABASE " + dbname() + " SET DateStyle = 'SQL, DMY'; ALTER DATABASE " + dbname() +
+       " SET TimeZone = 'America/New_York'");
+  Exec(
+      "CREATE TABLE public.events (tenant_id text NOT NULL, created_at timestamptz NOT NULL, id "
+      "bigint NOT NULL, token bytea, PRIMARY KEY (tenant_id, created_at, id)) PARTITION BY RANGE "
+      "(created_at)");
+  auto month = [](int year, int m) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-01 00:00:00+00", year + (m - 1) / 12,
+                  (m - 1) % 12 + 1);
+    return std::string(buf);
+  };
+  for (int m = 1; m <= 12; ++m) {
+    char name[32];
+    std::snprintf(name, sizeof name, "events_2026_%02d", m);
+    Exec("CREATE TABLE public." + std::string(name) +
+         " PARTITION OF public.events FOR VALUES FROM ('" + month(2026, m) + "') TO ('" +
+         month(2026, m + 1) + "')");
+  }
+  std::map<std::string, std::string> expected;
+  std::map<int64_t, std::string> key_of;  // id -> key text
+  auto make_rows = [&](int year, int m, int64_t first, int64_t count, std::vector<std::string>* v,
+                       std::vector<Row>* r) {
+    for (int64_t id = first; id < first + count; ++id) {
+      char ts[40], iso[40];
+      const int day = 1 + int(id % 28), hour = int(id % 24), minute = int(id % 60),
+                second = int(id / 60 % 60);
+      std::snprintf(ts, sizeof ts, "%04d-%02d-%02d %02d:%02d:%02d+00", year, m, day, hour, minute,
+                    second);
+      std::snprintf(iso, sizeof iso, "%04d-%02d-%02dT%02d:%02d:%02d.000000Z", year, m, day, hour,
+                    minute, second);
+      const std::string tenant = kTenants[id % 4];
+      const std::string key = JsonKey({tenant, iso, std::to_string(id)});
+      v->push_back("'" + tenant + "', '" + ts + "', " + std::to_string(id));
+      r->push_back({key, PlaintextFor(id)});
+      expected[key] = PlaintextFor(id);
+      key_of[id] = key;
+    }
+  };
+  int64_t next_id = 1;
+  for (int m = 1; m <= 12; ++m) {
+    std::vector<std::string> v;
+    std::vector<Row> r;
+    make_rows(2026, m, next_id, 300, &v, &r);
+    next_id += 300;
+    Insert("public.events", "tenant_id, created_at, id", v, r, "events:");
+  }
+  const int64_t job =
+      CreateJobCli({"--table", "public.events", "--column", "token", "--map", "1:2",
+                    "--ad-template", "{table}:{pk}", "--batch-size", "100", "--stages", "5,100"});
+  ASSERT_GT(job, 0);
+  const std::string j = std::to_string(job);
+  Work(job);
+  ASSERT_EQ(Scalar("SELECT current_stage || ':' || state FROM rekey.jobs WHERE job_id = " + j),
+            "1:awaiting_approval")
+      << Scalar("SELECT state_reason FROM rekey.jobs WHERE job_id = " + j);
+
+  // A 13th month, filled under the old key, attached before the job goes on.
+  Exec("CREATE TABLE public.events_2027_01 (LIKE public.events INCLUDING ALL)");
+  {
+    std::vector<std::string> v;
+    std::vector<Row> r;
+    make_rows(2027, 1, next_id, 300, &v, &r);
+    next_id += 300;
+    Insert("public.events_2027_01", "tenant_id, created_at, id", v, r, "events:");
+  }
+  Exec("ALTER TABLE public.events ATTACH PARTITION public.events_2027_01 FOR VALUES FROM ('" +
+       month(2027, 1) + "') TO ('" + month(2027, 2) + "')");
+
+  // An application still writing under the old key until the sweep opens.
+  std::atomic<bool> stop{false};
+  std::map<std::string, std::string> written;
+  std::thread writer([&] {
+    pqxx::connection app(conninfo());
+    std::mt19937 rng(22);
+    for (int n = 0; !stop; ++n) {
+      const int64_t id = std::uniform_int_distribution<int64_t>(1, next_id - 1)(rng);
+      const std::string& key = key_of[id];
+      const std::string pt = "written-by-app-" + std::to_string(n);
+      pqxx::work txn(app);
+      txn.exec_params("UPDATE public.events SET token = $1 WHERE id = $2",
+                      pqxx::binarystring(TinkEncrypt(1, pt, "events:" + key)), id);
+      const std::string kind =
+          txn.exec1(
+                 "SELECT coalesce((SELECT kind FROM rekey.job_stages s JOIN rekey.jobs x USING "
+                 "(job_id) WHERE x.job_id = " +
+                 j + " AND s.stage_no = x.current_stage), '')")[0]
+              .as<std::string>();
+      txn.commit();
+      written[key] = pt;
+      if (kind == "sweep") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  ASSERT_EQ(Rekey({"job", "advance", j, "--observe", "0s"}).exit_code, 0);
+  {
+    auto victim = Worker(job);
+    auto other = Worker(job);
+    for (int i = 0; i < 500 && Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                                     " AND stage_no = 2 AND state = 'done'") < 10;
+         ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    victim->Signal(SIGKILL);
+    victim->Wait(10);
+    auto replacement = Worker(job);
+    EXPECT_EQ(other->Wait(120).exit_code, 0);
+    EXPECT_EQ(replacement->Wait(120).exit_code, 0);
+  }
+  stop = true;
+  writer.join();
+  if (JobState(job) != "completed") Work(job, 1);  // what the killed worker held, once released
+  EXPECT_EQ(JobState(job), "completed")
+      << Scalar("SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + j);
+  EXPECT_FALSE(written.empty()) << "the application wrote during the job";
+  EXPECT_GT(Count("SELECT coalesce(sum(rows_done), 0) FROM rekey.batches b JOIN rekey.job_stages s "
+                  "USING (job_id, stage_no) WHERE job_id = " +
+                  j + " AND s.kind = 'sweep'"),
+            0)
+      << "the sweep re-encrypted what the application wrote under the old key";
+  for (const auto& [key, pt] : written) expected[key] = pt;
+  ExpectAllUnder("public.events",
+                 "'[' || to_json(t.tenant_id)::text || ',' || to_json(to_char(t.created_at AT TIME "
+                 "ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text || ',' || "
+                 "to_json(t.id::text)::text || ']'",
+                 2, expected, "events:");
+  EXPECT_EQ(Count("SELECT count(*) FROM public.events_2027_01"), 300);
+}
+
+// A hash-partitioned table and a list-then-hash (two-level) one rotate completely; partitions
+// detached or dropped mid-job leave the job to finish the rest without a failure.
+TEST_F(TableShapesTest,
+       HashAndTwoLevelPartitionedTablesRotateAndADetachedOrDroppedPartitionIsLeft) {
+  Exec(
+      "CREATE TABLE public.docs (id uuid PRIMARY KEY, token bytea) PARTITION BY HASH (id);"
+      "CREATE TABLE public.docs_0 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "0);"
+      "CREATE TABLE public.docs_1 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "1);"
+      "CREATE TABLE public.docs_2 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "2);"
+      "CREATE TABLE public.docs_3 PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER "
+      "3);"
+      "CREATE TABLE public.notes (region text, id bigint, token bytea, PRIMARY KEY (region, id)) "
+      "PARTITION BY LIST (region);"
+      "CREATE TABLE public.notes_eu PARTITION OF public.notes FOR VALUES IN ('eu') PARTITION BY "
+      "HASH (id);"
+      "CREATE TABLE public.notes_eu_0 PARTITION OF public.notes_eu FOR VALUES WITH (MODULUS 2, "
+      "REMAINDER 0);"
+      "CREATE TABLE public.notes_eu_1 PARTITION OF public.notes_eu FOR VALUES WITH (MODULUS 2, "
+      "REMAINDER 1);"
+      "CREATE TABLE public.notes_us PARTITION OF public.notes FOR VALUES IN ('us')");
+  std::map<std::string, std::string> docs, notes;
+  {
+    std::vector<std::string> v;
+    std::vector<Row> r;
+    for (int64_t n = 1; n <= 2000; ++n) {
+      v.push_back("'" + Uuid(n) + "'");
+      r.push_back({Uuid(n), PlaintextFor(n)});
+      docs[Uuid(n)] = PlaintextFor(n);
+    }
+    Insert("public.docs", "id", v, r, "docs:");
+    v.clear();
+    r.clear();
+    for (int64_t n = 1; n <= 1000; ++n) {
+      const std::string region = n % 3 ? "eu" : "us";
+      v.push_back("'" + region + "', " + std::to_string(n));
+      r.push_back({JsonKey({region, std::to_string(n)}), PlaintextFor(n)});
+      notes[r.back().key_text] = PlaintextFor(n);
+    }
+    Insert("public.notes", "region, id", v, r, "notes:");
+  }
+  const int64_t docs_job =
+      CreateJobCli({"--table", "public.docs", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}:{pk}", "--batch-size", "100", "--stages", "10,100"});
+  ASSERT_GT(docs_job, 0);
+  Work(docs_job);
+  // Detached between stages: its rows are no longer the table's.
+  std::map<std::string, std::string> detached;
+  {
+    pqxx::read_transaction txn(conn());
+    for (const auto& row : txn.exec("SELECT id::text AS id FROM public.docs_3")) {
+      const std::string id = row["id"].as<std::string>();
+      detached[id] = docs[id];
+      docs.erase(id);
+    }
+  }
+  Exec("ALTER TABLE public.docs DETACH PARTITION public.docs_3");
+  // Dropped between stages: its rows are gone.
+  {
+    pqxx::read_transaction txn(conn());
+    for (const auto& row : txn.exec("SELECT id::text AS id FROM public.docs_2")) {
+      docs.erase(row["id"].as<std::string>());
+    }
+  }
+  Exec("DROP TABLE public.docs_2");
+  ASSERT_EQ(Rekey({"job", "advance", std::to_string(docs_job), "--observe", "0s"}).exit_code, 0);
+  Work(docs_job);
+  EXPECT_EQ(JobState(docs_job), "completed");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + std::to_string(docs_job) +
+                  " AND state <> 'done'"),
+            0);
+  ExpectAllUnder("public.docs", "t.id::text", 2, docs, "docs:");
+  // The detached partition, now a table of its own, is as the job left it: each value under
+  // either key, intact.
+  {
+    pqxx::read_transaction txn(conn());
+    size_t seen = 0;
+    for (const auto& row : txn.exec("SELECT id::text AS id, token FROM public.docs_3")) {
+      const std::string id = row["id"].as<std::string>();
+      uint32_t kid = 0;
+      EXPECT_EQ(TinkDecrypt(pqxx::binarystring(row["token"]).str(), &kid, "docs:" + id),
+                detached[id]);
+      ++seen;
+    }
+    EXPECT_EQ(seen, detached.size());
+    EXPECT_GT(seen, 0u);
+  }
+
+  const int64_t notes_job =
+      CreateJobCli({"--table", "public.notes", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}:{pk}", "--batch-size", "100", "--stages", "100"});
+  ASSERT_GT(notes_job, 0);
+  Work(notes_job);
+  EXPECT_EQ(JobState(notes_job), "completed");
+  ExpectAllUnder("public.notes",
+                 "'[' || to_json(t.region)::text || ',' || to_json(t.id::text)::text || ']'", 2,
+                 notes, "notes:");
+  ProcessResult verify = Rekey({"job", "verify", std::to_string(notes_job)});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+// Gates, rollback and verify on a composite-key table keyed by a unique index (no primary key),
+// named with --key-columns, and remembered for the table's next job.
+TEST_F(TableShapesTest, GatesRollbackAndVerifyOnACompositeKeyNamedByKeyColumns) {
+  Exec(
+      "CREATE TABLE public.wallets (tenant text NOT NULL, id uuid NOT NULL, token bytea);"
+      "CREATE UNIQUE INDEX wallets_key ON public.wallets (tenant, id)");
+  std::vector<std::string> v;
+  std::vector<Row> r;
+  std::map<std::string, std::string> expected;
+  for (int64_t n = 1; n <= 2000; ++n) {
+    const std::string tenant = kTenants[n % 4];
+    v.push_back("'" + tenant + "', '" + Uuid(n) + "'");
+    r.push_back({JsonKey({tenant, Uuid(n)}), PlaintextFor(n)});
+    expected[r.back().key_text] = PlaintextFor(n);
+  }
+  Insert("public.wallets", "tenant, id", v, r, "w:");
+  const std::vector<std::string> base = {
+      "--table", "public.wallets", "--column", "token",        "--map",
+      "1:2",     "--ad-template",  "w:{pk}",   "--batch-size", "100"};
+  {
+    std::vector<std::string> args = base;
+    args.insert(args.end(), {"--stages", "1,50,100"});
+    ProcessResult refused = Rekey([&] {
+      std::vector<std::string> a{"job", "create"};
+      a.insert(a.end(), args.begin(), args.end());
+      return a;
+    }());
+    EXPECT_NE(refused.exit_code, 0);
+    EXPECT_THAT(refused.err, HasSubstr("--key-columns tenant,id"));
+  }
+  std::vector<std::string> args = base;
+  args.insert(args.end(), {"--stages", "1,50,100", "--key-columns", "tenant,id"});
+  const int64_t job = CreateJobCli(args);
+  ASSERT_GT(job, 0);
+  const std::string j = std::to_string(job);
+  Work(job);
+  EXPECT_EQ(
+      Scalar("SELECT passed::text FROM rekey.gates WHERE job_id = " + j + " AND stage_no = 1"),
+      "true");
+  ASSERT_EQ(Rekey({"job", "advance", j}).exit_code, 0);
+  Work(job);
+  EXPECT_EQ(Scalar("SELECT current_stage || ':' || state FROM rekey.jobs WHERE job_id = " + j),
+            "2:awaiting_approval");
+  ProcessResult rollback = Rekey({"job", "rollback", j});
+  ASSERT_EQ(rollback.exit_code, 0) << rollback.err;
+  Work(job);
+  EXPECT_EQ(JobState(job), "rolled_back");
+  const std::string key_sql =
+      "'[' || to_json(t.tenant)::text || ',' || to_json(t.id::text)::text || ']'";
+  ExpectAllUnder("public.wallets", key_sql, 1, expected, "w:");
+
+  // The rollback left key 2 decrypt_only: forward again to key 3.
+  args = base;
+  args[5] = "1:3";
+  args.insert(args.end(), {"--stages", "100"});  // the key the last job was given
+  const int64_t again = CreateJobCli(args);
+  ASSERT_GT(again, 0);
+  Work(again);
+  EXPECT_EQ(JobState(again), "completed");
+  ExpectAllUnder("public.wallets", key_sql, 3, expected, "w:");
+  ProcessResult verify = Rekey({"job", "verify", std::to_string(again)});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+// Tables rekey cannot key: one line naming the table and what to change, a non-zero exit, and
+// nothing planned.
+TEST_F(TableShapesTest, TablesWithoutAUsableKeyAreRefusedWithWhatToChange) {
+  Exec(
+      "CREATE TABLE public.bare (id bigint, token bytea);"
+      "CREATE TABLE public.by_expr (email text NOT NULL, token bytea);"
+      "CREATE UNIQUE INDEX ON public.by_expr (lower(email));"
+      "CREATE TABLE public.floaty (x real PRIMARY KEY, token bytea);"
+      "CREATE TABLE public.parent (id bigint PRIMARY KEY, token bytea);"
+      "CREATE TABLE public.child (LIKE public.parent INCLUDING ALL) INHERITS (public.parent);"
+      "CREATE TABLE public.nullable (a bigint, token bytea); CREATE UNIQUE INDEX ON "
+      "public.nullable (a)");
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  } cases[] = {
+      {{"--table", "public.bare"}, "add a primary key"},
+      {{"--table", "public.by_expr"}, "an index on an expression"},
+      {{"--table", "public.floaty"}, "is of type real"},
+      {{"--table", "public.parent"}, "has inheritance children"},
+      {{"--table", "public.nullable", "--key-columns", "a"}, "NOT NULL columns"},
+      {{"--table", "public.by_expr", "--key-columns", "nope"}, "key column nope does not exist"},
+  };
+  for (const auto& c : cases) {
+    std::vector<std::string> args{"job", "create", "--column", "token", "--map", "1:2"};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    ProcessResult r = Rekey(args);
+    EXPECT_NE(r.exit_code, 0) << c.args[1];
+    EXPECT_THAT(r.err, HasSubstr(c.says)) << c.args[1];
+    EXPECT_THAT(r.err, HasSubstr(c.args[1])) << "names the table";
+  }
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.jobs"), 0);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches"), 0);
+}
+
+}  // namespace
+}  // namespace rekey::testing
