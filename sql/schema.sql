@@ -599,12 +599,15 @@ DECLARE
   candidate record;
   has_value boolean;
   i integer;
+  key record;
 BEGIN
   t := rekey.job_table(p_table);
   pk_col := t.pk_column;
   pk_type := t.pk_type;
+  key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
 
   PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, false);
+  PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
   IF p_codecs IS NOT NULL AND cardinality(p_codecs) <> cardinality(p_columns) THEN
     RAISE EXCEPTION 'give one codec per column (% columns, % codecs)', cardinality(p_columns), cardinality(p_codecs)
       USING ERRCODE = 'invalid_parameter_value';
@@ -685,7 +688,7 @@ BEGIN
        WHERE a.attrelid = format('%I.%I', t.schema_name, t.table_name)::regclass
          AND a.attnum > 0 AND NOT a.attisdropped
          AND a.atttypid IN ('bytea'::regtype, 'text'::regtype, 'varchar'::regtype)
-         AND a.attname <> ALL (p_columns) AND a.attname <> pk_col
+         AND a.attname <> ALL (p_columns) AND a.attname <> ALL (key.key_columns)
          AND a.attname IS DISTINCT FROM p_scope_column
          AND a.attname <> ALL (v_not_governed)
        ORDER BY a.attnum
@@ -707,11 +710,13 @@ BEGIN
     END IF;
   END IF;
 
-  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_id_column, ad_template,
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_columns, key_types,
+                          key_id_column, ad_template,
                           scope_column, scope_value, scope_type, batch_size, max_attempts, per_row_audit,
                           stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
                           not_governed, cross_scope)
-  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_key_id_column, p_ad_template,
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, key.key_columns, key.key_types,
+          p_key_id_column, p_ad_template,
           p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts, p_per_row_audit,
           p_stages, coalesce(p_promote_at_stage, cardinality(p_stages)), p_error_threshold, p_observe,
           p_gate_sample_size, coalesce(v_not_governed, '{}')::name[], coalesce(p_cross_scope, false))
@@ -883,10 +888,12 @@ DECLARE
   tid bigint;
   batches integer;
   i integer;
+  key record;
 BEGIN
   t := rekey.job_table(p_table);
   pk_col := t.pk_column;
   pk_type := t.pk_type;
+  key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
   IF p_transit_key IS NULL OR p_transit_key !~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$' THEN
     RAISE EXCEPTION 'Transit key % is not a key path <mount>/keys/<name> (e.g. transit/keys/app)',
       quote_literal(coalesce(p_transit_key, '')) USING ERRCODE = 'invalid_parameter_value';
@@ -896,16 +903,19 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, true);
+  PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
   SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
     FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
   PERFORM rekey.check_job_settings(p_batch_size, p_ad_template, p_stages, p_error_threshold);
 
   -- keys_promoted from the start: there is no keyring key to promote (open_stage skips it).
-  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, ad_template,
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_columns, key_types,
+                          ad_template,
                           scope_column, scope_value, scope_type, batch_size, max_attempts,
                           stage_plan, promote_at_stage, error_threshold, observe, gate_sample_size,
                           keys_promoted, transit_key_ref, transit_min_version)
-  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, p_ad_template,
+  VALUES (p_name, t.schema_name, t.table_name, pk_col, pk_type, key.key_columns, key.key_types,
+          p_ad_template,
           p_scope_column, v_scope_value, scope_type, p_batch_size, p_max_attempts,
           p_stages, cardinality(p_stages), p_error_threshold, p_observe, p_gate_sample_size,
           true, p_transit_key, p_min_version)
@@ -930,6 +940,15 @@ BEGIN
   PERFORM rekey.open_stage(job, 1);
   RETURN job;
 END $_$;
+
+CREATE FUNCTION rekey.date_key_text(v date) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE WHEN NOT isfinite(v) THEN v::text
+              ELSE to_char(v::timestamp, 'YYYY-MM-DD')
+                   || CASE WHEN v < '0001-01-01'::date THEN ' BC' ELSE '' END
+         END
+$$;
 
 CREATE FUNCTION rekey.finish_stages(p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, state text)
     LANGUAGE plpgsql
@@ -1126,14 +1145,71 @@ BEGIN
   RETURN format('job %s: %s', p_job, reason);
 END $$;
 
-CREATE FUNCTION rekey.job_lagging_readers(p_job bigint, p_rollback boolean) RETURNS jsonb
-    LANGUAGE sql STABLE
+CREATE FUNCTION rekey.job_key(p_schema name, p_table name, p_key_columns text[], OUT key_columns name[], OUT key_types text[]) RETURNS record
+    LANGUAGE plpgsql STABLE
     AS $$
-  SELECT coalesce(jsonb_agg(jsonb_build_object('reader', l.reader, 'scope', l.scope, 'key_id', l.key_id,
-                                               'last_seen', l.last_seen)
-                            ORDER BY l.scope, l.reader, l.key_id), '[]')
-    FROM rekey.job_written_keys(p_job, p_rollback) k, LATERAL rekey.lagging_readers(p_job, k) l
-$$;
+DECLARE
+  rel regclass := format('%I.%I', p_schema, p_table)::regclass;
+  tbl text := format('%I.%I', p_schema, p_table);
+  candidates text;
+  bad record;
+BEGIN
+  IF (SELECT relkind FROM pg_class WHERE oid = rel) = 'r'
+     AND EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = rel) THEN
+    RAISE EXCEPTION 'table % has inheritance children, and no key is unique across a parent and its children; create a job per child table, or move the rows to a declarative partitioned table (PARTITION BY)',
+      tbl USING ERRCODE = 'feature_not_supported';
+  END IF;
+  IF p_key_columns IS NULL THEN
+    SELECT array_agg(a.attname ORDER BY k.ord) INTO key_columns
+      FROM pg_index x, unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+     WHERE x.indrelid = rel AND x.indisprimary AND a.attrelid = rel AND a.attnum = k.attnum;
+    IF key_columns IS NULL THEN
+      -- The key an earlier job on this table was given (--key-columns), while it still names a
+      -- usable index: the operator's statement about the table outlives one job, as
+      -- --not-governed does (rekey rotate-due repeats jobs without flags).
+      SELECT u.columns INTO key_columns
+        FROM (SELECT x.key_columns FROM rekey.jobs x
+               WHERE x.schema_name = p_schema AND x.table_name = p_table
+               ORDER BY x.job_id DESC LIMIT 1) latest
+        JOIN rekey.unique_keys(rel) u ON u.columns = latest.key_columns AND u.not_null;
+    END IF;
+    IF key_columns IS NULL THEN
+      SELECT string_agg(format('--key-columns %s', c.list), ' or ' ORDER BY c.list) INTO candidates
+        FROM rekey.unique_keys(rel) u,
+             LATERAL (SELECT string_agg(quote_ident(x), ',') AS list FROM unnest(u.columns) x) c
+       WHERE u.not_null;
+      IF candidates IS NOT NULL THEN
+        RAISE EXCEPTION 'table % has no primary key; name a unique, not-null index as its key: %',
+          tbl, candidates USING ERRCODE = 'invalid_table_definition';
+      END IF;
+      RAISE EXCEPTION 'table % has no primary key and no unique index on NOT NULL columns alone (an index on an expression, a partial index or a nullable column cannot key batches); add a primary key (ALTER TABLE % ADD PRIMARY KEY (...)) and create the job again',
+        tbl, tbl USING ERRCODE = 'invalid_table_definition';
+    END IF;
+  ELSE
+    SELECT array_agg(c::name) INTO key_columns FROM unnest(p_key_columns) c
+     WHERE rekey.column_type(p_schema, p_table, c) IS NULL;
+    IF key_columns IS NOT NULL THEN
+      RAISE EXCEPTION 'key column % does not exist in %', quote_ident(key_columns[1]), tbl
+        USING ERRCODE = 'undefined_column';
+    END IF;
+    SELECT u.columns INTO key_columns FROM rekey.unique_keys(rel) u
+     WHERE u.columns::text[] = p_key_columns AND u.not_null LIMIT 1;
+    IF key_columns IS NULL THEN
+      RAISE EXCEPTION 'table % has no unique index on exactly (%), in that order, without expressions or a WHERE clause, on NOT NULL columns; create one (CREATE UNIQUE INDEX ON % (%)) or name the columns of an existing one with --key-columns',
+        tbl, array_to_string(p_key_columns, ', '), tbl, array_to_string(p_key_columns, ', ')
+        USING ERRCODE = 'invalid_table_definition';
+    END IF;
+  END IF;
+  SELECT array_agg(rekey.checked_column_type(p_schema, p_table, k.c) ORDER BY k.i) INTO key_types
+    FROM unnest(key_columns) WITH ORDINALITY AS k(c, i);
+  SELECT k.c, k.ty INTO bad FROM unnest(key_columns, key_types) AS k(c, ty)
+   WHERE k.ty <> ALL (rekey.supported_key_types()) LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION 'key column % of % is of type %, which rekey cannot order batches by (supported: %); name a unique, not-null index on supported columns with --key-columns',
+      quote_ident(bad.c), tbl, bad.ty, array_to_string(rekey.supported_key_types(), ', ')
+      USING ERRCODE = 'feature_not_supported';
+  END IF;
+END $$;
 
 CREATE TABLE rekey.jobs (
     job_id bigint NOT NULL,
@@ -1174,10 +1250,15 @@ CREATE TABLE rekey.jobs (
     readers_waiting_since timestamp with time zone,
     readers_lagging jsonb,
     rotation_id bigint,
+    key_columns name[] NOT NULL,
+    key_types text[] NOT NULL,
+    key_text_form text DEFAULT 'canonical'::text NOT NULL,
     CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
     CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
     CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
     CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
+    CONSTRAINT jobs_key_shape CHECK (((cardinality(key_columns) >= 1) AND (cardinality(key_columns) = cardinality(key_types)) AND ((key_text_form = 'canonical'::text) OR (cardinality(key_columns) = 1)))),
+    CONSTRAINT jobs_key_text_form CHECK ((key_text_form = ANY (ARRAY['canonical'::text, 'legacy'::text]))),
     CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
     CONSTRAINT jobs_reader_window_check CHECK ((reader_window > '00:00:00'::interval)),
     CONSTRAINT jobs_readers_waiting_all_or_none CHECK ((((readers_waiting_for IS NULL) = (readers_waiting_since IS NULL)) AND ((readers_waiting_for IS NULL) = (readers_lagging IS NULL)))),
@@ -1187,6 +1268,30 @@ CREATE TABLE rekey.jobs (
     CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
     CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1))
 );
+
+CREATE FUNCTION rekey.job_key_text_sql(p_job rekey.jobs, p_alias text) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT rekey.key_text_sql(p_job.key_columns, rekey.job_key_types(p_job), p_job.key_text_form,
+                            p_alias)
+$$;
+
+CREATE FUNCTION rekey.job_key_types(p_job rekey.jobs) RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT array_agg(rekey.checked_column_type(p_job.schema_name, p_job.table_name, k.c, k.ty)
+                   ORDER BY k.i)
+    FROM unnest(p_job.key_columns, p_job.key_types) WITH ORDINALITY AS k(c, ty, i)
+$$;
+
+CREATE FUNCTION rekey.job_lagging_readers(p_job bigint, p_rollback boolean) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT coalesce(jsonb_agg(jsonb_build_object('reader', l.reader, 'scope', l.scope, 'key_id', l.key_id,
+                                               'last_seen', l.last_seen)
+                            ORDER BY l.scope, l.reader, l.key_id), '[]')
+    FROM rekey.job_written_keys(p_job, p_rollback) k, LATERAL rekey.lagging_readers(p_job, k) l
+$$;
 
 CREATE FUNCTION rekey.job_reached_promotion(p_job rekey.jobs) RETURNS boolean
     LANGUAGE sql STABLE
@@ -1322,8 +1427,8 @@ CREATE FUNCTION rekey.job_table(p_table text, OUT schema_name name, OUT table_na
     AS $$
 DECLARE
   t record;
+  k record;
   blocker text;
-  n integer;
 BEGIN
   t := rekey.resolve_table(p_table);
   blocker := rekey.row_security_blocker(format('%I.%I', t.schema_name, t.table_name)::regclass);
@@ -1331,20 +1436,11 @@ BEGIN
     RAISE EXCEPTION '%', blocker USING ERRCODE = 'invalid_table_definition';
   END IF;
   PERFORM rekey.lock_job_definitions();
-  SELECT min(a.attname), count(*) INTO pk_column, n
-    FROM pg_index x
-    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
-   WHERE x.indrelid = format('%I.%I', t.schema_name, t.table_name)::regclass AND x.indisprimary;
-  IF n = 0 THEN
-    RAISE EXCEPTION 'table %.% has no primary key; rekey needs a single-column primary key to split it into batches',
-      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'invalid_table_definition';
-  ELSIF n > 1 THEN
-    RAISE EXCEPTION 'table %.% has a composite primary key; rekey supports single-column primary keys',
-      quote_ident(t.schema_name), quote_ident(t.table_name) USING ERRCODE = 'feature_not_supported';
-  END IF;
+  k := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
   schema_name := t.schema_name;
   table_name := t.table_name;
-  pk_type := rekey.column_type(t.schema_name, t.table_name, pk_column);
+  pk_column := k.key_columns[1];
+  pk_type := k.key_types[1];
 END $$;
 
 CREATE FUNCTION rekey.job_target(p_schema name, p_table name, p_pk name, p_column text, p_codec text, p_key_id_column text, p_ad_template text, p_scope_column text, p_scope_value text) RETURNS bigint
@@ -1402,6 +1498,15 @@ BEGIN
   END IF;
   RETURN NEW;
 END $$;
+
+CREATE FUNCTION rekey.key_bound_sql(p_types text[], p_text text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  SELECT CASE WHEN cardinality(p_types) = 1 THEN format('(%s::%s)', p_text, p_types[1])
+              ELSE 'ROW(' || string_agg(format('((%s)::jsonb ->> %s)::%s', p_text, i - 1, ty),
+                                        ', ' ORDER BY i) || ')' END
+    FROM unnest(p_types) WITH ORDINALITY AS k(ty, i)
+$$;
 
 CREATE FUNCTION rekey.key_census(p_key bigint) RETURNS TABLE(schema_name name, table_name name, column_name name, target_id bigint, formats text[], n bigint, unknown text, status text)
     LANGUAGE plpgsql
@@ -1607,6 +1712,16 @@ BEGIN
   END LOOP;
 END $$;
 
+CREATE FUNCTION rekey.key_column_text_sql(p_expr text, p_type text, p_form text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  SELECT CASE WHEN p_form = 'canonical' AND p_type = 'date'
+              THEN format('rekey.date_key_text(%s)', p_expr)
+              WHEN p_form = 'canonical' AND p_type = 'timestamp with time zone'
+              THEN format('rekey.timestamptz_key_text(%s)', p_expr)
+              ELSE format('%s::text', p_expr) END
+$$;
+
 CREATE FUNCTION rekey.key_event(p_old_status text, p_new_status text, p_rewrapped boolean) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -1640,6 +1755,37 @@ CREATE FUNCTION rekey.key_lock_id(p_key bigint) RETURNS bigint
     AS $$
   SELECT (x'52454b59'::bigint << 32) | p_key
 $$;
+
+CREATE FUNCTION rekey.key_order_sql(p_columns name[], p_alias text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  SELECT string_agg(format('%I.%I', p_alias, c), ', ' ORDER BY i)
+    FROM unnest(p_columns) WITH ORDINALITY AS k(c, i)
+$$;
+
+CREATE FUNCTION rekey.key_row_sql(p_columns name[], p_alias text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  SELECT CASE WHEN cardinality(p_columns) = 1 THEN format('%I.%I', p_alias, p_columns[1])
+              ELSE 'ROW(' || string_agg(format('%I.%I', p_alias, c), ', ' ORDER BY i) || ')' END
+    FROM unnest(p_columns) WITH ORDINALITY AS k(c, i)
+$$;
+
+CREATE FUNCTION rekey.key_text_sql(p_columns name[], p_types text[], p_form text, p_alias text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $_$
+  SELECT CASE WHEN cardinality(p_columns) = 1
+              THEN rekey.key_column_text_sql(format('%I.%I', p_alias, p_columns[1]), p_types[1],
+                                             p_form)
+              ELSE $s$'[' || $s$
+                   || string_agg(format('to_json(%s)::text',
+                                        rekey.key_column_text_sql(format('%I.%I', p_alias, k.c), k.ty,
+                                                                  p_form)),
+                                 $s$ || ',' || $s$ ORDER BY k.i)
+                   || $s$ || ']'$s$
+         END
+    FROM unnest(p_columns, p_types) WITH ORDINALITY AS k(c, ty, i)
+$_$;
 
 CREATE FUNCTION rekey.key_transition_allowed(from_status text, to_status text) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -1939,10 +2085,18 @@ DECLARE
   his integer[];
   counts text;
   n integer;
+  key_text text;
+  key_select text;
+  key_names text;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   scope_sql := rekey.scope_condition(j);
+  -- The key's columns stream as o1, o2, ... (the window orders by them, each in its own
+  -- collation) beside the key's text k (rekey.job_key_text_sql).
+  key_text := rekey.job_key_text_sql(j, 't');
+  SELECT string_agg(format('t.%I AS o%s', c, i), ', ' ORDER BY i), string_agg('o' || i, ', ' ORDER BY i)
+    INTO key_select, key_names FROM unnest(j.key_columns) WITH ORDINALITY AS x(c, i);
   SELECT array_agg(s.stage_no ORDER BY s.bucket_lo), array_agg(s.bucket_lo ORDER BY s.bucket_lo),
          array_agg(s.bucket_hi ORDER BY s.bucket_lo)
     INTO stages, los, his
@@ -1964,13 +2118,12 @@ BEGIN
   EXECUTE format($q$
     WITH numbered AS (
       SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
-        FROM (SELECT pk_order, k, CASE WHEN bucket < $6[x] THEN x END AS i
-                FROM (SELECT pk_order, k, bucket, width_bucket(bucket, $5) AS x
-                        FROM (SELECT t.%1$I AS pk_order, t.%1$I::text AS k,
-                                     rekey.stage_bucket(t.%1$I::text) AS bucket
-                                FROM %2$s AS t WHERE true%3$s ORDER BY t.%1$I OFFSET 0) r) s) y
+        FROM (SELECT %5$s, k, CASE WHEN bucket < $6[x] THEN x END AS i
+                FROM (SELECT %5$s, k, bucket, width_bucket(bucket, $5) AS x
+                        FROM (SELECT %1$s, %6$s AS k, rekey.stage_bucket(%6$s) AS bucket
+                                FROM %2$s AS t WHERE true%3$s ORDER BY %7$s OFFSET 0) r) s) y
        WHERE i IS NOT NULL
-      WINDOW w AS (ORDER BY pk_order ROWS UNBOUNDED PRECEDING)),
+      WINDOW w AS (ORDER BY %5$s ROWS UNBOUNDED PRECEDING)),
     grouped AS (
       SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
              min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
@@ -1986,7 +2139,8 @@ BEGIN
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys)
     SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys
       FROM planned$q$,
-    j.pk_column, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts)
+    key_select, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts, key_names,
+    key_text, rekey.key_order_sql(j.key_columns, 't'))
     USING p_job, j.batch_size, first_batch, stages, los, his,
           (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000);
   GET DIAGNOSTICS n = ROW_COUNT;
@@ -2002,7 +2156,10 @@ DECLARE
   st rekey.job_stages;
   rel text;
   scope_sql text := '';
-  key_type text;
+  key_text text;
+  key_row text;
+  key_order text;
+  key_types text[];
   n integer := 0;
   first_batch integer;
 BEGIN
@@ -2014,7 +2171,10 @@ BEGIN
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   rel := format('%I.%I', j.schema_name, j.table_name);
   scope_sql := rekey.scope_condition(j);
-  key_type := rekey.checked_column_type(j.schema_name, j.table_name, j.pk_column, j.pk_type);
+  key_types := rekey.job_key_types(j);
+  key_text := rekey.job_key_text_sql(j, 't');
+  key_row := rekey.key_row_sql(j.key_columns, 't');
+  key_order := rekey.key_order_sql(j.key_columns, 't');
 
   IF st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN
     EXECUTE format($q$
@@ -2022,11 +2182,11 @@ BEGIN
       SELECT $1, $2 + 1 + n, $3, CASE WHEN n = 0 THEN NULL ELSE k END,
              lead(k) OVER (ORDER BY n), least($4, total - n * $4)
         FROM (SELECT k, rn / $4 AS n, count(*) OVER () AS total, rn %% $4 AS r
-                FROM (SELECT t.%1$I::text AS k, row_number() OVER (ORDER BY t.%1$I) - 1 AS rn
+                FROM (SELECT %1$s AS k, row_number() OVER (ORDER BY %4$s) - 1 AS rn
                         FROM %2$s AS t
-                       WHERE rekey.stage_bucket(t.%1$I::text) >= $5
-                         AND rekey.stage_bucket(t.%1$I::text) < $6%3$s) numbered) cut
-       WHERE r = 0$q$, j.pk_column, rel, scope_sql)
+                       WHERE rekey.stage_bucket(%1$s) >= $5
+                         AND rekey.stage_bucket(%1$s) < $6%3$s) numbered) cut
+       WHERE r = 0$q$, key_text, rel, scope_sql, key_order)
       USING p_job, first_batch, p_stage, j.batch_size, st.bucket_lo, st.bucket_hi;
     GET DIAGNOSTICS n = ROW_COUNT;
     IF n = 0 THEN
@@ -2039,18 +2199,19 @@ BEGIN
 
   EXECUTE format($q$
     WITH RECURSIVE walk(lo, hi, n) AS (
-      SELECT NULL::%4$s, (SELECT t.%1$I FROM %2$s AS t WHERE true%3$s ORDER BY t.%1$I
+      SELECT NULL::text, (SELECT %1$s FROM %2$s AS t WHERE true%3$s ORDER BY %5$s
                           OFFSET $4 LIMIT 1), 1
       UNION ALL
-      SELECT w.hi, (SELECT t.%1$I FROM %2$s AS t WHERE t.%1$I >= w.hi%3$s ORDER BY t.%1$I
+      SELECT w.hi, (SELECT %1$s FROM %2$s AS t WHERE %4$s >= %6$s%3$s ORDER BY %5$s
                     OFFSET $4 LIMIT 1), w.n + 1
         FROM walk w WHERE w.hi IS NOT NULL)
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + w.n, $3, w.lo::text, w.hi::text,
+    SELECT $1, $2 + w.n, $3, w.lo, w.hi,
            CASE WHEN w.hi IS NOT NULL THEN $4
                 WHEN w.lo IS NULL THEN (SELECT count(*) FROM %2$s AS t WHERE true%3$s)
-                ELSE (SELECT count(*) FROM %2$s AS t WHERE t.%1$I >= w.lo%3$s) END
-      FROM walk w$q$, j.pk_column, rel, scope_sql, key_type)
+                ELSE (SELECT count(*) FROM %2$s AS t WHERE %4$s >= %7$s%3$s) END
+      FROM walk w$q$, key_text, rel, scope_sql, key_row, key_order,
+      rekey.key_bound_sql(key_types, 'w.hi'), rekey.key_bound_sql(key_types, 'w.lo'))
     USING p_job, first_batch, p_stage, j.batch_size;
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
@@ -2064,24 +2225,28 @@ DECLARE
   st rekey.job_stages;
   first_batch integer;
   n integer;
+  lo_key text;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
+  -- A rollout bound as the key it names (rekey.key_bound_sql), to order the bounds by key; the
+  -- bounds stay in the key's text form. A composite key's bounds order as row values.
+  lo_key := rekey.key_bound_sql(rekey.job_key_types(j), 'b.lo');
   EXECUTE format($q$
     WITH starts AS (
-      SELECT k FROM (SELECT b.lo::%1$s AS k, row_number() OVER (ORDER BY b.lo::%1$s) AS rn
-                       FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
-                      WHERE b.job_id = $1 AND b.lo IS NOT NULL
-                        AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
+      SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn
+                           FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
+                          WHERE b.job_id = $1 AND b.lo IS NOT NULL
+                            AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
        WHERE rn %% 100 = 0),
     ranges AS (
-      SELECT 0::bigint AS batch, NULL::%1$s AS lo
+      SELECT 0::bigint AS batch, NULL::text AS lo
       UNION ALL
-      SELECT row_number() OVER (ORDER BY k), k FROM (SELECT DISTINCT k FROM starts) d)
+      SELECT row_number() OVER (ORDER BY k), lo FROM (SELECT DISTINCT ON (k) k, lo FROM starts ORDER BY k) d)
     INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + 1 + batch, $3, lo::text, lead(lo::text) OVER (ORDER BY batch), 0
-      FROM ranges$q$, rekey.checked_column_type(j.schema_name, j.table_name, j.pk_column, j.pk_type))
+    SELECT $1, $2 + 1 + batch, $3, lo, lead(lo) OVER (ORDER BY batch), 0
+      FROM ranges$q$, lo_key)
     USING p_job, first_batch, p_stage, st.kind = 'rollback', j.rollback_stage;
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
@@ -2361,6 +2526,17 @@ BEGIN
   END IF;
 END $$;
 
+CREATE FUNCTION rekey.refuse_key_ciphertext(p_columns text[], p_key name[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF p_columns && p_key::text[] THEN
+    RAISE EXCEPTION 'column % is part of the key',
+      (SELECT quote_ident(c) FROM unnest(p_columns) c WHERE c = ANY (p_key::text[]) LIMIT 1)
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+END $$;
+
 CREATE FUNCTION rekey.refuse_key_collision(p_job bigint) RETURNS void
     LANGUAGE plpgsql STABLE
     AS $$
@@ -2463,6 +2639,12 @@ BEGIN
   END IF;
   RETURN new_state;
 END $$;
+
+CREATE FUNCTION rekey.requested_key_columns() RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT nullif(current_setting('rekey.key_columns', true), '')::text[]
+$$;
 
 CREATE FUNCTION rekey.requeue(p_job bigint, p_from integer, p_to integer) RETURNS text
     LANGUAGE plpgsql
@@ -3027,6 +3209,13 @@ CREATE FUNCTION rekey.stage_bucket(pk text) RETURNS integer
   SELECT (('x' || substr(md5(pk), 1, 8))::bit(32)::bigint % 10000)::integer
 $$;
 
+CREATE FUNCTION rekey.supported_key_types() RETURNS text[]
+    LANGUAGE sql IMMUTABLE
+    AS $$
+  SELECT ARRAY['bigint', 'integer', 'smallint', 'numeric', 'uuid', 'text', 'character varying',
+               'date', 'timestamp with time zone']
+$$;
+
 CREATE FUNCTION rekey.target_columns() RETURNS TABLE(target_id bigint, codec text, relid oid, attnum smallint, key_id_attnum smallint, schema_name name, table_name name, column_name name, key_id_column name, ad_template text, registered_as text, unresolved text)
     LANGUAGE sql STABLE
     AS $$
@@ -3095,6 +3284,15 @@ BEGIN
   RETURN NEW;
 END $$;
 
+CREATE FUNCTION rekey.timestamptz_key_text(v timestamp with time zone) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE WHEN NOT isfinite(v) THEN v::text
+              ELSE to_char(v AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+                   || CASE WHEN v < '0001-01-01 00:00:00+00'::timestamptz THEN ' BC' ELSE '' END
+         END
+$$;
+
 CREATE FUNCTION rekey.tink_prefix(p_key bigint) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS $$
@@ -3106,6 +3304,17 @@ CREATE FUNCTION rekey.transit_version(p_value text) RETURNS integer
     AS $_$
   SELECT substring(p_value from '^vault:v([0-9]{1,9}):[A-Za-z0-9+/=]+$')::integer;
 $_$;
+
+CREATE FUNCTION rekey.unique_keys(p_rel regclass) RETURNS TABLE(columns name[], not_null boolean)
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT array_agg(a.attname ORDER BY k.ord), bool_and(a.attnotnull)
+    FROM pg_index x, unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+   WHERE x.indrelid = p_rel AND x.indisunique AND x.indisvalid AND x.indpred IS NULL
+     AND x.indexprs IS NULL AND a.attrelid = p_rel AND a.attnum = k.attnum
+     AND k.ord <= x.indnkeyatts
+   GROUP BY x.indexrelid
+$$;
 
 CREATE TABLE rekey.keys (
     key_id bigint NOT NULL,
