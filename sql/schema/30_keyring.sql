@@ -224,7 +224,7 @@ $$;
 -- How many values of each registered column are under key p_key. One row per registered column
 -- (targets registered for several scopes are one column: target_id is the lowest of them),
 -- current names, vault-transit targets left out (they hold no keyring key's values). n counts every value of the whole column under the key: Tink by
--- the value's prefix, raw by the key-id column (`key_id_column = key AND column IS NOT NULL`).
+-- the value's prefix in the column's stored form (rekey.value_head_sql), raw by the key-id column (`key_id_column = key AND column IS NOT NULL`).
 -- n is NULL iff the column could not be counted; `unknown` then says why (the table or column is
 -- gone, no SELECT privilege) and what to do. When row-level security hides rows, n counts the
 -- visible ones and `unknown` names the grant that would show the rest. VOLATILE: each count takes
@@ -243,10 +243,15 @@ BEGIN
     SELECT min(tc.target_id) AS target_id, tc.relid, tc.attnum,
            min(tc.schema_name) AS schema_name, min(tc.table_name) AS table_name,
            min(tc.column_name) AS column_name, min(tc.registered_as) AS registered_as,
-           min(tc.unresolved) AS unresolved, bool_or(tc.codec = 'tink') AS tink,
+           min(tc.unresolved) AS unresolved,
+           -- A Tink value's head as the column stores it (rekey.value_head_sql: bytea, or text
+           -- in an encoding, maybe inside a JSON document), one per stored form registered.
+           array_agg(DISTINCT rekey.value_head_sql(tc.column_name, x.encoding, x.json_path))
+             FILTER (WHERE tc.codec = 'tink') AS tink_heads,
            array_remove(array_agg(DISTINCT CASE WHEN tc.codec = 'raw' THEN tc.key_id_attnum END), NULL)
              AS key_id_attnums
       FROM rekey.target_columns() tc
+      JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
      GROUP BY tc.relid, tc.attnum, CASE WHEN tc.unresolved IS NOT NULL THEN tc.target_id END
      ORDER BY 1
@@ -271,8 +276,8 @@ BEGIN
       CONTINUE;
     END IF;
     SELECT string_agg(c, ' OR ') INTO cond FROM (
-      SELECT format('substring(%I from 1 for 5) = %L::bytea', g.column_name, rekey.tink_prefix(p_key)) AS c
-       WHERE g.tink
+      SELECT format('%s = %L::bytea', h, rekey.tink_prefix(p_key)) AS c
+        FROM unnest(g.tink_heads) h
       UNION ALL
       SELECT format('(%I = %s AND %I IS NOT NULL)', a.attname, p_key, g.column_name)
         FROM unnest(g.key_id_attnums) k JOIN pg_attribute a ON a.attrelid = g.relid AND a.attnum = k) x;
