@@ -264,24 +264,34 @@ BEGIN
 END $$;
 
 -- The stored form of a new job's values (issue #18; docs/FORMAT.md, "Stored forms"), checked
--- against the catalog; returns the encoding to record. Checks the columns as check_job_columns
+-- against the catalog; returns the form to record (v_encoding, v_json_path). Checks the columns as check_job_columns
 -- does, for the form:
 --   p_encoding  'bytea' (the default): binary values in bytea columns; 'base64', 'base64url' or
 --               'hex': binary values as text, in text or varchar columns; the fernet codec's
 --               tokens are base64url text (its default; any other encoding is refused)
 --   p_json_path the values are the strings at this path (a non-empty text[] of keys) of jsonb
 --               documents; the encoding must then be a text one (default base64)
+-- Neither given: the form a target of these columns already records (so rekey rotate-due, which
+-- passes neither, rotates a text or JSON column in its form), else bytea.
 CREATE OR REPLACE FUNCTION rekey.job_value_form(p_schema name, p_table name, p_pk name,
                                                 p_columns text[], p_codecs text[],
-                                                p_encoding text, p_json_path text[])
-RETURNS text LANGUAGE plpgsql AS $$
+                                                p_encoding text, p_json_path text[],
+                                                OUT v_encoding text, OUT v_json_path text[])
+LANGUAGE plpgsql AS $$
 DECLARE
   fernet boolean := 'fernet' = ANY (coalesce(p_codecs, '{}'));
-  enc text := coalesce(p_encoding, CASE WHEN fernet THEN 'base64url'
-                                        WHEN p_json_path IS NOT NULL THEN 'base64'
-                                        ELSE 'bytea' END);
+  enc text := p_encoding;
   col_type text;
 BEGIN
+  IF p_encoding IS NULL AND p_json_path IS NULL THEN
+    SELECT x.encoding, x.json_path INTO enc, p_json_path FROM rekey.targets x
+     WHERE x.schema_name = p_schema AND x.table_name = p_table AND x.column_name = ANY (p_columns)
+       AND x.forgotten_at IS NULL AND (x.encoding <> 'bytea' OR x.json_path IS NOT NULL)
+     ORDER BY x.target_id DESC LIMIT 1;
+  END IF;
+  enc := coalesce(enc, CASE WHEN fernet THEN 'base64url'
+                            WHEN p_json_path IS NOT NULL THEN 'base64'
+                            ELSE 'bytea' END);
   IF enc NOT IN ('bytea', 'base64', 'base64url', 'hex') THEN
     RAISE EXCEPTION 'unknown encoding %: use bytea, base64, base64url or hex', quote_literal(enc)
       USING ERRCODE = 'invalid_parameter_value';
@@ -311,7 +321,8 @@ BEGIN
       END IF;
     END LOOP;
   END IF;
-  RETURN enc;
+  v_encoding := enc;
+  v_json_path := p_json_path;
 END $$;
 
 -- Records target p_target's stored form for job p_job. A form is the column's, like its codec:
@@ -335,7 +346,7 @@ END $$;
 --   p_table       schema.table (PostgreSQL identifier syntax)
 --   p_columns     ciphertext columns (bytea)
 --   p_key_map     {"source key id": target key id, ...}
---   p_codecs      one codec per column ('tink' or 'raw'); NULL = all 'tink'
+--   p_codecs      one codec per column ('tink', 'raw' or 'fernet'); NULL = all 'tink'
 --   p_key_id_column  integer column holding the key id: required by 'raw', kept in step otherwise
 --   p_scope_column/p_scope_value  restrict the job to rows where column = value
 --   p_stages      cumulative percentages, increasing, ending at 100 (default 1,25,50,75,100)
@@ -392,6 +403,7 @@ DECLARE
   col_type text;
   v_codec text;
   v_encoding text;
+  v_json_path text[];
   job bigint;
   tid bigint;
   src text;
@@ -409,8 +421,9 @@ BEGIN
   pk_col := t.pk_column;
   pk_type := t.pk_type;
 
-  v_encoding := rekey.job_value_form(t.schema_name, t.table_name, pk_col, p_columns, p_codecs,
-                                     p_encoding, p_json_path);
+  SELECT f.v_encoding, f.v_json_path INTO v_encoding, v_json_path
+    FROM rekey.job_value_form(t.schema_name, t.table_name, pk_col, p_columns, p_codecs, p_encoding,
+                              p_json_path) f;
   IF p_codecs IS NOT NULL AND cardinality(p_codecs) <> cardinality(p_columns) THEN
     RAISE EXCEPTION 'give one codec per column (% columns, % codecs)', cardinality(p_columns), cardinality(p_codecs)
       USING ERRCODE = 'invalid_parameter_value';
@@ -419,6 +432,10 @@ BEGIN
     v_codec := coalesce(p_codecs[i], 'tink');
     IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
       RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the fernet codec, which binds no associated data: drop the template', quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
@@ -557,7 +574,7 @@ BEGIN
     v_codec := coalesce(p_codecs[i], 'tink');
     tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], v_codec, p_key_id_column,
                             p_ad_template, p_scope_column, v_scope_value);
-    PERFORM rekey.set_target_value_form(tid, job, v_encoding, p_json_path);
+    PERFORM rekey.set_target_value_form(tid, job, v_encoding, v_json_path);
     INSERT INTO rekey.job_columns VALUES (job, i, tid);
   END LOOP;
   PERFORM rekey.refuse_column_collision(job);
@@ -574,7 +591,7 @@ BEGIN
                   ELSE jsonb_build_object(p_scope_column, v_scope_value) END,
     'not_governed', to_jsonb(coalesce(v_not_governed, '{}')),
     'cross_scope', coalesce(p_cross_scope, false),
-    'encoding', v_encoding, 'json_path', to_jsonb(p_json_path)));
+    'encoding', v_encoding, 'json_path', to_jsonb(v_json_path)));
   PERFORM rekey.open_stage(job, 1);
   RETURN job;
 END $$;

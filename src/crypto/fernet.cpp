@@ -56,8 +56,7 @@ DecodeStatus FernetKey::Open(const uint8_t* token, size_t size, Bytes* plaintext
   plaintext->clear();
   if (size == 0) return DecodeStatus::kEmpty;
   if (token[0] != kFernetVersion) return DecodeStatus::kBadPrefix;
-  if (size < kFernetMinTokenSize ||
-      (size - kFernetHeaderSize - kFernetHmacSize) % kBlock != 0) {
+  if (size < kFernetMinTokenSize || (size - kFernetHeaderSize - kFernetHmacSize) % kBlock != 0) {
     return DecodeStatus::kTruncated;
   }
   // The HMAC first, in constant time: a wrong key or a tampered byte stops here, before the

@@ -26,8 +26,8 @@ void FernetRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {
   out->detail.clear();
   uint64_t timestamp = 0;
   uint32_t key_id = 0;
-  const DecodeStatus status = OpenFernetTrial(value.data, value.size, candidates_, keys_,
-                                              &plaintext_, &timestamp, &key_id);
+  const DecodeStatus status =
+      OpenFernetTrial(value.data, value.size, candidates_, keys_, &plaintext_, &timestamp, &key_id);
   if (status != DecodeStatus::kOk) {
     out->outcome = RewriteOutcome::kPoison;
     out->error_class = std::string(DecodeStatusName(status));

@@ -79,35 +79,43 @@ TEST(FernetTest, SpecInvalidTokens) {
        "1YsUD2Q==",
        "bad_encoding"},
       {"payload size not multiple of block size",
-       "gAAAAAAdwJ6xAAECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-fWPOm73QeoCk9uGib28Xe5vz6oxq5nmxbx_v7mrfyu"
+       "gAAAAAAdwJ6xAAECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-fWPOm73QeoCk9uGib28Xe5vz6oxq5nmxbx_"
+       "v7mrfyu"
        "dzUm",
        "truncated"},
       {"payload padding error",
-       "gAAAAAAdwJ6xAAECAwQFBgcICQoLDA0ODz4LEpdELGQAad7aNEHbf-JkLPIpuiYRLQ3RtXatOYREu2FWke6CnJNYIbku"
+       "gAAAAAAdwJ6xAAECAwQFBgcICQoLDA0ODz4LEpdELGQAad7aNEHbf-"
+       "JkLPIpuiYRLQ3RtXatOYREu2FWke6CnJNYIbku"
        "KNqOhw==",
        "auth_failed"},
       {"far-future TS (unacceptable clock skew)",
-       "gAAAAAAdwStRAAECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-fWPAnja1xKYyhd-Y6mSkTOyTGJmw2Xc2a6kBd-iX9b"
+       "gAAAAAAdwStRAAECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-fWPAnja1xKYyhd-Y6mSkTOyTGJmw2Xc2a6kBd-"
+       "iX9b"
        "_qXQcw==",
        "ok"},
       {"expired TTL",
-       "gAAAAAAdwJ6xAAECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-fWPAl1-szkFVzXTuGb4hR8AKtwcaX1YdykRtfsH-p1"
+       "gAAAAAAdwJ6xAAECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-fWPAl1-szkFVzXTuGb4hR8AKtwcaX1YdykRtfsH-"
+       "p1"
        "YsUD2Q==",
        "ok"},
       {"incorrect IV (causes padding error)",
-       "gAAAAAAdwJ6xBQECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-fWPAkLhFLHpGtDBRLRTZeUfWgHSv49TF2AUEZ1TIvc"
+       "gAAAAAAdwJ6xBQECAwQFBgcICQoLDA0OD3HkMATM5lFqGaerZ-"
+       "fWPAkLhFLHpGtDBRLRTZeUfWgHSv49TF2AUEZ1TIvc"
        "ZjK1zQ==",
        "auth_failed"},
       {"trailing characters after b64 padding",
-       "gAAAAAAdwJ6wAAECAwQFBgcICQoLDA0ODy021cpGVWKZ_eEwCGM4BLLF_5CV9dOPmrhuVUPgJobwOz7JcbmrR64jVmpU"
+       "gAAAAAAdwJ6wAAECAwQFBgcICQoLDA0ODy021cpGVWKZ_eEwCGM4BLLF_"
+       "5CV9dOPmrhuVUPgJobwOz7JcbmrR64jVmpU"
        "4IwqDA==trailingdata",
        "bad_encoding"},
       {"invalid characters in b64",
-       "*gAAAAAAdwJ6wAAECAwQFBgcI!CQoLDA0ODy021?cpGVWKZ_eEwC@GM4BLLF_5CV9dOPmrhuVUPgJobwOz7JcbmrR64j"
+       "*gAAAAAAdwJ6wAAECAwQFBgcI!CQoLDA0ODy021?cpGVWKZ_eEwC@GM4BLLF_"
+       "5CV9dOPmrhuVUPgJobwOz7JcbmrR64j"
        "VmpU4IwqDA==",
        "bad_encoding"},
       {"invalid non-urlsafe characters in b64",
-       "gAAAAAAdwJ6wAAEC/AwQFBgcICQoLDA0ODy+021cpGVWKZ_eEwCGM4BLLF_5CV9dOPmrhuVUPgJobwOz7JcbmrR64jVm"
+       "gAAAAAAdwJ6wAAEC/"
+       "AwQFBgcICQoLDA0ODy+021cpGVWKZ_eEwCGM4BLLF_5CV9dOPmrhuVUPgJobwOz7JcbmrR64jVm"
        "pU4IwqDA==",
        "bad_encoding"},
   };

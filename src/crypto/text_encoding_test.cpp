@@ -23,9 +23,13 @@ std::string Encode(TextEncoding encoding, const std::string& data, bool padded =
 
 TEST(TextEncodingTest, Rfc4648Vectors) {
   // RFC 4648 section 10: BASE64("foobar") = "Zm9vYmFy", BASE16("foobar") = "666F6F626172".
-  const std::vector<std::pair<std::string, std::string>> base64 = {
-      {"", ""},         {"f", "Zg=="},     {"fo", "Zm8="},         {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+  const std::vector<std::pair<std::string, std::string>> base64 = {{"", ""},
+                                                                   {"f", "Zg=="},
+                                                                   {"fo", "Zm8="},
+                                                                   {"foo", "Zm9v"},
+                                                                   {"foob", "Zm9vYg=="},
+                                                                   {"fooba", "Zm9vYmE="},
+                                                                   {"foobar", "Zm9vYmFy"}};
   for (const auto& [data, text] : base64) {
     EXPECT_EQ(Encode(TextEncoding::kBase64, data), text);
     EXPECT_EQ(Encode(TextEncoding::kBase64Url, data), text);
@@ -63,19 +67,19 @@ TEST(TextEncodingTest, Base64UrlPaddingIsKeptAsRead) {
 
 TEST(TextEncodingTest, MalformedTextIsRefusedNotGuessed) {
   const std::vector<std::pair<TextEncoding, std::string>> bad = {
-      {TextEncoding::kBase64, "Zm8"},          // standard base64 is padded
-      {TextEncoding::kBase64, "Zm9v\nYmFy"},   // whitespace inside
-      {TextEncoding::kBase64, " Zm9v"},        // or around
-      {TextEncoding::kBase64, "Zg=a"},         // padding not at the end
-      {TextEncoding::kBase64, "Z==="},         // three padding characters
-      {TextEncoding::kBase64, "Zm9vY"},        // one character of a group
-      {TextEncoding::kBase64Url, "Zm9vY"},     // the same, unpadded
-      {TextEncoding::kBase64Url, "Zg="},       // padded, but not to a multiple of four
-      {TextEncoding::kBase64Url, "%%%%"},      // outside the alphabet
-      {TextEncoding::kHex, "abc"},             // odd length
-      {TextEncoding::kHex, "\\x0102"},         // PostgreSQL's bytea prefix is not hex
-      {TextEncoding::kHex, "zz"},              // not a digit
-      {TextEncoding::kBytea, "anything"},      // not a text form
+      {TextEncoding::kBase64, "Zm8"},         // standard base64 is padded
+      {TextEncoding::kBase64, "Zm9v\nYmFy"},  // whitespace inside
+      {TextEncoding::kBase64, " Zm9v"},       // or around
+      {TextEncoding::kBase64, "Zg=a"},        // padding not at the end
+      {TextEncoding::kBase64, "Z==="},        // three padding characters
+      {TextEncoding::kBase64, "Zm9vY"},       // one character of a group
+      {TextEncoding::kBase64Url, "Zm9vY"},    // the same, unpadded
+      {TextEncoding::kBase64Url, "Zg="},      // padded, but not to a multiple of four
+      {TextEncoding::kBase64Url, "%%%%"},     // outside the alphabet
+      {TextEncoding::kHex, "abc"},            // odd length
+      {TextEncoding::kHex, "\\x0102"},        // PostgreSQL's bytea prefix is not hex
+      {TextEncoding::kHex, "zz"},             // not a digit
+      {TextEncoding::kBytea, "anything"},     // not a text form
   };
   for (const auto& [encoding, text] : bad) {
     Bytes out = B("stale");

@@ -356,10 +356,10 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
     std::optional<uint32_t> new_key_id;
     for (size_t i = 0; i < ncols; ++i) {
       const int slot = slot_[r * ncols + i];
-      const crypto::RewrittenValue* v =
-          slot == -1  ? nullptr
-          : slot < -1 ? &unreadable_[size_t(-2 - slot)]
-                      : &rewritten_[side.rewriter_of_column[i]][size_t(slot)];
+      const crypto::RewrittenValue* v = slot == -1 ? nullptr
+                                        : slot < -1
+                                            ? &unreadable_[size_t(-2 - slot)]
+                                            : &rewritten_[side.rewriter_of_column[i]][size_t(slot)];
       row_values[i] = v && v->outcome == RewriteOutcome::kRewritten ? v : nullptr;
       if (!v || v->outcome == RewriteOutcome::kUnchanged) continue;
       if (IsFailure(v->outcome)) {

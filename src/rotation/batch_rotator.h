@@ -209,8 +209,9 @@ class BatchRotator {
   std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
   bool wait_for_flush_ = false;
   // Reused across chunks: per rewriter, the values handed to it and what it made of them; per
-  // (row, column), which of them it is (-1: NULL; -2 - k: unreadable_[k], a value not in its column's stored
-  // form, rotation/stored_form.h); values decoded, and the text style each was read in.
+  // (row, column), which of them it is (-1: NULL; -2 - k: unreadable_[k], a value not in its
+  // column's stored form, rotation/stored_form.h); values decoded, and the text style each was read
+  // in.
   std::vector<std::vector<crypto::StoredValue>> values_;
   std::vector<std::vector<crypto::RewrittenValue>> rewritten_;
   std::vector<int> slot_;

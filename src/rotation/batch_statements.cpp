@@ -135,8 +135,8 @@ std::string BatchStatements::Update() const {
     const std::string v = "c" + std::to_string(i);
     if (!set_list.empty()) set_list += ", ";
     set_list += SetValueSql(job_.columns[i], "v." + v);
-    values += ", unnest($" + std::to_string(++n) + "::" +
-              std::string(NewValueType(job_.columns[i])) + "[]) AS " + v;
+    values += ", unnest($" + std::to_string(++n) +
+              "::" + std::string(NewValueType(job_.columns[i])) + "[]) AS " + v;
   }
   if (!key_id_.empty()) {
     set_list += ", " + key_id_ + " = coalesce(v.kid, t." + key_id_ + ")";

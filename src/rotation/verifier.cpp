@@ -132,14 +132,14 @@ struct PageColumns {
     for (size_t i = 0; i < job.columns.size(); ++i) {
       values.push_back(page.column_number(ValueColumn(i)));
       kinds.push_back(job.columns[i].json_path.empty() ? -1
-                                                        : int(page.column_number(KindColumn(i))));
+                                                       : int(page.column_number(KindColumn(i))));
     }
     key_id = job.key_id_column ? int(page.column_number("key_id")) : -1;
   }
   pqxx::row::size_type pk_text;
   std::vector<pqxx::row::size_type> values;
   std::vector<int> kinds;  // -1: not a JSON column
-  int key_id;  // -1: no key-id column
+  int key_id;              // -1: no key-id column
 };
 
 }  // namespace
