@@ -129,10 +129,13 @@ TEST_F(FormatsTest, TextEncodingsRotateInTheirOwnFormAndQuarantineWhatIsNot) {
     TextEncoding encoding;
     bool padded;
     std::string not_encoded;  // a value that is not text of the encoding
+    // Whether its head still reads as key 1's Tink prefix: the retire proof counts it under key
+    // 1 then (by prefix, never decoding whole values), which errs on the side of keeping the key.
+    bool head_names_key_1;
   };
-  const std::vector<Case> cases = {{TextEncoding::kBase64, true, "not base64!"},
-                                   {TextEncoding::kBase64Url, false, "AQAAAAE+/+/+/+/+"},
-                                   {TextEncoding::kHex, true, "0100000001zz"}};
+  const std::vector<Case> cases = {{TextEncoding::kBase64, true, "not base64!", false},
+                                   {TextEncoding::kBase64Url, false, "AQAAAAE+/+/+/+/+", false},
+                                   {TextEncoding::kHex, true, "0100000001zz", true}};
   for (const Case& c : cases) {
     const std::string name(crypto::TextEncodingName(c.encoding));
     SCOPED_TRACE(name);
@@ -146,7 +149,7 @@ TEST_F(FormatsTest, TextEncodingsRotateInTheirOwnFormAndQuarantineWhatIsNot) {
                                   "', ARRAY['token'], '{\"1\": 2}', p_stages => '{100}', "
                                   "p_batch_size => 64, p_error_threshold => 0.05, p_encoding => '" +
                                   name + "'");
-    EXPECT_EQ(ValuesUnder(1, table_ + ".token"), 401)
+    EXPECT_EQ(ValuesUnder(1, table_ + ".token"), 401 + c.head_names_key_1)
         << "retire must see the text values under key 1 (and the cut one, by its prefix)";
     Work(job);
 
@@ -166,7 +169,8 @@ TEST_F(FormatsTest, TextEncodingsRotateInTheirOwnFormAndQuarantineWhatIsNot) {
     EXPECT_EQ(Scalar("SELECT token FROM " + table_ + " WHERE id = 900002"), cut)
         << "left as it was";
     EXPECT_EQ(ValuesUnder(2, table_ + ".token"), 400);
-    EXPECT_EQ(ValuesUnder(1, table_ + ".token"), 1) << "the cut value still names key 1";
+    EXPECT_EQ(ValuesUnder(1, table_ + ".token"), 1 + c.head_names_key_1)
+        << "the cut value still names key 1";
 
     ProcessResult verify = Rekey({"job", "verify", std::to_string(job)});
     EXPECT_THAT(verify.out, HasSubstr("400 under target keys, 0 under source keys, 3 failed"))
