@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
@@ -327,7 +328,25 @@ TEST_F(FormatsTest, RollbackReturnsTextValuesToTheOldKeyInTheSameForm) {
 TEST_F(FormatsTest, FernetTokensOfPythonRotatedAndReadBackByMultiFernet) {
   const std::string app = std::string(REKEY_SOURCE_DIR) + "/tests/fernet/fernet_app.py";
   const std::string key1 = crypto::FernetKeyText(TestDataKey(1));
-  const std::string key2 = crypto::FernetKeyText(TestDataKey(2));
+  // The new key is the application's: made by Fernet.generate_key(), imported in its form.
+  ProcessResult generated = RunProcess({"/usr/bin/python3", app, "generate"});
+  if (generated.exit_code == 77) GTEST_SKIP() << generated.err;
+  ASSERT_EQ(generated.exit_code, 0) << generated.err;
+  const std::string key3 = nlohmann::json::parse(generated.out).get<std::string>();
+  const std::string dir = MakeTempDir("rekey-fernet");
+  {
+    std::ofstream(dir + "/bad.key") << key1 << "," << key3 << "\n";
+    ProcessResult refused = Rekey(
+        {"keys", "import", "--key-id", "3", "--format", "fernet", "--file", dir + "/bad.key"});
+    EXPECT_NE(refused.exit_code, 0);
+    EXPECT_THAT(refused.err, HasSubstr("one key per --key-id"));
+    EXPECT_EQ(refused.err.find(key3), std::string::npos) << "never echoes key material";
+    EXPECT_EQ(Count("SELECT count(*) FROM rekey.keys WHERE key_id = 3"), 0) << "nothing written";
+    std::ofstream(dir + "/new.key") << key3 << "\n";
+    ProcessResult imported = Rekey(
+        {"keys", "import", "--key-id", "3", "--format", "fernet", "--file", dir + "/new.key"});
+    ASSERT_EQ(imported.exit_code, 0) << imported.err;
+  }
   constexpr int kRows = 2000;
   nlohmann::json request = {{"key", key1}, {"items", nlohmann::json::array()}};
   for (int id = 1; id <= kRows; ++id) {
@@ -361,7 +380,7 @@ TEST_F(FormatsTest, FernetTokensOfPythonRotatedAndReadBackByMultiFernet) {
     txn.commit();
   }
   const int64_t job = CreateJob(
-      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_codecs => '{fernet}', "
+      "'public.cards', ARRAY['token'], '{\"1\": 3}', p_codecs => '{fernet}', "
       "p_stages => '{10,100}', p_batch_size => 100, p_error_threshold => 0.05");
   const std::string j = std::to_string(job);
   Work(job);
@@ -371,7 +390,7 @@ TEST_F(FormatsTest, FernetTokensOfPythonRotatedAndReadBackByMultiFernet) {
   EXPECT_EQ(Quarantined(job),
             "900001:auth_failed,900002:truncated,900003:bad_encoding,900004:bad_prefix");
 
-  nlohmann::json read = {{"keys", {key2, key1}}, {"tokens", nlohmann::json::object()}};
+  nlohmann::json read = {{"keys", {key3, key1}}, {"tokens", nlohmann::json::object()}};
   for (const auto& [id, token] : Tokens()) {
     if (id <= kRows) read["tokens"][std::to_string(id)] = token;
   }

@@ -24,6 +24,7 @@
 #include "db/connection.h"
 #include "db/conninfo.h"
 #include "keyring/census.h"
+#include "keyring/key_formats/fernet_keys.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "kms/kms_factory.h"
@@ -51,6 +52,7 @@ struct KeysOptions {
   std::vector<int64_t> key_ids;
   std::vector<std::string> accept_unknown;
   std::string reason;
+  std::string format;  // import: "" (raw or base64) or "fernet" (keyring/key_formats)
 };
 
 uint32_t CheckedKeyId(int64_t id) {
@@ -184,6 +186,15 @@ Secret ReadImportedKey(const KeysOptions& o) {
     std::ifstream in(o.file, std::ios::binary);
     if (!in) throw ConfigError("cannot read --file " + o.file);
     data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  if (o.format == "fernet") {
+    std::vector<Secret> keys = keyring::ParseFernetKeyList(data);
+    WipeAndClear(&data);
+    if (keys.size() != 1) {
+      throw KeyError("--format fernet imports one key per --key-id; the file holds " +
+                     std::to_string(keys.size()));
+    }
+    return std::move(keys[0]);
   }
   size_t read = data.size();
   if (read == kms::kDataKeySize) {
@@ -331,6 +342,10 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   CLI::Option* from_stdin =
       import_cmd->add_flag("--stdin", o->use_stdin, "Read the key from stdin");
   file->excludes(from_stdin);
+  import_cmd
+      ->add_option("--format", o->format,
+                   "fernet: the key as Fernet.generate_key() writes it (docs/FORMAT.md)")
+      ->check(CLI::IsMember({"fernet"}));
   import_cmd->callback([o, &global] {
     if (o->file.empty() && !o->use_stdin) {
       throw ConfigError("rekey keys import needs --file PATH or --stdin (keys are never flags)");

@@ -2,6 +2,7 @@
 """The application side of rekey's Fernet proof (tests/formats_pg_test.cpp): Debian's
 python3-cryptography (cryptography.fernet.Fernet and MultiFernet), nothing of rekey's.
 
+  fernet_app.py generate  stdout Fernet.generate_key(): a new key as applications configure it
   fernet_app.py encrypt   stdin {"key": K, "items": [{"id": I, "plaintext": P, "ts": T}]}
                           stdout {"I": token}: Fernet(K).encrypt_at_time(P, T)
   fernet_app.py read      stdin {"keys": [K2, K1], "tokens": {"I": token}}
@@ -20,6 +21,10 @@ except ImportError:
     print("SKIPPED: python3-cryptography is not installed (apt-get install python3-cryptography)",
           file=sys.stderr)
     sys.exit(77)
+
+
+def generate(_request):
+    return Fernet.generate_key().decode()
 
 
 def encrypt(request):
@@ -57,7 +62,8 @@ def read(request):
 
 
 if __name__ == "__main__":
-    verbs = {"encrypt": encrypt, "read": read}
+    verbs = {"generate": generate, "encrypt": encrypt, "read": read}
     if len(sys.argv) != 2 or sys.argv[1] not in verbs:
-        sys.exit("usage: fernet_app.py encrypt|read < request.json")
-    json.dump(verbs[sys.argv[1]](json.load(sys.stdin)), sys.stdout)
+        sys.exit("usage: fernet_app.py generate|encrypt|read < request.json")
+    request = json.load(sys.stdin) if sys.argv[1] != "generate" else None
+    json.dump(verbs[sys.argv[1]](request), sys.stdout)
