@@ -122,6 +122,16 @@ class FormatsTest : public PgTest {
                  ") WHERE target = '" + target + "'");
   }
 
+  // "column:status:n:formats" of each column of public.`table` that the census (rekey.key_census,
+  // what retire and destroy check) lists for `key`; "NULL" for none.
+  std::string Census(uint32_t key, const std::string& table) {
+    return Scalar(
+        "SELECT string_agg(column_name || ':' || status || ':' || coalesce(n::text, '-') "
+        "|| ':' || coalesce(formats::text, '{}'), ',' ORDER BY column_name) FROM "
+        "rekey.key_census(" +
+        std::to_string(key) + ") WHERE schema_name = 'public' AND table_name = '" + table + "'");
+  }
+
   std::string table_ = "public.cards";
 };
 
@@ -242,6 +252,9 @@ TEST_F(FormatsTest, JsonPathRotatesOnlyItsFieldWhileTheApplicationWritesTheOther
       "'public.accounts', ARRAY['doc'], '{\"1\": 2}', p_stages => '{100}', p_batch_size => 50, "
       "p_json_path => '{payment,token}', p_error_threshold => 0.05");
 
+  EXPECT_EQ(Census(1, "accounts"), "doc:in_use:" + std::to_string(kRows) + ":{tink-json}")
+      << "the retire proof must see key 1 inside the documents";
+
   // The application: increments the counter of random documents, one autocommit UPDATE each,
   // reading the document as it is now (jsonb_set on the current row), until the rotation ends.
   std::atomic<bool> stop{false};
@@ -288,6 +301,8 @@ TEST_F(FormatsTest, JsonPathRotatesOnlyItsFieldWhileTheApplicationWritesTheOther
   EXPECT_EQ(Scalar("SELECT doc::text FROM public.accounts WHERE id = 900002"),
             R"({"payment": {"token": 42}})");
   EXPECT_EQ(ValuesUnder(1, "public.accounts.doc"), 0);
+  EXPECT_EQ(Census(1, "accounts"), "NULL");
+  EXPECT_EQ(Census(2, "accounts"), "doc:in_use:" + std::to_string(kRows) + ":{tink-json}");
   EXPECT_EQ(ValuesUnder(2, "public.accounts.doc"), kRows);
   ProcessResult verify = Rekey({"job", "verify", std::to_string(job)});
   EXPECT_THAT(verify.out, HasSubstr(std::to_string(kRows) + " under target keys, 0 under source "
@@ -408,6 +423,8 @@ TEST_F(FormatsTest, FernetTokensOfPythonRotatedAndReadBackByMultiFernet) {
   EXPECT_THAT(verify.out, HasSubstr(std::to_string(kRows) +
                                     " under target keys, 0 under source keys, 4 failed"))
       << verify.err;
+  EXPECT_THAT(Census(1, "cards"), HasSubstr("token:unknown:-:"))
+      << "the census cannot count Fernet tokens by key: retiring key 1 must not pass";
   EXPECT_THAT(Scalar("SELECT string_agg(coalesce(unknown, ''), ',') FROM rekey.key_usage(1) "
                      "WHERE target LIKE '%cards%'"),
               HasSubstr("Fernet tokens, which name no key"))

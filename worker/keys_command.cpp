@@ -188,7 +188,13 @@ Secret ReadImportedKey(const KeysOptions& o) {
     data.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   if (o.format == "fernet") {
-    std::vector<Secret> keys = keyring::ParseFernetKeyList(data);
+    std::vector<Secret> keys;
+    try {
+      keys = keyring::ParseFernetKeyList(data);
+    } catch (...) {
+      WipeAndClear(&data);
+      throw;
+    }
     WipeAndClear(&data);
     if (keys.size() != 1) {
       throw KeyError("--format fernet imports one key per --key-id; the file holds " +

@@ -319,6 +319,10 @@ END $$;
 --   raw          bytea in a table with a registered raw target: the row's key-id column = key
 --   tink-base64  text holding the Tink value in base64 or base64url (at least 44 characters)
 --   tink-hex     text holding it in hex, with or without a \x prefix (at least 66 hex digits)
+--   tink-json    a jsonb column registered with a JSON path: the Tink prefix of the string there,
+--                in the registered encoding (rekey.value_head_sql)
+-- A registered Fernet column is unknown for every key a job on it moved in or out: a token names
+-- no key, so SQL cannot count it (docs/FORMAT.md, "fernet").
 -- Unknown, never zero: a column the current role may not SELECT, a table whose row-level security
 -- hides rows (the visible rows are still counted), a foreign table, a table that fails to read.
 --
@@ -365,14 +369,25 @@ DECLARE
   t_id bigint[];
   t_codec text[];
   t_kid smallint[];
+  -- Per registered target: it holds JSON fields (rekey.targets.json_path); it holds Fernet
+  -- tokens and a job on it moved key p_key in or out.
+  t_json boolean[];
+  t_fernet_key boolean[];
+  json_conds text[];
 BEGIN
   SELECT coalesce(array_agg(tc.relid ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.target_id ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}')
-    INTO t_relid, t_attnum, t_id, t_codec, t_kid
-    FROM rekey.target_columns() tc WHERE tc.unresolved IS NULL;
+         coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+                    SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
+                     WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
+                  ORDER BY tc.target_id), '{}')
+    INTO t_relid, t_attnum, t_id, t_codec, t_kid, t_json, t_fernet_key
+    FROM rekey.target_columns() tc JOIN rekey.targets x USING (target_id)
+   WHERE tc.unresolved IS NULL;
 
   -- The first 7 characters of the base64 of 0x01 || key id || any byte: 6 are fixed, the 7th
   -- takes 4 values (it carries the top 2 bits of the next, random, byte).
@@ -415,7 +430,10 @@ BEGIN
         FROM pg_attribute a
         JOIN pg_type bt ON bt.oid = rekey.base_type(a.atttypid)
        WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
-         AND bt.typname IN ('bytea', 'text', 'varchar', 'bpchar')
+         AND (bt.typname IN ('bytea', 'text', 'varchar', 'bpchar')
+              OR (bt.typname = 'jsonb' AND EXISTS (
+                    SELECT 1 FROM unnest(t_relid, t_attnum, t_json) tc(relid, attnum, json)
+                     WHERE tc.relid = rel.oid AND tc.attnum = a.attnum AND tc.json)))
        ORDER BY a.attnum
     LOOP
       i := cardinality(cols_name) + 1;
@@ -429,6 +447,22 @@ BEGIN
       ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
         cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
                                   current_user, rel.nspname, rel.relname, current_user);
+      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
+                     WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
+        -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
+        cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+      ELSIF col.base = 'jsonb' THEN
+        -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
+        -- at its path, in its encoding.
+        SELECT array_agg(DISTINCT format('%s = %L::bytea',
+                                         rekey.value_head_sql(col.attname, x.encoding, x.json_path), tink))
+          INTO json_conds
+          FROM rekey.targets x
+         WHERE x.target_id = ANY (SELECT tc.target_id FROM unnest(t_relid, t_attnum, t_id) tc(relid, attnum, target_id)
+                                   WHERE tc.relid = rel.oid AND tc.attnum = col.attnum)
+           AND x.json_path IS NOT NULL;
+        conds := conds || array_to_string(json_conds, ' OR ');
+        e_col := e_col || i; e_fmt := e_fmt || 'tink-json'::text; e_sql := e_sql || conds[1];
       ELSIF col.base = 'bytea' THEN
         conds := conds || format('substring(%I from 1 for 5) = %L::bytea', col.attname, tink);
         e_col := e_col || i; e_fmt := e_fmt || 'tink'::text; e_sql := e_sql || conds[1];
