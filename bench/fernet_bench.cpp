@@ -2,7 +2,7 @@
 // tries the job's keys in turn. A wrong key is rejected by the token's HMAC-SHA256 before any
 // decryption, so each extra key costs one HMAC over the token. Measured here per token of a
 // card-number-sized plaintext, against the Tink codec's open (which the value's prefix points at
-// the right key); bench/README.md ("Trial decryption") and docs/FORMAT.md quote the figures.
+// the right key); docs/FORMAT.md (section 11, "Trial decryption and its cost") quotes the figures.
 //
 // Not a test: built only on request (`cmake --build B --target fernet_bench`), never run by ctest.
 #include <benchmark/benchmark.h>

@@ -25,7 +25,7 @@ struct JobColumn {
   // text encoding of the value, held by the column itself (json_path empty) or by the string at
   // json_path of its jsonb document.
   crypto::TextEncoding encoding = crypto::TextEncoding::kBytea;
-  std::vector<std::string> json_path;
+  std::vector<std::string> json_path = {};
 };
 
 // A job as stored. Identifiers are the catalog's names (unquoted); quote them before use.
