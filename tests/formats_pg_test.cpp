@@ -248,9 +248,13 @@ TEST_F(FormatsTest, JsonPathRotatesOnlyItsFieldWhileTheApplicationWritesTheOther
     txn.exec0("INSERT INTO public.accounts VALUES (999999, NULL)");  // nothing to do
     txn.commit();
   }
-  const int64_t job = CreateJob(
-      "'public.accounts', ARRAY['doc'], '{\"1\": 2}', p_stages => '{100}', p_batch_size => 50, "
-      "p_json_path => '{payment,token}', p_error_threshold => 0.05");
+  // Through the CLI: --json-path and --encoding as an operator types them.
+  ProcessResult created =
+      Rekey({"job", "create", "--table", "public.accounts", "--column", "doc", "--map", "1:2",
+             "--json-path", "{payment,token}", "--encoding", "base64", "--stages", "100",
+             "--batch-size", "50", "--error-threshold", "0.05"});
+  ASSERT_EQ(created.exit_code, 0) << created.err;
+  const int64_t job = Count("SELECT max(job_id) FROM rekey.jobs");
 
   EXPECT_EQ(Census(1, "accounts"), "doc:in_use:" + std::to_string(kRows) + ":{tink-json}")
       << "the retire proof must see key 1 inside the documents";

@@ -247,7 +247,7 @@ BEGIN
            -- A Tink value's head as the column stores it (rekey.value_head_sql: bytea, or text
            -- in an encoding, maybe inside a JSON document), one per stored form registered.
            array_agg(DISTINCT rekey.value_head_sql(tc.column_name, x.encoding, x.json_path))
-             FILTER (WHERE tc.codec = 'tink') AS tink_heads,
+             FILTER (WHERE tc.codec = 'tink' AND tc.unresolved IS NULL) AS tink_heads,
            array_remove(array_agg(DISTINCT CASE WHEN tc.codec = 'raw' THEN tc.key_id_attnum END), NULL)
              AS key_id_attnums,
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be

@@ -45,7 +45,7 @@ std::string ValueHeadSql(const jobs::JobColumn& column) {
 }
 
 std::string HasValueSql(const jobs::JobColumn& column) {
-  return ColumnSql(column) + " IS NOT NULL";
+  return db::QuoteIdent(column.name) + " IS NOT NULL";
 }
 
 std::string SetValueSql(const jobs::JobColumn& column, const std::string& new_value) {
