@@ -46,6 +46,8 @@ struct CreateFlags {
   bool cross_scope = false;
   std::string transit_key;  // vault-transit: <mount>/keys/<name>
   int to_version = 0;       // vault-transit: 0 = the key's latest version
+  std::string encoding;     // stored form (docs/FORMAT.md); "" = the codec's default
+  std::string json_path;    // "{payment,token}": the values are strings in jsonb documents
 };
 
 // A vault-transit job's Transit key, checked in Vault before anything is written: it exists, can
@@ -110,6 +112,8 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   spec.key_columns = flags.key_columns;
   if (!flags.not_governed.empty()) spec.not_governed = flags.not_governed;
   spec.cross_scope = flags.cross_scope;
+  if (!flags.encoding.empty()) spec.encoding = flags.encoding;
+  if (!flags.json_path.empty()) spec.json_path = jobs::ParseJsonPath(flags.json_path);
   if (!flags.ad_template.empty()) spec.ad_template = flags.ad_template;
   if (!flags.scope.empty()) {
     auto [column, value] = jobs::ParseScope(flags.scope);
@@ -236,8 +240,14 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
                    "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
-                     "Codec per column: tink (default), raw or vault-transit; one for all, or one "
-                     "per --column");
+                     "Codec per column: tink (default), raw, fernet or vault-transit; one for "
+                     "all, or one per --column");
+  create->add_option("--encoding", flags->encoding,
+                     "How the values are stored: bytea (default), or text in base64, base64url "
+                     "or hex (docs/FORMAT.md)");
+  create->add_option("--json-path", flags->json_path,
+                     "The values are the strings at this path of jsonb documents, e.g. "
+                     "'{payment,token}'; only they are rewritten");
   create->add_option("--map", flags->key_map,
                      "Source-to-target key ids, e.g. 1:2 or 3:7,4:8 (required but for "
                      "vault-transit)");

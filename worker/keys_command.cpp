@@ -25,6 +25,7 @@
 #include "db/conninfo.h"
 #include "keyring/census.h"
 #include "keyring/key_exchange.h"
+#include "keyring/key_formats/fernet_keys.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "keyring/tink_keyset.h"
@@ -195,18 +196,17 @@ std::string ReadInput(const KeysOptions& o) {
   return data;
 }
 
-// Reads a data key to import: exactly 32 raw bytes, or the base64 of 32 bytes (any other length
-// is taken as text). The buffers that held it are wiped.
-Secret ReadImportedKey(const KeysOptions& o) {
-  std::string data = ReadInput(o);
+// A raw data key: exactly 32 raw bytes, or the base64 of 32 bytes (any other length is taken as
+// text). `data` is wiped.
+Secret ParseRawKey(std::string& data) {
   size_t read = data.size();
   if (read == kms::kDataKeySize) {
     Secret key(reinterpret_cast<const uint8_t*>(data.data()), data.size());
-    OPENSSL_cleanse(data.data(), data.size());
+    WipeAndClear(&data);
     return key;
   }
   std::optional<Bytes> decoded = Base64Decode(data);
-  if (!data.empty()) OPENSSL_cleanse(data.data(), data.size());
+  WipeAndClear(&data);
   if (!decoded || decoded->size() != kms::kDataKeySize) {
     size_t decoded_size = decoded ? decoded->size() : 0;
     if (decoded && !decoded->empty()) OPENSSL_cleanse(decoded->data(), decoded->size());
@@ -220,14 +220,35 @@ Secret ReadImportedKey(const KeysOptions& o) {
   return key;
 }
 
+// One Fernet key as Fernet.generate_key() writes it (keyring/key_formats/fernet_keys.h). `data`
+// is wiped.
+Secret ParseOneFernetKey(std::string& data) {
+  std::vector<Secret> keys;
+  try {
+    keys = keyring::ParseFernetKeyList(data);
+  } catch (...) {
+    WipeAndClear(&data);
+    throw;
+  }
+  WipeAndClear(&data);
+  if (keys.size() != 1) {
+    throw KeyError("--format fernet imports one key per --key-id; the file holds " +
+                   std::to_string(keys.size()));
+  }
+  return std::move(keys[0]);
+}
+
 // A key file format of `rekey keys import --format` and `export --format`. Its codec lives in
 // keyring/ (worker only wires): `read` turns a file into the keys it hands over, `write` turns a
 // scope's keys (one marked primary) into a file. Another format is one row of KeyFormats().
 struct KeyFormat {
   const char* name;
+  // A format that holds one key and no id (raw, fernet): imported under --key-id, left enabled.
+  // `contents` is wiped.
+  std::function<Secret(std::string& contents)> read_one;
   std::function<std::vector<keyring::ExchangedKey>(std::string_view contents,
                                                    const KeysOptions& o)>
-      read;  // nullptr: import only through the raw path below
+      read;  // a file that names its keys and their primary (tink-keyset); else nullptr
   std::function<Secret(const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o)>
       write;  // nullptr: cannot be exported
 };
@@ -235,8 +256,26 @@ struct KeyFormat {
 // "raw" is today's import: one 32-byte key (or its base64) under --key-id, left enabled.
 const std::vector<KeyFormat>& KeyFormats() {
   static const std::vector<KeyFormat> formats = {
-      {"raw", nullptr, nullptr},
-      {"tink-keyset",
+      {"raw", ParseRawKey, nullptr, nullptr},
+      {"fernet", ParseOneFernetKey, nullptr,
+       // The MultiFernet list applications configure, primary first; it is cleartext by nature.
+       [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
+         if (!o.cleartext) {
+           throw ConfigError(
+               "a Fernet key list is key material in the clear: pass --cleartext (and "
+               "--output FILE) to export it");
+         }
+         std::vector<const Secret*> ordered;
+         for (const keyring::ExchangedKey& k : keys) {
+           if (k.primary) ordered.insert(ordered.begin(), &k.key);
+           else ordered.push_back(&k.key);
+         }
+         std::string list = keyring::FernetKeyList(ordered) + "\n";
+         Secret file(reinterpret_cast<const uint8_t*>(list.data()), list.size());
+         WipeAndClear(&list);
+         return file;
+       }},
+      {"tink-keyset", nullptr,
        [](std::string_view contents, const KeysOptions& o) {
          return keyring::tink::KeysOfKeysetFile(
              contents, [&] { return keyring::tink::KeysetEncryptionKey(o.kms); });
@@ -478,8 +517,9 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
 
   CLI::App* import_cmd = keys->add_subcommand(
       "import",
-      "Import data keys from a file or stdin: one 32-byte key (raw or base64, --format raw) or "
-      "every key of an application's key file (--format tink-keyset)");
+      "Import data keys from a file or stdin: one key under --key-id (--format raw: 32 bytes or "
+      "their base64; --format fernet: Fernet.generate_key()'s text) or every key of an "
+      "application's key file (--format tink-keyset)");
   import_cmd->add_option("--key-id", o->key_id,
                          "--format raw: the key's id (as in its existing ciphertexts)");
   import_cmd->add_option("--scope", o->scope, "Tenant or purpose the keys belong to")
@@ -505,10 +545,14 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
       ImportKeyFile(global, *o, format);
       return;
     }
-    if (o->key_id < 0) throw ConfigError("rekey keys import --format raw needs --key-id N");
+    if (o->key_id < 0) {
+      throw ConfigError("rekey keys import --format " + std::string(format.name) +
+                        " needs --key-id N");
+    }
     uint32_t key_id = CheckedKeyId(o->key_id);
     std::unique_ptr<kms::KmsClient> kms = kms::MakeKmsClient(o->kms);
-    Secret raw = ReadImportedKey(*o);
+    std::string contents = ReadInput(*o);
+    Secret raw = format.read_one(contents);
     KeyRecord key;
     InTransaction(global, [&](pqxx::transaction_base& txn) {
       key = keyring::ImportKey(txn, *kms, key_id, o->scope, raw);

@@ -224,7 +224,7 @@ $$;
 -- How many values of each registered column are under key p_key. One row per registered column
 -- (targets registered for several scopes are one column: target_id is the lowest of them),
 -- current names, vault-transit targets left out (they hold no keyring key's values). n counts every value of the whole column under the key: Tink by
--- the value's prefix, raw by the key-id column (`key_id_column = key AND column IS NOT NULL`).
+-- the value's prefix in the column's stored form (rekey.value_head_sql), raw by the key-id column (`key_id_column = key AND column IS NOT NULL`).
 -- n is NULL iff the column could not be counted; `unknown` then says why (the table or column is
 -- gone, no SELECT privilege) and what to do. When row-level security hides rows, n counts the
 -- visible ones and `unknown` names the grant that would show the rest. VOLATILE: each count takes
@@ -243,10 +243,22 @@ BEGIN
     SELECT min(tc.target_id) AS target_id, tc.relid, tc.attnum,
            min(tc.schema_name) AS schema_name, min(tc.table_name) AS table_name,
            min(tc.column_name) AS column_name, min(tc.registered_as) AS registered_as,
-           min(tc.unresolved) AS unresolved, bool_or(tc.codec = 'tink') AS tink,
+           min(tc.unresolved) AS unresolved,
+           -- A Tink value's head as the column stores it (rekey.value_head_sql: bytea, or text
+           -- in an encoding, maybe inside a JSON document), one per stored form registered.
+           array_agg(DISTINCT rekey.value_head_sql(tc.column_name, x.encoding, x.json_path))
+             FILTER (WHERE tc.codec = 'tink' AND tc.unresolved IS NULL) AS tink_heads,
            array_remove(array_agg(DISTINCT CASE WHEN tc.codec = 'raw' THEN tc.key_id_attnum END), NULL)
-             AS key_id_attnums
+             AS key_id_attnums,
+           -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
+           -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
+           -- from or to.
+           bool_or(tc.codec = 'fernet' AND EXISTS (
+             SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
+              WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
+             AS fernet_key
       FROM rekey.target_columns() tc
+      JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
      GROUP BY tc.relid, tc.attnum, CASE WHEN tc.unresolved IS NOT NULL THEN tc.target_id END
      ORDER BY 1
@@ -270,13 +282,24 @@ BEGIN
       RETURN NEXT;
       CONTINUE;
     END IF;
+    IF g.fernet_key THEN
+      target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
+      unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
+                        target, p_key);
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
     SELECT string_agg(c, ' OR ') INTO cond FROM (
-      SELECT format('substring(%I from 1 for 5) = %L::bytea', g.column_name, rekey.tink_prefix(p_key)) AS c
-       WHERE g.tink
+      SELECT format('%s = %L::bytea', h, rekey.tink_prefix(p_key)) AS c
+        FROM unnest(g.tink_heads) h
       UNION ALL
       SELECT format('(%I = %s AND %I IS NOT NULL)', a.attname, p_key, g.column_name)
         FROM unnest(g.key_id_attnums) k JOIN pg_attribute a ON a.attrelid = g.relid AND a.attnum = k) x;
-    EXECUTE format('SELECT count(*) FROM %s WHERE %s', g.relid::regclass, cond) INTO n;
+    IF cond IS NULL THEN
+      n := 0;  -- a Fernet column no job moved this key in or out of
+    ELSE
+      EXECUTE format('SELECT count(*) FROM %s WHERE %s', g.relid::regclass, cond) INTO n;
+    END IF;
     unknown := rekey.row_security_blocker(g.relid);
     RETURN NEXT;
   END LOOP;
@@ -296,6 +319,10 @@ END $$;
 --   raw          bytea in a table with a registered raw target: the row's key-id column = key
 --   tink-base64  text holding the Tink value in base64 or base64url (at least 44 characters)
 --   tink-hex     text holding it in hex, with or without a \x prefix (at least 66 hex digits)
+--   tink-json    a jsonb column registered with a JSON path: the Tink prefix of the string there,
+--                in the registered encoding (rekey.value_head_sql)
+-- A registered Fernet column is unknown for every key a job on it moved in or out: a token names
+-- no key, so SQL cannot count it (docs/FORMAT.md, "fernet").
 -- Unknown, never zero: a column the current role may not SELECT, a table whose row-level security
 -- hides rows (the visible rows are still counted), a foreign table, a table that fails to read.
 --
@@ -342,14 +369,25 @@ DECLARE
   t_id bigint[];
   t_codec text[];
   t_kid smallint[];
+  -- Per registered target: it holds JSON fields (rekey.targets.json_path); it holds Fernet
+  -- tokens and a job on it moved key p_key in or out.
+  t_json boolean[];
+  t_fernet_key boolean[];
+  json_conds text[];
 BEGIN
   SELECT coalesce(array_agg(tc.relid ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.target_id ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}')
-    INTO t_relid, t_attnum, t_id, t_codec, t_kid
-    FROM rekey.target_columns() tc WHERE tc.unresolved IS NULL;
+         coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+                    SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
+                     WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
+                  ORDER BY tc.target_id), '{}')
+    INTO t_relid, t_attnum, t_id, t_codec, t_kid, t_json, t_fernet_key
+    FROM rekey.target_columns() tc JOIN rekey.targets x USING (target_id)
+   WHERE tc.unresolved IS NULL;
 
   -- The first 7 characters of the base64 of 0x01 || key id || any byte: 6 are fixed, the 7th
   -- takes 4 values (it carries the top 2 bits of the next, random, byte).
@@ -392,7 +430,10 @@ BEGIN
         FROM pg_attribute a
         JOIN pg_type bt ON bt.oid = rekey.base_type(a.atttypid)
        WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
-         AND bt.typname IN ('bytea', 'text', 'varchar', 'bpchar')
+         AND (bt.typname IN ('bytea', 'text', 'varchar', 'bpchar')
+              OR (bt.typname = 'jsonb' AND EXISTS (
+                    SELECT 1 FROM unnest(t_relid, t_attnum, t_json) tc(relid, attnum, json)
+                     WHERE tc.relid = rel.oid AND tc.attnum = a.attnum AND tc.json)))
        ORDER BY a.attnum
     LOOP
       i := cardinality(cols_name) + 1;
@@ -406,6 +447,22 @@ BEGIN
       ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
         cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
                                   current_user, rel.nspname, rel.relname, current_user);
+      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
+                     WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
+        -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
+        cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+      ELSIF col.base = 'jsonb' THEN
+        -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
+        -- at its path, in its encoding.
+        SELECT array_agg(DISTINCT format('%s = %L::bytea',
+                                         rekey.value_head_sql(col.attname, x.encoding, x.json_path), tink))
+          INTO json_conds
+          FROM rekey.targets x
+         WHERE x.target_id = ANY (SELECT tc.target_id FROM unnest(t_relid, t_attnum, t_id) tc(relid, attnum, target_id)
+                                   WHERE tc.relid = rel.oid AND tc.attnum = col.attnum)
+           AND x.json_path IS NOT NULL;
+        conds := conds || array_to_string(json_conds, ' OR ');
+        e_col := e_col || i; e_fmt := e_fmt || 'tink-json'::text; e_sql := e_sql || conds[1];
       ELSIF col.base = 'bytea' THEN
         conds := conds || format('substring(%I from 1 for 5) = %L::bytea', col.attname, tink);
         e_col := e_col || i; e_fmt := e_fmt || 'tink'::text; e_sql := e_sql || conds[1];

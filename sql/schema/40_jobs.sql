@@ -350,7 +350,8 @@ END $$;
 
 -- The ciphertext columns of a new job on p_schema.p_table: at least one, none twice, each an
 -- existing column other than the primary key p_pk, of the type its values are stored in --
--- bytea for rekey's own codecs, text or varchar for Vault Transit ciphertexts (p_transit).
+-- bytea for rekey's own codecs, text or varchar for Vault Transit ciphertexts (p_transit), any
+-- (p_transit NULL) where the caller checks the type itself (rekey.job_value_form).
 CREATE OR REPLACE FUNCTION rekey.check_job_columns(p_schema name, p_table name, p_pk name,
                                                    p_columns text[], p_transit boolean)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -479,11 +480,90 @@ BEGIN
   END LOOP;
 END $$;
 
+-- The stored form of a new job's values (issue #18; docs/FORMAT.md, "Stored forms"), checked
+-- against the catalog; returns the form to record (v_encoding, v_json_path). Checks the columns as check_job_columns
+-- does, for the form:
+--   p_encoding  'bytea' (the default): binary values in bytea columns; 'base64', 'base64url' or
+--               'hex': binary values as text, in text or varchar columns; the fernet codec's
+--               tokens are base64url text (its default; any other encoding is refused)
+--   p_json_path the values are the strings at this path (a non-empty text[] of keys) of jsonb
+--               documents; the encoding must then be a text one (default base64)
+-- Neither given: the form a target of these columns already records (so rekey rotate-due, which
+-- passes neither, rotates a text or JSON column in its form), else bytea.
+CREATE OR REPLACE FUNCTION rekey.job_value_form(p_schema name, p_table name, p_pk name,
+                                                p_columns text[], p_codecs text[],
+                                                p_encoding text, p_json_path text[],
+                                                OUT v_encoding text, OUT v_json_path text[])
+LANGUAGE plpgsql AS $$
+DECLARE
+  fernet boolean := 'fernet' = ANY (coalesce(p_codecs, '{}'));
+  enc text := p_encoding;
+  col_type text;
+BEGIN
+  IF p_encoding IS NULL AND p_json_path IS NULL THEN
+    SELECT x.encoding, x.json_path INTO enc, p_json_path FROM rekey.targets x
+     WHERE x.schema_name = p_schema AND x.table_name = p_table AND x.column_name = ANY (p_columns)
+       AND x.forgotten_at IS NULL AND (x.encoding <> 'bytea' OR x.json_path IS NOT NULL)
+     ORDER BY x.target_id DESC LIMIT 1;
+  END IF;
+  enc := coalesce(enc, CASE WHEN fernet THEN 'base64url'
+                            WHEN p_json_path IS NOT NULL THEN 'base64'
+                            ELSE 'bytea' END);
+  IF enc NOT IN ('bytea', 'base64', 'base64url', 'hex') THEN
+    RAISE EXCEPTION 'unknown encoding %: use bytea, base64, base64url or hex', quote_literal(enc)
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF fernet AND enc <> 'base64url' THEN
+    RAISE EXCEPTION 'Fernet tokens are base64url text; encoding % does not apply', quote_literal(enc)
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_json_path IS NOT NULL AND (cardinality(p_json_path) = 0
+                                     OR EXISTS (SELECT 1 FROM unnest(p_json_path) k WHERE k IS NULL OR k = '')) THEN
+    RAISE EXCEPTION 'a JSON path is a list of keys, as in {payment,token}' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_json_path IS NOT NULL AND enc = 'bytea' THEN
+    RAISE EXCEPTION 'a JSON document holds text: give a text encoding (base64, base64url or hex) with a JSON path'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF enc = 'bytea' THEN
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, false);
+  ELSIF p_json_path IS NULL THEN
+    -- Text or varchar, as for Transit ciphertexts.
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);
+  ELSE
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, NULL);
+    FOR i IN 1 .. cardinality(p_columns) LOOP
+      col_type := rekey.column_type(p_schema, p_table, p_columns[i]);
+      IF col_type <> 'jsonb' THEN
+        RAISE EXCEPTION 'column %.%.% is %, not jsonb: a JSON path reads jsonb documents',
+          quote_ident(p_schema), quote_ident(p_table), quote_ident(p_columns[i]), col_type
+          USING ERRCODE = 'datatype_mismatch';
+      END IF;
+    END LOOP;
+  END IF;
+  v_encoding := enc;
+  v_json_path := p_json_path;
+END $$;
+
+-- Records target p_target's stored form for job p_job. A form is the column's, like its codec:
+-- a target that another job registered in another form is refused (its values cannot be in
+-- both), so every reader of the column (rekey.key_usage among them) reads it one way.
+CREATE OR REPLACE FUNCTION rekey.set_target_value_form(p_target bigint, p_job bigint,
+                                                       p_encoding text, p_json_path text[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM rekey.targets x WHERE x.target_id = p_target
+                AND (x.encoding, x.json_path) IS DISTINCT FROM (p_encoding, p_json_path))
+     AND EXISTS (SELECT 1 FROM rekey.job_columns c WHERE c.target_id = p_target AND c.job_id <> p_job) THEN
+    RAISE EXCEPTION 'column of target % is registered with another encoding or JSON path: %',
+      p_target, (SELECT format('%s %s', x.encoding, coalesce(x.json_path::text, '')) FROM rekey.targets x
+                  WHERE x.target_id = p_target) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  UPDATE rekey.targets SET encoding = p_encoding, json_path = p_json_path WHERE target_id = p_target;
+END $$;
+
 -- Defines a rotation job, registers its columns as targets, plans it, and audits it.
 --   p_table       schema.table (PostgreSQL identifier syntax)
 --   p_columns     ciphertext columns (bytea)
 --   p_key_map     {"source key id": target key id, ...}
---   p_codecs      one codec per column ('tink' or 'raw'); NULL = all 'tink'
+--   p_codecs      one codec per column ('tink', 'raw' or 'fernet'); NULL = all 'tink'
 --   p_key_id_column  integer column holding the key id: required by 'raw', kept in step otherwise
 --   p_scope_column/p_scope_value  restrict the job to rows where column = value
 --   p_stages      cumulative percentages, increasing, ending at 100 (default 1,25,50,75,100)
@@ -494,6 +574,7 @@ END $$;
 --   p_not_governed columns of the table that are not encrypted under the key-id column's key;
 --                  NULL = those the latest job on the same table and key-id column recorded
 --   p_cross_scope  allow target keys outside their source key's keyring scope
+--   p_encoding, p_json_path  the values' stored form (rekey.job_value_form; docs/FORMAT.md)
 -- Every identifier is checked against the catalog and quoted; bad input raises and writes nothing.
 -- Refusals, each naming what it found (nothing is written), beside the checks it shares with
 -- rekey.create_transit_job (rekey.job_table, check_job_columns, job_scope, check_job_settings,
@@ -524,7 +605,9 @@ CREATE OR REPLACE FUNCTION rekey.create_job(
   p_observe interval DEFAULT NULL,
   p_gate_sample_size integer DEFAULT 10000,
   p_not_governed text[] DEFAULT NULL,
-  p_cross_scope boolean DEFAULT false)
+  p_cross_scope boolean DEFAULT false,
+  p_encoding text DEFAULT NULL,
+  p_json_path text[] DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
   t record;
@@ -536,6 +619,8 @@ DECLARE
   governed text[];
   col_type text;
   v_codec text;
+  v_encoding text;
+  v_json_path text[];
   job bigint;
   tid bigint;
   src text;
@@ -555,7 +640,9 @@ BEGIN
   pk_type := t.pk_type;
   key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
 
-  PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, false);
+  SELECT f.v_encoding, f.v_json_path INTO v_encoding, v_json_path
+    FROM rekey.job_value_form(t.schema_name, t.table_name, pk_col, p_columns, p_codecs, p_encoding,
+                              p_json_path) f;
   PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
   IF p_codecs IS NOT NULL AND cardinality(p_codecs) <> cardinality(p_columns) THEN
     RAISE EXCEPTION 'give one codec per column (% columns, % codecs)', cardinality(p_columns), cardinality(p_codecs)
@@ -563,8 +650,12 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink or raw', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the fernet codec, which binds no associated data: drop the template', quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
@@ -705,6 +796,7 @@ BEGIN
     v_codec := coalesce(p_codecs[i], 'tink');
     tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], v_codec, p_key_id_column,
                             p_ad_template, p_scope_column, v_scope_value);
+    PERFORM rekey.set_target_value_form(tid, job, v_encoding, v_json_path);
     INSERT INTO rekey.job_columns VALUES (job, i, tid);
   END LOOP;
   PERFORM rekey.refuse_column_collision(job);
@@ -720,7 +812,8 @@ BEGIN
     'scope', CASE WHEN p_scope_column IS NULL THEN NULL
                   ELSE jsonb_build_object(p_scope_column, v_scope_value) END,
     'not_governed', to_jsonb(coalesce(v_not_governed, '{}')),
-    'cross_scope', coalesce(p_cross_scope, false)));
+    'cross_scope', coalesce(p_cross_scope, false),
+    'encoding', v_encoding, 'json_path', to_jsonb(v_json_path)));
   PERFORM rekey.open_stage(job, 1);
   RETURN job;
 END $$;

@@ -6,6 +6,7 @@ std::optional<CodecKind> ParseCodecKind(std::string_view name) {
   if (name == "tink") return CodecKind::kTink;
   if (name == "raw") return CodecKind::kRaw;
   if (name == "vault-transit") return CodecKind::kVaultTransit;
+  if (name == "fernet") return CodecKind::kFernet;
   return std::nullopt;
 }
 
@@ -17,6 +18,8 @@ std::string_view CodecKindName(CodecKind kind) {
       return "raw";
     case CodecKind::kVaultTransit:
       return "vault-transit";
+    case CodecKind::kFernet:
+      return "fernet";
   }
   return "unknown";
 }

@@ -1,8 +1,10 @@
 // Value rewriting: the one interface through which a rotation (and later verification and the
 // census) turns a column's stored value into its form under the target key, whatever the
 // ciphertext format. rekey's own AES-GCM codecs implement it in crypto/aead_rewriters.h, Vault
-// Transit in rotation/transit_rewriter.h; a new format (issue #18: Fernet, cloak, Lockbox, Rails,
-// AWS KMS blobs) is one more implementation, and the batch path does not change.
+// Transit in rotation/transit_rewriter.h, Fernet in crypto/fernet_rewriter.h; a new format
+// (issue #18: cloak, Lockbox, Rails, AWS KMS blobs) is one more implementation, and the batch path
+// does not change. Rewriters see binary values: a column's text form (rotation/stored_form.h) is
+// decoded before and encoded after them.
 //
 // A rewriter answers for the columns of one codec of one job's table in one direction (source keys
 // -> target keys, or back for a rollback). It never throws for what a value holds: a value it

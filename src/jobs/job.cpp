@@ -73,7 +73,20 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
     auto codec = crypto::ParseCodecKind(codec_name);
     if (!codec)
       throw StateError("job " + std::to_string(job_id) + " uses unknown codec " + codec_name);
-    job.columns.push_back({c["column_name"].as<std::string>(), *codec});
+    JobColumn column;
+    column.name = c["column_name"].as<std::string>();
+    column.codec = *codec;
+    const auto encoding = crypto::ParseTextEncoding(c["encoding"].as<std::string>());
+    if (!encoding) {
+      throw StateError("job " + std::to_string(job_id) + " uses unknown encoding " +
+                       c["encoding"].as<std::string>());
+    }
+    column.encoding = *encoding;
+    if (!c["json_path"].is_null()) {
+      column.json_path =
+          nlohmann::json::parse(c["json_path"].as<std::string>()).get<std::vector<std::string>>();
+    }
+    job.columns.push_back(std::move(column));
   }
   for (const auto& k : txn.exec_params(db::Query("jobs/job.keys"), job_id)) {
     job.key_map[k["source_key_id"].as<uint32_t>()] = k["target_key_id"].as<uint32_t>();
@@ -110,11 +123,11 @@ int64_t CreateTransitJob(pqxx::transaction_base& txn, const JobSpec& spec) {
     }
   }
   if (!spec.key_map.empty() || spec.key_id_column || spec.promote_at_stage || spec.per_row_audit ||
-      spec.not_governed || spec.cross_scope) {
+      spec.not_governed || spec.cross_scope || spec.encoding || spec.json_path) {
     throw ConfigError(
         "a vault-transit job rewraps to the Transit key's latest version: --map, "
-        "--key-id-column, --not-governed, --cross-scope, --promote-at-stage and --per-row-audit "
-        "do not apply");
+        "--key-id-column, --not-governed, --cross-scope, --promote-at-stage, --per-row-audit, "
+        "--encoding and --json-path do not apply");
   }
   if (spec.ad_template) crypto::AssociatedDataTemplate::Compile(*spec.ad_template);
   auto opt = [](const std::optional<std::string>& v) -> const char* {
@@ -150,6 +163,7 @@ int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
   std::string codecs = db::TextArrayLiteral(spec.codecs);
   const std::string not_governed =
       spec.not_governed ? db::TextArrayLiteral(*spec.not_governed) : std::string();
+  const std::string json_path = spec.json_path ? db::TextArrayLiteral(*spec.json_path) : "";
   std::string promote = spec.promote_at_stage ? std::to_string(*spec.promote_at_stage) : "";
   std::vector<const char*> params = {spec.table.c_str(),
                                      nullptr,
@@ -173,7 +187,8 @@ int64_t CreateDataKeyJob(pqxx::transaction_base& txn, const JobSpec& spec) {
                                stages.c_str(), spec.promote_at_stage ? promote.c_str() : nullptr,
                                threshold.c_str(), opt(spec.observe), sample.c_str(),
                                spec.not_governed ? not_governed.c_str() : nullptr,
-                               spec.cross_scope ? "true" : "false"});
+                               spec.cross_scope ? "true" : "false", opt(spec.encoding),
+                               spec.json_path ? json_path.c_str() : nullptr});
   return txn
       .exec_params1(db::Query("jobs/job.create_job"),
                     pqxx::prepare::make_dynamic_params(params))["job_id"]

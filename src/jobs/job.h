@@ -13,6 +13,7 @@
 
 #include "crypto/associated_data.h"
 #include "crypto/codec.h"
+#include "crypto/text_encoding.h"
 #include "jobs/job_spec.h"
 #include "jobs/key_shape.h"
 
@@ -21,6 +22,11 @@ namespace rekey::jobs {
 struct JobColumn {
   std::string name;
   crypto::CodecKind codec = crypto::CodecKind::kTink;
+  // The stored form (crypto/text_encoding.h; rekey.targets.encoding, json_path): kBytea, or the
+  // text encoding of the value, held by the column itself (json_path empty) or by the string at
+  // json_path of its jsonb document.
+  crypto::TextEncoding encoding = crypto::TextEncoding::kBytea;
+  std::vector<std::string> json_path = {};
 };
 
 // A job as stored. Identifiers are the catalog's names (unquoted); quote them before use.

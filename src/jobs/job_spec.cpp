@@ -70,4 +70,26 @@ std::pair<std::string, std::string> ParseScope(const std::string& text) {
   return {text.substr(0, eq), text.substr(eq + 1)};
 }
 
+std::vector<std::string> ParseJsonPath(const std::string& text) {
+  std::string body = text;
+  if (body.size() >= 2 && body.front() == '{' && body.back() == '}') {
+    body = body.substr(1, body.size() - 2);
+  }
+  std::vector<std::string> keys;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = body.find(',', start);
+    std::string key =
+        body.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (key.empty() || key.find_first_of("{}\"\\") != std::string::npos) {
+      throw ConfigError("bad JSON path '" + text +
+                        "': write the keys from the document's root, as in {payment,token}");
+    }
+    keys.push_back(std::move(key));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return keys;
+}
+
 }  // namespace rekey::jobs

@@ -43,7 +43,17 @@ struct JobSpec {
   // chosen by the caller after reading the key in Vault.
   std::optional<std::string> transit_key_ref;
   std::optional<int> transit_min_version;
+  // The values' stored form (rekey.job_value_form, docs/FORMAT.md): unset encoding = bytea (base64
+  // with a JSON path, base64url for fernet); a JSON path = the values are strings in jsonb
+  // documents at this path.
+  std::optional<std::string> encoding;
+  std::optional<std::vector<std::string>> json_path;
 };
+
+// Parses a JSON path as PostgreSQL writes a text[] of keys, "{payment,token}" (the braces
+// optional; no quoting, so no key holds ',', '{', '}', '"' or '\'). Throws ConfigError on an empty
+// path or key.
+std::vector<std::string> ParseJsonPath(const std::string& text);
 
 // Parses "1,25,50,75,100" into a PostgreSQL numeric[] literal "{1,25,50,75,100}". Throws
 // ConfigError unless every item is a decimal number; the database checks the plan's shape.

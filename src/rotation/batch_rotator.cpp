@@ -11,11 +11,13 @@
 
 #include "common/error.h"
 #include "crypto/aead_rewriters.h"
+#include "crypto/fernet_rewriter.h"
 #include "db/binary_array.h"
 #include "db/bytea.h"
 #include "db/connection.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
+#include "rotation/stored_form.h"
 
 namespace rekey::rotation {
 namespace {
@@ -99,6 +101,9 @@ void BatchRotator::MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side) {
     if (added) {
       if (column.codec == CodecKind::kVaultTransit) {
         side->rewriters.push_back(std::make_unique<TransitRewriter>(job_, transit_));
+      } else if (column.codec == CodecKind::kFernet) {
+        side->rewriters.push_back(std::make_unique<crypto::FernetRewriter>(
+            &side->direction.key_map, [this](uint32_t id) { return FernetKeyFor(id); }));
       } else {
         side->rewriters.push_back(
             std::make_unique<crypto::AeadRewriter>(column.codec, table, moves));
@@ -121,6 +126,13 @@ void BatchRotator::LoadKeys() {
     Key(source);
     Key(target);
   }
+}
+
+const crypto::FernetKey* BatchRotator::FernetKeyFor(uint32_t key_id) {
+  auto it = fernet_keys_.find(key_id);
+  if (it != fernet_keys_.end()) return it->second.get();
+  auto key = std::make_unique<crypto::FernetKey>(key_source_(key_id));
+  return fernet_keys_.emplace(key_id, std::move(key)).first->second.get();
 }
 
 crypto::AesGcmKey* BatchRotator::Key(uint32_t key_id) {
@@ -146,6 +158,7 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
   // and a KMS failure (TransientError, KeyError) surfaces here, with nothing locked or written,
   // never as a value that fails to decrypt and is quarantined.
   keys_.clear();
+  fernet_keys_.clear();
   LoadKeys();
   if (prepared_on_ != &conn) Prepare(conn);
   Side& side = batch.rollback ? backward_ : forward_;
@@ -266,6 +279,15 @@ void BatchRotator::RewriteValues(const pqxx::result& rows, size_t handled, Side&
   if (decoded_.size() < handled * ncols) decoded_.resize(handled * ncols);
   field_no_.resize(ncols);
   for (size_t i = 0; i < ncols; ++i) field_no_[i] = rows.column_number("c" + std::to_string(i));
+  // A JSON column's kind of value at its path (rotation/stored_form.h), -1 for other columns.
+  json_kind_no_.assign(ncols, -1);
+  for (size_t i = 0; i < ncols; ++i) {
+    if (!job_.columns[i].json_path.empty()) {
+      json_kind_no_[i] = rows.column_number("j" + std::to_string(i));
+    }
+  }
+  if (styles_.size() < handled * ncols) styles_.resize(handled * ncols);
+  unreadable_.clear();
   // Row by row, so a codec that asks a remote service sends values in the rows' order.
   for (size_t r = 0; r < handled; ++r) {
     const pqxx::row row = rows[pqxx::result::size_type(r)];
@@ -274,14 +296,33 @@ void BatchRotator::RewriteValues(const pqxx::result& rows, size_t handled, Side&
     if (key_id >= 0 && !row[key_id].is_null()) row_key_id = row[key_id].as<uint32_t>();
     for (size_t i = 0; i < ncols; ++i) {
       const pqxx::field field = row[field_no_[i]];
-      if (field.is_null()) continue;
+      std::optional<pqxx::field> json_kind;
+      if (json_kind_no_[i] >= 0) json_kind = row[json_kind_no_[i]];
+      // A JSON column holds a value wherever its document is not NULL, even with nothing at the
+      // path: that row is quarantined, not passed over.
+      if (json_kind ? json_kind->is_null() : field.is_null()) continue;
       crypto::StoredValue value{nullptr, 0, job_.columns[i].name, pk, row_key_id};
       if (job_.columns[i].codec == CodecKind::kVaultTransit) {
         value.data = reinterpret_cast<const uint8_t*>(field.c_str());
         value.size = field.size();
       } else {
         Bytes& decoded = decoded_[r * ncols + i];
-        db::ReadBytea(field, &decoded);
+        const std::string_view unreadable =
+            ReadStoredValue(job_.columns[i], field, json_kind ? &*json_kind : nullptr, &decoded,
+                            &styles_[r * ncols + i]);
+        if (!unreadable.empty()) {
+          // Quarantined as it is stored, before any codec sees it (slot -2 - k: unreadable_[k]).
+          slot_[r * ncols + i] = -2 - int(unreadable_.size());
+          crypto::RewrittenValue& failure = unreadable_.emplace_back();
+          failure.outcome = RewriteOutcome::kPoison;
+          failure.error_class = std::string(unreadable);
+          failure.detail = "stored as " +
+                           std::string(crypto::TextEncodingName(job_.columns[i].encoding)) +
+                           (job_.columns[i].json_path.empty()
+                                ? std::string()
+                                : " at " + db::TextArrayLiteral(job_.columns[i].json_path));
+          continue;
+        }
         value.data = decoded.data();
         value.size = decoded.size();
       }
@@ -302,9 +343,8 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
   const size_t ncols = job_.columns.size();
   const int row_id = rows.column_number("row_id");
   for (const auto& column : job_.columns) {
-    changes->columns.emplace_back(column.codec == CodecKind::kVaultTransit
-                                      ? db::BinaryArray::kTextOid
-                                      : db::BinaryArray::kByteaOid);
+    changes->columns.emplace_back(NewValueType(column) == "text" ? db::BinaryArray::kTextOid
+                                                                 : db::BinaryArray::kByteaOid);
   }
   // Per column of the current row: what its rewriter made of it, nullptr for NULL.
   std::vector<const crypto::RewrittenValue*> row_values(ncols);
@@ -316,8 +356,10 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
     std::optional<uint32_t> new_key_id;
     for (size_t i = 0; i < ncols; ++i) {
       const int slot = slot_[r * ncols + i];
-      const crypto::RewrittenValue* v =
-          slot < 0 ? nullptr : &rewritten_[side.rewriter_of_column[i]][size_t(slot)];
+      const crypto::RewrittenValue* v = slot == -1 ? nullptr
+                                        : slot < -1
+                                            ? &unreadable_[size_t(-2 - slot)]
+                                            : &rewritten_[side.rewriter_of_column[i]][size_t(slot)];
       row_values[i] = v && v->outcome == RewriteOutcome::kRewritten ? v : nullptr;
       if (!v || v->outcome == RewriteOutcome::kUnchanged) continue;
       if (IsFailure(v->outcome)) {
@@ -344,21 +386,28 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
       continue;
     }
     ++result->rows_done;
-    AppendRow(pk, row_values, new_key_id, changes);
+    AppendRow(pk, r, row_values, new_key_id, changes);
   }
 }
 
-void BatchRotator::AppendRow(const std::string& pk,
+void BatchRotator::AppendRow(const std::string& pk, size_t r,
                              const std::vector<const crypto::RewrittenValue*>& row_values,
                              std::optional<uint32_t> new_key_id, RowChanges* changes) const {
   db::AppendTextArrayElement(pk, &changes->row_ids);
+  std::string text;
   for (size_t i = 0; i < row_values.size(); ++i) {
     const crypto::RewrittenValue* v = row_values[i];
     if (!v) {
       changes->columns[i].AppendNull();  // the UPDATE keeps the stored value
       continue;
     }
-    changes->columns[i].Append(v->value.data(), v->value.size());
+    if (IsText(job_.columns[i])) {
+      // In the encoding and style the value was read in (rotation/stored_form.h).
+      WriteStoredValue(job_.columns[i], v->value, styles_[r * row_values.size() + i], &text);
+      changes->columns[i].Append(text);
+    } else {
+      changes->columns[i].Append(v->value.data(), v->value.size());
+    }
     ++changes->moved[{v->from_key, v->to_key}];
     if (job_.per_row_audit) {
       changes->audit_pk.push_back(pk);

@@ -53,6 +53,8 @@
 #include "common/error.h"
 #include "common/secret.h"
 #include "crypto/aes_gcm.h"
+#include "crypto/fernet.h"
+#include "crypto/text_encoding.h"
 #include "crypto/value_rewriter.h"
 #include "jobs/job.h"
 #include "rotation/batch_statements.h"
@@ -169,6 +171,7 @@ class BatchRotator {
   void MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side);
   void Prepare(pqxx::connection& conn);
   crypto::AesGcmKey* Key(uint32_t key_id);
+  const crypto::FernetKey* FernetKeyFor(uint32_t key_id);  // the same key material, as Fernet's
 
   // The transaction's steps, in order.
   void LockKeys(pqxx::work& txn, const Direction& direction, const ClaimedBatch& batch);
@@ -179,8 +182,9 @@ class BatchRotator {
   void RewriteValues(const pqxx::result& rows, size_t handled, Side& side);
   void CollectRows(const pqxx::result& rows, size_t handled, const Side& side, RowChanges* changes,
                    BatchResult* result) const;
-  // Adds a rewritten row (row_values: per column, its new value or nullptr to keep it).
-  void AppendRow(const std::string& pk,
+  // Adds rewritten row `r` of the chunk (row_values: per column, its new value or nullptr to keep
+  // it).
+  void AppendRow(const std::string& pk, size_t r,
                  const std::vector<const crypto::RewrittenValue*>& row_values,
                  std::optional<uint32_t> new_key_id, RowChanges* changes) const;
   void WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges& changes,
@@ -196,6 +200,7 @@ class BatchRotator {
   TransitClientSource transit_;
   bool transit_checked_ = false;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys_;
+  std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_keys_;
   BatchStatements statements_;
   std::string prefix_;  // prepared-statement name prefix, unique per job
   Side forward_;
@@ -204,12 +209,17 @@ class BatchRotator {
   std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
   bool wait_for_flush_ = false;
   // Reused across chunks: per rewriter, the values handed to it and what it made of them; per
-  // (row, column), which of them it is (-1: NULL); bytea values decoded.
+  // (row, column), which of them it is (-1: NULL; -2 - k: unreadable_[k], a value not in its
+  // column's stored form, rotation/stored_form.h); values decoded, and the text style each was read
+  // in.
   std::vector<std::vector<crypto::StoredValue>> values_;
   std::vector<std::vector<crypto::RewrittenValue>> rewritten_;
   std::vector<int> slot_;
-  std::vector<int> field_no_;  // of each column in the SELECT's result
+  std::vector<int> field_no_;      // of each column in the SELECT's result
+  std::vector<int> json_kind_no_;  // of each JSON column's kind of value; -1 for other columns
   std::vector<Bytes> decoded_;
+  std::vector<crypto::TextStyle> styles_;
+  std::vector<crypto::RewrittenValue> unreadable_;
 };
 
 }  // namespace rekey::rotation

@@ -6,6 +6,7 @@
 #include "crypto/codec.h"
 #include "db/identifiers.h"
 #include "jobs/stage_bucket.h"
+#include "rotation/stored_form.h"
 
 namespace rekey::rotation {
 namespace {
@@ -46,15 +47,28 @@ std::string ColumnNeedsWork(const jobs::JobColumn& column, const std::string& ke
     // Values that are not Transit ciphertexts are selected too, to be quarantined.
     return "coalesce(rekey.transit_version(" + c + "), 0) < ($K::bigint[])[1]";
   }
-  if (column.codec == CodecKind::kTink) {
+  if (column.codec == CodecKind::kFernet) {
+    // A Fernet token names no key: every value is tried (trial decryption), and one already
+    // under a target key is left as it is.
+    return "(" + HasValueSql(column) + ")";
+  }
+  if (column.codec == CodecKind::kTink && !IsText(column)) {
     // Values whose prefix cannot even be parsed are selected too, so corrupt values are
     // quarantined rather than ignored.
     return "substring(" + c + " from 1 for 5) = ANY($P::bytea[]) OR substring(" + c +
            " from 1 for 1) <> '\\x01'::bytea OR octet_length(" + c + ") < 5";
   }
-  return "(" + key_id + " = ANY($K::bigint[]) AND " + c + " IS NOT NULL)";
+  if (column.codec == CodecKind::kTink) {
+    // As for bytea, in the stored form: a value whose head is not of the column's encoding, or
+    // (in a document) no string at the path, is selected too, to be quarantined.
+    const std::string head = ValueHeadSql(column);
+    std::string unreadable = head + " IS NULL";
+    if (!column.json_path.empty()) unreadable += " OR " + JsonKindSql(column) + " <> 'string'";
+    return "(" + HasValueSql(column) + " AND (" + unreadable + " OR " + head +
+           " = ANY($P::bytea[]) OR substring(" + head + " from 1 for 1) <> '\\x01'::bytea))";
+  }
+  return "(" + key_id + " = ANY($K::bigint[]) AND " + HasValueSql(column) + ")";
 }
-
 }  // namespace
 
 Direction MakeDirection(std::map<uint32_t, uint32_t> key_map) {
@@ -100,7 +114,10 @@ std::string BatchStatements::SelectList() const {
   // Aliases name the fields for BatchRotator, whatever the columns are called.
   std::string list = key_.Text("t") + " AS row_id";
   for (size_t i = 0; i < job_.columns.size(); ++i) {
-    list += ", t." + db::QuoteIdent(job_.columns[i].name) + " AS c" + std::to_string(i);
+    list += ", " + StoredValueSql(job_.columns[i]) + " AS c" + std::to_string(i);
+    if (!job_.columns[i].json_path.empty()) {
+      list += ", " + JsonKindSql(job_.columns[i]) + " AS j" + std::to_string(i);
+    }
   }
   if (!key_id_.empty()) list += ", t." + key_id_ + " AS row_key_id";
   return list;
@@ -115,13 +132,11 @@ std::string BatchStatements::Update() const {
   std::string values = "unnest($1::" + key_.ArrayType() + ") AS row_id";
   int n = 1;
   for (size_t i = 0; i < job_.columns.size(); ++i) {
-    const std::string c = db::QuoteIdent(job_.columns[i].name);
     const std::string v = "c" + std::to_string(i);
     if (!set_list.empty()) set_list += ", ";
-    set_list += c + " = coalesce(v." + v + ", t." + c + ")";
+    set_list += SetValueSql(job_.columns[i], "v." + v);
     values += ", unnest($" + std::to_string(++n) +
-              (job_.columns[i].codec == CodecKind::kVaultTransit ? "::text[]" : "::bytea[]") +
-              ") AS " + v;
+              "::" + std::string(NewValueType(job_.columns[i])) + "[]) AS " + v;
   }
   if (!key_id_.empty()) {
     set_list += ", " + key_id_ + " = coalesce(v.kid, t." + key_id_ + ")";

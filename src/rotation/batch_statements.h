@@ -4,18 +4,21 @@
 // The fixed statements of the batch path are named queries (queries/batch_rotator.sql).
 //
 // The row-locking SELECT returns the key's text ("row_id", jobs/key_shape.h), each rotated column
-// under its own name, and the key-id column (if any) under its own name, for the rows of the batch
-// that still need work -- a column still under a source key (rekey.transit_version below the target
-// for Transit; for Tink also a value whose prefix does not parse, so it is quarantined rather than
-// ignored) -- ordered by key, LIMIT rows, FOR UPDATE. Its parameters, in order: the bounds
+// as c<i> in its stored form (rotation/stored_form.h: the text at a JSON column's path, with j<i>
+// the kind of JSON value there), and the key-id column (if any) as row_key_id, for the rows of the
+// batch that still need work -- a column still under a source key (rekey.transit_version below the
+// target for Transit; for Tink also a value whose prefix does not parse, or whose text head is not
+// of its encoding, so it is quarantined rather than ignored; for Fernet, which names no key, every
+// value) -- ordered by key, LIMIT rows, FOR UPDATE. Its parameters, in order: the bounds
 // (SelectVariant, in the order of the bits below), the scope value if the job has a scope, the
 // source Tink prefixes (bytea[]), the source key ids (bigint[]; for Transit, {target version}),
 // and the LIMIT.
 //
 // The UPDATE writes a batch's new values: $1 the keys (KeyShape::ArrayType(): the key's type[]
-// for one column, the key texts for a composite key), then one array per
-// rotated column (bytea[]; text[] for Transit; NULL elements keep the stored value), then the new
-// key ids (bigint[]) if the job has a key-id column.
+// for one column, the key texts for a composite key), then one array per rotated column (bytea[];
+// text[] for Transit and text forms; NULL elements keep the stored value; a JSON column's element
+// is set at its path with jsonb_set), then the new key ids (bigint[]) if the job has a key-id
+// column.
 #pragma once
 
 #include <cstdint>

@@ -148,3 +148,61 @@ TEST(BatchStatementsTest, SelectCallPassesParametersInTheTextsOrder) {
 
 }  // namespace
 }  // namespace rekey::rotation
+
+namespace rekey::rotation {
+namespace {
+
+jobs::JobColumn Stored(const std::string& name, crypto::CodecKind codec,
+                       crypto::TextEncoding encoding, std::vector<std::string> json_path = {}) {
+  jobs::JobColumn column;
+  column.name = name;
+  column.codec = codec;
+  column.encoding = encoding;
+  column.json_path = std::move(json_path);
+  return column;
+}
+
+// Stored forms (rotation/stored_form.h): a text column is selected by the head of its decoded
+// value, written back as text; a JSON field is read with #>> beside the kind of value at its path,
+// and written with jsonb_set on the locked row.
+TEST(BatchStatementsTest, TextAndJsonForms) {
+  const jobs::JobDefinition job =
+      Job("bigint",
+          {Stored("token", CodecKind::kTink, crypto::TextEncoding::kBase64Url),
+           Stored("doc", CodecKind::kTink, crypto::TextEncoding::kBase64, {"payment", "it's"})});
+  const BatchStatements statements(job);
+  const std::string select = statements.Select(kNoBounds);
+  EXPECT_NE(select.find("(\"token\" IS NOT NULL AND (rekey.encoded_head(t.\"token\", "
+                        "'base64url') IS NULL OR rekey.encoded_head(t.\"token\", 'base64url') = "
+                        "ANY($1::bytea[]) OR substring(rekey.encoded_head(t.\"token\", "
+                        "'base64url') from 1 for 1) <> '\\x01'::bytea))"),
+            std::string::npos)
+      << select;
+  // The path's key is quoted as a literal, whatever it holds.
+  EXPECT_NE(select.find(
+                "(t.\"doc\" #>> E'{\"payment\",\"it''s\"}'::text[]) AS c1, CASE WHEN t.\"doc\" IS "
+                "NOT NULL THEN coalesce(jsonb_typeof(t.\"doc\" #> "
+                "E'{\"payment\",\"it''s\"}'::text[]), 'missing') END AS j1"),
+            std::string::npos)
+      << select;
+  EXPECT_NE(select.find("<> 'string'"), std::string::npos) << select;
+  EXPECT_EQ(statements.update(),
+            "UPDATE \"public\".\"cards\" AS t SET \"token\" = coalesce(v.c0, t.\"token\"), \"doc\" "
+            "= CASE WHEN v.c1 IS NULL THEN t.\"doc\" ELSE jsonb_set(t.\"doc\", "
+            "E'{\"payment\",\"it''s\"}'::text[], to_jsonb(v.c1)) END FROM (SELECT "
+            "unnest($1::bigint[]) AS "
+            "row_id, unnest($2::text[]) AS c0, unnest($3::text[]) AS c1) AS v WHERE t.\"id\" = "
+            "v.row_id");
+}
+
+// Fernet tokens name no key: every value is selected, and the rewriter leaves those under a
+// target key alone.
+TEST(BatchStatementsTest, FernetSelectsEveryValue) {
+  const jobs::JobDefinition job =
+      Job("bigint", {Stored("token", CodecKind::kFernet, crypto::TextEncoding::kBase64Url)});
+  const std::string select = BatchStatements(job).Select(kNoBounds);
+  EXPECT_NE(select.find("WHERE ((\"token\" IS NOT NULL))"), std::string::npos) << select;
+}
+
+}  // namespace
+}  // namespace rekey::rotation

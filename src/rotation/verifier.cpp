@@ -8,11 +8,13 @@
 #include "common/bytes.h"
 #include "common/error.h"
 #include "crypto/codec.h"
+#include "crypto/fernet.h"
 #include "db/bytea.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
 #include "jobs/rollout_planner.h"
 #include "kms/vault_transit.h"
+#include "rotation/stored_form.h"
 
 namespace rekey::rotation {
 namespace {
@@ -33,11 +35,17 @@ struct Sha256 {
 
 // The statements that read a job's table are built from its quoted identifiers, in pieces: a
 // select list, the table (maybe sampled), the conditions and the order. Each selects pk_text (the
-// primary key's text), one value_<i> per job column in job order, and key_id (the raw codec's
+// primary key's text), one value_<i> per job column in job order (in its stored form: the text at
+// a JSON column's path, with kind_<i> the kind of JSON value there), and key_id (the raw codec's
 // key-id column) iff the job has one.
 
 std::string ValueColumn(size_t i) {
   return "value_" + std::to_string(i);
+}
+
+// A JSON column's kind of value at its path (rotation/stored_form.h).
+std::string KindColumn(size_t i) {
+  return "kind_" + std::to_string(i);
 }
 
 // "SELECT ... FROM <table> AS t". Columns are qualified: an unqualified ORDER BY pk would sort
@@ -45,7 +53,10 @@ std::string ValueColumn(size_t i) {
 std::string SelectFrom(const jobs::JobDefinition& job) {
   std::string sql = "SELECT " + job.Key().Text("t") + " AS pk_text";
   for (size_t i = 0; i < job.columns.size(); ++i) {
-    sql += ", t." + db::QuoteIdent(job.columns[i].name) + " AS " + ValueColumn(i);
+    sql += ", " + StoredValueSql(job.columns[i]) + " AS " + ValueColumn(i);
+    if (!job.columns[i].json_path.empty()) {
+      sql += ", " + JsonKindSql(job.columns[i]) + " AS " + KindColumn(i);
+    }
   }
   if (job.key_id_column) sql += ", t." + db::QuoteIdent(*job.key_id_column) + " AS key_id";
   return sql + " FROM " + job.QualifiedTable() + " AS t";
@@ -116,14 +127,19 @@ TableReads BuildTableReads(const jobs::JobDefinition& job, const VerifyOptions& 
 // Where each column of a page of the statements above is: looked up by name once per page, not
 // once per value.
 struct PageColumns {
-  PageColumns(const pqxx::result& page, size_t ncols, bool has_key_id) {
+  PageColumns(const pqxx::result& page, const jobs::JobDefinition& job) {
     pk_text = page.column_number("pk_text");
-    for (size_t i = 0; i < ncols; ++i) values.push_back(page.column_number(ValueColumn(i)));
-    key_id = has_key_id ? int(page.column_number("key_id")) : -1;
+    for (size_t i = 0; i < job.columns.size(); ++i) {
+      values.push_back(page.column_number(ValueColumn(i)));
+      kinds.push_back(job.columns[i].json_path.empty() ? -1
+                                                       : int(page.column_number(KindColumn(i))));
+    }
+    key_id = job.key_id_column ? int(page.column_number("key_id")) : -1;
   }
   pqxx::row::size_type pk_text;
   std::vector<pqxx::row::size_type> values;
-  int key_id;  // -1: no key-id column
+  std::vector<int> kinds;  // -1: not a JSON column
+  int key_id;              // -1: no key-id column
 };
 
 }  // namespace
@@ -164,6 +180,26 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     return cache.emplace(id, std::move(key)).first->second.get();
   };
 
+  // Fernet keys, for trial decryption: the job's target keys first (where a verified job's
+  // values are), then its source keys.
+  std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_cache;
+  const crypto::FernetKeyLookup fernet_lookup = [&](uint32_t id) -> const crypto::FernetKey* {
+    auto it = fernet_cache.find(id);
+    if (it == fernet_cache.end()) {
+      std::unique_ptr<crypto::FernetKey> key;
+      try {
+        key = std::make_unique<crypto::FernetKey>(keys(id));
+      } catch (const NoSuchKeyError&) {
+        key = nullptr;  // as for lookup: skipped, so its values count as auth_failed
+      }
+      it = fernet_cache.emplace(id, std::move(key)).first;
+    }
+    return it->second.get();
+  };
+  std::vector<uint32_t> fernet_candidates;
+  for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.second);
+  for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.first);
+
   // The stage test runs here, not in the database: its md5() costs about 1.9 us per row there,
   // and a gate's sampled pages hold several times more rows than it checks.
   jobs::StageBucketHasher hasher;
@@ -180,8 +216,17 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
   Bytes value;
   const size_t ncols = job.columns.size();
   const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
+  crypto::TextStyle style;
+  auto record_failure = [&report](const std::string& pk_text, const std::string& column,
+                                  std::string_view error_class) {
+    ++report.failures;
+    ++report.failures_by_class[std::string(error_class)];
+    if (report.failure_samples.size() < 20) {
+      report.failure_samples.push_back(pk_text + "/" + column + ": " + std::string(error_class));
+    }
+  };
   auto process = [&](const pqxx::result& page) {
-    const PageColumns at(page, ncols, job.key_id_column.has_value());
+    const PageColumns at(page, job);
     const int kid_field = at.key_id;
     for (const auto& row : page) {
       const std::string pk_text = row[at.pk_text].as<std::string>();
@@ -189,7 +234,10 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
       ++report.rows;
       for (size_t i = 0; i < ncols; ++i) {
         const pqxx::field field = row[at.values[i]];
-        if (field.is_null()) continue;
+        std::optional<pqxx::field> kind;
+        if (at.kinds[i] >= 0) kind = row[at.kinds[i]];
+        // A document with nothing at the path holds a value that cannot be read: a failure.
+        if (kind ? kind->is_null() : field.is_null()) continue;
         ++report.values;
         const auto& column = job.columns[i];
         if (column.codec == crypto::CodecKind::kVaultTransit) {
@@ -199,17 +247,18 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
                                 : *version < job.transit_min_version ? "below_target_version"
                                                                      : nullptr;
           if (failure) {
-            ++report.failures;
-            ++report.failures_by_class[failure];
-            if (report.failure_samples.size() < 20) {
-              report.failure_samples.push_back(pk_text + "/" + column.name + ": " + failure);
-            }
+            record_failure(pk_text, column.name, failure);
           } else {
             ++report.values_by_key[uint32_t(*version)];
           }
           continue;
         }
-        db::ReadBytea(field, &value);
+        const std::string_view unreadable =
+            ReadStoredValue(column, field, kind ? &*kind : nullptr, &value, &style);
+        if (!unreadable.empty()) {
+          record_failure(pk_text, column.name, unreadable);
+          continue;
+        }
         if (!job.associated_data.empty()) {
           job.associated_data.Render(job.schema_name, job.table_name, column.name, pk_text, &ad);
         } else {
@@ -221,6 +270,10 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
         if (column.codec == crypto::CodecKind::kTink) {
           status = crypto::OpenTink(value.data(), value.size(), lookup, ad_data, ad.size(),
                                     &plaintext, &key_id);
+        } else if (column.codec == crypto::CodecKind::kFernet) {
+          // Fernet names no key: each of the job's keys is tried (crypto/fernet.h).
+          status = crypto::OpenFernetTrial(value.data(), value.size(), fernet_candidates,
+                                           fernet_lookup, &plaintext, nullptr, &key_id);
         } else if (kid_field < 0 || row[kid_field].is_null()) {
           status = crypto::DecodeStatus::kUnknownKey;
         } else {
@@ -229,12 +282,7 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
                                    &plaintext);
         }
         if (status != crypto::DecodeStatus::kOk) {
-          ++report.failures;
-          ++report.failures_by_class[std::string(crypto::DecodeStatusName(status))];
-          if (report.failure_samples.size() < 20) {
-            report.failure_samples.push_back(pk_text + "/" + column.name + ": " +
-                                             std::string(crypto::DecodeStatusName(status)));
-          }
+          record_failure(pk_text, column.name, crypto::DecodeStatusName(status));
           continue;
         }
         ++report.values_by_key[key_id];

@@ -8,6 +8,11 @@
 // ("below_target_version") or not a Transit ciphertext ("bad_prefix") is a failure. Such values
 // add nothing to the digest.
 //
+// Values are read in their column's stored form (rotation/stored_form.h): text decoded, JSON
+// fields at their path; one that cannot be read so is a failure of its class ("bad_encoding",
+// "json_path_missing", "json_not_string"). Fernet tokens are opened by trial decryption with the
+// job's target keys, then its source keys (crypto/fernet.h).
+//
 // Plaintext digest (docs/operations.md): SHA-256 over, for each row in primary-key order and
 // each job column in job order whose value is not NULL and decrypts:
 //   pk text || 0x00 || column name || 0x00 || uint32 big-endian plaintext length || plaintext
@@ -28,13 +33,14 @@
 namespace rekey::rotation {
 
 struct VerifyReport {
-  int64_t rows = 0;                                  // rows in scope
-  int64_t values = 0;                                // non-NULL values examined
-  int64_t failures = 0;                              // values that did not decrypt
-  std::map<uint32_t, int64_t> values_by_key;         // decrypted values per key id
-  std::map<std::string, int64_t> failures_by_class;  // crypto::DecodeStatusName -> count
-  std::vector<std::string> failure_samples;          // "pk/column: class", at most 20
-  std::string plaintext_sha256;                      // hex
+  int64_t rows = 0;                           // rows in scope
+  int64_t values = 0;                         // non-NULL values examined
+  int64_t failures = 0;                       // values that did not decrypt
+  std::map<uint32_t, int64_t> values_by_key;  // decrypted values per key id
+  // crypto::DecodeStatusName, or a stored-form class (rotation/stored_form.h) -> count
+  std::map<std::string, int64_t> failures_by_class;
+  std::vector<std::string> failure_samples;  // "pk/column: class", at most 20
+  std::string plaintext_sha256;              // hex
 
   // Values under any of `keys`.
   int64_t ValuesUnder(const std::vector<uint32_t>& keys) const;

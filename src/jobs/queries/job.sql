@@ -18,8 +18,9 @@ SELECT job_id, coalesce(name, '') AS name, schema_name, table_name, pk_column,
  WHERE job_id = $1::bigint
 
 -- name: columns
--- The job's ciphertext columns and their codecs, in the order the job lists them.
-SELECT t.column_name, t.codec
+-- The job's ciphertext columns, their codecs and stored forms (encoding; json_path as a text[]
+-- array as JSON, NULL for a column that holds the value itself), in the order the job lists them.
+SELECT t.column_name, t.codec, t.encoding, to_json(t.json_path)::text AS json_path
   FROM rekey.job_columns c
   JOIN rekey.targets t USING (target_id)
  WHERE c.job_id = $1::bigint
@@ -42,7 +43,7 @@ SELECT set_config('rekey.key_columns', $1::text, true)
 SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $9::integer,
                         $10, $11::boolean, $12::integer, $13::numeric[], $14::integer,
                         $15::numeric, $16::interval, $17::integer, $18::text[],
-                        $19::boolean) AS job_id
+                        $19::boolean, $20, $21::text[]) AS job_id
 
 -- name: create_transit_job
 -- rekey.create_transit_job with every argument: returns the new vault-transit job's id, or
