@@ -574,7 +574,7 @@ BEGIN
        FROM rekey.batches b WHERE b.job_id = p_job));
 END $$;
 
-CREATE FUNCTION rekey.create_job(p_table text, p_columns text[], p_key_map jsonb, p_codecs text[] DEFAULT NULL::text[], p_key_id_column text DEFAULT NULL::text, p_ad_template text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_per_row_audit boolean DEFAULT false, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_promote_at_stage integer DEFAULT NULL::integer, p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000, p_not_governed text[] DEFAULT NULL::text[], p_cross_scope boolean DEFAULT false) RETURNS bigint
+CREATE FUNCTION rekey.create_job(p_table text, p_columns text[], p_key_map jsonb, p_codecs text[] DEFAULT NULL::text[], p_key_id_column text DEFAULT NULL::text, p_ad_template text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_per_row_audit boolean DEFAULT false, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_promote_at_stage integer DEFAULT NULL::integer, p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000, p_not_governed text[] DEFAULT NULL::text[], p_cross_scope boolean DEFAULT false, p_encoding text DEFAULT NULL::text, p_json_path text[] DEFAULT NULL::text[]) RETURNS bigint
     LANGUAGE plpgsql
     AS $_$
 DECLARE
@@ -587,6 +587,8 @@ DECLARE
   governed text[];
   col_type text;
   v_codec text;
+  v_encoding text;
+  v_json_path text[];
   job bigint;
   tid bigint;
   src text;
@@ -606,7 +608,9 @@ BEGIN
   pk_type := t.pk_type;
   key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
 
-  PERFORM rekey.check_job_columns(t.schema_name, t.table_name, pk_col, p_columns, false);
+  SELECT f.v_encoding, f.v_json_path INTO v_encoding, v_json_path
+    FROM rekey.job_value_form(t.schema_name, t.table_name, pk_col, p_columns, p_codecs, p_encoding,
+                              p_json_path) f;
   PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
   IF p_codecs IS NOT NULL AND cardinality(p_codecs) <> cardinality(p_columns) THEN
     RAISE EXCEPTION 'give one codec per column (% columns, % codecs)', cardinality(p_columns), cardinality(p_codecs)
@@ -614,8 +618,12 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink or raw', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the fernet codec, which binds no associated data: drop the template', quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
@@ -756,6 +764,7 @@ BEGIN
     v_codec := coalesce(p_codecs[i], 'tink');
     tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], v_codec, p_key_id_column,
                             p_ad_template, p_scope_column, v_scope_value);
+    PERFORM rekey.set_target_value_form(tid, job, v_encoding, v_json_path);
     INSERT INTO rekey.job_columns VALUES (job, i, tid);
   END LOOP;
   PERFORM rekey.refuse_column_collision(job);
@@ -771,7 +780,8 @@ BEGIN
     'scope', CASE WHEN p_scope_column IS NULL THEN NULL
                   ELSE jsonb_build_object(p_scope_column, v_scope_value) END,
     'not_governed', to_jsonb(coalesce(v_not_governed, '{}')),
-    'cross_scope', coalesce(p_cross_scope, false)));
+    'cross_scope', coalesce(p_cross_scope, false),
+    'encoding', v_encoding, 'json_path', to_jsonb(v_json_path)));
   PERFORM rekey.open_stage(job, 1);
   RETURN job;
 END $_$;
@@ -947,6 +957,21 @@ CREATE FUNCTION rekey.date_key_text(v date) RETURNS text
   SELECT CASE WHEN NOT isfinite(v) THEN v::text
               ELSE to_char(v::timestamp, 'YYYY-MM-DD')
                    || CASE WHEN v < '0001-01-01'::date THEN ' BC' ELSE '' END
+         END
+$$;
+
+CREATE FUNCTION rekey.encoded_head(p_value text, p_encoding text) RETURNS bytea
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+  SELECT CASE p_encoding
+           WHEN 'hex' THEN
+             CASE WHEN p_value ~ '^[0-9A-Fa-f]{10}' THEN decode(left(p_value, 10), 'hex') END
+           WHEN 'base64' THEN
+             CASE WHEN p_value ~ '^[A-Za-z0-9+/]{8}'
+                  THEN substring(decode(left(p_value, 8), 'base64') from 1 for 5) END
+           WHEN 'base64url' THEN
+             CASE WHEN p_value ~ '^[A-Za-z0-9_-]{8}'
+                  THEN substring(decode(translate(left(p_value, 8), '-_', '+/'), 'base64') from 1 for 5) END
          END
 $$;
 
@@ -1482,6 +1507,56 @@ CREATE FUNCTION rekey.job_unreported_scopes(p_job bigint) RETURNS text[]
      AND NOT EXISTS (SELECT 1 FROM rekey.readers r WHERE r.scope = k.scope)
 $$;
 
+CREATE FUNCTION rekey.job_value_form(p_schema name, p_table name, p_pk name, p_columns text[], p_codecs text[], p_encoding text, p_json_path text[], OUT v_encoding text, OUT v_json_path text[]) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  fernet boolean := 'fernet' = ANY (coalesce(p_codecs, '{}'));
+  enc text := p_encoding;
+  col_type text;
+BEGIN
+  IF p_encoding IS NULL AND p_json_path IS NULL THEN
+    SELECT x.encoding, x.json_path INTO enc, p_json_path FROM rekey.targets x
+     WHERE x.schema_name = p_schema AND x.table_name = p_table AND x.column_name = ANY (p_columns)
+       AND x.forgotten_at IS NULL AND (x.encoding <> 'bytea' OR x.json_path IS NOT NULL)
+     ORDER BY x.target_id DESC LIMIT 1;
+  END IF;
+  enc := coalesce(enc, CASE WHEN fernet THEN 'base64url'
+                            WHEN p_json_path IS NOT NULL THEN 'base64'
+                            ELSE 'bytea' END);
+  IF enc NOT IN ('bytea', 'base64', 'base64url', 'hex') THEN
+    RAISE EXCEPTION 'unknown encoding %: use bytea, base64, base64url or hex', quote_literal(enc)
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF fernet AND enc <> 'base64url' THEN
+    RAISE EXCEPTION 'Fernet tokens are base64url text; encoding % does not apply', quote_literal(enc)
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_json_path IS NOT NULL AND (cardinality(p_json_path) = 0
+                                     OR EXISTS (SELECT 1 FROM unnest(p_json_path) k WHERE k IS NULL OR k = '')) THEN
+    RAISE EXCEPTION 'a JSON path is a list of keys, as in {payment,token}' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_json_path IS NOT NULL AND enc = 'bytea' THEN
+    RAISE EXCEPTION 'a JSON document holds text: give a text encoding (base64, base64url or hex) with a JSON path'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  IF enc = 'bytea' THEN
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, false);
+  ELSIF p_json_path IS NULL THEN
+    -- Text or varchar, as for Transit ciphertexts.
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);
+  ELSE
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, NULL);
+    FOR i IN 1 .. cardinality(p_columns) LOOP
+      col_type := rekey.column_type(p_schema, p_table, p_columns[i]);
+      IF col_type <> 'jsonb' THEN
+        RAISE EXCEPTION 'column %.%.% is %, not jsonb: a JSON path reads jsonb documents',
+          quote_ident(p_schema), quote_ident(p_table), quote_ident(p_columns[i]), col_type
+          USING ERRCODE = 'datatype_mismatch';
+      END IF;
+    END LOOP;
+  END IF;
+  v_encoding := enc;
+  v_json_path := p_json_path;
+END $$;
+
 CREATE FUNCTION rekey.job_written_keys(p_job bigint, p_rollback boolean) RETURNS SETOF bigint
     LANGUAGE sql STABLE
     AS $$
@@ -1546,14 +1621,25 @@ DECLARE
   t_id bigint[];
   t_codec text[];
   t_kid smallint[];
+  -- Per registered target: it holds JSON fields (rekey.targets.json_path); it holds Fernet
+  -- tokens and a job on it moved key p_key in or out.
+  t_json boolean[];
+  t_fernet_key boolean[];
+  json_conds text[];
 BEGIN
   SELECT coalesce(array_agg(tc.relid ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.target_id ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}')
-    INTO t_relid, t_attnum, t_id, t_codec, t_kid
-    FROM rekey.target_columns() tc WHERE tc.unresolved IS NULL;
+         coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
+         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+                    SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
+                     WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
+                  ORDER BY tc.target_id), '{}')
+    INTO t_relid, t_attnum, t_id, t_codec, t_kid, t_json, t_fernet_key
+    FROM rekey.target_columns() tc JOIN rekey.targets x USING (target_id)
+   WHERE tc.unresolved IS NULL;
 
   -- The first 7 characters of the base64 of 0x01 || key id || any byte: 6 are fixed, the 7th
   -- takes 4 values (it carries the top 2 bits of the next, random, byte).
@@ -1596,7 +1682,10 @@ BEGIN
         FROM pg_attribute a
         JOIN pg_type bt ON bt.oid = rekey.base_type(a.atttypid)
        WHERE a.attrelid = rel.oid AND a.attnum > 0 AND NOT a.attisdropped
-         AND bt.typname IN ('bytea', 'text', 'varchar', 'bpchar')
+         AND (bt.typname IN ('bytea', 'text', 'varchar', 'bpchar')
+              OR (bt.typname = 'jsonb' AND EXISTS (
+                    SELECT 1 FROM unnest(t_relid, t_attnum, t_json) tc(relid, attnum, json)
+                     WHERE tc.relid = rel.oid AND tc.attnum = a.attnum AND tc.json)))
        ORDER BY a.attnum
     LOOP
       i := cardinality(cols_name) + 1;
@@ -1610,6 +1699,22 @@ BEGIN
       ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
         cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
                                   current_user, rel.nspname, rel.relname, current_user);
+      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
+                     WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
+        -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
+        cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+      ELSIF col.base = 'jsonb' THEN
+        -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
+        -- at its path, in its encoding.
+        SELECT array_agg(DISTINCT format('%s = %L::bytea',
+                                         rekey.value_head_sql(col.attname, x.encoding, x.json_path), tink))
+          INTO json_conds
+          FROM rekey.targets x
+         WHERE x.target_id = ANY (SELECT tc.target_id FROM unnest(t_relid, t_attnum, t_id) tc(relid, attnum, target_id)
+                                   WHERE tc.relid = rel.oid AND tc.attnum = col.attnum)
+           AND x.json_path IS NOT NULL;
+        conds := conds || array_to_string(json_conds, ' OR ');
+        e_col := e_col || i; e_fmt := e_fmt || 'tink-json'::text; e_sql := e_sql || conds[1];
       ELSIF col.base = 'bytea' THEN
         conds := conds || format('substring(%I from 1 for 5) = %L::bytea', col.attname, tink);
         e_col := e_col || i; e_fmt := e_fmt || 'tink'::text; e_sql := e_sql || conds[1];
@@ -1813,10 +1918,22 @@ BEGIN
     SELECT min(tc.target_id) AS target_id, tc.relid, tc.attnum,
            min(tc.schema_name) AS schema_name, min(tc.table_name) AS table_name,
            min(tc.column_name) AS column_name, min(tc.registered_as) AS registered_as,
-           min(tc.unresolved) AS unresolved, bool_or(tc.codec = 'tink') AS tink,
+           min(tc.unresolved) AS unresolved,
+           -- A Tink value's head as the column stores it (rekey.value_head_sql: bytea, or text
+           -- in an encoding, maybe inside a JSON document), one per stored form registered.
+           array_agg(DISTINCT rekey.value_head_sql(tc.column_name, x.encoding, x.json_path))
+             FILTER (WHERE tc.codec = 'tink' AND tc.unresolved IS NULL) AS tink_heads,
            array_remove(array_agg(DISTINCT CASE WHEN tc.codec = 'raw' THEN tc.key_id_attnum END), NULL)
-             AS key_id_attnums
+             AS key_id_attnums,
+           -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
+           -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
+           -- from or to.
+           bool_or(tc.codec = 'fernet' AND EXISTS (
+             SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
+              WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
+             AS fernet_key
       FROM rekey.target_columns() tc
+      JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
      GROUP BY tc.relid, tc.attnum, CASE WHEN tc.unresolved IS NOT NULL THEN tc.target_id END
      ORDER BY 1
@@ -1840,13 +1957,24 @@ BEGIN
       RETURN NEXT;
       CONTINUE;
     END IF;
+    IF g.fernet_key THEN
+      target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
+      unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
+                        target, p_key);
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
     SELECT string_agg(c, ' OR ') INTO cond FROM (
-      SELECT format('substring(%I from 1 for 5) = %L::bytea', g.column_name, rekey.tink_prefix(p_key)) AS c
-       WHERE g.tink
+      SELECT format('%s = %L::bytea', h, rekey.tink_prefix(p_key)) AS c
+        FROM unnest(g.tink_heads) h
       UNION ALL
       SELECT format('(%I = %s AND %I IS NOT NULL)', a.attname, p_key, g.column_name)
         FROM unnest(g.key_id_attnums) k JOIN pg_attribute a ON a.attrelid = g.relid AND a.attnum = k) x;
-    EXECUTE format('SELECT count(*) FROM %s WHERE %s', g.relid::regclass, cond) INTO n;
+    IF cond IS NULL THEN
+      n := 0;  -- a Fernet column no job moved this key in or out of
+    ELSE
+      EXECUTE format('SELECT count(*) FROM %s WHERE %s', g.relid::regclass, cond) INTO n;
+    END IF;
     unknown := rekey.row_security_blocker(g.relid);
     RETURN NEXT;
   END LOOP;
@@ -3203,10 +3331,31 @@ BEGIN
   PERFORM rekey.audit_event('job.reader_window', p_job, jsonb_build_object('reader_window', p_window));
 END $$;
 
+CREATE FUNCTION rekey.set_target_value_form(p_target bigint, p_job bigint, p_encoding text, p_json_path text[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM rekey.targets x WHERE x.target_id = p_target
+                AND (x.encoding, x.json_path) IS DISTINCT FROM (p_encoding, p_json_path))
+     AND EXISTS (SELECT 1 FROM rekey.job_columns c WHERE c.target_id = p_target AND c.job_id <> p_job) THEN
+    RAISE EXCEPTION 'column of target % is registered with another encoding or JSON path: %',
+      p_target, (SELECT format('%s %s', x.encoding, coalesce(x.json_path::text, '')) FROM rekey.targets x
+                  WHERE x.target_id = p_target) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  UPDATE rekey.targets SET encoding = p_encoding, json_path = p_json_path WHERE target_id = p_target;
+END $$;
+
 CREATE FUNCTION rekey.stage_bucket(pk text) RETURNS integer
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS $$
   SELECT (('x' || substr(md5(pk), 1, 8))::bit(32)::bigint % 10000)::integer
+$$;
+
+CREATE FUNCTION rekey.stored_text_sql(p_column name, p_json_path text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE WHEN p_json_path IS NULL THEN format('%I', p_column)
+              ELSE format('(%I #>> %L::text[])', p_column, p_json_path) END
 $$;
 
 CREATE FUNCTION rekey.supported_key_types() RETURNS text[]
@@ -3314,6 +3463,15 @@ CREATE FUNCTION rekey.unique_keys(p_rel regclass) RETURNS TABLE(columns name[], 
      AND x.indexprs IS NULL AND a.attrelid = p_rel AND a.attnum = k.attnum
      AND k.ord <= x.indnkeyatts
    GROUP BY x.indexrelid
+$$;
+
+CREATE FUNCTION rekey.value_head_sql(p_column name, p_encoding text, p_json_path text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE WHEN p_encoding = 'bytea' AND p_json_path IS NULL
+                THEN format('substring(%I from 1 for 5)', p_column)
+              ELSE format('rekey.encoded_head(%s, %L)', rekey.stored_text_sql(p_column, p_json_path),
+                          p_encoding) END
 $$;
 
 CREATE TABLE rekey.keys (
@@ -3808,7 +3966,11 @@ CREATE TABLE rekey.targets (
     forgotten_at timestamp with time zone,
     forgotten_by text,
     forgotten_reason text,
-    CONSTRAINT targets_codec_check CHECK ((codec = ANY (ARRAY['tink'::text, 'raw'::text, 'vault-transit'::text]))),
+    encoding text DEFAULT 'bytea'::text NOT NULL,
+    json_path text[],
+    CONSTRAINT targets_codec_check CHECK ((codec = ANY (ARRAY['tink'::text, 'raw'::text, 'vault-transit'::text, 'fernet'::text]))),
+    CONSTRAINT targets_encoding_check CHECK ((encoding = ANY (ARRAY['bytea'::text, 'base64'::text, 'base64url'::text, 'hex'::text]))),
+    CONSTRAINT targets_json_path_holds_text CHECK (((json_path IS NULL) OR ((encoding <> 'bytea'::text) AND (cardinality(json_path) > 0)))),
     CONSTRAINT targets_raw_needs_key_id_column CHECK (((codec <> 'raw'::text) OR (key_id_column IS NOT NULL))),
     CONSTRAINT targets_scope_both_or_neither CHECK (((scope_column IS NULL) = (scope_value IS NULL)))
 );

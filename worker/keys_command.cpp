@@ -267,8 +267,10 @@ const std::vector<KeyFormat>& KeyFormats() {
          }
          std::vector<const Secret*> ordered;
          for (const keyring::ExchangedKey& k : keys) {
-           if (k.primary) ordered.insert(ordered.begin(), &k.key);
-           else ordered.push_back(&k.key);
+           if (k.primary)
+             ordered.insert(ordered.begin(), &k.key);
+           else
+             ordered.push_back(&k.key);
          }
          std::string list = keyring::FernetKeyList(ordered) + "\n";
          Secret file(reinterpret_cast<const uint8_t*>(list.data()), list.size());
