@@ -361,6 +361,61 @@ ReWrappedKey VaultTransitClient::Rewrap(uint32_t key_id, const std::string& sour
   return result;
 }
 
+namespace {
+
+TransitKeyRef BlobKey(const std::string& key_ref) {
+  std::optional<TransitKeyRef> key = ParseTransitKeyRef(key_ref);
+  if (!key) {
+    throw ConfigError("'" + key_ref +
+                      "' is not a Vault Transit key path; write <mount>/keys/<name>, e.g. "
+                      "transit/keys/keysets");
+  }
+  return *key;
+}
+
+// tink-go-hcvault sends the associated data as the derivation context, and only when there is
+// some.
+void AddTinkContext(json* request, const Bytes& associated_data) {
+  if (!associated_data.empty()) (*request)["context"] = Base64Encode(associated_data);
+}
+
+}  // namespace
+
+Bytes VaultTransitClient::EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                                      const Bytes& associated_data) {
+  const TransitKeyRef key = BlobKey(key_ref);
+  json request = {{"plaintext", Base64Encode(plaintext.data(), plaintext.size())}};
+  AddTinkContext(&request, associated_data);
+  std::string body = request.dump();
+  WipeAndClear(&request["plaintext"].get_ref<std::string&>());
+  return ToBytes(Ciphertext("encrypt", Call("POST", key, "encrypt", std::move(body), "")));
+}
+
+Secret VaultTransitClient::DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                                       const Bytes& associated_data) {
+  const std::string op = "decrypt";
+  const TransitKeyRef key = BlobKey(key_ref);
+  std::string text(ciphertext.begin(), ciphertext.end());
+  if (!LooksLikeTransitCiphertext(text)) {
+    throw KeyError("it is not a Vault Transit ciphertext (vault:vN:...), so " + key_ref +
+                   " did not encrypt it; pass the KMS and key it was encrypted with");
+  }
+  json request = {{"ciphertext", text}};
+  AddTinkContext(&request, associated_data);
+  json j = Call("POST", key, op, request.dump(), "");
+  const json& data = Data(op, j);
+  auto it = data.find("plaintext");
+  if (it == data.end() || !it->is_string()) Malformed(op, "no plaintext");
+  std::string plaintext_b64 = it->get<std::string>();
+  j = json();
+  std::optional<Bytes> b = Base64Decode(plaintext_b64);
+  WipeAndClear(&plaintext_b64);
+  if (!b) Malformed(op, "plaintext is not base64");
+  Secret plaintext(b->data(), b->size());
+  WipeAndClear(&*b);
+  return plaintext;
+}
+
 std::vector<TransitRewrapResult> VaultTransitClient::RewrapValues(
     const std::string& key_ref, const std::vector<TransitRewrapItem>& items) {
   const std::string op = "rewrap";
