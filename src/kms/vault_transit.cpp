@@ -388,7 +388,20 @@ Bytes VaultTransitClient::EncryptBlob(const std::string& key_ref, const Secret& 
   AddTinkContext(&request, associated_data);
   std::string body = request.dump();
   WipeAndClear(&request["plaintext"].get_ref<std::string&>());
-  return ToBytes(Ciphertext("encrypt", Call("POST", key, "encrypt", std::move(body), "")));
+  try {
+    return ToBytes(Ciphertext("encrypt", Call("POST", key, "encrypt", std::move(body), "")));
+  } catch (const KeyError& e) {
+    // rekey's own data-key wrapping key is derived (bound to key ids); Tink reads a keyset with
+    // no context, so its key must be another, non-derived one.
+    if (!associated_data.empty() ||
+        std::string(e.what()).find("missing 'context'") == std::string::npos) {
+      throw;
+    }
+    throw KeyError("Transit key " + key_ref +
+                   " is derived, and Tink's Vault Aead sends no context for a keyset, so Tink "
+                   "could not read it back; create a non-derived key (vault write -f " +
+                   key.mount + "/keys/keysets) and pass --kms-key " + key.mount + "/keys/keysets");
+  }
 }
 
 Secret VaultTransitClient::DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
