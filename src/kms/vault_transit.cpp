@@ -408,21 +408,21 @@ Secret VaultTransitClient::DecryptBlob(const std::string& key_ref, const Bytes& 
                                        const Bytes& associated_data) {
   const std::string op = "decrypt";
   const TransitKeyRef key = BlobKey(key_ref);
-  std::string text(ciphertext.begin(), ciphertext.end());
-  if (!LooksLikeTransitCiphertext(text)) {
+  const std::string sealed(ciphertext.begin(), ciphertext.end());
+  if (!LooksLikeTransitCiphertext(sealed)) {
     throw KeyError("it is not a Vault Transit ciphertext (vault:vN:...), so " + key_ref +
                    " did not encrypt it; pass the KMS and key it was encrypted with");
   }
-  json request = {{"ciphertext", text}};
+  json request = {{"ciphertext", sealed}};
   AddTinkContext(&request, associated_data);
   json j = Call("POST", key, op, request.dump(), "");
-  const json& data = Data(op, j);
-  auto it = data.find("plaintext");
-  if (it == data.end() || !it->is_string()) Malformed(op, "no plaintext");
-  std::string plaintext_b64 = it->get<std::string>();
-  j = json();
-  std::optional<Bytes> b = Base64Decode(plaintext_b64);
-  WipeAndClear(&plaintext_b64);
+  auto data = j.find("data");
+  if (data == j.end() || !data->is_object()) Malformed(op, "no data");
+  auto it = data->find("plaintext");
+  if (it == data->end() || !it->is_string()) Malformed(op, "no plaintext");
+  std::string& text = it->get_ref<std::string&>();
+  std::optional<Bytes> b = Base64Decode(text);
+  WipeAndClear(&text);
   if (!b) Malformed(op, "plaintext is not base64");
   Secret plaintext(b->data(), b->size());
   WipeAndClear(&*b);
