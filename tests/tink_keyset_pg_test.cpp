@@ -2,8 +2,10 @@
 // pinned in tests/tink/package-lock.json, driven through tests/tink/tink_app.mjs) makes a keyset
 // and encrypts values; rekey imports the keyset, rotates the values to a new key in a staged job,
 // and exports its keys; Tink reads every value back from the exported keyset, cleartext and
-// encrypted under rekey's master key, and writes new values that rekey verifies. Skipped (never
-// passed) when node, npm or the npm registry is unavailable (tests/tink/run.sh exits 77).
+// encrypted under rekey's master key, and writes new values that rekey verifies. Keysets encrypted
+// through AWS KMS and Vault Transit (their test servers, tests/kms/) are opened without rekey
+// (boto3; Vault's HTTP API) and parsed by Tink. Skipped (never passed) when node, npm or the npm
+// registry is unavailable (tests/tink/run.sh exits 77).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "aws_kms_support.h"
 #include "common/bytes.h"
 #include "common/error.h"
 #include "crypto/aes_gcm.h"
@@ -54,11 +57,13 @@ class TinkKeysetTest : public testing::PgTest {
     ASSERT_EQ(RunProcess({"mkdir", "-p", dir_}).exit_code, 0);
   }
 
-  ProcessResult Rekey(std::vector<std::string> args, const std::string& master = "") {
+  ProcessResult Rekey(std::vector<std::string> args, const std::string& master = "",
+                      const testing::EnvOverrides& kms_env = {}) {
     args.insert(args.begin(), {"--db", conninfo()});
-    return RunRekey(args, {{"REKEY_MASTER_KEY", master.empty() ? master_b64_ : master},
-                           {"REKEY_MASTER_KEY_FILE", std::nullopt},
-                           {"DATABASE_URL", std::nullopt}});
+    return RunRekey(
+        args, testing::With(kms_env, {{"REKEY_MASTER_KEY", master.empty() ? master_b64_ : master},
+                                      {"REKEY_MASTER_KEY_FILE", std::nullopt},
+                                      {"DATABASE_URL", std::nullopt}}));
   }
 
   // tink_app.mjs COMMAND KEYSET [FORM [MASTER]] with `input` on stdin; its stdout.
@@ -88,8 +93,135 @@ class TinkKeysetTest : public testing::PgTest {
     return rows;
   }
 
+  // Exports keys 7 and 8 (8 primary) as a keyset encrypted through `kms` (the KMS test server
+  // `env` points at) under `key_ref` (empty: the provider's default key, `opened_with` names it
+  // for the independent reader); opens it without rekey (kms_decrypt_keyset.py `reader`) and has
+  // Tink parse it; refuses to import it under `wrong_key_ref` writing nothing; imports it.
+  void ExportedThroughKmsOpensWithoutRekey(const std::string& kms, const testing::EnvOverrides& env,
+                                           const std::string& key_ref,
+                                           const std::string& opened_with,
+                                           const std::string& reader, const std::string& magic,
+                                           const std::string& wrong_key_ref) {
+    ASSERT_EQ(Rekey({"migrate"}).exit_code, 0);
+    ASSERT_EQ(Rekey({"keys", "create", "--key-id", "7"}).exit_code, 0);
+    ASSERT_EQ(Rekey({"keys", "create", "--key-id", "8"}).exit_code, 0);
+    ASSERT_EQ(Rekey({"keys", "promote", "8"}).exit_code, 0);
+    ProcessResult r = Rekey({"keys", "export", "--format", "tink-keyset", "--binary", "--cleartext",
+                             "--output", Path("clear.keyset")});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string clear = ReadFile(Path("clear.keyset"));
+
+    std::vector<std::string> with_key;
+    if (!key_ref.empty()) with_key = {"--kms-key", key_ref};
+    std::vector<std::string> args = {"keys",  "export", "--format", "tink-keyset",
+                                     "--kms", kms,      "--output", Path("sealed.json")};
+    args.insert(args.end(), with_key.begin(), with_key.end());
+    r = Rekey(args, "", env);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err.find("WARNING"), std::string::npos) << r.err;
+    const nlohmann::json sealed = nlohmann::json::parse(ReadFile(Path("sealed.json")));
+    EXPECT_EQ(sealed["keysetInfo"]["primaryKeyId"], 8);
+    std::optional<Bytes> blob = Base64Decode(sealed["encryptedKeyset"].get<std::string>());
+    ASSERT_TRUE(blob.has_value());
+    // The KMS's own ciphertext, not rekey's local AES-GCM.
+    EXPECT_EQ(std::string(blob->begin(), blob->end()).rfind(magic, 0), 0u);
+
+    // Opened by the KMS's own client, it is the very keyset of the cleartext export, and Tink
+    // reads it.
+    ProcessResult opened =
+        RunProcess({"/usr/bin/python3", kTinkDir + "/kms_decrypt_keyset.py", reader,
+                    Path("sealed.json"), Path("opened.keyset"), opened_with},
+                   env, "", 120);
+    ASSERT_EQ(opened.exit_code, 0) << opened.err;
+    EXPECT_EQ(ReadFile(Path("opened.keyset")), clear);
+    nlohmann::json ids = nlohmann::json::parse(
+        Tink({"decrypt", Path("opened.keyset"), "cleartext-binary"}, nlohmann::json::array()));
+    EXPECT_EQ(ids["primary"], 8);
+    std::vector<uint32_t> key_ids = ids["key_ids"];
+    std::sort(key_ids.begin(), key_ids.end());
+    EXPECT_EQ(key_ids, (std::vector<uint32_t>{7, 8}));
+
+    // Into an empty keyring (a new installation: key rows are audit evidence and cannot be deleted)
+    // under another KMS key it is refused and nothing is written; under its own key both keys come
+    // back, the keyset's primary the scope's.
+    Exec("DROP SCHEMA rekey CASCADE");
+    ASSERT_EQ(Rekey({"migrate"}).exit_code, 0);
+    ASSERT_EQ(Keys(), 0);
+    r = Rekey({"keys", "import", "--format", "tink-keyset", "--kms", kms, "--kms-key",
+               wrong_key_ref, "--file", Path("sealed.json")},
+              "", env);
+    EXPECT_EQ(r.exit_code, kExitKey) << r.err;
+    EXPECT_NE(r.err.find("does not open under this key-encryption key"), std::string::npos)
+        << r.err;
+    EXPECT_EQ(Keys(), 0);
+    args = {"keys",  "import", "--format", "tink-keyset",
+            "--kms", kms,      "--file",   Path("sealed.json")};
+    args.insert(args.end(), with_key.begin(), with_key.end());
+    r = Rekey(args, "", env);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("imported 2 key(s)"), std::string::npos) << r.out;
+    EXPECT_EQ(Status(8), "primary");
+    EXPECT_EQ(Status(7), "decrypt_only");
+    EXPECT_EQ(Scalar("SELECT kms_provider FROM rekey.keys WHERE key_id = 8"), kms);
+    r = Rekey({"keys", "export", "--format", "tink-keyset", "--binary", "--cleartext", "--output",
+               Path("again.keyset")},
+              "", env);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(ReadFile(Path("again.keyset")), clear);
+  }
+
+  static std::string ReadFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+
   std::string master_b64_, master_hex_, dir_;
 };
+
+TEST_F(TinkKeysetTest, AKeysetEncryptedThroughAwsKmsOpensWithBoto3AndTink) {
+  testing::AwsKmsTestServer aws({"--key", "alias/rekey", "--key", "alias/other"});
+  // boto3 reads the same variables the rekey binary does.
+  testing::EnvOverrides env = aws.Env();
+  env.erase("REKEY_MASTER_KEY_FILE");
+  env.erase("DATABASE_URL");
+  ExportedThroughKmsOpensWithoutRekey("aws-kms", env, "", "alias/rekey", "aws", "RKMS1",
+                                      "alias/other");
+}
+
+TEST_F(TinkKeysetTest, AKeysetEncryptedThroughVaultTransitOpensWithVaultsApiAndTink) {
+  // A fresh directory: a port file left by an earlier run would name a dead server.
+  const std::string vault_dir = testing::MakeTempDir("rekey-tink-vault-");
+  // "rekey" wraps data keys (derived, bound to key ids); "keysets" encrypts keysets (not derived:
+  // Tink's Vault Aead sends no context for empty associated data).
+  testing::ChildProcess vault({"/usr/bin/python3", REKEY_SOURCE_DIR "/tests/kms/vault_server.py",
+                               "--port-file", vault_dir + "/port", "--root-token", "s.root",
+                               "--key", "rekey", "--key", "keysets:plain", "--key", "other:plain"});
+  const int port = testing::WaitForPortFile(vault_dir + "/port", 30000);
+  ASSERT_GT(port, 0) << "vault_server.py did not start";
+  ASSERT_TRUE(vault.Running()) << ReadFile(vault.stderr_path());
+  const testing::EnvOverrides env = {{"VAULT_ADDR", "http://127.0.0.1:" + std::to_string(port)},
+                                     {"VAULT_TOKEN", "s.root"},
+                                     {"VAULT_TOKEN_FILE", std::nullopt},
+                                     {"REKEY_VAULT_K8S_ROLE", std::nullopt},
+                                     {"VAULT_NAMESPACE", std::nullopt},
+                                     {"VAULT_CACERT", std::nullopt},
+                                     {"REKEY_VAULT_TRANSIT_MOUNT", std::nullopt},
+                                     {"REKEY_VAULT_TRANSIT_KEY", "rekey"}};
+  ExportedThroughKmsOpensWithoutRekey("vault-transit", env, "transit/keys/keysets",
+                                      "transit/keys/keysets", "vault",
+                                      "vault:v1:", "transit/keys/other");
+  // The data-key wrapping key is derived: Vault refuses a keyset under it (Tink sends no
+  // context), and no file is written.
+  ProcessResult r = Rekey({"keys", "export", "--format", "tink-keyset", "--kms", "vault-transit",
+                           "--output", Path("derived.json")},
+                          "", env);
+  EXPECT_EQ(r.exit_code, kExitKey) << r.out;
+  EXPECT_NE(r.err.find("is derived, and Tink's Vault Aead sends no context"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("pass --kms-key transit/keys/keysets"), std::string::npos) << r.err;
+  EXPECT_EQ(RunProcess({"test", "-e", Path("derived.json")}).exit_code, 1);
+  RunProcess({"rm", "-rf", vault_dir});
+}
 
 TEST_F(TinkKeysetTest, TinkValuesRotatedByRekeyAreReadBackByTinkFromTheExportedKeyset) {
   constexpr int kRows = 60;

@@ -60,7 +60,17 @@ struct KeysOptions {
   bool cleartext = false;      // export: key material in the clear
   bool binary = false;         // export: the format's binary form instead of JSON
   std::string output;          // export: a file instead of stdout
+  std::string kms_key;         // tink-keyset: the KMS key of an encrypted keyset (default: --kms's)
 };
+
+// The KMS key that encrypts or decrypts a Tink keyset: --kms-key under --kms, or that provider's
+// default key.
+keyring::tink::KeysetKek KeysetKekOf(const KeysOptions& o) {
+  keyring::tink::KeysetKek kek;
+  kek.kms = kms::MakeKmsClient(o.kms);
+  kek.key_ref = o.kms_key.empty() ? kek.kms->default_key_ref() : o.kms_key;
+  return kek;
+}
 
 uint32_t CheckedKeyId(int64_t id) {
   if (id < 0 || id > 4294967295LL) {
@@ -279,15 +289,13 @@ const std::vector<KeyFormat>& KeyFormats() {
        }},
       {"tink-keyset", nullptr,
        [](std::string_view contents, const KeysOptions& o) {
-         return keyring::tink::KeysOfKeysetFile(
-             contents, [&] { return keyring::tink::KeysetEncryptionKey(o.kms); });
+         return keyring::tink::KeysOfKeysetFile(contents, [&] { return KeysetKekOf(o); });
        },
        [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
-         return keyring::tink::KeysetFileOf(
-             keys, o.cleartext,
-             o.binary ? keyring::tink::KeysetEncoding::kBinary
-                      : keyring::tink::KeysetEncoding::kJson,
-             [&] { return keyring::tink::KeysetEncryptionKey(o.kms); });
+         return keyring::tink::KeysetFileOf(keys, o.cleartext,
+                                            o.binary ? keyring::tink::KeysetEncoding::kBinary
+                                                     : keyring::tink::KeysetEncoding::kJson,
+                                            [&] { return KeysetKekOf(o); });
        }},
   };
   return formats;
@@ -399,7 +407,10 @@ void ExportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyF
   }
   std::fprintf(stderr, "exported %zu key(s) of scope %s (%s; primary %u) as a %s %s to %s\n",
                keys.size(), o.scope.c_str(), IdList(ids).c_str(), primary,
-               o.cleartext ? "CLEARTEXT" : ("encrypted (" + o.kms + " master key)").c_str(),
+               o.cleartext ? "CLEARTEXT"
+                           : ("encrypted (" + o.kms +
+                              (o.kms_key.empty() ? " default key" : " key " + o.kms_key) + ")")
+                                 .c_str(),
                format.name, o.output.empty() ? "stdout" : o.output.c_str());
 }
 
@@ -528,6 +539,9 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
       ->capture_default_str();
   import_cmd->add_option("--kms", o->kms, "KMS provider that wraps the keys")
       ->capture_default_str();
+  import_cmd->add_option("--kms-key", o->kms_key,
+                         "--format tink-keyset: the --kms key an encrypted keyset was encrypted "
+                         "under (default: the provider's key)");
   import_cmd->add_option("--format", o->format, "Key file format")
       ->capture_default_str()
       ->check(CLI::IsMember(KeyFormatNames(/*exportable=*/false)));
@@ -573,6 +587,9 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   export_cmd->add_option("--scope", o->scope, "The scope whose keys to export")
       ->capture_default_str();
   export_cmd->add_option("--kms", o->kms, "KMS whose key encrypts the file")->capture_default_str();
+  export_cmd->add_option("--kms-key", o->kms_key,
+                         "The --kms key that encrypts the file (AWS: key ARN or alias; Vault: "
+                         "<mount>/keys/<name> of a non-derived key; default: the provider's key)");
   export_cmd->add_flag("--cleartext", o->cleartext,
                        "Write the key material in the clear (a warning on stderr)");
   export_cmd->add_flag("--binary", o->binary, "The format's binary form instead of JSON");

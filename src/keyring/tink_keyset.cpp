@@ -8,7 +8,6 @@
 #include <utility>
 
 #include "common/error.h"
-#include "kms/local_kms.h"
 
 namespace rekey::keyring::tink {
 
@@ -519,6 +518,19 @@ EncryptedKeyset EncryptKeyset(const Keyset& keyset, crypto::AesGcmKey& kek) {
   return e;
 }
 
+namespace {
+
+Keyset ParseOpenedKeyset(Secret serialized) {
+  try {
+    return ParseKeysetBinary(View(serialized.data(), serialized.size()));
+  } catch (const Malformed& m) {
+    throw KeyError("the encrypted keyset opened but holds no Tink keyset (" + m.what +
+                   "); export it again from Tink");
+  }
+}
+
+}  // namespace
+
 Keyset DecryptKeyset(const EncryptedKeyset& encrypted, crypto::AesGcmKey& kek) {
   Bytes plaintext;
   if (!kek.Open(encrypted.encrypted_keyset.data(), encrypted.encrypted_keyset.size(), nullptr, 0,
@@ -528,13 +540,26 @@ Keyset DecryptKeyset(const EncryptedKeyset& encrypted, crypto::AesGcmKey& kek) {
         "the file was altered); point REKEY_MASTER_KEY_FILE (or REKEY_MASTER_KEY) at the master "
         "key the keyset was encrypted with");
   }
-  Secret serialized = ToSecret(&plaintext);
+  return ParseOpenedKeyset(ToSecret(&plaintext));
+}
+
+EncryptedKeyset EncryptKeyset(const Keyset& keyset, const KeysetKek& kek) {
+  EncryptedKeyset e;
+  e.encrypted_keyset = kek.kms->EncryptBlob(kek.key_ref, SerializeKeyset(keyset), Bytes());
+  e.info = InfoOf(keyset);
+  return e;
+}
+
+Keyset DecryptKeyset(const EncryptedKeyset& encrypted, const KeysetKek& kek) {
+  Secret serialized;
   try {
-    return ParseKeysetBinary(View(serialized.data(), serialized.size()));
-  } catch (const Malformed& m) {
-    throw KeyError("the encrypted keyset opened but holds no Tink keyset (" + m.what +
-                   "); export it again from Tink");
+    serialized = kek.kms->DecryptBlob(kek.key_ref, encrypted.encrypted_keyset, Bytes());
+  } catch (const KeyError& e) {
+    throw KeyError("the encrypted keyset does not open under this key-encryption key (" +
+                   kek.kms->provider() + " key " + kek.key_ref + "): " + e.what() +
+                   "; pass the --kms and --kms-key it was encrypted under");
   }
+  return ParseOpenedKeyset(std::move(serialized));
 }
 
 Bytes SerializeEncryptedKeyset(const EncryptedKeyset& encrypted) {
@@ -621,21 +646,10 @@ Keyset AesGcmKeyset(const std::vector<ExchangedKey>& keys) {
   return keyset;
 }
 
-crypto::AesGcmKey KeysetEncryptionKey(const std::string& kms_provider) {
-  if (kms_provider != kms::kLocalProvider) {
-    throw ConfigError("an encrypted Tink keyset under the " + kms_provider +
-                      " KMS is not supported yet (only --kms local: rekey's master key as an "
-                      "AES-256-GCM Aead); use --kms local, or --cleartext --output FILE and "
-                      "protect the file yourself");
-  }
-  return kms::LocalKms().MasterKeyAead();
-}
-
 std::vector<ExchangedKey> KeysOfKeysetFile(std::string_view contents, const KekSource& kek) {
   KeysetFile file = ReadKeysetFile(contents);
   if (file.encrypted) {
-    crypto::AesGcmKey key = kek();
-    return AdoptableAesGcmKeys(DecryptKeyset(*file.encrypted, key));
+    return AdoptableAesGcmKeys(DecryptKeyset(*file.encrypted, kek()));
   }
   return AdoptableAesGcmKeys(*file.cleartext);
 }
@@ -646,8 +660,7 @@ Secret KeysetFileOf(const std::vector<ExchangedKey>& keys, bool cleartext, Keyse
   if (cleartext) {
     return encoding == KeysetEncoding::kJson ? KeysetJson(keyset) : SerializeKeyset(keyset);
   }
-  crypto::AesGcmKey key = kek();
-  EncryptedKeyset sealed = EncryptKeyset(keyset, key);
+  EncryptedKeyset sealed = EncryptKeyset(keyset, kek());
   if (encoding == KeysetEncoding::kBinary) {
     Bytes out = SerializeEncryptedKeyset(sealed);
     return ToSecret(&out);

@@ -28,9 +28,10 @@
 // An encrypted keyset is what Tink's KeysetHandle.write(writer, masterKeyAead) writes (Java, C++,
 // Go, Python; tink-crypto 0.1.1 leaves it unimplemented): encrypted_keyset =
 // masterKeyAead.Encrypt(serialized Keyset, associated data = empty), and keyset_info the keys'
-// metadata without material. rekey's key-encryption key is a raw AES-256-GCM Aead (Tink's subtle
-// AesGcm: IV(12) || ciphertext || tag, no output prefix): in Tink, aesGcmFromRawKey(key) (JS),
-// AesGcmJce(key) (Java), or a keyset of one AesGcmKey with output prefix RAW.
+// metadata without material. The key-encryption key is a KMS key (KeysetKek below): with --kms
+// local a raw AES-256-GCM Aead under the master key (Tink's subtle AesGcm: IV(12) || ciphertext ||
+// tag, no output prefix; in Tink aesGcmFromRawKey(key) (JS), AesGcmJce(key) (Java)), with aws-kms
+// and vault-transit the KMS's own Encrypt call as Tink's KMS Aeads make it.
 //
 // Key material: cleartext keysets, AesGcmKey values and decrypted keysets are held in Secret only.
 //
@@ -40,6 +41,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -49,6 +51,7 @@
 #include "common/secret.h"
 #include "crypto/aes_gcm.h"
 #include "keyring/key_exchange.h"
+#include "kms/kms_client.h"
 
 namespace rekey::keyring::tink {
 
@@ -126,13 +129,24 @@ std::vector<ExchangedKey> AdoptableAesGcmKeys(const Keyset& keyset);
 // primary as its primary. Throws PermanentError unless exactly one key is marked primary.
 Keyset AesGcmKeyset(const std::vector<ExchangedKey>& keys);
 
-// A key-encryption key: called only when a keyset is encrypted or decrypted.
-using KekSource = std::function<crypto::AesGcmKey()>;
+// The key-encryption key of an encrypted keyset: a KMS key through that provider's Tink Aead
+// (kms::KmsClient::EncryptBlob), as Tink's KeysetHandle.write(writer, kmsAead) uses it:
+//   local          the master key as a raw AES-256-GCM Aead (the same bytes as EncryptKeyset's
+//                  AesGcmKey form above)
+//   aws-kms        Tink's AwsKmsAead on that key (aws-kms://<key ARN>)
+//   vault-transit  tink-go-hcvault's Aead on that Transit key (not derived: Tink sends no context)
+struct KeysetKek {
+  std::unique_ptr<kms::KmsClient> kms;
+  std::string key_ref;  // the KMS key: local:<hex>, a key ARN or alias, <mount>/keys/<name>
+};
+// Made only when a keyset is encrypted or decrypted, so a cleartext keyset needs no KMS.
+using KekSource = std::function<KeysetKek()>;
 
-// The key-encryption key of `kms_provider` for Tink encrypted keysets: for "local", rekey's master
-// key (kms::LocalKms::MasterKeyAead). Throws ConfigError for other providers (not supported yet:
-// their Tink Aead is the KMS's own Encrypt call) and whatever LocalKms throws.
-crypto::AesGcmKey KeysetEncryptionKey(const std::string& kms_provider);
+// Seals `keyset` under `kek` (associated data empty, as Tink's KeysetHandle.write).
+EncryptedKeyset EncryptKeyset(const Keyset& keyset, const KeysetKek& kek);
+// Opens and parses it. Throws KeyError iff the KMS key does not open it (another key, altered
+// bytes, a key the caller may not use) or what it holds is no keyset; TransientError as the KMS.
+Keyset DecryptKeyset(const EncryptedKeyset& encrypted, const KeysetKek& kek);
 
 // The keys a keyset file hands over: ReadKeysetFile, DecryptKeyset under kek() if the file is
 // encrypted, then AdoptableAesGcmKeys.

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "crypto/codec.h"
+#include "kms/local_kms.h"
 
 namespace rekey::keyring::tink {
 namespace {
@@ -231,6 +232,42 @@ TEST(TinkKeysetTest, OpensAnEncryptedKeysetOnlyWithItsMasterKey) {
     EXPECT_NE(std::string(e.what()).find("does not open under this key-encryption key"),
               std::string::npos);
   }
+}
+
+// --kms local: the KMS key is the master key itself, so Tink's vector opens through LocalKms's
+// EncryptBlob/DecryptBlob, and what LocalKms seals opens under the raw master key as Tink's AesGcm.
+TEST(TinkKeysetTest, TheLocalKmsKeyIsTheMasterKeyAsARawAesGcmAead) {
+  const nlohmann::json v = Vector("encrypted_two_keys");
+  KeysetFile file = ReadKeysetFile(Unhex(v["encrypted_keyset_hex"]));
+  ASSERT_TRUE(file.encrypted.has_value());
+  auto local = [](const std::string& master_hex) {
+    KeysetKek kek;
+    kek.kms = std::make_unique<kms::LocalKms>(SecretOf(Unhex(master_hex)), "test");
+    kek.key_ref = kek.kms->default_key_ref();
+    return kek;
+  };
+  KeysetKek kek = local(v["master_key_hex"]);
+  Secret opened = SerializeKeyset(DecryptKeyset(*file.encrypted, kek));
+  EXPECT_EQ(HexEncode(opened.data(), opened.size()), v["keyset_hex"].get<std::string>());
+
+  EncryptedKeyset sealed = EncryptKeyset(DecryptKeyset(*file.encrypted, kek), kek);
+  crypto::AesGcmKey master(SecretOf(Unhex(v["master_key_hex"])));
+  Secret again = SerializeKeyset(DecryptKeyset(sealed, master));
+  EXPECT_EQ(HexEncode(again.data(), again.size()), v["keyset_hex"].get<std::string>());
+
+  // Another master key, or a key ref naming another master key: refused, saying what to pass.
+  KeysetKek other = local(std::string(64, '7'));
+  try {
+    DecryptKeyset(*file.encrypted, other);
+    ADD_FAILURE() << "opened under another master key";
+  } catch (const KeyError& e) {
+    EXPECT_NE(std::string(e.what()).find("does not open under this key-encryption key"),
+              std::string::npos)
+        << e.what();
+  }
+  other.key_ref = kek.key_ref;
+  EXPECT_THROW(DecryptKeyset(*file.encrypted, other), KeyError);
+  EXPECT_THROW(EncryptKeyset(DecryptKeyset(*file.encrypted, kek), other), KeyError);
 }
 
 TEST(TinkKeysetTest, EncryptsAsTinkDoesAndReadsItBackInBothForms) {

@@ -195,6 +195,64 @@ Secret AwsKmsClient::UnwrapDataKey(uint32_t key_id, const std::string& kms_key_r
   return key;
 }
 
+namespace {
+
+// Tink's AwsKmsAead: the context is set only for non-empty associated data, so a keyset Tink
+// encrypted (ad empty) decrypts with no context, as KMS demands.
+void AddTinkContext(json* request, const Bytes& associated_data) {
+  if (associated_data.empty()) return;
+  (*request)["EncryptionContext"] = {{kTinkAssociatedDataContext, HexEncode(associated_data)}};
+}
+
+bool IsKeyArn(const std::string& key_ref) {
+  return key_ref.rfind("arn:", 0) == 0 && key_ref.find(":key/") != std::string::npos;
+}
+
+}  // namespace
+
+Bytes AwsKmsClient::EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                                const Bytes& associated_data) {
+  const std::string op = "Encrypt";
+  json request = {{"KeyId", key_ref},
+                  {"Plaintext", Base64Encode(plaintext.data(), plaintext.size())}};
+  AddTinkContext(&request, associated_data);
+  std::string request_body = request.dump();
+  WipeAndClear(&request["Plaintext"].get_ref<std::string&>());
+  std::string body;
+  try {
+    body = Call(op, request_body, key_ref, "");
+  } catch (...) {
+    WipeAndClear(&request_body);
+    throw;
+  }
+  WipeAndClear(&request_body);
+  return Base64Field(op, ParseObject(op, body), "CiphertextBlob");
+}
+
+Secret AwsKmsClient::DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                                 const Bytes& associated_data) {
+  const std::string op = "Decrypt";
+  json request = {{"KeyId", key_ref}, {"CiphertextBlob", Base64Encode(ciphertext)}};
+  AddTinkContext(&request, associated_data);
+  std::string body = Call(op, request.dump(), key_ref, "");
+  json j = ParseObject(op, body);
+  WipeAndClear(&body);
+  auto it = j.find("Plaintext");
+  if (it == j.end() || !it->is_string()) Malformed(op, "no Plaintext");
+  std::string& text = it->get_ref<std::string&>();
+  std::optional<Bytes> b = Base64Decode(text);
+  WipeAndClear(&text);
+  if (!b) Malformed(op, "Plaintext is not base64");
+  Secret plaintext(b->data(), b->size());
+  WipeAndClear(&*b);
+  const std::string used = StringField(op, j, "KeyId");
+  if (IsKeyArn(key_ref) && used != key_ref) {
+    throw KeyError("AWS KMS decrypted it with " + used + ", not " + key_ref +
+                   ": wrong key id (as Tink's AwsKmsAead refuses); pass the key that encrypted it");
+  }
+  return plaintext;
+}
+
 ReWrappedKey AwsKmsClient::ReEncrypt(uint32_t key_id, const std::string& source_key_ref,
                                      const Bytes& wrapped, const std::string& destination_key_ref) {
   const std::string op = "ReEncrypt";

@@ -38,6 +38,8 @@ namespace rekey::kms {
 constexpr char kAwsKmsProvider[] = "aws-kms";
 constexpr char kAwsKmsKeyIdEnv[] = "REKEY_AWS_KMS_KEY_ID";
 constexpr char kRekeyKeyIdContext[] = "rekey_key_id";
+// The EncryptionContext key of Tink's AwsKmsAead for its associated data.
+constexpr char kTinkAssociatedDataContext[] = "associatedData";
 
 struct AwsKmsConfig {
   std::string region;
@@ -74,6 +76,15 @@ class AwsKmsClient : public KmsClient {
   GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
                                  const Bytes& wrapped,
                                  const std::string& destination_key_ref) override;
+
+  // Tink's AwsKmsAead (see KmsClient::EncryptBlob): Encrypt and Decrypt with KeyId `key_ref` and
+  // EncryptionContext {"associatedData": lowercase hex(ad)} iff ad is non-empty. DecryptBlob
+  // refuses (KeyError) a reply naming another key than `key_ref` when that is a key ARN, as Tink
+  // does; for an alias or key id, the KeyId pinned in the request is what KMS enforces.
+  Bytes EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                    const Bytes& associated_data) override;
+  Secret DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                     const Bytes& associated_data) override;
 
   // DescribeKey on `key_ref`: its key ARN. Throws KeyError naming the key iff it is not Enabled.
   std::string CanonicalKeyRef(const std::string& key_ref) override;

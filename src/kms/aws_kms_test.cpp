@@ -149,6 +149,59 @@ TEST(AwsKmsClient, DecryptPinsKeyIdAndContext) {
                   {"EncryptionContext", {{"rekey_key_id", "9"}}}}));
 }
 
+// Tink's AwsKmsAead (tink-java AwsKmsAead, tink-go awskms): KeyId and Plaintext, and the
+// EncryptionContext {"associatedData": lowercase hex(ad)} only for non-empty associated data.
+TEST(AwsKmsClient, EncryptBlobSendsWhatTinksAwsKmsAeadSends) {
+  auto t = std::make_shared<FakeTransport>();
+  t->response = Json(200, {{"CiphertextBlob", Base64Encode(Bytes{9, 8, 7})}, {"KeyId", kKeyArn}});
+  auto c = Client(t);
+  const Bytes keyset = {0x08, 0x01, 0x12, 0x00};
+  EXPECT_EQ(c->EncryptBlob(kKeyArn, Secret(keyset.data(), keyset.size()), Bytes()),
+            (Bytes{9, 8, 7}));
+  ASSERT_EQ(t->requests.size(), 1u);
+  EXPECT_EQ(t->requests[0].headers[1].second, "TrentService.Encrypt");
+  EXPECT_EQ(json::parse(t->requests[0].body),
+            (json{{"KeyId", kKeyArn}, {"Plaintext", "CAESAA=="}}));
+
+  c->EncryptBlob("alias/keysets", Secret(keyset.data(), keyset.size()), ToBytes("ad\xff"));
+  EXPECT_EQ(json::parse(t->requests[1].body),
+            (json{{"KeyId", "alias/keysets"},
+                  {"Plaintext", "CAESAA=="},
+                  {"EncryptionContext", {{"associatedData", "6164ff"}}}}));
+}
+
+TEST(AwsKmsClient, DecryptBlobPinsTheKeyAndRefusesAnotherKeyArn) {
+  auto t = std::make_shared<FakeTransport>();
+  t->response = Json(200, {{"Plaintext", "CAESAA=="}, {"KeyId", kKeyArn}});
+  auto c = Client(t);
+  Secret plain = c->DecryptBlob(kKeyArn, Bytes{9, 8, 7}, ToBytes("ad"));
+  EXPECT_EQ(Bytes(plain.data(), plain.data() + plain.size()), (Bytes{0x08, 0x01, 0x12, 0x00}));
+  EXPECT_EQ(json::parse(t->requests[0].body),
+            (json{{"KeyId", kKeyArn},
+                  {"CiphertextBlob", "CQgH"},
+                  {"EncryptionContext", {{"associatedData", "6164"}}}}));
+  EXPECT_EQ(t->requests[0].headers[1].second, "TrentService.Decrypt");
+  // Empty associated data: no EncryptionContext at all, as Tink sends for keysets.
+  c->DecryptBlob("alias/keysets", Bytes{9, 8, 7}, Bytes());
+  EXPECT_EQ(json::parse(t->requests[1].body),
+            (json{{"KeyId", "alias/keysets"}, {"CiphertextBlob", "CQgH"}}));
+  // A key ARN must be the key KMS used ("decryption failed: wrong key id" in Tink).
+  EXPECT_THROW(c->DecryptBlob("arn:aws:kms:eu-west-1:111122223333:key/other", Bytes{9}, Bytes()),
+               KeyError);
+  // Replies that are not KMS's: PermanentError, never a crash.
+  for (const char* body : {"", "[]", R"({"KeyId": "x"})", R"({"Plaintext": "%%", "KeyId": "x"})",
+                           R"({"Plaintext": "CAESAA=="})"}) {
+    SCOPED_TRACE(body);
+    t->response = HttpResponse{200, {}, body};
+    EXPECT_THROW(c->DecryptBlob(kKeyArn, Bytes{9}, Bytes()), PermanentError);
+  }
+  // Errors are classified as every call's: a key the caller may not use is a KeyError.
+  t->response = Json(400, {{"__type", "AccessDeniedException"}, {"message", "no"}});
+  EXPECT_THROW(c->EncryptBlob(kKeyArn, Secret(4), Bytes()), KeyError);
+  t->response = Json(400, {{"__type", "ThrottlingException"}});
+  EXPECT_THROW(c->DecryptBlob(kKeyArn, Bytes{9}, Bytes()), TransientError);
+}
+
 TEST(AwsKmsClient, MalformedResponsesAreErrorsNeverCrashes) {
   const std::vector<std::string> bodies = {
       "",

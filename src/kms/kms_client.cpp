@@ -36,4 +36,12 @@ GeneratedDataKey KmsClient::RewrapDataKey(uint32_t key_id, const std::string& so
   return result;
 }
 
+Bytes KmsClient::EncryptBlob(const std::string& key_ref, const Secret&, const Bytes&) {
+  throw ConfigError("KMS provider " + provider() + " cannot encrypt a keyset under " + key_ref);
+}
+
+Secret KmsClient::DecryptBlob(const std::string& key_ref, const Bytes&, const Bytes&) {
+  throw ConfigError("KMS provider " + provider() + " cannot decrypt a keyset under " + key_ref);
+}
+
 }  // namespace rekey::kms

@@ -74,6 +74,25 @@ class KmsClient {
   // tell keys already under the destination. The default returns `key_ref` unchanged.
   virtual std::string CanonicalKeyRef(const std::string& key_ref) { return key_ref; }
 
+  // Tink's KMS Aead (a keyset's key-encryption key, keyring/tink_keyset.h): encrypts a small
+  // blob (< 4 KiB; a serialized keyset) under KMS key `key_ref` exactly as Tink's Aead for this
+  // KMS does, so Tink opens the result with KeysetHandle.read(reader, <that Aead>):
+  //   local          raw AES-256-GCM under the master key (IV(12) || ciphertext || tag); key_ref
+  //                  must be default_key_ref(), i.e. name this master key
+  //   aws-kms        AwsKmsAead: Encrypt {KeyId, Plaintext, EncryptionContext {"associatedData":
+  //                  lowercase hex(ad)} only if ad is non-empty}; the CiphertextBlob
+  //   vault-transit  tink-go-hcvault: <mount>/encrypt/<name> {plaintext: base64, context:
+  //                  base64(ad) only if ad is non-empty}; the bytes of the "vault:vN:..." string
+  // Nothing binds the blob to a rekey key id: Tink reads it. Errors as every call of the
+  // provider (KeyError for a key that is missing, disabled or not this master key).
+  virtual Bytes EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                            const Bytes& associated_data);
+  // The inverse: the plaintext iff `ciphertext` was made by EncryptBlob under `key_ref` with the
+  // same associated data. Throws KeyError otherwise (another key, altered bytes; AWS: a reply
+  // naming another KeyId than a key ARN `key_ref`), TransientError as every call.
+  virtual Secret DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                             const Bytes& associated_data);
+
   // False iff calls are failing fast now without reaching the KMS (an open circuit breaker), so
   // callers should pause rather than start work that needs the KMS. Cheap and thread-safe; it
   // turns true again by itself when the breaker lets a probe through.

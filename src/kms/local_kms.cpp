@@ -177,6 +177,45 @@ Secret LocalKms::UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
   return key;
 }
 
+namespace {
+
+void RequireThisMasterKey(const std::string& key_ref, const std::string& own_ref,
+                          const std::string& source) {
+  if (key_ref != own_ref) {
+    throw KeyError("KMS key " + key_ref + " is not the local master key: " + source + " holds " +
+                   own_ref + "; pass --kms-key " + own_ref + " or point " + source +
+                   " at the master key " + key_ref + " names");
+  }
+}
+
+}  // namespace
+
+Bytes LocalKms::EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                            const Bytes& associated_data) {
+  RequireThisMasterKey(key_ref, key_ref_, source_);
+  crypto::AesGcmKey cipher(master_key_.Clone());
+  Bytes sealed;
+  cipher.Seal(plaintext.data(), plaintext.size(), associated_data.data(), associated_data.size(),
+              &sealed);
+  return sealed;
+}
+
+Secret LocalKms::DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                             const Bytes& associated_data) {
+  RequireThisMasterKey(key_ref, key_ref_, source_);
+  crypto::AesGcmKey cipher(master_key_.Clone());
+  Bytes plaintext;
+  if (!cipher.Open(ciphertext.data(), ciphertext.size(), associated_data.data(),
+                   associated_data.size(), &plaintext)) {
+    throw KeyError("it does not authenticate under master key " + key_ref_ + " from " + source_ +
+                   " (another master key, or altered bytes); point REKEY_MASTER_KEY_FILE (or "
+                   "REKEY_MASTER_KEY) at the master key it was encrypted with");
+  }
+  Secret out(plaintext.data(), plaintext.size());
+  WipeAndClear(&plaintext);
+  return out;
+}
+
 std::string LocalKms::Describe() {
   std::string line = std::string(kLocalProvider) + " (master key " + key_ref_ + " from " + source_;
   if (!path_.empty()) line += "=" + path_;

@@ -48,6 +48,12 @@ class LocalKms : public KmsClient {
   Secret UnwrapDataKey(uint32_t key_id, const std::string& kms_key_ref,
                        const Bytes& wrapped) override;
   std::string Describe() override;
+  // Raw AES-256-GCM under the master key (Tink's AesGcm; see KmsClient). KeyError unless `key_ref`
+  // is default_key_ref(): another master key cannot be reached from this one.
+  Bytes EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                    const Bytes& associated_data) override;
+  Secret DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                     const Bytes& associated_data) override;
 
   // The master key as an AES-256-GCM Aead (Tink's raw AesGcm): the key-encryption key of Tink
   // encrypted keysets (keyring/tink_keyset.h). The material stays in Secrets.

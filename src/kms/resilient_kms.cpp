@@ -90,6 +90,18 @@ std::string ResilientKms::CanonicalKeyRef(const std::string& key_ref) {
   return Run("CanonicalKeyRef", [&] { return inner_->CanonicalKeyRef(key_ref); });
 }
 
+Bytes ResilientKms::EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                                const Bytes& associated_data) {
+  return Run("EncryptBlob",
+             [&] { return inner_->EncryptBlob(key_ref, plaintext, associated_data); });
+}
+
+Secret ResilientKms::DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                                 const Bytes& associated_data) {
+  return Run("DecryptBlob",
+             [&] { return inner_->DecryptBlob(key_ref, ciphertext, associated_data); });
+}
+
 std::string ResilientKms::Describe() {
   return Run("Describe", [&] { return inner_->Describe(); });
 }

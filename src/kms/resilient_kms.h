@@ -64,6 +64,10 @@ class ResilientKms : public KmsClient {
   GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
                                  const Bytes& wrapped,
                                  const std::string& destination_key_ref) override;
+  Bytes EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                    const Bytes& associated_data) override;
+  Secret DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                     const Bytes& associated_data) override;
   std::string CanonicalKeyRef(const std::string& key_ref) override;
   // False iff the breaker is open (half-open counts as available: a probe may go).
   bool Available() const override { return state() != BreakerState::kOpen; }

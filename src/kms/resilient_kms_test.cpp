@@ -36,6 +36,14 @@ class ScriptedKms : public KmsClient {
     Next();
     return "scripted";
   }
+  Bytes EncryptBlob(const std::string&, const Secret& plaintext, const Bytes&) override {
+    Next();
+    return Bytes(plaintext.data(), plaintext.data() + plaintext.size());
+  }
+  Secret DecryptBlob(const std::string&, const Bytes& ciphertext, const Bytes&) override {
+    Next();
+    return Secret(ciphertext.data(), ciphertext.size());
+  }
   int calls = 0;
 
  private:
@@ -224,6 +232,21 @@ TEST(KmsClient, DefaultRewrapWrapsUnderTheDefaultKeyOnly) {
   EXPECT_EQ(kms.calls, 2);  // one unwrap, one wrap
   EXPECT_THROW(kms.RewrapDataKey(1, "old", {1, 2, 3}, "another-key"), ConfigError);
   EXPECT_EQ(kms.calls, 2);
+}
+
+// A keyset's encryption through the KMS (Tink's KMS Aead) takes the same path as every call:
+// transient failures retried, a KeyError at once.
+TEST(ResilientKms, BlobsAreRetriedLikeEveryCall) {
+  Fixture f;
+  auto kms = f.Make("TT.K", Options());
+  const Bytes blob = {1, 2, 3};
+  EXPECT_EQ(kms->EncryptBlob("ref", Secret(blob.data(), blob.size()), Bytes()), blob);
+  EXPECT_EQ(f.inner->calls, 3);
+  EXPECT_EQ(kms->retries(), 2u);
+  EXPECT_THROW(kms->DecryptBlob("ref", blob, Bytes()), KeyError);
+  EXPECT_EQ(f.inner->calls, 4);
+  Secret back = kms->DecryptBlob("ref", blob, Bytes());
+  EXPECT_EQ(Bytes(back.data(), back.data() + back.size()), blob);
 }
 
 }  // namespace

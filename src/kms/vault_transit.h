@@ -120,6 +120,16 @@ class VaultTransitClient : public KmsClient {
   // derived or cannot encrypt.
   std::string Describe() override;
 
+  // tink-go-hcvault's Aead (see KmsClient::EncryptBlob): <mount>/encrypt|decrypt/<name> of
+  // Transit key `key_ref` (<mount>/keys/<name>), plaintext in base64, "context" = base64(ad) iff ad
+  // is non-empty, the ciphertext the bytes of Vault's "vault:vN:..." string. With empty associated
+  // data (keysets) the key must not be derived: Vault answers 400 "missing 'context'", since
+  // Tink sends none. ConfigError for a malformed `key_ref`.
+  Bytes EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                    const Bytes& associated_data) override;
+  Secret DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                     const Bytes& associated_data) override;
+
   // Rewrap() through the generic interface (`rekey keys rewrap`).
   GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
                                  const Bytes& wrapped,

@@ -306,6 +306,62 @@ TEST(VaultTransitClient, ContextBindsTheKeyId) {
   }
 }
 
+// tink-go-hcvault's Aead: plaintext in base64, "context" = base64(ad) only for non-empty
+// associated data, the ciphertext the bytes of the vault:vN: string; no derived-key check (a
+// keyset's key is not derived, Tink sends no context).
+TEST(VaultTransitClient, BlobsAreWhatTinkGoHcvaultSends) {
+  auto v = std::make_shared<FakeVault>();
+  ScriptHappyVault(v.get());
+  json seen;
+  v->routes["transit/encrypt/keysets"] = [&seen](const HttpRequest&, const json& b) {
+    seen = b;
+    return Ok({{"data", {{"ciphertext", "vault:v1:c2VhbGVk"}, {"key_version", 1}}}});
+  };
+  v->routes["transit/decrypt/keysets"] = [&seen](const HttpRequest&, const json& b) {
+    seen = b;
+    return Ok({{"data", {{"plaintext", "CAESAA=="}}}});
+  };
+  VaultTransitClient client(Config(), v);
+  const Bytes keyset = {0x08, 0x01, 0x12, 0x00};
+  EXPECT_EQ(
+      client.EncryptBlob("transit/keys/keysets", Secret(keyset.data(), keyset.size()), Bytes()),
+      ToBytes("vault:v1:c2VhbGVk"));
+  EXPECT_EQ(seen, (json{{"plaintext", "CAESAA=="}}));
+  EXPECT_EQ(v->paths.back(), "POST transit/encrypt/keysets");
+  client.EncryptBlob("transit/keys/keysets", Secret(keyset.data(), keyset.size()), ToBytes("ad"));
+  EXPECT_EQ(seen, (json{{"plaintext", "CAESAA=="}, {"context", "YWQ="}}));
+
+  Secret plain = client.DecryptBlob("transit/keys/keysets", ToBytes("vault:v1:c2VhbGVk"), Bytes());
+  EXPECT_EQ(Bytes(plain.data(), plain.data() + plain.size()), keyset);
+  EXPECT_EQ(seen, (json{{"ciphertext", "vault:v1:c2VhbGVk"}}));
+  client.DecryptBlob("transit/keys/keysets", ToBytes("vault:v1:c2VhbGVk"), ToBytes("ad"));
+  EXPECT_EQ(seen, (json{{"ciphertext", "vault:v1:c2VhbGVk"}, {"context", "YWQ="}}));
+  for (const std::string& path : v->paths) {
+    EXPECT_NE(path, "GET transit/keys/keysets");  // never read: no derived check
+  }
+
+  // Not a Transit ciphertext: KeyError without a call. A malformed ref: ConfigError.
+  const size_t calls = v->requests.size();
+  EXPECT_THROW(client.DecryptBlob("transit/keys/keysets", Bytes{1, 2, 3}, Bytes()), KeyError);
+  EXPECT_EQ(v->requests.size(), calls);
+  EXPECT_THROW(client.EncryptBlob("keysets", Secret(4), Bytes()), ConfigError);
+  // Errors classified as every call's: a missing key, a derived key without context.
+  v->routes["transit/decrypt/keysets"] = [](const HttpRequest&, const json&) {
+    return Err(400, {"cipher: message authentication failed"});
+  };
+  EXPECT_THROW(client.DecryptBlob("transit/keys/keysets", ToBytes("vault:v1:c2VhbGVk"), Bytes()),
+               KeyError);
+  v->routes["transit/encrypt/keysets"] = [](const HttpRequest&, const json&) {
+    return Err(503, {"Vault is sealed"});
+  };
+  EXPECT_THROW(client.EncryptBlob("transit/keys/keysets", Secret(4), Bytes()), TransientError);
+  v->routes["transit/decrypt/keysets"] = [](const HttpRequest&, const json&) {
+    return Ok({{"data", {{"plaintext", "%%"}}}});
+  };
+  EXPECT_THROW(client.DecryptBlob("transit/keys/keysets", ToBytes("vault:v1:c2VhbGVk"), Bytes()),
+               PermanentError);
+}
+
 TEST(VaultTransitClient, NonDerivedKeyIsRefusedBeforeWrapping) {
   auto v = std::make_shared<FakeVault>();
   ScriptHappyVault(v.get());

@@ -82,6 +82,18 @@ kms::GeneratedDataKey InstrumentedKms::RewrapDataKey(uint32_t key_id,
   });
 }
 
+Bytes InstrumentedKms::EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                                   const Bytes& associated_data) {
+  return Timed("encrypt_blob",
+               [&] { return inner_->EncryptBlob(key_ref, plaintext, associated_data); });
+}
+
+Secret InstrumentedKms::DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                                    const Bytes& associated_data) {
+  return Timed("decrypt_blob",
+               [&] { return inner_->DecryptBlob(key_ref, ciphertext, associated_data); });
+}
+
 std::optional<kms::BreakerState> InstrumentedKms::breaker_state() const {
   if (auto* resilient = dynamic_cast<kms::ResilientKms*>(inner_.get())) return resilient->state();
   return std::nullopt;

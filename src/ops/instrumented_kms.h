@@ -60,6 +60,10 @@ class InstrumentedKms : public kms::KmsClient {
   kms::GeneratedDataKey RewrapDataKey(uint32_t key_id, const std::string& source_key_ref,
                                       const Bytes& wrapped,
                                       const std::string& destination_key_ref) override;
+  Bytes EncryptBlob(const std::string& key_ref, const Secret& plaintext,
+                    const Bytes& associated_data) override;
+  Secret DecryptBlob(const std::string& key_ref, const Bytes& ciphertext,
+                     const Bytes& associated_data) override;
   std::string CanonicalKeyRef(const std::string& key_ref) override {
     return inner_->CanonicalKeyRef(key_ref);
   }
