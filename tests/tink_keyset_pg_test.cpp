@@ -420,6 +420,19 @@ TEST_F(TinkKeysetTest, RefusalsWriteNothingAndSayWhatToDo) {
   EXPECT_EQ(r.exit_code, kExitUsage) << r.err;
   r = Rekey({"keys", "import", "--file", Path("other.key")}, master_b64);
   EXPECT_EQ(r.exit_code, kExitUsage) << r.err;  // raw needs --key-id
+  // --kms-key encrypts a key file: it means nothing for a raw key nor for a cleartext export.
+  r = Rekey({"keys", "import", "--key-id", "77", "--kms-key", "arn:aws:kms:x", "--file",
+             Path("other.key")},
+            master_b64);
+  EXPECT_EQ(r.exit_code, kExitUsage) << r.err;
+  EXPECT_NE(r.err.find("--kms-key names the KMS key of an encrypted key file"), std::string::npos)
+      << r.err;
+  EXPECT_EQ(Keys(), 3);
+  r = Rekey({"keys", "export", "--format", "tink-keyset", "--cleartext", "--kms-key", "k",
+             "--output", Path("refused.keyset")},
+            master_b64);
+  EXPECT_EQ(r.exit_code, kExitUsage) << r.err;
+  EXPECT_EQ(RunProcess({"test", "-e", Path("refused.keyset")}).exit_code, 1);
   // A scope without a primary has nothing to say which key encrypts.
   r = Rekey({"keys", "export", "--format", "tink-keyset", "--scope", "nobody", "--output",
              Path("none.keyset")},

@@ -379,6 +379,10 @@ void ExportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyF
         "refusing to write a key file to a terminal; pass --output FILE or redirect "
         "stdout");
   }
+  if (o.cleartext && !o.kms_key.empty()) {
+    throw ConfigError(
+        "--kms-key names the KMS key that encrypts the file; drop it with --cleartext");
+  }
   if (o.cleartext) {
     std::fprintf(stderr,
                  "WARNING: exporting the key material of scope %s in the CLEARTEXT: anyone who "
@@ -564,6 +568,12 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
     if (o->key_id < 0) {
       throw ConfigError("rekey keys import --format " + std::string(format.name) +
                         " needs --key-id N");
+    }
+    if (!o->kms_key.empty()) {
+      throw ConfigError(
+          "--kms-key names the KMS key of an encrypted key file (--format "
+          "tink-keyset); a " +
+          std::string(format.name) + " key is wrapped by --kms's own key");
     }
     uint32_t key_id = CheckedKeyId(o->key_id);
     std::unique_ptr<kms::KmsClient> kms = kms::MakeKmsClient(o->kms);

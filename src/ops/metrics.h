@@ -69,8 +69,8 @@ class Metrics : public rotation::WorkerObserver {
   void OnBatch(const rotation::BatchEvent& event) override;
   void OnGate(const rotation::GateEvent& event) override;
 
-  // One KMS call: operation is generate_data_key, wrap_data_key, unwrap_data_key or
-  // rewrap_data_key; outcome is
+  // One KMS call: operation is generate_data_key, wrap_data_key, unwrap_data_key,
+  // rewrap_data_key, encrypt_blob or decrypt_blob (a Tink keyset); outcome is
   // success, transient_error (throttled, unavailable, breaker open), key_error (denied, disabled
   // key, wrong key) or error.
   void ObserveKmsCall(const std::string& provider, const std::string& operation,
