@@ -423,6 +423,31 @@ TEST_F(FormatsTest, FernetTokensOfPythonRotatedAndReadBackByMultiFernet) {
     ASSERT_EQ(v["ts"].get<int64_t>(), 1600000000 + id) << "the token's timestamp is kept, " << id;
     ASSERT_TRUE(v["first_key_only"].get<bool>()) << "under the new key, " << id;
   }
+  // The keyring handed back in the application's form: the MultiFernet list, the new primary
+  // first, which Python then reads every token with. Only with --cleartext.
+  ProcessResult refused =
+      Rekey({"keys", "export", "--format", "fernet", "--output", dir + "/refused.keys"});
+  EXPECT_EQ(refused.exit_code, 2) << refused.err;
+  EXPECT_THAT(refused.err, HasSubstr("pass --cleartext"));
+  EXPECT_NE(RunProcess({"test", "-e", dir + "/refused.keys"}).exit_code, 0) << "nothing written";
+  ProcessResult exported =
+      Rekey({"keys", "export", "--format", "fernet", "--cleartext", "--output", dir + "/app.keys"});
+  ASSERT_EQ(exported.exit_code, 0) << exported.err;
+  std::string list;
+  std::getline(std::ifstream(dir + "/app.keys"), list);
+  ASSERT_EQ(list.substr(0, key3.size()), key3) << "the primary (key 3) comes first";
+  nlohmann::json with_export = read;
+  with_export["keys"] = nlohmann::json::array();
+  for (size_t at = 0; at <= list.size();) {
+    size_t comma = std::min(list.find(',', at), list.size());
+    with_export["keys"].push_back(list.substr(at, comma - at));
+    at = comma + 1;
+  }
+  EXPECT_THAT(with_export["keys"].dump(), HasSubstr(key1)) << "the old key is still decryptable";
+  ProcessResult again = RunProcess({"/usr/bin/python3", app, "read"}, {}, with_export.dump());
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(nlohmann::json::parse(again.out), seen);
+
   ProcessResult verify = Rekey({"job", "verify", j});
   EXPECT_THAT(verify.out, HasSubstr(std::to_string(kRows) +
                                     " under target keys, 0 under source keys, 4 failed"))
