@@ -41,6 +41,21 @@ std::string Ciphertext(const std::string& operation, const json& j) {
   return it->get<std::string>();
 }
 
+// The plaintext of a decrypt reply (base64 in data.plaintext), its text in `j` wiped.
+Secret DecryptedPlaintext(const std::string& operation, json& j) {
+  auto data = j.find("data");
+  if (data == j.end() || !data->is_object()) Malformed(operation, "no data");
+  auto it = data->find("plaintext");
+  if (it == data->end() || !it->is_string()) Malformed(operation, "no plaintext");
+  std::string& text = it->get_ref<std::string&>();
+  std::optional<Bytes> b = Base64Decode(text);
+  WipeAndClear(&text);
+  if (!b) Malformed(operation, "plaintext is not base64");
+  Secret plaintext(b->data(), b->size());
+  WipeAndClear(&*b);
+  return plaintext;
+}
+
 bool NameChars(const std::string& s, bool allow_slash) {
   if (s.empty()) return false;
   for (unsigned char c : s) {
@@ -258,17 +273,8 @@ Secret VaultTransitClient::Decrypt(const TransitKeyRef& key, uint32_t key_id,
   const std::string op = "decrypt";
   json request = {{"ciphertext", ciphertext}, {"context", TransitContext(key_id)}};
   json j = Call("POST", key, op, request.dump(), std::to_string(key_id));
-  auto data = j.find("data");
-  if (data == j.end() || !data->is_object()) Malformed(op, "no data");
-  auto it = data->find("plaintext");
-  if (it == data->end() || !it->is_string()) Malformed(op, "no plaintext");
-  std::string& text = it->get_ref<std::string&>();
-  std::optional<Bytes> b = Base64Decode(text);
-  WipeAndClear(&text);
-  if (!b) Malformed(op, "plaintext is not base64");
-  Secret secret(b->data(), b->size());
-  const size_t size = b->size();
-  WipeAndClear(&*b);
+  Secret secret = DecryptedPlaintext(op, j);
+  const size_t size = secret.size();
   if (size != kDataKeySize) {
     throw KeyError("Vault Transit decrypt returned " + std::to_string(size) +
                    " bytes for data key " + std::to_string(key_id) + " under " + RefString(key) +
@@ -416,17 +422,7 @@ Secret VaultTransitClient::DecryptBlob(const std::string& key_ref, const Bytes& 
   json request = {{"ciphertext", sealed}};
   AddTinkContext(&request, associated_data);
   json j = Call("POST", key, op, request.dump(), "");
-  auto data = j.find("data");
-  if (data == j.end() || !data->is_object()) Malformed(op, "no data");
-  auto it = data->find("plaintext");
-  if (it == data->end() || !it->is_string()) Malformed(op, "no plaintext");
-  std::string& text = it->get_ref<std::string&>();
-  std::optional<Bytes> b = Base64Decode(text);
-  WipeAndClear(&text);
-  if (!b) Malformed(op, "plaintext is not base64");
-  Secret plaintext(b->data(), b->size());
-  WipeAndClear(&*b);
-  return plaintext;
+  return DecryptedPlaintext(op, j);
 }
 
 std::vector<TransitRewrapResult> VaultTransitClient::RewrapValues(
