@@ -3968,7 +3968,7 @@ CREATE TABLE rekey.targets (
     forgotten_reason text,
     encoding text DEFAULT 'bytea'::text NOT NULL,
     json_path text[],
-    CONSTRAINT targets_codec_check CHECK ((codec = ANY (ARRAY['tink'::text, 'raw'::text, 'vault-transit'::text, 'fernet'::text]))),
+    CONSTRAINT targets_codec_check CHECK ((codec = ANY (ARRAY['tink'::text, 'raw'::text, 'vault-transit'::text, 'fernet'::text, 'cloak'::text, 'lockbox'::text, 'rails'::text, 'aws-kms'::text]))),
     CONSTRAINT targets_encoding_check CHECK ((encoding = ANY (ARRAY['bytea'::text, 'base64'::text, 'base64url'::text, 'hex'::text]))),
     CONSTRAINT targets_json_path_holds_text CHECK (((json_path IS NULL) OR ((encoding <> 'bytea'::text) AND (cardinality(json_path) > 0)))),
     CONSTRAINT targets_raw_needs_key_id_column CHECK (((codec <> 'raw'::text) OR (key_id_column IS NOT NULL))),
