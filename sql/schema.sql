@@ -1178,6 +1178,10 @@ DECLARE
   tbl text := format('%I.%I', p_schema, p_table);
   candidates text;
   bad record;
+  -- For a declarative partitioned table: why a partition's own key is not enough.
+  partitioned text := CASE WHEN (SELECT relkind FROM pg_class WHERE oid = rel) = 'p'
+    THEN format(' (it is partitioned by %s: a key unique across its partitions is a primary key or unique index of the partitioned table itself, which PostgreSQL requires to include the partition key; an index of one partition is unique in that partition only)',
+                pg_get_partkeydef(rel)) ELSE '' END;
 BEGIN
   IF (SELECT relkind FROM pg_class WHERE oid = rel) = 'r'
      AND EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = rel) THEN
@@ -1207,8 +1211,8 @@ BEGIN
         RAISE EXCEPTION 'table % has no primary key; name a unique, not-null index as its key: %',
           tbl, candidates USING ERRCODE = 'invalid_table_definition';
       END IF;
-      RAISE EXCEPTION 'table % has no primary key and no unique index on NOT NULL columns alone (an index on an expression, a partial index or a nullable column cannot key batches); add a primary key (ALTER TABLE % ADD PRIMARY KEY (...)) and create the job again',
-        tbl, tbl USING ERRCODE = 'invalid_table_definition';
+      RAISE EXCEPTION 'table % has no primary key and no unique index on NOT NULL columns alone (an index on an expression, a partial index or a nullable column cannot key batches)%; add a primary key (ALTER TABLE % ADD PRIMARY KEY (...)) and create the job again',
+        tbl, partitioned, tbl USING ERRCODE = 'invalid_table_definition';
     END IF;
   ELSE
     SELECT array_agg(c::name) INTO key_columns FROM unnest(p_key_columns) c
@@ -1220,9 +1224,9 @@ BEGIN
     SELECT u.columns INTO key_columns FROM rekey.unique_keys(rel) u
      WHERE u.columns::text[] = p_key_columns AND u.not_null LIMIT 1;
     IF key_columns IS NULL THEN
-      RAISE EXCEPTION 'table % has no unique index on exactly (%), in that order, without expressions or a WHERE clause, on NOT NULL columns; create one (CREATE UNIQUE INDEX ON % (%)) or name the columns of an existing one with --key-columns',
-        tbl, array_to_string(p_key_columns, ', '), tbl, array_to_string(p_key_columns, ', ')
-        USING ERRCODE = 'invalid_table_definition';
+      RAISE EXCEPTION 'table % has no unique index on exactly (%), in that order, without expressions or a WHERE clause, on NOT NULL columns%; create one (CREATE UNIQUE INDEX ON % (%)) or name the columns of an existing one with --key-columns',
+        tbl, array_to_string(p_key_columns, ', '), partitioned, tbl,
+        array_to_string(p_key_columns, ', ') USING ERRCODE = 'invalid_table_definition';
     END IF;
   END IF;
   SELECT array_agg(rekey.checked_column_type(p_schema, p_table, k.c) ORDER BY k.i) INTO key_types
@@ -1293,6 +1297,19 @@ CREATE TABLE rekey.jobs (
     CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
     CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1))
 );
+
+CREATE FUNCTION rekey.job_key_bound_types(p_job rekey.jobs) RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT array_agg(k.ty || coalesce(' COLLATE ' || quote_ident(n.nspname) || '.'
+                                    || quote_ident(co.collname), '') ORDER BY k.i)
+    FROM unnest(p_job.key_columns, rekey.job_key_types(p_job)) WITH ORDINALITY AS k(c, ty, i)
+    JOIN pg_attribute a
+      ON a.attrelid = format('%I.%I', p_job.schema_name, p_job.table_name)::regclass
+     AND a.attname = k.c
+    LEFT JOIN pg_collation co ON co.oid = a.attcollation
+    LEFT JOIN pg_namespace n ON n.oid = co.collnamespace
+$$;
 
 CREATE FUNCTION rekey.job_key_text_sql(p_job rekey.jobs, p_alias text) RETURNS text
     LANGUAGE sql STABLE
@@ -2299,7 +2316,7 @@ BEGIN
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   rel := format('%I.%I', j.schema_name, j.table_name);
   scope_sql := rekey.scope_condition(j);
-  key_types := rekey.job_key_types(j);
+  key_types := rekey.job_key_bound_types(j);
   key_text := rekey.job_key_text_sql(j, 't');
   key_row := rekey.key_row_sql(j.key_columns, 't');
   key_order := rekey.key_order_sql(j.key_columns, 't');
@@ -2359,8 +2376,11 @@ BEGIN
   SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   -- A rollout bound as the key it names (rekey.key_bound_sql), to order the bounds by key; the
-  -- bounds stay in the key's text form. A composite key's bounds order as row values.
-  lo_key := rekey.key_bound_sql(rekey.job_key_types(j), 'b.lo');
+  -- bounds stay in the key's text form. A composite key's bounds order as row values. A text
+  -- column's bound orders in the column's collation, as its index and the rollout's ranges do
+  -- (rekey.job_key_bound_types): in the default one, ranges over a COLLATE "en-x-icu" key could
+  -- run backwards and leave rows in no sweep batch.
+  lo_key := rekey.key_bound_sql(rekey.job_key_bound_types(j), 'b.lo');
   EXECUTE format($q$
     WITH starts AS (
       SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn

@@ -22,12 +22,14 @@
 #include "harness/process.h"
 #include "jobs/job.h"
 #include "jobs/key_shape.h"
+#include "rotation/batch_statements.h"
 #include "rotation_support.h"
 
 namespace rekey::testing {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // The documented bucket: first 4 bytes of MD5(key text), big-endian, mod 10000.
 int Bucket(const std::string& key_text) {
@@ -109,6 +111,18 @@ class TableShapesTest : public PgTest {
 
   std::string JobState(int64_t job) {
     return Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + std::to_string(job));
+  }
+
+  // Rows of `table` (alias t, key column `key`) that a stage of kind `stage_kind` of job `job`
+  // does not cover exactly once: each batch's [lo, hi) compared with the column, as the workers'
+  // statements compare (in the column's collation).
+  int64_t RowsNotCoveredOnce(const std::string& table, const std::string& key, int64_t job,
+                             const std::string& stage_kind) {
+    return Count("SELECT count(*) FROM " + table + " AS t, rekey.job_stages s WHERE s.job_id = " +
+                 std::to_string(job) + " AND s.kind = '" + stage_kind +
+                 "' AND (SELECT count(*) FROM rekey.batches b WHERE b.job_id = s.job_id AND "
+                 "b.stage_no = s.stage_no AND (b.lo IS NULL OR t." +
+                 key + " >= b.lo) AND (b.hi IS NULL OR t." + key + " < b.hi)) <> 1");
   }
 
   // Inserts rows into `table`: `columns` the key columns' list, `values` one SQL row of key values
@@ -632,6 +646,121 @@ TEST_F(TableShapesTest, GatesRollbackAndVerifyOnACompositeKeyNamedByKeyColumns) 
   EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
 }
 
+// A table partitioned by month and keyed by (created_at, id): PostgreSQL 15 prunes no partition
+// from a row-value range (ROW(created_at, id) >= ROW($1, $2)), so each batch's statement would
+// visit every partition; the bound on the leading column that rekey adds (KeyShape::LeadingBound)
+// prunes the worker's row-locking SELECT, under the generic plan a prepared statement ends up
+// with, to the one partition a batch within a month reaches. The job still rotates every row.
+TEST_F(TableShapesTest, ABatchWithinOnePartitionOfTheLeadingKeyColumnIsPrunedToIt) {
+  Exec(
+      "CREATE TABLE public.ledger (created_at date NOT NULL, id bigint NOT NULL, token bytea, "
+      "PRIMARY KEY (created_at, id)) PARTITION BY RANGE (created_at);"
+      "CREATE TABLE public.ledger_01 PARTITION OF public.ledger FOR VALUES FROM ('2026-01-01') TO "
+      "('2026-02-01');"
+      "CREATE TABLE public.ledger_02 PARTITION OF public.ledger FOR VALUES FROM ('2026-02-01') TO "
+      "('2026-03-01');"
+      "CREATE TABLE public.ledger_03 PARTITION OF public.ledger FOR VALUES FROM ('2026-03-01') TO "
+      "('2026-04-01')");
+  std::vector<std::string> values;
+  std::vector<Row> rows;
+  std::map<std::string, std::string> expected;
+  for (int i = 0; i < 900; ++i) {
+    char day[16];
+    std::snprintf(day, sizeof day, "2026-%02d-%02d", 1 + i / 300, 1 + i % 28);
+    const std::string key = JsonKey({day, std::to_string(i)});
+    values.push_back(std::string("'") + day + "', " + std::to_string(i));
+    rows.push_back({key, PlaintextFor(i)});
+    expected[key] = PlaintextFor(i);
+  }
+  Insert("public.ledger", "created_at, id", values, rows, "l:");
+  const int64_t job = CreateJobCli({"--table", "public.ledger", "--column", "token", "--map", "1:2",
+                                    "--ad-template", "l:{pk}", "--batch-size", "50", "--stages",
+                                    "100", "--observe", "0s"});
+  ASSERT_GT(job, 0);
+
+  std::string plan;
+  {
+    pqxx::work txn(conn());
+    const jobs::JobDefinition definition = jobs::LoadJob(txn, job);
+    const rotation::BatchStatements statements(definition);
+    const rotation::Direction direction = rotation::MakeDirection({{1, 2}});
+    txn.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
+    txn.exec0("PREPARE ledger_select AS " + statements.Select(rotation::kLo | rotation::kHi));
+    for (const auto& line : txn.exec("EXPLAIN (COSTS OFF) EXECUTE ledger_select('" +
+                                     txn.esc(JsonKey({"2026-02-03", "0"})) + "', '" +
+                                     txn.esc(JsonKey({"2026-02-20", "0"})) + "', '" +
+                                     txn.esc(direction.source_prefixes_literal) + "', '" +
+                                     txn.esc(direction.source_ids_literal) + "', 51)")) {
+      plan += line[0].as<std::string>() + "\n";
+    }
+  }
+  EXPECT_THAT(plan, HasSubstr("ledger_02")) << plan;
+  EXPECT_THAT(plan, Not(HasSubstr("ledger_01"))) << plan;
+  EXPECT_THAT(plan, Not(HasSubstr("ledger_03"))) << plan;
+  EXPECT_THAT(plan, HasSubstr("Subplans Removed: 2")) << plan;
+
+  Work(job);
+  EXPECT_EQ(JobState(job), "completed") << Scalar(
+      "SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + std::to_string(job));
+  ExpectAllUnder("public.ledger",
+                 "'[' || to_json(to_char(t.created_at, 'YYYY-MM-DD'))::text || ',' || "
+                 "to_json(t.id::text)::text || ']'",
+                 2, expected, "l:");
+}
+
+// A text key whose column has a collation other than the database's (here ICU English in a "C"
+// database, where 'B...' sorts before 'a...' bytewise but after it in English): the rollout's
+// ranges and the sweep's follow the column's order, as its index does, so every row lies in
+// exactly one batch of each; ordering the sweep's bounds in the default collation made ranges
+// that ran backwards and left rows in no sweep batch. A key in COLLATE "C" beside it plans the
+// bytewise order.
+TEST_F(TableShapesTest, TextKeysInTheirColumnsCollationArePlannedAndSweptInThatOrder) {
+  if (Count("SELECT count(*) FROM pg_collation WHERE collname = 'en-x-icu'") == 0) {
+    GTEST_SKIP() << "this PostgreSQL has no ICU collation en-x-icu";
+  }
+  ASSERT_EQ(Scalar("SELECT datcollate FROM pg_database WHERE datname = current_database()"), "C");
+  const char* const kLetters[] = {"a", "B", "c", "D", "e", "F"};
+  for (const std::string collation : {"en-x-icu", "C"}) {
+    const std::string table = collation == "C" ? "public.notes_c" : "public.notes_en";
+    Exec("CREATE TABLE " + table + " (k text COLLATE \"" + collation +
+         "\" PRIMARY KEY, token bytea)");
+    std::vector<std::string> values;
+    std::vector<Row> rows;
+    std::map<std::string, std::string> expected;
+    for (int i = 0; i < 1000; ++i) {
+      char key[16];
+      std::snprintf(key, sizeof key, "%s%04d", kLetters[i % 6], (i * 7919) % 1000);
+      values.push_back(std::string("'") + key + "'");
+      rows.push_back({key, PlaintextFor(i)});
+      expected[key] = PlaintextFor(i);
+    }
+    Insert(table, "k", values, rows, "n:");
+    const int64_t job =
+        CreateJobCli({"--table", table, "--column", "token", "--map", "1:2", "--ad-template",
+                      "n:{pk}", "--batch-size", "2", "--stages", "50,100", "--observe", "0s"});
+    ASSERT_GT(job, 0);
+    Work(job);
+    const std::string j = std::to_string(job);
+    ASSERT_EQ(JobState(job), "completed")
+        << Scalar("SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + j);
+    // The 100% stage's 250 batches give the sweep two bounds: three ranges.
+    ASSERT_GE(Count("SELECT count(*) FROM rekey.batches JOIN rekey.job_stages USING (job_id, "
+                    "stage_no) WHERE kind = 'sweep' AND job_id = " +
+                    j),
+              3);
+    EXPECT_EQ(RowsNotCoveredOnce(table, "k", job, "sweep"), 0)
+        << collation << ": the sweep's ranges tile the key space in the column's order";
+    EXPECT_EQ(
+        Count("SELECT count(*) FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, "
+              "stage_no) WHERE s.kind = 'sweep' AND b.job_id = " +
+              j + " AND b.lo IS NOT NULL AND b.hi IS NOT NULL AND NOT (b.lo < b.hi COLLATE \"" +
+              collation + "\")"),
+        0)
+        << collation << ": no sweep range runs backwards";
+    ExpectAllUnder(table, "t.k", 2, expected, "n:");
+  }
+}
+
 // Tables rekey cannot key: one line naming the table and what to change, a non-zero exit, and
 // nothing planned.
 TEST_F(TableShapesTest, TablesWithoutAUsableKeyAreRefusedWithWhatToChange) {
@@ -643,7 +772,25 @@ TEST_F(TableShapesTest, TablesWithoutAUsableKeyAreRefusedWithWhatToChange) {
       "CREATE TABLE public.parent (id bigint PRIMARY KEY, token bytea);"
       "CREATE TABLE public.child (LIKE public.parent INCLUDING ALL) INHERITS (public.parent);"
       "CREATE TABLE public.nullable (a bigint, token bytea); CREATE UNIQUE INDEX ON "
-      "public.nullable (a)");
+      "public.nullable (a);"
+      // Each partition keyed by id alone: id 1 is in both, so no key is unique across the parent.
+      "CREATE TABLE public.per_part (tenant text NOT NULL, id bigint NOT NULL, token bytea) "
+      "PARTITION BY LIST (tenant);"
+      "CREATE TABLE public.per_part_a PARTITION OF public.per_part FOR VALUES IN ('a');"
+      "CREATE TABLE public.per_part_b PARTITION OF public.per_part FOR VALUES IN ('b');"
+      "ALTER TABLE public.per_part_a ADD PRIMARY KEY (id);"
+      "ALTER TABLE public.per_part_b ADD PRIMARY KEY (id);"
+      "INSERT INTO public.per_part VALUES ('a', 1, NULL), ('b', 1, NULL)");
+  // PostgreSQL itself keeps a partitioned table's keys unique across its partitions: it refuses
+  // a unique key without the partition key, and a partition attached with a row outside its
+  // bounds (so with a key another partition may hold).
+  EXPECT_THROW(Exec("CREATE UNIQUE INDEX ON public.per_part (id)"), pqxx::sql_error);
+  Exec(
+      "CREATE TABLE public.per_part_c (LIKE public.per_part); INSERT INTO public.per_part_c "
+      "VALUES ('a', 2, NULL)");
+  EXPECT_THROW(
+      Exec("ALTER TABLE public.per_part ATTACH PARTITION public.per_part_c FOR VALUES IN ('c')"),
+      pqxx::sql_error);
   struct Case {
     std::vector<std::string> args;
     std::string says;
@@ -654,6 +801,8 @@ TEST_F(TableShapesTest, TablesWithoutAUsableKeyAreRefusedWithWhatToChange) {
       {{"--table", "public.parent"}, "has inheritance children"},
       {{"--table", "public.nullable", "--key-columns", "a"}, "NOT NULL columns"},
       {{"--table", "public.by_expr", "--key-columns", "nope"}, "key column nope does not exist"},
+      {{"--table", "public.per_part"}, "partitioned by LIST (tenant): a key unique across"},
+      {{"--table", "public.per_part", "--key-columns", "id"}, "partitioned by LIST (tenant)"},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args{"job", "create", "--column", "token", "--map", "1:2"};

@@ -120,6 +120,25 @@ LANGUAGE sql STABLE AS $$
     FROM unnest(p_job.key_columns, p_job.key_types) WITH ORDINALITY AS k(c, ty, i)
 $$;
 
+-- rekey.job_key_types, each collatable column's type followed by the column's collation
+-- (text COLLATE pg_catalog."en-x-icu"), for reading bounds back with rekey.key_bound_sql where
+-- they are ordered or compared among themselves (rekey.plan_sweep) rather than against the key
+-- column: a bound's text has the database's default collation, the key column (and its index)
+-- its own, and the two orders differ as soon as the column's collation is not the default. Where
+-- a bound is compared with the column, the column's collation governs anyway (an implicit
+-- non-default collation wins over the default); the keyset walk names it all the same.
+CREATE OR REPLACE FUNCTION rekey.job_key_bound_types(p_job rekey.jobs) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+  SELECT array_agg(k.ty || coalesce(' COLLATE ' || quote_ident(n.nspname) || '.'
+                                    || quote_ident(co.collname), '') ORDER BY k.i)
+    FROM unnest(p_job.key_columns, rekey.job_key_types(p_job)) WITH ORDINALITY AS k(c, ty, i)
+    JOIN pg_attribute a
+      ON a.attrelid = format('%I.%I', p_job.schema_name, p_job.table_name)::regclass
+     AND a.attname = k.c
+    LEFT JOIN pg_collation co ON co.oid = a.attcollation
+    LEFT JOIN pg_namespace n ON n.oid = co.collnamespace
+$$;
+
 -- The key's text of job p_job's row p_alias (rekey.key_text_sql over the catalog's types).
 CREATE OR REPLACE FUNCTION rekey.job_key_text_sql(p_job rekey.jobs, p_alias text) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -138,7 +157,10 @@ $$;
 -- mix two rows of one key); a table without a primary key (naming the usable unique indexes, if
 -- any); named columns that are no such index; a key type rekey cannot order. A declarative
 -- partitioned table is a table like any other here: its primary key holds the partition key and
--- is unique across its partitions.
+-- is unique across its partitions (PostgreSQL refuses a unique index of a partitioned table
+-- without the partition key, and an attached partition with a row outside its bounds, so no two
+-- partitions share a key). One without such a key of its own is refused like any table without
+-- a key, saying why its partitions' own keys do not count.
 CREATE OR REPLACE FUNCTION rekey.job_key(p_schema name, p_table name, p_key_columns text[],
                                          OUT key_columns name[], OUT key_types text[])
 LANGUAGE plpgsql STABLE AS $$
@@ -147,6 +169,10 @@ DECLARE
   tbl text := format('%I.%I', p_schema, p_table);
   candidates text;
   bad record;
+  -- For a declarative partitioned table: why a partition's own key is not enough.
+  partitioned text := CASE WHEN (SELECT relkind FROM pg_class WHERE oid = rel) = 'p'
+    THEN format(' (it is partitioned by %s: a key unique across its partitions is a primary key or unique index of the partitioned table itself, which PostgreSQL requires to include the partition key; an index of one partition is unique in that partition only)',
+                pg_get_partkeydef(rel)) ELSE '' END;
 BEGIN
   IF (SELECT relkind FROM pg_class WHERE oid = rel) = 'r'
      AND EXISTS (SELECT 1 FROM pg_inherits WHERE inhparent = rel) THEN
@@ -176,8 +202,8 @@ BEGIN
         RAISE EXCEPTION 'table % has no primary key; name a unique, not-null index as its key: %',
           tbl, candidates USING ERRCODE = 'invalid_table_definition';
       END IF;
-      RAISE EXCEPTION 'table % has no primary key and no unique index on NOT NULL columns alone (an index on an expression, a partial index or a nullable column cannot key batches); add a primary key (ALTER TABLE % ADD PRIMARY KEY (...)) and create the job again',
-        tbl, tbl USING ERRCODE = 'invalid_table_definition';
+      RAISE EXCEPTION 'table % has no primary key and no unique index on NOT NULL columns alone (an index on an expression, a partial index or a nullable column cannot key batches)%; add a primary key (ALTER TABLE % ADD PRIMARY KEY (...)) and create the job again',
+        tbl, partitioned, tbl USING ERRCODE = 'invalid_table_definition';
     END IF;
   ELSE
     SELECT array_agg(c::name) INTO key_columns FROM unnest(p_key_columns) c
@@ -189,9 +215,9 @@ BEGIN
     SELECT u.columns INTO key_columns FROM rekey.unique_keys(rel) u
      WHERE u.columns::text[] = p_key_columns AND u.not_null LIMIT 1;
     IF key_columns IS NULL THEN
-      RAISE EXCEPTION 'table % has no unique index on exactly (%), in that order, without expressions or a WHERE clause, on NOT NULL columns; create one (CREATE UNIQUE INDEX ON % (%)) or name the columns of an existing one with --key-columns',
-        tbl, array_to_string(p_key_columns, ', '), tbl, array_to_string(p_key_columns, ', ')
-        USING ERRCODE = 'invalid_table_definition';
+      RAISE EXCEPTION 'table % has no unique index on exactly (%), in that order, without expressions or a WHERE clause, on NOT NULL columns%; create one (CREATE UNIQUE INDEX ON % (%)) or name the columns of an existing one with --key-columns',
+        tbl, array_to_string(p_key_columns, ', '), partitioned, tbl,
+        array_to_string(p_key_columns, ', ') USING ERRCODE = 'invalid_table_definition';
     END IF;
   END IF;
   SELECT array_agg(rekey.checked_column_type(p_schema, p_table, k.c) ORDER BY k.i) INTO key_types

@@ -119,8 +119,11 @@ BEGIN
   SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   -- A rollout bound as the key it names (rekey.key_bound_sql), to order the bounds by key; the
-  -- bounds stay in the key's text form. A composite key's bounds order as row values.
-  lo_key := rekey.key_bound_sql(rekey.job_key_types(j), 'b.lo');
+  -- bounds stay in the key's text form. A composite key's bounds order as row values. A text
+  -- column's bound orders in the column's collation, as its index and the rollout's ranges do
+  -- (rekey.job_key_bound_types): in the default one, ranges over a COLLATE "en-x-icu" key could
+  -- run backwards and leave rows in no sweep batch.
+  lo_key := rekey.key_bound_sql(rekey.job_key_bound_types(j), 'b.lo');
   EXECUTE format($q$
     WITH starts AS (
       SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn
@@ -146,7 +149,8 @@ END $$;
 -- held in memory. A partial stage numbers its rows in key order with a window function and cuts
 -- every batch_size-th, so a 1% stage of a million rows costs ten batches, not a thousand.
 -- The same data gives the same plan. Returns the number of batches.
--- The key's types come from the catalog (rekey.job_key_types), not from rekey.jobs.key_types.
+-- The key's types come from the catalog (rekey.job_key_bound_types: with a text column's collation),
+-- not from rekey.jobs.key_types.
 -- Bounds are key texts (rekey.job_key_text_sql); a composite key is walked as a row value.
 CREATE OR REPLACE FUNCTION rekey.plan_stage(p_job bigint, p_stage integer) RETURNS integer
 LANGUAGE plpgsql SET jit = off AS $$
@@ -170,7 +174,7 @@ BEGIN
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
   rel := format('%I.%I', j.schema_name, j.table_name);
   scope_sql := rekey.scope_condition(j);
-  key_types := rekey.job_key_types(j);
+  key_types := rekey.job_key_bound_types(j);
   key_text := rekey.job_key_text_sql(j, 't');
   key_row := rekey.key_row_sql(j.key_columns, 't');
   key_order := rekey.key_order_sql(j.key_columns, 't');

@@ -64,6 +64,13 @@ std::string KeyShape::Bound(const std::string& text) const {
   return "ROW(" + Elements(text) + ")";
 }
 
+std::string KeyShape::LeadingBound(const std::string& alias, const std::string& op,
+                                   const std::string& text) const {
+  if (!composite()) return "";
+  return " AND " + alias + "." + db::QuoteIdent(columns_[0]) + " " + op + " ((" + text +
+         ")::jsonb ->> 0)::" + types_[0];
+}
+
 std::string KeyShape::AnyOf(const std::string& alias, const std::string& array_param) const {
   if (!composite()) return Row(alias) + " = ANY (" + array_param + "::" + types_[0] + "[])";
   // A row-value IN over the unnested texts: PostgreSQL splits it into one equality per column,

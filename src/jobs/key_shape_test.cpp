@@ -48,6 +48,13 @@ TEST(KeyShapeTest, ACompositeKeyIsAJsonArrayAndARowValue) {
             "((k.k)::jsonb ->> 1)::timestamp with time zone, ((k.k)::jsonb ->> 2)::bigint FROM "
             "unnest($4::text[]) AS k(k))");
   EXPECT_EQ(key.ArrayType(), "text[]");
+  EXPECT_EQ(key.LeadingBound("t", ">=", "$1"), " AND t.\"tenant\" >= (($1)::jsonb ->> 0)::text");
+}
+
+TEST(KeyShapeTest, OnlyACompositeKeyNeedsItsLeadingColumnBoundedForPruning) {
+  EXPECT_EQ(KeyShape({"id"}, {"bigint"}, true).LeadingBound("t", ">=", "$1"), "");
+  EXPECT_EQ(KeyShape({"at", "id"}, {"date", "bigint"}, true).LeadingBound("t", "<=", "$2"),
+            " AND t.\"at\" <= (($2)::jsonb ->> 0)::date");
 }
 
 TEST(KeyShapeTest, AKeyNeedsOneTypePerColumn) {

@@ -160,9 +160,16 @@ std::string BatchStatements::Bounds(int variant, int* n) const {
   std::string where;
   // Bounds are key texts; a composite key compares as a row value, in key order.
   const std::string row = key_.Row("t");
-  if (variant & kLo) where += " AND " + row + " >= " + key_.Bound(param());
-  if (variant & kAfter) where += " AND " + row + " > " + key_.Bound(param());
-  if (variant & kHi) where += " AND " + row + " < " + key_.Bound(param());
+  // A composite key's bounds also bound its leading column (KeyShape::LeadingBound), so a table
+  // partitioned by that column is pruned to the partitions the batch's range reaches.
+  auto bound = [&](int bit, const char* op, const char* leading_op) {
+    if (!(variant & bit)) return;
+    const std::string p = param();
+    where += " AND " + row + " " + op + " " + key_.Bound(p) + key_.LeadingBound("t", leading_op, p);
+  };
+  bound(kLo, ">=", ">=");
+  bound(kAfter, ">", ">=");
+  bound(kHi, "<", "<=");
   if (variant & kKeys) where += " AND " + key_.AnyOf("t", param());
   if (variant & kBuckets) {
     // One range test, so the row's bucket (an MD5) is computed once, not once per bound.
