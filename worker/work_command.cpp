@@ -29,6 +29,7 @@ struct WorkFlags {
   std::string max_replication_lag;
   std::string listen;  // empty: no HTTP endpoints
   int linger_seconds = 0;
+  int64_t batch_bytes = rotation::BatchRotator::kDefaultChunkBytes;
 };
 
 // Seals what lost the race to seal and logs the chain head, so a copy of it lives outside the
@@ -63,6 +64,7 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   options.concurrency = flags.concurrency;
   options.worker_name = flags.worker_name;
   options.pacing = flags.pacing;
+  options.batch_bytes = flags.batch_bytes;
   options.pacing.target_batch = std::chrono::milliseconds(flags.target_batch_ms);
   if (!flags.max_replication_lag.empty()) {
     options.pacing.max_replication_lag =
@@ -156,6 +158,10 @@ void AddWorkCommand(CLI::App& app, GlobalOptions& global) {
       ->capture_default_str();
   work->add_option("--max-chunk-rows", flags->pacing.max_chunk_rows, "Largest adaptive chunk")
       ->capture_default_str();
+  work->add_option("--batch-bytes", flags->batch_bytes,
+                   "Stored bytes of rotated values one transaction holds at most (4MiB; 0: no "
+                   "bound); a batch holding more is moved in several, with checkpoints")
+      ->transform(CLI::AsSizeValue(false));
   work->add_option("--max-replication-lag", flags->max_replication_lag,
                    "Pause claiming while a replica's replay lag exceeds this (e.g. 10s)");
   work->add_option("--listen", flags->listen,

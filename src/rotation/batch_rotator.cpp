@@ -146,6 +146,7 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   for (const char* name : kFixedStatements) conn.prepare(prefix_ + name, FixedQuery(name));
   conn.prepare(prefix_ + "update", statements_.update());
   select_names_.assign(kAllSelectVariants, std::string());
+  sizes_names_.assign(kAllSelectVariants, std::string());
   prepared_on_ = &conn;
 }
 
@@ -168,9 +169,17 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
   const std::optional<LockedBatch> locked = LockBatch(txn, batch, worker_id, &chunk.batch);
   if (!locked) return chunk;
 
-  const pqxx::result rows = SelectRows(txn, batch, *locked, side.direction, max_rows);
-  const bool more = rows.size() > size_t(max_rows);
-  const size_t handled = more ? size_t(max_rows) : rows.size();
+  // Within the chunk's bytes: rows known to follow are not locked (nor read) to learn that.
+  bool more_known = false;
+  if (chunk_bytes_ > 0) {
+    max_rows = RowsWithinBytes(txn, batch, *locked, side.direction, max_rows, &more_known);
+  }
+  const pqxx::result rows =
+      SelectRows(txn, batch, *locked, side.direction, max_rows, /*one_more=*/!more_known);
+  // With rows known to follow, fewer than max_rows locked means the rest moved on meanwhile
+  // (written by the application, no longer under a source key): the batch is done.
+  const bool more = more_known ? rows.size() == size_t(max_rows) : rows.size() > size_t(max_rows);
+  const size_t handled = std::min(rows.size(), size_t(max_rows));
   chunk.rows_locked = int(handled);
   RowChanges changes;
   RewriteValues(rows, handled, side);
@@ -254,10 +263,38 @@ std::optional<BatchRotator::LockedBatch> BatchRotator::LockBatch(pqxx::work& txn
   return locked;
 }
 
+int BatchRotator::RowsWithinBytes(pqxx::work& txn, const ClaimedBatch& batch,
+                                  const LockedBatch& locked, const Direction& direction,
+                                  int max_rows, bool* more) {
+  // The same rows, in the same order, as the locking SELECT (up to one more), read unlocked: a
+  // row changed before the SELECT locks it only makes the chunk's bytes differ by that row's.
+  const SelectCall call = statements_.SelectFor(batch, locked.progress, direction, max_rows);
+  std::string& name = sizes_names_.at(size_t(call.variant));
+  if (name.empty()) {
+    const std::string statement = prefix_ + "sizes" + std::to_string(call.variant);
+    txn.conn().prepare(statement, statements_.Sizes(call.variant));
+    name = statement;
+  }
+  const pqxx::result sizes =
+      txn.exec_prepared(name, pqxx::prepare::make_dynamic_params(call.params));
+  const int value_bytes = sizes.column_number("value_bytes");
+  int64_t bytes = 0;
+  int take = 0;
+  for (const auto& row : sizes) {
+    if (take == max_rows) break;
+    bytes += row[value_bytes].as<int64_t>();
+    if (take > 0 && bytes > chunk_bytes_) break;
+    ++take;
+  }
+  *more = size_t(take) < sizes.size();
+  return std::max(take, 1);
+}
+
 pqxx::result BatchRotator::SelectRows(pqxx::work& txn, const ClaimedBatch& batch,
                                       const LockedBatch& locked, const Direction& direction,
-                                      int max_rows) {
-  const SelectCall call = statements_.SelectFor(batch, locked.progress, direction, max_rows);
+                                      int max_rows, bool one_more) {
+  SelectCall call = statements_.SelectFor(batch, locked.progress, direction, max_rows);
+  if (!one_more) call.params.back() = std::to_string(max_rows);  // the LIMIT
   std::string& name = select_names_.at(size_t(call.variant));
   if (name.empty()) {
     // Only the variants in use are prepared, on first use.

@@ -127,6 +127,16 @@ class BatchRotator {
   // application's next synchronous commit would flush rekey's WAL for it and carry its latency.
   void set_wait_for_flush(bool wait) { wait_for_flush_ = wait; }
 
+  // The bytes a chunk holds at most (0: no bound; default kDefaultChunkBytes): the stored size
+  // of the rotated values of its rows, asked of the database before the rows are locked
+  // (BatchStatements::Sizes), so the worker's memory and each transaction stay bounded whatever
+  // the values' sizes. A chunk always takes at least one row, whatever its size; the rest of the
+  // batch follows in further chunks after a checkpoint, as under --target-batch-ms. The worker
+  // holds about five times a chunk's bytes while it rewrites them (the hex text of the result,
+  // the decoded values, the new values, the UPDATE's parameter).
+  static constexpr int64_t kDefaultChunkBytes = int64_t(4) << 20;
+  void set_chunk_bytes(int64_t bytes) { chunk_bytes_ = bytes; }
+
   // Processes, in one transaction on `conn`, at most `max_rows` (>= 1; less is taken as 1) of the
   // rows of `batch` (claimed by `worker_id`) that still need work after the batch's checkpoint
   // (rekey.batches.resume_after). If rows remain after them, commits them with the advanced
@@ -177,8 +187,13 @@ class BatchRotator {
   void LockKeys(pqxx::work& txn, const Direction& direction, const ClaimedBatch& batch);
   std::optional<LockedBatch> LockBatch(pqxx::work& txn, const ClaimedBatch& batch,
                                        const std::string& worker_id, BatchResult* result);
+  // How many of the next max_rows rows the chunk takes within chunk_bytes_ (at least one);
+  // *more is set when rows are known to follow them.
+  int RowsWithinBytes(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
+                      const Direction& direction, int max_rows, bool* more);
+  // Locks at most max_rows rows, and one more (to learn whether rows follow) if `one_more`.
   pqxx::result SelectRows(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
-                          const Direction& direction, int max_rows);
+                          const Direction& direction, int max_rows, bool one_more);
   void RewriteValues(const pqxx::result& rows, size_t handled, Side& side);
   void CollectRows(const pqxx::result& rows, size_t handled, const Side& side, RowChanges* changes,
                    BatchResult* result) const;
@@ -208,6 +223,8 @@ class BatchRotator {
   const pqxx::connection* prepared_on_ = nullptr;
   std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
   bool wait_for_flush_ = false;
+  int64_t chunk_bytes_ = kDefaultChunkBytes;
+  std::vector<std::string> sizes_names_;  // by SelectVariant: the prepared Sizes statements
   // Reused across chunks: per rewriter, the values handed to it and what it made of them; per
   // (row, column), which of them it is (-1: NULL; -2 - k: unreadable_[k], a value not in its
   // column's stored form, rotation/stored_form.h); values decoded, and the text style each was read

@@ -185,6 +185,20 @@ std::string BatchStatements::Bounds(int variant, int* n) const {
 }
 
 std::string BatchStatements::Select(int variant) const {
+  return RowsNeedingWork(variant, select_list_, " FOR UPDATE");
+}
+
+std::string BatchStatements::Sizes(int variant) const {
+  std::string sum;
+  for (const auto& column : job_.columns) {
+    if (!sum.empty()) sum += " + ";
+    sum += "coalesce(pg_column_size(t." + db::QuoteIdent(column.name) + "), 0)";
+  }
+  return RowsNeedingWork(variant, "(" + sum + ")::bigint AS value_bytes", "");
+}
+
+std::string BatchStatements::RowsNeedingWork(int variant, const std::string& list,
+                                             const std::string& suffix) const {
   int n = 0;
   const std::string where = Bounds(variant, &n);
   const std::string prefixes = "$" + std::to_string(++n);
@@ -194,10 +208,10 @@ std::string BatchStatements::Select(int variant) const {
   Substitute("$P", prefixes, &condition);
   Substitute("$K", ids, &condition);
   // Unreferenced parameters would have no type; cast them harmlessly into the WHERE clause.
-  return "SELECT " + select_list_ + " FROM " + table_ + " AS t WHERE (" + condition + ")" + where +
+  return "SELECT " + list + " FROM " + table_ + " AS t WHERE (" + condition + ")" + where +
          " AND " + prefixes + "::bytea[] IS NOT NULL AND " + ids +
-         "::bigint[] IS NOT NULL ORDER BY " + key_.OrderBy("t") + " LIMIT " + limit +
-         "::bigint FOR UPDATE";
+         "::bigint[] IS NOT NULL ORDER BY " + key_.OrderBy("t") + " LIMIT " + limit + "::bigint" +
+         suffix;
 }
 
 SelectCall BatchStatements::SelectFor(const ClaimedBatch& batch, const BatchProgress& progress,

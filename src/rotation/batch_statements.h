@@ -75,6 +75,11 @@ class BatchStatements {
 
   // The row-locking SELECT of `variant`.
   std::string Select(int variant) const;
+  // The sizes of the rows the SELECT of `variant` would lock, in its order, without locking
+  // them: value_bytes, the stored size (pg_column_size, which reads no TOASTed value) of the
+  // row's rotated columns together. Same parameters as Select(variant). BatchRotator asks it
+  // before a chunk to keep the chunk within its bytes (BatchRotator::set_chunk_bytes).
+  std::string Sizes(int variant) const;
   // The SELECT call that locks at most max_rows + 1 rows of `batch` (one more than a chunk
   // handles says whether the batch goes on after it).
   SelectCall SelectFor(const ClaimedBatch& batch, const BatchProgress& progress,
@@ -87,6 +92,10 @@ class BatchStatements {
   std::string SelectList() const;
   std::string Update() const;
   std::string Bounds(int variant, int* n) const;
+  // Select's and Sizes' statement: `list` from the rows of `variant` that need work, in key
+  // order, LIMIT, then `suffix`.
+  std::string RowsNeedingWork(int variant, const std::string& list,
+                              const std::string& suffix) const;
 
   const jobs::JobDefinition& job_;  // outlives the statements (the rotator owns both)
   std::string table_;               // "schema"."table"

@@ -47,6 +47,22 @@ TEST(BatchStatementsTest, BigintKeyTinkColumn) {
       "= v.row_id");
 }
 
+TEST(BatchStatementsTest, SizesReadTheSameRowsUnlockedAndSumTheirStoredBytes) {
+  const jobs::JobDefinition job =
+      Job("bigint", {{"token", CodecKind::kTink}, {"note", CodecKind::kTink}});
+  const BatchStatements statements(job);
+  const std::string sizes = statements.Sizes(kLo | kHi);
+  const std::string select = statements.Select(kLo | kHi);
+  EXPECT_EQ(
+      sizes.substr(0, sizes.find(" FROM ")),
+      "SELECT (coalesce(pg_column_size(t.\"token\"), 0) + coalesce(pg_column_size(t.\"note\"), "
+      "0))::bigint AS value_bytes")
+      << sizes;
+  // Everything after the select list is the locking SELECT's, but for the lock.
+  EXPECT_EQ(sizes.substr(sizes.find(" FROM ")) + " FOR UPDATE",
+            select.substr(select.find(" FROM ")));
+}
+
 TEST(BatchStatementsTest, BoundsAreNumberedBeforeTheKeyParameters) {
   const jobs::JobDefinition job = Job("uuid", {{"token", CodecKind::kTink}});
   const BatchStatements statements(job);

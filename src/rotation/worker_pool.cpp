@@ -292,6 +292,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
                                                  options_.transit);
         txn.commit();
         rotator->set_wait_for_flush(options_.pacing.gentle());
+        rotator->set_chunk_bytes(options_.batch_bytes);
         rotator->LoadKeys();
       }
       auto sizer =

@@ -53,7 +53,9 @@ struct WorkerOptions {
   // The Vault Transit service of vault-transit jobs (transit_service.h); nullptr: such jobs stop
   // the worker with a ConfigError.
   TransitClientSource transit;
-  PacingOptions pacing;                // rate limit, chunking, replication lag (pacer.h)
+  PacingOptions pacing;  // rate limit, chunking, replication lag (pacer.h)
+  // The stored bytes of rotated values one chunk holds at most (BatchRotator::set_chunk_bytes).
+  int64_t batch_bytes = BatchRotator::kDefaultChunkBytes;
   WorkerObserver* observer = nullptr;  // not owned; must outlive Run(); may be null
 };
 
