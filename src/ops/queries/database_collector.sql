@@ -47,3 +47,34 @@ SELECT j.job_id, j.state,
  WHERE rekey.job_unfinished(j.state)
  GROUP BY j.job_id, j.state
  ORDER BY j.job_id
+
+-- name: unfinished_stage_progress
+-- Each stage of each unfinished job with its planned and done rows (rows of the stage's batches;
+-- a stage whose batches are not planned yet has none and is left out), and the rotation the job
+-- belongs to ('' when it was created alone): the dashboard's progress and ETA per job and stage,
+-- and per rotation. Only unfinished jobs' batches are read, as above.
+SELECT j.job_id, coalesce(j.rotation_id::text, '') AS rotation_id, s.stage_no, s.kind,
+       sum(b.planned_rows)::float8 AS rows_total,
+       coalesce(sum(b.planned_rows) FILTER (WHERE b.state = 'done'), 0)::float8 AS rows_done
+  FROM rekey.jobs j
+  JOIN rekey.job_stages s ON s.job_id = j.job_id
+  JOIN rekey.batches b ON b.job_id = s.job_id AND b.stage_no = s.stage_no
+ WHERE rekey.job_unfinished(j.state)
+ GROUP BY j.job_id, j.rotation_id, s.stage_no, s.kind
+ ORDER BY j.job_id, s.stage_no
+
+-- name: unfinished_rotation_progress
+-- Each unfinished rotation (`rekey rotate`) with the rollout rows of all its jobs, planned and
+-- done, counted as rekey.rotation_progress counts them (its finished jobs included, so the figure
+-- never drops when one of its jobs completes). Only unfinished rotations' batches are read.
+SELECT r.rotation_id::text AS rotation_id, r.scope,
+       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'), 0)::float8 AS rows_total,
+       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout' AND b.state = 'done'),
+                0)::float8 AS rows_done
+  FROM rekey.rotations r
+  LEFT JOIN rekey.jobs j ON j.rotation_id = r.rotation_id
+  LEFT JOIN rekey.batches b ON b.job_id = j.job_id
+  LEFT JOIN rekey.job_stages s ON s.job_id = b.job_id AND s.stage_no = b.stage_no
+ WHERE r.state IN ('creating', 'rotating', 'promoted', 'rolling_back')
+ GROUP BY r.rotation_id, r.scope
+ ORDER BY r.rotation_id
