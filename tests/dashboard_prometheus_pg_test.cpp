@@ -230,9 +230,15 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
   Exec(
       "INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, "
       "key_id_column) VALUES ('public', 'cards', 'id', 'token', 'tink', 'key_id')");
-  const std::string rotation = Scalar(
-      "SELECT rekey.create_rotation('default', 2, '{1,50,100}', '0 seconds', 500, "
-      "p_error_threshold => 0.01)");
+  std::string rotation;
+  {
+    pqxx::work txn(conn());
+    rotation = txn.exec1(
+                      "SELECT rekey.create_rotation('default', 2, '{1,50,100}', '0 seconds', 500, "
+                      "p_error_threshold => 0.01)")[0]
+                   .as<std::string>();
+    txn.commit();
+  }
   const std::string j = Scalar("SELECT job_id FROM rekey.jobs WHERE rotation_id = " + rotation);
 
   const int worker_port = FreePort(), exporter_port = FreePort();
