@@ -5,7 +5,6 @@
 // the audit chain's head and verification -- and render on every page; an unknown or unfinished
 // rotation and an unwritable path are refused with one line, the documented exit code, and no
 // file or stored report left behind.
-#include <dirent.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -21,6 +20,7 @@
 #include "harness/process.h"
 #include "ops/pdf_report.h"
 #include "ops_support.h"
+#include "pdf_support.h"
 #include "rotation_support.h"
 
 namespace rekey::testing {
@@ -29,64 +29,11 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 
-std::vector<std::string> FilesIn(const std::string& dir) {
-  std::vector<std::string> out;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") out.push_back(name);
-    }
-    closedir(d);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-// Whitespace collapsed (Collapse) or removed (Squeeze): pdftotext spaces table cells and
-// wrapped lines variously; a hash wrapped inside a cell is whole again once squeezed.
-std::string Collapse(const std::string& text, bool squeeze) {
-  std::string out;
-  for (char c : text) {
-    if (!std::isspace(static_cast<unsigned char>(c))) {
-      out += c;
-    } else if (!squeeze && !out.empty() && out.back() != ' ') {
-      out += ' ';
-    }
-  }
-  return out;
-}
-
-// As the PDF prints a timestamp of the JSON: to the second, UTC.
-std::string When(const json& v) {
-  const std::string s = v.get<std::string>();
-  return s.substr(0, 10) + " " + s.substr(11, 8);
-}
-
-int Lines(const std::string& s) {
-  std::string t = s;
-  while (!t.empty() && t.back() == '\n') t.pop_back();
-  return t.empty() ? 0 : int(std::count(t.begin(), t.end(), '\n')) + 1;
-}
-
-class RotationReportTest : public PgTest {
+class RotationReportTest : public PdfTest {
  protected:
   void SetUp() override {
-    PgTest::SetUp();
-    if (access("/usr/bin/pdftotext", X_OK) != 0) {
-      GTEST_SKIP() << "poppler-utils is not installed (make test installs it)";
-    }
-    ImportTestKeys(conn(), {1, 2});
-    Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
-    dir_ = MakeTempDir("rekey-rotation-pdf-");
-  }
-  void TearDown() override {
-    if (!dir_.empty()) RunProcess({"rm", "-rf", dir_});
-    PgTest::TearDown();
-  }
-  ProcessResult Rekey(const std::vector<std::string>& args) {
-    std::vector<std::string> full{"--db", conninfo()};
-    full.insert(full.end(), args.begin(), args.end());
-    return RunRekey(full, WorkerEnv());
+    PdfTest::SetUp();
+    if (!IsSkipped()) Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
   }
   // Two registered tables under key 1 and a rotation of scope default to key 2 over both, with
   // a 1% threshold (the rotation of `rekey rotate`, with the threshold it does not take as a
@@ -111,7 +58,6 @@ class RotationReportTest : public PgTest {
   std::string RotationState(const std::string& rotation) {
     return Scalar("SELECT state FROM rekey.rotations WHERE rotation_id = " + rotation);
   }
-  std::string dir_;
 };
 
 TEST_F(RotationReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonReportOnEveryPage) {
@@ -152,19 +98,13 @@ TEST_F(RotationReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonRepor
   EXPECT_EQ(ReadFile(pdf).substr(0, 5), "%PDF-");
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.reports"), 2) << "each job's report is stored";
 
-  ProcessResult info = RunProcess({"pdfinfo", pdf});
-  ASSERT_EQ(info.exit_code, 0) << info.err;
-  EXPECT_THAT(info.out, HasSubstr("Key rotation report: rotation " + rotation));
-  EXPECT_THAT(info.out, HasSubstr("A4"));
-  const size_t pages_at = info.out.find("Pages:");
-  ASSERT_NE(pages_at, std::string::npos);
-  const int pages = std::stoi(info.out.substr(pages_at + 6));
+  const int pages = PdfPages(pdf, "Key rotation report: rotation " + rotation);
   EXPECT_GE(pages, 2);
 
   ProcessResult text_run = RunProcess({"pdftotext", "-enc", "UTF-8", pdf, "-"});
   ASSERT_EQ(text_run.exit_code, 0) << text_run.err;
-  const std::string text = Collapse(text_run.out, false);
-  const std::string squeezed = Collapse(text_run.out, true);
+  const std::string text = Collapse(text_run.out);
+  const std::string squeezed = Squeeze(text_run.out);
   auto expect_text = [&](const std::string& needle, const std::string& what) {
     EXPECT_THAT(text, HasSubstr(needle)) << what;
   };
@@ -187,11 +127,11 @@ TEST_F(RotationReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonRepor
     EXPECT_EQ(j["outcome"], "rotated");
     for (const auto& k : j["keys"]) {
       for (const char* side : {"before", "after"}) {
-        EXPECT_THAT(squeezed, HasSubstr(Collapse(k[side]["kms_key_ref"].get<std::string>(), true)))
+        EXPECT_THAT(squeezed, HasSubstr(Squeeze(k[side]["kms_key_ref"].get<std::string>())))
             << side << " KMS reference";
       }
     }
-    EXPECT_THAT(squeezed, HasSubstr(Collapse(j["job"]["target"].get<std::string>(), true)));
+    EXPECT_THAT(squeezed, HasSubstr(Squeeze(j["job"]["target"].get<std::string>())));
     expect_text(j["rows"]["total"].dump() + " " + j["rows"]["reencrypted"].dump() + " " +
                     j["rows"]["quarantined"].dump() + " " +
                     ops::FormatRate(j["decrypt_error_rate"].get<double>()),
@@ -213,15 +153,14 @@ TEST_F(RotationReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonRepor
         }
       }
     }
-    EXPECT_THAT(squeezed,
-                HasSubstr(Collapse(j["reader_readiness"]["statement"].get<std::string>(), true)))
+    EXPECT_THAT(squeezed, HasSubstr(Squeeze(j["reader_readiness"]["statement"].get<std::string>())))
         << "reader readiness";
   }
   EXPECT_EQ(gates, 6) << "three gates for each job";
   // A table row is one line of pdftotext's layout mode.
   ProcessResult layout = RunProcess({"pdftotext", "-layout", "-enc", "UTF-8", pdf, "-"});
   ASSERT_EQ(layout.exit_code, 0) << layout.err;
-  EXPECT_THAT(Collapse(layout.out, false), HasSubstr("auth_failed 2 does not authenticate"))
+  EXPECT_THAT(Collapse(layout.out), HasSubstr("auth_failed 2 does not authenticate"))
       << "quarantined values by reason, summed over the jobs";
   expect_text("NOT PROVEN", "reader readiness not proven: no reader reported");
 
@@ -240,24 +179,8 @@ TEST_F(RotationReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonRepor
   }
   expect_text("What this report does not prove", "limits");
 
-  // No key material, in any encoding.
-  for (uint32_t id : {1u, 2u}) {
-    Secret k = TestDataKey(id);
-    Bytes b(k.data(), k.data() + k.size());
-    EXPECT_EQ(squeezed.find(HexEncode(b)), std::string::npos);
-    EXPECT_EQ(squeezed.find(Base64Encode(b)), std::string::npos);
-  }
-
-  // Every page renders.
-  ProcessResult render = RunProcess({"pdftoppm", "-r", "40", "-png", pdf, dir_ + "/page"});
-  ASSERT_EQ(render.exit_code, 0) << render.err;
-  int rendered = 0;
-  for (const std::string& f : FilesIn(dir_)) {
-    if (f.rfind("page", 0) != 0) continue;
-    ++rendered;
-    EXPECT_GT(ReadFile(dir_ + "/" + f).size(), 1000u) << f;
-  }
-  EXPECT_EQ(rendered, pages);
+  ExpectNoTestKeys(squeezed);
+  ExpectEveryPageRenders(pdf, dir_, pages);
 }
 
 TEST_F(RotationReportTest, UnknownAndUnfinishedRotationsAndUnwritablePathsAreRefused) {
@@ -287,17 +210,11 @@ TEST_F(RotationReportTest, UnknownAndUnfinishedRotationsAndUnwritablePathsAreRef
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["rotation"]["state"], "rotating");
 
-  std::ofstream(dir_ + "/not-a-directory") << "x";
-  for (const std::string& bad :
-       {dir_ + "/missing/rotation.pdf", dir_ + "/not-a-directory/rotation.pdf", dir_}) {
-    r = Rekey({"rotation", "report", rotation, "--format", "pdf", "--output", bad});
-    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
-    EXPECT_THAT(r.err, HasSubstr("cannot write the report to " + bad)) << bad;
-    EXPECT_EQ(Lines(r.err), 1) << r.err;
-  }
-  r = Rekey({"rotation", "report", rotation, "--format", "pdf"});
-  EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_THAT(r.err, HasSubstr("--format pdf needs --output FILE"));
+  ExpectUnwritableOutputRefused(dir_, [&](const std::vector<std::string>& args) {
+    std::vector<std::string> full{"rotation", "report", rotation};
+    full.insert(full.end(), args.begin(), args.end());
+    return Rekey(full);
+  });
 
   EXPECT_EQ(FilesIn(dir_), (std::vector<std::string>{"not-a-directory", "rotation.pdf"}))
       << "no temporary file is left behind";

@@ -127,21 +127,14 @@ void WritePdfReport(const json& r, const std::vector<StageProgress>& progress, s
       At(job, "error_threshold").is_number() ? At(job, "error_threshold").get<double>() : 0.001;
   pdf::GateTable(doc, gates);
 
-  doc.Heading("5. Rows re-encrypted over time, by stage", 270);
   std::vector<pdf::ChartSeries> series;
   for (const StageProgress& s : progress) {
     auto it = stage_labels.find(s.stage_no);
     series.push_back(
         {it == stage_labels.end() ? "stage " + std::to_string(s.stage_no) : it->second, s.points});
   }
-  doc.ProgressChart(series, "the job started", "no batch of this job completed");
-  doc.Paragraph(
-      "From the job's rotation.batch.completed audit rows (one per completed batch). A rollback "
-      "stage counts the rows it restored to the old key.",
-      7.8, false, pdf::kMuted);
-
-  doc.Heading("6. Gate error rates against the threshold", 220);
-  doc.GateChart(gates.bars, threshold, gates.passed);
+  pdf::ChartSections(doc, 5, "stage", series, "the job started", "the job's",
+                     "no batch of this job completed", gates, threshold);
 
   doc.Heading("7. Rows and quarantined values");
   const json& rows = At(r, "rows");

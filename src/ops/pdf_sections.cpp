@@ -73,6 +73,20 @@ void GateTable(Document& doc, const Gates& gates) {
             gates.rows);
 }
 
+void ChartSections(Document& doc, int first, const std::string& by,
+                   const std::vector<ChartSeries>& series, const std::string& origin,
+                   const std::string& whose, const std::string& empty, const Gates& gates,
+                   double threshold) {
+  doc.Heading(std::to_string(first) + ". Rows re-encrypted over time, by " + by, 270);
+  doc.ProgressChart(series, origin, empty);
+  doc.Paragraph("From " + whose +
+                    " rotation.batch.completed audit rows (one per completed batch). A rollback "
+                    "stage counts the rows it restored to the old key.",
+                7.8, false, kMuted);
+  doc.Heading(std::to_string(first + 1) + ". Gate error rates against the threshold", 220);
+  doc.GateChart(gates.bars, threshold, gates.passed);
+}
+
 void QuarantineTable(Document& doc, const json& by_class) {
   if (by_class.is_object() && !by_class.empty()) {
     std::vector<std::vector<std::string>> q;

@@ -32,6 +32,15 @@ void GateTable(Document& doc, const Gates& gates);
 // What a gate is, for the reader, above the gate table.
 void GateExplanation(Document& doc);
 
+// The two charts, as sections `first` and `first` + 1: rows re-encrypted over time (one line per
+// series, e.g. "by stage" or "by job", since `origin`, from the audit rows of `whose`, e.g.
+// "the job's"; `empty` is said if no batch completed) and each gate's error rate against
+// `threshold`.
+void ChartSections(Document& doc, int first, const std::string& by,
+                   const std::vector<ChartSeries>& series, const std::string& origin,
+                   const std::string& whose, const std::string& empty, const Gates& gates,
+                   double threshold);
+
 // Quarantined values by reason (rekey.job_report's quarantine.by_error_class, or a sum of them)
 // with what each reason means, or that none was quarantined.
 void QuarantineTable(Document& doc, const nlohmann::json& by_class);

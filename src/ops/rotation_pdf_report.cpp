@@ -167,16 +167,8 @@ void WriteRotationPdfReport(const json& report, const std::vector<pdf::ChartSeri
     doc.Paragraph("The rotation's new key was never promoted (rotation state " + state + ").");
   }
 
-  doc.Heading("6. Rows re-encrypted over time, by job", 270);
-  doc.ProgressChart(progress, "the rotation was created",
-                    "no batch of the rotation's jobs completed");
-  doc.Paragraph(
-      "From the jobs' rotation.batch.completed audit rows (one per completed batch). A rollback "
-      "stage counts the rows it restored to the old key.",
-      7.8, false, pdf::kMuted);
-
-  doc.Heading("7. Gate error rates against the threshold", 220);
-  doc.GateChart(gates.bars, threshold, gates.passed);
+  pdf::ChartSections(doc, 6, "job", progress, "the rotation was created", "the jobs'",
+                     "no batch of the rotation's jobs completed", gates, threshold);
 
   doc.Heading("8. Quarantined values by reason");
   pdf::QuarantineTable(doc, by_class);
