@@ -65,16 +65,14 @@ SELECT j.job_id, coalesce(j.rotation_id::text, '') AS rotation_id, s.stage_no, s
 
 -- name: unfinished_rotation_progress
 -- Each unfinished rotation (`rekey rotate`) with the rollout rows of all its jobs, planned and
--- done, counted as rekey.rotation_progress counts them (its finished jobs included, so the figure
--- never drops when one of its jobs completes). Only unfinished rotations' batches are read.
-SELECT r.rotation_id::text AS rotation_id, r.scope,
-       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout'), 0)::float8 AS rows_total,
-       coalesce(sum(b.planned_rows) FILTER (WHERE s.kind = 'rollout' AND b.state = 'done'),
-                0)::float8 AS rows_done
-  FROM rekey.rotations r
-  LEFT JOIN rekey.jobs j ON j.rotation_id = r.rotation_id
-  LEFT JOIN rekey.batches b ON b.job_id = j.job_id
-  LEFT JOIN rekey.job_stages s ON s.job_id = b.job_id AND s.stage_no = b.stage_no
- WHERE r.state IN ('creating', 'rotating', 'promoted', 'rolling_back')
- GROUP BY r.rotation_id, r.scope
- ORDER BY r.rotation_id
+-- done, as rekey.rotation_progress counts them (its finished jobs included, so the figure never
+-- drops when one of its jobs completes). Read through the view, which the monitor role may read
+-- (sql/roles.sql), and only for rotations with an unfinished job, so the view's sums run over
+-- those rotations' jobs alone.
+SELECT rotation_id::text AS rotation_id, scope, rows_total::float8 AS rows_total,
+       rows_done::float8 AS rows_done
+  FROM rekey.rotation_progress
+ WHERE rotation_id IN (SELECT j.rotation_id FROM rekey.jobs j
+                        WHERE j.rotation_id IS NOT NULL AND rekey.job_unfinished(j.state))
+   AND state IN ('creating', 'rotating', 'promoted', 'rolling_back')
+ ORDER BY rotation_id
