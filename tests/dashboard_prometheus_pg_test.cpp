@@ -203,8 +203,9 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
   ASSERT_TRUE(dashboard.contains("panels") && dashboard["panels"].is_array()) << path;
   std::set<std::string> variable_names;
   for (const auto& v : dashboard["templating"]["list"]) variable_names.insert(v["name"]);
-  EXPECT_TRUE(variable_names.count("job") && variable_names.count("scope"))
-      << "the dashboard selects a rotation job and a key scope";
+  EXPECT_TRUE(variable_names.count("job") && variable_names.count("scope") &&
+              variable_names.count("rotation"))
+      << "the dashboard selects a rotation job, a key scope and a rotation";
 
   // A staged rotation slow enough for many scrapes: 20,000 rows at 2,500 rows/s, three stages
   // advancing on their own, two values quarantined, and a key-age policy so the policy gauges
@@ -225,11 +226,20 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
       "UPDATE public.cards SET token = set_byte(token, 10, get_byte(token, 10) # 255) WHERE id IN "
       "(SELECT id FROM public.cards WHERE rekey.stage_bucket(id::text) >= 5000 ORDER BY id LIMIT "
       "2)");
-  const int64_t job = CreateJobSql(
-      conn(),
-      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', p_stages => "
-      "'{1,50,100}', p_batch_size => 500, p_observe => '0 seconds', p_error_threshold => 0.01");
-  const std::string j = std::to_string(job);
+  // The job is the one job of a rotation (`rekey rotate`), so that the rotation's gauges exist.
+  Exec(
+      "INSERT INTO rekey.targets (schema_name, table_name, pk_column, column_name, codec, "
+      "key_id_column) VALUES ('public', 'cards', 'id', 'token', 'tink', 'key_id')");
+  std::string rotation;
+  {
+    pqxx::work txn(conn());
+    rotation = txn.exec1(
+                      "SELECT rekey.create_rotation('default', 2, '{1,50,100}', '0 seconds', 500, "
+                      "p_error_threshold => 0.01)")[0]
+                   .as<std::string>();
+    txn.commit();
+  }
+  const std::string j = Scalar("SELECT job_id FROM rekey.jobs WHERE rotation_id = " + rotation);
 
   const int worker_port = FreePort(), exporter_port = FreePort();
   ChildProcess exporter({REKEY_BINARY, "--db", conninfo(), "exporter", "--listen",
@@ -262,6 +272,8 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
   };
   EXPECT_TRUE(label_values("job_id", "rekey_job_rows").count(j)) << "variable job";
   EXPECT_TRUE(label_values("scope", "rekey_key_age_seconds").count("default")) << "variable scope";
+  EXPECT_TRUE(label_values("rotation_id", "rekey_rotation_rows").count(rotation))
+      << "variable rotation";
   const std::set<std::string> exported = label_values("__name__", "{__name__=~\"rekey_.+\"}");
   ASSERT_FALSE(exported.empty()) << "Prometheus scraped no rekey metric:\n" << prometheus.Log();
 
@@ -269,6 +281,7 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
   CollectQueries(dashboard["panels"],
                  {{"job", j},
                   {"scope", "default"},
+                  {"rotation", rotation},
                   {"__rate_interval", "10s"},
                   {"__interval", "1s"},
                   {"__range", "5m"}},

@@ -2,7 +2,6 @@
 // and must hold the figures of the JSON report it renders (the stored rekey.reports body), render
 // on every page, and be refused -- one line, the documented exit code, no file left behind --
 // for an unknown or unfinished job and an unwritable path.
-#include <dirent.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -18,6 +17,7 @@
 #include "harness/process.h"
 #include "ops/pdf_report.h"
 #include "ops_support.h"
+#include "pdf_support.h"
 #include "rotation_support.h"
 
 namespace rekey::testing {
@@ -26,73 +26,8 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 
-std::vector<std::string> FilesIn(const std::string& dir) {
-  std::vector<std::string> out;
-  if (DIR* d = opendir(dir.c_str())) {
-    while (dirent* e = readdir(d)) {
-      const std::string name = e->d_name;
-      if (name != "." && name != "..") out.push_back(name);
-    }
-    closedir(d);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
-// Whitespace collapsed to one space: table cells and wrapped lines come out of pdftotext with
-// varying spacing, the words themselves do not.
-std::string Collapse(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (std::isspace(static_cast<unsigned char>(c))) {
-      if (!out.empty() && out.back() != ' ') out += ' ';
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-// Without any whitespace: a hash or KMS reference wrapped inside a table cell is whole again.
-std::string Squeeze(const std::string& text) {
-  std::string out;
-  for (char c : text) {
-    if (!std::isspace(static_cast<unsigned char>(c))) out += c;
-  }
-  return out;
-}
-
-// As the PDF prints a timestamp of the JSON: to the second, UTC.
-std::string When(const json& v) {
-  const std::string s = v.get<std::string>();
-  return s.substr(0, 10) + " " + s.substr(11, 8);
-}
-
-int Lines(const std::string& s) {
-  std::string t = s;
-  while (!t.empty() && t.back() == '\n') t.pop_back();
-  return t.empty() ? 0 : int(std::count(t.begin(), t.end(), '\n')) + 1;
-}
-
-class PdfReportTest : public PgTest {
+class PdfReportTest : public PdfTest {
  protected:
-  void SetUp() override {
-    PgTest::SetUp();
-    if (access("/usr/bin/pdftotext", X_OK) != 0) {
-      GTEST_SKIP() << "poppler-utils is not installed (make test installs it)";
-    }
-    ImportTestKeys(conn(), {1, 2});
-    dir_ = MakeTempDir("rekey-pdf-");
-  }
-  void TearDown() override {
-    if (!dir_.empty()) RunProcess({"rm", "-rf", dir_});
-    PgTest::TearDown();
-  }
-  ProcessResult Rekey(const std::vector<std::string>& args) {
-    std::vector<std::string> full{"--db", conninfo()};
-    full.insert(full.end(), args.begin(), args.end());
-    return RunRekey(full, WorkerEnv());
-  }
   void Work(int64_t job) {
     ProcessResult r = Rekey({"work", "--job", std::to_string(job), "--concurrency", "2"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -104,7 +39,6 @@ class PdfReportTest : public PgTest {
                         "'key_id', p_stages => '{1,50,100}', p_error_threshold => 0.01, "
                         "p_batch_size => 400, p_name => 'cards-2026'");
   }
-  std::string dir_;
 };
 
 TEST_F(PdfReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonReportOnEveryPage) {
@@ -138,13 +72,7 @@ TEST_F(PdfReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonReportOnEv
                          " AND sha256 = encode(sha256(convert_to(body::text, 'UTF8')), 'hex')"
                          " ORDER BY report_id DESC LIMIT 1"));
 
-  ProcessResult info = RunProcess({"pdfinfo", pdf});
-  ASSERT_EQ(info.exit_code, 0) << info.err;
-  EXPECT_THAT(info.out, HasSubstr("Key rotation report: job " + j));
-  EXPECT_THAT(info.out, HasSubstr("A4"));
-  const size_t pages_at = info.out.find("Pages:");
-  ASSERT_NE(pages_at, std::string::npos);
-  const int pages = std::stoi(info.out.substr(pages_at + 6));
+  const int pages = PdfPages(pdf, "Key rotation report: job " + j);
   EXPECT_GE(pages, 2);
 
   ProcessResult text_run = RunProcess({"pdftotext", "-enc", "UTF-8", pdf, "-"});
@@ -242,24 +170,8 @@ TEST_F(PdfReportTest, APdfOfACompletedRotationHoldsTheFiguresOfItsJsonReportOnEv
       HasSubstr(Squeeze("reader readiness: not proven (no reader reported for scope default)")))
       << "reader readiness";
 
-  // No key material, in any encoding.
-  for (uint32_t id : {1u, 2u}) {
-    Secret k = TestDataKey(id);
-    Bytes b(k.data(), k.data() + k.size());
-    EXPECT_EQ(squeezed.find(HexEncode(b)), std::string::npos);
-    EXPECT_EQ(squeezed.find(Base64Encode(b)), std::string::npos);
-  }
-
-  // Every page renders.
-  ProcessResult render = RunProcess({"pdftoppm", "-r", "40", "-png", pdf, dir_ + "/page"});
-  ASSERT_EQ(render.exit_code, 0) << render.err;
-  int rendered = 0;
-  for (const std::string& f : FilesIn(dir_)) {
-    if (f.rfind("page", 0) != 0) continue;
-    ++rendered;
-    EXPECT_GT(ReadFile(dir_ + "/" + f).size(), 1000u) << f;
-  }
-  EXPECT_EQ(rendered, pages);
+  ExpectNoTestKeys(squeezed);
+  ExpectEveryPageRenders(pdf, dir_, pages);
 }
 
 TEST_F(PdfReportTest, ARolledBackRotationsPdfSaysSoAndChartsTheRowsRestored) {
@@ -324,20 +236,11 @@ TEST_F(PdfReportTest, UnknownAndUnfinishedJobsAndUnwritablePathsAreRefusedWithNo
   EXPECT_EQ(Lines(r.err), 1) << r.err;
   EXPECT_EQ(ReadFile(pdf), "an earlier report") << "a refused report leaves the old file as it was";
 
-  std::ofstream(dir_ + "/not-a-directory") << "x";
-  for (const std::string& bad :
-       {dir_ + "/missing/report.pdf", dir_ + "/not-a-directory/report.pdf", dir_}) {
-    r = Rekey({"report", j, "--format", "pdf", "--output", bad});
-    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
-    EXPECT_THAT(r.err, HasSubstr("cannot write the report to " + bad)) << bad;
-    EXPECT_EQ(Lines(r.err), 1) << r.err;
-    // JSON and Markdown go through the same path.
-    r = Rekey({"report", j, "--format", "json", "--output", bad});
-    EXPECT_EQ(r.exit_code, 2) << bad << ": " << r.err;
-  }
-  r = Rekey({"report", j, "--format", "pdf"});
-  EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_THAT(r.err, HasSubstr("--format pdf needs --output FILE"));
+  ExpectUnwritableOutputRefused(dir_, [&](const std::vector<std::string>& args) {
+    std::vector<std::string> full{"report", j};
+    full.insert(full.end(), args.begin(), args.end());
+    return Rekey(full);
+  });
 
   EXPECT_EQ(FilesIn(dir_), (std::vector<std::string>{"not-a-directory", "report.pdf"}))
       << "no temporary file is left behind";

@@ -1,5 +1,6 @@
 // `rekey rotate --scope S (--to K | --new-key)`: one rotation across every column holding the
-// scope's values; `rekey rotation status|rollback|report R`, and the rotations section of
+// scope's values; `rekey rotation status|rollback|report R` (the report as Markdown, JSON or PDF:
+// ops/rotation_report.h), and the rotations section of
 // `rekey status`. The rules are the database's (sql/schema/55_rotations.sql, jobs/rotation.h);
 // the new key and the rotation are created by rotation::StartRotation.
 #include <nlohmann/json.hpp>
@@ -15,8 +16,10 @@
 #include "jobs/job_spec.h"
 #include "jobs/rotation.h"
 #include "kms/kms_registry.h"
-#include "ops/compliance_report.h"
+#include "ops/atomic_output.h"
 #include "ops/report_evidence.h"
+#include "ops/rotation_pdf_report.h"
+#include "ops/rotation_report.h"
 #include "rotation/rotation_scheduler.h"
 
 namespace rekey::cli {
@@ -123,40 +126,45 @@ void Rollback(const GlobalOptions& global, int64_t rotation, const std::string& 
   std::printf("%s\n", message.c_str());
 }
 
-// One report per rotation: the rotation's row, then each job's compliance report (stored in
-// rekey.reports as `rekey report J` stores it, unless no_store).
-void Report(const GlobalOptions& global, int64_t rotation, bool json, bool no_store) {
-  auto conn = OpenDatabase(global, "rekey-report");
-  const nlohmann::json progress = ReadProgress(*conn, rotation);
-  if (progress.empty()) {
-    throw ConfigError("rotation " + std::to_string(rotation) +
-                      " does not exist; rekey rotation status lists them");
+struct ReportFlags {
+  std::string format = "markdown";
+  std::string output;
+  bool no_store = false;
+};
+
+// One report per rotation: the rotation's row, its promotion and the audit chain, then each
+// job's compliance report (stored in rekey.reports as `rekey report J` stores it, unless
+// no_store); a PDF only of a finished rotation (ops/rotation_report.h).
+void Report(const GlobalOptions& global, int64_t rotation, const ReportFlags& flags) {
+  if (flags.format == "pdf" && flags.output.empty()) {
+    throw ConfigError("--format pdf needs --output FILE (a PDF is not written to a terminal)");
   }
-  ops::ReportRequest request;
-  request.store = !no_store;
+  // Created first, so that an unwritable path is refused before anything is read or stored.
+  std::optional<ops::AtomicOutputFile> file;
+  if (!flags.output.empty()) file.emplace(flags.output);
+  auto conn = OpenDatabase(global, "rekey-report");
+  ops::RotationReportRequest request;
+  request.pdf = flags.format == "pdf";
+  request.store = !flags.no_store;
   request.audit_chain = ops::AuditChainEvidence(*conn);
-  nlohmann::json reports = nlohmann::json::array();
-  std::string markdown = "# Key rotation report: rotation " + std::to_string(rotation) + "\n\n" +
-                         "| Scope | Keys | State | Targets | Rows | Promoted |\n" +
-                         "| --- | --- | --- | --- | --- | --- |\n";
-  const nlohmann::json& r = progress.at(0);
-  markdown += "| " + Text(r["scope"]) + " | " + Text(r["from_keys"]) + " -> " + Text(r["to_key"]) +
-              " | **" + Text(r["state"]) + "** | " + Text(r["tables"]) + " | " +
-              Text(r["rows_done"]) + "/" + Text(r["rows_total"]) + " | " + Text(r["promoted_at"]) +
-              " |\n";
-  db::Classified("building the report of rotation " + std::to_string(rotation), [&] {
-    pqxx::work txn(*conn);
-    for (int64_t job : jobs::RotationJobs(txn, rotation)) {
-      ops::AssembledReport assembled = ops::AssembleReport(txn, job, request);
-      reports.push_back(assembled.report);
-      markdown += "\n" + assembled.markdown;
-    }
-    txn.commit();
-  });
-  if (json) {
-    std::printf("%s\n", nlohmann::json({{"rotation", r}, {"jobs", reports}}).dump(2).c_str());
+  const ops::AssembledRotationReport assembled =
+      db::Classified("building the report of rotation " + std::to_string(rotation), [&] {
+        pqxx::work txn(*conn);
+        ops::AssembledRotationReport r = ops::AssembleRotationReport(txn, rotation, request);
+        txn.commit();
+        return r;
+      });
+  std::FILE* out = file ? file->stream() : stdout;
+  if (flags.format == "pdf") {
+    ops::WriteRotationPdfReport(assembled.report, assembled.progress, out);
   } else {
-    std::fwrite(markdown.data(), 1, markdown.size(), stdout);
+    const std::string text =
+        flags.format == "json" ? assembled.report.dump(2) + "\n" : assembled.markdown;
+    std::fwrite(text.data(), 1, text.size(), out);
+  }
+  if (file) {
+    file->Commit();
+    std::fprintf(stderr, "report written to %s\n", flags.output.c_str());
   }
 }
 
@@ -212,13 +220,25 @@ void AddRotateCommand(CLI::App& app, GlobalOptions& global) {
   rollback->add_option("rotation", *id, "Rotation id")->required();
   rollback->add_option("--reason", *reason, "Why (kept in the audit log)");
   rollback->callback([&global, id, reason] { Rollback(global, *id, *reason); });
-  auto no_store = std::make_shared<bool>(false);
+  auto report_flags = std::make_shared<ReportFlags>();
   CLI::App* report = rotation->add_subcommand(
       "report", "The compliance report of every job of the rotation, under one heading");
   report->add_option("rotation", *id, "Rotation id")->required();
-  report->add_flag("--json", *json, "JSON: {rotation, jobs: [each job's report]}");
-  report->add_flag("--no-store", *no_store, "Do not record the reports in rekey.reports");
-  report->callback([&global, id, json, no_store] { Report(global, *id, *json, *no_store); });
+  report->add_flag("--json", *json, "JSON: {rotation, promotion, audit_chain, jobs: [...]}");
+  report
+      ->add_option("--format", report_flags->format,
+                   "json, markdown or pdf (pdf needs --output; only of a finished rotation)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"json", "markdown", "pdf"}));
+  report->add_option("--output", report_flags->output,
+                     "Write to this file (whole or not at all) instead of stdout");
+  report->add_flag("--no-store", report_flags->no_store,
+                   "Do not record the reports in rekey.reports");
+  report->callback([&global, id, json, report_flags] {
+    ReportFlags chosen = *report_flags;
+    if (*json) chosen.format = "json";
+    Report(global, *id, chosen);
+  });
 }
 
 }  // namespace rekey::cli

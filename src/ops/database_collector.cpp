@@ -38,6 +38,16 @@ DatabaseSnapshot ReadDatabaseSnapshot(pqxx::transaction_base& txn) {
                       row["lagging_readers"].as<double>(),
                       row["waiting_for_readers_seconds"].as<double>()});
   }
+  for (const auto& row : txn.exec(db::Query("ops/database_collector.unfinished_stage_progress"))) {
+    s.stages.push_back({row["job_id"].as<int64_t>(), row["rotation_id"].as<std::string>(),
+                        row["stage_no"].as<int>(), row["kind"].as<std::string>(),
+                        row["rows_total"].as<double>(), row["rows_done"].as<double>()});
+  }
+  for (const auto& row :
+       txn.exec(db::Query("ops/database_collector.unfinished_rotation_progress"))) {
+    s.rotations.push_back({row["rotation_id"].as<std::string>(), row["scope"].as<std::string>(),
+                           row["rows_total"].as<double>(), row["rows_done"].as<double>()});
+  }
   return s;
 }
 

@@ -123,6 +123,23 @@ Metrics::Metrics()
           BuildGauge()
               .Name("rekey_job_waiting_for_readers_seconds")
               .Help("How long a job has waited for lagging readers (0: it does not wait)")
+              .Register(*registry_)),
+      stage_rows_total_(BuildGauge()
+                            .Name("rekey_job_stage_rows")
+                            .Help("Rows of a running job's stage (its planned batches)")
+                            .Register(*registry_)),
+      stage_rows_processed_(BuildGauge()
+                                .Name("rekey_job_stage_rows_processed")
+                                .Help("Rows of a running job's stage processed so far")
+                                .Register(*registry_)),
+      rotation_rows_total_(BuildGauge()
+                               .Name("rekey_rotation_rows")
+                               .Help("Rows the rollouts of an unfinished rotation's jobs cover")
+                               .Register(*registry_)),
+      rotation_rows_processed_(
+          BuildGauge()
+              .Name("rekey_rotation_rows_processed")
+              .Help("Rows of an unfinished rotation's rollouts processed so far")
               .Register(*registry_)) {
   // Every outcome and state is exported from the start, so rate() and absent() behave.
   for (auto outcome : {rotation::BatchOutcome::kCompleted, rotation::BatchOutcome::kLost,
@@ -197,6 +214,19 @@ void Metrics::SetDatabaseSnapshot(const DatabaseSnapshot& snapshot) {
     add(job_rows_processed_, labels, j.rows_processed);
     add(job_lagging_readers_, labels, j.lagging_readers);
     add(job_waiting_for_readers_, labels, j.waiting_for_readers_seconds);
+  }
+  for (const StageProgressSample& s : snapshot.stages) {
+    prometheus::Labels labels = {{"job_id", std::to_string(s.job_id)},
+                                 {"rotation_id", s.rotation_id},
+                                 {"stage", std::to_string(s.stage_no)},
+                                 {"kind", s.kind}};
+    add(stage_rows_total_, labels, s.rows_total);
+    add(stage_rows_processed_, labels, s.rows_processed);
+  }
+  for (const RotationProgressSample& r : snapshot.rotations) {
+    prometheus::Labels labels = {{"rotation_id", r.rotation_id}, {"scope", r.scope}};
+    add(rotation_rows_total_, labels, r.rows_total);
+    add(rotation_rows_processed_, labels, r.rows_processed);
   }
   keys_overdue_.Set(double(snapshot.keys_overdue));
   last_rotation_.Set(snapshot.last_rotation_completed.value_or(0));

@@ -6,7 +6,9 @@
 //   key_id  only for keys that can still be used (enabled, primary, decrypt_only): retired and
 //           destroyed keys drop out, so the series track the live keyring;
 //   job_id  only for jobs that are not finished (active, verifying, awaiting_approval, paused,
-//           failed); rotate-due's --max-jobs bounds how many run at once.
+//           failed); rotate-due's --max-jobs bounds how many run at once. The per-stage gauges
+//           add stage (a job has a handful) and rotation_id (one per job);
+//           rotation_id alone only for rotations not finished (one per scope at a time).
 //
 // Counters describe this process's own work since it started (sum them over pods); the gauges
 // read from the database (keys, jobs) describe the whole deployment and are the same in every
@@ -52,6 +54,24 @@ struct JobProgressSample {
   double waiting_for_readers_seconds = 0;
 };
 
+// One stage of an unfinished job: the rows of its planned batches and of those done.
+struct StageProgressSample {
+  int64_t job_id = 0;
+  std::string rotation_id;  // "" for a job created alone, not by `rekey rotate`
+  int stage_no = 0;
+  std::string kind;  // rollout, sweep or rollback
+  double rows_total = 0;
+  double rows_processed = 0;
+};
+
+// An unfinished rotation (jobs/rotation.h): the rollout rows of all its jobs.
+struct RotationProgressSample {
+  std::string rotation_id;
+  std::string scope;
+  double rows_total = 0;
+  double rows_processed = 0;
+};
+
 // What the database says, read at scrape time (database_collector.h).
 struct DatabaseSnapshot {
   std::vector<KeyAgeSample> keys;
@@ -59,6 +79,8 @@ struct DatabaseSnapshot {
   std::optional<double> last_rotation_completed;  // unix seconds
   std::map<std::string, int64_t> jobs_by_state;
   std::vector<JobProgressSample> jobs;
+  std::vector<StageProgressSample> stages;
+  std::vector<RotationProgressSample> rotations;
 };
 
 class Metrics : public rotation::WorkerObserver {
@@ -112,6 +134,10 @@ class Metrics : public rotation::WorkerObserver {
   prometheus::Family<prometheus::Gauge>& job_rows_processed_;
   prometheus::Family<prometheus::Gauge>& job_lagging_readers_;
   prometheus::Family<prometheus::Gauge>& job_waiting_for_readers_;
+  prometheus::Family<prometheus::Gauge>& stage_rows_total_;
+  prometheus::Family<prometheus::Gauge>& stage_rows_processed_;
+  prometheus::Family<prometheus::Gauge>& rotation_rows_total_;
+  prometheus::Family<prometheus::Gauge>& rotation_rows_processed_;
 
   std::mutex mu_;  // guards the fields below and the database-derived series
   uint64_t cache_hits_seen_ = 0;

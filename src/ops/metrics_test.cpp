@@ -75,6 +75,8 @@ TEST(Metrics, ADatabaseSnapshotReplacesTheSeriesOfTheLastOne) {
                 {2, "t1", "enabled", 5, std::nullopt}};
   first.keys_overdue = 1;
   first.jobs = {{7, "active", 1000, 10, 2, 90}};
+  first.stages = {{7, "3", 1, "rollout", 10, 10}, {7, "3", 2, "rollout", 490, 0}};
+  first.rotations = {{"3", "default", 1500, 10}};
   first.jobs_by_state = {{"active", 1}};
   m.SetDatabaseSnapshot(first);
   std::string text = m.Serialize();
@@ -94,6 +96,16 @@ TEST(Metrics, ADatabaseSnapshotReplacesTheSeriesOfTheLastOne) {
             90);
   EXPECT_EQ(Sample(text, "rekey_jobs{state=\"active\"}"), 1);
   EXPECT_EQ(Sample(text, "rekey_jobs{state=\"paused\"}"), 0);
+  EXPECT_EQ(
+      Sample(text,
+             "rekey_job_stage_rows{job_id=\"7\",kind=\"rollout\",rotation_id=\"3\",stage=\"2\"}"),
+      490);
+  EXPECT_EQ(Sample(text,
+                   "rekey_job_stage_rows_processed{job_id=\"7\",kind=\"rollout\","
+                   "rotation_id=\"3\",stage=\"1\"}"),
+            10);
+  EXPECT_EQ(Sample(text, "rekey_rotation_rows{rotation_id=\"3\",scope=\"default\"}"), 1500);
+  EXPECT_EQ(Sample(text, "rekey_rotation_rows_processed{rotation_id=\"3\",scope=\"default\"}"), 10);
 
   DatabaseSnapshot second;
   second.keys = {{2, "t1", "primary", 6, std::nullopt}};
@@ -103,6 +115,7 @@ TEST(Metrics, ADatabaseSnapshotReplacesTheSeriesOfTheLastOne) {
   text = m.Serialize();
   EXPECT_THAT(text, Not(HasSubstr("key_id=\"1\""))) << "retired keys drop out";
   EXPECT_THAT(text, Not(HasSubstr("job_id=\"7\""))) << "finished jobs drop out";
+  EXPECT_THAT(text, Not(HasSubstr("rotation_id=\"3\""))) << "finished rotations drop out";
   EXPECT_EQ(Sample(text, "rekey_key_age_seconds{key_id=\"2\",scope=\"t1\",status=\"primary\"}"), 6);
   EXPECT_EQ(Sample(text, "rekey_keys_overdue"), 0);
   EXPECT_EQ(Sample(text, "rekey_last_rotation_completed_timestamp_seconds"), 1700000000);

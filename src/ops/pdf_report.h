@@ -8,8 +8,8 @@
 // PDF shows is printed as text (pdftotext finds it): counts as plain integers, rates as percent
 // with three decimals (FormatRate), timestamps as the JSON holds them, to the second.
 //
-// Drawn with cairo's PDF surface (fonts: DejaVu Sans and DejaVu Sans Mono through fontconfig);
-// A4 portrait, as many pages as the content needs.
+// Drawn by pdf_document.h (cairo's PDF surface, A4 portrait, as many pages as the content needs),
+// which also holds FormatRate and ProgressPoint.
 #pragma once
 
 #include <pqxx/pqxx>
@@ -20,14 +20,11 @@
 #include <string>
 #include <vector>
 
+#include "ops/pdf_document.h"
+
 namespace rekey::ops {
 
-// Cumulative rows re-encrypted in one stage, at `seconds` after the job started.
-struct ProgressPoint {
-  double seconds = 0;
-  int64_t rows = 0;
-};
-
+// Cumulative rows re-encrypted in one stage, at seconds after the job started.
 struct StageProgress {
   int stage_no = 0;
   std::vector<ProgressPoint> points;  // in time order; rows never decrease
@@ -37,9 +34,6 @@ struct StageProgress {
 // (one per completed batch run), thinned to at most about 400 points per stage, however many
 // batches ran.
 std::vector<StageProgress> ReadStageProgress(pqxx::transaction_base& txn, int64_t job);
-
-// "0.040%": a rate (0.0004) as percent with three decimals, as the PDF prints every rate.
-std::string FormatRate(double rate);
 
 // Writes the PDF of `report` (rekey.job_report's JSON plus the fields `rekey report` adds:
 // "audit_chain", and "verification" when it ran) and `progress` to `out`. Throws ConfigError if

@@ -47,3 +47,32 @@ SELECT j.job_id, j.state,
  WHERE rekey.job_unfinished(j.state)
  GROUP BY j.job_id, j.state
  ORDER BY j.job_id
+
+-- name: unfinished_stage_progress
+-- Each stage of each unfinished job with its planned and done rows (rows of the stage's batches;
+-- a stage whose batches are not planned yet has none and is left out), and the rotation the job
+-- belongs to ('' when it was created alone): the dashboard's progress and ETA per job and stage,
+-- and per rotation. Only unfinished jobs' batches are read, as above.
+SELECT j.job_id, coalesce(j.rotation_id::text, '') AS rotation_id, s.stage_no, s.kind,
+       sum(b.planned_rows)::float8 AS rows_total,
+       coalesce(sum(b.planned_rows) FILTER (WHERE b.state = 'done'), 0)::float8 AS rows_done
+  FROM rekey.jobs j
+  JOIN rekey.job_stages s ON s.job_id = j.job_id
+  JOIN rekey.batches b ON b.job_id = s.job_id AND b.stage_no = s.stage_no
+ WHERE rekey.job_unfinished(j.state)
+ GROUP BY j.job_id, j.rotation_id, s.stage_no, s.kind
+ ORDER BY j.job_id, s.stage_no
+
+-- name: unfinished_rotation_progress
+-- Each unfinished rotation (`rekey rotate`) with the rollout rows of all its jobs, planned and
+-- done, as rekey.rotation_progress counts them (its finished jobs included, so the figure never
+-- drops when one of its jobs completes). Read through the view, which the monitor role may read
+-- (sql/roles.sql), and only for rotations with an unfinished job, so the view's sums run over
+-- those rotations' jobs alone.
+SELECT rotation_id::text AS rotation_id, scope, rows_total::float8 AS rows_total,
+       rows_done::float8 AS rows_done
+  FROM rekey.rotation_progress
+ WHERE rotation_id IN (SELECT j.rotation_id FROM rekey.jobs j
+                        WHERE j.rotation_id IS NOT NULL AND rekey.job_unfinished(j.state))
+   AND state IN ('creating', 'rotating', 'promoted', 'rolling_back')
+ ORDER BY rotation_id
