@@ -21,6 +21,7 @@
 
 #include "common/bytes.h"
 #include "common/error.h"
+#include "crypto/codec.h"
 #include "crypto/rails_rewriter.h"
 
 namespace rekey::crypto {
@@ -229,6 +230,11 @@ TEST(RailsTest, ClassifiesWhatItCannotOpen) {
                      R"("k":{"p":"","h":{"iv":"wEPaDcJP3VNIxaiz","at":"X7+2xvvcu1k1if6Dy28Esw==",)"
                      R"("k":{"p":"","h":{}}}}}})"),
             kRailsNotMessageClass);
+}
+
+TEST(RailsTest, IsTheCodecNamedRails) {
+  EXPECT_EQ(ParseCodecKind("rails"), CodecKind::kRails);
+  EXPECT_EQ(CodecKindName(CodecKind::kRails), "rails");
 }
 
 TEST(RailsTest, AKeyIs32Bytes) {
