@@ -315,6 +315,10 @@ TEST_F(RailsTest, RotatedWhileTheApplicationWritesAndReadBackWithRailsKeyList) {
                      "WHERE target LIKE '%people%'"),
               HasSubstr("Rails messages"))
       << "retire cannot count Rails messages by key: it must not pass";
+  EXPECT_EQ(Scalar("SELECT status || ':' || coalesce(n::text, '-') FROM rekey.key_census(1) "
+                   "WHERE table_name = 'people' AND column_name = 'email'"),
+            "unknown:-")
+      << "nor can the census that retire and destroy check";
 
   // The keys handed back as Rails takes them: a KeyProvider, the primary (key 2) last.
   ProcessResult refused =
