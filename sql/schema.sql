@@ -618,12 +618,12 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet or rails', quote_literal(v_codec), quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
-      RAISE EXCEPTION 'column % uses the fernet codec, which binds no associated data: drop the template', quote_ident(p_columns[i])
+    IF v_codec IN ('fernet', 'rails') AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the % codec, which binds no associated data: drop the template', quote_ident(p_columns[i]), v_codec
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
@@ -1532,6 +1532,18 @@ DECLARE
   enc text := p_encoding;
   col_type text;
 BEGIN
+  IF 'rails' = ANY (coalesce(p_codecs, '{}')) THEN
+    IF EXISTS (SELECT 1 FROM unnest(p_codecs) c WHERE c IS DISTINCT FROM 'rails') THEN
+      RAISE EXCEPTION 'a rails job rotates Rails messages only: give every column the rails codec'
+        USING ERRCODE = 'invalid_parameter_value';
+    ELSIF coalesce(p_encoding, 'bytea') <> 'bytea' OR p_json_path IS NOT NULL THEN
+      RAISE EXCEPTION 'Rails messages are JSON text stored as it is: no encoding or JSON path applies'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);  -- text or varchar
+    v_encoding := 'bytea';
+    RETURN;
+  END IF;
   IF p_encoding IS NULL AND p_json_path IS NULL THEN
     SELECT x.encoding, x.json_path INTO enc, p_json_path FROM rekey.targets x
      WHERE x.schema_name = p_schema AND x.table_name = p_table AND x.column_name = ANY (p_columns)
@@ -1650,7 +1662,7 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+         coalesce(array_agg(tc.codec IN ('fernet', 'rails') AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
@@ -1716,6 +1728,9 @@ BEGIN
       ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
         cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
                                   current_user, rel.nspname, rel.relname, current_user);
+      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key, t_codec) tc(relid, attnum, fk, codec)
+                     WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk AND tc.codec = 'rails') THEN
+        cols_unknown[i] := format('holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")', p_key);
       ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
         -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
@@ -1945,10 +1960,12 @@ BEGIN
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
            -- from or to.
-           bool_or(tc.codec = 'fernet' AND EXISTS (
+           -- Rails messages likewise (at most a key reference, read only by decryption).
+           bool_or(tc.codec IN ('fernet', 'rails') AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key
+             AS fernet_key,
+           bool_or(tc.codec = 'rails') AS rails
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
@@ -1976,8 +1993,11 @@ BEGIN
     END IF;
     IF g.fernet_key THEN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
-      unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
-                        target, p_key);
+      unknown := CASE WHEN g.rails
+        THEN format('%s holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")',
+                    target, p_key)
+        ELSE format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
+                    target, p_key) END;
       RETURN NEXT;
       CONTINUE;
     END IF;

@@ -26,6 +26,7 @@
 #include "keyring/census.h"
 #include "keyring/key_exchange.h"
 #include "keyring/key_formats/fernet_keys.h"
+#include "keyring/key_formats/rails_keys.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "keyring/tink_keyset.h"
@@ -287,6 +288,39 @@ const std::vector<KeyFormat>& KeyFormats() {
          WipeAndClear(&list);
          return file;
        }},
+      {"rails",
+       // One primary_key (or deterministic_key) of the credentials, with its salt and digest,
+       // derived as Rails derives it (keyring/key_formats/rails_keys.h).
+       [](std::string& data) {
+         try {
+           Secret key = keyring::ParseRailsKeyFile(data);
+           WipeAndClear(&data);
+           return key;
+         } catch (...) {
+           WipeAndClear(&data);
+           throw;
+         }
+       },
+       nullptr,
+       // The KeyProvider config, the primary last (Rails encrypts with the last key).
+       [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
+         if (!o.cleartext) {
+           throw ConfigError(
+               "a Rails key provider config is key material in the clear: pass --cleartext "
+               "(and --output FILE) to export it");
+         }
+         std::vector<const Secret*> ordered;
+         for (const keyring::ExchangedKey& k : keys) {
+           if (!k.primary) ordered.push_back(&k.key);
+         }
+         for (const keyring::ExchangedKey& k : keys) {
+           if (k.primary) ordered.push_back(&k.key);
+         }
+         std::string config = keyring::RailsKeyProviderConfig(ordered) + "\n";
+         Secret file(reinterpret_cast<const uint8_t*>(config.data()), config.size());
+         WipeAndClear(&config);
+         return file;
+       }},
       {"tink-keyset", nullptr,
        [](std::string_view contents, const KeysOptions& o) {
          return keyring::tink::KeysOfKeysetFile(contents, [&] { return KeysetKekOf(o); });
@@ -535,7 +569,8 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   CLI::App* import_cmd = keys->add_subcommand(
       "import",
       "Import data keys from a file or stdin: one key under --key-id (--format raw: 32 bytes or "
-      "their base64; --format fernet: Fernet.generate_key()'s text) or every key of an "
+      "their base64; --format fernet: Fernet.generate_key()'s text; --format rails: one "
+      "primary_key with key_derivation_salt and hash_digest_class) or every key of an "
       "application's key file (--format tink-keyset)");
   import_cmd->add_option("--key-id", o->key_id,
                          "--format raw: the key's id (as in its existing ciphertexts)");

@@ -253,10 +253,12 @@ BEGIN
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
            -- from or to.
-           bool_or(tc.codec = 'fernet' AND EXISTS (
+           -- Rails messages likewise (at most a key reference, read only by decryption).
+           bool_or(tc.codec IN ('fernet', 'rails') AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key
+             AS fernet_key,
+           bool_or(tc.codec = 'rails') AS rails
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
@@ -284,8 +286,11 @@ BEGIN
     END IF;
     IF g.fernet_key THEN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
-      unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
-                        target, p_key);
+      unknown := CASE WHEN g.rails
+        THEN format('%s holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")',
+                    target, p_key)
+        ELSE format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
+                    target, p_key) END;
       RETURN NEXT;
       CONTINUE;
     END IF;
@@ -381,7 +386,7 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+         coalesce(array_agg(tc.codec IN ('fernet', 'rails') AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
@@ -447,6 +452,9 @@ BEGIN
       ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
         cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
                                   current_user, rel.nspname, rel.relname, current_user);
+      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key, t_codec) tc(relid, attnum, fk, codec)
+                     WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk AND tc.codec = 'rails') THEN
+        cols_unknown[i] := format('holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")', p_key);
       ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
         -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.

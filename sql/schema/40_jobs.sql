@@ -511,7 +511,10 @@ END $$;
 -- does, for the form:
 --   p_encoding  'bytea' (the default): binary values in bytea columns; 'base64', 'base64url' or
 --               'hex': binary values as text, in text or varchar columns; the fernet codec's
---               tokens are base64url text (its default; any other encoding is refused)
+--               tokens are base64url text (its default; any other encoding is refused); the
+--               rails codec's messages are JSON text stored as it is, in text or varchar columns
+--               (recorded as 'bytea': no text encoding applies; any other, or a JSON path, is
+--               refused, and so is a job mixing rails with another codec)
 --   p_json_path the values are the strings at this path (a non-empty text[] of keys) of jsonb
 --               documents; the encoding must then be a text one (default base64)
 -- Neither given: the form a target of these columns already records (so rekey rotate-due, which
@@ -526,6 +529,18 @@ DECLARE
   enc text := p_encoding;
   col_type text;
 BEGIN
+  IF 'rails' = ANY (coalesce(p_codecs, '{}')) THEN
+    IF EXISTS (SELECT 1 FROM unnest(p_codecs) c WHERE c IS DISTINCT FROM 'rails') THEN
+      RAISE EXCEPTION 'a rails job rotates Rails messages only: give every column the rails codec'
+        USING ERRCODE = 'invalid_parameter_value';
+    ELSIF coalesce(p_encoding, 'bytea') <> 'bytea' OR p_json_path IS NOT NULL THEN
+      RAISE EXCEPTION 'Rails messages are JSON text stored as it is: no encoding or JSON path applies'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);  -- text or varchar
+    v_encoding := 'bytea';
+    RETURN;
+  END IF;
   IF p_encoding IS NULL AND p_json_path IS NULL THEN
     SELECT x.encoding, x.json_path INTO enc, p_json_path FROM rekey.targets x
      WHERE x.schema_name = p_schema AND x.table_name = p_table AND x.column_name = ANY (p_columns)
@@ -589,7 +604,7 @@ END $$;
 --   p_table       schema.table (PostgreSQL identifier syntax)
 --   p_columns     ciphertext columns (bytea)
 --   p_key_map     {"source key id": target key id, ...}
---   p_codecs      one codec per column ('tink', 'raw' or 'fernet'); NULL = all 'tink'
+--   p_codecs      one codec per column ('tink', 'raw', 'fernet' or 'rails'); NULL = all 'tink'
 --   p_key_id_column  integer column holding the key id: required by 'raw', kept in step otherwise
 --   p_scope_column/p_scope_value  restrict the job to rows where column = value
 --   p_stages      cumulative percentages, increasing, ending at 100 (default 1,25,50,75,100)
@@ -676,12 +691,12 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet or rails', quote_literal(v_codec), quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
-      RAISE EXCEPTION 'column % uses the fernet codec, which binds no associated data: drop the template', quote_ident(p_columns[i])
+    IF v_codec IN ('fernet', 'rails') AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the % codec, which binds no associated data: drop the template', quote_ident(p_columns[i]), v_codec
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN

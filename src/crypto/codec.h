@@ -30,7 +30,8 @@ namespace rekey::crypto {
 // kVaultTransit: a text column of Vault Transit ciphertexts ("vault:vN:..."), rotated inside Vault
 // by rewrap (rotation/transit_rewrapper.h); rekey holds neither its key nor its plaintext.
 // kFernet: Fernet tokens (crypto/fernet.h), which name no key: opened by trial decryption.
-enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet };
+// kRails: ActiveRecord::Encryption's JSON messages (crypto/rails.h), stored as the column's text.
+enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kRails };
 
 // Returns the codec named `name` ("tink", "raw", "vault-transit" or "fernet", exact lower case),
 // nullopt for anything else.

@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "crypto/aead_rewriters.h"
 #include "crypto/fernet_rewriter.h"
+#include "crypto/rails_rewriter.h"
 #include "db/binary_array.h"
 #include "db/bytea.h"
 #include "db/connection.h"
@@ -104,6 +105,9 @@ void BatchRotator::MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side) {
       } else if (column.codec == CodecKind::kFernet) {
         side->rewriters.push_back(std::make_unique<crypto::FernetRewriter>(
             &side->direction.key_map, [this](uint32_t id) { return FernetKeyFor(id); }));
+      } else if (column.codec == CodecKind::kRails) {
+        side->rewriters.push_back(std::make_unique<crypto::RailsRewriter>(
+            &side->direction.key_map, [this](uint32_t id) { return RailsKeyFor(id); }));
       } else {
         side->rewriters.push_back(
             std::make_unique<crypto::AeadRewriter>(column.codec, table, moves));
@@ -135,6 +139,13 @@ const crypto::FernetKey* BatchRotator::FernetKeyFor(uint32_t key_id) {
   return fernet_keys_.emplace(key_id, std::move(key)).first->second.get();
 }
 
+crypto::RailsKey* BatchRotator::RailsKeyFor(uint32_t key_id) {
+  auto it = rails_keys_.find(key_id);
+  if (it != rails_keys_.end()) return it->second.get();
+  auto key = std::make_unique<crypto::RailsKey>(key_source_(key_id));
+  return rails_keys_.emplace(key_id, std::move(key)).first->second.get();
+}
+
 crypto::AesGcmKey* BatchRotator::Key(uint32_t key_id) {
   auto it = keys_.find(key_id);
   if (it != keys_.end()) return it->second.get();
@@ -160,6 +171,7 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
   // never as a value that fails to decrypt and is quarantined.
   keys_.clear();
   fernet_keys_.clear();
+  rails_keys_.clear();
   LoadKeys();
   if (prepared_on_ != &conn) Prepare(conn);
   Side& side = batch.rollback ? backward_ : forward_;
@@ -339,7 +351,9 @@ void BatchRotator::RewriteValues(const pqxx::result& rows, size_t handled, Side&
       // path: that row is quarantined, not passed over.
       if (json_kind ? json_kind->is_null() : field.is_null()) continue;
       crypto::StoredValue value{nullptr, 0, job_.columns[i].name, pk, row_key_id};
-      if (job_.columns[i].codec == CodecKind::kVaultTransit) {
+      // Transit ciphertexts and Rails messages are text as the column holds it.
+      if (job_.columns[i].codec == CodecKind::kVaultTransit ||
+          job_.columns[i].codec == CodecKind::kRails) {
         value.data = reinterpret_cast<const uint8_t*>(field.c_str());
         value.size = field.size();
       } else {

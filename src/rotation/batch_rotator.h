@@ -54,6 +54,7 @@
 #include "common/secret.h"
 #include "crypto/aes_gcm.h"
 #include "crypto/fernet.h"
+#include "crypto/rails.h"
 #include "crypto/text_encoding.h"
 #include "crypto/value_rewriter.h"
 #include "jobs/job.h"
@@ -182,6 +183,7 @@ class BatchRotator {
   void Prepare(pqxx::connection& conn);
   crypto::AesGcmKey* Key(uint32_t key_id);
   const crypto::FernetKey* FernetKeyFor(uint32_t key_id);  // the same key material, as Fernet's
+  crypto::RailsKey* RailsKeyFor(uint32_t key_id);          // ... as Rails' Key#secret
 
   // The transaction's steps, in order.
   void LockKeys(pqxx::work& txn, const Direction& direction, const ClaimedBatch& batch);
@@ -216,6 +218,7 @@ class BatchRotator {
   bool transit_checked_ = false;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys_;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_keys_;
+  std::unordered_map<uint32_t, std::unique_ptr<crypto::RailsKey>> rails_keys_;
   BatchStatements statements_;
   std::string prefix_;  // prepared-statement name prefix, unique per job
   Side forward_;

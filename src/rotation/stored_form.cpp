@@ -57,7 +57,10 @@ std::string SetValueSql(const jobs::JobColumn& column, const std::string& new_va
 }
 
 std::string_view NewValueType(const jobs::JobColumn& column) {
-  return IsText(column) || column.codec == crypto::CodecKind::kVaultTransit ? "text" : "bytea";
+  return IsText(column) || column.codec == crypto::CodecKind::kVaultTransit ||
+                 column.codec == crypto::CodecKind::kRails
+             ? "text"
+             : "bytea";
 }
 
 std::string_view ReadStoredValue(const jobs::JobColumn& column, const pqxx::field& field,

@@ -11,7 +11,8 @@
 // Values are read in their column's stored form (rotation/stored_form.h): text decoded, JSON
 // fields at their path; one that cannot be read so is a failure of its class ("bad_encoding",
 // "json_path_missing", "json_not_string"). Fernet tokens are opened by trial decryption with the
-// job's target keys, then its source keys (crypto/fernet.h).
+// job's target keys, then its source keys (crypto/fernet.h); Rails messages likewise, read as the
+// column's text (crypto/rails.h; failures of its classes, "not_json", "not_rails_message", ...).
 //
 // Plaintext digest (docs/operations.md): SHA-256 over, for each row in primary-key order and
 // each job column in job order whose value is not NULL and decrypts:
