@@ -92,6 +92,16 @@ inline std::string TinkDecrypt(const std::string& value, uint32_t* key_id,
   return std::string(plaintext.begin(), plaintext.end());
 }
 
+// The kind of the job's current stage ('' before the first), read with the job's row
+// share-locked until the caller's transaction ends: no stage opens before it does. A test
+// application that writes under the old key "until the sweep" reads this first, so each of its
+// writes lands either before the sweep opened (and the sweep sees it) or not at all.
+inline std::string CurrentStageKindSharingJob(const std::string& job_id) {
+  return "SELECT coalesce(s.kind, '') FROM rekey.jobs x LEFT JOIN rekey.job_stages s ON s.job_id "
+         "= x.job_id AND s.stage_no = x.current_stage WHERE x.job_id = " +
+         job_id + " FOR SHARE OF x";
+}
+
 inline std::string PlaintextFor(int64_t id) {
   return "4111-1111-1111-" + std::to_string(1000000 + id);
 }
