@@ -253,10 +253,12 @@ BEGIN
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
            -- from or to.
-           bool_or(tc.codec = 'fernet' AND EXISTS (
+           bool_or(tc.codec IN ('fernet', 'lockbox') AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key
+             AS fernet_key,
+           -- Lockbox values name no key either (docs/FORMAT.md, "lockbox"): counted as Fernet's.
+           bool_or(tc.codec = 'lockbox') AS lockbox
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
@@ -284,8 +286,11 @@ BEGIN
     END IF;
     IF g.fernet_key THEN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
-      unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
-                        target, p_key);
+      unknown := CASE WHEN g.lockbox
+        THEN format('%s holds Lockbox values, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "lockbox")',
+                    target, p_key)
+        ELSE format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
+                    target, p_key) END;
       RETURN NEXT;
       CONTINUE;
     END IF;
@@ -381,7 +386,7 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+         coalesce(array_agg(tc.codec IN ('fernet', 'lockbox') AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
@@ -450,7 +455,7 @@ BEGIN
       ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
         -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
-        cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+        cols_unknown[i] := format('holds Fernet tokens or Lockbox values, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet", "lockbox")', p_key);
       ELSIF col.base = 'jsonb' THEN
         -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
         -- at its path, in its encoding.

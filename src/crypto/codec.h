@@ -30,10 +30,12 @@ namespace rekey::crypto {
 // kVaultTransit: a text column of Vault Transit ciphertexts ("vault:vN:..."), rotated inside Vault
 // by rewrap (rotation/transit_rewrapper.h); rekey holds neither its key nor its plaintext.
 // kFernet: Fernet tokens (crypto/fernet.h), which name no key: opened by trial decryption.
-enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet };
+// kLockbox: Ruby Lockbox's AES-GCM values (crypto/lockbox.h), under keys derived per attribute;
+// they name no key either.
+enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kLockbox };
 
-// Returns the codec named `name` ("tink", "raw", "vault-transit" or "fernet", exact lower case),
-// nullopt for anything else.
+// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet" or "lockbox", exact
+// lower case), nullopt for anything else.
 std::optional<CodecKind> ParseCodecKind(std::string_view name);
 // The name ParseCodecKind accepts for `kind`.
 std::string_view CodecKindName(CodecKind kind);
