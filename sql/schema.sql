@@ -618,8 +618,12 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'lockbox') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet or lockbox', quote_literal(v_codec), quote_ident(p_columns[i])
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_codec = 'lockbox' AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the lockbox codec: Lockbox''s models bind no associated data, drop the template', quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
@@ -1512,6 +1516,7 @@ CREATE FUNCTION rekey.job_value_form(p_schema name, p_table name, p_pk name, p_c
     AS $$
 DECLARE
   fernet boolean := 'fernet' = ANY (coalesce(p_codecs, '{}'));
+  lockbox boolean := 'lockbox' = ANY (coalesce(p_codecs, '{}'));
   enc text := p_encoding;
   col_type text;
 BEGIN
@@ -1522,6 +1527,7 @@ BEGIN
      ORDER BY x.target_id DESC LIMIT 1;
   END IF;
   enc := coalesce(enc, CASE WHEN fernet THEN 'base64url'
+                            WHEN lockbox THEN 'base64'
                             WHEN p_json_path IS NOT NULL THEN 'base64'
                             ELSE 'bytea' END);
   IF enc NOT IN ('bytea', 'base64', 'base64url', 'hex') THEN
@@ -1529,6 +1535,9 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   ELSIF fernet AND enc <> 'base64url' THEN
     RAISE EXCEPTION 'Fernet tokens are base64url text; encoding % does not apply', quote_literal(enc)
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF lockbox AND enc NOT IN ('base64', 'bytea') THEN
+    RAISE EXCEPTION 'Lockbox stores base64 text (or the bytes, with encode: false); encoding % does not apply', quote_literal(enc)
       USING ERRCODE = 'invalid_parameter_value';
   ELSIF p_json_path IS NOT NULL AND (cardinality(p_json_path) = 0
                                      OR EXISTS (SELECT 1 FROM unnest(p_json_path) k WHERE k IS NULL OR k = '')) THEN
@@ -1633,7 +1642,7 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+         coalesce(array_agg(tc.codec IN ('fernet', 'lockbox') AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
@@ -1702,7 +1711,7 @@ BEGIN
       ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
         -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
-        cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+        cols_unknown[i] := format('holds Fernet tokens or Lockbox values, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet", "lockbox")', p_key);
       ELSIF col.base = 'jsonb' THEN
         -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
         -- at its path, in its encoding.
@@ -1928,10 +1937,12 @@ BEGIN
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
            -- from or to.
-           bool_or(tc.codec = 'fernet' AND EXISTS (
+           bool_or(tc.codec IN ('fernet', 'lockbox') AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key
+             AS fernet_key,
+           -- Lockbox values name no key either (docs/FORMAT.md, "lockbox"): counted as Fernet's.
+           bool_or(tc.codec = 'lockbox') AS lockbox
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
@@ -1959,8 +1970,11 @@ BEGIN
     END IF;
     IF g.fernet_key THEN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
-      unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
-                        target, p_key);
+      unknown := CASE WHEN g.lockbox
+        THEN format('%s holds Lockbox values, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "lockbox")',
+                    target, p_key)
+        ELSE format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
+                    target, p_key) END;
       RETURN NEXT;
       CONTINUE;
     END IF;
@@ -3316,6 +3330,39 @@ BEGIN
   RETURN format('job %s: %s -> %s', p_job, cur, p_to);
 END $$;
 
+CREATE FUNCTION rekey.set_lockbox_key_names(p_job bigint, p_key_table text, p_key_attribute text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  targets bigint[];
+  tid bigint;
+BEGIN
+  SELECT array_agg(x.target_id ORDER BY c.ordinal) INTO targets
+    FROM rekey.job_columns c JOIN rekey.targets x USING (target_id)
+   WHERE c.job_id = p_job AND x.codec = 'lockbox';
+  IF targets IS NULL THEN
+    RAISE EXCEPTION 'job % has no lockbox column: --lockbox-key-table and --lockbox-key-attribute do not apply', p_job
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_key_table = '' OR p_key_attribute = '' THEN
+    RAISE EXCEPTION 'a Lockbox key table or key attribute is a name, not empty' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_key_attribute IS NOT NULL AND cardinality(targets) > 1 THEN
+    RAISE EXCEPTION 'job % has % lockbox columns: a key attribute names one (Lockbox refuses key_attribute with several attributes)',
+      p_job, cardinality(targets) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOREACH tid IN ARRAY targets LOOP
+    IF EXISTS (SELECT 1 FROM rekey.targets x WHERE x.target_id = tid
+                  AND (x.lockbox_key_table, x.lockbox_key_attribute) IS DISTINCT FROM (p_key_table, p_key_attribute))
+       AND EXISTS (SELECT 1 FROM rekey.job_columns c WHERE c.target_id = tid AND c.job_id <> p_job) THEN
+      RAISE EXCEPTION 'column of target % is registered with other Lockbox key names: %', tid,
+        (SELECT format('key table %s, key attribute %s', coalesce(x.lockbox_key_table, '(the table''s)'),
+                       coalesce(x.lockbox_key_attribute, '(the column''s)'))
+           FROM rekey.targets x WHERE x.target_id = tid) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE rekey.targets SET lockbox_key_table = p_key_table, lockbox_key_attribute = p_key_attribute
+     WHERE target_id = tid;
+  END LOOP;
+END $$;
+
 CREATE FUNCTION rekey.set_reader_window(p_job bigint, p_window interval) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -3968,9 +4015,12 @@ CREATE TABLE rekey.targets (
     forgotten_reason text,
     encoding text DEFAULT 'bytea'::text NOT NULL,
     json_path text[],
+    lockbox_key_table text,
+    lockbox_key_attribute text,
     CONSTRAINT targets_codec_check CHECK ((codec = ANY (ARRAY['tink'::text, 'raw'::text, 'vault-transit'::text, 'fernet'::text, 'cloak'::text, 'lockbox'::text, 'rails'::text, 'aws-kms'::text]))),
     CONSTRAINT targets_encoding_check CHECK ((encoding = ANY (ARRAY['bytea'::text, 'base64'::text, 'base64url'::text, 'hex'::text]))),
     CONSTRAINT targets_json_path_holds_text CHECK (((json_path IS NULL) OR ((encoding <> 'bytea'::text) AND (cardinality(json_path) > 0)))),
+    CONSTRAINT targets_lockbox_key_names CHECK ((((lockbox_key_table IS NULL) AND (lockbox_key_attribute IS NULL)) OR ((codec = 'lockbox'::text) AND (COALESCE(lockbox_key_table, 'x'::text) <> ''::text) AND (COALESCE(lockbox_key_attribute, 'x'::text) <> ''::text)))),
     CONSTRAINT targets_raw_needs_key_id_column CHECK (((codec <> 'raw'::text) OR (key_id_column IS NOT NULL))),
     CONSTRAINT targets_scope_both_or_neither CHECK (((scope_column IS NULL) = (scope_value IS NULL)))
 );
