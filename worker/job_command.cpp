@@ -48,8 +48,9 @@ struct CreateFlags {
   int to_version = 0;       // vault-transit: 0 = the key's latest version
   std::string encoding;     // stored form (docs/FORMAT.md); "" = the codec's default
   std::string json_path;    // "{payment,token}": the values are strings in jsonb documents
-  std::string lockbox_key_table;      // lockbox: the model's key_table; "" = the table's name
-  std::string lockbox_key_attribute;  // lockbox: the model's key_attribute; "" = the column's
+  // lockbox: the model's key_table and key_attribute options; "" = the table's, the column's name
+  std::string lockbox_key_table;
+  std::string lockbox_key_attribute;
 };
 
 // A vault-transit job's Transit key, checked in Vault before anything is written: it exists, can
@@ -117,7 +118,8 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   if (!flags.encoding.empty()) spec.encoding = flags.encoding;
   if (!flags.json_path.empty()) spec.json_path = jobs::ParseJsonPath(flags.json_path);
   if (!flags.lockbox_key_table.empty()) spec.lockbox_key_table = flags.lockbox_key_table;
-  if (!flags.lockbox_key_attribute.empty()) spec.lockbox_key_attribute = flags.lockbox_key_attribute;
+  if (!flags.lockbox_key_attribute.empty())
+    spec.lockbox_key_attribute = flags.lockbox_key_attribute;
   if (!flags.ad_template.empty()) spec.ad_template = flags.ad_template;
   if (!flags.scope.empty()) {
     auto [column, value] = jobs::ParseScope(flags.scope);

@@ -89,7 +89,8 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
     if (column.codec == crypto::CodecKind::kLockbox) {
       const pqxx::field table = c["lockbox_key_table"], attribute = c["lockbox_key_attribute"];
       column.lockbox_key_table = table.is_null() ? job.table_name : table.as<std::string>();
-      column.lockbox_key_attribute = attribute.is_null() ? column.name : attribute.as<std::string>();
+      column.lockbox_key_attribute =
+          attribute.is_null() ? column.name : attribute.as<std::string>();
     }
     job.columns.push_back(std::move(column));
   }

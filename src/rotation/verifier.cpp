@@ -289,9 +289,10 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
                                            fernet_lookup, &plaintext, nullptr, &key_id);
         } else if (column.codec == crypto::CodecKind::kLockbox) {
           // Lockbox names no key either: each key's attribute key for the column is tried.
-          status = crypto::OpenLockboxTrial(value.data(), value.size(), fernet_candidates,
-                                            {column.lockbox_key_table, column.lockbox_key_attribute},
-                                            lockbox_keys, &plaintext, &key_id);
+          status =
+              crypto::OpenLockboxTrial(value.data(), value.size(), fernet_candidates,
+                                       {column.lockbox_key_table, column.lockbox_key_attribute},
+                                       lockbox_keys, &plaintext, &key_id);
         } else if (kid_field < 0 || row[kid_field].is_null()) {
           status = crypto::DecodeStatus::kUnknownKey;
         } else {
