@@ -48,6 +48,9 @@ struct CreateFlags {
   int to_version = 0;       // vault-transit: 0 = the key's latest version
   std::string encoding;     // stored form (docs/FORMAT.md); "" = the codec's default
   std::string json_path;    // "{payment,token}": the values are strings in jsonb documents
+  // lockbox: the model's key_table and key_attribute options; "" = the table's, the column's name
+  std::string lockbox_key_table;
+  std::string lockbox_key_attribute;
 };
 
 // A vault-transit job's Transit key, checked in Vault before anything is written: it exists, can
@@ -114,6 +117,9 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   spec.cross_scope = flags.cross_scope;
   if (!flags.encoding.empty()) spec.encoding = flags.encoding;
   if (!flags.json_path.empty()) spec.json_path = jobs::ParseJsonPath(flags.json_path);
+  if (!flags.lockbox_key_table.empty()) spec.lockbox_key_table = flags.lockbox_key_table;
+  if (!flags.lockbox_key_attribute.empty())
+    spec.lockbox_key_attribute = flags.lockbox_key_attribute;
   if (!flags.ad_template.empty()) spec.ad_template = flags.ad_template;
   if (!flags.scope.empty()) {
     auto [column, value] = jobs::ParseScope(flags.scope);
@@ -240,14 +246,19 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
                    "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
-                     "Codec per column: tink (default), raw, fernet, rails or vault-transit; one "
-                     "for all, or one per --column");
+                     "Codec per column: tink (default), raw, fernet, rails, lockbox or "
+                     "vault-transit; one for all, or one per --column");
   create->add_option("--encoding", flags->encoding,
                      "How the values are stored: bytea (default), or text in base64, base64url "
                      "or hex (docs/FORMAT.md)");
   create->add_option("--json-path", flags->json_path,
                      "The values are the strings at this path of jsonb documents, e.g. "
                      "'{payment,token}'; only they are rewritten");
+  create->add_option("--lockbox-key-table", flags->lockbox_key_table,
+                     "lockbox: the model's key_table option (default: the table's name)");
+  create->add_option("--lockbox-key-attribute", flags->lockbox_key_attribute,
+                     "lockbox: the model's key_attribute option, for one column (default: the "
+                     "column's name, e.g. email_ciphertext)");
   create->add_option("--map", flags->key_map,
                      "Source-to-target key ids, e.g. 1:2 or 3:7,4:8 (required but for "
                      "vault-transit)");

@@ -27,6 +27,7 @@
 #include "keyring/key_exchange.h"
 #include "keyring/key_formats/fernet_keys.h"
 #include "keyring/key_formats/rails_keys.h"
+#include "keyring/key_formats/lockbox_keys.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "keyring/tink_keyset.h"
@@ -321,6 +322,38 @@ const std::vector<KeyFormat>& KeyFormats() {
          WipeAndClear(&config);
          return file;
        }},
+      {"lockbox",
+       // One master key as Lockbox.generate_key writes it (keyring/key_formats/lockbox_keys.h).
+       [](std::string& data) {
+         try {
+           Secret key = keyring::ParseLockboxMasterKey(data);
+           WipeAndClear(&data);
+           return key;
+         } catch (...) {
+           WipeAndClear(&data);
+           throw;
+         }
+       },
+       nullptr,
+       // The initializer Lockbox reads: the primary as master_key, the others as previous_versions.
+       [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
+         if (!o.cleartext) {
+           throw ConfigError(
+               "a Lockbox master key is key material in the clear: pass --cleartext (and "
+               "--output FILE) to export it");
+         }
+         std::vector<const Secret*> ordered;
+         for (const keyring::ExchangedKey& k : keys) {
+           if (k.primary)
+             ordered.insert(ordered.begin(), &k.key);
+           else
+             ordered.push_back(&k.key);
+         }
+         std::string text = keyring::LockboxInitializer(ordered);
+         Secret file(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+         WipeAndClear(&text);
+         return file;
+       }},
       {"tink-keyset", nullptr,
        [](std::string_view contents, const KeysOptions& o) {
          return keyring::tink::KeysOfKeysetFile(contents, [&] { return KeysetKekOf(o); });
@@ -570,7 +603,8 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
       "import",
       "Import data keys from a file or stdin: one key under --key-id (--format raw: 32 bytes or "
       "their base64; --format fernet: Fernet.generate_key()'s text; --format rails: one "
-      "primary_key with key_derivation_salt and hash_digest_class) or every key of an "
+      "primary_key with key_derivation_salt and hash_digest_class; --format lockbox: "
+      "Lockbox.generate_key()'s 64 hex digits) or every key of an "
       "application's key file (--format tink-keyset)");
   import_cmd->add_option("--key-id", o->key_id,
                          "--format raw: the key's id (as in its existing ciphertexts)");

@@ -41,3 +41,28 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
               ELSE format('rekey.encoded_head(%s, %L)', rekey.stored_text_sql(p_column, p_json_path),
                           p_encoding) END
 $$;
+
+-- Whether SQL cannot tell which key holds a value of codec p_codec: the value names no key
+-- (fernet, lockbox) or at most a reference only decryption resolves (rails). rekey.key_usage and
+-- rekey.key_census count such a column as unknown for every key a job moved it from or to; only
+-- decrypting its values can count them (docs/FORMAT.md, each codec's section).
+CREATE OR REPLACE FUNCTION rekey.codec_keyed_by_decryption_only(p_codec text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT p_codec IN ('fernet', 'rails', 'lockbox')
+$$;
+
+-- What a column of codec p_codec holds, for the messages people read ("holds Fernet tokens").
+CREATE OR REPLACE FUNCTION rekey.codec_values_noun(p_codec text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE p_codec
+           WHEN 'tink' THEN 'Tink values'
+           WHEN 'raw' THEN 'raw AES-GCM values'
+           WHEN 'vault-transit' THEN 'Vault Transit ciphertexts'
+           WHEN 'fernet' THEN 'Fernet tokens'
+           WHEN 'rails' THEN 'Rails messages'
+           WHEN 'lockbox' THEN 'Lockbox values'
+           WHEN 'cloak' THEN 'cloak strings'
+           WHEN 'aws-kms' THEN 'AWS KMS ciphertext blobs'
+           ELSE p_codec || ' values'
+         END
+$$;

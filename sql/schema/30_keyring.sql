@@ -253,12 +253,12 @@ BEGIN
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
            -- from or to.
-           -- Rails messages likewise (at most a key reference, read only by decryption).
-           bool_or(tc.codec IN ('fernet', 'rails') AND EXISTS (
+           -- Rails and Lockbox likewise (rekey.codec_keyed_by_decryption_only).
+           bool_or(rekey.codec_keyed_by_decryption_only(tc.codec) AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key,
-           bool_or(tc.codec = 'rails') AS rails
+             AS keyed_by_decryption,
+           min(tc.codec) FILTER (WHERE rekey.codec_keyed_by_decryption_only(tc.codec)) AS decrypted_codec
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
@@ -284,13 +284,10 @@ BEGIN
       RETURN NEXT;
       CONTINUE;
     END IF;
-    IF g.fernet_key THEN
+    IF g.keyed_by_decryption THEN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
-      unknown := CASE WHEN g.rails
-        THEN format('%s holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")',
-                    target, p_key)
-        ELSE format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
-                    target, p_key) END;
+      unknown := format('%s holds %s, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "%s")',
+                        target, rekey.codec_values_noun(g.decrypted_codec), p_key, g.decrypted_codec);
       RETURN NEXT;
       CONTINUE;
     END IF;
@@ -377,7 +374,7 @@ DECLARE
   -- Per registered target: it holds JSON fields (rekey.targets.json_path); it holds Fernet
   -- tokens and a job on it moved key p_key in or out.
   t_json boolean[];
-  t_fernet_key boolean[];
+  t_decrypted_key boolean[];
   json_conds text[];
 BEGIN
   SELECT coalesce(array_agg(tc.relid ORDER BY tc.target_id), '{}'),
@@ -386,11 +383,11 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec IN ('fernet', 'rails') AND EXISTS (
+         coalesce(array_agg(rekey.codec_keyed_by_decryption_only(tc.codec) AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
-    INTO t_relid, t_attnum, t_id, t_codec, t_kid, t_json, t_fernet_key
+    INTO t_relid, t_attnum, t_id, t_codec, t_kid, t_json, t_decrypted_key
     FROM rekey.target_columns() tc JOIN rekey.targets x USING (target_id)
    WHERE tc.unresolved IS NULL;
 
@@ -452,13 +449,15 @@ BEGIN
       ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
         cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
                                   current_user, rel.nspname, rel.relname, current_user);
-      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key, t_codec) tc(relid, attnum, fk, codec)
-                     WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk AND tc.codec = 'rails') THEN
-        cols_unknown[i] := format('holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")', p_key);
-      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
+      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_decrypted_key) tc(relid, attnum, fk)
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
-        -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
-        cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+        -- Values whose key SQL cannot read (rekey.codec_keyed_by_decryption_only).
+        cols_unknown[i] := (
+          SELECT format('holds %s, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "%s")',
+                        rekey.codec_values_noun(tc.codec), p_key, tc.codec)
+            FROM unnest(t_relid, t_attnum, t_decrypted_key, t_codec) tc(relid, attnum, fk, codec)
+           WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk
+           ORDER BY tc.codec LIMIT 1);
       ELSIF col.base = 'jsonb' THEN
         -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
         -- at its path, in its encoding.

@@ -526,6 +526,7 @@ CREATE OR REPLACE FUNCTION rekey.job_value_form(p_schema name, p_table name, p_p
 LANGUAGE plpgsql AS $$
 DECLARE
   fernet boolean := 'fernet' = ANY (coalesce(p_codecs, '{}'));
+  lockbox boolean := 'lockbox' = ANY (coalesce(p_codecs, '{}'));
   enc text := p_encoding;
   col_type text;
 BEGIN
@@ -548,6 +549,7 @@ BEGIN
      ORDER BY x.target_id DESC LIMIT 1;
   END IF;
   enc := coalesce(enc, CASE WHEN fernet THEN 'base64url'
+                            WHEN lockbox THEN 'base64'
                             WHEN p_json_path IS NOT NULL THEN 'base64'
                             ELSE 'bytea' END);
   IF enc NOT IN ('bytea', 'base64', 'base64url', 'hex') THEN
@@ -555,6 +557,9 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   ELSIF fernet AND enc <> 'base64url' THEN
     RAISE EXCEPTION 'Fernet tokens are base64url text; encoding % does not apply', quote_literal(enc)
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF lockbox AND enc NOT IN ('base64', 'bytea') THEN
+    RAISE EXCEPTION 'Lockbox stores base64 text (or the bytes, with encode: false); encoding % does not apply', quote_literal(enc)
       USING ERRCODE = 'invalid_parameter_value';
   ELSIF p_json_path IS NOT NULL AND (cardinality(p_json_path) = 0
                                      OR EXISTS (SELECT 1 FROM unnest(p_json_path) k WHERE k IS NULL OR k = '')) THEN
@@ -600,11 +605,49 @@ BEGIN
   UPDATE rekey.targets SET encoding = p_encoding, json_path = p_json_path WHERE target_id = p_target;
 END $$;
 
+-- Records the names the attribute keys of job p_job's lockbox columns derive from (docs/FORMAT.md,
+-- "lockbox"): Lockbox's key_table and key_attribute options, NULL for Lockbox's defaults (the
+-- table's name; the column's name). Names are the column's, like its codec: a target another job
+-- registered with other names is refused. Refuses names for a job without lockbox columns, and a
+-- key attribute for several columns (as Lockbox refuses key_attribute with several attributes).
+CREATE OR REPLACE FUNCTION rekey.set_lockbox_key_names(p_job bigint, p_key_table text,
+                                                       p_key_attribute text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  targets bigint[];
+  tid bigint;
+BEGIN
+  SELECT array_agg(x.target_id ORDER BY c.ordinal) INTO targets
+    FROM rekey.job_columns c JOIN rekey.targets x USING (target_id)
+   WHERE c.job_id = p_job AND x.codec = 'lockbox';
+  IF targets IS NULL THEN
+    RAISE EXCEPTION 'job % has no lockbox column: --lockbox-key-table and --lockbox-key-attribute do not apply', p_job
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_key_table = '' OR p_key_attribute = '' THEN
+    RAISE EXCEPTION 'a Lockbox key table or key attribute is a name, not empty' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_key_attribute IS NOT NULL AND cardinality(targets) > 1 THEN
+    RAISE EXCEPTION 'job % has % lockbox columns: a key attribute names one (Lockbox refuses key_attribute with several attributes)',
+      p_job, cardinality(targets) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOREACH tid IN ARRAY targets LOOP
+    IF EXISTS (SELECT 1 FROM rekey.targets x WHERE x.target_id = tid
+                  AND (x.lockbox_key_table, x.lockbox_key_attribute) IS DISTINCT FROM (p_key_table, p_key_attribute))
+       AND EXISTS (SELECT 1 FROM rekey.job_columns c WHERE c.target_id = tid AND c.job_id <> p_job) THEN
+      RAISE EXCEPTION 'column of target % is registered with other Lockbox key names: %', tid,
+        (SELECT format('key table %s, key attribute %s', coalesce(x.lockbox_key_table, '(the table''s)'),
+                       coalesce(x.lockbox_key_attribute, '(the column''s)'))
+           FROM rekey.targets x WHERE x.target_id = tid) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE rekey.targets SET lockbox_key_table = p_key_table, lockbox_key_attribute = p_key_attribute
+     WHERE target_id = tid;
+  END LOOP;
+END $$;
+
 -- Defines a rotation job, registers its columns as targets, plans it, and audits it.
 --   p_table       schema.table (PostgreSQL identifier syntax)
 --   p_columns     ciphertext columns (bytea)
 --   p_key_map     {"source key id": target key id, ...}
---   p_codecs      one codec per column ('tink', 'raw', 'fernet' or 'rails'); NULL = all 'tink'
+--   p_codecs      one codec per column ('tink', 'raw', 'fernet', 'rails' or 'lockbox'); NULL = all 'tink'
 --   p_key_id_column  integer column holding the key id: required by 'raw', kept in step otherwise
 --   p_scope_column/p_scope_value  restrict the job to rows where column = value
 --   p_stages      cumulative percentages, increasing, ending at 100 (default 1,25,50,75,100)
@@ -691,12 +734,14 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet or rails', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails', 'lockbox') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet, rails or lockbox', quote_literal(v_codec), quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_codec IN ('fernet', 'rails') AND p_ad_template IS NOT NULL THEN
-      RAISE EXCEPTION 'column % uses the % codec, which binds no associated data: drop the template', quote_ident(p_columns[i]), v_codec
+    -- The applications of these formats bind no associated data (Lockbox's models, Rails'
+    -- messages, Fernet itself): a template would make every rewritten value unreadable to them.
+    IF v_codec IN ('fernet', 'rails', 'lockbox') AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the % codec, whose applications bind no associated data: drop the template', quote_ident(p_columns[i]), v_codec
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN

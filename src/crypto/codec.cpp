@@ -8,6 +8,7 @@ std::optional<CodecKind> ParseCodecKind(std::string_view name) {
   if (name == "vault-transit") return CodecKind::kVaultTransit;
   if (name == "fernet") return CodecKind::kFernet;
   if (name == "rails") return CodecKind::kRails;
+  if (name == "lockbox") return CodecKind::kLockbox;
   return std::nullopt;
 }
 
@@ -23,6 +24,8 @@ std::string_view CodecKindName(CodecKind kind) {
       return "fernet";
     case CodecKind::kRails:
       return "rails";
+    case CodecKind::kLockbox:
+      return "lockbox";
   }
   return "unknown";
 }

@@ -31,10 +31,12 @@ namespace rekey::crypto {
 // by rewrap (rotation/transit_rewrapper.h); rekey holds neither its key nor its plaintext.
 // kFernet: Fernet tokens (crypto/fernet.h), which name no key: opened by trial decryption.
 // kRails: ActiveRecord::Encryption's JSON messages (crypto/rails.h), stored as the column's text.
-enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kRails };
+// kLockbox: Ruby Lockbox's AES-GCM values (crypto/lockbox.h), under keys derived per attribute;
+// they name no key either.
+enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kRails, kLockbox };
 
-// Returns the codec named `name` ("tink", "raw", "vault-transit" or "fernet", exact lower case),
-// nullopt for anything else.
+// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet" or "lockbox", exact
+// lower case), nullopt for anything else.
 std::optional<CodecKind> ParseCodecKind(std::string_view name);
 // The name ParseCodecKind accepts for `kind`.
 std::string_view CodecKindName(CodecKind kind);

@@ -86,6 +86,12 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
       column.json_path =
           nlohmann::json::parse(c["json_path"].as<std::string>()).get<std::vector<std::string>>();
     }
+    if (column.codec == crypto::CodecKind::kLockbox) {
+      const pqxx::field table = c["lockbox_key_table"], attribute = c["lockbox_key_attribute"];
+      column.lockbox_key_table = table.is_null() ? job.table_name : table.as<std::string>();
+      column.lockbox_key_attribute =
+          attribute.is_null() ? column.name : attribute.as<std::string>();
+    }
     job.columns.push_back(std::move(column));
   }
   for (const auto& k : txn.exec_params(db::Query("jobs/job.keys"), job_id)) {
@@ -207,6 +213,10 @@ int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec, pqxx::connec
       db::Query("jobs/job.request_key_columns"),
       spec.key_columns.empty() ? std::string() : db::TextArrayLiteral(spec.key_columns));
   const int64_t id = transit ? CreateTransitJob(txn, spec) : CreateDataKeyJob(txn, spec);
+  if (spec.lockbox_key_table || spec.lockbox_key_attribute) {
+    txn.exec_params(db::Query("jobs/job.set_lockbox_key_names"), id, spec.lockbox_key_table,
+                    spec.lockbox_key_attribute);
+  }
   if (deferred) PlanRolloutInClient(txn, id, key_reader);
   return id;
 }

@@ -27,6 +27,11 @@ struct JobColumn {
   // json_path of its jsonb document.
   crypto::TextEncoding encoding = crypto::TextEncoding::kBytea;
   std::vector<std::string> json_path = {};
+  // A lockbox column: the names its attribute keys derive from (docs/FORMAT.md, "lockbox";
+  // rekey.targets.lockbox_key_table/_attribute), Lockbox's defaults filled in (the job's table,
+  // the column's name); empty for other codecs.
+  std::string lockbox_key_table = {};
+  std::string lockbox_key_attribute = {};
 };
 
 // A job as stored. Identifiers are the catalog's names (unquoted); quote them before use.

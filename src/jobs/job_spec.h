@@ -48,6 +48,11 @@ struct JobSpec {
   // documents at this path.
   std::optional<std::string> encoding;
   std::optional<std::vector<std::string>> json_path;
+  // lockbox columns whose model sets key_table / key_attribute (docs/FORMAT.md, "lockbox"):
+  // recorded on their targets (rekey.set_lockbox_key_names); unset = Lockbox's defaults, or what
+  // the targets already record.
+  std::optional<std::string> lockbox_key_table;
+  std::optional<std::string> lockbox_key_attribute;
 };
 
 // Parses a JSON path as PostgreSQL writes a text[] of keys, "{payment,token}" (the braces

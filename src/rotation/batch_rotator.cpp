@@ -13,6 +13,7 @@
 #include "crypto/aead_rewriters.h"
 #include "crypto/fernet_rewriter.h"
 #include "crypto/rails_rewriter.h"
+#include "crypto/lockbox_rewriter.h"
 #include "db/binary_array.h"
 #include "db/bytea.h"
 #include "db/connection.h"
@@ -108,6 +109,17 @@ void BatchRotator::MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side) {
       } else if (column.codec == CodecKind::kRails) {
         side->rewriters.push_back(std::make_unique<crypto::RailsRewriter>(
             &side->direction.key_map, [this](uint32_t id) { return RailsKeyFor(id); }));
+      } else if (column.codec == CodecKind::kLockbox) {
+        // Attribute keys per column (crypto/lockbox.h), derived afresh each batch from keys
+        // fetched through the data-key cache (LoadKeys fetched them all before any lock).
+        std::map<std::string, crypto::LockboxKeyNames> names;
+        for (const auto& c : job_.columns) {
+          if (c.codec == CodecKind::kLockbox) {
+            names[c.name] = {c.lockbox_key_table, c.lockbox_key_attribute};
+          }
+        }
+        side->rewriters.push_back(std::make_unique<crypto::LockboxRewriter>(
+            &side->direction.key_map, std::move(names), key_source_));
       } else {
         side->rewriters.push_back(
             std::make_unique<crypto::AeadRewriter>(column.codec, table, moves));

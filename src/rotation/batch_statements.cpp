@@ -47,9 +47,10 @@ std::string ColumnNeedsWork(const jobs::JobColumn& column, const std::string& ke
     // Values that are not Transit ciphertexts are selected too, to be quarantined.
     return "coalesce(rekey.transit_version(" + c + "), 0) < ($K::bigint[])[1]";
   }
-  if (column.codec == CodecKind::kFernet || column.codec == CodecKind::kRails) {
-    // A Fernet token names no key, a Rails message at most a reference: every value is tried
-    // (trial decryption), and one already under a target key is left as it is.
+  if (column.codec == CodecKind::kFernet || column.codec == CodecKind::kRails ||
+      column.codec == CodecKind::kLockbox) {
+    // A Fernet token or a Lockbox value names no key, a Rails message at most a reference: every
+    // value is tried (trial decryption), and one already under a target key is left as it is.
     return "(" + HasValueSql(column) + ")";
   }
   if (column.codec == CodecKind::kTink && !IsText(column)) {

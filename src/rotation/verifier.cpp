@@ -10,6 +10,7 @@
 #include "crypto/codec.h"
 #include "crypto/fernet.h"
 #include "crypto/rails.h"
+#include "crypto/lockbox.h"
 #include "db/bytea.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
@@ -197,6 +198,13 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     }
     return it->second.get();
   };
+  crypto::LockboxAttributeKeys lockbox_keys([&](uint32_t id) {
+    try {
+      return keys(id);
+    } catch (const NoSuchKeyError&) {
+      return Secret();  // as for lookup: skipped, so its values count as auth_failed
+    }
+  });
   std::vector<uint32_t> fernet_candidates;
   for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.second);
   for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.first);
@@ -265,6 +273,11 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
         if (at.kinds[i] >= 0) kind = row[at.kinds[i]];
         // A document with nothing at the path holds a value that cannot be read: a failure.
         if (kind ? kind->is_null() : field.is_null()) continue;
+        // Lockbox stores an empty string as it is, unencrypted (docs/FORMAT.md, "lockbox").
+        if (job.columns[i].codec == crypto::CodecKind::kLockbox && !kind &&
+            (field.size() == 0 || std::string_view(field.c_str()) == "\\x")) {
+          continue;
+        }
         ++report.values;
         const auto& column = job.columns[i];
         if (column.codec == crypto::CodecKind::kVaultTransit) {
@@ -315,6 +328,12 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
           // Fernet names no key: each of the job's keys is tried (crypto/fernet.h).
           status = crypto::OpenFernetTrial(value.data(), value.size(), fernet_candidates,
                                            fernet_lookup, &plaintext, nullptr, &key_id);
+        } else if (column.codec == crypto::CodecKind::kLockbox) {
+          // Lockbox names no key either: each key's attribute key for the column is tried.
+          status =
+              crypto::OpenLockboxTrial(value.data(), value.size(), fernet_candidates,
+                                       {column.lockbox_key_table, column.lockbox_key_attribute},
+                                       lockbox_keys, &plaintext, &key_id);
         } else if (kid_field < 0 || row[kid_field].is_null()) {
           status = crypto::DecodeStatus::kUnknownKey;
         } else {

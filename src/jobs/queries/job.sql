@@ -19,8 +19,10 @@ SELECT job_id, coalesce(name, '') AS name, schema_name, table_name, pk_column,
 
 -- name: columns
 -- The job's ciphertext columns, their codecs and stored forms (encoding; json_path as a text[]
--- array as JSON, NULL for a column that holds the value itself), in the order the job lists them.
-SELECT t.column_name, t.codec, t.encoding, to_json(t.json_path)::text AS json_path
+-- array as JSON, NULL for a column that holds the value itself), in the order the job lists them;
+-- a lockbox column's key names as recorded (NULL: Lockbox's default).
+SELECT t.column_name, t.codec, t.encoding, to_json(t.json_path)::text AS json_path,
+       t.lockbox_key_table, t.lockbox_key_attribute
   FROM rekey.job_columns c
   JOIN rekey.targets t USING (target_id)
  WHERE c.job_id = $1::bigint
@@ -44,6 +46,11 @@ SELECT rekey.create_job($1, $2::text[], $3::jsonb, $4::text[], $5, $6, $7, $8, $
                         $10, $11::boolean, $12::integer, $13::numeric[], $14::integer,
                         $15::numeric, $16::interval, $17::integer, $18::text[],
                         $19::boolean, $20, $21::text[]) AS job_id
+
+-- name: set_lockbox_key_names
+-- rekey.set_lockbox_key_names: records the Lockbox key table and attribute ($2, $3; NULL for
+-- Lockbox's default) of job $1's lockbox columns, or raises with a one-line reason.
+SELECT rekey.set_lockbox_key_names($1::bigint, $2, $3)
 
 -- name: create_transit_job
 -- rekey.create_transit_job with every argument: returns the new vault-transit job's id, or
