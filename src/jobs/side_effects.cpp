@@ -25,6 +25,9 @@ constexpr int64_t kLinePointerBytes = 4;
 constexpr int64_t kDefaultIndexEntryBytes = 16;
 // rekey's own WAL per batch: its queue row claimed and completed, its audit row and seal.
 constexpr int64_t kBatchBookkeepingBytes = 1500;
+// rekey's own pages (batches, audit, chain, job, stages, workers) logged whole once after a
+// checkpoint: about 16 pages per job.
+constexpr int64_t kJobBookkeepingPages = 16;
 
 std::string Plural(size_t n, const char* one, const char* many) {
   return std::to_string(n) + " " + (n == 1 ? one : many);
@@ -131,7 +134,11 @@ std::vector<std::string> SideEffects::Lines(TriggerChoice choice) const {
   lines.push_back("estimate for " + std::to_string(rows) + " rows (" +
                   std::to_string(shape.row_bytes) + " bytes each, " +
                   Plural(indexes.size(), "index", "indexes") + ", " +
-                  (estimate.hot_possible ? "HOT possible" : "no HOT") + "): WAL ~" +
+                  (estimate.hot_possible
+                       ? "HOT for about " + std::to_string(int(estimate.hot_share * 100 + 0.5)) +
+                             "% at fillfactor " + std::to_string(shape.fillfactor)
+                       : std::string("no HOT")) +
+                  "): WAL ~" +
                   Megabytes(estimate.wal_bytes) + ", table and indexes grow by up to " +
                   Megabytes(estimate.table_growth_bytes) + " until vacuum");
   return lines;
@@ -186,6 +193,7 @@ nlohmann::json SideEffects::ToJson(TriggerChoice choice) const {
                    {"wal_bytes", estimate.wal_bytes},
                    {"table_growth_bytes", estimate.table_growth_bytes},
                    {"hot_possible", estimate.hot_possible},
+                   {"hot_share", estimate.hot_share},
                    {"full_page_writes", shape.full_page_writes}};
   return j;
 }
@@ -195,6 +203,13 @@ RewriteEstimate EstimateRewrite(const TableShape& shape, const std::vector<Table
   RewriteEstimate e;
   e.hot_possible = std::none_of(indexes.begin(), indexes.end(),
                                 [](const TableIndex& i) { return i.touches_written; });
+  // A HOT update needs room on its row's page: a page filled to fillfactor% has (100 -
+  // fillfactor)% free, enough for that many new versions of its rows; the rest go to other
+  // pages. Old versions are not pruned within the batch's transaction, so free space is all there
+  // is.
+  const int fill = std::clamp(shape.fillfactor, 10, 100);
+  e.hot_share = e.hot_possible ? std::min(1.0, double(100 - fill) / double(fill)) : 0.0;
+  const double cold_rows = double(rows) * (1.0 - e.hot_share);
   int64_t index_bytes = 0, entry_bytes = 0;
   for (const TableIndex& i : indexes) {
     index_bytes += i.bytes;
@@ -203,15 +218,13 @@ RewriteEstimate EstimateRewrite(const TableShape& shape, const std::vector<Table
   // The share of the table's pages the rewrite touches.
   const double scope = shape.rows > 0 ? std::min(1.0, double(rows) / shape.rows) : 1.0;
   double wal = double(rows) * double(shape.row_bytes + kHeapRecordBytes);
-  double growth = double(rows) * double(shape.row_bytes + kLinePointerBytes);
-  if (!e.hot_possible) {
-    // A non-HOT update inserts a new entry into every index of the table.
-    wal += double(rows) * double(entry_bytes + kIndexRecordBytes * int64_t(indexes.size()));
-    growth += double(rows) * double(entry_bytes);
-  }
+  // A non-HOT update puts its new version on another page and a new entry into every index.
+  wal += cold_rows * double(entry_bytes + kIndexRecordBytes * int64_t(indexes.size()));
+  double growth = cold_rows * double(shape.row_bytes + kLinePointerBytes + entry_bytes);
   if (shape.full_page_writes) {
     // The first change of each page after a checkpoint logs the whole page.
-    wal += scope * double(shape.heap_bytes + (e.hot_possible ? 0 : index_bytes));
+    wal += scope * double(shape.heap_bytes + (cold_rows > 0 ? index_bytes : 0));
+    wal += double(kJobBookkeepingPages * shape.block_size);
   }
   wal += double(batches) * double(kBatchBookkeepingBytes);
   e.wal_bytes = int64_t(std::llround(wal));

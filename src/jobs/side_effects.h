@@ -104,6 +104,7 @@ struct RewriteEstimate {
   int64_t wal_bytes = 0;
   int64_t table_growth_bytes = 0;  // heap and indexes, before vacuum, at most
   bool hot_possible = false;       // no index reads a written column
+  double hot_share = 0;            // of the updates, expected HOT (room on their page)
 };
 
 struct SideEffects {

@@ -32,6 +32,10 @@ nlohmann::json BuildJobReport(pqxx::transaction_base& txn, int64_t job);
 
 std::string RenderReportMarkdown(const nlohmann::json& report);
 
+// The Markdown section of the report's "side_effects" (ops/report_evidence.h,
+// SideEffectsEvidence), as RenderReportMarkdown includes it.
+std::string RenderSideEffectsMarkdown(const nlohmann::json& side_effects);
+
 struct StoredReport {
   int64_t report_id = 0;
   std::string sha256;  // hex SHA-256 of the stored body's text (body::text)

@@ -42,7 +42,9 @@ SELECT t.tgname AS name,
 -- The publications that include the table (listed, by schema, or FOR ALL TABLES), by name:
 -- whether they publish UPDATEs, their column list (NULL: all) and row filter.
 SELECT p.pubname AS name, p.pubupdate AS publishes_updates, p.puballtables AS all_tables,
-       coalesce(array_to_string(pt.attnames, ', '), '') AS columns,
+       CASE WHEN EXISTS (SELECT 1 FROM pg_publication_rel pr WHERE pr.prpubid = p.oid
+                            AND pr.prrelid = $1::oid AND pr.prattrs IS NOT NULL)
+            THEN array_to_string(pt.attnames, ', ') ELSE '' END AS columns,
        coalesce(pt.rowfilter, '') AS row_filter
   FROM pg_publication_tables pt
   JOIN pg_publication p ON p.pubname = pt.pubname
