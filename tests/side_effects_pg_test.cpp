@@ -69,8 +69,8 @@ class SideEffectsTest : public PgTest {
   }
 
   std::vector<std::string> CreateArgs(const std::string& table) {
-    return {"job", "create", "--table", "public." + table, "--column", "token", "--map", "1:2",
-            "--stages", "100", "--observe", "0s"};
+    return {"job", "create",   "--table", "public." + table, "--column", "token", "--map",
+            "1:2", "--stages", "100",     "--observe",       "0s"};
   }
 
   int64_t CreateJob(std::vector<std::string> args) {
@@ -114,10 +114,12 @@ TEST_F(SideEffectsTest, ATableWithUserTriggersNeedsAChoiceAndNothingIsPlannedWit
 
   // A trigger the rewrite's UPDATE does not match (another column, or INSERT only) needs none.
   Exec("DROP TRIGGER touch_updated_at ON public.cards");
-  Exec("CREATE TRIGGER on_note BEFORE UPDATE OF note ON public.cards FOR EACH ROW "
-       "EXECUTE FUNCTION public.touch_cards()");
-  Exec("CREATE TRIGGER on_insert BEFORE INSERT ON public.cards FOR EACH ROW "
-       "EXECUTE FUNCTION public.touch_cards()");
+  Exec(
+      "CREATE TRIGGER on_note BEFORE UPDATE OF note ON public.cards FOR EACH ROW "
+      "EXECUTE FUNCTION public.touch_cards()");
+  Exec(
+      "CREATE TRIGGER on_insert BEFORE INSERT ON public.cards FOR EACH ROW "
+      "EXECUTE FUNCTION public.touch_cards()");
   std::vector<std::string> dry = CreateArgs("cards");
   dry.push_back("--dry-run");
   r = Rekey(dry);
@@ -205,10 +207,12 @@ TEST_F(SideEffectsTest, CreateListsPublicationsSlotsForeignKeysIndexesAndGenerat
   SeedTinkTable(conn(), "public.cards", 30, 1);
   Exec("CREATE TABLE public.app_keys (id int PRIMARY KEY)");
   Exec("INSERT INTO public.app_keys VALUES (1), (2)");
-  Exec("ALTER TABLE public.cards ADD CONSTRAINT cards_key_fk FOREIGN KEY (key_id) "
-       "REFERENCES public.app_keys (id)");
-  Exec("ALTER TABLE public.cards ADD COLUMN token_digest bytea "
-       "GENERATED ALWAYS AS (sha256(token)) STORED");
+  Exec(
+      "ALTER TABLE public.cards ADD CONSTRAINT cards_key_fk FOREIGN KEY (key_id) "
+      "REFERENCES public.app_keys (id)");
+  Exec(
+      "ALTER TABLE public.cards ADD COLUMN token_digest bytea "
+      "GENERATED ALWAYS AS (sha256(token)) STORED");
   Exec("CREATE INDEX cards_token_idx ON public.cards (token)");
   Exec("CREATE PUBLICATION sidefx_pub FOR TABLE public.cards");
   const std::string slot = "sidefx_slot_" + dbname();

@@ -175,7 +175,8 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
     jobs::DeclareSideEffects(txn, id, triggers, flags.vacuum_after, effects);
     std::printf("side effects of the rewrite:\n");
     for (const std::string& line : effects.Lines(triggers)) std::printf("  %s\n", line.c_str());
-    if (flags.vacuum_after) std::printf("  VACUUM (ANALYZE) %s when the job completes\n", effects.table.c_str());
+    if (flags.vacuum_after)
+      std::printf("  VACUUM (ANALYZE) %s when the job completes\n", effects.table.c_str());
     std::string unreported;
     for (const std::string& scope : ops::UnreportedScopes(txn, id)) {
       unreported += (unreported.empty() ? "" : ", ") + scope;

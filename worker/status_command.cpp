@@ -101,12 +101,14 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
     PrintReaderWait(j);
     const nlohmann::json& v = j["vacuum"];
     if (v.is_object()) {
-      std::printf("  vacuum after: %s since %s", Num(v["state"]).c_str(), Num(v["started_at"]).c_str());
+      std::printf("  vacuum after: %s since %s", Num(v["state"]).c_str(),
+                  Num(v["started_at"]).c_str());
       if (v["state"] == "running") {
-        std::printf(", %s, heap blocks scanned %s/%s vacuumed %s",
-                    Num(v["vacuum_phase"].is_null() ? v["analyze_phase"] : v["vacuum_phase"]).c_str(),
-                    Num(v["heap_blks_scanned"]).c_str(), Num(v["heap_blks_total"]).c_str(),
-                    Num(v["heap_blks_vacuumed"]).c_str());
+        std::printf(
+            ", %s, heap blocks scanned %s/%s vacuumed %s",
+            Num(v["vacuum_phase"].is_null() ? v["analyze_phase"] : v["vacuum_phase"]).c_str(),
+            Num(v["heap_blks_scanned"]).c_str(), Num(v["heap_blks_total"]).c_str(),
+            Num(v["heap_blks_vacuumed"]).c_str());
       }
       if (!v["error"].is_null()) std::printf(": %s", Num(v["error"]).c_str());
       std::printf("\n");

@@ -72,10 +72,10 @@ void AfterJobCompleted(pqxx::connection& conn, int64_t job_id, const std::string
     // This backend's own counters are published when it goes idle after this commit; other
     // workers' within PGSTAT_MIN_INTERVAL of their last chunk's commit.
     pqxx::work txn(conn);
-    wait_seconds = txn.exec_params1(Q("flush_wait"), job_id, worker_id,
-                                    std::chrono::duration<double>(kStatsFlushWait).count())
-                       ["wait_seconds"]
-                           .as<double>();
+    wait_seconds =
+        txn.exec_params1(Q("flush_wait"), job_id, worker_id,
+                         std::chrono::duration<double>(kStatsFlushWait).count())["wait_seconds"]
+            .as<double>();
     txn.commit();
   }
   if (wait_seconds > 0) {

@@ -27,12 +27,13 @@ constexpr std::chrono::milliseconds kStatsFlushWait{1200};
 // Called by the worker that moved job `job_id` to completed, after that commit, on its own
 // connection with no transaction open: has this backend publish its statistics, waits until
 // kStatsFlushWait has passed since another worker's last batch of the job (no wait for a job
-// one worker finished), records the job's 'end' counters again, then, if the job asked for --vacuum-after (and no run is recorded), runs
-// VACUUM (ANALYZE) on its table outside any transaction, recorded in rekey.job_vacuums and
-// audited (job.vacuum_started, then job.vacuumed or job.vacuum_failed). A vacuum that fails, or
-// that the role may not run (only the table's owner, the database's owner or a superuser may:
-// PostgreSQL 15 would skip it with a mere warning), is logged as a warning and recorded; it never
-// fails the job and never throws. Database errors recording the counters are thrown.
+// one worker finished), records the job's 'end' counters again, then, if the job asked for
+// --vacuum-after (and no run is recorded), runs VACUUM (ANALYZE) on its table outside any
+// transaction, recorded in rekey.job_vacuums and audited (job.vacuum_started, then job.vacuumed or
+// job.vacuum_failed). A vacuum that fails, or that the role may not run (only the table's owner,
+// the database's owner or a superuser may: PostgreSQL 15 would skip it with a mere warning), is
+// logged as a warning and recorded; it never fails the job and never throws. Database errors
+// recording the counters are thrown.
 void AfterJobCompleted(pqxx::connection& conn, int64_t job_id, const std::string& worker_id);
 
 // Job `job_id`'s vacuum run for `rekey status`: null if none; else {state, started_at,

@@ -11,7 +11,9 @@
 namespace rekey::jobs {
 namespace {
 
-const std::string& Q(const char* name) { return db::Query(std::string("jobs/side_effects.") + name); }
+const std::string& Q(const char* name) {
+  return db::Query(std::string("jobs/side_effects.") + name);
+}
 
 // WAL of one heap UPDATE beside the new row version: the record header (24), the old and the
 // new page's block references, xl_heap_update (14) and the new tuple's header (5), aligned.
@@ -61,8 +63,8 @@ std::string TriggerLine(const UserTrigger& t, TriggerChoice choice) {
     return line + (t.FiresUnder(TriggerChoice::kSkip) ? "; runs on every rewritten row either way"
                                                       : "; would run on every rewritten row");
   }
-  return line + (t.FiresUnder(choice) ? "; RUNS on every rewritten row"
-                                      : "; skipped (--triggers skip)");
+  return line +
+         (t.FiresUnder(choice) ? "; RUNS on every rewritten row" : "; skipped (--triggers skip)");
 }
 
 }  // namespace
@@ -131,16 +133,15 @@ std::vector<std::string> SideEffects::Lines(TriggerChoice choice) const {
     lines.push_back("generated column " + g.name + " = " + g.expression +
                     ": recomputed on every rewritten row");
   }
-  lines.push_back("estimate for " + std::to_string(rows) + " rows (" +
-                  std::to_string(shape.row_bytes) + " bytes each, " +
-                  Plural(indexes.size(), "index", "indexes") + ", " +
-                  (estimate.hot_possible
-                       ? "HOT for about " + std::to_string(int(estimate.hot_share * 100 + 0.5)) +
-                             "% at fillfactor " + std::to_string(shape.fillfactor)
-                       : std::string("no HOT")) +
-                  "): WAL ~" +
-                  Megabytes(estimate.wal_bytes) + ", table and indexes grow by up to " +
-                  Megabytes(estimate.table_growth_bytes) + " until vacuum");
+  lines.push_back(
+      "estimate for " + std::to_string(rows) + " rows (" + std::to_string(shape.row_bytes) +
+      " bytes each, " + Plural(indexes.size(), "index", "indexes") + ", " +
+      (estimate.hot_possible
+           ? "HOT for about " + std::to_string(int(estimate.hot_share * 100 + 0.5)) +
+                 "% at fillfactor " + std::to_string(shape.fillfactor)
+           : std::string("no HOT")) +
+      "): WAL ~" + Megabytes(estimate.wal_bytes) + ", table and indexes grow by up to " +
+      Megabytes(estimate.table_growth_bytes) + " until vacuum");
   return lines;
 }
 
@@ -180,9 +181,8 @@ nlohmann::json SideEffects::ToJson(TriggerChoice choice) const {
   }
   j["indexes"] = nlohmann::json::array();
   for (const TableIndex& i : indexes) {
-    j["indexes"].push_back({{"name", i.name},
-                            {"definition", i.definition},
-                            {"touches_written", i.touches_written}});
+    j["indexes"].push_back(
+        {{"name", i.name}, {"definition", i.definition}, {"touches_written", i.touches_written}});
   }
   j["generated_columns"] = nlohmann::json::array();
   for (const GeneratedColumn& g : generated) {
@@ -249,8 +249,8 @@ SideEffects InspectSideEffects(pqxx::transaction_base& txn, const std::string& t
     u.level = r["level"].as<std::string>();
     u.enabled = r["enabled"].as<std::string>();
     u.function = r["function"].as<std::string>();
-    u.update_of = nlohmann::json::parse(r["update_of"].as<std::string>())
-                      .get<std::vector<std::string>>();
+    u.update_of =
+        nlohmann::json::parse(r["update_of"].as<std::string>()).get<std::vector<std::string>>();
     u.has_when = r["has_when"].as<bool>();
     u.on_rewrite = r["on_rewrite"].as<bool>();
     fx.triggers.push_back(std::move(u));

@@ -32,8 +32,8 @@ TEST(EstimateRewriteTest, AnIndexOnAWrittenColumnRulesOutHotAndAddsAnEntryPerInd
   EXPECT_EQ(hot.table_growth_bytes, 0);
   // Not HOT: every index gets an entry (its bytes per entry, and the record's), and its pages.
   const int64_t entries = 20 + 81;  // 100 and 400 pages of 40000 entries each
-  EXPECT_EQ(cold.wal_bytes, 40000 * (120 + 60) + 40000 * (entries + 2 * 50) +
-                                (800 + 500) * 8192 + bookkeeping);
+  EXPECT_EQ(cold.wal_bytes,
+            40000 * (120 + 60) + 40000 * (entries + 2 * 50) + (800 + 500) * 8192 + bookkeeping);
   EXPECT_EQ(cold.table_growth_bytes, 40000 * (120 + 4 + entries));
 }
 
@@ -59,8 +59,7 @@ TEST(EstimateRewriteTest, APartOfTheTableTouchesItsShareOfPagesAndNoImagesWithou
 TEST(TriggerChoiceTest, ReplicaModeFiresOnlyReplicaAndAlwaysTriggers) {
   UserTrigger t;
   t.on_rewrite = true;
-  for (const auto& [enabled, fire, skip] :
-       std::vector<std::tuple<std::string, bool, bool>>{
+  for (const auto& [enabled, fire, skip] : std::vector<std::tuple<std::string, bool, bool>>{
            {"O", true, false}, {"D", false, false}, {"R", false, true}, {"A", true, true}}) {
     t.enabled = enabled;
     EXPECT_EQ(t.FiresUnder(TriggerChoice::kFire), fire) << enabled;

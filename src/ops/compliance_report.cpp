@@ -77,10 +77,10 @@ std::string RenderSideEffectsMarkdown(const nlohmann::json& fx) {
      << " |\n";
   const auto& v = fx["vacuum"];
   md << "| Vacuum after | "
-     << (v.is_object() ? Cell(v["state"]) + " (" + Cell(v["started_at"]) + " to " +
-                             Cell(v["finished_at"]) + ")" +
-                             (v["error"].is_null() ? "" : ": " + Cell(v["error"]))
-                       : std::string(fx["vacuum_after"] == true ? "asked, not run yet" : "not asked"))
+     << (v.is_object()
+             ? Cell(v["state"]) + " (" + Cell(v["started_at"]) + " to " + Cell(v["finished_at"]) +
+                   ")" + (v["error"].is_null() ? "" : ": " + Cell(v["error"]))
+             : std::string(fx["vacuum_after"] == true ? "asked, not run yet" : "not asked"))
      << " |\n";
   md << "\nThe counters are the table's (pg_stat_user_tables) and the WAL position the server's: "
         "anything else that wrote meanwhile is included.\n";

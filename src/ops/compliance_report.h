@@ -7,7 +7,9 @@
 // has its rotation.batch.completed audit row) and durations. `rekey report` adds "audit_chain"
 // (the chain's head and its verification) and, with --verify, "verification" (values per key and
 // the plaintext digest) and "reader_readiness" (ops/readers.h: which application instances were
-// checked before the job wrote, or that readiness was not proven). The Markdown and the PDF
+// checked before the job wrote, or that readiness was not proven) and "side_effects"
+// (ops/report_evidence.h: the triggers' choice, what job create declared, dead tuples, HOT share
+// and WAL per row, the --vacuum-after run). The Markdown and the PDF
 // (pdf_report.h) are renderings of that JSON and say nothing the JSON does not.
 //
 // Stored reports (rekey.reports) are append-only and carry the SHA-256 of the JSON text as

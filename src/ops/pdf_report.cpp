@@ -881,29 +881,27 @@ void WritePdfReport(const json& r, const std::vector<StageProgress>& progress, s
     const json& c = At(fx, "counters");
     const json& v = At(fx, "vacuum");
     std::string declared;
-    for (const char* key : {"triggers", "publications", "logical_slots", "foreign_keys",
-                            "generated_columns"}) {
+    for (const char* key :
+         {"triggers", "publications", "logical_slots", "foreign_keys", "generated_columns"}) {
       for (const auto& x : Array(At(At(fx, "declared"), key))) {
         declared += (declared.empty() ? "" : ", ") + std::string(key) + " " + Str(At(x, "name"));
       }
     }
-    doc.Facts(
-        {{"Triggers", At(fx, "triggers").is_string() ? Str(At(fx, "triggers"))
-                                                     : "no choice made: they fired"},
-         {"Declared before the first batch", declared.empty() ? "nothing" : declared},
-         {"Rows rewritten", Str(At(c, "rows_rewritten"))},
-         {"Updates (HOT)", Str(At(c, "updates")) + " (" + Str(At(c, "hot_updates")) + ", share " +
-                               Rate(At(c, "hot_share")) + ")"},
-         {"Dead tuples created", Str(At(c, "dead_tuples_created"))},
-         {"WAL", Str(At(c, "wal_bytes")) + " bytes, " + Str(At(c, "wal_bytes_per_row")) +
-                     " bytes per row"},
-         {"Table size start / end",
-          Str(At(c, "table_bytes_start")) + " / " + Str(At(c, "table_bytes_end")) + " bytes"},
-         {"Vacuum after", v.is_object() ? Str(At(v, "state")) +
-                                              (At(v, "error").is_string()
-                                                   ? ": " + Str(At(v, "error"))
-                                                   : "")
-                                        : std::string("not run")}});
+    doc.Facts({{"Triggers", At(fx, "triggers").is_string() ? Str(At(fx, "triggers"))
+                                                           : "no choice made: they fired"},
+               {"Declared before the first batch", declared.empty() ? "nothing" : declared},
+               {"Rows rewritten", Str(At(c, "rows_rewritten"))},
+               {"Updates (HOT)", Str(At(c, "updates")) + " (" + Str(At(c, "hot_updates")) +
+                                     ", share " + Rate(At(c, "hot_share")) + ")"},
+               {"Dead tuples created", Str(At(c, "dead_tuples_created"))},
+               {"WAL", Str(At(c, "wal_bytes")) + " bytes, " + Str(At(c, "wal_bytes_per_row")) +
+                           " bytes per row"},
+               {"Table size start / end",
+                Str(At(c, "table_bytes_start")) + " / " + Str(At(c, "table_bytes_end")) + " bytes"},
+               {"Vacuum after",
+                v.is_object() ? Str(At(v, "state")) +
+                                    (At(v, "error").is_string() ? ": " + Str(At(v, "error")) : "")
+                              : std::string("not run")}});
     doc.Paragraph(
         "The counters are the table's (pg_stat_user_tables) and the WAL position the server's, "
         "read when the job's first batch started and when it finished: anything else that wrote "
