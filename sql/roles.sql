@@ -93,6 +93,15 @@ GRANT SELECT ON rekey.key_age, rekey.progress TO rekey_worker;
 -- rotation's key, and the rotation's state follows its jobs'.
 GRANT SELECT ON rekey.rotations TO rekey_worker;
 GRANT UPDATE (state, promoted_at, finished_at, updated_at) ON rekey.rotations TO rekey_worker;
+-- Side effects of a rewrite (sql/schema/42_side_effects.sql): the first batch records the
+-- table's counters, the completing worker records them again and runs --vacuum-after.
+GRANT SELECT, INSERT, UPDATE ON rekey.job_table_counters, rekey.job_vacuums TO rekey_worker;
+-- --triggers skip (the batch's UPDATE with session_replication_role = replica) is NOT granted by
+-- default: with it a worker could silence every trigger of every table it may update, audit
+-- triggers of the application included, and replica mode skips foreign-key checks on any column
+-- it writes. The DBA opts in, for the worker's role, when a job needs it (a job that skips
+-- triggers is refused at create, and by every worker, until then):
+--   GRANT SET ON PARAMETER session_replication_role TO rekey_worker;   -- PostgreSQL 15+
 
 -- ---------------------------------------------------------------------------------------------
 -- rekey_operator
@@ -112,6 +121,11 @@ GRANT SELECT, INSERT, UPDATE ON rekey.key_policies TO rekey_operator;
 GRANT SELECT, INSERT ON rekey.reports TO rekey_operator;
 GRANT SELECT, INSERT, UPDATE ON rekey.rotations TO rekey_operator;
 GRANT SELECT ON rekey.rotation_progress TO rekey_operator, rekey_monitor;
+-- What job create declares, and the counters a job cancelled or rolled back by the operator ends
+-- with (rekey.jobs_record_end_counters).
+GRANT SELECT, INSERT ON rekey.job_side_effects TO rekey_operator;
+GRANT SELECT, INSERT, UPDATE ON rekey.job_table_counters TO rekey_operator;
+GRANT SELECT ON rekey.job_vacuums TO rekey_operator;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA rekey TO rekey_operator;
 
 -- ---------------------------------------------------------------------------------------------
@@ -119,7 +133,8 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA rekey TO rekey_operator;
 -- ---------------------------------------------------------------------------------------------
 GRANT SELECT ON rekey.progress, rekey.stage_status, rekey.batch_status, rekey.audit_head,
                 rekey.key_age, rekey.rotation_due, rekey.jobs, rekey.job_stages, rekey.batches,
-                rekey.gates, rekey.row_failures, rekey.audit, rekey.audit_chain, rekey.reports
+                rekey.gates, rekey.row_failures, rekey.audit, rekey.audit_chain, rekey.reports,
+                rekey.job_side_effects, rekey.job_table_counters, rekey.job_vacuums
   TO rekey_monitor;
 GRANT SELECT (key_id, scope, kms_provider, kms_key_ref, algorithm, status, origin, max_age,
               created_at, enabled_at, primary_at, decrypt_only_at, retired_at, destroyed_at,

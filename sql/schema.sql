@@ -960,6 +960,21 @@ CREATE FUNCTION rekey.date_key_text(v date) RETURNS text
          END
 $$;
 
+CREATE FUNCTION rekey.declare_side_effects(p_job bigint, p_triggers text, p_vacuum_after boolean, p_declared jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  UPDATE rekey.jobs SET triggers = p_triggers, vacuum_after = coalesce(p_vacuum_after, false)
+   WHERE job_id = p_job;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'no job %', p_job USING ERRCODE = 'no_data_found';
+  END IF;
+  INSERT INTO rekey.job_side_effects (job_id, declared) VALUES (p_job, p_declared);
+  PERFORM rekey.audit_event('job.side_effects', p_job, jsonb_build_object(
+    'triggers', coalesce(p_triggers, 'none needed'), 'vacuum_after', coalesce(p_vacuum_after, false),
+    'declared', p_declared));
+END $$;
+
 CREATE FUNCTION rekey.encoded_head(p_value text, p_encoding text) RETURNS bytea
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
     AS $$
@@ -1282,6 +1297,8 @@ CREATE TABLE rekey.jobs (
     key_columns name[] NOT NULL,
     key_types text[] NOT NULL,
     key_text_form text DEFAULT 'canonical'::text NOT NULL,
+    triggers text,
+    vacuum_after boolean DEFAULT false NOT NULL,
     CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
     CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
     CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
@@ -1295,7 +1312,8 @@ CREATE TABLE rekey.jobs (
     CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),
     CONSTRAINT jobs_transit_both_or_neither CHECK (((transit_key_ref IS NULL) = (transit_min_version IS NULL))),
     CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
-    CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1))
+    CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1)),
+    CONSTRAINT jobs_triggers_check CHECK ((triggers = ANY (ARRAY['fire'::text, 'skip'::text])))
 );
 
 CREATE FUNCTION rekey.job_key_bound_types(p_job rekey.jobs) RETURNS text[]
@@ -1464,6 +1482,37 @@ BEGIN
   END IF;
 END $$;
 
+CREATE FUNCTION rekey.job_side_effects_report(p_job bigint) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT jsonb_build_object(
+    'triggers', j.triggers,
+    'vacuum_after', j.vacuum_after,
+    'declared', (SELECT d.declared FROM rekey.job_side_effects d WHERE d.job_id = j.job_id),
+    'counters', jsonb_build_object(
+      'start_at', s.at, 'end_at', e.at,
+      'rows_rewritten', rows.n,
+      'updates', e.n_tup_upd - s.n_tup_upd,
+      'hot_updates', e.n_tup_hot_upd - s.n_tup_hot_upd,
+      'hot_share', CASE WHEN e.n_tup_upd > s.n_tup_upd
+                        THEN round((e.n_tup_hot_upd - s.n_tup_hot_upd)::numeric / (e.n_tup_upd - s.n_tup_upd), 4) END,
+      'dead_tuples_created', e.n_dead_tup - s.n_dead_tup,
+      'dead_tuples_at_end', e.n_dead_tup,
+      'wal_bytes', pg_wal_lsn_diff(e.wal_lsn, s.wal_lsn)::bigint,
+      'wal_bytes_per_row', CASE WHEN rows.n > 0 THEN round(pg_wal_lsn_diff(e.wal_lsn, s.wal_lsn) / rows.n, 1) END,
+      'table_bytes_start', s.table_bytes, 'table_bytes_end', e.table_bytes,
+      'table_growth_bytes', e.table_bytes - s.table_bytes),
+    'vacuum', (SELECT jsonb_build_object('state', v.state, 'worker', v.worker_id, 'started_at', v.started_at,
+                                         'finished_at', v.finished_at, 'error', v.error)
+                 FROM rekey.job_vacuums v WHERE v.job_id = j.job_id))
+    FROM rekey.jobs j
+    LEFT JOIN rekey.job_table_counters s ON s.job_id = j.job_id AND s.phase = 'start'
+    LEFT JOIN rekey.job_table_counters e ON e.job_id = j.job_id AND e.phase = 'end'
+    CROSS JOIN LATERAL (SELECT coalesce(sum(b.rows_done), 0)::bigint AS n FROM rekey.batches b
+                         WHERE b.job_id = j.job_id) rows
+   WHERE j.job_id = p_job;
+$$;
+
 CREATE FUNCTION rekey.job_table(p_table text, OUT schema_name name, OUT table_name name, OUT pk_column name, OUT pk_type text) RETURNS record
     LANGUAGE plpgsql
     AS $$
@@ -1601,6 +1650,16 @@ BEGIN
     NEW.rotation_id := nullif(current_setting('rekey.rotation_id', true), '')::bigint;
   END IF;
   RETURN NEW;
+END $$;
+
+CREATE FUNCTION rekey.jobs_record_end_counters() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM rekey.job_table_counters c WHERE c.job_id = NEW.job_id AND c.phase = 'start') THEN
+    PERFORM rekey.record_table_counters(NEW.job_id, 'end');
+  END IF;
+  RETURN NULL;
 END $$;
 
 CREATE FUNCTION rekey.key_bound_sql(p_types text[], p_text text) RETURNS text
@@ -2670,6 +2729,23 @@ BEGIN
   RETURN gate;
 END $$;
 
+CREATE FUNCTION rekey.record_table_counters(p_job bigint, p_phase text) RETURNS void
+    LANGUAGE sql
+    AS $$
+  INSERT INTO rekey.job_table_counters AS c (job_id, phase, wal_lsn, n_tup_upd, n_tup_hot_upd,
+                                             n_dead_tup, n_live_tup, table_bytes)
+  SELECT j.job_id, p_phase, pg_current_wal_lsn(), s.n_tup_upd, s.n_tup_hot_upd, s.n_dead_tup,
+         s.n_live_tup, pg_table_size(s.relid)
+    FROM rekey.jobs j
+    JOIN pg_stat_user_tables s ON s.relid = to_regclass(format('%I.%I', j.schema_name, j.table_name))
+   WHERE j.job_id = p_job
+  ON CONFLICT (job_id, phase) DO UPDATE
+     SET at = now(), wal_lsn = excluded.wal_lsn, n_tup_upd = excluded.n_tup_upd,
+         n_tup_hot_upd = excluded.n_tup_hot_upd, n_dead_tup = excluded.n_dead_tup,
+         n_live_tup = excluded.n_live_tup, table_bytes = excluded.table_bytes
+   WHERE c.phase = 'end';
+$$;
+
 CREATE FUNCTION rekey.refuse_column_collision(p_job bigint) RETURNS void
     LANGUAGE plpgsql STABLE
     AS $$
@@ -3250,6 +3326,17 @@ CREATE FUNCTION rekey.row_security_blocker(p_rel regclass) RETURNS text
      AND (c.relforcerowsecurity OR NOT pg_has_role(current_user, c.relowner, 'USAGE'))
 $$;
 
+CREATE FUNCTION rekey.sample_row_bytes(p_rel regclass) RETURNS bigint
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  bytes bigint;
+BEGIN
+  EXECUTE format('SELECT coalesce(avg(pg_column_size(t.*)), 0)::bigint FROM (SELECT * FROM %s LIMIT 1000) t', p_rel)
+    INTO bytes;
+  RETURN bytes;
+END $$;
+
 CREATE FUNCTION rekey.scope_condition(p_job rekey.jobs) RETURNS text
     LANGUAGE plpgsql STABLE
     AS $$
@@ -3505,6 +3592,37 @@ CREATE FUNCTION rekey.unique_keys(p_rel regclass) RETURNS TABLE(columns name[], 
    GROUP BY x.indexrelid
 $$;
 
+CREATE FUNCTION rekey.vacuum_finished(p_job bigint, p_worker text, p_error text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  UPDATE rekey.job_vacuums SET finished_at = now(), error = p_error,
+         state = CASE WHEN p_error IS NULL THEN 'done' ELSE 'failed' END
+   WHERE job_id = p_job;
+  PERFORM rekey.audit_event(CASE WHEN p_error IS NULL THEN 'job.vacuumed' ELSE 'job.vacuum_failed' END, p_job,
+    jsonb_build_object('error', p_error,
+                       'seconds', (SELECT extract(epoch FROM finished_at - started_at) FROM rekey.job_vacuums WHERE job_id = p_job)),
+    CASE WHEN p_error IS NULL THEN 'success' ELSE 'failure' END, NULL, p_worker);
+END $$;
+
+CREATE FUNCTION rekey.vacuum_started(p_job bigint, p_worker text) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM rekey.jobs WHERE job_id = p_job AND vacuum_after) THEN
+    RETURN false;
+  END IF;
+  INSERT INTO rekey.job_vacuums (job_id, worker_id, pid) VALUES (p_job, p_worker, pg_backend_pid())
+  ON CONFLICT (job_id) DO NOTHING;
+  IF NOT FOUND THEN
+    RETURN false;
+  END IF;
+  PERFORM rekey.audit_event('job.vacuum_started', p_job,
+    jsonb_build_object('table', (SELECT format('%I.%I', schema_name, table_name) FROM rekey.jobs WHERE job_id = p_job)),
+    'success', NULL, p_worker);
+  RETURN true;
+END $$;
+
 CREATE FUNCTION rekey.value_head_sql(p_column name, p_encoding text, p_json_path text[]) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
@@ -3675,6 +3793,12 @@ CREATE TABLE rekey.job_keys (
     CONSTRAINT job_keys_check CHECK ((source_key_id <> target_key_id))
 );
 
+CREATE TABLE rekey.job_side_effects (
+    job_id bigint NOT NULL,
+    declared jsonb NOT NULL,
+    declared_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 CREATE TABLE rekey.job_stages (
     job_id bigint NOT NULL,
     stage_no integer NOT NULL,
@@ -3688,6 +3812,30 @@ CREATE TABLE rekey.job_stages (
     CONSTRAINT job_stages_check CHECK (((0 <= bucket_lo) AND (bucket_lo <= bucket_hi) AND (bucket_hi <= 10000))),
     CONSTRAINT job_stages_kind_check CHECK ((kind = ANY (ARRAY['rollout'::text, 'sweep'::text, 'rollback'::text]))),
     CONSTRAINT job_stages_state_check CHECK ((state = ANY (ARRAY['planned'::text, 'running'::text, 'verifying'::text, 'passed'::text, 'gate_failed'::text, 'done'::text, 'cancelled'::text])))
+);
+
+CREATE TABLE rekey.job_table_counters (
+    job_id bigint NOT NULL,
+    phase text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    wal_lsn pg_lsn NOT NULL,
+    n_tup_upd bigint NOT NULL,
+    n_tup_hot_upd bigint NOT NULL,
+    n_dead_tup bigint NOT NULL,
+    n_live_tup bigint NOT NULL,
+    table_bytes bigint NOT NULL,
+    CONSTRAINT job_table_counters_phase_check CHECK ((phase = ANY (ARRAY['start'::text, 'end'::text])))
+);
+
+CREATE TABLE rekey.job_vacuums (
+    job_id bigint NOT NULL,
+    worker_id text NOT NULL,
+    pid integer NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    state text DEFAULT 'running'::text NOT NULL,
+    error text,
+    CONSTRAINT job_vacuums_state_check CHECK ((state = ANY (ARRAY['running'::text, 'done'::text, 'failed'::text])))
 );
 
 CREATE SEQUENCE rekey.jobs_job_id_seq
@@ -4080,8 +4228,17 @@ ALTER TABLE ONLY rekey.job_columns
 ALTER TABLE ONLY rekey.job_keys
     ADD CONSTRAINT job_keys_pkey PRIMARY KEY (job_id, source_key_id);
 
+ALTER TABLE ONLY rekey.job_side_effects
+    ADD CONSTRAINT job_side_effects_pkey PRIMARY KEY (job_id);
+
 ALTER TABLE ONLY rekey.job_stages
     ADD CONSTRAINT job_stages_pkey PRIMARY KEY (job_id, stage_no);
+
+ALTER TABLE ONLY rekey.job_table_counters
+    ADD CONSTRAINT job_table_counters_pkey PRIMARY KEY (job_id, phase);
+
+ALTER TABLE ONLY rekey.job_vacuums
+    ADD CONSTRAINT job_vacuums_pkey PRIMARY KEY (job_id);
 
 ALTER TABLE ONLY rekey.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (job_id);
@@ -4246,6 +4403,8 @@ CREATE TRIGGER jobs_notify_changed AFTER UPDATE OF state, current_stage ON rekey
 
 CREATE TRIGGER jobs_notify_created AFTER INSERT ON rekey.jobs FOR EACH ROW EXECUTE FUNCTION rekey.notify_job_change();
 
+CREATE TRIGGER jobs_record_end_counters AFTER UPDATE OF state ON rekey.jobs FOR EACH ROW WHEN (((NOT rekey.job_unfinished(new.state)) AND rekey.job_unfinished(old.state))) EXECUTE FUNCTION rekey.jobs_record_end_counters();
+
 CREATE TRIGGER jobs_rotation_follow AFTER UPDATE OF state ON rekey.jobs FOR EACH ROW WHEN (((new.rotation_id IS NOT NULL) AND (old.state IS DISTINCT FROM new.state))) EXECUTE FUNCTION rekey.rotation_follow_jobs();
 
 CREATE TRIGGER key_policies_audit AFTER INSERT OR DELETE OR UPDATE ON rekey.key_policies FOR EACH ROW EXECUTE FUNCTION rekey.audit_policy_change();
@@ -4292,8 +4451,17 @@ ALTER TABLE ONLY rekey.job_keys
 ALTER TABLE ONLY rekey.job_keys
     ADD CONSTRAINT job_keys_target_key_id_fkey FOREIGN KEY (target_key_id) REFERENCES rekey.keys(key_id);
 
+ALTER TABLE ONLY rekey.job_side_effects
+    ADD CONSTRAINT job_side_effects_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY rekey.job_stages
     ADD CONSTRAINT job_stages_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.job_table_counters
+    ADD CONSTRAINT job_table_counters_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY rekey.job_vacuums
+    ADD CONSTRAINT job_vacuums_job_id_fkey FOREIGN KEY (job_id) REFERENCES rekey.jobs(job_id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY rekey.jobs
     ADD CONSTRAINT jobs_rotation_id_fkey FOREIGN KEY (rotation_id) REFERENCES rekey.rotations(rotation_id);

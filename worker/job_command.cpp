@@ -16,6 +16,7 @@
 #include "db/connection.h"
 #include "jobs/job.h"
 #include "jobs/job_control.h"
+#include "jobs/side_effects.h"
 #include "ops/readers.h"
 #include "ops/report_evidence.h"
 
@@ -51,6 +52,8 @@ struct CreateFlags {
   // lockbox: the model's key_table and key_attribute options; "" = the table's, the column's name
   std::string lockbox_key_table;
   std::string lockbox_key_attribute;
+  std::string triggers;     // "fire" or "skip" (jobs/side_effects.h); "" = none given
+  bool vacuum_after = false;
 };
 
 // A vault-transit job's Transit key, checked in Vault before anything is written: it exists, can
@@ -148,6 +151,13 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   auto key_reader = OpenDatabase(global);
   db::Classified("cannot create the job", [&] {
     pqxx::work txn(*conn);
+    // What the rewrite sets off, and the triggers' choice, before anything is planned.
+    std::vector<std::string> written = flags.columns;
+    if (!flags.key_id_column.empty()) written.push_back(flags.key_id_column);
+    jobs::SideEffects effects = jobs::InspectSideEffects(txn, flags.table, written);
+    const jobs::TriggerChoice triggers =
+        jobs::ParseTriggerChoice(flags.triggers).value_or(jobs::TriggerChoice::kNone);
+    jobs::CheckTriggerChoice(txn, effects, triggers);
     const int64_t id = jobs::CreateJob(txn, spec, key_reader.get());
     if (!flags.reader_window.empty()) ops::SetReaderWindow(txn, id, flags.reader_window);
     const std::string verb = flags.dry_run ? "would create" : "created";
@@ -166,6 +176,13 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
                   static_cast<long long>(stage.batches),
                   stage.promotes && !transit ? "; the new key becomes primary when it opens" : "");
     }
+    effects.rows = rows;
+    effects.estimate = jobs::EstimateRewrite(effects.shape, effects.indexes, rows, batches);
+    jobs::DeclareSideEffects(txn, id, triggers, flags.vacuum_after, effects);
+    std::printf("side effects of the rewrite:\n");
+    for (const std::string& line : effects.Lines(triggers)) std::printf("  %s\n", line.c_str());
+    if (flags.vacuum_after)
+      std::printf("  VACUUM (ANALYZE) %s when the job completes\n", effects.table.c_str());
     std::string unreported;
     for (const std::string& scope : ops::UnreportedScopes(txn, id)) {
       unreported += (unreported.empty() ? "" : ", ") + scope;
@@ -313,6 +330,15 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
       ->add_option("--gate-sample-size", flags->gate_sample_size,
                    "Rows a gate decrypts after the canary (the canary is verified whole)")
       ->capture_default_str();
+  create
+      ->add_option("--triggers", flags->triggers,
+                   "The table's user triggers on the rewrite: fire (run them on every row) or "
+                   "skip (session_replication_role = replica for the UPDATE); required when "
+                   "the table has some")
+      ->check(CLI::IsMember({"fire", "skip"}));
+  create->add_flag("--vacuum-after", flags->vacuum_after,
+                   "VACUUM (ANALYZE) the table when the job completes (a failure is recorded, "
+                   "never fails the job)");
   create->add_flag("--dry-run", flags->dry_run, "Report rows and batches per stage; write nothing");
   create->callback([&global, flags] { CreateJob(global, *flags); });
 

@@ -12,6 +12,7 @@
 #include "cli_support.h"
 #include "commands.h"
 #include "db/connection.h"
+#include "jobs/after_rewrite.h"
 #include "ops/progress.h"
 
 namespace rekey::cli {
@@ -27,7 +28,10 @@ struct StatusFlags {
 nlohmann::json QueryProgress(pqxx::connection& conn, int64_t job) {
   return db::Classified("cannot read rekey.progress", [&] {
     pqxx::read_transaction txn(conn);
-    return ops::ReadProgress(txn, job);
+    nlohmann::json progress = ops::ReadProgress(txn, job);
+    // --vacuum-after's run and its progress (jobs/after_rewrite.h).
+    for (auto& j : progress) j["vacuum"] = jobs::VacuumProgress(txn, j["job_id"].get<int64_t>());
+    return progress;
   });
 }
 
@@ -95,6 +99,20 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
     if (!j["state_reason"].is_null()) std::printf("  reason: %s", Num(j["state_reason"]).c_str());
     std::printf("\n");
     PrintReaderWait(j);
+    const nlohmann::json& v = j["vacuum"];
+    if (v.is_object()) {
+      std::printf("  vacuum after: %s since %s", Num(v["state"]).c_str(),
+                  Num(v["started_at"]).c_str());
+      if (v["state"] == "running") {
+        std::printf(
+            ", %s, heap blocks scanned %s/%s vacuumed %s",
+            Num(v["vacuum_phase"].is_null() ? v["analyze_phase"] : v["vacuum_phase"]).c_str(),
+            Num(v["heap_blks_scanned"]).c_str(), Num(v["heap_blks_total"]).c_str(),
+            Num(v["heap_blks_vacuumed"]).c_str());
+      }
+      if (!v["error"].is_null()) std::printf(": %s", Num(v["error"]).c_str());
+      std::printf("\n");
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "db/named_query.h"
 #include "ops/readers.h"
+#include "ops/report_evidence.h"
 
 namespace rekey::ops {
 namespace {
@@ -34,6 +35,57 @@ std::string Cell(const nlohmann::json& v) {
 }
 
 }  // namespace
+
+std::string RenderSideEffectsMarkdown(const nlohmann::json& fx) {
+  std::ostringstream md;
+  const auto& c = fx["counters"];
+  md << "\n## Side effects of the rewrite\n\n| | |\n|---|---|\n";
+  md << "| Triggers | "
+     << (fx["triggers"].is_null() ? "no choice made (none fired on the rewrite, or the job "
+                                    "predates the choice): they fired"
+                                  : Cell(fx["triggers"]))
+     << " |\n";
+  const auto& declared = fx["declared"];
+  if (declared.is_object()) {
+    std::string names;
+    auto list = [&](const char* key, const char* label) {
+      std::string items;
+      for (const auto& x : declared.value(key, nlohmann::json::array())) {
+        items += (items.empty() ? "" : ", ") + Text(x["name"]);
+      }
+      if (!items.empty()) names += (names.empty() ? "" : "; ") + std::string(label) + " " + items;
+    };
+    list("triggers", "triggers");
+    list("publications", "publications");
+    list("logical_slots", "logical slots");
+    list("foreign_keys", "foreign keys");
+    list("generated_columns", "generated columns");
+    md << "| Declared before the first batch | " << Cell(names.empty() ? "nothing" : names)
+       << " |\n";
+    md << "| Estimated WAL / growth | " << Cell(declared["estimate"]["wal_bytes"]) << " / "
+       << Cell(declared["estimate"]["table_growth_bytes"]) << " bytes |\n";
+  }
+  md << "| Rows rewritten | " << Cell(c["rows_rewritten"]) << " |\n";
+  md << "| Updates on the table (HOT) | " << Cell(c["updates"]) << " (" << Cell(c["hot_updates"])
+     << ", share " << Percent(c["hot_share"]) << ") |\n";
+  md << "| Dead tuples created | " << Cell(c["dead_tuples_created"]) << " |\n";
+  md << "| WAL | " << Cell(c["wal_bytes"]) << " bytes, " << Cell(c["wal_bytes_per_row"])
+     << " per row |\n";
+  md << "| Table size start / end | " << Cell(c["table_bytes_start"]) << " / "
+     << Cell(c["table_bytes_end"]) << " bytes |\n";
+  md << "| Counters read at start / end | " << Cell(c["start_at"]) << " / " << Cell(c["end_at"])
+     << " |\n";
+  const auto& v = fx["vacuum"];
+  md << "| Vacuum after | "
+     << (v.is_object()
+             ? Cell(v["state"]) + " (" + Cell(v["started_at"]) + " to " + Cell(v["finished_at"]) +
+                   ")" + (v["error"].is_null() ? "" : ": " + Cell(v["error"]))
+             : std::string(fx["vacuum_after"] == true ? "asked, not run yet" : "not asked"))
+     << " |\n";
+  md << "\nThe counters are the table's (pg_stat_user_tables) and the WAL position the server's: "
+        "anything else that wrote meanwhile is included.\n";
+  return md.str();
+}
 
 nlohmann::json BuildJobReport(pqxx::transaction_base& txn, int64_t job) {
   return nlohmann::json::parse(
@@ -173,6 +225,10 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
     }
   }
 
+  if (r.contains("side_effects") && r["side_effects"].is_object()) {
+    md << RenderSideEffectsMarkdown(r["side_effects"]);
+  }
+
   md << "\n## Decisions and approvals\n\nActors, verifiers and approvers are the database roles "
         "that made each change, with times from the database's clock, both recorded by the "
         "database itself whatever a client sent; a worker's own name is shown beside its role. "
@@ -224,6 +280,7 @@ AssembledReport AssembleReport(pqxx::transaction_base& txn, int64_t job,
     out.progress = ReadStageProgress(txn, job);
   }
   out.report["reader_readiness"] = ReaderReadiness(txn, job);
+  out.report["side_effects"] = SideEffectsEvidence(txn, job);
   out.report["audit_chain"] = request.audit_chain;
   if (request.verification) out.report["verification"] = *request.verification;
   out.markdown = RenderReportMarkdown(out.report);

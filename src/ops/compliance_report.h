@@ -7,7 +7,9 @@
 // has its rotation.batch.completed audit row) and durations. `rekey report` adds "audit_chain"
 // (the chain's head and its verification) and, with --verify, "verification" (values per key and
 // the plaintext digest) and "reader_readiness" (ops/readers.h: which application instances were
-// checked before the job wrote, or that readiness was not proven). The Markdown and the PDF
+// checked before the job wrote, or that readiness was not proven) and "side_effects"
+// (ops/report_evidence.h: the triggers' choice, what job create declared, dead tuples, HOT share
+// and WAL per row, the --vacuum-after run). The Markdown and the PDF
 // (pdf_report.h) are renderings of that JSON and say nothing the JSON does not.
 //
 // Stored reports (rekey.reports) are append-only and carry the SHA-256 of the JSON text as
@@ -31,6 +33,10 @@ namespace rekey::ops {
 nlohmann::json BuildJobReport(pqxx::transaction_base& txn, int64_t job);
 
 std::string RenderReportMarkdown(const nlohmann::json& report);
+
+// The Markdown section of the report's "side_effects" (ops/report_evidence.h,
+// SideEffectsEvidence), as RenderReportMarkdown includes it.
+std::string RenderSideEffectsMarkdown(const nlohmann::json& side_effects);
 
 struct StoredReport {
   int64_t report_id = 0;

@@ -201,12 +201,48 @@ void WritePdfReport(const json& r, const std::vector<StageProgress>& progress, s
         job_id + " --json).");
   }
 
-  doc.Heading("10. Decisions and approvals");
+  doc.Heading("10. Side effects on the database");
+  const json& fx = At(r, "side_effects");
+  if (fx.is_object()) {
+    const json& c = At(fx, "counters");
+    const json& v = At(fx, "vacuum");
+    std::string declared;
+    for (const char* key :
+         {"triggers", "publications", "logical_slots", "foreign_keys", "generated_columns"}) {
+      for (const auto& x : Array(At(At(fx, "declared"), key))) {
+        declared += (declared.empty() ? "" : ", ") + std::string(key) + " " + Str(At(x, "name"));
+      }
+    }
+    doc.Facts({{"Triggers", At(fx, "triggers").is_string() ? Str(At(fx, "triggers"))
+                                                           : "no choice made: they fired"},
+               {"Declared before the first batch", declared.empty() ? "nothing" : declared},
+               {"Rows rewritten", Str(At(c, "rows_rewritten"))},
+               {"Updates (HOT)", Str(At(c, "updates")) + " (" + Str(At(c, "hot_updates")) +
+                                     ", share " + Rate(At(c, "hot_share")) + ")"},
+               {"Dead tuples created", Str(At(c, "dead_tuples_created"))},
+               {"WAL", Str(At(c, "wal_bytes")) + " bytes, " + Str(At(c, "wal_bytes_per_row")) +
+                           " bytes per row"},
+               {"Table size start / end",
+                Str(At(c, "table_bytes_start")) + " / " + Str(At(c, "table_bytes_end")) + " bytes"},
+               {"Vacuum after",
+                v.is_object() ? Str(At(v, "state")) +
+                                    (At(v, "error").is_string() ? ": " + Str(At(v, "error")) : "")
+                              : std::string("not run")}});
+    doc.Paragraph(
+        "The counters are the table's (pg_stat_user_tables) and the WAL position the server's, "
+        "read when the job's first batch started and when it finished: anything else that wrote "
+        "meanwhile is included.",
+        7.8, false, kMuted);
+  } else {
+    doc.Paragraph("Not recorded: the job predates the side-effect record.");
+  }
+
+  doc.Heading("11. Decisions and approvals");
   std::vector<std::vector<std::string>> decisions;
   pdf::AddDecisions(At(r, "approvals"), "", &decisions);
   pdf::DecisionsTable(doc, decisions, false);
 
-  doc.Heading("11. What this report does not prove");
+  doc.Heading("12. What this report does not prove");
   // What the job checked of the application readers (ops/readers.h): only instances that report.
   const json& readiness = At(r, "reader_readiness");
   doc.Bullet(

@@ -75,3 +75,13 @@ nlohmann::json VerificationEvidence(pqxx::connection& conn, int64_t job_id,
 }
 
 }  // namespace rekey::ops
+
+namespace rekey::ops {
+
+nlohmann::json SideEffectsEvidence(pqxx::transaction_base& txn, int64_t job_id) {
+  const pqxx::result r = txn.exec_params(db::Query("ops/report_evidence.side_effects"), job_id);
+  if (r.empty() || r[0]["side_effects"].is_null()) return nullptr;
+  return nlohmann::json::parse(r[0]["side_effects"].as<std::string>());
+}
+
+}  // namespace rekey::ops

@@ -46,4 +46,11 @@ nlohmann::json VerificationEvidence(pqxx::connection& conn, int64_t job_id,
                                     const std::function<rotation::DataKeySource()>& keys,
                                     const std::string& plaintext_sha256_before);
 
+// The report's "side_effects" (rekey.job_side_effects_report; docs/operations.md, "Side effects
+// of a rewrite"): the job's choices for the table's triggers and --vacuum-after, what
+// `rekey job create` declared before the first batch, the table's counters at the job's start and
+// end and what they give (dead tuples created, the share of HOT updates, WAL bytes per rewritten
+// row, table growth: null until both readings exist), and the vacuum run.
+nlohmann::json SideEffectsEvidence(pqxx::transaction_base& txn, int64_t job_id);
+
 }  // namespace rekey::ops

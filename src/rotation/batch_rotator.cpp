@@ -170,6 +170,13 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
   conn.prepare(prefix_ + "update", statements_.update());
   select_names_.assign(kAllSelectVariants, std::string());
   sizes_names_.assign(kAllSelectVariants, std::string());
+  {
+    // The job's 'start' counters (the first worker records them) and its choice for the
+    // table's triggers, refused here if this role may not skip them (jobs/side_effects.h).
+    pqxx::work txn(conn);
+    skip_triggers_ = jobs::StartRewrite(txn, job_.job_id).skip_triggers;
+    txn.commit();
+  }
   prepared_on_ = &conn;
 }
 
@@ -490,12 +497,17 @@ void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChan
   if (result.rows_done == 0) return;
   std::vector<pqxx::binarystring> arrays;
   for (const auto& array : changes.columns) arrays.push_back(array.Finish());
+  // --triggers skip: replica mode for this UPDATE alone; the rest of the transaction (failures,
+  // audit, checkpoint) runs in the session's role, so rekey's own triggers fire.
+  std::string previous_role;
+  if (skip_triggers_) previous_role = txn.exec1(FixedQuery("skip_triggers"))["previous"].c_str();
   const pqxx::result updated =
       job_.key_id_column
           ? txn.exec_prepared(prefix_ + "update", changes.row_ids + "}",
                               pqxx::prepare::make_dynamic_params(arrays), changes.key_ids + "}")
           : txn.exec_prepared(prefix_ + "update", changes.row_ids + "}",
                               pqxx::prepare::make_dynamic_params(arrays));
+  if (skip_triggers_) txn.exec_params(FixedQuery("restore_role"), previous_role);
   // The rows are locked, so each is written exactly once, and nothing of the batch may commit
   // otherwise. No concurrent change can cause a difference, so no retry can fix it: a trigger
   // on the table that skips or redirects updates can. The attempt counts, and the batch fails

@@ -33,6 +33,12 @@
 // same transaction. An item Vault refuses is quarantined; the rest of the batch goes on. A failure
 // of the whole request (Vault down, sealed, throttling) throws TransientError with nothing written.
 //
+// Triggers: a job created with --triggers skip (jobs/side_effects.h) runs the UPDATE, and only
+// it, with session_replication_role = replica, restored right after it, so the table's ordinary
+// triggers do not fire on the rewrite while rekey's own always do. The first prepare of a job on
+// a connection refuses (ConfigError) a role that may not set it, and records the job's 'start'
+// counters (jobs/after_rewrite.h).
+//
 // The pieces: the statements built from the job's identifiers are rotation/batch_statements.h,
 // the fixed ones queries/batch_rotator.sql; each value is rewritten by the ValueRewriter of its
 // codec (crypto/value_rewriter.h); this file holds the transaction's steps, in order: lock keys,
@@ -58,6 +64,7 @@
 #include "crypto/text_encoding.h"
 #include "crypto/value_rewriter.h"
 #include "jobs/job.h"
+#include "jobs/side_effects.h"
 #include "rotation/batch_statements.h"
 #include "rotation/claimed_batch.h"
 #include "rotation/transit_rewriter.h"
@@ -228,6 +235,7 @@ class BatchRotator {
   bool wait_for_flush_ = false;
   int64_t chunk_bytes_ = kDefaultChunkBytes;
   std::vector<std::string> sizes_names_;  // by SelectVariant: the prepared Sizes statements
+  bool skip_triggers_ = false;  // the job's --triggers skip (jobs/side_effects.h)
   // Reused across chunks: per rewriter, the values handed to it and what it made of them; per
   // (row, column), which of them it is (-1: NULL; -2 - k: unreadable_[k], a value not in its
   // column's stored form, rotation/stored_form.h); values decoded, and the text style each was read

@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "db/connection.h"
 #include "db/named_query.h"
+#include "jobs/after_rewrite.h"
 #include "rotation/gate.h"
 
 namespace rekey::rotation {
@@ -165,6 +166,7 @@ void WorkerPool::Run(const std::atomic<bool>& stop) {
 bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_id,
                              const char* job_param) {
   bool moved = false;
+  std::vector<int64_t> completed;
   {
     pqxx::work txn(conn);
     for (const auto& row : txn.exec_params(Query("finish_stages"), job_param)) {
@@ -174,9 +176,12 @@ bool WorkerPool::AdvanceJobs(pqxx::connection& conn, const std::string& worker_i
                                  {"worker", worker_id},
                                  {"action", "job.finish_stage"}});
       moved = moved || state == "active";
+      if (state == "completed") completed.push_back(row["job_id"].as<int64_t>());
     }
     txn.commit();
   }
+  // The job's end counters and its --vacuum-after, by the worker that completed it.
+  for (int64_t job : completed) jobs::AfterJobCompleted(conn, job, worker_id);
   std::optional<int64_t> job;
   if (job_param != nullptr) job = std::stoll(job_param);
   while (auto gate = RunNextGate(conn, job, keys_, worker_id)) {

@@ -57,3 +57,15 @@ SELECT rekey.complete_batch($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
 -- whether the attempt is free (a transient error, or no error of the batch). Returns the batch's
 -- state after it (rekey.release_batch).
 SELECT rekey.release_batch($1, $2, $3, $4, $5) AS batch_state
+
+-- name: skip_triggers
+-- For the rest of the transaction, until restore_role: session_replication_role = replica, so
+-- the table's ordinary triggers do not fire on the rewrite's UPDATE (a job created with
+-- --triggers skip; jobs/side_effects.h). Returns the setting before, for restore_role.
+SELECT current_setting('session_replication_role') AS previous,
+       set_config('session_replication_role', 'replica', true)
+
+-- name: restore_role
+-- Puts session_replication_role back to $1 (skip_triggers' previous) for the rest of the
+-- transaction: rekey's own triggers (audit stamping and sealing, job-state triggers) must fire.
+SELECT set_config('session_replication_role', $1::text, true)
