@@ -30,9 +30,12 @@ namespace rekey::crypto {
 // kVaultTransit: a text column of Vault Transit ciphertexts ("vault:vN:..."), rotated inside Vault
 // by rewrap (rotation/transit_rewrapper.h); rekey holds neither its key nor its plaintext.
 // kFernet: Fernet tokens (crypto/fernet.h), which name no key: opened by trial decryption.
-enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet };
+// kAwsKms: AWS KMS ciphertext blobs (bytea or base64 text), rotated inside KMS by ReEncrypt
+// (rotation/aws_kms_rewriter.h); rekey holds neither the KMS key nor the plaintext.
+enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kAwsKms };
 
-// Returns the codec named `name` ("tink", "raw", "vault-transit" or "fernet", exact lower case),
+// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet" or "aws-kms", exact
+// lower case),
 // nullopt for anything else.
 std::optional<CodecKind> ParseCodecKind(std::string_view name);
 // The name ParseCodecKind accepts for `kind`.

@@ -32,6 +32,8 @@
 // (rotation/transit_rewriter.h), and the answers are written back with the same UPDATE in the
 // same transaction. An item Vault refuses is quarantined; the rest of the batch goes on. A failure
 // of the whole request (Vault down, sealed, throttling) throws TransientError with nothing written.
+// An aws-kms job (jobs::JobDefinition::aws_kms_key_arn) is the same with KMS ReEncrypt
+// (rotation/aws_kms_rewriter.h), except that SQL cannot tell a blob's key: every value is selected.
 //
 // The pieces: the statements built from the job's identifiers are rotation/batch_statements.h,
 // the fixed ones queries/batch_rotator.sql; each value is rewritten by the ValueRewriter of its
@@ -59,6 +61,7 @@
 #include "jobs/job.h"
 #include "rotation/batch_statements.h"
 #include "rotation/claimed_batch.h"
+#include "rotation/aws_kms_rewriter.h"
 #include "rotation/transit_rewriter.h"
 #include "rotation/transit_service.h"
 
@@ -108,8 +111,9 @@ std::string ReleaseBatch(pqxx::work& txn, const ClaimedBatch& batch, const std::
 // statements prepared on that loop's connection).
 class BatchRotator {
  public:
-  // `transit` is needed (and called) only for a vault-transit job.
-  BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit = nullptr);
+  // `transit` is needed (and called) only for a vault-transit job, `aws_kms` for an aws-kms job.
+  BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit = nullptr,
+               AwsKmsSource aws_kms = nullptr);
   BatchRotator(const BatchRotator&) = delete;  // its statements and rewriters point at job_
   BatchRotator& operator=(const BatchRotator&) = delete;
 
@@ -117,7 +121,8 @@ class BatchRotator {
 
   // Unwraps every source and target key of the job now, so a KMS or key problem stops the
   // worker before it claims anything. Throws as DataKeySource does. For a vault-transit job,
-  // reads its Transit key once instead (CheckTransitKey; KeyError if it is missing).
+  // reads its Transit key once instead (CheckTransitKey; KeyError if it is missing); for an
+  // aws-kms job, its two KMS keys (CheckAwsKmsKeys).
   void LoadKeys();
 
   // Whether a batch's (or chunk's) commit waits for its WAL flush. By default it does not: a
@@ -192,6 +197,8 @@ class BatchRotator {
   void RecordFailures(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
                       const RowChanges& changes, BatchResult* result);
   void AuditValues(pqxx::work& txn, const ClaimedBatch& batch, const RowChanges& changes);
+  // The key ARN of an aws-kms job's key number (kAwsKmsSourceKey, kAwsKmsDestinationKey).
+  std::string AwsKmsKeyArn(uint32_t key) const;
   void Complete(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
                 const LockedBatch& locked, const RowChanges& changes, const BatchResult& result);
 
@@ -199,6 +206,8 @@ class BatchRotator {
   DataKeySource key_source_;
   TransitClientSource transit_;
   bool transit_checked_ = false;
+  AwsKmsSource aws_kms_;
+  bool aws_kms_checked_ = false;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys_;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_keys_;
   BatchStatements statements_;

@@ -53,6 +53,9 @@ struct WorkerOptions {
   // The Vault Transit service of vault-transit jobs (transit_service.h); nullptr: such jobs stop
   // the worker with a ConfigError.
   TransitClientSource transit;
+  // The AWS KMS service of aws-kms jobs (aws_kms_rewriter.h); nullptr: such jobs stop the worker
+  // with a ConfigError.
+  AwsKmsSource aws_kms;
   PacingOptions pacing;                // rate limit, chunking, replication lag (pacer.h)
   WorkerObserver* observer = nullptr;  // not owned; must outlive Run(); may be null
 };
