@@ -574,6 +574,83 @@ BEGIN
        FROM rekey.batches b WHERE b.job_id = p_job));
 END $$;
 
+CREATE FUNCTION rekey.create_aws_kms_job(p_table text, p_columns text[], p_source_key text, p_destination_key text, p_context jsonb DEFAULT NULL::jsonb, p_encoding text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_per_row_audit boolean DEFAULT false, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+  arn constant text := '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$';
+  t record;
+  key record;
+  scope_type text;
+  v_scope_value text;
+  v_encoding text;
+  job bigint;
+  tid bigint;
+  batches integer;
+BEGIN
+  t := rekey.job_table(p_table);
+  key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
+  IF p_source_key IS NULL OR p_source_key !~ arn OR p_destination_key IS NULL OR p_destination_key !~ arn THEN
+    RAISE EXCEPTION 'an aws-kms job names its KMS keys by key ARN (arn:aws:kms:<region>:<account>:key/<id>), got % and %',
+      quote_literal(coalesce(p_source_key, '')), quote_literal(coalesce(p_destination_key, ''))
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_source_key = p_destination_key THEN
+    RAISE EXCEPTION 'the source and destination KMS keys are the same key (%): nothing to rotate', p_source_key
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_context IS NOT NULL AND (jsonb_typeof(p_context) <> 'object'
+        OR EXISTS (SELECT 1 FROM jsonb_each(p_context) e WHERE jsonb_typeof(e.value) <> 'string')) THEN
+    RAISE EXCEPTION 'an encryption context is a JSON object of strings, e.g. {"app":"billing"}; got %', p_context
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF coalesce(p_encoding, 'bytea') NOT IN ('bytea', 'base64') THEN
+    RAISE EXCEPTION 'AWS KMS ciphertext blobs are stored as bytea or base64 text; encoding % does not apply',
+      quote_literal(p_encoding) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT f.v_encoding INTO v_encoding
+    FROM rekey.job_value_form(t.schema_name, t.table_name, t.pk_column, p_columns, NULL,
+                              p_encoding, NULL) f;
+  IF v_encoding NOT IN ('bytea', 'base64') THEN
+    RAISE EXCEPTION 'AWS KMS ciphertext blobs are stored as bytea or base64 text; encoding % does not apply',
+      quote_literal(v_encoding) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
+  SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
+    FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
+  PERFORM rekey.check_job_settings(p_batch_size, NULL, p_stages, p_error_threshold);
+
+  -- keys_promoted from the start: there is no keyring key to promote (open_stage skips it).
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_columns, key_types,
+                          scope_column, scope_value, scope_type, batch_size, per_row_audit,
+                          max_attempts, stage_plan, promote_at_stage, error_threshold, observe,
+                          gate_sample_size, keys_promoted, aws_kms_source_key_arn, aws_kms_key_arn,
+                          aws_kms_context)
+  VALUES (p_name, t.schema_name, t.table_name, t.pk_column, t.pk_type, key.key_columns, key.key_types,
+          p_scope_column, v_scope_value, scope_type, p_batch_size, coalesce(p_per_row_audit, false),
+          p_max_attempts, p_stages, cardinality(p_stages), p_error_threshold, p_observe,
+          p_gate_sample_size, true, p_source_key, p_destination_key, p_context)
+  RETURNING job_id INTO job;
+
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    tid := rekey.job_target(t.schema_name, t.table_name, t.pk_column, p_columns[i], 'aws-kms', NULL,
+                            NULL, p_scope_column, v_scope_value);
+    PERFORM rekey.set_target_value_form(tid, job, v_encoding, NULL);
+    INSERT INTO rekey.job_columns VALUES (job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(job);
+
+  PERFORM rekey.add_rollout_stages(job, p_stages);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
+  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
+    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
+    'codec', 'aws-kms', 'source_kms_key', p_source_key, 'kms_key', p_destination_key,
+    'encryption_context', p_context, 'encoding', v_encoding,
+    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
+    'error_threshold', p_error_threshold, 'observe', p_observe::text,
+    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
+  PERFORM rekey.open_stage(job, 1);
+  RETURN job;
+END $_$;
+
 CREATE FUNCTION rekey.create_job(p_table text, p_columns text[], p_key_map jsonb, p_codecs text[] DEFAULT NULL::text[], p_key_id_column text DEFAULT NULL::text, p_ad_template text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_per_row_audit boolean DEFAULT false, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_promote_at_stage integer DEFAULT NULL::integer, p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000, p_not_governed text[] DEFAULT NULL::text[], p_cross_scope boolean DEFAULT false, p_encoding text DEFAULT NULL::text, p_json_path text[] DEFAULT NULL::text[]) RETURNS bigint
     LANGUAGE plpgsql
     AS $_$
@@ -1278,6 +1355,16 @@ CREATE TABLE rekey.jobs (
     key_columns name[] NOT NULL,
     key_types text[] NOT NULL,
     key_text_form text DEFAULT 'canonical'::text NOT NULL,
+    aws_kms_source_key_arn text,
+    aws_kms_key_arn text,
+    aws_kms_context jsonb,
+    CONSTRAINT jobs_aws_kms_both_or_neither CHECK (((aws_kms_source_key_arn IS NULL) = (aws_kms_key_arn IS NULL))),
+    CONSTRAINT jobs_aws_kms_context_check CHECK ((jsonb_typeof(aws_kms_context) = 'object'::text)),
+    CONSTRAINT jobs_aws_kms_context_needs_keys CHECK (((aws_kms_context IS NULL) OR (aws_kms_key_arn IS NOT NULL))),
+    CONSTRAINT jobs_aws_kms_key_arn_check CHECK ((aws_kms_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
+    CONSTRAINT jobs_aws_kms_keys_differ CHECK ((aws_kms_source_key_arn <> aws_kms_key_arn)),
+    CONSTRAINT jobs_aws_kms_not_transit CHECK (((aws_kms_key_arn IS NULL) OR (transit_key_ref IS NULL))),
+    CONSTRAINT jobs_aws_kms_source_key_arn_check CHECK ((aws_kms_source_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
     CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
     CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
     CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
@@ -1802,7 +1889,7 @@ BEGIN
   -- Registered targets that no longer resolve are never skipped.
   FOR col IN
     SELECT tc.* FROM rekey.target_columns() tc
-     WHERE tc.unresolved IS NOT NULL AND tc.codec <> 'vault-transit'
+     WHERE tc.unresolved IS NOT NULL AND tc.codec NOT IN ('vault-transit', 'aws-kms')
      ORDER BY tc.target_id
   LOOP
     SELECT t.schema_name, t.table_name, t.column_name INTO schema_name, table_name, column_name
@@ -1934,7 +2021,7 @@ BEGIN
              AS fernet_key
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
-     WHERE tc.codec <> 'vault-transit'
+     WHERE tc.codec NOT IN ('vault-transit', 'aws-kms')
      GROUP BY tc.relid, tc.attnum, CASE WHEN tc.unresolved IS NOT NULL THEN tc.target_id END
      ORDER BY 1
   LOOP

@@ -60,9 +60,8 @@ class AwsKmsCodecTest : public PgTest {
   }
 
   nlohmann::json App(const std::vector<std::string>& args, const nlohmann::json& input) {
-    std::vector<std::string> argv = {"/usr/bin/python3",
-                                     std::string(REKEY_SOURCE_DIR) +
-                                         "/tests/aws_kms_codec/kms_app.py"};
+    std::vector<std::string> argv = {
+        "/usr/bin/python3", std::string(REKEY_SOURCE_DIR) + "/tests/aws_kms_codec/kms_app.py"};
     argv.insert(argv.end(), args.begin(), args.end());
     ProcessResult r = RunProcess(argv, Env(), input.dump());
     EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -131,23 +130,38 @@ class AwsKmsCodecTest : public PgTest {
 
   std::vector<std::string> CreateArgs(const std::string& stages = "100",
                                       const std::string& batch_size = "8") {
-    return {"job",       "create",        "--table",          "public.secrets",
-            "--column",  "payload",       "--codec",          "aws-kms",
-            "--source-kms-key",           "alias/app-old",    "--kms-key",
-            "alias/app-new",              "--encryption-context", kContext,
-            "--stages",  stages,          "--batch-size",     batch_size,
-            "--error-threshold",          "0.5"};
+    return {"job",
+            "create",
+            "--table",
+            "public.secrets",
+            "--column",
+            "payload",
+            "--codec",
+            "aws-kms",
+            "--source-kms-key",
+            "alias/app-old",
+            "--kms-key",
+            "alias/app-new",
+            "--encryption-context",
+            kContext,
+            "--stages",
+            stages,
+            "--batch-size",
+            batch_size,
+            "--error-threshold",
+            "0.5"};
   }
 
   ProcessResult Work(const std::string& job) {
-    return RunProcess({REKEY_BINARY, "--db", conninfo(), "work", "--job", job, "--concurrency",
-                       "2"},
-                      Env(), "", 300);
+    return RunProcess(
+        {REKEY_BINARY, "--db", conninfo(), "work", "--job", job, "--concurrency", "2"}, Env(), "",
+        300);
   }
 
   std::string Quarantined() {
-    return Scalar("SELECT string_agg(pk || ':' || error_class, ',' ORDER BY pk::int) FROM "
-                  "rekey.row_failures");
+    return Scalar(
+        "SELECT string_agg(pk || ':' || error_class, ',' ORDER BY pk::int) FROM "
+        "rekey.row_failures");
   }
 
   std::unique_ptr<AwsKmsTestServer> server_;
@@ -249,9 +263,10 @@ TEST_F(AwsKmsCodecTest, StagedRotationWhileTheApplicationWritesEndsUnderTheNewKe
             std::to_string(moved));
   // A batch's "keys" counts the values of its last chunk (earlier ones are in the value audit):
   // only the pair of ARNs, never key numbers.
-  EXPECT_EQ(Scalar("SELECT string_agg(DISTINCT k, ',') FROM rekey.audit, "
-                   "jsonb_object_keys(details->'keys') k WHERE action = 'rotation.batch.completed'"),
-            old_arn_ + "->" + new_arn_);
+  EXPECT_EQ(
+      Scalar("SELECT string_agg(DISTINCT k, ',') FROM rekey.audit, "
+             "jsonb_object_keys(details->'keys') k WHERE action = 'rotation.batch.completed'"),
+      old_arn_ + "->" + new_arn_);
   EXPECT_EQ(Scalar("SELECT DISTINCT details->'aws_kms_keys'->>'2' FROM rekey.audit WHERE action "
                    "= 'rotation.batch.completed'"),
             new_arn_);

@@ -7,8 +7,8 @@
 
 #include "db/connection.h"
 #include "db/conninfo.h"
-#include "kms/kms_factory.h"
 #include "kms/aws_kms.h"
+#include "kms/kms_factory.h"
 #include "kms/kms_registry.h"
 #include "kms/resilient_kms.h"
 #include "kms/vault_transit.h"

@@ -46,11 +46,12 @@ struct CreateFlags {
   bool cross_scope = false;
   std::string transit_key;  // vault-transit: <mount>/keys/<name>
   int to_version = 0;       // vault-transit: 0 = the key's latest version
+  std::string encoding;     // stored form (docs/FORMAT.md); "" = the codec's default
+  std::string json_path;    // "{payment,token}": the values are strings in jsonb documents
+
   std::string source_kms_key;      // aws-kms: the KMS key the blobs are under
   std::string kms_key;             // aws-kms: the KMS key they move to
   std::string encryption_context;  // aws-kms: the application's constant context, JSON
-  std::string encoding;     // stored form (docs/FORMAT.md); "" = the codec's default
-  std::string json_path;    // "{payment,token}": the values are strings in jsonb documents
 };
 
 // A vault-transit job's Transit key, checked in Vault before anything is written: it exists, can
@@ -276,8 +277,8 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
                    "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
-                     "Codec per column: tink (default), raw, fernet, vault-transit or aws-kms; one for "
-                     "all, or one per --column");
+                     "Codec per column: tink (default), raw, fernet, vault-transit or aws-kms; "
+                     "one for all, or one per --column");
   create->add_option("--encoding", flags->encoding,
                      "How the values are stored: bytea (default), or text in base64, base64url "
                      "or hex (docs/FORMAT.md)");

@@ -297,7 +297,8 @@ ReEncryptedBlob AwsKmsClient::ReEncryptBlob(const Bytes& blob, const std::string
                                             const std::string& destination_key_ref,
                                             const std::string& context) {
   const std::string op = "ReEncrypt";
-  json request = {{"CiphertextBlob", Base64Encode(blob)}, {"DestinationKeyId", destination_key_ref}};
+  json request = {{"CiphertextBlob", Base64Encode(blob)},
+                  {"DestinationKeyId", destination_key_ref}};
   if (!source_key_ref.empty()) request["SourceKeyId"] = source_key_ref;
   if (!context.empty()) {
     json ctx = json::parse(context, nullptr, /*allow_exceptions=*/false);
@@ -308,8 +309,7 @@ ReEncryptedBlob AwsKmsClient::ReEncryptBlob(const Bytes& blob, const std::string
     }
   }
   ReEncryptedBlob result;
-  const std::string body =
-      Call(op, request.dump(), destination_key_ref, "", &result.refusal);
+  const std::string body = Call(op, request.dump(), destination_key_ref, "", &result.refusal);
   if (!result.refusal.empty()) return result;
   json j = ParseObject(op, body);
   result.blob = Base64Field(op, j, "CiphertextBlob");

@@ -119,8 +119,7 @@ class AwsKmsClient : public KmsClient {
   // other failure throws as every call does (a throttled KMS a TransientError for ResilientKms
   // to retry, a disabled key a KeyError).
   ReEncryptedBlob ReEncryptBlob(const Bytes& blob, const std::string& source_key_ref,
-                                const std::string& destination_key_ref,
-                                const std::string& context);
+                                const std::string& destination_key_ref, const std::string& context);
 
  private:
   // POSTs `body` as TrentService.<operation>; returns the parsed 200 response or throws. With

@@ -59,9 +59,9 @@
 #include "crypto/text_encoding.h"
 #include "crypto/value_rewriter.h"
 #include "jobs/job.h"
+#include "rotation/aws_kms_rewriter.h"
 #include "rotation/batch_statements.h"
 #include "rotation/claimed_batch.h"
-#include "rotation/aws_kms_rewriter.h"
 #include "rotation/transit_rewriter.h"
 #include "rotation/transit_service.h"
 
