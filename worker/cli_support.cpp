@@ -7,8 +7,10 @@
 
 #include "db/connection.h"
 #include "db/conninfo.h"
+#include "kms/aws_kms.h"
 #include "kms/kms_factory.h"
 #include "kms/kms_registry.h"
+#include "kms/resilient_kms.h"
 #include "kms/vault_transit.h"
 
 namespace rekey::cli {
@@ -90,6 +92,61 @@ rotation::TransitClientSource LazyTransitClient() {
           std::make_unique<VaultTransitService>(std::make_unique<kms::VaultTransitClient>(
               kms::VaultTransitConfigFromEnv(kms::ProcessGetenv, /*require_key=*/false),
               std::make_shared<kms::CurlTransport>()));
+    }
+    return *shared->service;
+  };
+}
+
+namespace {
+
+// rotation's narrow view of AWS KMS (rotation/aws_kms_rewriter.h): AWS KMS's client, every call
+// through the resilient layer's rate limit, retries and circuit breaker.
+class AwsKmsBlobService : public rotation::AwsKmsService {
+ public:
+  explicit AwsKmsBlobService(std::unique_ptr<kms::KmsClient> client)
+      : client_(std::move(client)),
+        resilient_(dynamic_cast<kms::ResilientKms&>(*client_)),
+        aws_(dynamic_cast<kms::AwsKmsClient&>(resilient_.inner())) {}
+
+  std::string KeyArn(const std::string& key_ref) override {
+    return resilient_.CanonicalKeyRef(key_ref);
+  }
+
+  Result ReEncrypt(const Bytes& blob, const std::string& destination_key_arn,
+                   const std::string& context) override {
+    kms::ReEncryptedBlob re = resilient_.Run(
+        "ReEncrypt", [&] { return aws_.ReEncryptBlob(blob, "", destination_key_arn, context); });
+    return {std::move(re.blob), std::move(re.source_key_arn), std::move(re.key_arn),
+            std::move(re.refusal)};
+  }
+
+ private:
+  std::unique_ptr<kms::KmsClient> client_;
+  kms::ResilientKms& resilient_;
+  kms::AwsKmsClient& aws_;
+};
+
+}  // namespace
+
+rotation::AwsKmsSource LazyAwsKmsService() {
+  struct Shared {
+    std::mutex mu;
+    std::unique_ptr<AwsKmsBlobService> service;
+  };
+  auto shared = std::make_shared<Shared>();
+  return [shared]() -> rotation::AwsKmsService& {
+    std::lock_guard<std::mutex> lock(shared->mu);
+    if (!shared->service) {
+      // The codec names its keys per job: the provider's default key is not needed.
+      const kms::GetenvFn getenv = [](const char* name) -> std::optional<std::string> {
+        std::optional<std::string> value = kms::ProcessGetenv(name);
+        if (std::string_view(name) == kms::kAwsKmsKeyIdEnv && (!value || value->empty())) {
+          return std::string("unused-by-the-aws-kms-codec");
+        }
+        return value;
+      };
+      shared->service =
+          std::make_unique<AwsKmsBlobService>(kms::MakeKmsClient(kms::kAwsKmsProvider, getenv));
     }
     return *shared->service;
   };

@@ -45,6 +45,13 @@ class KeyServices {
 // shared by every caller. Throws ConfigError if Vault is not configured.
 rotation::TransitClientSource LazyTransitClient();
 
+// The AWS KMS service of aws-kms column jobs (AWS KMS's client, inside the resilient layer of
+// kms/resilient_kms.h, behind rotation's narrow interface, rotation/aws_kms_rewriter.h), built on
+// first call from the environment (AWS_REGION, credentials and AWS_ENDPOINT_URL_KMS as for the
+// aws-kms provider, kms/aws_kms.h; REKEY_AWS_KMS_KEY_ID is not needed) and shared by every caller.
+// Throws ConfigError if AWS KMS is not configured.
+rotation::AwsKmsSource LazyAwsKmsService();
+
 // Installs SIGTERM/SIGINT handlers that set the returned flag (for graceful stops).
 const std::atomic<bool>& InstallStopSignals();
 

@@ -54,6 +54,9 @@ struct CreateFlags {
   std::string lockbox_key_attribute;
   std::string triggers;     // "fire" or "skip" (jobs/side_effects.h); "" = none given
   bool vacuum_after = false;
+  std::string source_kms_key;      // aws-kms: the KMS key the blobs are under
+  std::string kms_key;             // aws-kms: the KMS key they move to
+  std::string encryption_context;  // aws-kms: the application's constant context, JSON
 };
 
 // A vault-transit job's Transit key, checked in Vault before anything is written: it exists, can
@@ -77,6 +80,20 @@ void ResolveTransitKey(const CreateFlags& flags, jobs::JobSpec* spec) {
   }
   spec->transit_key_ref = flags.transit_key;
   spec->transit_min_version = version;
+}
+
+// An aws-kms job's two KMS keys, resolved to their key ARNs and checked Enabled in KMS before
+// anything is written (rotation/aws_kms_rewriter.h). One-line KeyError or ConfigError otherwise.
+void ResolveAwsKmsKeys(const CreateFlags& flags, jobs::JobSpec* spec) {
+  if (flags.source_kms_key.empty() || flags.kms_key.empty()) {
+    throw ConfigError(
+        "--codec aws-kms needs both KMS keys: --source-kms-key (the key the blobs are under) and "
+        "--kms-key (the key they move to), each a key ARN, key id or alias");
+  }
+  const rotation::AwsKmsSource source = LazyAwsKmsService();  // owns the client
+  spec->aws_kms_source_key_arn = source().KeyArn(flags.source_kms_key);
+  spec->aws_kms_key_arn = source().KeyArn(flags.kms_key);
+  if (!flags.encryption_context.empty()) spec->aws_kms_context = flags.encryption_context;
 }
 
 // Runs one verb of jobs/job_control.h in its own transaction and prints the text it returns.
@@ -103,7 +120,21 @@ void CreateJob(const GlobalOptions& global, const CreateFlags& flags) {
   const bool transit =
       !flags.transit_key.empty() ||
       std::find(spec.codecs.begin(), spec.codecs.end(), "vault-transit") != spec.codecs.end();
-  if (transit) {
+  const bool aws_kms =
+      std::find(spec.codecs.begin(), spec.codecs.end(), "aws-kms") != spec.codecs.end();
+  if (!aws_kms && (!flags.kms_key.empty() || !flags.source_kms_key.empty() ||
+                   !flags.encryption_context.empty())) {
+    throw ConfigError(
+        "--kms-key, --source-kms-key and --encryption-context apply to --codec aws-kms only");
+  }
+  if (aws_kms) {
+    if (!flags.key_map.empty()) {
+      throw ConfigError(
+          "--map does not apply to an aws-kms job: it re-encrypts every value inside KMS from "
+          "--source-kms-key to --kms-key");
+    }
+    ResolveAwsKmsKeys(flags, &spec);
+  } else if (transit) {
     if (!flags.key_map.empty()) {
       throw ConfigError(
           "--map does not apply to a vault-transit job: it rewraps every value below the "
@@ -226,6 +257,7 @@ void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
                           {"values_under_source_keys", under_source},
                           {"values_under_target_keys", under_target},
                           {"failures", report.failures},
+                          {"not_proven", report.not_proven},
                           {"failures_by_class", report.failures_by_class},
                           {"failure_samples", report.failure_samples},
                           {"plaintext_sha256", report.plaintext_sha256}};
@@ -239,6 +271,10 @@ void VerifyJob(const GlobalOptions& global, int64_t job_id, bool json) {
         static_cast<long long>(under_source), static_cast<long long>(report.failures));
     for (const auto& [k, n] : report.values_by_key) {
       std::printf("  key %u: %lld values\n", k, static_cast<long long>(n));
+    }
+    if (report.not_proven > 0) {
+      std::printf("  %lld AWS KMS blobs: their KMS key is not proven without KMS (docs/kms.md)\n",
+                  static_cast<long long>(report.not_proven));
     }
     for (const auto& sample : report.failure_samples) std::printf("  failed: %s\n", sample.c_str());
     std::printf("plaintext sha256: %s\n", report.plaintext_sha256.c_str());
@@ -263,8 +299,8 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
                    "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
-                     "Codec per column: tink (default), raw, fernet, rails, lockbox or "
-                     "vault-transit; one for all, or one per --column");
+                     "Codec per column: tink (default), raw, fernet, rails, lockbox, "
+                     "vault-transit or aws-kms; one for all, or one per --column");
   create->add_option("--encoding", flags->encoding,
                      "How the values are stored: bytea (default), or text in base64, base64url "
                      "or hex (docs/FORMAT.md)");
@@ -285,6 +321,13 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
       ->add_option("--to-version", flags->to_version,
                    "vault-transit: rewrap values below this key version (default: the latest)")
       ->check(CLI::Range(1, 1000000000));
+  create->add_option("--source-kms-key", flags->source_kms_key,
+                     "aws-kms: the KMS key the blobs are under (key ARN, key id or alias)");
+  create->add_option("--kms-key", flags->kms_key,
+                     "aws-kms: the KMS key to re-encrypt the blobs to (key ARN, key id or alias)");
+  create->add_option("--encryption-context", flags->encryption_context,
+                     "aws-kms: the constant encryption context the application bound, as JSON, "
+                     "e.g. '{\"app\":\"billing\"}' (per-row contexts are not supported)");
   create->add_option("--key-id-column", flags->key_id_column,
                      "Integer column holding the key id (required by raw; kept in step for tink)");
   create

@@ -100,6 +100,7 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   }
   options.kms_available = keys.Availability();
   options.transit = LazyTransitClient();
+  options.aws_kms = LazyAwsKmsService();
   rotation::WorkerPool pool(conninfo, options, keys.Source());
   log::Info("worker started",
             {{"action", "worker.started"},

@@ -223,7 +223,7 @@ $$;
 
 -- How many values of each registered column are under key p_key. One row per registered column
 -- (targets registered for several scopes are one column: target_id is the lowest of them),
--- current names, vault-transit targets left out (they hold no keyring key's values). n counts every value of the whole column under the key: Tink by
+-- current names, vault-transit and aws-kms targets left out (they hold no keyring key's values). n counts every value of the whole column under the key: Tink by
 -- the value's prefix in the column's stored form (rekey.value_head_sql), raw by the key-id column (`key_id_column = key AND column IS NOT NULL`).
 -- n is NULL iff the column could not be counted; `unknown` then says why (the table or column is
 -- gone, no SELECT privilege) and what to do. When row-level security hides rows, n counts the
@@ -261,7 +261,7 @@ BEGIN
            min(tc.codec) FILTER (WHERE rekey.codec_keyed_by_decryption_only(tc.codec)) AS decrypted_codec
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
-     WHERE tc.codec <> 'vault-transit'
+     WHERE tc.codec NOT IN ('vault-transit', 'aws-kms')
      GROUP BY tc.relid, tc.attnum, CASE WHEN tc.unresolved IS NOT NULL THEN tc.target_id END
      ORDER BY 1
   LOOP
@@ -557,7 +557,7 @@ BEGIN
   -- Registered targets that no longer resolve are never skipped.
   FOR col IN
     SELECT tc.* FROM rekey.target_columns() tc
-     WHERE tc.unresolved IS NOT NULL AND tc.codec <> 'vault-transit'
+     WHERE tc.unresolved IS NOT NULL AND tc.codec NOT IN ('vault-transit', 'aws-kms')
      ORDER BY tc.target_id
   LOOP
     SELECT t.schema_name, t.table_name, t.column_name INTO schema_name, table_name, column_name

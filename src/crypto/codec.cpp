@@ -9,6 +9,7 @@ std::optional<CodecKind> ParseCodecKind(std::string_view name) {
   if (name == "fernet") return CodecKind::kFernet;
   if (name == "rails") return CodecKind::kRails;
   if (name == "lockbox") return CodecKind::kLockbox;
+  if (name == "aws-kms") return CodecKind::kAwsKms;
   return std::nullopt;
 }
 
@@ -26,6 +27,8 @@ std::string_view CodecKindName(CodecKind kind) {
       return "rails";
     case CodecKind::kLockbox:
       return "lockbox";
+    case CodecKind::kAwsKms:
+      return "aws-kms";
   }
   return "unknown";
 }

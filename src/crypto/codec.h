@@ -33,10 +33,12 @@ namespace rekey::crypto {
 // kRails: ActiveRecord::Encryption's JSON messages (crypto/rails.h), stored as the column's text.
 // kLockbox: Ruby Lockbox's AES-GCM values (crypto/lockbox.h), under keys derived per attribute;
 // they name no key either.
-enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kRails, kLockbox };
+// kAwsKms: AWS KMS ciphertext blobs (bytea or base64 text), rotated inside KMS by ReEncrypt
+// (rotation/aws_kms_rewriter.h); rekey holds neither the KMS key nor the plaintext.
+enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kRails, kLockbox, kAwsKms };
 
-// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet" or "lockbox", exact
-// lower case), nullopt for anything else.
+// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet", "rails", "lockbox" or
+// "aws-kms", exact lower case), nullopt for anything else.
 std::optional<CodecKind> ParseCodecKind(std::string_view name);
 // The name ParseCodecKind accepts for `kind`.
 std::string_view CodecKindName(CodecKind kind);

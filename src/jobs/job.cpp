@@ -67,6 +67,12 @@ JobDefinition LoadJob(pqxx::transaction_base& txn, int64_t job_id) {
     job.transit_key_ref = row["transit_key_ref"].as<std::string>();
     job.transit_min_version = row["transit_min_version"].as<int>();
   }
+  if (!row["aws_kms_key_arn"].is_null()) {
+    job.aws_kms_key_arn = row["aws_kms_key_arn"].as<std::string>();
+    job.aws_kms_source_key_arn = row["aws_kms_source_key_arn"].as<std::string>();
+    job.aws_kms_context =
+        row["aws_kms_context"].is_null() ? "" : row["aws_kms_context"].as<std::string>();
+  }
 
   for (const auto& c : txn.exec_params(db::Query("jobs/job.columns"), job_id)) {
     const std::string codec_name = c["codec"].as<std::string>();
@@ -116,6 +122,22 @@ std::vector<PlannedStage> ReadStagePlan(pqxx::transaction_base& txn, int64_t job
 
 namespace {
 
+const char* OptionalText(const std::optional<std::string>& v) {
+  return v ? v->c_str() : nullptr;
+}
+
+// The parameters every create function takes, as text, held while the statement runs.
+struct CommonParams {
+  explicit CommonParams(const JobSpec& spec)
+      : columns(db::TextArrayLiteral(spec.columns)),
+        batch_size(std::to_string(spec.batch_size)),
+        attempts(std::to_string(spec.max_attempts)),
+        stages(StagePlanLiteral(spec.stages)),
+        threshold(std::to_string(spec.error_threshold)),
+        sample(std::to_string(spec.gate_sample_size)) {}
+  std::string columns, batch_size, attempts, stages, threshold, sample;
+};
+
 int64_t CreateTransitJob(pqxx::transaction_base& txn, const JobSpec& spec) {
   if (!spec.transit_key_ref || !spec.transit_min_version) {
     throw ConfigError(
@@ -136,24 +158,66 @@ int64_t CreateTransitJob(pqxx::transaction_base& txn, const JobSpec& spec) {
         "--encoding and --json-path do not apply");
   }
   if (spec.ad_template) crypto::AssociatedDataTemplate::Compile(*spec.ad_template);
-  auto opt = [](const std::optional<std::string>& v) -> const char* {
-    return v ? v->c_str() : nullptr;
-  };
-  const std::string columns = db::TextArrayLiteral(spec.columns);
+  const auto opt = OptionalText;
+  const CommonParams p(spec);
   const std::string version = std::to_string(*spec.transit_min_version);
-  const std::string batch_size = std::to_string(spec.batch_size);
-  const std::string attempts = std::to_string(spec.max_attempts);
-  const std::string stages = StagePlanLiteral(spec.stages);
-  const std::string threshold = std::to_string(spec.error_threshold);
-  const std::string sample = std::to_string(spec.gate_sample_size);
   std::vector<const char*> params = {
-      spec.table.c_str(),    columns.c_str(),       spec.transit_key_ref->c_str(),
+      spec.table.c_str(),    p.columns.c_str(),     spec.transit_key_ref->c_str(),
       version.c_str(),       opt(spec.ad_template), opt(spec.scope_column),
-      opt(spec.scope_value), batch_size.c_str(),    opt(spec.name),
-      attempts.c_str(),      stages.c_str(),        threshold.c_str(),
-      opt(spec.observe),     sample.c_str()};
+      opt(spec.scope_value), p.batch_size.c_str(),  opt(spec.name),
+      p.attempts.c_str(),    p.stages.c_str(),      p.threshold.c_str(),
+      opt(spec.observe),     p.sample.c_str()};
   return txn
       .exec_params1(db::Query("jobs/job.create_transit_job"),
+                    pqxx::prepare::make_dynamic_params(params))["job_id"]
+      .as<int64_t>();
+}
+
+int64_t CreateAwsKmsJob(pqxx::transaction_base& txn, const JobSpec& spec) {
+  if (!spec.aws_kms_key_arn || !spec.aws_kms_source_key_arn) {
+    throw ConfigError(
+        "an aws-kms job needs its KMS keys: --source-kms-key (the key the values are under) and "
+        "--kms-key (the key they move to)");
+  }
+  for (const std::string& codec : spec.codecs) {
+    if (codec != "aws-kms") {
+      throw ConfigError(
+          "a job rotates either AWS KMS ciphertext blobs or other codecs, not both: give aws-kms "
+          "for every column");
+    }
+  }
+  if (spec.ad_template) {
+    throw ConfigError(
+        "an aws-kms job takes one constant encryption context (--encryption-context "
+        "'{\"k\":\"v\"}'); per-row contexts (--ad-template) are not supported");
+  }
+  if (!spec.key_map.empty() || spec.key_id_column || spec.promote_at_stage || spec.not_governed ||
+      spec.cross_scope || spec.json_path || spec.transit_key_ref) {
+    throw ConfigError(
+        "an aws-kms job re-encrypts inside KMS to --kms-key: --map, --key-id-column, "
+        "--not-governed, --cross-scope, --promote-at-stage, --json-path and --transit-key do not "
+        "apply");
+  }
+  const auto opt = OptionalText;
+  const CommonParams p(spec);
+  const std::vector<const char*> params = {spec.table.c_str(),
+                                           p.columns.c_str(),
+                                           spec.aws_kms_source_key_arn->c_str(),
+                                           spec.aws_kms_key_arn->c_str(),
+                                           opt(spec.aws_kms_context),
+                                           opt(spec.encoding),
+                                           opt(spec.scope_column),
+                                           opt(spec.scope_value),
+                                           p.batch_size.c_str(),
+                                           opt(spec.name),
+                                           spec.per_row_audit ? "true" : "false",
+                                           p.attempts.c_str(),
+                                           p.stages.c_str(),
+                                           p.threshold.c_str(),
+                                           opt(spec.observe),
+                                           p.sample.c_str()};
+  return txn
+      .exec_params1(db::Query("jobs/job.create_aws_kms_job"),
                     pqxx::prepare::make_dynamic_params(params))["job_id"]
       .as<int64_t>();
 }
@@ -212,7 +276,11 @@ int64_t CreateJob(pqxx::transaction_base& txn, const JobSpec& spec, pqxx::connec
   txn.exec_params1(
       db::Query("jobs/job.request_key_columns"),
       spec.key_columns.empty() ? std::string() : db::TextArrayLiteral(spec.key_columns));
-  const int64_t id = transit ? CreateTransitJob(txn, spec) : CreateDataKeyJob(txn, spec);
+  const bool aws_kms = spec.aws_kms_key_arn || std::find(spec.codecs.begin(), spec.codecs.end(),
+                                                         "aws-kms") != spec.codecs.end();
+  const int64_t id = aws_kms   ? CreateAwsKmsJob(txn, spec)
+                     : transit ? CreateTransitJob(txn, spec)
+                               : CreateDataKeyJob(txn, spec);
   if (spec.lockbox_key_table || spec.lockbox_key_attribute) {
     txn.exec_params(db::Query("jobs/job.set_lockbox_key_names"), id, spec.lockbox_key_table,
                     spec.lockbox_key_attribute);

@@ -67,6 +67,12 @@ struct JobDefinition {
   // "<mount>/keys/<name>" whose values it rewraps, and the version every value must reach.
   std::optional<std::string> transit_key_ref;
   int transit_min_version = 0;
+  // An aws-kms job (every column's codec is kAwsKms; migrations/0025_aws_kms_codec.sql): the key
+  // ARNs of the KMS key its blobs are under and of the one they move to, and the constant
+  // encryption context the application bound ("" for none; a JSON object of strings).
+  std::optional<std::string> aws_kms_key_arn;
+  std::string aws_kms_source_key_arn;
+  std::string aws_kms_context;
 
   std::string QualifiedTable() const;  // "schema"."table", quoted
   KeyShape Key() const;                // the key as SQL pieces (jobs/key_shape.h)

@@ -43,6 +43,12 @@ struct JobSpec {
   // chosen by the caller after reading the key in Vault.
   std::optional<std::string> transit_key_ref;
   std::optional<int> transit_min_version;
+  // aws-kms jobs (rekey.create_aws_kms_job): the key ARNs of the KMS keys the values are under and
+  // move to, resolved by the caller with DescribeKey, and the constant encryption context (a JSON
+  // object of strings) the application bound, if any.
+  std::optional<std::string> aws_kms_source_key_arn;
+  std::optional<std::string> aws_kms_key_arn;
+  std::optional<std::string> aws_kms_context;
   // The values' stored form (rekey.job_value_form, docs/FORMAT.md): unset encoding = bytea (base64
   // with a JSON path, base64url for fernet); a JSON path = the values are strings in jsonb
   // documents at this path.

@@ -2,6 +2,8 @@
 
 #include <openssl/crypto.h>
 
+#include <algorithm>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <utility>
 
@@ -62,6 +64,21 @@ Secret PlaintextField(const std::string& operation, json* j, uint32_t key_id) {
   return key;
 }
 
+// The "message" (or "Message") of a KMS error body, "(no message)" if it has none (KMS sends
+// InvalidCiphertextException without one).
+std::string ServerMessageOf(const std::string& body) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object()) {
+    for (const char* field : {"message", "Message"}) {
+      auto it = j.find(field);
+      if (it != j.end() && it->is_string() && !it->get_ref<const std::string&>().empty()) {
+        return it->get<std::string>();
+      }
+    }
+  }
+  return "(no message)";
+}
+
 }  // namespace
 
 AwsKmsConfig AwsKmsConfigFromEnv(const GetenvFn& getenv) {
@@ -94,7 +111,8 @@ AwsKmsClient::AwsKmsClient(AwsKmsConfig config, std::shared_ptr<HttpTransport> t
       credentials_(std::move(credentials)) {}
 
 std::string AwsKmsClient::Call(const std::string& operation, const std::string& body,
-                               const std::string& kms_key, const std::string& data_key_id) {
+                               const std::string& kms_key, const std::string& data_key_id,
+                               std::string* refusal) {
   AwsCredentials creds = credentials_->Get();
   HttpRequest request;
   request.url = config_.endpoint + "/";
@@ -131,6 +149,11 @@ std::string AwsKmsClient::Call(const std::string& operation, const std::string& 
           "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or use a web identity role");
     }
     credentials_->Invalidate();
+  }
+  if (refusal && std::find(std::begin(kBlobRefusals), std::end(kBlobRefusals), type) !=
+                     std::end(kBlobRefusals)) {
+    *refusal = type + ": " + ServerMessageOf(response.body);
+    return "";
   }
   ThrowAwsError(response.status, response.body, response.Header("x-amzn-errortype"), operation,
                 kms_key, data_key_id);
@@ -267,6 +290,31 @@ ReWrappedKey AwsKmsClient::ReEncrypt(uint32_t key_id, const std::string& source_
   ReWrappedKey result;
   result.wrapped = Base64Field(op, j, "CiphertextBlob");
   result.kms_key_ref = StringField(op, j, "KeyId");
+  return result;
+}
+
+ReEncryptedBlob AwsKmsClient::ReEncryptBlob(const Bytes& blob, const std::string& source_key_ref,
+                                            const std::string& destination_key_ref,
+                                            const std::string& context) {
+  const std::string op = "ReEncrypt";
+  json request = {{"CiphertextBlob", Base64Encode(blob)},
+                  {"DestinationKeyId", destination_key_ref}};
+  if (!source_key_ref.empty()) request["SourceKeyId"] = source_key_ref;
+  if (!context.empty()) {
+    json ctx = json::parse(context, nullptr, /*allow_exceptions=*/false);
+    if (!ctx.is_object()) throw ConfigError("the encryption context is not a JSON object");
+    if (!ctx.empty()) {
+      request["SourceEncryptionContext"] = ctx;
+      request["DestinationEncryptionContext"] = ctx;
+    }
+  }
+  ReEncryptedBlob result;
+  const std::string body = Call(op, request.dump(), destination_key_ref, "", &result.refusal);
+  if (!result.refusal.empty()) return result;
+  json j = ParseObject(op, body);
+  result.blob = Base64Field(op, j, "CiphertextBlob");
+  result.source_key_arn = StringField(op, j, "SourceKeyId");
+  result.key_arn = StringField(op, j, "KeyId");
   return result;
 }
 

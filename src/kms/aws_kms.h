@@ -58,6 +58,22 @@ struct ReWrappedKey {
   std::string kms_key_ref;
 };
 
+// The result of ReEncrypt on an application's ciphertext blob (the aws-kms column codec,
+// rotation/aws_kms_rewriter.h): either the blob under the destination key with the ARNs of both
+// keys as KMS reports them, or KMS's refusal of this blob alone.
+struct ReEncryptedBlob {
+  Bytes blob;                  // CiphertextBlob under key_arn; empty iff refused
+  std::string source_key_arn;  // SourceKeyId: the key the blob was under
+  std::string key_arn;         // KeyId: the destination key
+  // Non-empty iff KMS refused this blob (kBlobRefusals): "<exception>: <KMS's message>".
+  std::string refusal;
+};
+
+// The KMS exceptions that concern one ciphertext blob and not the key, the credentials or the
+// service: the blob is corrupt, forged, bound to another encryption context, or not under the
+// key the request pins. ReEncryptBlob returns them instead of throwing.
+constexpr const char* kBlobRefusals[] = {"InvalidCiphertextException", "IncorrectKeyException"};
+
 class AwsKmsClient : public KmsClient {
  public:
   AwsKmsClient(AwsKmsConfig config, std::shared_ptr<HttpTransport> transport,
@@ -94,10 +110,24 @@ class AwsKmsClient : public KmsClient {
   ReWrappedKey ReEncrypt(uint32_t key_id, const std::string& source_key_ref, const Bytes& wrapped,
                          const std::string& destination_key_ref);
 
+  // ReEncrypt of an application's ciphertext blob (KMS Encrypt's CiphertextBlob) to
+  // `destination_key_ref`, the plaintext never leaving KMS. `context` is the encryption context
+  // the application bound (a JSON object of strings; empty or {} for none), sent as both
+  // SourceEncryptionContext and DestinationEncryptionContext, so the new blob decrypts with the
+  // same context. `source_key_ref` ("" for none) pins the key the blob must be under (KMS answers
+  // IncorrectKeyException otherwise). A refusal in kBlobRefusals is returned in `refusal`; any
+  // other failure throws as every call does (a throttled KMS a TransientError for ResilientKms
+  // to retry, a disabled key a KeyError).
+  ReEncryptedBlob ReEncryptBlob(const Bytes& blob, const std::string& source_key_ref,
+                                const std::string& destination_key_ref, const std::string& context);
+
  private:
-  // POSTs `body` as TrentService.<operation>; returns the parsed 200 response or throws.
+  // POSTs `body` as TrentService.<operation>; returns the parsed 200 response or throws. With
+  // `refusal` set, an error in kBlobRefusals is stored there ("<exception>: <message>") and ""
+  // returned instead.
   std::string Call(const std::string& operation, const std::string& body,
-                   const std::string& kms_key, const std::string& data_key_id);
+                   const std::string& kms_key, const std::string& data_key_id,
+                   std::string* refusal = nullptr);
 
   AwsKmsConfig config_;
   std::shared_ptr<HttpTransport> transport_;

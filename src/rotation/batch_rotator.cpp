@@ -76,10 +76,12 @@ struct BatchRotator::RowChanges {
   std::string last_pk;                                 // of the last row the chunk held
 };
 
-BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit)
+BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit,
+                           AwsKmsSource aws_kms)
     : job_(std::move(job)),
       key_source_(std::move(keys)),
       transit_(std::move(transit)),
+      aws_kms_(std::move(aws_kms)),
       statements_(job_) {
   prefix_ = "rekey_j" + std::to_string(job_.job_id) + "_";
   MakeSide(job_.key_map, &forward_);
@@ -103,6 +105,9 @@ void BatchRotator::MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side) {
     if (added) {
       if (column.codec == CodecKind::kVaultTransit) {
         side->rewriters.push_back(std::make_unique<TransitRewriter>(job_, transit_));
+      } else if (column.codec == CodecKind::kAwsKms) {
+        side->rewriters.push_back(
+            std::make_unique<AwsKmsRewriter>(job_, aws_kms_, /*rollback=*/side == &backward_));
       } else if (column.codec == CodecKind::kFernet) {
         side->rewriters.push_back(std::make_unique<crypto::FernetRewriter>(
             &side->direction.key_map, [this](uint32_t id) { return FernetKeyFor(id); }));
@@ -137,6 +142,14 @@ void BatchRotator::LoadKeys() {
     }
     CheckTransitKey(transit_(), job_);
     transit_checked_ = true;
+  }
+  if (job_.aws_kms_key_arn && !aws_kms_checked_) {
+    if (!aws_kms_) {
+      throw ConfigError("job " + std::to_string(job_.job_id) +
+                        " re-encrypts AWS KMS blobs, but this process has no AWS KMS client");
+    }
+    CheckAwsKmsKeys(aws_kms_(), job_);
+    aws_kms_checked_ = true;
   }
   for (const auto& [source, target] : job_.key_map) {
     Key(source);
@@ -242,8 +255,8 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
 
 void BatchRotator::LockKeys(pqxx::work& txn, const Direction& direction,
                             const ClaimedBatch& batch) {
-  // Vault-transit jobs write under Vault's keys, not the keyring's.
-  if (job_.transit_key_ref) return;
+  // Vault-transit and aws-kms jobs write under Vault's or KMS's keys, not the keyring's.
+  if (job_.transit_key_ref || job_.aws_kms_key_arn) return;
   // First, before any row is locked: a retire or destroy of a key written here waits for this
   // transaction, and this one waits for a retire or destroy in progress, then sees it.
   try {
@@ -443,7 +456,8 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
       }
       changed = true;
       // Transit versions are Vault's, not key ids of the key-id column.
-      if (!new_key_id && job_.columns[i].codec != CodecKind::kVaultTransit) {
+      if (!new_key_id && job_.columns[i].codec != CodecKind::kVaultTransit &&
+          job_.columns[i].codec != CodecKind::kAwsKms) {
         new_key_id = v->to_key;
       }
     }
@@ -546,18 +560,27 @@ void BatchRotator::AuditValues(pqxx::work& txn, const ClaimedBatch& batch,
                     IntArrayLiteral(changes.audit_from), IntArrayLiteral(changes.audit_to));
 }
 
+std::string BatchRotator::AwsKmsKeyArn(uint32_t key) const {
+  return key == kAwsKmsSourceKey ? job_.aws_kms_source_key_arn : *job_.aws_kms_key_arn;
+}
+
 void BatchRotator::Complete(pqxx::work& txn, const ClaimedBatch& batch,
                             const std::string& worker_id, const LockedBatch& locked,
                             const RowChanges& changes, const BatchResult& result) {
   std::map<std::string, int> moved_keys;  // "1->2" -> values
   const std::string prefix = job_.transit_key_ref ? "vault:v" : "";
   for (const auto& [keys, n] : changes.moved) {
-    moved_keys[prefix + std::to_string(keys.first) + "->" + prefix + std::to_string(keys.second)] =
-        n;
+    moved_keys[job_.aws_kms_key_arn ? AwsKmsKeyArn(keys.first) + "->" + AwsKmsKeyArn(keys.second)
+                                    : prefix + std::to_string(keys.first) + "->" + prefix +
+                                          std::to_string(keys.second)] = n;
   }
   nlohmann::json details = {{"keys", moved_keys}, {"attempt", batch.attempt}};
   if (batch.rollback) details["rollback"] = true;
   if (job_.transit_key_ref) details["transit_key"] = *job_.transit_key_ref;
+  if (job_.aws_kms_key_arn) {
+    details["aws_kms_keys"] = {{std::to_string(kAwsKmsSourceKey), job_.aws_kms_source_key_arn},
+                               {std::to_string(kAwsKmsDestinationKey), *job_.aws_kms_key_arn}};
+  }
   if (!changes.fail_pk.empty()) details["quarantined_classes"] = changes.fail_class;
   if (locked.progress.resume_after || locked.earlier_done || locked.earlier_skipped ||
       locked.earlier_failed) {

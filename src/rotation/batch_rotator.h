@@ -32,6 +32,8 @@
 // (rotation/transit_rewriter.h), and the answers are written back with the same UPDATE in the
 // same transaction. An item Vault refuses is quarantined; the rest of the batch goes on. A failure
 // of the whole request (Vault down, sealed, throttling) throws TransientError with nothing written.
+// An aws-kms job (jobs::JobDefinition::aws_kms_key_arn) is the same with KMS ReEncrypt
+// (rotation/aws_kms_rewriter.h), except that SQL cannot tell a blob's key: every value is selected.
 //
 // Triggers: a job created with --triggers skip (jobs/side_effects.h) runs the UPDATE, and only
 // it, with session_replication_role = replica, restored right after it, so the table's ordinary
@@ -65,6 +67,7 @@
 #include "crypto/value_rewriter.h"
 #include "jobs/job.h"
 #include "jobs/side_effects.h"
+#include "rotation/aws_kms_rewriter.h"
 #include "rotation/batch_statements.h"
 #include "rotation/claimed_batch.h"
 #include "rotation/transit_rewriter.h"
@@ -116,8 +119,9 @@ std::string ReleaseBatch(pqxx::work& txn, const ClaimedBatch& batch, const std::
 // statements prepared on that loop's connection).
 class BatchRotator {
  public:
-  // `transit` is needed (and called) only for a vault-transit job.
-  BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit = nullptr);
+  // `transit` is needed (and called) only for a vault-transit job, `aws_kms` for an aws-kms job.
+  BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit = nullptr,
+               AwsKmsSource aws_kms = nullptr);
   BatchRotator(const BatchRotator&) = delete;  // its statements and rewriters point at job_
   BatchRotator& operator=(const BatchRotator&) = delete;
 
@@ -125,7 +129,8 @@ class BatchRotator {
 
   // Unwraps every source and target key of the job now, so a KMS or key problem stops the
   // worker before it claims anything. Throws as DataKeySource does. For a vault-transit job,
-  // reads its Transit key once instead (CheckTransitKey; KeyError if it is missing).
+  // reads its Transit key once instead (CheckTransitKey; KeyError if it is missing); for an
+  // aws-kms job, its two KMS keys (CheckAwsKmsKeys).
   void LoadKeys();
 
   // Whether a batch's (or chunk's) commit waits for its WAL flush. By default it does not: a
@@ -216,6 +221,8 @@ class BatchRotator {
   void RecordFailures(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
                       const RowChanges& changes, BatchResult* result);
   void AuditValues(pqxx::work& txn, const ClaimedBatch& batch, const RowChanges& changes);
+  // The key ARN of an aws-kms job's key number (kAwsKmsSourceKey, kAwsKmsDestinationKey).
+  std::string AwsKmsKeyArn(uint32_t key) const;
   void Complete(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
                 const LockedBatch& locked, const RowChanges& changes, const BatchResult& result);
 
@@ -223,6 +230,8 @@ class BatchRotator {
   DataKeySource key_source_;
   TransitClientSource transit_;
   bool transit_checked_ = false;
+  AwsKmsSource aws_kms_;
+  bool aws_kms_checked_ = false;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> keys_;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_keys_;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::RailsKey>> rails_keys_;

@@ -47,6 +47,11 @@ std::string ColumnNeedsWork(const jobs::JobColumn& column, const std::string& ke
     // Values that are not Transit ciphertexts are selected too, to be quarantined.
     return "coalesce(rekey.transit_version(" + c + "), 0) < ($K::bigint[])[1]";
   }
+  if (column.codec == CodecKind::kAwsKms) {
+    // A KMS blob names its key only to KMS (rotation/aws_kms_rewriter.h): every value goes to
+    // ReEncrypt, and one already under the direction's key is left as it is.
+    return "(" + HasValueSql(column) + ")";
+  }
   if (column.codec == CodecKind::kFernet || column.codec == CodecKind::kRails ||
       column.codec == CodecKind::kLockbox) {
     // A Fernet token or a Lockbox value names no key, a Rails message at most a reference: every

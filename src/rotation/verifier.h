@@ -8,6 +8,12 @@
 // ("below_target_version") or not a Transit ciphertext ("bad_prefix") is a failure. Such values
 // add nothing to the digest.
 //
+// An aws-kms column is checked without KMS: a blob names its key only to KMS (ReEncrypt or Decrypt
+// would tell, and Decrypt would put the plaintext in this process), so a value that reads in its
+// stored form and is not empty counts in not_proven, not in values_by_key; one that does not is a
+// failure ("bad_encoding", "empty"). Such values add nothing to the digest. docs/kms.md says what
+// this leaves unproven.
+//
 // Values are read in their column's stored form (rotation/stored_form.h): text decoded, JSON
 // fields at their path; one that cannot be read so is a failure of its class ("bad_encoding",
 // "json_path_missing", "json_not_string"). Fernet tokens are opened by trial decryption with the
@@ -38,6 +44,7 @@ struct VerifyReport {
   int64_t values = 0;                         // non-NULL values examined
   int64_t failures = 0;                       // values that did not decrypt
   std::map<uint32_t, int64_t> values_by_key;  // decrypted values per key id
+  int64_t not_proven = 0;  // aws-kms values: readable blobs whose key only KMS can tell
   // crypto::DecodeStatusName, or a stored-form class (rotation/stored_form.h) -> count
   std::map<std::string, int64_t> failures_by_class;
   std::vector<std::string> failure_samples;  // "pk/column: class", at most 20

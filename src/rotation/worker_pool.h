@@ -56,6 +56,9 @@ struct WorkerOptions {
   PacingOptions pacing;  // rate limit, chunking, replication lag (pacer.h)
   // The stored bytes of rotated values one chunk holds at most (BatchRotator::set_chunk_bytes).
   int64_t batch_bytes = BatchRotator::kDefaultChunkBytes;
+  // The AWS KMS service of aws-kms jobs (aws_kms_rewriter.h); nullptr: such jobs stop the worker
+  // with a ConfigError.
+  AwsKmsSource aws_kms;
   WorkerObserver* observer = nullptr;  // not owned; must outlive Run(); may be null
 };
 

@@ -13,7 +13,8 @@ SELECT job_id, coalesce(name, '') AS name, schema_name, table_name, pk_column,
        CASE WHEN scope_column IS NULL THEN ''
             ELSE rekey.checked_column_type(schema_name, table_name, scope_column, scope_type)
        END AS scope_type,
-       batch_size, per_row_audit, state, current_stage, transit_key_ref, transit_min_version
+       batch_size, per_row_audit, state, current_stage, transit_key_ref, transit_min_version,
+       aws_kms_source_key_arn, aws_kms_key_arn, aws_kms_context::text AS aws_kms_context
   FROM rekey.jobs j
  WHERE job_id = $1::bigint
 
@@ -58,6 +59,13 @@ SELECT rekey.set_lockbox_key_names($1::bigint, $2, $3)
 SELECT rekey.create_transit_job($1, $2::text[], $3, $4::integer, $5, $6, $7, $8::integer, $9,
                                 $10::integer, $11::numeric[], $12::numeric, $13::interval,
                                 $14::integer) AS job_id
+
+-- name: create_aws_kms_job
+-- rekey.create_aws_kms_job with every argument: returns the new aws-kms job's id, or raises with
+-- a one-line reason and writes nothing.
+SELECT rekey.create_aws_kms_job($1, $2::text[], $3, $4, $5::jsonb, $6, $7, $8, $9::integer, $10,
+                                $11::boolean, $12::integer, $13::numeric[], $14::numeric,
+                                $15::interval, $16::integer) AS job_id
 
 -- name: stage_plan
 -- The job's stages as planned, in order (rekey.stage_status): rows and batches of each, and
