@@ -618,12 +618,12 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'cloak') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet or cloak', quote_literal(v_codec), quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
-      RAISE EXCEPTION 'column % uses the fernet codec, which binds no associated data: drop the template', quote_ident(p_columns[i])
+    IF v_codec IN ('fernet', 'cloak') AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the % codec, which binds no associated data: drop the template', quote_ident(p_columns[i]), v_codec
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
@@ -1515,6 +1515,16 @@ DECLARE
   enc text := p_encoding;
   col_type text;
 BEGIN
+  IF 'cloak' = ANY (coalesce(p_codecs, '{}')) THEN
+    IF p_encoding IS NOT NULL OR p_json_path IS NOT NULL
+       OR EXISTS (SELECT 1 FROM unnest(p_codecs) c WHERE c IS DISTINCT FROM 'cloak') THEN
+      RAISE EXCEPTION 'cloak strings are text read as stored: no encoding or JSON path applies, and every column of the job must be cloak'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);
+    v_encoding := 'bytea';
+    RETURN;
+  END IF;
   IF p_encoding IS NULL AND p_json_path IS NULL THEN
     SELECT x.encoding, x.json_path INTO enc, p_json_path FROM rekey.targets x
      WHERE x.schema_name = p_schema AND x.table_name = p_table AND x.column_name = ANY (p_columns)
@@ -1633,7 +1643,7 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+         coalesce(array_agg(tc.codec IN ('fernet', 'cloak') AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
@@ -1703,6 +1713,10 @@ BEGIN
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
         -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
         cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+        IF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_codec) tc(relid, attnum, codec)
+                    WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.codec = 'cloak') THEN
+          cols_unknown[i] := format('holds cloak strings, whose key fingerprints SQL cannot compute: SQL cannot count those under key %s (docs/FORMAT.md, "cloak")', p_key);
+        END IF;
       ELSIF col.base = 'jsonb' THEN
         -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
         -- at its path, in its encoding.
@@ -1927,11 +1941,13 @@ BEGIN
              AS key_id_attnums,
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
-           -- from or to.
-           bool_or(tc.codec = 'fernet' AND EXISTS (
+           -- from or to. So does a cloak column: its values name their key by a fingerprint that
+           -- only the key's material gives.
+           bool_or(tc.codec IN ('fernet', 'cloak') AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key
+             AS fernet_key,
+           bool_or(tc.codec = 'cloak') AS cloak
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
@@ -1961,6 +1977,10 @@ BEGIN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
       unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
                         target, p_key);
+      IF g.cloak THEN
+        unknown := format('%s holds cloak strings, whose key fingerprints SQL cannot compute: SQL cannot count those under key %s (docs/FORMAT.md, "cloak")',
+                          target, p_key);
+      END IF;
       RETURN NEXT;
       CONTINUE;
     END IF;

@@ -25,6 +25,7 @@
 #include "db/conninfo.h"
 #include "keyring/census.h"
 #include "keyring/key_exchange.h"
+#include "keyring/key_formats/cloak_keys.h"
 #include "keyring/key_formats/fernet_keys.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
@@ -261,6 +262,7 @@ struct KeyFormat {
       read;  // a file that names its keys and their primary (tink-keyset); else nullptr
   std::function<Secret(const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o)>
       write;  // nullptr: cannot be exported
+  bool read_takes_key_id = false;  // `read` numbers keys from --key-id N when given (cloak)
 };
 
 // "raw" is today's import: one 32-byte key (or its base64) under --key-id, left enabled.
@@ -287,6 +289,30 @@ const std::vector<KeyFormat>& KeyFormats() {
          WipeAndClear(&list);
          return file;
        }},
+      {"cloak", nullptr,
+       // keyring/key_formats/cloak_keys.h: ids from --key-id N upward, else the fingerprints.
+       [](std::string_view contents, const KeysOptions& o) {
+         if (!o.kms_key.empty()) {
+           throw ConfigError(
+               "--kms-key names the KMS key of an encrypted key file (--format "
+               "tink-keyset); cloak keys are wrapped by --kms's own key");
+         }
+         return keyring::ParseCloakKeyFile(
+             contents,
+             o.key_id >= 0 ? std::optional<uint32_t>(CheckedKeyId(o.key_id)) : std::nullopt);
+       },
+       [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
+         if (!o.cleartext) {
+           throw ConfigError(
+               "a cloak keychain is key material in the clear: pass --cleartext (and "
+               "--output FILE) to export it");
+         }
+         std::string file = keyring::CloakKeyFile(keys);
+         Secret out(reinterpret_cast<const uint8_t*>(file.data()), file.size());
+         WipeAndClear(&file);
+         return out;
+       },
+       true},
       {"tink-keyset", nullptr,
        [](std::string_view contents, const KeysOptions& o) {
          return keyring::tink::KeysOfKeysetFile(contents, [&] { return KeysetKekOf(o); });
@@ -326,7 +352,7 @@ std::string IdList(const std::vector<uint32_t>& ids) {
 // `rekey keys import --format F`: every key the file hands over, adopted in one transaction
 // (keyring/key_exchange.h says how statuses map).
 void ImportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyFormat& format) {
-  if (o.key_id >= 0) {
+  if (o.key_id >= 0 && !format.read_takes_key_id) {
     throw ConfigError("--key-id is for --format raw; a " + std::string(format.name) +
                       " file names its own key ids");
   }
@@ -538,7 +564,8 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
       "their base64; --format fernet: Fernet.generate_key()'s text) or every key of an "
       "application's key file (--format tink-keyset)");
   import_cmd->add_option("--key-id", o->key_id,
-                         "--format raw: the key's id (as in its existing ciphertexts)");
+                         "--format raw: the key's id (as in its existing ciphertexts); --format "
+                         "cloak: the first key's id (default: each key's fingerprint)");
   import_cmd->add_option("--scope", o->scope, "Tenant or purpose the keys belong to")
       ->capture_default_str();
   import_cmd->add_option("--kms", o->kms, "KMS provider that wraps the keys")

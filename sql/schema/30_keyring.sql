@@ -252,11 +252,13 @@ BEGIN
              AS key_id_attnums,
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
-           -- from or to.
-           bool_or(tc.codec = 'fernet' AND EXISTS (
+           -- from or to. So does a cloak column: its values name their key by a fingerprint that
+           -- only the key's material gives.
+           bool_or(tc.codec IN ('fernet', 'cloak') AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key
+             AS fernet_key,
+           bool_or(tc.codec = 'cloak') AS cloak
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
      WHERE tc.codec <> 'vault-transit'
@@ -286,6 +288,10 @@ BEGIN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
       unknown := format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
                         target, p_key);
+      IF g.cloak THEN
+        unknown := format('%s holds cloak strings, whose key fingerprints SQL cannot compute: SQL cannot count those under key %s (docs/FORMAT.md, "cloak")',
+                          target, p_key);
+      END IF;
       RETURN NEXT;
       CONTINUE;
     END IF;
@@ -322,7 +328,8 @@ END $$;
 --   tink-json    a jsonb column registered with a JSON path: the Tink prefix of the string there,
 --                in the registered encoding (rekey.value_head_sql)
 -- A registered Fernet column is unknown for every key a job on it moved in or out: a token names
--- no key, so SQL cannot count it (docs/FORMAT.md, "fernet").
+-- no key, so SQL cannot count it (docs/FORMAT.md, "fernet"). So is a cloak column: its values name
+-- their key by a fingerprint only the key material gives (docs/FORMAT.md, "cloak").
 -- Unknown, never zero: a column the current role may not SELECT, a table whose row-level security
 -- hides rows (the visible rows are still counted), a foreign table, a table that fails to read.
 --
@@ -381,7 +388,7 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec = 'fernet' AND EXISTS (
+         coalesce(array_agg(tc.codec IN ('fernet', 'cloak') AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
@@ -451,6 +458,10 @@ BEGIN
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
         -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
         cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+        IF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_codec) tc(relid, attnum, codec)
+                    WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.codec = 'cloak') THEN
+          cols_unknown[i] := format('holds cloak strings, whose key fingerprints SQL cannot compute: SQL cannot count those under key %s (docs/FORMAT.md, "cloak")', p_key);
+        END IF;
       ELSIF col.base = 'jsonb' THEN
         -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
         -- at its path, in its encoding.

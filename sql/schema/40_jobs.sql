@@ -485,7 +485,9 @@ END $$;
 -- does, for the form:
 --   p_encoding  'bytea' (the default): binary values in bytea columns; 'base64', 'base64url' or
 --               'hex': binary values as text, in text or varchar columns; the fernet codec's
---               tokens are base64url text (its default; any other encoding is refused)
+--               tokens are base64url text (its default; any other encoding is refused); the
+--               cloak codec's strings are text columns read as stored, recorded as 'bytea' like
+--               Vault Transit's (no encoding or JSON path applies; every column of the job cloak)
 --   p_json_path the values are the strings at this path (a non-empty text[] of keys) of jsonb
 --               documents; the encoding must then be a text one (default base64)
 -- Neither given: the form a target of these columns already records (so rekey rotate-due, which
@@ -500,6 +502,16 @@ DECLARE
   enc text := p_encoding;
   col_type text;
 BEGIN
+  IF 'cloak' = ANY (coalesce(p_codecs, '{}')) THEN
+    IF p_encoding IS NOT NULL OR p_json_path IS NOT NULL
+       OR EXISTS (SELECT 1 FROM unnest(p_codecs) c WHERE c IS DISTINCT FROM 'cloak') THEN
+      RAISE EXCEPTION 'cloak strings are text read as stored: no encoding or JSON path applies, and every column of the job must be cloak'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);
+    v_encoding := 'bytea';
+    RETURN;
+  END IF;
   IF p_encoding IS NULL AND p_json_path IS NULL THEN
     SELECT x.encoding, x.json_path INTO enc, p_json_path FROM rekey.targets x
      WHERE x.schema_name = p_schema AND x.table_name = p_table AND x.column_name = ANY (p_columns)
@@ -563,7 +575,7 @@ END $$;
 --   p_table       schema.table (PostgreSQL identifier syntax)
 --   p_columns     ciphertext columns (bytea)
 --   p_key_map     {"source key id": target key id, ...}
---   p_codecs      one codec per column ('tink', 'raw' or 'fernet'); NULL = all 'tink'
+--   p_codecs      one codec per column ('tink', 'raw', 'fernet' or 'cloak'); NULL = all 'tink'
 --   p_key_id_column  integer column holding the key id: required by 'raw', kept in step otherwise
 --   p_scope_column/p_scope_value  restrict the job to rows where column = value
 --   p_stages      cumulative percentages, increasing, ending at 100 (default 1,25,50,75,100)
@@ -650,12 +662,12 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw or fernet', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'cloak') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet or cloak', quote_literal(v_codec), quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_codec = 'fernet' AND p_ad_template IS NOT NULL THEN
-      RAISE EXCEPTION 'column % uses the fernet codec, which binds no associated data: drop the template', quote_ident(p_columns[i])
+    IF v_codec IN ('fernet', 'cloak') AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the % codec, which binds no associated data: drop the template', quote_ident(p_columns[i]), v_codec
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN

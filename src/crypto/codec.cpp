@@ -7,6 +7,7 @@ std::optional<CodecKind> ParseCodecKind(std::string_view name) {
   if (name == "raw") return CodecKind::kRaw;
   if (name == "vault-transit") return CodecKind::kVaultTransit;
   if (name == "fernet") return CodecKind::kFernet;
+  if (name == "cloak") return CodecKind::kCloak;
   return std::nullopt;
 }
 
@@ -20,6 +21,8 @@ std::string_view CodecKindName(CodecKind kind) {
       return "vault-transit";
     case CodecKind::kFernet:
       return "fernet";
+    case CodecKind::kCloak:
+      return "cloak";
   }
   return "unknown";
 }

@@ -30,9 +30,11 @@ namespace rekey::crypto {
 // kVaultTransit: a text column of Vault Transit ciphertexts ("vault:vN:..."), rotated inside Vault
 // by rewrap (rotation/transit_rewrapper.h); rekey holds neither its key nor its plaintext.
 // kFernet: Fernet tokens (crypto/fernet.h), which name no key: opened by trial decryption.
-enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet };
+// kCloak: @47ng/cloak strings (crypto/cloak.h), text as stored, naming their key by fingerprint.
+enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kCloak };
 
-// Returns the codec named `name` ("tink", "raw", "vault-transit" or "fernet", exact lower case),
+// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet" or "cloak", exact lower
+// case),
 // nullopt for anything else.
 std::optional<CodecKind> ParseCodecKind(std::string_view name);
 // The name ParseCodecKind accepts for `kind`.

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "crypto/aead_rewriters.h"
+#include "crypto/cloak_rewriter.h"
 #include "crypto/fernet_rewriter.h"
 #include "db/binary_array.h"
 #include "db/bytea.h"
@@ -104,6 +105,9 @@ void BatchRotator::MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side) {
       } else if (column.codec == CodecKind::kFernet) {
         side->rewriters.push_back(std::make_unique<crypto::FernetRewriter>(
             &side->direction.key_map, [this](uint32_t id) { return FernetKeyFor(id); }));
+      } else if (column.codec == CodecKind::kCloak) {
+        side->rewriters.push_back(
+            std::make_unique<crypto::CloakRewriter>(&side->direction.key_map, key_source_));
       } else {
         side->rewriters.push_back(
             std::make_unique<crypto::AeadRewriter>(column.codec, table, moves));
