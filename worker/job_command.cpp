@@ -240,8 +240,8 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
                    "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
-                     "Codec per column: tink (default), raw, fernet or vault-transit; one for "
-                     "all, or one per --column");
+                     "Codec per column: tink (default), raw, fernet, cloak or vault-transit; one "
+                     "for all, or one per --column");
   create->add_option("--encoding", flags->encoding,
                      "How the values are stored: bytea (default), or text in base64, base64url "
                      "or hex (docs/FORMAT.md)");
