@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 
+#include "cli_support.h"
 #include "commands.h"
 #include "common/bytes.h"
 #include "common/duration.h"
@@ -30,6 +31,7 @@
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "keyring/tink_keyset.h"
+#include "keyring/trial_census.h"
 #include "kms/kms_factory.h"
 #include "ops/atomic_output.h"
 
@@ -147,6 +149,37 @@ nlohmann::json CensusJson(const keyring::CensusColumn& c) {
           {"unknown", c.unknown ? nlohmann::json(*c.unknown) : nlohmann::json(nullptr)}};
 }
 
+// Key material for the census by trial decryption (keyring/trial_census.h), through the KMS: made
+// only when a column needs it.
+std::function<keyring::TrialKeySource()> TrialKeys(const GlobalOptions& global) {
+  return [&global] {
+    auto services = std::make_shared<KeyServices>(ConnInfo(global));
+    return keyring::TrialKeySource([services](uint32_t id) { return services->Source()(id); });
+  };
+}
+
+// Before a retire or destroy of `key_id`: the columns SQL cannot count by key, counted by trial
+// decryption. One holding values under the key refuses the transition here, naming the count;
+// those proven to hold none (and no value that opens under no key) are accepted, audited as
+// key.unknown_accepted; the others stay unknown for the lifecycle trigger to refuse.
+void AcceptTrialCounted(const GlobalOptions& global, pqxx::transaction_base& txn, uint32_t key_id,
+                        std::vector<std::string> accepted) {
+  std::string in_use;
+  const std::vector<std::string> proven = keyring::KeyCensusByTrial(
+      txn, key_id, TrialKeys(global), [&](const keyring::CensusColumn& c) {
+        if (c.status == "in_use" && c.formats.size() == 1 && keyring::IsTrialCodec(c.formats[0])) {
+          in_use += (in_use.empty() ? "" : "; ") + c.ref + " holds " +
+                    std::to_string(c.values.value_or(0)) + " values under it";
+        }
+      });
+  if (!in_use.empty()) {
+    throw StateError("key " + std::to_string(key_id) +
+                     " is in use (counted by trial decryption): " + in_use);
+  }
+  accepted.insert(accepted.end(), proven.begin(), proven.end());
+  keyring::AcceptUnknownColumns(txn, accepted);
+}
+
 // `rekey keys usage K`: every column of the database holding values under K, or that could not
 // be read; exit 0 whatever it finds (retire and destroy are where it refuses).
 void Usage(const GlobalOptions& global, const KeysOptions& o) {
@@ -155,7 +188,7 @@ void Usage(const GlobalOptions& global, const KeysOptions& o) {
   int64_t values = 0, unknown = 0, unresolved = 0;
   nlohmann::json columns = nlohmann::json::array();
   InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
-    keyring::KeyCensus(txn, key_id, [&](const keyring::CensusColumn& c) {
+    keyring::KeyCensusByTrial(txn, key_id, TrialKeys(global), [&](const keyring::CensusColumn& c) {
       values += c.values.value_or(0);
       unknown += c.status == "unknown";
       unresolved += c.status == "unresolved";
@@ -708,7 +741,7 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   retire->callback([o, &global] {
     uint32_t key_id = CheckedKeyId(o->key_id);
     InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
-      keyring::AcceptUnknownColumns(txn, o->accept_unknown);
+      AcceptTrialCounted(global, txn, key_id, o->accept_unknown);
       keyring::TransitionKey(txn, key_id, KeyStatus::kRetired);
     });
     std::printf("retired key %u\n", key_id);
@@ -749,7 +782,7 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
     }
     KeyRecord before;
     InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
-      keyring::AcceptUnknownColumns(txn, o->accept_unknown);
+      AcceptTrialCounted(global, txn, key_id, o->accept_unknown);
       before = keyring::GetKey(txn, key_id);
       keyring::TransitionKey(txn, key_id, KeyStatus::kDestroyed);
     });
