@@ -66,6 +66,9 @@ class CensusRewriter {
   std::unique_ptr<crypto::ValueRewriter> rewriter_;
 };
 
+// The cursor of DeclareValues, built here with it (its name is not in a named query).
+constexpr char kCloseValues[] = "CLOSE rekey_trial_values";
+
 // The cursor over a column's non-NULL values, each as `v` in its stored text or bytes.
 std::string DeclareValues(pqxx::transaction_base& txn, const TrialColumn& column) {
   std::string value = db::QuoteIdent(column.column);
@@ -163,7 +166,7 @@ TrialCount CountByTrial(pqxx::transaction_base& txn, const TrialColumn& column,
     }
     if (chunk.size() < size_t(kBatchRows)) break;
   }
-  db::Classified(context, [&] { txn.exec0(db::Query("keyring/trial_census.close_values")); });
+  db::Classified(context, [&] { txn.exec0(kCloseValues); });
   return count;
 }
 

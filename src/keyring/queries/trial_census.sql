@@ -15,7 +15,3 @@ SELECT min(tc.target_id) AS target_id, min(tc.codec) AS codec,
  WHERE tc.unresolved IS NULL AND tc.codec = ANY ($1::text[])
  GROUP BY tc.relid, tc.attnum
  ORDER BY 1
-
--- name: close_values
--- Closes the cursor of a column's values (opened by a statement trial_census.cpp builds).
-CLOSE rekey_trial_values
