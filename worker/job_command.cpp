@@ -299,7 +299,7 @@ void AddJobCommand(CLI::App& app, GlobalOptions& global) {
                    "Ciphertext column (bytea; text for vault-transit); repeat for several")
       ->required();
   create->add_option("--codec", flags->codecs,
-                     "Codec per column: tink (default), raw, fernet, rails, lockbox, "
+                     "Codec per column: tink (default), raw, fernet, rails, lockbox, cloak, "
                      "vault-transit or aws-kms; one for all, or one per --column");
   create->add_option("--encoding", flags->encoding,
                      "How the values are stored: bytea (default), or text in base64, base64url "

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 
+#include "cli_support.h"
 #include "commands.h"
 #include "common/bytes.h"
 #include "common/duration.h"
@@ -25,12 +26,14 @@
 #include "db/conninfo.h"
 #include "keyring/census.h"
 #include "keyring/key_exchange.h"
+#include "keyring/key_formats/cloak_keys.h"
 #include "keyring/key_formats/fernet_keys.h"
 #include "keyring/key_formats/rails_keys.h"
 #include "keyring/key_formats/lockbox_keys.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "keyring/tink_keyset.h"
+#include "keyring/trial_census.h"
 #include "kms/kms_factory.h"
 #include "ops/atomic_output.h"
 
@@ -148,6 +151,37 @@ nlohmann::json CensusJson(const keyring::CensusColumn& c) {
           {"unknown", c.unknown ? nlohmann::json(*c.unknown) : nlohmann::json(nullptr)}};
 }
 
+// Key material for the census by trial decryption (keyring/trial_census.h), through the KMS: made
+// only when a column needs it.
+std::function<keyring::TrialKeySource()> TrialKeys(const GlobalOptions& global) {
+  return [&global] {
+    auto services = std::make_shared<KeyServices>(ConnInfo(global));
+    return keyring::TrialKeySource([services](uint32_t id) { return services->Source()(id); });
+  };
+}
+
+// Before a retire or destroy of `key_id`: the columns SQL cannot count by key, counted by trial
+// decryption. One holding values under the key refuses the transition here, naming the count;
+// those proven to hold none (and no value that opens under no key) are accepted, audited as
+// key.unknown_accepted; the others stay unknown for the lifecycle trigger to refuse.
+void AcceptTrialCounted(const GlobalOptions& global, pqxx::transaction_base& txn, uint32_t key_id,
+                        std::vector<std::string> accepted) {
+  std::string in_use;
+  const std::vector<std::string> proven = keyring::KeyCensusByTrial(
+      txn, key_id, TrialKeys(global), [&](const keyring::CensusColumn& c) {
+        if (c.status == "in_use" && c.formats.size() == 1 && keyring::IsTrialCodec(c.formats[0])) {
+          in_use += (in_use.empty() ? "" : "; ") + c.ref + " holds " +
+                    std::to_string(c.values.value_or(0)) + " values under it";
+        }
+      });
+  if (!in_use.empty()) {
+    throw StateError("key " + std::to_string(key_id) +
+                     " is in use (counted by trial decryption): " + in_use);
+  }
+  accepted.insert(accepted.end(), proven.begin(), proven.end());
+  keyring::AcceptUnknownColumns(txn, accepted);
+}
+
 // `rekey keys usage K`: every column of the database holding values under K, or that could not
 // be read; exit 0 whatever it finds (retire and destroy are where it refuses).
 void Usage(const GlobalOptions& global, const KeysOptions& o) {
@@ -156,7 +190,7 @@ void Usage(const GlobalOptions& global, const KeysOptions& o) {
   int64_t values = 0, unknown = 0, unresolved = 0;
   nlohmann::json columns = nlohmann::json::array();
   InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
-    keyring::KeyCensus(txn, key_id, [&](const keyring::CensusColumn& c) {
+    keyring::KeyCensusByTrial(txn, key_id, TrialKeys(global), [&](const keyring::CensusColumn& c) {
       values += c.values.value_or(0);
       unknown += c.status == "unknown";
       unresolved += c.status == "unresolved";
@@ -263,6 +297,7 @@ struct KeyFormat {
       read;  // a file that names its keys and their primary (tink-keyset); else nullptr
   std::function<Secret(const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o)>
       write;  // nullptr: cannot be exported
+  bool read_takes_key_id = false;  // `read` numbers keys from --key-id N when given (cloak)
 };
 
 // "raw" is today's import: one 32-byte key (or its base64) under --key-id, left enabled.
@@ -354,6 +389,30 @@ const std::vector<KeyFormat>& KeyFormats() {
          WipeAndClear(&text);
          return file;
        }},
+      {"cloak", nullptr,
+       // keyring/key_formats/cloak_keys.h: ids from --key-id N upward, else the fingerprints.
+       [](std::string_view contents, const KeysOptions& o) {
+         if (!o.kms_key.empty()) {
+           throw ConfigError(
+               "--kms-key names the KMS key of an encrypted key file (--format "
+               "tink-keyset); cloak keys are wrapped by --kms's own key");
+         }
+         return keyring::ParseCloakKeyFile(
+             contents,
+             o.key_id >= 0 ? std::optional<uint32_t>(CheckedKeyId(o.key_id)) : std::nullopt);
+       },
+       [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
+         if (!o.cleartext) {
+           throw ConfigError(
+               "a cloak keychain is key material in the clear: pass --cleartext (and "
+               "--output FILE) to export it");
+         }
+         std::string file = keyring::CloakKeyFile(keys);
+         Secret out(reinterpret_cast<const uint8_t*>(file.data()), file.size());
+         WipeAndClear(&file);
+         return out;
+       },
+       true},
       {"tink-keyset", nullptr,
        [](std::string_view contents, const KeysOptions& o) {
          return keyring::tink::KeysOfKeysetFile(contents, [&] { return KeysetKekOf(o); });
@@ -393,7 +452,7 @@ std::string IdList(const std::vector<uint32_t>& ids) {
 // `rekey keys import --format F`: every key the file hands over, adopted in one transaction
 // (keyring/key_exchange.h says how statuses map).
 void ImportKeyFile(const GlobalOptions& global, const KeysOptions& o, const KeyFormat& format) {
-  if (o.key_id >= 0) {
+  if (o.key_id >= 0 && !format.read_takes_key_id) {
     throw ConfigError("--key-id is for --format raw; a " + std::string(format.name) +
                       " file names its own key ids");
   }
@@ -607,7 +666,8 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
       "Lockbox.generate_key()'s 64 hex digits) or every key of an "
       "application's key file (--format tink-keyset)");
   import_cmd->add_option("--key-id", o->key_id,
-                         "--format raw: the key's id (as in its existing ciphertexts)");
+                         "--format raw: the key's id (as in its existing ciphertexts); --format "
+                         "cloak: the first key's id (default: each key's fingerprint)");
   import_cmd->add_option("--scope", o->scope, "Tenant or purpose the keys belong to")
       ->capture_default_str();
   import_cmd->add_option("--kms", o->kms, "KMS provider that wraps the keys")
@@ -750,7 +810,7 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
   retire->callback([o, &global] {
     uint32_t key_id = CheckedKeyId(o->key_id);
     InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
-      keyring::AcceptUnknownColumns(txn, o->accept_unknown);
+      AcceptTrialCounted(global, txn, key_id, o->accept_unknown);
       keyring::TransitionKey(txn, key_id, KeyStatus::kRetired);
     });
     std::printf("retired key %u\n", key_id);
@@ -791,7 +851,7 @@ void AddKeysCommand(CLI::App& app, GlobalOptions& global) {
     }
     KeyRecord before;
     InCensusTransaction(global, [&](pqxx::transaction_base& txn) {
-      keyring::AcceptUnknownColumns(txn, o->accept_unknown);
+      AcceptTrialCounted(global, txn, key_id, o->accept_unknown);
       before = keyring::GetKey(txn, key_id);
       keyring::TransitionKey(txn, key_id, KeyStatus::kDestroyed);
     });

@@ -43,12 +43,13 @@ RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 
 -- Whether SQL cannot tell which key holds a value of codec p_codec: the value names no key
--- (fernet, lockbox) or at most a reference only decryption resolves (rails). rekey.key_usage and
+-- (fernet, lockbox), at most a reference only decryption resolves (rails), or a fingerprint only
+-- the key's material gives (cloak). keyring/trial_census.h counts such columns by decrypting. rekey.key_usage and
 -- rekey.key_census count such a column as unknown for every key a job moved it from or to; only
 -- decrypting its values can count them (docs/FORMAT.md, each codec's section).
 CREATE OR REPLACE FUNCTION rekey.codec_keyed_by_decryption_only(p_codec text) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-  SELECT p_codec IN ('fernet', 'rails', 'lockbox')
+  SELECT p_codec IN ('fernet', 'rails', 'lockbox', 'cloak')
 $$;
 
 -- What a column of codec p_codec holds, for the messages people read ("holds Fernet tokens").

@@ -324,7 +324,8 @@ END $$;
 --   tink-json    a jsonb column registered with a JSON path: the Tink prefix of the string there,
 --                in the registered encoding (rekey.value_head_sql)
 -- A registered Fernet column is unknown for every key a job on it moved in or out: a token names
--- no key, so SQL cannot count it (docs/FORMAT.md, "fernet").
+-- no key, so SQL cannot count it (docs/FORMAT.md, "fernet"). So is a cloak column: its values name
+-- their key by a fingerprint only the key material gives (docs/FORMAT.md, "cloak").
 -- Unknown, never zero: a column the current role may not SELECT, a table whose row-level security
 -- hides rows (the visible rows are still counted), a foreign table, a table that fails to read.
 --

@@ -515,6 +515,8 @@ END $$;
 --               rails codec's messages are JSON text stored as it is, in text or varchar columns
 --               (recorded as 'bytea': no text encoding applies; any other, or a JSON path, is
 --               refused, and so is a job mixing rails with another codec)
+--               cloak codec's strings are text columns read as stored, recorded as 'bytea' like
+--               Vault Transit's (no encoding or JSON path applies; every column of the job cloak)
 --   p_json_path the values are the strings at this path (a non-empty text[] of keys) of jsonb
 --               documents; the encoding must then be a text one (default base64)
 -- Neither given: the form a target of these columns already records (so rekey rotate-due, which
@@ -539,6 +541,13 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);  -- text or varchar
+  ELSIF 'cloak' = ANY (coalesce(p_codecs, '{}')) THEN
+    IF p_encoding IS NOT NULL OR p_json_path IS NOT NULL
+       OR EXISTS (SELECT 1 FROM unnest(p_codecs) c WHERE c IS DISTINCT FROM 'cloak') THEN
+      RAISE EXCEPTION 'cloak strings are text read as stored: no encoding or JSON path applies, and every column of the job must be cloak'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);
     v_encoding := 'bytea';
     RETURN;
   END IF;
@@ -647,7 +656,7 @@ END $$;
 --   p_table       schema.table (PostgreSQL identifier syntax)
 --   p_columns     ciphertext columns (bytea)
 --   p_key_map     {"source key id": target key id, ...}
---   p_codecs      one codec per column ('tink', 'raw', 'fernet', 'rails' or 'lockbox'); NULL = all 'tink'
+--   p_codecs      one codec per column ('tink', 'raw', 'fernet', 'rails', 'lockbox' or 'cloak'); NULL = all 'tink'
 --   p_key_id_column  integer column holding the key id: required by 'raw', kept in step otherwise
 --   p_scope_column/p_scope_value  restrict the job to rows where column = value
 --   p_stages      cumulative percentages, increasing, ending at 100 (default 1,25,50,75,100)
@@ -734,13 +743,14 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails', 'lockbox') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet, rails or lockbox', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails', 'lockbox', 'cloak') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet, rails, lockbox or cloak', quote_literal(v_codec), quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- The applications of these formats bind no associated data (Lockbox's models, Rails'
-    -- messages, Fernet itself): a template would make every rewritten value unreadable to them.
-    IF v_codec IN ('fernet', 'rails', 'lockbox') AND p_ad_template IS NOT NULL THEN
+    -- messages, Fernet and cloak themselves): a template would make every rewritten value
+    -- unreadable to them.
+    IF v_codec IN ('fernet', 'rails', 'lockbox', 'cloak') AND p_ad_template IS NOT NULL THEN
       RAISE EXCEPTION 'column % uses the % codec, whose applications bind no associated data: drop the template', quote_ident(p_columns[i]), v_codec
         USING ERRCODE = 'invalid_parameter_value';
     END IF;

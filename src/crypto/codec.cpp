@@ -10,6 +10,7 @@ std::optional<CodecKind> ParseCodecKind(std::string_view name) {
   if (name == "rails") return CodecKind::kRails;
   if (name == "lockbox") return CodecKind::kLockbox;
   if (name == "aws-kms") return CodecKind::kAwsKms;
+  if (name == "cloak") return CodecKind::kCloak;
   return std::nullopt;
 }
 
@@ -29,6 +30,8 @@ std::string_view CodecKindName(CodecKind kind) {
       return "lockbox";
     case CodecKind::kAwsKms:
       return "aws-kms";
+    case CodecKind::kCloak:
+      return "cloak";
   }
   return "unknown";
 }

@@ -35,10 +35,11 @@ namespace rekey::crypto {
 // they name no key either.
 // kAwsKms: AWS KMS ciphertext blobs (bytea or base64 text), rotated inside KMS by ReEncrypt
 // (rotation/aws_kms_rewriter.h); rekey holds neither the KMS key nor the plaintext.
-enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kRails, kLockbox, kAwsKms };
+// kCloak: @47ng/cloak strings (crypto/cloak.h), text as stored, naming their key by fingerprint.
+enum class CodecKind { kTink, kRaw, kVaultTransit, kFernet, kRails, kLockbox, kAwsKms, kCloak };
 
-// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet", "rails", "lockbox" or
-// "aws-kms", exact lower case), nullopt for anything else.
+// Returns the codec named `name` ("tink", "raw", "vault-transit", "fernet", "rails", "lockbox",
+// "aws-kms" or "cloak", exact lower case), nullopt for anything else.
 std::optional<CodecKind> ParseCodecKind(std::string_view name);
 // The name ParseCodecKind accepts for `kind`.
 std::string_view CodecKindName(CodecKind kind);

@@ -11,6 +11,7 @@
 
 #include "common/error.h"
 #include "crypto/aead_rewriters.h"
+#include "crypto/cloak_rewriter.h"
 #include "crypto/fernet_rewriter.h"
 #include "crypto/rails_rewriter.h"
 #include "crypto/lockbox_rewriter.h"
@@ -125,6 +126,9 @@ void BatchRotator::MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side) {
         }
         side->rewriters.push_back(std::make_unique<crypto::LockboxRewriter>(
             &side->direction.key_map, std::move(names), key_source_));
+      } else if (column.codec == CodecKind::kCloak) {
+        side->rewriters.push_back(
+            std::make_unique<crypto::CloakRewriter>(&side->direction.key_map, key_source_));
       } else {
         side->rewriters.push_back(
             std::make_unique<crypto::AeadRewriter>(column.codec, table, moves));

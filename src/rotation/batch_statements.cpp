@@ -58,6 +58,12 @@ std::string ColumnNeedsWork(const jobs::JobColumn& column, const std::string& ke
     // value is tried (trial decryption), and one already under a target key is left as it is.
     return "(" + HasValueSql(column) + ")";
   }
+  if (column.codec == CodecKind::kCloak) {
+    // A cloak string names its key by fingerprint, a hash of the key's text that SQL cannot
+    // compute without the key: every value is read, one under a target key left alone, one not
+    // of the format quarantined (docs/FORMAT.md, "cloak").
+    return "(" + HasValueSql(column) + ")";
+  }
   if (column.codec == CodecKind::kTink && !IsText(column)) {
     // Values whose prefix cannot even be parsed are selected too, so corrupt values are
     // quarantined rather than ignored.

@@ -58,7 +58,8 @@ std::string SetValueSql(const jobs::JobColumn& column, const std::string& new_va
 
 std::string_view NewValueType(const jobs::JobColumn& column) {
   return IsText(column) || column.codec == crypto::CodecKind::kVaultTransit ||
-                 column.codec == crypto::CodecKind::kRails
+                 column.codec == crypto::CodecKind::kRails ||
+                 column.codec == crypto::CodecKind::kCloak
              ? "text"
              : "bytea";
 }
@@ -70,6 +71,11 @@ std::string_view ReadStoredValue(const jobs::JobColumn& column, const pqxx::fiel
     const std::string_view kind(json_kind->c_str(), json_kind->size());
     if (kind == "missing") return kJsonPathMissingClass;
     if (kind != "string") return kJsonNotStringClass;
+  }
+  if (column.codec == crypto::CodecKind::kCloak) {
+    // A cloak string is its own text format (crypto/cloak.h): its codec reads it as stored.
+    out->assign(field.c_str(), field.c_str() + field.size());
+    return "";
   }
   if (!IsText(column)) {
     db::ReadBytea(field, out);

@@ -7,6 +7,7 @@
 
 #include "common/bytes.h"
 #include "common/error.h"
+#include "crypto/cloak.h"
 #include "crypto/codec.h"
 #include "crypto/fernet.h"
 #include "crypto/rails.h"
@@ -205,6 +206,21 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
       return Secret();  // as for lookup: skipped, so its values count as auth_failed
     }
   });
+  // Cloak keys, matched by fingerprint (crypto/cloak.h), among the same candidates.
+  std::unordered_map<uint32_t, std::unique_ptr<crypto::CloakKey>> cloak_cache;
+  const crypto::CloakKeyLookup cloak_lookup = [&](uint32_t id) -> crypto::CloakKey* {
+    auto it = cloak_cache.find(id);
+    if (it == cloak_cache.end()) {
+      std::unique_ptr<crypto::CloakKey> key;
+      try {
+        key = std::make_unique<crypto::CloakKey>(keys(id));
+      } catch (const NoSuchKeyError&) {
+        key = nullptr;  // as for lookup: its values count as unknown_fingerprint
+      }
+      it = cloak_cache.emplace(id, std::move(key)).first;
+    }
+    return it->second.get();
+  };
   std::vector<uint32_t> fernet_candidates;
   for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.second);
   for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.first);
@@ -330,7 +346,15 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
         const auto* ad_data = reinterpret_cast<const uint8_t*>(ad.data());
         uint32_t key_id = 0;
         crypto::DecodeStatus status;
-        if (column.codec == crypto::CodecKind::kTink) {
+        if (column.codec == crypto::CodecKind::kCloak) {
+          const crypto::CloakStatus opened = crypto::OpenCloak(
+              value.data(), value.size(), fernet_candidates, cloak_lookup, &plaintext, &key_id);
+          if (opened != crypto::CloakStatus::kOk) {
+            record_failure(pk_text, column.name, crypto::CloakStatusName(opened));
+            continue;
+          }
+          status = crypto::DecodeStatus::kOk;
+        } else if (column.codec == crypto::CodecKind::kTink) {
           status = crypto::OpenTink(value.data(), value.size(), lookup, ad_data, ad.size(),
                                     &plaintext, &key_id);
         } else if (column.codec == crypto::CodecKind::kFernet) {
