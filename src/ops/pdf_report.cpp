@@ -232,7 +232,7 @@ void WritePdfReport(const json& r, const std::vector<StageProgress>& progress, s
         "The counters are the table's (pg_stat_user_tables) and the WAL position the server's, "
         "read when the job's first batch started and when it finished: anything else that wrote "
         "meanwhile is included.",
-        7.8, false, kMuted);
+        7.8, false, pdf::kMuted);
   } else {
     doc.Paragraph("Not recorded: the job predates the side-effect record.");
   }
