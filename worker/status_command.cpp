@@ -62,6 +62,14 @@ void PrintReaderWait(const nlohmann::json& j) {
   std::printf("\n");
 }
 
+// While the job's workers hold back on brakes (src/rotation/brake.h): which, and since when.
+void PrintBrakes(const nlohmann::json& j) {
+  if (!j.contains("brakes_active") || !j["brakes_active"].is_array()) return;
+  std::string reasons;
+  for (const auto& r : j["brakes_active"]) reasons += (reasons.empty() ? "" : ", ") + Num(r);
+  std::printf("  BRAKING (%s) since %s\n", reasons.c_str(), Num(j["brakes_since"]).c_str());
+}
+
 void PrintTable(const nlohmann::json& jobs, bool tty) {
   if (jobs.empty()) {
     std::printf("no jobs\n");
@@ -95,6 +103,7 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
     if (!j["state_reason"].is_null()) std::printf("  reason: %s", Num(j["state_reason"]).c_str());
     std::printf("\n");
     PrintReaderWait(j);
+    PrintBrakes(j);
   }
 }
 

@@ -123,7 +123,12 @@ Metrics::Metrics()
           BuildGauge()
               .Name("rekey_job_waiting_for_readers_seconds")
               .Help("How long a job has waited for lagging readers (0: it does not wait)")
-              .Register(*registry_)) {
+              .Register(*registry_)),
+      brake_active_(BuildGauge()
+                        .Name("rekey_brake_active")
+                        .Help("1 while this process holds back on a brake, by reason "
+                              "(rotation/brake.h)")
+                        .Register(*registry_)) {
   // Every outcome and state is exported from the start, so rate() and absent() behave.
   for (auto outcome : {rotation::BatchOutcome::kCompleted, rotation::BatchOutcome::kLost,
                        rotation::BatchOutcome::kJobNotActive, rotation::BatchOutcome::kReleased}) {
@@ -134,6 +139,7 @@ Metrics::Metrics()
   gates_.Add({{"result", "passed"}});
   gates_.Add({{"result", "failed"}});
   for (const char* state : kJobStates) jobs_.Add({{"state", state}});
+  for (const char* reason : rotation::kBrakeReasons) brake_active_.Add({{"reason", reason}});
 }
 
 void Metrics::OnBatch(const rotation::BatchEvent& event) {
@@ -161,6 +167,10 @@ void Metrics::ObserveKmsCall(const std::string& provider, const std::string& ope
 
 void Metrics::SetBreakerState(const std::string& provider, int state) {
   breaker_state_.Add({{"provider", provider}}).Set(state);
+}
+
+void Metrics::SetBrakeActive(const std::string& reason, bool active) {
+  brake_active_.Add({{"reason", reason}}).Set(active ? 1 : 0);
 }
 
 void Metrics::SetDataKeyCacheTotals(uint64_t hits, uint64_t misses) {

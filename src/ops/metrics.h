@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "rotation/brake.h"
 #include "rotation/worker_observer.h"
 
 namespace rekey::ops {
@@ -77,6 +78,9 @@ class Metrics : public rotation::WorkerObserver {
                       const std::string& outcome, double seconds);
   // 0 closed, 1 open, 2 half-open (as circuit_breaker.h's states).
   void SetBreakerState(const std::string& provider, int state);
+  // rekey_brake_active{reason}: 1 while the brake is engaged (reason: one of
+  // rotation::kBrakeReasons, every one exported from the start at 0).
+  void SetBrakeActive(const std::string& reason, bool active);
   // The data-key cache's running totals; the counters advance by the difference.
   void SetDataKeyCacheTotals(uint64_t hits, uint64_t misses);
 
@@ -112,6 +116,7 @@ class Metrics : public rotation::WorkerObserver {
   prometheus::Family<prometheus::Gauge>& job_rows_processed_;
   prometheus::Family<prometheus::Gauge>& job_lagging_readers_;
   prometheus::Family<prometheus::Gauge>& job_waiting_for_readers_;
+  prometheus::Family<prometheus::Gauge>& brake_active_;
 
   std::mutex mu_;  // guards the fields below and the database-derived series
   uint64_t cache_hits_seen_ = 0;
