@@ -35,8 +35,9 @@ class BrakesTest : public PgTest {
     ImportTestKeys(conn(), {1, 2});
   }
   void TearDown() override {
-    Exec("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name "
-         "LIKE 'brakes_%'");
+    Exec(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name "
+        "LIKE 'brakes_%'");
     PgTest::TearDown();
     if (!login_.empty()) {
       pqxx::connection admin(PgServer::Get().ConnInfo("postgres"));
@@ -47,15 +48,18 @@ class BrakesTest : public PgTest {
 
   int64_t CreateJob(int rows, int batch_size) {
     SeedTinkTable(conn(), "public.cards", rows, 1);
-    return CreateJobSql(conn(), "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => "
-                                "'key_id', p_stages => '{100}', p_batch_size => " +
-                                    std::to_string(batch_size));
+    return CreateJobSql(conn(),
+                        "'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => "
+                        "'key_id', p_stages => '{100}', p_batch_size => " +
+                            std::to_string(batch_size));
   }
 
   std::unique_ptr<ChildProcess> StartWorker(int64_t job, const std::vector<std::string>& flags,
                                             const std::string& conninfo = "") {
-    std::vector<std::string> args{REKEY_BINARY, "--db", conninfo.empty() ? this->conninfo() : conninfo,
-                                  "work", "--job", std::to_string(job), "--log-format", "json"};
+    std::vector<std::string> args{
+        REKEY_BINARY,   "--db",  conninfo.empty() ? this->conninfo() : conninfo,
+        "work",         "--job", std::to_string(job),
+        "--log-format", "json"};
     args.insert(args.end(), flags.begin(), flags.end());
     return std::make_unique<ChildProcess>(args, WorkerEnv());
   }
@@ -94,8 +98,8 @@ class BrakesTest : public PgTest {
     sql << in.rdbuf();
     Exec(sql.str());
     login_ = dbname() + "_brakes";
-    Exec("DROP ROLE IF EXISTS " + login_ + "; CREATE ROLE " + login_ + " LOGIN IN ROLE rekey_worker" +
-         (extra.empty() ? "" : ", " + extra));
+    Exec("DROP ROLE IF EXISTS " + login_ + "; CREATE ROLE " + login_ +
+         " LOGIN IN ROLE rekey_worker" + (extra.empty() ? "" : ", " + extra));
     pqxx::work txn(conn());
     for (const auto& row : txn.exec("SELECT rekey.worker_grants(" + std::to_string(job) + ")")) {
       txn.exec0(row[0].as<std::string>());
@@ -108,8 +112,9 @@ class BrakesTest : public PgTest {
   void WriteWal(int megabytes) {
     Exec("CREATE TABLE IF NOT EXISTS public.wal_filler (v text)");
     for (int i = 0; i < megabytes; ++i) {
-      Exec("INSERT INTO public.wal_filler SELECT repeat(md5(g::text), 30) FROM "
-           "generate_series(1, 1000) g");
+      Exec(
+          "INSERT INTO public.wal_filler SELECT repeat(md5(g::text), 30) FROM "
+          "generate_series(1, 1000) g");
     }
   }
 
@@ -122,10 +127,8 @@ TEST_F(BrakesTest, SlotLagBrakesBeforeTheFirstRowAndReleasesWhenTheSlotGoes) {
   const std::string conninfo = WorkerLogin(job);  // slots need no pg_monitor
   Exec("SELECT pg_create_physical_replication_slot('brakes_cdc', true)");
   WriteWal(3);
-  auto worker = StartWorker(job,
-                            {"--max-slot-lag", "1MB", "--brake-poll", "100ms", "--listen",
-                             "127.0.0.1:0"},
-                            conninfo);
+  auto worker = StartWorker(
+      job, {"--max-slot-lag", "1MB", "--brake-poll", "100ms", "--listen", "127.0.0.1:0"}, conninfo);
   ASSERT_TRUE(WaitForLog(*worker, "braking: slot_lag", 60)) << ReadFile(worker->stderr_path());
   const int port = ListenPort(ReadFile(worker->stderr_path()));
   const std::string metrics = HttpGet(port, "/metrics").body;
@@ -155,8 +158,9 @@ TEST_F(BrakesTest, WalRateBrakesWhileTheServerWritesFasterThanTheCap) {
   std::atomic<bool> writing{true};
   std::thread writer([&] {
     pqxx::connection c(conninfo());
-    c.prepare("fill", "INSERT INTO public.wal_filler SELECT repeat(md5(g::text), 30) FROM "
-                      "generate_series(1, 2000) g");
+    c.prepare("fill",
+              "INSERT INTO public.wal_filler SELECT repeat(md5(g::text), 30) FROM "
+              "generate_series(1, 2000) g");
     {
       pqxx::work txn(c);
       txn.exec0("CREATE TABLE IF NOT EXISTS public.wal_filler (v text)");
@@ -208,8 +212,9 @@ TEST_F(BrakesTest, LockWaitYieldsSoTheApplicationNeverWaitsLongerThanTheLimit) {
   // Wait until rekey's transaction holds the rows and sleeps in its UPDATE.
   bool holding = false;
   for (int i = 0; i < 600 && !holding; ++i) {
-    holding = Count("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                    "'rekey-worker %' AND wait_event = 'PgSleep'") > 0;
+    holding = Count(
+                  "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                  "'rekey-worker %' AND wait_event = 'PgSleep'") > 0;
     if (!holding) std::this_thread::sleep_for(100ms);
   }
   ASSERT_TRUE(holding) << ReadFile(worker->stderr_path());
@@ -224,7 +229,8 @@ TEST_F(BrakesTest, LockWaitYieldsSoTheApplicationNeverWaitsLongerThanTheLimit) {
   const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - started);
   // The margin covers a loaded test machine; without the brake the wait is 5 s.
-  EXPECT_LT(waited.count(), limit_ms + 1000) << "the application waited " << waited.count() << " ms";
+  EXPECT_LT(waited.count(), limit_ms + 1000)
+      << "the application waited " << waited.count() << " ms";
   Exec("UPDATE public.slow SET ms = 0");
 
   ProcessResult r = worker->Wait(300);
@@ -243,9 +249,10 @@ TEST_F(BrakesTest, LockWaitYieldsSoTheApplicationNeverWaitsLongerThanTheLimit) {
 TEST_F(BrakesTest, AutovacuumOnTheTargetPausesTheWork) {
   const int rows = 20000;
   const int64_t job = CreateJob(rows, 2000);
-  Exec("ALTER TABLE public.cards SET (autovacuum_vacuum_threshold = 0, "
-       "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_limit = 1, "
-       "autovacuum_vacuum_cost_delay = 100)");
+  Exec(
+      "ALTER TABLE public.cards SET (autovacuum_vacuum_threshold = 0, "
+      "autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_cost_limit = 1, "
+      "autovacuum_vacuum_cost_delay = 100)");
   {
     pqxx::nontransaction txn(conn());
     txn.exec("ALTER SYSTEM SET autovacuum_naptime = '1s'");
@@ -254,9 +261,10 @@ TEST_F(BrakesTest, AutovacuumOnTheTargetPausesTheWork) {
   Exec("UPDATE public.cards SET note = 'dead tuples for autovacuum'");
   bool vacuuming = false;
   for (int i = 0; i < 1200 && !vacuuming; ++i) {
-    vacuuming = Count("SELECT count(*) FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a "
-                      "USING (pid) WHERE a.backend_type = 'autovacuum worker' AND v.relid = "
-                      "'public.cards'::regclass") > 0;
+    vacuuming = Count(
+                    "SELECT count(*) FROM pg_stat_progress_vacuum v JOIN pg_stat_activity a "
+                    "USING (pid) WHERE a.backend_type = 'autovacuum worker' AND v.relid = "
+                    "'public.cards'::regclass") > 0;
     if (!vacuuming) std::this_thread::sleep_for(100ms);
   }
   {
@@ -273,8 +281,9 @@ TEST_F(BrakesTest, AutovacuumOnTheTargetPausesTheWork) {
   EXPECT_EQ(Rotated(), 0);
   // Autovacuum off for the table, and the running one cancelled.
   Exec("ALTER TABLE public.cards SET (autovacuum_enabled = false)");
-  Exec("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'autovacuum "
-       "worker'");
+  Exec(
+      "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE backend_type = 'autovacuum "
+      "worker'");
   ProcessResult r = worker->Wait(300);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("brake released: autovacuum"));
@@ -325,8 +334,7 @@ TEST_F(BrakesTest, PrometheusBrakeFollowsARealPrometheusScrapingARealTarget) {
 TEST_F(BrakesTest, ABrakeTheRoleCannotObserveStopsTheWorkerAtStartWithTheGrant) {
   const int64_t job = CreateJob(100, 100);
   const std::string conninfo = WorkerLogin(job);
-  for (const auto& [flags, needle] :
-       std::vector<std::pair<std::vector<std::string>, std::string>>{
+  for (const auto& [flags, needle] : std::vector<std::pair<std::vector<std::string>, std::string>>{
            {{"--pause-during-autovacuum"}, "pg_stat_progress_vacuum"},
            {{"--max-archive-backlog", "8"}, "pg_ls_archive_statusdir()"},
            {{"--max-replication-lag", "10s"}, "pg_stat_replication"}}) {

@@ -25,8 +25,8 @@
 
 #include "aws_kms_support.h"
 #include "harness/pg_server.h"
-#include "harness/prometheus_server.h"
 #include "harness/process.h"
+#include "harness/prometheus_server.h"
 #include "ops_support.h"
 #include "rotation_support.h"
 
@@ -151,7 +151,7 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
                         env_);
   ASSERT_TRUE(WaitForLog(exporter, "serving /metrics", 60)) << ReadFile(exporter.stderr_path());
   PrometheusServer prometheus({{"rekey-worker", {"127.0.0.1:" + std::to_string(worker_port)}},
-                              {"rekey-exporter", {"127.0.0.1:" + std::to_string(exporter_port)}}});
+                               {"rekey-exporter", {"127.0.0.1:" + std::to_string(exporter_port)}}});
   ASSERT_TRUE(prometheus.WaitReady(60)) << prometheus.Log();
 
   // A brake engages during the rotation, so the "Brakes active" panel has data: a replication
@@ -164,10 +164,20 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
                        "--max-rows-per-second", "2500", "--max-slot-lag", "512kB"},
                       env_);
   const bool braked = WaitForLog(worker, "braking: slot_lag", 300).has_value();
-  std::this_thread::sleep_for(std::chrono::seconds(3));  // scraped while braking
+  // The worker brakes from its first moment, before Prometheus's first scrape of it: the slot
+  // stays until Prometheus has seen the brake.
+  bool scraped = false;
+  for (int i = 0; braked && i < 600 && !scraped; ++i) {
+    json r = prometheus.Api(
+        "/api/v1/query",
+        "query=" + UrlEncode("rekey_brake_active{job=\"rekey-worker\",reason=\"slot_lag\"} == 1"));
+    scraped = r.value("status", "") == "success" && !r["data"]["result"].empty();
+    if (!scraped) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   Exec("SELECT pg_drop_replication_slot('dashboard_brake')");
   ProcessResult work = worker.Wait(600);
   ASSERT_TRUE(braked) << work.err;
+  EXPECT_TRUE(scraped) << "Prometheus never scraped the engaged brake";
   ASSERT_EQ(work.exit_code, 0) << work.err;
   EXPECT_THAT(work.err, HasSubstr("brake released: slot_lag"));
   ASSERT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");

@@ -74,7 +74,9 @@ bool PrometheusServer::WaitReady(int seconds) {
   return false;
 }
 
-std::string PrometheusServer::Log() { return ReadFile(child_->stderr_path()); }
+std::string PrometheusServer::Log() {
+  return ReadFile(child_->stderr_path());
+}
 
 nlohmann::json PrometheusServer::Api(const std::string& path, const std::string& query) {
   HttpResult r = HttpGet(port_, path + "?" + query);
