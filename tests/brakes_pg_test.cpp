@@ -228,6 +228,9 @@ TEST_F(BrakesTest, LockWaitYieldsSoTheApplicationNeverWaitsLongerThanTheLimit) {
   }
   const auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - started);
+  RecordProperty("application_lock_wait_ms", int(waited.count()));
+  std::printf("the application waited %lld ms on the row rekey held (limit %d ms)\n",
+              static_cast<long long>(waited.count()), limit_ms);
   // The margin covers a loaded test machine; without the brake the wait is 5 s.
   EXPECT_LT(waited.count(), limit_ms + 1000)
       << "the application waited " << waited.count() << " ms";
@@ -369,6 +372,13 @@ TEST_F(BrakesTest, BadInputIsOneLineAndExitTwo) {
     // One line of error (CLI11's usage errors add a hint line: those come from CLI11 itself).
     EXPECT_THAT(r.err, Not(HasSubstr("braking"))) << flags[0];
   }
+  // The environment equivalents are read (and checked) like the flags.
+  EnvOverrides env = WorkerEnv();
+  env["REKEY_MAX_WAL_RATE"] = "20";
+  ProcessResult from_env = RunProcess(
+      {REKEY_BINARY, "--db", conninfo(), "work", "--job", std::to_string(job)}, env, "", 60);
+  EXPECT_EQ(from_env.exit_code, 2) << from_env.err;
+  EXPECT_THAT(from_env.err, HasSubstr("--max-wal-rate '20' needs a unit"));
   EXPECT_EQ(Rotated(), 0);
 }
 
