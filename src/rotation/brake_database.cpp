@@ -99,6 +99,7 @@ void BrakeRecorder::Record(const std::map<std::string, nlohmann::json>& engaged)
     pqxx::work txn(Conn());
     txn.exec_params0(Query("record"), worker_name_, JobParam(job_), reasons, detail.dump());
     txn.commit();
+    recorded_ = true;
   } catch (const std::exception& e) {
     conn_.reset();
     log::Warn("could not record the engaged brakes",
@@ -108,6 +109,7 @@ void BrakeRecorder::Record(const std::map<std::string, nlohmann::json>& engaged)
 
 void BrakeRecorder::Forget() {
   std::lock_guard<std::mutex> lock(mu_);
+  if (!recorded_) return;
   try {
     pqxx::work txn(Conn());
     txn.exec_params0(Query("forget"), worker_name_);

@@ -49,7 +49,7 @@ class BrakeRecorder {
   BrakeRecorder(std::string conninfo, std::string worker_name, std::optional<int64_t> job);
   // The engaged reasons and their figures (empty: none).
   void Record(const std::map<std::string, nlohmann::json>& engaged);
-  // Removes the row (at exit).
+  // Removes the row (at exit); nothing to do if nothing was ever recorded.
   void Forget();
 
  private:
@@ -60,6 +60,7 @@ class BrakeRecorder {
   std::optional<int64_t> job_;
   std::mutex mu_;
   std::unique_ptr<pqxx::connection> conn_;
+  bool recorded_ = false;
 };
 
 }  // namespace rekey::rotation
