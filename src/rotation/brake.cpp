@@ -242,6 +242,12 @@ void Brakes::Release(const std::string& reason) {
 void Brakes::Start() {
   if (!options_.polled()) return;
   PollOnce();
+  if (options_.max_wal_rate) {
+    // A rate is a slope: a second reading, one poll later, so it too is known before the first
+    // claim.
+    std::this_thread::sleep_for(options_.poll);
+    PollOnce();
+  }
   poller_ = std::thread([this] {
     std::unique_lock<std::mutex> lock(stop_mu_);
     while (!stopping_) {

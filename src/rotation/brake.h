@@ -182,7 +182,7 @@ class Brakes {
   void AddListener(BrakeListener listener);
   void SetStateSink(BrakeStateSink sink);
   // Runs one evaluation now (the first, synchronously, so a braked server is not written to at
-  // all), then the poller.
+  // all; two, a poll apart, with a WAL-rate brake, whose signal is a slope), then the poller.
   void Start();
   void Stop();
 
