@@ -3879,6 +3879,16 @@ CREATE VIEW rekey.key_age AS
      LEFT JOIN rekey.key_policies d ON ((d.scope = '*'::text)))
   WHERE (k.status = ANY (ARRAY['enabled'::text, 'primary'::text, 'decrypt_only'::text]));
 
+CREATE TABLE rekey.workers (
+    worker_id text NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen timestamp with time zone DEFAULT now() NOT NULL,
+    job_id bigint,
+    brakes text[] DEFAULT '{}'::text[] NOT NULL,
+    brake_detail jsonb,
+    braked_since timestamp with time zone
+);
+
 CREATE VIEW rekey.progress AS
  WITH b AS (
          SELECT x.job_id,
@@ -3960,8 +3970,16 @@ CREATE VIEW rekey.progress AS
             WHEN (j.state = 'active'::text) THEN j.readers_lagging
             ELSE NULL::jsonb
         END AS lagging_readers,
-    j.reader_window
-   FROM ((((rekey.jobs j
+    j.reader_window,
+        CASE
+            WHEN (j.state = 'active'::text) THEN br.brakes_active
+            ELSE NULL::text[]
+        END AS brakes_active,
+        CASE
+            WHEN (j.state = 'active'::text) THEN br.brakes_since
+            ELSE NULL::timestamp with time zone
+        END AS brakes_since
+   FROM (((((rekey.jobs j
      LEFT JOIN b USING (job_id))
      LEFT JOIN rate r USING (job_id))
      LEFT JOIN rekey.job_stages s ON (((s.job_id = j.job_id) AND (s.stage_no = j.current_stage))))
@@ -3984,7 +4002,12 @@ CREATE VIEW rekey.progress AS
            FROM rekey.gates x
           WHERE (x.job_id = j.job_id)
           ORDER BY x.gate_id DESC
-         LIMIT 1) g ON (true));
+         LIMIT 1) g ON (true))
+     LEFT JOIN LATERAL ( SELECT array_agg(DISTINCT r_1.r ORDER BY r_1.r) AS brakes_active,
+            min(w.braked_since) AS brakes_since
+           FROM (rekey.workers w
+             CROSS JOIN LATERAL unnest(w.brakes) r_1(r))
+          WHERE (((w.job_id = j.job_id) OR (w.job_id IS NULL)) AND (w.last_seen > (now() - '00:00:30'::interval)))) br ON (true));
 
 CREATE TABLE rekey.readers (
     scope text NOT NULL,
@@ -4184,13 +4207,6 @@ CREATE TABLE rekey.value_audit (
     from_key_id bigint NOT NULL,
     to_key_id bigint NOT NULL,
     at timestamp with time zone DEFAULT now() NOT NULL
-);
-
-CREATE TABLE rekey.workers (
-    worker_id text NOT NULL,
-    started_at timestamp with time zone DEFAULT now() NOT NULL,
-    last_seen timestamp with time zone DEFAULT now() NOT NULL,
-    job_id bigint
 );
 
 ALTER TABLE ONLY rekey.audit ALTER COLUMN audit_id SET DEFAULT nextval('rekey.audit_audit_id_seq'::regclass);

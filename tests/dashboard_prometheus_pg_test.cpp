@@ -7,13 +7,9 @@
 //
 // REKEY_DASHBOARD_JSON points the test at another copy of the dashboard (to show that a broken
 // copy fails). Skipped (not passed) only when /usr/bin/prometheus is absent.
-#include <arpa/inet.h>
-#include <curl/curl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -30,6 +26,7 @@
 #include "aws_kms_support.h"
 #include "harness/pg_server.h"
 #include "harness/process.h"
+#include "harness/prometheus_server.h"
 #include "ops_support.h"
 #include "rotation_support.h"
 
@@ -39,34 +36,8 @@ namespace {
 using nlohmann::json;
 using ::testing::HasSubstr;
 
-const char* const kPrometheus = "/usr/bin/prometheus";
-const char* const kPromtool = "/usr/bin/promtool";
-
-// A TCP port on 127.0.0.1 that was free a moment ago.
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  addr.sin_port = 0;
-  socklen_t len = sizeof addr;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    close(fd);
-    return 0;
-  }
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
-std::string UrlEncode(const std::string& s) {
-  CURL* curl = curl_easy_init();
-  char* escaped = curl_easy_escape(curl, s.data(), int(s.size()));
-  std::string out = escaped;
-  curl_free(escaped);
-  curl_easy_cleanup(curl);
-  return out;
-}
+const char* const kPrometheus = kPrometheusBinary;
+const char* const kPromtool = kPromtoolBinary;
 
 double UnixNow() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -109,63 +80,6 @@ void CollectQueries(const json& panels, const std::map<std::string, std::string>
     }
   }
 }
-
-// Prometheus as a child process on 127.0.0.1 with its own config and storage; stopped (SIGTERM,
-// then SIGKILL) and its directory removed when the object goes away, whatever the test did.
-class PrometheusServer {
- public:
-  PrometheusServer(const std::vector<std::string>& targets_worker,
-                   const std::vector<std::string>& targets_exporter) {
-    dir_ = MakeTempDir("rekey-prometheus-");
-    port_ = FreePort();
-    auto list = [](const std::vector<std::string>& targets) {
-      std::string s;
-      for (const auto& t : targets) s += (s.empty() ? "'" : ", '") + t + "'";
-      return s;
-    };
-    std::ofstream(dir_ + "/prometheus.yml")
-        << "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-           "scrape_configs:\n"
-           "  - job_name: rekey-worker\n    static_configs:\n      - targets: ["
-        << list(targets_worker)
-        << "]\n"
-           "  - job_name: rekey-exporter\n    static_configs:\n      - targets: ["
-        << list(targets_exporter) << "]\n";
-    child_ = std::make_unique<ChildProcess>(std::vector<std::string>{
-        kPrometheus, "--config.file=" + dir_ + "/prometheus.yml",
-        "--storage.tsdb.path=" + dir_ + "/data",
-        "--web.listen-address=127.0.0.1:" + std::to_string(port_), "--log.level=warn"});
-  }
-  ~PrometheusServer() {
-    child_->Signal(SIGTERM);
-    child_->Wait(30);
-    RunProcess({"rm", "-rf", dir_});
-  }
-  int port() const { return port_; }
-  const std::string& dir() const { return dir_; }
-  bool WaitReady(int seconds) {
-    for (int i = 0; i < seconds * 10; ++i) {
-      if (HttpGet(port_, "/-/ready").status == 200) return true;
-      if (!child_->Running()) return false;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  }
-  std::string Log() { return ReadFile(child_->stderr_path()); }
-  // GET path?query (the label values endpoint takes no POST).
-  json Api(const std::string& path, const std::string& query) {
-    HttpResult r = HttpGet(port_, path + "?" + query);
-    json body = json::parse(r.body, nullptr, false);
-    if (body.is_discarded())
-      return {{"status", "error"}, {"error", "HTTP " + std::to_string(r.status) + ": " + r.body}};
-    return body;
-  }
-
- private:
-  std::string dir_;
-  int port_ = 0;
-  std::unique_ptr<ChildProcess> child_;
-};
 
 // The data keys are wrapped by the loopback AWS KMS server (tests/kms/aws_kms_server.py): the
 // local KMS has no circuit breaker, so only a remote provider exports rekey_kms_breaker_state.
@@ -246,17 +160,36 @@ TEST_F(DashboardPrometheusTest, EveryPanelQueryReturnsDataFromARealPrometheusDur
                          "127.0.0.1:" + std::to_string(exporter_port)},
                         env_);
   ASSERT_TRUE(WaitForLog(exporter, "serving /metrics", 60)) << ReadFile(exporter.stderr_path());
-  PrometheusServer prometheus({"127.0.0.1:" + std::to_string(worker_port)},
-                              {"127.0.0.1:" + std::to_string(exporter_port)});
+  PrometheusServer prometheus({{"rekey-worker", {"127.0.0.1:" + std::to_string(worker_port)}},
+                               {"rekey-exporter", {"127.0.0.1:" + std::to_string(exporter_port)}}});
   ASSERT_TRUE(prometheus.WaitReady(60)) << prometheus.Log();
 
+  // A brake engages during the rotation, so the "Brakes active" panel has data: a replication
+  // slot that retains WAL (as a stalled CDC consumer's would) past --max-slot-lag, dropped once
+  // the worker brakes on it and Prometheus has scraped that.
+  Exec("SELECT pg_create_physical_replication_slot('dashboard_brake', true)");
   const double start = UnixNow();
-  ProcessResult work =
-      RunProcess({REKEY_BINARY, "--db", conninfo(), "work", "--job", j, "--concurrency", "2",
-                  "--listen", "127.0.0.1:" + std::to_string(worker_port), "--linger", "4",
-                  "--max-rows-per-second", "2500"},
-                 env_, "", 600);
+  ChildProcess worker({REKEY_BINARY, "--db", conninfo(), "work", "--job", j, "--concurrency", "2",
+                       "--listen", "127.0.0.1:" + std::to_string(worker_port), "--linger", "4",
+                       "--max-rows-per-second", "2500", "--max-slot-lag", "512kB"},
+                      env_);
+  const bool braked = WaitForLog(worker, "braking: slot_lag", 300).has_value();
+  // The worker brakes from its first moment, before Prometheus's first scrape of it: the slot
+  // stays until Prometheus has seen the brake.
+  bool scraped = false;
+  for (int i = 0; braked && i < 600 && !scraped; ++i) {
+    json r = prometheus.Api(
+        "/api/v1/query",
+        "query=" + UrlEncode("rekey_brake_active{job=\"rekey-worker\",reason=\"slot_lag\"} == 1"));
+    scraped = r.value("status", "") == "success" && !r["data"]["result"].empty();
+    if (!scraped) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  Exec("SELECT pg_drop_replication_slot('dashboard_brake')");
+  ProcessResult work = worker.Wait(600);
+  ASSERT_TRUE(braked) << work.err;
+  EXPECT_TRUE(scraped) << "Prometheus never scraped the engaged brake";
   ASSERT_EQ(work.exit_code, 0) << work.err;
+  EXPECT_THAT(work.err, HasSubstr("brake released: slot_lag"));
   ASSERT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
   std::this_thread::sleep_for(std::chrono::seconds(2));  // the exporter's scrapes after the end
   const double end = UnixNow();

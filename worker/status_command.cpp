@@ -66,6 +66,14 @@ void PrintReaderWait(const nlohmann::json& j) {
   std::printf("\n");
 }
 
+// While the job's workers hold back on brakes (src/rotation/brake.h): which, and since when.
+void PrintBrakes(const nlohmann::json& j) {
+  if (!j.contains("brakes_active") || !j["brakes_active"].is_array()) return;
+  std::string reasons;
+  for (const auto& r : j["brakes_active"]) reasons += (reasons.empty() ? "" : ", ") + Num(r);
+  std::printf("  BRAKING (%s) since %s\n", reasons.c_str(), Num(j["brakes_since"]).c_str());
+}
+
 void PrintTable(const nlohmann::json& jobs, bool tty) {
   if (jobs.empty()) {
     std::printf("no jobs\n");
@@ -113,6 +121,7 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
       if (!v["error"].is_null()) std::printf(": %s", Num(v["error"]).c_str());
       std::printf("\n");
     }
+    PrintBrakes(j);
   }
 }
 

@@ -12,7 +12,11 @@
 #include "commands.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "kms/http_transport.h"
 #include "ops/ops_service.h"
+#include "rotation/brake_database.h"
+#include "rotation/brake_lock_watchdog.h"
+#include "rotation/brake_prometheus.h"
 #include "rotation/worker_pool.h"
 
 namespace rekey::cli {
@@ -27,10 +31,89 @@ struct WorkFlags {
   rotation::PacingOptions pacing;
   int64_t target_batch_ms = 0;
   std::string max_replication_lag;
+  // Brakes (src/rotation/brake.h): sizes and durations as typed, parsed in Work().
+  rotation::BrakeOptions brakes;
+  std::string max_wal_rate;
+  std::string max_slot_lag;
+  int64_t max_lock_wait_ms = 0;
+  std::string brake_poll = "1s";
   std::string listen;  // empty: no HTTP endpoints
   int linger_seconds = 0;
   int64_t batch_bytes = rotation::BatchRotator::kDefaultChunkBytes;
 };
+
+// The brakes' runtime: the poller, the lock-wait watchdog and the row rekey.progress reads; torn
+// down (watchdog first, then the poller, then the row) on every path out of Work().
+struct BrakeRuntime {
+  std::shared_ptr<rotation::Brakes> brakes;
+  std::unique_ptr<rotation::BrakeRecorder> recorder;
+  std::unique_ptr<rotation::LockWaitWatchdog> watchdog;
+  ~BrakeRuntime() {
+    watchdog.reset();
+    if (brakes) brakes->Stop();
+    if (recorder) recorder->Forget();
+  }
+};
+
+// The brake options of the flags, parsed and checked (ConfigError: one line, exit 2).
+rotation::BrakeOptions BrakeOptionsOf(const WorkFlags& flags) {
+  rotation::BrakeOptions b = flags.brakes;
+  if (!flags.max_wal_rate.empty()) {
+    b.max_wal_rate = double(rotation::ParseByteSize(flags.max_wal_rate, "--max-wal-rate"));
+  }
+  if (!flags.max_slot_lag.empty()) {
+    b.max_slot_lag = rotation::ParseByteSize(flags.max_slot_lag, "--max-slot-lag");
+  }
+  if (flags.max_lock_wait_ms != 0)
+    b.max_lock_wait = std::chrono::milliseconds(flags.max_lock_wait_ms);
+  DurationRules poll_rules;
+  poll_rules.minimum = std::chrono::milliseconds(10);
+  b.poll = ParseDuration(flags.brake_poll, "--brake-poll", poll_rules);
+  b.wal_window = std::max(b.wal_window, b.poll * 2);
+  b.min_hold = std::max(b.min_hold, b.poll * 2);
+  b.Validate();
+  return b;
+}
+
+// Sets up the brakes the flags ask for (none: an empty runtime), after checking that the role can
+// observe what they read and that Prometheus answers.
+void StartBrakes(const GlobalOptions& global, const std::string& conninfo,
+                 const rotation::BrakeOptions& b, rotation::WorkerOptions& options,
+                 ops::OpsService* ops, BrakeRuntime& runtime) {
+  const bool lag = options.pacing.max_replication_lag.has_value();
+  if (!b.polled() && !b.max_lock_wait && !lag) return;
+  {
+    auto conn = OpenDatabase(global, "rekey-brakes");
+    rotation::CheckBrakePrivileges(*conn, b, lag);
+  }
+  std::unique_ptr<rotation::PrometheusClient> prometheus;
+  if (b.prometheus()) {
+    prometheus = std::make_unique<rotation::HttpPrometheusClient>(
+        b.prometheus_url, std::make_unique<kms::CurlTransport>());
+    rotation::ProbePrometheus(*prometheus, b.prometheus_url, b.prometheus_query);
+  }
+  std::unique_ptr<rotation::BrakeSignalReader> reader;
+  if (b.max_wal_rate || b.max_slot_lag || b.max_archive_backlog || b.pause_during_autovacuum) {
+    reader = std::make_unique<rotation::PgBrakeSignals>(conninfo, b, options.job);
+  }
+  runtime.brakes = std::make_shared<rotation::Brakes>(b, std::move(reader), std::move(prometheus));
+  runtime.recorder =
+      std::make_unique<rotation::BrakeRecorder>(conninfo, options.worker_name, options.job);
+  runtime.brakes->SetStateSink(
+      [r = runtime.recorder.get()](const auto& engaged) { r->Record(engaged); });
+  if (ops) {
+    runtime.brakes->AddListener([m = &ops->metrics()](const rotation::BrakeChange& change) {
+      m->SetBrakeActive(change.reason, change.active);
+    });
+  }
+  runtime.brakes->Start();
+  if (b.max_lock_wait) {
+    runtime.watchdog = std::make_unique<rotation::LockWaitWatchdog>(
+        conninfo, options.worker_name, *b.max_lock_wait, runtime.brakes.get());
+    runtime.watchdog->Start();
+  }
+  options.pacing.brakes = runtime.brakes;
+}
 
 // Seals what lost the race to seal and logs the chain head, so a copy of it lives outside the
 // database (audit/audit_chain.h). Durable first: the batches committed without waiting for
@@ -62,7 +145,9 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
   rotation::WorkerOptions options;
   if (flags.job != 0) options.job = flags.job;
   options.concurrency = flags.concurrency;
-  options.worker_name = flags.worker_name;
+  // Resolved here: the lock-wait watchdog finds the claim loops by this name.
+  options.worker_name =
+      flags.worker_name.empty() ? rotation::DefaultWorkerName() : flags.worker_name;
   options.pacing = flags.pacing;
   options.batch_bytes = flags.batch_bytes;
   options.pacing.target_batch = std::chrono::milliseconds(flags.target_batch_ms);
@@ -71,6 +156,7 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
         ParseDuration(flags.max_replication_lag, "--max-replication-lag");
   }
   options.pacing.Validate();
+  const rotation::BrakeOptions brakes = BrakeOptionsOf(flags);
   const std::string conninfo = ConnInfo(global);
   std::unique_ptr<ops::OpsService> ops;
   KeyServices::WrapClient wrap;
@@ -98,18 +184,22 @@ void Work(const GlobalOptions& global, const WorkFlags& flags) {
     log::Info("serving /metrics, /healthz and /readyz",
               {{"listen", flags.listen}, {"port", ops->port()}, {"action", "http.listen"}});
   }
+  BrakeRuntime brake_runtime;
+  StartBrakes(global, conninfo, brakes, options, ops.get(), brake_runtime);
   options.kms_available = keys.Availability();
   options.transit = LazyTransitClient();
   options.aws_kms = LazyAwsKmsService();
   rotation::WorkerPool pool(conninfo, options, keys.Source());
-  log::Info("worker started",
-            {{"action", "worker.started"},
-             {"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
-             {"concurrency", flags.concurrency},
-             {"max_rows_per_second", options.pacing.max_rows_per_second},
-             {"target_batch_ms", flags.target_batch_ms},
-             {"worker",
-              options.worker_name.empty() ? rotation::DefaultWorkerName() : options.worker_name}});
+  log::Info(
+      "worker started",
+      {{"action", "worker.started"},
+       {"job", flags.job == 0 ? nlohmann::json(nullptr) : nlohmann::json(flags.job)},
+       {"concurrency", flags.concurrency},
+       {"max_rows_per_second", options.pacing.max_rows_per_second},
+       {"target_batch_ms", flags.target_batch_ms},
+       {"brakes_engaged", brake_runtime.brakes ? nlohmann::json(brake_runtime.brakes->reasons())
+                                               : nlohmann::json::array()},
+       {"worker", options.worker_name}});
   pool.Run(stop);
   const auto& stats = pool.stats();
   log::Info(stop ? "worker stopped by signal" : "no work left; worker exiting",
@@ -164,7 +254,38 @@ void AddWorkCommand(CLI::App& app, GlobalOptions& global) {
                    "bound); a batch holding more is moved in several, with checkpoints")
       ->transform(CLI::AsSizeValue(false));
   work->add_option("--max-replication-lag", flags->max_replication_lag,
-                   "Pause claiming while a replica's replay lag exceeds this (e.g. 10s)");
+                   "Pause claiming while a replica's replay lag exceeds this (e.g. 10s)")
+      ->envname("REKEY_MAX_REPLICATION_LAG");
+  // Brakes on the database's own signals (src/rotation/brake.h; docs/operations.md, "Going
+  // gently"): all off by default, each with an environment equivalent.
+  work->add_option("--max-wal-rate", flags->max_wal_rate,
+                   "Pause while the server writes more WAL per second than this (e.g. 20MB)")
+      ->envname("REKEY_MAX_WAL_RATE");
+  work->add_option("--max-slot-lag", flags->max_slot_lag,
+                   "Pause while a replication slot retains more WAL than this (e.g. 1GB)")
+      ->envname("REKEY_MAX_SLOT_LAG");
+  work->add_option("--max-archive-backlog", flags->brakes.max_archive_backlog,
+                   "Pause while more WAL segments than this wait for the archiver")
+      ->envname("REKEY_MAX_ARCHIVE_BACKLOG")
+      ->check(CLI::NonNegativeNumber);
+  work->add_flag("--pause-during-autovacuum", flags->brakes.pause_during_autovacuum,
+                 "Pause while autovacuum works on a job's table")
+      ->envname("REKEY_PAUSE_DURING_AUTOVACUUM");
+  work->add_option("--max-lock-wait", flags->max_lock_wait_ms,
+                   "Yield (roll back, retry later) before an application waits this many ms on "
+                   "a lock rekey holds")
+      ->envname("REKEY_MAX_LOCK_WAIT")
+      ->check(CLI::PositiveNumber);
+  work->add_option("--brake-prometheus", flags->brakes.prometheus_url,
+                   "Prometheus base URL for --brake-query (e.g. http://prometheus:9090)")
+      ->envname("REKEY_BRAKE_PROMETHEUS");
+  work->add_option("--brake-query", flags->brakes.prometheus_query,
+                   "PromQL whose value above --brake-above pauses the work")
+      ->envname("REKEY_BRAKE_QUERY");
+  work->add_option("--brake-above", flags->brakes.prometheus_above, "Threshold of --brake-query")
+      ->envname("REKEY_BRAKE_ABOVE");
+  work->add_option("--brake-poll", flags->brake_poll, "How often the brakes' signals are read")
+      ->capture_default_str();
   work->add_option("--listen", flags->listen,
                    "Serve /metrics, /healthz and /readyz on ADDR:PORT (e.g. 0.0.0.0:9090)");
   work->add_option("--linger", flags->linger_seconds,

@@ -60,12 +60,22 @@ SELECT j.job_id, j.name, j.state, j.state_reason,
        CASE WHEN j.state = 'active' THEN j.readers_waiting_for END AS readers_waiting_for,
        CASE WHEN j.state = 'active' THEN j.readers_waiting_since END AS readers_waiting_since,
        CASE WHEN j.state = 'active' THEN j.readers_lagging END AS lagging_readers,
-       j.reader_window
+       j.reader_window,
+       -- While an active job's worker processes hold back on a brake (src/rotation/brake.h):
+       -- the reasons (replication_lag, wal_rate, slot_lag, archive_backlog, autovacuum,
+       -- lock_wait, prometheus) and since when; NULL otherwise. A process republishes its
+       -- brakes every few seconds: a row not refreshed for 30 seconds is a dead worker's.
+       CASE WHEN j.state = 'active' THEN br.brakes_active END AS brakes_active,
+       CASE WHEN j.state = 'active' THEN br.brakes_since END AS brakes_since
   FROM rekey.jobs j
   LEFT JOIN b USING (job_id)
   LEFT JOIN rate r USING (job_id)
   LEFT JOIN rekey.job_stages s ON s.job_id = j.job_id AND s.stage_no = j.current_stage
-  LEFT JOIN LATERAL (SELECT * FROM rekey.gates x WHERE x.job_id = j.job_id ORDER BY gate_id DESC LIMIT 1) g ON true;
+  LEFT JOIN LATERAL (SELECT * FROM rekey.gates x WHERE x.job_id = j.job_id ORDER BY gate_id DESC LIMIT 1) g ON true
+  LEFT JOIN LATERAL (SELECT array_agg(DISTINCT r ORDER BY r) AS brakes_active, min(w.braked_since) AS brakes_since
+                       FROM rekey.workers w CROSS JOIN LATERAL unnest(w.brakes) AS r
+                      WHERE (w.job_id = j.job_id OR w.job_id IS NULL)
+                        AND w.last_seen > now() - interval '30 seconds') br ON true;
 
 -- One row per stage of each job: what it covers, how far it is, and its gate.
 CREATE OR REPLACE VIEW rekey.stage_status AS

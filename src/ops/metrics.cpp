@@ -140,7 +140,12 @@ Metrics::Metrics()
           BuildGauge()
               .Name("rekey_rotation_rows_processed")
               .Help("Rows of an unfinished rotation's rollouts processed so far")
-              .Register(*registry_)) {
+              .Register(*registry_)),
+      brake_active_(BuildGauge()
+                        .Name("rekey_brake_active")
+                        .Help("1 while this process holds back on a brake, by reason "
+                              "(rotation/brake.h)")
+                        .Register(*registry_)) {
   // Every outcome and state is exported from the start, so rate() and absent() behave.
   for (auto outcome : {rotation::BatchOutcome::kCompleted, rotation::BatchOutcome::kLost,
                        rotation::BatchOutcome::kJobNotActive, rotation::BatchOutcome::kReleased}) {
@@ -151,6 +156,7 @@ Metrics::Metrics()
   gates_.Add({{"result", "passed"}});
   gates_.Add({{"result", "failed"}});
   for (const char* state : kJobStates) jobs_.Add({{"state", state}});
+  for (const char* reason : rotation::kBrakeReasons) brake_active_.Add({{"reason", reason}});
 }
 
 void Metrics::OnBatch(const rotation::BatchEvent& event) {
@@ -178,6 +184,10 @@ void Metrics::ObserveKmsCall(const std::string& provider, const std::string& ope
 
 void Metrics::SetBreakerState(const std::string& provider, int state) {
   breaker_state_.Add({{"provider", provider}}).Set(state);
+}
+
+void Metrics::SetBrakeActive(const std::string& reason, bool active) {
+  brake_active_.Add({{"reason", reason}}).Set(active ? 1 : 0);
 }
 
 void Metrics::SetDataKeyCacheTotals(uint64_t hits, uint64_t misses) {

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "rotation/brake.h"
 #include "rotation/worker_observer.h"
 
 namespace rekey::ops {
@@ -99,6 +100,9 @@ class Metrics : public rotation::WorkerObserver {
                       const std::string& outcome, double seconds);
   // 0 closed, 1 open, 2 half-open (as circuit_breaker.h's states).
   void SetBreakerState(const std::string& provider, int state);
+  // rekey_brake_active{reason}: 1 while the brake is engaged (reason: one of
+  // rotation::kBrakeReasons, every one exported from the start at 0).
+  void SetBrakeActive(const std::string& reason, bool active);
   // The data-key cache's running totals; the counters advance by the difference.
   void SetDataKeyCacheTotals(uint64_t hits, uint64_t misses);
 
@@ -138,6 +142,7 @@ class Metrics : public rotation::WorkerObserver {
   prometheus::Family<prometheus::Gauge>& stage_rows_processed_;
   prometheus::Family<prometheus::Gauge>& rotation_rows_total_;
   prometheus::Family<prometheus::Gauge>& rotation_rows_processed_;
+  prometheus::Family<prometheus::Gauge>& brake_active_;
 
   std::mutex mu_;  // guards the fields below and the database-derived series
   uint64_t cache_hits_seen_ = 0;

@@ -1,6 +1,7 @@
 // Job progress as `rekey status` shows it: the rows of the rekey.progress view (one per job:
-// state, current stage, rows and batches done, rate, ETA, last gate), as JSON objects keyed by
-// the view's column names. The query is src/ops/queries/progress.sql.
+// state, current stage, rows and batches done, rate, ETA, last gate, readers waited for, brakes
+// engaged), as JSON objects keyed by the view's column names. The query is
+// src/ops/queries/progress.sql.
 #pragma once
 
 #include <pqxx/pqxx>

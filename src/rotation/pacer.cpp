@@ -90,6 +90,10 @@ int Pacer::WaitForReplicas(const LagSource& lag, const std::atomic<bool>& stop,
     const std::optional<std::chrono::milliseconds> current = lag();
     if (!current || *current <= limit) break;
     if (polls == 0) {
+      if (options_.brakes) {
+        options_.brakes->Engage("replication_lag", {{"replication_lag_ms", current->count()},
+                                                    {"max_replication_lag_ms", limit.count()}});
+      }
       log::Warn("pausing: replication lag exceeds the limit",
                 {{"worker", worker_id},
                  {"replication_lag_ms", current->count()},
@@ -99,11 +103,21 @@ int Pacer::WaitForReplicas(const LagSource& lag, const std::atomic<bool>& stop,
     ++polls;
     sleep(options_.lag_poll);
   }
+  if (polls > 0 && options_.brakes) options_.brakes->Release("replication_lag");
   if (polls > 0 && !stop) {
     log::Info("resuming: replication lag back within the limit",
               {{"worker", worker_id}, {"polls", polls}, {"action", "pace.replication_lag"}});
   }
   return polls;
+}
+
+std::chrono::milliseconds Pacer::WaitForBrakes(const std::atomic<bool>& stop,
+                                               const std::string& worker_id) const {
+  if (!options_.brakes || !options_.brakes->engaged()) return std::chrono::milliseconds(0);
+  const auto waited = options_.brakes->Wait(stop);
+  log::Info("claim loop resumed after braking",
+            {{"worker", worker_id}, {"waited_ms", waited.count()}, {"action", "brake.wait"}});
+  return waited;
 }
 
 BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
@@ -123,6 +137,11 @@ BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
       txn.commit();
       total.outcome = BatchResult::Outcome::kLost;
       return total;
+    }
+    if (!first && options_.brakes && options_.brakes->engaged()) {
+      // Hold the batch (its checkpoint is committed) rather than write under a brake.
+      WaitForBrakes(stop, worker_id);
+      if (stop) continue;  // released at the top of the loop
     }
     const int rows = paced && sizer ? sizer->next() : std::max(rotator.job().batch_size, 1);
     const auto wait = rows_bucket_.Reserve(std::chrono::steady_clock::now(), rows);

@@ -27,13 +27,19 @@
 //
 //  * --max-replication-lag D: before claiming, the claim loop asks the primary for its replicas'
 //    replay lag (pg_stat_replication; reading it needs pg_monitor or superuser) and sleeps,
-//    polling, while the largest lag exceeds D. Pauses and resumptions are logged.
+//    polling, while the largest lag exceeds D. Pauses and resumptions are logged, and reported
+//    as the replication_lag brake (brake.h) when brakes are set.
+//
+// And the brakes on the database's own signals (brake.h: WAL rate, slots, archiving,
+// autovacuum, lock waits, Prometheus): a claim loop waits while one is engaged before claiming
+// a batch (WaitForBrakes) and before each chunk after a batch's first.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -42,6 +48,7 @@
 #include "common/duration.h"  // ParseDuration, for the flags
 #include "kms/token_bucket.h"
 #include "rotation/batch_rotator.h"
+#include "rotation/brake.h"
 
 namespace rekey::rotation {
 
@@ -56,12 +63,14 @@ struct PacingOptions {
   double smoothing = 0.25;  // weight of the newest observation in the moving average
   std::optional<std::chrono::milliseconds> max_replication_lag;  // nullopt: not watched
   std::chrono::milliseconds lag_poll{1000};
+  // The process's brakes, shared by every claim loop (and by the lock-wait watchdog); null: none.
+  std::shared_ptr<Brakes> brakes;
 
   // True iff batches are processed in chunks (a rate limit or a target batch duration is set).
   bool chunked() const { return max_rows_per_second > 0 || target_batch.count() > 0; }
   // True iff any brake is set: the worker should then also spare the application its WAL
   // flushes (BatchRotator::set_wait_for_flush).
-  bool gentle() const { return chunked() || max_replication_lag.has_value(); }
+  bool gentle() const { return chunked() || max_replication_lag.has_value() || brakes != nullptr; }
   // Throws ConfigError naming the flag when a value is out of range.
   void Validate() const;
 };
@@ -110,6 +119,11 @@ class Pacer {
   // Returns the number of polls that found the lag too high (0: no pause).
   int WaitForReplicas(const LagSource& lag, const std::atomic<bool>& stop,
                       const std::string& worker_id, const PacerSleeper& sleep) const;
+
+  // Returns once no brake is engaged (at once without brakes) or `stop` turns true; logs a
+  // pause of this claim loop that lasted. Returns how long it waited.
+  std::chrono::milliseconds WaitForBrakes(const std::atomic<bool>& stop,
+                                          const std::string& worker_id) const;
 
   // Processes `batch` in chunks (BatchRotator::ProcessChunk) sized by `sizer` (or of the job's
   // batch size when no target duration is set, or no pacing at all) under the process's row-rate

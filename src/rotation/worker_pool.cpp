@@ -265,6 +265,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       }
       pacer_.WaitForReplicas(ReplicationLagOf(*conn), stop, worker_id,
                              [&](auto pause) { SleepUnlessStopped(pause, stop, fatal_set_); });
+      pacer_.WaitForBrakes(stop, worker_id);
       if (stop) break;
       {
         pqxx::work txn(*conn);
