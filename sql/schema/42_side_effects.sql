@@ -1,4 +1,4 @@
--- Side effects of a rewrite (issue #19 items 2-3, migration 0028; docs/operations.md, "Side
+-- Side effects of a rewrite (issue #19 items 2-3, migration 0025; docs/operations.md, "Side
 -- effects of a rewrite"): what `rekey job create` declared, the target's counters at the job's
 -- start and end, and the --vacuum-after run.
 

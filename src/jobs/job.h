@@ -67,7 +67,7 @@ struct JobDefinition {
   // "<mount>/keys/<name>" whose values it rewraps, and the version every value must reach.
   std::optional<std::string> transit_key_ref;
   int transit_min_version = 0;
-  // An aws-kms job (every column's codec is kAwsKms; migrations/0025_aws_kms_codec.sql): the key
+  // An aws-kms job (every column's codec is kAwsKms; migrations/0023_aws_kms_codec.sql): the key
   // ARNs of the KMS key its blobs are under and of the one they move to, and the constant
   // encryption context the application bound ("" for none; a JSON object of strings).
   std::optional<std::string> aws_kms_key_arn;
