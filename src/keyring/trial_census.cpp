@@ -10,6 +10,9 @@
 #include "crypto/codec.h"
 #include "crypto/fernet.h"
 #include "crypto/fernet_rewriter.h"
+#include "crypto/lockbox_rewriter.h"
+#include "crypto/rails.h"
+#include "crypto/rails_rewriter.h"
 #include "crypto/text_encoding.h"
 #include "db/bytea.h"
 #include "db/connection.h"
@@ -28,8 +31,8 @@ constexpr int kBatchRows = 1000;
 // opens under none comes back kPoison or kKeyMissing with its class. A codec joins here.
 class CensusRewriter {
  public:
-  CensusRewriter(crypto::CodecKind codec, const std::vector<uint32_t>& candidates,
-                 const TrialKeySource& keys)
+  CensusRewriter(crypto::CodecKind codec, const TrialColumn& column,
+                 const std::vector<uint32_t>& candidates, const TrialKeySource& keys)
       : keys_(keys) {
     for (uint32_t id : candidates) identity_.emplace(id, id);
     if (codec == crypto::CodecKind::kFernet) {
@@ -37,6 +40,21 @@ class CensusRewriter {
           &identity_, [this](uint32_t id) { return FernetKeyFor(id); });
     } else if (codec == crypto::CodecKind::kCloak) {
       rewriter_ = std::make_unique<crypto::CloakRewriter>(&identity_, keys_);
+    } else if (codec == crypto::CodecKind::kRails) {
+      rewriter_ = std::make_unique<crypto::RailsRewriter>(
+          &identity_, [this](uint32_t id) { return KeyFor(&rails_, id); });
+    } else if (codec == crypto::CodecKind::kLockbox) {
+      std::map<std::string, crypto::LockboxKeyNames> names;
+      names[column.column] = {column.lockbox_key_table, column.lockbox_key_attribute};
+      // A key gone since is an empty master, skipped (crypto/lockbox.h), as the verifier does.
+      rewriter_ = std::make_unique<crypto::LockboxRewriter>(&identity_, std::move(names),
+                                                            [this](uint32_t id) {
+                                                              try {
+                                                                return keys_(id);
+                                                              } catch (const NoSuchKeyError&) {
+                                                                return Secret();
+                                                              }
+                                                            });
     } else {
       throw ConfigError("codec " + std::string(crypto::CodecKindName(codec)) +
                         " is counted by SQL, not by trial decryption");
@@ -46,16 +64,21 @@ class CensusRewriter {
   crypto::ValueRewriter& rewriter() { return *rewriter_; }
 
  private:
-  const crypto::FernetKey* FernetKeyFor(uint32_t id) {
-    auto it = fernet_.find(id);
-    if (it == fernet_.end()) {
-      std::unique_ptr<crypto::FernetKey> key;
+  const crypto::FernetKey* FernetKeyFor(uint32_t id) { return KeyFor(&fernet_, id); }
+
+  // The codec's key made from candidate `id`, once; nullptr for a key gone since (its values then
+  // count as opened by no key).
+  template <typename Key>
+  Key* KeyFor(std::unordered_map<uint32_t, std::unique_ptr<Key>>* made, uint32_t id) {
+    auto it = made->find(id);
+    if (it == made->end()) {
+      std::unique_ptr<Key> key;
       try {
-        key = std::make_unique<crypto::FernetKey>(keys_(id));
+        key = std::make_unique<Key>(keys_(id));
       } catch (const NoSuchKeyError&) {
-        key = nullptr;  // a key gone since: its values count as opened by no key
+        key = nullptr;
       }
-      it = fernet_.emplace(id, std::move(key)).first;
+      it = made->emplace(id, std::move(key)).first;
     }
     return it->second.get();
   }
@@ -63,6 +86,7 @@ class CensusRewriter {
   const TrialKeySource& keys_;
   std::map<uint32_t, uint32_t> identity_;
   std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_;
+  std::unordered_map<uint32_t, std::unique_ptr<crypto::RailsKey>> rails_;
   std::unique_ptr<crypto::ValueRewriter> rewriter_;
 };
 
@@ -84,7 +108,7 @@ std::string DeclareValues(pqxx::transaction_base& txn, const TrialColumn& column
 bool ReadValue(crypto::CodecKind codec, const TrialColumn& column, const pqxx::field& field,
                Bytes* out) {
   const std::string_view text(field.c_str(), field.size());
-  if (codec == crypto::CodecKind::kCloak) {
+  if (codec == crypto::CodecKind::kCloak || codec == crypto::CodecKind::kRails) {
     out->assign(text.begin(), text.end());
     return true;
   }
@@ -99,7 +123,7 @@ bool ReadValue(crypto::CodecKind codec, const TrialColumn& column, const pqxx::f
 }  // namespace
 
 const std::vector<std::string>& TrialCodecs() {
-  static const std::vector<std::string> codecs = {"fernet", "cloak"};
+  static const std::vector<std::string> codecs = {"fernet", "cloak", "rails", "lockbox"};
   return codecs;
 }
 
@@ -125,6 +149,8 @@ std::vector<TrialColumn> TrialColumns(pqxx::transaction_base& txn) {
     c.encoding = row["encoding"].as<std::string>();
     if (!row["json_path"].is_null()) c.json_path = row["json_path"].as<std::string>();
     c.ref = row["ref"].as<std::string>();
+    c.lockbox_key_table = row["lockbox_key_table"].as<std::string>();
+    c.lockbox_key_attribute = row["lockbox_key_attribute"].as<std::string>();
   }
   return columns;
 }
@@ -133,7 +159,7 @@ TrialCount CountByTrial(pqxx::transaction_base& txn, const TrialColumn& column,
                         const std::vector<uint32_t>& candidates, const TrialKeySource& keys) {
   const std::optional<crypto::CodecKind> codec = crypto::ParseCodecKind(column.codec);
   if (!codec) throw ConfigError("target " + std::to_string(column.target_id) + ": unknown codec");
-  CensusRewriter census(*codec, candidates, keys);
+  CensusRewriter census(*codec, column, candidates, keys);
   const std::string context = "counting " + column.ref + " by trial decryption";
   db::Classified(context, [&] { txn.exec0(DeclareValues(txn, column)); });
   const std::string fetch =

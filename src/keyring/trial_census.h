@@ -34,12 +34,15 @@ using TrialKeySource = std::function<Secret(uint32_t key_id)>;
 // A registered column whose codec SQL cannot count by key.
 struct TrialColumn {
   int64_t target_id = 0;
-  std::string codec;                     // "fernet", "cloak", ...
+  std::string codec;                     // "fernet", "cloak", "rails", "lockbox"
   std::string relation;                  // the table, quoted (regclass text)
   std::string column;                    // its current name
   std::string encoding;                  // rekey.targets.encoding
   std::optional<std::string> json_path;  // text[] literal, or nullopt
   std::string ref;                       // schema.table.column as the census prints it
+  // lockbox: the names its attribute keys derive from (Lockbox's defaults filled in)
+  std::string lockbox_key_table;
+  std::string lockbox_key_attribute;
 };
 
 struct TrialCount {
