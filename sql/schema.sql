@@ -504,6 +504,28 @@ BEGIN
   RETURN NULL;
 END $$;
 
+CREATE FUNCTION rekey.codec_keyed_by_decryption_only(p_codec text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+  SELECT p_codec IN ('fernet', 'rails', 'lockbox', 'cloak')
+$$;
+
+CREATE FUNCTION rekey.codec_values_noun(p_codec text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+  SELECT CASE p_codec
+           WHEN 'tink' THEN 'Tink values'
+           WHEN 'raw' THEN 'raw AES-GCM values'
+           WHEN 'vault-transit' THEN 'Vault Transit ciphertexts'
+           WHEN 'fernet' THEN 'Fernet tokens'
+           WHEN 'rails' THEN 'Rails messages'
+           WHEN 'lockbox' THEN 'Lockbox values'
+           WHEN 'cloak' THEN 'cloak strings'
+           WHEN 'aws-kms' THEN 'AWS KMS ciphertext blobs'
+           ELSE p_codec || ' values'
+         END
+$$;
+
 CREATE FUNCTION rekey.column_type(p_schema name, p_table name, p_column text) RETURNS text
     LANGUAGE sql STABLE
     AS $$
@@ -574,6 +596,83 @@ BEGIN
        FROM rekey.batches b WHERE b.job_id = p_job));
 END $$;
 
+CREATE FUNCTION rekey.create_aws_kms_job(p_table text, p_columns text[], p_source_key text, p_destination_key text, p_context jsonb DEFAULT NULL::jsonb, p_encoding text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_per_row_audit boolean DEFAULT false, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000) RETURNS bigint
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+  arn constant text := '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$';
+  t record;
+  key record;
+  scope_type text;
+  v_scope_value text;
+  v_encoding text;
+  job bigint;
+  tid bigint;
+  batches integer;
+BEGIN
+  t := rekey.job_table(p_table);
+  key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
+  IF p_source_key IS NULL OR p_source_key !~ arn OR p_destination_key IS NULL OR p_destination_key !~ arn THEN
+    RAISE EXCEPTION 'an aws-kms job names its KMS keys by key ARN (arn:aws:kms:<region>:<account>:key/<id>), got % and %',
+      quote_literal(coalesce(p_source_key, '')), quote_literal(coalesce(p_destination_key, ''))
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_source_key = p_destination_key THEN
+    RAISE EXCEPTION 'the source and destination KMS keys are the same key (%): nothing to rotate', p_source_key
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_context IS NOT NULL AND (jsonb_typeof(p_context) <> 'object'
+        OR EXISTS (SELECT 1 FROM jsonb_each(p_context) e WHERE jsonb_typeof(e.value) <> 'string')) THEN
+    RAISE EXCEPTION 'an encryption context is a JSON object of strings, e.g. {"app":"billing"}; got %', p_context
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF coalesce(p_encoding, 'bytea') NOT IN ('bytea', 'base64') THEN
+    RAISE EXCEPTION 'AWS KMS ciphertext blobs are stored as bytea or base64 text; encoding % does not apply',
+      quote_literal(p_encoding) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  SELECT f.v_encoding INTO v_encoding
+    FROM rekey.job_value_form(t.schema_name, t.table_name, t.pk_column, p_columns, NULL,
+                              p_encoding, NULL) f;
+  IF v_encoding NOT IN ('bytea', 'base64') THEN
+    RAISE EXCEPTION 'AWS KMS ciphertext blobs are stored as bytea or base64 text; encoding % does not apply',
+      quote_literal(v_encoding) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  PERFORM rekey.refuse_key_ciphertext(p_columns, key.key_columns);
+  SELECT s.scope_type, s.scope_value INTO scope_type, v_scope_value
+    FROM rekey.job_scope(t.schema_name, t.table_name, p_scope_column, p_scope_value) s;
+  PERFORM rekey.check_job_settings(p_batch_size, NULL, p_stages, p_error_threshold);
+
+  -- keys_promoted from the start: there is no keyring key to promote (open_stage skips it).
+  INSERT INTO rekey.jobs (name, schema_name, table_name, pk_column, pk_type, key_columns, key_types,
+                          scope_column, scope_value, scope_type, batch_size, per_row_audit,
+                          max_attempts, stage_plan, promote_at_stage, error_threshold, observe,
+                          gate_sample_size, keys_promoted, aws_kms_source_key_arn, aws_kms_key_arn,
+                          aws_kms_context)
+  VALUES (p_name, t.schema_name, t.table_name, t.pk_column, t.pk_type, key.key_columns, key.key_types,
+          p_scope_column, v_scope_value, scope_type, p_batch_size, coalesce(p_per_row_audit, false),
+          p_max_attempts, p_stages, cardinality(p_stages), p_error_threshold, p_observe,
+          p_gate_sample_size, true, p_source_key, p_destination_key, p_context)
+  RETURNING job_id INTO job;
+
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    tid := rekey.job_target(t.schema_name, t.table_name, t.pk_column, p_columns[i], 'aws-kms', NULL,
+                            NULL, p_scope_column, v_scope_value);
+    PERFORM rekey.set_target_value_form(tid, job, v_encoding, NULL);
+    INSERT INTO rekey.job_columns VALUES (job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(job);
+
+  PERFORM rekey.add_rollout_stages(job, p_stages);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
+  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
+    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
+    'codec', 'aws-kms', 'source_kms_key', p_source_key, 'kms_key', p_destination_key,
+    'encryption_context', p_context, 'encoding', v_encoding,
+    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
+    'error_threshold', p_error_threshold, 'observe', p_observe::text,
+    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
+  PERFORM rekey.open_stage(job, 1);
+  RETURN job;
+END $_$;
+
 CREATE FUNCTION rekey.create_job(p_table text, p_columns text[], p_key_map jsonb, p_codecs text[] DEFAULT NULL::text[], p_key_id_column text DEFAULT NULL::text, p_ad_template text DEFAULT NULL::text, p_scope_column text DEFAULT NULL::text, p_scope_value text DEFAULT NULL::text, p_batch_size integer DEFAULT 1000, p_name text DEFAULT NULL::text, p_per_row_audit boolean DEFAULT false, p_max_attempts integer DEFAULT 3, p_stages numeric[] DEFAULT '{1,25,50,75,100}'::numeric[], p_promote_at_stage integer DEFAULT NULL::integer, p_error_threshold numeric DEFAULT 0.001, p_observe interval DEFAULT NULL::interval, p_gate_sample_size integer DEFAULT 10000, p_not_governed text[] DEFAULT NULL::text[], p_cross_scope boolean DEFAULT false, p_encoding text DEFAULT NULL::text, p_json_path text[] DEFAULT NULL::text[]) RETURNS bigint
     LANGUAGE plpgsql
     AS $_$
@@ -618,12 +717,15 @@ BEGIN
   END IF;
   FOR i IN 1 .. cardinality(p_columns) LOOP
     v_codec := coalesce(p_codecs[i], 'tink');
-    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails') THEN
-      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet or rails', quote_literal(v_codec), quote_ident(p_columns[i])
+    IF v_codec NOT IN ('tink', 'raw', 'fernet', 'rails', 'lockbox', 'cloak') THEN
+      RAISE EXCEPTION 'unknown codec % for column %: use tink, raw, fernet, rails, lockbox or cloak', quote_literal(v_codec), quote_ident(p_columns[i])
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_codec IN ('fernet', 'rails') AND p_ad_template IS NOT NULL THEN
-      RAISE EXCEPTION 'column % uses the % codec, which binds no associated data: drop the template', quote_ident(p_columns[i]), v_codec
+    -- The applications of these formats bind no associated data (Lockbox's models, Rails'
+    -- messages, Fernet and cloak themselves): a template would make every rewritten value
+    -- unreadable to them.
+    IF v_codec IN ('fernet', 'rails', 'lockbox', 'cloak') AND p_ad_template IS NOT NULL THEN
+      RAISE EXCEPTION 'column % uses the % codec, whose applications bind no associated data: drop the template', quote_ident(p_columns[i]), v_codec
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF v_codec = 'raw' AND p_key_id_column IS NULL THEN
@@ -1297,8 +1399,18 @@ CREATE TABLE rekey.jobs (
     key_columns name[] NOT NULL,
     key_types text[] NOT NULL,
     key_text_form text DEFAULT 'canonical'::text NOT NULL,
+    aws_kms_source_key_arn text,
+    aws_kms_key_arn text,
+    aws_kms_context jsonb,
     triggers text,
     vacuum_after boolean DEFAULT false NOT NULL,
+    CONSTRAINT jobs_aws_kms_both_or_neither CHECK (((aws_kms_source_key_arn IS NULL) = (aws_kms_key_arn IS NULL))),
+    CONSTRAINT jobs_aws_kms_context_check CHECK ((jsonb_typeof(aws_kms_context) = 'object'::text)),
+    CONSTRAINT jobs_aws_kms_context_needs_keys CHECK (((aws_kms_context IS NULL) OR (aws_kms_key_arn IS NOT NULL))),
+    CONSTRAINT jobs_aws_kms_key_arn_check CHECK ((aws_kms_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
+    CONSTRAINT jobs_aws_kms_keys_differ CHECK ((aws_kms_source_key_arn <> aws_kms_key_arn)),
+    CONSTRAINT jobs_aws_kms_not_transit CHECK (((aws_kms_key_arn IS NULL) OR (transit_key_ref IS NULL))),
+    CONSTRAINT jobs_aws_kms_source_key_arn_check CHECK ((aws_kms_source_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
     CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
     CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
     CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
@@ -1578,6 +1690,7 @@ CREATE FUNCTION rekey.job_value_form(p_schema name, p_table name, p_pk name, p_c
     AS $$
 DECLARE
   fernet boolean := 'fernet' = ANY (coalesce(p_codecs, '{}'));
+  lockbox boolean := 'lockbox' = ANY (coalesce(p_codecs, '{}'));
   enc text := p_encoding;
   col_type text;
 BEGIN
@@ -1590,6 +1703,13 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);  -- text or varchar
+  ELSIF 'cloak' = ANY (coalesce(p_codecs, '{}')) THEN
+    IF p_encoding IS NOT NULL OR p_json_path IS NOT NULL
+       OR EXISTS (SELECT 1 FROM unnest(p_codecs) c WHERE c IS DISTINCT FROM 'cloak') THEN
+      RAISE EXCEPTION 'cloak strings are text read as stored: no encoding or JSON path applies, and every column of the job must be cloak'
+        USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);
     v_encoding := 'bytea';
     RETURN;
   END IF;
@@ -1600,6 +1720,7 @@ BEGIN
      ORDER BY x.target_id DESC LIMIT 1;
   END IF;
   enc := coalesce(enc, CASE WHEN fernet THEN 'base64url'
+                            WHEN lockbox THEN 'base64'
                             WHEN p_json_path IS NOT NULL THEN 'base64'
                             ELSE 'bytea' END);
   IF enc NOT IN ('bytea', 'base64', 'base64url', 'hex') THEN
@@ -1607,6 +1728,9 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   ELSIF fernet AND enc <> 'base64url' THEN
     RAISE EXCEPTION 'Fernet tokens are base64url text; encoding % does not apply', quote_literal(enc)
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF lockbox AND enc NOT IN ('base64', 'bytea') THEN
+    RAISE EXCEPTION 'Lockbox stores base64 text (or the bytes, with encode: false); encoding % does not apply', quote_literal(enc)
       USING ERRCODE = 'invalid_parameter_value';
   ELSIF p_json_path IS NOT NULL AND (cardinality(p_json_path) = 0
                                      OR EXISTS (SELECT 1 FROM unnest(p_json_path) k WHERE k IS NULL OR k = '')) THEN
@@ -1712,7 +1836,7 @@ DECLARE
   -- Per registered target: it holds JSON fields (rekey.targets.json_path); it holds Fernet
   -- tokens and a job on it moved key p_key in or out.
   t_json boolean[];
-  t_fernet_key boolean[];
+  t_decrypted_key boolean[];
   json_conds text[];
 BEGIN
   SELECT coalesce(array_agg(tc.relid ORDER BY tc.target_id), '{}'),
@@ -1721,11 +1845,11 @@ BEGIN
          coalesce(array_agg(tc.codec ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(tc.key_id_attnum ORDER BY tc.target_id), '{}'),
          coalesce(array_agg(x.json_path IS NOT NULL ORDER BY tc.target_id), '{}'),
-         coalesce(array_agg(tc.codec IN ('fernet', 'rails') AND EXISTS (
+         coalesce(array_agg(rekey.codec_keyed_by_decryption_only(tc.codec) AND EXISTS (
                     SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
                      WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id))
                   ORDER BY tc.target_id), '{}')
-    INTO t_relid, t_attnum, t_id, t_codec, t_kid, t_json, t_fernet_key
+    INTO t_relid, t_attnum, t_id, t_codec, t_kid, t_json, t_decrypted_key
     FROM rekey.target_columns() tc JOIN rekey.targets x USING (target_id)
    WHERE tc.unresolved IS NULL;
 
@@ -1787,13 +1911,15 @@ BEGIN
       ELSIF NOT has_column_privilege(rel.oid, col.attnum, 'SELECT') THEN
         cols_unknown[i] := format('role %I may not read it; GRANT SELECT ON %I.%I TO %I',
                                   current_user, rel.nspname, rel.relname, current_user);
-      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key, t_codec) tc(relid, attnum, fk, codec)
-                     WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk AND tc.codec = 'rails') THEN
-        cols_unknown[i] := format('holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")', p_key);
-      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_fernet_key) tc(relid, attnum, fk)
+      ELSIF EXISTS (SELECT 1 FROM unnest(t_relid, t_attnum, t_decrypted_key) tc(relid, attnum, fk)
                      WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk) THEN
-        -- Fernet tokens name no key (docs/FORMAT.md, "fernet"): SQL cannot count them by key.
-        cols_unknown[i] := format('holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")', p_key);
+        -- Values whose key SQL cannot read (rekey.codec_keyed_by_decryption_only).
+        cols_unknown[i] := (
+          SELECT format('holds %s, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "%s")',
+                        rekey.codec_values_noun(tc.codec), p_key, tc.codec)
+            FROM unnest(t_relid, t_attnum, t_decrypted_key, t_codec) tc(relid, attnum, fk, codec)
+           WHERE tc.relid = rel.oid AND tc.attnum = col.attnum AND tc.fk
+           ORDER BY tc.codec LIMIT 1);
       ELSIF col.base = 'jsonb' THEN
         -- A registered JSON field (docs/FORMAT.md, "Stored forms"): the Tink prefix of the string
         -- at its path, in its encoding.
@@ -1893,7 +2019,7 @@ BEGIN
   -- Registered targets that no longer resolve are never skipped.
   FOR col IN
     SELECT tc.* FROM rekey.target_columns() tc
-     WHERE tc.unresolved IS NOT NULL AND tc.codec <> 'vault-transit'
+     WHERE tc.unresolved IS NOT NULL AND tc.codec NOT IN ('vault-transit', 'aws-kms')
      ORDER BY tc.target_id
   LOOP
     SELECT t.schema_name, t.table_name, t.column_name INTO schema_name, table_name, column_name
@@ -2019,15 +2145,15 @@ BEGIN
            -- Fernet tokens name no key (trial decryption): which key holds a token cannot be
            -- read by SQL, so a Fernet column counts as unknown for every key a job on it moved
            -- from or to.
-           -- Rails messages likewise (at most a key reference, read only by decryption).
-           bool_or(tc.codec IN ('fernet', 'rails') AND EXISTS (
+           -- Rails and Lockbox likewise (rekey.codec_keyed_by_decryption_only).
+           bool_or(rekey.codec_keyed_by_decryption_only(tc.codec) AND EXISTS (
              SELECT 1 FROM rekey.job_columns jc JOIN rekey.job_keys jk USING (job_id)
               WHERE jc.target_id = tc.target_id AND p_key IN (jk.source_key_id, jk.target_key_id)))
-             AS fernet_key,
-           bool_or(tc.codec = 'rails') AS rails
+             AS keyed_by_decryption,
+           min(tc.codec) FILTER (WHERE rekey.codec_keyed_by_decryption_only(tc.codec)) AS decrypted_codec
       FROM rekey.target_columns() tc
       JOIN rekey.targets x USING (target_id)
-     WHERE tc.codec <> 'vault-transit'
+     WHERE tc.codec NOT IN ('vault-transit', 'aws-kms')
      GROUP BY tc.relid, tc.attnum, CASE WHEN tc.unresolved IS NOT NULL THEN tc.target_id END
      ORDER BY 1
   LOOP
@@ -2050,13 +2176,10 @@ BEGIN
       RETURN NEXT;
       CONTINUE;
     END IF;
-    IF g.fernet_key THEN
+    IF g.keyed_by_decryption THEN
       target := format('%I.%I.%I', g.schema_name, g.table_name, g.column_name);
-      unknown := CASE WHEN g.rails
-        THEN format('%s holds Rails messages, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "rails")',
-                    target, p_key)
-        ELSE format('%s holds Fernet tokens, which name no key: SQL cannot count those under key %s (docs/FORMAT.md, "fernet")',
-                    target, p_key) END;
+      unknown := format('%s holds %s, which name no key SQL can read: SQL cannot count those under key %s (docs/FORMAT.md, "%s")',
+                        target, rekey.codec_values_noun(g.decrypted_codec), p_key, g.decrypted_codec);
       RETURN NEXT;
       CONTINUE;
     END IF;
@@ -3443,6 +3566,39 @@ BEGIN
   RETURN format('job %s: %s -> %s', p_job, cur, p_to);
 END $$;
 
+CREATE FUNCTION rekey.set_lockbox_key_names(p_job bigint, p_key_table text, p_key_attribute text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  targets bigint[];
+  tid bigint;
+BEGIN
+  SELECT array_agg(x.target_id ORDER BY c.ordinal) INTO targets
+    FROM rekey.job_columns c JOIN rekey.targets x USING (target_id)
+   WHERE c.job_id = p_job AND x.codec = 'lockbox';
+  IF targets IS NULL THEN
+    RAISE EXCEPTION 'job % has no lockbox column: --lockbox-key-table and --lockbox-key-attribute do not apply', p_job
+      USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_key_table = '' OR p_key_attribute = '' THEN
+    RAISE EXCEPTION 'a Lockbox key table or key attribute is a name, not empty' USING ERRCODE = 'invalid_parameter_value';
+  ELSIF p_key_attribute IS NOT NULL AND cardinality(targets) > 1 THEN
+    RAISE EXCEPTION 'job % has % lockbox columns: a key attribute names one (Lockbox refuses key_attribute with several attributes)',
+      p_job, cardinality(targets) USING ERRCODE = 'invalid_parameter_value';
+  END IF;
+  FOREACH tid IN ARRAY targets LOOP
+    IF EXISTS (SELECT 1 FROM rekey.targets x WHERE x.target_id = tid
+                  AND (x.lockbox_key_table, x.lockbox_key_attribute) IS DISTINCT FROM (p_key_table, p_key_attribute))
+       AND EXISTS (SELECT 1 FROM rekey.job_columns c WHERE c.target_id = tid AND c.job_id <> p_job) THEN
+      RAISE EXCEPTION 'column of target % is registered with other Lockbox key names: %', tid,
+        (SELECT format('key table %s, key attribute %s', coalesce(x.lockbox_key_table, '(the table''s)'),
+                       coalesce(x.lockbox_key_attribute, '(the column''s)'))
+           FROM rekey.targets x WHERE x.target_id = tid) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE rekey.targets SET lockbox_key_table = p_key_table, lockbox_key_attribute = p_key_attribute
+     WHERE target_id = tid;
+  END LOOP;
+END $$;
+
 CREATE FUNCTION rekey.set_reader_window(p_job bigint, p_window interval) RETURNS void
     LANGUAGE plpgsql
     AS $$
@@ -4179,9 +4335,12 @@ CREATE TABLE rekey.targets (
     forgotten_reason text,
     encoding text DEFAULT 'bytea'::text NOT NULL,
     json_path text[],
+    lockbox_key_table text,
+    lockbox_key_attribute text,
     CONSTRAINT targets_codec_check CHECK ((codec = ANY (ARRAY['tink'::text, 'raw'::text, 'vault-transit'::text, 'fernet'::text, 'cloak'::text, 'lockbox'::text, 'rails'::text, 'aws-kms'::text]))),
     CONSTRAINT targets_encoding_check CHECK ((encoding = ANY (ARRAY['bytea'::text, 'base64'::text, 'base64url'::text, 'hex'::text]))),
     CONSTRAINT targets_json_path_holds_text CHECK (((json_path IS NULL) OR ((encoding <> 'bytea'::text) AND (cardinality(json_path) > 0)))),
+    CONSTRAINT targets_lockbox_key_names CHECK ((((lockbox_key_table IS NULL) AND (lockbox_key_attribute IS NULL)) OR ((codec = 'lockbox'::text) AND (COALESCE(lockbox_key_table, 'x'::text) <> ''::text) AND (COALESCE(lockbox_key_attribute, 'x'::text) <> ''::text)))),
     CONSTRAINT targets_raw_needs_key_id_column CHECK (((codec <> 'raw'::text) OR (key_id_column IS NOT NULL))),
     CONSTRAINT targets_scope_both_or_neither CHECK (((scope_column IS NULL) = (scope_value IS NULL)))
 );
