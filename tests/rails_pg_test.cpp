@@ -95,25 +95,9 @@ class RailsTest : public PgTest {
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
 
-  ProcessResult Rekey(const std::vector<std::string>& args) {
-    std::vector<std::string> full{"--db", conninfo()};
-    full.insert(full.end(), args.begin(), args.end());
-    return RunRekey(full, WorkerEnv());
-  }
+  ProcessResult Rekey(const std::vector<std::string>& args) { return RekeyAt(conninfo(), args); }
 
-  void Work(int64_t job, int processes = 2) {
-    std::vector<std::unique_ptr<ChildProcess>> workers;
-    for (int i = 0; i < processes; ++i) {
-      workers.push_back(std::make_unique<ChildProcess>(
-          std::vector<std::string>{REKEY_BINARY, "--db", conninfo(), "work", "--job",
-                                   std::to_string(job)},
-          WorkerEnv()));
-    }
-    for (auto& w : workers) {
-      ProcessResult r = w->Wait(300);
-      EXPECT_EQ(r.exit_code, 0) << r.err;
-    }
-  }
+  void Work(int64_t job, int processes = 2) { WorkUntilDry(conninfo(), job, processes); }
 
   // Messages Python writes under `primary` for `items`, by id.
   nlohmann::json Encrypt(const std::string& primary, const nlohmann::json& items) {

@@ -7,6 +7,7 @@
 #include <pqxx/pqxx>
 
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -90,6 +91,29 @@ inline std::string TinkDecrypt(const std::string& value, uint32_t* key_id,
   if (status != crypto::DecodeStatus::kOk)
     return "<" + std::string(crypto::DecodeStatusName(status)) + ">";
   return std::string(plaintext.begin(), plaintext.end());
+}
+
+// `rekey --db <conninfo> args...` with the test keys' environment (WorkerEnv).
+inline ProcessResult RekeyAt(const std::string& conninfo, const std::vector<std::string>& args) {
+  std::vector<std::string> full{"--db", conninfo};
+  full.insert(full.end(), args.begin(), args.end());
+  return RunRekey(full, WorkerEnv());
+}
+
+// Runs `processes` `rekey work --job J` processes side by side until each exits, expecting 0
+// from all: the job's queue ran dry (or it waits on a gate).
+inline void WorkUntilDry(const std::string& conninfo, int64_t job, int processes = 2) {
+  std::vector<std::unique_ptr<ChildProcess>> workers;
+  for (int i = 0; i < processes; ++i) {
+    workers.push_back(std::make_unique<ChildProcess>(
+        std::vector<std::string>{REKEY_BINARY, "--db", conninfo, "work", "--job",
+                                 std::to_string(job)},
+        WorkerEnv()));
+  }
+  for (auto& w : workers) {
+    ProcessResult r = w->Wait(300);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+  }
 }
 
 // The kind of the job's current stage ('' before the first), read with the job's row

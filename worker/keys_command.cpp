@@ -28,8 +28,8 @@
 #include "keyring/key_exchange.h"
 #include "keyring/key_formats/cloak_keys.h"
 #include "keyring/key_formats/fernet_keys.h"
-#include "keyring/key_formats/rails_keys.h"
 #include "keyring/key_formats/lockbox_keys.h"
+#include "keyring/key_formats/rails_keys.h"
 #include "keyring/keyring.h"
 #include "keyring/rewrap.h"
 #include "keyring/tink_keyset.h"
@@ -284,6 +284,48 @@ Secret ParseOneFernetKey(std::string& data) {
   return std::move(keys[0]);
 }
 
+// Runs `parse` over `data`, which is wiped whether it succeeds or throws.
+template <typename Parse>
+Secret ParsedAndWiped(std::string& data, Parse parse) {
+  try {
+    Secret key = parse(data);
+    WipeAndClear(&data);
+    return key;
+  } catch (...) {
+    WipeAndClear(&data);
+    throw;
+  }
+}
+
+// Refuses an export in the clear without --cleartext; `what` names the file ("a Fernet key list").
+void RequireCleartext(const KeysOptions& o, const std::string& what) {
+  if (!o.cleartext) {
+    throw ConfigError(what +
+                      " is key material in the clear: pass --cleartext (and --output FILE) to "
+                      "export it");
+  }
+}
+
+// The scope's keys, the primary first (Fernet, Lockbox) or last (Rails encrypts with the last).
+std::vector<const Secret*> PrimaryFirst(const std::vector<keyring::ExchangedKey>& keys,
+                                        bool first = true) {
+  std::vector<const Secret*> ordered;
+  for (const keyring::ExchangedKey& k : keys) {
+    if (!k.primary) ordered.push_back(&k.key);
+  }
+  for (const keyring::ExchangedKey& k : keys) {
+    if (k.primary) ordered.insert(first ? ordered.begin() : ordered.end(), &k.key);
+  }
+  return ordered;
+}
+
+// `text` as a Secret; `text` is wiped.
+Secret SecretOfText(std::string& text) {
+  Secret file(reinterpret_cast<const uint8_t*>(text.data()), text.size());
+  WipeAndClear(&text);
+  return file;
+}
+
 // A key file format of `rekey keys import --format` and `export --format`. Its codec lives in
 // keyring/ (worker only wires): `read` turns a file into the keys it hands over, `write` turns a
 // scope's keys (one marked primary) into a file. Another format is one row of KeyFormats().
@@ -296,7 +338,7 @@ struct KeyFormat {
                                                    const KeysOptions& o)>
       read;  // a file that names its keys and their primary (tink-keyset); else nullptr
   std::function<Secret(const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o)>
-      write;  // nullptr: cannot be exported
+      write;                       // nullptr: cannot be exported
   bool read_takes_key_id = false;  // `read` numbers keys from --key-id N when given (cloak)
 };
 
@@ -305,89 +347,32 @@ const std::vector<KeyFormat>& KeyFormats() {
   static const std::vector<KeyFormat> formats = {
       {"raw", ParseRawKey, nullptr, nullptr},
       {"fernet", ParseOneFernetKey, nullptr,
-       // The MultiFernet list applications configure, primary first; it is cleartext by nature.
+       // The MultiFernet list applications configure, primary first.
        [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
-         if (!o.cleartext) {
-           throw ConfigError(
-               "a Fernet key list is key material in the clear: pass --cleartext (and "
-               "--output FILE) to export it");
-         }
-         std::vector<const Secret*> ordered;
-         for (const keyring::ExchangedKey& k : keys) {
-           if (k.primary)
-             ordered.insert(ordered.begin(), &k.key);
-           else
-             ordered.push_back(&k.key);
-         }
-         std::string list = keyring::FernetKeyList(ordered) + "\n";
-         Secret file(reinterpret_cast<const uint8_t*>(list.data()), list.size());
-         WipeAndClear(&list);
-         return file;
+         RequireCleartext(o, "a Fernet key list");
+         std::string list = keyring::FernetKeyList(PrimaryFirst(keys)) + "\n";
+         return SecretOfText(list);
        }},
       {"rails",
        // One primary_key (or deterministic_key) of the credentials, with its salt and digest,
        // derived as Rails derives it (keyring/key_formats/rails_keys.h).
-       [](std::string& data) {
-         try {
-           Secret key = keyring::ParseRailsKeyFile(data);
-           WipeAndClear(&data);
-           return key;
-         } catch (...) {
-           WipeAndClear(&data);
-           throw;
-         }
-       },
-       nullptr,
+       [](std::string& data) { return ParsedAndWiped(data, keyring::ParseRailsKeyFile); }, nullptr,
        // The KeyProvider config, the primary last (Rails encrypts with the last key).
        [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
-         if (!o.cleartext) {
-           throw ConfigError(
-               "a Rails key provider config is key material in the clear: pass --cleartext "
-               "(and --output FILE) to export it");
-         }
-         std::vector<const Secret*> ordered;
-         for (const keyring::ExchangedKey& k : keys) {
-           if (!k.primary) ordered.push_back(&k.key);
-         }
-         for (const keyring::ExchangedKey& k : keys) {
-           if (k.primary) ordered.push_back(&k.key);
-         }
-         std::string config = keyring::RailsKeyProviderConfig(ordered) + "\n";
-         Secret file(reinterpret_cast<const uint8_t*>(config.data()), config.size());
-         WipeAndClear(&config);
-         return file;
+         RequireCleartext(o, "a Rails key provider config");
+         std::string config =
+             keyring::RailsKeyProviderConfig(PrimaryFirst(keys, /*first=*/false)) + "\n";
+         return SecretOfText(config);
        }},
       {"lockbox",
        // One master key as Lockbox.generate_key writes it (keyring/key_formats/lockbox_keys.h).
-       [](std::string& data) {
-         try {
-           Secret key = keyring::ParseLockboxMasterKey(data);
-           WipeAndClear(&data);
-           return key;
-         } catch (...) {
-           WipeAndClear(&data);
-           throw;
-         }
-       },
+       [](std::string& data) { return ParsedAndWiped(data, keyring::ParseLockboxMasterKey); },
        nullptr,
        // The initializer Lockbox reads: the primary as master_key, the others as previous_versions.
        [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
-         if (!o.cleartext) {
-           throw ConfigError(
-               "a Lockbox master key is key material in the clear: pass --cleartext (and "
-               "--output FILE) to export it");
-         }
-         std::vector<const Secret*> ordered;
-         for (const keyring::ExchangedKey& k : keys) {
-           if (k.primary)
-             ordered.insert(ordered.begin(), &k.key);
-           else
-             ordered.push_back(&k.key);
-         }
-         std::string text = keyring::LockboxInitializer(ordered);
-         Secret file(reinterpret_cast<const uint8_t*>(text.data()), text.size());
-         WipeAndClear(&text);
-         return file;
+         RequireCleartext(o, "a Lockbox master key");
+         std::string text = keyring::LockboxInitializer(PrimaryFirst(keys));
+         return SecretOfText(text);
        }},
       {"cloak", nullptr,
        // keyring/key_formats/cloak_keys.h: ids from --key-id N upward, else the fingerprints.
@@ -402,15 +387,9 @@ const std::vector<KeyFormat>& KeyFormats() {
              o.key_id >= 0 ? std::optional<uint32_t>(CheckedKeyId(o.key_id)) : std::nullopt);
        },
        [](const std::vector<keyring::ExchangedKey>& keys, const KeysOptions& o) {
-         if (!o.cleartext) {
-           throw ConfigError(
-               "a cloak keychain is key material in the clear: pass --cleartext (and "
-               "--output FILE) to export it");
-         }
+         RequireCleartext(o, "a cloak keychain");
          std::string file = keyring::CloakKeyFile(keys);
-         Secret out(reinterpret_cast<const uint8_t*>(file.data()), file.size());
-         WipeAndClear(&file);
-         return out;
+         return SecretOfText(file);
        },
        true},
       {"tink-keyset", nullptr,

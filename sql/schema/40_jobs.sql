@@ -541,6 +541,8 @@ BEGIN
         USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM rekey.check_job_columns(p_schema, p_table, p_pk, p_columns, true);  -- text or varchar
+    v_encoding := 'bytea';
+    RETURN;
   ELSIF 'cloak' = ANY (coalesce(p_codecs, '{}')) THEN
     IF p_encoding IS NOT NULL OR p_json_path IS NOT NULL
        OR EXISTS (SELECT 1 FROM unnest(p_codecs) c WHERE c IS DISTINCT FROM 'cloak') THEN
