@@ -573,7 +573,8 @@ CODEC_CONFIG = MAIN_CONFIGS[0]  # the same worker configuration for every codec
 
 def codec_key_ids(name):
     """The codec's key 1 and key 2 in rekey's keyring: Tink's are the fixture's 1 and 2 (its values
-    name key 1 in their prefix); every other codec has its own pair, imported in its own form."""
+    name key 1 in their prefix); every other codec has its own pair, imported in its own form into
+    its own scope."""
     if name == "tink":
         return 1, 2
     base = 10 * (1 + sorted(codec_fixture.CODECS).index(name))
@@ -602,7 +603,10 @@ def build_codec_fixture(name, rows):
         with open(path, "w") as f:
             f.write(text)
         os.chmod(path, 0o600)
-        run([REKEY, "keys", "import", "--key-id", str(key_id), "--format", fmt, "--file", path])
+        # A scope per codec: a completed job promotes its target key to its scope's primary and
+        # makes the previous primary decrypt_only, which must not be another codec's target.
+        run([REKEY, "keys", "import", "--key-id", str(key_id), "--format", fmt, "--scope",
+             f"bench-{name}", "--file", path])
     psql(f"DROP TABLE IF EXISTS {table}_seed; CREATE TABLE {table}_seed (id bigint PRIMARY KEY, "
          f"secret {codec.column_type} NOT NULL)")
     t = time.monotonic()
