@@ -84,11 +84,12 @@ def cloak_self_check():
 
 class Codec:
     """name; column type; key_file(key, index) -> (file text, --format or None);
-    sealer(key, table, column) -> a function plaintext -> stored text (COPY text form)."""
+    sealer(key, table, column) -> a function plaintext -> stored text (COPY text form);
+    key_id_column: the row names its key in an integer column `key_id` (raw)."""
 
-    def __init__(self, name, column_type, key_file, sealer, create_args=()):
+    def __init__(self, name, column_type, key_file, sealer, key_id_column=False):
         self.name, self.column_type = name, column_type
-        self.key_file, self.sealer, self.create_args = key_file, sealer, list(create_args)
+        self.key_file, self.sealer, self.key_id_column = key_file, sealer, key_id_column
 
 
 def _tink_sealer(key, _table, _column):
@@ -97,6 +98,15 @@ def _tink_sealer(key, _table, _column):
     def seal(clear):
         iv = os.urandom(12)
         return "\\\\x" + (b"\x01" + struct.pack(">I", 1) + iv + aead.encrypt(iv, clear, None)).hex()
+    return seal
+
+
+def _raw_sealer(key, _table, _column):
+    aead = AESGCM(key)
+
+    def seal(clear):
+        iv = os.urandom(12)
+        return "\\\\x" + (iv + aead.encrypt(iv, clear, None)).hex()
     return seal
 
 
@@ -132,6 +142,8 @@ def _rails_key_file(_key, index):
 CODECS = {
     # Tink: the keyring's raw 32 bytes, imported as the Tink tests and the main bench do.
     "tink": Codec("tink", "bytea", lambda key, _i: (key, None), _tink_sealer),
+    # raw: the same bytes without Tink's prefix, the key id in the row (FORMAT.md §2).
+    "raw": Codec("raw", "bytea", lambda key, _i: (key, None), _raw_sealer, key_id_column=True),
     "fernet": Codec("fernet", "text",
                     lambda key, _i: (base64.urlsafe_b64encode(key).decode() + "\n", "fernet"),
                     _fernet_sealer),
@@ -143,12 +155,14 @@ CODECS = {
 }
 
 
-def copy_rows(codec, key, table, column, rows, chunk=50_000):
-    """Yields COPY text chunks of rows (id, value) sealed under key (the codec's key 1)."""
+def copy_rows(codec, key, key_id, table, column, rows, chunk=50_000):
+    """Yields COPY text chunks of rows (id, [key_id,] value) sealed under key (the codec's key 1,
+    rekey's key_id)."""
     seal = codec.sealer(key, table, column)
+    named = f"{key_id}\t" if codec.key_id_column else ""
     lines = []
     for i in range(1, rows + 1):
-        lines.append(f"{i}\t{seal(plaintext(i))}\n")
+        lines.append(f"{i}\t{named}{seal(plaintext(i))}\n")
         if len(lines) == chunk or i == rows:
             yield "".join(lines)
             lines = []

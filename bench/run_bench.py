@@ -32,7 +32,7 @@ Environment (all optional):
   BENCH_GENTLE_ARGS="--max-rows-per-second 5000"  the `rekey work` flags of the gentle run
   BENCH_SKIP="..."       parts to skip, any of: main anchors scaling staged gentle sizes codecs
                          micro (main: the side-by-side rotations of the anchors' table)
-  BENCH_CODECS="tink fernet rails lockbox cloak"  the codecs part: one rotation per codec of
+  BENCH_CODECS="tink raw fernet rails lockbox cloak"  the codecs part: one rotation per codec of
   BENCH_CODEC_ROWS=100000  its own table (1000000 with BENCH_FULL), BENCH_CODEC_RUNS=3 runs,
   BENCH_CODEC_RUNS=3       rows/s as a ratio to tink's of the same run (median)
   BENCH_OUT=PATH         where the JSON goes (default bench/results/latest.json)
@@ -565,7 +565,7 @@ def micro():
 
 # --- codecs: the same rotation under each codec (issue 18) ---------------------------------------
 
-CODEC_NAMES = os.environ.get("BENCH_CODECS", "tink fernet rails lockbox cloak").split()
+CODEC_NAMES = os.environ.get("BENCH_CODECS", "tink raw fernet rails lockbox cloak").split()
 CODEC_ROWS = int(os.environ.get("BENCH_CODEC_ROWS", "1000000" if FULL else "100000"))
 CODEC_RUNS = int(os.environ.get("BENCH_CODEC_RUNS", "3"))
 CODEC_CONFIG = MAIN_CONFIGS[0]  # the same worker configuration for every codec
@@ -600,20 +600,22 @@ def build_codec_fixture(name, rows):
             continue  # keys 1 and 2 are imported by setup_rekey
         text, fmt = codec.key_file(codec_key(name, index), index)
         path = os.path.join(WORK, f"{name}-key{index}")
-        with open(path, "w") as f:
+        with open(path, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         os.chmod(path, 0o600)
         # A scope per codec: a completed job promotes its target key to its scope's primary and
         # makes the previous primary decrypt_only, which must not be another codec's target.
-        run([REKEY, "keys", "import", "--key-id", str(key_id), "--format", fmt, "--scope",
-             f"bench-{name}", "--file", path])
+        run([REKEY, "keys", "import", "--key-id", str(key_id), *(["--format", fmt] if fmt else []),
+             "--scope", f"bench-{name}", "--file", path])
+    key_id_column = "key_id int NOT NULL, " if codec.key_id_column else ""
     psql(f"DROP TABLE IF EXISTS {table}_seed; CREATE TABLE {table}_seed (id bigint PRIMARY KEY, "
-         f"secret {codec.column_type} NOT NULL)")
+         f"{key_id_column}secret {codec.column_type} NOT NULL)")
     t = time.monotonic()
     copy = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
-                             f"COPY {table}_seed (id, secret) FROM STDIN"],
+                             f"COPY {table}_seed FROM STDIN"],
                             env=ENV, stdin=subprocess.PIPE, text=True)
-    for chunk in codec_fixture.copy_rows(codec, codec_key(name, 1), table, "secret", rows):
+    for chunk in codec_fixture.copy_rows(codec, codec_key(name, 1), codec_key_ids(name)[0], table,
+                                         "secret", rows):
         copy.stdin.write(chunk)
     copy.stdin.close()
     if copy.wait() != 0:
@@ -654,6 +656,8 @@ def codecs(job_args):
             src, dst = codec_key_ids(name)
             target = ["--table", f"public.{codec_table(name)}", "--column", "secret", "--codec",
                       name, "--map", f"{src}:{dst}"]
+            if codec_fixture.CODECS[name].key_id_column:
+                target += ["--key-id-column", "key_id"]
             try:
                 r[name] = rotate(procs, conc, args, f"bench-codec-{name}-{i + 1}", target=target,
                                  reset=reset_codec_table(name))
@@ -681,7 +685,8 @@ def codecs(job_args):
             c[k] = round(c[k], 2)
         summary[name] = c
     return {"rows": CODEC_ROWS, "runs": CODEC_RUNS, "config": f"{procs}x{conc}",
-            "plaintext_bytes": codec_fixture.PLAINTEXT_BYTES, "summary": summary,
+            "plaintext_bytes": codec_fixture.PLAINTEXT_BYTES,
+            "summary": {name: summary[name] for name in CODEC_NAMES},
             "per_run": runs}
 
 
