@@ -30,11 +30,16 @@ Environment (all optional):
   BENCH_APP_TPS=400      the application's offered load (pgbench --rate), transactions/s
   BENCH_APP_CLIENTS=4    pgbench clients
   BENCH_GENTLE_ARGS="--max-rows-per-second 5000"  the `rekey work` flags of the gentle run
-  BENCH_SKIP="..."       parts to skip, any of: anchors scaling staged gentle sizes micro
+  BENCH_SKIP="..."       parts to skip, any of: main anchors scaling staged gentle sizes codecs
+                         micro (main: the side-by-side rotations of the anchors' table)
+  BENCH_CODECS="tink raw fernet rails lockbox cloak"  the codecs part: one rotation per codec of
+  BENCH_CODEC_ROWS=100000  its own table (1000000 with BENCH_FULL), BENCH_CODEC_RUNS=3 runs,
+  BENCH_CODEC_RUNS=3       rows/s as a ratio to tink's of the same run (median)
   BENCH_OUT=PATH         where the JSON goes (default bench/results/latest.json)
   BENCH_ANCHORS_DIR=PATH the anchors (default: ../shared/anchors beside the repo)
 """
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -45,6 +50,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import codec_fixture  # noqa: E402 (bench/codec_fixture.py)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(os.path.join(REPO, sys.argv[1] if len(sys.argv) > 1 else "build-release"))
@@ -258,15 +266,22 @@ def last_json_line(path, key):
     return last
 
 
-def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None):
-    """One rotation of the whole table from key 1 to key 2; returns its measurements."""
+ANCHOR_TARGET = ["--table", "public.payment_methods", "--column", "token", "--key-id-column",
+                 "key_id", "--map", "1:2"]
+
+
+def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
+           target=ANCHOR_TARGET, reset=None):
+    """One rotation of the whole table from key 1 to key 2; returns its measurements. target: the
+    `job create` flags naming the table, column, codec and key map (default: the anchors' table);
+    reset: restores that table from its seed (default: the anchors' reset.sql)."""
     batch_size = batch_size or BATCH_SIZE
     work_args = WORK_ARGS if work_args is None else work_args
-    reset_table()
+    (reset or reset_table)()
+    table = target[target.index("--table") + 1]
     t = time.monotonic()
-    run([REKEY, "job", "create", "--table", "public.payment_methods", "--column", "token",
-         "--key-id-column", "key_id", "--map", "1:2", "--batch-size", str(batch_size),
-         "--name", label, *job_args])
+    run([REKEY, "job", "create", *target, "--batch-size", str(batch_size), "--name", label,
+         *job_args])
     planning_s = time.monotonic() - t
     job = int(psql("SELECT max(job_id) FROM rekey.jobs"))
     workers = []
@@ -307,8 +322,8 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None)
         'job_state', (SELECT state FROM rekey.jobs WHERE job_id = {job}),
         'job_db_seconds', (SELECT extract(epoch FROM finished_at - started_at) FROM rekey.jobs
                             WHERE job_id = {job}),
-        'n_tup_upd', (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'public.payment_methods'::regclass),
-        'n_tup_hot_upd', (SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = 'public.payment_methods'::regclass))"""))
+        'n_tup_upd', (SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = '{table}'::regclass),
+        'n_tup_hot_upd', (SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relid = '{table}'::regclass))"""))
     t = time.monotonic()
     verify = json.loads(run([REKEY, "job", "verify", str(job), "--json"]))
     verify_s = time.monotonic() - t
@@ -548,6 +563,133 @@ def micro():
             "rekey_vs_openssl_speed": compare}
 
 
+# --- codecs: the same rotation under each codec (issue 18) ---------------------------------------
+
+CODEC_NAMES = os.environ.get("BENCH_CODECS", "tink raw fernet rails lockbox cloak").split()
+CODEC_ROWS = int(os.environ.get("BENCH_CODEC_ROWS", "1000000" if FULL else "100000"))
+CODEC_RUNS = int(os.environ.get("BENCH_CODEC_RUNS", "3"))
+CODEC_CONFIG = MAIN_CONFIGS[0]  # the same worker configuration for every codec
+
+
+def codec_key_ids(name):
+    """The codec's key 1 and key 2 in rekey's keyring: Tink's are the fixture's 1 and 2 (its values
+    name key 1 in their prefix); every other codec has its own pair, imported in its own form into
+    its own scope."""
+    if name == "tink":
+        return 1, 2
+    base = 10 * (1 + sorted(codec_fixture.CODECS).index(name))
+    return base + 1, base + 2
+
+
+def codec_key(name, index):
+    if name == "tink":
+        return FIXTURE_KEYS[index]
+    return hashlib.sha256(f"rekey-bench-{name}-key-{index}".encode()).digest()
+
+
+def codec_table(name):
+    return f"bench_codec_{name.replace('-', '_')}"
+
+
+def build_codec_fixture(name, rows):
+    """The codec's seed table of `rows` values under its key 1, and its two keys imported."""
+    codec = codec_fixture.CODECS[name]
+    table = codec_table(name)
+    for index, key_id in zip((1, 2), codec_key_ids(name)):
+        if name == "tink":
+            continue  # keys 1 and 2 are imported by setup_rekey
+        text, fmt = codec.key_file(codec_key(name, index), index)
+        path = os.path.join(WORK, f"{name}-key{index}")
+        with open(path, "wb" if isinstance(text, bytes) else "w") as f:
+            f.write(text)
+        os.chmod(path, 0o600)
+        # A scope per codec: a completed job promotes its target key to its scope's primary and
+        # makes the previous primary decrypt_only, which must not be another codec's target.
+        run([REKEY, "keys", "import", "--key-id", str(key_id), *(["--format", fmt] if fmt else []),
+             "--scope", f"bench-{name}", "--file", path])
+    key_id_column = "key_id int NOT NULL, " if codec.key_id_column else ""
+    psql(f"DROP TABLE IF EXISTS {table}_seed; CREATE TABLE {table}_seed (id bigint PRIMARY KEY, "
+         f"{key_id_column}secret {codec.column_type} NOT NULL)")
+    t = time.monotonic()
+    copy = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
+                             f"COPY {table}_seed FROM STDIN"],
+                            env=ENV, stdin=subprocess.PIPE, text=True)
+    for chunk in codec_fixture.copy_rows(codec, codec_key(name, 1), codec_key_ids(name)[0], table,
+                                         "secret", rows):
+        copy.stdin.write(chunk)
+    copy.stdin.close()
+    if copy.wait() != 0:
+        raise RuntimeError(f"COPY into {table}_seed failed")
+    log(f"codec fixture {name}: {rows} rows in {time.monotonic() - t:.1f} s")
+
+
+def reset_codec_table(name):
+    """As the anchors' reset.sql does for theirs: a fresh copy of the seed, vacuumed, checkpointed."""
+    table = codec_table(name)
+    sql = (f"DROP TABLE IF EXISTS {table};\n"
+           f"CREATE TABLE {table} (LIKE {table}_seed INCLUDING ALL);\n"
+           f"INSERT INTO {table} SELECT * FROM {table}_seed;\n"
+           f"VACUUM ANALYZE {table};\nCHECKPOINT;\n")
+    return lambda: run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=sql)
+
+
+def codecs(job_args):
+    """rows/s of a whole `rekey work` rotation per codec, side by side in each of CODEC_RUNS runs,
+    as a ratio to Tink's of the same run (the median over runs). Each rotation is `rotate`'s:
+    timed from starting the workers to the last one exiting, then `rekey job verify`, which must
+    count no value left under the codec's key 1."""
+    codec_fixture.cloak_self_check()
+    # The anchors' table has plain columns that --not-governed names; these tables have none.
+    args = list(job_args)
+    if "--not-governed" in args:
+        i = args.index("--not-governed")
+        del args[i:i + 2]
+    for name in CODEC_NAMES:
+        build_codec_fixture(name, CODEC_ROWS)
+    procs, conc = CODEC_CONFIG
+    runs = []
+    refused = {}  # codec -> why `rekey job create` refused its job (it is then not measured)
+    for i in range(CODEC_RUNS):
+        log(f"codecs run {i + 1}/{CODEC_RUNS}")
+        r = {}
+        for name in (n for n in CODEC_NAMES if n not in refused):
+            src, dst = codec_key_ids(name)
+            target = ["--table", f"public.{codec_table(name)}", "--column", "secret", "--codec",
+                      name, "--map", f"{src}:{dst}"]
+            if codec_fixture.CODECS[name].key_id_column:
+                target += ["--key-id-column", "key_id"]
+            try:
+                r[name] = rotate(procs, conc, args, f"bench-codec-{name}-{i + 1}", target=target,
+                                 reset=reset_codec_table(name))
+            except RuntimeError as e:
+                # A refused job is reported and the other codecs go on; a rotation that fails
+                # or does not verify still aborts the bench.
+                if f"{REKEY} job create " not in str(e):
+                    raise
+                refused[name] = str(e).split(": ", 1)[-1]
+                log(f"codec {name} not measured: {refused[name]}")
+        runs.append(r)
+    summary = {name: {"not_measured": why} for name, why in refused.items()}
+    for name in (n for n in CODEC_NAMES if n not in refused):
+        rs = [r[name] for r in runs]
+        c = {"rows_per_s": median([x["rows_per_s"] for x in rs]),
+             "wall_s": median([x["wall_s"] for x in rs]),
+             "server_cpu_us_per_row": median([x["server_cpu_s"] / x["rows"] * 1e6 for x in rs]),
+             "client_cpu_us_per_row": median([x["client_cpu_s"] / x["rows"] * 1e6 for x in rs]),
+             "verified": all(x["verify"]["ok"] for x in rs),
+             "values_under_source_keys": max(x["verify"]["values_under_source_keys"] for x in rs)}
+        if "tink" in CODEC_NAMES and "tink" not in refused:
+            c["ratio_tink"] = round(median([r[name]["rows_per_s"] / r["tink"]["rows_per_s"]
+                                            for r in runs]), 3)
+        for k in ("rows_per_s", "wall_s", "server_cpu_us_per_row", "client_cpu_us_per_row"):
+            c[k] = round(c[k], 2)
+        summary[name] = c
+    return {"rows": CODEC_ROWS, "runs": CODEC_RUNS, "config": f"{procs}x{conc}",
+            "plaintext_bytes": codec_fixture.PLAINTEXT_BYTES,
+            "summary": {name: summary[name] for name in CODEC_NAMES},
+            "per_run": runs}
+
+
 # --- report --------------------------------------------------------------------------------------
 
 def machine():
@@ -622,10 +764,11 @@ def bars(summary, gentle_result=None, size_curve=None):
             bar(f"rekey {k} / C2", c["ratio_C2"], c["ratio_C2"] >= 5, ">= 5")
         bar(f"planning {k} % of rotation", c["planning_pct_of_rotation"],
             c["planning_pct_of_rotation"] <= 5, "<= 5 %")
-    rss = max(c["peak_rss_kib_max"] for c in summary["rekey"].values()) / 1024
-    bar("peak worker RSS MiB (all runs)", round(rss, 1), rss <= 64, "<= 64 MiB")
-    kms = max(c["kms_calls_per_process_max"] for c in summary["rekey"].values())
-    bar("KMS calls per key per process (2 keys)", kms / 2, kms / 2 <= 2, "<= 2")
+    if summary["rekey"]:  # none with BENCH_SKIP=main
+        rss = max(c["peak_rss_kib_max"] for c in summary["rekey"].values()) / 1024
+        bar("peak worker RSS MiB (all runs)", round(rss, 1), rss <= 64, "<= 64 MiB")
+        kms = max(c["kms_calls_per_process_max"] for c in summary["rekey"].values())
+        bar("KMS calls per key per process (2 keys)", kms / 2, kms / 2 <= 2, "<= 2")
     st = summary.get("staged", {}).get("ratio_to_single_stage")
     if st is not None:
         bar(f"staged ({STAGES}) / single-stage time", st, st <= 1.3, "<= 1.3")
@@ -670,6 +813,18 @@ def print_table(result):
         f = result["size_fit"]
         print(f"  fit: {f['fixed_s']:.2f} s whatever the size + {f['marginal_us_per_row']:.2f} us "
               f"per row")
+    if result.get("codecs"):
+        cs = result["codecs"]
+        print(f"\ncodecs ({cs['rows']} rows of {cs['plaintext_bytes']}-byte plaintexts, rekey "
+              f"{cs['config']}, medians of {cs['runs']} runs):")
+        print(f"  {'codec':<10}{'rows/s':>10}{'/tink':>8}{'server us/row':>15}{'client us/row':>15}")
+        for name, c in cs["summary"].items():
+            if "not_measured" in c:
+                print(f"  {name:<10}not measured: {c['not_measured']}")
+                continue
+            ratio = f"{c['ratio_tink']:>8.2f}" if "ratio_tink" in c else f"{'-':>8}"
+            print(f"  {name:<10}{c['rows_per_s']:>10.0f}{ratio}{c['server_cpu_us_per_row']:>15.2f}"
+                  f"{c['client_cpu_us_per_row']:>15.2f}")
     if result.get("micro"):
         print("\ncodec vs openssl speed (ns per value, CPU):")
         for name, c in result["micro"]["rekey_vs_openssl_speed"].items():
@@ -730,9 +885,10 @@ def main():
     result["machine"] = machine()
     job_args = setup_rekey()
     result["settings"]["job_create_extra_args"] = job_args
-    build_fixture(ROWS)
     runs = []
-    for i in range(RUNS):
+    if "main" not in SKIP:
+        build_fixture(ROWS)
+    for i in range(0 if "main" in SKIP else RUNS):
         log(f"run {i + 1}/{RUNS}")
         r = {"anchors": {} if "anchors" in SKIP else run_anchors(ANCHOR_NAMES), "rekey": {}}
         configs = list(MAIN_CONFIGS)
@@ -805,6 +961,8 @@ def main():
         for k in ("p50_ratio", "p99_ratio"):
             result["gentle"][k] = median([g[k] for g in runs_g])
     result["sweep"] = sweep(job_args)
+    if "codecs" not in SKIP:
+        result["codecs"] = codecs(job_args)
     if "micro" not in SKIP and os.path.exists(CODEC_BENCH):
         log("codec micro-benchmarks and openssl speed")
         result["micro"] = micro()
