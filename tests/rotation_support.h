@@ -8,6 +8,7 @@
 
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -114,6 +115,18 @@ inline void WorkUntilDry(const std::string& conninfo, int64_t job, int processes
     ProcessResult r = w->Wait(300);
     EXPECT_EQ(r.exit_code, 0) << r.err;
   }
+}
+
+// The column public.`table`.* of the output of `rekey keys usage K --json` (the census, with the
+// columns SQL cannot count by key counted by trial decryption), or null when it lists none there.
+inline nlohmann::json UsageColumn(const ProcessResult& usage, const std::string& table) {
+  EXPECT_EQ(usage.exit_code, 0) << usage.err;
+  if (usage.exit_code != 0) return nullptr;
+  const nlohmann::json listed = nlohmann::json::parse(usage.out);
+  for (const nlohmann::json& c : listed["columns"]) {
+    if (c["table"] == table) return c;
+  }
+  return nullptr;
 }
 
 // The kind of the job's current stage ('' before the first), read with the job's row

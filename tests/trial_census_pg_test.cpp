@@ -83,15 +83,8 @@ class TrialCensusTest : public PgTest {
          ", 'the census test needs no rows moved')");
   }
 
-  // `rekey keys usage K --json`'s column for public.`table`.secret, or null.
   nlohmann::json UsageOf(uint32_t key, const std::string& table) {
-    ProcessResult r = Rekey({"keys", "usage", std::to_string(key), "--json"});
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    const nlohmann::json usage = nlohmann::json::parse(r.out);
-    for (const nlohmann::json& c : usage["columns"]) {
-      if (c["table"] == table) return c;
-    }
-    return nullptr;
+    return UsageColumn(Rekey({"keys", "usage", std::to_string(key), "--json"}), table);
   }
 };
 

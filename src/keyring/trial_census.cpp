@@ -184,6 +184,10 @@ TrialCount CountByTrial(pqxx::transaction_base& txn, const TrialColumn& column,
     for (size_t i = 0; i < values.size(); ++i) {
       if (out[i].outcome == crypto::RewriteOutcome::kRewritten) {
         ++count.by_key[out[i].from_key];
+      } else if (out[i].outcome == crypto::RewriteOutcome::kUnchanged && values[i].size == 0) {
+        // An empty value a codec leaves as it is (Lockbox stores "" unencrypted): under no key.
+        // Anything else unchanged under keys mapped to themselves counts as opened by none
+        // below: a census never under-counts.
       } else {
         ++count.unopened;
         ++count.unopened_by_class[out[i].error_class];
