@@ -10,8 +10,8 @@
 #include "crypto/cloak.h"
 #include "crypto/codec.h"
 #include "crypto/fernet.h"
-#include "crypto/rails.h"
 #include "crypto/lockbox.h"
+#include "crypto/rails.h"
 #include "db/bytea.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
@@ -266,15 +266,15 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     }
   };
   auto add_to_digest = [&digest](const std::string& pk_text, const std::string& column,
-                                 const Bytes& plaintext) {
+                                 const Bytes& value_plaintext) {
     uint8_t len[4];
-    PutUint32BigEndian(uint32_t(plaintext.size()), len);
+    PutUint32BigEndian(uint32_t(value_plaintext.size()), len);
     digest.Update(pk_text.data(), pk_text.size());
     digest.Update("\0", 1);
     digest.Update(column.data(), column.size());
     digest.Update("\0", 1);
     digest.Update(len, 4);
-    digest.Update(plaintext.data(), plaintext.size());
+    digest.Update(value_plaintext.data(), value_plaintext.size());
   };
   auto process = [&](const pqxx::result& page) {
     const PageColumns at(page, job);
