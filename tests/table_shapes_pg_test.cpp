@@ -662,7 +662,7 @@ TEST_F(TableShapesTest, ABatchWithinOnePartitionOfTheLeadingKeyColumnIsPrunedToI
   std::vector<Row> rows;
   std::map<std::string, std::string> expected;
   for (int i = 0; i < 900; ++i) {
-    char day[16];
+    char day[32];
     std::snprintf(day, sizeof day, "2026-%02d-%02d", 1 + i / 300, 1 + i % 28);
     const std::string key = JsonKey({day, std::to_string(i)});
     values.push_back(std::string("'") + day + "', " + std::to_string(i));
@@ -725,7 +725,7 @@ TEST_F(TableShapesTest, TextKeysInTheirColumnsCollationArePlannedAndSweptInThatO
     std::vector<Row> rows;
     std::map<std::string, std::string> expected;
     for (int i = 0; i < 1000; ++i) {
-      char key[16];
+      char key[32];
       std::snprintf(key, sizeof key, "%s%04d", kLetters[i % 6], (i * 7919) % 1000);
       values.push_back(std::string("'") + key + "'");
       rows.push_back({key, PlaintextFor(i)});
