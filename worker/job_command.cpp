@@ -52,7 +52,7 @@ struct CreateFlags {
   // lockbox: the model's key_table and key_attribute options; "" = the table's, the column's name
   std::string lockbox_key_table;
   std::string lockbox_key_attribute;
-  std::string triggers;     // "fire" or "skip" (jobs/side_effects.h); "" = none given
+  std::string triggers;  // "fire" or "skip" (jobs/side_effects.h); "" = none given
   bool vacuum_after = false;
   std::string source_kms_key;      // aws-kms: the KMS key the blobs are under
   std::string kms_key;             // aws-kms: the KMS key they move to

@@ -244,7 +244,7 @@ class BatchRotator {
   bool wait_for_flush_ = false;
   int64_t chunk_bytes_ = kDefaultChunkBytes;
   std::vector<std::string> sizes_names_;  // by SelectVariant: the prepared Sizes statements
-  bool skip_triggers_ = false;  // the job's --triggers skip (jobs/side_effects.h)
+  bool skip_triggers_ = false;            // the job's --triggers skip (jobs/side_effects.h)
   // Reused across chunks: per rewriter, the values handed to it and what it made of them; per
   // (row, column), which of them it is (-1: NULL; -2 - k: unreadable_[k], a value not in its
   // column's stored form, rotation/stored_form.h); values decoded, and the text style each was read
