@@ -23,6 +23,22 @@ namespace {
 
 constexpr int64_t kMiB = int64_t(1) << 20;
 
+// Under AddressSanitizer or ThreadSanitizer the rekey child's resident memory is the sanitizer
+// allocator's (ASan keeps freed blocks in a 256 MiB quarantine; both keep shadow memory), not the
+// worker's: a bound on it would measure the instrumentation. The sanitized suites still rotate
+// and check every value; the plain `make test` holds the memory bound.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kAllocatorIsInstrumented = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+constexpr bool kAllocatorIsInstrumented = true;
+#else
+constexpr bool kAllocatorIsInstrumented = false;
+#endif
+#else
+constexpr bool kAllocatorIsInstrumented = false;
+#endif
+
 // The plaintext of row `id`, `size` bytes: its id, then a pattern that differs per row.
 std::string BigPlaintext(int64_t id, int64_t size) {
   std::string text = "row " + std::to_string(id) + ":";
@@ -126,6 +142,10 @@ TEST_F(HugeValuesTest, EightMiBValuesMoveAFewPerTransactionWithinBoundedMemory) 
   EXPECT_EQ(ExpectAllRotated("public.bounded", rows), 20);
   EXPECT_EQ(ExpectAllRotated("public.unbounded", rows), 20);
   EXPECT_GT(bounded, 0.0) << "the worker's memory was sampled";
+  if (kAllocatorIsInstrumented) {
+    std::printf("[ rss      ] not bounded here: the sanitizer's allocator holds this memory\n");
+    return;
+  }
   EXPECT_LT(bounded, unbounded / 2);
 }
 
