@@ -55,14 +55,16 @@ test-asan: deps
 
 # ThreadSanitizer for the tests of the threaded parts: the worker pool's claim loops, the KMS
 # wrappers they share (rate limit, circuit breaker, retries, Vault login), the data key cache,
-# the ops HTTP server and metrics, the pacer, Secret, the audit writers, and the staged-job
+# the ops HTTP server and metrics, the pacer and the brakes (their polling and lock-watchdog
+# threads), Secret, the audit writers, and the staged-job
 # planner's reader and writer threads (planning_pg_test). The rekey binary
 # these tests start is instrumented too, so `rekey work --concurrency 2` is checked end to end.
 TSAN_TESTS := secret_test aes_gcm_test associated_data_test circuit_breaker_test \
   resilient_kms_test local_kms_provider_test vault_transit_test data_key_cache_test \
   http_server_test metrics_test pacer_test worker_pool_pg_test data_key_cache_pg_test \
   audit_chain_pg_test ops_endpoints_pg_test pacing_pg_test vault_transit_kms_test \
-  vault_rotation_kms_test ops_readiness_kms_test aws_rotation_kms_test planning_pg_test
+  vault_rotation_kms_test ops_readiness_kms_test aws_rotation_kms_test planning_pg_test \
+  brake_test brakes_pg_test
 empty :=
 space := $(empty) $(empty)
 test-tsan: deps
