@@ -1070,8 +1070,16 @@ BEGIN
   RETURN msg;
 END $$;
 
+-- A job of a rotation is cancelled only with its whole rotation (rekey.cancel_rotation): one
+-- part given up alone would hold the others' promotion forever, or leave the scope's values
+-- split between keys (rekey.refuse_partial_rotation_cancel). plpgsql: that check is defined
+-- in 55_rotations.sql, after this file.
 CREATE OR REPLACE FUNCTION rekey.cancel_job(p_job bigint, p_reason text DEFAULT NULL) RETURNS text
-LANGUAGE sql AS $$ SELECT rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason) $$;
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM rekey.refuse_partial_rotation_cancel(p_job);
+  RETURN rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason);
+END $$;
 
 -- Puts failed batches back in the queue with fresh attempts, and reopens the job.
 CREATE OR REPLACE FUNCTION rekey.retry_failed(p_job bigint) RETURNS text LANGUAGE plpgsql AS $$

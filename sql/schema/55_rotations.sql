@@ -358,6 +358,63 @@ BEGIN
   END IF;
 END $$;
 
+-- rekey.cancel_job's rule for a job of a rotation: only rekey.cancel_rotation cancels it. One
+-- job given up alone would keep the rotation from ever promoting (every job must reach its
+-- promotion stage), or, after the promotion, leave the rotation unfinished for good.
+CREATE OR REPLACE FUNCTION rekey.refuse_partial_rotation_cancel(p_job bigint) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  rid bigint;
+  st text;
+BEGIN
+  SELECT rotation_id, state INTO rid, st FROM rekey.jobs WHERE job_id = p_job;
+  IF rid IS NOT NULL AND rekey.job_unfinished(st)
+     AND rid::text IS DISTINCT FROM current_setting('rekey.cancelling_rotation', true) THEN
+    RAISE EXCEPTION 'job % is part of rotation %: cancel the whole rotation (SELECT rekey.cancel_rotation(%)) or roll it back (rekey rotation rollback %)',
+      p_job, rid, rid, rid USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+-- Cancels every unfinished job of rotation p_rotation as one (rekey.cancel_job each, refused for
+-- a job of a rotation otherwise) and marks the rotation cancelled. Rows already rotated stay
+-- rotated; nothing about the keyring changes: before the promotion the old primary stays
+-- primary, after it the new key stays primary in the whole scope at once (never in part of it),
+-- and the old keys stay readable (a retire still needs the census to find none of their values).
+-- Refused (nothing written) for an unknown rotation or one already finished.
+CREATE OR REPLACE FUNCTION rekey.cancel_rotation(p_rotation bigint, p_reason text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  r rekey.rotations;
+  job bigint;
+  n integer := 0;
+BEGIN
+  PERFORM rekey.lock_job_definitions();
+  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
+  IF r.rotation_id IS NULL THEN
+    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
+      USING ERRCODE = 'no_data_found';
+  ELSIF r.state IN ('completed', 'rolled_back', 'cancelled') THEN
+    RAISE EXCEPTION 'rotation % is %: nothing to cancel', p_rotation, r.state
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  PERFORM set_config('rekey.cancelling_rotation', p_rotation::text, true);
+  FOR job IN SELECT j.job_id FROM rekey.jobs j
+              WHERE j.rotation_id = p_rotation AND rekey.job_unfinished(j.state)
+              ORDER BY j.job_id LOOP
+    PERFORM rekey.cancel_job(job, p_reason);
+    n := n + 1;
+  END LOOP;
+  PERFORM set_config('rekey.cancelling_rotation', '', true);
+  -- Jobs that completed before keep the state machine (rekey.rotation_follow_jobs) short of
+  -- 'cancelled'; the rotation is finished all the same.
+  UPDATE rekey.rotations SET state = 'cancelled', finished_at = now(), updated_at = now()
+   WHERE rotation_id = p_rotation AND state NOT IN ('completed', 'rolled_back', 'cancelled');
+  PERFORM rekey.audit_event('rotation.cancel', NULL, jsonb_build_object(
+    'rotation', p_rotation, 'scope', r.scope, 'from_state', r.state, 'jobs', n, 'reason', p_reason,
+    'to_state', (SELECT x.state FROM rekey.rotations x WHERE x.rotation_id = p_rotation)));
+  RETURN format('rotation %s: cancelled %s job(s)', p_rotation, n);
+END $$;
+
 -- A rotation's state follows its jobs': completed when all completed, rolled_back when a
 -- rollback left all rolled back (or cancelled), cancelled when all were cancelled. The rotation
 -- row is locked before the jobs are counted: two jobs finishing in concurrent transactions would
