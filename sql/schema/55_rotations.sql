@@ -299,6 +299,26 @@ BEGIN
   RETURN format('job %s: %s', p_job, reason);
 END $$;
 
+-- The start of a verb on a whole rotation (rekey.rollback_rotation, rekey.cancel_rotation):
+-- serializes with job definitions, locks and returns rotation p_rotation; refuses an unknown
+-- rotation (no_data_found) and one in a state of p_done, where there is nothing to p_verb.
+CREATE OR REPLACE FUNCTION rekey.lock_rotation(p_rotation bigint, p_verb text, p_done text[])
+RETURNS rekey.rotations LANGUAGE plpgsql AS $$
+DECLARE
+  r rekey.rotations;
+BEGIN
+  PERFORM rekey.lock_job_definitions();
+  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
+  IF r.rotation_id IS NULL THEN
+    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
+      USING ERRCODE = 'no_data_found';
+  ELSIF r.state = ANY (p_done) THEN
+    RAISE EXCEPTION 'rotation % is %: nothing to %', p_rotation, r.state, p_verb
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  RETURN r;
+END $$;
+
 -- Rolls back every job of rotation p_rotation as one (rekey.rollback_job to 0% each, refused for
 -- a job of a rotation otherwise): the rotation's old primary is primary again, the new key
 -- decrypt_only, and the workers move every value back. Refused (nothing written) for an unknown
@@ -310,15 +330,7 @@ DECLARE
   job bigint;
   n integer := 0;
 BEGIN
-  PERFORM rekey.lock_job_definitions();
-  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
-  IF r.rotation_id IS NULL THEN
-    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
-      USING ERRCODE = 'no_data_found';
-  ELSIF r.state IN ('rolling_back', 'rolled_back', 'cancelled') THEN
-    RAISE EXCEPTION 'rotation % is %: nothing to roll back', p_rotation, r.state
-      USING ERRCODE = 'object_not_in_prerequisite_state';
-  END IF;
+  r := rekey.lock_rotation(p_rotation, 'roll back', '{rolling_back,rolled_back,cancelled}');
   -- The old primary first, so that each job's keyring restore (which makes the first of its
   -- source keys primary in a scope left without one) finds the scope with its primary. A key
   -- retired since the rotation completed is readable again first, as rekey.rollback_job does.
@@ -388,15 +400,7 @@ DECLARE
   job bigint;
   n integer := 0;
 BEGIN
-  PERFORM rekey.lock_job_definitions();
-  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
-  IF r.rotation_id IS NULL THEN
-    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
-      USING ERRCODE = 'no_data_found';
-  ELSIF r.state IN ('completed', 'rolled_back', 'cancelled') THEN
-    RAISE EXCEPTION 'rotation % is %: nothing to cancel', p_rotation, r.state
-      USING ERRCODE = 'object_not_in_prerequisite_state';
-  END IF;
+  r := rekey.lock_rotation(p_rotation, 'cancel', '{completed,rolled_back,cancelled}');
   PERFORM set_config('rekey.cancelling_rotation', p_rotation::text, true);
   FOR job IN SELECT j.job_id FROM rekey.jobs j
               WHERE j.rotation_id = p_rotation AND rekey.job_unfinished(j.state)
