@@ -257,8 +257,8 @@ TEST_F(RotationGroupTest, OneJobOfARotationIsNotCancelledAloneTheRotationIsCance
                            "--observe", "0s", "--batch-size", "64", "--json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string rotation = std::to_string(json::parse(r.out)["rotation_id"].get<int64_t>());
-  const std::string first = Scalar("SELECT min(job_id) FROM rekey.jobs WHERE rotation_id = " +
-                                   rotation);
+  const std::string first =
+      Scalar("SELECT min(job_id) FROM rekey.jobs WHERE rotation_id = " + rotation);
   const std::string states =
       "SELECT string_agg(DISTINCT state, ',') FROM rekey.jobs WHERE rotation_id = " + rotation;
   const std::string before = Scalar(states);
@@ -275,9 +275,9 @@ TEST_F(RotationGroupTest, OneJobOfARotationIsNotCancelledAloneTheRotationIsCance
 
   {
     pqxx::work txn(conn());
-    EXPECT_EQ(txn.exec1("SELECT rekey.cancel_rotation(" + rotation + ", 'test')")[0]
-                  .as<std::string>(),
-              "rotation " + rotation + ": cancelled 4 job(s)");
+    EXPECT_EQ(
+        txn.exec1("SELECT rekey.cancel_rotation(" + rotation + ", 'test')")[0].as<std::string>(),
+        "rotation " + rotation + ": cancelled 4 job(s)");
     txn.commit();
   }
   EXPECT_EQ(Scalar(states), "cancelled");
@@ -291,9 +291,9 @@ TEST_F(RotationGroupTest, OneJobOfARotationIsNotCancelledAloneTheRotationIsCance
   const int64_t alone = CreateJobSql(
       conn(), "'public.cards_a', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id'");
   pqxx::work txn(conn());
-  EXPECT_THAT(txn.exec1("SELECT rekey.cancel_job(" + std::to_string(alone) + ")")[0]
-                  .as<std::string>(),
-              HasSubstr("-> cancelled"));
+  EXPECT_THAT(
+      txn.exec1("SELECT rekey.cancel_job(" + std::to_string(alone) + ")")[0].as<std::string>(),
+      HasSubstr("-> cancelled"));
 }
 
 TEST_F(RotationGroupTest, BadInputIsRefusedWithOneLineAndNothingWritten) {

@@ -344,10 +344,10 @@ TEST_F(MigratorPgTest, AnOlderBinarysDefinitionTextsAreRefused) {
   ASSERT_EQ(status.size(), 2u);
   EXPECT_TRUE(status[0].replaced && !status[0].current) << status[0].name;
   EXPECT_FALSE(status[1].replaced) << status[1].name;
-  EXPECT_EQ(Query1("SELECT string_agg(name || ':' || checksum, ',' ORDER BY first_applied_at, name) "
-                   "FROM rekey.schema_definition_texts WHERE name = '10_f.sql'"),
-            "10_f.sql:" + Sha256Hex(kFunctionV1.content) + ",10_f.sql:" +
-                Sha256Hex(kFunctionV2.content));
+  EXPECT_EQ(
+      Query1("SELECT string_agg(name || ':' || checksum, ',' ORDER BY first_applied_at, name) "
+             "FROM rekey.schema_definition_texts WHERE name = '10_f.sql'"),
+      "10_f.sql:" + Sha256Hex(kFunctionV1.content) + ",10_f.sql:" + Sha256Hex(kFunctionV2.content));
   // Nothing was applied: not even a migration the old binary has and the database lacks.
   expect_refused({kTable[0], {"0002_more.sql", "CREATE TABLE app.u (n int);"}});
   EXPECT_EQ(Recorded(), "1:0001_table.sql");

@@ -92,8 +92,8 @@ namespace {
 // One side of an aws-kms job's key pair in the form of rekey.job_report's keyring keys: no key
 // id, scope or status (rekey's keyring does not hold the key; KMS does).
 nlohmann::json AwsKmsKey(const std::string& arn) {
-  return {{"key_id", nullptr},      {"scope", nullptr},      {"kms_provider", "aws-kms"},
-          {"kms_key_ref", arn},     {"status_now", nullptr}, {"created_at", nullptr}};
+  return {{"key_id", nullptr},  {"scope", nullptr},      {"kms_provider", "aws-kms"},
+          {"kms_key_ref", arn}, {"status_now", nullptr}, {"created_at", nullptr}};
 }
 
 }  // namespace
@@ -225,7 +225,8 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
     }
     md << ".\n";
     if (v.value("not_proven", 0) > 0) {
-      md << "\n" << Cell(v["not_proven"])
+      md << "\n"
+         << Cell(v["not_proven"])
          << " values are AWS KMS ciphertext blobs that read in their stored form: which KMS key "
             "holds each is not proven without KMS, and they add nothing to the digest.\n";
     }
