@@ -221,8 +221,39 @@ CREATE FUNCTION rekey.base_type(p_type oid) RETURNS oid
 $$;
 
 CREATE FUNCTION rekey.cancel_job(p_job bigint, p_reason text DEFAULT NULL::text) RETURNS text
-    LANGUAGE sql
-    AS $$ SELECT rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason) $$;
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+  PERFORM rekey.refuse_partial_rotation_cancel(p_job);
+  RETURN rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason);
+END $$;
+
+CREATE FUNCTION rekey.cancel_rotation(p_rotation bigint, p_reason text DEFAULT NULL::text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  r rekey.rotations;
+  job bigint;
+  n integer := 0;
+BEGIN
+  r := rekey.lock_rotation(p_rotation, 'cancel', '{completed,rolled_back,cancelled}');
+  PERFORM set_config('rekey.cancelling_rotation', p_rotation::text, true);
+  FOR job IN SELECT j.job_id FROM rekey.jobs j
+              WHERE j.rotation_id = p_rotation AND rekey.job_unfinished(j.state)
+              ORDER BY j.job_id LOOP
+    PERFORM rekey.cancel_job(job, p_reason);
+    n := n + 1;
+  END LOOP;
+  PERFORM set_config('rekey.cancelling_rotation', '', true);
+  -- Jobs that completed before keep the state machine (rekey.rotation_follow_jobs) short of
+  -- 'cancelled'; the rotation is finished all the same.
+  UPDATE rekey.rotations SET state = 'cancelled', finished_at = now(), updated_at = now()
+   WHERE rotation_id = p_rotation AND state NOT IN ('completed', 'rolled_back', 'cancelled');
+  PERFORM rekey.audit_event('rotation.cancel', NULL, jsonb_build_object(
+    'rotation', p_rotation, 'scope', r.scope, 'from_state', r.state, 'jobs', n, 'reason', p_reason,
+    'to_state', (SELECT x.state FROM rekey.rotations x WHERE x.rotation_id = p_rotation)));
+  RETURN format('rotation %s: cancelled %s job(s)', p_rotation, n);
+END $$;
 
 CREATE FUNCTION rekey.canonical_scope_value(p_schema name, p_table name, p_column name, p_value text) RETURNS text
     LANGUAGE plpgsql STABLE
@@ -325,8 +356,11 @@ DECLARE
   accepted text[];
   accepted_found jsonb := '[]';
   lines text[] := '{}';
+  trial text[] := '{}';
+  trial_codecs text[] := '{}';
   r record;
   ref text;
+  codec text;
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rekey_worker')
      AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
@@ -375,10 +409,27 @@ BEGIN
                                CASE WHEN r.unknown IS NOT NULL THEN '; and maybe more: ' || r.unknown ELSE '' END);
     ELSIF r.status = 'unknown' THEN
       lines := lines || format('%s: unknown: %s', ref, r.unknown);
+      -- A column only trial decryption with the keys can count: the CLI can, SQL cannot.
+      SELECT t.codec INTO codec FROM rekey.targets t WHERE t.target_id = r.target_id;
+      IF rekey.codec_keyed_by_decryption_only(codec) AND r.unknown LIKE '%which name no key SQL can read%' THEN
+        trial := trial || ref;
+        trial_codecs := trial_codecs || rekey.codec_values_noun(codec);
+      END IF;
     ELSE
       lines := lines || format('%s: unresolved: %s', ref, r.unknown);
     END IF;
   END LOOP;
+  IF cardinality(lines) > 0 AND cardinality(trial) = cardinality(lines) THEN
+    RAISE EXCEPTION 'key % cannot be % from SQL: % hold(s) %, which SQL cannot count by key; run rekey keys % % instead: it counts them by trial decryption with the keys and refuses if any is under key %',
+      p_key, verb, array_to_string(trial, ', '),
+      (SELECT string_agg(DISTINCT c, ' and ') FROM unnest(trial_codecs) c),
+      CASE verb WHEN 'destroyed' THEN 'destroy' ELSE 'retire' END, p_key, p_key
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  ELSIF cardinality(trial) > 0 THEN
+    lines := lines || format('%s: SQL cannot count these by key; once the other columns are clear, run rekey keys %s %s: it counts them by trial decryption',
+                             array_to_string(trial, ', '),
+                             CASE verb WHEN 'destroyed' THEN 'destroy' ELSE 'retire' END, p_key);
+  END IF;
   IF cardinality(lines) > 0 THEN
     RAISE EXCEPTION E'key % cannot be %: % column(s) hold values under it or could not be read; rotate the values to another key first (rekey keys usage % lists them), or accept a column that cannot be read with --accept-unknown SCHEMA.TABLE.COLUMN\n%',
       p_key, verb, cardinality(lines), p_key, array_to_string(lines, E'\n')
@@ -607,8 +658,6 @@ DECLARE
   v_scope_value text;
   v_encoding text;
   job bigint;
-  tid bigint;
-  batches integer;
 BEGIN
   t := rekey.job_table(p_table);
   key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
@@ -651,25 +700,9 @@ BEGIN
           p_gate_sample_size, true, p_source_key, p_destination_key, p_context)
   RETURNING job_id INTO job;
 
-  FOR i IN 1 .. cardinality(p_columns) LOOP
-    tid := rekey.job_target(t.schema_name, t.table_name, t.pk_column, p_columns[i], 'aws-kms', NULL,
-                            NULL, p_scope_column, v_scope_value);
-    PERFORM rekey.set_target_value_form(tid, job, v_encoding, NULL);
-    INSERT INTO rekey.job_columns VALUES (job, i, tid);
-  END LOOP;
-  PERFORM rekey.refuse_column_collision(job);
-
-  PERFORM rekey.add_rollout_stages(job, p_stages);
-  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
-  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
-    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
-    'codec', 'aws-kms', 'source_kms_key', p_source_key, 'kms_key', p_destination_key,
-    'encryption_context', p_context, 'encoding', v_encoding,
-    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
-    'error_threshold', p_error_threshold, 'observe', p_observe::text,
-    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
-                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
-  PERFORM rekey.open_stage(job, 1);
+  PERFORM rekey.finish_kms_job(job, p_columns, 'aws-kms', NULL, v_encoding, jsonb_build_object(
+    'source_kms_key', p_source_key, 'kms_key', p_destination_key,
+    'encryption_context', p_context, 'encoding', v_encoding));
   RETURN job;
 END $_$;
 
@@ -997,9 +1030,6 @@ DECLARE
   scope_type text;
   v_scope_value text;
   job bigint;
-  tid bigint;
-  batches integer;
-  i integer;
   key record;
 BEGIN
   t := rekey.job_table(p_table);
@@ -1033,23 +1063,8 @@ BEGIN
           true, p_transit_key, p_min_version)
   RETURNING job_id INTO job;
 
-  FOR i IN 1 .. cardinality(p_columns) LOOP
-    tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], 'vault-transit', NULL,
-                            p_ad_template, p_scope_column, v_scope_value);
-    INSERT INTO rekey.job_columns VALUES (job, i, tid);
-  END LOOP;
-  PERFORM rekey.refuse_column_collision(job);
-
-  PERFORM rekey.add_rollout_stages(job, p_stages);
-  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
-  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
-    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
-    'codec', 'vault-transit', 'transit_key', p_transit_key, 'min_version', p_min_version,
-    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
-    'error_threshold', p_error_threshold, 'observe', p_observe::text,
-    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
-                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
-  PERFORM rekey.open_stage(job, 1);
+  PERFORM rekey.finish_kms_job(job, p_columns, 'vault-transit', p_ad_template, NULL,
+                               jsonb_build_object('transit_key', p_transit_key, 'min_version', p_min_version));
   RETURN job;
 END $_$;
 
@@ -1091,6 +1106,37 @@ CREATE FUNCTION rekey.encoded_head(p_value text, p_encoding text) RETURNS bytea
                   THEN substring(decode(translate(left(p_value, 8), '-_', '+/'), 'base64') from 1 for 5) END
          END
 $$;
+
+CREATE FUNCTION rekey.finish_kms_job(p_job bigint, p_columns text[], p_codec text, p_ad_template text, p_encoding text, p_details jsonb) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  tid bigint;
+  batches integer;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    tid := rekey.job_target(j.schema_name, j.table_name, j.pk_column, p_columns[i], p_codec, NULL,
+                            p_ad_template, j.scope_column, j.scope_value);
+    IF p_encoding IS NOT NULL THEN
+      PERFORM rekey.set_target_value_form(tid, p_job, p_encoding, NULL);
+    END IF;
+    INSERT INTO rekey.job_columns VALUES (p_job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(p_job);
+
+  PERFORM rekey.add_rollout_stages(p_job, j.stage_plan);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.created', p_job, jsonb_build_object(
+    'table', format('%I.%I', j.schema_name, j.table_name), 'columns', to_jsonb(p_columns),
+    'codec', p_codec,
+    'batches', batches, 'batch_size', j.batch_size, 'stages', to_jsonb(j.stage_plan),
+    'error_threshold', j.error_threshold, 'observe', j.observe::text,
+    'scope', CASE WHEN j.scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(j.scope_column, j.scope_value) END) || p_details);
+  PERFORM rekey.open_stage(p_job, 1);
+END $$;
 
 CREATE FUNCTION rekey.finish_stages(p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, state text)
     LANGUAGE plpgsql
@@ -2334,6 +2380,43 @@ BEGIN
   END LOOP;
 END $$;
 
+CREATE TABLE rekey.rotations (
+    rotation_id bigint NOT NULL,
+    name text,
+    scope text NOT NULL,
+    from_keys bigint[] NOT NULL,
+    from_primary bigint,
+    to_key bigint NOT NULL,
+    stage_plan numeric[] NOT NULL,
+    state text DEFAULT 'creating'::text NOT NULL,
+    created_by text DEFAULT CURRENT_USER NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    promoted_at timestamp with time zone,
+    rollback_started_at timestamp with time zone,
+    rollback_reason text,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT rotations_state_check CHECK ((state = ANY (ARRAY['creating'::text, 'rotating'::text, 'promoted'::text, 'completed'::text, 'rolling_back'::text, 'rolled_back'::text, 'cancelled'::text])))
+);
+
+CREATE FUNCTION rekey.lock_rotation(p_rotation bigint, p_verb text, p_done text[]) RETURNS rekey.rotations
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  r rekey.rotations;
+BEGIN
+  PERFORM rekey.lock_job_definitions();
+  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
+  IF r.rotation_id IS NULL THEN
+    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
+      USING ERRCODE = 'no_data_found';
+  ELSIF r.state = ANY (p_done) THEN
+    RAISE EXCEPTION 'rotation % is %: nothing to %', p_rotation, r.state, p_verb
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  RETURN r;
+END $$;
+
 CREATE FUNCTION rekey.next_gate(p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, stage_no integer, bucket_hi integer, sample_size integer)
     LANGUAGE sql
     AS $$
@@ -2938,6 +3021,21 @@ BEGIN
   END IF;
 END $$;
 
+CREATE FUNCTION rekey.refuse_partial_rotation_cancel(p_job bigint) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  rid bigint;
+  st text;
+BEGIN
+  SELECT rotation_id, state INTO rid, st FROM rekey.jobs WHERE job_id = p_job;
+  IF rid IS NOT NULL AND rekey.job_unfinished(st)
+     AND rid::text IS DISTINCT FROM current_setting('rekey.cancelling_rotation', true) THEN
+    RAISE EXCEPTION 'job % is part of rotation %: cancel the whole rotation (SELECT rekey.cancel_rotation(%)) or roll it back (rekey rotation rollback %)',
+      p_job, rid, rid, rid USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
 CREATE FUNCTION rekey.refuse_partial_rotation_rollback(p_job bigint) RETURNS void
     LANGUAGE plpgsql STABLE
     AS $$
@@ -2948,6 +3046,26 @@ BEGIN
   IF rid IS NOT NULL AND rid::text IS DISTINCT FROM current_setting('rekey.rolling_back_rotation', true) THEN
     RAISE EXCEPTION 'job % is part of rotation %: roll back the whole rotation (rekey rotation rollback %)',
       p_job, rid, rid USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+CREATE FUNCTION rekey.refuse_rollback_for_readers(p_job bigint) RETURNS void
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  j rekey.jobs;
+  lagging jsonb;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  IF NOT j.keys_promoted THEN
+    RETURN;
+  END IF;
+  lagging := rekey.job_lagging_readers(p_job, true);
+  IF lagging <> '[]' THEN
+    RAISE EXCEPTION 'job % cannot be rolled back now: it would make key % primary again in scope %, which live reader % (last seen %) cannot decrypt; roll back once every live reader lists key % (rekey.reader_heartbeat) or is stale (reader window %)',
+      p_job, lagging->0->>'key_id', lagging->0->>'scope', lagging->0->>'reader',
+      lagging->0->>'last_seen', lagging->0->>'key_id', j.reader_window
+      USING ERRCODE = 'object_not_in_prerequisite_state';
   END IF;
 END $$;
 
@@ -3196,6 +3314,7 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM rekey.refuse_partial_rotation_rollback(p_job);
+  PERFORM rekey.refuse_rollback_for_readers(p_job);
   IF EXISTS (SELECT 1 FROM rekey.keys k JOIN rekey.job_keys jk ON jk.source_key_id = k.key_id
               WHERE jk.job_id = p_job AND k.status = 'destroyed') THEN
     RAISE EXCEPTION 'a source key of job % is destroyed: its values cannot be restored', p_job
@@ -3260,15 +3379,7 @@ DECLARE
   job bigint;
   n integer := 0;
 BEGIN
-  PERFORM rekey.lock_job_definitions();
-  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
-  IF r.rotation_id IS NULL THEN
-    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
-      USING ERRCODE = 'no_data_found';
-  ELSIF r.state IN ('rolling_back', 'rolled_back', 'cancelled') THEN
-    RAISE EXCEPTION 'rotation % is %: nothing to roll back', p_rotation, r.state
-      USING ERRCODE = 'object_not_in_prerequisite_state';
-  END IF;
+  r := rekey.lock_rotation(p_rotation, 'roll back', '{rolling_back,rolled_back,cancelled}');
   -- The old primary first, so that each job's keyring restore (which makes the first of its
   -- source keys primary in a scope left without one) finds the scope with its primary. A key
   -- retired since the rotation completed is readable again first, as rekey.rollback_job does.
@@ -4231,25 +4342,6 @@ SELECT
     NULL::timestamp with time zone AS rollback_started_at,
     NULL::timestamp with time zone AS finished_at;
 
-CREATE TABLE rekey.rotations (
-    rotation_id bigint NOT NULL,
-    name text,
-    scope text NOT NULL,
-    from_keys bigint[] NOT NULL,
-    from_primary bigint,
-    to_key bigint NOT NULL,
-    stage_plan numeric[] NOT NULL,
-    state text DEFAULT 'creating'::text NOT NULL,
-    created_by text DEFAULT CURRENT_USER NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    promoted_at timestamp with time zone,
-    rollback_started_at timestamp with time zone,
-    rollback_reason text,
-    finished_at timestamp with time zone,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT rotations_state_check CHECK ((state = ANY (ARRAY['creating'::text, 'rotating'::text, 'promoted'::text, 'completed'::text, 'rolling_back'::text, 'rolled_back'::text, 'cancelled'::text])))
-);
-
 CREATE SEQUENCE rekey.rotations_rotation_id_seq
     START WITH 1
     INCREMENT BY 1
@@ -4281,6 +4373,13 @@ CREATE SEQUENCE rekey.row_failures_failure_id_seq
     CACHE 1;
 
 ALTER SEQUENCE rekey.row_failures_failure_id_seq OWNED BY rekey.row_failures.failure_id;
+
+CREATE TABLE rekey.schema_definition_texts (
+    name text NOT NULL,
+    checksum text NOT NULL,
+    first_applied_at timestamp with time zone DEFAULT now() NOT NULL,
+    first_applied_by text DEFAULT CURRENT_USER NOT NULL
+);
 
 CREATE TABLE rekey.schema_definitions (
     name text NOT NULL,
@@ -4437,6 +4536,9 @@ ALTER TABLE ONLY rekey.rotations
 
 ALTER TABLE ONLY rekey.row_failures
     ADD CONSTRAINT row_failures_pkey PRIMARY KEY (failure_id);
+
+ALTER TABLE ONLY rekey.schema_definition_texts
+    ADD CONSTRAINT schema_definition_texts_pkey PRIMARY KEY (name, checksum);
 
 ALTER TABLE ONLY rekey.schema_definitions
     ADD CONSTRAINT schema_definitions_pkey PRIMARY KEY (name);

@@ -22,6 +22,7 @@
 #include "common/bytes.h"
 #include "harness/pg_server.h"
 #include "harness/process.h"
+#include "rotation_support.h"
 
 namespace rekey::testing {
 namespace {
@@ -286,6 +287,26 @@ TEST_F(AwsKmsCodecTest, StagedRotationWhileTheApplicationWritesEndsUnderTheNewKe
                             " AWS KMS blobs: their KMS key is not proven without KMS"),
             std::string::npos)
       << verify.out;
+
+  // The compliance report's evidence names the job's KMS keys as a keyring job's names its keys,
+  // and its verification counts the blobs it cannot prove.
+  ProcessResult report = Rekey({"report", job, "--format", "json", "--verify", "--no-store"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  const nlohmann::json evidence = nlohmann::json::parse(report.out);
+  ASSERT_EQ(evidence["keys"].size(), 1u) << evidence["keys"];
+  EXPECT_EQ(evidence["keys"][0]["before"]["kms_key_ref"], old_arn_);
+  EXPECT_EQ(evidence["keys"][0]["after"]["kms_key_ref"], new_arn_);
+  EXPECT_EQ(evidence["keys"][0]["after"]["kms_provider"], "aws-kms");
+  EXPECT_EQ(evidence["job"]["codec"], "aws-kms");
+  EXPECT_EQ(evidence["job"]["encryption_context"], nlohmann::json::parse(kContext));
+  EXPECT_EQ(evidence["outcome"], "rotated");
+  EXPECT_EQ(evidence["verification"]["not_proven"], kRows + 4);
+  EXPECT_EQ(evidence["verification"]["failures"], 1);
+  ProcessResult markdown = Rekey({"report", job, "--no-store"});
+  ASSERT_EQ(markdown.exit_code, 0) << markdown.err;
+  EXPECT_NE(markdown.out.find("| after | - | - | aws-kms | `" + new_arn_ + "` |"),
+            std::string::npos)
+      << markdown.out;
 }
 
 TEST_F(AwsKmsCodecTest, RollbackReturnsBase64ValuesToTheOldKeyInTheSameForm) {
@@ -405,12 +426,7 @@ TEST_F(AwsKmsCodecTest, ThrottledKmsPausesTheBatchWithNothingWrittenAndResumes) 
 TEST_F(AwsKmsCodecTest, CreateRefusesUnfitDefinitionsWithOneLine) {
   Seed();
   server_->Control({{"key_state", {{"key", "alias/other"}, {"state", "Disabled"}}}});
-  struct Case {
-    std::vector<std::string> change;  // flag, value pairs replacing or added to CreateArgs()'s
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<CreateRefusal> cases = {
       {{"--kms-key", "alias/other"}, 4, "is Disabled"},
       {{"--kms-key", "alias/absent"}, 4, "alias/absent"},
       {{"--kms-key", "alias/app-old"}, 2, "are the same key"},
@@ -419,24 +435,8 @@ TEST_F(AwsKmsCodecTest, CreateRefusesUnfitDefinitionsWithOneLine) {
       {{"--encoding", "hex"}, 2, "bytea or base64 text"},
       {{"--map", "1:2"}, 2, "--map does not apply"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = CreateArgs();
-    for (size_t i = 0; i < c.change.size(); i += 2) {
-      auto it = std::find(args.begin(), args.end(), c.change[i]);
-      if (it == args.end()) {
-        args.push_back(c.change[i]);
-        args.push_back(c.change[i + 1]);
-      } else {
-        *(it + 1) = c.change[i + 1];
-      }
-    }
-    ProcessResult r = Rekey(args);
-    EXPECT_EQ(r.exit_code, c.exit_code) << c.message << ": " << r.err;
-    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
-    const size_t at = r.err.find("rekey: error: ");
-    ASSERT_NE(at, std::string::npos) << r.err;
-    EXPECT_EQ(r.err.find('\n', at), r.err.size() - 1) << "one line: " << r.err;
-  }
+  ExpectCreateRefusals(CreateArgs(), cases,
+                       [&](const std::vector<std::string>& args) { return Rekey(args); });
   // The KMS flags mean nothing to another codec.
   ProcessResult other = Rekey({"job", "create", "--table", "public.secrets", "--column", "payload",
                                "--map", "1:2", "--kms-key", "alias/app-new"});

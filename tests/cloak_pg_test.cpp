@@ -63,20 +63,10 @@ class CloakTest : public PgTest {
     nlohmann::json items = nlohmann::json::object();
     for (int id = 1; id <= rows; ++id) items[std::to_string(id)] = PlaintextFor(id);
     const nlohmann::json made = App("encrypt", {{"key", key1_}, {"items", items}});
-    std::vector<std::string> ids, values;
-    for (const auto& [id, value] : made.items()) {
-      ids.push_back(id);
-      values.push_back(value.get<std::string>());
-    }
-    for (size_t i = 0; i < bad.size(); ++i) {
-      ids.push_back(std::to_string(900001 + i));
-      values.push_back(bad[i]);
-    }
     pqxx::work txn(conn());
-    txn.exec0(
-        "CREATE TABLE public.users (id bigint PRIMARY KEY, email text, visits int DEFAULT 0)");
-    txn.exec_params("INSERT INTO public.users SELECT * FROM unnest($1::bigint[], $2::text[])",
-                    db::TextArrayLiteral(ids), db::TextArrayLiteral(values));
+    SeedLibraryValues(
+        txn, "CREATE TABLE public.users (id bigint PRIMARY KEY, email text, visits int DEFAULT 0)",
+        "INSERT INTO public.users (id, email)", made, bad);
     txn.commit();
   }
 

@@ -144,23 +144,11 @@ TEST_F(LockboxTest, ValuesRotateWhileTheApplicationWritesAndReadWithTheNewMaster
   const std::vector<std::string> bad = {tampered, good.substr(0, 20), "%%%%",
                                         other_attribute["1"].get<std::string>(), tink_value};
   {
-    std::vector<std::string> ids, values;
-    for (const auto& [id, value] : sealed.items()) {
-      ids.push_back(id);
-      values.push_back(value.get<std::string>());
-    }
-    for (size_t i = 0; i < bad.size(); ++i) {
-      ids.push_back(std::to_string(900001 + i));
-      values.push_back(bad[i]);
-    }
     pqxx::work txn(conn());
-    txn.exec0(
-        "CREATE TABLE public.users (id bigint PRIMARY KEY, email_ciphertext text, "
-        "visits integer NOT NULL DEFAULT 0)");
-    txn.exec_params(
-        "INSERT INTO public.users (id, email_ciphertext) "
-        "SELECT * FROM unnest($1::bigint[], $2::text[])",
-        db::TextArrayLiteral(ids), db::TextArrayLiteral(values));
+    SeedLibraryValues(txn,
+                      "CREATE TABLE public.users (id bigint PRIMARY KEY, email_ciphertext text, "
+                      "visits integer NOT NULL DEFAULT 0)",
+                      "INSERT INTO public.users (id, email_ciphertext)", sealed, bad);
     // Lockbox stores "" as it is (no ciphertext) and nil as NULL: nothing to move, nothing wrong.
     txn.exec0(
         "INSERT INTO public.users (id, email_ciphertext) VALUES (999998, ''), (999999, NULL)");

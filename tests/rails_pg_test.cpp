@@ -133,19 +133,9 @@ class RailsTest : public PgTest {
             foreign["4"].get<std::string>(),  // no reference: no key of the job opens it
             foreign["5"].get<std::string>(),  // a reference none of the job's keys has
             "gAAAAABlrY1e8Wm3e2BvJ5Qj"};
-    std::vector<std::string> ids, texts;
-    for (const auto& [id, text] : messages.items()) {
-      ids.push_back(id);
-      texts.push_back(text.get<std::string>());
-    }
-    for (size_t i = 0; i < bad_.size(); ++i) {
-      ids.push_back(std::to_string(900001 + i));
-      texts.push_back(bad_[i]);
-    }
     pqxx::work txn(conn());
-    txn.exec0("CREATE TABLE public.people (id bigint PRIMARY KEY, email text)");
-    txn.exec_params("INSERT INTO public.people SELECT * FROM unnest($1::bigint[], $2::text[])",
-                    db::TextArrayLiteral(ids), db::TextArrayLiteral(texts));
+    SeedLibraryValues(txn, "CREATE TABLE public.people (id bigint PRIMARY KEY, email text)",
+                      "INSERT INTO public.people (id, email)", messages, bad_);
     txn.exec0("INSERT INTO public.people VALUES (999999, NULL)");
     txn.commit();
     return messages;

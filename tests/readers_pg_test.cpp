@@ -276,12 +276,16 @@ TEST_F(ReadersTest, PromotionWaitsUntilEveryLiveReaderHasTheNewKey) {
   ExpectAllUnder(2);
 }
 
+// Before the promotion a rollback changes no primary: its batches wait for the readers.
 TEST_F(ReadersTest, ARollbackWaitsWhileAReaderLacksTheOldKey) {
   Heartbeat("web-1", "{1,2}");
-  const int64_t job = CreateJob(", p_observe => '0s'");
+  const int64_t job = CreateJob(", p_stages => '{50,100}', p_promote_at_stage => 2");
   const std::string j = std::to_string(job);
   Work(job);
-  ASSERT_EQ(JobField(job, "state"), "completed");
+  ASSERT_EQ(JobField(job, "current_stage || ':' || state || ':' || keys_promoted"),
+            "1:awaiting_approval:false");
+  const int64_t moved = UnderKey(2);
+  EXPECT_GT(moved, 0);
 
   // web-1 was redeployed with only the new key.
   Heartbeat("web-1", "{2}");
@@ -292,7 +296,7 @@ TEST_F(ReadersTest, ARollbackWaitsWhileAReaderLacksTheOldKey) {
       AwaitScalar("SELECT readers_waiting_for FROM rekey.progress WHERE job_id = " + j, "rollback"),
       "rollback");
   LetWorkersTry();
-  EXPECT_EQ(UnderKey(1), 0) << "nothing is written back under key 1 while web-1 lacks it";
+  EXPECT_EQ(UnderKey(2), moved) << "nothing is written back under key 1 while web-1 lacks it";
   EXPECT_EQ(Claimed(job, "rollback"), 0);
   EXPECT_EQ(Scalar("SELECT lagging_readers->0->>'key_id' FROM rekey.progress WHERE job_id = " + j),
             "1");
@@ -304,6 +308,42 @@ TEST_F(ReadersTest, ARollbackWaitsWhileAReaderLacksTheOldKey) {
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE job_id = " + j +
                   " AND action = 'job.readers_checked' AND details->>'for' = 'rollback'"),
             1);
+}
+
+// After the promotion a rollback makes the old key primary again at once, and applications write
+// under it: refused while a live reader lacks it, naming the reader; nothing changes.
+TEST_F(ReadersTest, ARollbackThatWouldMakeAKeyPrimaryAgainIsRefusedWhileALiveReaderLacksIt) {
+  Heartbeat("web-1", "{1,2}");
+  Exec("UPDATE rekey.keys SET status = 'primary' WHERE key_id = 1");
+  const int64_t job = CreateJob(", p_observe => '0s'");
+  const std::string j = std::to_string(job);
+  Work(job);
+  ASSERT_EQ(JobField(job, "state || ':' || keys_promoted"), "completed:true");
+  const std::string keyring =
+      "SELECT string_agg(key_id || ':' || status, ',' ORDER BY key_id) FROM rekey.keys";
+  ASSERT_EQ(Scalar(keyring), "1:decrypt_only,2:primary");
+  const int64_t audit_before = Count("SELECT count(*) FROM rekey.audit");
+
+  Heartbeat("web-1", "{2}");
+  ProcessResult r = Rekey({"job", "rollback", j});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("job " + j +
+                               " cannot be rolled back now: it would make key 1 primary again "
+                               "in scope default, which live reader web-1"));
+  EXPECT_THAT(r.err, HasSubstr("roll back once every live reader lists key 1"));
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(Scalar(keyring), "1:decrypt_only,2:primary");
+  EXPECT_EQ(JobField(job, "state || ':' || keys_promoted"), "completed:true");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit"), audit_before);
+
+  // A stale reader does not hold it: web-1 last seen longer ago than the reader window.
+  Exec("UPDATE rekey.readers SET last_seen = now() - interval '1 day' WHERE reader = 'web-1'");
+  r = Rekey({"job", "rollback", j});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar(keyring), "1:primary,2:decrypt_only");
+  Work(job);
+  EXPECT_EQ(JobField(job, "state"), "rolled_back");
+  ExpectAllUnder(1);
 }
 
 TEST_F(ReadersTest, BadHeartbeatsAreRefusedAndWriteNothing) {

@@ -249,6 +249,53 @@ TEST_F(RotationGroupTest, ALaggingReaderHoldsTheWholeRotationUntilItReportsTheNe
   EXPECT_THAT(PeopleNotUnder(2), ::testing::IsEmpty());
 }
 
+// One job of a rotation cancelled alone would hold the others' promotion forever (every job
+// must reach its promotion stage): refused, naming the rotation; the rotation is cancelled as one.
+TEST_F(RotationGroupTest, OneJobOfARotationIsNotCancelledAloneTheRotationIsCancelledAsOne) {
+  ThreeTablesFourColumns();
+  ProcessResult r = Rekey({"rotate", "--scope", "pay", "--to", "2", "--stages", "50,100",
+                           "--observe", "0s", "--batch-size", "64", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string rotation = std::to_string(json::parse(r.out)["rotation_id"].get<int64_t>());
+  const std::string first =
+      Scalar("SELECT min(job_id) FROM rekey.jobs WHERE rotation_id = " + rotation);
+  const std::string states =
+      "SELECT string_agg(DISTINCT state, ',') FROM rekey.jobs WHERE rotation_id = " + rotation;
+  const std::string before = Scalar(states);
+  const int64_t audit_before = Count("SELECT count(*) FROM rekey.audit");
+
+  ProcessResult cancel = Rekey({"job", "cancel", first});
+  EXPECT_NE(cancel.exit_code, 0);
+  EXPECT_THAT(cancel.err, HasSubstr("job " + first + " is part of rotation " + rotation +
+                                    ": cancel the whole rotation (SELECT rekey.cancel_rotation(" +
+                                    rotation + "))"));
+  EXPECT_EQ(std::count(cancel.err.begin(), cancel.err.end(), '\n'), 1) << cancel.err;
+  EXPECT_EQ(Scalar(states), before);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit"), audit_before);
+
+  {
+    pqxx::work txn(conn());
+    EXPECT_EQ(
+        txn.exec1("SELECT rekey.cancel_rotation(" + rotation + ", 'test')")[0].as<std::string>(),
+        "rotation " + rotation + ": cancelled 4 job(s)");
+    txn.commit();
+  }
+  EXPECT_EQ(Scalar(states), "cancelled");
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.rotations WHERE rotation_id = " + rotation),
+            "cancelled");
+  EXPECT_EQ(KeyStatus(1), "primary");
+  EXPECT_EQ(KeyStatus(2), "enabled");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.audit WHERE action = 'rotation.cancel'"), 1);
+  EXPECT_THROW(Exec("SELECT rekey.cancel_rotation(" + rotation + ")"), pqxx::sql_error);
+  // A job of no rotation is cancelled as before.
+  const int64_t alone = CreateJobSql(
+      conn(), "'public.cards_a', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id'");
+  pqxx::work txn(conn());
+  EXPECT_THAT(
+      txn.exec1("SELECT rekey.cancel_job(" + std::to_string(alone) + ")")[0].as<std::string>(),
+      HasSubstr("-> cancelled"));
+}
+
 TEST_F(RotationGroupTest, BadInputIsRefusedWithOneLineAndNothingWritten) {
   ThreeTablesFourColumns();
   ScopeKeys("other", {5});

@@ -6,6 +6,8 @@
 
 #include <pqxx/pqxx>
 
+#include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -187,6 +189,60 @@ inline std::map<int64_t, std::pair<uint32_t, std::string>> DecryptAll(pqxx::conn
     out[row[0].as<int64_t>()] = {kid, pt};
   }
   return out;
+}
+
+// The seed of the application-library tests (cloak, Lockbox, Rails): in `txn`, runs `create`
+// (a CREATE TABLE) and inserts through `insert` ("INSERT INTO t (id, col)", two columns: a bigint
+// id and a text value) the library's values `made` (a JSON object id -> string), then `bad` at ids
+// 900001, 900002, ...
+inline void SeedLibraryValues(pqxx::transaction_base& txn, const std::string& create,
+                              const std::string& insert, const nlohmann::json& made,
+                              const std::vector<std::string>& bad) {
+  std::vector<std::string> ids, values;
+  for (const auto& [id, value] : made.items()) {
+    ids.push_back(id);
+    values.push_back(value.get<std::string>());
+  }
+  for (size_t i = 0; i < bad.size(); ++i) {
+    ids.push_back(std::to_string(900001 + i));
+    values.push_back(bad[i]);
+  }
+  txn.exec0(create);
+  txn.exec_params(insert + " SELECT * FROM unnest($1::bigint[], $2::text[])",
+                  db::TextArrayLiteral(ids), db::TextArrayLiteral(values));
+}
+
+// A refusal of `rekey job create`: the flag, value pairs that replace (or are added to) a valid
+// command's, and what the refusal must be.
+struct CreateRefusal {
+  std::vector<std::string> change;
+  int exit_code;
+  const char* message;
+};
+
+// Runs `rekey` on `valid` changed by each case and expects the case's exit code and message, as
+// the last line of stderr and one line ("rekey: error: ..."; info logs may come before it).
+inline void ExpectCreateRefusals(
+    const std::vector<std::string>& valid, const std::vector<CreateRefusal>& cases,
+    const std::function<ProcessResult(const std::vector<std::string>&)>& rekey) {
+  for (const CreateRefusal& c : cases) {
+    std::vector<std::string> args = valid;
+    for (size_t i = 0; i + 1 < c.change.size(); i += 2) {
+      auto it = std::find(args.begin(), args.end(), c.change[i]);
+      if (it == args.end()) {
+        args.push_back(c.change[i]);
+        args.push_back(c.change[i + 1]);
+      } else {
+        *(it + 1) = c.change[i + 1];
+      }
+    }
+    ProcessResult r = rekey(args);
+    EXPECT_EQ(r.exit_code, c.exit_code) << c.message << ": " << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    const size_t at = r.err.find("rekey: error: ");
+    ASSERT_NE(at, std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find('\n', at), r.err.size() - 1) << "one line: " << r.err;
+  }
 }
 
 }  // namespace rekey::testing

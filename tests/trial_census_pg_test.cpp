@@ -100,6 +100,16 @@ TEST_F(TrialCensusTest, AFernetColumnAllUnderOtherKeysNoLongerBlocksRetire) {
   EXPECT_EQ(under2["status"], "in_use");
   EXPECT_EQ(under2["values"], 150);
   EXPECT_EQ(under2["formats"], nlohmann::json::array({"fernet"}));
+  // A retire from psql is still refused (SQL cannot count the tokens), and says what to run.
+  try {
+    Exec("UPDATE rekey.keys SET status = 'retired' WHERE key_id = 1");
+    ADD_FAILURE() << "SQL retired a key it cannot count Fernet tokens under";
+  } catch (const pqxx::sql_error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("key 1 cannot be retired from SQL: public.cards.secret "
+                                    "hold(s) Fernet tokens, which SQL cannot count by key; run "
+                                    "rekey keys retire 1 instead"));
+  }
+  EXPECT_EQ(Scalar("SELECT status FROM rekey.keys WHERE key_id = 1"), "decrypt_only");
   ProcessResult retired = Rekey({"keys", "retire", "1"});
   ASSERT_EQ(retired.exit_code, 0) << retired.err;
   EXPECT_EQ(Scalar("SELECT status FROM rekey.keys WHERE key_id = 1"), "retired");

@@ -18,6 +18,7 @@
 #include "harness/process.h"
 #include "kms/http_transport.h"
 #include "kms/vault_transit.h"
+#include "rotation_support.h"
 
 namespace rekey::testing {
 namespace {
@@ -308,12 +309,7 @@ TEST_F(VaultCodecTest, VaultOutageMidBatchWritesNothingAndQuarantinesNothing) {
 
 TEST_F(VaultCodecTest, CreateRefusesUnfitTransitKeysWithOneLine) {
   SeedTable();
-  struct Case {
-    std::vector<std::string> change;  // flag, value pairs replacing CreateArgs()'s
-    int exit_code;
-    const char* message;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<CreateRefusal> cases = {
       {{"--transit-key", "transit/keys/absent"}, 4, "transit/keys/absent does not exist"},
       {{"--transit-key", "transit/keys/plainapp"}, 4, "is not derived"},
       {{"--ad-template", ""}, 4, "is derived"},
@@ -321,25 +317,8 @@ TEST_F(VaultCodecTest, CreateRefusesUnfitTransitKeysWithOneLine) {
       {{"--to-version", "5"}, 2, "beyond Transit key transit/keys/app's latest version 1"},
       {{"--map", "1:2"}, 2, "--map does not apply"},
   };
-  for (const Case& c : cases) {
-    std::vector<std::string> args = CreateArgs();
-    for (size_t i = 0; i < c.change.size(); i += 2) {
-      auto it = std::find(args.begin(), args.end(), c.change[i]);
-      if (it == args.end()) {
-        args.push_back(c.change[i]);
-        args.push_back(c.change[i + 1]);
-      } else {
-        *(it + 1) = c.change[i + 1];
-      }
-    }
-    ProcessResult r = Rekey(args);
-    EXPECT_EQ(r.exit_code, c.exit_code) << c.message << ": " << r.err;
-    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
-    // The error is the last line of stderr, and one line (info logs may come before it).
-    const size_t at = r.err.find("rekey: error: ");
-    ASSERT_NE(at, std::string::npos) << r.err;
-    EXPECT_EQ(r.err.find('\n', at), r.err.size() - 1) << "one line: " << r.err;
-  }
+  ExpectCreateRefusals(CreateArgs(), cases,
+                       [&](const std::vector<std::string>& args) { return Rekey(args); });
   EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.jobs"), "0");
   EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.targets"), "0");
 }

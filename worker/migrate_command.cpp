@@ -41,6 +41,11 @@ void PrintStatus(pqxx::connection& conn) {
     } else if (!s.in_binary) {
       std::printf("%-40s applied %s by %s, UNKNOWN to this binary\n", file.c_str(),
                   s.applied_at->c_str(), s.applied_by->c_str());
+    } else if (s.replaced) {
+      std::printf(
+          "%-40s this binary's text was replaced %s by %s: OLDER, refused by rekey migrate "
+          "(run the newest rekey binary)\n",
+          file.c_str(), s.applied_at->c_str(), s.applied_by->c_str());
     } else if (!s.current) {
       ++stale;
       std::printf("%-40s applied %s by %s, CHANGED since (applied again by rekey migrate)\n",

@@ -592,8 +592,11 @@ DECLARE
   accepted text[];
   accepted_found jsonb := '[]';
   lines text[] := '{}';
+  trial text[] := '{}';
+  trial_codecs text[] := '{}';
   r record;
   ref text;
+  codec text;
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rekey_worker')
      AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper) THEN
@@ -642,10 +645,27 @@ BEGIN
                                CASE WHEN r.unknown IS NOT NULL THEN '; and maybe more: ' || r.unknown ELSE '' END);
     ELSIF r.status = 'unknown' THEN
       lines := lines || format('%s: unknown: %s', ref, r.unknown);
+      -- A column only trial decryption with the keys can count: the CLI can, SQL cannot.
+      SELECT t.codec INTO codec FROM rekey.targets t WHERE t.target_id = r.target_id;
+      IF rekey.codec_keyed_by_decryption_only(codec) AND r.unknown LIKE '%which name no key SQL can read%' THEN
+        trial := trial || ref;
+        trial_codecs := trial_codecs || rekey.codec_values_noun(codec);
+      END IF;
     ELSE
       lines := lines || format('%s: unresolved: %s', ref, r.unknown);
     END IF;
   END LOOP;
+  IF cardinality(lines) > 0 AND cardinality(trial) = cardinality(lines) THEN
+    RAISE EXCEPTION 'key % cannot be % from SQL: % hold(s) %, which SQL cannot count by key; run rekey keys % % instead: it counts them by trial decryption with the keys and refuses if any is under key %',
+      p_key, verb, array_to_string(trial, ', '),
+      (SELECT string_agg(DISTINCT c, ' and ') FROM unnest(trial_codecs) c),
+      CASE verb WHEN 'destroyed' THEN 'destroy' ELSE 'retire' END, p_key, p_key
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  ELSIF cardinality(trial) > 0 THEN
+    lines := lines || format('%s: SQL cannot count these by key; once the other columns are clear, run rekey keys %s %s: it counts them by trial decryption',
+                             array_to_string(trial, ', '),
+                             CASE verb WHEN 'destroyed' THEN 'destroy' ELSE 'retire' END, p_key);
+  END IF;
   IF cardinality(lines) > 0 THEN
     RAISE EXCEPTION E'key % cannot be %: % column(s) hold values under it or could not be read; rotate the values to another key first (rekey keys usage % lists them), or accept a column that cannot be read with --accept-unknown SCHEMA.TABLE.COLUMN\n%',
       p_key, verb, cardinality(lines), p_key, array_to_string(lines, E'\n')

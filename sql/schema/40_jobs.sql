@@ -916,6 +916,43 @@ BEGIN
   RETURN job;
 END $$;
 
+-- The end of defining a job whose values are re-encrypted inside a KMS (rekey.create_transit_job,
+-- rekey.create_aws_kms_job), once its rekey.jobs row `p_job` is inserted: registers its columns
+-- `p_columns` as targets of codec `p_codec` (with the per-row context template `p_ad_template`,
+-- and the stored form `p_encoding` unless NULL), refuses a column of another unfinished job,
+-- plans its rollout stages, audits job.created (the job row's settings, with `p_details` naming
+-- its KMS keys) and opens its first stage.
+CREATE OR REPLACE FUNCTION rekey.finish_kms_job(p_job bigint, p_columns text[], p_codec text,
+                                                p_ad_template text, p_encoding text, p_details jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  j rekey.jobs;
+  tid bigint;
+  batches integer;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  FOR i IN 1 .. cardinality(p_columns) LOOP
+    tid := rekey.job_target(j.schema_name, j.table_name, j.pk_column, p_columns[i], p_codec, NULL,
+                            p_ad_template, j.scope_column, j.scope_value);
+    IF p_encoding IS NOT NULL THEN
+      PERFORM rekey.set_target_value_form(tid, p_job, p_encoding, NULL);
+    END IF;
+    INSERT INTO rekey.job_columns VALUES (p_job, i, tid);
+  END LOOP;
+  PERFORM rekey.refuse_column_collision(p_job);
+
+  PERFORM rekey.add_rollout_stages(p_job, j.stage_plan);
+  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = p_job;
+  PERFORM rekey.audit_event('job.created', p_job, jsonb_build_object(
+    'table', format('%I.%I', j.schema_name, j.table_name), 'columns', to_jsonb(p_columns),
+    'codec', p_codec,
+    'batches', batches, 'batch_size', j.batch_size, 'stages', to_jsonb(j.stage_plan),
+    'error_threshold', j.error_threshold, 'observe', j.observe::text,
+    'scope', CASE WHEN j.scope_column IS NULL THEN NULL
+                  ELSE jsonb_build_object(j.scope_column, j.scope_value) END) || p_details);
+  PERFORM rekey.open_stage(p_job, 1);
+END $$;
+
 -- Defines, plans and audits a job that rewraps Transit ciphertexts in p_columns (text or
 -- varchar) to the latest version of p_transit_key, for every value below version p_min_version.
 -- The caller (`rekey job create --codec vault-transit`) has checked the key in Vault and chosen
@@ -948,9 +985,6 @@ DECLARE
   scope_type text;
   v_scope_value text;
   job bigint;
-  tid bigint;
-  batches integer;
-  i integer;
   key record;
 BEGIN
   t := rekey.job_table(p_table);
@@ -984,23 +1018,8 @@ BEGIN
           true, p_transit_key, p_min_version)
   RETURNING job_id INTO job;
 
-  FOR i IN 1 .. cardinality(p_columns) LOOP
-    tid := rekey.job_target(t.schema_name, t.table_name, pk_col, p_columns[i], 'vault-transit', NULL,
-                            p_ad_template, p_scope_column, v_scope_value);
-    INSERT INTO rekey.job_columns VALUES (job, i, tid);
-  END LOOP;
-  PERFORM rekey.refuse_column_collision(job);
-
-  PERFORM rekey.add_rollout_stages(job, p_stages);
-  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
-  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
-    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
-    'codec', 'vault-transit', 'transit_key', p_transit_key, 'min_version', p_min_version,
-    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
-    'error_threshold', p_error_threshold, 'observe', p_observe::text,
-    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
-                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
-  PERFORM rekey.open_stage(job, 1);
+  PERFORM rekey.finish_kms_job(job, p_columns, 'vault-transit', p_ad_template, NULL,
+                               jsonb_build_object('transit_key', p_transit_key, 'min_version', p_min_version));
   RETURN job;
 END $$;
 
@@ -1070,8 +1089,16 @@ BEGIN
   RETURN msg;
 END $$;
 
+-- A job of a rotation is cancelled only with its whole rotation (rekey.cancel_rotation): one
+-- part given up alone would hold the others' promotion forever, or leave the scope's values
+-- split between keys (rekey.refuse_partial_rotation_cancel). plpgsql: that check is defined
+-- in 55_rotations.sql, after this file.
 CREATE OR REPLACE FUNCTION rekey.cancel_job(p_job bigint, p_reason text DEFAULT NULL) RETURNS text
-LANGUAGE sql AS $$ SELECT rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason) $$;
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM rekey.refuse_partial_rotation_cancel(p_job);
+  RETURN rekey.set_job_state(p_job, 'cancelled', ARRAY['active', 'verifying', 'awaiting_approval', 'paused', 'failed'], 'cancelled', p_reason);
+END $$;
 
 -- Puts failed batches back in the queue with fresh attempts, and reopens the job.
 CREATE OR REPLACE FUNCTION rekey.retry_failed(p_job bigint) RETURNS text LANGUAGE plpgsql AS $$

@@ -1,6 +1,6 @@
 -- Defining aws-kms jobs: columns of AWS KMS ciphertext blobs rotated inside KMS by ReEncrypt
 -- (docs/kms.md, "Columns of AWS KMS ciphertext blobs"; docs/FORMAT.md, "aws-kms"). Uses the
--- checks of 40_jobs.sql that rekey.create_transit_job uses.
+-- checks of 40_jobs.sql that rekey.create_transit_job uses, and its end (rekey.finish_kms_job).
 
 -- Defines, plans and audits a job that re-encrypts the AWS KMS ciphertext blobs of p_columns
 -- from KMS key p_source_key to KMS key p_destination_key (both key ARNs: the caller, `rekey job
@@ -39,8 +39,6 @@ DECLARE
   v_scope_value text;
   v_encoding text;
   job bigint;
-  tid bigint;
-  batches integer;
 BEGIN
   t := rekey.job_table(p_table);
   key := rekey.job_key(t.schema_name, t.table_name, rekey.requested_key_columns());
@@ -83,24 +81,8 @@ BEGIN
           p_gate_sample_size, true, p_source_key, p_destination_key, p_context)
   RETURNING job_id INTO job;
 
-  FOR i IN 1 .. cardinality(p_columns) LOOP
-    tid := rekey.job_target(t.schema_name, t.table_name, t.pk_column, p_columns[i], 'aws-kms', NULL,
-                            NULL, p_scope_column, v_scope_value);
-    PERFORM rekey.set_target_value_form(tid, job, v_encoding, NULL);
-    INSERT INTO rekey.job_columns VALUES (job, i, tid);
-  END LOOP;
-  PERFORM rekey.refuse_column_collision(job);
-
-  PERFORM rekey.add_rollout_stages(job, p_stages);
-  SELECT count(*) INTO batches FROM rekey.batches WHERE job_id = job;
-  PERFORM rekey.audit_event('job.created', job, jsonb_build_object(
-    'table', format('%I.%I', t.schema_name, t.table_name), 'columns', to_jsonb(p_columns),
-    'codec', 'aws-kms', 'source_kms_key', p_source_key, 'kms_key', p_destination_key,
-    'encryption_context', p_context, 'encoding', v_encoding,
-    'batches', batches, 'batch_size', p_batch_size, 'stages', to_jsonb(p_stages),
-    'error_threshold', p_error_threshold, 'observe', p_observe::text,
-    'scope', CASE WHEN p_scope_column IS NULL THEN NULL
-                  ELSE jsonb_build_object(p_scope_column, v_scope_value) END));
-  PERFORM rekey.open_stage(job, 1);
+  PERFORM rekey.finish_kms_job(job, p_columns, 'aws-kms', NULL, v_encoding, jsonb_build_object(
+    'source_kms_key', p_source_key, 'kms_key', p_destination_key,
+    'encryption_context', p_context, 'encoding', v_encoding));
   RETURN job;
 END $$;

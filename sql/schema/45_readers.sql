@@ -224,6 +224,32 @@ BEGIN
   RETURN rekey.readers_ready(p_job, CASE WHEN j.started_at IS NULL THEN 'first_batch' ELSE 'batches' END);
 END $$;
 
+-- rekey.rollback_job's rule for readers: a rollback of a job whose target keys were promoted
+-- makes its source keys primary again, so applications write under them at once; a live reader
+-- of the scope lacking one could not decrypt what they write. Refused, naming the first such
+-- reader (object_not_in_prerequisite_state), until every live reader lists the source keys or is
+-- stale. A rollback before the promotion changes no primary: its batches wait for the readers
+-- like any other (rekey.readers_allow_claim, 'rollback').
+CREATE OR REPLACE FUNCTION rekey.refuse_rollback_for_readers(p_job bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  j rekey.jobs;
+  lagging jsonb;
+BEGIN
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  IF NOT j.keys_promoted THEN
+    RETURN;
+  END IF;
+  lagging := rekey.job_lagging_readers(p_job, true);
+  IF lagging <> '[]' THEN
+    RAISE EXCEPTION 'job % cannot be rolled back now: it would make key % primary again in scope %, which live reader % (last seen %) cannot decrypt; roll back once every live reader lists key % (rekey.reader_heartbeat) or is stale (reader window %)',
+      p_job, lagging->0->>'key_id', lagging->0->>'scope', lagging->0->>'reader',
+      lagging->0->>'last_seen', lagging->0->>'key_id', j.reader_window
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
 -- Sets job `p_job`'s reader window (rekey job create --reader-window): readers last seen longer
 -- ago than this never hold the job back. Audited.
 CREATE OR REPLACE FUNCTION rekey.set_reader_window(p_job bigint, p_window interval)

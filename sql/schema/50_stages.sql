@@ -606,8 +606,9 @@ $$;
 -- restored (source keys primary again, target keys decrypt_only). Possible at any stage and
 -- after completion, as long as no source key is destroyed.
 -- Serialized with job definitions (rekey.lock_job_definitions), refused while another unfinished
--- job shares a key with this one; records the rollback's first stage (jobs.rollback_stage) for
--- its sweeps.
+-- job shares a key with this one, and after the promotion while a live reader lacks a source key
+-- (rekey.refuse_rollback_for_readers); records the rollback's first stage (jobs.rollback_stage)
+-- for its sweeps.
 CREATE OR REPLACE FUNCTION rekey.rollback_job(p_job bigint, p_to_percent numeric DEFAULT 0,
                                               p_reason text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql AS $$
@@ -628,6 +629,7 @@ BEGIN
       USING ERRCODE = 'invalid_parameter_value';
   END IF;
   PERFORM rekey.refuse_partial_rotation_rollback(p_job);
+  PERFORM rekey.refuse_rollback_for_readers(p_job);
   IF EXISTS (SELECT 1 FROM rekey.keys k JOIN rekey.job_keys jk ON jk.source_key_id = k.key_id
               WHERE jk.job_id = p_job AND k.status = 'destroyed') THEN
     RAISE EXCEPTION 'a source key of job % is destroyed: its values cannot be restored', p_job

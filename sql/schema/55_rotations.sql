@@ -299,6 +299,26 @@ BEGIN
   RETURN format('job %s: %s', p_job, reason);
 END $$;
 
+-- The start of a verb on a whole rotation (rekey.rollback_rotation, rekey.cancel_rotation):
+-- serializes with job definitions, locks and returns rotation p_rotation; refuses an unknown
+-- rotation (no_data_found) and one in a state of p_done, where there is nothing to p_verb.
+CREATE OR REPLACE FUNCTION rekey.lock_rotation(p_rotation bigint, p_verb text, p_done text[])
+RETURNS rekey.rotations LANGUAGE plpgsql AS $$
+DECLARE
+  r rekey.rotations;
+BEGIN
+  PERFORM rekey.lock_job_definitions();
+  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
+  IF r.rotation_id IS NULL THEN
+    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
+      USING ERRCODE = 'no_data_found';
+  ELSIF r.state = ANY (p_done) THEN
+    RAISE EXCEPTION 'rotation % is %: nothing to %', p_rotation, r.state, p_verb
+      USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+  RETURN r;
+END $$;
+
 -- Rolls back every job of rotation p_rotation as one (rekey.rollback_job to 0% each, refused for
 -- a job of a rotation otherwise): the rotation's old primary is primary again, the new key
 -- decrypt_only, and the workers move every value back. Refused (nothing written) for an unknown
@@ -310,15 +330,7 @@ DECLARE
   job bigint;
   n integer := 0;
 BEGIN
-  PERFORM rekey.lock_job_definitions();
-  SELECT * INTO r FROM rekey.rotations WHERE rotation_id = p_rotation FOR UPDATE;
-  IF r.rotation_id IS NULL THEN
-    RAISE EXCEPTION 'unknown rotation %; rekey rotation status lists them', p_rotation
-      USING ERRCODE = 'no_data_found';
-  ELSIF r.state IN ('rolling_back', 'rolled_back', 'cancelled') THEN
-    RAISE EXCEPTION 'rotation % is %: nothing to roll back', p_rotation, r.state
-      USING ERRCODE = 'object_not_in_prerequisite_state';
-  END IF;
+  r := rekey.lock_rotation(p_rotation, 'roll back', '{rolling_back,rolled_back,cancelled}');
   -- The old primary first, so that each job's keyring restore (which makes the first of its
   -- source keys primary in a scope left without one) finds the scope with its primary. A key
   -- retired since the rotation completed is readable again first, as rekey.rollback_job does.
@@ -356,6 +368,55 @@ BEGIN
     RAISE EXCEPTION 'job % is part of rotation %: roll back the whole rotation (rekey rotation rollback %)',
       p_job, rid, rid USING ERRCODE = 'object_not_in_prerequisite_state';
   END IF;
+END $$;
+
+-- rekey.cancel_job's rule for a job of a rotation: only rekey.cancel_rotation cancels it. One
+-- job given up alone would keep the rotation from ever promoting (every job must reach its
+-- promotion stage), or, after the promotion, leave the rotation unfinished for good.
+CREATE OR REPLACE FUNCTION rekey.refuse_partial_rotation_cancel(p_job bigint) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  rid bigint;
+  st text;
+BEGIN
+  SELECT rotation_id, state INTO rid, st FROM rekey.jobs WHERE job_id = p_job;
+  IF rid IS NOT NULL AND rekey.job_unfinished(st)
+     AND rid::text IS DISTINCT FROM current_setting('rekey.cancelling_rotation', true) THEN
+    RAISE EXCEPTION 'job % is part of rotation %: cancel the whole rotation (SELECT rekey.cancel_rotation(%)) or roll it back (rekey rotation rollback %)',
+      p_job, rid, rid, rid USING ERRCODE = 'object_not_in_prerequisite_state';
+  END IF;
+END $$;
+
+-- Cancels every unfinished job of rotation p_rotation as one (rekey.cancel_job each, refused for
+-- a job of a rotation otherwise) and marks the rotation cancelled. Rows already rotated stay
+-- rotated; nothing about the keyring changes: before the promotion the old primary stays
+-- primary, after it the new key stays primary in the whole scope at once (never in part of it),
+-- and the old keys stay readable (a retire still needs the census to find none of their values).
+-- Refused (nothing written) for an unknown rotation or one already finished.
+CREATE OR REPLACE FUNCTION rekey.cancel_rotation(p_rotation bigint, p_reason text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  r rekey.rotations;
+  job bigint;
+  n integer := 0;
+BEGIN
+  r := rekey.lock_rotation(p_rotation, 'cancel', '{completed,rolled_back,cancelled}');
+  PERFORM set_config('rekey.cancelling_rotation', p_rotation::text, true);
+  FOR job IN SELECT j.job_id FROM rekey.jobs j
+              WHERE j.rotation_id = p_rotation AND rekey.job_unfinished(j.state)
+              ORDER BY j.job_id LOOP
+    PERFORM rekey.cancel_job(job, p_reason);
+    n := n + 1;
+  END LOOP;
+  PERFORM set_config('rekey.cancelling_rotation', '', true);
+  -- Jobs that completed before keep the state machine (rekey.rotation_follow_jobs) short of
+  -- 'cancelled'; the rotation is finished all the same.
+  UPDATE rekey.rotations SET state = 'cancelled', finished_at = now(), updated_at = now()
+   WHERE rotation_id = p_rotation AND state NOT IN ('completed', 'rolled_back', 'cancelled');
+  PERFORM rekey.audit_event('rotation.cancel', NULL, jsonb_build_object(
+    'rotation', p_rotation, 'scope', r.scope, 'from_state', r.state, 'jobs', n, 'reason', p_reason,
+    'to_state', (SELECT x.state FROM rekey.rotations x WHERE x.rotation_id = p_rotation)));
+  RETURN format('rotation %s: cancelled %s job(s)', p_rotation, n);
 END $$;
 
 -- A rotation's state follows its jobs': completed when all completed, rolled_back when a

@@ -156,9 +156,16 @@ std::string Expand(const Planned& m, const std::vector<Definition>& defs) {
   return out;
 }
 
+// A text of a definition file applied here once and since replaced by another.
+struct ReplacedText {
+  std::string first_applied_at;
+  std::string replaced_by_applied_at;  // when the file's current text was applied
+};
+
 struct RecordedState {
   std::map<int, Recorded> migrations;
   std::map<std::string, Recorded> definitions;
+  std::map<std::pair<std::string, std::string>, ReplacedText> replaced;  // by (name, checksum)
 };
 
 Recorded ReadRecord(const pqxx::row& row) {
@@ -179,6 +186,13 @@ RecordedState ReadRecorded(pqxx::connection& conn) {
     if (tables["has_definitions"].as<bool>()) {
       for (const auto& row : tx.exec(Query("db/migrator.applied_definitions"))) {
         state.definitions[row["name"].as<std::string>()] = ReadRecord(row);
+      }
+    }
+    if (tables["has_definitions"].as<bool>() && tables["has_definition_texts"].as<bool>()) {
+      for (const auto& row : tx.exec(Query("db/migrator.replaced_definition_texts"))) {
+        state.replaced[{row["name"].as<std::string>(), row["checksum"].as<std::string>()}] = {
+            row["first_applied_at"].as<std::string>(),
+            row["replaced_by_applied_at"].as<std::string>()};
       }
     }
     return state;
@@ -240,6 +254,24 @@ void CheckNoDrift(const std::vector<Planned>& plan, const std::map<int, Recorded
                        " in this binary); restore the original file or add a new migration "
                        "instead of editing an applied one");
     }
+  }
+}
+
+// Refuses (StateError) if a definition file of this binary has a text the database applied once
+// and has since replaced: the binary is older than the schema (a rolling deploy's old pod), and
+// applying it would put back functions without the checks the newer text added. Runs before
+// anything is applied. A binary older than the schema by its migrations is refused by
+// CheckNoDrift; this catches the definition changes no migration accompanied.
+void CheckNoReplacedText(const std::vector<Definition>& defs, const RecordedState& recorded) {
+  for (const Definition& d : defs) {
+    auto it = recorded.replaced.find({d.name, d.checksum});
+    if (it == recorded.replaced.end()) continue;
+    throw StateError("definition file " + d.name + " of this rekey binary is an older text (" +
+                     Abbrev(d.checksum) + ", first applied " + it->second.first_applied_at +
+                     ") than the one the database has had since " +
+                     it->second.replaced_by_applied_at +
+                     ": this binary is older than the schema; run rekey migrate with the newest "
+                     "rekey binary (to revert a definition on purpose, change its text)");
   }
 }
 
@@ -305,6 +337,7 @@ MigrationReport Migrate(pqxx::connection& conn, const std::vector<EmbeddedFile>&
   });
   RecordedState recorded = ReadRecorded(conn);
   CheckNoDrift(plan, recorded.migrations);
+  CheckNoReplacedText(defs, recorded);
   MigrationReport report;
   std::vector<const Planned*> pending;
   for (const Planned& m : plan) {
@@ -380,12 +413,14 @@ std::vector<MigrationStatus> MigrationStatusList(pqxx::connection& conn,
 std::vector<DefinitionStatus> DefinitionStatusList(pqxx::connection& conn,
                                                    const std::vector<EmbeddedFile>& definitions) {
   std::vector<Definition> defs = PlanDefinitions(definitions);
-  std::map<std::string, Recorded> recorded = ReadRecorded(conn).definitions;
+  RecordedState state = ReadRecorded(conn);
+  const std::map<std::string, Recorded>& recorded = state.definitions;
   std::map<std::string, DefinitionStatus> merged;
   for (const Definition& d : defs) {
     DefinitionStatus& s = merged[d.name];
     s.name = d.name;
     s.in_binary = true;
+    s.replaced = state.replaced.count({d.name, d.checksum}) != 0;
     auto it = recorded.find(d.name);
     if (it != recorded.end()) {
       s.applied = true;

@@ -3,13 +3,18 @@
 // trigger, one current definition each), re-applied whenever their text changes -- Flyway's
 // versioned and repeatable migrations. sql/README.md says what goes where.
 //
-// Bookkeeping lives in rekey.schema_migrations(version, name, checksum, applied_at, applied_by)
-// and rekey.schema_definitions(name, checksum, applied_at, applied_by); checksum is the SHA-256
+// Bookkeeping lives in rekey.schema_migrations(version, name, checksum, applied_at, applied_by),
+// rekey.schema_definitions(name, checksum, applied_at, applied_by) and the history of every text
+// each definition file had, rekey.schema_definition_texts(name, checksum, first_applied_at,
+// first_applied_by); checksum is the SHA-256
 // (lower-case hex) of the file's exact bytes. A migration edited after it was applied is detected
 // ("drift") instead of silently diverging from the database; the one exception is a table in
 // migrator.cpp of earlier texts of migrations rewritten without changing what they leave behind
 // (their functions moved to sql/schema), accepted as equivalent. A definition file whose checksum
-// differs is simply applied again: its statements are re-runnable (CREATE OR REPLACE).
+// differs is simply applied again: its statements are re-runnable (CREATE OR REPLACE) -- unless
+// the database applied that very text before and has replaced it since, which only an older
+// binary can hold (a rolling deploy's old pod): that is refused, so an older binary never puts
+// back definitions without the checks a newer one added.
 //
 // Concurrency: Migrate takes the session advisory lock kMigrationLockKey for its whole run, so
 // concurrent runs -- several workers starting at once, or `rekey migrate` racing a deploy --
@@ -37,7 +42,7 @@ struct MigrationReport {
 };
 
 // Brings the database up to date with `files` (migrations) and `definitions`; the caller keeps
-// ownership of conn, which must not be inside a transaction. Creates schema rekey and both
+// ownership of conn, which must not be inside a transaction. Creates schema rekey and the
 // bookkeeping tables if missing. Each pending migration is applied in its own transaction
 // together with its schema_migrations row, in version order; a failure rolls back that file only
 // (earlier ones stay applied) and throws with the file name and the server message
@@ -56,7 +61,10 @@ struct MigrationReport {
 //                apply-definitions line naming no file of `definitions`;
 //   StateError   an applied migration whose checksum (or name) differs from `files` and is not a
 //                known equivalent earlier text (drift), or an applied version `files` does not
-//                contain (the binary is older than the schema).
+//                contain (the binary is older than the schema), or a definition file whose text
+//                was applied before and has been replaced since (the binary is older than the
+//                schema's definitions; the message names the file and says to run the newest
+//                binary).
 // Idempotent: a second run applies nothing. The advisory lock is released on every path.
 MigrationReport Migrate(pqxx::connection& conn,
                         const std::vector<EmbeddedFile>& files = EmbeddedMigrations(),
@@ -85,6 +93,8 @@ struct DefinitionStatus {
   bool in_binary = false;                 // `definitions` contains this file
   bool applied = false;                   // recorded in rekey.schema_definitions
   bool current = false;                   // applied with exactly the text of `definitions`
+  bool replaced = false;                  // the text of `definitions` was applied before and
+                                          // replaced since: Migrate refuses it
   std::optional<std::string> applied_at;  // as text, iff applied
   std::optional<std::string> applied_by;  // iff applied
 };

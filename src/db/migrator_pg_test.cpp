@@ -312,6 +312,64 @@ TEST_F(MigratorPgTest, DefinitionsApplyAfterMigrationsAndAgainOnlyWhenChanged) {
 
 // A migration that drops what a definition file defines (here a view over a column whose type it
 // changes, which PostgreSQL requires) gets it back although the file did not change.
+// A rolling deploy: the new binary (its 10_f.sql adds a check, no migration with it) migrated
+// first, then an old pod runs rekey migrate. Its 10_f.sql was applied before and replaced since:
+// it is refused, naming the file, and the newer function stays -- also when the old text comes
+// with a migration both binaries have pending, and in a database whose texts were recorded
+// before the history existed.
+TEST_F(MigratorPgTest, AnOlderBinarysDefinitionTextsAreRefused) {
+  const std::vector<EmbeddedFile> old_binary = {kFunctionV1, kView};
+  const std::vector<EmbeddedFile> new_binary = {kFunctionV2, kView};
+  Migrate(*conn_, kTable, old_binary);
+  Migrate(*conn_, kTable, new_binary);
+  auto expect_refused = [&](const std::vector<EmbeddedFile>& files) {
+    try {
+      Migrate(*conn_, files, old_binary);
+      FAIL() << "the older text was applied";
+    } catch (const StateError& e) {
+      std::string what = e.what();
+      EXPECT_NE(what.find("definition file 10_f.sql of this rekey binary is an older text"),
+                std::string::npos)
+          << what;
+      EXPECT_NE(what.find("run rekey migrate with the newest rekey binary"), std::string::npos)
+          << what;
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+    }
+    EXPECT_EQ(Query1("SELECT app.f()"), "2");
+    EXPECT_EQ(Query1("SELECT checksum FROM rekey.schema_definitions WHERE name = '10_f.sql'"),
+              Sha256Hex(kFunctionV2.content));
+  };
+  expect_refused(kTable);
+  auto status = DefinitionStatusList(*conn_, old_binary);
+  ASSERT_EQ(status.size(), 2u);
+  EXPECT_TRUE(status[0].replaced && !status[0].current) << status[0].name;
+  EXPECT_FALSE(status[1].replaced) << status[1].name;
+  EXPECT_EQ(
+      Query1("SELECT string_agg(name || ':' || checksum, ',' ORDER BY first_applied_at, name) "
+             "FROM rekey.schema_definition_texts WHERE name = '10_f.sql'"),
+      "10_f.sql:" + Sha256Hex(kFunctionV1.content) + ",10_f.sql:" + Sha256Hex(kFunctionV2.content));
+  // Nothing was applied: not even a migration the old binary has and the database lacks.
+  expect_refused({kTable[0], {"0002_more.sql", "CREATE TABLE app.u (n int);"}});
+  EXPECT_EQ(Recorded(), "1:0001_table.sql");
+
+  // The new binary goes on; a text never applied here (a newer one still) goes on too.
+  EXPECT_NO_THROW(Migrate(*conn_, kTable, new_binary));
+  const EmbeddedFile v3 = {
+      "10_f.sql", "CREATE OR REPLACE FUNCTION app.f() RETURNS int LANGUAGE sql AS 'SELECT 3';"};
+  EXPECT_EQ(Migrate(*conn_, kTable, {v3, kView}).definitions_applied,
+            std::vector<std::string>{"10_f.sql"});
+  EXPECT_EQ(Query1("SELECT app.f()"), "3");
+
+  // A database migrated before the history existed: its recorded texts enter the history on the
+  // next run (what they replaced was never recorded, so v2 applies once more), and a text so
+  // entered and then replaced is refused.
+  Exec("DROP TABLE rekey.schema_definition_texts");
+  Migrate(*conn_, kTable, new_binary);
+  EXPECT_EQ(Query1("SELECT count(*) FROM rekey.schema_definition_texts"), "3");
+  EXPECT_THROW(Migrate(*conn_, kTable, {v3, kView}), StateError);
+  EXPECT_EQ(Query1("SELECT app.f()"), "2");
+}
+
 TEST_F(MigratorPgTest, EveryDefinitionIsAppliedAgainWithAPendingMigration) {
   Migrate(*conn_, kTable, {kFunctionV1, kView});
   std::vector<EmbeddedFile> files = {

@@ -87,10 +87,35 @@ std::string RenderSideEffectsMarkdown(const nlohmann::json& fx) {
   return md.str();
 }
 
+namespace {
+
+// One side of an aws-kms job's key pair in the form of rekey.job_report's keyring keys: no key
+// id, scope or status (rekey's keyring does not hold the key; KMS does).
+nlohmann::json AwsKmsKey(const std::string& arn) {
+  return {{"key_id", nullptr},  {"scope", nullptr},      {"kms_provider", "aws-kms"},
+          {"kms_key_ref", arn}, {"status_now", nullptr}, {"created_at", nullptr}};
+}
+
+}  // namespace
+
 nlohmann::json BuildJobReport(pqxx::transaction_base& txn, int64_t job) {
-  return nlohmann::json::parse(
+  nlohmann::json report = nlohmann::json::parse(
       txn.exec_params1(db::Query("ops/compliance_report.job_report"), job)["report"]
           .as<std::string>());
+  // An aws-kms job's evidence names its KMS keys as a keyring job's names its keys.
+  const pqxx::result aws = txn.exec_params(db::Query("ops/compliance_report.aws_kms_keys"), job);
+  if (!aws.empty()) {
+    const pqxx::row row = aws[0];
+    report["keys"] = nlohmann::json::array(
+        {{{"before", AwsKmsKey(row["aws_kms_source_key_arn"].as<std::string>())},
+          {"after", AwsKmsKey(row["aws_kms_key_arn"].as<std::string>())}}});
+    report["job"]["codec"] = "aws-kms";
+    report["job"]["encryption_context"] =
+        row["aws_kms_context"].is_null()
+            ? nlohmann::json()
+            : nlohmann::json::parse(row["aws_kms_context"].as<std::string>());
+  }
+  return report;
 }
 
 std::string RenderReportMarkdown(const nlohmann::json& r) {
@@ -199,6 +224,12 @@ std::string RenderReportMarkdown(const nlohmann::json& r) {
          << " the digest before the rotation";
     }
     md << ".\n";
+    if (v.value("not_proven", 0) > 0) {
+      md << "\n"
+         << Cell(v["not_proven"])
+         << " values are AWS KMS ciphertext blobs that read in their stored form: which KMS key "
+            "holds each is not proven without KMS, and they add nothing to the digest.\n";
+    }
   }
 
   if (r.contains("reader_readiness")) {

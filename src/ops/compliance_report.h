@@ -29,7 +29,10 @@
 
 namespace rekey::ops {
 
-// Throws StateError-classified errors for an unknown job (see db::Classified).
+// rekey.job_report's JSON; for an aws-kms job (which has no keyring keys) its "keys" names the
+// job's KMS key ARNs instead (kms_provider "aws-kms", no key id), and its "job" the codec and
+// the encryption context. Throws StateError-classified errors for an unknown job (see
+// db::Classified).
 nlohmann::json BuildJobReport(pqxx::transaction_base& txn, int64_t job);
 
 std::string RenderReportMarkdown(const nlohmann::json& report);

@@ -65,6 +65,7 @@ nlohmann::json VerificationEvidence(pqxx::connection& conn, int64_t job_id,
                         {"values", report.values},
                         {"values_by_key", by_key},
                         {"failures", report.failures},
+                        {"not_proven", report.not_proven},
                         {"failures_by_class", report.failures_by_class},
                         {"plaintext_sha256", report.plaintext_sha256}};
   if (!plaintext_sha256_before.empty()) {

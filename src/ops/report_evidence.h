@@ -39,7 +39,8 @@ struct VerifiedJob {
 VerifiedJob VerifyJobValues(pqxx::connection& conn, int64_t job_id,
                             const std::function<rotation::DataKeySource()>& keys);
 
-// The report's "verification": VerifyJobValues' counts and plaintext digest, when it ran, and,
+// The report's "verification": VerifyJobValues' counts (with "not_proven": the aws-kms values
+// that read but whose KMS key only KMS can tell) and plaintext digest, when it ran, and,
 // given the digest `rekey job verify --json` printed before the rotation
 // (`plaintext_sha256_before`, "" for none), whether the plaintext is unchanged.
 nlohmann::json VerificationEvidence(pqxx::connection& conn, int64_t job_id,
