@@ -900,9 +900,10 @@ TEST_F(PartitionsTest, AHashPartitionedTableIsPlannedPerLeafAndEachStatementTouc
       spec.ad_template = "{table}:{pk}";
       job = jobs::CreateJob(txn, spec);  // the client planner
     } else {
-      job = txn.exec1("SELECT rekey.create_job('public.docs', ARRAY['token'], '{\"1\": 2}', "
-                      "p_batch_size => 100, p_stages => '{10,100}', p_ad_template => "
-                      "'{table}:{pk}')")[0]
+      job = txn.exec1(
+                   "SELECT rekey.create_job('public.docs', ARRAY['token'], '{\"1\": 2}', "
+                   "p_batch_size => 100, p_stages => '{10,100}', p_ad_template => "
+                   "'{table}:{pk}')")[0]
                 .as<int64_t>();  // the database's planner
     }
     plans.push_back(txn.exec1(plan_sql + std::to_string(job))[0].as<std::string>());
@@ -920,8 +921,8 @@ TEST_F(PartitionsTest, AHashPartitionedTableIsPlannedPerLeafAndEachStatementTouc
                   " AND (partition_name IS NULL OR partition_schema <> 'public' OR "
                   "partition_name NOT IN ('docs_0', 'docs_1', 'docs_2', 'docs_3'))"),
             0);
-  EXPECT_THAT(LeavesOf(job, "rollout"), ::testing::MatchesRegex(
-                                            "docs_0:[0-9]+,docs_1:[0-9]+,docs_2:[0-9]+,docs_3:[0-9]+"));
+  EXPECT_THAT(LeavesOf(job, "rollout"),
+              ::testing::MatchesRegex("docs_0:[0-9]+,docs_1:[0-9]+,docs_2:[0-9]+,docs_3:[0-9]+"));
   EXPECT_EQ(DocsNotCoveredOnce(job, 1), 0);
 
   // The statement a worker runs for a batch of docs_1, bounded on both sides.
@@ -937,11 +938,11 @@ TEST_F(PartitionsTest, AHashPartitionedTableIsPlannedPerLeafAndEachStatementTouc
     const rotation::Direction direction = rotation::MakeDirection({{1, 2}});
     txn.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
     txn.exec0("PREPARE docs_select AS " + statements.Select(rotation::kLo | rotation::kHi));
-    for (const auto& line : txn.exec(
-             "EXPLAIN (COSTS OFF) EXECUTE docs_select('" + txn.esc(b["lo"].as<std::string>()) +
-             "', '" + txn.esc(b["hi"].as<std::string>()) + "', '" +
-             txn.esc(direction.source_prefixes_literal) + "', '" +
-             txn.esc(direction.source_ids_literal) + "', 101)")) {
+    for (const auto& line :
+         txn.exec("EXPLAIN (COSTS OFF) EXECUTE docs_select('" + txn.esc(b["lo"].as<std::string>()) +
+                  "', '" + txn.esc(b["hi"].as<std::string>()) + "', '" +
+                  txn.esc(direction.source_prefixes_literal) + "', '" +
+                  txn.esc(direction.source_ids_literal) + "', 101)")) {
       plan += line[0].as<std::string>() + "\n";
     }
   }
@@ -951,8 +952,8 @@ TEST_F(PartitionsTest, AHashPartitionedTableIsPlannedPerLeafAndEachStatementTouc
 
   Work(job);
   EXPECT_EQ(JobState(job), "completed");
-  EXPECT_THAT(LeavesOf(job, "sweep"), ::testing::MatchesRegex(
-                                          "docs_0:[0-9]+,docs_1:[0-9]+,docs_2:[0-9]+,docs_3:[0-9]+"));
+  EXPECT_THAT(LeavesOf(job, "sweep"),
+              ::testing::MatchesRegex("docs_0:[0-9]+,docs_1:[0-9]+,docs_2:[0-9]+,docs_3:[0-9]+"));
   ExpectDocsUnder("public.docs", 2, docs, docs.size());
 
   // Two levels: LIST (region), its 'eu' partition by HASH (id).
@@ -1006,9 +1007,8 @@ TEST_F(PartitionsTest, APartitionDetachedOrDroppedMidJobEndsItsBatchesWithTheRea
                     "{table}:{pk}", "--batch-size", "50", "--stages", "100"});
   ASSERT_GT(job, 0);
   const std::string j = std::to_string(job);
-  const int64_t leaf_batches =
-      Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
-            " AND partition_name IN ('docs_2', 'docs_3')");
+  const int64_t leaf_batches = Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                                     " AND partition_name IN ('docs_2', 'docs_3')");
   ASSERT_GT(leaf_batches, 0);
   const size_t detached_rows = size_t(Count("SELECT count(*) FROM public.docs_3"));
   std::map<std::string, std::string> kept;  // the rows still the table's after both
@@ -1020,9 +1020,9 @@ TEST_F(PartitionsTest, APartitionDetachedOrDroppedMidJobEndsItsBatchesWithTheRea
     }
   }
   // Slow enough (400 rows/s, about 10 s in all) that the leaves planned last are still ahead.
-  ChildProcess worker({REKEY_BINARY, "--db", conninfo(), "work", "--job", j,
-                       "--max-rows-per-second", "400"},
-                      WorkerEnv());
+  ChildProcess worker(
+      {REKEY_BINARY, "--db", conninfo(), "work", "--job", j, "--max-rows-per-second", "400"},
+      WorkerEnv());
   for (int i = 0; i < 1000 && Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
                                     " AND state = 'done'") < 3;
        ++i) {
@@ -1103,8 +1103,9 @@ TEST_F(PartitionsTest, APartitionAttachedAfterTheRolloutIsCoveredByTheSweep) {
   ASSERT_EQ(JobState(job), "awaiting_approval");
   Exec("CREATE TABLE public.orders_3 (LIKE public.orders INCLUDING ALL)");
   rows("public.orders_3", 3001, 1000);
-  Exec("ALTER TABLE public.orders ATTACH PARTITION public.orders_3 FOR VALUES FROM (3001) TO "
-       "(4001)");
+  Exec(
+      "ALTER TABLE public.orders ATTACH PARTITION public.orders_3 FOR VALUES FROM (3001) TO "
+      "(4001)");
   ASSERT_EQ(Rekey({"job", "advance", j, "--observe", "0s"}).exit_code, 0);
   Work(job);
   EXPECT_EQ(JobState(job), "completed")

@@ -331,8 +331,8 @@ std::optional<BatchRotator::LockedBatch> BatchRotator::LockBatch(pqxx::work& txn
 
 bool BatchRotator::EndedByGonePartition(pqxx::work& txn, const ClaimedBatch& batch,
                                         const std::string& worker_id) {
-  const pqxx::row gone = txn.exec_params1(FixedQuery("lock_partition"), batch.job_id,
-                                          batch.batch_no, worker_id);
+  const pqxx::row gone =
+      txn.exec_params1(FixedQuery("lock_partition"), batch.job_id, batch.batch_no, worker_id);
   return !gone["partition_gone"].is_null();
 }
 

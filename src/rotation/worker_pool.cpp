@@ -296,9 +296,9 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       auto& rotator = rotators[{batch->job_id, batch->relation.value_or("")}];
       if (!rotator) {
         pqxx::read_transaction txn(*conn);
-        rotator = std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_,
-                                                 options_.transit, options_.aws_kms,
-                                                 batch->relation);
+        rotator =
+            std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_,
+                                           options_.transit, options_.aws_kms, batch->relation);
         txn.commit();
         rotator->set_wait_for_flush(options_.pacing.gentle());
         rotator->set_chunk_bytes(options_.batch_bytes);
