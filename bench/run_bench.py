@@ -31,7 +31,8 @@ Environment (all optional):
   BENCH_APP_CLIENTS=4    pgbench clients
   BENCH_GENTLE_ARGS="--max-rows-per-second 5000"  the `rekey work` flags of the gentle run
   BENCH_SKIP="..."       parts to skip, any of: main anchors scaling staged gentle sizes codecs
-                         micro (main: the side-by-side rotations of the anchors' table)
+                         micro partitioned (main: the side-by-side rotations of the anchors'
+                         table; partitioned: the same table in 8 range partitions, beside it)
   BENCH_CODECS="tink raw fernet rails lockbox cloak"  the codecs part: one rotation per codec of
   BENCH_CODEC_ROWS=100000  its own table (1000000 with BENCH_FULL), BENCH_CODEC_RUNS=3 runs,
   BENCH_CODEC_RUNS=3       rows/s as a ratio to tink's of the same run (median)
@@ -526,6 +527,38 @@ def sweep(job_args):
     return {"A2_rows_per_s": a2, "points": points, "best": best}
 
 
+# --- partitioned fixture -------------------------------------------------------------------------
+
+PARTITIONS = 8
+
+
+def partitioned(job_args, plain):
+    """The anchors' table copied into a parent partitioned by RANGE (id) into PARTITIONS equal
+    leaves, rotated with the main 2x1 configuration (planned per leaf, each batch's statements
+    on its leaf: docs/operations.md "Table shapes"); rows/s beside `plain`, the plain table's run
+    of the same configuration, and their ratio."""
+    table = "payment_methods_partitioned"
+    n = int(psql("SELECT count(*) FROM payment_methods_seed"))
+    width = -(-n // PARTITIONS)
+    leaves = "".join(f"CREATE TABLE {table}_{i} PARTITION OF {table} FOR VALUES FROM "
+                     f"({i * width + 1}) TO ({(i + 1) * width + 1});\n" for i in range(PARTITIONS))
+    sql = (f"DROP TABLE IF EXISTS {table};\n"
+           f"CREATE TABLE {table} (LIKE payment_methods_seed INCLUDING DEFAULTS INCLUDING "
+           f"CONSTRAINTS, PRIMARY KEY (id)) PARTITION BY RANGE (id);\n{leaves}"
+           f"INSERT INTO {table} SELECT * FROM payment_methods_seed;\n"
+           f"VACUUM ANALYZE {table};\nCHECKPOINT;\n")
+    reset = lambda: run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=sql)
+    target = ["--table", f"public.{table}"] + ANCHOR_TARGET[2:]
+    x = rotate(2, 1, job_args, "bench-partitioned-2x1", target=target, reset=reset)
+    ratio = round(x["rows_per_s"] / plain["rows_per_s"], 3) if plain else None
+    log(f"partitioned ({PARTITIONS} leaves): {x['rows_per_s']:.0f} rows/s, plain "
+        f"{plain['rows_per_s'] if plain else '-'} rows/s, ratio {ratio}")
+    return {"partitions": PARTITIONS, "rows": x["rows"], "rows_per_s": x["rows_per_s"],
+            "plain_rows_per_s": plain["rows_per_s"] if plain else None,
+            "ratio_to_plain": ratio,
+            "run": x}
+
+
 # --- micro-benchmarks ----------------------------------------------------------------------------
 
 def micro():
@@ -960,6 +993,9 @@ def main():
         result["gentle"]["runs"] = runs_g
         for k in ("p50_ratio", "p99_ratio"):
             result["gentle"][k] = median([g[k] for g in runs_g])
+    if "partitioned" not in SKIP and "main" not in SKIP:
+        build_fixture(ROWS)
+        result["partitioned"] = partitioned(job_args, runs[-1]["rekey"].get("2x1") if runs else None)
     result["sweep"] = sweep(job_args)
     if "codecs" not in SKIP:
         result["codecs"] = codecs(job_args)

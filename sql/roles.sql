@@ -72,7 +72,7 @@ GRANT UPDATE (readers_waiting_for, readers_waiting_since, readers_lagging) ON re
 GRANT UPDATE (state, opened_at, finished_at) ON rekey.job_stages TO rekey_worker;
 -- keys: rekey.clear_planned_keys (0008) sets it to NULL when the worker completes the job.
 GRANT UPDATE (state, attempts, worker_id, claimed_at, finished_at, rows_done, rows_skipped,
-              rows_failed, duration_ms, last_error, resume_after, keys)
+              rows_failed, duration_ms, last_error, resume_after, keys, end_reason)
   ON rekey.batches TO rekey_worker;
 -- A stage that opens on its own after its observation period records who approved it: the worker.
 -- A gate's figures and verdict are written once, by record_gate's INSERT, and never changed.
@@ -182,6 +182,20 @@ BEGIN
                      j.schema_name, j.table_name, p_role);
   RETURN NEXT format('GRANT UPDATE (%s) ON %I.%I TO %I', array_to_string(written, ', '),
                      j.schema_name, j.table_name, p_role);
+  -- A partitioned table's batches name its leaves (migrations/0026), whose privileges are their
+  -- own: the same grants on each leaf attached now (run again after attaching one).
+  RETURN QUERY
+    SELECT DISTINCT format('GRANT USAGE ON SCHEMA %I TO %I', l.leaf_schema, p_role)
+      FROM rekey.job_leaves(j) l WHERE l.leaf_name IS NOT NULL AND l.leaf_schema <> j.schema_name;
+  RETURN QUERY
+    SELECT x.statement
+      FROM rekey.job_leaves(j) l,
+           LATERAL (VALUES (1, format('GRANT SELECT (%s) ON %I.%I TO %I', array_to_string(read, ', '),
+                                      l.leaf_schema, l.leaf_name, p_role)),
+                           (2, format('GRANT UPDATE (%s) ON %I.%I TO %I', array_to_string(written, ', '),
+                                      l.leaf_schema, l.leaf_name, p_role))) AS x(o, statement)
+     WHERE l.leaf_name IS NOT NULL
+     ORDER BY l.leaf_schema, l.leaf_name, x.o;
 END $$;
 REVOKE EXECUTE ON FUNCTION rekey.worker_grants(bigint, name) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION rekey.worker_grants(bigint, name) TO rekey_operator;

@@ -220,6 +220,84 @@ CREATE FUNCTION rekey.base_type(p_type oid) RETURNS oid
   SELECT oid FROM d ORDER BY depth DESC LIMIT 1
 $$;
 
+CREATE TABLE rekey.jobs (
+    job_id bigint NOT NULL,
+    name text,
+    schema_name name NOT NULL,
+    table_name name NOT NULL,
+    pk_column name NOT NULL,
+    pk_type text NOT NULL,
+    key_id_column name,
+    ad_template text,
+    scope_column name,
+    scope_value text,
+    scope_type text,
+    batch_size integer NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    per_row_audit boolean DEFAULT false NOT NULL,
+    stage_plan numeric[] DEFAULT '{1,25,50,75,100}'::numeric[] NOT NULL,
+    promote_at_stage integer NOT NULL,
+    error_threshold numeric DEFAULT 0.001 NOT NULL,
+    observe interval,
+    gate_sample_size integer DEFAULT 10000 NOT NULL,
+    current_stage integer DEFAULT 1 NOT NULL,
+    keys_promoted boolean DEFAULT false NOT NULL,
+    state text DEFAULT 'active'::text NOT NULL,
+    state_reason text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_by text DEFAULT CURRENT_USER NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    transit_key_ref text,
+    transit_min_version integer,
+    not_governed name[] DEFAULT '{}'::name[] NOT NULL,
+    cross_scope boolean DEFAULT false NOT NULL,
+    rollback_stage integer,
+    reader_window interval DEFAULT '00:10:00'::interval NOT NULL,
+    readers_waiting_for text,
+    readers_waiting_since timestamp with time zone,
+    readers_lagging jsonb,
+    rotation_id bigint,
+    key_columns name[] NOT NULL,
+    key_types text[] NOT NULL,
+    key_text_form text DEFAULT 'canonical'::text NOT NULL,
+    aws_kms_source_key_arn text,
+    aws_kms_key_arn text,
+    aws_kms_context jsonb,
+    triggers text,
+    vacuum_after boolean DEFAULT false NOT NULL,
+    CONSTRAINT jobs_aws_kms_both_or_neither CHECK (((aws_kms_source_key_arn IS NULL) = (aws_kms_key_arn IS NULL))),
+    CONSTRAINT jobs_aws_kms_context_check CHECK ((jsonb_typeof(aws_kms_context) = 'object'::text)),
+    CONSTRAINT jobs_aws_kms_context_needs_keys CHECK (((aws_kms_context IS NULL) OR (aws_kms_key_arn IS NOT NULL))),
+    CONSTRAINT jobs_aws_kms_key_arn_check CHECK ((aws_kms_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
+    CONSTRAINT jobs_aws_kms_keys_differ CHECK ((aws_kms_source_key_arn <> aws_kms_key_arn)),
+    CONSTRAINT jobs_aws_kms_not_transit CHECK (((aws_kms_key_arn IS NULL) OR (transit_key_ref IS NULL))),
+    CONSTRAINT jobs_aws_kms_source_key_arn_check CHECK ((aws_kms_source_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
+    CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
+    CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
+    CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
+    CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
+    CONSTRAINT jobs_key_shape CHECK (((cardinality(key_columns) >= 1) AND (cardinality(key_columns) = cardinality(key_types)) AND ((key_text_form = 'canonical'::text) OR (cardinality(key_columns) = 1)))),
+    CONSTRAINT jobs_key_text_form CHECK ((key_text_form = ANY (ARRAY['canonical'::text, 'legacy'::text]))),
+    CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
+    CONSTRAINT jobs_reader_window_check CHECK ((reader_window > '00:00:00'::interval)),
+    CONSTRAINT jobs_readers_waiting_all_or_none CHECK ((((readers_waiting_for IS NULL) = (readers_waiting_since IS NULL)) AND ((readers_waiting_for IS NULL) = (readers_lagging IS NULL)))),
+    CONSTRAINT jobs_readers_waiting_for_check CHECK ((readers_waiting_for = ANY (ARRAY['first_batch'::text, 'batches'::text, 'promotion'::text, 'rollback'::text]))),
+    CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),
+    CONSTRAINT jobs_transit_both_or_neither CHECK (((transit_key_ref IS NULL) = (transit_min_version IS NULL))),
+    CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
+    CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1)),
+    CONSTRAINT jobs_triggers_check CHECK ((triggers = ANY (ARRAY['fire'::text, 'skip'::text])))
+);
+
+CREATE FUNCTION rekey.batch_relation_sql(p_job rekey.jobs, p_schema name, p_name name) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+  SELECT CASE WHEN p_name IS NULL THEN format('%I.%I', p_job.schema_name, p_job.table_name)
+              ELSE format('%I.%I', p_schema, p_name) END
+$$;
+
 CREATE FUNCTION rekey.cancel_job(p_job bigint, p_reason text DEFAULT NULL::text) RETURNS text
     LANGUAGE plpgsql
     AS $$
@@ -487,7 +565,7 @@ BEGIN
   END IF;
 END $$;
 
-CREATE FUNCTION rekey.claim_batch(p_worker text, p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, batch_no integer, lo text, hi text, attempt integer, stage_no integer, bucket_lo integer, bucket_hi integer, rollback boolean)
+CREATE FUNCTION rekey.claim_batch(p_worker text, p_job bigint DEFAULT NULL::bigint) RETURNS TABLE(job_id bigint, batch_no integer, lo text, hi text, attempt integer, stage_no integer, bucket_lo integer, bucket_hi integer, rollback boolean, relation text)
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -541,6 +619,8 @@ BEGIN
       bucket_lo := CASE WHEN st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN st.bucket_lo END;
       bucket_hi := CASE WHEN st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN st.bucket_hi END;
       rollback := st.kind = 'rollback';
+      relation := CASE WHEN b.partition_name IS NOT NULL
+                       THEN format('%I.%I', b.partition_schema, b.partition_name) END;
       RETURN NEXT;
       RETURN;
     END LOOP;
@@ -1403,77 +1483,6 @@ BEGIN
   END IF;
 END $$;
 
-CREATE TABLE rekey.jobs (
-    job_id bigint NOT NULL,
-    name text,
-    schema_name name NOT NULL,
-    table_name name NOT NULL,
-    pk_column name NOT NULL,
-    pk_type text NOT NULL,
-    key_id_column name,
-    ad_template text,
-    scope_column name,
-    scope_value text,
-    scope_type text,
-    batch_size integer NOT NULL,
-    max_attempts integer DEFAULT 3 NOT NULL,
-    per_row_audit boolean DEFAULT false NOT NULL,
-    stage_plan numeric[] DEFAULT '{1,25,50,75,100}'::numeric[] NOT NULL,
-    promote_at_stage integer NOT NULL,
-    error_threshold numeric DEFAULT 0.001 NOT NULL,
-    observe interval,
-    gate_sample_size integer DEFAULT 10000 NOT NULL,
-    current_stage integer DEFAULT 1 NOT NULL,
-    keys_promoted boolean DEFAULT false NOT NULL,
-    state text DEFAULT 'active'::text NOT NULL,
-    state_reason text,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    created_by text DEFAULT CURRENT_USER NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    transit_key_ref text,
-    transit_min_version integer,
-    not_governed name[] DEFAULT '{}'::name[] NOT NULL,
-    cross_scope boolean DEFAULT false NOT NULL,
-    rollback_stage integer,
-    reader_window interval DEFAULT '00:10:00'::interval NOT NULL,
-    readers_waiting_for text,
-    readers_waiting_since timestamp with time zone,
-    readers_lagging jsonb,
-    rotation_id bigint,
-    key_columns name[] NOT NULL,
-    key_types text[] NOT NULL,
-    key_text_form text DEFAULT 'canonical'::text NOT NULL,
-    aws_kms_source_key_arn text,
-    aws_kms_key_arn text,
-    aws_kms_context jsonb,
-    triggers text,
-    vacuum_after boolean DEFAULT false NOT NULL,
-    CONSTRAINT jobs_aws_kms_both_or_neither CHECK (((aws_kms_source_key_arn IS NULL) = (aws_kms_key_arn IS NULL))),
-    CONSTRAINT jobs_aws_kms_context_check CHECK ((jsonb_typeof(aws_kms_context) = 'object'::text)),
-    CONSTRAINT jobs_aws_kms_context_needs_keys CHECK (((aws_kms_context IS NULL) OR (aws_kms_key_arn IS NOT NULL))),
-    CONSTRAINT jobs_aws_kms_key_arn_check CHECK ((aws_kms_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
-    CONSTRAINT jobs_aws_kms_keys_differ CHECK ((aws_kms_source_key_arn <> aws_kms_key_arn)),
-    CONSTRAINT jobs_aws_kms_not_transit CHECK (((aws_kms_key_arn IS NULL) OR (transit_key_ref IS NULL))),
-    CONSTRAINT jobs_aws_kms_source_key_arn_check CHECK ((aws_kms_source_key_arn ~ '^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$'::text)),
-    CONSTRAINT jobs_batch_size_check CHECK (((batch_size >= 1) AND (batch_size <= 1000000))),
-    CONSTRAINT jobs_check CHECK (((scope_column IS NULL) = (scope_value IS NULL))),
-    CONSTRAINT jobs_error_threshold_check CHECK (((error_threshold >= (0)::numeric) AND (error_threshold <= (1)::numeric))),
-    CONSTRAINT jobs_gate_sample_size_check CHECK ((gate_sample_size > 0)),
-    CONSTRAINT jobs_key_shape CHECK (((cardinality(key_columns) >= 1) AND (cardinality(key_columns) = cardinality(key_types)) AND ((key_text_form = 'canonical'::text) OR (cardinality(key_columns) = 1)))),
-    CONSTRAINT jobs_key_text_form CHECK ((key_text_form = ANY (ARRAY['canonical'::text, 'legacy'::text]))),
-    CONSTRAINT jobs_max_attempts_check CHECK ((max_attempts >= 1)),
-    CONSTRAINT jobs_reader_window_check CHECK ((reader_window > '00:00:00'::interval)),
-    CONSTRAINT jobs_readers_waiting_all_or_none CHECK ((((readers_waiting_for IS NULL) = (readers_waiting_since IS NULL)) AND ((readers_waiting_for IS NULL) = (readers_lagging IS NULL)))),
-    CONSTRAINT jobs_readers_waiting_for_check CHECK ((readers_waiting_for = ANY (ARRAY['first_batch'::text, 'batches'::text, 'promotion'::text, 'rollback'::text]))),
-    CONSTRAINT jobs_state_check CHECK ((state = ANY (ARRAY['active'::text, 'verifying'::text, 'awaiting_approval'::text, 'paused'::text, 'completed'::text, 'failed'::text, 'cancelled'::text, 'rolled_back'::text]))),
-    CONSTRAINT jobs_transit_both_or_neither CHECK (((transit_key_ref IS NULL) = (transit_min_version IS NULL))),
-    CONSTRAINT jobs_transit_key_ref_check CHECK ((transit_key_ref ~ '^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*/keys/[A-Za-z0-9_.-]+$'::text)),
-    CONSTRAINT jobs_transit_min_version_check CHECK ((transit_min_version >= 1)),
-    CONSTRAINT jobs_triggers_check CHECK ((triggers = ANY (ARRAY['fire'::text, 'skip'::text])))
-);
-
 CREATE FUNCTION rekey.job_key_bound_types(p_job rekey.jobs) RETURNS text[]
     LANGUAGE sql STABLE
     AS $$
@@ -1510,6 +1519,22 @@ CREATE FUNCTION rekey.job_lagging_readers(p_job bigint, p_rollback boolean) RETU
                             ORDER BY l.scope, l.reader, l.key_id), '[]')
     FROM rekey.job_written_keys(p_job, p_rollback) k, LATERAL rekey.lagging_readers(p_job, k) l
 $$;
+
+CREATE FUNCTION rekey.job_leaves(p_job rekey.jobs) RETURNS TABLE(leaf_schema name, leaf_name name)
+    LANGUAGE plpgsql STABLE
+    AS $$
+BEGIN
+  RETURN QUERY
+    SELECT n.nspname, c.relname
+      FROM pg_partition_tree(format('%I.%I', p_job.schema_name, p_job.table_name)::regclass) t
+      JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE t.isleaf AND t.level > 0 AND c.relkind IN ('r', 'f')
+     ORDER BY 1, 2;
+  IF NOT FOUND THEN
+    -- Not partitioned, or no partition yet: the table itself.
+    RETURN QUERY SELECT NULL::name, NULL::name;
+  END IF;
+END $$;
 
 CREATE FUNCTION rekey.job_reached_promotion(p_job rekey.jobs) RETURNS boolean
     LANGUAGE sql STABLE
@@ -1601,6 +1626,15 @@ BEGIN
     'decrypt_error_rate', round(coalesce(p.rows_quarantined, 0)::numeric
                                 / greatest(coalesce(p.rows_reencrypted, 0) + coalesce(p.rows_quarantined, 0), 1), 6),
     'max_gate_error_rate', (SELECT max(error_rate) FROM rekey.gates WHERE job_id = p_job),
+    -- Leaf partitions detached or dropped mid-job: their rows are no longer the table's and were
+    -- not rotated by this job (docs/safety.md); each named, to be rotated as a table of its own.
+    'partitions_gone', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                          'partition', format('%I.%I', g.partition_schema, g.partition_name),
+                          'reason', g.end_reason, 'batches', g.batches)
+                          ORDER BY g.partition_schema, g.partition_name), '[]')
+                          FROM (SELECT partition_schema, partition_name, end_reason, count(*) AS batches
+                                  FROM rekey.batches WHERE job_id = p_job AND end_reason IS NOT NULL
+                                 GROUP BY 1, 2, 3) g),
     'quarantine', jsonb_build_object(
       'values', (SELECT count(*) FROM rekey.row_failures WHERE job_id = p_job),
       'by_error_class', (SELECT coalesce(jsonb_object_agg(error_class, n), '{}') FROM (
@@ -2345,6 +2379,31 @@ CREATE FUNCTION rekey.lagging_readers(p_job bigint, p_key bigint) RETURNS TABLE(
    ORDER BY r.scope, r.reader
 $$;
 
+CREATE FUNCTION rekey.lock_batch_partition(p_job bigint, p_batch integer, p_worker text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+  j rekey.jobs;
+  b rekey.batches;
+  reason text;
+BEGIN
+  SELECT * INTO STRICT b FROM rekey.batches WHERE job_id = p_job AND batch_no = p_batch;
+  IF b.partition_name IS NULL THEN
+    RETURN NULL;
+  END IF;
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS SHARE MODE', j.schema_name, j.table_name);
+  -- A new statement, so a new snapshot: it sees a DETACH or DROP that committed before the lock.
+  reason := rekey.partition_gone(j, b.partition_schema, b.partition_name);
+  IF reason IS NULL THEN
+    RETURN NULL;
+  END IF;
+  PERFORM rekey.complete_batch(p_job, p_batch, p_worker, 0, 0, 0, 0,
+                               jsonb_build_object('partition_gone', reason));
+  UPDATE rekey.batches SET end_reason = reason WHERE job_id = p_job AND batch_no = p_batch;
+  RETURN reason;
+END $$;
+
 CREATE FUNCTION rekey.lock_job_definitions() RETURNS void
     LANGUAGE sql
     AS $$
@@ -2498,6 +2557,24 @@ BEGIN
   END IF;
 END $$;
 
+CREATE FUNCTION rekey.partition_gone(p_job rekey.jobs, p_schema name, p_name name) RETURNS text
+    LANGUAGE plpgsql STABLE
+    AS $$
+DECLARE
+  leaf regclass := to_regclass(format('%I.%I', p_schema, p_name));
+BEGIN
+  IF p_name IS NULL THEN
+    RETURN NULL;
+  ELSIF leaf IS NULL THEN
+    RETURN format('partition %I.%I was dropped', p_schema, p_name);
+  ELSIF NOT EXISTS (SELECT 1 FROM pg_partition_tree(format('%I.%I', p_job.schema_name, p_job.table_name)::regclass) t
+                     WHERE t.relid = leaf AND t.isleaf) THEN
+    RETURN format('partition %I.%I was detached from %I.%I', p_schema, p_name, p_job.schema_name,
+                  p_job.table_name);
+  END IF;
+  RETURN NULL;
+END $$;
+
 CREATE FUNCTION rekey.pause_job(p_job bigint, p_reason text DEFAULT NULL::text) RETURNS text
     LANGUAGE sql
     AS $$ SELECT rekey.set_job_state(p_job, 'paused', ARRAY['active'], 'paused', p_reason) $$;
@@ -2520,6 +2597,8 @@ DECLARE
   key_text text;
   key_select text;
   key_names text;
+  total integer := 0;
+  leaf record;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
@@ -2547,36 +2626,43 @@ BEGIN
   -- (see batches.keys), in key order.
   SELECT string_agg(format('count(*) FILTER (WHERE i = %s) OVER w', x), ', ' ORDER BY x)
     INTO counts FROM generate_subscripts(stages, 1) x;
-  EXECUTE format($q$
-    WITH numbered AS (
-      SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
-        FROM (SELECT %5$s, k, CASE WHEN bucket < $6[x] THEN x END AS i
-                FROM (SELECT %5$s, k, bucket, width_bucket(bucket, $5) AS x
-                        FROM (SELECT %1$s, %6$s AS k, rekey.stage_bucket(%6$s) AS bucket
-                                FROM %2$s AS t WHERE true%3$s ORDER BY %7$s OFFSET 0) r) s) y
-       WHERE i IS NOT NULL
-      WINDOW w AS (ORDER BY %5$s ROWS UNBOUNDED PRECEDING)),
-    grouped AS (
-      SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
-             min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
-        FROM numbered GROUP BY i, rn / $2),
-    planned AS (
-      SELECT stage_no, n, CASE WHEN n = 0 THEN NULL ELSE first_key END AS lo,
-             lead(first_key) OVER (PARTITION BY stage_no ORDER BY n) AS hi, rows,
-             CASE WHEN stage_no = ANY ($7) THEN keys END AS keys
-        FROM grouped
-      UNION ALL
-      SELECT stage_no, 0, NULL, NULL, 0, NULL FROM unnest($4) AS todo(stage_no)
-       WHERE NOT EXISTS (SELECT 1 FROM grouped WHERE grouped.stage_no = todo.stage_no))
-    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys)
-    SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys
-      FROM planned$q$,
-    key_select, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts, key_names,
-    key_text, rekey.key_order_sql(j.key_columns, 't'))
-    USING p_job, j.batch_size, first_batch, stages, los, his,
-          (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000);
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
+  -- A partitioned table one leaf at a time (rekey.job_leaves): each leaf's stages are cut on
+  -- their own, and a stage without rows in a leaf gets one empty batch there.
+  FOR leaf IN SELECT * FROM rekey.job_leaves(j) LOOP
+    EXECUTE format($q$
+      WITH numbered AS (
+        SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
+          FROM (SELECT %5$s, k, CASE WHEN bucket < $6[x] THEN x END AS i
+                  FROM (SELECT %5$s, k, bucket, width_bucket(bucket, $5) AS x
+                          FROM (SELECT %1$s, %6$s AS k, rekey.stage_bucket(%6$s) AS bucket
+                                  FROM %2$s AS t WHERE true%3$s ORDER BY %7$s OFFSET 0) r) s) y
+         WHERE i IS NOT NULL
+        WINDOW w AS (ORDER BY %5$s ROWS UNBOUNDED PRECEDING)),
+      grouped AS (
+        SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
+               min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
+          FROM numbered GROUP BY i, rn / $2),
+      planned AS (
+        SELECT stage_no, n, CASE WHEN n = 0 THEN NULL ELSE first_key END AS lo,
+               lead(first_key) OVER (PARTITION BY stage_no ORDER BY n) AS hi, rows,
+               CASE WHEN stage_no = ANY ($7) THEN keys END AS keys
+          FROM grouped
+        UNION ALL
+        SELECT stage_no, 0, NULL, NULL, 0, NULL FROM unnest($4) AS todo(stage_no)
+         WHERE NOT EXISTS (SELECT 1 FROM grouped WHERE grouped.stage_no = todo.stage_no))
+      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys,
+                                 partition_schema, partition_name)
+      SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys, $8, $9
+        FROM planned$q$,
+      key_select, rekey.batch_relation_sql(j, leaf.leaf_schema, leaf.leaf_name), scope_sql, counts,
+      key_names, key_text, rekey.key_order_sql(j.key_columns, 't'))
+      USING p_job, j.batch_size, first_batch + total, stages, los, his,
+            (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000),
+            leaf.leaf_schema, leaf.leaf_name;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    total := total + n;
+  END LOOP;
+  RETURN total;
 END $_$;
 
 CREATE FUNCTION rekey.plan_stage(p_job bigint, p_stage integer) RETURNS integer
@@ -2593,7 +2679,9 @@ DECLARE
   key_order text;
   key_types text[];
   n integer := 0;
+  total integer := 0;
   first_batch integer;
+  leaf record;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
@@ -2601,52 +2689,59 @@ BEGIN
     RAISE EXCEPTION 'stage % of job % is already planned', p_stage, p_job;
   END IF;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
-  rel := format('%I.%I', j.schema_name, j.table_name);
   scope_sql := rekey.scope_condition(j);
   key_types := rekey.job_key_bound_types(j);
   key_text := rekey.job_key_text_sql(j, 't');
   key_row := rekey.key_row_sql(j.key_columns, 't');
   key_order := rekey.key_order_sql(j.key_columns, 't');
 
-  IF st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN
-    EXECUTE format($q$
-      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-      SELECT $1, $2 + 1 + n, $3, CASE WHEN n = 0 THEN NULL ELSE k END,
-             lead(k) OVER (ORDER BY n), least($4, total - n * $4)
-        FROM (SELECT k, rn / $4 AS n, count(*) OVER () AS total, rn %% $4 AS r
-                FROM (SELECT %1$s AS k, row_number() OVER (ORDER BY %4$s) - 1 AS rn
-                        FROM %2$s AS t
-                       WHERE rekey.stage_bucket(%1$s) >= $5
-                         AND rekey.stage_bucket(%1$s) < $6%3$s) numbered) cut
-       WHERE r = 0$q$, key_text, rel, scope_sql, key_order)
-      USING p_job, first_batch, p_stage, j.batch_size, st.bucket_lo, st.bucket_hi;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n = 0 THEN
-      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-      VALUES (p_job, first_batch + 1, p_stage, NULL, NULL, 0);
-      n := 1;
+  FOR leaf IN SELECT * FROM rekey.job_leaves(j) LOOP
+    rel := rekey.batch_relation_sql(j, leaf.leaf_schema, leaf.leaf_name);
+    IF st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN
+      EXECUTE format($q$
+        INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                   partition_schema, partition_name)
+        SELECT $1, $2 + 1 + n, $3, CASE WHEN n = 0 THEN NULL ELSE k END,
+               lead(k) OVER (ORDER BY n), least($4, total - n * $4), $7, $8
+          FROM (SELECT k, rn / $4 AS n, count(*) OVER () AS total, rn %% $4 AS r
+                  FROM (SELECT %1$s AS k, row_number() OVER (ORDER BY %4$s) - 1 AS rn
+                          FROM %2$s AS t
+                         WHERE rekey.stage_bucket(%1$s) >= $5
+                           AND rekey.stage_bucket(%1$s) < $6%3$s) numbered) cut
+         WHERE r = 0$q$, key_text, rel, scope_sql, key_order)
+        USING p_job, first_batch + total, p_stage, j.batch_size, st.bucket_lo, st.bucket_hi,
+              leaf.leaf_schema, leaf.leaf_name;
+      GET DIAGNOSTICS n = ROW_COUNT;
+      IF n = 0 THEN
+        INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                   partition_schema, partition_name)
+        VALUES (p_job, first_batch + total + 1, p_stage, NULL, NULL, 0, leaf.leaf_schema,
+                leaf.leaf_name);
+        n := 1;
+      END IF;
+    ELSE
+      EXECUTE format($q$
+        WITH RECURSIVE walk(lo, hi, n) AS (
+          SELECT NULL::text, (SELECT %1$s FROM %2$s AS t WHERE true%3$s ORDER BY %5$s
+                              OFFSET $4 LIMIT 1), 1
+          UNION ALL
+          SELECT w.hi, (SELECT %1$s FROM %2$s AS t WHERE %4$s >= %6$s%3$s ORDER BY %5$s
+                        OFFSET $4 LIMIT 1), w.n + 1
+            FROM walk w WHERE w.hi IS NOT NULL)
+        INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                   partition_schema, partition_name)
+        SELECT $1, $2 + w.n, $3, w.lo, w.hi,
+               CASE WHEN w.hi IS NOT NULL THEN $4
+                    WHEN w.lo IS NULL THEN (SELECT count(*) FROM %2$s AS t WHERE true%3$s)
+                    ELSE (SELECT count(*) FROM %2$s AS t WHERE %4$s >= %7$s%3$s) END, $5, $6
+          FROM walk w$q$, key_text, rel, scope_sql, key_row, key_order,
+        rekey.key_bound_sql(key_types, 'w.hi'), rekey.key_bound_sql(key_types, 'w.lo'))
+        USING p_job, first_batch + total, p_stage, j.batch_size, leaf.leaf_schema, leaf.leaf_name;
+      GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
-    RETURN n;
-  END IF;
-
-  EXECUTE format($q$
-    WITH RECURSIVE walk(lo, hi, n) AS (
-      SELECT NULL::text, (SELECT %1$s FROM %2$s AS t WHERE true%3$s ORDER BY %5$s
-                          OFFSET $4 LIMIT 1), 1
-      UNION ALL
-      SELECT w.hi, (SELECT %1$s FROM %2$s AS t WHERE %4$s >= %6$s%3$s ORDER BY %5$s
-                    OFFSET $4 LIMIT 1), w.n + 1
-        FROM walk w WHERE w.hi IS NOT NULL)
-    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + w.n, $3, w.lo, w.hi,
-           CASE WHEN w.hi IS NOT NULL THEN $4
-                WHEN w.lo IS NULL THEN (SELECT count(*) FROM %2$s AS t WHERE true%3$s)
-                ELSE (SELECT count(*) FROM %2$s AS t WHERE %4$s >= %7$s%3$s) END
-      FROM walk w$q$, key_text, rel, scope_sql, key_row, key_order,
-      rekey.key_bound_sql(key_types, 'w.hi'), rekey.key_bound_sql(key_types, 'w.lo'))
-    USING p_job, first_batch, p_stage, j.batch_size;
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
+    total := total + n;
+  END LOOP;
+  RETURN total;
 END $_$;
 
 CREATE FUNCTION rekey.plan_sweep(p_job bigint, p_stage integer) RETURNS integer
@@ -2657,6 +2752,8 @@ DECLARE
   st rekey.job_stages;
   first_batch integer;
   n integer;
+  total integer := 0;
+  leaf record;
   lo_key text;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
@@ -2668,23 +2765,33 @@ BEGIN
   -- (rekey.job_key_bound_types): in the default one, ranges over a COLLATE "en-x-icu" key could
   -- run backwards and leave rows in no sweep batch.
   lo_key := rekey.key_bound_sql(rekey.job_key_bound_types(j), 'b.lo');
-  EXECUTE format($q$
-    WITH starts AS (
-      SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn
-                           FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
-                          WHERE b.job_id = $1 AND b.lo IS NOT NULL
-                            AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
-       WHERE rn %% 100 = 0),
-    ranges AS (
-      SELECT 0::bigint AS batch, NULL::text AS lo
-      UNION ALL
-      SELECT row_number() OVER (ORDER BY k), lo FROM (SELECT DISTINCT ON (k) k, lo FROM starts ORDER BY k) d)
-    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + 1 + batch, $3, lo, lead(lo) OVER (ORDER BY batch), 0
-      FROM ranges$q$, lo_key)
-    USING p_job, first_batch, p_stage, st.kind = 'rollback', j.rollback_stage;
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
+  -- Per leaf attached now (rekey.job_leaves): from that leaf's bounds, so a leaf attached after
+  -- the rollout (no bounds) gets one batch over all of it, and a leaf detached or dropped since
+  -- gets none.
+  FOR leaf IN SELECT * FROM rekey.job_leaves(j) LOOP
+    EXECUTE format($q$
+      WITH starts AS (
+        SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn
+                             FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
+                            WHERE b.job_id = $1 AND b.lo IS NOT NULL
+                              AND b.partition_schema IS NOT DISTINCT FROM $6
+                              AND b.partition_name IS NOT DISTINCT FROM $7
+                              AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
+         WHERE rn %% 100 = 0),
+      ranges AS (
+        SELECT 0::bigint AS batch, NULL::text AS lo
+        UNION ALL
+        SELECT row_number() OVER (ORDER BY k), lo FROM (SELECT DISTINCT ON (k) k, lo FROM starts ORDER BY k) d)
+      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                 partition_schema, partition_name)
+      SELECT $1, $2 + 1 + batch, $3, lo, lead(lo) OVER (ORDER BY batch), 0, $6, $7
+        FROM ranges$q$, lo_key)
+      USING p_job, first_batch + total, p_stage, st.kind = 'rollback', j.rollback_stage,
+            leaf.leaf_schema, leaf.leaf_name;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    total := total + n;
+  END LOOP;
+  RETURN total;
 END $_$;
 
 CREATE FUNCTION rekey.promote_job_keys(p_job bigint) RETURNS void
@@ -3225,6 +3332,7 @@ CREATE FUNCTION rekey.reset_batch_checkpoint() RETURNS trigger
 BEGIN
   NEW.resume_after := NULL;
   NEW.duration_ms := NULL;
+  NEW.end_reason := NULL;  -- a partition gone is checked again (rekey.lock_batch_partition)
   RETURN NEW;
 END $$;
 
@@ -3995,6 +4103,9 @@ CREATE TABLE rekey.batches (
     last_error text,
     resume_after text,
     keys text[],
+    partition_schema name,
+    partition_name name,
+    end_reason text,
     CONSTRAINT batches_state_check CHECK ((state = ANY (ARRAY['pending'::text, 'running'::text, 'done'::text, 'failed'::text])))
 );
 
@@ -4247,8 +4358,10 @@ CREATE VIEW rekey.progress AS
         CASE
             WHEN (j.state = 'active'::text) THEN br.brakes_since
             ELSE NULL::timestamp with time zone
-        END AS brakes_since
-   FROM (((((rekey.jobs j
+        END AS brakes_since,
+    COALESCE(pg.batches, (0)::bigint) AS batches_partition_gone,
+    pg.reasons AS partitions_gone
+   FROM ((((((rekey.jobs j
      LEFT JOIN b USING (job_id))
      LEFT JOIN rate r USING (job_id))
      LEFT JOIN rekey.job_stages s ON (((s.job_id = j.job_id) AND (s.stage_no = j.current_stage))))
@@ -4276,7 +4389,11 @@ CREATE VIEW rekey.progress AS
             min(w.braked_since) AS brakes_since
            FROM (rekey.workers w
              CROSS JOIN LATERAL unnest(w.brakes) r_1(r))
-          WHERE (((w.job_id = j.job_id) OR (w.job_id IS NULL)) AND (w.last_seen > (now() - '00:00:30'::interval)))) br ON (true));
+          WHERE (((w.job_id = j.job_id) OR (w.job_id IS NULL)) AND (w.last_seen > (now() - '00:00:30'::interval)))) br ON (true))
+     LEFT JOIN LATERAL ( SELECT count(*) AS batches,
+            string_agg(DISTINCT x.end_reason, '; '::text) AS reasons
+           FROM rekey.batches x
+          WHERE ((x.job_id = j.job_id) AND (x.end_reason IS NOT NULL))) pg ON (true));
 
 CREATE TABLE rekey.readers (
     scope text NOT NULL,

@@ -813,5 +813,314 @@ TEST_F(TableShapesTest, TablesWithoutAUsableKeyAreRefusedWithWhatToChange) {
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches"), 0);
 }
 
+// Partitioned tables planned per leaf partition (issue 22 item 2): helpers of the tests below.
+class PartitionsTest : public TableShapesTest {
+ protected:
+  // public.docs, hash-partitioned by its uuid key into docs_0 .. docs_3, with `rows` rows under
+  // key 1 (associated data "docs:" + id); returns each id's plaintext.
+  std::map<std::string, std::string> MakeDocs(int64_t rows) {
+    Exec("CREATE TABLE public.docs (id uuid PRIMARY KEY, token bytea) PARTITION BY HASH (id)");
+    for (int r = 0; r < 4; ++r) {
+      Exec("CREATE TABLE public.docs_" + std::to_string(r) +
+           " PARTITION OF public.docs FOR VALUES WITH (MODULUS 4, REMAINDER " + std::to_string(r) +
+           ")");
+    }
+    std::map<std::string, std::string> docs;
+    std::vector<std::string> v;
+    std::vector<Row> r;
+    for (int64_t n = 1; n <= rows; ++n) {
+      v.push_back("'" + Uuid(n) + "'");
+      r.push_back({Uuid(n), PlaintextFor(n)});
+      docs[Uuid(n)] = PlaintextFor(n);
+    }
+    Insert("public.docs", "id", v, r, "docs:");
+    return docs;
+  }
+
+  // The leaves job `job`'s batches of stages of `kind` name, "name:batches" each, in name order
+  // ("-" for batches over the table itself).
+  std::string LeavesOf(int64_t job, const std::string& kind) {
+    return Scalar(
+        "SELECT string_agg(leaf || ':' || n, ',' ORDER BY leaf) FROM (SELECT "
+        "coalesce(b.partition_name, '-') AS leaf, count(*) AS n FROM rekey.batches b JOIN "
+        "rekey.job_stages s USING (job_id, stage_no) WHERE b.job_id = " +
+        std::to_string(job) + " AND s.kind = '" + kind + "' GROUP BY 1) x");
+  }
+
+  // Rows of public.docs not in exactly one batch of stage `stage` of `job` over the row's own
+  // leaf (tableoid) whose range holds its key.
+  int64_t DocsNotCoveredOnce(int64_t job, int stage) {
+    return Count(
+        "SELECT count(*) FROM public.docs t WHERE (SELECT count(*) FROM rekey.batches b WHERE "
+        "b.job_id = " +
+        std::to_string(job) + " AND b.stage_no = " + std::to_string(stage) +
+        " AND b.partition_name = (SELECT relname FROM pg_class WHERE oid = t.tableoid) AND "
+        "(b.lo IS NULL OR t.id >= b.lo::uuid) AND (b.hi IS NULL OR t.id < b.hi::uuid)) <> 1");
+  }
+
+  // Each value of `table` (a uuid key `id`) decrypts to docs[id] and is under key `key`.
+  void ExpectDocsUnder(const std::string& table, uint32_t key,
+                       const std::map<std::string, std::string>& docs, size_t rows) {
+    pqxx::read_transaction txn(conn());
+    size_t seen = 0;
+    for (const auto& row : txn.exec("SELECT id::text AS id, token FROM " + table)) {
+      const std::string id = row["id"].as<std::string>();
+      uint32_t kid = 0;
+      EXPECT_EQ(TinkDecrypt(pqxx::binarystring(row["token"]).str(), &kid, "docs:" + id),
+                docs.at(id));
+      EXPECT_EQ(kid, key) << table << " " << id;
+      ++seen;
+    }
+    EXPECT_EQ(seen, rows) << table;
+  }
+};
+
+// A hash-partitioned table, where key ranges cannot prune: every batch covers one leaf, both
+// planners (the client's and rekey.plan_rollout) cut the same batches leaf by leaf, every row is
+// in exactly one batch of its leaf, and the worker's row-locking statement over a batch names
+// its leaf alone (EXPLAIN of the prepared, generic plan: no Append over the other partitions).
+// A list-then-hash (two-level) table is planned over its three leaves, never a middle level.
+TEST_F(PartitionsTest, AHashPartitionedTableIsPlannedPerLeafAndEachStatementTouchesOneLeaf) {
+  const std::map<std::string, std::string> docs = MakeDocs(2000);
+  const std::string plan_sql =
+      "SELECT string_agg(concat_ws('|', b.stage_no, b.partition_schema, b.partition_name, b.lo, "
+      "b.hi, b.planned_rows, b.keys::text), E'\\n' ORDER BY b.batch_no) FROM rekey.batches b "
+      "WHERE b.job_id = ";
+  std::vector<std::string> plans;
+  for (int planner = 0; planner < 2; ++planner) {
+    pqxx::work txn(conn());
+    int64_t job = 0;
+    if (planner == 0) {
+      jobs::JobSpec spec;
+      spec.table = "public.docs";
+      spec.columns = {"token"};
+      spec.key_map = {{1, 2}};
+      spec.batch_size = 100;
+      spec.stages = "10,100";
+      spec.ad_template = "{table}:{pk}";
+      job = jobs::CreateJob(txn, spec);  // the client planner
+    } else {
+      job = txn.exec1(
+                   "SELECT rekey.create_job('public.docs', ARRAY['token'], '{\"1\": 2}', "
+                   "p_batch_size => 100, p_stages => '{10,100}', p_ad_template => "
+                   "'{table}:{pk}')")[0]
+                .as<int64_t>();  // the database's planner
+    }
+    plans.push_back(txn.exec1(plan_sql + std::to_string(job))[0].as<std::string>());
+    txn.exec_params("SELECT rekey.cancel_job($1)", job);
+    txn.commit();
+  }
+  EXPECT_EQ(plans[0], plans[1]) << "client and database planners";
+
+  const int64_t job =
+      CreateJobCli({"--table", "public.docs", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}:{pk}", "--batch-size", "100", "--stages", "100"});
+  ASSERT_GT(job, 0);
+  const std::string j = std::to_string(job);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND (partition_name IS NULL OR partition_schema <> 'public' OR "
+                  "partition_name NOT IN ('docs_0', 'docs_1', 'docs_2', 'docs_3'))"),
+            0);
+  EXPECT_THAT(LeavesOf(job, "rollout"),
+              ::testing::MatchesRegex("docs_0:[0-9]+,docs_1:[0-9]+,docs_2:[0-9]+,docs_3:[0-9]+"));
+  EXPECT_EQ(DocsNotCoveredOnce(job, 1), 0);
+
+  // The statement a worker runs for a batch of docs_1, bounded on both sides.
+  std::string plan;
+  {
+    pqxx::work txn(conn());
+    const pqxx::row b = txn.exec1(
+        "SELECT format('%I.%I', partition_schema, partition_name) AS relation, lo, hi FROM "
+        "rekey.batches WHERE job_id = " +
+        j + " AND partition_name = 'docs_1' AND lo IS NOT NULL AND hi IS NOT NULL LIMIT 1");
+    const jobs::JobDefinition definition = jobs::LoadJob(txn, job);
+    const rotation::BatchStatements statements(definition, b["relation"].as<std::string>());
+    const rotation::Direction direction = rotation::MakeDirection({{1, 2}});
+    txn.exec0("SET LOCAL plan_cache_mode = force_generic_plan");
+    txn.exec0("PREPARE docs_select AS " + statements.Select(rotation::kLo | rotation::kHi));
+    for (const auto& line :
+         txn.exec("EXPLAIN (COSTS OFF) EXECUTE docs_select('" + txn.esc(b["lo"].as<std::string>()) +
+                  "', '" + txn.esc(b["hi"].as<std::string>()) + "', '" +
+                  txn.esc(direction.source_prefixes_literal) + "', '" +
+                  txn.esc(direction.source_ids_literal) + "', 101)")) {
+      plan += line[0].as<std::string>() + "\n";
+    }
+  }
+  EXPECT_THAT(plan, HasSubstr("docs_1")) << plan;
+  EXPECT_THAT(plan, Not(HasSubstr("Append"))) << plan;
+  EXPECT_THAT(plan, Not(::testing::ContainsRegex("docs_[023]"))) << plan;
+
+  Work(job);
+  EXPECT_EQ(JobState(job), "completed");
+  EXPECT_THAT(LeavesOf(job, "sweep"),
+              ::testing::MatchesRegex("docs_0:[0-9]+,docs_1:[0-9]+,docs_2:[0-9]+,docs_3:[0-9]+"));
+  ExpectDocsUnder("public.docs", 2, docs, docs.size());
+
+  // Two levels: LIST (region), its 'eu' partition by HASH (id).
+  Exec(
+      "CREATE TABLE public.notes (region text, id bigint, token bytea, PRIMARY KEY (region, id)) "
+      "PARTITION BY LIST (region);"
+      "CREATE TABLE public.notes_eu PARTITION OF public.notes FOR VALUES IN ('eu') PARTITION BY "
+      "HASH (id);"
+      "CREATE TABLE public.notes_eu_0 PARTITION OF public.notes_eu FOR VALUES WITH (MODULUS 2, "
+      "REMAINDER 0);"
+      "CREATE TABLE public.notes_eu_1 PARTITION OF public.notes_eu FOR VALUES WITH (MODULUS 2, "
+      "REMAINDER 1);"
+      "CREATE TABLE public.notes_us PARTITION OF public.notes FOR VALUES IN ('us')");
+  std::map<std::string, std::string> notes;
+  {
+    std::vector<std::string> v;
+    std::vector<Row> r;
+    for (int64_t n = 1; n <= 600; ++n) {
+      const std::string region = n % 3 ? "eu" : "us";
+      v.push_back("'" + region + "', " + std::to_string(n));
+      r.push_back({JsonKey({region, std::to_string(n)}), PlaintextFor(n)});
+      notes[r.back().key_text] = PlaintextFor(n);
+    }
+    Insert("public.notes", "region, id", v, r, "notes:");
+  }
+  const int64_t notes_job =
+      CreateJobCli({"--table", "public.notes", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}:{pk}", "--batch-size", "100", "--stages", "50,100"});
+  ASSERT_GT(notes_job, 0);
+  EXPECT_THAT(LeavesOf(notes_job, "rollout"),
+              ::testing::MatchesRegex("notes_eu_0:[0-9]+,notes_eu_1:[0-9]+,notes_us:[0-9]+"));
+  Work(notes_job);
+  ASSERT_EQ(Rekey({"job", "advance", std::to_string(notes_job), "--observe", "0s"}).exit_code, 0);
+  Work(notes_job);
+  EXPECT_EQ(JobState(notes_job), "completed");
+  ExpectAllUnder("public.notes",
+                 "'[' || to_json(t.region)::text || ',' || to_json(t.id::text)::text || ']'", 2,
+                 notes, "notes:");
+  ProcessResult verify = Rekey({"job", "verify", std::to_string(notes_job)});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+// A partition detached and another dropped while a worker runs: their batches end with the
+// reason naming each (on the batch, in `rekey status`, rekey.progress and the job's report),
+// nothing fails, the rest of the table is rotated and verifies, and the detached partition, a
+// table of its own now, is left as it was.
+TEST_F(PartitionsTest, APartitionDetachedOrDroppedMidJobEndsItsBatchesWithTheReason) {
+  std::map<std::string, std::string> docs = MakeDocs(4000);
+  const int64_t job =
+      CreateJobCli({"--table", "public.docs", "--column", "token", "--map", "1:2", "--ad-template",
+                    "{table}:{pk}", "--batch-size", "50", "--stages", "100"});
+  ASSERT_GT(job, 0);
+  const std::string j = std::to_string(job);
+  const int64_t leaf_batches = Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                                     " AND partition_name IN ('docs_2', 'docs_3')");
+  ASSERT_GT(leaf_batches, 0);
+  const size_t detached_rows = size_t(Count("SELECT count(*) FROM public.docs_3"));
+  std::map<std::string, std::string> kept;  // the rows still the table's after both
+  {
+    pqxx::read_transaction txn(conn());
+    for (const auto& row : txn.exec("SELECT id::text AS id FROM ONLY public.docs_0 UNION ALL "
+                                    "SELECT id::text FROM ONLY public.docs_1")) {
+      kept[row["id"].as<std::string>()] = docs[row["id"].as<std::string>()];
+    }
+  }
+  // Slow enough (400 rows/s, about 10 s in all) that the leaves planned last are still ahead.
+  ChildProcess worker(
+      {REKEY_BINARY, "--db", conninfo(), "work", "--job", j, "--max-rows-per-second", "400"},
+      WorkerEnv());
+  for (int i = 0; i < 1000 && Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                                    " AND state = 'done'") < 3;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND partition_name IN ('docs_2', 'docs_3') AND state <> 'pending'"),
+            0)
+      << "the worker reached the leaves before they went";
+  Exec("ALTER TABLE public.docs DETACH PARTITION public.docs_3");
+  Exec("DROP TABLE public.docs_2");
+  ProcessResult r = worker.Wait(180);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(JobState(job), "completed")
+      << Scalar("SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + j);
+
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND state = 'done' AND rows_done = 0 AND end_reason = "
+                  "'partition public.docs_3 was detached from public.docs'"),
+            Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND partition_name = 'docs_3'"));
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND state = 'done' AND end_reason = 'partition public.docs_2 was dropped'"),
+            Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND partition_name = 'docs_2'"));
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                  " AND end_reason IS NOT NULL"),
+            leaf_batches);
+  EXPECT_EQ(Count("SELECT batches_partition_gone FROM rekey.progress WHERE job_id = " + j),
+            leaf_batches);
+  EXPECT_EQ(Scalar("SELECT string_agg(x->>'partition' || ' ' || (x->>'batches'), ', ') FROM "
+                   "jsonb_array_elements(rekey.job_report(" +
+                   j + ")->'partitions_gone') x"),
+            "public.docs_2 " +
+                std::to_string(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                                     " AND partition_name = 'docs_2'")) +
+                ", public.docs_3 " +
+                std::to_string(Count("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                                     " AND partition_name = 'docs_3'")));
+  ProcessResult status = Rekey({"status", j});
+  EXPECT_THAT(status.out, HasSubstr("PARTITIONS GONE"));
+  EXPECT_THAT(status.out, HasSubstr("partition public.docs_3 was detached from public.docs"));
+
+  ExpectDocsUnder("public.docs", 2, kept, kept.size());
+  ExpectDocsUnder("public.docs_3", 1, docs, detached_rows);  // not rotated: no longer the table's
+  ProcessResult verify = Rekey({"job", "verify", j});
+  EXPECT_EQ(verify.exit_code, 0) << verify.out << verify.err;
+}
+
+// A partition attached after the job was created (its rollout stages were planned) holds rows
+// under the old key: no rollout batch names it, the sweep, planned per leaf attached when it
+// opens, covers it with one batch over all of it, and every value ends under the new key.
+TEST_F(PartitionsTest, APartitionAttachedAfterTheRolloutIsCoveredByTheSweep) {
+  Exec("CREATE TABLE public.orders (id bigint PRIMARY KEY, token bytea) PARTITION BY RANGE (id)");
+  for (int p = 0; p < 3; ++p) {
+    Exec("CREATE TABLE public.orders_" + std::to_string(p) +
+         " PARTITION OF public.orders FOR VALUES FROM (" + std::to_string(p * 1000 + 1) + ") TO (" +
+         std::to_string(p * 1000 + 1001) + ")");
+  }
+  std::map<std::string, std::string> expected;
+  auto rows = [&](const std::string& table, int64_t first, int64_t count) {
+    std::vector<std::string> v;
+    std::vector<Row> r;
+    for (int64_t id = first; id < first + count; ++id) {
+      v.push_back(std::to_string(id));
+      r.push_back({std::to_string(id), PlaintextFor(id)});
+      expected[std::to_string(id)] = PlaintextFor(id);
+    }
+    Insert(table, "id", v, r, "orders:");
+  };
+  rows("public.orders", 1, 3000);
+  const int64_t job =
+      CreateJobCli({"--table", "public.orders", "--column", "token", "--map", "1:2",
+                    "--ad-template", "{table}:{pk}", "--batch-size", "100", "--stages", "10,100"});
+  ASSERT_GT(job, 0);
+  const std::string j = std::to_string(job);
+  Work(job);
+  ASSERT_EQ(JobState(job), "awaiting_approval");
+  Exec("CREATE TABLE public.orders_3 (LIKE public.orders INCLUDING ALL)");
+  rows("public.orders_3", 3001, 1000);
+  Exec(
+      "ALTER TABLE public.orders ATTACH PARTITION public.orders_3 FOR VALUES FROM (3001) TO "
+      "(4001)");
+  ASSERT_EQ(Rekey({"job", "advance", j, "--observe", "0s"}).exit_code, 0);
+  Work(job);
+  EXPECT_EQ(JobState(job), "completed")
+      << Scalar("SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + j);
+  EXPECT_THAT(LeavesOf(job, "rollout"),
+              ::testing::MatchesRegex("orders_0:[0-9]+,orders_1:[0-9]+,orders_2:[0-9]+"));
+  // The first sweep moved its 1000 values; the next one, which ends the job, found none.
+  EXPECT_EQ(Scalar("SELECT string_agg(concat_ws('|', coalesce(lo, '-'), coalesce(hi, '-'), "
+                   "rows_done), ',' ORDER BY b.batch_no) FROM rekey.batches b JOIN "
+                   "rekey.job_stages s USING (job_id, stage_no) WHERE s.kind = 'sweep' AND "
+                   "b.partition_name = 'orders_3' AND b.job_id = " +
+                   j),
+            "-|-|1000,-|-|0");
+  ExpectAllUnder("public.orders", "t.id::text", 2, expected, "orders:");
+}
+
 }  // namespace
 }  // namespace rekey::testing

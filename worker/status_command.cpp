@@ -122,6 +122,10 @@ void PrintTable(const nlohmann::json& jobs, bool tty) {
       std::printf("\n");
     }
     PrintBrakes(j);
+    if (j.contains("partitions_gone") && !j["partitions_gone"].is_null()) {
+      std::printf("  PARTITIONS GONE: %s batches ended without rotating them: %s\n",
+                  Num(j["batches_partition_gone"]).c_str(), Num(j["partitions_gone"]).c_str());
+    }
   }
 }
 

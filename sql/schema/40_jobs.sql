@@ -146,6 +146,59 @@ LANGUAGE sql STABLE AS $$
                             p_alias)
 $$;
 
+-- The relations job p_job's batches are planned over, in name order: for a declarative
+-- partitioned table, every leaf partition attached now (at any depth; a partitioned table without
+-- partitions holds no rows and is left out), each a batch's partition_schema/partition_name; for
+-- any other table one row of NULLs, the table itself. Planning per leaf keeps a batch, and so each
+-- of its statements, on one partition whatever the partition key (docs/operations.md, "Table
+-- shapes").
+CREATE OR REPLACE FUNCTION rekey.job_leaves(p_job rekey.jobs)
+RETURNS TABLE (leaf_schema name, leaf_name name)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+  RETURN QUERY
+    SELECT n.nspname, c.relname
+      FROM pg_partition_tree(format('%I.%I', p_job.schema_name, p_job.table_name)::regclass) t
+      JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE t.isleaf AND t.level > 0 AND c.relkind IN ('r', 'f')
+     ORDER BY 1, 2;
+  IF NOT FOUND THEN
+    -- Not partitioned, or no partition yet: the table itself.
+    RETURN QUERY SELECT NULL::name, NULL::name;
+  END IF;
+END $$;
+
+-- The relation a batch of job p_job over leaf p_schema.p_name (NULL: the table itself) reads
+-- and writes, quoted for pasting into SQL.
+CREATE OR REPLACE FUNCTION rekey.batch_relation_sql(p_job rekey.jobs, p_schema name, p_name name)
+RETURNS text LANGUAGE sql STABLE AS $$
+  SELECT CASE WHEN p_name IS NULL THEN format('%I.%I', p_job.schema_name, p_job.table_name)
+              ELSE format('%I.%I', p_schema, p_name) END
+$$;
+
+-- NULL while leaf p_schema.p_name is still a leaf partition of job p_job's table; otherwise why
+-- not, in one line naming it: dropped (no such relation), or detached (a table of its own now,
+-- or of another parent). Its rows are then no longer the job's table's: the batches over it end
+-- with this reason, and the operator rotates it as its own table if it still holds values
+-- (docs/safety.md). Asked under a lock on the parent (rekey.lock_batch_partition) it stays true
+-- for the rest of the transaction.
+CREATE OR REPLACE FUNCTION rekey.partition_gone(p_job rekey.jobs, p_schema name, p_name name)
+RETURNS text LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  leaf regclass := to_regclass(format('%I.%I', p_schema, p_name));
+BEGIN
+  IF p_name IS NULL THEN
+    RETURN NULL;
+  ELSIF leaf IS NULL THEN
+    RETURN format('partition %I.%I was dropped', p_schema, p_name);
+  ELSIF NOT EXISTS (SELECT 1 FROM pg_partition_tree(format('%I.%I', p_job.schema_name, p_job.table_name)::regclass) t
+                     WHERE t.relid = leaf AND t.isleaf) THEN
+    RETURN format('partition %I.%I was detached from %I.%I', p_schema, p_name, p_job.schema_name,
+                  p_job.table_name);
+  END IF;
+  RETURN NULL;
+END $$;
+
 -- The key of a new job on p_schema.p_table. p_key_columns (the operator's --key-columns), if
 -- given, must be the key columns of a unique, valid, non-partial index without expressions, in
 -- the index's order, each NOT NULL; without it, the primary key's columns in its order, or for a

@@ -19,7 +19,8 @@ END $$;
 
 -- Plans every rollout stage of p_job that has no batches yet, in one scan: each row's bucket
 -- once, then per stage a cut every batch_size rows in key order (the first batch starts at NULL,
--- the last ends at NULL). A stage without rows gets one empty batch. Returns the number of
+-- the last ends at NULL). A stage without rows gets one empty batch. A partitioned table is
+-- planned this way leaf by leaf (rekey.job_leaves), each batch naming its leaf. Returns the number of
 -- batches. The sort holds the table's keys: work_mem is raised for it so that it stays in memory
 -- up to a few million rows and spills to disk (correctly, more slowly) beyond.
 CREATE OR REPLACE FUNCTION rekey.plan_rollout(p_job bigint) RETURNS integer
@@ -36,6 +37,8 @@ DECLARE
   key_text text;
   key_select text;
   key_names text;
+  total integer := 0;
+  leaf record;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
@@ -63,36 +66,43 @@ BEGIN
   -- (see batches.keys), in key order.
   SELECT string_agg(format('count(*) FILTER (WHERE i = %s) OVER w', x), ', ' ORDER BY x)
     INTO counts FROM generate_subscripts(stages, 1) x;
-  EXECUTE format($q$
-    WITH numbered AS (
-      SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
-        FROM (SELECT %5$s, k, CASE WHEN bucket < $6[x] THEN x END AS i
-                FROM (SELECT %5$s, k, bucket, width_bucket(bucket, $5) AS x
-                        FROM (SELECT %1$s, %6$s AS k, rekey.stage_bucket(%6$s) AS bucket
-                                FROM %2$s AS t WHERE true%3$s ORDER BY %7$s OFFSET 0) r) s) y
-       WHERE i IS NOT NULL
-      WINDOW w AS (ORDER BY %5$s ROWS UNBOUNDED PRECEDING)),
-    grouped AS (
-      SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
-             min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
-        FROM numbered GROUP BY i, rn / $2),
-    planned AS (
-      SELECT stage_no, n, CASE WHEN n = 0 THEN NULL ELSE first_key END AS lo,
-             lead(first_key) OVER (PARTITION BY stage_no ORDER BY n) AS hi, rows,
-             CASE WHEN stage_no = ANY ($7) THEN keys END AS keys
-        FROM grouped
-      UNION ALL
-      SELECT stage_no, 0, NULL, NULL, 0, NULL FROM unnest($4) AS todo(stage_no)
-       WHERE NOT EXISTS (SELECT 1 FROM grouped WHERE grouped.stage_no = todo.stage_no))
-    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys)
-    SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys
-      FROM planned$q$,
-    key_select, format('%I.%I', j.schema_name, j.table_name), scope_sql, counts, key_names,
-    key_text, rekey.key_order_sql(j.key_columns, 't'))
-    USING p_job, j.batch_size, first_batch, stages, los, his,
-          (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000);
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
+  -- A partitioned table one leaf at a time (rekey.job_leaves): each leaf's stages are cut on
+  -- their own, and a stage without rows in a leaf gets one empty batch there.
+  FOR leaf IN SELECT * FROM rekey.job_leaves(j) LOOP
+    EXECUTE format($q$
+      WITH numbered AS (
+        SELECT i, k, (ARRAY[%4$s])[i] - 1 AS rn
+          FROM (SELECT %5$s, k, CASE WHEN bucket < $6[x] THEN x END AS i
+                  FROM (SELECT %5$s, k, bucket, width_bucket(bucket, $5) AS x
+                          FROM (SELECT %1$s, %6$s AS k, rekey.stage_bucket(%6$s) AS bucket
+                                  FROM %2$s AS t WHERE true%3$s ORDER BY %7$s OFFSET 0) r) s) y
+         WHERE i IS NOT NULL
+        WINDOW w AS (ORDER BY %5$s ROWS UNBOUNDED PRECEDING)),
+      grouped AS (
+        SELECT $4[i] AS stage_no, rn / $2 AS n, count(*) AS rows, array_agg(k) AS keys,
+               min(k) FILTER (WHERE rn %% $2 = 0) AS first_key
+          FROM numbered GROUP BY i, rn / $2),
+      planned AS (
+        SELECT stage_no, n, CASE WHEN n = 0 THEN NULL ELSE first_key END AS lo,
+               lead(first_key) OVER (PARTITION BY stage_no ORDER BY n) AS hi, rows,
+               CASE WHEN stage_no = ANY ($7) THEN keys END AS keys
+          FROM grouped
+        UNION ALL
+        SELECT stage_no, 0, NULL, NULL, 0, NULL FROM unnest($4) AS todo(stage_no)
+         WHERE NOT EXISTS (SELECT 1 FROM grouped WHERE grouped.stage_no = todo.stage_no))
+      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys,
+                                 partition_schema, partition_name)
+      SELECT $1, $3 + row_number() OVER (ORDER BY stage_no, n), stage_no, lo, hi, rows, keys, $8, $9
+        FROM planned$q$,
+      key_select, rekey.batch_relation_sql(j, leaf.leaf_schema, leaf.leaf_name), scope_sql, counts,
+      key_names, key_text, rekey.key_order_sql(j.key_columns, 't'))
+      USING p_job, j.batch_size, first_batch + total, stages, los, his,
+            (SELECT array_agg(stages[x]) FROM generate_subscripts(stages, 1) x WHERE his[x] < 10000),
+            leaf.leaf_schema, leaf.leaf_name;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    total := total + n;
+  END LOOP;
+  RETURN total;
 END $$;
 
 -- Plans a sweep stage without reading the table; returns the number of batches (at least one).
@@ -105,7 +115,10 @@ END $$;
 -- rows_done. The key type comes from the catalog. A rollback stage can be planned as a sweep too
 -- (a rollback's sweeps, see rekey.finish_stages): its ranges are every 100th boundary of the
 -- rollback's first pass instead of the rollout's; a rollback sweep's worker keeps to the stage's
--- buckets itself.
+-- buckets itself. A partitioned table's sweep is planned per leaf attached when the sweep is
+-- planned (it opens right after): every such leaf is covered, one attached after the rollout by
+-- one batch over all of it; a leaf attached after the sweep opened is not (docs/operations.md,
+-- "Table shapes").
 CREATE OR REPLACE FUNCTION rekey.plan_sweep(p_job bigint, p_stage integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -113,6 +126,8 @@ DECLARE
   st rekey.job_stages;
   first_batch integer;
   n integer;
+  total integer := 0;
+  leaf record;
   lo_key text;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
@@ -124,23 +139,33 @@ BEGIN
   -- (rekey.job_key_bound_types): in the default one, ranges over a COLLATE "en-x-icu" key could
   -- run backwards and leave rows in no sweep batch.
   lo_key := rekey.key_bound_sql(rekey.job_key_bound_types(j), 'b.lo');
-  EXECUTE format($q$
-    WITH starts AS (
-      SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn
-                           FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
-                          WHERE b.job_id = $1 AND b.lo IS NOT NULL
-                            AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
-       WHERE rn %% 100 = 0),
-    ranges AS (
-      SELECT 0::bigint AS batch, NULL::text AS lo
-      UNION ALL
-      SELECT row_number() OVER (ORDER BY k), lo FROM (SELECT DISTINCT ON (k) k, lo FROM starts ORDER BY k) d)
-    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + 1 + batch, $3, lo, lead(lo) OVER (ORDER BY batch), 0
-      FROM ranges$q$, lo_key)
-    USING p_job, first_batch, p_stage, st.kind = 'rollback', j.rollback_stage;
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
+  -- Per leaf attached now (rekey.job_leaves): from that leaf's bounds, so a leaf attached after
+  -- the rollout (no bounds) gets one batch over all of it, and a leaf detached or dropped since
+  -- gets none.
+  FOR leaf IN SELECT * FROM rekey.job_leaves(j) LOOP
+    EXECUTE format($q$
+      WITH starts AS (
+        SELECT k, lo FROM (SELECT %1$s AS k, b.lo, row_number() OVER (ORDER BY %1$s) AS rn
+                             FROM rekey.batches b JOIN rekey.job_stages s USING (job_id, stage_no)
+                            WHERE b.job_id = $1 AND b.lo IS NOT NULL
+                              AND b.partition_schema IS NOT DISTINCT FROM $6
+                              AND b.partition_name IS NOT DISTINCT FROM $7
+                              AND CASE WHEN $4 THEN b.stage_no = $5 ELSE s.kind = 'rollout' END) c
+         WHERE rn %% 100 = 0),
+      ranges AS (
+        SELECT 0::bigint AS batch, NULL::text AS lo
+        UNION ALL
+        SELECT row_number() OVER (ORDER BY k), lo FROM (SELECT DISTINCT ON (k) k, lo FROM starts ORDER BY k) d)
+      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                 partition_schema, partition_name)
+      SELECT $1, $2 + 1 + batch, $3, lo, lead(lo) OVER (ORDER BY batch), 0, $6, $7
+        FROM ranges$q$, lo_key)
+      USING p_job, first_batch + total, p_stage, st.kind = 'rollback', j.rollback_stage,
+            leaf.leaf_schema, leaf.leaf_name;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    total := total + n;
+  END LOOP;
+  RETURN total;
 END $$;
 
 -- Splits one stage of a job into batches of batch_size rows, as half-open primary-key ranges.
@@ -148,6 +173,9 @@ END $$;
 -- index for the key batch_size rows further on, so the server streams the table and nothing is
 -- held in memory. A partial stage numbers its rows in key order with a window function and cuts
 -- every batch_size-th, so a 1% stage of a million rows costs ten batches, not a thousand.
+-- A partitioned table is planned leaf by leaf (rekey.job_leaves, in name order; each batch names
+-- its leaf), so a batch never spans partitions; each leaf's ranges start and end unbounded, and a
+-- leaf without rows of the stage gets one empty batch, so every leaf attached now is covered.
 -- The same data gives the same plan. Returns the number of batches.
 -- The key's types come from the catalog (rekey.job_key_bound_types: with a text column's collation),
 -- not from rekey.jobs.key_types.
@@ -164,7 +192,9 @@ DECLARE
   key_order text;
   key_types text[];
   n integer := 0;
+  total integer := 0;
   first_batch integer;
+  leaf record;
 BEGIN
   SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
   SELECT * INTO STRICT st FROM rekey.job_stages WHERE job_id = p_job AND stage_no = p_stage;
@@ -172,52 +202,59 @@ BEGIN
     RAISE EXCEPTION 'stage % of job % is already planned', p_stage, p_job;
   END IF;
   SELECT coalesce(max(batch_no), 0) INTO first_batch FROM rekey.batches WHERE job_id = p_job;
-  rel := format('%I.%I', j.schema_name, j.table_name);
   scope_sql := rekey.scope_condition(j);
   key_types := rekey.job_key_bound_types(j);
   key_text := rekey.job_key_text_sql(j, 't');
   key_row := rekey.key_row_sql(j.key_columns, 't');
   key_order := rekey.key_order_sql(j.key_columns, 't');
 
-  IF st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN
-    EXECUTE format($q$
-      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-      SELECT $1, $2 + 1 + n, $3, CASE WHEN n = 0 THEN NULL ELSE k END,
-             lead(k) OVER (ORDER BY n), least($4, total - n * $4)
-        FROM (SELECT k, rn / $4 AS n, count(*) OVER () AS total, rn %% $4 AS r
-                FROM (SELECT %1$s AS k, row_number() OVER (ORDER BY %4$s) - 1 AS rn
-                        FROM %2$s AS t
-                       WHERE rekey.stage_bucket(%1$s) >= $5
-                         AND rekey.stage_bucket(%1$s) < $6%3$s) numbered) cut
-       WHERE r = 0$q$, key_text, rel, scope_sql, key_order)
-      USING p_job, first_batch, p_stage, j.batch_size, st.bucket_lo, st.bucket_hi;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n = 0 THEN
-      INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-      VALUES (p_job, first_batch + 1, p_stage, NULL, NULL, 0);
-      n := 1;
+  FOR leaf IN SELECT * FROM rekey.job_leaves(j) LOOP
+    rel := rekey.batch_relation_sql(j, leaf.leaf_schema, leaf.leaf_name);
+    IF st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN
+      EXECUTE format($q$
+        INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                   partition_schema, partition_name)
+        SELECT $1, $2 + 1 + n, $3, CASE WHEN n = 0 THEN NULL ELSE k END,
+               lead(k) OVER (ORDER BY n), least($4, total - n * $4), $7, $8
+          FROM (SELECT k, rn / $4 AS n, count(*) OVER () AS total, rn %% $4 AS r
+                  FROM (SELECT %1$s AS k, row_number() OVER (ORDER BY %4$s) - 1 AS rn
+                          FROM %2$s AS t
+                         WHERE rekey.stage_bucket(%1$s) >= $5
+                           AND rekey.stage_bucket(%1$s) < $6%3$s) numbered) cut
+         WHERE r = 0$q$, key_text, rel, scope_sql, key_order)
+        USING p_job, first_batch + total, p_stage, j.batch_size, st.bucket_lo, st.bucket_hi,
+              leaf.leaf_schema, leaf.leaf_name;
+      GET DIAGNOSTICS n = ROW_COUNT;
+      IF n = 0 THEN
+        INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                   partition_schema, partition_name)
+        VALUES (p_job, first_batch + total + 1, p_stage, NULL, NULL, 0, leaf.leaf_schema,
+                leaf.leaf_name);
+        n := 1;
+      END IF;
+    ELSE
+      EXECUTE format($q$
+        WITH RECURSIVE walk(lo, hi, n) AS (
+          SELECT NULL::text, (SELECT %1$s FROM %2$s AS t WHERE true%3$s ORDER BY %5$s
+                              OFFSET $4 LIMIT 1), 1
+          UNION ALL
+          SELECT w.hi, (SELECT %1$s FROM %2$s AS t WHERE %4$s >= %6$s%3$s ORDER BY %5$s
+                        OFFSET $4 LIMIT 1), w.n + 1
+            FROM walk w WHERE w.hi IS NOT NULL)
+        INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows,
+                                   partition_schema, partition_name)
+        SELECT $1, $2 + w.n, $3, w.lo, w.hi,
+               CASE WHEN w.hi IS NOT NULL THEN $4
+                    WHEN w.lo IS NULL THEN (SELECT count(*) FROM %2$s AS t WHERE true%3$s)
+                    ELSE (SELECT count(*) FROM %2$s AS t WHERE %4$s >= %7$s%3$s) END, $5, $6
+          FROM walk w$q$, key_text, rel, scope_sql, key_row, key_order,
+        rekey.key_bound_sql(key_types, 'w.hi'), rekey.key_bound_sql(key_types, 'w.lo'))
+        USING p_job, first_batch + total, p_stage, j.batch_size, leaf.leaf_schema, leaf.leaf_name;
+      GET DIAGNOSTICS n = ROW_COUNT;
     END IF;
-    RETURN n;
-  END IF;
-
-  EXECUTE format($q$
-    WITH RECURSIVE walk(lo, hi, n) AS (
-      SELECT NULL::text, (SELECT %1$s FROM %2$s AS t WHERE true%3$s ORDER BY %5$s
-                          OFFSET $4 LIMIT 1), 1
-      UNION ALL
-      SELECT w.hi, (SELECT %1$s FROM %2$s AS t WHERE %4$s >= %6$s%3$s ORDER BY %5$s
-                    OFFSET $4 LIMIT 1), w.n + 1
-        FROM walk w WHERE w.hi IS NOT NULL)
-    INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows)
-    SELECT $1, $2 + w.n, $3, w.lo, w.hi,
-           CASE WHEN w.hi IS NOT NULL THEN $4
-                WHEN w.lo IS NULL THEN (SELECT count(*) FROM %2$s AS t WHERE true%3$s)
-                ELSE (SELECT count(*) FROM %2$s AS t WHERE %4$s >= %7$s%3$s) END
-      FROM walk w$q$, key_text, rel, scope_sql, key_row, key_order,
-      rekey.key_bound_sql(key_types, 'w.hi'), rekey.key_bound_sql(key_types, 'w.lo'))
-    USING p_job, first_batch, p_stage, j.batch_size;
-  GET DIAGNOSTICS n = ROW_COUNT;
-  RETURN n;
+    total := total + n;
+  END LOOP;
+  RETURN total;
 END $$;
 
 -- Adds a stage to a job and plans it; returns the stage number. The rollout stages of a staged

@@ -13,9 +13,12 @@
 -- dies. A 'running' batch whose advisory lock is free therefore belongs to a dead worker: it is
 -- claimable at once and counts as an attempt. A batch whose attempts are used up is marked
 -- failed instead.
+--
+-- relation: the leaf partition the batch covers, quoted for pasting into SQL, or NULL for the
+-- job's table itself (migrations/0026; rekey.lock_batch_partition checks it is still a partition).
 CREATE OR REPLACE FUNCTION rekey.claim_batch(p_worker text, p_job bigint DEFAULT NULL)
 RETURNS TABLE (job_id bigint, batch_no integer, lo text, hi text, attempt integer, stage_no integer,
-               bucket_lo integer, bucket_hi integer, rollback boolean)
+               bucket_lo integer, bucket_hi integer, rollback boolean, relation text)
 LANGUAGE plpgsql AS $$
 DECLARE
   b rekey.batches;
@@ -68,6 +71,8 @@ BEGIN
       bucket_lo := CASE WHEN st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN st.bucket_lo END;
       bucket_hi := CASE WHEN st.bucket_lo > 0 OR st.bucket_hi < 10000 THEN st.bucket_hi END;
       rollback := st.kind = 'rollback';
+      relation := CASE WHEN b.partition_name IS NOT NULL
+                       THEN format('%I.%I', b.partition_schema, b.partition_name) END;
       RETURN NEXT;
       RETURN;
     END LOOP;
@@ -184,6 +189,7 @@ CREATE OR REPLACE FUNCTION rekey.reset_batch_checkpoint() RETURNS trigger LANGUA
 BEGIN
   NEW.resume_after := NULL;
   NEW.duration_ms := NULL;
+  NEW.end_reason := NULL;  -- a partition gone is checked again (rekey.lock_batch_partition)
   RETURN NEW;
 END $$;
 
@@ -224,4 +230,39 @@ BEGIN
       p_job, p_batch, p_worker, coalesce(batch_stage::text, '?'), p_job, coalesce(job_state, 'gone'),
       coalesce(open_stage::text, '?') USING ERRCODE = 'serialization_failure';
   END IF;
+END $$;
+
+-- In the transaction of a chunk of batch (p_job, p_batch), held by p_worker, right after its
+-- queue row is locked: for a batch over a leaf partition (rekey.batches.partition_name), locks
+-- the job's table itself (ONLY the parent, ACCESS SHARE) and asks whether the leaf is still one
+-- of its partitions (rekey.partition_gone). NULL: it is, and stays so until the transaction ends,
+-- since DETACH PARTITION and DROP TABLE of a partition both take ACCESS EXCLUSIVE on the parent
+-- first (DETACH ... CONCURRENTLY waits for every transaction locking the parent before it
+-- finishes), so the chunk's statements on the leaf cannot meet a relation that is gone or no
+-- longer the table's. Otherwise the batch is completed here with no rows (its completion audit
+-- row and end_reason say why, so gates and the report count it) and the reason is returned: the
+-- worker commits and moves on, nothing of the leaf touched. A batch over the table itself
+-- returns NULL without a lock (no cost for a table that is not partitioned).
+CREATE OR REPLACE FUNCTION rekey.lock_batch_partition(p_job bigint, p_batch integer, p_worker text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  j rekey.jobs;
+  b rekey.batches;
+  reason text;
+BEGIN
+  SELECT * INTO STRICT b FROM rekey.batches WHERE job_id = p_job AND batch_no = p_batch;
+  IF b.partition_name IS NULL THEN
+    RETURN NULL;
+  END IF;
+  SELECT * INTO STRICT j FROM rekey.jobs WHERE job_id = p_job;
+  EXECUTE format('LOCK TABLE ONLY %I.%I IN ACCESS SHARE MODE', j.schema_name, j.table_name);
+  -- A new statement, so a new snapshot: it sees a DETACH or DROP that committed before the lock.
+  reason := rekey.partition_gone(j, b.partition_schema, b.partition_name);
+  IF reason IS NULL THEN
+    RETURN NULL;
+  END IF;
+  PERFORM rekey.complete_batch(p_job, p_batch, p_worker, 0, 0, 0, 0,
+                               jsonb_build_object('partition_gone', reason));
+  UPDATE rekey.batches SET end_reason = reason WHERE job_id = p_job AND batch_no = p_batch;
+  RETURN reason;
 END $$;

@@ -66,7 +66,10 @@ SELECT j.job_id, j.name, j.state, j.state_reason,
        -- lock_wait, prometheus) and since when; NULL otherwise. A process republishes its
        -- brakes every few seconds: a row not refreshed for 30 seconds is a dead worker's.
        CASE WHEN j.state = 'active' THEN br.brakes_active END AS brakes_active,
-       CASE WHEN j.state = 'active' THEN br.brakes_since END AS brakes_since
+       CASE WHEN j.state = 'active' THEN br.brakes_since END AS brakes_since,
+       -- Batches that ended because their leaf partition was detached or dropped mid-job
+       -- (rekey.lock_batch_partition): how many, and the reasons naming each partition.
+       coalesce(pg.batches, 0) AS batches_partition_gone, pg.reasons AS partitions_gone
   FROM rekey.jobs j
   LEFT JOIN b USING (job_id)
   LEFT JOIN rate r USING (job_id)
@@ -75,7 +78,10 @@ SELECT j.job_id, j.name, j.state, j.state_reason,
   LEFT JOIN LATERAL (SELECT array_agg(DISTINCT r ORDER BY r) AS brakes_active, min(w.braked_since) AS brakes_since
                        FROM rekey.workers w CROSS JOIN LATERAL unnest(w.brakes) AS r
                       WHERE (w.job_id = j.job_id OR w.job_id IS NULL)
-                        AND w.last_seen > now() - interval '30 seconds') br ON true;
+                        AND w.last_seen > now() - interval '30 seconds') br ON true
+  LEFT JOIN LATERAL (SELECT count(*) AS batches, string_agg(DISTINCT x.end_reason, '; ') AS reasons
+                       FROM rekey.batches x
+                      WHERE x.job_id = j.job_id AND x.end_reason IS NOT NULL) pg ON true;
 
 -- One row per stage of each job: what it covers, how far it is, and its gate.
 CREATE OR REPLACE VIEW rekey.stage_status AS
@@ -235,6 +241,15 @@ BEGIN
     'decrypt_error_rate', round(coalesce(p.rows_quarantined, 0)::numeric
                                 / greatest(coalesce(p.rows_reencrypted, 0) + coalesce(p.rows_quarantined, 0), 1), 6),
     'max_gate_error_rate', (SELECT max(error_rate) FROM rekey.gates WHERE job_id = p_job),
+    -- Leaf partitions detached or dropped mid-job: their rows are no longer the table's and were
+    -- not rotated by this job (docs/safety.md); each named, to be rotated as a table of its own.
+    'partitions_gone', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                          'partition', format('%I.%I', g.partition_schema, g.partition_name),
+                          'reason', g.end_reason, 'batches', g.batches)
+                          ORDER BY g.partition_schema, g.partition_name), '[]')
+                          FROM (SELECT partition_schema, partition_name, end_reason, count(*) AS batches
+                                  FROM rekey.batches WHERE job_id = p_job AND end_reason IS NOT NULL
+                                 GROUP BY 1, 2, 3) g),
     'quarantine', jsonb_build_object(
       'values', (SELECT count(*) FROM rekey.row_failures WHERE job_id = p_job),
       'by_error_class', (SELECT coalesce(jsonb_object_agg(error_class, n), '{}') FROM (

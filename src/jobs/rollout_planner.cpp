@@ -228,8 +228,10 @@ struct FinishedBatch {
 // then must not use `txn` until Renumber().
 class BatchWriter {
  public:
-  BatchWriter(pqxx::transaction_base& txn, int64_t job_id, bool background)
-      : txn_(txn), job_(job_id), runner_(background) {}
+  // The batches of leaf partition `leaf` (its schema and name; nullopt: the job's table itself).
+  BatchWriter(pqxx::transaction_base& txn, int64_t job_id, bool background,
+              std::optional<std::pair<std::string, std::string>> leaf)
+      : txn_(txn), job_(job_id), leaf_(std::move(leaf)), runner_(background) {}
 
   void Add(const Stage& stage, size_t stage_index, std::optional<std::string> hi) {
     FinishedBatch b{-int(finished_.size()) - 1, stage_index, stage.batches - 1};
@@ -259,9 +261,11 @@ class BatchWriter {
   void Flush() {
     if (lo_.size() == 0) return;
     runner_.Run([&txn = txn_, job = job_, numbers = numbers_ + "}", stages = stage_nos_ + "}",
-                 lo = lo_.Finish(), hi = hi_.Finish(), rows = rows_ + "}", keys = keys_.Finish()] {
+                 lo = lo_.Finish(), hi = hi_.Finish(), rows = rows_ + "}", keys = keys_.Finish(),
+                 leaf = leaf_] {
       txn.exec_params(db::Query("jobs/rollout_planner.insert_batches"), job, numbers, stages, lo,
-                      hi, rows, keys);
+                      hi, rows, keys, leaf ? leaf->first.c_str() : nullptr,
+                      leaf ? leaf->second.c_str() : nullptr);
     });
     numbers_ = stage_nos_ = rows_ = "{";
     lo_ = hi_ = keys_ = db::BinaryArray(db::BinaryArray::kTextOid);
@@ -295,6 +299,7 @@ class BatchWriter {
  private:
   pqxx::transaction_base& txn_;
   int64_t job_;
+  std::optional<std::pair<std::string, std::string>> leaf_;
   std::vector<FinishedBatch> finished_;
   std::string numbers_ = "{", stage_nos_ = "{", rows_ = "{";
   db::BinaryArray lo_{db::BinaryArray::kTextOid};
@@ -303,6 +308,58 @@ class BatchWriter {
   size_t key_bytes_ = 0;
   StatementRunner runner_;
 };
+
+// Plans `stages` (fresh: no rows, no batches) over one relation of the job, `table` (quoted; the
+// leaf partition `leaf`, or the job's table itself when nullopt), numbering its batches after
+// `first_batch`. Returns the number written.
+int64_t PlanRelation(pqxx::transaction_base& txn, pqxx::connection* reader, int64_t job_id,
+                     const std::string& table,
+                     const std::optional<std::pair<std::string, std::string>>& leaf,
+                     const std::string& key_text, const std::string& key_order,
+                     const std::string& scope, int batch_size, const std::vector<int>& stage_of,
+                     StageBucketHasher* hasher, std::vector<Stage>* stages, int first_batch) {
+  KeyPages pages(txn, reader, KeyQuery(table, key_text, key_order, scope));
+  // With a reader, nothing else uses `txn` until Renumber(), so the writes can run meanwhile.
+  BatchWriter writer(txn, job_id, /*background=*/reader != nullptr, leaf);
+  for (;;) {
+    const pqxx::result keys = pages.Next();
+    if (keys.empty()) break;
+    // By name, looked up once a page rather than once a row.
+    const pqxx::row::size_type key_column = keys.column_number(kKeyColumn);
+    for (const auto& row : keys) {
+      const pqxx::field field = row[key_column];
+      const char* key = field.c_str();
+      const size_t size = field.size();
+      const int at = stage_of[size_t(hasher->Bucket(std::string_view(key, size)))];
+      if (at < 0) continue;
+      Stage& stage = (*stages)[size_t(at)];
+      if (stage.rows % batch_size == 0) {
+        // This key starts the stage's next batch and ends the open one.
+        if (stage.batches > 0) writer.Add(stage, size_t(at), std::string(key, size));
+        stage.lo = stage.batches == 0 ? std::nullopt
+                                      : std::optional<std::string>(std::in_place, key, size);
+        ++stage.batches;
+        stage.open_rows = 0;
+        stage.keys = "{";
+      }
+      if (stage.record_keys) db::AppendTextArrayElement(std::string_view(key, size), &stage.keys);
+      ++stage.open_rows;
+      ++stage.rows;
+    }
+  }
+  for (size_t i = 0; i < stages->size(); ++i) {
+    Stage& stage = (*stages)[i];
+    if (stage.batches == 0) {
+      // No rows: one empty batch over everything.
+      stage.batches = 1;
+      stage.lo.reset();
+      stage.open_rows = 0;
+    }
+    writer.Add(stage, i, std::nullopt);
+  }
+  writer.Renumber(*stages, first_batch);
+  return writer.written();
+}
 
 }  // namespace
 
@@ -337,7 +394,6 @@ int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::c
   StageBucketHasher hasher;
   if (!hasher.available()) throw PermanentError("OpenSSL offers no MD5 digest in this process");
   const pqxx::row job = txn.exec_params1(db::Query("jobs/rollout_planner.job"), job_id);
-  const std::string table = job["qualified_table"].as<std::string>();
   const std::string key_text = job["key_text"].as<std::string>();
   const std::string key_order = job["key_order"].as<std::string>();
   const int batch_size = job["batch_size"].as<int>();
@@ -365,47 +421,25 @@ int64_t PlanRolloutInClient(pqxx::transaction_base& txn, int64_t job_id, pqxx::c
     }
   }
 
-  KeyPages pages(txn, reader, KeyQuery(table, key_text, key_order, scope));
-  // With a reader, nothing else uses `txn` until Renumber(), so the writes can run meanwhile.
-  BatchWriter writer(txn, job_id, /*background=*/reader != nullptr);
-  for (;;) {
-    const pqxx::result keys = pages.Next();
-    if (keys.empty()) break;
-    // By name, looked up once a page rather than once a row.
-    const pqxx::row::size_type key_column = keys.column_number(kKeyColumn);
-    for (const auto& row : keys) {
-      const pqxx::field field = row[key_column];
-      const char* key = field.c_str();
-      const size_t size = field.size();
-      const int at = stage_of[size_t(hasher.Bucket(std::string_view(key, size)))];
-      if (at < 0) continue;
-      Stage& stage = stages[size_t(at)];
-      if (stage.rows % batch_size == 0) {
-        // This key starts the stage's next batch and ends the open one.
-        if (stage.batches > 0) writer.Add(stage, size_t(at), std::string(key, size));
-        stage.lo = stage.batches == 0 ? std::nullopt
-                                      : std::optional<std::string>(std::in_place, key, size);
-        ++stage.batches;
-        stage.open_rows = 0;
-        stage.keys = "{";
-      }
-      if (stage.record_keys) db::AppendTextArrayElement(std::string_view(key, size), &stage.keys);
-      ++stage.open_rows;
-      ++stage.rows;
+  // A partitioned table leaf by leaf, in rekey.job_leaves' order, as rekey.plan_rollout does.
+  const pqxx::result leaves = txn.exec_params(db::Query("jobs/rollout_planner.leaves"), job_id);
+  int64_t written = 0;
+  for (const auto& leaf : leaves) {
+    std::optional<std::pair<std::string, std::string>> name;
+    if (!leaf["leaf_name"].is_null()) {
+      name.emplace(leaf["leaf_schema"].as<std::string>(), leaf["leaf_name"].as<std::string>());
     }
-  }
-  for (size_t i = 0; i < stages.size(); ++i) {
-    Stage& stage = stages[i];
-    if (stage.batches == 0) {
-      // No rows: one empty batch over everything.
-      stage.batches = 1;
-      stage.lo.reset();
-      stage.open_rows = 0;
+    for (Stage& stage : stages) {
+      // Each leaf's stages start afresh: no rows, no batches.
+      stage.rows = 0;
+      stage.batches = 0;
     }
-    writer.Add(stage, i, std::nullopt);
+    const int64_t n = PlanRelation(txn, reader, job_id, leaf["relation"].as<std::string>(), name,
+                                   key_text, key_order, scope, batch_size, stage_of, &hasher,
+                                   &stages, first_batch + int(written));
+    written += n;
   }
-  writer.Renumber(stages, first_batch);
-  return writer.written();
+  return written;
 }
 
 }  // namespace rekey::jobs

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <set>
@@ -78,13 +79,18 @@ struct BatchRotator::RowChanges {
 };
 
 BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit,
-                           AwsKmsSource aws_kms)
+                           AwsKmsSource aws_kms, const std::optional<std::string>& relation)
     : job_(std::move(job)),
       key_source_(std::move(keys)),
       transit_(std::move(transit)),
       aws_kms_(std::move(aws_kms)),
-      statements_(job_) {
+      statements_(job_, relation) {
   prefix_ = "rekey_j" + std::to_string(job_.job_id) + "_";
+  if (relation) {
+    // One rotator per leaf partition on a connection: each prepares its own statements.
+    static std::atomic<uint64_t> leaf_rotators{0};
+    prefix_ += "p" + std::to_string(++leaf_rotators) + "_";
+  }
   MakeSide(job_.key_map, &forward_);
   // A transit job's "source keys" are the versions below its target: the ids parameter of the
   // row-locking SELECT carries that version.
@@ -184,7 +190,7 @@ crypto::AesGcmKey* BatchRotator::Key(uint32_t key_id) {
 
 void BatchRotator::Prepare(pqxx::connection& conn) {
   for (const char* name : kFixedStatements) conn.prepare(prefix_ + name, FixedQuery(name));
-  conn.prepare(prefix_ + "update", statements_.update());
+  update_prepared_ = false;
   select_names_.assign(kAllSelectVariants, std::string());
   sizes_names_.assign(kAllSelectVariants, std::string());
   {
@@ -216,6 +222,18 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
   LockKeys(txn, side.direction, batch);
   const std::optional<LockedBatch> locked = LockBatch(txn, batch, worker_id, &chunk.batch);
   if (!locked) return chunk;
+  if (batch.relation) {
+    try {
+      if (EndedByGonePartition(txn, batch, worker_id)) {
+        txn.commit();
+        chunk.batch_finished = true;
+        return chunk;
+      }
+    } catch (const pqxx::failure& e) {
+      if (!db::IsNoLongerClaimed(e)) throw;
+      return LostChunk();
+    }
+  }
 
   // Within the chunk's bytes: rows known to follow are not locked (nor read) to learn that.
   bool more_known = false;
@@ -309,6 +327,13 @@ std::optional<BatchRotator::LockedBatch> BatchRotator::LockBatch(pqxx::work& txn
   locked.earlier_failed = row["rows_failed"].as<int>();
   locked.earlier_ms = row["duration_ms"].as<double>();
   return locked;
+}
+
+bool BatchRotator::EndedByGonePartition(pqxx::work& txn, const ClaimedBatch& batch,
+                                        const std::string& worker_id) {
+  const pqxx::row gone =
+      txn.exec_params1(FixedQuery("lock_partition"), batch.job_id, batch.batch_no, worker_id);
+  return !gone["partition_gone"].is_null();
 }
 
 int BatchRotator::RowsWithinBytes(pqxx::work& txn, const ClaimedBatch& batch,
@@ -519,6 +544,11 @@ void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChan
   // audit, checkpoint) runs in the session's role, so rekey's own triggers fire.
   std::string previous_role;
   if (skip_triggers_) previous_role = txn.exec1(FixedQuery("skip_triggers"))["previous"].c_str();
+  if (!update_prepared_) {
+    // Here rather than in Prepare: a leaf partition may be gone until the chunk has checked it.
+    txn.conn().prepare(prefix_ + "update", statements_.update());
+    update_prepared_ = true;
+  }
   const pqxx::result updated =
       job_.key_id_column
           ? txn.exec_prepared(prefix_ + "update", changes.row_ids + "}",

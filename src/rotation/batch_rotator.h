@@ -120,8 +120,11 @@ std::string ReleaseBatch(pqxx::work& txn, const ClaimedBatch& batch, const std::
 class BatchRotator {
  public:
   // `transit` is needed (and called) only for a vault-transit job, `aws_kms` for an aws-kms job.
+  // `relation`: the leaf partition whose batches this rotator processes (ClaimedBatch::relation),
+  // nullopt for the job's table itself.
   BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitClientSource transit = nullptr,
-               AwsKmsSource aws_kms = nullptr);
+               AwsKmsSource aws_kms = nullptr,
+               const std::optional<std::string>& relation = std::nullopt);
   BatchRotator(const BatchRotator&) = delete;  // its statements and rewriters point at job_
   BatchRotator& operator=(const BatchRotator&) = delete;
 
@@ -201,6 +204,11 @@ class BatchRotator {
   void LockKeys(pqxx::work& txn, const Direction& direction, const ClaimedBatch& batch);
   std::optional<LockedBatch> LockBatch(pqxx::work& txn, const ClaimedBatch& batch,
                                        const std::string& worker_id, BatchResult* result);
+  // For a batch over a leaf partition: locks the job's table so the leaf cannot be detached or
+  // dropped before commit, and if it already was, completes the batch with no rows and the reason
+  // (rekey.lock_batch_partition) and returns true: the caller commits and touches nothing else.
+  bool EndedByGonePartition(pqxx::work& txn, const ClaimedBatch& batch,
+                            const std::string& worker_id);
   // How many of the next max_rows rows the chunk takes within chunk_bytes_ (at least one);
   // *more is set when rows are known to follow them.
   int RowsWithinBytes(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
@@ -240,6 +248,7 @@ class BatchRotator {
   Side forward_;
   Side backward_;  // for rollback batches
   const pqxx::connection* prepared_on_ = nullptr;
+  bool update_prepared_ = false;  // prepared in a chunk's transaction, once its relation is checked
   std::vector<std::string> select_names_;  // by variant; empty until prepared on this connection
   bool wait_for_flush_ = false;
   int64_t chunk_bytes_ = kDefaultChunkBytes;

@@ -102,9 +102,10 @@ Direction MakeDirection(std::map<uint32_t, uint32_t> key_map) {
   return d;
 }
 
-BatchStatements::BatchStatements(const jobs::JobDefinition& job)
+BatchStatements::BatchStatements(const jobs::JobDefinition& job,
+                                 const std::optional<std::string>& relation)
     : job_(job),
-      table_(job.QualifiedTable()),
+      table_(relation ? *relation : job.QualifiedTable()),
       key_(job.Key()),
       key_id_(job.key_id_column ? db::QuoteIdent(*job.key_id_column) : "") {
   needs_work_ = NeedsWork();

@@ -71,7 +71,10 @@ struct SelectCall {
 
 class BatchStatements {
  public:
-  explicit BatchStatements(const jobs::JobDefinition& job);
+  // The statements over `relation` (quoted; a leaf partition of the job's table, rekey.batches
+  // .partition_name), or over the job's table itself when nullopt.
+  explicit BatchStatements(const jobs::JobDefinition& job,
+                           const std::optional<std::string>& relation = std::nullopt);
 
   // The row-locking SELECT of `variant`.
   std::string Select(int variant) const;
@@ -98,7 +101,7 @@ class BatchStatements {
                               const std::string& suffix) const;
 
   const jobs::JobDefinition& job_;  // outlives the statements (the rotator owns both)
-  std::string table_;               // "schema"."table"
+  std::string table_;               // "schema"."table", or the batch's leaf partition
   jobs::KeyShape key_;
   std::string key_id_;      // the quoted key-id column, "" if none
   std::string needs_work_;  // with $P and $K for the key parameters

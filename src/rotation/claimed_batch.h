@@ -21,6 +21,9 @@ struct ClaimedBatch {
   std::optional<int> bucket_lo;
   std::optional<int> bucket_hi;
   bool rollback = false;  // move values from the job's target keys back to its source keys
+  // The leaf partition the batch covers, quoted ("schema"."leaf"); nullopt: the job's table
+  // itself (any table that is not partitioned). See rekey.lock_batch_partition.
+  std::optional<std::string> relation;
 };
 
 }  // namespace rekey::rotation

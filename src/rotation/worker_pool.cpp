@@ -41,6 +41,7 @@ ClaimedBatch ClaimedBatchOf(const pqxx::row& row) {
   if (!row["bucket_lo"].is_null()) b.bucket_lo = row["bucket_lo"].as<int>();
   if (!row["bucket_hi"].is_null()) b.bucket_hi = row["bucket_hi"].as<int>();
   b.rollback = row["rollback"].as<bool>();
+  if (!row["relation"].is_null()) b.relation = row["relation"].as<std::string>();
   return b;
 }
 
@@ -228,7 +229,8 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       throw;
     }
   };
-  std::map<int64_t, std::unique_ptr<BatchRotator>> rotators;
+  // Per job, and per leaf partition of a partitioned table (its statements name the leaf).
+  std::map<std::pair<int64_t, std::string>, std::unique_ptr<BatchRotator>> rotators;
   std::map<int64_t, ChunkSizer> sizers;  // per job: chunk sizes adapt to each table's speed
   int consecutive_failures = 0;
   const char* job_param = nullptr;
@@ -291,11 +293,12 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
         continue;
       }
 
-      auto& rotator = rotators[batch->job_id];
+      auto& rotator = rotators[{batch->job_id, batch->relation.value_or("")}];
       if (!rotator) {
         pqxx::read_transaction txn(*conn);
-        rotator = std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_,
-                                                 options_.transit, options_.aws_kms);
+        rotator =
+            std::make_unique<BatchRotator>(jobs::LoadJob(txn, batch->job_id), keys_,
+                                           options_.transit, options_.aws_kms, batch->relation);
         txn.commit();
         rotator->set_wait_for_flush(options_.pacing.gentle());
         rotator->set_chunk_bytes(options_.batch_bytes);

@@ -20,6 +20,15 @@ SELECT format('%I.%I', j.schema_name, j.table_name) AS qualified_table,
   FROM rekey.jobs j
  WHERE j.job_id = $1::bigint
 
+-- name: leaves
+-- The relations job $1 is planned over, in rekey.job_leaves' order (the order rekey.plan_rollout
+-- plans them in): each leaf partition of a partitioned table (schema, name, and quoted for pasting
+-- into SQL), or one row with NULL names and the job's table itself.
+SELECT l.leaf_schema, l.leaf_name, rekey.batch_relation_sql(j, l.leaf_schema, l.leaf_name) AS relation
+  FROM rekey.jobs j, rekey.job_leaves(j) WITH ORDINALITY AS l(leaf_schema, leaf_name, n)
+ WHERE j.job_id = $1::bigint
+ ORDER BY l.n
+
 -- name: stages_to_plan
 -- The job's rollout stages that have no batches yet, in bucket order: the stages
 -- rekey.plan_rollout plans.
@@ -46,9 +55,10 @@ SELECT set_config('enable_sort', $1::text, true) AS enable_sort,
 -- name: insert_batches
 -- Writes finished batches of job $1, one per element of the parallel arrays: number (provisional
 -- until renumber), stage, bounds [lo, hi) (NULL: unbounded), planned rows, and the recorded keys
--- as a text[] literal (NULL: not recorded).
-INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys)
-SELECT $1::bigint, b.no, b.stage_no, b.lo, b.hi, b.rows, b.keys::text[]
+-- as a text[] literal (NULL: not recorded); all over leaf partition $8.$9 (NULL: the table).
+INSERT INTO rekey.batches (job_id, batch_no, stage_no, lo, hi, planned_rows, keys,
+                           partition_schema, partition_name)
+SELECT $1::bigint, b.no, b.stage_no, b.lo, b.hi, b.rows, b.keys::text[], $8::name, $9::name
   FROM unnest($2::integer[], $3::integer[], $4::text[], $5::text[], $6::integer[], $7::text[])
        AS b(no, stage_no, lo, hi, rows, keys)
 

@@ -20,6 +20,12 @@ FROM rekey.batches b JOIN rekey.jobs j USING (job_id)
 WHERE b.job_id = $1 AND b.batch_no = $2
 FOR UPDATE OF b
 
+-- name: lock_partition
+-- For batch ($1 job, $2 batch_no) held by worker $3 over a leaf partition: locks the job's table
+-- so the leaf stays attached until commit; partition_gone is NULL if it still is one, else the
+-- reason, the batch then completed with no rows (rekey.lock_batch_partition).
+SELECT rekey.lock_batch_partition($1, $2, $3) AS partition_gone
+
 -- name: failures
 -- Quarantines values of batch ($1 job, $2 batch_no) of table $3 found by worker $4: parallel
 -- arrays of primary keys, columns, error classes, key ids (NULL: none) and details ('': none).

@@ -39,8 +39,8 @@ SET LOCAL synchronous_commit = off
 
 -- name: claim_batch
 -- Claims the next batch for worker $1 (of job $2, or any job when NULL); no row when none is
--- claimable now.
-SELECT job_id, batch_no, lo, hi, attempt, stage_no, bucket_lo, bucket_hi, rollback
+-- claimable now. relation: the batch's leaf partition, quoted (NULL: the job's table).
+SELECT job_id, batch_no, lo, hi, attempt, stage_no, bucket_lo, bucket_hi, rollback, relation
 FROM rekey.claim_batch($1, $2::bigint)
 
 -- name: leave
