@@ -47,8 +47,8 @@ def build_fixture(rb, rows):
                  jsonb_build_object('src', 'anchor', 'n', n)
             FROM payment_methods_seed s, generate_series(1, {copies}) k,
                  LATERAL (SELECT s.id + k::bigint * {SEED_CHUNK} AS n) x
-           WHERE s.id <= {SEED_CHUNK} AND x.n <= {rows};
-          VACUUM ANALYZE payment_methods_seed""")
+           WHERE s.id <= {SEED_CHUNK} AND x.n <= {rows}""")
+        rb.psql("VACUUM ANALYZE payment_methods_seed")
         rb.FIXTURE_ROWS = rows
         rb.log(f"fixture: {rows} rows ({rows - SEED_CHUNK} copied in the server) in "
                f"{time.monotonic() - t:.1f} s")
