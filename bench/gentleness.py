@@ -183,14 +183,14 @@ def lockwait(rb, job_args):
         for name, args in conditions:
             runs[name].append(lock_run(rb, job_args, f"bench-lockwait-{name}-{i + 1}",
                                        list(rb.WORK_ARGS) + args))
-    med = lambda name, part: rb.median([r[part]["p99_ms"] for r in runs[name]])
+    med = lambda name, part: round(rb.median([r[part]["p99_ms"] for r in runs[name]]), 3)
     return {"limit_ms": LOCK_LIMIT_MS, "batch_size": LOCK_BATCH_SIZE, "app_tps": LOCK_TPS,
             "seconds": LOCK_SECONDS,
             "p99_ms_without": med("without", "latency"), "p99_ms_with": med("with", "latency"),
             "statement_p99_ms_without": med("without", "statement"),
             "statement_p99_ms_with": med("with", "statement"),
-            "rekey_rows_per_s_without": rb.median([r["rekey_rows_per_s"] for r in runs["without"]]),
-            "rekey_rows_per_s_with": rb.median([r["rekey_rows_per_s"] for r in runs["with"]]),
+            "rekey_rows_per_s_without": round(rb.median([r["rekey_rows_per_s"] for r in runs["without"]])),
+            "rekey_rows_per_s_with": round(rb.median([r["rekey_rows_per_s"] for r in runs["with"]])),
             "runs": runs}
 
 
