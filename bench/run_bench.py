@@ -9,7 +9,8 @@ usage: bench/run_bench.py [BUILD_DIR]          (BUILD_DIR holds rekey and codec_
 Environment (all optional):
   BENCH_ROWS=1000000     fixture size of the side-by-side runs
   BENCH_RUNS=3           side-by-side runs; medians are reported
-  BENCH_FULL=1           adds 3,000,000 rows to the size curve (about 10 more minutes)
+  BENCH_FULL=1           adds 3,000,000 rows to the size curve (about 10 more minutes) and the
+                         ten-million-row part (bench/full.py; BENCH_FULL_SIZES="1000000 10000000")
   BENCH_SIZES="..."      size curve sizes (default "100000 1000000", plus 3000000 if BENCH_FULL)
   BENCH_SIZE_RUNS=3      rotations per size of the curve other than BENCH_ROWS (median reported;
                          default BENCH_RUNS)
@@ -31,8 +32,9 @@ Environment (all optional):
   BENCH_APP_CLIENTS=4    pgbench clients
   BENCH_GENTLE_ARGS="--max-rows-per-second 5000"  the `rekey work` flags of the gentle run
   BENCH_SKIP="..."       parts to skip, any of: main anchors scaling staged gentle sizes codecs
-                         micro partitioned (main: the side-by-side rotations of the anchors'
-                         table; partitioned: the same table in 8 range partitions, beside it)
+                         micro partitioned full walcap lockwait (main: the side-by-side
+                         rotations of the anchors' table; partitioned: the same table in 8 range
+                         partitions, beside it; walcap, lockwait: bench/gentleness.py)
   BENCH_CODECS="tink raw fernet rails lockbox cloak"  the codecs part: one rotation per codec of
   BENCH_CODEC_ROWS=100000  its own table (1000000 with BENCH_FULL), BENCH_CODEC_RUNS=3 runs,
   BENCH_CODEC_RUNS=3       rows/s as a ratio to tink's of the same run (median)
@@ -54,6 +56,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import codec_fixture  # noqa: E402 (bench/codec_fixture.py)
+import full  # noqa: E402 (bench/full.py: the ten-million-row part)
+import gentleness  # noqa: E402 (bench/gentleness.py: the WAL-rate cap, the lock-wait brake)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.abspath(os.path.join(REPO, sys.argv[1] if len(sys.argv) > 1 else "build-release"))
@@ -389,7 +393,7 @@ def latency_stats(xs):
             "p99_ms": round(percentile(xs, 0.99), 3) if xs else None, "n": len(xs)}
 
 
-def gentle(rows, label):
+def gentle(rows, label, job_args):
     """The application's latency with and without a gentle rekey beside it (issue 7 item 5).
 
     One pgbench run (a fixed offered rate, --rate, so the load is the same throughout; latency
@@ -402,7 +406,7 @@ def gentle(rows, label):
     reset_table()
     run([REKEY, "job", "create", "--table", "public.payment_methods", "--column", "token",
          "--key-id-column", "key_id", "--map", "1:2", "--batch-size", str(BATCH_SIZE),
-         "--stages", "100", "--name", label])
+         "--name", label, *job_args])  # setup_rekey's: one stage, the plain columns named
     job = int(psql("SELECT max(job_id) FROM rekey.jobs"))
     d = os.path.join(WORK, f"pgbench-{label}")
     os.makedirs(d, exist_ok=True)
@@ -897,6 +901,10 @@ def print_table(result):
         b = sw["best"]
         print(f"  best: batch {b['batch_size']}, {b['processes']} proc x conc "
               f"{b['concurrency']}: {b['rows_per_s']:.0f} rows/s")
+    if result.get("ten_million"):
+        full.print_part(result["ten_million"])
+    if result.get("gentle_brakes"):
+        gentleness.print_part(result["gentle_brakes"])
     print("\nissue-7 bars:")
     for b in result["bars"]:
         print(f"  {'MET ' if b['met'] else 'NOT '} {b['bar']}: {b['value']} (target {b['target']})")
@@ -988,7 +996,7 @@ def main():
         build_fixture(ROWS)
         # The p99 of a minute of transactions moves by a third between identical runs on a
         # shared 2-core machine: the figure is the median of GENTLE_RUNS runs' ratios.
-        runs_g = [gentle(ROWS, f"bench-gentle-{i + 1}") for i in range(GENTLE_RUNS)]
+        runs_g = [gentle(ROWS, f"bench-gentle-{i + 1}", job_args) for i in range(GENTLE_RUNS)]
         result["gentle"] = dict(runs_g[len(runs_g) // 2])
         result["gentle"]["runs"] = runs_g
         for k in ("p50_ratio", "p99_ratio"):
@@ -996,6 +1004,10 @@ def main():
     if "partitioned" not in SKIP and "main" not in SKIP:
         build_fixture(ROWS)
         result["partitioned"] = partitioned(job_args, runs[-1]["rekey"].get("2x1") if runs else None)
+    if FULL and "full" not in SKIP:
+        result["ten_million"] = full.ten_million(sys.modules[__name__], job_args)
+    if not {"walcap", "lockwait"} <= SKIP:
+        result["gentle_brakes"] = gentleness.brakes_part(sys.modules[__name__], job_args)
     result["sweep"] = sweep(job_args)
     if "codecs" not in SKIP:
         result["codecs"] = codecs(job_args)
@@ -1003,6 +1015,8 @@ def main():
         log("codec micro-benchmarks and openssl speed")
         result["micro"] = micro()
     result["bars"] = bars(result["summary"], result.get("gentle"), result.get("size_curve"))
+    for part in ("ten_million", "gentle_brakes"):
+        result["bars"] += (result.get(part) or {}).get("bars", [])
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(result, f, indent=2, sort_keys=False)

@@ -3,6 +3,7 @@
 // rekey.progress and `rekey status`, releases when the signal goes, and the job then completes
 // with every value rotated and its plaintext kept. The lock-wait brake is measured: an
 // application UPDATE on a row rekey holds completes within --max-lock-wait plus a margin.
+// The archive brake runs against a real archiver whose command fails, then succeeds.
 // Bad input and a role that cannot observe a brake's view stop the worker at start (exit 2).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -352,6 +353,76 @@ TEST_F(BrakesTest, ABrakeTheRoleCannotObserveStopsTheWorkerAtStartWithTheGrant) 
   ProcessResult ok = StartWorker(job, {"--max-archive-backlog", "8"}, conninfo)->Wait(120);
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_EQ(Rotated(), 100);
+}
+
+// The archive brake against a real archiver that cannot keep up: archive_mode needs a restart,
+// so this fixture turns it on (with a failing archive_command) before its test database is made
+// and turns it off again after, leaving the process's server as the other tests expect it.
+class ArchiveBrakeTest : public BrakesTest {
+ protected:
+  void SetUp() override {
+    AlterSystem({"archive_mode = on", "archive_command = 'false'"});
+    PgServer::Get().Restart();
+    BrakesTest::SetUp();
+  }
+  void TearDown() override {
+    BrakesTest::TearDown();
+    AlterSystem({"archive_mode", "archive_command"}, /*reset=*/true);
+    PgServer::Get().Restart();
+  }
+
+  static void AlterSystem(const std::vector<std::string>& settings, bool reset = false) {
+    pqxx::connection admin(PgServer::Get().ConnInfo("postgres"));
+    pqxx::nontransaction txn(admin);
+    for (const auto& s : settings)
+      txn.exec0(std::string(reset ? "ALTER SYSTEM RESET " : "ALTER SYSTEM SET ") + s);
+    txn.exec("SELECT pg_reload_conf()");
+  }
+
+  int64_t ReadySegments() {
+    return Count("SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'");
+  }
+};
+
+TEST_F(ArchiveBrakeTest, AStalledArchiverBrakesTheWorkAndItResumesOnceTheArchiverCatchesUp) {
+  const int rows = 2000;
+  const int64_t job = CreateJob(rows, 500);
+  // Six finished segments the archiver cannot archive (each switch needs WAL written since the
+  // last one).
+  Exec("CREATE TABLE public.wal_marks (at timestamptz)");
+  for (int i = 0; i < 6; ++i) {
+    Exec("INSERT INTO public.wal_marks VALUES (now())");
+    Exec("SELECT pg_switch_wal()");
+  }
+  ASSERT_GE(ReadySegments(), 6) << PgServer::Get().LogTail();
+  const int limit = 3;
+  auto worker = StartWorker(job, {"--max-archive-backlog", std::to_string(limit), "--brake-poll",
+                                  "100ms", "--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(WaitForLog(*worker, "braking: archive_backlog", 60))
+      << ReadFile(worker->stderr_path());
+  const int port = ListenPort(ReadFile(worker->stderr_path()));
+  const std::string metrics = HttpGet(port, "/metrics").body;
+  EXPECT_EQ(Sample(metrics, "rekey_brake_active{reason=\"archive_backlog\"}"), 1) << metrics;
+  EXPECT_EQ(Sample(metrics, "rekey_brake_active{reason=\"wal_rate\"}"), 0);
+  EXPECT_EQ(WaitForProgressBrakes(job, "{archive_backlog}"), "{archive_backlog}");
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.workers WHERE brakes = '{archive_backlog}'"), 1);
+  ProcessResult status = RunRekey({"--db", this->conninfo(), "status", std::to_string(job)});
+  EXPECT_THAT(status.out, HasSubstr("BRAKING (archive_backlog)")) << status.out << status.err;
+  std::this_thread::sleep_for(1s);
+  EXPECT_EQ(Rotated(), 0) << "nothing is written while the archiver is behind";
+  EXPECT_TRUE(worker->Running());
+  const std::string log = ReadFile(worker->stderr_path());
+  EXPECT_THAT(log, HasSubstr("\"max_archive_backlog\":3"));
+  EXPECT_THAT(log, HasSubstr("\"archive_ready_segments\":"));
+
+  // The archiver recovers: the command succeeds from now on (the reload wakes the archiver).
+  AlterSystem({"archive_command = 'true'"});
+  ProcessResult r = worker->Wait(300);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.err, HasSubstr("brake released: archive_backlog"));
+  EXPECT_LE(ReadySegments(), 2) << "released only once the backlog is at 80 % of the limit or less";
+  ExpectRotated(job, rows);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.workers WHERE cardinality(brakes) > 0"), 0);
 }
 
 TEST_F(BrakesTest, BadInputIsOneLineAndExitTwo) {
