@@ -357,7 +357,7 @@ TEST_F(RotationTest, ABatchWhoseUpdateSkipsLockedRowsFailsAndWritesNothing) {
   EXPECT_EQ(Scalar("SELECT batch_no || ':' || attempts FROM rekey.batches WHERE state = 'failed'"),
             "2:3");
   EXPECT_THAT(Scalar("SELECT last_error FROM rekey.batches WHERE state = 'failed'"),
-              HasSubstr("the UPDATE wrote 99 of the 100 rows it locked"));
+              HasSubstr("the UPDATE wrote 99 of the 100 rows it read"));
   // The failed batch's rows are all still under key 1; the others moved.
   EXPECT_EQ(Count("SELECT count(*) FROM public.cards WHERE substring(token from 2 for 4) = "
                   "'\\x00000001'"),

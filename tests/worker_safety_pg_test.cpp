@@ -2,9 +2,13 @@
 // value is ever written under a key that is retired or destroyed, a batch waits for a retire or
 // destroy in progress on a key it writes under, row-level security that hides rows stops the
 // worker, its gates and `rekey job verify` before they count hidden rows as absent, and the worker
-// never pastes the types stored in rekey.jobs into its SQL.
+// never pastes the types stored in rekey.jobs into its SQL; and the batch's compare-and-swap keeps
+// an application's write made between the batch's read and its UPDATE (docs/safety.md,
+// invariant 3).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <fstream>
@@ -12,6 +16,8 @@
 #include <thread>
 
 #include "common/error.h"
+#include "crypto/text_encoding.h"
+#include "db/identifiers.h"
 #include "harness/pg_server.h"
 #include "harness/process.h"
 #include "rotation/gate.h"
@@ -77,6 +83,19 @@ class WorkerSafetyTest : public PgTest {
       if (value.first == key) ++n;
     }
     return n;
+  }
+
+  // Waits until `worker`'s backend waits for a lock (a row the test's open transaction holds).
+  void WaitUntilBlocked(ChildProcess* worker) {
+    bool blocked = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!blocked && worker->Running() && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      blocked = Count(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'rekey-worker%' AND wait_event_type = 'Lock'") > 0;
+    }
+    ASSERT_TRUE(blocked) << worker->Wait(5).err;
   }
 
   // Sets key `key` retired with the table's triggers off, as a superuser could: the status
@@ -235,15 +254,7 @@ TEST_F(WorkerSafetyTest, ABatchWhoseStageClosedBeforeItCommittedIsLostNotFailed)
   auto hold = std::make_unique<pqxx::work>(application);
   hold->exec("SELECT 1 FROM public.cards WHERE id = 250 FOR UPDATE");
   auto worker = StartWorker(job);
-  bool blocked = false;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (!blocked && worker->Running() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    blocked = Count(
-                  "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                  "AND application_name LIKE 'rekey-worker%' AND wait_event_type = 'Lock'") > 0;
-  }
-  ASSERT_TRUE(blocked) << worker->Wait(5).err;
+  WaitUntilBlocked(worker.get());
   ProcessResult r = Rekey(conninfo(), {"job", "rollback", job});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   hold->commit();
@@ -257,6 +268,107 @@ TEST_F(WorkerSafetyTest, ABatchWhoseStageClosedBeforeItCommittedIsLostNotFailed)
   EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.batches WHERE job_id = " + job +
                    " AND (last_error IS NOT NULL OR state = 'failed')"),
             "0");
+}
+
+// The batch reads its rows without locking them and writes each back only if it still holds the
+// value read. The application's write here comes between the two, deterministically: its
+// transaction has updated row 250 but not committed, so the batch's SELECT reads the row's
+// committed value and its UPDATE waits for the row; then the application commits. The UPDATE
+// re-checks the row's newest version and must leave it as the application wrote it. Without the
+// compare-and-swap the UPDATE would match the row by key alone and put the old plaintext back
+// under key 2: the application's write would be lost.
+TEST_F(WorkerSafetyTest, AnApplicationWriteBetweenTheBatchsReadAndItsUpdateWins) {
+  SeedTinkTable(conn(), "public.cards", 1000, 1);
+  const std::string job =
+      Job("'public.cards', ARRAY['token'], '{\"1\": 2}', p_key_id_column => 'key_id', "
+          "p_batch_size => 500, p_stages => '{100}'");
+  pqxx::connection application(conninfo());
+  auto write = std::make_unique<pqxx::work>(application);
+  write->exec_params("UPDATE public.cards SET token = $1 WHERE id = 250",
+                     pqxx::binarystring(TinkEncrypt(1, "written-by-the-application")));
+  auto worker = StartWorker(job);
+  WaitUntilBlocked(worker.get());
+  write->commit();
+  ProcessResult r = worker->Wait(60);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "completed");
+  // The first batch read row 250 and did not write it: it counts as skipped, not done.
+  EXPECT_EQ(
+      Scalar("SELECT rows_done || ' ' || rows_skipped FROM rekey.batches WHERE job_id = " + job +
+             " AND batch_no = (SELECT min(batch_no) FROM rekey.batches WHERE job_id = " + job +
+             ")"),
+      "499 1");
+  // The application's value survived, and the sweep moved it to key 2 afterwards.
+  for (const auto& [id, value] : DecryptAll(conn(), "public.cards")) {
+    ASSERT_EQ(value.second, id == 250 ? "written-by-the-application" : PlaintextFor(id))
+        << "row " << id;
+    ASSERT_EQ(value.first, 2u) << "row " << id;
+  }
+}
+
+// A JSON column is compared by the string at its path, not by the document: the application's
+// write to another field of the document between the read and the UPDATE neither stops the
+// field's rotation (the row is written, not skipped) nor is undone (jsonb_set writes into the
+// row's newest version); its write to the field itself wins as for any column.
+TEST_F(WorkerSafetyTest, AJsonColumnComparesTheFieldSoWritesToOtherFieldsDoNotSkipTheRow) {
+  auto token = [](const std::string& plaintext) {
+    std::string text;
+    const std::string binary = TinkEncrypt(1, plaintext);
+    crypto::EncodeText(crypto::TextEncoding::kBase64,
+                       reinterpret_cast<const uint8_t*>(binary.data()), binary.size(),
+                       crypto::TextStyle{true}, &text);
+    return text;
+  };
+  {
+    std::vector<std::string> ids, docs;
+    for (int id = 1; id <= 100; ++id) {
+      ids.push_back(std::to_string(id));
+      docs.push_back(
+          nlohmann::json({{"payment", {{"token", token(PlaintextFor(id))}}}, {"counter", 0}})
+              .dump());
+    }
+    pqxx::work txn(conn());
+    txn.exec0("CREATE TABLE public.docs (id bigint PRIMARY KEY, doc jsonb)");
+    txn.exec_params("INSERT INTO public.docs SELECT * FROM unnest($1::bigint[], $2::jsonb[])",
+                    db::TextArrayLiteral(ids), db::TextArrayLiteral(docs));
+    txn.commit();
+  }
+  const std::string job =
+      Job("'public.docs', ARRAY['doc'], '{\"1\": 2}', p_json_path => '{payment,token}', "
+          "p_encoding => 'base64', p_batch_size => 100, p_stages => '{100}'");
+  pqxx::connection application(conninfo());
+  auto write = std::make_unique<pqxx::work>(application);
+  write->exec("UPDATE public.docs SET doc = jsonb_set(doc, '{counter}', '1') WHERE id = 10");
+  write->exec_params(
+      "UPDATE public.docs SET doc = jsonb_set(doc, '{payment,token}', to_jsonb($1::text)) WHERE id "
+      "= 20",
+      token("written-by-the-application"));
+  auto worker = StartWorker(job);
+  WaitUntilBlocked(worker.get());
+  write->commit();
+  ProcessResult r = worker->Wait(60);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + job), "completed");
+  // Only row 20, whose field the application wrote, was skipped by the rollout's batch.
+  EXPECT_EQ(
+      Scalar("SELECT rows_done || ' ' || rows_skipped FROM rekey.batches WHERE job_id = " + job +
+             " AND batch_no = (SELECT min(batch_no) FROM rekey.batches WHERE job_id = " + job +
+             ")"),
+      "99 1");
+  pqxx::read_transaction txn(conn());
+  for (const auto& row : txn.exec("SELECT id, doc::text AS doc FROM public.docs ORDER BY id")) {
+    const int64_t id = row["id"].as<int64_t>();
+    const nlohmann::json doc = nlohmann::json::parse(row["doc"].as<std::string>());
+    EXPECT_EQ(doc["counter"].get<int>(), id == 10 ? 1 : 0) << "row " << id;
+    Bytes binary;
+    ASSERT_TRUE(crypto::DecodeText(crypto::TextEncoding::kBase64,
+                                   doc["payment"]["token"].get<std::string>(), &binary));
+    uint32_t key_id = 0;
+    EXPECT_EQ(TinkDecrypt(std::string(binary.begin(), binary.end()), &key_id),
+              id == 20 ? "written-by-the-application" : PlaintextFor(id))
+        << "row " << id;
+    EXPECT_EQ(key_id, 2u) << "row " << id;
+  }
 }
 
 class RowSecurityTest : public WorkerSafetyTest {

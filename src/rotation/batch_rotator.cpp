@@ -66,12 +66,21 @@ std::string ReleaseBatch(pqxx::work& txn, const ClaimedBatch& batch, const std::
       .as<std::string>();
 }
 
-// What a chunk writes: the rewritten rows as the UPDATE's arrays, the values quarantined, and the
-// values moved (for the value audit and the batch's audit row).
+// What a chunk writes: the rewritten rows as the UPDATE's arrays (new values, and the values
+// read for its compare-and-swap), the values quarantined, and the values moved (for the value
+// audit and the batch's audit row), counted once the UPDATE said which rows it wrote.
 struct BatchRotator::RowChanges {
-  std::string row_ids = "{";  // text[] literal of the rows rewritten
-  std::vector<db::BinaryArray> columns;
-  std::string key_ids = "{";  // bigint[] literal of their new key ids (key-id column jobs)
+  std::string row_ids = "{";             // text[] literal of the rows rewritten
+  std::vector<db::BinaryArray> columns;  // per column: the new values, then the values read
+  std::string key_ids = "{";             // bigint[] literal of their new key ids (key-id column)
+  std::string read_key_ids = "{";        // ... and of the key ids read
+  std::vector<std::string> row_pks;      // of the rows rewritten, in the arrays' order
+  struct Move {
+    size_t row;  // in row_pks
+    size_t column;
+    uint32_t from, to;
+  };
+  std::vector<Move> row_moves;  // each value rewritten
   std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid, fail_detail;
   std::vector<std::string> audit_pk, audit_col, audit_from, audit_to;
   std::map<std::pair<uint32_t, uint32_t>, int> moved;  // (from, to) -> values
@@ -250,7 +259,7 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
   RowChanges changes;
   RewriteValues(rows, handled, side);
   CollectRows(rows, handled, side, &changes, &chunk.batch);
-  WriteRows(txn, batch, changes, chunk.batch);
+  WriteRows(txn, batch, &changes, &chunk.batch);
   RecordFailures(txn, batch, worker_id, changes, &chunk.batch);
   AuditValues(txn, batch, changes);
 
@@ -455,8 +464,10 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
   const size_t ncols = job_.columns.size();
   const int row_id = rows.column_number("row_id");
   for (const auto& column : job_.columns) {
-    changes->columns.emplace_back(NewValueType(column) == "text" ? db::BinaryArray::kTextOid
-                                                                 : db::BinaryArray::kByteaOid);
+    const int32_t oid =
+        NewValueType(column) == "text" ? db::BinaryArray::kTextOid : db::BinaryArray::kByteaOid;
+    changes->columns.emplace_back(oid);  // the new values
+    changes->columns.emplace_back(oid);  // the values read
   }
   // Per column of the current row: what its rewriter made of it, nullptr for NULL.
   std::vector<const crypto::RewrittenValue*> row_values(ncols);
@@ -499,47 +510,72 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
       continue;
     }
     ++result->rows_done;
-    AppendRow(pk, r, row_values, new_key_id, changes);
+    AppendRow(pk, rows[pqxx::result::size_type(r)], r, row_values, new_key_id, changes);
   }
 }
 
-void BatchRotator::AppendRow(const std::string& pk, size_t r,
+void BatchRotator::AppendRow(const std::string& pk, const pqxx::row& row, size_t r,
                              const std::vector<const crypto::RewrittenValue*>& row_values,
                              std::optional<uint32_t> new_key_id, RowChanges* changes) const {
   db::AppendTextArrayElement(pk, &changes->row_ids);
+  const size_t row_no = changes->row_pks.size();
+  changes->row_pks.push_back(pk);
   std::string text;
   for (size_t i = 0; i < row_values.size(); ++i) {
+    AppendValueRead(i, row, r, &changes->columns[2 * i + 1]);
     const crypto::RewrittenValue* v = row_values[i];
     if (!v) {
-      changes->columns[i].AppendNull();  // the UPDATE keeps the stored value
+      changes->columns[2 * i].AppendNull();  // the UPDATE keeps the stored value
       continue;
     }
     if (IsText(job_.columns[i])) {
       // In the encoding and style the value was read in (rotation/stored_form.h).
       WriteStoredValue(job_.columns[i], v->value, styles_[r * row_values.size() + i], &text);
-      changes->columns[i].Append(text);
+      changes->columns[2 * i].Append(text);
     } else {
-      changes->columns[i].Append(v->value.data(), v->value.size());
+      changes->columns[2 * i].Append(v->value.data(), v->value.size());
     }
-    ++changes->moved[{v->from_key, v->to_key}];
-    if (job_.per_row_audit) {
-      changes->audit_pk.push_back(pk);
-      changes->audit_col.push_back(job_.columns[i].name);
-      changes->audit_from.push_back(std::to_string(v->from_key));
-      changes->audit_to.push_back(std::to_string(v->to_key));
-    }
+    changes->row_moves.push_back({row_no, i, v->from_key, v->to_key});
   }
   if (job_.key_id_column) {
     if (changes->key_ids.size() > 1) changes->key_ids += ',';
     changes->key_ids += std::to_string(*new_key_id);
+    if (changes->read_key_ids.size() > 1) changes->read_key_ids += ',';
+    const pqxx::field read = row["row_key_id"];
+    changes->read_key_ids += read.is_null() ? "NULL" : read.c_str();
   }
 }
 
-void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges& changes,
-                             const BatchResult& result) {
-  if (result.rows_done == 0) return;
+void BatchRotator::AppendValueRead(size_t i, const pqxx::row& row, size_t r,
+                                   db::BinaryArray* read) const {
+  const pqxx::field field = row[field_no_[i]];
+  if (field.is_null()) {
+    // No value, or (a JSON column) no string at the path: compared as NULL.
+    read->AppendNull();
+  } else if (NewValueType(job_.columns[i]) == "text") {
+    // Text as the SELECT returned it: the stored text, or the string at the JSON path.
+    read->Append(std::string_view(field.c_str(), field.size()));
+  } else {
+    // A bytea value, as RewriteValues decoded it.
+    const Bytes& decoded = decoded_[r * job_.columns.size() + i];
+    read->Append(decoded.data(), decoded.size());
+  }
+}
+
+void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges* changes,
+                             BatchResult* result) {
+  if (result->rows_done == 0) return;
   std::vector<pqxx::binarystring> arrays;
-  for (const auto& array : changes.columns) arrays.push_back(array.Finish());
+  for (const auto& array : changes->columns) arrays.push_back(array.Finish());
+  const std::string row_ids = changes->row_ids + "}";
+  const std::string key_ids = changes->key_ids + "}";
+  const std::string read_key_ids = changes->read_key_ids + "}";
+  auto execute = [&](const std::string& statement) {
+    return job_.key_id_column
+               ? txn.exec_prepared(statement, row_ids, pqxx::prepare::make_dynamic_params(arrays),
+                                   key_ids, read_key_ids)
+               : txn.exec_prepared(statement, row_ids, pqxx::prepare::make_dynamic_params(arrays));
+  };
   // --triggers skip: replica mode for this UPDATE alone; the rest of the transaction (failures,
   // audit, checkpoint) runs in the session's role, so rekey's own triggers fire.
   std::string previous_role;
@@ -547,26 +583,45 @@ void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChan
   if (!update_prepared_) {
     // Here rather than in Prepare: a leaf partition may be gone until the chunk has checked it.
     txn.conn().prepare(prefix_ + "update", statements_.update());
+    txn.conn().prepare(prefix_ + "still_as_read", statements_.still_as_read());
     update_prepared_ = true;
   }
-  const pqxx::result updated =
-      job_.key_id_column
-          ? txn.exec_prepared(prefix_ + "update", changes.row_ids + "}",
-                              pqxx::prepare::make_dynamic_params(arrays), changes.key_ids + "}")
-          : txn.exec_prepared(prefix_ + "update", changes.row_ids + "}",
-                              pqxx::prepare::make_dynamic_params(arrays));
+  const pqxx::result updated = execute(prefix_ + "update");
   if (skip_triggers_) txn.exec_params(FixedQuery("restore_role"), previous_role);
-  // The rows are locked, so each is written exactly once, and nothing of the batch may commit
-  // otherwise. No concurrent change can cause a difference, so no retry can fix it: a trigger
-  // on the table that skips or redirects updates can. The attempt counts, and the batch fails
-  // with this reason once its attempts are used up.
-  if (updated.affected_rows() != size_t(result.rows_done)) {
-    throw PermanentError("batch " + std::to_string(batch.job_id) + "/" +
-                         std::to_string(batch.batch_no) + ": the UPDATE wrote " +
-                         std::to_string(updated.affected_rows()) + " of the " +
-                         std::to_string(result.rows_done) +
-                         " rows it locked (a trigger on the table that skips or redirects "
-                         "updates?); nothing of the batch was written");
+  std::vector<bool> written(changes->row_pks.size(), true);
+  if (updated.size() != changes->row_pks.size()) {
+    // Rows the application wrote after the SELECT read them (or deleted) are not written: the
+    // application's write wins, and the row counts as skipped (a sweep sees it again if it is
+    // still under a source key). A row not written that still holds the value read was skipped
+    // by something else -- a trigger that skips or redirects updates -- which no retry can fix:
+    // the attempt counts, nothing of the batch may commit, and the batch fails with this reason
+    // once its attempts are used up.
+    const pqxx::result still = execute(prefix_ + "still_as_read");
+    if (!still.empty()) {
+      throw PermanentError(
+          "batch " + std::to_string(batch.job_id) + "/" + std::to_string(batch.batch_no) +
+          ": the UPDATE wrote " + std::to_string(updated.size()) + " of the " +
+          std::to_string(result->rows_done) + " rows it read, and " + std::to_string(still.size()) +
+          " of the others still hold the value read (a trigger on the table "
+          "that skips or redirects updates?); nothing of the batch was written");
+    }
+    std::set<std::string> wrote;
+    const int row_id = updated.column_number("row_id");
+    for (const auto& row : updated) wrote.insert(row[row_id].as<std::string>());
+    for (size_t k = 0; k < written.size(); ++k) written[k] = wrote.count(changes->row_pks[k]) > 0;
+    const int missed = result->rows_done - int(updated.size());
+    result->rows_done -= missed;
+    result->rows_skipped += missed;
+  }
+  for (const RowChanges::Move& move : changes->row_moves) {
+    if (!written[move.row]) continue;
+    ++changes->moved[{move.from, move.to}];
+    if (job_.per_row_audit) {
+      changes->audit_pk.push_back(changes->row_pks[move.row]);
+      changes->audit_col.push_back(job_.columns[move.column].name);
+      changes->audit_from.push_back(std::to_string(move.from));
+      changes->audit_to.push_back(std::to_string(move.to));
+    }
   }
 }
 

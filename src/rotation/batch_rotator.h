@@ -1,15 +1,24 @@
 // Re-encrypts one claimed batch of one job, in one transaction.
 //
-// The transaction locks the batch's queue row, then the batch's target rows that are still under
-// a source key (FOR UPDATE), decrypts each value with its source key and encrypts it under the
-// mapped target key, writes the new values back with one UPDATE ... FROM unnest(...) (matching
-// rows by primary key), records poison values in rekey.row_failures (leaving their rows untouched),
-// and marks the batch done with its audit row (rekey.complete_batch). Rows, checkpoint and audit
-// commit together or not at all. Because only values still under a source key are selected, and
-// they stay locked until commit, a value the application changed is never overwritten and
-// re-processing a batch never encrypts a value twice.
+// The transaction locks the batch's queue row, reads the batch's target rows that are still under
+// a source key (without locking them), decrypts each value with its source key and encrypts it
+// under the mapped target key, writes the new values back with one UPDATE ... FROM unnest(...)
+// that matches rows by primary key *and* by the values read (a compare-and-swap), records poison
+// values in rekey.row_failures (leaving their rows untouched), and marks the batch done with its
+// audit row (rekey.complete_batch). Rows, checkpoint and audit commit together or not at all.
 //
-// Key locks: the transaction's first statement, before any row is locked, is
+// The application's write always wins (docs/safety.md, invariant 3): a row the application wrote
+// after the SELECT read it no longer holds the value read, so the UPDATE -- which under READ
+// COMMITTED re-checks its condition on the newest version of a row changed since its snapshot,
+// after waiting for the writer to commit -- leaves it as the application wrote it, and the row
+// counts as skipped (a sweep reads it again if it is still under a source key). A JSON column is
+// compared by the string at its path, so writes to the document's other fields neither stop the
+// rotation nor are undone (jsonb_set writes into the row's newest version). Because only values
+// still under a source key are selected, and written only if unchanged, re-processing a batch
+// never encrypts a value twice. Reading without FOR UPDATE takes the row locks out of the SELECT
+// (about a fifth of a batch's server time, bench/README.md).
+//
+// Key locks: the transaction's first statement, before any row is read, is
 // rekey.lock_keys_for_write (sql/schema/30_keyring.sql) on every key the batch writes under -- the
 // job's target keys, or for a rollback batch its source keys -- held to commit. A retire or destroy
 // of such a key takes the same lock exclusively, so it waits for the batch and counts what it
@@ -28,7 +37,7 @@
 //
 // A vault-transit job (jobs::JobDefinition::transit_key_ref) never decrypts: the SELECT takes the
 // rows holding a value below the job's target Transit version (rekey.transit_version, or any
-// value that is not a Transit ciphertext), the locked values go to Vault's rewrap
+// value that is not a Transit ciphertext), the values read go to Vault's rewrap
 // (rotation/transit_rewriter.h), and the answers are written back with the same UPDATE in the
 // same transaction. An item Vault refuses is quarantined; the rest of the batch goes on. A failure
 // of the whole request (Vault down, sealed, throttling) throws TransientError with nothing written.
@@ -44,7 +53,7 @@
 // The pieces: the statements built from the job's identifiers are rotation/batch_statements.h,
 // the fixed ones queries/batch_rotator.sql; each value is rewritten by the ValueRewriter of its
 // codec (crypto/value_rewriter.h); this file holds the transaction's steps, in order: lock keys,
-// lock the batch's queue row, lock and read its rows, rewrite, write, quarantine, audit, and
+// lock the batch's queue row, read its rows, rewrite, write, quarantine, audit, and
 // checkpoint or complete.
 #pragma once
 
@@ -65,6 +74,7 @@
 #include "crypto/rails.h"
 #include "crypto/text_encoding.h"
 #include "crypto/value_rewriter.h"
+#include "db/binary_array.h"
 #include "jobs/job.h"
 #include "jobs/side_effects.h"
 #include "rotation/aws_kms_rewriter.h"
@@ -144,7 +154,7 @@ class BatchRotator {
   void set_wait_for_flush(bool wait) { wait_for_flush_ = wait; }
 
   // The bytes a chunk holds at most (0: no bound; default kDefaultChunkBytes): the stored size
-  // of the rotated values of its rows, asked of the database before the rows are locked
+  // of the rotated values of its rows, asked of the database before the rows are read
   // (BatchStatements::Sizes), so the worker's memory and each transaction stay bounded whatever
   // the values' sizes. A chunk always takes at least one row, whatever its size; the rest of the
   // batch follows in further chunks after a checkpoint, as under --target-batch-ms. The worker
@@ -161,11 +171,12 @@ class BatchRotator {
   // size, so a batch as planned is one chunk.
   //
   // Takes every key of the job from the DataKeySource first, before the transaction opens, so a
-  // KMS error is thrown before any row is locked and can never be mistaken for a poison value.
+  // KMS error is thrown before any row is read and can never be mistaken for a poison value.
   // Throws on database or KMS errors, in which case nothing of the chunk was committed;
   // KeyNotWritableError when a key it would write under is retired, destroyed or unknown;
   // ConfigError when row-level security hides rows of the table from the connection's role
-  // (see the file comment); PermanentError when the UPDATE wrote fewer rows than it locked.
+  // (see the file comment); PermanentError when the UPDATE left a row that still held the value
+  // read unwritten (a trigger that skips updates).
   //
   // No longer claimed: rekey.checkpoint_batch and rekey.complete_batch (through
   // rekey.require_open_stage_batch) refuse a batch this worker no longer holds, or whose stage is
@@ -213,7 +224,7 @@ class BatchRotator {
   // *more is set when rows are known to follow them.
   int RowsWithinBytes(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
                       const Direction& direction, int max_rows, bool* more);
-  // Locks at most max_rows rows, and one more (to learn whether rows follow) if `one_more`.
+  // Reads at most max_rows rows, and one more (to learn whether rows follow) if `one_more`.
   pqxx::result SelectRows(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
                           const Direction& direction, int max_rows, bool one_more);
   void RewriteValues(const pqxx::result& rows, size_t handled, Side& side);
@@ -221,11 +232,15 @@ class BatchRotator {
                    BatchResult* result) const;
   // Adds rewritten row `r` of the chunk (row_values: per column, its new value or nullptr to keep
   // it).
-  void AppendRow(const std::string& pk, size_t r,
+  void AppendRow(const std::string& pk, const pqxx::row& row, size_t r,
                  const std::vector<const crypto::RewrittenValue*>& row_values,
                  std::optional<uint32_t> new_key_id, RowChanges* changes) const;
-  void WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges& changes,
-                 const BatchResult& result);
+  // Appends the value of column i that row r of the chunk held when read, to *read.
+  void AppendValueRead(size_t i, const pqxx::row& row, size_t r, db::BinaryArray* read) const;
+  // Writes the rows that still hold what was read; a row the application wrote meanwhile is
+  // not written and moves from result->rows_done to rows_skipped. Counts the values moved.
+  void WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges* changes,
+                 BatchResult* result);
   void RecordFailures(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
                       const RowChanges& changes, BatchResult* result);
   void AuditValues(pqxx::work& txn, const ClaimedBatch& batch, const RowChanges& changes);

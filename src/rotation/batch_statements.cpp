@@ -81,6 +81,16 @@ std::string ColumnNeedsWork(const jobs::JobColumn& column, const std::string& ke
   }
   return "(" + key_id + " = ANY($K::bigint[]) AND " + HasValueSql(column) + ")";
 }
+// "Column still holds `read`, the stored value the batch read" (NULL: it held none). A JSON
+// column compares the string at its path, not the document: the application's writes to the
+// document's other fields do not stop the rotation of this one, and jsonb_set keeps them.
+std::string SameAsReadSql(const jobs::JobColumn& column, const std::string& read) {
+  const std::string same = StoredValueSql(column) + " IS NOT DISTINCT FROM " + read;
+  if (column.json_path.empty()) return same;
+  // #>> reads a number as its text too: the value read was a string, and must still be one.
+  return "(" + same + " AND (" + read + " IS NULL OR " + JsonKindSql(column) + " = 'string'))";
+}
+
 }  // namespace
 
 Direction MakeDirection(std::map<uint32_t, uint32_t> key_map) {
@@ -111,6 +121,7 @@ BatchStatements::BatchStatements(const jobs::JobDefinition& job,
   needs_work_ = NeedsWork();
   select_list_ = SelectList();
   update_ = Update();
+  still_as_read_ = StillAsRead();
 }
 
 std::string BatchStatements::NeedsWork() const {
@@ -136,36 +147,65 @@ std::string BatchStatements::SelectList() const {
   return list;
 }
 
-std::string BatchStatements::Update() const {
+std::string BatchStatements::RowSource() const {
   // The new values arrive as parallel arrays, one element per row, unnested side by side in the
   // select list: a ProjectSet streams the rows, where unnest(a, b, c) in FROM would first copy
   // each array into a tuplestore (1.1 ms of a 12 ms UPDATE of 1000 rows). The arrays have the
-  // same length, so the set-returning functions advance in step.
-  std::string set_list;
+  // same length, so the set-returning functions advance in step. Beside each column's new
+  // values (c<i>) come the values the batch read (o<i>), for the compare-and-swap.
   std::string values = "unnest($1::" + key_.ArrayType() + ") AS row_id";
   int n = 1;
+  auto array = [&n](std::string_view type, const std::string& name) {
+    return ", unnest($" + std::to_string(++n) + "::" + std::string(type) + "[]) AS " + name;
+  };
   for (size_t i = 0; i < job_.columns.size(); ++i) {
-    const std::string v = "c" + std::to_string(i);
-    if (!set_list.empty()) set_list += ", ";
-    set_list += SetValueSql(job_.columns[i], "v." + v);
-    values += ", unnest($" + std::to_string(++n) +
-              "::" + std::string(NewValueType(job_.columns[i])) + "[]) AS " + v;
+    const std::string_view type = NewValueType(job_.columns[i]);
+    values += array(type, "c" + std::to_string(i));
+    values += array(type, "o" + std::to_string(i));
   }
   if (!key_id_.empty()) {
-    set_list += ", " + key_id_ + " = coalesce(v.kid, t." + key_id_ + ")";
-    values += ", unnest($" + std::to_string(++n) + "::bigint[]) AS kid";
+    values += array("bigint", "kid");
+    values += array("bigint", "okid");
   }
-  // Rows are matched by primary key, one index descent each. Matching them by ctid instead (a
-  // locked row cannot move) saves the descent but not a system call: PostgreSQL 15 rescans a TID
-  // scan per row of the join and each rescan reads the table's size with lseek. Where system
-  // calls trap to the hypervisor that costs more than the descent (UPDATE of 1000 rows 7.8 ms by
-  // key, 9.5 ms by ctid on the AMD machine of bench/README.md); the descent costs the same
-  // everywhere.
+  return "(SELECT " + values + ") AS v";
+}
+
+std::string BatchStatements::AsRead() const {
+  // Rows are matched by primary key, one index descent each. Matching them by ctid instead saves
+  // the descent but not a system call: PostgreSQL 15 rescans a TID scan per row of the join and
+  // each rescan reads the table's size with lseek. Where system calls trap to the hypervisor that
+  // costs more than the descent (UPDATE of 1000 rows 7.8 ms by key, 9.5 ms by ctid on the AMD
+  // machine of bench/README.md); the descent costs the same everywhere.
   // A composite key's row_id is its text, read back column by column (a row-value equality that
   // PostgreSQL splits into one per column, served by the key's index).
-  return "UPDATE " + table_ + " AS t SET " + set_list + " FROM (SELECT " + values +
-         ") AS v WHERE " + key_.Row("t") + " = " +
-         (key_.composite() ? key_.Bound("v.row_id") : std::string("v.row_id"));
+  std::string where =
+      key_.Row("t") + " = " + (key_.composite() ? key_.Bound("v.row_id") : std::string("v.row_id"));
+  // The compare-and-swap: every rotated column still holds the value the batch read (a JSON
+  // column: the string at its path, whatever the rest of the document), and the key-id column
+  // the key id it read. Under READ COMMITTED an UPDATE that meets a row changed since its
+  // snapshot re-checks this on the row's newest version, so a row the application wrote after
+  // the read is not written, whenever it wrote.
+  for (size_t i = 0; i < job_.columns.size(); ++i) {
+    where += " AND " + SameAsReadSql(job_.columns[i], "v.o" + std::to_string(i));
+  }
+  if (!key_id_.empty()) where += " AND t." + key_id_ + " IS NOT DISTINCT FROM v.okid";
+  return where;
+}
+
+std::string BatchStatements::Update() const {
+  std::string set_list;
+  for (size_t i = 0; i < job_.columns.size(); ++i) {
+    if (!set_list.empty()) set_list += ", ";
+    set_list += SetValueSql(job_.columns[i], "v.c" + std::to_string(i));
+  }
+  if (!key_id_.empty()) set_list += ", " + key_id_ + " = coalesce(v.kid, t." + key_id_ + ")";
+  return "UPDATE " + table_ + " AS t SET " + set_list + " FROM " + RowSource() + " WHERE " +
+         AsRead() + " RETURNING " + key_.Text("t") + " AS row_id";
+}
+
+std::string BatchStatements::StillAsRead() const {
+  return "SELECT " + key_.Text("t") + " AS row_id FROM " + table_ + " AS t, " + RowSource() +
+         " WHERE " + AsRead();
 }
 
 std::string BatchStatements::Bounds(int variant, int* n) const {
@@ -198,7 +238,8 @@ std::string BatchStatements::Bounds(int variant, int* n) const {
 }
 
 std::string BatchStatements::Select(int variant) const {
-  return RowsNeedingWork(variant, select_list_, " FOR UPDATE");
+  // No FOR UPDATE: the UPDATE compares and swaps instead (AsRead; docs/safety.md, invariant 3).
+  return RowsNeedingWork(variant, select_list_, "");
 }
 
 std::string BatchStatements::Sizes(int variant) const {
@@ -247,7 +288,7 @@ SelectCall BatchStatements::SelectFor(const ClaimedBatch& batch, const BatchProg
   // take it now as leave it to the sweep. It saves an MD5 per row of the largest stage.
   const bool whole_rest =
       !batch.rollback && batch.bucket_hi && *batch.bucket_hi >= jobs::kStageBuckets;
-  // A batch with planned keys locks those rows by key, and needs no bucket test either: a
+  // A batch with planned keys reads those rows by key, and needs no bucket test either: a
   // row's bucket is a function of its key alone, and the plan chose these keys by their bucket
   // (whichever planner), so every row they name -- even one replaced since -- is the stage's.
   // The test cost an md5() per row in the server, about a fifth of such a batch.

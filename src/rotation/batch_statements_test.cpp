@@ -39,12 +39,18 @@ TEST(BatchStatementsTest, BigintKeyTinkColumn) {
                   "AS t WHERE (") +
           kTinkNeedsWork +
           ") AND $1::bytea[] IS NOT NULL AND $2::bigint[] IS NOT NULL ORDER BY t.\"id\" "
-          "LIMIT $3::bigint FOR UPDATE");
+          "LIMIT $3::bigint");
+  // The compare-and-swap: written only where the value is still the one read.
   EXPECT_EQ(
       statements.update(),
       "UPDATE \"public\".\"cards\" AS t SET \"token\" = coalesce(v.c0, t.\"token\") FROM "
-      "(SELECT unnest($1::bigint[]) AS row_id, unnest($2::bytea[]) AS c0) AS v WHERE t.\"id\" "
-      "= v.row_id");
+      "(SELECT unnest($1::bigint[]) AS row_id, unnest($2::bytea[]) AS c0, unnest($3::bytea[]) AS "
+      "o0) AS v WHERE t.\"id\" = v.row_id AND t.\"token\" IS NOT DISTINCT FROM v.o0 RETURNING "
+      "t.\"id\"::text AS row_id");
+  EXPECT_EQ(statements.still_as_read(),
+            "SELECT t.\"id\"::text AS row_id FROM \"public\".\"cards\" AS t, (SELECT "
+            "unnest($1::bigint[]) AS row_id, unnest($2::bytea[]) AS c0, unnest($3::bytea[]) AS "
+            "o0) AS v WHERE t.\"id\" = v.row_id AND t.\"token\" IS NOT DISTINCT FROM v.o0");
 }
 
 TEST(BatchStatementsTest, SizesReadTheSameRowsUnlockedAndSumTheirStoredBytes) {
@@ -58,9 +64,8 @@ TEST(BatchStatementsTest, SizesReadTheSameRowsUnlockedAndSumTheirStoredBytes) {
       "SELECT (coalesce(pg_column_size(t.\"token\"), 0) + coalesce(pg_column_size(t.\"note\"), "
       "0))::bigint AS value_bytes")
       << sizes;
-  // Everything after the select list is the locking SELECT's, but for the lock.
-  EXPECT_EQ(sizes.substr(sizes.find(" FROM ")) + " FOR UPDATE",
-            select.substr(select.find(" FROM ")));
+  // Everything after the select list is the SELECT's.
+  EXPECT_EQ(sizes.substr(sizes.find(" FROM ")), select.substr(select.find(" FROM ")));
 }
 
 TEST(BatchStatementsTest, BoundsAreNumberedBeforeTheKeyParameters) {
@@ -95,14 +100,18 @@ TEST(BatchStatementsTest, TextKeyRawColumnsWithKeyIdColumnAndScope) {
       "AS row_key_id FROM \"public\".\"cards\" AS t WHERE ((\"kid\" = ANY($4::bigint[]) AND "
       "\"card\" IS NOT NULL) OR (\"kid\" = ANY($4::bigint[]) AND \"Note \"\"x\"\"\" IS NOT "
       "NULL)) AND t.\"id\" < $1::text AND t.\"tenant\" = $2::integer AND $3::bytea[] IS NOT "
-      "NULL AND $4::bigint[] IS NOT NULL ORDER BY t.\"id\" LIMIT $5::bigint FOR UPDATE");
+      "NULL AND $4::bigint[] IS NOT NULL ORDER BY t.\"id\" LIMIT $5::bigint");
+  // Every rotated column and the key-id column must still hold what was read.
   EXPECT_EQ(
       statements.update(),
       "UPDATE \"public\".\"cards\" AS t SET \"card\" = coalesce(v.c0, t.\"card\"), \"Note "
       "\"\"x\"\"\" = coalesce(v.c1, t.\"Note \"\"x\"\"\"), \"kid\" = coalesce(v.kid, t.\"kid\") "
       "FROM (SELECT unnest($1::text[]) AS row_id, unnest($2::bytea[]) AS c0, "
-      "unnest($3::bytea[]) AS c1, unnest($4::bigint[]) AS kid) AS v WHERE t.\"id\" = "
-      "v.row_id");
+      "unnest($3::bytea[]) AS o0, unnest($4::bytea[]) AS c1, unnest($5::bytea[]) AS o1, "
+      "unnest($6::bigint[]) AS kid, unnest($7::bigint[]) AS okid) AS v WHERE t.\"id\" = "
+      "v.row_id AND t.\"card\" IS NOT DISTINCT FROM v.o0 AND t.\"Note \"\"x\"\"\" IS NOT "
+      "DISTINCT FROM v.o1 AND t.\"kid\" IS NOT DISTINCT FROM v.okid RETURNING t.\"id\"::text AS "
+      "row_id");
 }
 
 TEST(BatchStatementsTest, TransitColumnsCompareVersionsAndWriteText) {
@@ -206,9 +215,14 @@ TEST(BatchStatementsTest, TextAndJsonForms) {
             "UPDATE \"public\".\"cards\" AS t SET \"token\" = coalesce(v.c0, t.\"token\"), \"doc\" "
             "= CASE WHEN v.c1 IS NULL THEN t.\"doc\" ELSE jsonb_set(t.\"doc\", "
             "E'{\"payment\",\"it''s\"}'::text[], to_jsonb(v.c1)) END FROM (SELECT "
-            "unnest($1::bigint[]) AS "
-            "row_id, unnest($2::text[]) AS c0, unnest($3::text[]) AS c1) AS v WHERE t.\"id\" = "
-            "v.row_id");
+            "unnest($1::bigint[]) AS row_id, unnest($2::text[]) AS c0, unnest($3::text[]) AS o0, "
+            "unnest($4::text[]) AS c1, unnest($5::text[]) AS o1) AS v WHERE t.\"id\" = v.row_id "
+            "AND t.\"token\" IS NOT DISTINCT FROM v.o0 AND ((t.\"doc\" #>> "
+            "E'{\"payment\",\"it''s\"}'::text[]) IS NOT DISTINCT FROM v.o1 AND (v.o1 IS NULL OR "
+            "CASE WHEN t.\"doc\" IS NOT NULL THEN coalesce(jsonb_typeof(t.\"doc\" #> "
+            "E'{\"payment\",\"it''s\"}'::text[]), 'missing') END = 'string')) RETURNING "
+            "t.\"id\"::text AS row_id")
+      << "a JSON column is compared by the string at its path, not by the document";
 }
 
 // Fernet tokens name no key: every value is selected, and the rewriter leaves those under a
