@@ -377,12 +377,13 @@ TEST_F(AwsKmsCodecTest, ThrottledKmsPausesTheBatchWithNothingWrittenAndResumes) 
   ProcessResult created = Rekey(CreateArgs("100", "100"));  // one batch
   ASSERT_EQ(created.exit_code, 0) << created.err;
   const std::string job = Scalar("SELECT max(job_id) FROM rekey.jobs");
-  // The worker checks its keys, then blocks on a row this test holds: it is inside its batch's
-  // transaction. KMS then throttles every call, and the row is let go: every ReEncrypt of the
+  // The worker checks its keys, then blocks on the table this test holds: its batch's SELECT
+  // (which takes no row lock) waits for the ACCESS EXCLUSIVE lock, inside the batch's
+  // transaction. KMS then throttles every call, and the table is let go: every ReEncrypt of the
   // batch is refused with ThrottlingException until the retries give up.
   pqxx::connection holder(conninfo());
   auto hold = std::make_unique<pqxx::work>(holder);
-  hold->exec("SELECT 1 FROM public.secrets WHERE id = 1 FOR UPDATE");
+  hold->exec("LOCK TABLE public.secrets IN ACCESS EXCLUSIVE MODE");
   ChildProcess worker({REKEY_BINARY, "--db", conninfo(), "work", "--job", job},
                       With(Env(), {{"REKEY_KMS_MAX_ATTEMPTS", "3"}}));
   bool blocked = false;

@@ -188,12 +188,14 @@ TEST_F(BrakesTest, WalRateBrakesWhileTheServerWritesFasterThanTheCap) {
   ExpectRotated(job, rows);
 }
 
-// The application's UPDATE of a row rekey holds: a trigger makes rekey's own UPDATE sleep 5 s
-// inside its transaction (only rekey's: the trigger looks at application_name), which without
-// the brake would make the application wait those 5 s.
+// The application's UPDATE of a row rekey holds: a statement trigger makes rekey's own UPDATE
+// sleep 5 s once it has written (so locked) every row of the batch, inside its transaction (only
+// rekey's: the trigger looks at application_name), which without the brake would make the
+// application wait those 5 s. (The batch reads its rows without locking them; only its UPDATE
+// locks them, until the commit.)
 TEST_F(BrakesTest, LockWaitYieldsSoTheApplicationNeverWaitsLongerThanTheLimit) {
   const int rows = 200;
-  const int64_t job = CreateJob(rows, 1000);  // one batch, one chunk: rekey locks every row
+  const int64_t job = CreateJob(rows, 1000);  // one batch, one chunk: one UPDATE of every row
   Exec(R"(
     CREATE TABLE public.slow (ms int NOT NULL);
     INSERT INTO public.slow VALUES (5000);
@@ -206,7 +208,7 @@ TEST_F(BrakesTest, LockWaitYieldsSoTheApplicationNeverWaitsLongerThanTheLimit) {
       END IF;
       RETURN NEW;
     END $$;
-    CREATE TRIGGER slow_rekey BEFORE UPDATE ON public.cards FOR EACH ROW
+    CREATE TRIGGER slow_rekey AFTER UPDATE ON public.cards FOR EACH STATEMENT
       EXECUTE FUNCTION public.slow_rekey();)");
   const int limit_ms = 500;
   auto worker = StartWorker(job, {"--max-lock-wait", std::to_string(limit_ms)});
