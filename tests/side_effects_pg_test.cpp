@@ -8,9 +8,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "harness/pg_server.h"
@@ -288,6 +290,43 @@ TEST_F(SideEffectsTest, TheReportGivesDeadTuplesHotShareAndWalPerRowAndVacuumAft
             2);
   ProcessResult status = Rekey({"status", std::to_string(job)});
   EXPECT_THAT(status.out, HasSubstr("vacuum after: done"));
+}
+
+// The vacuum after the job, made slow on purpose (a cost limit of 1 with a delay: a pause after
+// every page), is seen while it runs: `rekey status` names its phase and its heap blocks from
+// pg_stat_progress_vacuum, then says it is done.
+TEST_F(SideEffectsTest, VacuumAfterShowsItsProgressWhileItRuns) {
+  SeedTinkTable(conn(), "public.cards", 3000, 1);
+  Exec("ALTER TABLE public.cards SET (autovacuum_enabled = false)");
+  Exec(
+      "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET vacuum_cost_limit = 1', "
+      "current_database()); EXECUTE format('ALTER DATABASE %I SET vacuum_cost_delay = 20', "
+      "current_database()); END $$");
+  std::vector<std::string> args = CreateArgs("cards");
+  args.insert(args.end(), {"--vacuum-after", "--batch-size", "1000"});
+  const int64_t job = CreateJob(args);
+  ChildProcess worker({REKEY_BINARY, "--db", conninfo(), "work", "--job", std::to_string(job)},
+                      WorkerEnv());
+  std::string seen;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  const auto running = ::testing::ContainsRegex(
+      "vacuum after: running since [^,]+, [a-z ]+, heap blocks scanned [0-9]+/[1-9][0-9]* "
+      "vacuumed [0-9]+");
+  while (seen.empty() && worker.Running() && std::chrono::steady_clock::now() < deadline) {
+    ProcessResult status = Rekey({"status", std::to_string(job)});
+    if (::testing::Matches(running)(status.out)) seen = status.out;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE(seen.empty()) << "the vacuum's progress was never shown";
+  std::printf("%s", seen.c_str());
+  ProcessResult r = worker.Wait(300);
+  Exec(
+      "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET vacuum_cost_limit', "
+      "current_database()); EXECUTE format('ALTER DATABASE %I RESET vacuum_cost_delay', "
+      "current_database()); END $$");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ExpectAllUnder("cards", 2);
+  EXPECT_THAT(Rekey({"status", std::to_string(job)}).out, HasSubstr("vacuum after: done"));
 }
 
 TEST_F(SideEffectsTest, AVacuumTheWorkerMayNotRunIsRecordedAndTheJobStaysCompleted) {
