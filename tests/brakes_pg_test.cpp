@@ -1,17 +1,22 @@
 // The brakes of `rekey work` (src/rotation/brake.h) against the real PostgreSQL and a real
 // Prometheus: each engages on its real signal before a row is written, shows in the logs,
 // rekey.progress and `rekey status`, releases when the signal goes, and the job then completes
-// with every value rotated and its plaintext kept. The lock-wait brake is measured: an
+// with every value rotated and its plaintext kept. The slot brake runs twice: on a slot nobody
+// consumes (released when the slot is dropped), and on the slot of a real streaming replica
+// (pg_basebackup -R) whose WAL receiver is stopped, released once the receiver runs again and the
+// replica catches up, with the slot still there. The lock-wait brake is measured: an
 // application UPDATE on a row rekey holds completes within --max-lock-wait plus a margin.
 // The archive brake runs against a real archiver whose command fails, then succeeds.
 // Bad input and a role that cannot observe a brake's view stop the worker at start (exit 2).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -28,6 +33,154 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::chrono_literals;
+
+// Runs argv as the `postgres` OS user when the tests run as root (PostgreSQL refuses root).
+std::vector<std::string> AsPostgres(std::vector<std::string> argv) {
+  if (geteuid() != 0) return argv;
+  std::vector<std::string> wrapped{"runuser", "-u", "postgres", "--"};
+  wrapped.insert(wrapped.end(), argv.begin(), argv.end());
+  return wrapped;
+}
+
+std::string Describe(const ProcessResult& r) {
+  return "exit code " + std::to_string(r.exit_code) + "; stdout: " + r.out + "; stderr: " + r.err;
+}
+
+// A streaming replica of the process's server, fed through the physical slot `slot`, which
+// Start creates. It runs under pg_ctl rather than as a ChildProcess: as root the child would be
+// runuser, so a signal or the ChildProcess's SIGKILL would miss the postmaster. It listens on a
+// unix socket in its own temp dir only. The destructor runs on every path out of a test: it
+// resumes a stalled WAL receiver, stops the replica, drops the slot once its walsender has gone
+// (the fixture's TearDown cannot drop a slot that is still active) and removes the directory.
+class Standby {
+ public:
+  explicit Standby(std::string slot) : slot_(std::move(slot)) {}
+  Standby(const Standby&) = delete;
+  Standby& operator=(const Standby&) = delete;
+
+  ~Standby() {
+    Resume();
+    const std::string bin = PgServer::Get().bin_dir();
+    if (started_) {
+      RunProcess(AsPostgres({bin + "/pg_ctl", "stop", "-D", data_, "-m", "immediate", "-w", "-s"}),
+                 {}, "", 120);
+    }
+    try {
+      pqxx::connection admin(PgServer::Get().ConnInfo("postgres"));
+      pqxx::nontransaction txn(admin);
+      const std::string quoted = txn.quote(slot_);
+      for (int i = 0; i < 600; ++i) {
+        txn.exec(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE "
+            "slot_name = " +
+            quoted + " AND active");
+        txn.exec(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE "
+            "slot_name = " +
+            quoted + " AND NOT active");
+        if (txn.exec1("SELECT count(*) FROM pg_replication_slots WHERE slot_name = " + quoted)[0]
+                .as<int>() == 0) {
+          break;
+        }
+        std::this_thread::sleep_for(100ms);
+      }
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "cannot drop the slot " << slot_ << ": " << e.what();
+    }
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+
+  // Creates the slot, takes the base backup through it, starts the replica and returns once the
+  // primary streams to it through the slot. Throws std::runtime_error otherwise.
+  void Start() {
+    const PgServer& primary = PgServer::Get();
+    dir_ = MakeTempDir("rekey-standby-");
+    if (geteuid() == 0) {
+      const passwd* pw = getpwnam("postgres");
+      if (pw == nullptr || chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0) {
+        throw std::runtime_error("cannot give " + dir_ + " to the postgres OS user");
+      }
+    }
+    data_ = dir_ + "/data";
+    log_ = dir_ + "/standby.log";
+    {
+      pqxx::connection admin(primary.ConnInfo("postgres"));
+      pqxx::nontransaction txn(admin);
+      txn.exec("SELECT pg_create_physical_replication_slot(" + txn.quote(slot_) + ", true)");
+    }
+    ProcessResult backup = RunProcess(
+        AsPostgres({primary.bin_dir() + "/pg_basebackup", "-d", primary.ConnInfo("postgres"), "-D",
+                    data_, "-S", slot_, "-R", "-X", "stream", "-c", "fast", "--no-sync"}),
+        {}, "", 600);
+    if (backup.exit_code != 0) throw std::runtime_error("pg_basebackup: " + Describe(backup));
+    port_ = FreePort();
+    ProcessResult start = RunProcess(
+        AsPostgres({primary.bin_dir() + "/pg_ctl", "start", "-D", data_, "-l", log_, "-w", "-t",
+                    "300", "-s", "-o",
+                    "-p " + std::to_string(port_) + " -k " + dir_ + " -c listen_addresses=''"}),
+        {}, "", 330);
+    started_ = true;  // even on failure: pg_ctl may have left a postmaster behind
+    if (start.exit_code != 0) {
+      throw std::runtime_error("the replica does not start: " + Describe(start) + "\n" +
+                               ReadFile(log_));
+    }
+    pqxx::connection admin(primary.ConnInfo("postgres"));
+    for (int i = 0; i < 1200; ++i) {
+      pqxx::nontransaction txn(admin);
+      if (txn.exec1("SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON "
+                    "s.active_pid = r.pid WHERE r.state = 'streaming' AND s.slot_name = " +
+                    txn.quote(slot_))[0]
+              .as<int>() == 1) {
+        return;
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+    throw std::runtime_error("the replica does not stream through " + slot_ + "\n" +
+                             ReadFile(log_));
+  }
+
+  std::string ConnInfo(const std::string& dbname) const {
+    return "host=" + dir_ + " port=" + std::to_string(port_) + " dbname=" + dbname +
+           " user=postgres";
+  }
+
+  // Stops (SIGSTOP) the replica's WAL receiver: it neither receives nor confirms WAL, so the
+  // slot keeps every byte the primary writes from now on. Throws if there is no receiver.
+  void Stall() {
+    pqxx::connection c(ConnInfo("postgres"));
+    for (int i = 0; i < 1200 && receiver_ == 0; ++i) {
+      pqxx::nontransaction txn(c);
+      const pqxx::result r =
+          txn.exec("SELECT pid FROM pg_stat_wal_receiver WHERE status = 'streaming'");
+      if (!r.empty()) {
+        receiver_ = r[0][0].as<pid_t>();
+      } else {
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+    if (receiver_ == 0) throw std::runtime_error("the replica has no streaming WAL receiver");
+    if (kill(receiver_, SIGSTOP) != 0) throw std::runtime_error("cannot stop the WAL receiver");
+  }
+
+  void Resume() {
+    if (receiver_ != 0) kill(receiver_, SIGCONT);
+    receiver_ = 0;
+  }
+
+  std::string Log() const { return ReadFile(log_); }
+
+ private:
+  std::string slot_;
+  std::string dir_;
+  std::string data_;
+  std::string log_;
+  int port_ = 0;
+  bool started_ = false;
+  pid_t receiver_ = 0;
+};
 
 class BrakesTest : public PgTest {
  protected:
@@ -151,6 +304,73 @@ TEST_F(BrakesTest, SlotLagBrakesBeforeTheFirstRowAndReleasesWhenTheSlotGoes) {
   ExpectRotated(job, rows);
   EXPECT_EQ(Count("SELECT count(*) FROM rekey.workers WHERE cardinality(brakes) > 0"), 0)
       << "the worker's brake row goes with it";
+}
+
+// The slot of a real streaming replica: the replica keeps up until its WAL receiver is stopped,
+// then the slot retains what the primary writes; the worker brakes before its first row and
+// writes once the receiver runs again and the replica has confirmed the WAL, the slot still in
+// place. The replica then has every rotated value.
+TEST_F(BrakesTest, SlotLagBrakesWhileAStalledReplicaHoldsItsSlotAndReleasesOnceItCatchesUp) {
+  const int rows = 3000;
+  const int64_t job = CreateJob(rows, 500);
+  const std::string conninfo = WorkerLogin(job);
+  const std::string slot = "brakes_replica";
+  const int64_t limit = 1 << 20;
+  auto retained = [&] {
+    return Count(
+        "SELECT coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, -1) FROM "
+        "pg_replication_slots WHERE slot_name = '" +
+        slot + "'");
+  };
+  Standby standby(slot);
+  standby.Start();
+  int64_t seen = -1;
+  for (int i = 0; i < 1200; ++i) {
+    seen = retained();
+    if (seen >= 0 && seen <= limit / 2) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_LE(seen, limit / 2) << "a replica that keeps up leaves its slot far below the limit\n"
+                             << standby.Log();
+
+  standby.Stall();
+  WriteWal(3);
+  // With synchronous_commit off the WAL writer writes that WAL a little later.
+  for (int i = 0; i < 1200 && (seen = retained()) <= limit; ++i) std::this_thread::sleep_for(100ms);
+  ASSERT_GT(seen, limit) << "the stalled replica's slot retains the new WAL\n" << standby.Log();
+  auto worker = StartWorker(
+      job, {"--max-slot-lag", "1MB", "--brake-poll", "100ms", "--listen", "127.0.0.1:0"}, conninfo);
+  ASSERT_TRUE(WaitForLog(*worker, "braking: slot_lag", 60)) << ReadFile(worker->stderr_path());
+  const int port = ListenPort(ReadFile(worker->stderr_path()));
+  const std::string metrics = HttpGet(port, "/metrics").body;
+  EXPECT_EQ(Sample(metrics, "rekey_brake_active{reason=\"slot_lag\"}"), 1) << metrics;
+  EXPECT_EQ(WaitForProgressBrakes(job, "{slot_lag}"), "{slot_lag}");
+  ProcessResult status = RunRekey({"--db", this->conninfo(), "status", std::to_string(job)});
+  EXPECT_THAT(status.out, HasSubstr("BRAKING (slot_lag)")) << status.out << status.err;
+  std::this_thread::sleep_for(1s);
+  EXPECT_EQ(Rotated(), 0) << "nothing is written while the replica's slot retains too much";
+  EXPECT_THAT(ReadFile(worker->stderr_path()), HasSubstr("\"slot\":\"" + slot + "\""));
+
+  standby.Resume();
+  ProcessResult r = worker->Wait(300);
+  ASSERT_EQ(r.exit_code, 0) << r.err << standby.Log();
+  EXPECT_THAT(r.err, HasSubstr("brake released: slot_lag"));
+  EXPECT_EQ(Count("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '" + slot + "'"), 1)
+      << "released by the replica catching up, not by the slot going";
+  ExpectRotated(job, rows);
+  EXPECT_EQ(Count("SELECT count(*) FROM rekey.workers WHERE cardinality(brakes) > 0"), 0);
+  // Hot-standby queries can be cancelled by replay conflicts: retry until the deadline.
+  int64_t on_replica = -1;
+  for (int i = 0; i < 1200 && on_replica != rows; ++i) {
+    try {
+      pqxx::connection c(standby.ConnInfo(dbname()));
+      pqxx::nontransaction txn(c);
+      on_replica = txn.exec1("SELECT count(*) FROM public.cards WHERE key_id = 2")[0].as<int64_t>();
+    } catch (const std::exception&) {
+    }
+    if (on_replica != rows) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_EQ(on_replica, rows) << standby.Log();
 }
 
 TEST_F(BrakesTest, WalRateBrakesWhileTheServerWritesFasterThanTheCap) {
