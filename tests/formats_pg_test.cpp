@@ -2,7 +2,8 @@
 // Tink values stored as base64, base64url and hex text; Tink values inside jsonb documents, with
 // an application writing other fields of the same documents meanwhile; quarantine of values that
 // are not in their column's stored form; rollback into the old key in the same form; and Fernet
-// tokens made and read back by Debian's python3-cryptography (tests/fernet/fernet_app.py).
+// tokens made and read back by Debian's python3-cryptography (tests/fernet/fernet_app.py),
+// rotated while the application writes under the old key, and rolled back.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -28,6 +29,8 @@ namespace {
 
 using crypto::TextEncoding;
 using ::testing::HasSubstr;
+
+const std::string kFernetApp = std::string(REKEY_SOURCE_DIR) + "/tests/fernet/fernet_app.py";
 
 std::string EncodeAs(TextEncoding encoding, const std::string& binary, bool padded = true) {
   std::string text;
@@ -116,6 +119,42 @@ class FormatsTest : public PgTest {
         std::to_string(key) + ") WHERE schema_name = 'public' AND table_name = '" + table + "'");
   }
 
+  // fernet_app.py `command` (Debian's python3-cryptography) with `request` on stdin: its JSON
+  // reply, or null when it failed (recorded as a failure, unless python3-cryptography is missing:
+  // the caller skips then).
+  nlohmann::json FernetApp(const std::string& command, const nlohmann::json& request = {}) {
+    ProcessResult r = RunProcess({"/usr/bin/python3", kFernetApp, command}, {},
+                                 request.is_null() ? "" : request.dump());
+    if (r.exit_code != 77) {
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+    }
+    return nlohmann::json::parse(r.exit_code == 0 ? r.out : "null");
+  }
+
+  // public.cards (id bigint pk, token text) with Python's tokens of PlaintextFor(1..rows) under
+  // `key`, token `id` made at time kSeededAt + id.
+  void SeedFernet(const std::string& key, int rows) {
+    nlohmann::json request = {{"key", key}, {"items", nlohmann::json::array()}};
+    for (int id = 1; id <= rows; ++id) {
+      request["items"].push_back(
+          {{"id", id}, {"plaintext", PlaintextFor(id)}, {"ts", kSeededAt + id}});
+    }
+    const nlohmann::json made = FernetApp("encrypt", request);
+    ASSERT_EQ(made.size(), size_t(rows));
+    pqxx::work txn(conn());
+    SeedLibraryValues(txn, "CREATE TABLE public.cards (id bigint PRIMARY KEY, token text)",
+                      "INSERT INTO public.cards (id, token)", made, {});
+    txn.commit();
+  }
+
+  // What Python's MultiFernet configured with `keys` reads in every row of table_.
+  nlohmann::json ReadFernet(const std::vector<std::string>& keys) {
+    nlohmann::json tokens = nlohmann::json::object();
+    for (const auto& [id, token] : Tokens()) tokens[std::to_string(id)] = token;
+    return FernetApp("read", {{"keys", keys}, {"tokens", tokens}});
+  }
+
+  static constexpr int64_t kSeededAt = 1600000000;
   std::string table_ = "public.cards";
 };
 
@@ -442,6 +481,133 @@ TEST_F(FormatsTest, FernetTokensOfPythonRotatedAndReadBackByMultiFernet) {
                      "WHERE target LIKE '%cards%'"),
               HasSubstr("Fernet tokens, which name no key"))
       << "retire cannot count Fernet tokens by key: it must not pass";
+}
+
+// The application keeps writing new tokens under the old key while the rotation runs, as it
+// would until its configuration has the new key: the last rollout stage and the sweep must take
+// those too, so that Python with the new key alone reads every row, the application's own
+// values and token timestamps included.
+TEST_F(FormatsTest, FernetTokensRotatedInStagesWhileTheAppWritesUnderTheOldKeyReadWithTheNewAlone) {
+  const nlohmann::json generated = FernetApp("generate");
+  if (generated.is_null()) GTEST_SKIP() << "python3-cryptography is not installed";
+  const std::string key1 = crypto::FernetKeyText(TestDataKey(1));
+  const std::string key3 = generated.get<std::string>();
+  {
+    const std::string dir = MakeTempDir("rekey-fernet");
+    std::ofstream(dir + "/new.key") << key3 << "\n";
+    ProcessResult imported = Rekey(
+        {"keys", "import", "--key-id", "3", "--format", "fernet", "--file", dir + "/new.key"});
+    ASSERT_EQ(imported.exit_code, 0) << imported.err;
+  }
+  constexpr int kRows = 2000;
+  constexpr int64_t kWrittenAt = 1700000000;
+  SeedFernet(key1, kRows);
+  // The application's writes, to every fourth row (the others keep the tokens Python made at
+  // seeding, and their times): tokens under key 1 made beforehand by Python (a Python process per
+  // write would be the bottleneck, not the database), each with its own time.
+  nlohmann::json request = {{"key", key1}, {"items", nlohmann::json::array()}};
+  for (int id = 4; id <= kRows; id += 4) {
+    request["items"].push_back(
+        {{"id", id}, {"plaintext", "new " + PlaintextFor(id)}, {"ts", kWrittenAt + id}});
+  }
+  const nlohmann::json rewritten = FernetApp("encrypt", request);
+  ASSERT_EQ(rewritten.size(), size_t(kRows / 4));
+
+  const int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 3}', p_codecs => '{fernet}', "
+      "p_stages => '{10,100}', p_batch_size => 100, p_error_threshold => 0.05");
+  const std::string j = std::to_string(job);
+  std::atomic<bool> stop{false};
+  std::map<int, bool> written;
+  int writes = 0;
+  std::thread app([&] {
+    pqxx::connection c(conninfo());
+    std::mt19937 rng(18);
+    std::uniform_int_distribution<int> pick(1, kRows / 4);
+    while (!stop.load()) {
+      const int id = 4 * pick(rng);
+      // The stage first, the job's row share-locked until the write commits, so the sweep never
+      // opens between them (staged_rollout_pg_test's sweep test says why).
+      pqxx::work txn(c);
+      if (txn.exec1(CurrentStageKindSharingJob(j))[0].as<std::string>() == "sweep") break;
+      txn.exec_params0("UPDATE public.cards SET token = $2 WHERE id = $1", id,
+                       rewritten[std::to_string(id)].get<std::string>());
+      txn.commit();
+      written[id] = true;
+      ++writes;
+    }
+  });
+  Work(job);
+  ASSERT_EQ(Scalar("SELECT current_stage || ':' || state FROM rekey.jobs WHERE job_id = " + j),
+            "1:awaiting_approval");
+  ASSERT_EQ(Rekey({"job", "advance", j}).exit_code, 0);
+  Work(job);
+  stop = true;
+  app.join();
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
+  EXPECT_EQ(Quarantined(job), "NULL");
+  EXPECT_GT(writes, 100) << "the application must have written during the rotation";
+  EXPECT_GT(Count("SELECT coalesce(sum(rows_done), 0) FROM rekey.batches b JOIN rekey.job_stages s "
+                  "USING (job_id, stage_no) WHERE job_id = " +
+                  j + " AND s.kind = 'sweep'"),
+            0)
+      << "the sweep re-encrypted what the application wrote under the old key";
+
+  const nlohmann::json seen = ReadFernet({key3});
+  ASSERT_EQ(seen.size(), size_t(kRows));
+  for (int id = 1; id <= kRows; ++id) {
+    const nlohmann::json& v = seen[std::to_string(id)];
+    ASSERT_TRUE(v["first_key_only"].get<bool>()) << "under the new key, " << id;
+    ASSERT_EQ(v["plaintext"], (written[id] ? "new " : "") + PlaintextFor(id))
+        << "an application write was lost or a value changed, row " << id;
+    ASSERT_EQ(v["ts"].get<int64_t>(), (written[id] ? kWrittenAt : kSeededAt) + id)
+        << "the token's timestamp is kept, " << id;
+  }
+  ProcessResult verify = Rekey({"job", "verify", j});
+  EXPECT_THAT(verify.out, HasSubstr(std::to_string(kRows) +
+                                    " under target keys, 0 under source keys, 0 failed"))
+      << verify.err;
+}
+
+// Rekey's tokens read by Python mid-rollout, then a rollback: after it, Python configured with
+// the old key alone reads every row, plaintext and token timestamp as the application wrote them.
+TEST_F(FormatsTest, FernetRollbackReturnsEveryTokenToTheOldKeyPythonReadsAlone) {
+  const std::string key1 = crypto::FernetKeyText(TestDataKey(1));
+  const std::string key2 = crypto::FernetKeyText(TestDataKey(2));
+  if (FernetApp("generate").is_null()) GTEST_SKIP() << "python3-cryptography is not installed";
+  constexpr int kRows = 1000;
+  SeedFernet(key1, kRows);
+  const int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_codecs => '{fernet}', "
+      "p_stages => '{50,100}', p_batch_size => 50");
+  const std::string j = std::to_string(job);
+  Work(job);
+  ASSERT_EQ(Scalar("SELECT current_stage || ':' || state FROM rekey.jobs WHERE job_id = " + j),
+            "1:awaiting_approval");
+  // Mid-rollout the application holds both keys, the new one first: every token reads.
+  const nlohmann::json both = ReadFernet({key2, key1});
+  ASSERT_EQ(both.size(), size_t(kRows));
+  int moved = 0;
+  for (int id = 1; id <= kRows; ++id) {
+    const nlohmann::json& v = both[std::to_string(id)];
+    ASSERT_EQ(v["plaintext"], PlaintextFor(id)) << id;
+    moved += v["first_key_only"].get<bool>();
+  }
+  EXPECT_NEAR(moved, kRows / 2, kRows / 6) << "the first stage moved about half";
+
+  ProcessResult r = Rekey({"job", "rollback", j, "--reason", "the app cannot read key 2"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Work(job);
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "rolled_back");
+  EXPECT_EQ(Quarantined(job), "NULL");
+  const nlohmann::json old_only = ReadFernet({key1});
+  ASSERT_EQ(old_only.size(), size_t(kRows));
+  for (int id = 1; id <= kRows; ++id) {
+    const nlohmann::json& v = old_only[std::to_string(id)];
+    ASSERT_TRUE(v["first_key_only"].get<bool>()) << "under the old key, " << id;
+    ASSERT_EQ(v["plaintext"], PlaintextFor(id)) << id;
+    ASSERT_EQ(v["ts"].get<int64_t>(), kSeededAt + id) << "the token's timestamp is kept, " << id;
+  }
 }
 
 }  // namespace
