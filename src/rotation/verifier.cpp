@@ -53,8 +53,19 @@ std::string KindColumn(size_t i) {
 
 // "SELECT ... FROM <table> AS t". Columns are qualified: an unqualified ORDER BY pk would sort
 // the pk_text output column.
-std::string SelectFrom(const jobs::JobDefinition& job) {
-  std::string sql = "SELECT " + job.Key().Text("t") + " AS pk_text";
+// The stored bytes of a row's rotated columns (pg_column_size: a TOASTed value counts its stored
+// size, read from its pointer without detoasting it).
+std::string StoredBytesSql(const jobs::JobDefinition& job) {
+  std::string sql;
+  for (const auto& column : job.columns) {
+    sql += (sql.empty() ? "" : " + ") + std::string("coalesce(pg_column_size(t.") +
+           db::QuoteIdent(column.name) + "), 0)";
+  }
+  return "(" + sql + ")::bigint";
+}
+
+std::string SelectFrom(const jobs::JobDefinition& job, const std::string& extra = "") {
+  std::string sql = "SELECT " + job.Key().Text("t") + " AS pk_text" + extra;
   for (size_t i = 0; i < job.columns.size(); ++i) {
     sql += ", " + StoredValueSql(job.columns[i]) + " AS " + ValueColumn(i);
     if (!job.columns[i].json_path.empty()) {
@@ -95,35 +106,70 @@ std::string OrderByKey(const jobs::JobDefinition& job) {
 
 constexpr char kSampleCursor[] = "rekey_verify_sample";
 
+// Every page holds at most page_size rows and, past its first row, at most page_bytes of stored
+// values: the page statements below rank their rows in key order with a running sum of their
+// stored bytes, and keep the prefix within the bound. Each row says how many rows the page's
+// LIMIT took (rekey_taken), so a page cut by bytes is told from the table's last.
 struct TableReads {
-  std::string first_page;      // $1 NULL: the first page_size rows in key order; $2 scope value
-  std::string next_page;       // the page_size rows after key $1, in key order; $2 scope value
-  std::string with_keys;       // the rows whose keys are in $1 (an array's text); $2 scope value
-  std::string declare_sample;  // a cursor over the rows in the table's order, no parameters
-  std::string fetch_sample;    // its next page_size rows
+  std::string first_page;  // $1 NULL: the first page in key order; $2 scope value
+  std::string next_page;   // the page after key $1, in key order; $2 scope value
+  // The rows whose keys are in $1 (an array's text), in pages: $2 NULL for the first, else the
+  // page after key $2; $3 scope value.
+  std::string first_with_keys;
+  std::string next_with_keys;
+  // A cursor over the keys and stored bytes of the sampled rows, in the table's order, no
+  // parameters; its next page_size rows are read by key (by_keys: $1 the keys' array text), in
+  // groups within page_bytes.
+  std::string declare_sample;
+  std::string fetch_sample;
   std::string close_sample;
+  std::string by_keys;
 };
+
+// `select` (SelectFrom with the byte columns) + `where` in key order, cut as TableReads says.
+std::string BoundedPage(const jobs::JobDefinition& job, const VerifyOptions& options,
+                        const std::string& select, const std::string& where) {
+  return "WITH page AS MATERIALIZED (" + select + " WHERE " + where + OrderByKey(job) + " LIMIT " +
+         std::to_string(options.page_size) +
+         ") SELECT page.*, (SELECT count(*) FROM page) AS rekey_taken FROM page WHERE "
+         "page.rekey_upto - page.rekey_bytes < " +
+         std::to_string(options.page_bytes) + " ORDER BY page.rekey_n";
+}
 
 // `scope_literal`: the job's scope value quoted as a literal ("NULL" without one), for the
 // cursor, which takes no parameters here. `bucket_below`: the stage test, if the database makes
 // it.
 TableReads BuildTableReads(const jobs::JobDefinition& job, const VerifyOptions& options,
                            std::optional<int> bucket_below, const std::string& scope_literal) {
-  const std::string select =
-      SelectFrom(job) +
-      (options.sample_percent < 100 ? SampleClause(options.sample_percent, job.job_id) : "");
-  const std::string scope = ScopeConditions(job, bucket_below, "$2");
   const jobs::KeyShape key = job.Key();
-  const std::string page_order = OrderByKey(job) + " LIMIT " + std::to_string(options.page_size);
+  const std::string bytes = StoredBytesSql(job);
+  const std::string order = job.Key().OrderBy("t");
+  const std::string select =
+      SelectFrom(job, ", " + bytes + " AS rekey_bytes, sum(" + bytes + ") OVER (ORDER BY " + order +
+                          " ROWS UNBOUNDED PRECEDING) AS rekey_upto, row_number() OVER (ORDER BY " +
+                          order + ") AS rekey_n");
   TableReads reads;
-  reads.first_page = select + " WHERE ($1::text IS NULL)" + scope + page_order;
+  if (options.sample_percent < 100) {
+    reads.declare_sample = std::string("DECLARE ") + kSampleCursor +
+                           " NO SCROLL CURSOR FOR SELECT " + key.Text("t") + " AS pk_text, " +
+                           bytes + " AS rekey_bytes FROM " + job.QualifiedTable() + " AS t" +
+                           SampleClause(options.sample_percent, job.job_id) + " WHERE TRUE" +
+                           ScopeConditions(job, bucket_below, scope_literal);
+    reads.fetch_sample = "FETCH " + std::to_string(options.page_size) + " FROM " + kSampleCursor;
+    reads.close_sample = std::string("CLOSE ") + kSampleCursor;
+    // The sampled rows were chosen by the cursor, scope and stage included: read by key alone.
+    reads.by_keys = SelectFrom(job) + " WHERE " + key.AnyOf("t", "$1") + OrderByKey(job);
+  }
+  const std::string scope = ScopeConditions(job, bucket_below, "$2");
+  reads.first_page = BoundedPage(job, options, select, "($1::text IS NULL)" + scope);
   reads.next_page =
-      select + " WHERE " + key.Row("t") + " > " + key.Bound("$1") + scope + page_order;
-  reads.with_keys = select + " WHERE " + key.AnyOf("t", "$1") + scope + OrderByKey(job);
-  reads.declare_sample = std::string("DECLARE ") + kSampleCursor + " NO SCROLL CURSOR FOR " +
-                         select + " WHERE TRUE" + ScopeConditions(job, bucket_below, scope_literal);
-  reads.fetch_sample = "FETCH " + std::to_string(options.page_size) + " FROM " + kSampleCursor;
-  reads.close_sample = std::string("CLOSE ") + kSampleCursor;
+      BoundedPage(job, options, select, key.Row("t") + " > " + key.Bound("$1") + scope);
+  const std::string keys_scope = ScopeConditions(job, bucket_below, "$3");
+  reads.first_with_keys = BoundedPage(
+      job, options, select, key.AnyOf("t", "$1") + " AND ($2::text IS NULL)" + keys_scope);
+  reads.next_with_keys = BoundedPage(
+      job, options, select,
+      key.AnyOf("t", "$1") + " AND " + key.Row("t") + " > " + key.Bound("$2") + keys_scope);
   return reads;
 }
 
@@ -391,6 +437,12 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
                              *options.planned_keys_of_stage)["keyed"]
                 .as<bool>();
   }
+  // Whether the pages of a bounded read go on after `page` (TableReads).
+  auto more_after = [page_size](const pqxx::result& page) {
+    if (page.empty()) return false;
+    const int64_t taken = page[0]["rekey_taken"].as<int64_t>();
+    return taken == page_size || int64_t(page.size()) < taken;
+  };
   if (keyed) {
     // One batch's keys at a time, so memory stays flat however large the stage.
     int64_t batch_no = 0;
@@ -400,16 +452,40 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
       if (next.empty()) break;
       batch_no = next[0]["batch_no"].as<int64_t>();
       const std::string planned = next[0]["keys"].as<std::string>();
-      process(scope_value ? txn.exec_params(reads.with_keys, planned, scope_value)
-                          : txn.exec_params(reads.with_keys, planned));
+      std::optional<std::string> after;
+      while (true) {
+        const char* after_pk = after ? after->c_str() : nullptr;
+        const std::string& sql = after ? reads.next_with_keys : reads.first_with_keys;
+        const pqxx::result page = scope_value ? txn.exec_params(sql, planned, after_pk, scope_value)
+                                              : txn.exec_params(sql, planned, after_pk);
+        process(page);
+        if (!more_after(page)) break;
+        after = page[page.size() - 1]["pk_text"].as<std::string>();
+      }
     }
   } else if (options.sample_percent < 100) {
-    // A sample is read through a cursor in the table's order: sorting it by key, to page by
-    // key, spilled to disk once the stage test no longer thinned it out in the database.
+    // A sample is chosen through a cursor in the table's order (sorting it by key, to page by
+    // key, spilled to disk once the stage test no longer thinned it out in the database); the
+    // cursor yields keys and sizes only, and the values are read by key in groups within
+    // page_bytes.
     txn.exec0(reads.declare_sample);
+    std::vector<std::string> group;
+    int64_t group_bytes = 0;
+    auto read_group = [&] {
+      if (group.empty()) return;
+      process(txn.exec_params(reads.by_keys, db::TextArrayLiteral(group)));
+      group.clear();
+      group_bytes = 0;
+    };
     while (true) {
-      pqxx::result page = txn.exec(reads.fetch_sample);
-      process(page);
+      const pqxx::result page = txn.exec(reads.fetch_sample);
+      for (const auto& row : page) {
+        const int64_t bytes = row["rekey_bytes"].as<int64_t>();
+        if (!group.empty() && group_bytes + bytes > options.page_bytes) read_group();
+        group.push_back(row["pk_text"].as<std::string>());
+        group_bytes += bytes;
+      }
+      read_group();
       if (page.size() < size_t(page_size)) break;
     }
     txn.exec0(reads.close_sample);
@@ -420,7 +496,7 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
       pqxx::result page =
           scope_value ? txn.exec_params(sql, last_pk, scope_value) : txn.exec_params(sql, last_pk);
       process(page);
-      if (page.size() < size_t(page_size)) break;
+      if (!more_after(page)) break;
       last = page[page.size() - 1]["pk_text"].as<std::string>();
     }
   }

@@ -61,13 +61,17 @@ struct VerifyOptions {
   // (TABLESAMPLE SYSTEM ... REPEATABLE), through a cursor; 100 reads every row.
   double sample_percent = 100;
   int page_size = 5000;
+  // Past its first row, a page holds at most this many bytes of stored values (pg_column_size),
+  // so memory stays flat whatever the values' sizes: values arrive as hex text, twice their size.
+  int64_t page_bytes = int64_t(16) << 20;
   // Only the rows whose keys the plan of this rollout stage recorded (rekey.batches.keys), read
   // batch by batch by key instead of by scanning the table -- iff every batch of the stage has
   // its keys; otherwise (a completed job's, say) this option is ignored.
   std::optional<int> planned_keys_of_stage;
 };
 
-// Reads in pages of `page_size` rows within `txn`, so memory stays flat whatever the table size.
+// Reads in pages of `page_size` rows and `page_bytes` within `txn`, so memory stays flat whatever
+// the table's size and its values' sizes.
 // Keys the keyring does not know count as unknown_key failures; other key errors propagate.
 // Throws ConfigError, before reading any row, iff row-level security hides rows of the table from
 // the transaction's role (rekey.row_security_blocker's reason: the role and the grant to give).
