@@ -1122,5 +1122,144 @@ TEST_F(PartitionsTest, APartitionAttachedAfterTheRolloutIsCoveredByTheSweep) {
   ExpectAllUnder("public.orders", "t.id::text", 2, expected, "orders:");
 }
 
+// A table partitioned by quarter with the partition column inside its key (tenant_id, created_at,
+// id), rolled back after the first of two stages: the census (`rekey keys usage`) and `rekey job
+// verify` count each value once, through the parent and never again through its leaf, both
+// while the job is half way and after the rollback has moved every leaf back to the old key,
+// and every value, decrypted here, is its own plaintext under the key the census names.
+TEST_F(PartitionsTest,
+       ARangePartitionedCompositeKeyTableRollsBackAndItsCensusAndVerifyCountEveryLeaf) {
+  Exec(
+      "CREATE TABLE public.visits (tenant_id text NOT NULL, created_at timestamptz NOT NULL, id "
+      "bigint NOT NULL, token bytea, PRIMARY KEY (tenant_id, created_at, id)) PARTITION BY RANGE "
+      "(created_at)");
+  for (int q = 0; q < 4; ++q) {
+    char range[96];
+    std::snprintf(range, sizeof range,
+                  "FROM ('2026-%02d-01 00:00:00+00') TO ('%04d-%02d-01 00:00:00+00')", q * 3 + 1,
+                  q == 3 ? 2027 : 2026, q == 3 ? 1 : q * 3 + 4);
+    Exec("CREATE TABLE public.visits_q" + std::to_string(q + 1) +
+         " PARTITION OF public.visits FOR VALUES " + range);
+  }
+  constexpr int64_t kRows = 1200;
+  std::map<std::string, std::string> expected;
+  {
+    std::vector<std::string> v;
+    std::vector<Row> r;
+    for (int64_t id = 1; id <= kRows; ++id) {
+      char ts[40], iso[40];
+      const int m = 1 + int(id % 12), day = 1 + int(id % 28), hour = int(id % 24),
+                minute = int(id % 60), second = int(id / 60 % 60);
+      std::snprintf(ts, sizeof ts, "2026-%02d-%02d %02d:%02d:%02d+00", m, day, hour, minute,
+                    second);
+      std::snprintf(iso, sizeof iso, "2026-%02d-%02dT%02d:%02d:%02d.000000Z", m, day, hour, minute,
+                    second);
+      const std::string tenant = kTenants[id % 4];
+      v.push_back("'" + tenant + "', '" + ts + "', " + std::to_string(id));
+      r.push_back({JsonKey({tenant, iso, std::to_string(id)}), PlaintextFor(id)});
+      expected[r.back().key_text] = PlaintextFor(id);
+    }
+    Insert("public.visits", "tenant_id, created_at, id", v, r, "visits:");
+  }
+  const std::string key_sql =
+      "'[' || to_json(t.tenant_id)::text || ',' || to_json(to_char(t.created_at AT TIME ZONE "
+      "'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))::text || ',' || to_json(t.id::text)::text || "
+      "']'";
+
+  // Each leaf's values per key, each decrypted here to its own plaintext: "leaf:key=n,...".
+  auto keys_by_leaf = [&] {
+    std::map<std::string, std::map<uint32_t, int64_t>> counts;
+    pqxx::read_transaction txn(conn());
+    for (const auto& row : txn.exec("SELECT (SELECT relname FROM pg_class WHERE oid = t.tableoid) "
+                                    "AS leaf, " +
+                                    key_sql + " AS k, t.token FROM public.visits t")) {
+      const std::string k = row["k"].as<std::string>();
+      uint32_t kid = 0;
+      EXPECT_EQ(TinkDecrypt(pqxx::binarystring(row["token"]).str(), &kid, "visits:" + k),
+                expected.at(k));
+      ++counts[row["leaf"].as<std::string>()][kid];
+    }
+    return counts;
+  };
+  auto under = [](const std::map<std::string, std::map<uint32_t, int64_t>>& counts, uint32_t key) {
+    int64_t n = 0;
+    for (const auto& [leaf, by_key] : counts) {
+      if (by_key.count(key)) n += by_key.at(key);
+    }
+    return n;
+  };
+  // The census of `key`: the table listed once, no leaf of it listed; its values (0 if unlisted).
+  auto census = [&](uint32_t key) -> int64_t {
+    const ProcessResult r = Rekey({"keys", "usage", std::to_string(key), "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    if (r.exit_code != 0) return -1;
+    const nlohmann::json listed = nlohmann::json::parse(r.out);
+    int64_t values = 0;
+    for (const nlohmann::json& c : listed["columns"]) {
+      const std::string table = c["table"].get<std::string>();
+      EXPECT_NE(table.rfind("visits_", 0), 0u) << "a leaf counted again: " << r.out;
+      if (table == "visits") values = c["values"].get<int64_t>();
+    }
+    EXPECT_EQ(listed["values"].get<int64_t>(), values) << r.out;
+    return values;
+  };
+  // `rekey job verify --json` of job `job`.
+  auto verify = [&](int64_t job) {
+    const ProcessResult r = Rekey({"job", "verify", std::to_string(job), "--json"});
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    return r.exit_code == 0 ? nlohmann::json::parse(r.out) : nlohmann::json();
+  };
+
+  const int64_t job =
+      CreateJobCli({"--table", "public.visits", "--column", "token", "--map", "1:2",
+                    "--ad-template", "{table}:{pk}", "--batch-size", "100", "--stages", "25,100"});
+  ASSERT_GT(job, 0);
+  const std::string j = std::to_string(job);
+  EXPECT_THAT(LeavesOf(job, "rollout"),
+              ::testing::MatchesRegex(
+                  "visits_q1:[0-9]+,visits_q2:[0-9]+,visits_q3:[0-9]+,visits_q4:[0-9]+"));
+  const nlohmann::json before = verify(job);
+  EXPECT_EQ(before["values_by_key"], nlohmann::json({{"1", kRows}})) << before.dump();
+
+  Work(job);
+  ASSERT_EQ(Scalar("SELECT current_stage || ':' || state FROM rekey.jobs WHERE job_id = " + j),
+            "1:awaiting_approval")
+      << Scalar("SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + j);
+  {
+    const auto counts = keys_by_leaf();
+    ASSERT_EQ(counts.size(), 4u);
+    const int64_t moved = under(counts, 2);
+    EXPECT_GT(moved, 0) << "the first stage moved values";
+    EXPECT_LT(moved, kRows) << "the first stage moved only some values";
+    EXPECT_EQ(under(counts, 1) + moved, kRows);
+    EXPECT_EQ(census(1), under(counts, 1));
+    EXPECT_EQ(census(2), moved);
+    const nlohmann::json half = verify(job);
+    EXPECT_EQ(half["values_by_key"], nlohmann::json({{"1", under(counts, 1)}, {"2", moved}}))
+        << half.dump();
+    EXPECT_EQ(half["plaintext_sha256"], before["plaintext_sha256"]);
+  }
+
+  ProcessResult rollback = Rekey({"job", "rollback", j});
+  ASSERT_EQ(rollback.exit_code, 0) << rollback.err;
+  Work(job);
+  EXPECT_EQ(JobState(job), "rolled_back")
+      << Scalar("SELECT coalesce(state_reason, '') FROM rekey.jobs WHERE job_id = " + j);
+  ExpectAllUnder("public.visits", key_sql, 1, expected, "visits:");
+  const auto counts = keys_by_leaf();
+  for (const auto& [leaf, by_key] : counts) {
+    EXPECT_EQ(by_key, (std::map<uint32_t, int64_t>{{1, kRows / 4}})) << leaf;
+  }
+  EXPECT_EQ(census(1), kRows);
+  EXPECT_EQ(census(2), 0);
+  const nlohmann::json after = verify(job);
+  EXPECT_EQ(after["rows"], kRows) << after.dump();
+  EXPECT_EQ(after["values_by_key"], nlohmann::json({{"1", kRows}})) << after.dump();
+  EXPECT_EQ(after["values_under_source_keys"], kRows);
+  EXPECT_EQ(after["values_under_target_keys"], 0);
+  EXPECT_EQ(after["failures"], 0);
+  EXPECT_EQ(after["plaintext_sha256"], before["plaintext_sha256"]) << "no plaintext changed";
+}
+
 }  // namespace
 }  // namespace rekey::testing
