@@ -7,13 +7,15 @@
 // replica catches up, with the slot still there. The lock-wait brake is measured: an
 // application UPDATE on a row rekey holds completes within --max-lock-wait plus a margin.
 // The archive brake runs against a real archiver whose command fails, then succeeds.
-// Bad input and a role that cannot observe a brake's view stop the worker at start (exit 2).
+// Bad input (a query the real Prometheus cannot parse among it) and a role that cannot observe a
+// brake's view stop the worker at start (exit 2); a Prometheus gone mid-run brakes, fail safe.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <pwd.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -555,6 +557,53 @@ TEST_F(BrakesTest, PrometheusBrakeFollowsARealPrometheusScrapingARealTarget) {
   ExpectRotated(job, rows);
   exporter.Signal(SIGTERM);
   exporter.Wait(30);
+}
+
+// Against the same real Prometheus: a query it cannot parse stops the worker at start (exit 2,
+// nothing written); and a Prometheus that goes away mid-run brakes the worker (fail safe: the
+// team's signal can no longer say the application is fine) and says why, until it is stopped.
+TEST_F(BrakesTest, PrometheusBrakeRefusesABadQueryAndBrakesWhenPrometheusGoesAwayMidRun) {
+  if (access(kPrometheusBinary, X_OK) != 0) {
+    GTEST_SKIP() << kPrometheusBinary << " is absent (Debian package prometheus)";
+  }
+  const int rows = 2000;
+  const int64_t job = CreateJob(rows, 200);
+  auto prometheus = std::make_unique<PrometheusServer>(std::vector<PrometheusServer::ScrapeJob>{});
+  ASSERT_TRUE(prometheus->WaitReady(60)) << prometheus->Log();
+  const std::string url = prometheus->url();
+
+  ProcessResult bad = StartWorker(job, {"--brake-prometheus", url, "--brake-query", "vector(0",
+                                        "--brake-above", "0.5"})
+                          ->Wait(60);
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_THAT(bad.err, HasSubstr("refused the query (HTTP 400)"));
+  EXPECT_THAT(bad.err, HasSubstr("parse error"));
+  EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;
+  EXPECT_EQ(Rotated(), 0);
+
+  auto worker =
+      StartWorker(job, {"--brake-prometheus", url, "--brake-query", "vector(0)", "--brake-above",
+                        "0.5", "--brake-poll", "200ms", "--max-rows-per-second", "300"});
+  for (int i = 0; i < 600 && Rotated() == 0 && worker->Running(); ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_GT(Rotated(), 0) << ReadFile(worker->stderr_path());
+  prometheus.reset();  // stopped, its port closed
+  ASSERT_TRUE(WaitForLog(*worker, "braking: prometheus", 60)) << ReadFile(worker->stderr_path());
+  EXPECT_EQ(WaitForProgressBrakes(job, "{prometheus}"), "{prometheus}");
+  // The batch in hand completes; then nothing more is claimed.
+  std::this_thread::sleep_for(3s);
+  const int64_t held = Rotated();
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(Rotated(), held) << "no batch is claimed while Prometheus cannot answer";
+  EXPECT_LT(held, rows);
+  worker->Signal(SIGTERM);
+  ProcessResult stopped = worker->Wait(60);
+  EXPECT_EQ(stopped.exit_code, 0) << stopped.err;
+  EXPECT_THAT(stopped.err, HasSubstr("\"error\""));
+  // Nothing lost: a worker without the brake finishes the job.
+  ASSERT_EQ(StartWorker(job, {})->Wait(300).exit_code, 0);
+  ExpectRotated(job, rows);
 }
 
 TEST_F(BrakesTest, ABrakeTheRoleCannotObserveStopsTheWorkerAtStartWithTheGrant) {
