@@ -64,7 +64,7 @@ TSAN_TESTS := secret_test aes_gcm_test associated_data_test circuit_breaker_test
   http_server_test metrics_test pacer_test worker_pool_pg_test data_key_cache_pg_test \
   audit_chain_pg_test ops_endpoints_pg_test pacing_pg_test vault_transit_kms_test \
   vault_rotation_kms_test ops_readiness_kms_test aws_rotation_kms_test planning_pg_test \
-  brake_test brakes_pg_test
+  brake_test brakes_pg_test aws_kms_kms_test
 empty :=
 space := $(empty) $(empty)
 test-tsan: deps

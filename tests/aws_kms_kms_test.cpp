@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <vector>
 
 #include "common/error.h"
 #include "harness/process.h"
@@ -61,6 +62,14 @@ class AwsKmsServerTest : public ::testing::Test {
     return nlohmann::json::parse(resp.body);
   }
 
+  // TCP connections the server has accepted since the last reset.
+  int64_t Connections() {
+    HttpRequest r;
+    r.method = "GET";
+    r.url = *url_ + "/__stats";
+    return nlohmann::json::parse(transport_->Post(r).body)["connections"].get<int64_t>();
+  }
+
   std::unique_ptr<AwsKmsClient> Client(std::shared_ptr<AwsCredentialsProvider> creds = nullptr,
                                        const std::string& key = "alias/rekey") {
     AwsKmsConfig c;
@@ -111,6 +120,26 @@ TEST_F(AwsKmsServerTest, RoundTripEveryOperation) {
 
   std::string line = kms->Describe();
   EXPECT_NE(line.find("Enabled"), std::string::npos) << line;
+}
+
+// A KMS call per value (the aws-kms codec's ReEncrypt) must not cost a TCP and TLS handshake
+// each: calls reuse the transport's kept-alive connections, one per call in flight.
+TEST_F(AwsKmsServerTest, CallsReuseKeptAliveConnectionsOnePerCallInFlight) {
+  auto kms = Client();
+  GeneratedDataKey k = kms->GenerateDataKey(3);
+  const int64_t before = Connections();
+  for (int i = 0; i < 20; ++i) kms->UnwrapDataKey(3, k.kms_key_ref, k.wrapped);
+  EXPECT_EQ(Connections() - before, 0) << "20 sequential calls opened new connections";
+
+  constexpr int kThreads = 4;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 10; ++i) kms->UnwrapDataKey(3, k.kms_key_ref, k.wrapped);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_LE(Connections() - before, kThreads) << "40 calls from 4 threads";
 }
 
 TEST_F(AwsKmsServerTest, EveryFlippedBitOfAWrappedKeyIsAKeyError) {

@@ -13,7 +13,9 @@
 // CA bundle) or a server certificate the CA bundle does not trust.
 //
 // Thread-safety: CurlTransport::Post may be called from several threads at once (each call uses
-// its own easy handle).
+// its own easy handle). A CurlTransport keeps the connections its calls opened and reuses them
+// for later calls to the same host (HTTP keep-alive, TLS session resumption), whichever thread
+// makes them: a connection is used by one call at a time.
 #pragma once
 
 #include <chrono>
@@ -64,7 +66,15 @@ class HttpTransport {
 class CurlTransport : public HttpTransport {
  public:
   CurlTransport();  // initialises libcurl once per process
+  ~CurlTransport() override;
+  CurlTransport(const CurlTransport&) = delete;
+  CurlTransport& operator=(const CurlTransport&) = delete;
+
   HttpResponse Post(const HttpRequest& request) override;
+
+ private:
+  struct Shared;
+  std::unique_ptr<Shared> shared_;
 };
 
 }  // namespace rekey::kms

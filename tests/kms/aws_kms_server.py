@@ -72,6 +72,7 @@ class State:
         self.errors = {}
         self.tokens = []
         self.sts_calls = 0
+        self.connections = 0  # TCP connections accepted: whether clients keep theirs alive
 
     def create_key(self, alias=None):
         key_id = str(uuid.uuid4())
@@ -348,6 +349,11 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "aws-kms-test-server"
 
+    def setup(self):
+        super().setup()
+        with self.server.state.lock:
+            self.server.state.connections += 1
+
     def log_message(self, fmt, *args):
         if self.server.verbose:
             super().log_message(fmt, *args)
@@ -370,7 +376,8 @@ class Handler(BaseHTTPRequestHandler):
             with state.lock:
                 self.reply_json(200, {"calls": state.calls, "errors": state.errors,
                                       "web_identity_tokens": state.tokens,
-                                      "sts_calls": state.sts_calls})
+                                      "sts_calls": state.sts_calls,
+                                      "connections": state.connections})
         else:
             self.reply_json(404, {"__type": "UnknownOperationException"})
 
