@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
 #include <atomic>
 #include <fstream>
 #include <map>
@@ -22,6 +23,7 @@
 #include "crypto/text_encoding.h"
 #include "harness/pg_server.h"
 #include "harness/process.h"
+#include "ops_support.h"
 #include "rotation_support.h"
 
 namespace rekey::testing {
@@ -144,6 +146,15 @@ class FormatsTest : public PgTest {
     pqxx::work txn(conn());
     SeedLibraryValues(txn, "CREATE TABLE public.cards (id bigint PRIMARY KEY, token text)",
                       "INSERT INTO public.cards (id, token)", made, {});
+    txn.commit();
+  }
+
+  // public.cards (id bigint pk, token text) holding `tokens` at `ids`.
+  void CreateCards(const std::vector<std::string>& ids, const std::vector<std::string>& tokens) {
+    pqxx::work txn(conn());
+    txn.exec0("CREATE TABLE public.cards (id bigint PRIMARY KEY, token text)");
+    txn.exec_params("INSERT INTO public.cards SELECT * FROM unnest($1::bigint[], $2::text[])",
+                    db::TextArrayLiteral(ids), db::TextArrayLiteral(tokens));
     txn.commit();
   }
 
@@ -414,13 +425,7 @@ TEST_F(FormatsTest, FernetTokensOfPythonRotatedAndReadBackByMultiFernet) {
     ids.push_back(std::to_string(900001 + i));
     values.push_back(bad[i]);
   }
-  {
-    pqxx::work txn(conn());
-    txn.exec0("CREATE TABLE public.cards (id bigint PRIMARY KEY, token text)");
-    txn.exec_params("INSERT INTO public.cards SELECT * FROM unnest($1::bigint[], $2::text[])",
-                    db::TextArrayLiteral(ids), db::TextArrayLiteral(values));
-    txn.commit();
-  }
+  CreateCards(ids, values);
   const int64_t job = CreateJob(
       "'public.cards', ARRAY['token'], '{\"1\": 3}', p_codecs => '{fernet}', "
       "p_stages => '{10,100}', p_batch_size => 100, p_error_threshold => 0.05");
@@ -608,6 +613,52 @@ TEST_F(FormatsTest, FernetRollbackReturnsEveryTokenToTheOldKeyPythonReadsAlone) 
     ASSERT_EQ(v["plaintext"], PlaintextFor(id)) << id;
     ASSERT_EQ(v["ts"].get<int64_t>(), kSeededAt + id) << "the token's timestamp is kept, " << id;
   }
+}
+
+// The worker's metrics count a Fernet rotation's values as the database does: the tokens
+// re-encrypted and the values quarantined (those not base64url text, and a forged token).
+TEST_F(FormatsTest, MetricsOfAFernetRotationCountItsValuesAsTheDatabaseDoes) {
+  constexpr int kRows = 600;
+  const crypto::FernetKey key(TestDataKey(1));
+  std::vector<std::string> ids, tokens;
+  for (int id = 1; id <= kRows; ++id) {
+    const std::string plaintext = PlaintextFor(id);
+    Bytes token;
+    key.Seal(uint64_t(kSeededAt + id), reinterpret_cast<const uint8_t*>(plaintext.data()),
+             plaintext.size(), &token);
+    if (id == 77) token[40] ^= 1;  // forged: auth_failed
+    std::string text;
+    crypto::EncodeText(TextEncoding::kBase64Url, token.data(), token.size(),
+                       crypto::TextStyle{true}, &text);
+    ids.push_back(std::to_string(id));
+    tokens.push_back(id == 5 || id == 450 ? "not a token" : text);  // bad_encoding
+  }
+  CreateCards(ids, tokens);
+  const int64_t job = CreateJob(
+      "'public.cards', ARRAY['token'], '{\"1\": 2}', p_codecs => '{fernet}', "
+      "p_stages => '{100}', p_batch_size => 100, p_error_threshold => 0.5");
+  const std::string j = std::to_string(job);
+  ChildProcess worker({REKEY_BINARY, "--db", conninfo(), "work", "--job", j, "--listen",
+                       "127.0.0.1:0", "--linger", "120"},
+                      WorkerEnv());
+  const auto lingering = WaitForLog(worker, "lingering so the final metrics", 120);
+  ASSERT_TRUE(lingering) << ReadFile(worker.stderr_path());
+  const int port = ListenPort(ReadFile(worker.stderr_path()));
+  const HttpResult scrape = HttpGet(port, "/metrics");
+  ASSERT_EQ(scrape.status, 200) << scrape.body;
+  worker.Signal(SIGTERM);
+  EXPECT_EQ(worker.Wait(60).exit_code, 0);
+
+  EXPECT_EQ(Scalar("SELECT state FROM rekey.jobs WHERE job_id = " + j), "completed");
+  EXPECT_EQ(Quarantined(job), "450:bad_encoding,5:bad_encoding,77:auth_failed");
+  const int64_t done =
+      Count("SELECT coalesce(sum(rows_done), 0) FROM rekey.batches WHERE job_id = " + j);
+  EXPECT_EQ(done, kRows - 3);
+  EXPECT_EQ(Sample(scrape.body, "rekey_rows_reencrypted_total"), double(done)) << scrape.body;
+  EXPECT_EQ(Sample(scrape.body, "rekey_rows_quarantined_total"), 3) << scrape.body;
+  EXPECT_EQ(Sample(scrape.body, "rekey_decrypt_errors_total{phase=\"rotation\"}"), 3);
+  EXPECT_EQ(Sample(scrape.body, "rekey_gates_total{result=\"passed\"}"), 1)
+      << "the stage's gate verified the tokens through the codec";
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "common/error.h"
+
 namespace rekey::crypto {
 
 AeadRewriter::AeadRewriter(CodecKind kind, TableBinding table, KeyMoves keys)
@@ -14,6 +16,13 @@ AeadRewriter::AeadRewriter(CodecKind kind, TableBinding table, KeyMoves keys)
   }
   source_lookup_ = [this](uint32_t id) -> AesGcmKey* {
     return keys_.moves->count(id) ? keys_.keys(id) : nullptr;
+  };
+  any_lookup_ = [this](uint32_t id) -> AesGcmKey* {
+    try {
+      return keys_.keys(id);
+    } catch (const NoSuchKeyError&) {
+      return nullptr;
+    }
   };
 }
 
@@ -36,6 +45,40 @@ std::optional<uint32_t> AeadRewriter::SourceKey(const StoredValue& value, bool* 
   return value.row_key_id;
 }
 
+void AeadRewriter::RenderAssociatedData(const StoredValue& value) {
+  if (!table_.associated_data->empty()) {
+    table_.associated_data->Render(table_.schema, table_.table, value.column, value.pk, &ad_);
+  } else {
+    ad_.clear();
+  }
+}
+
+void AeadRewriter::OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) {
+  for (size_t i = 0; i < count; ++i) Open(values[i], &out[i]);
+}
+
+void AeadRewriter::Open(const StoredValue& value, OpenedValue* out) {
+  RenderAssociatedData(value);
+  const auto* ad = reinterpret_cast<const uint8_t*>(ad_.data());
+  uint32_t key_id = 0;
+  DecodeStatus status = DecodeStatus::kUnknownKey;
+  std::optional<uint32_t> named;
+  if (kind_ == CodecKind::kTink) {
+    named = TinkKeyId(value.data, value.size);
+    status =
+        OpenTink(value.data, value.size, any_lookup_, ad, ad_.size(), &out->plaintext, &key_id);
+  } else if (value.row_key_id) {
+    named = key_id = *value.row_key_id;
+    status = OpenRaw(value.data, value.size, any_lookup_(key_id), ad, ad_.size(), &out->plaintext);
+  }
+  if (status == DecodeStatus::kOk) {
+    out->Opened(key_id, /*with_plaintext=*/true);
+    return;
+  }
+  out->Failed(status == DecodeStatus::kUnknownKey ? OpenOutcome::kKeyMissing : OpenOutcome::kPoison,
+              DecodeStatusName(status), named);
+}
+
 void AeadRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {
   bool ours = false;
   const std::optional<uint32_t> source = SourceKey(value, &ours);
@@ -43,11 +86,7 @@ void AeadRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {
     out->outcome = RewriteOutcome::kUnchanged;
     return;
   }
-  if (!table_.associated_data->empty()) {
-    table_.associated_data->Render(table_.schema, table_.table, value.column, value.pk, &ad_);
-  } else {
-    ad_.clear();
-  }
+  RenderAssociatedData(value);
   const auto* ad = reinterpret_cast<const uint8_t*>(ad_.data());
   const DecodeStatus status =
       kind_ == CodecKind::kTink

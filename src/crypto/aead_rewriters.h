@@ -9,6 +9,10 @@
 // or kKeyMissing when its key is not available, with DecodeStatusName as its error class and the
 // key it named. A Tink value whose prefix does not parse is opened anyway, so it is quarantined
 // rather than ignored.
+//
+// OpenBatch opens a Tink value under whatever key its prefix names, and a raw value under the key
+// its row's key-id column names (none: "unknown_key"), whether or not the job rotates that key;
+// a key KeyMoves::keys answers nullptr for (or NoSuchKeyError) is "unknown_key".
 #pragma once
 
 #include <cstdint>
@@ -30,7 +34,8 @@ struct TableBinding {
 
 // The keys of one direction. `moves` maps each source key id to its target key id; `keys` returns
 // this thread's key for any id on either side of `moves` (it may throw if the key cannot be had,
-// never returns nullptr for such an id). Both must outlive the rewriter.
+// never returns nullptr for such an id), and for OpenBatch any id a value names (nullptr or
+// NoSuchKeyError: not available). Both must outlive the rewriter.
 struct KeyMoves {
   const std::map<uint32_t, uint32_t>* moves = nullptr;
   KeyLookup keys;
@@ -42,9 +47,13 @@ class AeadRewriter : public ValueRewriter {
 
   KeyNaming key_naming() const override;
   void RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) override;
+  void OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) override;
 
  private:
   void Rewrite(const StoredValue& value, RewrittenValue* out);
+  void Open(const StoredValue& value, OpenedValue* out);
+  // The value's associated data, rendered into ad_.
+  void RenderAssociatedData(const StoredValue& value);
   // The value's source key, nullopt if it names none; sets *ours to whether the job moves it.
   std::optional<uint32_t> SourceKey(const StoredValue& value, bool* ours) const;
 
@@ -52,6 +61,7 @@ class AeadRewriter : public ValueRewriter {
   const TableBinding table_;
   const KeyMoves keys_;
   KeyLookup source_lookup_;  // keys_.keys, limited to source keys (OpenTink's lookup)
+  KeyLookup any_lookup_;     // keys_.keys for any id, nullptr for one its source does not know
   std::string ad_;           // reused across values
   Bytes plaintext_;
 };

@@ -24,9 +24,12 @@ class AeadRewritersTest : public ::testing::Test {
   }
 
   std::unique_ptr<AeadRewriter> Rewriter(CodecKind kind) {
-    return std::make_unique<AeadRewriter>(
-        kind, TableBinding{&ad_, "public", "cards"},
-        KeyMoves{&moves_, [this](uint32_t id) { return keys_.at(id).get(); }});
+    return std::make_unique<AeadRewriter>(kind, TableBinding{&ad_, "public", "cards"},
+                                          KeyMoves{&moves_, [this](uint32_t id) -> AesGcmKey* {
+                                                     const auto it = keys_.find(id);
+                                                     return it == keys_.end() ? nullptr
+                                                                              : it->second.get();
+                                                   }});
   }
 
   Bytes Seal(CodecKind kind, uint32_t key_id, const std::string& plaintext, const std::string& pk) {
@@ -127,6 +130,64 @@ TEST_F(AeadRewritersTest, RawValuesFollowTheRowsKeyIdColumn) {
   EXPECT_EQ(out[3].outcome, RewriteOutcome::kPoison);
   EXPECT_EQ(out[3].error_class, "truncated");
   EXPECT_EQ(out[3].failed_key, 1u);
+}
+
+TEST_F(AeadRewritersTest, OpeningATinkValueNamesItsKeyWhetherOrNotTheJobRotatesIt) {
+  const Bytes under_source = Seal(CodecKind::kTink, 1, "4111-1111", "7");
+  const Bytes under_other = Seal(CodecKind::kTink, 9, "not ours", "9");
+  Bytes forged = Seal(CodecKind::kTink, 1, "x", "10");
+  forged.back() ^= 1;
+  const Bytes moved_row = Seal(CodecKind::kTink, 2, "copied", "11");
+  Bytes unknown = Seal(CodecKind::kTink, 2, "lost", "13");
+  unknown[4] = 5;  // key 5: none the keyring has
+  const Bytes truncated(under_source.begin(), under_source.begin() + 20);
+  const std::vector<StoredValue> values = {Stored(under_source, "7"), Stored(under_other, "9"),
+                                           Stored(forged, "10"),      Stored(moved_row, "12"),
+                                           Stored(unknown, "13"),     Stored(truncated, "13")};
+  std::vector<OpenedValue> out(values.size());
+  Rewriter(CodecKind::kTink)->OpenBatch(values.data(), values.size(), out.data());
+
+  for (size_t i : {0, 1}) {
+    ASSERT_EQ(out[i].outcome, OpenOutcome::kOpened) << i;
+    ASSERT_TRUE(out[i].has_plaintext);
+  }
+  EXPECT_EQ(out[0].key, 1u);
+  EXPECT_EQ(AsStringView(out[0].plaintext), "4111-1111");
+  EXPECT_EQ(out[1].key, 9u);
+  EXPECT_EQ(AsStringView(out[1].plaintext), "not ours");
+  const struct {
+    size_t index;
+    OpenOutcome outcome;
+    const char* error_class;
+    uint32_t key;
+  } failures[] = {{2, OpenOutcome::kPoison, "auth_failed", 1},
+                  {3, OpenOutcome::kPoison, "auth_failed", 2},  // bound to another row
+                  {4, OpenOutcome::kKeyMissing, "unknown_key", 5},
+                  {5, OpenOutcome::kPoison, "truncated", 1}};
+  for (const auto& f : failures) {
+    SCOPED_TRACE(f.index);
+    EXPECT_EQ(out[f.index].outcome, f.outcome);
+    EXPECT_EQ(out[f.index].error_class, f.error_class);
+    EXPECT_EQ(out[f.index].failed_key, f.key);
+    EXPECT_FALSE(out[f.index].has_plaintext);
+  }
+}
+
+TEST_F(AeadRewritersTest, OpeningARawValueUsesTheRowsKeyIdColumn) {
+  const Bytes value = Seal(CodecKind::kRaw, 2, "secret", "7");
+  const std::vector<StoredValue> values = {Stored(value, "7", 2u), Stored(value, "7", 1u),
+                                           Stored(value, "7", 5u),
+                                           Stored(value, "7", std::nullopt)};
+  std::vector<OpenedValue> out(values.size());
+  Rewriter(CodecKind::kRaw)->OpenBatch(values.data(), values.size(), out.data());
+  ASSERT_EQ(out[0].outcome, OpenOutcome::kOpened);
+  EXPECT_EQ(out[0].key, 2u);
+  EXPECT_EQ(AsStringView(out[0].plaintext), "secret");
+  EXPECT_EQ(out[1].error_class, "auth_failed");
+  EXPECT_EQ(out[2].outcome, OpenOutcome::kKeyMissing);
+  EXPECT_EQ(out[2].error_class, "unknown_key");
+  EXPECT_EQ(out[3].error_class, "unknown_key");  // the row names no key
+  EXPECT_EQ(out[3].failed_key, std::nullopt);
 }
 
 }  // namespace

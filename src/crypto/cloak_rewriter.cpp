@@ -2,22 +2,27 @@
 
 #include <openssl/crypto.h>
 
-#include <algorithm>
 #include <string>
 #include <utility>
+
+#include "common/error.h"
 
 namespace rekey::crypto {
 
 CloakRewriter::CloakRewriter(const std::map<uint32_t, uint32_t>* moves,
                              std::function<Secret(uint32_t)> keys)
-    : moves_(moves), key_source_(std::move(keys)) {
-  for (const auto& entry : *moves_) candidates_.push_back(entry.first);
-  for (const auto& entry : *moves_) {
-    if (std::find(candidates_.begin(), candidates_.end(), entry.second) == candidates_.end()) {
-      candidates_.push_back(entry.second);
-    }
-  }
+    : moves_(moves),
+      key_source_(std::move(keys)),
+      candidates_(SourcesThenTargets(*moves)),
+      open_order_(TargetsThenSources(*moves)) {
   lookup_ = [this](uint32_t id) { return KeyFor(id); };
+  open_lookup_ = [this](uint32_t id) -> CloakKey* {
+    try {
+      return KeyFor(id);
+    } catch (const NoSuchKeyError&) {
+      return keys_.emplace(id, nullptr).first->second.get();
+    }
+  };
 }
 
 CloakKey* CloakRewriter::KeyFor(uint32_t key_id) {
@@ -32,6 +37,24 @@ void CloakRewriter::RewriteBatch(const StoredValue* values, size_t count, Rewrit
   keys_.clear();  // each batch asks the key source again
   for (uint32_t id : candidates_) KeyFor(id);
   for (size_t i = 0; i < count; ++i) Rewrite(values[i], &out[i]);
+}
+
+void CloakRewriter::OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) {
+  keys_.clear();  // each batch asks the key source again
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t key_id = 0;
+    const CloakStatus status = OpenCloak(values[i].data, values[i].size, open_order_, open_lookup_,
+                                         &out[i].plaintext, &key_id);
+    if (status == CloakStatus::kOk) {
+      out[i].Opened(key_id, /*with_plaintext=*/true);
+    } else {
+      out[i].Failed(
+          status == CloakStatus::kUnknownFingerprint ? OpenOutcome::kKeyMissing
+                                                     : OpenOutcome::kPoison,
+          CloakStatusName(status),
+          status == CloakStatus::kAuthFailed ? std::optional<uint32_t>(key_id) : std::nullopt);
+    }
+  }
 }
 
 void CloakRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {

@@ -8,6 +8,10 @@
 // open it: tampered with); kKeyMissing "unknown_fingerprint": its fingerprint is none of the
 // job's keys. Cloak binds no associated data: the job's template, if any, is not used.
 //
+// OpenBatch opens every value under the key of its fingerprint among the target keys, then the
+// source keys (no shortcut for target keys); a key the source does not know (NoSuchKeyError)
+// matches no fingerprint, so its values fail "unknown_fingerprint" (kKeyMissing).
+//
 // The rows' values are the strings as stored (rotation/stored_form.h hands them over as they are).
 #pragma once
 
@@ -34,16 +38,22 @@ class CloakRewriter : public ValueRewriter {
 
   KeyNaming key_naming() const override { return KeyNaming::kKeyInValue; }
   void RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) override;
+  void OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) override;
 
  private:
   void Rewrite(const StoredValue& value, RewrittenValue* out);
+  // Throws as the key source does; OpenBatch's lookup instead answers nullptr for a key the
+  // source does not know.
   CloakKey* KeyFor(uint32_t key_id);
 
   const std::map<uint32_t, uint32_t>* moves_;
   std::function<Secret(uint32_t)> key_source_;
-  std::vector<uint32_t> candidates_;  // the source key ids in order, then the distinct targets
-  std::unordered_map<uint32_t, std::unique_ptr<CloakKey>> keys_;  // of the current batch
+  const std::vector<uint32_t> candidates_;  // SourcesThenTargets
+  const std::vector<uint32_t> open_order_;  // TargetsThenSources
+  // Of the current batch; nullptr for a key the source does not know (OpenBatch only).
+  std::unordered_map<uint32_t, std::unique_ptr<CloakKey>> keys_;
   CloakKeyLookup lookup_;
+  CloakKeyLookup open_lookup_;
   Bytes plaintext_;
 };
 

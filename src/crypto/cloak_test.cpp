@@ -9,8 +9,10 @@
 
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "common/error.h"
 #include "crypto/cloak_rewriter.h"
 #include "crypto/text_encoding.h"
 
@@ -161,6 +163,18 @@ class CloakRewriterTest : public ::testing::Test {
     rewriter.RewriteBatch(&stored, 1, &out);
     return out;
   }
+  // Key `unknown` is one the key source does not know.
+  OpenedValue OpenOne(const std::map<uint32_t, uint32_t>& moves, std::string_view value,
+                      uint32_t unknown = 0) {
+    CloakRewriter rewriter(&moves, [this, unknown](uint32_t id) {
+      if (id == unknown) throw NoSuchKeyError("key " + std::to_string(id) + " is destroyed");
+      return Material(id);
+    });
+    StoredValue stored{Data(value), value.size(), "secret", "1", std::nullopt};
+    OpenedValue out;
+    rewriter.OpenBatch(&stored, 1, &out);
+    return out;
+  }
 };
 
 TEST_F(CloakRewriterTest, ASourceKeysValueMovesToItsTargetAndBack) {
@@ -202,6 +216,37 @@ TEST_F(CloakRewriterTest, UnknownTamperedAndMalformedValuesAreQuarantined) {
   EXPECT_EQ(RewriteOne({{1, 2}}, "plain text").error_class, "not_cloak");
   EXPECT_EQ(RewriteOne({{1, 2}}, "v1.aesgcm256.6f28c026").error_class, "truncated");
   EXPECT_EQ(RewriteOne({{1, 2}}, "").error_class, "empty");
+}
+
+TEST_F(CloakRewriterTest, OpensTheReadmeVectorsUnderTheKeyOfTheirFingerprint) {
+  // Under the source key and under the target key alike: opening takes no shortcut.
+  for (const auto& [vector, key] : {std::pair{kVectors[0], 1u}, std::pair{kVectors[1], 2u}}) {
+    const OpenedValue out = OpenOne({{1, 2}}, vector.value);
+    ASSERT_EQ(out.outcome, OpenOutcome::kOpened) << vector.value;
+    EXPECT_EQ(out.key, key);
+    ASSERT_TRUE(out.has_plaintext);
+    EXPECT_EQ(Text(out.plaintext), vector.plaintext);
+  }
+}
+
+TEST_F(CloakRewriterTest, OpeningAnUnknownTamperedOrTruncatedValueGivesTheQuarantineClass) {
+  OpenedValue out = OpenOne({{3, 1}}, kVectors[1].value);
+  EXPECT_EQ(out.outcome, OpenOutcome::kKeyMissing);
+  EXPECT_EQ(out.error_class, "unknown_fingerprint");
+  // The key of its fingerprint gone from the keyring: the same class, not an exception.
+  out = OpenOne({{1, 2}}, kVectors[1].value, /*unknown=*/2);
+  EXPECT_EQ(out.outcome, OpenOutcome::kKeyMissing);
+  EXPECT_EQ(out.error_class, "unknown_fingerprint");
+
+  std::string tampered = kVectors[0].value;
+  tampered[30] = tampered[30] == 'A' ? 'B' : 'A';
+  out = OpenOne({{1, 2}}, tampered);
+  EXPECT_EQ(out.outcome, OpenOutcome::kPoison);
+  EXPECT_EQ(out.error_class, "auth_failed");
+  EXPECT_EQ(out.failed_key, 1u);
+  EXPECT_FALSE(out.has_plaintext);
+  EXPECT_EQ(OpenOne({{1, 2}}, "v1.aesgcm256.6f28c026").error_class, "truncated");
+  EXPECT_EQ(OpenOne({{1, 2}}, "plain text").error_class, "not_cloak");
 }
 
 }  // namespace

@@ -2,23 +2,31 @@
 
 #include <openssl/crypto.h>
 
-#include <algorithm>
 #include <utility>
 
 namespace rekey::crypto {
 
 FernetRewriter::FernetRewriter(const std::map<uint32_t, uint32_t>* moves, FernetKeyLookup keys)
-    : moves_(moves), keys_(std::move(keys)) {
-  for (const auto& entry : *moves_) candidates_.push_back(entry.first);
-  for (const auto& entry : *moves_) {
-    if (std::find(candidates_.begin(), candidates_.end(), entry.second) == candidates_.end()) {
-      candidates_.push_back(entry.second);
-    }
-  }
-}
+    : moves_(moves),
+      keys_(std::move(keys)),
+      candidates_(SourcesThenTargets(*moves)),
+      open_order_(TargetsThenSources(*moves)) {}
 
 void FernetRewriter::RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) {
   for (size_t i = 0; i < count; ++i) Rewrite(values[i], &out[i]);
+}
+
+void FernetRewriter::OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) {
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t key_id = 0;
+    const DecodeStatus status = OpenFernetTrial(values[i].data, values[i].size, open_order_, keys_,
+                                                &out[i].plaintext, nullptr, &key_id);
+    if (status == DecodeStatus::kOk) {
+      out[i].Opened(key_id, /*with_plaintext=*/true);
+    } else {
+      out[i].Failed(OpenOutcome::kPoison, DecodeStatusName(status));
+    }
+  }
 }
 
 void FernetRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {

@@ -7,6 +7,9 @@
 // (empty, bad_prefix, truncated) or "auth_failed" -- under a key the job does not hold, or
 // tampered with. Fernet binds no associated data: the job's template, if any, is not used.
 //
+// OpenBatch tries the target keys, then the source keys (a key `keys` answers nullptr for is
+// skipped); a token no key opens fails with the same classes.
+//
 // Cost: a wrong key is rejected by its HMAC-SHA256 over the token, before any decryption, so a
 // value costs at most one HMAC per key of the job (bench/fernet_bench.cpp measures it).
 #pragma once
@@ -29,13 +32,15 @@ class FernetRewriter : public ValueRewriter {
 
   KeyNaming key_naming() const override { return KeyNaming::kTrialDecryption; }
   void RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) override;
+  void OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) override;
 
  private:
   void Rewrite(const StoredValue& value, RewrittenValue* out);
 
   const std::map<uint32_t, uint32_t>* moves_;
   FernetKeyLookup keys_;
-  std::vector<uint32_t> candidates_;  // the source key ids in order, then the distinct targets
+  const std::vector<uint32_t> candidates_;  // SourcesThenTargets
+  const std::vector<uint32_t> open_order_;  // TargetsThenSources
   Bytes plaintext_;
 };
 

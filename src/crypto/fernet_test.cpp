@@ -198,6 +198,21 @@ class FernetRewriterTest : public ::testing::Test {
     return out;
   }
 
+  // Opens each token with the spec key as source key 3; `without` is a key the lookup lacks.
+  std::vector<OpenedValue> Open(const std::vector<Bytes>& tokens, uint32_t without = 0) {
+    keys_[3] = std::make_unique<FernetKey>(SpecKey());
+    FernetRewriter rewriter(&moves_, [this, without](uint32_t id) -> const FernetKey* {
+      return id == without ? nullptr : keys_.at(id).get();
+    });
+    std::vector<StoredValue> values;
+    for (const Bytes& token : tokens) {
+      values.push_back({token.data(), token.size(), "token", "1", std::nullopt});
+    }
+    std::vector<OpenedValue> out(values.size());
+    rewriter.OpenBatch(values.data(), values.size(), out.data());
+    return out;
+  }
+
   std::map<uint32_t, std::unique_ptr<FernetKey>> keys_;
   std::map<uint32_t, uint32_t> moves_;
 };
@@ -237,6 +252,35 @@ TEST_F(FernetRewriterTest, AnotherKeysOrTamperedTokenIsQuarantined) {
   EXPECT_EQ(Rewrite(truncated).error_class, "truncated");
   EXPECT_EQ(Rewrite(Bytes{0x01, 0x02}).error_class, "bad_prefix");
   EXPECT_EQ(Rewrite(Bytes{}).error_class, "empty");
+}
+
+TEST_F(FernetRewriterTest, OpensTheSpecTokenAndATargetKeysTokenNamingTheKeyAndThePlaintext) {
+  const std::vector<OpenedValue> out = Open({TokenBytes(kSpecToken), Token(2, "done")});
+  ASSERT_EQ(out[0].outcome, OpenOutcome::kOpened);
+  EXPECT_EQ(out[0].key, 3u);
+  ASSERT_TRUE(out[0].has_plaintext);
+  EXPECT_EQ(AsStringView(out[0].plaintext), "hello");
+  ASSERT_EQ(out[1].outcome, OpenOutcome::kOpened);
+  EXPECT_EQ(out[1].key, 2u);
+  EXPECT_EQ(AsStringView(out[1].plaintext), "done");
+}
+
+TEST_F(FernetRewriterTest, OpeningATamperedTruncatedOrKeylessTokenGivesTheQuarantineClass) {
+  Bytes tampered = TokenBytes(kSpecToken);
+  tampered[30] ^= 1;
+  Bytes truncated = TokenBytes(kSpecToken);
+  truncated.resize(60);
+  std::vector<OpenedValue> out = Open({tampered, truncated, Bytes{}, Token(9, "not ours")});
+  EXPECT_EQ(out[0].outcome, OpenOutcome::kPoison);
+  EXPECT_EQ(out[0].error_class, "auth_failed");
+  EXPECT_FALSE(out[0].has_plaintext);
+  EXPECT_EQ(out[1].error_class, "truncated");
+  EXPECT_EQ(out[2].error_class, "empty");
+  EXPECT_EQ(out[3].error_class, "auth_failed") << "a token names no key: another key's fails so";
+  // Its key gone from the keyring: no key opens the spec token.
+  out = Open({TokenBytes(kSpecToken)}, /*without=*/3);
+  EXPECT_EQ(out[0].outcome, OpenOutcome::kPoison);
+  EXPECT_EQ(out[0].error_class, "auth_failed");
 }
 
 }  // namespace

@@ -2,7 +2,6 @@
 
 #include <openssl/crypto.h>
 
-#include <algorithm>
 #include <utility>
 
 #include "common/error.h"
@@ -12,16 +11,54 @@ namespace rekey::crypto {
 LockboxRewriter::LockboxRewriter(const std::map<uint32_t, uint32_t>* moves,
                                  std::map<std::string, LockboxKeyNames> names,
                                  LockboxMasterKeySource masters)
-    : moves_(moves), names_(names.begin(), names.end()), keys_(std::move(masters)) {
-  for (const auto& entry : *moves_) candidates_.push_back(entry.first);
-  for (const auto& entry : *moves_) {
-    if (std::find(candidates_.begin(), candidates_.end(), entry.second) == candidates_.end()) {
-      candidates_.push_back(entry.second);
+    : moves_(moves),
+      names_(names.begin(), names.end()),
+      masters_(std::move(masters)),
+      keys_([this](uint32_t id) {
+        if (!opening_) return masters_(id);
+        try {
+          return masters_(id);
+        } catch (const NoSuchKeyError&) {
+          return Secret();  // an empty master: skipped (crypto/lockbox.h)
+        }
+      }),
+      candidates_(SourcesThenTargets(*moves)),
+      open_order_(TargetsThenSources(*moves)) {}
+
+const LockboxKeyNames& LockboxRewriter::NamesOf(const StoredValue& value) const {
+  const auto names = names_.find(value.column);
+  if (names == names_.end()) {
+    throw PermanentError("column " + std::string(value.column) +
+                         " is not a lockbox column of the job");
+  }
+  return names->second;
+}
+
+void LockboxRewriter::OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) {
+  keys_.Clear();
+  opening_ = true;
+  for (size_t i = 0; i < count; ++i) {
+    const LockboxKeyNames& names = NamesOf(values[i]);
+    if (values[i].size == 0) {
+      out[i].Failed(OpenOutcome::kUnencrypted, "");
+      continue;
+    }
+    uint32_t key_id = 0;
+    const DecodeStatus status = OpenLockboxTrial(values[i].data, values[i].size, open_order_, names,
+                                                 keys_, &out[i].plaintext, &key_id);
+    if (status == DecodeStatus::kOk) {
+      out[i].Opened(key_id, /*with_plaintext=*/true);
+    } else {
+      out[i].Failed(OpenOutcome::kPoison, DecodeStatusName(status));
     }
   }
+  // Attribute keys of skipped masters are not kept for a rewrite, which must not skip them.
+  keys_.Clear();
+  opening_ = false;
 }
 
 void LockboxRewriter::RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) {
+  opening_ = false;  // even after an OpenBatch that threw
   keys_.Clear();
   for (size_t i = 0; i < count; ++i) Rewrite(values[i], &out[i]);
 }
@@ -29,26 +66,21 @@ void LockboxRewriter::RewriteBatch(const StoredValue* values, size_t count, Rewr
 void LockboxRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {
   out->failed_key.reset();
   out->detail.clear();
-  const auto names = names_.find(value.column);
-  if (names == names_.end()) {
-    // A column the job did not declare as Lockbox's: a caller's bug, not the value's.
-    throw PermanentError("column " + std::string(value.column) +
-                         " is not a lockbox column of the job");
-  }
+  const LockboxKeyNames& names = NamesOf(value);
   if (value.size == 0) {
     // Lockbox stores an empty string as it is, unencrypted: under no key, nothing to move.
     out->outcome = RewriteOutcome::kUnchanged;
     return;
   }
   uint32_t key_id = 0;
-  const DecodeStatus status = OpenLockboxTrial(value.data, value.size, candidates_, names->second,
-                                               keys_, &plaintext_, &key_id);
+  const DecodeStatus status =
+      OpenLockboxTrial(value.data, value.size, candidates_, names, keys_, &plaintext_, &key_id);
   if (status != DecodeStatus::kOk) {
     out->outcome = RewriteOutcome::kPoison;
     out->error_class = std::string(DecodeStatusName(status));
     if (status == DecodeStatus::kAuthFailed) {
       out->detail = "no source or target key of the job opens it as Lockbox's attribute key of " +
-                    names->second.table + "." + names->second.attribute +
+                    names.table + "." + names.attribute +
                     " (another key's or attribute's, or tampered)";
     } else if (status == DecodeStatus::kTruncated) {
       out->detail = "shorter than Lockbox's 29 bytes (nonce 12, ciphertext 1+, tag 16)";
@@ -61,7 +93,7 @@ void LockboxRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {
     out->outcome = RewriteOutcome::kUnchanged;  // under a target key: already moved
     return;
   }
-  AesGcmKey* target = keys_.Get(move->second, names->second);
+  AesGcmKey* target = keys_.Get(move->second, names);
   if (target == nullptr) {
     OPENSSL_cleanse(plaintext_.data(), plaintext_.size());
     throw KeyError("target key " + std::to_string(move->second) + " is not available");

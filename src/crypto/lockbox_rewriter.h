@@ -10,6 +10,10 @@
 // derived for another table or attribute, or tampered with. Lockbox's models bind no associated
 // data: the job's template, if any, is not used (rekey.create_job refuses one for lockbox).
 //
+// OpenBatch tries the target keys, then the source keys (a master the source does not know,
+// NoSuchKeyError, is skipped); an empty value is kUnencrypted, and one no key opens fails with the
+// same classes.
+//
 // Cost: a wrong key is rejected by the GCM tag after decrypting the value, so a value costs at
 // most one AES-GCM open per key of the job; attribute keys are derived once per key and column
 // per batch (HKDF-SHA384: two HMACs).
@@ -37,14 +41,22 @@ class LockboxRewriter : public ValueRewriter {
   // Derives attribute keys afresh for each batch, from masters fetched again, so a key revoked
   // since the last batch is not used.
   void RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) override;
+  // Derives attribute keys afresh too.
+  void OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) override;
 
  private:
   void Rewrite(const StoredValue& value, RewrittenValue* out);
+  // The names of the value's column; throws PermanentError for a column the job did not declare
+  // as Lockbox's (a caller's bug, not the value's).
+  const LockboxKeyNames& NamesOf(const StoredValue& value) const;
 
   const std::map<uint32_t, uint32_t>* moves_;
   std::map<std::string, LockboxKeyNames, std::less<>> names_;
+  LockboxMasterKeySource masters_;
+  bool opening_ = false;  // within OpenBatch: a master the source does not know is skipped
   LockboxAttributeKeys keys_;
-  std::vector<uint32_t> candidates_;  // the source key ids in order, then the distinct targets
+  const std::vector<uint32_t> candidates_;  // SourcesThenTargets
+  const std::vector<uint32_t> open_order_;  // TargetsThenSources
   Bytes plaintext_;
 };
 

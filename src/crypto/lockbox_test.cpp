@@ -160,6 +160,12 @@ struct RewriterFixture {
     rewriter.RewriteBatch(&stored, 1, &out);
     return out;
   }
+  OpenedValue Open(const Bytes& value, const std::string& column) {
+    StoredValue stored{value.data(), value.size(), column, "1", std::nullopt};
+    OpenedValue out;
+    rewriter.OpenBatch(&stored, 1, &out);
+    return out;
+  }
 };
 
 TEST(LockboxRewriterTest, MovesSourceValuesAndLeavesTargetValues) {
@@ -218,6 +224,49 @@ TEST(LockboxRewriterTest, HonoursKeyTableAndAttributeOverrides) {
   EXPECT_EQ(OpenLockboxTrial(out.value.data(), out.value.size(), {2}, {"people", "email"}, keys,
                              &plaintext, &key_id),
             DecodeStatus::kOk);
+}
+
+TEST(LockboxRewriterTest, OpensLockboxsOwnValueUnderItsKeyAndATargetKeysValue) {
+  RewriterFixture f;
+  const OpenedValue own = f.Open(Decoded(kEmailValue), "email_ciphertext");
+  ASSERT_EQ(own.outcome, OpenOutcome::kOpened);
+  EXPECT_EQ(own.key, 1u);
+  ASSERT_TRUE(own.has_plaintext);
+  EXPECT_EQ(AsStringView(own.plaintext), "test@example.org");
+  const OpenedValue target = f.Open(f.Seal(2, "phone_ciphertext", "555"), "phone_ciphertext");
+  ASSERT_EQ(target.outcome, OpenOutcome::kOpened);
+  EXPECT_EQ(target.key, 2u);
+  EXPECT_EQ(AsStringView(target.plaintext), "555");
+  EXPECT_EQ(f.Open(Bytes(), "email_ciphertext").outcome, OpenOutcome::kUnencrypted);
+}
+
+TEST(LockboxRewriterTest, OpeningATamperedTruncatedOrKeylessValueGivesTheQuarantineClass) {
+  RewriterFixture f;
+  Bytes tampered = Decoded(kEmailValue);
+  tampered[14] ^= 1;
+  OpenedValue out = f.Open(tampered, "email_ciphertext");
+  EXPECT_EQ(out.outcome, OpenOutcome::kPoison);
+  EXPECT_EQ(out.error_class, "auth_failed");
+  EXPECT_FALSE(out.has_plaintext);
+  EXPECT_EQ(f.Open(Bytes(20, 7), "email_ciphertext").error_class, "truncated");
+  EXPECT_EQ(f.Open(f.Seal(3, "email_ciphertext", "a@b.c"), "email_ciphertext").error_class,
+            "auth_failed");
+
+  // Its master key gone from the keyring: skipped when opening, so no key opens it; a rewrite
+  // still stops on the missing key rather than quarantining the value.
+  std::map<uint32_t, uint32_t> moves{{1, 2}};
+  LockboxRewriter gone(&moves, {{"email_ciphertext", {"users", "email_ciphertext"}}},
+                       [](uint32_t id) {
+                         if (id == 1) throw NoSuchKeyError("key 1 is destroyed");
+                         return Masters()(id);
+                       });
+  const Bytes value = Decoded(kEmailValue);
+  StoredValue stored{value.data(), value.size(), "email_ciphertext", "1", std::nullopt};
+  gone.OpenBatch(&stored, 1, &out);
+  EXPECT_EQ(out.outcome, OpenOutcome::kPoison);
+  EXPECT_EQ(out.error_class, "auth_failed");
+  RewrittenValue rewritten;
+  EXPECT_THROW(gone.RewriteBatch(&stored, 1, &rewritten), NoSuchKeyError);
 }
 
 }  // namespace

@@ -1,17 +1,36 @@
 #include "crypto/rails_rewriter.h"
 
-#include <algorithm>
 #include <utility>
 
 namespace rekey::crypto {
 
 RailsRewriter::RailsRewriter(const std::map<uint32_t, uint32_t>* moves, RailsKeyLookup keys)
-    : moves_(moves), keys_(std::move(keys)) {
-  for (const auto& entry : *moves_) candidates_.push_back(entry.first);
-  for (const auto& entry : *moves_) {
-    if (std::find(candidates_.begin(), candidates_.end(), entry.second) == candidates_.end()) {
-      candidates_.push_back(entry.second);
+    : moves_(moves),
+      keys_(std::move(keys)),
+      candidates_(SourcesThenTargets(*moves)),
+      open_order_(TargetsThenSources(*moves)) {}
+
+std::string_view RailsRewriter::ParseAndOpen(const StoredValue& value,
+                                             const std::vector<uint32_t>& key_ids,
+                                             uint32_t* key_id) {
+  const std::string_view failure =
+      message_.Parse(std::string_view(reinterpret_cast<const char*>(value.data), value.size));
+  return failure.empty() ? message_.Open(key_ids, keys_, key_id) : failure;
+}
+
+void RailsRewriter::OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) {
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t key_id = 0;
+    const std::string_view failure = ParseAndOpen(values[i], open_order_, &key_id);
+    if (!failure.empty()) {
+      out[i].Failed(
+          failure == kRailsUnknownKeyClass ? OpenOutcome::kKeyMissing : OpenOutcome::kPoison,
+          failure);
+      continue;
     }
+    const Bytes& plaintext = message_.plaintext();
+    out[i].plaintext.assign(plaintext.begin(), plaintext.end());
+    out[i].Opened(key_id, /*with_plaintext=*/true);
   }
 }
 
@@ -22,10 +41,8 @@ void RailsRewriter::RewriteBatch(const StoredValue* values, size_t count, Rewrit
 void RailsRewriter::Rewrite(const StoredValue& value, RewrittenValue* out) {
   out->failed_key.reset();
   out->detail.clear();
-  std::string_view failure =
-      message_.Parse(std::string_view(reinterpret_cast<const char*>(value.data), value.size));
   uint32_t key_id = 0;
-  if (failure.empty()) failure = message_.Open(candidates_, keys_, &key_id);
+  const std::string_view failure = ParseAndOpen(value, candidates_, &key_id);
   if (!failure.empty()) {
     out->outcome =
         failure == kRailsUnknownKeyClass ? RewriteOutcome::kKeyMissing : RewriteOutcome::kPoison;

@@ -9,6 +9,10 @@
 // target key is kUnchanged. Failures are kPoison with crypto/rails.h's classes, except an "i" that
 // none of the job's keys has, kKeyMissing ("unknown_key").
 //
+// OpenBatch tries the target keys, then the source keys (narrowed by "i" the same way; a key
+// `keys` answers nullptr for is skipped); its plaintext is the bytes Rails encrypted, and a
+// message that does not open fails with the same classes.
+//
 // Cost: a wrong key costs one AES-GCM open of the value (the tag fails), so a value without "i"
 // costs at most one open per key of the job; with "i" usually one.
 #pragma once
@@ -31,13 +35,20 @@ class RailsRewriter : public ValueRewriter {
 
   KeyNaming key_naming() const override { return KeyNaming::kTrialDecryption; }
   void RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) override;
+  void OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) override;
+  bool reads_stored_text() const override { return true; }
 
  private:
   void Rewrite(const StoredValue& value, RewrittenValue* out);
+  // Parses `value` into message_ and opens it under the first of `key_ids` that does: "" and
+  // *key_id, or the failure's class.
+  std::string_view ParseAndOpen(const StoredValue& value, const std::vector<uint32_t>& key_ids,
+                                uint32_t* key_id);
 
   const std::map<uint32_t, uint32_t>* moves_;
   RailsKeyLookup keys_;
-  std::vector<uint32_t> candidates_;  // the source key ids in order, then the distinct targets
+  const std::vector<uint32_t> candidates_;  // SourcesThenTargets
+  const std::vector<uint32_t> open_order_;  // TargetsThenSources
   RailsMessage message_;
   std::string text_;
 };

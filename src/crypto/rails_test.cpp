@@ -279,5 +279,42 @@ TEST(RailsRewriterTest, MovesSourceValuesAndLeavesTargetValuesAndQuarantinesTheR
   EXPECT_NE(missing.detail.find("7ee9"), std::string::npos);
 }
 
+TEST(RailsRewriterTest, OpensRailsOwnVectorAndItsResealUnderTheirKeys) {
+  RailsKeys keys;
+  const std::map<uint32_t, uint32_t> moves = {{1, 3}};
+  RailsRewriter rewriter(&moves, keys.Lookup());
+  EXPECT_TRUE(rewriter.reads_stored_text());
+  const std::string source = kRailsVector, target = kDuneUnderMaster;
+  const std::vector<StoredValue> values = {Value(source), Value(target)};
+  std::vector<OpenedValue> out(values.size());
+  rewriter.OpenBatch(values.data(), values.size(), out.data());
+  for (size_t i = 0; i < out.size(); ++i) {
+    ASSERT_EQ(out[i].outcome, OpenOutcome::kOpened) << i;
+    EXPECT_EQ(out[i].key, i == 0 ? 1u : 3u);
+    ASSERT_TRUE(out[i].has_plaintext);
+    EXPECT_EQ(AsText(out[i].plaintext), "Dune");
+  }
+}
+
+TEST(RailsRewriterTest, OpeningATamperedTruncatedOrUnknownKeyMessageGivesTheQuarantineClass) {
+  RailsKeys keys;
+  const std::map<uint32_t, uint32_t> moves = {{2, 1}};
+  RailsRewriter rewriter(&moves, keys.Lookup());
+  std::string tampered = kRailsVector;
+  tampered.replace(tampered.find("DIohhw=="), 8, "EIohhw==");
+  const std::vector<std::string> texts = {tampered, std::string(kRailsVector, 30), kEnvelope};
+  std::vector<StoredValue> values;
+  for (const auto& t : texts) values.push_back(Value(t));
+  std::vector<OpenedValue> out(values.size());
+  rewriter.OpenBatch(values.data(), values.size(), out.data());
+  EXPECT_EQ(out[0].outcome, OpenOutcome::kPoison);
+  EXPECT_EQ(out[0].error_class, kRailsAuthFailedClass);
+  EXPECT_FALSE(out[0].has_plaintext);
+  EXPECT_EQ(out[1].error_class, kRailsTruncatedClass);
+  // Its "i" names key 3's reference, and the job has no key 3.
+  EXPECT_EQ(out[2].outcome, OpenOutcome::kKeyMissing);
+  EXPECT_EQ(out[2].error_class, kRailsUnknownKeyClass);
+}
+
 }  // namespace
 }  // namespace rekey::crypto

@@ -1,27 +1,35 @@
-// Value rewriting: the one interface through which a rotation (and later verification and the
-// census) turns a column's stored value into its form under the target key, whatever the
-// ciphertext format. rekey's own AES-GCM codecs implement it in crypto/aead_rewriters.h, Vault
-// Transit in rotation/transit_rewriter.h, Fernet in crypto/fernet_rewriter.h; a new format
-// (issue #18: cloak, Lockbox, Rails, AWS KMS blobs) is one more implementation, and the batch path
-// does not change. Rewriters see binary values: a column's text form (rotation/stored_form.h) is
-// decoded before and encoded after them.
+// The codec boundary: the one interface through which a rotation turns a column's stored value
+// into its form under the target key (RewriteBatch), and verification and the census open a value
+// to learn which key it is under and its plaintext (OpenBatch), whatever the ciphertext format.
+// rekey's own AES-GCM codecs implement it in crypto/aead_rewriters.h; Fernet, cloak, Lockbox and
+// Rails in crypto/<codec>_rewriter.h; Vault Transit and AWS KMS blobs in
+// rotation/transit_rewriter.h and rotation/aws_kms_rewriter.h. A new format is one more
+// implementation and one case in crypto/codec_rewriters.cpp (or rotation/column_rewriters.cpp for
+// one a remote service rewrites); its callers do not change. Rewriters see binary values: a
+// column's text form (rotation/stored_form.h) is decoded before and encoded after them, unless
+// reads_stored_text().
 //
 // A rewriter answers for the columns of one codec of one job's table in one direction (source keys
 // -> target keys, or back for a rollback). It never throws for what a value holds: a value it
 // cannot open is an expected outcome (kPoison or kKeyMissing), quarantined by the caller while the
-// rest of the batch goes on. It throws only when no value of the batch can be rewritten now (a KMS
-// or Vault request that failed as a whole: TransientError, KeyError), and then nothing of the batch
-// may be written.
+// rest of the batch goes on (or counted as a failure by verification). It throws only when no value
+// of the batch can be rewritten now (a KMS or Vault request that failed as a whole: TransientError,
+// KeyError), and then nothing of the batch may be written.
 //
-// Thread-safety: a rewriter holds per-thread cipher state (crypto/aes_gcm.h); each claim loop owns
-// its rewriters.
+// Thread-safety: a rewriter holds per-thread cipher state (crypto/aes_gcm.h) and reused buffers;
+// one thread at a time calls it (each claim loop, each verification owns its rewriters).
+// rotation/column_rewriters.h builds a job's rewriters, one per codec in use.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "common/bytes.h"
 
@@ -59,6 +67,52 @@ struct RewrittenValue {
   std::string detail;
 };
 
+enum class OpenOutcome {
+  kOpened,       // authentic under `key`; its plaintext in `plaintext` iff has_plaintext
+  kUnproven,     // readable, but only a remote service could tell its key (aws-kms; see key_name)
+  kUnencrypted,  // stored unencrypted by the format itself (Lockbox's ""): under no key
+  kKeyMissing,   // it names a key that is not available here, or a key (version) it must not be
+                 // under (Transit's "below_target_version")
+  kPoison,       // it cannot be opened: empty, truncated, not of this format, forged
+};
+
+// What opening one value found. Buffers are reused as RewrittenValue's are.
+struct OpenedValue {
+  OpenOutcome outcome = OpenOutcome::kPoison;
+  // kOpened: the key id it is under (for Transit, the key version).
+  uint32_t key = 0;
+  // kOpened: whether the codec yields a plaintext here -- every codec but Transit (rekey never
+  // holds its key) and aws-kms (never kOpened: KMS alone can open it).
+  bool has_plaintext = false;
+  // has_plaintext: the value's plaintext. Owned by this OpenedValue and overwritten by the next
+  // OpenBatch into it; the caller wipes it (OPENSSL_cleanse) once used.
+  Bytes plaintext;
+  // kUnproven: what the value says of its key without the service, "" when nothing (an AWS KMS
+  // blob names its key only to KMS: docs/FORMAT.md, "The aws-kms codec").
+  std::string key_name;
+  // kKeyMissing, kPoison: as RewrittenValue's (the same stable classes as a rewrite of the value
+  // records).
+  std::string error_class;
+  std::optional<uint32_t> failed_key;
+  std::string detail;
+
+  void Opened(uint32_t key_id, bool with_plaintext) {
+    outcome = OpenOutcome::kOpened;
+    key = key_id;
+    has_plaintext = with_plaintext;
+    if (!with_plaintext) plaintext.clear();
+  }
+  void Failed(OpenOutcome failure, std::string_view failure_class,
+              std::optional<uint32_t> key_id = std::nullopt, std::string failure_detail = "") {
+    outcome = failure;
+    has_plaintext = false;
+    plaintext.clear();
+    error_class.assign(failure_class);
+    failed_key = key_id;
+    detail = std::move(failure_detail);
+  }
+};
+
 class ValueRewriter {
  public:
   // How a value's current key is found: this decides what a rotation's SELECT can filter on.
@@ -76,6 +130,44 @@ class ValueRewriter {
   // over together so a codec that asks a remote service (Transit) makes one request per batch,
   // not one per value. Throws only as the file comment says.
   virtual void RewriteBatch(const StoredValue* values, size_t count, RewrittenValue* out) = 0;
+
+  // Opens values[0, count) into out[0, count) without rewriting anything, and without a remote
+  // service (no Vault, no KMS call): which key each is under, its plaintext where the codec yields
+  // one, or why it does not open, with the error class a rewrite of it would record (a value
+  // under a key the direction does not rotate still opens: every key the rewriter can be given is
+  // a candidate, see each codec's header). Trial decryption tries the direction's target keys
+  // first, then its source keys: a verified job's values are under the targets. A key its source
+  // does not know (NoSuchKeyError) is one that opens nothing; any other error of the key source
+  // (KMS away, access denied) propagates, and then `out` is partly filled. Like RewriteBatch, it
+  // asks the key source again for each call.
+  virtual void OpenBatch(const StoredValue* values, size_t count, OpenedValue* out) = 0;
+
+  // Whether values are handed over as the column holds them (the text of a Transit ciphertext or
+  // a Rails message) rather than decoded from the column's stored form (rotation/stored_form.h).
+  virtual bool reads_stored_text() const { return false; }
 };
+
+// The key ids of `moves` in a rewrite's trial order: its source keys in the map's order, then its
+// distinct target keys.
+inline std::vector<uint32_t> SourcesThenTargets(const std::map<uint32_t, uint32_t>& moves) {
+  std::vector<uint32_t> ids;
+  for (const auto& entry : moves) ids.push_back(entry.first);
+  for (const auto& entry : moves) {
+    if (std::find(ids.begin(), ids.end(), entry.second) == ids.end()) ids.push_back(entry.second);
+  }
+  return ids;
+}
+
+// ... in OpenBatch's order: its distinct target keys, then its source keys not among them.
+inline std::vector<uint32_t> TargetsThenSources(const std::map<uint32_t, uint32_t>& moves) {
+  std::vector<uint32_t> ids;
+  for (const auto& entry : moves) {
+    if (std::find(ids.begin(), ids.end(), entry.second) == ids.end()) ids.push_back(entry.second);
+  }
+  for (const auto& entry : moves) {
+    if (std::find(ids.begin(), ids.end(), entry.first) == ids.end()) ids.push_back(entry.first);
+  }
+  return ids;
+}
 
 }  // namespace rekey::crypto

@@ -2,17 +2,12 @@
 
 #include <memory>
 #include <set>
-#include <unordered_map>
 #include <utility>
 
 #include "common/error.h"
-#include "crypto/cloak_rewriter.h"
+#include "crypto/associated_data.h"
 #include "crypto/codec.h"
-#include "crypto/fernet.h"
-#include "crypto/fernet_rewriter.h"
-#include "crypto/lockbox_rewriter.h"
-#include "crypto/rails.h"
-#include "crypto/rails_rewriter.h"
+#include "crypto/codec_rewriters.h"
 #include "crypto/text_encoding.h"
 #include "db/bytea.h"
 #include "db/connection.h"
@@ -26,69 +21,21 @@ namespace {
 // Values fetched per round trip, and handed to the rewriter at once.
 constexpr int kBatchRows = 1000;
 
-// The census rewriter of a trial codec: every candidate key maps to itself, so a value that opens
-// comes back kRewritten naming the key it was under (its new form is not used), and one that
-// opens under none comes back kPoison or kKeyMissing with its class. A codec joins here.
-class CensusRewriter {
- public:
-  CensusRewriter(crypto::CodecKind codec, const TrialColumn& column,
-                 const std::vector<uint32_t>& candidates, const TrialKeySource& keys)
-      : keys_(keys) {
-    for (uint32_t id : candidates) identity_.emplace(id, id);
-    if (codec == crypto::CodecKind::kFernet) {
-      rewriter_ = std::make_unique<crypto::FernetRewriter>(
-          &identity_, [this](uint32_t id) { return FernetKeyFor(id); });
-    } else if (codec == crypto::CodecKind::kCloak) {
-      rewriter_ = std::make_unique<crypto::CloakRewriter>(&identity_, keys_);
-    } else if (codec == crypto::CodecKind::kRails) {
-      rewriter_ = std::make_unique<crypto::RailsRewriter>(
-          &identity_, [this](uint32_t id) { return KeyFor(&rails_, id); });
-    } else if (codec == crypto::CodecKind::kLockbox) {
-      std::map<std::string, crypto::LockboxKeyNames> names;
-      names[column.column] = {column.lockbox_key_table, column.lockbox_key_attribute};
-      // A key gone since is an empty master, skipped (crypto/lockbox.h), as the verifier does.
-      rewriter_ = std::make_unique<crypto::LockboxRewriter>(&identity_, std::move(names),
-                                                            [this](uint32_t id) {
-                                                              try {
-                                                                return keys_(id);
-                                                              } catch (const NoSuchKeyError&) {
-                                                                return Secret();
-                                                              }
-                                                            });
-    } else {
-      throw ConfigError("codec " + std::string(crypto::CodecKindName(codec)) +
-                        " is counted by SQL, not by trial decryption");
-    }
+// The rewriter that opens a trial codec's values (crypto/codec_rewriters.h): every candidate key
+// maps to itself, so OpenBatch tries exactly the candidates (in key id order).
+std::unique_ptr<crypto::ValueRewriter> TrialRewriter(crypto::CodecKind codec,
+                                                     const TrialColumn& column,
+                                                     const std::map<uint32_t, uint32_t>* identity,
+                                                     const crypto::CodecKeys& keys) {
+  if (!IsTrialCodec(std::string(crypto::CodecKindName(codec)))) {
+    throw ConfigError("codec " + std::string(crypto::CodecKindName(codec)) +
+                      " is counted by SQL, not by trial decryption");
   }
-
-  crypto::ValueRewriter& rewriter() { return *rewriter_; }
-
- private:
-  const crypto::FernetKey* FernetKeyFor(uint32_t id) { return KeyFor(&fernet_, id); }
-
-  // The codec's key made from candidate `id`, once; nullptr for a key gone since (its values then
-  // count as opened by no key).
-  template <typename Key>
-  Key* KeyFor(std::unordered_map<uint32_t, std::unique_ptr<Key>>* made, uint32_t id) {
-    auto it = made->find(id);
-    if (it == made->end()) {
-      std::unique_ptr<Key> key;
-      try {
-        key = std::make_unique<Key>(keys_(id));
-      } catch (const NoSuchKeyError&) {
-        key = nullptr;
-      }
-      it = made->emplace(id, std::move(key)).first;
-    }
-    return it->second.get();
-  }
-
-  const TrialKeySource& keys_;
-  std::map<uint32_t, uint32_t> identity_;
-  std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_;
-  std::unordered_map<uint32_t, std::unique_ptr<crypto::RailsKey>> rails_;
-  std::unique_ptr<crypto::ValueRewriter> rewriter_;
-};
+  static const crypto::AssociatedDataTemplate kNone;  // no trial codec binds associated data
+  std::map<std::string, crypto::LockboxKeyNames> names;
+  names[column.column] = {column.lockbox_key_table, column.lockbox_key_attribute};
+  return crypto::MakeLocalRewriter(codec, identity, {&kNone, "", ""}, names, keys);
+}
 
 // The cursor of DeclareValues, built here with it (its name is not in a named query).
 constexpr char kCloseValues[] = "CLOSE rekey_trial_values";
@@ -159,7 +106,11 @@ TrialCount CountByTrial(pqxx::transaction_base& txn, const TrialColumn& column,
                         const std::vector<uint32_t>& candidates, const TrialKeySource& keys) {
   const std::optional<crypto::CodecKind> codec = crypto::ParseCodecKind(column.codec);
   if (!codec) throw ConfigError("target " + std::to_string(column.target_id) + ": unknown codec");
-  CensusRewriter census(*codec, column, candidates, keys);
+  std::map<uint32_t, uint32_t> identity;
+  for (uint32_t id : candidates) identity.emplace(id, id);
+  crypto::OpeningKeys opening_keys(keys);
+  const std::unique_ptr<crypto::ValueRewriter> rewriter =
+      TrialRewriter(*codec, column, &identity, opening_keys.keys());
   const std::string context = "counting " + column.ref + " by trial decryption";
   db::Classified(context, [&] { txn.exec0(DeclareValues(txn, column)); });
   const std::string fetch =
@@ -167,7 +118,7 @@ TrialCount CountByTrial(pqxx::transaction_base& txn, const TrialColumn& column,
   TrialCount count;
   std::vector<Bytes> buffers(kBatchRows);
   std::vector<crypto::StoredValue> values;
-  std::vector<crypto::RewrittenValue> out(kBatchRows);
+  std::vector<crypto::OpenedValue> out(kBatchRows);
   for (;;) {
     const pqxx::result chunk = db::Classified(context, [&] { return txn.exec(fetch); });
     values.clear();
@@ -180,19 +131,17 @@ TrialCount CountByTrial(pqxx::transaction_base& txn, const TrialColumn& column,
       }
       values.push_back({buffers[i].data(), buffers[i].size(), column.column, "", std::nullopt});
     }
-    census.rewriter().RewriteBatch(values.data(), values.size(), out.data());
+    rewriter->OpenBatch(values.data(), values.size(), out.data());
     for (size_t i = 0; i < values.size(); ++i) {
-      if (out[i].outcome == crypto::RewriteOutcome::kRewritten) {
-        ++count.by_key[out[i].from_key];
-      } else if (out[i].outcome == crypto::RewriteOutcome::kUnchanged && values[i].size == 0) {
-        // An empty value a codec leaves as it is (Lockbox stores "" unencrypted): under no key.
-        // Anything else unchanged under keys mapped to themselves counts as opened by none
-        // below: a census never under-counts.
-      } else {
+      if (out[i].outcome == crypto::OpenOutcome::kOpened) {
+        ++count.by_key[out[i].key];
+      } else if (out[i].outcome != crypto::OpenOutcome::kUnencrypted) {
+        // Lockbox's "" is under no key; anything else that does not open counts as opened by
+        // none: a census never under-counts.
         ++count.unopened;
         ++count.unopened_by_class[out[i].error_class];
       }
-      WipeAndClear(&out[i].value);
+      WipeAndClear(&out[i].plaintext);
     }
     if (chunk.size() < size_t(kBatchRows)) break;
   }

@@ -5,10 +5,11 @@
 // unknown; here the worker reads its values through the codec boundary (crypto/value_rewriter.h),
 // opens each with the candidate keys and counts the values per key, and those no key opens.
 //
-// Generic over codecs: a codec joins by one case in CensusRewriter (trial_census.cpp) returning
-// its ValueRewriter; the values are read in the column's stored form (rekey.targets.encoding,
-// json_path). Memory: one batch of values (a server-side cursor, FETCH kBatchRows at a time),
-// never the table. Cost: docs/keyring.md, "Census by trial decryption".
+// Generic over codecs: each column's values are opened by its codec's rewriter
+// (crypto/codec_rewriters.h, OpenBatch), and a codec joins by its name in TrialCodecs(); the values
+// are read in the column's stored form (rekey.targets.encoding, json_path). Memory: one batch of
+// values (a server-side cursor, FETCH kBatchRows at a time), never the table. Cost:
+// docs/keyring.md, "Census by trial decryption".
 //
 // Every function runs inside the caller's transaction (one snapshot per column: the cursor's).
 // Database failures are classified by db::Classified; the key source may throw what the KMS throws.

@@ -9,6 +9,8 @@ namespace {
 
 using crypto::RewriteOutcome;
 
+constexpr char kEmptyDetail[] = "an empty value is not an AWS KMS ciphertext blob";
+
 void Quarantine(const char* error_class, std::string detail, crypto::RewrittenValue* out) {
   out->outcome = RewriteOutcome::kPoison;
   out->error_class = error_class;
@@ -37,12 +39,24 @@ AwsKmsRewriter::AwsKmsRewriter(const jobs::JobDefinition& job, AwsKmsSource serv
       to_key_(rollback ? kAwsKmsSourceKey : kAwsKmsDestinationKey),
       from_key_(rollback ? kAwsKmsDestinationKey : kAwsKmsSourceKey) {}
 
+void AwsKmsRewriter::OpenBatch(const crypto::StoredValue* values, size_t count,
+                               crypto::OpenedValue* out) {
+  for (size_t v = 0; v < count; ++v) {
+    if (values[v].size == 0) {
+      out[v].Failed(crypto::OpenOutcome::kPoison, "empty", std::nullopt, kEmptyDetail);
+    } else {
+      out[v].Failed(crypto::OpenOutcome::kUnproven, "");
+      out[v].key_name.clear();
+    }
+  }
+}
+
 void AwsKmsRewriter::RewriteBatch(const crypto::StoredValue* values, size_t count,
                                   crypto::RewrittenValue* out) {
   for (size_t v = 0; v < count; ++v) {
     crypto::RewrittenValue& o = out[v];
     if (values[v].size == 0) {
-      Quarantine("empty", "an empty value is not an AWS KMS ciphertext blob", &o);
+      Quarantine("empty", kEmptyDetail, &o);
       continue;
     }
     // One call per value: KMS has no batch ReEncrypt. A throw (after the service's retries)

@@ -14,6 +14,12 @@
 // message as detail; an empty value kPoison "empty". Any other failure (throttling, KMS away,
 // a disabled key, access denied) throws, after the service's retries, and then nothing of the
 // batch may be written.
+//
+// OpenBatch calls no KMS: a blob names its key only to KMS (ReEncrypt or Decrypt would tell, and
+// Decrypt would put the plaintext in this process), and its cleartext header holds KMS's
+// backing-key id, whose layout is not published and which changes when KMS rotates the key's
+// material (docs/FORMAT.md, "The aws-kms codec"). So a value that is not empty is kUnproven with
+// no key_name, and an empty one kPoison "empty".
 #pragma once
 
 #include <functional>
@@ -72,6 +78,8 @@ class AwsKmsRewriter : public crypto::ValueRewriter {
   KeyNaming key_naming() const override { return KeyNaming::kTrialDecryption; }
   void RewriteBatch(const crypto::StoredValue* values, size_t count,
                     crypto::RewrittenValue* out) override;
+  void OpenBatch(const crypto::StoredValue* values, size_t count,
+                 crypto::OpenedValue* out) override;
 
  private:
   const jobs::JobDefinition& job_;

@@ -13,6 +13,13 @@ namespace {
 
 using crypto::RewriteOutcome;
 
+constexpr char kBadPrefixDetail[] = "not a Vault Transit ciphertext (vault:vN:<base64>)";
+
+std::optional<int> VersionOf(const crypto::StoredValue& value) {
+  return kms::TransitCiphertextVersion(
+      std::string_view(reinterpret_cast<const char*>(value.data), value.size));
+}
+
 void Quarantine(const std::string& error_class, std::string detail, crypto::RewrittenValue* out) {
   out->outcome = RewriteOutcome::kPoison;
   out->error_class = error_class;
@@ -57,23 +64,36 @@ void CheckTransitKey(TransitService& service, const jobs::JobDefinition& job) {
 TransitRewriter::TransitRewriter(const jobs::JobDefinition& job, TransitClientSource service)
     : job_(job), service_(std::move(service)) {}
 
+void TransitRewriter::OpenBatch(const crypto::StoredValue* values, size_t count,
+                                crypto::OpenedValue* out) {
+  for (size_t v = 0; v < count; ++v) {
+    const std::optional<int> version = VersionOf(values[v]);
+    if (!version) {
+      out[v].Failed(crypto::OpenOutcome::kPoison, "bad_prefix", std::nullopt, kBadPrefixDetail);
+    } else if (*version < job_.transit_min_version) {
+      out[v].Failed(crypto::OpenOutcome::kKeyMissing, "below_target_version", uint32_t(*version));
+    } else {
+      out[v].Opened(uint32_t(*version), /*with_plaintext=*/false);
+    }
+  }
+}
+
 void TransitRewriter::RewriteBatch(const crypto::StoredValue* values, size_t count,
                                    crypto::RewrittenValue* out) {
   items_.clear();
   item_values_.clear();
   for (size_t v = 0; v < count; ++v) {
-    const std::string_view text(reinterpret_cast<const char*>(values[v].data), values[v].size);
-    const std::optional<int> version = kms::TransitCiphertextVersion(text);
+    const std::optional<int> version = VersionOf(values[v]);
     if (!version) {
-      Quarantine("bad_prefix", "not a Vault Transit ciphertext (vault:vN:<base64>)", &out[v]);
+      Quarantine("bad_prefix", kBadPrefixDetail, &out[v]);
     } else if (*version >= job_.transit_min_version) {
       out[v].outcome = RewriteOutcome::kUnchanged;
     } else {
       out[v].from_key = uint32_t(*version);
       item_values_.push_back(v);
-      items_.push_back(
-          {std::string(text), TransitDerivationContext(job_, std::string(values[v].column),
-                                                       std::string(values[v].pk))});
+      items_.push_back({std::string(reinterpret_cast<const char*>(values[v].data), values[v].size),
+                        TransitDerivationContext(job_, std::string(values[v].column),
+                                                 std::string(values[v].pk))});
     }
   }
   if (items_.empty()) return;

@@ -9,6 +9,10 @@
 // value's version, at most 500 bytes) as its detail; a value that is not a Transit ciphertext is
 // kPoison with class "bad_prefix". A failure of the whole request throws, and then nothing of the
 // batch may be written. from_key and to_key of a rewritten value are Transit key versions.
+//
+// OpenBatch, without Vault and without plaintext: a value at or above the target version is
+// kOpened under its version (has_plaintext false); one below it kKeyMissing "below_target_version"
+// (failed_key: its version); one that is not a Transit ciphertext kPoison "bad_prefix".
 #pragma once
 
 #include <string>
@@ -42,6 +46,9 @@ class TransitRewriter : public crypto::ValueRewriter {
   KeyNaming key_naming() const override { return KeyNaming::kKeyInValue; }
   void RewriteBatch(const crypto::StoredValue* values, size_t count,
                     crypto::RewrittenValue* out) override;
+  void OpenBatch(const crypto::StoredValue* values, size_t count,
+                 crypto::OpenedValue* out) override;
+  bool reads_stored_text() const override { return true; }
 
  private:
   const jobs::JobDefinition& job_;

@@ -3,20 +3,18 @@
 #include <openssl/evp.h>
 
 #include <memory>
-#include <unordered_map>
+#include <string_view>
+#include <utility>
 
 #include "common/bytes.h"
 #include "common/error.h"
-#include "crypto/cloak.h"
-#include "crypto/codec.h"
-#include "crypto/fernet.h"
-#include "crypto/lockbox.h"
-#include "crypto/rails.h"
+#include "crypto/codec_rewriters.h"
+#include "crypto/value_rewriter.h"
 #include "db/bytea.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
 #include "jobs/rollout_planner.h"
-#include "kms/vault_transit.h"
+#include "rotation/column_rewriters.h"
 #include "rotation/stored_form.h"
 
 namespace rekey::rotation {
@@ -213,78 +211,13 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
                       blocker.as<std::string>());
   }
   const int page_size = options.page_size;
-  std::unordered_map<uint32_t, std::unique_ptr<crypto::AesGcmKey>> cache;
-  auto lookup = [&](uint32_t id) -> crypto::AesGcmKey* {
-    auto it = cache.find(id);
-    if (it != cache.end()) return it->second.get();
-    std::unique_ptr<crypto::AesGcmKey> key;
-    try {
-      key = std::make_unique<crypto::AesGcmKey>(keys(id));
-    } catch (const NoSuchKeyError&) {
-      // Unknown or destroyed: its values count as unknown_key. Any other KeyError (the KMS
-      // denying access, a disabled KMS key) is the environment's fault, not the data's: it
-      // propagates, so a gate stops the worker with that error instead of failing the stage.
-      key = nullptr;
-    }
-    return cache.emplace(id, std::move(key)).first->second.get();
-  };
-
-  // Fernet keys, for trial decryption: the job's target keys first (where a verified job's
-  // values are), then its source keys.
-  std::unordered_map<uint32_t, std::unique_ptr<crypto::FernetKey>> fernet_cache;
-  const crypto::FernetKeyLookup fernet_lookup = [&](uint32_t id) -> const crypto::FernetKey* {
-    auto it = fernet_cache.find(id);
-    if (it == fernet_cache.end()) {
-      std::unique_ptr<crypto::FernetKey> key;
-      try {
-        key = std::make_unique<crypto::FernetKey>(keys(id));
-      } catch (const NoSuchKeyError&) {
-        key = nullptr;  // as for lookup: skipped, so its values count as auth_failed
-      }
-      it = fernet_cache.emplace(id, std::move(key)).first;
-    }
-    return it->second.get();
-  };
-  crypto::LockboxAttributeKeys lockbox_keys([&](uint32_t id) {
-    try {
-      return keys(id);
-    } catch (const NoSuchKeyError&) {
-      return Secret();  // as for lookup: skipped, so its values count as auth_failed
-    }
-  });
-  // Cloak keys, matched by fingerprint (crypto/cloak.h), among the same candidates.
-  std::unordered_map<uint32_t, std::unique_ptr<crypto::CloakKey>> cloak_cache;
-  const crypto::CloakKeyLookup cloak_lookup = [&](uint32_t id) -> crypto::CloakKey* {
-    auto it = cloak_cache.find(id);
-    if (it == cloak_cache.end()) {
-      std::unique_ptr<crypto::CloakKey> key;
-      try {
-        key = std::make_unique<crypto::CloakKey>(keys(id));
-      } catch (const NoSuchKeyError&) {
-        key = nullptr;  // as for lookup: its values count as unknown_fingerprint
-      }
-      it = cloak_cache.emplace(id, std::move(key)).first;
-    }
-    return it->second.get();
-  };
-  std::vector<uint32_t> fernet_candidates;
-  for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.second);
-  for (const auto& entry : job.key_map) fernet_candidates.push_back(entry.first);
-  // Rails keys, tried in the same order (crypto/rails.h); one the keyring lacks is skipped.
-  std::unordered_map<uint32_t, std::unique_ptr<crypto::RailsKey>> rails_cache;
-  const crypto::RailsKeyLookup rails_lookup = [&](uint32_t id) -> crypto::RailsKey* {
-    auto it = rails_cache.find(id);
-    if (it == rails_cache.end()) {
-      std::unique_ptr<crypto::RailsKey> key;
-      try {
-        key = std::make_unique<crypto::RailsKey>(keys(id));
-      } catch (const NoSuchKeyError&) {
-      }
-      it = rails_cache.emplace(id, std::move(key)).first;
-    }
-    return it->second.get();
-  };
-  crypto::RailsMessage rails_message;
+  // Every column's values are opened through its codec's rewriter (crypto/value_rewriter.h,
+  // OpenBatch), built as the batch path builds them, in the job's direction: trial decryption
+  // tries its target keys first, where a verified job's values are.
+  crypto::OpeningKeys opening_keys(keys);
+  const ColumnRewriters codecs =
+      MakeColumnRewriters(job, &job.key_map, /*rollback=*/false, opening_keys.keys(),
+                          TransitClientSource(), AwsKmsSource());
 
   // The stage test runs here, not in the database: its md5() costs about 1.9 us per row there,
   // and a gate's sampled pages hold several times more rows than it checks.
@@ -297,12 +230,8 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
   VerifyReport report;
   Sha256 digest;
   std::optional<std::string> last;
-  std::string ad;
-  Bytes plaintext;
-  Bytes value;
   const size_t ncols = job.columns.size();
   const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
-  crypto::TextStyle style;
   auto record_failure = [&report](const std::string& pk_text, const std::string& column,
                                   std::string_view error_class) {
     ++report.failures;
@@ -322,113 +251,109 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     digest.Update(len, 4);
     digest.Update(value_plaintext.data(), value_plaintext.size());
   };
+
+  // A page's values are opened in chunks of about kChunkBytes, each rewriter's values of a chunk
+  // in one OpenBatch, so plaintexts beyond the page's stored bytes stay bounded, and a codec that
+  // derives its keys per batch (lockbox, cloak) does so once per chunk, not per value.
+  constexpr size_t kChunkBytes = size_t(1) << 20;
+  struct Slot {
+    size_t row;                   // in chunk_pks
+    size_t column;                // job column
+    size_t index;                 // in its rewriter's values and results
+    std::string_view unreadable;  // the stored form's error class, "" if it was read
+  };
+  std::vector<std::string> chunk_pks;
+  std::vector<Slot> slots;
+  std::vector<Bytes> decoded;  // per slot, reused across chunks
+  std::vector<std::vector<crypto::StoredValue>> values(codecs.rewriters.size());
+  std::vector<std::vector<crypto::OpenedValue>> opened(codecs.rewriters.size());
+  size_t chunk_bytes = 0;
+  auto open_chunk = [&] {
+    for (const Slot& slot : slots) {
+      if (slot.unreadable.empty()) {
+        values[codecs.of_column[slot.column]][slot.index].pk = chunk_pks[slot.row];
+      }
+    }
+    for (size_t g = 0; g < codecs.rewriters.size(); ++g) {
+      if (values[g].empty()) continue;
+      if (opened[g].size() < values[g].size()) opened[g].resize(values[g].size());
+      codecs.rewriters[g]->OpenBatch(values[g].data(), values[g].size(), opened[g].data());
+    }
+    for (const Slot& slot : slots) {
+      const std::string& pk_text = chunk_pks[slot.row];
+      const std::string& column = job.columns[slot.column].name;
+      if (!slot.unreadable.empty()) {
+        ++report.values;
+        record_failure(pk_text, column, slot.unreadable);
+        continue;
+      }
+      crypto::OpenedValue& o = opened[codecs.of_column[slot.column]][slot.index];
+      switch (o.outcome) {
+        case crypto::OpenOutcome::kUnencrypted:
+          break;  // under no key: not a value (Lockbox's "")
+        case crypto::OpenOutcome::kOpened:
+          ++report.values;
+          ++report.values_by_key[o.key];
+          if (o.has_plaintext) {
+            add_to_digest(pk_text, column, o.plaintext);
+            OPENSSL_cleanse(o.plaintext.data(), o.plaintext.size());
+          }
+          break;
+        case crypto::OpenOutcome::kUnproven:
+          ++report.values;
+          ++report.not_proven;  // verifier.h: only KMS could tell its key
+          break;
+        case crypto::OpenOutcome::kKeyMissing:
+        case crypto::OpenOutcome::kPoison:
+          ++report.values;
+          record_failure(pk_text, column, o.error_class);
+          break;
+      }
+    }
+    chunk_pks.clear();
+    slots.clear();
+    for (auto& group : values) group.clear();
+    chunk_bytes = 0;
+  };
   auto process = [&](const pqxx::result& page) {
     const PageColumns at(page, job);
     const int kid_field = at.key_id;
     for (const auto& row : page) {
-      const std::string pk_text = row[at.pk_text].as<std::string>();
+      std::string pk_text = row[at.pk_text].as<std::string>();
       if (bucket_in_client && hasher.Bucket(pk_text) >= *options.bucket_below) continue;
       ++report.rows;
+      std::optional<uint32_t> row_key_id;
+      if (kid_field >= 0 && !row[kid_field].is_null()) row_key_id = row[kid_field].as<uint32_t>();
+      const size_t row_no = chunk_pks.size();
+      chunk_pks.push_back(std::move(pk_text));
       for (size_t i = 0; i < ncols; ++i) {
         const pqxx::field field = row[at.values[i]];
         std::optional<pqxx::field> kind;
         if (at.kinds[i] >= 0) kind = row[at.kinds[i]];
         // A document with nothing at the path holds a value that cannot be read: a failure.
         if (kind ? kind->is_null() : field.is_null()) continue;
-        // Lockbox stores an empty string as it is, unencrypted (docs/FORMAT.md, "lockbox").
-        if (job.columns[i].codec == crypto::CodecKind::kLockbox && !kind &&
-            (field.size() == 0 || std::string_view(field.c_str()) == "\\x")) {
-          continue;
-        }
-        ++report.values;
-        const auto& column = job.columns[i];
-        if (column.codec == crypto::CodecKind::kVaultTransit) {
-          // No plaintext here (rekey never holds the Transit key): the version is the check.
-          std::optional<int> version = kms::TransitCiphertextVersion(field.c_str());
-          const char* failure = !version                             ? "bad_prefix"
-                                : *version < job.transit_min_version ? "below_target_version"
-                                                                     : nullptr;
-          if (failure) {
-            record_failure(pk_text, column.name, failure);
-          } else {
-            ++report.values_by_key[uint32_t(*version)];
-          }
-          continue;
-        }
-        if (column.codec == crypto::CodecKind::kRails) {
-          // The message is the column's text; its plaintext is the bytes Rails encrypted.
-          uint32_t rails_key = 0;
-          std::string_view failure = rails_message.Parse({field.c_str(), field.size()});
-          if (failure.empty())
-            failure = rails_message.Open(fernet_candidates, rails_lookup, &rails_key);
-          if (!failure.empty()) {
-            record_failure(pk_text, column.name, failure);
-            continue;
-          }
-          ++report.values_by_key[rails_key];
-          add_to_digest(pk_text, column.name, rails_message.plaintext());
-          continue;
-        }
-        const std::string_view unreadable =
-            ReadStoredValue(column, field, kind ? &*kind : nullptr, &value, &style);
-        if (!unreadable.empty()) {
-          record_failure(pk_text, column.name, unreadable);
-          continue;
-        }
-        if (column.codec == crypto::CodecKind::kAwsKms) {
-          // No KMS here: the blob's key is not proven (verifier.h).
-          if (value.empty()) {
-            record_failure(pk_text, column.name, "empty");
-          } else {
-            ++report.not_proven;
-          }
-          continue;
-        }
-        if (!job.associated_data.empty()) {
-          job.associated_data.Render(job.schema_name, job.table_name, column.name, pk_text, &ad);
+        const jobs::JobColumn& column = job.columns[i];
+        const size_t g = codecs.of_column[i];
+        crypto::StoredValue value{nullptr, 0, column.name, {}, row_key_id};
+        Slot slot{row_no, i, values[g].size(), {}};
+        if (codecs.rewriters[g]->reads_stored_text()) {
+          value.data = reinterpret_cast<const uint8_t*>(field.c_str());
+          value.size = field.size();
         } else {
-          ad.clear();
+          if (decoded.size() <= slots.size()) decoded.resize(slots.size() + 1);
+          Bytes& bytes = decoded[slots.size()];
+          crypto::TextStyle style;
+          slot.unreadable = ReadStoredValue(column, field, kind ? &*kind : nullptr, &bytes, &style);
+          value.data = bytes.data();
+          value.size = bytes.size();
         }
-        const auto* ad_data = reinterpret_cast<const uint8_t*>(ad.data());
-        uint32_t key_id = 0;
-        crypto::DecodeStatus status;
-        if (column.codec == crypto::CodecKind::kCloak) {
-          const crypto::CloakStatus opened = crypto::OpenCloak(
-              value.data(), value.size(), fernet_candidates, cloak_lookup, &plaintext, &key_id);
-          if (opened != crypto::CloakStatus::kOk) {
-            record_failure(pk_text, column.name, crypto::CloakStatusName(opened));
-            continue;
-          }
-          status = crypto::DecodeStatus::kOk;
-        } else if (column.codec == crypto::CodecKind::kTink) {
-          status = crypto::OpenTink(value.data(), value.size(), lookup, ad_data, ad.size(),
-                                    &plaintext, &key_id);
-        } else if (column.codec == crypto::CodecKind::kFernet) {
-          // Fernet names no key: each of the job's keys is tried (crypto/fernet.h).
-          status = crypto::OpenFernetTrial(value.data(), value.size(), fernet_candidates,
-                                           fernet_lookup, &plaintext, nullptr, &key_id);
-        } else if (column.codec == crypto::CodecKind::kLockbox) {
-          // Lockbox names no key either: each key's attribute key for the column is tried.
-          status =
-              crypto::OpenLockboxTrial(value.data(), value.size(), fernet_candidates,
-                                       {column.lockbox_key_table, column.lockbox_key_attribute},
-                                       lockbox_keys, &plaintext, &key_id);
-        } else if (kid_field < 0 || row[kid_field].is_null()) {
-          status = crypto::DecodeStatus::kUnknownKey;
-        } else {
-          key_id = row[kid_field].as<uint32_t>();
-          status = crypto::OpenRaw(value.data(), value.size(), lookup(key_id), ad_data, ad.size(),
-                                   &plaintext);
-        }
-        if (status != crypto::DecodeStatus::kOk) {
-          record_failure(pk_text, column.name, crypto::DecodeStatusName(status));
-          continue;
-        }
-        ++report.values_by_key[key_id];
-        add_to_digest(pk_text, column.name, plaintext);
-        OPENSSL_cleanse(plaintext.data(), plaintext.size());
+        if (slot.unreadable.empty()) values[g].push_back(value);
+        slots.push_back(slot);
+        chunk_bytes += field.size();
       }
+      if (chunk_bytes >= kChunkBytes) open_chunk();
     }
+    open_chunk();  // the values of a stored-text codec point into the page
   };
 
   bool keyed = false;

@@ -16,9 +16,13 @@
 //
 // Values are read in their column's stored form (rotation/stored_form.h): text decoded, JSON
 // fields at their path; one that cannot be read so is a failure of its class ("bad_encoding",
-// "json_path_missing", "json_not_string"). Fernet tokens are opened by trial decryption with the
-// job's target keys, then its source keys (crypto/fernet.h); Rails messages likewise, read as the
-// column's text (crypto/rails.h; failures of its classes, "not_json", "not_rails_message", ...).
+// "json_path_missing", "json_not_string"). Transit ciphertexts and Rails messages are taken as the
+// column's text. Each value is then opened through its codec's rewriter, built as the batch path
+// builds it (rotation/column_rewriters.h; crypto/value_rewriter.h, OpenBatch): the key it is under,
+// its plaintext, or its failure with the class a rotation would quarantine it with. Codecs that
+// name no key (Fernet, Lockbox, Rails without "i") are opened by trial decryption with the job's
+// target keys, then its source keys. An empty Lockbox value is stored unencrypted by Lockbox: it is
+// not counted.
 //
 // Plaintext digest (docs/operations.md): SHA-256 over, for each row in primary-key order and
 // each job column in job order whose value is not NULL and decrypts:
