@@ -25,18 +25,25 @@ void BinaryArray::AppendNull() {
   ++count_;
 }
 
+void BinaryArray::WriteHeader(uint8_t* out) const {
+  // One dimension, whether any element is NULL, the element type, then the dimension's length
+  // and lower bound (1).
+  const int32_t fields[] = {1, has_null_ ? 1 : 0, element_oid_, count_, 1};
+  for (int32_t field : fields) {
+    PutUint32BigEndian(uint32_t(field), out);
+    out += 4;
+  }
+}
+
 pqxx::binarystring BinaryArray::Finish() const {
-  // The header: one dimension, whether any element is NULL, the element type, then the
-  // dimension's length and lower bound (1).
-  std::string out;
-  out.reserve(20 + body_.size());
-  PutInt32(1, &out);
-  PutInt32(has_null_ ? 1 : 0, &out);
-  PutInt32(element_oid_, &out);
-  PutInt32(count_, &out);
-  PutInt32(1, &out);
-  out += body_;
+  std::string out = body_;
+  WriteHeader(reinterpret_cast<uint8_t*>(out.data()));
   return pqxx::binarystring(out.data(), out.size());
+}
+
+std::string_view BinaryArray::Serialized() {
+  WriteHeader(reinterpret_cast<uint8_t*>(body_.data()));
+  return body_;
 }
 
 }  // namespace rekey::db

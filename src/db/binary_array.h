@@ -19,7 +19,8 @@ class BinaryArray {
   static constexpr int32_t kByteaOid = 17;
   static constexpr int32_t kTextOid = 25;
 
-  explicit BinaryArray(int32_t element_oid = kByteaOid) : element_oid_(element_oid) {}
+  explicit BinaryArray(int32_t element_oid = kByteaOid)
+      : element_oid_(element_oid), body_(kHeaderSize, '\0') {}
 
   void Append(const uint8_t* data, size_t size);
   void Append(std::string_view value) {
@@ -31,10 +32,18 @@ class BinaryArray {
 
   // The parameter: usable as $n::bytea[] (or $n::text[]) with libpqxx's binary parameters.
   pqxx::binarystring Finish() const;
+  // The same bytes without a copy (for db::ExecBinary's BinaryParam::Binary), valid until the
+  // next Append; a value of hundreds of MiB is then held once, not three times.
+  std::string_view Serialized();
 
  private:
+  static constexpr size_t kHeaderSize = 20;
+  void WriteHeader(uint8_t* out) const;
+
   int32_t element_oid_;
-  std::string body_;  // the elements so far, each its length (-1 for NULL) and bytes
+  // The header's room (written by Serialized), then the elements so far, each its length (-1 for
+  // NULL) and bytes.
+  std::string body_;
   int32_t count_ = 0;
   bool has_null_ = false;
 };

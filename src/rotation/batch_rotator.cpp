@@ -1,5 +1,6 @@
 #include "rotation/batch_rotator.h"
 
+#include <openssl/sha.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -17,7 +18,6 @@
 #include "crypto/lockbox_rewriter.h"
 #include "crypto/rails_rewriter.h"
 #include "db/binary_array.h"
-#include "db/bytea.h"
 #include "db/connection.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
@@ -56,6 +56,42 @@ bool IsFailure(RewriteOutcome outcome) {
   return outcome == RewriteOutcome::kPoison || outcome == RewriteOutcome::kKeyMissing;
 }
 
+std::vector<db::BinaryParam> TextParams(const std::vector<std::string>& texts) {
+  std::vector<db::BinaryParam> params;
+  params.reserve(texts.size());
+  for (const auto& text : texts) params.push_back(db::BinaryParam::Text(text));
+  return params;
+}
+
+// Reads `field`, a stored value of `column` in the binary result (`json_kind`: its JsonKindSql
+// field, for a JSON column), into *value as the rewriters see it: pointing into the result where
+// the stored form is the value itself, else decoded into *decoded (style into *style). Returns
+// "" or the value's error class, as rotation/stored_form.h's ReadStoredValue does for a text
+// result, without its hex decoding and copies.
+std::string_view ReadField(const jobs::JobColumn& column, std::string_view field,
+                           std::string_view json_kind, Bytes* decoded, crypto::TextStyle* style,
+                           crypto::StoredValue* value) {
+  // Transit ciphertexts and Rails messages are text as the column holds it.
+  const bool stored_text =
+      column.codec == CodecKind::kVaultTransit || column.codec == CodecKind::kRails;
+  if (!stored_text && !column.json_path.empty()) {
+    if (json_kind == "missing") return kJsonPathMissingClass;
+    if (json_kind != "string") return kJsonNotStringClass;
+  }
+  // A cloak string is its own text format (crypto/cloak.h), read by its codec as stored.
+  if (stored_text || column.codec == CodecKind::kCloak || !IsText(column)) {
+    value->data = reinterpret_cast<const uint8_t*>(field.data());
+    value->size = field.size();
+    return "";
+  }
+  if (!crypto::DecodeText(column.encoding, field, decoded, style)) {
+    return crypto::kBadEncodingClass;
+  }
+  value->data = decoded->data();
+  value->size = decoded->size();
+  return "";
+}
+
 }  // namespace
 
 std::string ReleaseBatch(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
@@ -80,7 +116,9 @@ struct BatchRotator::RowChanges {
     size_t column;
     uint32_t from, to;
   };
-  std::vector<Move> row_moves;  // each value rewritten
+  std::vector<Move> row_moves;     // each value rewritten
+  std::vector<size_t> rows_read;   // of the rows rewritten, in the arrays' order: their row read
+  std::vector<size_t> new_values;  // per rotated column: its array of new values in `columns`
   std::vector<std::string> fail_pk, fail_col, fail_class, fail_kid, fail_detail;
   std::vector<std::string> audit_pk, audit_col, audit_from, audit_to;
   std::map<std::pair<uint32_t, uint32_t>, int> moved;  // (from, to) -> values
@@ -249,7 +287,7 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
   if (chunk_bytes_ > 0) {
     max_rows = RowsWithinBytes(txn, batch, *locked, side.direction, max_rows, &more_known);
   }
-  const pqxx::result rows =
+  db::BinaryResult rows =
       SelectRows(txn, batch, *locked, side.direction, max_rows, /*one_more=*/!more_known);
   // With rows known to follow, fewer than max_rows locked means the rest moved on meanwhile
   // (written by the application, no longer under a source key): the batch is done.
@@ -259,6 +297,12 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
   RowChanges changes;
   RewriteValues(rows, handled, side);
   CollectRows(rows, handled, side, &changes, &chunk.batch);
+  // What the UPDATE needs of the rows read is in `changes` now: the result goes before the new
+  // values are copied into the UPDATE's arrays, and they before the UPDATE is sent, so a large
+  // value is held in as few copies as can be at each step.
+  rows = db::BinaryResult();
+  AppendNewValues(side, &changes);
+  ReleaseLargeBuffers();
   WriteRows(txn, batch, &changes, &chunk.batch);
   RecordFailures(txn, batch, worker_id, changes, &chunk.batch);
   AuditValues(txn, batch, changes);
@@ -372,9 +416,9 @@ int BatchRotator::RowsWithinBytes(pqxx::work& txn, const ClaimedBatch& batch,
   return std::max(take, 1);
 }
 
-pqxx::result BatchRotator::SelectRows(pqxx::work& txn, const ClaimedBatch& batch,
-                                      const LockedBatch& locked, const Direction& direction,
-                                      int max_rows, bool one_more) {
+db::BinaryResult BatchRotator::SelectRows(pqxx::work& txn, const ClaimedBatch& batch,
+                                          const LockedBatch& locked, const Direction& direction,
+                                          int max_rows, bool one_more) {
   SelectCall call = statements_.SelectFor(batch, locked.progress, direction, max_rows);
   if (!one_more) call.params.back() = std::to_string(max_rows);  // the LIMIT
   std::string& name = select_names_.at(size_t(call.variant));
@@ -384,68 +428,69 @@ pqxx::result BatchRotator::SelectRows(pqxx::work& txn, const ClaimedBatch& batch
     txn.conn().prepare(statement, statements_.Select(call.variant));
     name = statement;
   }
-  return txn.exec_prepared(name, pqxx::prepare::make_dynamic_params(call.params));
+  return db::ExecBinary(txn, name, TextParams(call.params));
 }
 
-void BatchRotator::RewriteValues(const pqxx::result& rows, size_t handled, Side& side) {
+void BatchRotator::FindFields(const db::BinaryResult& rows) {
+  using Kind = db::BinaryResult::Kind;
   const size_t ncols = job_.columns.size();
-  const int row_id = rows.column_number("row_id");
-  const int key_id = job_.key_id_column ? rows.column_number("row_key_id") : -1;
+  row_id_no_ = rows.Column("row_id", Kind::kBytes);
+  key_id_no_ = job_.key_id_column ? rows.Column("row_key_id", Kind::kInteger) : -1;
+  field_no_.resize(ncols);
+  for (size_t i = 0; i < ncols; ++i) {
+    field_no_[i] = rows.Column("c" + std::to_string(i), Kind::kBytes);
+  }
+  // A JSON column's kind of value at its path (rotation/stored_form.h), -1 for other columns.
+  json_kind_no_.assign(ncols, -1);
+  for (size_t i = 0; i < ncols; ++i) {
+    if (!job_.columns[i].json_path.empty()) {
+      json_kind_no_[i] = rows.Column("j" + std::to_string(i), Kind::kBytes);
+    }
+  }
+}
+
+void BatchRotator::RewriteValues(const db::BinaryResult& rows, size_t handled, Side& side) {
+  const size_t ncols = job_.columns.size();
+  FindFields(rows);
   values_.resize(side.rewriters.size());
   rewritten_.resize(side.rewriters.size());
   for (auto& values : values_) values.clear();
   slot_.assign(handled * ncols, -1);
   if (decoded_.size() < handled * ncols) decoded_.resize(handled * ncols);
-  field_no_.resize(ncols);
-  for (size_t i = 0; i < ncols; ++i) field_no_[i] = rows.column_number("c" + std::to_string(i));
-  // A JSON column's kind of value at its path (rotation/stored_form.h), -1 for other columns.
-  json_kind_no_.assign(ncols, -1);
-  for (size_t i = 0; i < ncols; ++i) {
-    if (!job_.columns[i].json_path.empty()) {
-      json_kind_no_[i] = rows.column_number("j" + std::to_string(i));
-    }
-  }
   if (styles_.size() < handled * ncols) styles_.resize(handled * ncols);
   unreadable_.clear();
   // Row by row, so a codec that asks a remote service sends values in the rows' order.
   for (size_t r = 0; r < handled; ++r) {
-    const pqxx::row row = rows[pqxx::result::size_type(r)];
-    const std::string_view pk(row[row_id].c_str(), row[row_id].size());
+    const std::string_view pk = rows.Bytes(r, row_id_no_);
     std::optional<uint32_t> row_key_id;
-    if (key_id >= 0 && !row[key_id].is_null()) row_key_id = row[key_id].as<uint32_t>();
+    if (key_id_no_ >= 0 && !rows.IsNull(r, key_id_no_)) {
+      row_key_id = uint32_t(rows.Integer(r, key_id_no_));
+    }
     for (size_t i = 0; i < ncols; ++i) {
-      const pqxx::field field = row[field_no_[i]];
-      std::optional<pqxx::field> json_kind;
-      if (json_kind_no_[i] >= 0) json_kind = row[json_kind_no_[i]];
+      const int field = field_no_[i];
       // A JSON column holds a value wherever its document is not NULL, even with nothing at the
       // path: that row is quarantined, not passed over.
-      if (json_kind ? json_kind->is_null() : field.is_null()) continue;
+      if (json_kind_no_[i] >= 0 ? rows.IsNull(r, json_kind_no_[i]) : rows.IsNull(r, field)) {
+        continue;
+      }
       crypto::StoredValue value{nullptr, 0, job_.columns[i].name, pk, row_key_id};
-      // Transit ciphertexts and Rails messages are text as the column holds it.
-      if (job_.columns[i].codec == CodecKind::kVaultTransit ||
-          job_.columns[i].codec == CodecKind::kRails) {
-        value.data = reinterpret_cast<const uint8_t*>(field.c_str());
-        value.size = field.size();
-      } else {
-        Bytes& decoded = decoded_[r * ncols + i];
-        const std::string_view unreadable =
-            ReadStoredValue(job_.columns[i], field, json_kind ? &*json_kind : nullptr, &decoded,
-                            &styles_[r * ncols + i]);
-        if (!unreadable.empty()) {
-          // Quarantined as it is stored, before any codec sees it (slot -2 - k: unreadable_[k]).
-          slot_[r * ncols + i] = -2 - int(unreadable_.size());
-          crypto::RewrittenValue& failure = unreadable_.emplace_back();
-          failure.outcome = RewriteOutcome::kPoison;
-          failure.error_class = std::string(unreadable);
-          failure.detail = "stored as " +
-                           std::string(crypto::TextEncodingName(job_.columns[i].encoding)) +
-                           (job_.columns[i].json_path.empty()
-                                ? std::string()
-                                : " at " + db::TextArrayLiteral(job_.columns[i].json_path));
-          continue;
-        }
-        value.data = decoded.data();
-        value.size = decoded.size();
+      std::string_view json_kind;
+      if (json_kind_no_[i] >= 0) json_kind = rows.Bytes(r, json_kind_no_[i]);
+      const std::string_view unreadable =
+          ReadField(job_.columns[i], rows.Bytes(r, field), json_kind, &decoded_[r * ncols + i],
+                    &styles_[r * ncols + i], &value);
+      if (!unreadable.empty()) {
+        // Quarantined as it is stored, before any codec sees it (slot -2 - k: unreadable_[k]).
+        slot_[r * ncols + i] = -2 - int(unreadable_.size());
+        crypto::RewrittenValue& failure = unreadable_.emplace_back();
+        failure.outcome = RewriteOutcome::kPoison;
+        failure.error_class = std::string(unreadable);
+        failure.detail = "stored as " +
+                         std::string(crypto::TextEncodingName(job_.columns[i].encoding)) +
+                         (job_.columns[i].json_path.empty()
+                              ? std::string()
+                              : " at " + db::TextArrayLiteral(job_.columns[i].json_path));
+        continue;
       }
       std::vector<crypto::StoredValue>& values = values_[side.rewriter_of_column[i]];
       slot_[r * ncols + i] = int(values.size());
@@ -459,30 +504,41 @@ void BatchRotator::RewriteValues(const pqxx::result& rows, size_t handled, Side&
   }
 }
 
-void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const Side& side,
+void BatchRotator::ReleaseLargeBuffers() {
+  // Buffers are reused from chunk to chunk, but one that held a huge value would keep its memory
+  // for as long as the worker runs.
+  constexpr size_t kKept = size_t(1) << 20;
+  auto release = [](Bytes& buffer) {
+    if (buffer.capacity() > kKept) Bytes().swap(buffer);
+  };
+  for (auto& rewritten : rewritten_) {
+    for (auto& value : rewritten) release(value.value);
+  }
+  for (auto& decoded : decoded_) release(decoded);
+}
+
+void BatchRotator::CollectRows(const db::BinaryResult& rows, size_t handled, const Side& side,
                                RowChanges* changes, BatchResult* result) const {
   const size_t ncols = job_.columns.size();
-  const int row_id = rows.column_number("row_id");
   for (const auto& column : job_.columns) {
     const int32_t oid =
         NewValueType(column) == "text" ? db::BinaryArray::kTextOid : db::BinaryArray::kByteaOid;
+    changes->new_values.push_back(changes->columns.size());
     changes->columns.emplace_back(oid);  // the new values
     changes->columns.emplace_back(oid);  // the values read
+    // ... or their digests (kCompareDigestAbove)
+    if (ComparesByDigest(column)) changes->columns.emplace_back(db::BinaryArray::kByteaOid);
   }
   // Per column of the current row: what its rewriter made of it, nullptr for NULL.
   std::vector<const crypto::RewrittenValue*> row_values(ncols);
   for (size_t r = 0; r < handled; ++r) {
-    const std::string pk = rows[pqxx::result::size_type(r)][row_id].as<std::string>();
+    const std::string pk(rows.Bytes(r, row_id_no_));
     if (r + 1 == handled) changes->last_pk = pk;
     bool failed = false;
     bool changed = false;
     std::optional<uint32_t> new_key_id;
     for (size_t i = 0; i < ncols; ++i) {
-      const int slot = slot_[r * ncols + i];
-      const crypto::RewrittenValue* v = slot == -1 ? nullptr
-                                        : slot < -1
-                                            ? &unreadable_[size_t(-2 - slot)]
-                                            : &rewritten_[side.rewriter_of_column[i]][size_t(slot)];
+      const crypto::RewrittenValue* v = RewrittenAt(side, r, i);
       row_values[i] = v && v->outcome == RewriteOutcome::kRewritten ? v : nullptr;
       if (!v || v->outcome == RewriteOutcome::kUnchanged) continue;
       if (IsFailure(v->outcome)) {
@@ -510,71 +566,99 @@ void BatchRotator::CollectRows(const pqxx::result& rows, size_t handled, const S
       continue;
     }
     ++result->rows_done;
-    AppendRow(pk, rows[pqxx::result::size_type(r)], r, row_values, new_key_id, changes);
+    AppendRow(pk, rows, r, row_values, new_key_id, changes);
   }
 }
 
-void BatchRotator::AppendRow(const std::string& pk, const pqxx::row& row, size_t r,
+void BatchRotator::AppendRow(const std::string& pk, const db::BinaryResult& rows, size_t r,
                              const std::vector<const crypto::RewrittenValue*>& row_values,
                              std::optional<uint32_t> new_key_id, RowChanges* changes) const {
   db::AppendTextArrayElement(pk, &changes->row_ids);
   const size_t row_no = changes->row_pks.size();
   changes->row_pks.push_back(pk);
-  std::string text;
+  changes->rows_read.push_back(r);
   for (size_t i = 0; i < row_values.size(); ++i) {
-    AppendValueRead(i, row, r, &changes->columns[2 * i + 1]);
+    const size_t array = changes->new_values[i];
+    AppendValueRead(i, rows, r, &changes->columns[array + 1],
+                    ComparesByDigest(job_.columns[i]) ? &changes->columns[array + 2] : nullptr);
     const crypto::RewrittenValue* v = row_values[i];
-    if (!v) {
-      changes->columns[2 * i].AppendNull();  // the UPDATE keeps the stored value
-      continue;
-    }
-    if (IsText(job_.columns[i])) {
-      // In the encoding and style the value was read in (rotation/stored_form.h).
-      WriteStoredValue(job_.columns[i], v->value, styles_[r * row_values.size() + i], &text);
-      changes->columns[2 * i].Append(text);
-    } else {
-      changes->columns[2 * i].Append(v->value.data(), v->value.size());
-    }
-    changes->row_moves.push_back({row_no, i, v->from_key, v->to_key});
+    if (v) changes->row_moves.push_back({row_no, i, v->from_key, v->to_key});
   }
   if (job_.key_id_column) {
     if (changes->key_ids.size() > 1) changes->key_ids += ',';
     changes->key_ids += std::to_string(*new_key_id);
     if (changes->read_key_ids.size() > 1) changes->read_key_ids += ',';
-    const pqxx::field read = row["row_key_id"];
-    changes->read_key_ids += read.is_null() ? "NULL" : read.c_str();
+    changes->read_key_ids += rows.IsNull(r, key_id_no_)
+                                 ? std::string("NULL")
+                                 : std::to_string(rows.Integer(r, key_id_no_));
   }
 }
 
-void BatchRotator::AppendValueRead(size_t i, const pqxx::row& row, size_t r,
-                                   db::BinaryArray* read) const {
-  const pqxx::field field = row[field_no_[i]];
-  if (field.is_null()) {
-    // No value, or (a JSON column) no string at the path: compared as NULL.
-    read->AppendNull();
-  } else if (NewValueType(job_.columns[i]) == "text") {
-    // Text as the SELECT returned it: the stored text, or the string at the JSON path.
-    read->Append(std::string_view(field.c_str(), field.size()));
-  } else {
-    // A bytea value, as RewriteValues decoded it.
-    const Bytes& decoded = decoded_[r * job_.columns.size() + i];
-    read->Append(decoded.data(), decoded.size());
+void BatchRotator::AppendNewValues(const Side& side, RowChanges* changes) const {
+  const size_t ncols = job_.columns.size();
+  std::string text;
+  for (const size_t r : changes->rows_read) {
+    for (size_t i = 0; i < ncols; ++i) {
+      db::BinaryArray& new_values = changes->columns[changes->new_values[i]];
+      const crypto::RewrittenValue* v = RewrittenAt(side, r, i);
+      if (!v || v->outcome != RewriteOutcome::kRewritten) {
+        new_values.AppendNull();  // the UPDATE keeps the stored value
+      } else if (IsText(job_.columns[i])) {
+        // In the encoding and style the value was read in (rotation/stored_form.h).
+        WriteStoredValue(job_.columns[i], v->value, styles_[r * ncols + i], &text);
+        new_values.Append(text);
+      } else {
+        new_values.Append(v->value.data(), v->value.size());
+      }
+    }
   }
+}
+
+const crypto::RewrittenValue* BatchRotator::RewrittenAt(const Side& side, size_t r,
+                                                        size_t i) const {
+  const int slot = slot_[r * job_.columns.size() + i];
+  if (slot == -1) return nullptr;
+  if (slot < -1) return &unreadable_[size_t(-2 - slot)];
+  return &rewritten_[side.rewriter_of_column[i]][size_t(slot)];
+}
+
+void BatchRotator::AppendValueRead(size_t i, const db::BinaryResult& rows, size_t r,
+                                   db::BinaryArray* read, db::BinaryArray* digest) const {
+  // As the SELECT returned it: the stored bytes or text, or the string at the JSON path; NULL
+  // for no value, or (a JSON column) no string at the path.
+  const std::string_view value = rows.Bytes(r, field_no_[i]);
+  if (digest == nullptr || rows.IsNull(r, field_no_[i]) || value.size() <= kCompareDigestAbove) {
+    if (rows.IsNull(r, field_no_[i])) {
+      read->AppendNull();
+    } else {
+      read->Append(value);
+    }
+    if (digest != nullptr) digest->AppendNull();
+    return;
+  }
+  uint8_t sha256[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const uint8_t*>(value.data()), value.size(), sha256);
+  read->AppendNull();
+  digest->Append(sha256, sizeof sha256);
 }
 
 void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges* changes,
                              BatchResult* result) {
   if (result->rows_done == 0) return;
-  std::vector<pqxx::binarystring> arrays;
-  for (const auto& array : changes->columns) arrays.push_back(array.Finish());
   const std::string row_ids = changes->row_ids + "}";
   const std::string key_ids = changes->key_ids + "}";
   const std::string read_key_ids = changes->read_key_ids + "}";
+  // The arrays go as they were built, not copied again: with a value of hundreds of MiB, each
+  // copy is that much more memory.
+  std::vector<db::BinaryParam> params{db::BinaryParam::Text(row_ids)};
+  for (auto& array : changes->columns)
+    params.push_back(db::BinaryParam::Binary(array.Serialized()));
+  if (job_.key_id_column) {
+    params.push_back(db::BinaryParam::Text(key_ids));
+    params.push_back(db::BinaryParam::Text(read_key_ids));
+  }
   auto execute = [&](const std::string& statement) {
-    return job_.key_id_column
-               ? txn.exec_prepared(statement, row_ids, pqxx::prepare::make_dynamic_params(arrays),
-                                   key_ids, read_key_ids)
-               : txn.exec_prepared(statement, row_ids, pqxx::prepare::make_dynamic_params(arrays));
+    return db::ExecBinary(txn, statement, params);
   };
   // --triggers skip: replica mode for this UPDATE alone; the rest of the transaction (failures,
   // audit, checkpoint) runs in the session's role, so rekey's own triggers fire.
@@ -586,7 +670,7 @@ void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChan
     txn.conn().prepare(prefix_ + "still_as_read", statements_.still_as_read());
     update_prepared_ = true;
   }
-  const pqxx::result updated = execute(prefix_ + "update");
+  const db::BinaryResult updated = execute(prefix_ + "update");
   if (skip_triggers_) txn.exec_params(FixedQuery("restore_role"), previous_role);
   std::vector<bool> written(changes->row_pks.size(), true);
   if (updated.size() != changes->row_pks.size()) {
@@ -596,7 +680,7 @@ void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChan
     // by something else -- a trigger that skips or redirects updates -- which no retry can fix:
     // the attempt counts, nothing of the batch may commit, and the batch fails with this reason
     // once its attempts are used up.
-    const pqxx::result still = execute(prefix_ + "still_as_read");
+    const db::BinaryResult still = execute(prefix_ + "still_as_read");
     if (!still.empty()) {
       throw PermanentError(
           "batch " + std::to_string(batch.job_id) + "/" + std::to_string(batch.batch_no) +
@@ -606,8 +690,8 @@ void BatchRotator::WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChan
           "that skips or redirects updates?); nothing of the batch was written");
     }
     std::set<std::string> wrote;
-    const int row_id = updated.column_number("row_id");
-    for (const auto& row : updated) wrote.insert(row[row_id].as<std::string>());
+    const int row_id = updated.Column("row_id", db::BinaryResult::Kind::kBytes);
+    for (size_t k = 0; k < updated.size(); ++k) wrote.emplace(updated.Bytes(k, row_id));
     for (size_t k = 0; k < written.size(); ++k) written[k] = wrote.count(changes->row_pks[k]) > 0;
     const int missed = result->rows_done - int(updated.size());
     result->rows_done -= missed;

@@ -1,9 +1,11 @@
 // Re-encrypts one claimed batch of one job, in one transaction.
 //
 // The transaction locks the batch's queue row, reads the batch's target rows that are still under
-// a source key (without locking them), decrypts each value with its source key and encrypts it
+// a source key (without locking them; in binary, db/binary_result.h, so a value is used where
+// libpq put it), decrypts each value with its source key and encrypts it
 // under the mapped target key, writes the new values back with one UPDATE ... FROM unnest(...)
-// that matches rows by primary key *and* by the values read (a compare-and-swap), records poison
+// that matches rows by primary key *and* by the values read (a compare-and-swap; a bytea value
+// over 1 MiB by its SHA-256, rotation/batch_statements.h), records poison
 // values in rekey.row_failures (leaving their rows untouched), and marks the batch done with its
 // audit row (rekey.complete_batch). Rows, checkpoint and audit commit together or not at all.
 //
@@ -75,6 +77,7 @@
 #include "crypto/text_encoding.h"
 #include "crypto/value_rewriter.h"
 #include "db/binary_array.h"
+#include "db/binary_result.h"
 #include "jobs/job.h"
 #include "jobs/side_effects.h"
 #include "rotation/aws_kms_rewriter.h"
@@ -158,8 +161,7 @@ class BatchRotator {
   // (BatchStatements::Sizes), so the worker's memory and each transaction stay bounded whatever
   // the values' sizes. A chunk always takes at least one row, whatever its size; the rest of the
   // batch follows in further chunks after a checkpoint, as under --target-batch-ms. The worker
-  // holds about five times a chunk's bytes while it rewrites them (the hex text of the result,
-  // the decoded values, the new values, the UPDATE's parameter).
+  // holds about four times a large value at its peak (docs/operations.md, "Values of megabytes").
   static constexpr int64_t kDefaultChunkBytes = int64_t(4) << 20;
   void set_chunk_bytes(int64_t bytes) { chunk_bytes_ = bytes; }
 
@@ -224,19 +226,30 @@ class BatchRotator {
   // *more is set when rows are known to follow them.
   int RowsWithinBytes(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
                       const Direction& direction, int max_rows, bool* more);
-  // Reads at most max_rows rows, and one more (to learn whether rows follow) if `one_more`.
-  pqxx::result SelectRows(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
-                          const Direction& direction, int max_rows, bool one_more);
-  void RewriteValues(const pqxx::result& rows, size_t handled, Side& side);
-  void CollectRows(const pqxx::result& rows, size_t handled, const Side& side, RowChanges* changes,
-                   BatchResult* result) const;
-  // Adds rewritten row `r` of the chunk (row_values: per column, its new value or nullptr to keep
-  // it).
-  void AppendRow(const std::string& pk, const pqxx::row& row, size_t r,
+  // Reads at most max_rows rows, and one more (to learn whether rows follow) if `one_more`, in
+  // binary format: their values are read where libpq put them.
+  db::BinaryResult SelectRows(pqxx::work& txn, const ClaimedBatch& batch, const LockedBatch& locked,
+                              const Direction& direction, int max_rows, bool one_more);
+  // The fields of the SELECT's result (BatchStatements' file comment), found by name.
+  void FindFields(const db::BinaryResult& rows);
+  void RewriteValues(const db::BinaryResult& rows, size_t handled, Side& side);
+  // Frees the reused buffers that hold a large value (the chunk's are in its RowChanges by then).
+  void ReleaseLargeBuffers();
+  void CollectRows(const db::BinaryResult& rows, size_t handled, const Side& side,
+                   RowChanges* changes, BatchResult* result) const;
+  // Adds rewritten row `r` of the chunk, but for its new values (row_values: per column, its new
+  // value or nullptr to keep it).
+  void AppendRow(const std::string& pk, const db::BinaryResult& rows, size_t r,
                  const std::vector<const crypto::RewrittenValue*>& row_values,
                  std::optional<uint32_t> new_key_id, RowChanges* changes) const;
-  // Appends the value of column i that row r of the chunk held when read, to *read.
-  void AppendValueRead(size_t i, const pqxx::row& row, size_t r, db::BinaryArray* read) const;
+  // Appends the new values of the rows AppendRow added (once the rows read are no longer held).
+  void AppendNewValues(const Side& side, RowChanges* changes) const;
+  // What the rewriter made of column i of row r; nullptr for NULL.
+  const crypto::RewrittenValue* RewrittenAt(const Side& side, size_t r, size_t i) const;
+  // Appends the value of column i that row r of the chunk held when read to *read, or, for a
+  // large bytea, its SHA-256 to *digest (kCompareDigestAbove); the other gets a NULL.
+  void AppendValueRead(size_t i, const db::BinaryResult& rows, size_t r, db::BinaryArray* read,
+                       db::BinaryArray* digest) const;
   // Writes the rows that still hold what was read; a row the application wrote meanwhile is
   // not written and moves from result->rows_done to rows_skipped. Counts the values moved.
   void WriteRows(pqxx::work& txn, const ClaimedBatch& batch, RowChanges* changes,
@@ -276,9 +289,11 @@ class BatchRotator {
   std::vector<std::vector<crypto::StoredValue>> values_;
   std::vector<std::vector<crypto::RewrittenValue>> rewritten_;
   std::vector<int> slot_;
+  int row_id_no_ = -1;             // of the key's text in the SELECT's result
+  int key_id_no_ = -1;             // of the key-id column read; -1 without one
   std::vector<int> field_no_;      // of each column in the SELECT's result
   std::vector<int> json_kind_no_;  // of each JSON column's kind of value; -1 for other columns
-  std::vector<Bytes> decoded_;
+  std::vector<Bytes> decoded_;     // text values decoded; a bytea value is read in the result
   std::vector<crypto::TextStyle> styles_;
   std::vector<crypto::RewrittenValue> unreadable_;
 };

@@ -84,14 +84,25 @@ std::string ColumnNeedsWork(const jobs::JobColumn& column, const std::string& ke
 // "Column still holds `read`, the stored value the batch read" (NULL: it held none). A JSON
 // column compares the string at its path, not the document: the application's writes to the
 // document's other fields do not stop the rotation of this one, and jsonb_set keeps them.
-std::string SameAsReadSql(const jobs::JobColumn& column, const std::string& read) {
+std::string SameAsReadSql(const jobs::JobColumn& column, const std::string& read,
+                          const std::string& read_digest) {
   const std::string same = StoredValueSql(column) + " IS NOT DISTINCT FROM " + read;
+  if (ComparesByDigest(column)) {
+    // A large value read is sent back as its SHA-256 alone (kCompareDigestAbove): the stored
+    // value must have that digest, which only the value read has (docs/safety.md, invariant 3).
+    return "(CASE WHEN " + read_digest + " IS NULL THEN " + same + " ELSE sha256(" +
+           StoredValueSql(column) + ") = " + read_digest + " END)";
+  }
   if (column.json_path.empty()) return same;
   // #>> reads a number as its text too: the value read was a string, and must still be one.
   return "(" + same + " AND (" + read + " IS NULL OR " + JsonKindSql(column) + " = 'string'))";
 }
 
 }  // namespace
+
+bool ComparesByDigest(const jobs::JobColumn& column) {
+  return NewValueType(column) == "bytea";
+}
 
 Direction MakeDirection(std::map<uint32_t, uint32_t> key_map) {
   Direction d;
@@ -162,6 +173,7 @@ std::string BatchStatements::RowSource() const {
     const std::string_view type = NewValueType(job_.columns[i]);
     values += array(type, "c" + std::to_string(i));
     values += array(type, "o" + std::to_string(i));
+    if (ComparesByDigest(job_.columns[i])) values += array("bytea", "h" + std::to_string(i));
   }
   if (!key_id_.empty()) {
     values += array("bigint", "kid");
@@ -186,7 +198,8 @@ std::string BatchStatements::AsRead() const {
   // snapshot re-checks this on the row's newest version, so a row the application wrote after
   // the read is not written, whenever it wrote.
   for (size_t i = 0; i < job_.columns.size(); ++i) {
-    where += " AND " + SameAsReadSql(job_.columns[i], "v.o" + std::to_string(i));
+    where += " AND " +
+             SameAsReadSql(job_.columns[i], "v.o" + std::to_string(i), "v.h" + std::to_string(i));
   }
   if (!key_id_.empty()) where += " AND t." + key_id_ + " IS NOT DISTINCT FROM v.okid";
   return where;

@@ -19,10 +19,14 @@
 // type[] for one column, the key texts for a composite key), then per rotated column two arrays
 // (bytea[]; text[] for Transit and text forms): its new values (NULL elements keep the stored
 // value; a JSON column's element is set at its path with jsonb_set) and the values read (NULL:
-// none; a JSON column's, the string at its path); then, if the job has a key-id column, the new
-// key ids and the key ids read (bigint[]). It returns the key text of each row written.
+// none; a JSON column's, the string at its path), and for a bytea column (ComparesByDigest) a
+// third, the SHA-256 of each value read larger than kCompareDigestAbove bytes (bytea[]; the
+// value read is then NULL, and NULL here means "compared by value"); then, if the job has a
+// key-id column, the new key ids and the key ids read (bigint[]). It returns the key text of
+// each row written.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -47,6 +51,15 @@ enum SelectVariant {
   kKeys = 16,
   kAllSelectVariants = 32
 };
+
+// Values read larger than this are compared by the UPDATE through their SHA-256, not sent back
+// whole: a value and its new form would together pass PostgreSQL's 1 GB message limit from
+// 512 MiB, and a large value's copy is most of the UPDATE's memory (docs/safety.md,
+// invariant 3). Smaller ones, most of them, are compared by value, which costs no hashing.
+inline constexpr size_t kCompareDigestAbove = size_t(1) << 20;
+// Whether the UPDATE has the digest array for `column`: its values are bytea (text values keep
+// comparing as text, in the session's encoding).
+bool ComparesByDigest(const jobs::JobColumn& column);
 
 // The key moves of one direction: source -> target, and the SELECT's parameters for "still under
 // a source key".

@@ -40,17 +40,22 @@ TEST(BatchStatementsTest, BigintKeyTinkColumn) {
           kTinkNeedsWork +
           ") AND $1::bytea[] IS NOT NULL AND $2::bigint[] IS NOT NULL ORDER BY t.\"id\" "
           "LIMIT $3::bigint");
-  // The compare-and-swap: written only where the value is still the one read.
-  EXPECT_EQ(
-      statements.update(),
-      "UPDATE \"public\".\"cards\" AS t SET \"token\" = coalesce(v.c0, t.\"token\") FROM "
-      "(SELECT unnest($1::bigint[]) AS row_id, unnest($2::bytea[]) AS c0, unnest($3::bytea[]) AS "
-      "o0) AS v WHERE t.\"id\" = v.row_id AND t.\"token\" IS NOT DISTINCT FROM v.o0 RETURNING "
-      "t.\"id\"::text AS row_id");
+  // The compare-and-swap: written only where the value is still the one read, a large one
+  // compared by its digest.
+  const std::string same_token =
+      "(CASE WHEN v.h0 IS NULL THEN t.\"token\" IS NOT DISTINCT FROM v.o0 ELSE "
+      "sha256(t.\"token\") = v.h0 END)";
+  EXPECT_EQ(statements.update(),
+            "UPDATE \"public\".\"cards\" AS t SET \"token\" = coalesce(v.c0, t.\"token\") FROM "
+            "(SELECT unnest($1::bigint[]) AS row_id, unnest($2::bytea[]) AS c0, "
+            "unnest($3::bytea[]) AS o0, unnest($4::bytea[]) AS h0) AS v WHERE t.\"id\" = "
+            "v.row_id AND " +
+                same_token + " RETURNING t.\"id\"::text AS row_id");
   EXPECT_EQ(statements.still_as_read(),
             "SELECT t.\"id\"::text AS row_id FROM \"public\".\"cards\" AS t, (SELECT "
             "unnest($1::bigint[]) AS row_id, unnest($2::bytea[]) AS c0, unnest($3::bytea[]) AS "
-            "o0) AS v WHERE t.\"id\" = v.row_id AND t.\"token\" IS NOT DISTINCT FROM v.o0");
+            "o0, unnest($4::bytea[]) AS h0) AS v WHERE t.\"id\" = v.row_id AND " +
+                same_token);
 }
 
 TEST(BatchStatementsTest, SizesReadTheSameRowsUnlockedAndSumTheirStoredBytes) {
@@ -107,11 +112,13 @@ TEST(BatchStatementsTest, TextKeyRawColumnsWithKeyIdColumnAndScope) {
       "UPDATE \"public\".\"cards\" AS t SET \"card\" = coalesce(v.c0, t.\"card\"), \"Note "
       "\"\"x\"\"\" = coalesce(v.c1, t.\"Note \"\"x\"\"\"), \"kid\" = coalesce(v.kid, t.\"kid\") "
       "FROM (SELECT unnest($1::text[]) AS row_id, unnest($2::bytea[]) AS c0, "
-      "unnest($3::bytea[]) AS o0, unnest($4::bytea[]) AS c1, unnest($5::bytea[]) AS o1, "
-      "unnest($6::bigint[]) AS kid, unnest($7::bigint[]) AS okid) AS v WHERE t.\"id\" = "
-      "v.row_id AND t.\"card\" IS NOT DISTINCT FROM v.o0 AND t.\"Note \"\"x\"\"\" IS NOT "
-      "DISTINCT FROM v.o1 AND t.\"kid\" IS NOT DISTINCT FROM v.okid RETURNING t.\"id\"::text AS "
-      "row_id");
+      "unnest($3::bytea[]) AS o0, unnest($4::bytea[]) AS h0, unnest($5::bytea[]) AS c1, "
+      "unnest($6::bytea[]) AS o1, unnest($7::bytea[]) AS h1, unnest($8::bigint[]) AS kid, "
+      "unnest($9::bigint[]) AS okid) AS v WHERE t.\"id\" = v.row_id AND (CASE WHEN v.h0 IS "
+      "NULL THEN t.\"card\" IS NOT DISTINCT FROM v.o0 ELSE sha256(t.\"card\") = v.h0 END) AND "
+      "(CASE WHEN v.h1 IS NULL THEN t.\"Note \"\"x\"\"\" IS NOT DISTINCT FROM v.o1 ELSE "
+      "sha256(t.\"Note \"\"x\"\"\") = v.h1 END) AND t.\"kid\" IS NOT DISTINCT FROM v.okid "
+      "RETURNING t.\"id\"::text AS row_id");
 }
 
 TEST(BatchStatementsTest, TransitColumnsCompareVersionsAndWriteText) {
