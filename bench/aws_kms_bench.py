@@ -59,6 +59,8 @@ class KmsServer:
 
     def __init__(self, work_dir):
         port_file = os.path.join(work_dir, "aws-kms.port")
+        if os.path.exists(port_file):
+            os.remove(port_file)  # an earlier server's port, which would be read as this one's
         self.log = open(os.path.join(work_dir, "aws-kms-server.log"), "w")
         self.proc = subprocess.Popen(["/usr/bin/python3", SERVER, "--port-file", port_file,
                                       "--key", SOURCE_KEY, "--key", TARGET_KEY],
