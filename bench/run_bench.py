@@ -260,7 +260,6 @@ def run_a2():
         raise RuntimeError("anchor A2 failed")
     seconds = time.monotonic() - t
     server_cpu = server_cpu_seconds() - cpu0
-    xacts = transactions() - xacts0
     wal = wal_bytes_since(lsn)
     return {"rows_per_s": int(n / seconds), "seconds": round(seconds, 3),
             "server_cpu_s": round(server_cpu, 2),
