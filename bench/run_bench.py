@@ -360,6 +360,7 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
     codes = [p.wait() for p, _, _ in workers]
     wall_s = time.monotonic() - t0
     server_cpu = server_cpu_seconds() - cpu0
+    xacts = transactions() - xacts0
     wal = wal_bytes_since(lsn)
     per_worker = []
     for (p, base, err), code in zip(workers, codes):
