@@ -144,6 +144,78 @@ TEST_F(WorkerPoolTest, IdleLoopsWakeWhenAStageOpensOrTheJobEnds) {
   }
 }
 
+// now() is the transaction's start: a batch claimed in the transaction that completed another
+// has the completed batch's finished_at as its claimed_at. The count of such batches of the job's
+// rollout stage (stage 1).
+std::string ClaimedWithACompletion(int64_t job) {
+  const std::string j = std::to_string(job);
+  return "SELECT count(*) FROM rekey.batches b WHERE b.job_id = " + j +
+         " AND b.stage_no = 1 AND EXISTS (SELECT 1 FROM rekey.batches p WHERE p.job_id = " + j +
+         " AND p.batch_no <> b.batch_no AND p.finished_at = b.claimed_at)";
+}
+
+TEST_F(WorkerPoolTest, AFlatOutLoopClaimsEachNextBatchInTheTransactionThatCompletesTheLast) {
+  WorkerOptions o = Options();
+  o.concurrency = 1;
+  WorkerPool pool(conninfo(), o, [](uint32_t id) { return TestDataKey(id); });
+  std::atomic<bool> stop{false};
+  pool.Run(stop);
+  ExpectCompletedCleanly();
+  // Ten batches of 100 rows: the first claimed on its own, the nine others each with the
+  // completion of the one before, one transaction per batch.
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.batches WHERE job_id = " + std::to_string(job_) +
+                   " AND stage_no = 1"),
+            "10");
+  EXPECT_EQ(Scalar(ClaimedWithACompletion(job_)), "9");
+}
+
+TEST_F(WorkerPoolTest, AGentleLoopClaimsEachBatchAfterItsWaitNotWithTheLastCompletion) {
+  WorkerOptions o = Options();
+  o.concurrency = 1;
+  o.pacing.max_rows_per_second = 1e6;  // a rate limit that never bites: only its kind matters
+  WorkerPool pool(conninfo(), o, [](uint32_t id) { return TestDataKey(id); });
+  std::atomic<bool> stop{false};
+  pool.Run(stop);
+  ExpectCompletedCleanly();
+  EXPECT_EQ(Scalar(ClaimedWithACompletion(job_)), "0");
+}
+
+// Turns `stop` true when the first batch is reported completed: after its commit, and so after
+// the claim of the next batch that went with it.
+class StopAfterFirstBatch : public WorkerObserver {
+ public:
+  explicit StopAfterFirstBatch(std::atomic<bool>& stop) : stop_(stop) {}
+  void OnBatch(const BatchEvent& event) override {
+    if (event.outcome == BatchOutcome::kCompleted) stop_ = true;
+  }
+  void OnGate(const GateEvent& /*event*/) override {}
+
+ private:
+  std::atomic<bool>& stop_;
+};
+
+TEST_F(WorkerPoolTest, ALoopToldToStopAfterACompletionGivesBackTheBatchItClaimedWithIt) {
+  std::atomic<bool> stop{false};
+  StopAfterFirstBatch observer(stop);
+  WorkerOptions o = Options();
+  o.concurrency = 1;
+  o.observer = &observer;
+  WorkerPool pool(conninfo(), o, [](uint32_t id) { return TestDataKey(id); });
+  pool.Run(stop);
+  const std::string j = std::to_string(job_);
+  EXPECT_EQ(
+      Scalar("SELECT count(*) FROM rekey.batches WHERE job_id = " + j + " AND state = 'done'"),
+      "1");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                   " AND state <> 'done' AND (state <> 'pending' OR attempts <> 0)"),
+            "0")
+      << "a batch the stopped worker claimed is still held by it, or its attempt counted";
+  EXPECT_EQ(Scalar("SELECT count(*) FROM rekey.batches WHERE job_id = " + j +
+                   " AND last_error = 'worker stopped before starting it'"),
+            "1")
+      << "the next batch was claimed with the completion and given back";
+}
+
 TEST_F(WorkerPoolTest, WorkRemainsUntilNoJobNeedsAWorker) {
   const std::string j = std::to_string(job_);
   auto remains = [&] { return WorkRemains(conn(), job_); };
