@@ -712,15 +712,6 @@ BEGIN
   END IF;
 END $$;
 
-CREATE FUNCTION rekey.complete_batch_and_claim(p_job bigint, p_batch integer, p_worker text, p_done integer, p_skipped integer, p_failed integer, p_duration_ms double precision, p_details jsonb, p_claim_job bigint) RETURNS TABLE(job_id bigint, batch_no integer, lo text, hi text, attempt integer, stage_no integer, bucket_lo integer, bucket_hi integer, rollback boolean, relation text)
-    LANGUAGE plpgsql
-    AS $$
-BEGIN
-  PERFORM rekey.complete_batch(p_job, p_batch, p_worker, p_done, p_skipped, p_failed, p_duration_ms,
-                               p_details);
-  RETURN QUERY SELECT c.* FROM rekey.claim_batch(p_worker, p_claim_job) c;
-END $$;
-
 CREATE FUNCTION rekey.complete_job(p_job bigint) RETURNS void
     LANGUAGE plpgsql
     AS $$

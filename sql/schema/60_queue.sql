@@ -164,29 +164,6 @@ BEGIN
   END IF;
 END $$;
 
--- rekey.complete_batch, then, in the same transaction, rekey.claim_batch for p_worker (of job
--- p_claim_job, or any job when NULL): the worker's next batch, or no row. A flat-out worker saves
--- a transaction per batch this way (bench/README.md, issue 21 lever b). The claim is the same
--- function as a claim of its own: the next batch of an open stage of an active job, FOR UPDATE
--- SKIP LOCKED, under the readers' check, never past a stage's end (a stage's gate runs once no
--- batch of it is left to claim). pg_advisory_unlock_all releases the completed batch's advisory
--- lock before this transaction commits; until then the batch's row is locked by the completion's
--- UPDATE, so another claim skips it, and once committed it is done. A completion that is
--- refused raises before anything is claimed.
-CREATE OR REPLACE FUNCTION rekey.complete_batch_and_claim(p_job bigint, p_batch integer, p_worker text,
-                                                          p_done integer, p_skipped integer,
-                                                          p_failed integer,
-                                                          p_duration_ms double precision,
-                                                          p_details jsonb, p_claim_job bigint)
-RETURNS TABLE (job_id bigint, batch_no integer, lo text, hi text, attempt integer, stage_no integer,
-               bucket_lo integer, bucket_hi integer, rollback boolean, relation text)
-LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM rekey.complete_batch(p_job, p_batch, p_worker, p_done, p_skipped, p_failed, p_duration_ms,
-                               p_details);
-  RETURN QUERY SELECT c.* FROM rekey.claim_batch(p_worker, p_claim_job) c;
-END $$;
-
 -- Advances the checkpoint of a batch held by p_worker and adds a chunk's counts. Called by the
 -- worker in the transaction that rewrote the chunk's rows.
 -- Refused (rekey.require_open_stage_batch) unless the batch belongs to the job's open stage.

@@ -30,9 +30,8 @@ using crypto::CodecKind;
 using crypto::RewriteOutcome;
 
 // The fixed statements of queries/batch_rotator.sql, each prepared per connection.
-constexpr const char* kFixedStatements[] = {"lock_keys",         "lock_batch", "failures",
-                                            "value_audit",       "checkpoint", "complete",
-                                            "complete_and_claim"};
+constexpr const char* kFixedStatements[] = {"lock_keys",   "lock_batch", "failures",
+                                            "value_audit", "checkpoint", "complete"};
 
 std::string FixedQuery(const char* name) {
   return db::Query(std::string("rotation/batch_rotator.") + name);
@@ -58,21 +57,6 @@ bool IsFailure(RewriteOutcome outcome) {
 }
 
 }  // namespace
-
-ClaimedBatch ClaimedBatchOf(const pqxx::row& row) {
-  ClaimedBatch b;
-  b.job_id = row["job_id"].as<int64_t>();
-  b.batch_no = row["batch_no"].as<int>();
-  if (!row["lo"].is_null()) b.lo = row["lo"].as<std::string>();
-  if (!row["hi"].is_null()) b.hi = row["hi"].as<std::string>();
-  b.attempt = row["attempt"].as<int>();
-  b.stage_no = row["stage_no"].as<int>();
-  if (!row["bucket_lo"].is_null()) b.bucket_lo = row["bucket_lo"].as<int>();
-  if (!row["bucket_hi"].is_null()) b.bucket_hi = row["bucket_hi"].as<int>();
-  b.rollback = row["rollback"].as<bool>();
-  if (!row["relation"].is_null()) b.relation = row["relation"].as<std::string>();
-  return b;
-}
 
 std::string ReleaseBatch(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
                          const std::string& error, bool transient) {
@@ -229,8 +213,7 @@ void BatchRotator::Prepare(pqxx::connection& conn) {
 }
 
 ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatch& batch,
-                                       const std::string& worker_id, int max_rows,
-                                       const ClaimNext* claim_next) {
+                                       const std::string& worker_id, int max_rows) {
   max_rows = std::max(max_rows, 1);
   const auto started = std::chrono::steady_clock::now();
   // Every key through the source again, before any row is locked: the data-key cache answers
@@ -289,7 +272,7 @@ ChunkResult BatchRotator::ProcessChunk(pqxx::connection& conn, const ClaimedBatc
                         changes.last_pk, result.rows_done, result.rows_skipped, result.rows_failed,
                         result.duration_ms);
     } else {
-      chunk.batch.next = Complete(txn, batch, worker_id, *locked, changes, result, claim_next);
+      Complete(txn, batch, worker_id, *locked, changes, result);
     }
   } catch (const pqxx::failure& e) {
     // The "no longer claimed" signal (a row of common/error_table.cpp; see ProcessChunk).
@@ -670,12 +653,9 @@ std::string BatchRotator::AwsKmsKeyArn(uint32_t key) const {
   return key == kAwsKmsSourceKey ? job_.aws_kms_source_key_arn : *job_.aws_kms_key_arn;
 }
 
-std::optional<ClaimedBatch> BatchRotator::Complete(pqxx::work& txn, const ClaimedBatch& batch,
-                                                   const std::string& worker_id,
-                                                   const LockedBatch& locked,
-                                                   const RowChanges& changes,
-                                                   const BatchResult& result,
-                                                   const ClaimNext* claim_next) {
+void BatchRotator::Complete(pqxx::work& txn, const ClaimedBatch& batch,
+                            const std::string& worker_id, const LockedBatch& locked,
+                            const RowChanges& changes, const BatchResult& result) {
   std::map<std::string, int> moved_keys;  // "1->2" -> values
   const std::string prefix = job_.transit_key_ref ? "vault:v" : "";
   for (const auto& [keys, n] : changes.moved) {
@@ -697,22 +677,11 @@ std::optional<ClaimedBatch> BatchRotator::Complete(pqxx::work& txn, const Claime
     // counts the whole batch.
     details["resumed_from_checkpoint"] = true;
   }
-  const int done = locked.earlier_done + result.rows_done;
-  const int skipped = locked.earlier_skipped + result.rows_skipped;
-  const int failed = locked.earlier_failed + result.rows_failed;
-  const double ms = locked.earlier_ms + result.duration_ms;
-  if (!claim_next || (claim_next->wanted && !claim_next->wanted())) {
-    txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id, done, skipped,
-                      failed, ms, details.dump());
-    return std::nullopt;
-  }
-  const std::optional<std::string> claim_job =
-      claim_next->job ? std::optional<std::string>(std::to_string(*claim_next->job)) : std::nullopt;
-  const pqxx::result next =
-      txn.exec_prepared(prefix_ + "complete_and_claim", batch.job_id, batch.batch_no, worker_id,
-                        done, skipped, failed, ms, details.dump(), claim_job);
-  if (next.empty()) return std::nullopt;
-  return ClaimedBatchOf(next[0]);
+  txn.exec_prepared(prefix_ + "complete", batch.job_id, batch.batch_no, worker_id,
+                    locked.earlier_done + result.rows_done,
+                    locked.earlier_skipped + result.rows_skipped,
+                    locked.earlier_failed + result.rows_failed,
+                    locked.earlier_ms + result.duration_ms, details.dump());
 }
 
 }  // namespace rekey::rotation

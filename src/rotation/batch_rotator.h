@@ -5,8 +5,7 @@
 // under the mapped target key, writes the new values back with one UPDATE ... FROM unnest(...)
 // that matches rows by primary key *and* by the values read (a compare-and-swap), records poison
 // values in rekey.row_failures (leaving their rows untouched), and marks the batch done with its
-// audit row (rekey.complete_batch). Rows, checkpoint and audit commit together or not at all. The
-// completing transaction may also claim the worker's next batch (ClaimNext).
+// audit row (rekey.complete_batch). Rows, checkpoint and audit commit together or not at all.
 //
 // The application's write always wins (docs/safety.md, invariant 3): a row the application wrote
 // after the SELECT read it no longer holds the value read, so the UPDATE -- which under READ
@@ -107,24 +106,7 @@ struct BatchResult {
   int rows_skipped = 0;
   int rows_failed = 0;
   double duration_ms = 0;
-  // The worker's next batch, claimed in the transaction that completed this one (ClaimNext);
-  // nullopt: none was claimed. The caller holds it as it holds any claimed batch: it must run it
-  // or release it.
-  std::optional<ClaimedBatch> next;
 };
-
-// Folds the claim of the worker's next batch into the transaction that completes its batch
-// (rekey.complete_batch_and_claim), so a flat-out worker does one transaction per batch instead of
-// two: the separate claim's BEGIN, SET LOCAL, claim and COMMIT go. The claim is asked for only if
-// `wanted` says yes right before the completing statement, so a worker told to stop, or one that
-// would wait before its next claim (the KMS down), does not claim one it will not run.
-struct ClaimNext {
-  std::optional<int64_t> job;    // claim only this job's batches; nullopt: any job's
-  std::function<bool()> wanted;  // asked once per completion; null: always
-};
-
-// The batch of a row of rekey.claim_batch (or rekey.complete_batch_and_claim).
-ClaimedBatch ClaimedBatchOf(const pqxx::row& row);
 
 struct ChunkResult {
   BatchResult batch;            // the outcome, and the counts and time of this chunk alone
@@ -203,14 +185,8 @@ class BatchRotator {
   // transaction is rolled back and the outcome is kLost with no rows (the batch belongs
   // elsewhere). A 40001 without those words is a genuine serialization failure and is thrown, for
   // the caller to retry as transient.
-  //
-  // `claim_next`: when the chunk completes the batch, its transaction also claims the worker's
-  // next batch (ClaimNext), returned in batch.next. If the commit fails after that claim, the
-  // claimed batch is not claimed (its row rolled back to pending) but this session still holds
-  // its advisory lock until the next claim releases every lock it holds, as a claim does.
   ChunkResult ProcessChunk(pqxx::connection& conn, const ClaimedBatch& batch,
-                           const std::string& worker_id, int max_rows,
-                           const ClaimNext* claim_next = nullptr);
+                           const std::string& worker_id, int max_rows);
 
  private:
   // One direction's keys and the rewriter of each column.
@@ -270,11 +246,8 @@ class BatchRotator {
   void AuditValues(pqxx::work& txn, const ClaimedBatch& batch, const RowChanges& changes);
   // The key ARN of an aws-kms job's key number (kAwsKmsSourceKey, kAwsKmsDestinationKey).
   std::string AwsKmsKeyArn(uint32_t key) const;
-  // Returns the next batch claimed with the completion (claim_next), if any.
-  std::optional<ClaimedBatch> Complete(pqxx::work& txn, const ClaimedBatch& batch,
-                                       const std::string& worker_id, const LockedBatch& locked,
-                                       const RowChanges& changes, const BatchResult& result,
-                                       const ClaimNext* claim_next);
+  void Complete(pqxx::work& txn, const ClaimedBatch& batch, const std::string& worker_id,
+                const LockedBatch& locked, const RowChanges& changes, const BatchResult& result);
 
   jobs::JobDefinition job_;
   DataKeySource key_source_;

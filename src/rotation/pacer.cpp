@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <thread>
-#include <utility>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -123,11 +122,7 @@ std::chrono::milliseconds Pacer::WaitForBrakes(const std::atomic<bool>& stop,
 
 BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
                             const ClaimedBatch& batch, const std::string& worker_id,
-                            ChunkSizer* sizer, const std::atomic<bool>& stop,
-                            const ClaimNext* claim_next) {
-  // A gentle worker may wait before its next claim (the rate, the replicas, the brakes): it
-  // claims then, after the wait, so that it never holds a batch it is not running.
-  if (options_.gentle()) claim_next = nullptr;
+                            ChunkSizer* sizer, const std::atomic<bool>& stop) {
   // Unpaced, a chunk is a whole batch_size: a batch as planned is one chunk, and a range that
   // holds more rows than planned (a sweep's, planned without a scan, or rows inserted since) is
   // still moved in transactions of at most batch_size rows.
@@ -152,7 +147,7 @@ BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
     const auto wait = rows_bucket_.Reserve(std::chrono::steady_clock::now(), rows);
     if (wait.count() > 0) std::this_thread::sleep_for(wait);
     const auto started = std::chrono::steady_clock::now();
-    ChunkResult chunk = rotator.ProcessChunk(conn, batch, worker_id, rows, claim_next);
+    ChunkResult chunk = rotator.ProcessChunk(conn, batch, worker_id, rows);
     const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(
         std::chrono::steady_clock::now() - started);
     rows_bucket_.Refund(rows - chunk.rows_locked);
@@ -161,7 +156,6 @@ BatchResult Pacer::RunBatch(BatchRotator& rotator, pqxx::connection& conn,
     total.rows_skipped += chunk.batch.rows_skipped;
     total.rows_failed += chunk.batch.rows_failed;
     total.duration_ms += chunk.batch.duration_ms;
-    total.next = std::move(chunk.batch.next);
     if (chunk.batch.outcome != BatchResult::Outcome::kDone || chunk.batch_finished) return total;
     // Only full chunks say how long `rows` rows take; the last one of a batch is usually short.
     if (paced && sizer) sizer->Observe(chunk.rows_locked, elapsed);

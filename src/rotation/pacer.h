@@ -129,12 +129,9 @@ class Pacer {
   // batch size when no target duration is set, or no pacing at all) under the process's row-rate
   // limit, if any. When `stop` turns true between chunks, the batch is released (it stays pending
   // with its checkpoint) and the outcome is kLost. The counts are those of this attempt.
-  // `claim_next` (BatchRotator::ProcessChunk) folds the next claim into the completing chunk's
-  // transaction, and only for a worker that is not gentle (PacingOptions::gentle): one that
-  // may wait before its next claim claims after the wait.
   BatchResult RunBatch(BatchRotator& rotator, pqxx::connection& conn, const ClaimedBatch& batch,
                        const std::string& worker_id, ChunkSizer* sizer,
-                       const std::atomic<bool>& stop, const ClaimNext* claim_next = nullptr);
+                       const std::atomic<bool>& stop);
 
   // A chunk sizer for one claim loop (nullopt-free: sized from the options and the job).
   ChunkSizer MakeSizer(int job_batch_size) const;

@@ -30,6 +30,21 @@ std::optional<std::string> JobParam(std::optional<int64_t> job) {
   return job ? std::optional<std::string>(std::to_string(*job)) : std::nullopt;
 }
 
+ClaimedBatch ClaimedBatchOf(const pqxx::row& row) {
+  ClaimedBatch b;
+  b.job_id = row["job_id"].as<int64_t>();
+  b.batch_no = row["batch_no"].as<int>();
+  if (!row["lo"].is_null()) b.lo = row["lo"].as<std::string>();
+  if (!row["hi"].is_null()) b.hi = row["hi"].as<std::string>();
+  b.attempt = row["attempt"].as<int>();
+  b.stage_no = row["stage_no"].as<int>();
+  if (!row["bucket_lo"].is_null()) b.bucket_lo = row["bucket_lo"].as<int>();
+  if (!row["bucket_hi"].is_null()) b.bucket_hi = row["bucket_hi"].as<int>();
+  b.rollback = row["rollback"].as<bool>();
+  if (!row["relation"].is_null()) b.relation = row["relation"].as<std::string>();
+  return b;
+}
+
 // Sleeps up to `duration`, waking early when `stop` turns true.
 void SleepUnlessStopped(std::chrono::milliseconds duration, const std::atomic<bool>& stop,
                         const std::atomic<bool>& fatal) {
@@ -225,34 +240,9 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
     job_param = job_text.c_str();
   }
 
-  const auto kms_available = [&] { return !options_.kms_available || options_.kms_available(); };
-  // The batch claimed in the transaction that completed the last one (ClaimNext), asked for only
-  // when the loop would claim at once anyway. It is run next, or, when the loop will not run it
-  // after all (told to stop after the claim, the KMS gone down), given back at once as a stop
-  // gives back a batch between its chunks: pending, its attempt not counted.
-  std::optional<ClaimedBatch> next;
-  const ClaimNext claim_next{options_.job, [&] { return !stop && !fatal_set_ && kms_available(); }};
-  auto release_next = [&](const char* reason) {
-    if (!next) return;
-    try {
-      pqxx::work txn(*conn);
-      ReleaseBatch(txn, *next, worker_id, reason, true);
-      txn.commit();
-    } catch (const std::exception& e) {
-      // It stays 'running' under this session's advisory lock until the session ends; then any
-      // claim takes it over (at the cost of an attempt).
-      log::Warn("could not release a batch claimed ahead", {{"worker", worker_id},
-                                                            {"job", next->job_id},
-                                                            {"batch", next->batch_no},
-                                                            {"error", e.what()}});
-    }
-    next.reset();
-  };
-
   bool kms_paused = false;
   while (!stop && !fatal_set_) {
-    if (!kms_available()) {
-      release_next("the KMS is unavailable; not started");
+    if (options_.kms_available && !options_.kms_available()) {
       // The KMS is down: a claim now could only end in a released batch. Wait, claim nothing.
       if (!kms_paused) {
         ++stats_.kms_pauses;
@@ -268,7 +258,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
                 {{"worker", worker_id}, {"action", "kms.resume"}});
       kms_paused = false;
     }
-    std::optional<ClaimedBatch> batch = std::exchange(next, std::nullopt);
+    std::optional<ClaimedBatch> batch;
     try {
       if (!conn || !conn->is_open()) {
         rotators.clear();  // prepared statements live on the old connection
@@ -278,11 +268,8 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       pacer_.WaitForReplicas(ReplicationLagOf(*conn), stop, worker_id,
                              [&](auto pause) { SleepUnlessStopped(pause, stop, fatal_set_); });
       pacer_.WaitForBrakes(stop, worker_id);
-      if (stop) {
-        next = std::move(batch);  // released below
-        break;
-      }
-      if (!batch) {
+      if (stop) break;
+      {
         pqxx::work txn(*conn);
         // Without waiting for its WAL flush (worker_pool.sql says why): this saves one of the
         // two fsyncs per batch.
@@ -320,8 +307,7 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       auto sizer =
           sizers.try_emplace(batch->job_id, pacer_.MakeSizer(rotator->job().batch_size)).first;
       BatchResult result =
-          pacer_.RunBatch(*rotator, *conn, *batch, worker_id, &sizer->second, stop, &claim_next);
-      next = std::move(result.next);
+          pacer_.RunBatch(*rotator, *conn, *batch, worker_id, &sizer->second, stop);
       switch (result.outcome) {
         case BatchResult::Outcome::kDone:
           ++stats_.batches_done;
@@ -427,7 +413,6 @@ void WorkerPool::ClaimLoop(int index, const std::atomic<bool>& stop) {
       SleepUnlessStopped(Backoff(consecutive_failures, rng), stop, fatal_set_);
     }
   }
-  release_next("worker stopped before starting it");
 }
 
 }  // namespace rekey::rotation

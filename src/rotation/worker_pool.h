@@ -5,12 +5,6 @@
 // comes from row locks, not leases: a worker killed at any instant loses its transaction, its
 // batch row is unlocked at once, and any other worker claims it on its next poll.
 //
-// A loop that is not gentle (PacingOptions::gentle: no rate, brake or lag limit to wait for)
-// claims its next batch in the transaction that completes the last (ClaimNext), unless it was
-// told to stop or the KMS is down by then: one transaction per batch instead of two. A batch so
-// claimed that the loop then does not run (a stop or a KMS outage noticed after the commit) is
-// given back at once, pending with its attempt not counted.
-//
 // Between batches the loops also move staged jobs along: they close finished stages, run the
 // verification gates (decrypting a sample of the rows moved so far), and open stages whose
 // observation period after a passed gate is over.

@@ -58,13 +58,6 @@ SELECT rekey.checkpoint_batch($1, $2, $3, $4, $5, $6, $7, $8)
 -- as checkpoint does.
 SELECT rekey.complete_batch($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
 
--- name: complete_and_claim
--- complete, and in the same transaction claims worker $3's next batch (of job $9, or any job when
--- NULL; rekey.complete_batch_and_claim): one row, as worker_pool.sql's claim_batch returns it, or
--- none when nothing is claimable now.
-SELECT job_id, batch_no, lo, hi, attempt, stage_no, bucket_lo, bucket_hi, rollback, relation
-FROM rekey.complete_batch_and_claim($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::bigint)
-
 -- name: release
 -- Gives batch ($1 job, $2 batch_no) held by worker $3 back to the queue with error $4; $5 says
 -- whether the attempt is free (a transient error, or no error of the batch). Returns the batch's
