@@ -227,6 +227,15 @@ def reset_table():
     run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", os.path.join(ANCHORS, "reset.sql")])
 
 
+def transactions():
+    """Transactions the server ended in the bench's database so far (pg_stat_database, which
+    every backend updates at the latest when it exits; the rotation's workers have exited when
+    it is read after them). Across a rotation, less the few of the psql calls around it: the
+    control plane's transactions per batch."""
+    return int(psql("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    "WHERE datname = current_database()"))
+
+
 def wal_lsn():
     return psql("SELECT pg_current_wal_lsn()")
 
@@ -343,6 +352,7 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
     # The same start as A2's (run_a2): no full-page-image debt from the reset's rewrite.
     psql("CHECKPOINT")
     cpu0 = server_cpu_seconds()
+    xacts0 = transactions()
     lsn = wal_lsn()
     t0 = time.monotonic()
     for i in range(procs):
@@ -356,6 +366,7 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
     codes = [p.wait() for p, _, _ in workers]
     wall_s = time.monotonic() - t0
     server_cpu = server_cpu_seconds() - cpu0
+    xacts = transactions() - xacts0
     wal = wal_bytes_since(lsn)
     per_worker = []
     for (p, base, err), code in zip(workers, codes):
@@ -402,6 +413,8 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
         "client_cpu_s": round(client_cpu, 2), "server_cpu_s": round(server_cpu, 2),
         "server_cpu_us_per_row": round(server_cpu / rows * 1e6, 3) if rows else None,
         "wal_bytes": wal, "wal_bytes_per_row": round(wal / rows, 1) if rows else None,
+        "transactions": xacts,
+        "transactions_per_batch": round(xacts / int(db["batches"]), 2) if db["batches"] else None,
         "workers": per_worker, "db": db,
         "verify": {"values_under_source_keys": under_source, "failures": n_failures,
                    "values_under_target_keys": verify.get("values_under_target_keys"),
