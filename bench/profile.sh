@@ -5,6 +5,9 @@
 #
 #   bench/profile.sh [REKEY_BINARY] [ROWS] [BATCH_SIZE]     (defaults: build/rekey 20000 1000)
 #
+# PROFILE_CALLGRIND=0 runs the worker as it is, without valgrind, and prints only the statements
+# per batch: the control plane's round trips of two builds compared in seconds.
+#
 # Prints the worker's total instructions (Ir), the top functions by inclusive and self cost, and
 # the statements per batch. Leaves the callgrind output in $PROFILE_OUT (default
 # /tmp/rekey-callgrind.out) for callgrind_annotate or kcachegrind.
@@ -15,7 +18,9 @@ ROWS=${2:-20000}
 BATCH=${3:-1000}
 OUT=${PROFILE_OUT:-/tmp/rekey-callgrind.out}
 ANCHORS=${BENCH_ANCHORS_DIR:-$REPO/../shared/anchors}
-command -v valgrind >/dev/null || { echo "profile.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
+CALLGRIND=${PROFILE_CALLGRIND:-1}
+[ "$CALLGRIND" = 0 ] || command -v valgrind >/dev/null ||
+  { echo "profile.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 
 eval "$("$REPO/scripts/pg-throwaway.sh" start shared_preload_libraries=pg_stat_statements \
   pg_stat_statements.track=top shared_buffers=256MB)"
@@ -38,8 +43,9 @@ psql -X -q -v ON_ERROR_STOP=1 -f "$ANCHORS/reset.sql" >/dev/null
 JOB=$(psql -X -tA -c "SELECT max(job_id) FROM rekey.jobs")
 psql -X -q -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()" >/dev/null
 
-valgrind --tool=callgrind --callgrind-out-file="$OUT" "$REKEY" work --job "$JOB" \
-  ${PROFILE_WORK_ARGS:-} 2>"$WORK/worker.log" >/dev/null
+RUN=(valgrind --tool=callgrind --callgrind-out-file="$OUT")
+[ "$CALLGRIND" = 0 ] && RUN=()
+"${RUN[@]}" "$REKEY" work --job "$JOB" ${PROFILE_WORK_ARGS:-} 2>"$WORK/worker.log" >/dev/null
 BATCHES=$(psql -X -tA -c "SELECT count(*) FROM rekey.batches WHERE job_id = $JOB AND rows_done > 0")
 echo "rows: $ROWS, batch size: $BATCH, batches with rows: $BATCHES"
 echo "statements sent by the worker (pg_stat_statements), per batch with rows:"
@@ -49,6 +55,7 @@ psql -X -tA -F ' ' -c "SELECT round(sum(calls)::numeric / $BATCHES, 2), sum(call
 psql -X -tA -F ' | ' -c "SELECT calls, left(regexp_replace(query, '\s+', ' ', 'g'), 90)
   FROM pg_stat_statements WHERE query NOT ILIKE '%pg_stat_statements%'
   ORDER BY calls DESC LIMIT 12" | sed 's/^/    /'
+[ "$CALLGRIND" = 0 ] && exit 0
 echo "callgrind: total instructions (Ir) of the worker process:"
 # awk, not grep -m1 or head: an early exit would kill callgrind_annotate with SIGPIPE (pipefail).
 callgrind_annotate "$OUT" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n++ { print "  " $0 }'

@@ -37,7 +37,10 @@ Environment (all optional):
                          partitions, beside it; walcap, lockwait: bench/gentleness.py)
   BENCH_CODECS="tink raw fernet rails lockbox cloak"  the codecs part: one rotation per codec of
   BENCH_CODEC_ROWS=100000  its own table (1000000 with BENCH_FULL), BENCH_CODEC_RUNS=3 runs,
-  BENCH_CODEC_RUNS=3       rows/s as a ratio to tink's of the same run (median)
+  BENCH_CODEC_RUNS=3       rows/s as a ratio to tink's of the same run (median); add aws-kms for
+                         one KMS ReEncrypt per value against tests/kms/aws_kms_server.py
+                         (bench/aws_kms_bench.py; BENCH_AWS_KMS_CALLS_PER_SECOND=1000000 is
+                         rekey's REKEY_KMS_CALLS_PER_SECOND there)
   BENCH_OUT=PATH         where the JSON goes (default bench/results/latest.json)
   BENCH_ANCHORS_DIR=PATH the anchors (default: ../shared/anchors beside the repo)
 """
@@ -55,6 +58,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import aws_kms_bench  # noqa: E402 (bench/aws_kms_bench.py: the aws-kms codec's KMS)
 import codec_fixture  # noqa: E402 (bench/codec_fixture.py)
 import full  # noqa: E402 (bench/full.py: the ten-million-row part)
 import gentleness  # noqa: E402 (bench/gentleness.py: the WAL-rate cap, the lock-wait brake)
@@ -147,6 +151,8 @@ def start_server():
 
 def stop_server(*_):
     global PG_DIR
+    if AWS_KMS:
+        AWS_KMS.stop()  # the codecs part's KMS test server, if a failure left it running
     if PG_DIR:
         subprocess.run([os.path.join(REPO, "scripts", "pg-throwaway.sh"), "stop", PG_DIR],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -219,6 +225,15 @@ def build_fixture(rows):
 
 def reset_table():
     run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", os.path.join(ANCHORS, "reset.sql")])
+
+
+def transactions():
+    """Transactions the server ended in the bench's database so far (pg_stat_database, which
+    every backend updates at the latest when it exits; the rotation's workers have exited when
+    it is read after them). Across a rotation, less the few of the psql calls around it: the
+    control plane's transactions per batch."""
+    return int(psql("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    "WHERE datname = current_database()"))
 
 
 def wal_lsn():
@@ -337,6 +352,7 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
     # The same start as A2's (run_a2): no full-page-image debt from the reset's rewrite.
     psql("CHECKPOINT")
     cpu0 = server_cpu_seconds()
+    xacts0 = transactions()
     lsn = wal_lsn()
     t0 = time.monotonic()
     for i in range(procs):
@@ -350,6 +366,7 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
     codes = [p.wait() for p, _, _ in workers]
     wall_s = time.monotonic() - t0
     server_cpu = server_cpu_seconds() - cpu0
+    xacts = transactions() - xacts0
     wal = wal_bytes_since(lsn)
     per_worker = []
     for (p, base, err), code in zip(workers, codes):
@@ -396,6 +413,8 @@ def rotate(procs, concurrency, job_args, label, batch_size=None, work_args=None,
         "client_cpu_s": round(client_cpu, 2), "server_cpu_s": round(server_cpu, 2),
         "server_cpu_us_per_row": round(server_cpu / rows * 1e6, 3) if rows else None,
         "wal_bytes": wal, "wal_bytes_per_row": round(wal / rows, 1) if rows else None,
+        "transactions": xacts,
+        "transactions_per_batch": round(xacts / int(db["batches"]), 2) if db["batches"] else None,
         "workers": per_worker, "db": db,
         "verify": {"values_under_source_keys": under_source, "failures": n_failures,
                    "values_under_target_keys": verify.get("values_under_target_keys"),
@@ -715,6 +734,99 @@ def build_codec_fixture(name, rows):
     log(f"codec fixture {name}: {rows} rows in {time.monotonic() - t:.1f} s")
 
 
+AWS_KMS = None  # the aws-kms codec's test server (aws_kms_bench.KmsServer), while the part runs
+
+
+def build_aws_kms_fixture(rows):
+    """The aws-kms seed table: `rows` KMS blobs (bytea, the codec's default form) of the same
+    plaintexts, each made by the test server's Encrypt under its key 1."""
+    global AWS_KMS
+    AWS_KMS = aws_kms_bench.KmsServer(WORK)
+    table = codec_table("aws-kms")
+    psql(f"DROP TABLE IF EXISTS {table}_seed; CREATE TABLE {table}_seed (id bigint PRIMARY KEY, "
+         f"secret bytea NOT NULL)")
+    t = time.monotonic()
+    cpu0 = AWS_KMS.cpu_seconds()
+    copy = subprocess.Popen(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
+                             f"COPY {table}_seed FROM STDIN"],
+                            env=ENV, stdin=subprocess.PIPE, text=True)
+    for chunk in aws_kms_bench.copy_rows(AWS_KMS, rows):
+        copy.stdin.write(chunk)
+    copy.stdin.close()
+    if copy.wait() != 0:
+        raise RuntimeError(f"COPY into {table}_seed failed")
+    seconds = time.monotonic() - t
+    AWS_KMS.fixture = {"rows": rows, "seconds": round(seconds, 1),
+                       "encrypt_per_s": round(rows / seconds, 1),
+                       "processes": aws_kms_bench.ENCRYPT_PROCESSES,
+                       "kms_server_cpu_us_per_row": round(
+                           (AWS_KMS.cpu_seconds() - cpu0) / rows * 1e6, 1)}
+    AWS_KMS.key_ids = {k: aws_kms_bench.key_id(AWS_KMS, k)
+                       for k in (aws_kms_bench.SOURCE_KEY, aws_kms_bench.TARGET_KEY)}
+    log(f"codec fixture aws-kms: {rows} rows in {seconds:.1f} s by the test server's Encrypt "
+        f"({aws_kms_bench.ENCRYPT_PROCESSES} callers, {rows / seconds:.0f} values/s)")
+
+
+def rotate_aws_kms(procs, conc, job_args, label):
+    """rotate() of the aws-kms table with the test server's environment, plus what the server
+    spent (CPU, calls) and the bench's own count of blobs per key: `rekey job verify` does not
+    call KMS and cannot say which key a blob is under (docs/kms.md, "Verify and gates")."""
+    k = aws_kms_bench
+    table = codec_table("aws-kms")
+    target = ["--table", f"public.{table}", "--column", "secret", "--codec", "aws-kms",
+              "--source-kms-key", k.SOURCE_KEY, "--kms-key", k.TARGET_KEY,
+              "--encryption-context", json.dumps(k.CONTEXT)]
+    # Only the aws-kms rotation sees the AWS variables: the other codecs run as before.
+    saved = {name: ENV.get(name) for name in AWS_KMS.env()}
+    ENV.update(AWS_KMS.env())
+    try:
+        calls0, cpu0 = AWS_KMS.stats()["calls"], AWS_KMS.cpu_seconds()
+        res = rotate(procs, conc, job_args, label, target=target, reset=reset_codec_table("aws-kms"))
+        cpu, calls = AWS_KMS.cpu_seconds() - cpu0, AWS_KMS.stats()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                ENV.pop(name, None)
+            else:
+                ENV[name] = value
+    reencrypts = calls["calls"].get("ReEncrypt", 0) - calls0.get("ReEncrypt", 0)
+    counts = json.loads(psql(k.count_under_keys_sql(
+        table, "secret", AWS_KMS.key_ids[k.SOURCE_KEY], AWS_KMS.key_ids[k.TARGET_KEY])))
+    rows = res["rows"]
+    # The job's stages as the batches saw them: the rollout's batches, shared by the workers, and
+    # the sweep after it, which sends every value to ReEncrypt again (SQL cannot tell a moved
+    # blob from one still to move; docs/kms.md) in batches of its own.
+    res["stages"] = json.loads(psql(f"""
+      SELECT json_agg(s ORDER BY stage_no) FROM (
+        SELECT stage_no, count(*) AS batches, count(DISTINCT worker_id) AS workers,
+               sum(rows_done) AS rows_done, sum(rows_skipped) AS rows_skipped,
+               -- A batch's claimed_at is set again when it commits; its start is its finish
+               -- less its duration.
+               round(extract(epoch FROM max(finished_at) - min(finished_at - duration_ms
+                                                              * interval '1 ms'))::numeric, 3)
+                 AS seconds
+          FROM rekey.batches WHERE job_id = {res['job']} GROUP BY stage_no) s"""))
+    res["kms"] = {"server_cpu_s": round(cpu, 2),
+                  # Job create's two DescribeKey calls and each worker's check of both keys are
+                  # in it too: a handful of calls beside one ReEncrypt per value.
+                  "server_cpu_us_per_row": round(cpu / rows * 1e6, 3),
+                  "reencrypt_calls": reencrypts, "errors": calls["errors"],
+                  "calls_per_second_limit": int(k.CALLS_PER_SECOND),
+                  "values_under_source_key": counts["source"],
+                  "values_under_target_key": counts["target"]}
+    log(f"aws-kms {label}: stages " + ", ".join(
+        f"{st['stage_no']}: {st['batches']} batches by {st['workers']} worker(s), "
+        f"{st['rows_done']} written + {st['rows_skipped']} left in {st['seconds']} s"
+        for st in res["stages"]))
+    log(f"aws-kms {label}: KMS server CPU {cpu:.1f} s = {cpu / rows * 1e6:.0f} us/row, "
+        f"{reencrypts} ReEncrypt, errors {calls['errors']}, blobs under key 1 {counts['source']}, "
+        f"under key 2 {counts['target']} of {counts['values']}")
+    if counts["source"] != 0 or counts["target"] != counts["values"] or reencrypts < rows:
+        raise RuntimeError(f"aws-kms rotation {label} left blobs behind: {counts}, "
+                           f"{reencrypts} ReEncrypt for {rows} rows")
+    return res
+
+
 def reset_codec_table(name):
     """As the anchors' reset.sql does for theirs: a fresh copy of the seed, vacuumed, checkpointed."""
     table = codec_table(name)
@@ -737,7 +849,10 @@ def codecs(job_args):
         i = args.index("--not-governed")
         del args[i:i + 2]
     for name in CODEC_NAMES:
-        build_codec_fixture(name, CODEC_ROWS)
+        if name == "aws-kms":
+            build_aws_kms_fixture(CODEC_ROWS)
+        else:
+            build_codec_fixture(name, CODEC_ROWS)
     procs, conc = CODEC_CONFIG
     runs = []
     refused = {}  # codec -> why `rekey job create` refused its job (it is then not measured)
@@ -745,14 +860,19 @@ def codecs(job_args):
         log(f"codecs run {i + 1}/{CODEC_RUNS}")
         r = {}
         for name in (n for n in CODEC_NAMES if n not in refused):
-            src, dst = codec_key_ids(name)
-            target = ["--table", f"public.{codec_table(name)}", "--column", "secret", "--codec",
-                      name, "--map", f"{src}:{dst}"]
-            if codec_fixture.CODECS[name].key_id_column:
-                target += ["--key-id-column", "key_id"]
+            label = f"bench-codec-{name}-{i + 1}"
+            if name != "aws-kms":
+                src, dst = codec_key_ids(name)
+                target = ["--table", f"public.{codec_table(name)}", "--column", "secret",
+                          "--codec", name, "--map", f"{src}:{dst}"]
+                if codec_fixture.CODECS[name].key_id_column:
+                    target += ["--key-id-column", "key_id"]
             try:
-                r[name] = rotate(procs, conc, args, f"bench-codec-{name}-{i + 1}", target=target,
-                                 reset=reset_codec_table(name))
+                if name == "aws-kms":
+                    r[name] = rotate_aws_kms(procs, conc, args, label)
+                else:
+                    r[name] = rotate(procs, conc, args, label, target=target,
+                                     reset=reset_codec_table(name))
             except RuntimeError as e:
                 # A refused job is reported and the other codecs go on; a rotation that fails
                 # or does not verify still aborts the bench.
@@ -775,7 +895,21 @@ def codecs(job_args):
                                             for r in runs]), 3)
         for k in ("rows_per_s", "wall_s", "server_cpu_us_per_row", "client_cpu_us_per_row"):
             c[k] = round(c[k], 2)
+        if name == "aws-kms":
+            # Where its time goes: the KMS test server's own CPU per value, beside rekey's and
+            # PostgreSQL's; the fixture's Encrypt rate for comparison.
+            c["kms_server_cpu_us_per_row"] = round(median(
+                [x["kms"]["server_cpu_us_per_row"] for x in rs]), 2)
+            c["kms_reencrypt_calls_per_row"] = round(median(
+                [x["kms"]["reencrypt_calls"] / x["rows"] for x in rs]), 3)
+            c["kms_calls_per_second_limit"] = rs[0]["kms"]["calls_per_second_limit"]
+            c["stage_seconds"] = [median([float(x["stages"][j]["seconds"]) for x in rs])
+                                  for j in range(len(rs[0]["stages"]))]
+            c["values_under_source_keys"] = max(x["kms"]["values_under_source_key"] for x in rs)
+            c["fixture"] = AWS_KMS.fixture
         summary[name] = c
+    if AWS_KMS:
+        AWS_KMS.stop()
     return {"rows": CODEC_ROWS, "runs": CODEC_RUNS, "config": f"{procs}x{conc}",
             "plaintext_bytes": codec_fixture.PLAINTEXT_BYTES,
             "summary": {name: summary[name] for name in CODEC_NAMES},
@@ -934,14 +1068,17 @@ def print_table(result):
         cs = result["codecs"]
         print(f"\ncodecs ({cs['rows']} rows of {cs['plaintext_bytes']}-byte plaintexts, rekey "
               f"{cs['config']}, medians of {cs['runs']} runs):")
-        print(f"  {'codec':<10}{'rows/s':>10}{'/tink':>8}{'server us/row':>15}{'client us/row':>15}")
+        kms = any("kms_server_cpu_us_per_row" in c for c in cs["summary"].values())
+        print(f"  {'codec':<10}{'rows/s':>10}{'/tink':>8}{'server us/row':>15}{'client us/row':>15}"
+              + (f"{'KMS us/row':>12}" if kms else ""))
         for name, c in cs["summary"].items():
             if "not_measured" in c:
                 print(f"  {name:<10}not measured: {c['not_measured']}")
                 continue
             ratio = f"{c['ratio_tink']:>8.2f}" if "ratio_tink" in c else f"{'-':>8}"
             print(f"  {name:<10}{c['rows_per_s']:>10.0f}{ratio}{c['server_cpu_us_per_row']:>15.2f}"
-                  f"{c['client_cpu_us_per_row']:>15.2f}")
+                  f"{c['client_cpu_us_per_row']:>15.2f}"
+                  + (f"{num(c.get('kms_server_cpu_us_per_row'), 12)}" if kms else ""))
     if result.get("micro"):
         print("\ncodec vs openssl speed (ns per value, CPU):")
         for name, c in result["micro"]["rekey_vs_openssl_speed"].items():
