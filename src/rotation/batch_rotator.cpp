@@ -12,15 +12,11 @@
 #include <utility>
 
 #include "common/error.h"
-#include "crypto/aead_rewriters.h"
-#include "crypto/cloak_rewriter.h"
-#include "crypto/fernet_rewriter.h"
-#include "crypto/lockbox_rewriter.h"
-#include "crypto/rails_rewriter.h"
 #include "db/binary_array.h"
 #include "db/connection.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
+#include "rotation/column_rewriters.h"
 #include "rotation/stored_form.h"
 
 namespace rekey::rotation {
@@ -61,35 +57,6 @@ std::vector<db::BinaryParam> TextParams(const std::vector<std::string>& texts) {
   params.reserve(texts.size());
   for (const auto& text : texts) params.push_back(db::BinaryParam::Text(text));
   return params;
-}
-
-// Reads `field`, a stored value of `column` in the binary result (`json_kind`: its JsonKindSql
-// field, for a JSON column), into *value as the rewriters see it: pointing into the result where
-// the stored form is the value itself, else decoded into *decoded (style into *style). Returns
-// "" or the value's error class, as rotation/stored_form.h's ReadStoredValue does for a text
-// result, without its hex decoding and copies.
-std::string_view ReadField(const jobs::JobColumn& column, std::string_view field,
-                           std::string_view json_kind, Bytes* decoded, crypto::TextStyle* style,
-                           crypto::StoredValue* value) {
-  // Transit ciphertexts and Rails messages are text as the column holds it.
-  const bool stored_text =
-      column.codec == CodecKind::kVaultTransit || column.codec == CodecKind::kRails;
-  if (!stored_text && !column.json_path.empty()) {
-    if (json_kind == "missing") return kJsonPathMissingClass;
-    if (json_kind != "string") return kJsonNotStringClass;
-  }
-  // A cloak string is its own text format (crypto/cloak.h), read by its codec as stored.
-  if (stored_text || column.codec == CodecKind::kCloak || !IsText(column)) {
-    value->data = reinterpret_cast<const uint8_t*>(field.data());
-    value->size = field.size();
-    return "";
-  }
-  if (!crypto::DecodeText(column.encoding, field, decoded, style)) {
-    return crypto::kBadEncodingClass;
-  }
-  value->data = decoded->data();
-  value->size = decoded->size();
-  return "";
 }
 
 }  // namespace
@@ -151,44 +118,16 @@ BatchRotator::BatchRotator(jobs::JobDefinition job, DataKeySource keys, TransitC
 
 void BatchRotator::MakeSide(std::map<uint32_t, uint32_t> key_map, Side* side) {
   side->direction = MakeDirection(std::move(key_map));
-  const crypto::TableBinding table{&job_.associated_data, job_.schema_name, job_.table_name};
-  const crypto::KeyMoves moves{&side->direction.key_map, [this](uint32_t id) { return Key(id); }};
-  std::map<CodecKind, size_t> by_codec;
-  for (const auto& column : job_.columns) {
-    auto [it, added] = by_codec.emplace(column.codec, side->rewriters.size());
-    if (added) {
-      if (column.codec == CodecKind::kVaultTransit) {
-        side->rewriters.push_back(std::make_unique<TransitRewriter>(job_, transit_));
-      } else if (column.codec == CodecKind::kAwsKms) {
-        side->rewriters.push_back(
-            std::make_unique<AwsKmsRewriter>(job_, aws_kms_, /*rollback=*/side == &backward_));
-      } else if (column.codec == CodecKind::kFernet) {
-        side->rewriters.push_back(std::make_unique<crypto::FernetRewriter>(
-            &side->direction.key_map, [this](uint32_t id) { return FernetKeyFor(id); }));
-      } else if (column.codec == CodecKind::kRails) {
-        side->rewriters.push_back(std::make_unique<crypto::RailsRewriter>(
-            &side->direction.key_map, [this](uint32_t id) { return RailsKeyFor(id); }));
-      } else if (column.codec == CodecKind::kLockbox) {
-        // Attribute keys per column (crypto/lockbox.h), derived afresh each batch from keys
-        // fetched through the data-key cache (LoadKeys fetched them all before any lock).
-        std::map<std::string, crypto::LockboxKeyNames> names;
-        for (const auto& c : job_.columns) {
-          if (c.codec == CodecKind::kLockbox) {
-            names[c.name] = {c.lockbox_key_table, c.lockbox_key_attribute};
-          }
-        }
-        side->rewriters.push_back(std::make_unique<crypto::LockboxRewriter>(
-            &side->direction.key_map, std::move(names), key_source_));
-      } else if (column.codec == CodecKind::kCloak) {
-        side->rewriters.push_back(
-            std::make_unique<crypto::CloakRewriter>(&side->direction.key_map, key_source_));
-      } else {
-        side->rewriters.push_back(
-            std::make_unique<crypto::AeadRewriter>(column.codec, table, moves));
-      }
-    }
-    side->rewriter_of_column.push_back(it->second);
-  }
+  // Through the codec boundary's one factory, as the verifier builds them (column_rewriters.h).
+  const crypto::CodecKeys keys{
+      [this](uint32_t id) { return Key(id); },
+      [this](uint32_t id) -> const crypto::FernetKey* { return FernetKeyFor(id); },
+      [this](uint32_t id) { return RailsKeyFor(id); }, key_source_};
+  ColumnRewriters made =
+      MakeColumnRewriters(job_, &side->direction.key_map,
+                          /*rollback=*/side == &backward_, keys, transit_, aws_kms_);
+  side->rewriters = std::move(made.rewriters);
+  side->rewriter_of_column = std::move(made.of_column);
 }
 
 void BatchRotator::LoadKeys() {
@@ -476,9 +415,10 @@ void BatchRotator::RewriteValues(const db::BinaryResult& rows, size_t handled, S
       crypto::StoredValue value{nullptr, 0, job_.columns[i].name, pk, row_key_id};
       std::string_view json_kind;
       if (json_kind_no_[i] >= 0) json_kind = rows.Bytes(r, json_kind_no_[i]);
-      const std::string_view unreadable =
-          ReadField(job_.columns[i], rows.Bytes(r, field), json_kind, &decoded_[r * ncols + i],
-                    &styles_[r * ncols + i], &value);
+      const size_t g = side.rewriter_of_column[i];
+      const std::string_view unreadable = ReadStoredValue(
+          job_.columns[i], side.rewriters[g]->reads_stored_text(), rows.Bytes(r, field), json_kind,
+          &decoded_[r * ncols + i], &styles_[r * ncols + i], &value);
       if (!unreadable.empty()) {
         // Quarantined as it is stored, before any codec sees it (slot -2 - k: unreadable_[k]).
         slot_[r * ncols + i] = -2 - int(unreadable_.size());
@@ -492,7 +432,7 @@ void BatchRotator::RewriteValues(const db::BinaryResult& rows, size_t handled, S
                               : " at " + db::TextArrayLiteral(job_.columns[i].json_path));
         continue;
       }
-      std::vector<crypto::StoredValue>& values = values_[side.rewriter_of_column[i]];
+      std::vector<crypto::StoredValue>& values = values_[g];
       slot_[r * ncols + i] = int(values.size());
       values.push_back(value);
     }

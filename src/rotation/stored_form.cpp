@@ -1,6 +1,5 @@
 #include "rotation/stored_form.h"
 
-#include "db/bytea.h"
 #include "db/identifiers.h"
 
 namespace rekey::rotation {
@@ -64,27 +63,24 @@ std::string_view NewValueType(const jobs::JobColumn& column) {
              : "bytea";
 }
 
-std::string_view ReadStoredValue(const jobs::JobColumn& column, const pqxx::field& field,
-                                 const pqxx::field* json_kind, Bytes* out,
-                                 crypto::TextStyle* style) {
-  if (!column.json_path.empty() && json_kind && !json_kind->is_null()) {
-    const std::string_view kind(json_kind->c_str(), json_kind->size());
-    if (kind == "missing") return kJsonPathMissingClass;
-    if (kind != "string") return kJsonNotStringClass;
+std::string_view ReadStoredValue(const jobs::JobColumn& column, bool stored_text,
+                                 std::string_view field, std::string_view json_kind, Bytes* decoded,
+                                 crypto::TextStyle* style, crypto::StoredValue* value) {
+  if (!stored_text && !column.json_path.empty()) {
+    if (json_kind == "missing") return kJsonPathMissingClass;
+    if (json_kind != "string") return kJsonNotStringClass;
   }
-  if (column.codec == crypto::CodecKind::kCloak) {
-    // A cloak string is its own text format (crypto/cloak.h): its codec reads it as stored.
-    out->assign(field.c_str(), field.c_str() + field.size());
+  // A cloak string is its own text format (crypto/cloak.h), read by its codec as stored.
+  if (stored_text || column.codec == crypto::CodecKind::kCloak || !IsText(column)) {
+    value->data = reinterpret_cast<const uint8_t*>(field.data());
+    value->size = field.size();
     return "";
   }
-  if (!IsText(column)) {
-    db::ReadBytea(field, out);
-    return "";
-  }
-  if (!crypto::DecodeText(column.encoding, std::string_view(field.c_str(), field.size()), out,
-                          style)) {
+  if (!crypto::DecodeText(column.encoding, field, decoded, style)) {
     return crypto::kBadEncodingClass;
   }
+  value->data = decoded->data();
+  value->size = decoded->size();
   return "";
 }
 

@@ -16,13 +16,12 @@
 // or null).
 #pragma once
 
-#include <pqxx/pqxx>
-
 #include <string>
 #include <string_view>
 
 #include "common/bytes.h"
 #include "crypto/text_encoding.h"
+#include "crypto/value_rewriter.h"
 #include "jobs/job.h"
 
 namespace rekey::rotation {
@@ -46,12 +45,20 @@ std::string SetValueSql(const jobs::JobColumn& column, const std::string& new_va
 // The element type of the UPDATE's array of new values: "bytea" or "text".
 std::string_view NewValueType(const jobs::JobColumn& column);
 
-// Reads one non-NULL stored value as binary into *out. `field` is the value's field; `json_kind`
-// the JsonKindSql field (ignored for other columns). Returns "" and fills *out and *style on
-// success, else the error class of the value.
-std::string_view ReadStoredValue(const jobs::JobColumn& column, const pqxx::field& field,
-                                 const pqxx::field* json_kind, Bytes* out,
-                                 crypto::TextStyle* style);
+// Reads one non-NULL stored value of `column` as its codec's rewriter takes it, from `field`: the
+// value's bytes in a binary result (db/binary_result.h: a bytea's bytes, a text's characters).
+// `json_kind` is the JsonKindSql field (ignored for other columns); `stored_text` says the
+// rewriter reads the column's text as stored (crypto::ValueRewriter::reads_stored_text: no
+// decoding, no JSON kind check, as the batch path has always done for Transit and Rails).
+//
+// Returns "" and points value->data/size at the value: into `field` where the stored form is the
+// value itself (bytea, cloak strings, stored text), else at *decoded, which holds the decoded
+// bytes (and *style the text's style). Either stays valid while `field`'s result and *decoded do,
+// and the call copies nothing it does not decode. Otherwise returns the value's error class
+// (header comment) and leaves *value as it was.
+std::string_view ReadStoredValue(const jobs::JobColumn& column, bool stored_text,
+                                 std::string_view field, std::string_view json_kind, Bytes* decoded,
+                                 crypto::TextStyle* style, crypto::StoredValue* value);
 
 // The stored form of the binary `value`, in the column's encoding and `style`, into *out.
 void WriteStoredValue(const jobs::JobColumn& column, const Bytes& value, crypto::TextStyle style,

@@ -10,7 +10,7 @@
 #include "common/error.h"
 #include "crypto/codec_rewriters.h"
 #include "crypto/value_rewriter.h"
-#include "db/bytea.h"
+#include "db/binary_result.h"
 #include "db/identifiers.h"
 #include "db/named_query.h"
 #include "jobs/rollout_planner.h"
@@ -174,17 +174,18 @@ TableReads BuildTableReads(const jobs::JobDefinition& job, const VerifyOptions& 
 // Where each column of a page of the statements above is: looked up by name once per page, not
 // once per value.
 struct PageColumns {
-  PageColumns(const pqxx::result& page, const jobs::JobDefinition& job) {
-    pk_text = page.column_number("pk_text");
+  PageColumns(const db::BinaryResult& page, const jobs::JobDefinition& job) {
+    using Kind = db::BinaryResult::Kind;
+    pk_text = page.Column("pk_text", Kind::kBytes);
     for (size_t i = 0; i < job.columns.size(); ++i) {
-      values.push_back(page.column_number(ValueColumn(i)));
+      values.push_back(page.Column(ValueColumn(i), Kind::kBytes));
       kinds.push_back(job.columns[i].json_path.empty() ? -1
-                                                       : int(page.column_number(KindColumn(i))));
+                                                       : page.Column(KindColumn(i), Kind::kBytes));
     }
-    key_id = job.key_id_column ? int(page.column_number("key_id")) : -1;
+    key_id = job.key_id_column ? page.Column("key_id", Kind::kInteger) : -1;
   }
-  pqxx::row::size_type pk_text;
-  std::vector<pqxx::row::size_type> values;
+  int pk_text;
+  std::vector<int> values;
   std::vector<int> kinds;  // -1: not a JSON column
   int key_id;              // -1: no key-id column
 };
@@ -200,7 +201,7 @@ int64_t VerifyReport::ValuesUnder(const std::vector<uint32_t>& keys) const {
   return n;
 }
 
-VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& job,
+VerifyReport VerifyJob(pqxx::dbtransaction& txn, const jobs::JobDefinition& job,
                        const DataKeySource& keys, const VerifyOptions& options) {
   // Rows hidden by a policy would be missing from every count: a gate would pass, and a
   // verification report a complete rotation, while they stay under the old key.
@@ -231,7 +232,6 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
   Sha256 digest;
   std::optional<std::string> last;
   const size_t ncols = job.columns.size();
-  const char* scope_value = job.scope_value ? job.scope_value->c_str() : nullptr;
   auto record_failure = [&report](const std::string& pk_text, const std::string& column,
                                   std::string_view error_class) {
     ++report.failures;
@@ -315,45 +315,48 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     for (auto& group : values) group.clear();
     chunk_bytes = 0;
   };
-  auto process = [&](const pqxx::result& page) {
+  auto process = [&](const db::BinaryResult& page) {
     const PageColumns at(page, job);
-    const int kid_field = at.key_id;
-    for (const auto& row : page) {
-      std::string pk_text = row[at.pk_text].as<std::string>();
+    for (size_t r = 0; r < page.size(); ++r) {
+      std::string pk_text(page.Bytes(r, at.pk_text));
       if (bucket_in_client && hasher.Bucket(pk_text) >= *options.bucket_below) continue;
       ++report.rows;
       std::optional<uint32_t> row_key_id;
-      if (kid_field >= 0 && !row[kid_field].is_null()) row_key_id = row[kid_field].as<uint32_t>();
+      if (at.key_id >= 0 && !page.IsNull(r, at.key_id)) {
+        row_key_id = uint32_t(page.Integer(r, at.key_id));
+      }
       const size_t row_no = chunk_pks.size();
       chunk_pks.push_back(std::move(pk_text));
       for (size_t i = 0; i < ncols; ++i) {
-        const pqxx::field field = row[at.values[i]];
-        std::optional<pqxx::field> kind;
-        if (at.kinds[i] >= 0) kind = row[at.kinds[i]];
+        const int kind = at.kinds[i];
         // A document with nothing at the path holds a value that cannot be read: a failure.
-        if (kind ? kind->is_null() : field.is_null()) continue;
+        if (kind >= 0 ? page.IsNull(r, kind) : page.IsNull(r, at.values[i])) continue;
         const jobs::JobColumn& column = job.columns[i];
         const size_t g = codecs.of_column[i];
+        const std::string_view field = page.Bytes(r, at.values[i]);
         crypto::StoredValue value{nullptr, 0, column.name, {}, row_key_id};
         Slot slot{row_no, i, values[g].size(), {}};
-        if (codecs.rewriters[g]->reads_stored_text()) {
-          value.data = reinterpret_cast<const uint8_t*>(field.c_str());
-          value.size = field.size();
-        } else {
-          if (decoded.size() <= slots.size()) decoded.resize(slots.size() + 1);
-          Bytes& bytes = decoded[slots.size()];
-          crypto::TextStyle style;
-          slot.unreadable = ReadStoredValue(column, field, kind ? &*kind : nullptr, &bytes, &style);
-          value.data = bytes.data();
-          value.size = bytes.size();
-        }
+        if (decoded.size() <= slots.size()) decoded.resize(slots.size() + 1);
+        crypto::TextStyle style;
+        slot.unreadable = ReadStoredValue(column, codecs.rewriters[g]->reads_stored_text(), field,
+                                          kind >= 0 ? page.Bytes(r, kind) : std::string_view(),
+                                          &decoded[slots.size()], &style, &value);
         if (slot.unreadable.empty()) values[g].push_back(value);
         slots.push_back(slot);
         chunk_bytes += field.size();
       }
       if (chunk_bytes >= kChunkBytes) open_chunk();
     }
-    open_chunk();  // the values of a stored-text codec point into the page
+    open_chunk();  // before the page goes: values point into it
+  };
+  // A bounded page's parameters: `after` the key it starts after (NULL: the first page), then
+  // the scope value if the job has one; `planned_keys` first, if the page reads them.
+  auto page_params = [&](const std::string* planned_keys, const std::optional<std::string>& after) {
+    std::vector<db::BinaryParam> params;
+    if (planned_keys) params.push_back(db::BinaryParam::Text(*planned_keys));
+    params.push_back(after ? db::BinaryParam::Text(*after) : db::BinaryParam::Null());
+    if (job.scope_value) params.push_back(db::BinaryParam::Text(*job.scope_value));
+    return params;
   };
 
   bool keyed = false;
@@ -363,10 +366,15 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
                 .as<bool>();
   }
   // Whether the pages of a bounded read go on after `page` (TableReads).
-  auto more_after = [page_size](const pqxx::result& page) {
+  auto more_after = [page_size](const db::BinaryResult& page) {
     if (page.empty()) return false;
-    const int64_t taken = page[0]["rekey_taken"].as<int64_t>();
+    const int64_t taken =
+        page.Integer(0, page.Column("rekey_taken", db::BinaryResult::Kind::kInteger));
     return taken == page_size || int64_t(page.size()) < taken;
+  };
+  auto last_key = [](const db::BinaryResult& page) {
+    return std::string(
+        page.Bytes(page.size() - 1, page.Column("pk_text", db::BinaryResult::Kind::kBytes)));
   };
   if (keyed) {
     // One batch's keys at a time, so memory stays flat however large the stage.
@@ -379,13 +387,11 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
       const std::string planned = next[0]["keys"].as<std::string>();
       std::optional<std::string> after;
       while (true) {
-        const char* after_pk = after ? after->c_str() : nullptr;
         const std::string& sql = after ? reads.next_with_keys : reads.first_with_keys;
-        const pqxx::result page = scope_value ? txn.exec_params(sql, planned, after_pk, scope_value)
-                                              : txn.exec_params(sql, planned, after_pk);
+        const db::BinaryResult page = db::ExecBinaryQuery(txn, sql, page_params(&planned, after));
         process(page);
         if (!more_after(page)) break;
-        after = page[page.size() - 1]["pk_text"].as<std::string>();
+        after = last_key(page);
       }
     }
   } else if (options.sample_percent < 100) {
@@ -398,16 +404,19 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     int64_t group_bytes = 0;
     auto read_group = [&] {
       if (group.empty()) return;
-      process(txn.exec_params(reads.by_keys, db::TextArrayLiteral(group)));
+      const std::string keys_text = db::TextArrayLiteral(group);
+      process(db::ExecBinaryQuery(txn, reads.by_keys, {db::BinaryParam::Text(keys_text)}));
       group.clear();
       group_bytes = 0;
     };
     while (true) {
-      const pqxx::result page = txn.exec(reads.fetch_sample);
-      for (const auto& row : page) {
-        const int64_t bytes = row["rekey_bytes"].as<int64_t>();
+      const db::BinaryResult page = db::ExecBinaryQuery(txn, reads.fetch_sample);
+      const int pk_text = page.Column("pk_text", db::BinaryResult::Kind::kBytes);
+      const int stored_bytes = page.Column("rekey_bytes", db::BinaryResult::Kind::kInteger);
+      for (size_t r = 0; r < page.size(); ++r) {
+        const int64_t bytes = page.Integer(r, stored_bytes);
         if (!group.empty() && group_bytes + bytes > options.page_bytes) read_group();
-        group.push_back(row["pk_text"].as<std::string>());
+        group.emplace_back(page.Bytes(r, pk_text));
         group_bytes += bytes;
       }
       read_group();
@@ -416,13 +425,11 @@ VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& j
     txn.exec0(reads.close_sample);
   } else {
     while (true) {
-      const char* last_pk = last ? last->c_str() : nullptr;
       const std::string& sql = last ? reads.next_page : reads.first_page;
-      pqxx::result page =
-          scope_value ? txn.exec_params(sql, last_pk, scope_value) : txn.exec_params(sql, last_pk);
+      const db::BinaryResult page = db::ExecBinaryQuery(txn, sql, page_params(nullptr, last));
       process(page);
       if (!more_after(page)) break;
-      last = page[page.size() - 1]["pk_text"].as<std::string>();
+      last = last_key(page);
     }
   }
   report.plaintext_sha256 = digest.HexFinal();

@@ -66,7 +66,8 @@ struct VerifyOptions {
   double sample_percent = 100;
   int page_size = 5000;
   // Past its first row, a page holds at most this many bytes of stored values (pg_column_size),
-  // so memory stays flat whatever the values' sizes: values arrive as hex text, twice their size.
+  // so memory stays flat whatever the values' sizes. Values arrive in binary (db/binary_result.h):
+  // a page's result holds about its values' bytes (more where a compressed value is inflated).
   int64_t page_bytes = int64_t(16) << 20;
   // Only the rows whose keys the plan of this rollout stage recorded (rekey.batches.keys), read
   // batch by batch by key instead of by scanning the table -- iff every batch of the stage has
@@ -75,12 +76,13 @@ struct VerifyOptions {
 };
 
 // Reads in pages of `page_size` rows and `page_bytes` within `txn`, so memory stays flat whatever
-// the table's size and its values' sizes.
+// the table's size and its values' sizes; in binary, so a value is read up to PostgreSQL's 1 GB
+// limit (its hex text passes that limit from 512 MiB). Read errors throw as libpqxx's would.
 // Keys the keyring does not know count as unknown_key failures; other key errors propagate.
 // Throws ConfigError, before reading any row, iff row-level security hides rows of the table from
 // the transaction's role (rekey.row_security_blocker's reason: the role and the grant to give).
 // A report that silently left them out would prove nothing.
-VerifyReport VerifyJob(pqxx::transaction_base& txn, const jobs::JobDefinition& job,
+VerifyReport VerifyJob(pqxx::dbtransaction& txn, const jobs::JobDefinition& job,
                        const DataKeySource& keys, const VerifyOptions& options = {});
 
 }  // namespace rekey::rotation
