@@ -23,14 +23,15 @@ ColumnRewriters MakeColumnRewriters(const jobs::JobDefinition& job,
   for (const auto& column : job.columns) {
     auto [it, added] = by_codec.emplace(column.codec, made.rewriters.size());
     if (added) {
-      std::unique_ptr<crypto::ValueRewriter> rewriter =
-          crypto::MakeLocalRewriter(column.codec, moves, table, lockbox_names, keys);
+      // The remote services' codecs here; every other one is local (crypto/codec_rewriters.h).
       if (column.codec == crypto::CodecKind::kVaultTransit) {
-        rewriter = std::make_unique<TransitRewriter>(job, transit);
+        made.rewriters.push_back(std::make_unique<TransitRewriter>(job, transit));
       } else if (column.codec == crypto::CodecKind::kAwsKms) {
-        rewriter = std::make_unique<AwsKmsRewriter>(job, aws_kms, rollback);
+        made.rewriters.push_back(std::make_unique<AwsKmsRewriter>(job, aws_kms, rollback));
+      } else {
+        made.rewriters.push_back(
+            crypto::MakeLocalRewriter(column.codec, moves, table, lockbox_names, keys));
       }
-      made.rewriters.push_back(std::move(rewriter));
     }
     made.of_column.push_back(it->second);
   }
